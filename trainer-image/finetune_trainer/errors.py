@@ -1,0 +1,112 @@
+"""The trainer's error hierarchy: every failure the operator must tell apart carries its contract code.
+
+Why: the operator decides between "fail the job at once" (exit 42, a user error: retrying cannot help),
+"retry and resume" (exit 75, preempted) and "retry up to the backoff limit" (anything else) only from the
+exit code and the `code` of the termination message (docs/trainer-contract.md section 3). Raising one of
+these classes anywhere in the trainer is the single way to choose that outcome; the entry point maps any
+other exception to `InternalError` / exit 1.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+USER_ERROR_EXIT_CODE = 42
+"""Permanent user error: the Job's podFailurePolicy fails the job without burning retries."""
+
+PREEMPTED_EXIT_CODE = 75
+"""Stopped by SIGTERM after a checkpoint was written: retryable, the next pod resumes."""
+
+INTERNAL_ERROR_EXIT_CODE = 1
+"""A crash the trainer did not classify: retryable up to the Job's backoff limit."""
+
+
+class TrainerError(Exception):
+    """Base class: a failure with a contract `code`, an exit code and a message meant for the user."""
+
+    code: ClassVar[str] = "InternalError"
+    exit_code: ClassVar[int] = INTERNAL_ERROR_EXIT_CODE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UserError(TrainerError):
+    """A permanent error caused by the job's inputs (config, data, model, storage access): exit 42."""
+
+    code: ClassVar[str] = "UserError"
+    exit_code: ClassVar[int] = USER_ERROR_EXIT_CODE
+
+
+class ConfigInvalid(UserError):
+    """The trainer config does not validate (every error listed with its field path)."""
+
+    code: ClassVar[str] = "ConfigInvalid"
+
+
+class DatasetInvalid(UserError):
+    """The data exists but cannot be used: malformed line, missing column, empty split, unknown label."""
+
+    code: ClassVar[str] = "DatasetInvalid"
+
+
+class DatasetNotFound(UserError):
+    """No data file under the given URI (an existing bucket, but no matching objects)."""
+
+    code: ClassVar[str] = "DatasetNotFound"
+
+
+class ModelInvalid(UserError):
+    """The base model folder exists but is not a loadable Hugging Face model (config, tokenizer, weights)."""
+
+    code: ClassVar[str] = "ModelInvalid"
+
+
+class ModelNotFound(UserError):
+    """No objects under the base model URI."""
+
+    code: ClassVar[str] = "ModelNotFound"
+
+
+class StorageAccessDenied(UserError):
+    """The object store refused the credentials (wrong key, wrong secret, no permission)."""
+
+    code: ClassVar[str] = "StorageAccessDenied"
+
+
+class StorageNotFound(UserError):
+    """The bucket or the key does not exist."""
+
+    code: ClassVar[str] = "StorageNotFound"
+
+
+class UnsupportedHardware(UserError):
+    """The requested method needs hardware the pod lacks (QLoRA without a CUDA GPU or bitsandbytes)."""
+
+    code: ClassVar[str] = "UnsupportedHardware"
+
+
+class Preempted(TrainerError):
+    """SIGTERM arrived; a checkpoint was written (or there was nothing to save) and the pod should retry."""
+
+    code: ClassVar[str] = "Preempted"
+    exit_code: ClassVar[int] = PREEMPTED_EXIT_CODE
+
+
+class InternalError(TrainerError):
+    """A failure of the trainer itself, or of the infrastructure (network, disk): retryable."""
+
+    code: ClassVar[str] = "InternalError"
+    exit_code: ClassVar[int] = INTERNAL_ERROR_EXIT_CODE
+
+
+USER_ERROR_CODES: frozenset[str] = frozenset(
+    cls.code
+    for cls in (ConfigInvalid, DatasetInvalid, DatasetNotFound, ModelInvalid, ModelNotFound,
+                StorageAccessDenied, StorageNotFound, UnsupportedHardware)
+)
+"""The contract's user-error codes (all exit 42), for tests and for the operator's documentation."""

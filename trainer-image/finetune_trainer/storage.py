@@ -1,0 +1,266 @@
+"""Object storage (S3 API through boto3) for the trainer and the model server.
+
+Why one module: every byte the trainer reads or writes goes through here, so credentials, endpoint and
+error classification live in one place. The operator passes the endpoint and keys as the standard AWS_*
+variables (docs/trainer-contract.md section 2), so any S3-compatible store works and boto3's own
+resolution (pod identity, session tokens) stays intact. botocore failures become typed user errors
+(`StorageAccessDenied`, `StorageNotFound`) with the URI in the message, because a wrong key or a
+missing bucket must fail the job at once with a message the user can act on, not crash-loop.
+Downloads go to local disk once (a file already there with the same size is not fetched again), with
+progress in the log, so large models are never read twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from finetune_trainer.errors import ConfigInvalid, InternalError, StorageAccessDenied, StorageNotFound
+
+log = logging.getLogger(__name__)
+
+_DENIED_CODES = frozenset({
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+    "InvalidSecurity", "AuthorizationHeaderMalformed", "AllAccessDisabled", "403", "Forbidden",
+})
+_MISSING_CODES = frozenset({"NoSuchBucket", "NoSuchKey", "NotFound", "404", "NoSuchUpload"})
+
+
+@dataclass(frozen=True)
+class S3Uri:
+    """A parsed `s3://bucket/key` address; a key ending in `/` (or empty) names a prefix."""
+
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: str) -> S3Uri:
+        """Parse `s3://bucket[/key]`; anything else is a config error naming the bad value."""
+        if not uri.startswith("s3://"):
+            raise ConfigInvalid(f"not an s3:// URI: {uri!r}")
+        bucket, _, key = uri[len("s3://"):].partition("/")
+        if not bucket:
+            raise ConfigInvalid(f"s3 URI without a bucket: {uri!r}")
+        return cls(bucket, key)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    @property
+    def prefix(self) -> str:
+        """The key as a folder prefix (with one trailing slash, or empty for the bucket root)."""
+        return self.key if not self.key or self.key.endswith("/") else self.key + "/"
+
+    def join(self, *parts: str) -> S3Uri:
+        """A child of this URI taken as a folder: `s3://b/run-2/` + `model/x` -> `s3://b/run-2/model/x`."""
+        tail = "/".join(part.strip("/") for part in parts if part.strip("/"))
+        trailing = "/" if parts and parts[-1].endswith("/") else ""
+        return S3Uri(self.bucket, self.prefix + tail + trailing)
+
+    @property
+    def name(self) -> str:
+        """The last path component (the file name of a file URI)."""
+        return self.key.rstrip("/").rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object in a listing."""
+
+    uri: S3Uri
+    size: int
+
+
+def make_client() -> Any:
+    """A boto3 S3 client configured from the environment (AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, keys).
+
+    Path-style addressing because in-cluster S3 servers (SeaweedFS, Ceph) rarely have wildcard DNS.
+    """
+    import boto3
+    from botocore.config import Config
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+    config = Config(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"},
+                    connect_timeout=10, read_timeout=120)
+    return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+
+
+def raise_storage_error(error: Exception, uri: S3Uri | str, action: str) -> NoReturn:
+    """Translate a botocore exception into the contract's typed errors (always raises)."""
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
+    if isinstance(error, (NoCredentialsError, PartialCredentialsError)):
+        raise StorageAccessDenied(f"{action} {uri}: no usable S3 credentials ({error})") from error
+    if isinstance(error, EndpointConnectionError):
+        raise InternalError(f"{action} {uri}: cannot reach the S3 endpoint ({error})") from error
+    if isinstance(error, ClientError):
+        details = error.response.get("Error", {})
+        code = str(details.get("Code", ""))
+        status = str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        text = details.get("Message") or code or status
+        if code in _DENIED_CODES or (not code and status == "403"):
+            raise StorageAccessDenied(f"{action} {uri}: access denied by the S3 server ({text})") from error
+        if code == "NoSuchBucket":
+            bucket = uri.bucket if isinstance(uri, S3Uri) else str(uri)
+            raise StorageNotFound(f"{action} {uri}: bucket {bucket!r} does not exist") from error
+        if code in _MISSING_CODES or (not code and status == "404"):
+            raise StorageNotFound(f"{action} {uri}: no such key") from error
+        raise InternalError(f"{action} {uri}: S3 error {code or status}: {text}") from error
+    raise InternalError(f"{action} {uri}: {error}") from error
+
+
+class _Progress:
+    """A boto3 transfer callback that logs bytes done at most every few seconds (thread-safe)."""
+
+    def __init__(self, label: str, total: int, interval: float = 5.0) -> None:
+        self.label, self.total, self.interval = label, total, interval
+        self.done = 0
+        self.last = time.monotonic()
+        self.lock = threading.Lock()
+
+    def __call__(self, chunk: int) -> None:
+        with self.lock:
+            self.done += chunk
+            now = time.monotonic()
+            if now - self.last >= self.interval:
+                self.last = now
+                percent = 100.0 * self.done / self.total if self.total else 100.0
+                log.info("%s: %.1f / %.1f MiB (%.0f%%)", self.label, self.done / 2**20,
+                         self.total / 2**20, percent)
+
+
+class Storage:
+    """S3 operations with typed errors. One instance per process; the client is created lazily."""
+
+    def __init__(self, client: Any | None = None) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = make_client()
+        return self._client
+
+    def _call(self, uri: S3Uri, action: str, fn: Callable[[], Any]) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn()
+        except (ClientError, BotoCoreError) as error:
+            raise_storage_error(error, uri, action)
+
+    def iter_objects(self, uri: S3Uri) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `uri.key` (raw prefix match, sorted by key)."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = self._call(uri, "listing", lambda: list(paginator.paginate(Bucket=uri.bucket, Prefix=uri.key)))
+        for page in pages:
+            for item in page.get("Contents", []):
+                yield ObjectInfo(S3Uri(uri.bucket, item["Key"]), int(item["Size"]))
+
+    def list(self, uri: S3Uri) -> list[ObjectInfo]:
+        """The objects a URI names: the one object when the key is a file, else everything under the folder.
+
+        A key without a trailing slash is tried as a file first, then as a folder, so users may write
+        `s3://data/train` for a prefix. Folder marker objects (keys ending in `/`) are left out.
+        """
+        if uri.key and not uri.key.endswith("/"):
+            candidates = list(self.iter_objects(uri))
+            exact = [o for o in candidates if o.uri.key == uri.key]
+            if exact:
+                return exact
+            return [o for o in candidates if o.uri.key.startswith(uri.prefix) and not o.uri.key.endswith("/")]
+        return [o for o in self.iter_objects(uri) if not o.uri.key.endswith("/")]
+
+    def exists(self, uri: S3Uri) -> bool:
+        """Whether exactly this key exists (a missing key is False; a missing bucket still raises)."""
+        try:
+            self._call(uri, "reading", lambda: self.client.head_object(Bucket=uri.bucket, Key=uri.key))
+        except StorageNotFound:
+            self._call(uri, "reading", lambda: self.client.head_bucket(Bucket=uri.bucket))
+            return False
+        return True
+
+    def download_file(self, uri: S3Uri, dest: Path, size: int | None = None) -> Path:
+        """Copy one object to `dest` (atomically), unless a file of the same size is already there."""
+        if size is None:
+            head = self._call(uri, "reading", lambda: self.client.head_object(Bucket=uri.bucket, Key=uri.key))
+            size = int(head["ContentLength"])
+        if dest.is_file() and dest.stat().st_size == size:
+            log.debug("already local: %s -> %s", uri, dest)
+            return dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_name(dest.name + f".part-{os.getpid()}")
+        progress = _Progress(str(uri), size)
+        self._call(uri, "downloading", lambda: self.client.download_file(
+            uri.bucket, uri.key, str(partial), Callback=progress))
+        partial.replace(dest)
+        return dest
+
+    def download(self, uri: S3Uri, dest_dir: Path) -> list[Path]:
+        """Copy a file or every object under a prefix into `dest_dir`, keeping relative paths.
+
+        A file URI lands as `dest_dir/<name>`. Raises StorageNotFound when nothing matches.
+        """
+        objects = self.list(uri)
+        if not objects:
+            raise StorageNotFound(f"nothing found at {uri}")
+        total = sum(o.size for o in objects)
+        log.info("downloading %s: %d object(s), %.1f MiB -> %s", uri, len(objects), total / 2**20, dest_dir)
+        started = time.monotonic()
+        paths = []
+        for obj in objects:
+            relative = obj.uri.name if obj.uri.key == uri.key else obj.uri.key[len(uri.prefix):]
+            paths.append(self.download_file(obj.uri, dest_dir / relative, obj.size))
+        log.info("downloaded %s in %.1fs", uri, time.monotonic() - started)
+        return paths
+
+    def read_bytes(self, uri: S3Uri) -> bytes:
+        """The content of one (small) object."""
+        response = self._call(uri, "reading", lambda: self.client.get_object(Bucket=uri.bucket, Key=uri.key))
+        body: bytes = self._call(uri, "reading", lambda: response["Body"].read())
+        return body
+
+    def write_bytes(self, uri: S3Uri, data: bytes, content_type: str = "application/octet-stream") -> None:
+        """Write one small object."""
+        self._call(uri, "writing", lambda: self.client.put_object(
+            Bucket=uri.bucket, Key=uri.key, Body=data, ContentType=content_type))
+
+    def upload_file(self, path: Path, uri: S3Uri) -> None:
+        """Upload one local file (multipart for large ones, handled by boto3's transfer manager)."""
+        progress = _Progress(f"{path} -> {uri}", path.stat().st_size)
+        self._call(uri, "uploading", lambda: self.client.upload_file(
+            str(path), uri.bucket, uri.key, Callback=progress))
+
+    def upload_dir(self, local: Path, uri: S3Uri, skip: Callable[[Path], bool] | None = None) -> list[S3Uri]:
+        """Upload every file below `local` under the prefix `uri`, keeping relative paths."""
+        uploaded = []
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            if skip is not None and skip(path):
+                continue
+            target = uri.join(path.relative_to(local).as_posix())
+            self.upload_file(path, target)
+            uploaded.append(target)
+        log.info("uploaded %d file(s) from %s to %s", len(uploaded), local, uri)
+        return uploaded
+
+    def delete_prefix(self, uri: S3Uri) -> int:
+        """Delete every object under the folder `uri` (in batches of 1000); returns how many."""
+        keys = [o.uri.key for o in self.iter_objects(S3Uri(uri.bucket, uri.prefix))]
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[start:start + 1000]]
+            self._call(uri, "deleting", functools.partial(
+                self.client.delete_objects, Bucket=uri.bucket, Delete={"Objects": batch, "Quiet": True}))
+        return len(keys)
