@@ -1,0 +1,125 @@
+"""Pieces every child manifest shares: owner reference, metadata, S3 environment, pod hardening, placement.
+
+Pure functions returning plain dicts (the JSON the API server takes), so golden tests can compare YAML.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from finetune_operator import GROUP, KIND, VERSION
+from finetune_operator.naming import ANNOTATION_FULL_NAME, ANNOTATION_SPEC_HASH, child_labels
+from finetune_operator.spec import FineTuneJobSpec
+
+Manifest = dict[str, Any]
+
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+OPTIONAL_CREDENTIAL_KEYS = ("AWS_SESSION_TOKEN",)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The FineTuneJob that owns a child: its identity, needed for owner references and labels."""
+
+    namespace: str
+    name: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def content_hash(value: Any) -> str:
+    """A short stable hash of JSON-able content (spec-hash annotations: apply only when it changed)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def metadata(
+    owner: Owner, name: str, component: str, run: int | None = None, annotations: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Metadata of a child: namespace, labels, owner reference and the full FineTuneJob name."""
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": child_labels(owner.name, owner.uid, component, run),
+        "annotations": {ANNOTATION_FULL_NAME: owner.name, **(annotations or {})},
+        "ownerReferences": [owner.reference()],
+    }
+
+
+def with_spec_hash(manifest: Manifest) -> Manifest:
+    """Stamp a hash of the manifest's content, so the operator can tell whether the live object is current."""
+    manifest["metadata"]["annotations"][ANNOTATION_SPEC_HASH] = content_hash(manifest)
+    return manifest
+
+
+def s3_env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
+    """AWS_* variables: credentials from the named secret (or none: pod identity), endpoint and region."""
+    env: list[dict[str, Any]] = []
+    secret = spec.storage.credentials_secret
+    if secret:
+        for key in CREDENTIAL_KEYS:
+            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+        for key in OPTIONAL_CREDENTIAL_KEYS:
+            env.append(
+                {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
+            )
+    if spec.storage.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": spec.storage.endpoint})
+    if spec.storage.region:
+        env.append({"name": "AWS_DEFAULT_REGION", "value": spec.storage.region})
+    return env
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "fsGroup": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def placement(spec: FineTuneJobSpec) -> dict[str, Any]:
+    """nodeSelector, tolerations and affinity of the pods, only the ones that are set."""
+    out: dict[str, Any] = {}
+    resources = spec.resources
+    if resources.node_selector:
+        out["nodeSelector"] = dict(resources.node_selector)
+    if resources.tolerations:
+        out["tolerations"] = [
+            t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in resources.tolerations
+        ]
+    if resources.affinity:
+        out["affinity"] = resources.affinity
+    return out
+
+
+def pod_metadata(
+    spec: FineTuneJobSpec, labels: dict[str, str], annotations: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Pod template metadata: the user's podMetadata first, the operator's labels over them."""
+    return {
+        "labels": {**spec.pod_metadata.labels, **labels},
+        "annotations": {**spec.pod_metadata.annotations, **(annotations or {})},
+    }

@@ -1,0 +1,300 @@
+"""The serving bundle of a published model: ConfigMap (serve.json), Deployment, Service, PodDisruptionBudget.
+
+Two engines render here: `transformers` (the trainer image's own OpenAI-compatible server, reading
+serve.json) and `vllm` (the pinned vLLM OpenAI server; an init container fetches the base model and the
+adapter from S3 into a volume first). Rolls are zero-downtime (maxUnavailable 0) and triggered by a hash of
+serve.json on the pod template. The Deployment carries a hash of the whole bundle, so the operator
+re-applies the bundle only when something in it changed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from finetune_operator.builders.common import (
+    Manifest,
+    Owner,
+    container_security_context,
+    content_hash,
+    metadata,
+    placement,
+    pod_metadata,
+    pod_security_context,
+    s3_env,
+)
+from finetune_operator.naming import ANNOTATION_SPEC_HASH, LABEL_COMPONENT, LABEL_RUN, LABEL_UID, Names
+from finetune_operator.settings import Settings
+from finetune_operator.spec import FineTuneJobSpec
+
+PORT = 8000
+COMPONENT = "serving"
+SERVE_KEY = "serve.json"
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 512)
+
+
+@dataclass(frozen=True)
+class Published:
+    """The model a serving Deployment runs: one run that passed its gate (kept in status.published)."""
+
+    run: int
+    task: str
+    baseModelUri: str
+    modelUri: str
+    adapter: bool
+    loraRank: int = 16
+
+    @classmethod
+    def from_status(cls, raw: dict[str, Any] | None) -> Published | None:
+        if not raw or "run" not in raw:
+            return None
+        return cls(
+            run=int(raw["run"]),
+            task=str(raw.get("task", "causal-lm")),
+            baseModelUri=str(raw.get("baseModelUri", "")),
+            modelUri=str(raw.get("modelUri", "")),
+            adapter=bool(raw.get("adapter", True)),
+            loraRank=int(raw.get("loraRank", 16)),
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def endpoint_url(owner: Owner) -> str:
+    return f"http://{Names.of(owner.name).serving}.{owner.namespace}.svc:{PORT}/v1"
+
+
+def _selector(owner: Owner) -> dict[str, str]:
+    return {LABEL_UID: owner.uid, LABEL_COMPONENT: COMPONENT}
+
+
+def serve_config(spec: FineTuneJobSpec, owner: Owner, published: Published) -> dict[str, Any]:
+    """serve.json (docs/trainer-contract.md section 6)."""
+    return {
+        "servedModelName": owner.name,
+        "task": published.task,
+        "baseModelUri": published.baseModelUri,
+        "modelUri": published.modelUri,
+        "run": published.run,
+        "maxConcurrency": spec.serving.max_concurrency,
+    }
+
+
+def serving_config_map(spec: FineTuneJobSpec, owner: Owner, published: Published) -> Manifest:
+    names = Names.of(owner.name)
+    text = json.dumps(serve_config(spec, owner, published), indent=2, sort_keys=True) + "\n"
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(owner, names.serving_config, COMPONENT, published.run),
+        "data": {SERVE_KEY: text},
+    }
+
+
+def _server_resources(spec: FineTuneJobSpec) -> dict[str, Any]:
+    requested = spec.serving.resources
+    out: dict[str, Any] = {}
+    if requested.requests:
+        out["requests"] = {k: str(v) for k, v in requested.requests.items()}
+    if requested.limits:
+        out["limits"] = {k: str(v) for k, v in requested.limits.items()}
+    if spec.serving.engine == "vllm" and not requested.limits.get(spec.resources.gpu_resource):
+        out.setdefault("requests", {})[spec.resources.gpu_resource] = "1"
+        out.setdefault("limits", {})[spec.resources.gpu_resource] = "1"
+    return out
+
+
+def _api_key_env(spec: FineTuneJobSpec, name: str) -> list[dict[str, Any]]:
+    secret = spec.serving.api_key_secret
+    if not secret:
+        return []
+    return [{"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": "apiKey"}}}]
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "failureThreshold": failures}
+
+
+def _transformers_pod(spec: FineTuneJobSpec, owner: Owner, settings: Settings) -> dict[str, Any]:
+    names = Names.of(owner.name)
+    container = {
+        "name": "server",
+        "image": settings.server_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": [
+            "python",
+            "-m",
+            "finetune_trainer",
+            "serve",
+            "--config",
+            f"/etc/finetune/{SERVE_KEY}",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(PORT),
+        ],
+        "env": [
+            *s3_env(spec),
+            {"name": "FTO_WORK_DIR", "value": "/work"},
+            {"name": "HF_HOME", "value": "/work/.cache/huggingface"},
+            {"name": "HF_HUB_OFFLINE", "value": "1"},
+            *_api_key_env(spec, "FTO_API_KEY"),
+        ],
+        "ports": [{"name": "http", "containerPort": PORT}],
+        "startupProbe": _probe("/healthz", 5, 120),
+        "readinessProbe": _probe("/readyz", 5, 3),
+        "livenessProbe": _probe("/healthz", 10, 6),
+        "resources": _server_resources(spec),
+        "volumeMounts": [
+            {"name": "config", "mountPath": "/etc/finetune", "readOnly": True},
+            {"name": "work", "mountPath": "/work"},
+        ],
+        "securityContext": container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    volumes = [
+        {"name": "config", "configMap": {"name": names.serving_config}},
+        {"name": "work", "emptyDir": {}},
+    ]
+    return {"containers": [container], "volumes": volumes}
+
+
+def _vllm_rank(rank: int) -> int:
+    return next((r for r in VLLM_LORA_RANKS if r >= rank), VLLM_LORA_RANKS[-1])
+
+
+def _vllm_pod(
+    spec: FineTuneJobSpec, owner: Owner, published: Published, settings: Settings
+) -> dict[str, Any]:
+    from_hub = published.baseModelUri.startswith("hf://")
+    base = published.baseModelUri.removeprefix("hf://") if from_hub else "/models/base"
+    fetch = (
+        [] if from_hub or not published.adapter else [f'aws s3 sync "{published.baseModelUri}" /models/base']
+    )
+    if published.adapter:
+        fetch.append(f'aws s3 sync "{published.modelUri}" /models/adapter')
+        args = [
+            "--model",
+            base,
+            "--served-model-name",
+            f"{owner.name}-base",
+            "--enable-lora",
+            "--lora-modules",
+            f"{owner.name}=/models/adapter",
+            "--max-loras",
+            "1",
+            "--max-lora-rank",
+            str(_vllm_rank(published.loraRank)),
+        ]
+    else:
+        fetch.append(f'aws s3 sync "{published.modelUri}" /models/model')
+        args = ["--model", "/models/model", "--served-model-name", owner.name]
+    args += ["--host", "0.0.0.0", "--port", str(PORT), "--max-num-seqs", str(spec.serving.max_concurrency)]
+    mounts = [{"name": "models", "mountPath": "/models"}]
+    init = {
+        "name": "fetch-model",
+        "image": settings.fetch_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["/bin/sh", "-ec", " && ".join(fetch)],
+        "env": [*s3_env(spec), {"name": "HOME", "value": "/models"}],
+        "volumeMounts": mounts,
+        "securityContext": container_security_context(),
+    }
+    container = {
+        "name": "server",
+        "image": settings.vllm_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+        "args": args,
+        "env": [
+            {"name": "HOME", "value": "/models"},
+            {"name": "HF_HOME", "value": "/models/.cache"},
+            {"name": "HF_HUB_OFFLINE", "value": "0" if from_hub else "1"},
+            *_api_key_env(spec, "VLLM_API_KEY"),
+        ],
+        "ports": [{"name": "http", "containerPort": PORT}],
+        "startupProbe": _probe("/health", 10, 90),
+        "readinessProbe": _probe("/health", 5, 3),
+        "livenessProbe": _probe("/health", 10, 6),
+        "resources": _server_resources(spec),
+        "volumeMounts": [*mounts, {"name": "shm", "mountPath": "/dev/shm"}],
+        "securityContext": container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    volumes = [
+        {"name": "models", "emptyDir": {}},
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": str(spec.resources.shm_size)}},
+    ]
+    return {"initContainers": [init], "containers": [container], "volumes": volumes}
+
+
+def serving_deployment(
+    spec: FineTuneJobSpec, owner: Owner, published: Published, settings: Settings, config_hash: str
+) -> Manifest:
+    names = Names.of(owner.name)
+    engine_pod = (
+        _vllm_pod(spec, owner, published, settings)
+        if spec.serving.engine == "vllm"
+        else _transformers_pod(spec, owner, settings)
+    )
+    labels = {**metadata(owner, names.serving, COMPONENT)["labels"], LABEL_RUN: str(published.run)}
+    pod_spec = {
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(),
+        **engine_pod,
+        **placement(spec),
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(owner, names.serving, COMPONENT, published.run),
+        "spec": {
+            "replicas": spec.serving.replicas,
+            "selector": {"matchLabels": _selector(owner)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": pod_metadata(spec, labels, {"finetune.dev/serve-config-hash": config_hash}),
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def serving_service(owner: Owner) -> Manifest:
+    names = Names.of(owner.name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(owner, names.serving, COMPONENT),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": _selector(owner),
+            "ports": [{"name": "http", "port": PORT, "targetPort": "http"}],
+        },
+    }
+
+
+def serving_pdb(owner: Owner) -> Manifest:
+    names = Names.of(owner.name)
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(owner, names.serving, COMPONENT),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _selector(owner)}},
+    }
+
+
+def serving_bundle(
+    spec: FineTuneJobSpec, owner: Owner, published: Published, settings: Settings
+) -> list[Manifest]:
+    """ConfigMap, Service, (PDB,) Deployment: the Deployment last, stamped with the whole bundle's hash."""
+    config_map = serving_config_map(spec, owner, published)
+    deployment = serving_deployment(spec, owner, published, settings, content_hash(config_map["data"]))
+    bundle = [config_map, serving_service(owner)]
+    if spec.serving.replicas > 1:
+        bundle.append(serving_pdb(owner))
+    bundle_hash = content_hash([*bundle, deployment])
+    deployment["metadata"]["annotations"][ANNOTATION_SPEC_HASH] = bundle_hash
+    return [*bundle, deployment]

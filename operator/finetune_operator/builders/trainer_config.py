@@ -1,0 +1,50 @@
+"""The trainer config (docs/trainer-contract.md section 1) and the ConfigMap that carries it.
+
+The config mirrors the FineTuneJob spec's training sections field for field (camelCase) and adds `job`,
+`output.runUri` and `distributed.processesPerWorker`; the trainer validates it with its own models and
+rejects unknown fields, so nothing else may be added here without changing both sides.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from finetune_operator.builders.common import Manifest, Owner, metadata
+from finetune_operator.naming import Names
+from finetune_operator.spec import FineTuneJobSpec
+
+CONFIG_KEY = "config.json"
+CONFIG_DIR = "/etc/finetune"
+CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
+
+
+def trainer_config(spec: FineTuneJobSpec, owner: Owner, run: int) -> dict[str, Any]:
+    """The TrainerConfig document of run `run`."""
+    wire = spec.wire()
+    return {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "TrainerConfig",
+        "job": {"namespace": owner.namespace, "name": owner.name, "uid": owner.uid, "run": run},
+        "baseModel": wire["baseModel"],
+        "dataset": wire["dataset"],
+        "method": wire["method"],
+        "hyperparameters": wire["hyperparameters"],
+        "checkpointing": wire["checkpointing"],
+        "evaluation": {"compareBaseModel": spec.evaluation.compare_base_model},
+        "distributed": {"workers": spec.distributed.workers, "processesPerWorker": spec.processes_per_worker},
+        "output": {"uri": spec.output.uri, "runUri": spec.output.run_uri(run)},
+    }
+
+
+def trainer_config_map(spec: FineTuneJobSpec, owner: Owner, run: int) -> Manifest:
+    """ConfigMap `<job>-config` with key config.json, mounted read-only by the training pods."""
+    names = Names.of(owner.name)
+    document = trainer_config(spec, owner, run)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(owner, names.trainer_config(run), "trainer-config", run),
+        "immutable": True,
+        "data": {CONFIG_KEY: json.dumps(document, indent=2, sort_keys=True) + "\n"},
+    }

@@ -1,0 +1,187 @@
+"""The training batch Job of one run, and the headless Service that distributed (torchrun) runs rendezvous on.
+
+The Job is where a shared GPU cluster's expectations meet: GPU requests = limits, node placement, priority,
+a memory-backed /dev/shm, hardened pods, S3 credentials from a secret, the Kueue queue label, and a
+podFailurePolicy that fails at once on the trainer's user-error exit code (42) while preemption and
+eviction (DisruptionTarget) do not use up the retry budget. With `distributed.workers > 1` it is an Indexed
+Job: pod i is `<job>-i.<service>`, so every rank finds rank 0 by a stable DNS name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from finetune_operator.builders.common import (
+    Manifest,
+    Owner,
+    container_security_context,
+    metadata,
+    placement,
+    pod_metadata,
+    pod_security_context,
+    s3_env,
+)
+from finetune_operator.builders.trainer_config import CONFIG_DIR, CONFIG_PATH
+from finetune_operator.naming import ANNOTATION_TRAINING_HASH, KUEUE_QUEUE_LABEL, Names, child_labels
+from finetune_operator.settings import Settings
+from finetune_operator.spec import FineTuneJobSpec
+
+TRAINER_CONTAINER = "trainer"
+USER_ERROR_EXIT_CODE = 42
+MASTER_PORT = 29500
+WORK_DIR = "/work"
+
+
+def _command(spec: FineTuneJobSpec) -> list[str]:
+    workers, processes = spec.distributed.workers, spec.processes_per_worker
+    if workers == 1 and processes == 1:
+        return ["python", "-m", "finetune_trainer", "train", "--config", CONFIG_PATH]
+    return [
+        "torchrun",
+        f"--nnodes={workers}",
+        f"--nproc-per-node={processes}",
+        "--node-rank=$(NODE_RANK)",
+        "--master-addr=$(MASTER_ADDR)",
+        "--master-port=$(MASTER_PORT)",
+        "-m",
+        "finetune_trainer",
+        "train",
+        "--config",
+        CONFIG_PATH,
+    ]
+
+
+def master_address(owner: Owner, run: int, workers: int) -> str:
+    """Stable DNS name of worker 0 (pod hostname `<job>-0` under the headless Service)."""
+    if workers == 1:
+        return "127.0.0.1"
+    names = Names.of(owner.name)
+    return f"{names.job(run)}-0.{names.workers_service(run)}.{owner.namespace}.svc"
+
+
+def _env(spec: FineTuneJobSpec, owner: Owner, run: int) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        *s3_env(spec),
+        {"name": "FTO_WORK_DIR", "value": WORK_DIR},
+        {"name": "HF_HOME", "value": f"{WORK_DIR}/.cache/huggingface"},
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+    ]
+    if spec.distributed.workers > 1:
+        index = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        env.append({"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": index}}})
+    else:
+        env.append({"name": "NODE_RANK", "value": "0"})
+    env += [
+        {"name": "MASTER_ADDR", "value": master_address(owner, run, spec.distributed.workers)},
+        {"name": "MASTER_PORT", "value": str(MASTER_PORT)},
+    ]
+    return env
+
+
+def _resources(spec: FineTuneJobSpec) -> dict[str, Any]:
+    r = spec.resources
+    requests: dict[str, Any] = {"cpu": str(r.cpu), "memory": str(r.memory)}
+    limits: dict[str, Any] = {"memory": str(r.memory)}
+    if r.gpus > 0:
+        requests[r.gpu_resource] = str(r.gpus)
+        limits[r.gpu_resource] = str(r.gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def _container(spec: FineTuneJobSpec, owner: Owner, run: int, settings: Settings) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": TRAINER_CONTAINER,
+        "image": settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": _command(spec),
+        "env": _env(spec, owner, run),
+        "resources": _resources(spec),
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "shm", "mountPath": "/dev/shm"},
+            {"name": "work", "mountPath": WORK_DIR},
+        ],
+        "securityContext": container_security_context(),
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if spec.distributed.workers > 1:
+        container["ports"] = [{"name": "rendezvous", "containerPort": MASTER_PORT}]
+    return container
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """Disruptions are free retries; the trainer's user-error exit code fails the Job at once."""
+    return {
+        "rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": TRAINER_CONTAINER,
+                    "operator": "In",
+                    "values": [USER_ERROR_EXIT_CODE],
+                },
+            },
+        ]
+    }
+
+
+def training_job(
+    spec: FineTuneJobSpec, owner: Owner, run: int, training_hash: str, settings: Settings
+) -> Manifest:
+    """The batch/v1 Job of run `run`. Created suspended when suspended by the user or queued by Kueue."""
+    names = Names.of(owner.name)
+    workers = spec.distributed.workers
+    labels = child_labels(owner.name, owner.uid, "trainer", run)
+    meta = metadata(owner, names.job(run), "trainer", run, {ANNOTATION_TRAINING_HASH: training_hash})
+    if spec.queue_name:
+        meta["labels"][KUEUE_QUEUE_LABEL] = spec.queue_name
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": names.trainer_account,
+        "automountServiceAccountToken": True,
+        "securityContext": pod_security_context(),
+        "containers": [_container(spec, owner, run, settings)],
+        "volumes": [
+            {"name": "config", "configMap": {"name": names.trainer_config(run)}},
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": str(spec.resources.shm_size)}},
+            {"name": "work", "emptyDir": {}},
+        ],
+        **placement(spec),
+    }
+    if spec.resources.priority_class_name:
+        pod_spec["priorityClassName"] = spec.resources.priority_class_name
+    if workers > 1:
+        pod_spec["subdomain"] = names.workers_service(run)
+    job_spec: dict[str, Any] = {
+        "backoffLimit": settings.backoff_limit,
+        "completions": workers,
+        "parallelism": workers,
+        "completionMode": "Indexed" if workers > 1 else "NonIndexed",
+        "suspend": spec.suspend or bool(spec.queue_name),
+        "podFailurePolicy": pod_failure_policy(),
+        "template": {"metadata": pod_metadata(spec, labels), "spec": pod_spec},
+    }
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
+
+
+def workers_service(spec: FineTuneJobSpec, owner: Owner, run: int) -> Manifest:
+    """Headless Service giving each worker pod of a distributed run a stable DNS name."""
+    names = Names.of(owner.name)
+    selector = {
+        k: v
+        for k, v in child_labels(owner.name, owner.uid, "trainer", run).items()
+        if k.startswith("finetune.dev/")
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(owner, names.workers_service(run), "trainer", run),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector,
+            "ports": [{"name": "rendezvous", "port": MASTER_PORT, "targetPort": MASTER_PORT}],
+        },
+    }

@@ -1,0 +1,163 @@
+"""Thin kopf glue: watch events fill the store and queue the owning FineTuneJob; nothing else happens here.
+
+Only `on.event` handlers are used: kopf then keeps no progress or diff-base annotations and adds no
+finalizer, so the operator writes nothing into a FineTuneJob but its status (a GitOps tool sees no drift),
+and deletion is plain garbage collection by owner references. Startup lists the children once before the
+workers start, so the first passes after a restart see the Jobs that already exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from finetune_operator import GROUP, PLURAL, VERSION
+from finetune_operator.kube import Kube
+from finetune_operator.metrics import serve
+from finetune_operator.naming import LABEL_COMPONENT, LABEL_UID
+from finetune_operator.observed import deployment_obs, job_obs, pod_obs
+from finetune_operator.reconcile import Reconciler
+from finetune_operator.settings import Settings
+from finetune_operator.store import Key, Store
+from finetune_operator.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    store: Store
+    queue: WorkQueue[Key]
+    reconciler: Reconciler
+    executor: ThreadPoolExecutor
+    resync: asyncio.Task[None] | None = None
+
+
+def _runtime(memo: Any) -> Runtime:
+    runtime: Runtime = memo["runtime"]
+    return runtime
+
+
+def _prime(kube: Kube, store: Store, namespaces: tuple[str, ...]) -> None:
+    """Read the existing children once (what an informer's initial list does) before any reconcile."""
+    for namespace in namespaces or (None,):
+        for job in kube.list("batch/v1", "Job", namespace, LABEL_UID):
+            store.put_job(job["metadata"]["labels"][LABEL_UID], job_obs(job))
+        for pod in kube.list("v1", "Pod", namespace, f"{LABEL_UID},{LABEL_COMPONENT}=trainer"):
+            store.put_pod(pod["metadata"]["labels"][LABEL_UID], pod_obs(pod))
+        for deployment in kube.list(
+            "apps/v1", "Deployment", namespace, f"{LABEL_UID},{LABEL_COMPONENT}=serving"
+        ):
+            store.put_deployment(deployment["metadata"]["labels"][LABEL_UID], deployment_obs(deployment))
+
+
+async def _resync(runtime: Runtime, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        for key in runtime.store.all_keys():
+            runtime.queue.add(key)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    ours: Settings = memo["settings"]
+    settings.posting.enabled = False  # our own Events, on phase changes only
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.error_backoffs = [1, 2, 5, 10]
+    kube = Kube.from_environment(pool_size=ours.workers + 4)
+    store = Store()
+    executor = ThreadPoolExecutor(max_workers=ours.workers, thread_name_prefix="reconcile")
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(executor, _prime, kube, store, ours.namespaces)
+    reconciler = Reconciler(kube, store, ours)
+
+    async def handle(key: Key) -> float | None:
+        return await loop.run_in_executor(executor, reconciler.reconcile, key)
+
+    queue: WorkQueue[Key] = WorkQueue(handle, ours.workers)
+    queue.start()
+    runtime = Runtime(store, queue, reconciler, executor)
+    runtime.resync = asyncio.create_task(_resync(runtime, ours.resync_seconds))
+    memo["runtime"] = runtime
+    serve(ours.metrics_port)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    runtime = memo.get("runtime")
+    if isinstance(runtime, Runtime):
+        if runtime.resync:
+            runtime.resync.cancel()
+        await runtime.queue.stop()
+        runtime.executor.shutdown(wait=False, cancel_futures=True)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def finetunejob_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
+    runtime = _runtime(memo)
+    meta = body["metadata"]
+    if event.get("type") == "DELETED":
+        runtime.store.forget_body(meta["namespace"], meta["name"], meta["uid"])
+        return
+    runtime.queue.add(runtime.store.put_body(dict(body)))
+
+
+def _child(
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    memo: Any,
+    put: Callable[[str], None],
+    forget: Callable[[str], None],
+) -> None:
+    runtime = _runtime(memo)
+    uid = body["metadata"]["labels"][LABEL_UID]
+    if event.get("type") == "DELETED":
+        forget(uid)
+    else:
+        put(uid)
+    key = runtime.store.key_of(uid)
+    if key is not None:
+        runtime.queue.add(key)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_UID: kopf.PRESENT})
+async def job_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
+    store, raw = _runtime(memo).store, dict(body)
+    _child(
+        event,
+        body,
+        memo,
+        lambda uid: store.put_job(uid, job_obs(raw)),
+        lambda uid: store.forget_job(uid, body["metadata"]["name"]),
+    )
+
+
+@kopf.on.event("", "v1", "pods", labels={LABEL_UID: kopf.PRESENT, LABEL_COMPONENT: "trainer"})
+async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
+    store, raw = _runtime(memo).store, dict(body)
+    _child(
+        event,
+        body,
+        memo,
+        lambda uid: store.put_pod(uid, pod_obs(raw)),
+        lambda uid: store.forget_pod(uid, body["metadata"]["name"]),
+    )
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={LABEL_UID: kopf.PRESENT, LABEL_COMPONENT: "serving"})
+async def deployment_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
+    store, raw = _runtime(memo).store, dict(body)
+    _child(
+        event,
+        body,
+        memo,
+        lambda uid: store.put_deployment(uid, deployment_obs(raw)),
+        lambda uid: store.put_deployment(uid, None),
+    )

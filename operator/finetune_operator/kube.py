@@ -1,0 +1,240 @@
+"""The one module that talks to the Kubernetes API; client exceptions become kopf's two error families.
+
+Every other module builds plain manifests; this one sends them. Failures are classified once, here:
+- kopf.PermanentError: the API refused the request as invalid (400, 422) - retrying the same spec cannot help;
+- kopf.TemporaryError: conflicts, throttling, server or network trouble, missing permissions - retry later.
+"Already exists" on create and "not found" on delete are not errors (level-triggered: the goal is met).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from finetune_operator import GROUP, KIND, PLURAL, VERSION
+from finetune_operator.builders.common import Manifest, Owner
+from finetune_operator.metrics import API_REQUESTS
+
+log = logging.getLogger(__name__)
+
+FIELD_MANAGER = "finetune-operator"
+PLURALS = {
+    "ConfigMap": "configmaps",
+    "Service": "services",
+    "ServiceAccount": "serviceaccounts",
+    "Secret": "secrets",
+    "Event": "events",
+    "Pod": "pods",
+    "Job": "jobs",
+    "Deployment": "deployments",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    KIND: PLURAL,
+}
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
+
+class Conflict(kopf.TemporaryError):
+    """The object changed since it was read (optimistic concurrency); reconcile again from fresh state."""
+
+
+def path(api_version: str, kind: str, namespace: str, name: str = "") -> str:
+    """REST path of a namespaced object (or its collection when name is empty)."""
+    prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    base = f"{prefix}/namespaces/{namespace}/{PLURALS[kind]}"
+    return f"{base}/{name}" if name else base
+
+
+def classify(error: ApiException, what: str) -> kopf.PermanentError | kopf.TemporaryError:
+    """Map an API error to the kopf family that says whether retrying can help."""
+    detail = what
+    try:
+        detail = f"{what}: {json.loads(error.body or '{}').get('message', error.reason)}"
+    except ValueError:
+        detail = f"{what}: {error.reason}"
+    if error.status in (400, 422):
+        return kopf.PermanentError(detail)
+    if error.status == 409:
+        return Conflict(detail, delay=0.5)
+    if error.status == 429:
+        return kopf.TemporaryError(detail, delay=5)
+    if error.status in (401, 403):
+        return kopf.TemporaryError(detail, delay=30)
+    return kopf.TemporaryError(detail, delay=5)
+
+
+class Kube:
+    """A small typed facade over the REST API for exactly the calls the reconciler makes."""
+
+    def __init__(self, api_client: Any) -> None:
+        self.api = api_client
+
+    @classmethod
+    def from_environment(cls, pool_size: int = 8) -> Kube:
+        """In-cluster credentials when running in a pod, else $KUBECONFIG / ~/.kube/config."""
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+            configuration = client.Configuration.get_default_copy()
+        except config.ConfigException:
+            configuration = client.Configuration()
+            config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        configuration.connection_pool_maxsize = pool_size
+        return cls(client.ApiClient(configuration))
+
+    @contextmanager
+    def _errors(self, verb: str, what: str, ok: tuple[int, ...] = ()) -> Iterator[list[int]]:
+        """Count the request; swallow the statuses in `ok` (reported through the yielded list)."""
+        seen: list[int] = []
+        API_REQUESTS.labels(verb).inc()
+        try:
+            yield seen
+        except ApiException as error:
+            if error.status in ok:
+                seen.append(int(error.status))
+                return
+            raise classify(error, f"{verb} {what}") from error
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            raise kopf.TemporaryError(f"{verb} {what}: {error}", delay=5) from error
+
+    def _call(
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        accept: str = "application/json",
+        query: list[tuple[str, str]] | None = None,
+    ) -> Any:
+        headers = {"Accept": accept, "Content-Type": content_type}
+        payload = json.dumps(body) if body is not None and not isinstance(body, str) else body
+        return self.api.call_api(
+            url,
+            method,
+            query_params=query or [],
+            header_params=headers,
+            body=payload,
+            response_type="object",
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+            _preload_content=True,
+        )
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._errors("get", f"{kind} {namespace}/{name}", ok=(404,)) as seen:
+            found: dict[str, Any] = self._call("GET", path(api_version, kind, namespace, name))
+        return None if seen else found
+
+    def list(self, api_version: str, kind: str, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+        """Objects matching a label selector in one namespace (None: all namespaces)."""
+        if namespace is None:
+            prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+            url = f"{prefix}/{PLURALS[kind]}"
+        else:
+            url = path(api_version, kind, namespace)
+        with self._errors("list", f"{kind} in {namespace or 'all namespaces'}"):
+            found: dict[str, Any] = self._call("GET", url, query=[("labelSelector", selector)])
+        items: list[dict[str, Any]] = found.get("items") or []
+        return items
+
+    def exists_metadata(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Whether an object exists, reading only its metadata (never a Secret's data)."""
+        with self._errors("get", f"{kind} {namespace}/{name}", ok=(404,)) as seen:
+            self._call("GET", path(api_version, kind, namespace, name), accept=METADATA_ONLY)
+        return not seen
+
+    def create(self, manifest: Manifest) -> dict[str, Any] | None:
+        """Create; None when it already exists (another reconcile or a previous operator made it)."""
+        meta = manifest["metadata"]
+        url = path(manifest["apiVersion"], manifest["kind"], meta["namespace"])
+        with self._errors(
+            "create", f"{manifest['kind']} {meta['namespace']}/{meta['name']}", ok=(409,)
+        ) as seen:
+            created: dict[str, Any] = self._call(
+                "POST", url, manifest, query=[("fieldManager", FIELD_MANAGER)]
+            )
+        return None if seen else created
+
+    def apply(self, manifest: Manifest) -> dict[str, Any]:
+        """Server-side apply as the operator's field manager (creates or converges)."""
+        meta = manifest["metadata"]
+        url = path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        with self._errors("apply", f"{manifest['kind']} {meta['namespace']}/{meta['name']}"):
+            applied: dict[str, Any] = self._call(
+                "PATCH",
+                url,
+                json.dumps(manifest),
+                content_type="application/apply-patch+yaml",
+                query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            )
+        return applied
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Delete in the background (dependents follow); False when it was already gone."""
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+        with self._errors("delete", f"{kind} {namespace}/{name}", ok=(404,)) as seen:
+            self._call("DELETE", path(api_version, kind, namespace, name), body)
+        return not seen
+
+    def set_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
+        with self._errors("patch", f"Job {namespace}/{name}", ok=(404,)):
+            self._call(
+                "PATCH",
+                path("batch/v1", "Job", namespace, name),
+                {"spec": {"suspend": suspend}},
+                content_type="application/merge-patch+json",
+            )
+
+    def patch_status(
+        self, namespace: str, name: str, status_patch: dict[str, Any], resource_version: str
+    ) -> dict[str, Any]:
+        """Merge-patch the status subresource, only if the object is still at `resource_version`."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": status_patch}
+        url = path(f"{GROUP}/{VERSION}", KIND, namespace, name) + "/status"
+        with self._errors("patch", f"{KIND} {namespace}/{name} status"):
+            patched: dict[str, Any] = self._call(
+                "PATCH",
+                url,
+                body,
+                content_type="application/merge-patch+json",
+                query=[("fieldManager", FIELD_MANAGER)],
+            )
+        return patched
+
+    def post_event(self, owner: Owner, event_type: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the FineTuneJob (`kubectl describe ftj` shows it)."""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": owner.name[:200] + ".", "namespace": owner.namespace},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": owner.name,
+                "namespace": owner.namespace,
+                "uid": owner.uid,
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": event_type,
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            with self._errors("create", f"Event for {owner.namespace}/{owner.name}"):
+                self._call("POST", path("v1", "Event", owner.namespace), body)
+        except kopf.TemporaryError as error:  # an event is best effort; never fail a reconcile over one
+            log.warning("event not posted: %s", error)

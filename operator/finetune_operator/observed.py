@@ -1,0 +1,179 @@
+"""Compact, typed observations of the children (Job, pods, Deployment) made from their raw bodies.
+
+Why: the operator keeps what it watches in memory; keeping a few fields per object instead of whole bodies
+keeps the footprint small at hundreds of jobs, and the status function takes these typed values, so tests
+write a pod's state in one line. Pure: dicts in, frozen dataclasses out.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from finetune_operator.naming import ANNOTATION_SPEC_HASH, ANNOTATION_TRAINING_HASH, LABEL_RUN, LABEL_UID
+
+TRAINER_CONTAINER = "trainer"
+INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
+
+def _conditions(body: dict[str, Any]) -> dict[str, dict[str, str]]:
+    return {
+        c.get("type", ""): {k: str(c.get(k) or "") for k in ("status", "reason", "message")}
+        for c in body.get("status", {}).get("conditions") or []
+    }
+
+
+def _run(meta: dict[str, Any]) -> int:
+    try:
+        return int((meta.get("labels") or {}).get(LABEL_RUN, "0"))
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True)
+class JobObs:
+    name: str
+    run: int
+    owner_uid: str = ""
+    training_hash: str = ""
+    suspended: bool = False
+    active: int = 0
+    ready: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    complete: bool = False
+    failed_condition: bool = False
+    failure_reason: str = ""
+    failure_message: str = ""
+    deleting: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.complete or self.failed_condition
+
+
+def job_obs(body: dict[str, Any]) -> JobObs:
+    meta, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status", {})
+    conditions = _conditions(body)
+    failed = conditions.get("Failed", {})
+    target = conditions.get("FailureTarget", {})
+    failed_now = failed.get("status") == "True" or target.get("status") == "True"
+    reason_source = failed if failed.get("status") == "True" else target
+    return JobObs(
+        name=meta.get("name", ""),
+        run=_run(meta),
+        owner_uid=(meta.get("labels") or {}).get(LABEL_UID, ""),
+        training_hash=(meta.get("annotations") or {}).get(ANNOTATION_TRAINING_HASH, ""),
+        suspended=bool(spec.get("suspend")),
+        active=int(status.get("active") or 0),
+        ready=int(status.get("ready") or 0),
+        succeeded=int(status.get("succeeded") or 0),
+        failed=int(status.get("failed") or 0),
+        complete=conditions.get("Complete", {}).get("status") == "True",
+        failed_condition=failed_now,
+        failure_reason=reason_source.get("reason", "") if failed_now else "",
+        failure_message=reason_source.get("message", "") if failed_now else "",
+        deleting=bool(meta.get("deletionTimestamp")),
+    )
+
+
+@dataclass(frozen=True)
+class PodObs:
+    name: str
+    run: int
+    phase: str = "Pending"
+    index: int = 0
+    created: str = ""
+    unschedulable: str = ""  # the scheduler's message while the pod cannot be placed
+    waiting_reason: str = ""  # e.g. CreateContainerConfigError, ImagePullBackOff
+    waiting_message: str = ""
+    exit_code: int | None = None
+    termination_message: str = ""
+    disrupted: bool = False
+    deleting: bool = False
+
+
+def pod_obs(body: dict[str, Any]) -> PodObs:
+    meta, status = body.get("metadata", {}), body.get("status", {})
+    conditions = _conditions(body)
+    scheduled = conditions.get("PodScheduled", {})
+    statuses: list[dict[str, Any]] = status.get("containerStatuses") or []
+    trainer: dict[str, Any] = next((c for c in statuses if c.get("name") == TRAINER_CONTAINER), {})
+    state = trainer.get("state") or {}
+    terminated, waiting = state.get("terminated") or {}, state.get("waiting") or {}
+    try:
+        index = int((meta.get("annotations") or {}).get(INDEX_ANNOTATION, "0"))
+    except ValueError:
+        index = 0
+    return PodObs(
+        name=meta.get("name", ""),
+        run=_run(meta),
+        phase=status.get("phase") or "Pending",
+        index=index,
+        created=meta.get("creationTimestamp") or "",
+        unschedulable=scheduled.get("message", "") if scheduled.get("status") == "False" else "",
+        waiting_reason=waiting.get("reason", ""),
+        waiting_message=waiting.get("message", ""),
+        exit_code=terminated.get("exitCode") if terminated else None,
+        termination_message=terminated.get("message", "") if terminated else "",
+        disrupted=conditions.get("DisruptionTarget", {}).get("status") == "True",
+        deleting=bool(meta.get("deletionTimestamp")),
+    )
+
+
+@dataclass(frozen=True)
+class DeploymentObs:
+    name: str
+    run: int
+    spec_hash: str = ""
+    replicas: int = 0
+    updated: int = 0
+    available: int = 0
+    ready: int = 0
+    current: bool = False  # the controller has seen the latest spec and finished rolling it out
+    available_condition: bool = False
+
+
+def deployment_obs(body: dict[str, Any]) -> DeploymentObs:
+    meta, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status", {})
+    replicas = int(spec.get("replicas") or 0)
+    updated, available = int(status.get("updatedReplicas") or 0), int(status.get("availableReplicas") or 0)
+    seen = int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
+    total = int(status.get("replicas") or 0)
+    return DeploymentObs(
+        name=meta.get("name", ""),
+        run=_run(meta),
+        spec_hash=(meta.get("annotations") or {}).get(ANNOTATION_SPEC_HASH, ""),
+        replicas=replicas,
+        updated=updated,
+        available=available,
+        ready=int(status.get("readyReplicas") or 0),
+        current=seen and updated == replicas and total == replicas and available >= replicas,
+        available_condition=_conditions(body).get("Available", {}).get("status") == "True",
+    )
+
+
+@dataclass(frozen=True)
+class TrainerReport:
+    """The trainer's termination message: {code, message, run?, metrics?}."""
+
+    code: str
+    message: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_termination_message(text: str) -> TrainerReport | None:
+    """The last JSON line of the message; anything else (e.g. a log tail) becomes InternalError."""
+    text = text.strip()
+    if not text:
+        return None
+    for line in reversed(text.splitlines()):
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(data, dict) and "code" in data:
+            metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
+            return TrainerReport(str(data["code"]), str(data.get("message", "")), metrics or {})
+    return TrainerReport("InternalError", text[-1024:])

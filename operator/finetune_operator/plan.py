@@ -1,0 +1,252 @@
+"""One reconcile's decision, pure: observed world in, actions on children plus the new status out.
+
+The planner joins the run bookkeeping (runs), the training state (status), the gate (gate) and serving
+(builders.serving): a run that trained and passed its gate becomes `status.published`, the serving bundle
+is rendered from that published run (so a later run that fails its gate leaves it untouched) and the
+endpoint is reported only once the Deployment has rolled out and is Available.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from finetune_operator import conditions as cond
+from finetune_operator.builders.common import Manifest, Owner
+from finetune_operator.builders.serving import Published, endpoint_url, serving_bundle
+from finetune_operator.gate import GateResult, evaluate_gate
+from finetune_operator.naming import Names
+from finetune_operator.observed import DeploymentObs, JobObs, PodObs
+from finetune_operator.runs import ChildRef, current_run, retired_children, training_actions
+from finetune_operator.settings import Settings
+from finetune_operator.spec import FineTuneJobSpec, training_spec_hash
+from finetune_operator.status import ErrorInfo, TrainingState, training_state
+
+TERMINAL = ("Failed", "Succeeded", "Serving", "Publishing")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one reconcile knows about one FineTuneJob."""
+
+    owner: Owner
+    generation: int
+    spec: FineTuneJobSpec
+    status: dict[str, Any]
+    jobs: Sequence[JobObs] = ()
+    pods: Sequence[PodObs] = ()
+    deployment: DeploymentObs | None = None
+    secret_present: bool | None = None  # None: no secret named, or not checked
+    now: str = ""
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    run: int
+    create: list[Manifest] = field(default_factory=list)
+    apply: list[Manifest] = field(default_factory=list)
+    delete: list[ChildRef] = field(default_factory=list)
+    suspend_job: tuple[str, bool] | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+
+
+def run_of(snapshot: Snapshot) -> tuple[int, str]:
+    training_hash = training_spec_hash(snapshot.spec)
+    return current_run(snapshot.status, training_hash, snapshot.jobs), training_hash
+
+
+def needs_secret_check(snapshot: Snapshot) -> bool:
+    """Look the credentials secret up only while the run's Job does not exist yet (it would not start)."""
+    if not snapshot.spec.storage.credentials_secret:
+        return False
+    run, _ = run_of(snapshot)
+    return not any(j.run == run for j in snapshot.jobs) and not _finished_before(snapshot.status, run)
+
+
+def _finished_before(status: dict[str, Any], run: int) -> bool:
+    return int(status.get("run") or 0) == run and status.get("phase") in TERMINAL
+
+
+def _remembered(status: dict[str, Any]) -> TrainingState:
+    """The outcome of a run whose Job is gone (deleted by hand): what status said, never a retrain."""
+    error = status.get("error") or {}
+    if status.get("phase") == "Failed" and error.get("code") != "GateFailed":
+        info = ErrorInfo(str(error.get("code", "JobFailed")), str(error.get("message", "")))
+        return TrainingState("Failed", info.code, info.message, info)
+    return TrainingState(
+        "Trained", "Trained", "training and evaluation finished", metrics=status.get("metrics") or {}
+    )
+
+
+def _published_of(spec: FineTuneJobSpec, run: int) -> Published:
+    return Published(
+        run=run,
+        task=spec.base_model.task,
+        baseModelUri=spec.base_model.uri,
+        modelUri=spec.output.run_uri(run) + "model/",
+        adapter=spec.method.produces_adapter,
+        loraRank=spec.method.lora.rank,
+    )
+
+
+def _serving(
+    snapshot: Snapshot, plan: Plan, published: Published | None, settings: Settings
+) -> dict[str, Any] | None:
+    """Apply or remove the serving bundle; return the endpoint the Deployment serves now (or None)."""
+    spec, owner, deployment = snapshot.spec, snapshot.owner, snapshot.deployment
+    names = Names.of(owner.name)
+    bundle_refs = [
+        ChildRef("apps/v1", "Deployment", names.serving),
+        ChildRef("v1", "Service", names.serving),
+        ChildRef("policy/v1", "PodDisruptionBudget", names.serving),
+        ChildRef("v1", "ConfigMap", names.serving_config),
+    ]
+    if not spec.serving.enabled or published is None:
+        if deployment is not None or snapshot.status.get("endpoint"):
+            plan.delete += bundle_refs
+        return None
+    bundle = serving_bundle(spec, owner, published, settings)
+    desired_hash = bundle[-1]["metadata"]["annotations"]["finetune.dev/spec-hash"]
+    if deployment is None or deployment.spec_hash != desired_hash:
+        plan.apply += bundle
+        if spec.serving.replicas == 1 and deployment is not None:
+            plan.delete.append(bundle_refs[2])
+    previous = snapshot.status.get("endpoint")
+    if deployment is None or not deployment.available_condition or deployment.available < 1:
+        return None
+    if deployment.current and deployment.spec_hash == desired_hash:
+        return {"url": endpoint_url(owner), "model": owner.name, "run": deployment.run}
+    return dict(previous) if previous else None
+
+
+def _ready(
+    spec: FineTuneJobSpec, endpoint: dict[str, Any] | None, published: Published | None, gen: int, state: str
+) -> cond.Condition:
+    if not spec.serving.enabled:
+        return cond.condition(cond.READY, False, "ServingDisabled", "serving.enabled is false", gen)
+    if published is None:
+        return cond.condition(cond.READY, False, "NothingPublished", "no run has passed its gate yet", gen)
+    if endpoint is None:
+        return cond.condition(cond.READY, False, "Publishing", f"rolling out run {published.run}", gen)
+    if endpoint.get("run") != published.run:
+        return cond.condition(
+            cond.READY,
+            False,
+            "RollingOut",
+            f"serving run {endpoint.get('run')} while run {published.run} rolls out",
+            gen,
+        )
+    note = f"; {state}" if state else ""
+    return cond.condition(cond.READY, True, "Serving", f"serving run {published.run}{note}", gen)
+
+
+def plan(snapshot: Snapshot, settings: Settings) -> Plan:
+    spec, status, gen = snapshot.spec, snapshot.status, snapshot.generation
+    run, training_hash = run_of(snapshot)
+    result = Plan(run=run)
+    job = next((j for j in snapshot.jobs if j.run == run), None)
+    pods = [p for p in snapshot.pods if p.run == run]
+    same_run = int(status.get("run") or 0) == run
+    result.delete += retired_children(snapshot.owner, snapshot.jobs, run)
+
+    secret_missing = snapshot.secret_present is False
+    finished_before = same_run and _finished_before(status, run)
+    actions = training_actions(
+        spec,
+        snapshot.owner,
+        run,
+        training_hash,
+        job,
+        may_start=not secret_missing and not finished_before,
+        settings=settings,
+    )
+    result.create, result.suspend_job = actions.create, actions.suspend_job
+    result.delete += actions.delete
+
+    progress = status.get("progress") or {}
+    if job is None and finished_before:
+        state = _remembered(status)
+    else:
+        state = training_state(
+            job, pods, suspend=spec.suspend, kueue=bool(spec.queue_name), progress=progress, run=run
+        )
+    if secret_missing:
+        name = spec.storage.credentials_secret
+        missing = ErrorInfo(
+            "SecretMissing",
+            f"waiting for Secret {name!r} (keys AWS_ACCESS_KEY_ID, "
+            f"AWS_SECRET_ACCESS_KEY) in namespace {snapshot.owner.namespace}",
+        )
+        state = TrainingState("Pending", "SecretMissing", missing.message, missing)
+        result.requeue_after = settings.secret_recheck_seconds
+
+    metrics = state.metrics or (status.get("metrics") if same_run else None) or {}
+    published = Published.from_status(status.get("published"))
+    gate: GateResult | None = None
+    phase = state.phase
+    error: ErrorInfo | None = state.error
+    if state.phase == "Trained":
+        gate = evaluate_gate(list(spec.evaluation.gate), metrics)
+        if gate.passed:
+            published = _published_of(spec, run) if spec.serving.enabled else published
+        else:
+            failing = "; ".join(r.describe() for r in gate.failures)
+            error = ErrorInfo("GateFailed", f"run {run} failed its gate: {failing}")
+            phase = "Failed"
+    if not spec.serving.enabled:
+        published = None
+    endpoint = _serving(snapshot, result, published, settings)
+    if phase == "Trained":
+        phase = (
+            "Succeeded"
+            if not spec.serving.enabled
+            else ("Serving" if endpoint and endpoint.get("run") == run else "Publishing")
+        )
+
+    trained = cond.condition(cond.TRAINED, state.phase == "Trained", state.reason, state.message, gen)
+    if gate is None:
+        gate_cond = cond.condition(
+            cond.GATE_PASSED, None, "NotEvaluated", "the run has not finished training", gen
+        )
+    else:
+        message = "every rule held" if gate.passed else (error.message if error else "")
+        gate_cond = cond.condition(
+            cond.GATE_PASSED, gate.passed, "Passed" if gate.passed else "GateFailed", message, gen
+        )
+    serving_note = f"run {run} is {phase}" if published and published.run != run else ""
+    ready = _ready(spec, endpoint, published, gen, serving_note)
+    run_uri = spec.output.run_uri(run)
+    new_status: dict[str, Any] = {
+        "observedGeneration": gen,
+        "phase": phase,
+        "run": run,
+        "trainingSpecHash": training_hash,
+        "attempts": state.attempts if not (job is None and same_run) else int(status.get("attempts") or 0),
+        "conditions": cond.merge(status.get("conditions"), [trained, gate_cond, ready], snapshot.now),
+        "metrics": metrics or None,
+        "gate": gate.to_status() if gate else None,
+        "artifacts": {
+            "model": run_uri + "model/",
+            "report": run_uri + "report.html",
+            "checkpoints": run_uri + "checkpoints/",
+        },
+        "endpoint": endpoint,
+        "published": published.to_status() if published else None,
+        "error": error.to_status() if error else None,
+    }
+    result.status = new_status
+    if status.get("phase") != phase:
+        kind = "Warning" if phase == "Failed" or (phase == "Pending" and error) else "Normal"
+        message = error.message if error else f"run {run}: {state.message}"
+        result.events.append(Event(kind, phase, message))
+    return result

@@ -1,0 +1,149 @@
+"""One level-triggered reconcile pass for one FineTuneJob: read memory, decide (pure plan), act, write status.
+
+Every trigger (create, update, resume after a restart, a child's event, a timer) ends here, and the pass
+never asks "what happened?", only "what is, and what should be?". Status is patched once, only when it
+changed, with the resourceVersion it was computed from (a stale pass is refused and simply runs again).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from finetune_operator.builders.common import Manifest, Owner
+from finetune_operator.kube import Kube
+from finetune_operator.metrics import PHASES, RECONCILE_SECONDS, RECONCILES
+from finetune_operator.observed import deployment_obs, job_obs
+from finetune_operator.plan import Plan, Snapshot, needs_secret_check, plan
+from finetune_operator.settings import Settings
+from finetune_operator.spec import parse_spec
+from finetune_operator.store import Key, Store
+from finetune_operator.workqueue import RequeueError
+
+log = logging.getLogger(__name__)
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def merge_patch(old: dict[str, Any], new: dict[str, Any], keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    """RFC 7386 merge patch turning `old` into `new`; keys in `keep` (someone else's) are left alone."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            inner = merge_patch(before, value)
+            if inner:
+                patch[key] = inner
+        elif before != value:
+            patch[key] = value
+    for key, value in old.items():
+        if key not in new and key not in keep and value is not None:
+            patch[key] = None
+    return patch
+
+
+def invalid_spec_status(error: ValidationError, generation: int) -> dict[str, Any]:
+    """Status of a body the typed model refuses (the CRD normally prevents this)."""
+    message = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+    return {
+        "observedGeneration": generation,
+        "phase": "Failed",
+        "error": {"code": "ConfigInvalid", "message": message[:4096]},
+    }
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, store: Store, settings: Settings) -> None:
+        self.kube, self.store, self.settings = kube, store, settings
+
+    def reconcile(self, key: Key) -> float | None:
+        """One pass; returns seconds until the next pass is needed (None: wait for events)."""
+        with RECONCILE_SECONDS.time():
+            try:
+                requeue = self._reconcile(key)
+            except kopf.TemporaryError as error:
+                RECONCILES.labels("retry").inc()
+                raise RequeueError(str(error), float(error.delay or 1.0)) from error
+        RECONCILES.labels("ok").inc()
+        return requeue
+
+    def _reconcile(self, key: Key) -> float | None:
+        view = self.store.view(key)
+        if view is None or view.body["metadata"].get("deletionTimestamp"):
+            return None
+        meta, status = view.body["metadata"], view.body.get("status") or {}
+        owner = Owner(meta["namespace"], meta["name"], meta["uid"])
+        generation = int(meta.get("generation") or 1)
+        try:
+            spec = parse_spec(view.body.get("spec") or {})
+        except ValidationError as error:
+            self._write_status(view.body, invalid_spec_status(error, generation))
+            return None
+        snapshot = Snapshot(
+            owner, generation, spec, status, view.jobs, view.pods, view.deployment, None, now_rfc3339()
+        )
+        if needs_secret_check(snapshot):
+            present = self.kube.exists_metadata(
+                "v1", "Secret", owner.namespace, spec.storage.credentials_secret
+            )
+            snapshot = replace(snapshot, secret_present=present)
+        decided = plan(snapshot, self.settings)
+        try:
+            self._execute(owner, decided)
+        except kopf.PermanentError as error:
+            decided.status = {
+                **decided.status,
+                "phase": "Failed",
+                "error": {"code": "ConfigInvalid", "message": str(error)[:4096]},
+            }
+        self._write_status(view.body, decided.status, owner, decided)
+        return decided.requeue_after
+
+    def _created_job(self, owner: Owner, manifest: Manifest, created: dict[str, Any] | None) -> None:
+        body = created or self.kube.get("batch/v1", "Job", owner.namespace, manifest["metadata"]["name"])
+        if body:
+            self.store.put_job(owner.uid, job_obs(body), only_if_absent=created is not None)
+
+    def _execute(self, owner: Owner, decided: Plan) -> None:
+        for ref in decided.delete:
+            if self.kube.delete(ref.api_version, ref.kind, owner.namespace, ref.name) and ref.kind == "Job":
+                log.info("retired Job %s/%s", owner.namespace, ref.name)
+            if ref.kind == "Job":
+                self.store.forget_job(owner.uid, ref.name)
+            elif ref.kind == "Deployment":
+                self.store.put_deployment(owner.uid, None)
+        for manifest in decided.create:
+            created = self.kube.create(manifest)
+            if manifest["kind"] == "Job":
+                self._created_job(owner, manifest, created)
+        for manifest in decided.apply:
+            applied = self.kube.apply(manifest)
+            if manifest["kind"] == "Deployment":
+                self.store.put_deployment(owner.uid, deployment_obs(applied))
+        if decided.suspend_job:
+            name, suspend = decided.suspend_job
+            self.kube.set_job_suspend(owner.namespace, name, suspend)
+
+    def _write_status(
+        self,
+        body: dict[str, Any],
+        new: dict[str, Any],
+        owner: Owner | None = None,
+        decided: Plan | None = None,
+    ) -> None:
+        meta, old = body["metadata"], body.get("status") or {}
+        patch = merge_patch(old, new, keep=("progress",))
+        if patch:
+            patched = self.kube.patch_status(meta["namespace"], meta["name"], patch, meta["resourceVersion"])
+            self.store.put_body(patched)
+        if owner is not None and decided is not None and old.get("phase") != new.get("phase"):
+            PHASES.labels(str(new.get("phase"))).inc()
+            for event in decided.events:
+                self.kube.post_event(owner, event.type, event.reason, event.message)

@@ -1,0 +1,104 @@
+"""Run bookkeeping: which run the spec asks for, and what the training side of the cluster must look like.
+
+A run is one training of one training-relevant spec (hash in status.trainingSpecHash). A new hash starts
+run N+1 (new Job, output under run-N+1/), and every other run's Job is retired. The numbers live in status
+(the operator never writes spec); a Job carries its run label and training hash, so a restart between
+"created the Job" and "wrote the status" adopts the Job instead of starting yet another run. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from finetune_operator.builders.common import Manifest, Owner
+from finetune_operator.builders.rbac import trainer_rbac
+from finetune_operator.builders.trainer_config import trainer_config_map
+from finetune_operator.builders.training import training_job, workers_service
+from finetune_operator.naming import Names
+from finetune_operator.observed import JobObs
+from finetune_operator.settings import Settings
+from finetune_operator.spec import FineTuneJobSpec
+
+
+@dataclass(frozen=True)
+class ChildRef:
+    """A child to delete: enough to address it."""
+
+    api_version: str
+    kind: str
+    name: str
+
+
+def current_run(status: dict[str, Any], training_hash: str, jobs: Sequence[JobObs]) -> int:
+    """The run for `training_hash`: the status's run if the hash is unchanged, else an adopted or new one."""
+    previous = int(status.get("run") or 0)
+    if previous >= 1 and status.get("trainingSpecHash") == training_hash:
+        return previous
+    adoptable = [j.run for j in jobs if j.training_hash == training_hash and j.run > previous]
+    if adoptable:
+        return max(adoptable)
+    return max([previous, *(j.run for j in jobs)]) + 1
+
+
+def training_children(
+    spec: FineTuneJobSpec, owner: Owner, run: int, training_hash: str, settings: Settings
+) -> list[Manifest]:
+    """Everything run `run` needs, in creation order: the Job last, so its existence implies the rest."""
+    children = [*trainer_rbac(owner), trainer_config_map(spec, owner, run)]
+    if spec.distributed.workers > 1:
+        children.append(workers_service(spec, owner, run))
+    children.append(training_job(spec, owner, run, training_hash, settings))
+    return children
+
+
+def retired_children(owner: Owner, jobs: Sequence[JobObs], run: int) -> list[ChildRef]:
+    """The Jobs (and their config and headless Service) of every run other than `run`."""
+    names = Names.of(owner.name)
+    refs: list[ChildRef] = []
+    for job in jobs:
+        if job.run == run or job.deleting:
+            continue
+        refs += [
+            ChildRef("batch/v1", "Job", job.name),
+            ChildRef("v1", "ConfigMap", names.trainer_config(job.run)),
+            ChildRef("v1", "Service", names.workers_service(job.run)),
+        ]
+    return refs
+
+
+@dataclass(frozen=True)
+class TrainingActions:
+    create: list[Manifest]
+    delete: list[ChildRef]
+    suspend_job: tuple[str, bool] | None
+
+
+def training_actions(
+    spec: FineTuneJobSpec,
+    owner: Owner,
+    run: int,
+    training_hash: str,
+    job: JobObs | None,
+    *,
+    may_start: bool,
+    settings: Settings,
+) -> TrainingActions:
+    """Create, suspend/resume or (Kueue + suspend) delete the Job of run `run`.
+
+    With a Kueue queue the Job's spec.suspend belongs to Kueue: suspending deletes the unfinished Job
+    (checkpoints stay in S3) and resuming creates it again, to be admitted again.
+    """
+    kueue = bool(spec.queue_name)
+    if job is None or job.deleting:
+        if may_start and not (kueue and spec.suspend) and job is None:
+            return TrainingActions(training_children(spec, owner, run, training_hash, settings), [], None)
+        return TrainingActions([], [], None)
+    if job.finished:
+        return TrainingActions([], [], None)
+    if kueue and spec.suspend:
+        return TrainingActions([], [ChildRef("batch/v1", "Job", job.name)], None)
+    if not kueue and job.suspended != spec.suspend:
+        return TrainingActions([], [], (job.name, spec.suspend))
+    return TrainingActions([], [], None)

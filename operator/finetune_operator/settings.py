@@ -1,0 +1,141 @@
+"""Operator-wide settings: images, retry budget, watched namespaces; from flags or FTO_* variables.
+
+Why one frozen dataclass: builders take it as an argument (no globals), tests build one in a line, and the
+command line, the environment and the Helm chart's values all map onto the same names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
+DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.6.3.post1"
+DEFAULT_FETCH_IMAGE = "amazon/aws-cli:2.17.0"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the operator needs to know besides the FineTuneJob itself."""
+
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
+    serving_image: str = ""  # empty: the trainer image (it carries the server too)
+    vllm_image: str = DEFAULT_VLLM_IMAGE
+    fetch_image: str = DEFAULT_FETCH_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    backoff_limit: int = 3
+    namespaces: tuple[str, ...] = field(default_factory=tuple)  # empty: all namespaces
+    workers: int = 8
+    resync_seconds: float = 300.0
+    secret_recheck_seconds: float = 10.0
+    metrics_port: int = 0  # 0: no Prometheus endpoint
+    health_port: int = 8080
+
+    @property
+    def server_image(self) -> str:
+        return self.serving_image or self.trainer_image
+
+
+def _env_list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Settings:
+    """Flags win over FTO_* variables, which win over the defaults."""
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(prog="python -m finetune_operator", description=__doc__)
+    parser.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=None,
+        help="watch this namespace (repeatable, or comma-separated); default: all. Env FTO_NAMESPACES",
+    )
+    parser.add_argument(
+        "--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)"
+    )
+    parser.add_argument(
+        "--trainer-image",
+        default=env.get("FTO_TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE),
+        help="image of the training pods. Env FTO_TRAINER_IMAGE",
+    )
+    parser.add_argument(
+        "--serving-image",
+        default=env.get("FTO_SERVING_IMAGE", ""),
+        help="image of engine=transformers servers; default the trainer image. Env FTO_SERVING_IMAGE",
+    )
+    parser.add_argument(
+        "--vllm-image",
+        default=env.get("FTO_VLLM_IMAGE", DEFAULT_VLLM_IMAGE),
+        help="pinned vLLM OpenAI server image for engine=vllm. Env FTO_VLLM_IMAGE",
+    )
+    parser.add_argument(
+        "--fetch-image",
+        default=env.get("FTO_FETCH_IMAGE", DEFAULT_FETCH_IMAGE),
+        help="image with the aws CLI that fetches models for vllm. Env FTO_FETCH_IMAGE",
+    )
+    parser.add_argument(
+        "--image-pull-policy",
+        default=env.get("FTO_IMAGE_PULL_POLICY", "IfNotPresent"),
+        choices=["Always", "IfNotPresent", "Never"],
+        help="Env FTO_IMAGE_PULL_POLICY",
+    )
+    parser.add_argument(
+        "--backoff-limit",
+        type=int,
+        default=int(env.get("FTO_BACKOFF_LIMIT", "3")),
+        help="retries of a training Job on infrastructure failures. Env FTO_BACKOFF_LIMIT",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(env.get("FTO_WORKERS", "8")),
+        help="FineTuneJobs reconciled in parallel. Env FTO_WORKERS",
+    )
+    parser.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=float(env.get("FTO_RESYNC_SECONDS", "300")),
+        help="every FineTuneJob is reconciled at least this often. Env FTO_RESYNC_SECONDS",
+    )
+    parser.add_argument(
+        "--secret-recheck-seconds",
+        type=float,
+        default=float(env.get("FTO_SECRET_RECHECK_SECONDS", "10")),
+        help="how often a job waiting for its credentials secret looks again",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(env.get("FTO_METRICS_PORT", "0")),
+        help="serve Prometheus metrics on this port (0: off). Env FTO_METRICS_PORT",
+    )
+    parser.add_argument(
+        "--health-port",
+        type=int,
+        default=int(env.get("FTO_HEALTH_PORT", "8080")),
+        help="kopf liveness endpoint /healthz on this port (0: off). Env FTO_HEALTH_PORT",
+    )
+    args = parser.parse_args(list(argv))
+    if args.all_namespaces:
+        namespaces: tuple[str, ...] = ()
+    elif args.namespace:
+        namespaces = tuple(ns for item in args.namespace for ns in _env_list(item))
+    else:
+        namespaces = _env_list(env.get("FTO_NAMESPACES", ""))
+    return Settings(
+        trainer_image=args.trainer_image,
+        serving_image=args.serving_image,
+        vllm_image=args.vllm_image,
+        fetch_image=args.fetch_image,
+        image_pull_policy=args.image_pull_policy,
+        backoff_limit=args.backoff_limit,
+        namespaces=namespaces,
+        workers=args.workers,
+        resync_seconds=args.resync_seconds,
+        secret_recheck_seconds=args.secret_recheck_seconds,
+        metrics_port=args.metrics_port,
+        health_port=args.health_port,
+    )

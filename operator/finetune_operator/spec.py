@@ -1,0 +1,209 @@
+"""The typed FineTuneJob spec: parsed once from the object body, then handed to pure builders.
+
+Why a model of our own when the CRD already validates: builders and the planner should read
+`spec.resources.gpus`, not `body["spec"].get("resources", {}).get("gpus", 1)`. The defaults repeat the
+CRD's, so an object created before a default was added still parses. Unknown fields are rejected, which
+keeps this model and `crds/finetunejob.yaml` in step (a unit test compares them field by field).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+Quantity = int | str
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+    def wire(self) -> dict[str, Any]:
+        """The camelCase JSON shape (as in the CRD and the trainer config), nulls included."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class BaseModelSpec(_Model):
+    uri: str
+    task: Literal["causal-lm", "sequence-classification"] = "causal-lm"
+    num_labels: int | None = None
+    labels: list[str] | None = None
+
+
+class DataRef(_Model):
+    uri: str
+
+
+class Split(_Model):
+    validation: float = 0.1
+    test: float = 0.1
+    seed: int = 42
+
+
+class Dataset(_Model):
+    train: DataRef
+    validation: DataRef | None = None
+    test: DataRef | None = None
+    split: Split = Split()
+    schema_: Literal["text", "prompt-completion", "chat", "classification"] = Field(alias="schema")
+    columns: dict[str, str] = {}
+    max_seq_length: int = 2048
+    format: Literal["jsonl", "json", "csv", "parquet"] | None = None
+
+
+class Lora(_Model):
+    rank: int = 16
+    alpha: float = 32
+    dropout: float = 0.05
+    target_modules: list[str] = ["all-linear"]
+
+
+class Method(_Model):
+    type: Literal["lora", "qlora", "full"] = "lora"
+    lora: Lora = Lora()
+    merge_weights: bool = False
+
+    @property
+    def produces_adapter(self) -> bool:
+        """The saved model is an adapter on the base model (not full or merged weights)."""
+        return self.type != "full" and not self.merge_weights
+
+
+class Hyperparameters(_Model):
+    epochs: float = 3
+    learning_rate: float = 2e-4
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    warmup_ratio: float = 0.03
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    seed: int = 42
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    max_steps: int | None = None
+    weight_decay: float = 0.0
+
+
+class Toleration(_Model):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class Resources(_Model):
+    gpus: int = 1
+    gpu_resource: str = "nvidia.com/gpu"
+    memory: Quantity = "32Gi"
+    cpu: Quantity = "4"
+    shm_size: Quantity = "8Gi"
+    node_selector: dict[str, str] = {}
+    tolerations: list[Toleration] = []
+    affinity: dict[str, Any] | None = None
+    priority_class_name: str = ""
+
+
+class Distributed(_Model):
+    workers: int = 1
+
+
+class Checkpointing(_Model):
+    interval_steps: int = 200
+    keep: int = 2
+
+
+class GateRule(_Model):
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+
+class Evaluation(_Model):
+    compare_base_model: bool = False
+    gate: list[GateRule] = []
+
+
+class Output(_Model):
+    uri: str
+
+    def run_uri(self, run: int) -> str:
+        """The folder of one run: <uri>run-N/ (the CRD guarantees the trailing slash)."""
+        base = self.uri if self.uri.endswith("/") else self.uri + "/"
+        return f"{base}run-{run}/"
+
+
+class Storage(_Model):
+    endpoint: str = ""
+    region: str = ""
+    credentials_secret: str = ""
+
+
+class ServingResources(_Model):
+    requests: dict[str, Quantity] = {}
+    limits: dict[str, Quantity] = {}
+
+
+class Serving(_Model):
+    enabled: bool = False
+    replicas: int = 1
+    engine: Literal["transformers", "vllm"] = "transformers"
+    max_concurrency: int = 8
+    api_key_secret: str = ""
+    resources: ServingResources = ServingResources()
+
+
+class PodMetadata(_Model):
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+
+
+class FineTuneJobSpec(_Model):
+    base_model: BaseModelSpec
+    dataset: Dataset
+    method: Method = Method()
+    hyperparameters: Hyperparameters = Hyperparameters()
+    resources: Resources = Resources()
+    distributed: Distributed = Distributed()
+    checkpointing: Checkpointing = Checkpointing()
+    evaluation: Evaluation = Evaluation()
+    output: Output
+    storage: Storage = Storage()
+    serving: Serving = Serving()
+    pod_metadata: PodMetadata = PodMetadata()
+    queue_name: str = ""
+    suspend: bool = False
+
+    @property
+    def processes_per_worker(self) -> int:
+        return max(1, self.resources.gpus)
+
+
+TRAINING_FIELDS = (
+    "baseModel",
+    "dataset",
+    "method",
+    "hyperparameters",
+    "resources",
+    "distributed",
+    "checkpointing",
+    "output",
+    "storage",
+)
+"""Top-level spec fields whose change starts a new run (plus evaluation.compareBaseModel)."""
+
+
+def training_spec_hash(spec: FineTuneJobSpec) -> str:
+    """A stable hash of everything that changes what a training run does; 16 hex digits."""
+    # Defaults are left out, so adding a defaulted field to the API later does not retrain every job.
+    wire = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    relevant = {name: wire.get(name) for name in TRAINING_FIELDS}
+    relevant["compareBaseModel"] = wire.get("evaluation", {}).get("compareBaseModel", False)
+    canonical = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def parse_spec(raw: dict[str, Any]) -> FineTuneJobSpec:
+    """Parse the `spec` of a FineTuneJob body (raises pydantic.ValidationError)."""
+    return FineTuneJobSpec.model_validate(raw)

@@ -1,0 +1,135 @@
+"""What a training run is doing, computed purely from the observed Job, its pods and the trainer's progress.
+
+Why pure: this function decides what a user reads in `kubectl get ftj`; a table of (observed -> phase,
+reason, error) cases tests it without a cluster. The planner adds the gate and serving on top.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from finetune_operator.observed import JobObs, PodObs, TrainerReport, parse_termination_message
+
+IMAGE_PROBLEMS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+CONFIG_PROBLEMS = ("CreateContainerConfigError", "CreateContainerError")
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    code: str
+    message: str
+
+    def to_status(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """Phase of the run's training part: Pending, Queued, Training, Evaluating, Suspended, Trained, Failed."""
+
+    phase: str
+    reason: str
+    message: str
+    error: ErrorInfo | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+
+
+def _report_of(pods: Sequence[PodObs], *, succeeded: bool) -> TrainerReport | None:
+    """The termination report of the newest finished pod (rank 0 first for a success)."""
+    phase = "Succeeded" if succeeded else "Failed"
+    done = [p for p in pods if p.phase == phase and p.termination_message]
+    if succeeded:
+        done = [p for p in done if p.index == 0] or done
+        done.sort(key=lambda p: p.created)
+    else:
+        done.sort(key=lambda p: (p.exit_code == 42, p.created))
+    return parse_termination_message(done[-1].termination_message) if done else None
+
+
+def _failed(job: JobObs, pods: Sequence[PodObs], attempts: int) -> TrainingState:
+    report = _report_of(pods, succeeded=False)
+    if (
+        job.failure_reason == "PodFailurePolicy"
+        and report
+        and report.code not in ("Succeeded", "InternalError")
+    ):
+        error = ErrorInfo(report.code, report.message)
+    elif job.failure_reason == "BackoffLimitExceeded":
+        last = f"; last attempt: {report.code}: {report.message}" if report else ""
+        error = ErrorInfo("BackoffLimitExceeded", f"{attempts} attempts failed{last}")
+    else:
+        detail = f"{report.code}: {report.message}" if report else job.failure_message or job.failure_reason
+        error = ErrorInfo("JobFailed", f"training Job {job.name} failed: {detail}")
+    return TrainingState("Failed", error.code, error.message, error, attempts=attempts)
+
+
+def _running(
+    job: JobObs, pods: Sequence[PodObs], progress: dict[str, Any], run: int, attempts: int
+) -> TrainingState:
+    live = [p for p in pods if not p.deleting and p.phase in ("Pending", "Running")]
+    if any(p.phase == "Running" for p in live) or (not live and job.ready > 0):
+        if progress.get("run") == run and progress.get("stage") == "evaluating":
+            return TrainingState(
+                "Evaluating", "Evaluating", "evaluating on the held-out splits", attempts=attempts
+            )
+        step, total = progress.get("step"), progress.get("totalSteps")
+        where = (
+            f"step {step}/{total}"
+            if progress.get("run") == run and step is not None
+            else "training pods running"
+        )
+        return TrainingState("Training", "Training", where, attempts=attempts)
+    for pod in live:
+        if pod.waiting_reason in CONFIG_PROBLEMS:
+            return TrainingState(
+                "Pending", pod.waiting_reason, pod.waiting_message or pod.waiting_reason, attempts=attempts
+            )
+        if pod.waiting_reason in IMAGE_PROBLEMS:
+            return TrainingState(
+                "Pending", "ImagePullBackOff", pod.waiting_message or pod.waiting_reason, attempts=attempts
+            )
+    unschedulable = next((p for p in live if p.unschedulable), None)
+    if unschedulable:
+        return TrainingState("Queued", "Unschedulable", unschedulable.unschedulable, attempts=attempts)
+    if live:
+        return TrainingState("Pending", "Starting", "training pods starting", attempts=attempts)
+    return TrainingState("Queued", "WaitingForPods", "waiting for the Job to start pods", attempts=attempts)
+
+
+def training_state(
+    job: JobObs | None,
+    pods: Sequence[PodObs],
+    *,
+    suspend: bool,
+    kueue: bool,
+    progress: dict[str, Any],
+    run: int,
+) -> TrainingState:
+    """Phase of run `run` from its Job (None: not created yet), the Job's pods and the trainer's progress."""
+    if job is None:
+        if suspend:
+            note = "; resume re-queues it" if kueue else ""
+            return TrainingState("Suspended", "Suspended", f"suspended before the training Job started{note}")
+        return TrainingState("Pending", "Creating", "creating the training Job")
+    attempts = job.failed + job.succeeded + job.active
+    if job.complete:
+        report = _report_of(pods, succeeded=True)
+        metrics = report.metrics if report else {}
+        message = report.message if report and report.message else "training and evaluation finished"
+        return TrainingState("Trained", "Trained", message, metrics=metrics, attempts=attempts)
+    if job.failed_condition:
+        return _failed(job, pods, attempts)
+    if job.suspended:
+        if suspend:
+            return TrainingState(
+                "Suspended",
+                "Suspended",
+                "suspended; resuming continues from the last checkpoint",
+                attempts=attempts,
+            )
+        why = "waiting for admission by Kueue" if kueue else "the Job is suspended"
+        return TrainingState("Queued", "Queued", why, attempts=attempts)
+    return _running(job, pods, progress, run, attempts)

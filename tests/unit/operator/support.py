@@ -1,0 +1,49 @@
+"""Helpers of the operator unit tests: sample specs, and golden-file comparison (UPDATE_GOLDEN=1 rewrites)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from finetune_operator.builders.common import Owner
+from finetune_operator.spec import FineTuneJobSpec, parse_spec
+
+GOLDEN = Path(__file__).parent / "golden"
+EXAMPLES = Path(__file__).parents[3] / "examples"
+OWNER = Owner("team-a", "support-bot", "0b9b6a8e-1111-4222-8333-444455556666")
+
+
+def minimal(**overrides: Any) -> dict[str, Any]:
+    """A minimal valid spec as a user writes it, with top-level sections replaced by `overrides`."""
+    raw: dict[str, Any] = {
+        "baseModel": {"uri": "s3://models/tiny/"},
+        "dataset": {"train": {"uri": "s3://data/train.jsonl"}, "schema": "chat"},
+        "output": {"uri": "s3://artifacts/team-a/support-bot/"},
+        "storage": {"credentialsSecret": "s3-creds"},
+    }
+    raw.update(overrides)
+    return raw
+
+
+def spec(**overrides: Any) -> FineTuneJobSpec:
+    return parse_spec(minimal(**overrides))
+
+
+def example(name: str) -> dict[str, Any]:
+    docs = [d for d in yaml.safe_load_all((EXAMPLES / f"{name}.yaml").read_text()) if d]
+    body: dict[str, Any] = next(d for d in docs if d.get("kind") == "FineTuneJob")
+    return body
+
+
+def assert_golden(relative: str, value: Any) -> None:
+    """Compare `value` as YAML with golden/<relative>; UPDATE_GOLDEN=1 writes the file instead."""
+    path = GOLDEN / relative
+    text = yaml.safe_dump(value, sort_keys=False, width=120)
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return
+    assert path.exists(), f"{path} missing: run with UPDATE_GOLDEN=1 and review the new file"
+    assert text == path.read_text(), f"{relative} differs from its golden file (UPDATE_GOLDEN=1 to accept)"

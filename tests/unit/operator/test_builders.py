@@ -1,0 +1,265 @@
+"""What the children must carry, asserted field by field (the golden files pin the rest)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+from finetune_operator.builders.common import Owner
+from finetune_operator.builders.rbac import trainer_role
+from finetune_operator.builders.serving import Published, serving_bundle
+from finetune_operator.builders.trainer_config import trainer_config_map
+from finetune_operator.builders.training import training_job, workers_service
+from finetune_operator.naming import KUEUE_QUEUE_LABEL
+from finetune_operator.settings import Settings
+
+from .support import OWNER, spec
+
+SETTINGS = Settings(trainer_image="trainer:test", backoff_limit=4)
+DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def _container(job: dict[str, Any]) -> dict[str, Any]:
+    container: dict[str, Any] = job["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def test_job_requests_and_limits_gpus_and_memory() -> None:
+    job = training_job(
+        spec(resources={"gpus": 2, "gpuResource": "amd.com/gpu", "memory": "48Gi"}), OWNER, 1, "h", SETTINGS
+    )
+    resources = _container(job)["resources"]
+    assert resources["requests"]["amd.com/gpu"] == resources["limits"]["amd.com/gpu"] == "2"
+    assert resources["requests"]["memory"] == resources["limits"]["memory"] == "48Gi"
+
+
+def test_cpu_training_requests_no_gpu() -> None:
+    resources = _container(training_job(spec(resources={"gpus": 0}), OWNER, 1, "h", SETTINGS))["resources"]
+    assert "nvidia.com/gpu" not in resources["requests"] and "nvidia.com/gpu" not in resources["limits"]
+
+
+def test_job_failure_policy_backoff_and_restart_policy() -> None:
+    job = training_job(spec(), OWNER, 1, "h", SETTINGS)
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [42]},
+    } in rules
+    assert rules[0]["action"] == "Ignore" and rules[0]["onPodConditions"][0]["type"] == "DisruptionTarget"
+    assert job["spec"]["backoffLimit"] == 4
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_pod_is_hardened_and_has_shm_and_work_volumes() -> None:
+    job = training_job(spec(resources={"shmSize": "2Gi"}), OWNER, 1, "h", SETTINGS)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = _container(job)["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False and security["capabilities"] == {"drop": ["ALL"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
+    assert "emptyDir" in volumes["work"]
+    assert _container(job)["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_credentials_come_from_the_secret_or_not_at_all() -> None:
+    env = _container(
+        training_job(
+            spec(storage={"credentialsSecret": "creds", "endpoint": "http://s3:9000", "region": "eu-1"}),
+            OWNER,
+            1,
+            "h",
+            SETTINGS,
+        )
+    )["env"]
+    by_name = {e["name"]: e for e in env}
+    assert by_name["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
+        "name": "creds",
+        "key": "AWS_ACCESS_KEY_ID",
+    }
+    assert by_name["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert by_name["AWS_ENDPOINT_URL"]["value"] == "http://s3:9000"
+    assert by_name["AWS_DEFAULT_REGION"]["value"] == "eu-1"
+    bare = _container(training_job(spec(storage={}), OWNER, 1, "h", SETTINGS))["env"]
+    assert not [e for e in bare if e["name"].startswith("AWS_")]
+
+
+def test_placement_and_priority_are_passed_through() -> None:
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}
+    pod = training_job(
+        spec(
+            resources={
+                "nodeSelector": {"pool": "a100"},
+                "priorityClassName": "high",
+                "tolerations": [{"key": "gpu", "operator": "Exists"}],
+                "affinity": affinity,
+            }
+        ),
+        OWNER,
+        1,
+        "h",
+        SETTINGS,
+    )["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "a100"} and pod["priorityClassName"] == "high"
+    assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists"}] and pod["affinity"] == affinity
+
+
+def test_kueue_job_is_created_suspended_with_the_queue_label() -> None:
+    job = training_job(spec(queueName="team-q"), OWNER, 1, "h", SETTINGS)
+    assert job["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "team-q"
+    assert job["spec"]["suspend"] is True
+    assert training_job(spec(), OWNER, 1, "h", SETTINGS)["spec"]["suspend"] is False
+    assert training_job(spec(suspend=True), OWNER, 1, "h", SETTINGS)["spec"]["suspend"] is True
+
+
+def test_children_carry_owner_reference_and_run_labels() -> None:
+    job = training_job(spec(), OWNER, 3, "h", SETTINGS)
+    assert job["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+    assert job["metadata"]["ownerReferences"][0]["controller"] is True
+    pod_labels = job["spec"]["template"]["metadata"]["labels"]
+    assert pod_labels["finetune.dev/run"] == "3" and pod_labels["finetune.dev/job-uid"] == OWNER.uid
+
+
+def test_pod_metadata_is_added_but_cannot_replace_operator_labels() -> None:
+    job = training_job(
+        spec(
+            podMetadata={
+                "labels": {"team": "a", "finetune.dev/run": "9"},
+                "annotations": {"sidecar.istio.io/inject": "false"},
+            }
+        ),
+        OWNER,
+        1,
+        "h",
+        SETTINGS,
+    )
+    meta = job["spec"]["template"]["metadata"]
+    assert meta["labels"]["team"] == "a" and meta["labels"]["finetune.dev/run"] == "1"
+    assert meta["annotations"]["sidecar.istio.io/inject"] == "false"
+
+
+def test_distributed_job_is_indexed_with_rank_and_stable_master() -> None:
+    s = spec(distributed={"workers": 3}, resources={"gpus": 4})
+    job = training_job(s, OWNER, 2, "h", SETTINGS)
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 3
+    pod = job["spec"]["template"]["spec"]
+    service = workers_service(s, OWNER, 2)
+    assert pod["subdomain"] == service["metadata"]["name"] and service["spec"]["clusterIP"] == "None"
+    env = {e["name"]: e for e in _container(job)["env"]}
+    assert env["MASTER_ADDR"]["value"] == f"support-bot-r2-0.{service['metadata']['name']}.team-a.svc"
+    assert "job-completion-index" in env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+    command = _container(job)["command"]
+    assert command[0] == "torchrun" and "--nnodes=3" in command and "--nproc-per-node=4" in command
+    assert set(service["spec"]["selector"].items()) <= set(pod_labels(job).items())
+
+
+def pod_labels(job: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = job["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def test_trainer_config_follows_the_contract() -> None:
+    cm = trainer_config_map(spec(), OWNER, 2)
+    config = json.loads(cm["data"]["config.json"])
+    assert config["kind"] == "TrainerConfig" and config["job"]["run"] == 2
+    assert config["output"]["runUri"] == "s3://artifacts/team-a/support-bot/run-2/"
+    assert set(config) == {
+        "apiVersion",
+        "kind",
+        "job",
+        "baseModel",
+        "dataset",
+        "method",
+        "hyperparameters",
+        "checkpointing",
+        "evaluation",
+        "distributed",
+        "output",
+    }
+    assert config["evaluation"] == {"compareBaseModel": False}
+    assert cm["metadata"]["name"] == "support-bot-r2-config"
+
+
+def test_role_may_only_get_and_patch_its_own_status() -> None:
+    rules = trainer_role(OWNER)["rules"]
+    assert rules == [
+        {
+            "apiGroups": ["finetune.dev"],
+            "resources": ["finetunejobs/status"],
+            "resourceNames": ["support-bot"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    "name", ["x", "a" * 253, "9.lives.of.a.cat", "Name-With-Dots.and-digits-0123456789" * 5]
+)
+def test_child_names_and_labels_are_valid_for_any_legal_name(name: str) -> None:
+    owner = Owner("ns", name.lower()[:253], "u" * 36)
+    s = spec(distributed={"workers": 2})
+    job = training_job(s, owner, 123, "h", SETTINGS)
+    hostname = job["metadata"]["name"] + "-255"
+    assert DNS1035.match(job["metadata"]["name"]) and len(hostname) <= 63
+    assert DNS1035.match(workers_service(s, owner, 123)["metadata"]["name"])
+    for manifest in [
+        job,
+        *serving_bundle(
+            spec(serving={"enabled": True}),
+            owner,
+            Published(1, "causal-lm", "s3://m/", "s3://o/", True),
+            SETTINGS,
+        ),
+    ]:
+        assert len(manifest["metadata"]["name"]) <= 63
+        for value in manifest["metadata"]["labels"].values():
+            assert len(value) <= 63
+
+
+def test_serving_bundle_rolls_on_model_change_and_adds_pdb_for_replicas() -> None:
+    s = spec(serving={"enabled": True, "replicas": 2})
+    one = serving_bundle(
+        s, OWNER, Published(1, "causal-lm", "s3://m/", "s3://o/run-1/model/", True), SETTINGS
+    )
+    two = serving_bundle(
+        s, OWNER, Published(2, "causal-lm", "s3://m/", "s3://o/run-2/model/", True), SETTINGS
+    )
+    kinds = [m["kind"] for m in one]
+    assert kinds == ["ConfigMap", "Service", "PodDisruptionBudget", "Deployment"]
+    d1, d2 = one[-1], two[-1]
+    assert d1["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    t1, t2 = d1["spec"]["template"]["metadata"], d2["spec"]["template"]["metadata"]
+    assert (
+        t1["annotations"]["finetune.dev/serve-config-hash"]
+        != t2["annotations"]["finetune.dev/serve-config-hash"]
+    )
+    assert json.loads(two[0]["data"]["serve.json"])["modelUri"] == "s3://o/run-2/model/"
+    assert d1["spec"]["selector"] == d2["spec"]["selector"]
+    single = serving_bundle(
+        spec(serving={"enabled": True}),
+        OWNER,
+        Published(1, "causal-lm", "s3://m/", "s3://o/", True),
+        SETTINGS,
+    )
+    assert "PodDisruptionBudget" not in [m["kind"] for m in single]
+
+
+def test_vllm_fetches_base_and_adapter_and_requests_a_gpu() -> None:
+    s = spec(serving={"enabled": True, "engine": "vllm"})
+    deployment = serving_bundle(
+        s,
+        OWNER,
+        Published(1, "causal-lm", "s3://m/base/", "s3://o/run-1/model/", True, loraRank=24),
+        SETTINGS,
+    )[-1]
+    pod = deployment["spec"]["template"]["spec"]
+    script = pod["initContainers"][0]["command"][-1]
+    assert "s3://m/base/" in script and "s3://o/run-1/model/" in script
+    args = pod["containers"][0]["args"]
+    assert "--enable-lora" in args and args[args.index("--max-lora-rank") + 1] == "32"
+    assert pod["containers"][0]["image"] == SETTINGS.vllm_image
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"

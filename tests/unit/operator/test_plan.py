@@ -1,0 +1,290 @@
+"""Lifecycle decisions of one reconcile (api.md Lifecycle), without a cluster."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+from finetune_operator.builders.serving import serving_bundle
+from finetune_operator.observed import DeploymentObs, JobObs, PodObs
+from finetune_operator.plan import Plan, Snapshot, needs_secret_check, plan
+from finetune_operator.reconcile import merge_patch
+from finetune_operator.settings import Settings
+from finetune_operator.spec import FineTuneJobSpec, training_spec_hash
+
+from .support import OWNER, spec
+
+SETTINGS = Settings(trainer_image="trainer:test")
+GATE = {"gate": [{"metric": "test_loss", "max": 1.8}]}
+SERVING = {"enabled": True}
+
+
+def _snap(s: FineTuneJobSpec, status: dict[str, Any] | None = None, **kw: Any) -> Snapshot:
+    return Snapshot(OWNER, 1, s, status or {}, now="2026-11-28T15:00:00Z", **kw)
+
+
+def _done(run: int, loss: float) -> tuple[JobObs, PodObs]:
+    message = json.dumps({"code": "Succeeded", "message": "ok", "metrics": {"test": {"loss": loss}}})
+    return (
+        JobObs(f"support-bot-r{run}", run, succeeded=1, complete=True),
+        PodObs(f"p{run}", run, phase="Succeeded", exit_code=0, termination_message=message),
+    )
+
+
+def _kinds(p: Plan) -> list[str]:
+    return [m["kind"] for m in p.create]
+
+
+def _settle(s: FineTuneJobSpec, p: Plan) -> dict[str, Any]:
+    """The status after the plan's status is written (what the next pass reads)."""
+    return dict(p.status)
+
+
+def test_first_pass_creates_rbac_config_and_job() -> None:
+    p = plan(_snap(spec(), secret_present=True), SETTINGS)
+    assert _kinds(p) == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Job"]
+    assert p.status["run"] == 1 and p.status["phase"] == "Pending"
+    assert p.status["trainingSpecHash"] == training_spec_hash(spec())
+    assert [e.reason for e in p.events] == ["Pending"]
+
+
+def test_missing_secret_waits_and_rechecks() -> None:
+    snap = _snap(spec(), secret_present=False)
+    assert needs_secret_check(snap)
+    p = plan(snap, SETTINGS)
+    assert p.create == [] and p.status["phase"] == "Pending"
+    assert p.status["error"]["code"] == "SecretMissing" and p.requeue_after == SETTINGS.secret_recheck_seconds
+    trained = next(c for c in p.status["conditions"] if c["type"] == "Trained")
+    assert trained["reason"] == "SecretMissing"
+
+
+def test_secret_is_not_checked_once_the_job_exists() -> None:
+    s = spec()
+    status = plan(_snap(s, secret_present=True), SETTINGS).status
+    assert not needs_secret_check(_snap(s, status, jobs=[JobObs("support-bot-r1", 1, active=1)]))
+    assert not needs_secret_check(_snap(spec(storage={}), {}))
+
+
+def test_training_change_starts_run_two_and_retires_run_one() -> None:
+    s1 = spec()
+    status = plan(_snap(s1, secret_present=True), SETTINGS).status
+    s2 = spec(hyperparameters={"learningRate": 1e-4})
+    p = plan(_snap(s2, status, jobs=[JobObs("support-bot-r1", 1, active=1)], secret_present=True), SETTINGS)
+    assert p.status["run"] == 2 and p.create[-1]["metadata"]["name"] == "support-bot-r2"
+    assert ("Job", "support-bot-r1") in [(r.kind, r.name) for r in p.delete]
+    assert p.create[-1]["metadata"]["annotations"]["finetune.dev/training-spec-hash"] == training_spec_hash(
+        s2
+    )
+    config = json.loads(next(m for m in p.create if m["kind"] == "ConfigMap")["data"]["config.json"])
+    assert config["output"]["runUri"].endswith("/run-2/")
+
+
+def test_restart_after_creating_run_two_adopts_it() -> None:
+    s1, s2 = spec(), spec(hyperparameters={"learningRate": 1e-4})
+    status = plan(_snap(s1, secret_present=True), SETTINGS).status
+    job2 = JobObs("support-bot-r2", 2, training_hash=training_spec_hash(s2), active=1)
+    p = plan(_snap(s2, status, jobs=[job2]), SETTINGS)
+    assert p.status["run"] == 2 and p.create == []
+
+
+def test_serving_only_and_suspend_only_changes_do_not_retrain() -> None:
+    s1 = spec()
+    status = plan(_snap(s1, secret_present=True), SETTINGS).status
+    job = JobObs("support-bot-r1", 1, active=1)
+    for changed in (
+        spec(serving={"enabled": True, "replicas": 2}),
+        spec(suspend=True),
+        spec(evaluation={"gate": [{"metric": "test_loss", "max": 9}]}),
+    ):
+        p = plan(_snap(changed, status, jobs=[job]), SETTINGS)
+        assert p.status["run"] == 1 and p.create == [] and not [r for r in p.delete if r.kind == "Job"]
+
+
+def test_suspend_patches_the_job_without_kueue() -> None:
+    job = JobObs("support-bot-r1", 1, active=1)
+    status = {"run": 1, "trainingSpecHash": training_spec_hash(spec())}
+    assert plan(_snap(spec(suspend=True), status, jobs=[job]), SETTINGS).suspend_job == (
+        "support-bot-r1",
+        True,
+    )
+    resumed = plan(_snap(spec(), status, jobs=[replace(job, suspended=True, active=0)]), SETTINGS)
+    assert resumed.suspend_job == ("support-bot-r1", False)
+
+
+def test_kueue_suspend_deletes_the_job_and_never_touches_its_suspend_field() -> None:
+    s = spec(queueName="q", suspend=True)
+    status = {"run": 1, "trainingSpecHash": training_spec_hash(s)}
+    job = JobObs("support-bot-r1", 1, active=1)
+    p = plan(_snap(s, status, jobs=[job]), SETTINGS)
+    assert p.suspend_job is None and [(r.kind, r.name) for r in p.delete] == [("Job", "support-bot-r1")]
+    gone = plan(_snap(s, p.status, jobs=[]), SETTINGS)
+    assert gone.create == [] and gone.status["phase"] == "Suspended"
+    resumed = plan(_snap(spec(queueName="q"), gone.status, jobs=[], secret_present=True), SETTINGS)
+    assert resumed.create[-1]["spec"]["suspend"] is True and resumed.suspend_job is None
+    admitted = plan(_snap(spec(queueName="q"), gone.status, jobs=[replace(job, suspended=False)]), SETTINGS)
+    assert admitted.suspend_job is None
+
+
+def test_success_without_serving_is_succeeded() -> None:
+    s = spec(evaluation=GATE)
+    job, pod = _done(1, 1.2)
+    p = plan(
+        _snap(s, {"run": 1, "trainingSpecHash": training_spec_hash(s)}, jobs=[job], pods=[pod]), SETTINGS
+    )
+    assert p.status["phase"] == "Succeeded" and p.status["metrics"] == {"test": {"loss": 1.2}}
+    assert p.status["gate"]["passed"] is True and p.apply == [] and p.status["published"] is None
+
+
+def test_gate_pass_publishes_then_serves_when_available() -> None:
+    s = spec(evaluation=GATE, serving=SERVING)
+    job, pod = _done(1, 1.2)
+    base = {"run": 1, "trainingSpecHash": training_spec_hash(s)}
+    p = plan(_snap(s, base, jobs=[job], pods=[pod]), SETTINGS)
+    assert p.status["phase"] == "Publishing" and [m["kind"] for m in p.apply] == [
+        "ConfigMap",
+        "Service",
+        "Deployment",
+    ]
+    assert p.status["published"]["run"] == 1 and p.status["endpoint"] is None
+    digest = p.apply[-1]["metadata"]["annotations"]["finetune.dev/spec-hash"]
+    live = DeploymentObs(
+        "support-bot",
+        1,
+        spec_hash=digest,
+        replicas=1,
+        updated=1,
+        available=1,
+        ready=1,
+        current=True,
+        available_condition=True,
+    )
+    served = plan(_snap(s, p.status, jobs=[job], pods=[pod], deployment=live), SETTINGS)
+    assert served.status["phase"] == "Serving" and served.apply == []
+    assert served.status["endpoint"] == {
+        "url": "http://support-bot.team-a.svc:8000/v1",
+        "model": "support-bot",
+        "run": 1,
+    }
+    ready = next(c for c in served.status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True"
+
+
+def test_gate_fail_publishes_nothing() -> None:
+    s = spec(evaluation=GATE, serving=SERVING)
+    job, pod = _done(1, 2.5)
+    p = plan(
+        _snap(s, {"run": 1, "trainingSpecHash": training_spec_hash(s)}, jobs=[job], pods=[pod]), SETTINGS
+    )
+    assert p.status["phase"] == "Failed" and p.status["error"]["code"] == "GateFailed"
+    assert "test_loss=2.5 (must be <= 1.8)" in p.status["error"]["message"] and p.apply == []
+
+
+def _serving_run_one(s: FineTuneJobSpec) -> tuple[dict[str, Any], DeploymentObs]:
+    job, pod = _done(1, 1.2)
+    p = plan(
+        _snap(s, {"run": 1, "trainingSpecHash": training_spec_hash(s)}, jobs=[job], pods=[pod]), SETTINGS
+    )
+    digest = p.apply[-1]["metadata"]["annotations"]["finetune.dev/spec-hash"]
+    live = DeploymentObs(
+        "support-bot",
+        1,
+        spec_hash=digest,
+        replicas=1,
+        updated=1,
+        available=1,
+        current=True,
+        available_condition=True,
+    )
+    return plan(_snap(s, p.status, jobs=[job], pods=[pod], deployment=live), SETTINGS).status, live
+
+
+def test_run_two_failing_its_gate_leaves_run_one_serving() -> None:
+    s1 = spec(evaluation=GATE, serving=SERVING)
+    status, live = _serving_run_one(s1)
+    s2 = spec(evaluation=GATE, serving=SERVING, hyperparameters={"learningRate": 1e-4})
+    job2, pod2 = _done(2, 2.5)
+    training = plan(_snap(s2, status, jobs=[], deployment=live, secret_present=True), SETTINGS)
+    assert training.status["run"] == 2 and training.create[-1]["metadata"]["name"] == "support-bot-r2"
+    assert training.status["endpoint"]["run"] == 1 and training.apply == []
+    p = plan(_snap(s2, training.status, jobs=[job2], pods=[pod2], deployment=live), SETTINGS)
+    assert p.status["phase"] == "Failed" and p.status["error"]["code"] == "GateFailed"
+    assert p.apply == [] and not [r for r in p.delete if r.kind == "Deployment"]
+    assert p.status["endpoint"]["run"] == 1 and p.status["published"]["run"] == 1
+    ready = next(c for c in p.status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True" and "serving run 1" in ready["message"]
+
+
+def test_run_two_passing_rolls_the_deployment() -> None:
+    s1 = spec(evaluation=GATE, serving=SERVING)
+    status, live = _serving_run_one(s1)
+    s2 = spec(evaluation=GATE, serving=SERVING, hyperparameters={"learningRate": 1e-4})
+    job2, pod2 = _done(2, 1.0)
+    status = {**status, "run": 2, "trainingSpecHash": training_spec_hash(s2)}
+    p = plan(_snap(s2, status, jobs=[job2], pods=[pod2], deployment=live), SETTINGS)
+    assert p.status["phase"] == "Publishing" and p.status["published"]["run"] == 2
+    serve = json.loads(p.apply[0]["data"]["serve.json"])
+    assert (
+        serve["modelUri"].endswith("/run-2/model/")
+        and p.apply[-1]["metadata"]["labels"]["finetune.dev/run"] == "2"
+    )
+    assert p.status["endpoint"]["run"] == 1  # still the old pods until the roll completes
+    ready = next(c for c in p.status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "RollingOut"
+
+
+def test_serving_replicas_change_reapplies_the_same_model() -> None:
+    s1 = spec(evaluation=GATE, serving=SERVING)
+    status, live = _serving_run_one(s1)
+    s2 = spec(evaluation=GATE, serving={"enabled": True, "replicas": 3})
+    job, pod = _done(1, 1.2)
+    p = plan(_snap(s2, status, jobs=[job], pods=[pod], deployment=live), SETTINGS)
+    assert p.create == [] and p.apply[-1]["spec"]["replicas"] == 3
+    assert json.loads(p.apply[0]["data"]["serve.json"])["run"] == 1
+
+
+def test_disabling_serving_removes_the_bundle() -> None:
+    status, live = _serving_run_one(spec(evaluation=GATE, serving=SERVING))
+    job, pod = _done(1, 1.2)
+    p = plan(_snap(spec(evaluation=GATE), status, jobs=[job], pods=[pod], deployment=live), SETTINGS)
+    assert {r.kind for r in p.delete} >= {"Deployment", "Service", "ConfigMap"}
+    assert p.status["phase"] == "Succeeded" and p.status["endpoint"] is None
+
+
+def test_same_observation_gives_no_status_change() -> None:
+    s = spec(serving=SERVING)
+    first = plan(_snap(s, secret_present=True), SETTINGS)
+    second = plan(
+        replace(_snap(s, _settle(s, first), jobs=[JobObs("support-bot-r1", 1)]), now="2026-11-28T16:00:00Z"),
+        SETTINGS,
+    )
+    third = plan(
+        replace(_snap(s, _settle(s, second), jobs=[JobObs("support-bot-r1", 1)]), now="2026-11-28T17:00:00Z"),
+        SETTINGS,
+    )
+    assert merge_patch(second.status, third.status) == {} and third.events == []
+
+
+def test_deleted_job_of_a_finished_run_is_not_recreated() -> None:
+    s = spec()
+    job, pod = _done(1, 1.2)
+    done = plan(
+        _snap(s, {"run": 1, "trainingSpecHash": training_spec_hash(s)}, jobs=[job], pods=[pod]), SETTINGS
+    )
+    again = plan(_snap(s, done.status, jobs=[], secret_present=True), SETTINGS)
+    assert again.create == [] and again.status["phase"] == "Succeeded"
+
+
+def test_conditions_carry_observed_generation() -> None:
+    p = plan(replace(_snap(spec(), secret_present=True), generation=7), SETTINGS)
+    assert {c["observedGeneration"] for c in p.status["conditions"]} == {7}
+    assert p.status["observedGeneration"] == 7
+
+
+def test_serving_bundle_hash_is_stable() -> None:
+    s = spec(serving=SERVING)
+    from finetune_operator.builders.serving import Published
+
+    pub = Published(1, "causal-lm", "s3://m/", "s3://o/", True)
+    one, two = serving_bundle(s, OWNER, pub, SETTINGS), serving_bundle(s, OWNER, pub, SETTINGS)
+    assert one[-1]["metadata"]["annotations"] == two[-1]["metadata"]["annotations"]

@@ -1,0 +1,103 @@
+"""The typed spec: parsing, agreement with the CRD schema, and which changes count as training changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from finetune_operator.spec import FineTuneJobSpec, parse_spec, training_spec_hash
+from pydantic import BaseModel, ValidationError
+
+from .support import EXAMPLES, example, minimal, spec
+
+CRD = yaml.safe_load((Path(__file__).parents[3] / "crds" / "finetunejob.yaml").read_text())
+SCHEMA = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+        for inner in getattr(candidate, "__args__", ()):
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                return inner
+    return None
+
+
+def _compare(model: type[BaseModel], schema: dict[str, Any], where: str) -> list[str]:
+    problems = []
+    fields = {(f.alias or name): f for name, f in model.model_fields.items()}
+    props = schema.get("properties", {})
+    if set(fields) != set(props):
+        problems.append(
+            f"{where}: model {sorted(set(fields) - set(props))} vs CRD {sorted(set(props) - set(fields))}"
+        )
+    for name, field in fields.items():
+        inner = _model_of(field.annotation)
+        sub = props.get(name, {})
+        sub = sub.get("items", sub) if sub.get("type") == "array" else sub
+        if inner is not None and "properties" in sub:
+            problems += _compare(inner, sub, f"{where}.{name}")
+    return problems
+
+
+def test_model_and_crd_have_the_same_fields() -> None:
+    assert _compare(FineTuneJobSpec, SCHEMA["properties"]["spec"], "spec") == []
+
+
+def _descriptions_missing(schema: dict[str, Any], where: str) -> list[str]:
+    missing = (
+        [] if "description" in schema or where.endswith((".metadata", "additionalProperties")) else [where]
+    )
+    for name, sub in schema.get("properties", {}).items():
+        missing += _descriptions_missing(sub, f"{where}.{name}")
+    if "items" in schema and "properties" in schema["items"]:
+        missing += [m for m in _descriptions_missing(schema["items"], f"{where}[]") if m != f"{where}[]"]
+    return missing
+
+
+def test_every_crd_field_has_a_description() -> None:
+    assert _descriptions_missing(SCHEMA, "root") == []
+
+
+def test_defaults_match_the_crd() -> None:
+    parsed = spec()
+    assert parsed.method.lora.rank == 16 and parsed.hyperparameters.learning_rate == 2e-4
+    assert parsed.resources.gpus == 1 and parsed.serving.enabled is False and parsed.dataset.split.test == 0.1
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_example_parses(path: Path) -> None:
+    parse_spec(example(path.stem)["spec"])
+
+
+def test_unknown_field_is_rejected() -> None:
+    with pytest.raises(ValidationError):
+        parse_spec(minimal(learningRate=0.1))
+
+
+def _hash(**overrides: Any) -> str:
+    return training_spec_hash(spec(**overrides))
+
+
+def test_training_changes_change_the_hash() -> None:
+    base = _hash()
+    assert _hash(hyperparameters={"learningRate": 1e-4}) != base
+    assert _hash(dataset={"train": {"uri": "s3://data/other.jsonl"}, "schema": "chat"}) != base
+    assert _hash(resources={"gpus": 2}) != base
+    assert _hash(evaluation={"compareBaseModel": True}) != base
+
+
+def test_serving_gate_suspend_and_queue_changes_keep_the_hash() -> None:
+    base = _hash()
+    assert _hash(serving={"enabled": True, "replicas": 3}) == base
+    assert _hash(evaluation={"gate": [{"metric": "test_loss", "max": 2}]}) == base
+    assert _hash(suspend=True) == base
+    assert _hash(queueName="q") == base
+    assert _hash(podMetadata={"labels": {"a": "b"}}) == base
+
+
+def test_spelled_out_defaults_keep_the_hash() -> None:
+    assert _hash(hyperparameters={"learningRate": 2e-4, "epochs": 3}) == _hash()
