@@ -106,7 +106,15 @@ class InternalError(TrainerError):
 
 USER_ERROR_CODES: frozenset[str] = frozenset(
     cls.code
-    for cls in (ConfigInvalid, DatasetInvalid, DatasetNotFound, ModelInvalid, ModelNotFound,
-                StorageAccessDenied, StorageNotFound, UnsupportedHardware)
+    for cls in (
+        ConfigInvalid,
+        DatasetInvalid,
+        DatasetNotFound,
+        ModelInvalid,
+        ModelNotFound,
+        StorageAccessDenied,
+        StorageNotFound,
+        UnsupportedHardware,
+    )
 )
 """The contract's user-error codes (all exit 42), for tests and for the operator's documentation."""

@@ -12,6 +12,7 @@ progress in the log, so large models are never read twice.
 
 from __future__ import annotations
 
+import builtins
 import functools
 import logging
 import os
@@ -26,10 +27,20 @@ from finetune_trainer.errors import ConfigInvalid, InternalError, StorageAccessD
 
 log = logging.getLogger(__name__)
 
-_DENIED_CODES = frozenset({
-    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
-    "InvalidSecurity", "AuthorizationHeaderMalformed", "AllAccessDisabled", "403", "Forbidden",
-})
+_DENIED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "ExpiredToken",
+        "InvalidSecurity",
+        "AuthorizationHeaderMalformed",
+        "AllAccessDisabled",
+        "403",
+        "Forbidden",
+    }
+)
 _MISSING_CODES = frozenset({"NoSuchBucket", "NoSuchKey", "NotFound", "404", "NoSuchUpload"})
 
 
@@ -45,7 +56,7 @@ class S3Uri:
         """Parse `s3://bucket[/key]`; anything else is a config error naming the bad value."""
         if not uri.startswith("s3://"):
             raise ConfigInvalid(f"not an s3:// URI: {uri!r}")
-        bucket, _, key = uri[len("s3://"):].partition("/")
+        bucket, _, key = uri[len("s3://") :].partition("/")
         if not bucket:
             raise ConfigInvalid(f"s3 URI without a bucket: {uri!r}")
         return cls(bucket, key)
@@ -82,15 +93,20 @@ def make_client() -> Any:
     """A boto3 S3 client configured from the environment (AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, keys).
 
     Path-style addressing because in-cluster S3 servers (SeaweedFS, Ceph) rarely have wildcard DNS.
+    A fresh session each time: boto3's default session caches the credentials it first resolved.
     """
     import boto3
     from botocore.config import Config
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
     region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
-    config = Config(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"},
-                    connect_timeout=10, read_timeout=120)
-    return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+    config = Config(
+        retries={"max_attempts": 5, "mode": "standard"},
+        s3={"addressing_style": "path"},
+        connect_timeout=10,
+        read_timeout=120,
+    )
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
 
 
 def raise_storage_error(error: Exception, uri: S3Uri | str, action: str) -> NoReturn:
@@ -138,8 +154,9 @@ class _Progress:
             if now - self.last >= self.interval:
                 self.last = now
                 percent = 100.0 * self.done / self.total if self.total else 100.0
-                log.info("%s: %.1f / %.1f MiB (%.0f%%)", self.label, self.done / 2**20,
-                         self.total / 2**20, percent)
+                log.info(
+                    "%s: %.1f / %.1f MiB (%.0f%%)", self.label, self.done / 2**20, self.total / 2**20, percent
+                )
 
 
 class Storage:
@@ -165,12 +182,14 @@ class Storage:
     def iter_objects(self, uri: S3Uri) -> Iterator[ObjectInfo]:
         """Every object whose key starts with `uri.key` (raw prefix match, sorted by key)."""
         paginator = self.client.get_paginator("list_objects_v2")
-        pages = self._call(uri, "listing", lambda: list(paginator.paginate(Bucket=uri.bucket, Prefix=uri.key)))
+        pages = self._call(
+            uri, "listing", lambda: list(paginator.paginate(Bucket=uri.bucket, Prefix=uri.key))
+        )
         for page in pages:
             for item in page.get("Contents", []):
                 yield ObjectInfo(S3Uri(uri.bucket, item["Key"]), int(item["Size"]))
 
-    def list(self, uri: S3Uri) -> list[ObjectInfo]:
+    def list(self, uri: S3Uri) -> builtins.list[ObjectInfo]:
         """The objects a URI names: the one object when the key is a file, else everything under the folder.
 
         A key without a trailing slash is tried as a file first, then as a folder, so users may write
@@ -204,12 +223,15 @@ class Storage:
         dest.parent.mkdir(parents=True, exist_ok=True)
         partial = dest.with_name(dest.name + f".part-{os.getpid()}")
         progress = _Progress(str(uri), size)
-        self._call(uri, "downloading", lambda: self.client.download_file(
-            uri.bucket, uri.key, str(partial), Callback=progress))
+        self._call(
+            uri,
+            "downloading",
+            lambda: self.client.download_file(uri.bucket, uri.key, str(partial), Callback=progress),
+        )
         partial.replace(dest)
         return dest
 
-    def download(self, uri: S3Uri, dest_dir: Path) -> list[Path]:
+    def download(self, uri: S3Uri, dest_dir: Path) -> builtins.list[Path]:
         """Copy a file or every object under a prefix into `dest_dir`, keeping relative paths.
 
         A file URI lands as `dest_dir/<name>`. Raises StorageNotFound when nothing matches.
@@ -222,7 +244,7 @@ class Storage:
         started = time.monotonic()
         paths = []
         for obj in objects:
-            relative = obj.uri.name if obj.uri.key == uri.key else obj.uri.key[len(uri.prefix):]
+            relative = obj.uri.name if obj.uri.key == uri.key else obj.uri.key[len(uri.prefix) :]
             paths.append(self.download_file(obj.uri, dest_dir / relative, obj.size))
         log.info("downloaded %s in %.1fs", uri, time.monotonic() - started)
         return paths
@@ -235,16 +257,26 @@ class Storage:
 
     def write_bytes(self, uri: S3Uri, data: bytes, content_type: str = "application/octet-stream") -> None:
         """Write one small object."""
-        self._call(uri, "writing", lambda: self.client.put_object(
-            Bucket=uri.bucket, Key=uri.key, Body=data, ContentType=content_type))
+        self._call(
+            uri,
+            "writing",
+            lambda: self.client.put_object(
+                Bucket=uri.bucket, Key=uri.key, Body=data, ContentType=content_type
+            ),
+        )
 
     def upload_file(self, path: Path, uri: S3Uri) -> None:
         """Upload one local file (multipart for large ones, handled by boto3's transfer manager)."""
         progress = _Progress(f"{path} -> {uri}", path.stat().st_size)
-        self._call(uri, "uploading", lambda: self.client.upload_file(
-            str(path), uri.bucket, uri.key, Callback=progress))
+        self._call(
+            uri,
+            "uploading",
+            lambda: self.client.upload_file(str(path), uri.bucket, uri.key, Callback=progress),
+        )
 
-    def upload_dir(self, local: Path, uri: S3Uri, skip: Callable[[Path], bool] | None = None) -> list[S3Uri]:
+    def upload_dir(
+        self, local: Path, uri: S3Uri, skip: Callable[[Path], bool] | None = None
+    ) -> builtins.list[S3Uri]:
         """Upload every file below `local` under the prefix `uri`, keeping relative paths."""
         uploaded = []
         for path in sorted(p for p in local.rglob("*") if p.is_file()):
@@ -260,7 +292,12 @@ class Storage:
         """Delete every object under the folder `uri` (in batches of 1000); returns how many."""
         keys = [o.uri.key for o in self.iter_objects(S3Uri(uri.bucket, uri.prefix))]
         for start in range(0, len(keys), 1000):
-            batch = [{"Key": key} for key in keys[start:start + 1000]]
-            self._call(uri, "deleting", functools.partial(
-                self.client.delete_objects, Bucket=uri.bucket, Delete={"Objects": batch, "Quiet": True}))
+            batch = [{"Key": key} for key in keys[start : start + 1000]]
+            self._call(
+                uri,
+                "deleting",
+                functools.partial(
+                    self.client.delete_objects, Bucket=uri.bucket, Delete={"Objects": batch, "Quiet": True}
+                ),
+            )
         return len(keys)

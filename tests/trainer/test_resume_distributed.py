@@ -1,0 +1,123 @@
+"""SIGTERM mid-training checkpoints and exits 75; the next attempt resumes and the step count continues.
+Two processes (torchrun, gloo on CPU) train one run together.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from finetune_trainer.errors import PREEMPTED_EXIT_CODE
+
+from tests.support.s3server import free_port
+from tests.trainer.builders import arithmetic_records, put_jsonl, trainer_config
+from tests.trainer.conftest import TrainerResult
+
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
+
+
+def complete_steps(s3_bucket: Any) -> list[int]:
+    pages = s3_bucket.client.get_paginator("list_objects_v2").paginate(
+        Bucket=s3_bucket.name, Prefix="out/run-1/checkpoints/"
+    )
+    keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
+    return sorted(int(k.split("/")[3].split("-")[1]) for k in keys if k.endswith("/_COMPLETE"))
+
+
+def test_sigterm_checkpoints_then_resume_continues(
+    s3_bucket: Any,
+    tiny_llama_uri: str,
+    tmp_path: Path,
+    trainer_env: dict[str, str],
+    run_trainer: Callable[[dict[str, Any]], TrainerResult],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    train = put_jsonl(s3_bucket.client, s3_bucket.name, "data/train.jsonl", arithmetic_records(200))
+    raw = trainer_config(s3_bucket.name, tiny_llama_uri, train)
+    raw["hyperparameters"]["maxSteps"] = 400
+    raw["checkpointing"] = {"intervalSteps": 7, "keep": 2}
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(raw))
+    log = (tmp_path / "attempt-1.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "finetune_trainer", "train", "--config", str(config)],
+        env=trainer_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not complete_steps(s3_bucket) and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        assert process.poll() is None, (tmp_path / "attempt-1.log").read_text()[-3000:]
+        assert complete_steps(s3_bucket), "no checkpoint within 240 s"
+        process.send_signal(signal.SIGTERM)
+        exit_code = process.wait(120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = (tmp_path / "attempt-1.log").read_text()
+    assert exit_code == PREEMPTED_EXIT_CODE, output[-3000:]
+    termination = json.loads((tmp_path / "termination-log").read_text())
+    assert termination["code"] == "Preempted", termination
+    stopped = complete_steps(s3_bucket)[-1]
+    assert 0 < stopped < 400 and f"checkpoint-{stopped} saved" in termination["message"]
+
+    caplog.set_level("INFO", logger="finetune_trainer")
+    result = run_trainer(raw)
+    assert result.exit_code == 0, result.termination
+    assert result.termination["message"] == "trained 400 steps"
+    assert f"(step {stopped})" in caplog.text and "resuming from" in caplog.text
+    document = json.loads(
+        s3_bucket.client.get_object(Bucket=s3_bucket.name, Key="out/run-1/metrics.json")["Body"].read()
+    )
+    steps = [entry["step"] for entry in document["history"] if "loss" in entry]
+    assert steps == sorted(set(steps)), "history repeats steps: training restarted instead of resuming"
+    assert steps[0] <= stopped < steps[-1] and document["steps"] == 400
+    assert complete_steps(s3_bucket)[-1] == 400
+
+
+def test_two_processes_gloo(
+    s3_bucket: Any, tiny_llama_uri: str, tmp_path: Path, trainer_env: dict[str, str]
+) -> None:
+    train = put_jsonl(s3_bucket.client, s3_bucket.name, "data/train.jsonl", arithmetic_records(64))
+    raw = trainer_config(s3_bucket.name, tiny_llama_uri, train)
+    raw["hyperparameters"]["maxSteps"] = 6
+    raw["checkpointing"] = {"intervalSteps": 3, "keep": 1}
+    raw["distributed"] = {"workers": 1, "processesPerWorker": 2}
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(raw))
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc-per-node=2",
+        f"--master-port={free_port()}",
+        "-m",
+        "finetune_trainer",
+        "train",
+        "--config",
+        str(config),
+    ]
+    done = subprocess.run(command, env=trainer_env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+    termination = json.loads((tmp_path / "termination-log").read_text())
+    assert termination["code"] == "Succeeded" and termination["message"] == "trained 6 steps"
+    document = json.loads(
+        s3_bucket.client.get_object(Bucket=s3_bucket.name, Key="out/run-1/metrics.json")["Body"].read()
+    )
+    assert document["processes"] == 2
+    assert complete_steps(s3_bucket) == [6]
+    files = s3_bucket.client.list_objects_v2(
+        Bucket=s3_bucket.name, Prefix="out/run-1/checkpoints/checkpoint-6/"
+    )
+    names = {item["Key"].rsplit("/", 1)[1] for item in files["Contents"]}
+    assert {"rng_state_0.pth", "rng_state_1.pth", "trainer_state.json", "_COMPLETE"} <= names

@@ -1,0 +1,77 @@
+"""Schema normalization errors, label mapping and the deterministic split."""
+
+from __future__ import annotations
+
+import pytest
+from finetune_trainer.data import Record
+from finetune_trainer.errors import DatasetInvalid
+from finetune_trainer.schemas import encode_labels, label_names, normalize
+from finetune_trainer.split import split_records
+
+
+def rec(i: int, **data: object) -> Record:
+    return Record(dict(data), f"s3://b/t.jsonl line {i}")
+
+
+def test_missing_column_names_available_ones() -> None:
+    with pytest.raises(DatasetInvalid, match=r"line 4: missing field 'messages' \(available: id, text\)"):
+        normalize([rec(4, text="x", id=1)], "chat", {})
+
+
+def test_column_mapping() -> None:
+    out = normalize([rec(1, q="hi", a=" there")], "prompt-completion", {"prompt": "q", "completion": "a"})
+    assert out == [{"prompt": "hi", "completion": " there"}]
+
+
+def test_chat_messages_checked() -> None:
+    ok = normalize(
+        [rec(1, messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])],
+        "chat",
+        {},
+    )
+    assert ok[0]["messages"][1] == {"role": "assistant", "content": "yo"}
+    with pytest.raises(DatasetInvalid, match=r"messages\[0\]: role must be one of"):
+        normalize([rec(2, messages=[{"role": "bot", "content": "x"}])], "chat", {})
+    with pytest.raises(DatasetInvalid, match="no assistant message"):
+        normalize([rec(3, messages=[{"role": "user", "content": "x"}])], "chat", {})
+
+
+def test_label_names_sorted_numeric_or_configured() -> None:
+    assert label_names(["10", "2", "2"], None, None) == ["2", "10"]
+    assert label_names(["neg", "pos"], None, 2) == ["neg", "pos"]
+    assert label_names(["b"], ["b", "a"], None) == ["b", "a"]
+    with pytest.raises(DatasetInvalid, match="3 distinct label"):
+        label_names(["a", "b", "c"], None, 2)
+
+
+def test_unknown_label_names_line_and_known_labels() -> None:
+    examples = [{"label": "pos"}, {"label": "meh"}]
+    with pytest.raises(DatasetInvalid, match=r"line 9: unknown label 'meh' \(known labels: neg, pos\)"):
+        encode_labels(examples, ["s3://b/t.jsonl line 8", "s3://b/t.jsonl line 9"], ["neg", "pos"])
+
+
+def test_split_is_deterministic_disjoint_and_complete() -> None:
+    records = [rec(i, text=str(i)) for i in range(100)]
+    first = split_records(records, None, None, 0.1, 0.2, seed=5)
+    second = split_records(records, None, None, 0.1, 0.2, seed=5)
+    other = split_records(records, None, None, 0.1, 0.2, seed=6)
+    assert (len(first.train), len(first.validation), len(first.test)) == (70, 10, 20)
+    assert first == second and first.test != other.test
+    seen = [r.origin for part in (first.train, first.validation, first.test) for r in part]
+    assert sorted(seen) == sorted(r.origin for r in records)
+
+
+def test_explicit_splits_are_used_as_given() -> None:
+    train = [rec(i, text="t") for i in range(5)]
+    test = [rec(99, text="x")]
+    splits = split_records(train, None, test, 0.0, 0.5, seed=1)
+    assert splits.train == train and splits.test == test and splits.validation == []
+
+
+def test_empty_splits_are_user_errors() -> None:
+    with pytest.raises(DatasetInvalid, match=r"dataset\.train: empty split"):
+        split_records([], None, None, 0.1, 0.1, 1)
+    with pytest.raises(DatasetInvalid, match="leave none for training"):
+        split_records([rec(1, text="a"), rec(2, text="b")], None, None, 0.5, 0.5, 1)
+    with pytest.raises(DatasetInvalid, match=r"dataset\.test: empty split"):
+        split_records([rec(1, text="a")], None, [], 0.0, 0.1, 1)

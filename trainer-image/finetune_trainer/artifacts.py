@@ -1,0 +1,150 @@
+"""The run's outputs under `run-N/`: model folder, metrics.json, report.html and loss_curve.png.
+
+Why this layout (docs/trainer-contract.md section 5): the operator's gate reads metrics.json and the
+model server loads `run-N/model/`, which is self-describing: the adapter (or full / merged weights),
+the tokenizer with the chat template used in training, and `finetune_config.json` (task, labels, base
+model URI, resolved trainer config), so serving never has to guess how the model was trained.
+The model folder is uploaded before metrics.json, so a reader that sees metrics.json sees the model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from finetune_trainer.config import TrainerConfig
+from finetune_trainer.report import loss_curve_png, loss_history, render_html
+from finetune_trainer.storage import S3Uri, Storage
+
+log = logging.getLogger(__name__)
+
+
+def finetune_config(
+    cfg: TrainerConfig, labels: list[str] | None, merged: bool, default_template: bool
+) -> dict[str, Any]:
+    """What the server needs to rebuild the model: written as `model/finetune_config.json`."""
+    return {
+        "task": cfg.base_model.task,
+        "baseModelUri": cfg.base_model.uri,
+        "method": cfg.method.type,
+        "merged": merged,
+        "adapter": cfg.method.type != "full" and not merged,
+        "labels": labels,
+        "numLabels": len(labels) if labels else None,
+        "schema": cfg.dataset.schema_,
+        "maxSeqLength": cfg.dataset.max_seq_length,
+        "defaultChatTemplate": default_template,
+        "run": cfg.job.run,
+        "trainerConfig": json.loads(cfg.to_json()),
+    }
+
+
+def save_model(
+    model: Any,
+    tokenizer: Any,
+    cfg: TrainerConfig,
+    labels: list[str] | None,
+    folder: Path,
+    base_folder: Path,
+    default_template: bool,
+) -> Path:
+    """Write the trained model to `folder`: adapter, or merged / full weights, plus tokenizer and metadata."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    merge = cfg.method.type != "full" and cfg.method.merge_weights
+    if merge:
+        merged = merged_model(model, cfg, labels, base_folder, folder)
+        merged.save_pretrained(str(folder))
+    else:
+        model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    meta = finetune_config(cfg, labels, merge, default_template)
+    (folder / "finetune_config.json").write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+def merged_model(
+    model: Any, cfg: TrainerConfig, labels: list[str] | None, base_folder: Path, scratch: Path
+) -> Any:
+    """The adapter folded into the base weights. QLoRA's 4-bit base is reloaded in 16 bits first."""
+    if cfg.method.type != "qlora":
+        return model.merge_and_unload()
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    adapter = scratch.parent / "adapter-for-merge"
+    model.save_pretrained(str(adapter))
+    if labels is not None:
+        base = AutoModelForSequenceClassification.from_pretrained(
+            str(base_folder),
+            num_labels=len(labels),
+            dtype=torch.bfloat16,
+            id2label=dict(enumerate(labels)),
+            label2id={n: i for i, n in enumerate(labels)},
+        )
+    else:
+        base = AutoModelForCausalLM.from_pretrained(str(base_folder), dtype=torch.bfloat16)
+    return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+
+
+def metrics_document(
+    cfg: TrainerConfig,
+    metrics: Mapping[str, Any],
+    base: Mapping[str, Any],
+    log_history: list[dict[str, Any]],
+    facts: Mapping[str, Any],
+) -> dict[str, Any]:
+    """metrics.json: the termination message's metrics plus base-model metrics, facts and history."""
+    from finetune_trainer.evaluation import gate_names
+
+    return {
+        "run": cfg.job.run,
+        "metrics": dict(metrics),
+        "gateMetrics": gate_names(dict(metrics)),
+        "baseModel": dict(base),
+        **facts,
+        "history": log_history,
+    }
+
+
+def publish(
+    storage: Storage,
+    run_uri: S3Uri,
+    model_folder: Path,
+    cfg: TrainerConfig,
+    metrics: Mapping[str, Any],
+    base: Mapping[str, Any],
+    log_history: list[dict[str, Any]],
+    facts: Mapping[str, Any],
+) -> dict[str, str]:
+    """Upload model, report and metrics; returns their URIs."""
+    storage.upload_dir(model_folder, run_uri.join("model/"))
+    storage.write_bytes(run_uri.join("trainer_config.json"), cfg.to_json().encode(), "application/json")
+    title = f"{cfg.job.namespace}/{cfg.job.name} run {cfg.job.run}"
+    png = loss_curve_png(loss_history(log_history), title)
+    storage.write_bytes(run_uri.join("loss_curve.png"), png, "image/png")
+    page = render_html(
+        title,
+        metrics,
+        base,
+        {"base model": cfg.base_model.uri, "method": cfg.method.type, "task": cfg.base_model.task, **facts},
+        png,
+    )
+    storage.write_bytes(run_uri.join("report.html"), page.encode(), "text/html; charset=utf-8")
+    document = metrics_document(cfg, metrics, base, log_history, facts)
+    storage.write_bytes(
+        run_uri.join("metrics.json"), json.dumps(document, indent=2, default=str).encode(), "application/json"
+    )
+    uris = {
+        "model": str(run_uri.join("model/")),
+        "report": str(run_uri.join("report.html")),
+        "metrics": str(run_uri.join("metrics.json")),
+    }
+    log.info("artifacts: %s", uris)
+    return uris

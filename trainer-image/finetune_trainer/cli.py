@@ -1,0 +1,84 @@
+"""The command line: `python -m finetune_trainer train --config FILE` and `... serve ...`.
+
+Why the exit mapping lives here: the contract (docs/trainer-contract.md section 3) is about what the
+process leaves behind: one termination-message line and an exit code (0, 42 user error, 75 preempted,
+1 anything else). Every path out of `train` goes through `run_train`, so no exception can leave without
+a termination message, and only rank 0 writes it (all ranks exit with the same code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from finetune_trainer.errors import InternalError, Preempted, TrainerError
+from finetune_trainer.termination import termination_line, write_termination
+
+
+def configure_logging() -> None:
+    rank = os.environ.get("RANK")
+    prefix = f"[rank {rank}] " if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else ""
+    logging.basicConfig(
+        level=os.environ.get("FTO_LOG_LEVEL", "INFO"),
+        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("botocore", "boto3", "s3transfer", "urllib3", "filelock", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_train(config_path: Path) -> int:
+    """Run one training attempt; write the termination message; return the exit code."""
+    from finetune_trainer import distributed
+    from finetune_trainer.callbacks import SignalStop, StopRequested
+
+    stop = SignalStop()
+    stop.install()
+    run: int | None = None
+    try:
+        from finetune_trainer.config import load_config
+
+        cfg = load_config(config_path)
+        run = cfg.job.run
+        from finetune_trainer.train import main
+
+        outcome = main(cfg, stop)
+        line = termination_line("Succeeded", f"trained {outcome.steps} steps", run, outcome.metrics)
+        code = 0
+    except StopRequested:
+        preempted = Preempted(
+            "stopped by SIGTERM outside the training loop; the next attempt resumes "
+            "from the newest complete checkpoint"
+        )
+        line, code = termination_line(preempted.code, preempted.message, run), preempted.exit_code
+    except TrainerError as error:
+        line, code = termination_line(error.code, error.message, run), error.exit_code
+    except Exception as crash:  # everything unclassified is retryable
+        traceback.print_exc()
+        internal = InternalError(f"{type(crash).__name__}: {crash}")
+        line, code = termination_line(internal.code, internal.message, run), internal.exit_code
+    if distributed.is_main():
+        write_termination(line)
+    logging.getLogger(__name__).info("exit %d", code)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["serve"]:  # the server owns its own arguments
+        from finetune_trainer.serve.cli import main as serve_main
+
+        return int(serve_main(arguments[1:]) or 0)
+    parser = argparse.ArgumentParser(prog="python -m finetune_trainer")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="run one training attempt from a trainer config")
+    train.add_argument("--config", type=Path, default=Path("/etc/finetune/config.json"))
+    commands.add_parser("serve", help="serve a trained model (arguments: see finetune_trainer.serve.cli)")
+    args = parser.parse_args(arguments)
+    configure_logging()
+    return run_train(args.config)

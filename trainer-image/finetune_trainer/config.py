@@ -1,0 +1,251 @@
+"""The trainer config (`config.json`, docs/trainer-contract.md section 1) as typed, strict pydantic models.
+
+Why strict: the config is the one interface between the operator and the trainer, and a typo in a field
+name must fail loudly (`extra="forbid"`) instead of silently training with a default. Every problem is
+reported at once with its field path (`hyperparameters.learningRate: ...`), so a user fixes the manifest
+in one round trip. Field names are camelCase, mirroring the FineTuneJob spec, so the operator copies
+sections through unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from finetune_trainer.errors import ConfigInvalid
+
+Schema = Literal["text", "prompt-completion", "chat", "classification"]
+Task = Literal["causal-lm", "sequence-classification"]
+DataFormat = Literal["jsonl", "json", "csv", "parquet"]
+
+SCHEMA_FIELDS: dict[str, tuple[str, ...]] = {
+    "text": ("text",),
+    "prompt-completion": ("prompt", "completion"),
+    "chat": ("messages",),
+    "classification": ("text", "label"),
+}
+"""The logical fields each schema reads; `dataset.columns` may map any of them to another column name."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+
+def _check_s3(uri: str) -> str:
+    if not uri.startswith("s3://") or len(uri) <= len("s3://") or uri[len("s3://")] == "/":
+        raise ValueError(f"must be an s3://bucket/key URI, got {uri!r}")
+    return uri
+
+
+S3UriStr = Annotated[str, Field(min_length=6)]
+
+
+class JobRef(_Model):
+    namespace: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    uid: str = ""
+    run: int = Field(ge=1)
+
+
+class BaseModelSpec(_Model):
+    uri: S3UriStr
+    task: Task = "causal-lm"
+    num_labels: int | None = Field(default=None, ge=2)
+    labels: list[str] | None = None
+
+    _uri = field_validator("uri")(_check_s3)
+
+    @model_validator(mode="after")
+    def _labels(self) -> BaseModelSpec:
+        if self.labels is not None:
+            if len(set(self.labels)) != len(self.labels):
+                raise ValueError("labels must be unique")
+            if self.num_labels is not None and self.num_labels != len(self.labels):
+                raise ValueError(f"numLabels is {self.num_labels} but {len(self.labels)} labels are listed")
+            if len(self.labels) < 2:
+                raise ValueError("a classifier needs at least 2 labels")
+        if self.task == "causal-lm" and (self.labels is not None or self.num_labels is not None):
+            raise ValueError("numLabels/labels only apply to task sequence-classification")
+        return self
+
+
+class DataRef(_Model):
+    uri: S3UriStr
+
+    _uri = field_validator("uri")(_check_s3)
+
+
+class SplitSpec(_Model):
+    validation: float = Field(default=0.1, ge=0.0, lt=1.0)
+    test: float = Field(default=0.1, ge=0.0, lt=1.0)
+    seed: int = 42
+
+
+class DatasetSpec(_Model):
+    train: DataRef
+    validation: DataRef | None = None
+    test: DataRef | None = None
+    split: SplitSpec = SplitSpec()
+    schema_: Schema = Field(default="text", alias="schema")
+    columns: dict[str, str] = Field(default_factory=dict)
+    max_seq_length: int = Field(default=2048, ge=8, le=1_048_576)
+    format: DataFormat | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetSpec:
+        problems = []
+        known = SCHEMA_FIELDS[self.schema_]
+        for key in self.columns:
+            if key not in known:
+                problems.append(
+                    f"columns.{key}: schema {self.schema_!r} has no field {key!r} "
+                    f"(its fields: {', '.join(known)})"
+                )
+        taken = (0.0 if self.validation else self.split.validation) + (0.0 if self.test else self.split.test)
+        if taken >= 1.0:
+            problems.append(
+                f"split: validation + test fractions taken from train sum to {taken:g}; must be below 1"
+            )
+        if self.test is None and self.split.test <= 0.0:
+            problems.append(
+                "split.test: must be above 0 when no dataset.test is given "
+                "(the job is evaluated on a held-out test split)"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class LoraSpec(_Model):
+    rank: int = Field(default=16, ge=1, le=4096)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["all-linear"], min_length=1)
+
+
+class MethodSpec(_Model):
+    type: Literal["lora", "qlora", "full"] = "lora"
+    lora: LoraSpec = LoraSpec()
+    merge_weights: bool = False
+
+    @model_validator(mode="after")
+    def _merge(self) -> MethodSpec:
+        if self.type == "full" and self.merge_weights:
+            raise ValueError("mergeWeights applies to lora/qlora only (full fine-tuning has no adapter)")
+        return self
+
+
+class Hyperparameters(_Model):
+    epochs: float = Field(default=3, gt=0, le=1000)
+    learning_rate: float = Field(default=2e-4, gt=0, le=1.0)
+    batch_size: int = Field(default=8, ge=1, le=65536)
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=4096)
+    warmup_ratio: float = Field(default=0.03, ge=0.0, lt=1.0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "polynomial"] = "cosine"
+    seed: int = 42
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    max_steps: int | None = Field(default=None, ge=1)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+
+
+class CheckpointSpec(_Model):
+    interval_steps: int = Field(default=200, ge=1)
+    keep: int = Field(default=2, ge=1)
+
+
+class GateRule(_Model):
+    """Read by the operator, not the trainer; accepted so the operator may copy `evaluation` through."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+
+class EvaluationSpec(_Model):
+    compare_base_model: bool = False
+    gate: list[GateRule] = Field(default_factory=list)
+
+
+class DistributedSpec(_Model):
+    workers: int = Field(default=1, ge=1)
+    processes_per_worker: int = Field(default=1, ge=1)
+
+
+class OutputSpec(_Model):
+    uri: S3UriStr
+    run_uri: S3UriStr
+
+    _uris = field_validator("uri", "run_uri")(_check_s3)
+
+    @model_validator(mode="after")
+    def _run_under_output(self) -> OutputSpec:
+        if not self.run_uri.rstrip("/").startswith(self.uri.rstrip("/") + "/"):
+            raise ValueError(f"runUri {self.run_uri!r} must lie under uri {self.uri!r}")
+        return self
+
+
+class TrainerConfig(_Model):
+    api_version: Literal["finetune.dev/v1alpha1"] = "finetune.dev/v1alpha1"
+    kind: Literal["TrainerConfig"] = "TrainerConfig"
+    job: JobRef
+    base_model: BaseModelSpec
+    dataset: DatasetSpec
+    method: MethodSpec = MethodSpec()
+    hyperparameters: Hyperparameters = Hyperparameters()
+    checkpointing: CheckpointSpec = CheckpointSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    distributed: DistributedSpec = DistributedSpec()
+    output: OutputSpec
+
+    @model_validator(mode="after")
+    def _task_matches_schema(self) -> TrainerConfig:
+        classifier = self.base_model.task == "sequence-classification"
+        if classifier != (self.dataset.schema_ == "classification"):
+            raise ValueError(
+                f"dataset.schema {self.dataset.schema_!r} does not fit baseModel.task "
+                f"{self.base_model.task!r} (classification data needs task "
+                "sequence-classification, and the other way round)"
+            )
+        return self
+
+    def to_json(self) -> str:
+        """The resolved config (defaults filled in), in the contract's camelCase, for artifacts."""
+        return self.model_dump_json(by_alias=True, indent=2)
+
+
+def format_errors(error: ValidationError) -> list[str]:
+    """One `path: message` line per problem, paths in the contract's camelCase."""
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: {message}" if path else message)
+    return lines
+
+
+def parse_config(data: Any, source: str = "config") -> TrainerConfig:
+    """Validate a decoded config document; raise ConfigInvalid listing every problem."""
+    try:
+        return TrainerConfig.model_validate(data)
+    except ValidationError as error:
+        lines = format_errors(error)
+        raise ConfigInvalid(f"{source}: {len(lines)} error(s): " + "; ".join(lines)) from None
+
+
+def load_config(path: Path) -> TrainerConfig:
+    """Read and validate the config file the operator mounted."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigInvalid(f"cannot read the trainer config {path}: {error}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigInvalid(
+            f"{path} line {error.lineno} column {error.colno}: invalid JSON: {error.msg}"
+        ) from None
+    return parse_config(data, str(path))

@@ -1,0 +1,155 @@
+"""Progress reports: `status.progress` of the FineTuneJob through the in-cluster API, or the log.
+
+Why throttled: a patch per optimizer step would hammer the API server on fast tiny models, and a silent
+minute looks like a hang on slow large ones. `Throttle` (pure, unit-tested) sends at most every
+`min_interval` seconds and at least every `max_interval` while there is news; stage changes always go
+out at once. `progress_payload` builds the contract's shape (docs/trainer-contract.md section 4).
+Only rank 0 reports. A failed patch is logged and never stops training.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TOKEN_PATH = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
+
+
+@dataclass
+class Throttle:
+    """Decides when a report is due: not before `min_interval`, not later than `max_interval`."""
+
+    min_interval: float = 5.0
+    max_interval: float = 30.0
+    last_sent: float | None = None
+    pending: bool = False
+
+    def offer(self, now: float, force: bool = False) -> bool:
+        """Record news at `now`; True when it should be sent now (then it counts as sent)."""
+        self.pending = True
+        if force or self.last_sent is None or now - self.last_sent >= self.min_interval:
+            self.last_sent, self.pending = now, False
+            return True
+        return False
+
+    def overdue(self, now: float) -> bool:
+        """True when unsent news is older than `max_interval` (a timer can flush it)."""
+        return self.pending and self.last_sent is not None and now - self.last_sent >= self.max_interval
+
+
+def iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def progress_payload(
+    run: int,
+    stage: str,
+    now: float,
+    step: int | None = None,
+    total: int | None = None,
+    epoch: float | None = None,
+    loss: float | None = None,
+    learning_rate: float | None = None,
+    tokens_per_second: float | None = None,
+    seconds_per_step: float | None = None,
+    last_checkpoint: int | None = None,
+) -> dict[str, Any]:
+    """The merge patch for `status.progress`; absent numbers are left out."""
+    progress: dict[str, Any] = {"run": run, "stage": stage, "updatedAt": iso(now)}
+    if step is not None:
+        progress["step"] = step
+    if total:
+        progress["totalSteps"] = total
+        if step is not None:
+            progress["percent"] = min(100, int(100 * step / total))
+            if seconds_per_step and step < total:
+                progress["estimatedFinishTime"] = iso(now + (total - step) * seconds_per_step)
+    if epoch is not None:
+        progress["epoch"] = round(epoch, 3)
+    if loss is not None:
+        progress["loss"] = round(loss, 5)
+    if learning_rate is not None:
+        progress["learningRate"] = float(f"{learning_rate:.4g}")
+    if tokens_per_second is not None:
+        progress["tokensPerSecond"] = int(tokens_per_second)
+    if last_checkpoint is not None:
+        progress["lastCheckpointStep"] = last_checkpoint
+    return {"status": {"progress": progress}}
+
+
+def in_cluster() -> bool:
+    return TOKEN_PATH.exists() and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+def kubernetes_sink(namespace: str, name: str) -> Callable[[dict[str, Any]], None]:
+    """A function that merge-patches the FineTuneJob's status subresource with the pod's identity."""
+    from kubernetes import client, config
+
+    config.load_incluster_config()  # type: ignore[no-untyped-call]
+    api = client.CustomObjectsApi()
+
+    def send(patch: dict[str, Any]) -> None:
+        api.api_client.set_default_header("Content-Type", "application/merge-patch+json")
+        api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, patch)
+
+    return send
+
+
+def log_sink(patch: dict[str, Any]) -> None:
+    log.info("progress %s", json.dumps(patch["status"]["progress"], sort_keys=True))
+
+
+@dataclass
+class Reporter:
+    """Sends progress through a sink (the API or the log), throttled; never raises."""
+
+    run: int
+    sink: Callable[[dict[str, Any]], None]
+    throttle: Throttle = field(default_factory=Throttle)
+    clock: Callable[[], float] = field(default=time.time)
+    latest: dict[str, Any] | None = None
+    failures: int = 0
+
+    def report(self, stage: str, force: bool = False, **values: Any) -> None:
+        now = self.clock()
+        self.latest = progress_payload(self.run, stage, now, **values)
+        if self.throttle.offer(now, force=force):
+            self._send(self.latest)
+
+    def flush_if_overdue(self) -> None:
+        now = self.clock()
+        if self.latest is not None and self.throttle.overdue(now):
+            self.throttle.offer(now, force=True)
+            self._send(self.latest)
+
+    def _send(self, patch: dict[str, Any]) -> None:
+        try:
+            self.sink(patch)
+            if self.sink is not log_sink:
+                log_sink(patch)
+        except Exception as error:  # progress must never stop training
+            self.failures += 1
+            if self.failures <= 3 or self.failures % 50 == 0:
+                log.warning("progress patch failed (%d so far): %s", self.failures, error)
+
+
+def make_reporter(run: int, namespace: str, name: str, enabled: bool) -> Reporter:
+    """The API sink when the pod has a service-account token, else the log; a silent one off rank 0."""
+    if not enabled:
+        return Reporter(run, lambda patch: None)
+    if in_cluster():
+        try:
+            return Reporter(run, kubernetes_sink(namespace, name))
+        except Exception as error:
+            log.warning("in-cluster progress reporting unavailable (%s); logging progress instead", error)
+    return Reporter(run, log_sink)

@@ -1,0 +1,240 @@
+"""`main(cfg)`: one training run from inputs to artifacts, the way the contract describes it.
+
+Why this shape: the entry point (`cli`) only parses arguments and maps outcomes to exit codes; this
+module strings the steps together and holds no policy of its own: inputs (`inputs`), model and method
+(`modeling`), the Trainer with our hooks (`callbacks`, `checkpoints`, `progress`), evaluation
+(`evaluation`) and outputs (`artifacts`). Causal LM batches are flattened (`DataCollatorWithFlattening`:
+one row, position ids restart per example), so no compute is spent on padding; classifier batches are
+length-grouped and padded per batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finetune_trainer import distributed
+from finetune_trainer.artifacts import publish, save_model
+from finetune_trainer.callbacks import SignalStop, TrainerHooks
+from finetune_trainer.checkpoints import CheckpointStore
+from finetune_trainer.config import TrainerConfig
+from finetune_trainer.errors import Preempted, StorageNotFound
+from finetune_trainer.evaluation import evaluate
+from finetune_trainer.inputs import Inputs, prepare, write_split
+from finetune_trainer.modeling import Hardware, apply_method, check_method, choose_precision, load_model
+from finetune_trainer.progress import make_reporter
+from finetune_trainer.storage import S3Uri, Storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    steps: int
+    metrics: dict[str, dict[str, float]]
+    base_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+
+
+def work_dir() -> Path:
+    """`FTO_WORK_DIR` (the pod's emptyDir), else a fresh temporary folder."""
+    configured = os.environ.get("FTO_WORK_DIR")
+    if configured:
+        return Path(configured)
+    return Path(tempfile.mkdtemp(prefix="fto-work-"))
+
+
+def total_steps(examples: int, cfg: TrainerConfig, world: int) -> int:
+    """Optimizer steps the run will take (as the Trainer computes them), for logging cadence."""
+    hp = cfg.hyperparameters
+    if hp.max_steps:
+        return hp.max_steps
+    batches = math.ceil(examples / (hp.batch_size * world))
+    per_epoch = max(1, batches // hp.gradient_accumulation_steps)
+    return max(1, math.ceil(per_epoch * hp.epochs))
+
+
+def collator_for(cfg: TrainerConfig, tokenizer: Any) -> Any:
+    if cfg.base_model.task == "sequence-classification":
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer)
+    from transformers import DataCollatorWithFlattening
+
+    return DataCollatorWithFlattening(return_position_ids=True)  # type: ignore[no-untyped-call]
+
+
+def training_arguments(
+    cfg: TrainerConfig, precision: str, hardware: Hardware, output: Path, steps: int
+) -> Any:
+    from transformers import TrainingArguments
+
+    hp = cfg.hyperparameters
+    return TrainingArguments(
+        output_dir=str(output),
+        per_device_train_batch_size=hp.batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        learning_rate=hp.learning_rate,
+        num_train_epochs=hp.epochs,
+        max_steps=hp.max_steps or -1,
+        warmup_steps=math.ceil(hp.warmup_ratio * steps),
+        lr_scheduler_type=hp.lr_scheduler,
+        weight_decay=hp.weight_decay,
+        seed=hp.seed,
+        data_seed=hp.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not hardware.cuda,
+        save_strategy="steps",
+        save_steps=cfg.checkpointing.interval_steps,
+        save_total_limit=1,
+        logging_strategy="steps",
+        logging_steps=max(1, steps // 100),
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length"
+        if cfg.base_model.task == "sequence-classification"
+        else "random",
+        include_num_input_tokens_seen="non_padding",
+        ddp_find_unused_parameters=False,
+        ddp_backend="gloo" if distributed.world_size() > 1 and not hardware.cuda else None,
+    )
+
+
+def base_model_metrics(
+    storage: Storage,
+    run_uri: S3Uri,
+    model: Any,
+    inputs: Inputs,
+    collator: Any,
+    cfg: TrainerConfig,
+    precision: str,
+    resuming: bool,
+) -> dict[str, dict[str, float]]:
+    """The untrained model's metrics, computed before the first step and kept in `run-N/base_metrics.json`."""
+    location = run_uri.join("base_metrics.json")
+    if resuming:
+        try:
+            return dict(json.loads(storage.read_bytes(location)))
+        except StorageNotFound:
+            log.warning("no base_metrics.json from the earlier attempt; the base comparison is skipped")
+            return {}
+    metrics = evaluate_all(model, inputs, collator, cfg, precision)
+    if distributed.is_main():
+        storage.write_bytes(location, json.dumps(metrics).encode(), "application/json")
+    return metrics
+
+
+def evaluate_all(
+    model: Any, inputs: Inputs, collator: Any, cfg: TrainerConfig, precision: str
+) -> dict[str, dict[str, float]]:
+    num_labels = len(inputs.labels) if inputs.labels else None
+    batch = cfg.hyperparameters.batch_size
+    return {
+        name: evaluate(model, inputs.tokenized[name], collator, batch, num_labels, precision)
+        for name in ("validation", "test")
+        if name in inputs.tokenized
+    }
+
+
+def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
+    """Train, evaluate and publish one run; raises TrainerError subclasses for the contract's outcomes."""
+    stop = stop or SignalStop()
+    hardware = Hardware.detect()
+    check_method(cfg, hardware)
+    precision = choose_precision(cfg.hyperparameters.precision, hardware)
+    distributed.init()
+    storage = Storage()
+    run_uri = S3Uri.parse(cfg.output.run_uri)
+    work = work_dir()
+    reporter = make_reporter(cfg.job.run, cfg.job.namespace, cfg.job.name, enabled=distributed.is_main())
+    reporter.report("loading", force=True)
+    store = CheckpointStore(storage, run_uri, cfg.checkpointing.keep)
+
+    if not distributed.is_local_main():
+        distributed.barrier()
+    inputs = prepare(storage, cfg, work)
+    resume = store.fetch_latest(work / "resume") if distributed.is_local_main() else None
+    if distributed.is_local_main():
+        distributed.barrier()
+    else:
+        resume = store.fetch_latest(work / "resume")  # already local: only listed, not downloaded again
+    if distributed.is_main():
+        write_split(storage, run_uri, inputs.splits)
+        storage.write_bytes(run_uri.join("trainer_config.json"), cfg.to_json().encode(), "application/json")
+
+    import torch
+    from transformers import Trainer, set_seed
+
+    set_seed(cfg.hyperparameters.seed)
+    model = apply_method(load_model(cfg, inputs.model_folder, inputs.labels, precision), cfg)
+    if hardware.cuda:
+        model = model.to(torch.device("cuda", distributed.local_rank()))
+    collator = collator_for(cfg, inputs.tokenizer)
+    base: dict[str, dict[str, float]] = {}
+    if cfg.evaluation.compare_base_model:
+        reporter.report("evaluating", force=True)
+        base = base_model_metrics(
+            storage, run_uri, model, inputs, collator, cfg, precision, resume is not None
+        )
+
+    steps = total_steps(len(inputs.tokenized["train"]), cfg, distributed.world_size())
+    args = training_arguments(cfg, precision, hardware, work / "checkpoints", steps)
+    hooks = TrainerHooks(stop, store, reporter, cfg.to_json())
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=inputs.tokenized["train"],
+        data_collator=collator,
+        callbacks=[hooks],
+    )
+    started = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if stop.requested:
+        step = hooks.stopped_at if hooks.stopped_at is not None else trainer.state.global_step
+        raise Preempted(
+            f"stopped by SIGTERM at step {step}; checkpoint-{step} saved, the next attempt resumes"
+        )
+    runtime = time.monotonic() - started
+    tokens_per_second, _ = hooks.rates(trainer.state)
+
+    reporter.report("evaluating", force=True, step=trainer.state.global_step, total=trainer.state.max_steps)
+    model = trainer.model
+    metrics = evaluate_all(model, inputs, collator, cfg, precision)
+    log.info("metrics: %s", metrics)
+
+    reporter.report("uploading", force=True, step=trainer.state.global_step, total=trainer.state.max_steps)
+    artifacts: dict[str, str] = {}
+    if distributed.is_main():
+        folder = save_model(
+            model,
+            inputs.tokenizer,
+            cfg,
+            inputs.labels,
+            work / "model",
+            inputs.model_folder,
+            inputs.default_template,
+        )
+        facts = {
+            "steps": trainer.state.global_step,
+            "epochs": round(float(trainer.state.epoch or 0), 3),
+            "trainRuntimeSeconds": round(runtime, 1),
+            "tokensPerSecond": round(tokens_per_second, 1) if tokens_per_second else None,
+            "trainLoss": round(float(result.training_loss), 6),
+            "precision": precision,
+            "processes": distributed.world_size(),
+            "labels": inputs.labels,
+        }
+        artifacts = publish(storage, run_uri, folder, cfg, metrics, base, trainer.state.log_history, facts)
+    distributed.barrier()
+    return Outcome(trainer.state.global_step, metrics, base, artifacts)
