@@ -27,7 +27,6 @@ def run(settings: Settings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run(parse_args(sys.argv[1:] if argv is None else argv))
 
 

@@ -1,0 +1,252 @@
+"""The real API server enforces the FineTuneJob schema: bad manifests are refused with the field named,
+every example is accepted, and `kubectl explain` teaches the fields."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .conftest import GROUP, PLURAL, ROOT, VERSION, ftj_manifest
+
+pytestmark = pytest.mark.cluster
+
+SPEC = ftj_manifest("bad")["spec"]
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    """The valid spec with `path` (dotted; [n] for list items) set to `value` (None deletes it)."""
+    spec = copy.deepcopy(SPEC)
+    keys = path.split(".")
+    node = spec
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    if value is None:
+        node.pop(keys[-1], None)
+    else:
+        node[keys[-1]] = value
+    return spec
+
+
+INVALID: list[tuple[str, dict[str, Any], str]] = [
+    ("split-sums-to-one", _with("dataset.split", {"validation": 0.5, "test": 0.5}), "spec.dataset.split"),
+    ("split-negative", _with("dataset.split", {"validation": -0.1}), "spec.dataset.split.validation"),
+    (
+        "qlora-without-gpu",
+        {**_with("method", {"type": "qlora"}), "resources": {"gpus": 0}},
+        "spec.method.type",
+    ),
+    ("model-uri-not-s3", _with("baseModel.uri", "/data/models/llama"), "spec.baseModel.uri"),
+    ("model-uri-bad-bucket", _with("baseModel.uri", "s3://Bad_Bucket/x/"), "spec.baseModel.uri"),
+    (
+        "train-uri-http",
+        _with("dataset.train.uri", "https://example.com/train.jsonl"),
+        "spec.dataset.train.uri",
+    ),
+    ("train-uri-no-key", _with("dataset.train.uri", "s3://data"), "spec.dataset.train.uri"),
+    ("test-uri-bad", _with("dataset.test", {"uri": "file:///tmp/test.jsonl"}), "spec.dataset.test.uri"),
+    ("output-no-slash", _with("output.uri", "s3://artifacts/run"), "spec.output.uri"),
+    ("output-missing", _with("output", None), "spec.output"),
+    ("train-missing", _with("dataset.train", None), "spec.dataset.train"),
+    ("schema-unknown", _with("dataset.schema", "tsv"), "spec.dataset.schema"),
+    (
+        "classification-without-labels",
+        {
+            **_with("baseModel.task", "sequence-classification"),
+            "dataset": {**SPEC["dataset"], "schema": "classification"},
+        },
+        "spec.baseModel",
+    ),
+    (
+        "labels-count-mismatch",
+        {
+            **_with(
+                "baseModel",
+                {"uri": "s3://m/x/", "task": "sequence-classification", "numLabels": 3, "labels": ["a", "b"]},
+            ),
+            "dataset": {**SPEC["dataset"], "schema": "classification"},
+        },
+        "spec.baseModel",
+    ),
+    ("labels-on-causal-lm", _with("baseModel.numLabels", 2), "spec.baseModel"),
+    ("classification-schema-on-causal-lm", _with("dataset.schema", "classification"), "spec.baseModel.task"),
+    ("method-unknown", _with("method", {"type": "prefix-tuning"}), "spec.method.type"),
+    ("lora-rank-zero", _with("method", {"type": "lora", "lora": {"rank": 0}}), "spec.method.lora.rank"),
+    (
+        "lora-dropout-one",
+        _with("method", {"type": "lora", "lora": {"dropout": 1.0}}),
+        "spec.method.lora.dropout",
+    ),
+    (
+        "learning-rate-zero",
+        _with("hyperparameters", {"learningRate": 0}),
+        "spec.hyperparameters.learningRate",
+    ),
+    ("batch-size-zero", _with("hyperparameters", {"batchSize": 0}), "spec.hyperparameters.batchSize"),
+    (
+        "scheduler-unknown",
+        _with("hyperparameters", {"lrScheduler": "exponential"}),
+        "spec.hyperparameters.lrScheduler",
+    ),
+    ("precision-unknown", _with("hyperparameters", {"precision": "int4"}), "spec.hyperparameters.precision"),
+    ("max-seq-length-tiny", _with("dataset.maxSeqLength", 4), "spec.dataset.maxSeqLength"),
+    ("gpus-negative", _with("resources.gpus", -1), "spec.resources.gpus"),
+    ("gpu-resource-malformed", _with("resources.gpuResource", "gpu"), "spec.resources.gpuResource"),
+    ("memory-malformed", _with("resources.memory", "lots"), "spec.resources.memory"),
+    (
+        "toleration-operator",
+        _with("resources.tolerations", [{"key": "a", "operator": "Maybe"}]),
+        "spec.resources.tolerations[0].operator",
+    ),
+    ("workers-zero", _with("distributed", {"workers": 0}), "spec.distributed.workers"),
+    (
+        "workers-without-gpus",
+        {**_with("distributed", {"workers": 2}), "resources": {"gpus": 0}},
+        "spec.distributed.workers",
+    ),
+    ("checkpoint-keep-zero", _with("checkpointing", {"keep": 0}), "spec.checkpointing.keep"),
+    (
+        "gate-rule-without-bound",
+        _with("evaluation", {"gate": [{"metric": "test_loss"}]}),
+        "spec.evaluation.gate[0]",
+    ),
+    (
+        "gate-min-above-max",
+        _with("evaluation", {"gate": [{"metric": "test_loss", "min": 2, "max": 1}]}),
+        "spec.evaluation.gate[0]",
+    ),
+    (
+        "gate-metric-name",
+        _with("evaluation", {"gate": [{"metric": "loss", "max": 1}]}),
+        "spec.evaluation.gate[0].metric",
+    ),
+    ("storage-endpoint-not-url", _with("storage", {"endpoint": "minio:9000"}), "spec.storage.endpoint"),
+    (
+        "secret-name-invalid",
+        _with("storage", {"credentialsSecret": "My_Secret"}),
+        "spec.storage.credentialsSecret",
+    ),
+    ("serving-engine-unknown", _with("serving", {"enabled": True, "engine": "tgi"}), "spec.serving.engine"),
+    ("serving-replicas-zero", _with("serving", {"enabled": True, "replicas": 0}), "spec.serving.replicas"),
+    (
+        "vllm-for-classifier",
+        {
+            **_with("baseModel", {"uri": "s3://m/x/", "task": "sequence-classification", "numLabels": 2}),
+            "dataset": {**SPEC["dataset"], "schema": "classification"},
+            "serving": {"enabled": True, "engine": "vllm"},
+        },
+        "spec.serving.engine",
+    ),
+    ("queue-name-invalid", _with("queueName", "Team Queue"), "spec.queueName"),
+    ("columns-unknown-key", _with("dataset.columns", {"question": "q"}), "spec.dataset.columns"),
+    (
+        "reserved-pod-label",
+        _with("podMetadata", {"labels": {"finetune.dev/run": "7"}}),
+        "spec.podMetadata.labels",
+    ),
+    ("epochs-zero", _with("hyperparameters", {"epochs": 0}), "spec.hyperparameters.epochs"),
+]
+
+
+def _create(cluster: Any, namespace: str, spec: dict[str, Any], strict: bool = False) -> None:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "bad"},
+        "spec": spec,
+    }
+    kwargs = {"field_validation": "Strict"} if strict else {}
+    cluster.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body, **kwargs)
+
+
+def test_at_least_25_invalid_cases() -> None:
+    assert len(INVALID) >= 25
+
+
+@pytest.mark.parametrize(("spec", "field"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
+def test_invalid_manifest_is_rejected_naming_the_field(
+    cluster: Any, crd: str, namespace: str, spec: dict[str, Any], field: str
+) -> None:
+    from kubernetes import client
+
+    with pytest.raises(client.ApiException) as raised:
+        _create(cluster, namespace, spec)
+    assert raised.value.status == 422, raised.value.body
+    assert field in raised.value.body, raised.value.body
+
+
+def test_unknown_field_is_rejected_in_strict_mode(cluster: Any, crd: str, namespace: str) -> None:
+    from kubernetes import client
+
+    with pytest.raises(client.ApiException) as raised:
+        _create(cluster, namespace, {**SPEC, "learningRate": 0.1}, strict=True)
+    assert "spec.learningRate" in raised.value.body
+
+
+def test_valid_manifest_gets_the_defaults(cluster: Any, crd: str, namespace: str) -> None:
+    _create(cluster, namespace, SPEC)
+    spec = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "bad")["spec"]
+    assert spec["method"] == {
+        "type": "lora",
+        "mergeWeights": False,
+        "lora": {"rank": 16, "alpha": 32, "dropout": 0.05, "targetModules": ["all-linear"]},
+    }
+    assert spec["dataset"]["split"] == {"validation": 0.1, "test": 0.1, "seed": 42}
+    assert spec["serving"]["enabled"] is False and spec["suspend"] is False
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_example_is_accepted(cluster: Any, crd: str, namespace: str, path: Path) -> None:
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc and doc.get("kind") == "FineTuneJob":
+            created = cluster.custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, doc, field_validation="Strict"
+            )
+            assert created["metadata"]["generation"] == 1
+
+
+def _kubectl() -> str:
+    tools = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache" / "finetune-operator")) / "bin" / "tools"
+    found = shutil.which("kubectl") or (str(tools / "kubectl") if (tools / "kubectl").exists() else None)
+    assert found, "kubectl not found (make cluster-up installs it under $FTO_CACHE/bin/tools)"
+    return found
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [
+        ("ftj.spec.dataset", "Where the data is and how to read it"),
+        ("ftj.spec.dataset.split.test", "held out for test"),
+        ("ftj.spec.evaluation.gate", "must all hold"),
+        ("ftj.status.endpoint", "OpenAI-compatible"),
+    ],
+)
+def test_kubectl_explain_teaches_the_fields(cluster: Any, crd: str, field: str, expected: str) -> None:
+    result = subprocess.run(
+        [_kubectl(), "--kubeconfig", str(cluster.kubeconfig), "explain", field],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert expected in " ".join(result.stdout.split()), result.stdout
+
+
+def test_printer_columns(cluster: Any, crd: str, namespace: str) -> None:
+    _create(cluster, namespace, SPEC)
+    result = subprocess.run(
+        [_kubectl(), "--kubeconfig", str(cluster.kubeconfig), "get", "ftj", "-n", namespace],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    header = result.stdout.splitlines()[0].split()
+    assert header == ["NAME", "PHASE", "RUN", "PROGRESS", "LOSS", "GATE", "ENDPOINT", "AGE"], result.stdout
