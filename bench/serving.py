@@ -1,0 +1,231 @@
+"""Benchmark of the model server (issue 5): requests/s and p50/p99 latency at concurrency 1 and 8.
+
+Side by side, in one run, on loopback, with the same tiny model (built here: a byte-level BPE tokenizer
+trained on a synthetic corpus and a small Llama):
+  ours      finetune_trainer.serve (one engine thread, continuous batching) behind FastAPI + uvicorn;
+  baseline  a transformers `pipeline("text-generation")` called per request in a FastAPI endpoint
+            (the naive server), same HTTP framework, same response shape.
+Each server runs in its own process; the load generator (asyncio + httpx, closed loop: each of C
+clients sends its next request when the previous one is answered) runs in this one. The rounds
+alternate between the servers so that a busy machine hurts both alike.
+
+Usage: python bench/serving.py [--requests 24] [--max-tokens 32] [--rounds 2]
+The last line of output is one JSON object with every figure and the ratios ours / baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PROMPTS = [
+    "the operator publishes", "a fine tuned model", "kubernetes schedules the", "hello world and",
+    "serving tokens over http", "the gate compares the", "object storage keeps", "one more request for",
+]
+MODEL_NAME = "bench-model"
+
+
+def build_model(folder: Path) -> Path:
+    """A small Llama (4 layers, hidden 256) with a tokenizer trained here; full weights in `folder`."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = " ".join(PROMPTS).split() + [f"w{i}" for i in range(300)]
+    corpus = [" ".join(words[(i * 7) % len(words):][:40]) for i in range(400)]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=1000, special_tokens=["<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,
+                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
+                         pad_token_id=fast.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def ours_app(folder: Path) -> Any:
+    from finetune_trainer.serve.app import create_app
+    from finetune_trainer.serve.config import ServeConfig, ServeSettings
+    from finetune_trainer.serve.engine import Engine
+    from finetune_trainer.serve.loader import from_folder
+
+    config = ServeConfig(servedModelName=MODEL_NAME, modelUri=str(folder), maxConcurrency=8)
+    engine = Engine(from_folder(folder, "causal-lm", "cpu"), max_batch_size=config.max_concurrency)
+    return create_app(ServeSettings(config=config, device="cpu"), engine=engine)
+
+
+def baseline_app(folder: Path) -> Any:
+    """The naive server: one pipeline call per request in a plain (thread-pool) FastAPI endpoint."""
+    from fastapi import FastAPI
+    from transformers import pipeline
+
+    generator = pipeline("text-generation", model=str(folder), tokenizer=str(folder), device="cpu")
+    app = FastAPI()
+
+    @app.get("/readyz")
+    def readyz() -> dict[str, str]:
+        return {"status": "ready"}
+
+    @app.post("/v1/completions")
+    def completions(body: dict[str, Any]) -> dict[str, Any]:
+        output = generator(body["prompt"], max_new_tokens=body.get("max_tokens", 16), do_sample=False,
+                           return_full_text=False)
+        return {"object": "text_completion", "model": body["model"],
+                "choices": [{"index": 0, "text": output[0]["generated_text"], "finish_reason": "length"}]}
+
+    return app
+
+
+def serve(kind: str, folder: Path, port: int) -> None:
+    """The child process: one server on 127.0.0.1:port."""
+    import uvicorn
+
+    app = ours_app(folder) if kind == "ours" else baseline_app(folder)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start(kind: str, folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--model", str(folder),
+                                "--port", str(port)])
+    return process, f"http://127.0.0.1:{port}"
+
+
+async def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as client:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server {url} exited with {process.returncode}")
+            try:
+                if (await client.get(url + "/readyz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server {url} not ready after {timeout}s")
+            await asyncio.sleep(0.2)
+
+
+async def load(url: str, concurrency: int, requests: int, max_tokens: int) -> dict[str, float]:
+    """Closed-loop load: `concurrency` clients share `requests` requests; latency of each, and the rate."""
+    import httpx
+
+    latencies: list[float] = []
+    counter = iter(range(requests))
+    chars = 0
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal chars
+        for index in counter:
+            body = {"model": MODEL_NAME, "prompt": PROMPTS[index % len(PROMPTS)], "max_tokens": max_tokens,
+                    "temperature": 0}
+            started = time.perf_counter()
+            response = await client.post(url + "/v1/completions", json=body)
+            latencies.append(time.perf_counter() - started)
+            response.raise_for_status()
+            chars += len(response.json()["choices"][0]["text"])
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    ordered = sorted(latencies)
+    return {"requests": len(ordered), "seconds": elapsed, "rps": len(ordered) / elapsed,
+            "p50_ms": 1000 * statistics.median(ordered),
+            "p99_ms": 1000 * ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))],
+            "chars": chars}
+
+
+def merge(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Rounds pooled: total requests over total time; latency percentiles over the rounds' medians."""
+    total = sum(run["requests"] for run in runs)
+    seconds = sum(run["seconds"] for run in runs)
+    return {"requests": total, "rps": round(total / seconds, 3),
+            "p50_ms": round(statistics.median(run["p50_ms"] for run in runs), 1),
+            "p99_ms": round(max(run["p99_ms"] for run in runs), 1),
+            "chars": int(sum(run["chars"] for run in runs))}
+
+
+async def bench(folder: Path, requests: int, max_tokens: int, rounds: int) -> dict[str, Any]:
+    servers = {kind: start(kind, folder) for kind in ("ours", "baseline")}
+    try:
+        for process, url in servers.values():
+            await wait_ready(url, process)
+        for _, url in servers.values():  # warm up both (first-call allocations)
+            await load(url, 2, 4, max_tokens)
+        results: dict[str, dict[str, list[dict[str, float]]]] = {
+            kind: {"c1": [], "c8": []} for kind in servers}
+        for _ in range(rounds):
+            for concurrency in (1, 8):
+                count = requests if concurrency == 8 else max(4, requests // 3)
+                for kind, (_, url) in servers.items():
+                    run = await load(url, concurrency, count, max_tokens)
+                    results[kind][f"c{concurrency}"].append(run)
+                    print(f"{kind:9s} c={concurrency} {run['requests']:3.0f} req {run['rps']:7.2f} req/s "
+                          f"p50 {run['p50_ms']:8.1f} ms p99 {run['p99_ms']:8.1f} ms", flush=True)
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+            process.wait(30)
+    summary = {kind: {key: merge(runs) for key, runs in per.items()} for kind, per in results.items()}
+    ratios = {key: round(summary["ours"][key]["rps"] / summary["baseline"][key]["rps"], 2)
+              for key in ("c1", "c8")}
+    return {"benchmark": "serving", "model": "llama 4x256, vocab 1000, fp32, cpu", "max_tokens": max_tokens,
+            "rounds": rounds, "cpus": os.cpu_count(), "ours": summary["ours"],
+            "baseline": summary["baseline"], "throughput_ratio": ratios,
+            "not_slower": all(ratio >= 1.0 for ratio in ratios.values())}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--requests", type=int, default=24, help="requests per round at concurrency 8")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--serve", choices=["ours", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.serve:
+        serve(args.serve, args.model, args.port)
+        return 0
+    if not 1 <= args.requests <= 1000 or not 1 <= args.rounds <= 10:
+        parser.error("--requests must be in 1..1000 and --rounds in 1..10")
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        folder = build_model(Path(tmp))
+        result = asyncio.run(bench(folder, args.requests, args.max_tokens, args.rounds))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""The generation engine: one worker thread owns the model and batches concurrent requests.
+
+Why: a PyTorch model is not a thread-safe object to drive from many request handlers, and running one
+`generate()` per request wastes the accelerator (and, for small models, Python overhead per step).
+Here every request is queued; a single worker thread runs a hand-written decode loop over a batch of
+sequences, each with its own sampling parameters, stop strings and token budget, and streams each
+sequence's text as it is produced. Requests that arrive while a batch runs join it at the next step
+(continuous batching): the batch is rebuilt by one forward pass over the prompts and the tokens
+generated so far, so no cache internals of any transformers version are touched.
+Classification requests go through the same thread, between decode steps.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from finetune_trainer.serve.decoding import TextStream, choose_next_tokens
+from finetune_trainer.serve.loader import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What one request asks of generation (already validated against the model's context)."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: Literal["stop", "length"]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+
+
+Event = TextDelta | Finished | Failed
+Sink = Callable[[Event], None]
+"""Called on the worker thread; must not block (the app hands events to its event loop)."""
+
+
+@dataclass
+class _Sequence:
+    prompt_ids: list[int]
+    params: SamplingParams
+    sink: Sink
+    stream: TextStream
+    generator: torch.Generator | None
+    generated: list[int] = field(default_factory=list)
+    cancelled: bool = False
+    done: bool = False
+
+
+@dataclass
+class _Classification:
+    rows: list[list[int]]
+    callback: Callable[[list[list[float]] | Failed], None]
+
+
+class RequestHandle:
+    """Lets the HTTP side abandon a request whose client went away."""
+
+    def __init__(self, sequence: _Sequence) -> None:
+        self._sequence = sequence
+
+    def cancel(self) -> None:
+        self._sequence.cancelled = True
+
+
+class Engine:
+    """Serves one loaded model from one worker thread; `start()` before submitting, `stop()` at exit."""
+
+    def __init__(self, loaded: LoadedModel, max_batch_size: int = 8) -> None:
+        self.loaded = loaded
+        self.max_batch_size = max_batch_size
+        self._pending: deque[_Sequence] = deque()
+        self._classifications: deque[_Classification] = deque()
+        self._wakeup = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="generation-engine", daemon=True)
+        parameters = inspect.signature(loaded.model.forward).parameters
+        # transformers 5.x renamed `past_key_values` to `cache`; 4.x knows only the old name
+        self._cache_arg = "cache" if "cache" in parameters else "past_key_values"
+        self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+
+    def start(self) -> Engine:
+        """Start the worker thread (a second call does nothing)."""
+        if not self._thread.is_alive() and not self._stopping:
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._wakeup:
+            self._stopping = True
+            self._wakeup.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Sink) -> RequestHandle:
+        """Queue one generation; `sink` gets TextDelta events, then exactly one Finished or Failed."""
+        generator = None
+        if params.temperature > 0:
+            generator = torch.Generator()
+            if params.seed is not None:
+                generator.manual_seed(params.seed)
+            else:
+                generator.seed()
+        sequence = _Sequence(list(prompt_ids), params, sink, TextStream(self._decode, params.stop), generator)
+        with self._wakeup:
+            if self._stopping:
+                sequence.done = True
+                sink(Failed("the server is shutting down"))
+            else:
+                self._pending.append(sequence)
+                self._wakeup.notify()
+        return RequestHandle(sequence)
+
+    def classify(self, rows: list[list[int]], callback: Callable[[list[list[float]] | Failed], None]) -> None:
+        """Queue a classification of token-id rows; `callback` gets one probability vector per row."""
+        with self._wakeup:
+            self._classifications.append(_Classification(rows, callback))
+            self._wakeup.notify()
+
+    def _decode(self, ids: list[int]) -> str:
+        text: str = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
+        return text
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                while not (self._stopping or self._pending or self._classifications):
+                    self._wakeup.wait()
+                if self._stopping:
+                    break
+            self._run_classifications()
+            batch = self._admit([])
+            if batch:
+                try:
+                    self._generate(batch)
+                except Exception as error:  # one bad batch must not kill the server
+                    log.exception("generation failed")
+                    for sequence in batch:
+                        if not sequence.done:
+                            sequence.done = True
+                            sequence.sink(Failed(f"generation failed: {error}"))
+        with self._wakeup:
+            leftover = list(self._pending)
+            self._pending.clear()
+        for sequence in leftover:
+            sequence.sink(Failed("the server is shutting down"))
+
+    def _admit(self, active: list[_Sequence]) -> list[_Sequence]:
+        """Move waiting sequences into the batch while there is room; returns only the newcomers."""
+        newcomers: list[_Sequence] = []
+        with self._wakeup:
+            while self._pending and len(active) + len(newcomers) < self.max_batch_size:
+                sequence = self._pending.popleft()
+                if not sequence.cancelled:
+                    newcomers.append(sequence)
+        return newcomers
+
+    def _run_classifications(self) -> None:
+        while True:
+            with self._wakeup:
+                if not self._classifications:
+                    return
+                job = self._classifications.popleft()
+            try:
+                job.callback(self._classify(job.rows))
+            except Exception as error:
+                log.exception("classification failed")
+                job.callback(Failed(f"classification failed: {error}"))
+
+    @torch.inference_mode()
+    def _classify(self, rows: list[list[int]]) -> list[list[float]]:
+        """Class probabilities of token-id rows, right-padded into one batch."""
+        width = max(len(row) for row in rows)
+        input_ids = torch.full((len(rows), width), self.loaded.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for index, row in enumerate(rows):
+            input_ids[index, :len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[index, :len(row)] = 1
+        device = self.loaded.device
+        logits = self.loaded.model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+        probabilities: list[list[float]] = torch.softmax(logits.float(), dim=-1).cpu().tolist()
+        return probabilities
+
+    def _prefill(self, batch: list[_Sequence]) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One forward pass over every sequence's tokens so far, left-padded.
+
+        Returns the KV cache, the logits of each row's last position, the attention mask and each row's
+        next position id.
+        """
+        rows = [sequence.prompt_ids + sequence.generated for sequence in batch]
+        width = max(len(row) for row in rows)
+        device = self.loaded.device
+        input_ids = torch.full((len(rows), width), self.loaded.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for index, row in enumerate(rows):
+            input_ids[index, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            mask[index, width - len(row):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
+        out = self.loaded.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                use_cache=True, **self._last_logits_only)
+        return self._cache_of(out), out.logits[:, -1, :], mask, positions[:, -1] + 1
+
+    def _cache_of(self, output: Any) -> Any:
+        return getattr(output, self._cache_arg)
+
+    @torch.inference_mode()
+    def _generate(self, batch: list[_Sequence]) -> None:
+        cache, logits, mask, next_positions = self._prefill(batch)
+        while True:
+            tokens = choose_next_tokens(
+                logits, [s.params.temperature for s in batch], [s.params.top_p for s in batch],
+                [s.generator for s in batch])
+            for sequence, token in zip(batch, tokens, strict=True):
+                if not sequence.done:
+                    self._advance(sequence, token)
+            batch_alive = [s for s in batch if not s.done]
+            if self._stopping:
+                for sequence in batch_alive:
+                    sequence.done = True
+                    sequence.sink(Failed("the server is shutting down"))
+                return
+            newcomers = self._admit(batch_alive)
+            if newcomers:
+                self._run_classifications()
+                batch = batch_alive + newcomers
+                cache, logits, mask, next_positions = self._prefill(batch)
+                continue
+            if not batch_alive:
+                return
+            self._run_classifications()
+            pad = self.loaded.pad_token_id
+            rows = [[pad if s.done else token] for s, token in zip(batch, tokens, strict=True)]
+            step_ids = torch.tensor(rows, dtype=torch.long, device=self.loaded.device)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+            out = self.loaded.model(input_ids=step_ids, attention_mask=mask,
+                                    position_ids=next_positions[:, None], use_cache=True,
+                                    **{self._cache_arg: cache})
+            cache, logits, next_positions = self._cache_of(out), out.logits[:, -1, :], next_positions + 1
+
+    def _advance(self, sequence: _Sequence, token: int) -> None:
+        """Feed one chosen token to a sequence; emit its text; finish it when a limit is reached."""
+        if sequence.cancelled:
+            sequence.done = True
+            return
+        if token in self.loaded.eos_token_ids:
+            self._finish(sequence, "stop")
+            return
+        sequence.generated.append(token)
+        delta = sequence.stream.push(token)
+        if delta:
+            sequence.sink(TextDelta(delta))
+        if sequence.stream.stopped:
+            self._finish(sequence, "stop")
+        elif len(sequence.generated) >= sequence.params.max_tokens:
+            self._finish(sequence, "length")
+
+    def _finish(self, sequence: _Sequence, reason: Literal["stop", "length"]) -> None:
+        rest = sequence.stream.finish()
+        if rest:
+            sequence.sink(TextDelta(rest))
+        sequence.done = True
+        sequence.sink(Finished(reason, len(sequence.prompt_ids), len(sequence.generated)))
