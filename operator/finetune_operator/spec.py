@@ -56,7 +56,7 @@ class Dataset(_Model):
 
 class Lora(_Model):
     rank: int = 16
-    alpha: float = 32
+    alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] = ["all-linear"]
 
@@ -78,7 +78,7 @@ class Hyperparameters(_Model):
     batch_size: int = 8
     gradient_accumulation_steps: int = 1
     warmup_ratio: float = 0.03
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "polynomial"] = "cosine"
     seed: int = 42
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     max_steps: int | None = None

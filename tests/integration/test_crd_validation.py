@@ -151,6 +151,25 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "spec.podMetadata.labels",
     ),
     ("epochs-zero", _with("hyperparameters", {"epochs": 0}), "spec.hyperparameters.epochs"),
+    (
+        "no-test-split-and-no-test-file",
+        _with("dataset.split", {"validation": 0.1, "test": 0.0}),
+        "spec.dataset.split.test",
+    ),
+    ("column-not-in-schema", _with("dataset.columns", {"prompt": "question"}), "spec.dataset.columns"),
+    (
+        "merge-full-weights",
+        _with("method", {"type": "full", "mergeWeights": True}),
+        "spec.method.mergeWeights",
+    ),
+    (
+        "one-label",
+        {
+            **_with("baseModel", {"uri": "s3://m/x/", "task": "sequence-classification", "labels": ["a"]}),
+            "dataset": {**SPEC["dataset"], "schema": "classification"},
+        },
+        "spec.baseModel.labels",
+    ),
 ]
 
 

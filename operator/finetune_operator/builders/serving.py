@@ -242,6 +242,7 @@ def serving_deployment(
     labels = {**metadata(owner, names.serving, COMPONENT)["labels"], LABEL_RUN: str(published.run)}
     pod_spec = {
         "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 45,  # the server drains in-flight requests for 30 s on SIGTERM
         "securityContext": pod_security_context(),
         **engine_pod,
         **placement(spec),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,22 @@ def example(name: str) -> dict[str, Any]:
     return body
 
 
+def _readable(value: Any) -> Any:
+    """ConfigMap JSON payloads shown as YAML structure (reviewable diffs); everything else unchanged."""
+    if isinstance(value, list):
+        return [_readable(v) for v in value]
+    if isinstance(value, dict) and value.get("kind") == "ConfigMap":
+        data = {k: json.loads(v) if k.endswith(".json") else v for k, v in value["data"].items()}
+        return {**value, "data": data}
+    return value
+
+
 def assert_golden(relative: str, value: Any) -> None:
-    """Compare `value` as YAML with golden/<relative>; UPDATE_GOLDEN=1 writes the file instead."""
+    """Compare `value` as YAML with golden/<relative>; UPDATE_GOLDEN=1 writes the file instead.
+
+    ConfigMaps' JSON payloads are stored decoded, so a golden diff reads like a config diff."""
     path = GOLDEN / relative
-    text = yaml.safe_dump(value, sort_keys=False, width=120)
+    text = yaml.safe_dump(_readable(value), sort_keys=False, width=120)
     if os.environ.get("UPDATE_GOLDEN") == "1":
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)

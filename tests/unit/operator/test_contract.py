@@ -1,0 +1,36 @@
+"""The operator's renderings pass the trainer's and server's own validators (docs/trainer-contract.md).
+
+Both sides live in this repository, so the contract is checked directly: every example's trainer config
+must parse with `finetune_trainer.config.parse_config`, every serve.json with the server's model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from finetune_operator.builders.serving import Published, serving_config_map
+from finetune_operator.builders.trainer_config import trainer_config_map
+from finetune_operator.spec import parse_spec
+from finetune_trainer.config import parse_config
+from finetune_trainer.serve.config import ServeConfig
+
+from .support import EXAMPLES, OWNER, example
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_trainer_accepts_the_rendered_config(path: Path) -> None:
+    spec = parse_spec(example(path.stem)["spec"])
+    rendered = json.loads(trainer_config_map(spec, OWNER, 3)["data"]["config.json"])
+    config = parse_config(rendered, "operator rendering")
+    assert config.job.run == 3 and config.output.run_uri.endswith("/run-3/")
+
+
+@pytest.mark.parametrize("adapter", [True, False])
+def test_server_accepts_the_rendered_serve_config(adapter: bool) -> None:
+    spec = parse_spec(example("quickstart")["spec"])
+    published = Published(2, "causal-lm", spec.base_model.uri, spec.output.run_uri(2) + "model/", adapter)
+    rendered = json.loads(serving_config_map(spec, OWNER, published)["data"]["serve.json"])
+    served = ServeConfig.model_validate(rendered)
+    assert served.run == 2
