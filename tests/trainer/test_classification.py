@@ -103,6 +103,7 @@ def test_finetuning_beats_the_base_model(
         s3_bucket.client.get_object(Bucket=s3_bucket.name, Key="out/run-1/metrics.json")["Body"].read()
     )
     base = document["baseModel"]["test"]
+    print("fine-tuned", test, "base", base)
     assert test["accuracy"] >= 0.9, (test, base)
     assert test["accuracy"] >= base["accuracy"] + 0.3, (test, base)
     assert test["f1"] > base["f1"]
