@@ -1,0 +1,284 @@
+"""Operator scale benchmark (issue 3): N FineTuneJobs on M fake 8-GPU kwok nodes.
+
+Reports: seconds until every child Job exists, status propagation latency (child pod Succeeded -> the
+FineTuneJob's phase Succeeded, both seen by this script's own watches, so watch lag cancels out) p50/p99,
+the operator's peak RSS, and Kubernetes API requests the operator sent per FineTuneJob (its own counter).
+Targets at N=500, M=100 on a 2-core machine: all Jobs within 60 s, p99 under 5 s, RSS under 300 MiB.
+
+    python bench/operator_scale.py [--jobs 500] [--nodes 100]    # needs `make cluster-up` or $KUBECONFIG
+
+The last line printed is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.cluster import kubeconfig_path  # noqa: E402
+
+GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
+TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}
+NODE_LABEL = "finetune.dev/bench-node"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def install_crd(api_client: Any) -> None:
+    import yaml
+    from kubernetes import client
+
+    body = yaml.safe_load((ROOT / "crds" / "finetunejob.yaml").read_text())
+    api = client.ApiextensionsV1Api(api_client)
+    try:
+        api.create_custom_resource_definition(body)
+        time.sleep(2)
+    except client.ApiException as error:
+        if error.status != 409:
+            raise
+
+
+def node(name: str) -> dict[str, Any]:
+    capacity = {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {"type": "kwok", NODE_LABEL: "true", "kubernetes.io/hostname": name},
+        },
+        "spec": {"taints": [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]},
+        "status": {"allocatable": capacity, "capacity": capacity},
+    }
+
+
+def finetunejob(name: str, delay: str) -> dict[str, Any]:
+    message = json.dumps({"code": "Succeeded", "message": "bench", "metrics": {"test": {"loss": 1.0}}})
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "baseModel": {"uri": "s3://models/tiny/"},
+            "dataset": {"train": {"uri": "s3://data/train.jsonl"}, "schema": "text"},
+            "resources": {"gpus": 1, "memory": "1Gi", "cpu": "1", "tolerations": [TOLERATION]},
+            "output": {"uri": f"s3://artifacts/{name}/"},
+            "podMetadata": {
+                "annotations": {
+                    "kwok.finetune.dev/exit-code": "0",
+                    "kwok.finetune.dev/termination-message": message,
+                    "kwok.finetune.dev/delay": delay,
+                }
+            },
+        },
+    }
+
+
+class Watcher:
+    """Records, with this process's clock, when each Job appears, each pod succeeds, each FTJ succeeds."""
+
+    def __init__(self, api_client: Any, namespace: str) -> None:
+        self.api_client, self.namespace = api_client, namespace
+        self.job_seen: dict[str, float] = {}
+        self.pod_done: dict[str, float] = {}  # by FineTuneJob uid
+        self.ftj_done: dict[str, float] = {}  # by FineTuneJob uid
+        self.stop = threading.Event()
+
+    def _loop(self, list_fn: Any, on_event: Any, **kwargs: Any) -> None:
+        from kubernetes import watch
+
+        while not self.stop.is_set():
+            try:
+                for event in watch.Watch().stream(list_fn, self.namespace, timeout_seconds=5, **kwargs):
+                    on_event(event["object"])
+            except Exception as error:  # a dropped watch is restarted; the bench must not die of it
+                print(f"watch restarted: {error}", file=sys.stderr)
+                time.sleep(0.5)
+
+    def start(self) -> None:
+        from kubernetes import client
+
+        batch, core = client.BatchV1Api(self.api_client), client.CoreV1Api(self.api_client)
+        custom = client.CustomObjectsApi(self.api_client)
+
+        def on_job(job: Any) -> None:
+            self.job_seen.setdefault(job.metadata.name, time.monotonic())
+
+        def on_pod(pod: Any) -> None:
+            uid = (pod.metadata.labels or {}).get("finetune.dev/job-uid")
+            if uid and pod.status.phase == "Succeeded":
+                self.pod_done.setdefault(uid, time.monotonic())
+
+        def on_ftj(obj: dict[str, Any]) -> None:
+            if (obj.get("status") or {}).get("phase") == "Succeeded":
+                self.ftj_done.setdefault(obj["metadata"]["uid"], time.monotonic())
+
+        def custom_list(namespace: str, **kw: Any) -> Any:
+            return custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **kw)
+
+        for fn, handler, kw in (
+            (batch.list_namespaced_job, on_job, {}),
+            (core.list_namespaced_pod, on_pod, {"label_selector": "finetune.dev/job-uid"}),
+            (custom_list, on_ftj, {}),
+        ):
+            threading.Thread(target=self._loop, args=(fn, handler), kwargs=kw, daemon=True).start()
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def api_requests(port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("finetune_operator_api_requests_total{")
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def run(jobs: int, nodes: int, delay: str, timeout: float) -> dict[str, Any]:
+    from kubernetes import client, config
+
+    kubeconfig = kubeconfig_path()
+    api_client = config.new_client_from_config(config_file=str(kubeconfig))
+    api_client.configuration.connection_pool_maxsize = 16
+    core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
+    install_crd(api_client)
+    run_id = uuid.uuid4().hex[:6]
+    namespace = f"bench-{run_id}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    node_names = [f"bench-{run_id}-gpu-{i}" for i in range(nodes)]
+    metrics_port = free_port()
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(ROOT / "operator")}
+    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"operator-scale-{run_id}.log", "wb")  # noqa: SIM115
+    operator = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "finetune_operator",
+            "-n",
+            namespace,
+            "--metrics-port",
+            str(metrics_port),
+            "--health-port",
+            "0",
+            "--trainer-image",
+            "registry.local/finetune-trainer:bench",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    watcher = Watcher(api_client, namespace)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda n: core.create_node(node(n)), node_names))
+        watcher.start()
+        time.sleep(3)  # operator startup (imports, first list)
+        before = api_requests(metrics_port)
+        start = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            list(
+                pool.map(
+                    lambda i: custom.create_namespaced_custom_object(
+                        GROUP, VERSION, namespace, PLURAL, finetunejob(f"ftj-{i:04d}", delay)
+                    ),
+                    range(jobs),
+                )
+            )
+        created = time.monotonic() - start
+        deadline = start + timeout
+        while len(watcher.job_seen) < jobs and time.monotonic() < deadline:
+            time.sleep(0.2)
+        all_jobs = (
+            max(watcher.job_seen.values(), default=start) - start if len(watcher.job_seen) >= jobs else None
+        )
+        while len(watcher.ftj_done) < jobs and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(1)
+        latencies = [
+            watcher.ftj_done[uid] - watcher.pod_done[uid]
+            for uid in watcher.ftj_done
+            if uid in watcher.pod_done
+        ]
+        requests = api_requests(metrics_port) - before
+        return {
+            "jobs": jobs,
+            "nodes": nodes,
+            "gpus_per_node": 8,
+            "create_seconds": round(created, 2),
+            "all_child_jobs_seconds": round(all_jobs, 2) if all_jobs is not None else None,
+            "child_jobs_seen": len(watcher.job_seen),
+            "succeeded": len(watcher.ftj_done),
+            "propagation_p50_seconds": round(percentile(latencies, 0.5), 3),
+            "propagation_p99_seconds": round(percentile(latencies, 0.99), 3),
+            "propagation_mean_seconds": round(statistics.fmean(latencies), 3) if latencies else None,
+            "operator_peak_rss_mib": round(peak_rss_mib(operator.pid), 1),
+            "api_requests_per_job": round(requests / jobs, 2),
+            "targets": {
+                "all_child_jobs_seconds": 60,
+                "propagation_p99_seconds": 5,
+                "operator_peak_rss_mib": 300,
+            },
+        }
+    finally:
+        watcher.stop.set()
+        operator.terminate()
+        operator.wait(30)
+        log.close()
+        core.delete_namespace(namespace, propagation_policy="Background")
+        for name in node_names:
+            with contextlib.suppress(client.ApiException):
+                core.delete_node(name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=500)
+    parser.add_argument("--nodes", type=int, default=100)
+    parser.add_argument("--delay", default="20s", help="how long each fake training pod runs (Go duration)")
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args()
+    figures = run(args.jobs, args.nodes, args.delay, args.timeout)
+    for key, value in figures.items():
+        if key != "targets":
+            print(f"{key:>28}: {value}")
+    print(json.dumps(figures, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""The trainer's ServiceAccount may patch its own FineTuneJob's status, and nothing else (real RBAC)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from .conftest import GROUP, PLURAL, VERSION, Jobs, Operator, ftj_manifest, wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+def _client_as(cluster: Any, namespace: str, service_account: str) -> Any:
+    from kubernetes import client
+
+    token = cluster.core.create_namespaced_service_account_token(
+        service_account,
+        namespace,
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
+        ),
+    ).status.token
+    admin = cluster.api_client.configuration
+    config = client.Configuration()
+    config.host, config.ssl_ca_cert, config.verify_ssl = admin.host, admin.ssl_ca_cert, admin.verify_ssl
+    config.api_key = {"BearerToken": f"Bearer {token}"}
+    return client.CustomObjectsApi(client.ApiClient(config))
+
+
+def test_trainer_may_patch_only_its_own_status(operator: Operator, jobs: Jobs, namespace: str) -> None:
+    from kubernetes import client
+
+    jobs.create(namespace, ftj_manifest("mine"))
+    jobs.create(namespace, ftj_manifest("theirs"))
+    for name in ("mine", "theirs"):
+        wait_for(f"{name}'s Job", lambda name=name: jobs.training_jobs(namespace, name))
+    trainer = _client_as(jobs.cluster, namespace, "mine-trainer")
+    progress = {
+        "status": {"progress": {"run": 1, "stage": "training", "step": 3, "totalSteps": 10, "percent": 30}}
+    }
+    trainer.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "mine", progress)
+    assert jobs.status(namespace, "mine")["progress"]["step"] == 3
+    trainer.get_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "mine")
+    for forbidden in (
+        lambda: trainer.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, "theirs", progress
+        ),
+        lambda: trainer.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, "mine", {"spec": {"suspend": True}}
+        ),
+        lambda: trainer.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL),
+    ):
+        with pytest.raises(client.ApiException) as refused:
+            forbidden()
+        assert refused.value.status == 403
