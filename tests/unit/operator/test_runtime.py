@@ -1,0 +1,106 @@
+"""The impure shell's pure helpers: merge patches, conditions, the store, the work queue, the settings."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from finetune_operator import conditions as cond
+from finetune_operator.observed import JobObs
+from finetune_operator.reconcile import merge_patch
+from finetune_operator.settings import parse_args
+from finetune_operator.store import Store
+from finetune_operator.workqueue import RequeueError, WorkQueue
+
+
+def test_merge_patch_sets_changes_and_removes_stale_keys_but_keeps_progress() -> None:
+    old = {
+        "phase": "Training",
+        "progress": {"step": 3},
+        "error": {"code": "X"},
+        "gate": {"passed": True, "a": 1},
+    }
+    new = {"phase": "Failed", "error": None, "gate": {"passed": False, "a": 1}}
+    assert merge_patch(old, new, keep=("progress",)) == {
+        "phase": "Failed",
+        "error": None,
+        "gate": {"passed": False},
+    }
+    assert merge_patch(new, new) == {}
+
+
+def test_condition_transition_time_moves_only_when_status_flips() -> None:
+    first = cond.merge([], [cond.condition(cond.READY, False, "Publishing", "m", 1)], "t1")
+    same = cond.merge(first, [cond.condition(cond.READY, False, "Publishing", "other message", 2)], "t2")
+    flipped = cond.merge(same, [cond.condition(cond.READY, True, "Serving", "m", 2)], "t3")
+    assert [c["lastTransitionTime"] for c in (first[0], same[0], flipped[0])] == ["t1", "t1", "t3"]
+
+
+def test_store_files_children_by_owner_uid_and_ignores_stale_bodies() -> None:
+    store = Store()
+    body = {"metadata": {"namespace": "ns", "name": "a", "uid": "u1", "resourceVersion": "10"}, "spec": {}}
+    key = store.put_body(body)
+    store.put_body({**body, "metadata": {**body["metadata"], "resourceVersion": "9"}, "spec": {"old": True}})
+    store.put_job("u1", JobObs("a-r1", 1))
+    store.put_job("u1", JobObs("a-r1", 1, active=1), only_if_absent=True)
+    view = store.view(key)
+    assert view is not None and view.body["spec"] == {} and view.jobs == (JobObs("a-r1", 1),)
+    assert store.key_of("u1") == ("ns", "a")
+    store.forget_body("ns", "a", "u1")
+    assert store.view(key) is None and store.key_of("u1") is None
+
+
+def test_work_queue_coalesces_and_requeues() -> None:
+    async def scenario() -> list[str]:
+        seen: list[str] = []
+        gate = asyncio.Event()
+
+        async def handle(key: str) -> float | None:
+            seen.append(key)
+            if key == "slow" and seen.count("slow") == 1:
+                await gate.wait()
+            if key == "flaky" and seen.count("flaky") == 1:
+                raise RequeueError("conflict", 0.01)
+            return 0.01 if key == "timer" and seen.count("timer") < 2 else None
+
+        queue: WorkQueue[str] = WorkQueue(handle, workers=2)
+        queue.start()
+        for key in ("slow", "slow", "slow"):  # queued once
+            queue.add(key)
+        await asyncio.sleep(0.01)
+        queue.add("slow")  # running: marked dirty, runs once more
+        queue.add("slow")
+        queue.add("flaky")
+        queue.add("timer")
+        await asyncio.sleep(0.05)
+        gate.set()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if queue.idle() and seen.count("timer") == 2:
+                break
+        await queue.stop()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen.count("slow") == 2 and seen.count("flaky") == 2 and seen.count("timer") == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "namespaces"),
+    [
+        ([], {}, ()),
+        (["-n", "a", "--namespace", "b,c"], {}, ("a", "b", "c")),
+        ([], {"FTO_NAMESPACES": "x, y"}, ("x", "y")),
+        (["-A"], {"FTO_NAMESPACES": "x"}, ()),
+    ],
+)
+def test_namespaces_from_flags_or_environment(
+    argv: list[str], env: dict[str, str], namespaces: tuple[str, ...]
+) -> None:
+    assert parse_args(argv, env).namespaces == namespaces
+
+
+def test_images_from_environment_and_flags() -> None:
+    settings = parse_args(["--vllm-image", "v:1"], {"FTO_TRAINER_IMAGE": "t:1", "FTO_BACKOFF_LIMIT": "5"})
+    assert (settings.trainer_image, settings.server_image, settings.vllm_image) == ("t:1", "t:1", "v:1")
+    assert settings.backoff_limit == 5
