@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from finetune_trainer.errors import PREEMPTED_EXIT_CODE
+from finetune_trainer.errors import PREEMPTED_EXIT_CODE, USER_ERROR_EXIT_CODE
 
 from tests.support.s3server import free_port
 from tests.trainer.builders import arithmetic_records, put_jsonl, trainer_config
@@ -87,6 +87,7 @@ def test_sigterm_checkpoints_then_resume_continues(
 def test_two_processes_gloo(
     s3_bucket: Any, tiny_llama_uri: str, tmp_path: Path, trainer_env: dict[str, str]
 ) -> None:
+    """The plain `train` command launches torchrun itself when the config asks for 2 processes."""
     train = put_jsonl(s3_bucket.client, s3_bucket.name, "data/train.jsonl", arithmetic_records(64))
     raw = trainer_config(s3_bucket.name, tiny_llama_uri, train)
     raw["hyperparameters"]["maxSteps"] = 6
@@ -94,21 +95,11 @@ def test_two_processes_gloo(
     raw["distributed"] = {"workers": 1, "processesPerWorker": 2}
     config = tmp_path / "config.json"
     config.write_text(json.dumps(raw))
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes=1",
-        "--nproc-per-node=2",
-        f"--master-port={free_port()}",
-        "-m",
-        "finetune_trainer",
-        "train",
-        "--config",
-        str(config),
-    ]
-    done = subprocess.run(command, env=trainer_env, capture_output=True, text=True, timeout=600)
+    env = dict(trainer_env, MASTER_PORT=str(free_port()), NODE_RANK="0", MASTER_ADDR="127.0.0.1")
+    command = [sys.executable, "-m", "finetune_trainer", "train", "--config", str(config)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+    assert "[rank 1]" in done.stderr and "launching 1 x 2 processes" in done.stderr
     termination = json.loads((tmp_path / "termination-log").read_text())
     assert termination["code"] == "Succeeded" and termination["message"] == "trained 6 steps"
     document = json.loads(
@@ -121,3 +112,20 @@ def test_two_processes_gloo(
     )
     names = {item["Key"].rsplit("/", 1)[1] for item in files["Contents"]}
     assert {"rng_state_0.pth", "rng_state_1.pth", "trainer_state.json", "_COMPLETE"} <= names
+
+
+def test_two_processes_user_error_keeps_exit_42(
+    s3_bucket: Any, tmp_path: Path, trainer_env: dict[str, str]
+) -> None:
+    """torchrun alone would exit 1 here; the launcher keeps the contract's user-error exit code."""
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="data/train.jsonl", Body=b'{"prompt": "a",\n')
+    raw = trainer_config(s3_bucket.name, s3_bucket.uri("models/x/"), s3_bucket.uri("data/train.jsonl"))
+    raw["distributed"] = {"workers": 1, "processesPerWorker": 2}
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(raw))
+    env = dict(trainer_env, MASTER_PORT=str(free_port()))
+    command = [sys.executable, "-m", "finetune_trainer", "train", "--config", str(config)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == USER_ERROR_EXIT_CODE, (done.stdout + done.stderr)[-5000:]
+    termination = json.loads((tmp_path / "termination-log").read_text())
+    assert termination["code"] == "DatasetInvalid" and "train.jsonl line 1" in termination["message"]

@@ -9,15 +9,18 @@ a termination message, and only rank 0 writes it (all ranks exit with the same c
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from finetune_trainer.errors import InternalError, Preempted, TrainerError
-from finetune_trainer.termination import termination_line, write_termination
+from finetune_trainer.launch import launch, needs_launch
+from finetune_trainer.termination import DEFAULT_PATH, termination_line, write_termination
 
 
 def configure_logging() -> None:
@@ -32,11 +35,31 @@ def configure_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _peek(config_path: Path) -> dict[str, Any] | None:
+    """The decoded config if it is readable JSON (validation comes later, with full error reporting)."""
+    try:
+        raw = json.loads(config_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def _termination_empty() -> bool:
+    path = Path(os.environ.get("FTO_TERMINATION_LOG", DEFAULT_PATH))
+    try:
+        return not path.read_text().strip()
+    except OSError:
+        return True
+
+
 def run_train(config_path: Path) -> int:
     """Run one training attempt; write the termination message; return the exit code."""
     from finetune_trainer import distributed
     from finetune_trainer.callbacks import SignalStop, StopRequested
 
+    raw = _peek(config_path)
+    if raw is not None and needs_launch(raw, dict(os.environ)):
+        return launch(config_path, raw)
     stop = SignalStop()
     stop.install()
     run: int | None = None
@@ -62,8 +85,8 @@ def run_train(config_path: Path) -> int:
         traceback.print_exc()
         internal = InternalError(f"{type(crash).__name__}: {crash}")
         line, code = termination_line(internal.code, internal.message, run), internal.exit_code
-    if distributed.is_main():
-        write_termination(line)
+    if distributed.is_main() or (code != 0 and _termination_empty()):
+        write_termination(line)  # rank 0 speaks for the job; another rank only when it failed first
     logging.getLogger(__name__).info("exit %d", code)
     return code
 

@@ -1,0 +1,38 @@
+"""When `train` launches torchrun itself, and which exit code the pod gets from the workers' outcome."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from finetune_trainer.launch import exit_code_for, needs_launch, torchrun_command
+
+
+def test_needs_launch_only_for_several_processes_outside_torchrun() -> None:
+    several = {"distributed": {"workers": 2, "processesPerWorker": 1}}
+    assert needs_launch(several, {})
+    assert not needs_launch(several, {"LOCAL_RANK": "0"})
+    assert not needs_launch({"distributed": {"workers": 1, "processesPerWorker": 1}}, {})
+    assert not needs_launch({}, {})
+
+
+def test_exit_code_follows_the_termination_code() -> None:
+    assert exit_code_for("Succeeded", 0) == 0
+    assert exit_code_for("DatasetInvalid", 1) == 42
+    assert exit_code_for("StorageAccessDenied", 1) == 42
+    assert exit_code_for("Preempted", 1) == 75
+    assert exit_code_for("InternalError", 1) == 1
+    assert exit_code_for(None, 137) == 137
+    assert exit_code_for(None, 42) == 1  # never fake a user error without a message saying so
+    assert exit_code_for("Succeeded", -9) == 137
+
+
+def test_torchrun_command_uses_the_pod_rendezvous_environment() -> None:
+    command = torchrun_command(
+        Path("/etc/finetune/config.json"),
+        3,
+        8,
+        {"NODE_RANK": "2", "MASTER_ADDR": "job-0.svc", "MASTER_PORT": "29500"},
+    )
+    assert command[1:3] == ["-m", "torch.distributed.run"]
+    assert "--nnodes=3" in command and "--nproc-per-node=8" in command and "--node-rank=2" in command
+    assert "--master-addr=job-0.svc" in command and command[-2:] == ["--config", "/etc/finetune/config.json"]

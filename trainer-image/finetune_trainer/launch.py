@@ -1,0 +1,113 @@
+"""Launching several processes per pod (torchrun) without losing the exit contract.
+
+Why: torchrun exits 1 whenever a worker fails, so a user error (42) would burn the Job's retries, and on
+SIGTERM it kills its workers after a fixed grace period, possibly mid-checkpoint, and never exits 75.
+When the config asks for more than one process and we are not already a torchrun worker, `train` starts
+torchrun itself (NODE_RANK, MASTER_ADDR, MASTER_PORT from the pod's environment), passes SIGTERM straight
+to the workers so each can checkpoint, and exits with the code the workers' termination message implies
+(`exit_code_for`, pure). The termination message itself is the one the workers wrote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from finetune_trainer.errors import (
+    INTERNAL_ERROR_EXIT_CODE,
+    PREEMPTED_EXIT_CODE,
+    USER_ERROR_CODES,
+    USER_ERROR_EXIT_CODE,
+)
+from finetune_trainer.termination import DEFAULT_PATH, termination_line, write_termination
+
+log = logging.getLogger(__name__)
+
+
+def processes(raw: dict[str, Any]) -> tuple[int, int]:
+    """(workers, processes per worker) from a decoded config (defaults 1, 1; validated later)."""
+    section = raw.get("distributed") or {}
+    return int(section.get("workers", 1) or 1), int(section.get("processesPerWorker", 1) or 1)
+
+
+def needs_launch(raw: dict[str, Any], environ: dict[str, str]) -> bool:
+    """True when the job wants several processes and this process is not one of torchrun's workers."""
+    workers, per_worker = processes(raw)
+    return workers * per_worker > 1 and "LOCAL_RANK" not in environ
+
+
+def exit_code_for(code: str | None, returncode: int) -> int:
+    """The pod's exit code from the workers' termination code and torchrun's own exit status."""
+    if returncode < 0:  # killed by a signal: report it the way a shell would (128 + signal)
+        returncode = 128 - returncode
+    if code == "Succeeded":
+        return 0 if returncode == 0 else (returncode or INTERNAL_ERROR_EXIT_CODE)
+    if code in USER_ERROR_CODES:
+        return USER_ERROR_EXIT_CODE
+    if code == "Preempted":
+        return PREEMPTED_EXIT_CODE
+    return (
+        returncode
+        if returncode not in (0, USER_ERROR_EXIT_CODE, PREEMPTED_EXIT_CODE)
+        else INTERNAL_ERROR_EXIT_CODE
+    )
+
+
+def torchrun_command(config_path: Path, workers: int, per_worker: int, environ: dict[str, str]) -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nnodes={workers}", f"--nproc-per-node={per_worker}",
+        f"--node-rank={environ.get('NODE_RANK', '0')}",
+        f"--master-addr={environ.get('MASTER_ADDR', '127.0.0.1')}",
+        f"--master-port={environ.get('MASTER_PORT', '29500')}",
+        "-m", "finetune_trainer", "train", "--config", str(config_path),
+    ]  # fmt: skip
+
+
+def _signal_workers(process: subprocess.Popen[bytes], signum: int) -> None:
+    """Send `signum` to torchrun's worker processes (not torchrun: it would kill them after a timeout)."""
+    import psutil
+
+    try:
+        children = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.send_signal(signum)
+
+
+def launch(config_path: Path, raw: dict[str, Any]) -> int:
+    """Run torchrun with this config; return the exit code the contract asks for."""
+    workers, per_worker = processes(raw)
+    termination = Path(os.environ.get("FTO_TERMINATION_LOG", DEFAULT_PATH))
+    with contextlib.suppress(OSError):
+        termination.write_text("")
+    command = torchrun_command(config_path, workers, per_worker, dict(os.environ))
+    log.info("launching %d x %d processes: %s", workers, per_worker, " ".join(command))
+    process = subprocess.Popen(command)
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        log.warning("SIGTERM: asking the workers to checkpoint and stop")
+        _signal_workers(process, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    returncode = process.wait()
+    code = None
+    with contextlib.suppress(OSError, json.JSONDecodeError):
+        code = json.loads(termination.read_text() or "{}").get("code")
+    exit_code = exit_code_for(code, returncode)
+    if code is None:
+        run = (raw.get("job") or {}).get("run")
+        message = f"torchrun exited {returncode} and no worker wrote a termination message (see the pod log)"
+        write_termination(termination_line("InternalError", message, run if isinstance(run, int) else None))
+    log.info("torchrun exited %d, workers reported %s: exit %d", returncode, code, exit_code)
+    return exit_code
