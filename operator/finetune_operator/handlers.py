@@ -71,6 +71,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = [1, 2, 5, 10]
+    # Server-side filters: only our children are streamed, never every pod of a shared cluster.
+    settings.watching.label_selectors["batch", "jobs"] = LABEL_UID
+    settings.watching.label_selectors["pods"] = f"{LABEL_UID},{LABEL_COMPONENT}=trainer"
+    settings.watching.label_selectors["apps", "deployments"] = f"{LABEL_UID},{LABEL_COMPONENT}=serving"
     kube = Kube.from_environment(pool_size=ours.workers + 4)
     store = Store()
     executor = ThreadPoolExecutor(max_workers=ours.workers, thread_name_prefix="reconcile")
