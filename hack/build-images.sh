@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Builds the trainer and operator images here, offline, with buildah, and writes them as OCI archives.
+#
+# Why this way: this machine has no Docker engine and no registry to pull a base image from. So the base
+# images are made locally (hack/base-image/): Debian bookworm from Debian's packages (debootstrap) plus the
+# Python distributions the project needs, copied from the project's virtualenv ($FTO_VENV, Python 3.11 like
+# bookworm's). Then the real Dockerfiles are built on them with `--build-arg BASE_IMAGE=...`, so every RUN
+# line of trainer-image/Dockerfile and operator/Dockerfile executes, with no network at all.
+#
+# Usage: hack/build-images.sh [build|refs|run NAME [ARGS...]]
+#   build (default)  build what is out of date; print the image refs and write them to $FTO_CACHE/images/refs.env
+#   refs             print the refs (and archive paths) that the current sources give; build nothing
+#   run NAME [--entrypoint PROG] [ARGS...]
+#                    run image NAME (trainer|operator) with runc as its own (non-root) user, read-only, without
+#                    network; ARGS replace the image's CMD (e.g. `run trainer --help`)
+#
+# Caches (all under $FTO_CACHE, never in the repo), each keyed by a hash of its inputs:
+#   images/rootfs-<k>          the debootstrap rootfs      <- hack/base-image/{packages.txt,rootfs.sh}
+#   buildah store, base-<name> the local base images       <- rootfs + base.sh + venv_closure.py + the needed
+#                                                             distributions' RECORDs (their files' hashes)
+#   images/<name>-<k>.oci.tar  the images                  <- base + Dockerfile + build context (.dockerignore)
+# A warm run only hashes its inputs: seconds.
+# Environment: FTO_CACHE (default ~/.cache/finetune-operator), FTO_VENV (default $FTO_CACHE/venv: the
+# source of the Python packages), FTO_IMAGES (default "trainer operator").
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cache=${FTO_CACHE:-$HOME/.cache/finetune-operator}
+export FTO_CACHE=$cache
+export FTO_VENV=${FTO_VENV:-$cache/venv}
+export FTO_BUILDAH_STORE=$cache/buildah
+images=$cache/images
+base_dir=$repo/hack/base-image
+site=$FTO_VENV/lib/python3.11/site-packages
+# bump when the way images are built changes (flags of bud/push) without any input file changing
+recipe=1
+
+log() { printf '[build-images] %s\n' "$*" >&2; }
+h16() { sha256sum | cut -c1-16; }
+# vfs: works on any filesystem and in nested containers, no overlay mounts needed (it copies whole layers)
+bah() { buildah --root "$FTO_BUILDAH_STORE/storage" --runroot "$FTO_BUILDAH_STORE/run" --storage-driver vfs "$@"; }
+
+ensure_tools() {
+  # name of a command : Debian package that has it
+  local need=() pair
+  for pair in buildah:buildah debootstrap:debootstrap runc:runc; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+  done
+  ((${#need[@]})) || return 0
+  log "apt-get install ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq -o DPkg::Lock::Timeout=600
+  apt-get install -y -qq -o DPkg::Lock::Timeout=600 "${need[@]}" >/dev/null
+}
+
+# --- keys ------------------------------------------------------------------------------------------------
+[ -x "$FTO_VENV/bin/python" ] || { log "no virtualenv at $FTO_VENV (make venv)"; exit 1; }
+closure() { "$FTO_VENV/bin/python" "$base_dir/venv_closure.py" "$1" --site "$site" --pyproject "$repo/pyproject.toml" --extras "$2"; }
+rootfs_key=$(cat "$base_dir/packages.txt" "$base_dir/rootfs.sh" | h16)
+compute_base_key() { { echo "$rootfs_key"; cat "$base_dir/base.sh" "$base_dir/venv_closure.py"; closure fingerprint "$1"; } | h16; }
+# exactly the files .dockerignore lets into the build context
+context_key=$(cd "$repo" && find pyproject.toml .dockerignore operator/finetune_operator trainer-image/finetune_trainer \
+  -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*' -print0 | sort -z | xargs -0 sha256sum | h16)
+image_key() { { echo "$recipe $1 $context_key"; cat "$repo/$2"; } | h16; }
+# FTO_IMAGES selects the images (a check of the operator alone needs no torch in the venv)
+names=${FTO_IMAGES:-trainer operator}
+declare -A dockerfile=([trainer]=trainer-image/Dockerfile [operator]=operator/Dockerfile)
+declare -A extras=([trainer]=trainer,serve [operator]=operator)
+declare -A base_key ref archive
+for name in $names; do
+  [ -n "${dockerfile[$name]:-}" ] || { log "unknown image $name (trainer|operator)"; exit 2; }
+  base_key[$name]=$(compute_base_key "${extras[$name]}")
+  key=$(image_key "${base_key[$name]}" "${dockerfile[$name]}")
+  ref[$name]=finetune.local/$name:$key
+  archive[$name]=$images/$name-$key.oci.tar
+done
+
+print_refs() {
+  local name upper
+  for name in $names; do
+    upper=${name^^}
+    echo "FTO_${upper}_IMAGE=${ref[$name]}"
+    echo "FTO_${upper}_ARCHIVE=${archive[$name]}"
+  done
+}
+
+# --- build -----------------------------------------------------------------------------------------------
+build_rootfs() {
+  rootfs=$images/rootfs-$rootfs_key
+  [ -d "$rootfs" ] && return 0
+  log "rootfs: debootstrap bookworm minbase + $(grep -v '^[[:space:]]*#' "$base_dir/packages.txt" | xargs)"
+  # one rootfs copy at a time: the buildah store holds the rest
+  find "$images" -maxdepth 1 -name 'rootfs-*' -exec rm -rf {} +
+  "$base_dir/rootfs.sh" "$rootfs"
+}
+
+# build_base NAME KEY EXTRAS: sets base_ref
+build_base() {
+  base_ref=finetune.local/base-$1:$2
+  bah inspect --type image "$base_ref" >/dev/null 2>&1 && return 0
+  build_rootfs
+  log "base $base_ref: rootfs + venv distributions for [$3]"
+  "$base_dir/base.sh" "$rootfs" "$base_ref" "$3"
+  remove_other_tags "finetune.local/base-$1" "$2"
+}
+
+# remove_other_tags REPO KEEP_TAG: earlier builds' images, so the store holds one of each
+remove_other_tags() {
+  local name
+  for name in $(bah images --format '{{.Name}}:{{.Tag}}' | grep "^$1:" | grep -v ":$2\$" || true); do
+    bah rmi -f "$name" >/dev/null 2>&1 || true
+  done
+}
+
+# build_image NAME
+build_image() {
+  local name=$1 key=${ref[$1]##*:}
+  if [ -f "${archive[$name]}" ] && bah inspect --type image "${ref[$name]}" >/dev/null 2>&1; then
+    log "$name: up to date (${ref[$name]})"
+    return 0
+  fi
+  build_base "$name" "${base_key[$name]}" "${extras[$name]}"
+  log "$name: buildah bud -f ${dockerfile[$name]} --build-arg BASE_IMAGE=$base_ref"
+  # --pull=never: the base is local and nothing may be pulled from a registry; --network none: the RUN lines
+  # cannot download either (pip finds everything in the base); --layers=false: one new layer on the base.
+  bah bud --quiet --pull=never --network none --layers=false \
+    --build-arg BASE_IMAGE="$base_ref" -f "$repo/${dockerfile[$name]}" -t "${ref[$name]}" "$repo" >/dev/null
+  log "$name: push oci-archive:${archive[$name]}"
+  # uncompressed layers: gzip of GBs of CUDA libraries costs minutes of 2 cores and containerd reads both
+  bah push --quiet --disable-compression "${ref[$name]}" "oci-archive:${archive[$name]}.tmp:${ref[$name]}"
+  mv "${archive[$name]}.tmp" "${archive[$name]}"
+  find "$images" -maxdepth 1 -name "$name-*.oci.tar*" ! -name "$name-$key.oci.tar" -delete
+  remove_other_tags "finetune.local/$name" "$key"
+}
+
+# --- run (verification) ----------------------------------------------------------------------------------
+# The image's top vfs layer is a complete root filesystem: runc runs it read-only in place, no copy.
+run_image() {
+  local name=$1
+  shift
+  bah inspect --type image "${ref[$name]}" >/dev/null 2>&1 || { log "${ref[$name]} is not built (hack/build-images.sh)"; exit 1; }
+  local bundle
+  bundle=$(mktemp -d "$cache/runc-bundle.XXXXXX")
+  bah inspect --type image "${ref[$name]}" >"$bundle/image.json"
+  "$FTO_VENV/bin/python" "$base_dir/runc_spec.py" "$bundle" "$FTO_BUILDAH_STORE/storage" "$@"
+  local rc=0 id=fto-$name-$$
+  runc --root "$FTO_BUILDAH_STORE/runc" run --bundle "$bundle" "$id" || rc=$?
+  runc --root "$FTO_BUILDAH_STORE/runc" delete --force "$id" >/dev/null 2>&1 || true
+  rm -rf "$bundle"
+  return "$rc"
+}
+
+case ${1:-build} in
+  refs)
+    print_refs
+    ;;
+  build)
+    ensure_tools
+    mkdir -p "$images"
+    start=$SECONDS
+    for name in $names; do build_image "$name"; done
+    print_refs | tee "$images/refs.env.tmp"
+    mv "$images/refs.env.tmp" "$images/refs.env"
+    log "done in $((SECONDS - start))s"
+    ;;
+  run)
+    shift
+    [ $# -ge 1 ] || { log "usage: $0 run trainer|operator [ARGS...]"; exit 2; }
+    run_image "$@"
+    ;;
+  *)
+    sed -n '2,/^set -euo/p' "$0" | sed '$d' >&2
+    exit 2
+    ;;
+esac
