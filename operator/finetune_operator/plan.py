@@ -178,7 +178,13 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
         state = _remembered(status)
     else:
         state = training_state(
-            job, pods, suspend=spec.suspend, kueue=bool(spec.queue_name), progress=progress, run=run
+            job,
+            pods,
+            suspend=spec.suspend,
+            kueue=bool(spec.queue_name),
+            progress=progress,
+            run=run,
+            workers=spec.distributed.workers,
         )
     if secret_missing:
         name = spec.storage.credentials_secret

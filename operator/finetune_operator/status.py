@@ -49,6 +49,13 @@ def _report_of(pods: Sequence[PodObs], *, succeeded: bool) -> TrainerReport | No
     return parse_termination_message(done[-1].termination_message) if done else None
 
 
+def _trained(pods: Sequence[PodObs], attempts: int) -> TrainingState:
+    report = _report_of(pods, succeeded=True)
+    metrics = report.metrics if report else {}
+    message = report.message if report and report.message else "training and evaluation finished"
+    return TrainingState("Trained", "Trained", message, metrics=metrics, attempts=attempts)
+
+
 def _failed(job: JobObs, pods: Sequence[PodObs], attempts: int) -> TrainingState:
     report = _report_of(pods, succeeded=False)
     if (
@@ -96,6 +103,10 @@ def _running(
         return TrainingState("Queued", "Unschedulable", unschedulable.unschedulable, attempts=attempts)
     if live:
         return TrainingState("Pending", "Starting", "training pods starting", attempts=attempts)
+    if job.failed > 0:
+        return TrainingState(
+            "Pending", "Retrying", f"attempt {job.failed} failed; the Job starts another", attempts=attempts
+        )
     return TrainingState("Queued", "WaitingForPods", "waiting for the Job to start pods", attempts=attempts)
 
 
@@ -107,8 +118,13 @@ def training_state(
     kueue: bool,
     progress: dict[str, Any],
     run: int,
+    workers: int = 1,
 ) -> TrainingState:
-    """Phase of run `run` from its Job (None: not created yet), the Job's pods and the trainer's progress."""
+    """Phase of run `run` from its Job (None: not created yet), the Job's pods and the trainer's progress.
+
+    A run counts as trained as soon as a pod of every index has succeeded (the Job's own success rule),
+    without waiting for the Job controller to mark the Job Complete: status follows the pods at once.
+    """
     if job is None:
         if suspend:
             note = "; resume re-queues it" if kueue else ""
@@ -116,12 +132,11 @@ def training_state(
         return TrainingState("Pending", "Creating", "creating the training Job")
     attempts = job.failed + job.succeeded + job.active
     if job.complete:
-        report = _report_of(pods, succeeded=True)
-        metrics = report.metrics if report else {}
-        message = report.message if report and report.message else "training and evaluation finished"
-        return TrainingState("Trained", "Trained", message, metrics=metrics, attempts=attempts)
+        return _trained(pods, attempts)
     if job.failed_condition:
         return _failed(job, pods, attempts)
+    if len({p.index for p in pods if p.phase == "Succeeded" and p.exit_code == 0}) >= workers:
+        return _trained(pods, attempts)
     if job.suspended:
         if suspend:
             return TrainingState(

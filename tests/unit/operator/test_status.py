@@ -171,6 +171,28 @@ CASES: list[tuple[str, JobObs | None, list[PodObs], dict[str, Any], bool, bool, 
         "JobFailed",
     ),
     (
+        "pod-done-before-job-complete",
+        JobObs("j-r1", 1, active=1),
+        [PodObs("p1", 1, phase="Succeeded", exit_code=0, termination_message=OK)],
+        {},
+        False,
+        False,
+        "Trained",
+        "Trained",
+        None,
+    ),
+    (
+        "between-attempts",
+        JobObs("j-r1", 1, failed=1),
+        [PodObs("p1", 1, phase="Failed", exit_code=1)],
+        {},
+        False,
+        False,
+        "Pending",
+        "Retrying",
+        None,
+    ),
+    (
         "suspend-after-finish-ignored",
         JobObs("j-r1", 1, succeeded=1, complete=True, suspended=True),
         [],
@@ -281,3 +303,16 @@ def test_observations_from_raw_bodies() -> None:
         }
     )
     assert (pod.index, pod.exit_code, pod.termination_message, pod.disrupted) == (3, 143, "bye", True)
+
+
+def test_distributed_run_is_trained_only_when_every_index_succeeded() -> None:
+    job = JobObs("j-r1", 1, active=1)
+    one = [
+        PodObs("a", 1, phase="Succeeded", index=0, exit_code=0, termination_message=OK),
+        PodObs("b", 1, phase="Running", index=1),
+    ]
+    kw: dict[str, Any] = {"suspend": False, "kueue": False, "progress": {}, "run": 1, "workers": 2}
+    assert training_state(job, one, **kw).phase == "Training"
+    both = [one[0], PodObs("b", 1, phase="Succeeded", index=1, exit_code=0)]
+    state = training_state(job, both, **kw)
+    assert state.phase == "Trained" and state.metrics == {"test": {"loss": 1.2}}
