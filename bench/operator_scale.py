@@ -110,7 +110,7 @@ class Watcher:
 
         while not self.stop.is_set():
             try:
-                for event in watch.Watch().stream(list_fn, self.namespace, timeout_seconds=5, **kwargs):
+                for event in watch.Watch().stream(list_fn, self.namespace, timeout_seconds=5, **kwargs):  # type: ignore[no-untyped-call]
                     on_event(event["object"])
             except Exception as error:  # a dropped watch is restarted; the bench must not die of it
                 print(f"watch restarted: {error}", file=sys.stderr)
@@ -172,7 +172,7 @@ def run(jobs: int, nodes: int, delay: str, timeout: float) -> dict[str, Any]:
     from kubernetes import client, config
 
     kubeconfig = kubeconfig_path()
-    api_client = config.new_client_from_config(config_file=str(kubeconfig))
+    api_client = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
     api_client.configuration.connection_pool_maxsize = 16
     core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
     install_crd(api_client)
@@ -204,7 +204,7 @@ def run(jobs: int, nodes: int, delay: str, timeout: float) -> dict[str, Any]:
     watcher = Watcher(api_client, namespace)
     try:
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda n: core.create_node(node(n)), node_names))
+            list(pool.map(lambda n: core.create_node(node(n)), node_names))  # type: ignore[arg-type]
         watcher.start()
         time.sleep(3)  # operator startup (imports, first list)
         before = api_requests(metrics_port)

@@ -68,7 +68,7 @@ def ftj_manifest(name: str, **spec_overrides: Any) -> dict[str, Any]:
     }
 
 
-def annotations(exit_code: int, message: str = "", delay: str = "") -> dict[str, str]:
+def kwok_annotations(exit_code: int, message: str = "", delay: str = "") -> dict[str, str]:
     out = {EXIT_CODE: str(exit_code)}
     if message:
         out[MESSAGE] = message
@@ -138,13 +138,13 @@ def crd(cluster: Any) -> str:
     except client.ApiException as error:
         if error.status != 409:
             raise
-        body["metadata"]["resourceVersion"] = api.read_custom_resource_definition(
-            name
-        ).metadata.resource_version
+        current: Any = api.read_custom_resource_definition(name)
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version
         api.replace_custom_resource_definition(name, body)
 
     def established() -> bool:
-        conditions = api.read_custom_resource_definition(body["metadata"]["name"]).status.conditions or []
+        found: Any = api.read_custom_resource_definition(name)
+        conditions = found.status.conditions or []
         return any(c.type == "Established" and c.status == "True" for c in conditions)
 
     wait_for("the CRD to be established", established, timeout=30)
@@ -262,7 +262,9 @@ class Jobs:
     def finish_pod(self, namespace: str, pod_name: str, exit_code: int, message: str = "") -> None:
         """Script a running kwok pod's end (hack/kwok/stages.yaml: pod-exit)."""
         self.cluster.core.patch_namespaced_pod(
-            pod_name, namespace, {"metadata": {"annotations": annotations(exit_code, message, delay="100ms")}}
+            pod_name,
+            namespace,
+            {"metadata": {"annotations": kwok_annotations(exit_code, message, delay="100ms")}},
         )
 
 

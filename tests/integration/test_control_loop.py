@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Jobs, Operator, annotations, ftj_manifest, success_message, wait_for
+from .conftest import Jobs, Operator, ftj_manifest, kwok_annotations, success_message, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -16,7 +16,7 @@ BAD_DATA = json.dumps({"code": "DatasetInvalid", "message": "train.jsonl line 17
 
 
 def _pod_template_annotations(**kw: Any) -> dict[str, Any]:
-    return {"annotations": annotations(**kw)}
+    return {"annotations": kwok_annotations(**kw)}
 
 
 def test_success_ends_succeeded_with_metrics(

@@ -22,7 +22,7 @@ SPEC = ftj_manifest("bad")["spec"]
 
 def _with(path: str, value: Any) -> dict[str, Any]:
     """The valid spec with `path` (dotted; [n] for list items) set to `value` (None deletes it)."""
-    spec = copy.deepcopy(SPEC)
+    spec: dict[str, Any] = copy.deepcopy(SPEC)
     keys = path.split(".")
     node = spec
     for key in keys[:-1]:
@@ -197,7 +197,7 @@ def test_invalid_manifest_is_rejected_naming_the_field(
     with pytest.raises(client.ApiException) as raised:
         _create(cluster, namespace, spec)
     assert raised.value.status == 422, raised.value.body
-    assert field in raised.value.body, raised.value.body
+    assert field in str(raised.value.body), raised.value.body
 
 
 def test_unknown_field_is_rejected_in_strict_mode(cluster: Any, crd: str, namespace: str) -> None:
@@ -205,7 +205,7 @@ def test_unknown_field_is_rejected_in_strict_mode(cluster: Any, crd: str, namesp
 
     with pytest.raises(client.ApiException) as raised:
         _create(cluster, namespace, {**SPEC, "learningRate": 0.1}, strict=True)
-    assert "spec.learningRate" in raised.value.body
+    assert "spec.learningRate" in str(raised.value.body)
 
 
 def test_valid_manifest_gets_the_defaults(cluster: Any, crd: str, namespace: str) -> None:

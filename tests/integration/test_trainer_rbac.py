@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -34,7 +35,7 @@ def test_trainer_may_patch_only_its_own_status(operator: Operator, jobs: Jobs, n
     jobs.create(namespace, ftj_manifest("mine"))
     jobs.create(namespace, ftj_manifest("theirs"))
     for name in ("mine", "theirs"):
-        wait_for(f"{name}'s Job", lambda name=name: jobs.training_jobs(namespace, name))
+        wait_for(f"{name}'s Job", lambda n=name: jobs.training_jobs(namespace, n))  # type: ignore[misc]
     trainer = _client_as(jobs.cluster, namespace, "mine-trainer")
     progress = {
         "status": {"progress": {"run": 1, "stage": "training", "step": 3, "totalSteps": 10, "percent": 30}}
@@ -42,6 +43,7 @@ def test_trainer_may_patch_only_its_own_status(operator: Operator, jobs: Jobs, n
     trainer.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "mine", progress)
     assert jobs.status(namespace, "mine")["progress"]["step"] == 3
     trainer.get_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "mine")
+    forbidden: Callable[[], Any]
     for forbidden in (
         lambda: trainer.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, "theirs", progress

@@ -88,7 +88,9 @@ def test_credentials_come_from_the_secret_or_not_at_all() -> None:
 
 
 def test_placement_and_priority_are_passed_through() -> None:
-    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}
+    affinity: dict[str, Any] = {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}
+    }
     pod = training_job(
         spec(
             resources={

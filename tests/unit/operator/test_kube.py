@@ -17,7 +17,8 @@ from kubernetes.client.exceptions import ApiException
 
 class _Response:
     def __init__(self, status: int, body: dict[str, Any]) -> None:
-        self.status, self.reason, self.data, self.headers = status, "reason", json.dumps(body).encode(), {}
+        self.status, self.reason, self.data = status, "reason", json.dumps(body).encode()
+        self.headers: dict[str, str] = {}
 
     def read(self) -> bytes:
         return self.data

@@ -79,7 +79,8 @@ def test_unknown_field_is_rejected() -> None:
 
 
 def _hash(**overrides: Any) -> str:
-    return training_spec_hash(spec(**overrides))
+    digest: str = training_spec_hash(spec(**overrides))
+    return digest
 
 
 def test_training_changes_change_the_hash() -> None:
