@@ -66,7 +66,7 @@ def cluster() -> Cluster:
     from kubernetes import client, config
 
     path = cluster_support.kubeconfig_path()
-    api_client = config.new_client_from_config(config_file=str(path))
+    api_client = config.new_client_from_config(config_file=str(path))  # type: ignore[no-untyped-call]
     client.VersionApi(api_client).get_code()  # fails loudly when the server is down
     return Cluster(path, api_client, cluster_support.is_local_cluster(path))
 
@@ -77,7 +77,8 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
     from kubernetes import client
 
     base = request.node.name.lower().replace("_", "-")
-    name = "t-" + "".join(c for c in base if c.isalnum() or c == "-")[:40].strip("-") + "-" + uuid.uuid4().hex[:6]
+    readable = "".join(c for c in base if c.isalnum() or c == "-")[:40].strip("-")
+    name = f"t-{readable}-{uuid.uuid4().hex[:6]}"
     cluster.core.create_namespace(
         client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"finetune.dev/test": "true"}))
     )

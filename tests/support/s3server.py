@@ -76,6 +76,7 @@ class LocalS3Server:
             weed_binary(), "mini", f"-dir={self.workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-s3.port={s3_port}", f"-master.port={free_port()}", f"-volume.port={free_port()}",
             f"-filer.port={free_port()}", f"-webdav.port={free_port()}", f"-admin.port={free_port()}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
         ]
         env = dict(os.environ, AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key)
         log = (self.workdir / "weed.log").open("wb")
@@ -113,7 +114,7 @@ def wait_until_serving(endpoint: S3Endpoint, process: subprocess.Popen[bytes], l
         try:
             client.list_buckets()
             return
-        except Exception as error:  # noqa: BLE001 - any failure means "not yet"
+        except Exception as error:  # any failure means "not yet"
             last_error = error
             time.sleep(0.5)
     tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""

@@ -1,0 +1,47 @@
+# Developer entry points. Everything heavy is cached under $(FTO_CACHE), outside the repo.
+SHELL := /bin/bash
+export FTO_CACHE ?= $(HOME)/.cache/finetune-operator
+VENV := $(FTO_CACHE)/venv
+PY := $(VENV)/bin/python
+STATE := $(FTO_CACHE)/state
+# tools (kubectl, helm) and the venv come first on PATH for tests and scripts
+export PATH := $(FTO_CACHE)/bin/tools:$(VENV)/bin:$(PATH)
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+PYTEST := $(PY) -m pytest
+
+.PHONY: venv cluster-up cluster-down cluster-status cluster-kubeconfig lint test test-unit test-integration \
+	test-trainer test-serve bench
+
+venv:
+	@hack/venv.sh >/dev/null
+
+cluster-up: venv
+	hack/cluster.sh up
+
+cluster-down:
+	hack/cluster.sh down
+
+cluster-status:
+	@hack/cluster.sh status
+
+cluster-kubeconfig:
+	@hack/cluster.sh kubeconfig
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+# The tier that needs no cluster and no S3 server: pure logic, seconds.
+test-unit: venv
+	$(PYTEST) tests/unit -m "not cluster and not s3 and not e2e"
+
+# Everything: lint, unit, the cluster tier (real API server + kwok), trainer and server on a real S3 server.
+test: venv lint cluster-up
+	$(PYTEST) tests -m "not e2e" --durations=15
+
+bench: venv cluster-up
+	$(PY) bench/trainer_throughput.py
+	$(PY) bench/serving.py
+	$(PY) bench/operator_scale.py

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks for the build and the tests: Debian packages and a Go toolchain check.
+# Idempotent and quick when everything is present.
+set -euo pipefail
+need=()
+for pair in curl:curl openssl:openssl envsubst:gettext-base flock:util-linux git:git setsid:util-linux; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+if ((${#need[@]})); then
+  echo "[install-deps] apt-get install ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if ! command -v go >/dev/null 2>&1; then
+  echo "[install-deps] installing Go from Debian" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null
+fi
+go_minor=$(go env GOVERSION | sed -E 's/go1\.([0-9]+).*/\1/')
+if ((go_minor < 24)); then
+  echo "[install-deps] Go $(go env GOVERSION) is older than 1.24, which Kubernetes 1.34 needs" >&2
+  exit 1
+fi
