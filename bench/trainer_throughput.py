@@ -1,0 +1,325 @@
+"""Trainer throughput: our padding-free path against a plain HF Trainer that pads to max length.
+
+Why: most fine-tuning data is short with a long tail, so padding every example to `maxSeqLength` spends
+most compute on pad tokens. Both runs use the same tiny Llama (same seed), the same variable-length
+examples, batch size and step count, in one invocation; each runs in its own subprocess so its peak
+memory is its own. Throughput counts real (non-padding) tokens only.
+
+    python bench/trainer_throughput.py            # CPU: ours vs baseline, speedup_vs_baseline
+    python bench/trainer_throughput.py --gpu      # ~1.1B Llama (random weights), LoRA and full: tokens/s, MFU
+
+The last line of output is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "trainer-image"), str(REPO)]
+
+H200_BF16_PEAK_FLOPS = 989.4e12  # dense bf16 tensor-core peak (spec sheet)
+
+
+def variable_records(count: int, seed: int) -> list[dict[str, str]]:
+    """Prompt-completion pairs whose lengths follow a long tail: mostly short, a few near the limit."""
+    from tests.trainer.builders import WORDS
+
+    rng = random.Random(seed)
+    records = []
+    for _ in range(count):
+        roll = rng.random()
+        words = (
+            rng.randint(8, 40)
+            if roll < 0.7
+            else rng.randint(40, 150)
+            if roll < 0.95
+            else rng.randint(150, 400)
+        )
+        text = [rng.choice(WORDS) for _ in range(words)]
+        cut = max(1, words // 3)
+        records.append({"prompt": " ".join(text[:cut]), "completion": " " + " ".join(text[cut:])})
+    return records
+
+
+class StepClock:
+    """A Trainer callback that records (time, real tokens seen) after every optimizer step."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[float, int]] = []
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class _Clock(TrainerCallback):  # type: ignore[misc]
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                clock.marks.append((time.perf_counter(), int(state.num_input_tokens_seen)))
+
+        return _Clock()
+
+    def rate(self, warmup: int) -> tuple[float, int, float]:
+        """(real tokens per second, tokens, seconds) over the steps after `warmup`."""
+        (t0, n0), (t1, n1) = self.marks[warmup - 1], self.marks[-1]
+        return (n1 - n0) / (t1 - t0), n1 - n0, t1 - t0
+
+
+def cpu_run(mode: str, folder: Path, steps: int, batch: int, max_length: int, warmup: int) -> dict[str, Any]:
+    """One CPU measurement in this process: `ours` (trainer code path) or `baseline` (pad to max length)."""
+    import torch
+    from finetune_trainer.config import parse_config
+    from finetune_trainer.modeling import Hardware, apply_method, load_model, load_tokenizer
+    from finetune_trainer.tokenization import tokenize_split
+    from finetune_trainer.train import collator_for, training_arguments
+    from transformers import Trainer, default_data_collator
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    config = parse_config({
+        "job": {"namespace": "bench", "name": "bench", "run": 1},
+        "baseModel": {"uri": "s3://bench/model/"},
+        "dataset": {"train": {"uri": "s3://bench/train.jsonl"}, "schema": "prompt-completion",
+                    "maxSeqLength": max_length},
+        "method": {"type": "lora", "lora": {"rank": 8, "alpha": 16, "dropout": 0.0}},
+        "hyperparameters": {"maxSteps": steps, "batchSize": batch, "learningRate": 1e-3, "warmupRatio": 0.0,
+                            "lrScheduler": "constant", "seed": 1},
+        "checkpointing": {"intervalSteps": 10 * steps},
+        "output": {"uri": "s3://bench/out/", "runUri": "s3://bench/out/run-1/"},
+    })  # fmt: skip
+    tokenizer = load_tokenizer(folder, "bench")
+    records = variable_records(steps * batch, seed=0)
+    hardware = Hardware(cuda=False, bf16=False, bitsandbytes=False)
+    model = apply_method(load_model(config, folder, None, "fp32"), config)
+    with tempfile.TemporaryDirectory() as scratch:
+        args = training_arguments(config, "fp32", hardware, Path(scratch), steps)
+        args.train_sampling_strategy = "sequential"  # both modes see the same examples in the same order
+        if mode == "ours":
+            dataset = tokenize_split(records, tokenizer, "prompt-completion", max_length, None, "bench")
+            collator = collator_for(config, tokenizer)
+        else:
+            import datasets
+
+            texts = [r["prompt"] + r["completion"] + tokenizer.eos_token for r in records]
+            encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length)
+            encoded["labels"] = [
+                [t if m else -100 for t, m in zip(ids, mask, strict=True)]
+                for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"], strict=True)
+            ]
+            dataset = datasets.Dataset.from_dict(dict(encoded))
+            collator = default_data_collator
+        clock = StepClock()
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=collator,
+            callbacks=[clock.callback()],
+        )
+        trainer.train()
+    tokens_per_second, tokens, seconds = clock.rate(warmup)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "tokens_per_second": round(tokens_per_second, 1),
+        "real_tokens": tokens,
+        "seconds": round(seconds, 3),
+        "timed_steps": steps - warmup,
+        "peak_memory_mib": round(peak_kib / 1024, 1),
+    }
+
+
+def cpu_bench(steps: int, batch: int, max_length: int, warmup: int) -> dict[str, Any]:
+    from tests.trainer.builders import build_tiny_llama, build_tokenizer, corpus
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) / "model"
+        build_tiny_llama(
+            folder, hidden=256, layers=4, tokenizer=build_tokenizer(corpus(2000), vocab_size=1000)
+        )
+        results = {}
+        for mode in ("ours", "baseline"):
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                mode,
+                "--model",
+                str(folder),
+                "--steps",
+                str(steps),
+                "--batch",
+                str(batch),
+                "--max-length",
+                str(max_length),
+                "--warmup",
+                str(warmup),
+            ]
+            done = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                check=False,
+                env=dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"),
+            )
+            if done.returncode != 0:
+                raise SystemExit(f"{mode} run failed:\n{done.stderr[-4000:]}")
+            results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"{mode:>8}: {results[mode]}", file=sys.stderr)
+    speedup = results["ours"]["tokens_per_second"] / results["baseline"]["tokens_per_second"]
+    return {
+        "mode": "cpu",
+        "model": "llama hidden=256 layers=4 vocab=1000 (random weights), LoRA r=8",
+        "batch_size": batch,
+        "max_length": max_length,
+        "steps": steps,
+        "threads": os.cpu_count(),
+        "ours": results["ours"],
+        "baseline": results["baseline"],
+        "speedup_vs_baseline": round(speedup, 2),
+    }
+
+
+def gpu_bench(steps: int, warmup: int, attention: str, tiny: bool) -> dict[str, Any]:
+    """~1.1B Llama (TinyLlama shape, random weights) on one GPU, bf16, padding-free: tokens/s and MFU.
+
+    Imports only torch/transformers/peft (the GPU image has no datasets/pydantic/boto3), configured as the
+    trainer configures them: flattened batches, no KV cache, bf16 autocast over fp32 weights.
+    `tiny` shrinks the model so the script can be checked on a CPU before spending GPU time.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        DataCollatorWithFlattening,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Trainer,
+        TrainingArguments,
+    )
+
+    shape = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32)
+    if tiny:
+        shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+    config = LlamaConfig(
+        vocab_size=32000, num_key_value_heads=4, max_position_embeddings=4096, use_cache=False, **shape
+    )
+    cuda = torch.cuda.is_available()
+    rng = random.Random(0)
+    batch = 16
+    lengths = [min(2048, max(64, int(rng.lognormvariate(6.0, 0.7)))) for _ in range(steps * batch)]
+    examples = [{"input_ids": [rng.randrange(3, 32000) for _ in range(n)]} for n in lengths]
+    for example in examples:
+        example["labels"] = list(example["input_ids"])
+    weighted_len = sum(n * n for n in lengths) / sum(lengths)
+    results: dict[str, Any] = {}
+    for method in ("lora", "full"):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM._from_config(config, attn_implementation=attention)
+        params = sum(p.numel() for p in model.parameters())
+        non_embedding = params - config.vocab_size * config.hidden_size  # input embedding: no matmul
+        if method == "lora":
+            model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+        model.to("cuda" if cuda else "cpu")
+        clock = StepClock()
+        with tempfile.TemporaryDirectory() as scratch:
+            args = TrainingArguments(
+                output_dir=scratch,
+                per_device_train_batch_size=batch,
+                max_steps=steps,
+                learning_rate=1e-4,
+                bf16=cuda,
+                use_cpu=not cuda,
+                report_to="none",
+                disable_tqdm=True,
+                save_strategy="no",
+                logging_steps=steps,
+                remove_unused_columns=False,
+                include_num_input_tokens_seen="non_padding",
+                train_sampling_strategy="sequential",
+            )
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            trainer = Trainer(
+                model=model,
+                args=args,
+                train_dataset=examples,
+                data_collator=DataCollatorWithFlattening(return_position_ids=True),
+                callbacks=[clock.callback()],
+            )
+            trainer.train()
+        tokens_per_second, tokens, seconds = clock.rate(warmup)
+        dense = (6 if method == "full" else 4) * non_embedding
+        attention_flops = 12 * config.num_hidden_layers * config.hidden_size * weighted_len
+        flops_per_token = dense + attention_flops
+        results[method] = {
+            "tokens_per_second": round(tokens_per_second, 1),
+            "real_tokens": tokens,
+            "seconds": round(seconds, 3),
+            "flops_per_token": flops_per_token,
+            "mfu": round(tokens_per_second * flops_per_token / H200_BF16_PEAK_FLOPS, 4),
+            "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+            "parameters": params,
+        }
+        print(f"{method:>5}: {results[method]}", file=sys.stderr)
+        del trainer, model
+        if cuda:
+            torch.cuda.empty_cache()
+    return {
+        "mode": "gpu",
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "attention": attention,
+        "model": "llama 1.1B (hidden 2048, 22 layers, GQA 32/4), random weights, bf16 autocast"
+        if not tiny
+        else "tiny llama (dry run)",
+        "batch_size": batch,
+        "mean_length": round(sum(lengths) / len(lengths), 1),
+        "peak_flops": H200_BF16_PEAK_FLOPS,
+        "mfu_formula": "(6N full | 4N lora) + 12*L*d*len, non-embedding N",
+        **results,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--gpu", action="store_true", help="~1.1B model on one CUDA GPU: tokens/s and MFU")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument(
+        "--attention", default="sdpa", help="GPU mode: sdpa | flex_attention | flash_attention_2"
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="GPU mode with a tiny model (dry run, CPU is fine)"
+    )
+    parser.add_argument("--child", choices=["ours", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.child:
+        result = cpu_run(args.child, args.model, args.steps, args.batch, args.max_length, args.warmup)
+    elif args.gpu:
+        steps = args.steps or 30
+        result = gpu_bench(steps, args.warmup or 10, args.attention, args.tiny)
+    else:
+        steps = args.steps or 12
+        result = cpu_bench(steps, args.batch, args.max_length, args.warmup or 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
