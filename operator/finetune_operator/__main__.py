@@ -17,7 +17,8 @@ from finetune_operator.settings import Settings, parse_args
 
 
 def run(settings: Settings) -> None:
-    kopf.configure(verbose=False, debug=False)
+    log_format = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL
+    kopf.configure(verbose=False, debug=False, log_format=log_format)
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     scope = {"namespaces": list(settings.namespaces)} if settings.namespaces else {"clusterwide": True}

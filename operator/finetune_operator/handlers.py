@@ -19,7 +19,7 @@ import kopf
 
 from finetune_operator import GROUP, PLURAL, VERSION
 from finetune_operator.kube import Kube
-from finetune_operator.metrics import serve
+from finetune_operator.metrics import JOBS_BY_PHASE, serve
 from finetune_operator.naming import LABEL_COMPONENT, LABEL_UID
 from finetune_operator.observed import deployment_obs, job_obs, pod_obs
 from finetune_operator.reconcile import Reconciler
@@ -109,6 +109,7 @@ async def finetunejob_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **
     meta = body["metadata"]
     if event.get("type") == "DELETED":
         runtime.store.forget_body(meta["namespace"], meta["name"], meta["uid"])
+        JOBS_BY_PHASE.forget(meta["namespace"], meta["name"])
         return
     runtime.queue.add(runtime.store.put_body(dict(body)))
 
@@ -128,7 +129,7 @@ def _child(
         put(uid)
     key = runtime.store.key_of(uid)
     if key is not None:
-        runtime.queue.add(key)
+        runtime.queue.add(key, urgent=True)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_UID: kopf.PRESENT})

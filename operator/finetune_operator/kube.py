@@ -22,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from finetune_operator import GROUP, KIND, PLURAL, VERSION
 from finetune_operator.builders.common import Manifest, Owner
-from finetune_operator.metrics import API_REQUESTS
+from finetune_operator.metrics import API_REQUESTS, CHILD_CREATE_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +159,12 @@ class Kube:
         """Create; None when it already exists (another reconcile or a previous operator made it)."""
         meta = manifest["metadata"]
         url = path(manifest["apiVersion"], manifest["kind"], meta["namespace"])
-        with self._errors(
-            "create", f"{manifest['kind']} {meta['namespace']}/{meta['name']}", ok=(409,)
-        ) as seen:
+        with (
+            self._errors(
+                "create", f"{manifest['kind']} {meta['namespace']}/{meta['name']}", ok=(409,)
+            ) as seen,
+            CHILD_CREATE_SECONDS.labels(manifest["kind"]).time(),
+        ):
             created: dict[str, Any] = self._call(
                 "POST", url, manifest, query=[("fieldManager", FIELD_MANAGER)]
             )
@@ -171,7 +174,10 @@ class Kube:
         """Server-side apply as the operator's field manager (creates or converges)."""
         meta = manifest["metadata"]
         url = path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
-        with self._errors("apply", f"{manifest['kind']} {meta['namespace']}/{meta['name']}"):
+        with (
+            self._errors("apply", f"{manifest['kind']} {meta['namespace']}/{meta['name']}"),
+            CHILD_CREATE_SECONDS.labels(manifest["kind"]).time(),
+        ):
             applied: dict[str, Any] = self._call(
                 "PATCH",
                 url,

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from finetune_operator.builders.common import Manifest, Owner
 from finetune_operator.kube import Kube
-from finetune_operator.metrics import PHASES, RECONCILE_SECONDS, RECONCILES
+from finetune_operator.metrics import JOBS_BY_PHASE, PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
 from finetune_operator.observed import deployment_obs, job_obs
 from finetune_operator.plan import Plan, Snapshot, needs_secret_check, plan
 from finetune_operator.settings import Settings
@@ -70,7 +70,11 @@ class Reconciler:
                 requeue = self._reconcile(key)
             except kopf.TemporaryError as error:
                 RECONCILES.labels("retry").inc()
+                RECONCILE_ERRORS.labels("temporary").inc()
                 raise RequeueError(str(error), float(error.delay or 1.0)) from error
+            except Exception:
+                RECONCILE_ERRORS.labels("unexpected").inc()
+                raise
         RECONCILES.labels("ok").inc()
         return requeue
 
@@ -98,6 +102,7 @@ class Reconciler:
         try:
             self._execute(owner, decided)
         except kopf.PermanentError as error:
+            RECONCILE_ERRORS.labels("permanent").inc()
             decided.status = {
                 **decided.status,
                 "phase": "Failed",
@@ -143,6 +148,7 @@ class Reconciler:
         if patch:
             patched = self.kube.patch_status(meta["namespace"], meta["name"], patch, meta["resourceVersion"])
             self.store.put_body(patched)
+        JOBS_BY_PHASE.set(meta["namespace"], meta["name"], str(new.get("phase") or "Pending"))
         if owner is not None and decided is not None and old.get("phase") != new.get("phase"):
             PHASES.labels(str(new.get("phase"))).inc()
             for event in decided.events:

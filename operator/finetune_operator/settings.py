@@ -32,6 +32,7 @@ class Settings:
     secret_recheck_seconds: float = 10.0
     metrics_port: int = 0  # 0: no Prometheus endpoint
     health_port: int = 8080
+    log_format: str = "text"  # text | json (one JSON object a line, for log pipelines)
 
     @property
     def server_image(self) -> str:
@@ -118,6 +119,12 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Set
         default=int(env.get("FTO_HEALTH_PORT", "8080")),
         help="kopf liveness endpoint /healthz on this port (0: off). Env FTO_HEALTH_PORT",
     )
+    parser.add_argument(
+        "--log-format",
+        default=env.get("FTO_LOG_FORMAT", "text"),
+        choices=["text", "json"],
+        help="text lines or one JSON object a line. Env FTO_LOG_FORMAT",
+    )
     args = parser.parse_args(list(argv))
     if args.all_namespaces:
         namespaces: tuple[str, ...] = ()
@@ -138,4 +145,5 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Set
         secret_recheck_seconds=args.secret_recheck_seconds,
         metrics_port=args.metrics_port,
         health_port=args.health_port,
+        log_format=args.log_format,
     )
