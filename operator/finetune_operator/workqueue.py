@@ -5,12 +5,17 @@ its Job, its pods, its Deployment) in different kopf workers; reconciling there 
 of events for one key becomes one pass (a key already queued is not queued again; a key being reconciled
 is marked dirty and runs once more afterwards), failures back off per key, and "look again in N seconds"
 (a missing secret) is a delayed add.
+
+Two lanes: a change seen on a child (a pod finished, a Deployment became Available) is `urgent` and goes
+before new or edited FineTuneJobs, so status keeps following running work while a burst of creations
+is being worked off (a key queued in the normal lane is promoted, never run twice).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -34,22 +39,37 @@ class WorkQueue(Generic[K]):
     def __init__(self, handler: Callable[[K], Awaitable[float | None]], workers: int) -> None:
         self._handler = handler
         self._workers = workers
-        self._queue: asyncio.Queue[K] = asyncio.Queue()
-        self._queued: set[K] = set()
+        self._lanes: tuple[deque[K], deque[K]] = (deque(), deque())  # urgent, normal
+        self._tokens = asyncio.Semaphore(0)
+        self._queued: dict[K, int] = {}  # key -> lane it will run from
         self._running: set[K] = set()
-        self._dirty: set[K] = set()
+        self._dirty: dict[K, bool] = {}  # key -> urgent
         self._failures: dict[K, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._timers: set[asyncio.TimerHandle] = set()
 
-    def add(self, key: K) -> None:
+    def add(self, key: K, urgent: bool = False) -> None:
         """Reconcile `key` soon (once, however often this is called before it runs)."""
+        lane = 0 if urgent else 1
         if key in self._running:
-            self._dirty.add(key)
-        elif key not in self._queued:
-            self._queued.add(key)
-            self._queue.put_nowait(key)
+            self._dirty[key] = self._dirty.get(key, False) or urgent
+        elif self._queued.get(key, 2) > lane:
+            self._queued[key] = lane
+            self._lanes[lane].append(key)
+            self._tokens.release()
             QUEUE_DEPTH.set(len(self._queued))
+
+    async def _next(self) -> K:
+        """The next key to run: urgent lane first; entries left behind by a promotion are skipped."""
+        while True:
+            await self._tokens.acquire()
+            for lane, entries in enumerate(self._lanes):
+                if entries:
+                    key = entries.popleft()
+                    if self._queued.get(key) == lane:
+                        del self._queued[key]
+                        return key
+                    break
 
     def add_after(self, key: K, delay: float) -> None:
         loop = asyncio.get_running_loop()
@@ -82,8 +102,7 @@ class WorkQueue(Generic[K]):
 
     async def _work(self) -> None:
         while True:
-            key = await self._queue.get()
-            self._queued.discard(key)
+            key = await self._next()
             QUEUE_DEPTH.set(len(self._queued))
             self._running.add(key)
             requeue: float | None = None
@@ -99,7 +118,6 @@ class WorkQueue(Generic[K]):
             finally:
                 self._running.discard(key)
             if key in self._dirty:
-                self._dirty.discard(key)
-                self.add(key)
+                self.add(key, urgent=self._dirty.pop(key))
             elif requeue is not None:
                 self.add_after(key, requeue)

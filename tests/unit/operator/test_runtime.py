@@ -104,3 +104,26 @@ def test_images_from_environment_and_flags() -> None:
     settings = parse_args(["--vllm-image", "v:1"], {"FTO_TRAINER_IMAGE": "t:1", "FTO_BACKOFF_LIMIT": "5"})
     assert (settings.trainer_image, settings.server_image, settings.vllm_image) == ("t:1", "t:1", "v:1")
     assert settings.backoff_limit == 5
+
+
+def test_child_changes_jump_the_queue_of_new_jobs() -> None:
+    async def scenario() -> list[str]:
+        seen: list[str] = []
+
+        async def handle(key: str) -> None:
+            seen.append(key)
+
+        queue: WorkQueue[str] = WorkQueue(handle, workers=1)
+        for key in ("new-1", "new-2", "new-3"):
+            queue.add(key)
+        queue.add("pod-finished", urgent=True)
+        queue.add("new-3", urgent=True)  # promoted, and still run once
+        queue.start()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if queue.idle():
+                break
+        await queue.stop()
+        return seen
+
+    assert asyncio.run(scenario()) == ["pod-finished", "new-3", "new-1", "new-2"]
