@@ -6,10 +6,13 @@ trained on a synthetic corpus and a small Llama):
   baseline  a transformers `pipeline("text-generation")` called per request in a FastAPI endpoint
             (the naive server), same HTTP framework, same response shape.
 Each server runs in its own process; the load generator (asyncio + httpx, closed loop: each of C
-clients sends its next request when the previous one is answered) runs in this one. The rounds
-alternate between the servers so that a busy machine hurts both alike.
+clients sends its next request when the previous one is answered) runs in this one. The load
+runs in short slices that alternate between the servers, so a busy machine hurts both alike. Both
+servers use the same number of torch threads (default 1: on a small shared machine, OpenMP teams of
+several threads stall whenever one of their threads is descheduled, which measures the neighbours,
+not the server).
 
-Usage: python bench/serving.py [--requests 24] [--max-tokens 32] [--rounds 2]
+Usage: python bench/serving.py [--requests 16] [--max-tokens 32] [--rounds 4]
 The last line of output is one JSON object with every figure and the ratios ours / baseline.
 """
 
@@ -94,10 +97,12 @@ def baseline_app(folder: Path) -> Any:
     return app
 
 
-def serve(kind: str, folder: Path, port: int) -> None:
+def serve(kind: str, folder: Path, port: int, threads: int) -> None:
     """The child process: one server on 127.0.0.1:port."""
+    import torch
     import uvicorn
 
+    torch.set_num_threads(threads)
     app = ours_app(folder) if kind == "ours" else baseline_app(folder)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
@@ -109,10 +114,10 @@ def free_port() -> int:
         return port
 
 
-def start(kind: str, folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start(kind: str, folder: Path, threads: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     process = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--model", str(folder),
-                                "--port", str(port)])
+                                "--port", str(port), "--threads", str(threads)])
     return process, f"http://127.0.0.1:{port}"
 
 
@@ -134,8 +139,8 @@ async def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float 
             await asyncio.sleep(0.2)
 
 
-async def load(url: str, concurrency: int, requests: int, max_tokens: int) -> dict[str, float]:
-    """Closed-loop load: `concurrency` clients share `requests` requests; latency of each, and the rate."""
+async def load(url: str, concurrency: int, requests: int, max_tokens: int) -> dict[str, Any]:
+    """Closed-loop load: `concurrency` clients share `requests` requests; each latency, and the time taken."""
     import httpx
 
     latencies: list[float] = []
@@ -158,71 +163,77 @@ async def load(url: str, concurrency: int, requests: int, max_tokens: int) -> di
         started = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    ordered = sorted(latencies)
-    return {"requests": len(ordered), "seconds": elapsed, "rps": len(ordered) / elapsed,
-            "p50_ms": 1000 * statistics.median(ordered),
-            "p99_ms": 1000 * ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))],
-            "chars": chars}
+    return {"latencies": latencies, "seconds": elapsed, "chars": chars}
 
 
-def merge(runs: list[dict[str, float]]) -> dict[str, float]:
-    """Rounds pooled: total requests over total time; latency percentiles over the rounds' medians."""
-    total = sum(run["requests"] for run in runs)
+def percentile(ordered: list[float], fraction: float) -> float:
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """All slices pooled: total requests over total time; percentiles over every request."""
+    ordered = sorted(latency for run in runs for latency in run["latencies"])
     seconds = sum(run["seconds"] for run in runs)
-    return {"requests": total, "rps": round(total / seconds, 3),
-            "p50_ms": round(statistics.median(run["p50_ms"] for run in runs), 1),
-            "p99_ms": round(max(run["p99_ms"] for run in runs), 1),
+    return {"requests": len(ordered), "rps": round(len(ordered) / seconds, 3),
+            "p50_ms": round(1000 * statistics.median(ordered), 1),
+            "p99_ms": round(1000 * percentile(ordered, 0.99), 1),
             "chars": int(sum(run["chars"] for run in runs))}
 
 
-async def bench(folder: Path, requests: int, max_tokens: int, rounds: int) -> dict[str, Any]:
-    servers = {kind: start(kind, folder) for kind in ("ours", "baseline")}
+async def bench(folder: Path, requests: int, max_tokens: int, rounds: int, threads: int) -> dict[str, Any]:
+    servers = {kind: start(kind, folder, threads) for kind in ("ours", "baseline")}
     try:
         for process, url in servers.values():
             await wait_ready(url, process)
         for _, url in servers.values():  # warm up both (first-call allocations)
             await load(url, 2, 4, max_tokens)
-        results: dict[str, dict[str, list[dict[str, float]]]] = {
+        results: dict[str, dict[str, list[dict[str, Any]]]] = {
             kind: {"c1": [], "c8": []} for kind in servers}
-        for _ in range(rounds):
+        for round_index in range(rounds):  # short slices, alternating, so load bursts hit both alike
+            order = list(servers.items()) if round_index % 2 == 0 else list(reversed(servers.items()))
             for concurrency in (1, 8):
-                count = requests if concurrency == 8 else max(4, requests // 3)
-                for kind, (_, url) in servers.items():
-                    run = await load(url, concurrency, count, max_tokens)
-                    results[kind][f"c{concurrency}"].append(run)
-                    print(f"{kind:9s} c={concurrency} {run['requests']:3.0f} req {run['rps']:7.2f} req/s "
-                          f"p50 {run['p50_ms']:8.1f} ms p99 {run['p99_ms']:8.1f} ms", flush=True)
+                count = requests if concurrency == 8 else max(2, requests // 2)
+                for kind, (_, url) in order:
+                    results[kind][f"c{concurrency}"].append(await load(url, concurrency, count, max_tokens))
+        for kind, per in results.items():
+            for key, runs in per.items():
+                figures = summarize(runs)
+                print(f"{kind:9s} {key}: {figures['requests']:4.0f} req {figures['rps']:7.2f} req/s "
+                      f"p50 {figures['p50_ms']:8.1f} ms p99 {figures['p99_ms']:8.1f} ms", flush=True)
     finally:
         for process, _ in servers.values():
             process.terminate()
             process.wait(30)
-    summary = {kind: {key: merge(runs) for key, runs in per.items()} for kind, per in results.items()}
+    summary = {kind: {key: summarize(runs) for key, runs in per.items()} for kind, per in results.items()}
     ratios = {key: round(summary["ours"][key]["rps"] / summary["baseline"][key]["rps"], 2)
               for key in ("c1", "c8")}
     return {"benchmark": "serving", "model": "llama 4x256, vocab 1000, fp32, cpu", "max_tokens": max_tokens,
-            "rounds": rounds, "cpus": os.cpu_count(), "ours": summary["ours"],
+            "rounds": rounds, "cpus": os.cpu_count(), "torch_threads": threads, "ours": summary["ours"],
             "baseline": summary["baseline"], "throughput_ratio": ratios,
             "not_slower": all(ratio >= 1.0 for ratio in ratios.values())}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--requests", type=int, default=24, help="requests per round at concurrency 8")
+    parser.add_argument("--requests", type=int, default=16,
+                        help="requests per slice at concurrency 8 (half as many at concurrency 1)")
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4, help="alternating slices per server and concurrency")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads of each server process (the same for both)")
     parser.add_argument("--serve", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.serve:
-        serve(args.serve, args.model, args.port)
+        serve(args.serve, args.model, args.port, args.threads)
         return 0
-    if not 1 <= args.requests <= 1000 or not 1 <= args.rounds <= 10:
-        parser.error("--requests must be in 1..1000 and --rounds in 1..10")
+    if not 1 <= args.requests <= 1000 or not 1 <= args.rounds <= 20 or not 1 <= args.max_tokens <= 256:
+        parser.error("--requests must be in 1..1000, --rounds in 1..20, --max-tokens in 1..256")
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         folder = build_model(Path(tmp))
-        result = asyncio.run(bench(folder, args.requests, args.max_tokens, args.rounds))
+        result = asyncio.run(bench(folder, args.requests, args.max_tokens, args.rounds, args.threads))
     print(json.dumps(result))
     return 0
 

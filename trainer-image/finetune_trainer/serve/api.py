@@ -67,12 +67,12 @@ def _sse(payload: dict[str, Any]) -> str:
 class _Generation:
     """One request's run through the engine: relays events and keeps the metrics."""
 
-    def __init__(self, engine: Engine, metrics: ServerMetrics, ids: list[int],
-                 params: SamplingParams) -> None:
+    def __init__(self, engine: Engine, metrics: ServerMetrics, ids: list[int], params: SamplingParams,
+                 stream: bool) -> None:
         self.metrics = metrics
         self.events = _EventQueue()
         self.finished: Finished | None = None
-        self.handle = engine.submit(ids, params, self.events)
+        self.handle = engine.submit(ids, params, self.events, incremental=stream)
 
     async def deltas(self) -> AsyncIterator[str]:
         """Text as it is generated; afterwards `self.finished` holds the reason and token counts."""
@@ -165,7 +165,7 @@ def router(state: ModelState, metrics: ServerMetrics) -> APIRouter:
         ids = encode_completion(engine.loaded.tokenizer, body.prompt)
         budget = _token_budget(body.max_tokens, len(ids), engine.loaded.context_length, "prompt")
         params = SamplingParams(budget, body.temperature, body.top_p, body.stop_strings(), body.seed)
-        generation = _Generation(engine, metrics, ids, params)
+        generation = _Generation(engine, metrics, ids, params, body.stream)
         base = {"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": body.model}
         if body.stream:
             return _stream(generation, base, chat=False, include_usage=body.include_usage())
@@ -182,7 +182,7 @@ def router(state: ModelState, metrics: ServerMetrics) -> APIRouter:
         ids = encode_chat(tokenizer, [{"role": m.role, "content": m.text()} for m in body.messages])
         budget = _token_budget(body.token_budget(), len(ids), engine.loaded.context_length, "messages")
         params = SamplingParams(budget, body.temperature, body.top_p, body.stop_strings(), body.seed)
-        generation = _Generation(engine, metrics, ids, params)
+        generation = _Generation(engine, metrics, ids, params, body.stream)
         created = now()
         if body.stream:
             base = {"id": new_id("chatcmpl"), "object": "chat.completion.chunk", "created": created,

@@ -68,6 +68,8 @@ class _Sequence:
     sink: Sink
     stream: TextStream
     generator: torch.Generator | None
+    incremental: bool = True
+    held: list[str] = field(default_factory=list)
     generated: list[int] = field(default_factory=list)
     cancelled: bool = False
     done: bool = False
@@ -118,8 +120,14 @@ class Engine:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Sink) -> RequestHandle:
-        """Queue one generation; `sink` gets TextDelta events, then exactly one Finished or Failed."""
+    def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Sink,
+               incremental: bool = True) -> RequestHandle:
+        """Queue one generation; `sink` gets TextDelta events, then exactly one Finished or Failed.
+
+        With `incremental=False` the text comes as one TextDelta just before Finished: a caller that
+        does not stream is then woken once per request instead of once per token (on a small CPU,
+        waking the event loop thread at every step costs more than the step itself).
+        """
         generator = None
         if params.temperature > 0:
             generator = torch.Generator()
@@ -127,7 +135,8 @@ class Engine:
                 generator.manual_seed(params.seed)
             else:
                 generator.seed()
-        sequence = _Sequence(list(prompt_ids), params, sink, TextStream(self._decode, params.stop), generator)
+        sequence = _Sequence(list(prompt_ids), params, sink, TextStream(self._decode, params.stop), generator,
+                             incremental)
         with self._wakeup:
             if self._stopping:
                 sequence.done = True
@@ -274,15 +283,17 @@ class Engine:
             return
         sequence.generated.append(token)
         delta = sequence.stream.push(token)
-        if delta:
+        if delta and sequence.incremental:
             sequence.sink(TextDelta(delta))
+        elif delta:
+            sequence.held.append(delta)
         if sequence.stream.stopped:
             self._finish(sequence, "stop")
         elif len(sequence.generated) >= sequence.params.max_tokens:
             self._finish(sequence, "length")
 
     def _finish(self, sequence: _Sequence, reason: Literal["stop", "length"]) -> None:
-        rest = sequence.stream.finish()
+        rest = "".join(sequence.held) + sequence.stream.finish()
         if rest:
             sequence.sink(TextDelta(rest))
         sequence.done = True
