@@ -72,8 +72,9 @@ def progress_payload(
         progress["totalSteps"] = total
         if step is not None:
             progress["percent"] = min(100, int(100 * step / total))
-            if seconds_per_step and step < total:
-                progress["estimatedFinishTime"] = iso(now + (total - step) * seconds_per_step)
+            # null deletes a stale estimate from an earlier patch (merge-patch semantics)
+            remaining = (total - step) * seconds_per_step if seconds_per_step and step < total else None
+            progress["estimatedFinishTime"] = iso(now + remaining) if remaining is not None else None
     if epoch is not None:
         progress["epoch"] = round(epoch, 3)
     if loss is not None:
@@ -91,16 +92,18 @@ def in_cluster() -> bool:
     return TOKEN_PATH.exists() and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
 
 
-def kubernetes_sink(namespace: str, name: str) -> Callable[[dict[str, Any]], None]:
-    """A function that merge-patches the FineTuneJob's status subresource with the pod's identity."""
+def kubernetes_sink(namespace: str, name: str, api_client: Any = None) -> Callable[[dict[str, Any]], None]:
+    """A function that merge-patches the FineTuneJob's status subresource (as the pod, by default)."""
     from kubernetes import client, config
 
-    config.load_incluster_config()  # type: ignore[no-untyped-call]
-    api = client.CustomObjectsApi()
+    if api_client is None:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    api = client.CustomObjectsApi(api_client)
 
     def send(patch: dict[str, Any]) -> None:
-        api.api_client.set_default_header("Content-Type", "application/merge-patch+json")
-        api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, patch)
+        api.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, patch, _content_type="application/merge-patch+json"
+        )
 
     return send
 
