@@ -1,0 +1,112 @@
+"""Helpers for the chart's tests: run helm/kubectl, render the chart, and act as the chart's ServiceAccount.
+
+Why act as the ServiceAccount (TokenRequest, not the admin kubeconfig): the chart's RBAC is only proven by
+requests that RBAC actually judges; an operator run with admin rights would hide every missing verb.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).parents[2]
+CHART = ROOT / "helm" / "finetune-operator"
+TOOLS = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache" / "finetune-operator")) / "bin" / "tools"
+
+
+def tool(name: str) -> str:
+    """helm/kubectl from PATH, else from hack/install-tools.sh's folder; a missing tool is a failure."""
+    found = shutil.which(name) or (str(TOOLS / name) if (TOOLS / name).exists() else None)
+    if not found:
+        raise RuntimeError(
+            f"{name} not found on PATH or in {TOOLS}: run `make cluster-up` (installs the tools)"
+        )
+    return found
+
+
+def run(cmd: list[str], kubeconfig: Path | None = None, stdin: str | None = None, check: bool = True) -> Any:
+    env = {**os.environ, **({"KUBECONFIG": str(kubeconfig)} if kubeconfig else {})}
+    result = subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=env, timeout=180)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def helm(*args: str, kubeconfig: Path | None = None, check: bool = True) -> Any:
+    return run([tool("helm"), *args], kubeconfig, check=check)
+
+
+def kubectl(*args: str, kubeconfig: Path, stdin: str | None = None, check: bool = True) -> Any:
+    return run([tool("kubectl"), *args], kubeconfig, stdin, check)
+
+
+def set_args(values: dict[str, str] | None) -> list[str]:
+    return [arg for key, value in (values or {}).items() for arg in ("--set", f"{key}={value}")]
+
+
+def render(release: str, namespace: str, values: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """`helm template` (chart templates only, not crds/) as parsed objects."""
+    out = helm("template", release, str(CHART), "--namespace", namespace, *set_args(values)).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def release_name() -> str:
+    return "fto-" + uuid.uuid4().hex[:8]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A ServiceAccount's token, as a kubeconfig file (for processes) and a client (for requests)."""
+
+    kubeconfig: Path
+    api_client: Any
+    username: str
+
+
+def service_account_identity(cluster: Any, namespace: str, name: str, folder: Path) -> Identity:
+    """A bound token from the TokenRequest API for `namespace/name`, exactly what a pod of it would get."""
+    from kubernetes import client, config
+
+    token = cluster.core.create_namespaced_service_account_token(
+        name,
+        namespace,
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
+        ),
+    ).status.token
+    admin = cluster.api_client.configuration
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "c", "cluster": {"server": admin.host, "certificate-authority": admin.ssl_ca_cert}}
+        ],
+        "users": [{"name": name, "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": name, "namespace": namespace}}],
+        "current-context": "sa",
+    }
+    path = folder / f"{namespace}-{name}.kubeconfig"
+    path.write_text(yaml.safe_dump(kubeconfig))
+    path.chmod(0o600)
+    api_client = config.new_client_from_config(config_file=str(path))  # type: ignore[no-untyped-call]
+    return Identity(path, api_client, f"system:serviceaccount:{namespace}:{name}")
+
+
+def status_of(error: Any) -> int:
+    return int(getattr(error, "status", 0) or 0)

@@ -1,0 +1,192 @@
+"""The chart without a cluster: lint, the CRD copy, what the templates render, what the schema refuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from .chart import CHART, ROOT, helm, render, set_args
+
+NAMESPACED = {"watchNamespaces": "{team-a,team-b}"}
+EVERYTHING = {
+    **NAMESPACED,
+    "networkPolicy.enabled": "true",
+    "networkPolicy.apiServer.cidrs": "{10.0.0.1/32}",
+    "networkPolicy.metricsNamespaceSelector.matchLabels.team": "monitoring",
+    "metrics.serviceMonitor.enabled": "true",
+}
+RESTRICTED_POD = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _of(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_chart_crd_is_the_repository_crd() -> None:
+    """One source of truth: fix a difference with helm/sync-crd.sh."""
+    source = (ROOT / "crds" / "finetunejob.yaml").read_bytes()
+    assert (CHART / "crds" / "finetunejob.yaml").read_bytes() == source
+    assert [p.name for p in (CHART / "crds").iterdir()] == ["finetunejob.yaml"]
+
+
+@pytest.mark.parametrize("values", [{}, EVERYTHING], ids=["defaults", "everything-on"])
+def test_helm_lint(values: dict[str, str]) -> None:
+    out = helm("lint", str(CHART), "--strict", *set_args(values)).stdout
+    assert "0 chart(s) failed" in out
+
+
+def test_one_replica_recreate_restricted_pod() -> None:
+    (deployment,) = _of(render("r", "ops"), "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"].items() >= RESTRICTED_POD.items()
+    (container,) = pod["containers"]
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert container["image"] == "ghcr.io/finetune-operator/operator:0.1.0"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert (
+        env["FTO_NAMESPACES"] == "" and env["FTO_METRICS_PORT"] == "9090" and env["FTO_LOG_FORMAT"] == "text"
+    )
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+
+
+def test_values_reach_the_operator_flags() -> None:
+    docs = render(
+        "r",
+        "ops",
+        {
+            **NAMESPACED,
+            "trainer.image": "reg.example/trainer:9",
+            "serving.image": "reg.example/server:9",
+            "logFormat": "json",
+            "metrics.enabled": "false",
+            "image.digest": "sha256:" + "a" * 64,
+            "nodeSelector.pool": "system",
+        },
+    )
+    (deployment,) = _of(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["FTO_NAMESPACES"] == "team-a,team-b" and env["FTO_TRAINER_IMAGE"] == "reg.example/trainer:9"
+    assert env["FTO_SERVING_IMAGE"] == "reg.example/server:9" and env["FTO_LOG_FORMAT"] == "json"
+    assert env["FTO_METRICS_PORT"] == "0" and not _of(docs, "Service")
+    assert pod["containers"][0]["image"].endswith("@sha256:" + "a" * 64)
+    assert pod["nodeSelector"] == {"pool": "system"}
+
+
+def _rules(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = doc["rules"]
+    return rules
+
+
+@pytest.mark.parametrize("values", [{}, NAMESPACED], ids=["cluster-wide", "namespaced"])
+def test_rbac_has_no_wildcards_and_no_pod_or_secret_listing(values: dict[str, str]) -> None:
+    docs = render("r", "ops", values)
+    roles = _of(docs, "ClusterRole") + _of(docs, "Role")
+    assert roles
+    for role in roles:
+        for rule in _rules(role):
+            for key in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule.get(key, []), (role["metadata"]["name"], rule)
+            if "secrets" in rule["resources"]:
+                assert rule["verbs"] == ["get"]  # existence check only: no list, no watch
+            if "pods" in rule["resources"]:
+                assert set(rule["verbs"]) == {"list", "watch"}  # the Job controller makes the pods
+            assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
+
+
+def test_namespaced_mode_grants_namespaced_rights_only_in_the_listed_namespaces() -> None:
+    docs = render("r", "ops", NAMESPACED)
+    assert sorted(r["metadata"]["namespace"] for r in _of(docs, "Role")) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in _of(docs, "RoleBinding")) == ["team-a", "team-b"]
+    (cluster_role,) = _of(docs, "ClusterRole")
+    cluster_resources = {res for rule in _rules(cluster_role) for res in rule["resources"]}
+    assert cluster_resources == {"customresourcedefinitions", "namespaces"}
+    assert all(set(rule["verbs"]) == {"list", "watch"} for rule in _rules(cluster_role))
+
+
+def test_optional_objects() -> None:
+    assert not _of(render("r", "ops"), "NetworkPolicy") and not _of(render("r", "ops"), "ServiceMonitor")
+    docs = render("r", "ops", EVERYTHING)
+    (policy,) = _of(docs, "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    api_rule = policy["spec"]["egress"][1]
+    assert api_rule["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
+    (monitor,) = _of(docs, "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"logFormat": "yaml"},
+        {"watchNamespaces": "{Not_A_Namespace}"},
+        {"reconcile.workers": "0"},
+        {"metrics.port": "70000"},
+        {"trainerImage": "typo.example/x:1"},  # unknown key: additionalProperties false
+    ],
+    ids=["log-format", "namespace-name", "workers", "port", "unknown-key"],
+)
+def test_schema_refuses_bad_values(bad: dict[str, str]) -> None:
+    result = helm("template", "r", str(CHART), *set_args(bad), check=False)
+    assert result.returncode != 0 and "schema" in result.stderr.lower(), result.stderr
+
+
+def _granted(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in _rules(role)
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_rbac_covers_every_child_the_builders_make() -> None:
+    """A new kind of child in the operator's builders fails here until the chart grants it."""
+    from finetune_operator.builders.common import Owner
+    from finetune_operator.builders.serving import Published, serving_bundle
+    from finetune_operator.kube import PLURALS
+    from finetune_operator.runs import training_children
+    from finetune_operator.settings import Settings
+    from finetune_operator.spec import parse_spec
+
+    spec = parse_spec(
+        {
+            "baseModel": {"uri": "s3://models/tiny/"},
+            "dataset": {"train": {"uri": "s3://data/train.jsonl"}, "schema": "chat"},
+            "output": {"uri": "s3://artifacts/x/"},
+            "storage": {"credentialsSecret": "s3-creds"},
+            "distributed": {"workers": 2},
+            "serving": {"enabled": True, "replicas": 2},
+        }
+    )
+    owner, settings = Owner("team-a", "bot", "uid-1"), Settings()
+    published = Published(1, "causal-lm", "s3://models/tiny/", "s3://artifacts/x/run-1/model/", True)
+    created = training_children(spec, owner, 1, "hash", settings)  # POST: create
+    applied = serving_bundle(spec, owner, published, settings)  # server-side apply: patch (create if absent)
+    needed: set[tuple[str, str, str]] = set()
+    for manifest, verbs in [
+        *((m, ("create", "delete")) for m in created),
+        *((m, ("create", "patch", "delete")) for m in applied),
+    ]:
+        api_version = manifest["apiVersion"]
+        group = api_version.split("/")[0] if "/" in api_version else ""
+        if manifest["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
+            verbs = ("create",)  # removed by garbage collection with their owner, never by the operator
+        needed |= {(group, PLURALS[manifest["kind"]], verb) for verb in verbs}
+    assert {k for _, k, _ in needed} >= {
+        "jobs",
+        "configmaps",
+        "services",
+        "deployments",
+        "poddisruptionbudgets",
+    }
+    for values in ({}, NAMESPACED):
+        docs = render("r", "ops", values)
+        role = (_of(docs, "Role") or _of(docs, "ClusterRole"))[0]
+        assert needed <= _granted(role), needed - _granted(role)
