@@ -145,6 +145,12 @@ class Watcher:
             threading.Thread(target=self._loop, args=(fn, handler), kwargs=kw, daemon=True).start()
 
 
+def remove_stale_nodes(core: Any) -> None:
+    """Fake nodes a crashed earlier run left behind (they carry NODE_LABEL)."""
+    for stale in core.list_node(label_selector=NODE_LABEL).items:
+        core.delete_node(stale.metadata.name)
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -176,6 +182,7 @@ def run(jobs: int, nodes: int, delay: str, timeout: float) -> dict[str, Any]:
     api_client.configuration.connection_pool_maxsize = 16
     core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
     install_crd(api_client)
+    remove_stale_nodes(core)
     run_id = uuid.uuid4().hex[:6]
     namespace = f"bench-{run_id}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
