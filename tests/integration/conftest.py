@@ -57,8 +57,13 @@ def ftj_manifest(name: str, **spec_overrides: Any) -> dict[str, Any]:
         "baseModel": {"uri": "s3://models/tiny/"},
         "dataset": {"train": {"uri": "s3://data/chat.jsonl"}, "schema": "chat"},
         # pinned to kwok's fake nodes: the real node (if up) must not get pods whose image is fake
-        "resources": {"gpus": 1, "memory": "1Gi", "cpu": "1", "tolerations": [KWOK_TOLERATION],
-                      "nodeSelector": {"type": "kwok"}},
+        "resources": {
+            "gpus": 1,
+            "memory": "1Gi",
+            "cpu": "1",
+            "tolerations": [KWOK_TOLERATION],
+            "nodeSelector": {"type": "kwok"},
+        },
         "output": {"uri": f"s3://artifacts/{name[:40]}/"},
     }
     spec.update(spec_overrides)

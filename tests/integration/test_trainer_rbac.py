@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from finetune_trainer.progress import kubernetes_sink, progress_payload
 
 from .conftest import GROUP, PLURAL, VERSION, Jobs, Operator, ftj_manifest, wait_for
 
@@ -26,7 +28,7 @@ def _client_as(cluster: Any, namespace: str, service_account: str) -> Any:
     config = client.Configuration()
     config.host, config.ssl_ca_cert, config.verify_ssl = admin.host, admin.ssl_ca_cert, admin.verify_ssl
     config.api_key = {"BearerToken": f"Bearer {token}"}
-    return client.CustomObjectsApi(client.ApiClient(config))
+    return client.ApiClient(config)
 
 
 def test_trainer_may_patch_only_its_own_status(operator: Operator, jobs: Jobs, namespace: str) -> None:
@@ -36,12 +38,25 @@ def test_trainer_may_patch_only_its_own_status(operator: Operator, jobs: Jobs, n
     jobs.create(namespace, ftj_manifest("theirs"))
     for name in ("mine", "theirs"):
         wait_for(f"{name}'s Job", lambda n=name: jobs.training_jobs(namespace, n))  # type: ignore[misc]
-    trainer = _client_as(jobs.cluster, namespace, "mine-trainer")
-    progress = {
-        "status": {"progress": {"run": 1, "stage": "training", "step": 3, "totalSteps": 10, "percent": 30}}
-    }
-    trainer.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "mine", progress)
-    assert jobs.status(namespace, "mine")["progress"]["step"] == 3
+    as_trainer = _client_as(jobs.cluster, namespace, "mine-trainer")
+    trainer = client.CustomObjectsApi(as_trainer)
+    # The trainer's own progress code, as its pod runs it: the payload must fit the CRD's status schema.
+    progress = progress_payload(
+        1,
+        "training",
+        time.time(),
+        step=3,
+        total=10,
+        epoch=0.3,
+        loss=1.25,
+        learning_rate=1.7e-4,
+        tokens_per_second=812.5,
+        seconds_per_step=2.0,
+        last_checkpoint=2,
+    )
+    kubernetes_sink(namespace, "mine", as_trainer)(progress)
+    shown = jobs.status(namespace, "mine")["progress"]
+    assert (shown["step"], shown["percent"], shown["loss"]) == (3, 30, 1.25)
     trainer.get_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "mine")
     forbidden: Callable[[], Any]
     for forbidden in (
