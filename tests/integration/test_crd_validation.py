@@ -43,6 +43,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "spec.method.type",
     ),
     ("model-uri-not-s3", _with("baseModel.uri", "/data/models/llama"), "spec.baseModel.uri"),
+    ("model-uri-hub", _with("baseModel.uri", "hf://meta-llama/Llama-3-8B"), "spec.baseModel.uri"),
     ("model-uri-bad-bucket", _with("baseModel.uri", "s3://Bad_Bucket/x/"), "spec.baseModel.uri"),
     (
         "train-uri-http",

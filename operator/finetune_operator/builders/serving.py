@@ -168,16 +168,14 @@ def _vllm_rank(rank: int) -> int:
 def _vllm_pod(
     spec: FineTuneJobSpec, owner: Owner, published: Published, settings: Settings
 ) -> dict[str, Any]:
-    from_hub = published.baseModelUri.startswith("hf://")
-    base = published.baseModelUri.removeprefix("hf://") if from_hub else "/models/base"
-    fetch = (
-        [] if from_hub or not published.adapter else [f'aws s3 sync "{published.baseModelUri}" /models/base']
-    )
     if published.adapter:
-        fetch.append(f'aws s3 sync "{published.modelUri}" /models/adapter')
+        fetch = [
+            f'aws s3 sync "{published.baseModelUri}" /models/base',
+            f'aws s3 sync "{published.modelUri}" /models/adapter',
+        ]
         args = [
             "--model",
-            base,
+            "/models/base",
             "--served-model-name",
             f"{owner.name}-base",
             "--enable-lora",
@@ -189,7 +187,7 @@ def _vllm_pod(
             str(_vllm_rank(published.loraRank)),
         ]
     else:
-        fetch.append(f'aws s3 sync "{published.modelUri}" /models/model')
+        fetch = [f'aws s3 sync "{published.modelUri}" /models/model']
         args = ["--model", "/models/model", "--served-model-name", owner.name]
     args += ["--host", "0.0.0.0", "--port", str(PORT), "--max-num-seqs", str(spec.serving.max_concurrency)]
     mounts = [{"name": "models", "mountPath": "/models"}]
