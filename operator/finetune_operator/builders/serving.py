@@ -209,7 +209,7 @@ def _vllm_pod(
         "env": [
             {"name": "HOME", "value": "/models"},
             {"name": "HF_HOME", "value": "/models/.cache"},
-            {"name": "HF_HUB_OFFLINE", "value": "0" if from_hub else "1"},
+            {"name": "HF_HUB_OFFLINE", "value": "1"},
             *_api_key_env(spec, "VLLM_API_KEY"),
         ],
         "ports": [{"name": "http", "containerPort": PORT}],
