@@ -105,13 +105,19 @@ def test_prompt_completion_csv_lora_merged(s3_bucket: Any, tiny_llama_uri: str, 
     s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="data/train.csv", Body=buffer.getvalue().encode())
     raw = trainer_config(s3_bucket.name, tiny_llama_uri, s3_bucket.uri("data/train.csv"))
     raw["method"] = {"type": "lora", "lora": {"rank": 4, "alpha": 8}, "mergeWeights": True}
-    raw["hyperparameters"]["maxSteps"] = 4
+    raw["hyperparameters"].update({"maxSteps": 4, "precision": "bf16"})  # frozen base in bf16, adapter fp32
     result = run_trainer(raw)
     assert result.exit_code == 0, result.termination
     model_keys = keys(s3_bucket, "out/run-1/model/")
     assert "out/run-1/model/model.safetensors" in model_keys
     assert "out/run-1/model/adapter_config.json" not in model_keys
     assert json.loads(read(s3_bucket, "out/run-1/model/finetune_config.json"))["merged"] is True
+    assert json.loads(read(s3_bucket, "out/run-1/metrics.json"))["precision"] == "bf16"
+    weights = read(s3_bucket, "out/run-1/model/model.safetensors")
+    header = json.loads(weights[8 : 8 + int.from_bytes(weights[:8], "little")])
+    dtypes = {entry["dtype"] for name, entry in header.items() if name != "__metadata__"}
+    assert dtypes == {"BF16"}, dtypes  # merged into the bf16 base; no LoRA tensors left
+    assert not any("lora" in name for name in header)
 
 
 def test_text_parquet_prefix_full_finetune(s3_bucket: Any, tiny_llama_uri: str, run_trainer: Runner) -> None:

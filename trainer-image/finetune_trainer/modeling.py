@@ -111,7 +111,10 @@ def load_model(cfg: TrainerConfig, folder: Path, labels: list[str] | None, preci
         AutoConfig.from_pretrained(str(folder))
     except Exception as error:
         raise ModelInvalid(f"{uri}: config.json is not a usable model config: {error}") from None
-    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    # Full fine-tuning keeps fp32 master weights (mixed precision autocasts the matmuls); LoRA's base
+    # weights are frozen, so they are loaded in the compute precision: half the memory, same result.
+    frozen_in_half = cfg.method.type == "lora" and precision in ("bf16", "fp16")
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(precision) if frozen_in_half else torch.float32}
     if cfg.method.type == "qlora":
         from transformers import BitsAndBytesConfig
 
@@ -149,6 +152,7 @@ def apply_method(model: Any, cfg: TrainerConfig) -> Any:
     """Wrap the model in a LoRA adapter (lora/qlora) or leave every weight trainable (full)."""
     if cfg.method.type == "full":
         return model
+    import torch
     from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
 
     if cfg.method.type == "qlora":
@@ -167,6 +171,9 @@ def apply_method(model: Any, cfg: TrainerConfig) -> Any:
         model = get_peft_model(model, peft_config)
     except ValueError as error:
         raise ConfigInvalid(f"method.lora.targetModules: {error}") from None
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()  # optimizer state and updates in fp32 (fp16 needs it)
     trainable, total = model.get_nb_trainable_parameters()
     log.info(
         "LoRA rank %d: %d of %d parameters trainable (%.2f%%)",
