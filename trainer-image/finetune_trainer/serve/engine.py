@@ -6,7 +6,8 @@ Here every request is queued; a single worker thread runs a hand-written decode 
 sequences, each with its own sampling parameters, stop strings and token budget, and streams each
 sequence's text as it is produced. Requests that arrive while a batch runs join it at the next step
 (continuous batching): the batch is rebuilt by one forward pass over the prompts and the tokens
-generated so far, so no cache internals of any transformers version are touched.
+generated so far, so no cache internals of any transformers version are touched. Finished sequences
+leave the batch through the cache's public `batch_select_indices` where the cache has it.
 Classification requests go through the same thread, between decode steps.
 """
 
@@ -264,6 +265,13 @@ class Engine:
             if not batch_alive:
                 return
             self._run_classifications()
+            if len(batch_alive) < len(batch) and hasattr(cache, "batch_select_indices"):
+                # finished rows leave the batch: later steps compute only the live ones
+                keep = [index for index, sequence in enumerate(batch) if not sequence.done]
+                rows_kept = torch.tensor(keep, dtype=torch.long, device=mask.device)
+                cache.batch_select_indices(rows_kept)
+                mask, next_positions = mask[rows_kept], next_positions[rows_kept]
+                batch, tokens = batch_alive, [tokens[index] for index in keep]
             pad = self.loaded.pad_token_id
             rows = [[pad if s.done else token] for s, token in zip(batch, tokens, strict=True)]
             step_ids = torch.tensor(rows, dtype=torch.long, device=self.loaded.device)
