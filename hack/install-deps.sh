@@ -6,6 +6,15 @@ need=()
 for pair in curl:curl openssl:openssl envsubst:gettext-base flock:util-linux git:git setsid:util-linux; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
+# the real node (containerd + kubelet); FTO_REAL_NODE=0 skips it
+if [ "${FTO_REAL_NODE:-1}" = 1 ]; then
+  for pair in containerd:containerd runc:runc socat:socat iptables:iptables gcc:gcc busybox:busybox-static \
+      /usr/lib/cni/bridge:containernetworking-plugins /usr/lib/x86_64-linux-gnu/libc.a:libc6-dev; do
+    tool=${pair%%:*}
+    if [[ $tool == /* ]]; then [ -e "$tool" ] && continue; else command -v "$tool" >/dev/null 2>&1 && continue; fi
+    need+=("${pair#*:}")
+  done
+fi
 if ((${#need[@]})); then
   echo "[install-deps] apt-get install ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

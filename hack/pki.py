@@ -121,6 +121,8 @@ def main() -> None:
     parser.add_argument("--service-ip", default="10.0.0.1")
     parser.add_argument("--node-name", action="append", default=[],
                         help="a real node to make kubelet certs for")
+    parser.add_argument("--node-address", action="append", default=[],
+                        help="an address the kubelet serves on (in its serving certificate)")
     args = parser.parse_args()
     pki = args.state / "pki"
     pki.mkdir(parents=True, exist_ok=True)
@@ -137,7 +139,7 @@ def main() -> None:
     for node in args.node_name:
         clients[f"kubelet-{node}"] = name(f"system:node:{node}", "system:nodes")
         make_leaf(pki, f"kubelet-serving-{node}", ca, name(f"system:node:{node}", "system:nodes"),
-                  server_names=["127.0.0.1", "localhost", node])
+                  server_names=["127.0.0.1", "localhost", node, *args.node_address])
     for user, subject in clients.items():
         make_leaf(pki, user, ca, subject)
         write_kubeconfig(args.state / (f"{user}.kubeconfig" if user != "admin" else "kubeconfig"),

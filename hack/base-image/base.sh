@@ -2,14 +2,17 @@
 # Makes one local base image for hack/build-images.sh: the Debian rootfs (rootfs.sh) plus the distributions
 # of the project's virtualenv that the given extras need (venv_closure.py), in one layer (buildah's vfs
 # driver copies whole layers, so fewer is cheaper), committed to the buildah store as IMAGE.
-# Usage: base.sh ROOTFS IMAGE EXTRAS   env: FTO_VENV (the source venv), FTO_BUILDAH_STORE (storage root)
+# Usage: base.sh ROOTFS IMAGE EXTRAS [WARM_MODULES]
+#   env: FTO_VENV (the source venv), FTO_BUILDAH_STORE (storage root), FTO_CACHE
+#   WARM_MODULES: space-separated modules imported once in the image, as root, to write their bytecode
+#   (see below)
 # Why copy the venv: the image build must not download (no registry but PyPI, and torch is GBs), and the
 # venv already holds exactly the versions the project is tested with. Its Python is 3.11, like bookworm's,
 # so compiled wheels (torch, pyarrow...) work unchanged in the image.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-rootfs=$1 image=$2 extras=$3
+rootfs=$1 image=$2 extras=$3 warm=${4:-}
 venv=${FTO_VENV:?} store=${FTO_BUILDAH_STORE:?}
 site=$venv/lib/python3.11/site-packages
 bah() { buildah --root "$store/storage" --runroot "$store/run" --storage-driver vfs "$@"; }
@@ -49,6 +52,24 @@ while IFS= read -r -d '' name; do
   sed '1s|^#!.*/python[0-9.]*$|#!/opt/venv/bin/python|' "$src" >"$mnt/opt/venv/bin/$name"
   chmod 755 "$mnt/opt/venv/bin/$name"
 done <"$scripts"
+
+# Bytecode: the venv's __pycache__ is not copied (it is a cache of the venv's paths, and holds every module
+# pip ever compiled: ~0.6 GB). But pods run as a non-root user on a root-owned (often read-only) site-packages,
+# so without any .pyc every pod start would compile torch+transformers in memory again: ~40 s instead of ~8 s
+# on 2 cores. So the modules a pod really imports are imported once here, as root, which writes their .pyc.
+if [ -n "$warm" ]; then
+  # shellcheck disable=SC2086
+  bah run --network none "$ctr" -- /opt/venv/bin/python -c '
+import importlib, sys
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+    except Exception as exc:  # a warm-up, not a check: a missing optional module only costs start time
+        print(f"base.sh: warm-up import of {name} failed: {exc!r}", file=sys.stderr)
+' $warm  # word splitting wanted: one argument per module
+  # what the imports left besides bytecode (matplotlib's font cache in root's HOME, temp files)
+  rm -rf "$mnt"/root/.cache "$mnt"/root/.config "$mnt"/tmp/* "$mnt"/tmp/.[!.]* 2>/dev/null || true
+fi
 
 # PIP_NO_INDEX: pip in a build on this base never reaches a registry; a missing dependency fails the build
 # instead of being fetched. PIP_NO_BUILD_ISOLATION=0 (pip's inverted spelling of --no-build-isolation):
