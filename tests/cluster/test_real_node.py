@@ -72,7 +72,8 @@ def test_a_pod_reaches_s3_and_the_api_server(cluster: Cluster, namespace: str, r
     script = (
         f"/bin/busybox nc -w 5 {s3.hostname} {s3.port} </dev/null && echo s3-reachable; "
         # the `kubernetes` Service address every in-cluster client uses
-        "/bin/busybox nc -w 5 $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT </dev/null && echo api-reachable"
+        "/bin/busybox nc -w 5 $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT </dev/null"
+        " && echo api-reachable"
     )
     pod = run_to_completion(cluster, namespace, "reach", script)
     logs = cluster.core.read_namespaced_pod_log("reach", namespace)
