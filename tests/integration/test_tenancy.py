@@ -1,0 +1,287 @@
+"""Tenancy with real RBAC: what the chart's ServiceAccount and the per-run trainer ServiceAccount may do.
+
+Every check is a request judged by the API server's RBAC (a TokenRequest token of the ServiceAccount, or a
+SelfSubjectRulesReview made with it), not a reading of YAML. The operator runs on the chart's token.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helm.chart import CHART, Identity, helm, release_name, service_account_identity, status_of
+
+from .conftest import GROUP, PLURAL, VERSION, Jobs, Operator, ftj_manifest, success_message, wait_for
+
+pytestmark = pytest.mark.cluster
+
+Rule = tuple[str, str, str]  # apiGroup, resource, verb
+NO_NODE = "nodeSelector.finetune\\.dev/test-no-such-node=true"
+# What reconcile needs in a namespace it watches (operator/finetune_operator/kube.py + kopf's watches).
+NAMESPACED: set[Rule] = {
+    *{("finetune.dev", "finetunejobs", v) for v in ("list", "watch")},
+    *{("finetune.dev", "finetunejobs/status", v) for v in ("get", "patch")},
+    ("finetune.dev", "finetunejobs/finalizers", "update"),
+    *{("batch", "jobs", v) for v in ("get", "list", "watch", "create", "patch", "delete")},
+    *{("", "pods", v) for v in ("list", "watch")},
+    *{("apps", "deployments", v) for v in ("list", "watch", "create", "patch", "delete")},
+    *{
+        (g, r, v)
+        for g, r in (("", "configmaps"), ("", "services"), ("policy", "poddisruptionbudgets"))
+        for v in ("create", "patch", "delete")
+    },
+    ("", "serviceaccounts", "create"),
+    ("rbac.authorization.k8s.io", "roles", "create"),
+    ("rbac.authorization.k8s.io", "rolebindings", "create"),
+    ("", "secrets", "get"),
+    ("", "events", "create"),
+}
+CLUSTER_SCAN: set[Rule] = {
+    ("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")
+}
+NAMESPACE_SCAN: set[Rule] = {("", "namespaces", v) for v in ("list", "watch")}
+EVERYONE = {"authorization.k8s.io", "authentication.k8s.io"}  # self reviews every authenticated user has
+
+
+def rules_in(identity: Identity, namespace: str) -> set[Rule]:
+    """The subject's resource rules in `namespace` as RBAC computes them (SelfSubjectRulesReview)."""
+    from kubernetes import client
+
+    review: Any = client.AuthorizationV1Api(identity.api_client).create_self_subject_rules_review(
+        client.V1SelfSubjectRulesReview(spec=client.V1SelfSubjectRulesReviewSpec(namespace=namespace))
+    )
+    found: set[Rule] = set()
+    for rule in review.status.resource_rules:
+        assert not rule.resource_names or set(rule.api_groups) <= EVERYONE, rule
+        for group in rule.api_groups:
+            if group in EVERYONE:
+                continue
+            found |= {(group, r, v) for r in rule.resources for v in rule.verbs}
+    return found
+
+
+def forbidden(call: Callable[[], Any]) -> bool:
+    from kubernetes import client
+
+    try:
+        call()
+    except client.ApiException as error:
+        return status_of(error) == 403
+    return False
+
+
+def allowed(call: Callable[[], Any]) -> bool:
+    """RBAC let the request through (404 and 409 are the API's answers after authorization)."""
+    from kubernetes import client
+
+    try:
+        call()
+    except client.ApiException as error:
+        return status_of(error) in (404, 409)
+    return True
+
+
+@pytest.fixture
+def chart_identity(
+    cluster: Any, namespace: str, other_namespace: str, crd: str, tmp_path: Path
+) -> Iterator[Identity]:
+    """The chart installed in `namespace` watching `other_namespace`; its ServiceAccount's token."""
+    release = release_name()
+    helm(
+        "install",
+        release,
+        str(CHART),
+        "-n",
+        namespace,
+        "--set",
+        f"watchNamespaces={{{other_namespace}}}",
+        "--set-string",
+        NO_NODE,
+        kubeconfig=cluster.kubeconfig,
+    )
+    try:
+        yield service_account_identity(cluster, namespace, f"{release}-finetune-operator", tmp_path)
+    finally:
+        helm("uninstall", release, "-n", namespace, kubeconfig=cluster.kubeconfig)
+
+
+def test_operator_rules_are_exactly_what_reconcile_needs(
+    chart_identity: Identity, namespace: str, other_namespace: str
+) -> None:
+    assert rules_in(chart_identity, other_namespace) == NAMESPACED | CLUSTER_SCAN | NAMESPACE_SCAN
+    # its own namespace (and any other) holds nothing namespaced: only the cluster-scoped watches
+    assert rules_in(chart_identity, namespace) == CLUSTER_SCAN | NAMESPACE_SCAN
+
+
+def test_cluster_wide_install_grants_the_same_verbs_everywhere_and_no_more(
+    cluster: Any, namespace: str, crd: str, tmp_path: Path
+) -> None:
+    release = release_name()
+    helm(
+        "install",
+        release,
+        str(CHART),
+        "-n",
+        namespace,
+        "--set-string",
+        NO_NODE,
+        kubeconfig=cluster.kubeconfig,
+    )
+    try:
+        identity = service_account_identity(cluster, namespace, f"{release}-finetune-operator", tmp_path)
+        assert rules_in(identity, "default") == NAMESPACED | CLUSTER_SCAN
+    finally:
+        helm("uninstall", release, "-n", namespace, kubeconfig=cluster.kubeconfig)
+
+
+def test_operator_requests_outside_its_rights_are_refused(
+    cluster: Any, chart_identity: Identity, namespace: str, other_namespace: str
+) -> None:
+    from kubernetes import client
+
+    team, api = other_namespace, chart_identity.api_client
+    core, custom, rbac = (
+        client.CoreV1Api(api),
+        client.CustomObjectsApi(api),
+        client.RbacAuthorizationV1Api(api),
+    )
+    cluster.core.create_namespaced_secret(
+        namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="elsewhere"), string_data={"k": "v"})
+    )
+    Jobs(cluster).create(team, ftj_manifest("mine"))
+    # allowed: what reconcile does
+    assert allowed(lambda: core.read_namespaced_secret("s3-creds", team))
+    assert allowed(lambda: custom.list_namespaced_custom_object(GROUP, VERSION, team, PLURAL))
+    assert allowed(
+        lambda: custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, team, PLURAL, "mine", {"status": {"phase": "Pending"}}
+        )
+    )
+    # refused: secrets elsewhere or in bulk, pods, the spec, cluster RBAC, more rights than it holds
+    refused: list[Callable[[], Any]] = [
+        lambda: core.read_namespaced_secret("elsewhere", namespace),
+        lambda: core.list_namespaced_secret(team),
+        lambda: core.list_secret_for_all_namespaces(),
+        lambda: core.create_namespaced_pod(
+            team,
+            client.V1Pod(
+                metadata=client.V1ObjectMeta(name="p"),
+                spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="x")]),
+            ),
+        ),
+        lambda: core.delete_namespace(team),
+        lambda: custom.patch_namespaced_custom_object(
+            GROUP, VERSION, team, PLURAL, "mine", {"spec": {"suspend": True}}
+        ),
+        lambda: custom.delete_namespaced_custom_object(GROUP, VERSION, team, PLURAL, "mine"),
+        lambda: custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL),
+        lambda: rbac.create_cluster_role(
+            client.V1ClusterRole(metadata=client.V1ObjectMeta(name="fto-escalate"))
+        ),
+        lambda: rbac.create_namespaced_role(
+            team,
+            client.V1Role(
+                metadata=client.V1ObjectMeta(name="grab"),
+                rules=[client.V1PolicyRule(api_groups=[""], resources=["secrets"], verbs=["list"])],
+            ),
+        ),
+        lambda: client.BatchV1Api(api).create_namespaced_job(
+            namespace, client.V1Job(metadata=client.V1ObjectMeta(name="j"))
+        ),
+    ]
+    outcomes = [forbidden(call) for call in refused]
+    assert all(outcomes), [i for i, ok in enumerate(outcomes) if not ok]
+
+
+def test_secret_is_read_in_the_jobs_namespace_only_and_never_copied(
+    cluster: Any, chart_identity: Identity, namespace: str, other_namespace: str, jobs: Jobs, tmp_path: Path
+) -> None:
+    """Runs the operator on the chart's token, then plays the trainer with the per-run ServiceAccount."""
+    from kubernetes import client
+
+    team = other_namespace
+    values = {"AWS_ACCESS_KEY_ID": "AKIA-TENANT-ONLY", "AWS_SECRET_ACCESS_KEY": "tenant-secret-value-123"}
+    # the same name exists only in another namespace: the operator must not find (or even look for) it there
+    cluster.core.create_namespaced_secret(
+        namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="creds"), string_data=values)
+    )
+    operator = Operator(
+        chart_identity.kubeconfig, [team], tmp_path / "operator.log", ["--health-port", "0"]
+    ).start()
+    try:
+        jobs.create(team, ftj_manifest("tenant", storage={"credentialsSecret": "creds"}))
+        pending = jobs.wait_phase(team, "tenant", "Pending")
+        wait_for(
+            "SecretMissing",
+            lambda: jobs.status(team, "tenant").get("error", {}).get("code") == "SecretMissing",
+        )
+        assert not jobs.training_jobs(team, "tenant")
+        assert pending["observedGeneration"] == 1
+        cluster.core.create_namespaced_secret(
+            team, client.V1Secret(metadata=client.V1ObjectMeta(name="creds"), string_data=values)
+        )
+        pod = jobs.running_pod(team, "tenant-r1")
+        env = {e.name: e for e in pod.spec.containers[0].env}
+        assert env["AWS_SECRET_ACCESS_KEY"].value_from.secret_key_ref.name == "creds"
+
+        # never copied: no secret made by the operator, no value in anything it created
+        secrets = cluster.core.list_namespaced_secret(team).items
+        assert [s.metadata.name for s in secrets] == ["creds"]
+        children = [
+            *cluster.core.list_namespaced_config_map(team).items,
+            *cluster.batch.list_namespaced_job(team).items,
+            *cluster.core.list_namespaced_service_account(team).items,
+        ]
+        dumped = json.dumps([cluster.api_client.sanitize_for_serialization(c) for c in children])
+        assert not any(value in dumped for value in values.values())
+
+        _trainer_may_only_patch_its_status(cluster, team, jobs, tmp_path)
+        jobs.finish_pod(team, pod.metadata.name, 0, success_message())
+        jobs.wait_phase(team, "tenant", "Succeeded")
+        log = operator.log_path.read_text(errors="replace")
+        assert "403" not in log and "orbidden" not in log, operator.log_tail()
+    finally:
+        operator.stop()
+
+
+def _trainer_may_only_patch_its_status(cluster: Any, team: str, jobs: Jobs, tmp_path: Path) -> None:
+    """The per-run ServiceAccount that the operator (on the chart's rights) made: its own status only."""
+    from kubernetes import client
+
+    jobs.create(team, ftj_manifest("neighbour"))
+    trainer = service_account_identity(cluster, team, "tenant-trainer", tmp_path).api_client
+    core, custom, batch = (
+        client.CoreV1Api(trainer),
+        client.CustomObjectsApi(trainer),
+        client.BatchV1Api(trainer),
+    )
+    progress = {
+        "status": {"progress": {"run": 1, "stage": "training", "step": 1, "totalSteps": 4, "percent": 25}}
+    }
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, team, PLURAL, "tenant", progress)
+    custom.get_namespaced_custom_object_status(GROUP, VERSION, team, PLURAL, "tenant")
+    refused: list[Callable[[], Any]] = [
+        lambda: custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, team, PLURAL, "neighbour", progress
+        ),
+        lambda: custom.patch_namespaced_custom_object(
+            GROUP, VERSION, team, PLURAL, "tenant", {"spec": {"suspend": True}}
+        ),
+        lambda: custom.list_namespaced_custom_object(GROUP, VERSION, team, PLURAL),
+        lambda: core.read_namespaced_secret("creds", team),
+        lambda: core.list_namespaced_pod(team),
+        lambda: core.read_namespaced_config_map("tenant-r1-config", team),
+        lambda: batch.list_namespaced_job(team),
+        lambda: core.create_namespaced_event(
+            team,
+            client.CoreV1Event(
+                metadata=client.V1ObjectMeta(generate_name="x"), involved_object=client.V1ObjectReference()
+            ),
+        ),
+    ]
+    outcomes = [forbidden(call) for call in refused]
+    assert all(outcomes), [i for i, ok in enumerate(outcomes) if not ok]
