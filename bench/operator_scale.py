@@ -158,13 +158,24 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def api_requests(port: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def api_requests_by_verb(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return sum(
-        float(line.split()[-1])
+    prefix = 'finetune_operator_api_requests_total{verb="'
+    return {
+        line[len(prefix) :].split('"')[0]: float(line.split()[-1])
         for line in text.splitlines()
-        if line.startswith("finetune_operator_api_requests_total{")
-    )
+        if line.startswith(prefix)
+    }
+
+
+def api_requests(port: int) -> float:
+    return sum(api_requests_by_verb(port).values())
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -215,6 +226,7 @@ def run(jobs: int, nodes: int, delay: str, timeout: float) -> dict[str, Any]:
         watcher.start()
         time.sleep(3)  # operator startup (imports, first list)
         before = api_requests(metrics_port)
+        cpu_before = cpu_seconds(operator.pid)
         start = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
             list(
@@ -241,6 +253,7 @@ def run(jobs: int, nodes: int, delay: str, timeout: float) -> dict[str, Any]:
             if uid in watcher.pod_done
         ]
         requests = api_requests(metrics_port) - before
+        cpu = cpu_seconds(operator.pid) - cpu_before
         return {
             "jobs": jobs,
             "nodes": nodes,
@@ -254,6 +267,10 @@ def run(jobs: int, nodes: int, delay: str, timeout: float) -> dict[str, Any]:
             "propagation_mean_seconds": round(statistics.fmean(latencies), 3) if latencies else None,
             "operator_peak_rss_mib": round(peak_rss_mib(operator.pid), 1),
             "api_requests_per_job": round(requests / jobs, 2),
+            "api_requests_by_verb": api_requests_by_verb(metrics_port),
+            "operator_cpu_seconds": round(cpu, 1),
+            "operator_cpu_ms_per_job": round(1000 * cpu / jobs, 1),
+            "load_average_1m": round(os.getloadavg()[0], 1),
             "targets": {
                 "all_child_jobs_seconds": 60,
                 "propagation_p99_seconds": 5,

@@ -75,7 +75,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.label_selectors["batch", "jobs"] = LABEL_UID
     settings.watching.label_selectors["pods"] = f"{LABEL_UID},{LABEL_COMPONENT}=trainer"
     settings.watching.label_selectors["apps", "deployments"] = f"{LABEL_UID},{LABEL_COMPONENT}=serving"
-    kube = Kube.from_environment(pool_size=ours.workers + 4)
+    kube = Kube.from_environment(pool_size=ours.workers + 12)  # reconcile threads + children pool
     store = Store()
     executor = ThreadPoolExecutor(max_workers=ours.workers, thread_name_prefix="reconcile")
     loop = asyncio.get_running_loop()

@@ -237,7 +237,7 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
         "phase": phase,
         "run": run,
         "trainingSpecHash": training_hash,
-        "attempts": state.attempts if not (job is None and same_run) else int(status.get("attempts") or 0),
+        "attempts": max(state.attempts, int(status.get("attempts") or 0) if same_run else 0),
         "conditions": cond.merge(status.get("conditions"), [trained, gate_cond, ready], snapshot.now),
         "metrics": metrics or None,
         "gate": gate.to_status() if gate else None,

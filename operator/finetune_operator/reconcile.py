@@ -8,6 +8,7 @@ changed, with the resourceVersion it was computed from (a stale pass is refused 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -60,8 +61,10 @@ def invalid_spec_status(error: ValidationError, generation: int) -> dict[str, An
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, store: Store, settings: Settings) -> None:
+    def __init__(self, kube: Kube, store: Store, settings: Settings, pool: Executor | None = None) -> None:
         self.kube, self.store, self.settings = kube, store, settings
+        # Independent requests of one pass (the objects a Job needs, Events) go out side by side.
+        self.pool = pool or ThreadPoolExecutor(max_workers=8, thread_name_prefix="children")
 
     def reconcile(self, key: Key) -> float | None:
         """One pass; returns seconds until the next pass is needed (None: wait for events)."""
@@ -124,10 +127,13 @@ class Reconciler:
                 self.store.forget_job(owner.uid, ref.name)
             elif ref.kind == "Deployment":
                 self.store.put_deployment(owner.uid, None)
+        # What the Job needs (identity, config, headless Service) first and in parallel, then the Job: a Job
+        # that exists implies the rest does, which is what lets a restarted operator trust an existing Job.
+        needed = [m for m in decided.create if m["kind"] != "Job"]
+        list(self.pool.map(self.kube.create, needed))
         for manifest in decided.create:
-            created = self.kube.create(manifest)
             if manifest["kind"] == "Job":
-                self._created_job(owner, manifest, created)
+                self._created_job(owner, manifest, self.kube.create(manifest))
         for manifest in decided.apply:
             applied = self.kube.apply(manifest)
             if manifest["kind"] == "Deployment":
@@ -151,5 +157,5 @@ class Reconciler:
         JOBS_BY_PHASE.set(meta["namespace"], meta["name"], str(new.get("phase") or "Pending"))
         if owner is not None and decided is not None and old.get("phase") != new.get("phase"):
             PHASES.labels(str(new.get("phase"))).inc()
-            for event in decided.events:
-                self.kube.post_event(owner, event.type, event.reason, event.message)
+            for event in decided.events:  # best effort, off the critical path
+                self.pool.submit(self.kube.post_event, owner, event.type, event.reason, event.message)

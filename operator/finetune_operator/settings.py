@@ -27,7 +27,7 @@ class Settings:
     image_pull_policy: str = "IfNotPresent"
     backoff_limit: int = 3
     namespaces: tuple[str, ...] = field(default_factory=tuple)  # empty: all namespaces
-    workers: int = 8
+    workers: int = 16
     resync_seconds: float = 300.0
     secret_recheck_seconds: float = 10.0
     metrics_port: int = 0  # 0: no Prometheus endpoint
@@ -92,7 +92,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Set
     parser.add_argument(
         "--workers",
         type=int,
-        default=int(env.get("FTO_WORKERS", "8")),
+        default=int(env.get("FTO_WORKERS", "16")),
         help="FineTuneJobs reconciled in parallel. Env FTO_WORKERS",
     )
     parser.add_argument(

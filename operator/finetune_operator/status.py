@@ -82,13 +82,9 @@ def _running(
             return TrainingState(
                 "Evaluating", "Evaluating", "evaluating on the held-out splits", attempts=attempts
             )
-        step, total = progress.get("step"), progress.get("totalSteps")
-        where = (
-            f"step {step}/{total}"
-            if progress.get("run") == run and step is not None
-            else "training pods running"
-        )
-        return TrainingState("Training", "Training", where, attempts=attempts)
+        # Not the step count: status.progress carries it, and a message that moved with every progress
+        # report would make the operator write the status after each of the trainer's own writes.
+        return TrainingState("Training", "Training", "training pods running", attempts=attempts)
     for pod in live:
         if pod.waiting_reason in CONFIG_PROBLEMS:
             return TrainingState(
@@ -130,7 +126,10 @@ def training_state(
             note = "; resume re-queues it" if kueue else ""
             return TrainingState("Suspended", "Suspended", f"suspended before the training Job started{note}")
         return TrainingState("Pending", "Creating", "creating the training Job")
-    attempts = job.failed + job.succeeded + job.active
+    # Pods started for this run (disrupted ones excluded, as they are by the Job's retry budget); the Job's
+    # counters lag its pods, so the larger of the two, which never goes down while a pod finishes.
+    counted = len({p.name for p in pods if not p.disrupted})
+    attempts = max(job.failed + job.succeeded + job.active, counted)
     if job.complete:
         return _trained(pods, attempts)
     if job.failed_condition:

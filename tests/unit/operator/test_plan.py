@@ -288,3 +288,21 @@ def test_serving_bundle_hash_is_stable() -> None:
     pub = Published(1, "causal-lm", "s3://m/", "s3://o/", True)
     one, two = serving_bundle(s, OWNER, pub, SETTINGS), serving_bundle(s, OWNER, pub, SETTINGS)
     assert one[-1]["metadata"]["annotations"] == two[-1]["metadata"]["annotations"]
+
+
+def test_trainer_progress_reports_do_not_make_the_operator_write() -> None:
+    s = spec()
+    status = {"run": 1, "trainingSpecHash": training_spec_hash(s)}
+    job, pod = JobObs("support-bot-r1", 1, active=1, ready=1), PodObs("p", 1, phase="Running")
+    first = plan(_snap(s, status, jobs=[job], pods=[pod]), SETTINGS).status
+    for step in (10, 20, 30):
+        progress = {"run": 1, "stage": "training", "step": step, "totalSteps": 100, "percent": step}
+        again = plan(_snap(s, {**first, "progress": progress}, jobs=[job], pods=[pod]), SETTINGS)
+        assert merge_patch({**first, "progress": progress}, again.status, keep=("progress",)) == {}
+
+
+def test_attempts_never_go_down_within_a_run() -> None:
+    s = spec()
+    status = {"run": 1, "trainingSpecHash": training_spec_hash(s), "attempts": 2}
+    finishing = JobObs("support-bot-r1", 1, failed=1)  # counters between a pod's end and the next pod
+    assert plan(_snap(s, status, jobs=[finishing]), SETTINGS).status["attempts"] == 2
