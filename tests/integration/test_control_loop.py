@@ -89,7 +89,8 @@ def test_disrupted_pod_does_not_use_up_a_retry(
             None,
         ),
     )
-    assert jobs.status(namespace, "evicted")["phase"] == "Training"
+    jobs.wait_phase(namespace, "evicted", "Training")
+    assert not jobs.training_jobs(namespace, "evicted")[0].status.failed  # the disruption was not counted
     jobs.finish_pod(namespace, second.metadata.name, 0, success_message())
     jobs.wait_phase(namespace, "evicted", "Succeeded")
 
