@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# README command 1: the whole product on the local cluster, end to end.
+#   cluster up -> images built and imported -> dataset + tiny base model into S3 -> CRD + operator through the
+#   Helm chart -> examples/quickstart.yaml applied -> training followed live -> gate -> endpoint queried.
+# The quickstart is applied with three local overrides, printed below: no GPU on the local node (gpus: 0,
+# smaller memory request) and the S3 endpoint as pods see it. Everything else is the example as a user has it.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+export FTO_CACHE=${FTO_CACHE:-$HOME/.cache/finetune-operator}
+export PATH="$FTO_CACHE/bin/tools:$FTO_CACHE/venv/bin:$PATH" HF_HUB_OFFLINE=1
+namespace=${FTO_DEMO_NAMESPACE:-demo}
+timeout=${FTO_DEMO_TIMEOUT:-1800}
+start=$SECONDS
+step() { printf '\n\033[1m== %s (%ds)\033[0m\n' "$*" "$((SECONDS - start))"; }
+
+step "local cluster"
+hack/install-deps.sh
+make -s venv
+make -s cluster-up
+set -a; source "$FTO_CACHE/state/env"; set +a
+export KUBECONFIG="$FTO_CACHE/state/kubeconfig"
+
+step "images (built with buildah on a local Debian base, cached by content)"
+hack/build-images.sh
+set -a; source "$FTO_CACHE/images/refs.env"; set +a
+hack/import-images.sh "$FTO_TRAINER_IMAGE=$FTO_TRAINER_ARCHIVE" "$FTO_OPERATOR_IMAGE=$FTO_OPERATOR_ARCHIVE"
+
+step "dataset and base model into S3"
+PYTHONPATH="$repo" python hack/demo/seed.py --endpoint "$FTO_S3_ENDPOINT" \
+  --access-key "$FTO_S3_ACCESS_KEY" --secret-key "$FTO_S3_SECRET_KEY"
+
+step "CRD and operator (Helm chart)"
+helm upgrade --install finetune-operator helm/finetune-operator --namespace finetune-system --create-namespace \
+  --set image.repository="${FTO_OPERATOR_IMAGE%:*}" --set image.tag="${FTO_OPERATOR_IMAGE##*:}" \
+  --set image.pullPolicy=Never --set trainer.image="$FTO_TRAINER_IMAGE" --set childImagePullPolicy=Never \
+  --wait --timeout 5m
+kubectl -n finetune-system get pods -o wide
+
+step "FineTuneJob examples/quickstart.yaml"
+kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -f -
+kubectl -n "$namespace" create secret generic s3-creds --from-literal=AWS_ACCESS_KEY_ID="$FTO_S3_ACCESS_KEY" \
+  --from-literal=AWS_SECRET_ACCESS_KEY="$FTO_S3_SECRET_KEY" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+python hack/demo/localize.py examples/quickstart.yaml --s3-endpoint "$FTO_POD_S3_ENDPOINT" > "$FTO_CACHE/quickstart.local.yaml"
+echo "local overrides:"; diff <(python -c 'import sys,yaml,json; print(json.dumps(yaml.safe_load(open(sys.argv[1]))["spec"], indent=1, sort_keys=True))' examples/quickstart.yaml) \
+  <(python -c 'import sys,yaml,json; print(json.dumps(yaml.safe_load(open(sys.argv[1]))["spec"], indent=1, sort_keys=True))' "$FTO_CACHE/quickstart.local.yaml") || true
+kubectl -n "$namespace" apply -f "$FTO_CACHE/quickstart.local.yaml"
+
+step "following the job (kubectl get ftj)"
+python hack/demo/follow.py --namespace "$namespace" --name quickstart --timeout "$timeout"
+
+step "calling the published endpoint"
+python hack/demo/query.py --namespace "$namespace" --name quickstart
+
+step "done in $((SECONDS - start))s"
