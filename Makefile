@@ -10,8 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 PYTEST := $(PY) -m pytest
 
-.PHONY: venv cluster-up cluster-down cluster-status cluster-kubeconfig lint test test-unit test-integration \
-	test-trainer test-serve bench
+.PHONY: venv cluster-up cluster-down cluster-status cluster-kubeconfig lint test test-unit images demo bench
 
 venv:
 	@hack/venv.sh >/dev/null
@@ -40,6 +39,14 @@ test-unit: venv
 # Everything: lint, unit, the cluster tier (real API server + kwok), trainer and server on a real S3 server.
 test: venv lint cluster-up
 	$(PYTEST) tests -m "not e2e" --durations=15
+
+# Trainer and operator images, built with buildah on a local Debian base; cached by content hash.
+images: venv
+	hack/build-images.sh
+
+# README command 1: the quickstart end to end on the local cluster (train, evaluate, gate, publish, query).
+demo:
+	hack/demo.sh
 
 bench: venv cluster-up
 	$(PY) bench/trainer_throughput.py

@@ -30,15 +30,16 @@ step "dataset and base model into S3"
 PYTHONPATH="$repo" python hack/demo/seed.py --endpoint "$FTO_S3_ENDPOINT" \
   --access-key "$FTO_S3_ACCESS_KEY" --secret-key "$FTO_S3_SECRET_KEY"
 
-step "CRD and operator (Helm chart)"
+step "CRD and operator (Helm chart, watching the demo namespace only)"
+kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -f -
 helm upgrade --install finetune-operator helm/finetune-operator --namespace finetune-system --create-namespace \
+  --set "watchNamespaces={$namespace}" \
   --set image.repository="${FTO_OPERATOR_IMAGE%:*}" --set image.tag="${FTO_OPERATOR_IMAGE##*:}" \
   --set image.pullPolicy=Never --set trainer.image="$FTO_TRAINER_IMAGE" --set childImagePullPolicy=Never \
   --wait --timeout 5m
 kubectl -n finetune-system get pods -o wide
 
 step "FineTuneJob examples/quickstart.yaml"
-kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -f -
 kubectl -n "$namespace" create secret generic s3-creds --from-literal=AWS_ACCESS_KEY_ID="$FTO_S3_ACCESS_KEY" \
   --from-literal=AWS_SECRET_ACCESS_KEY="$FTO_S3_SECRET_KEY" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 python hack/demo/localize.py examples/quickstart.yaml --s3-endpoint "$FTO_POD_S3_ENDPOINT" > "$FTO_CACHE/quickstart.local.yaml"

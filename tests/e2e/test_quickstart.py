@@ -1,0 +1,193 @@
+"""The quickstart end to end on the local cluster's real node, as `make demo` runs it.
+
+Real images (built here with buildah, imported into containerd), the operator installed by its Helm chart
+(watching only this test's namespace), the trainer training a tiny model in a pod, the gate, the serving
+Deployment, and the endpoint answering the official OpenAI client. Asserts what issue 6 asks: the phases in
+order, live progress, test metrics, artifacts and report in S3, non-root pods, readable trainer logs, and a
+clean cluster after delete.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import Cluster
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache" / "finetune-operator"))
+GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
+
+
+def run(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), check=True, text=True, cwd=ROOT, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, str]:
+    """The trainer and operator images of the current sources, on the real node."""
+    run("hack/build-images.sh", stdout=subprocess.DEVNULL)
+    refs: dict[str, str] = {}
+    for line in (CACHE / "images" / "refs.env").read_text().splitlines():
+        key, _, value = line.partition("=")
+        refs[key] = value
+    run("hack/import-images.sh", f"{refs['FTO_TRAINER_IMAGE']}={refs['FTO_TRAINER_ARCHIVE']}",
+        f"{refs['FTO_OPERATOR_IMAGE']}={refs['FTO_OPERATOR_ARCHIVE']}")
+    return refs
+
+
+@pytest.fixture
+def installed(cluster: Cluster, namespace: str, images: dict[str, str]) -> Iterator[str]:
+    """The chart installed as release `<namespace>` watching only `namespace`; yields the release name."""
+    env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig))
+    operator = images["FTO_OPERATOR_IMAGE"]
+    release = "e2e-" + uuid.uuid4().hex[:8]
+    run("helm", "upgrade", "--install", release, "helm/finetune-operator", "--namespace", namespace,
+        "--set", f"watchNamespaces={{{namespace}}}", "--set", f"image.repository={operator.rsplit(':', 1)[0]}",
+        "--set", f"image.tag={operator.rsplit(':', 1)[1]}", "--set", "image.pullPolicy=Never",
+        "--set", f"trainer.image={images['FTO_TRAINER_IMAGE']}", "--set", "childImagePullPolicy=Never",
+        "--wait", "--timeout", "5m", env=env, stdout=subprocess.DEVNULL)
+    yield release
+    subprocess.run(["helm", "uninstall", release, "--namespace", namespace, "--wait"], env=env, check=False,
+                   cwd=ROOT, stdout=subprocess.DEVNULL)
+
+
+def quickstart(namespace: str) -> dict[str, Any]:
+    """examples/quickstart.yaml with the demo's local overrides and an output folder of this test's own."""
+    sys.path.insert(0, str(ROOT / "hack" / "demo"))
+    from localize import localize
+
+    manifest = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    manifest = localize(manifest, os.environ["FTO_POD_S3_ENDPOINT"])
+    manifest["spec"]["output"]["uri"] = f"s3://artifacts/e2e/{namespace}/"
+    return dict(manifest)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_quickstart_trains_evaluates_publishes_and_serves(cluster: Cluster, namespace: str,
+                                                          installed: str) -> None:
+    import boto3
+    from openai import OpenAI
+
+    endpoint_url = os.environ["FTO_S3_ENDPOINT"]
+    keys = {"AWS_ACCESS_KEY_ID": os.environ["FTO_S3_ACCESS_KEY"],
+            "AWS_SECRET_ACCESS_KEY": os.environ["FTO_S3_SECRET_KEY"]}
+    run(sys.executable, "hack/demo/seed.py", "--endpoint", endpoint_url, "--access-key",
+        keys["AWS_ACCESS_KEY_ID"], "--secret-key", keys["AWS_SECRET_ACCESS_KEY"],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL)
+    cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "s3-creds"}, "stringData": keys})
+    manifest = quickstart(namespace)
+    cluster.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
+
+    phases: list[str] = []
+    steps: set[int] = set()
+    deadline = time.monotonic() + 1800
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                            "quickstart").get("status") or {}
+        phase = status.get("phase")
+        if phase and (not phases or phases[-1] != phase):
+            phases.append(phase)
+        if phase == "Training" and (status.get("progress") or {}).get("step") is not None:
+            steps.add(int(status["progress"]["step"]))
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
+        if phase == "Failed" or (phase == "Serving" and ready):
+            break
+        time.sleep(1)
+    assert status.get("phase") == "Serving", f"phases {phases}, status {status}"
+
+    # the phases in order, live progress, test metrics and the gate
+    order = ["Pending", "Queued", "Training", "Evaluating", "Publishing", "Serving"]
+    seen = [p for p in phases if p in order]
+    assert seen == sorted(seen, key=order.index), phases
+    assert "Training" in seen and seen[-1] == "Serving", phases
+    assert len(steps) >= 2, f"progress should move while training; steps seen: {sorted(steps)}"
+    assert status["metrics"]["test"]["loss"] > 0
+    assert status["gate"]["passed"] is True
+    assert status["endpoint"]["run"] == status["run"] == 1
+
+    # artifacts and report in S3
+    s3 = boto3.client("s3", endpoint_url=endpoint_url, region_name="us-east-1",
+                      aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"])
+    prefix = f"e2e/{namespace}/run-1/"
+    keys_written = {o["Key"].removeprefix(prefix) for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket="artifacts", Prefix=prefix) for o in page.get("Contents", [])}
+    for expected in ("metrics.json", "report.html", "model/adapter_config.json", "trainer_config.json"):
+        assert expected in keys_written, f"{expected} missing under s3://artifacts/{prefix}: {sorted(keys_written)}"
+
+    # pods run as non-root; the trainer's log is readable through the API server and the kubelet
+    pods = cluster.core.list_namespaced_pod(namespace, label_selector="finetune.dev/job=quickstart").items
+    assert pods, "no pods of the FineTuneJob"
+    for pod in pods:
+        assert pod.spec.security_context.run_as_non_root is True, pod.metadata.name
+        assert all(c.security_context.allow_privilege_escalation is False for c in pod.spec.containers)
+    trainer = [p for p in pods if p.metadata.labels.get("finetune.dev/component") == "trainer"]
+    assert trainer, [p.metadata.labels for p in pods]
+    log = cluster.core.read_namespaced_pod_log(trainer[0].metadata.name, namespace)
+    assert log.strip(), "the trainer's log is empty"
+
+    # the endpoint answers the official OpenAI client (through kubectl port-forward: no kube-proxy here)
+    service = status["endpoint"]["url"].split("//", 1)[1].split(".", 1)[0]
+    port = free_port()
+    forward = subprocess.Popen(["kubectl", "--kubeconfig", str(cluster.kubeconfig), "-n", namespace,
+                                "port-forward", f"svc/{service}", f"{port}:8000", "--address", "127.0.0.1"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        for _ in range(60):
+            try:
+                served = [m.id for m in client.models.list().data]
+                break
+            except Exception:
+                time.sleep(1)
+        else:
+            raise AssertionError("the endpoint did not answer through port-forward")
+        assert status["endpoint"]["model"] in served
+        reply = client.chat.completions.create(model=status["endpoint"]["model"], max_tokens=24, temperature=0,
+                                               messages=[{"role": "user", "content": "How do I reset my password?"}])
+        assert reply.choices[0].message.content
+        assert reply.usage is not None and reply.usage.completion_tokens > 0
+    finally:
+        forward.terminate()
+
+    # delete: every child goes, the artifacts stay
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "quickstart")
+
+    def leftovers() -> list[str]:
+        selector = "finetune.dev/job=quickstart"
+        found = [f"pod/{p.metadata.name}" for p in cluster.core.list_namespaced_pod(
+            namespace, label_selector=selector).items]
+        found += [f"job/{j.metadata.name}" for j in cluster.batch.list_namespaced_job(
+            namespace, label_selector=selector).items]
+        found += [f"deployment/{d.metadata.name}" for d in cluster.apps.list_namespaced_deployment(
+            namespace, label_selector=selector).items]
+        found += [f"configmap/{c.metadata.name}" for c in cluster.core.list_namespaced_config_map(
+            namespace, label_selector=selector).items]
+        found += [f"service/{s.metadata.name}" for s in cluster.core.list_namespaced_service(
+            namespace, label_selector=selector).items]
+        return found
+
+    deadline = time.monotonic() + 180
+    while leftovers() and time.monotonic() < deadline:
+        time.sleep(2)
+    assert not leftovers(), leftovers()
+    assert s3.list_objects_v2(Bucket="artifacts", Prefix=prefix + "model/")["KeyCount"] > 0
