@@ -12,7 +12,7 @@ servers use the same number of torch threads (default 1: on a small shared machi
 several threads stall whenever one of their threads is descheduled, which measures the neighbours,
 not the server).
 
-Usage: python bench/serving.py [--requests 16] [--max-tokens 32] [--rounds 4]
+Usage: python bench/serving.py [--requests 16] [--max-tokens 32] [--rounds 8]
 The last line of output is one JSON object with every figure and the ratios ours / baseline.
 """
 
@@ -192,7 +192,7 @@ async def bench(folder: Path, requests: int, max_tokens: int, rounds: int, threa
         for round_index in range(rounds):  # short slices, alternating, so load bursts hit both alike
             order = list(servers.items()) if round_index % 2 == 0 else list(reversed(servers.items()))
             for concurrency in (1, 8):
-                count = requests if concurrency == 8 else max(2, requests // 2)
+                count = requests if concurrency == 8 else max(2, requests // 4)
                 for kind, (_, url) in order:
                     results[kind][f"c{concurrency}"].append(await load(url, concurrency, count, max_tokens))
         for kind, per in results.items():
@@ -216,9 +216,9 @@ async def bench(folder: Path, requests: int, max_tokens: int, rounds: int, threa
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--requests", type=int, default=16,
-                        help="requests per slice at concurrency 8 (half as many at concurrency 1)")
+                        help="requests per slice at concurrency 8 (a quarter as many at concurrency 1)")
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=4, help="alternating slices per server and concurrency")
+    parser.add_argument("--rounds", type=int, default=8, help="alternating slices per server and concurrency")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads of each server process (the same for both)")
     parser.add_argument("--serve", choices=["ours", "baseline"], help=argparse.SUPPRESS)

@@ -27,6 +27,7 @@ class TextStream:
         self._ids: list[int] = []
         self._prefix_offset = 0
         self._read_offset = 0
+        self._prefix_text: str | None = ""
         self.text = ""
         """The complete text so far (after a stop string is found: up to, not including, it)."""
         self._emitted = 0
@@ -46,13 +47,16 @@ class TextStream:
         return self._release(final=True)
 
     def _advance(self, final: bool) -> None:
-        prefix_text = self._decode(self._ids[self._prefix_offset:self._read_offset])
+        if self._prefix_text is None:  # decoded once per window, not once per token
+            self._prefix_text = self._decode(self._ids[self._prefix_offset:self._read_offset])
+        prefix_text = self._prefix_text
         new_text = self._decode(self._ids[self._prefix_offset:])
         if len(new_text) <= len(prefix_text) or (new_text.endswith(REPLACEMENT_CHAR) and not final):
             return  # an incomplete character: wait for the next token
         self.text += new_text[len(prefix_text):]
         self._prefix_offset = self._read_offset
         self._read_offset = len(self._ids)
+        self._prefix_text = None
         self._cut_at_stop()
 
     def _cut_at_stop(self) -> None:
