@@ -25,9 +25,7 @@ def top_layer(storage: Path, image_id: str) -> Path:
     return storage / "vfs" / "dir" / layer
 
 
-def spec(
-    image: dict[str, Any], rootfs: Path, args: list[str], entrypoint: list[str] | None
-) -> dict[str, Any]:
+def spec(image: dict[str, Any], rootfs: Path, args: list[str], entrypoint: list[str] | None) -> dict[str, Any]:
     cfg = image["OCIv1"]["config"]
     if entrypoint is None:
         entrypoint = cfg.get("Entrypoint") or []
@@ -36,6 +34,12 @@ def spec(
         raise SystemExit(f"runc_spec: USER {cfg.get('User')!r} is not numeric")
     workdir = cfg.get("WorkingDir") or "/"
     tmpfs = {"type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}
+    # owned by the image's user, as an emptyDir with fsGroup (or a home directory) would be
+    owned = {
+        "type": "tmpfs",
+        "source": "tmpfs",
+        "options": ["nosuid", "nodev", "mode=0755", f"uid={uid}", f"gid={gid or uid}"],
+    }
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
@@ -59,10 +63,10 @@ def spec(
         },
         # the writable places a pod gives: /tmp, the work dir (an emptyDir) and HOME
         {"destination": "/tmp", **tmpfs},
-        {"destination": "/work", **tmpfs},
+        {"destination": "/work", **owned},
     ]
     if workdir not in ("/", "/tmp", "/work"):
-        mounts.append({"destination": workdir, **tmpfs})
+        mounts.append({"destination": workdir, **owned})
     caps: dict[str, list[str]] = {k: [] for k in ("bounding", "effective", "permitted", "ambient")}
     return {
         "ociVersion": "1.0.2",

@@ -138,9 +138,7 @@ def fingerprint(dist: Distribution) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["fingerprint", "files", "scripts", "unmet-build-requires"])
     parser.add_argument("--site", type=Path, required=True, help="the venv's site-packages folder")
     parser.add_argument("--pyproject", type=Path, required=True)
@@ -149,9 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     extras = [e for e in args.extras.split(",") if e]
     unmet = unmet_build_requires(args.site, args.pyproject)
     replaced = {canonical(r.name) for r in unmet}
-    dists = [
-        d for d in closure(args.site, args.pyproject, extras) if canonical(d.metadata["Name"]) not in replaced
-    ]
+    dists = [d for d in closure(args.site, args.pyproject, extras) if canonical(d.metadata["Name"]) not in replaced]
     out = sys.stdout
     if args.command == "unmet-build-requires":
         out.writelines(f"{r}\n" for r in unmet)
