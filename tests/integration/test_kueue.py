@@ -10,11 +10,14 @@ read from managedFields, so a single write by the operator would show.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .conftest import Jobs, Operator, ftj_manifest, success_message, wait_for
+from .kueue_local import OPT_IN, LocalKueue
 
 pytestmark = pytest.mark.cluster
 
@@ -82,3 +85,146 @@ def test_queue_name_change_is_not_a_new_run(operator: Operator, jobs: Jobs, name
     status = jobs.status(namespace, "move")
     assert status["run"] == 1 and status["phase"] == "Queued"
     assert [j.metadata.uid for j in jobs.training_jobs(namespace, "move")] == [job.metadata.uid]
+
+
+# --- with the real Kueue (v0.17.0, built from the Go module proxy, run as a local process) ---
+
+KUEUE_API = ("kueue.x-k8s.io", "v1beta2")
+GPU_JOB = {
+    "gpus": 8,
+    "memory": "1Gi",
+    "cpu": "1",
+    "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+    "nodeSelector": {"type": "kwok"},
+}
+
+
+@pytest.fixture
+def kueue(cluster: Any, tmp_path: Path) -> Iterator[LocalKueue]:
+    local = LocalKueue(cluster.kubeconfig, tmp_path / "kueue")
+    local.folder.mkdir()
+    try:
+        yield local.start()
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+def gpu_queue(cluster: Any, namespace: str, kueue: LocalKueue) -> Iterator[str]:
+    """LocalQueue `gpus` in the namespace -> a ClusterQueue with a nominal quota of 8 GPUs."""
+    group, version = KUEUE_API
+    custom = cluster.custom
+    cluster.core.patch_namespace(namespace, {"metadata": {"labels": {OPT_IN: "true"}}})
+    flavor, queue = f"{namespace}-gpu", f"{namespace}-cq"
+    custom.create_cluster_custom_object(
+        group,
+        version,
+        "resourceflavors",
+        {"apiVersion": f"{group}/{version}", "kind": "ResourceFlavor", "metadata": {"name": flavor}},
+    )
+    custom.create_cluster_custom_object(
+        group,
+        version,
+        "clusterqueues",
+        {
+            "apiVersion": f"{group}/{version}",
+            "kind": "ClusterQueue",
+            "metadata": {"name": queue},
+            "spec": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "resourceGroups": [
+                    {
+                        "coveredResources": ["cpu", "memory", "nvidia.com/gpu"],
+                        "flavors": [
+                            {
+                                "name": flavor,
+                                "resources": [
+                                    {"name": "cpu", "nominalQuota": "64"},
+                                    {"name": "memory", "nominalQuota": "512Gi"},
+                                    {"name": "nvidia.com/gpu", "nominalQuota": "8"},
+                                ],
+                            }
+                        ],
+                    }
+                ],
+            },
+        },
+    )
+    custom.create_namespaced_custom_object(
+        group,
+        version,
+        namespace,
+        "localqueues",
+        {
+            "apiVersion": f"{group}/{version}",
+            "kind": "LocalQueue",
+            "metadata": {"name": "gpus"},
+            "spec": {"clusterQueue": queue},
+        },
+    )
+    try:
+        yield "gpus"
+    finally:
+        # While Kueue still runs: its finalizers on Workloads and queues must be released, or the namespace
+        # and the cluster-scoped queue objects would hang in deletion after it stops.
+        cluster.batch.delete_collection_namespaced_job(namespace, propagation_policy="Background")
+        wait_for(
+            "the Workloads gone",
+            lambda: not custom.list_namespaced_custom_object(group, version, namespace, "workloads")["items"],
+            timeout=60,
+        )
+        custom.delete_namespaced_custom_object(group, version, namespace, "localqueues", "gpus")
+        custom.delete_cluster_custom_object(group, version, "clusterqueues", queue)
+        custom.delete_cluster_custom_object(group, version, "resourceflavors", flavor)
+        wait_for(
+            "the ClusterQueue gone",
+            lambda: (
+                queue
+                not in [
+                    q["metadata"]["name"]
+                    for q in custom.list_cluster_custom_object(group, version, "clusterqueues")["items"]
+                ]
+            ),
+            timeout=60,
+        )
+
+
+def _workload_admitted(jobs: Jobs, namespace: str, job_name: str) -> bool | None:
+    group, version = KUEUE_API
+    for workload in jobs.cluster.custom.list_namespaced_custom_object(group, version, namespace, "workloads")[
+        "items"
+    ]:
+        owners = [o["name"] for o in workload["metadata"].get("ownerReferences", [])]
+        if job_name in owners:
+            conditions = {c["type"]: c["status"] for c in workload.get("status", {}).get("conditions", [])}
+            return conditions.get("Admitted") == "True"
+    return None
+
+
+@pytest.mark.timeout(3600)  # a cold cache builds Kueue first (`go install`, minutes on 2 cores)
+def test_real_kueue_admits_one_8_gpu_job_and_queues_the_next(
+    gpu_queue: str, operator: Operator, jobs: Jobs, namespace: str
+) -> None:
+    jobs.create(namespace, ftj_manifest("first", queueName=gpu_queue, resources=GPU_JOB))
+    jobs.wait_phase(namespace, "first", "Training", timeout=90)  # Kueue admitted it: it unsuspended the Job
+    (first,) = jobs.training_jobs(namespace, "first")
+    assert _workload_admitted(jobs, namespace, first.metadata.name) is True
+
+    jobs.create(namespace, ftj_manifest("second", queueName=gpu_queue, resources=GPU_JOB))
+    queued = jobs.wait_phase(namespace, "second", "Queued")
+    (second,) = jobs.training_jobs(namespace, "second")
+    wait_for(
+        "the second Workload", lambda: _workload_admitted(jobs, namespace, second.metadata.name) is False
+    )
+    time.sleep(3)  # quota is the only thing in the way: both nodes have 8 free GPUs each
+    assert jobs.status(namespace, "second")["phase"] == "Queued"
+    assert jobs.cluster.batch.read_namespaced_job(second.metadata.name, namespace).spec.suspend is True
+    assert "Kueue" in {c["type"]: c for c in queued["conditions"]}["Trained"]["message"]
+
+    pod = jobs.running_pod(namespace, first.metadata.name)
+    jobs.finish_pod(namespace, pod.metadata.name, 0, success_message())
+    jobs.wait_phase(namespace, "first", "Succeeded")
+    jobs.wait_phase(namespace, "second", "Training", timeout=90)  # the quota came back: Kueue admits it
+    for job in (first, second):
+        owners = _suspend_owners(jobs.cluster.batch.read_namespaced_job(job.metadata.name, namespace))
+        assert "finetune-operator" not in owners, owners  # Kueue wrote suspend last, never the operator
