@@ -22,9 +22,7 @@ def run(settings: Settings) -> None:
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     scope = {"namespaces": list(settings.namespaces)} if settings.namespaces else {"clusterwide": True}
-    asyncio.run(
-        kopf.operator(standalone=True, memo=kopf.Memo(settings=settings), liveness_endpoint=liveness, **scope)
-    )
+    asyncio.run(kopf.operator(standalone=True, memo=kopf.Memo(settings=settings), liveness_endpoint=liveness, **scope))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

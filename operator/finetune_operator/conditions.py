@@ -35,12 +35,8 @@ def merge(previous: list[Condition] | None, desired: list[Condition], now: str) 
     merged = []
     for cond in desired:
         before = old.get(cond["type"])
-        same = (
-            before is not None and before.get("status") == cond["status"] and before.get("lastTransitionTime")
-        )
-        merged.append(
-            {**cond, "lastTransitionTime": before["lastTransitionTime"] if same and before else now}
-        )
+        same = before is not None and before.get("status") == cond["status"] and before.get("lastTransitionTime")
+        merged.append({**cond, "lastTransitionTime": before["lastTransitionTime"] if same and before else now})
     return sorted(merged, key=lambda c: ORDER.index(c["type"]) if c["type"] in ORDER else len(ORDER))
 
 

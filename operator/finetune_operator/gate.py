@@ -82,11 +82,7 @@ def flatten_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 def evaluate_rule(rule: GateRule, flat: dict[str, float]) -> RuleResult:
     value = flat.get(rule.metric)
-    passed = (
-        value is not None
-        and (rule.min is None or value >= rule.min)
-        and (rule.max is None or value <= rule.max)
-    )
+    passed = value is not None and (rule.min is None or value >= rule.min) and (rule.max is None or value <= rule.max)
     return RuleResult(rule.metric, value, rule.min, rule.max, passed)
 
 

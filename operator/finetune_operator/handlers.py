@@ -51,9 +51,7 @@ def _prime(kube: Kube, store: Store, namespaces: tuple[str, ...]) -> None:
             store.put_job(job["metadata"]["labels"][LABEL_UID], job_obs(job))
         for pod in kube.list("v1", "Pod", namespace, f"{LABEL_UID},{LABEL_COMPONENT}=trainer"):
             store.put_pod(pod["metadata"]["labels"][LABEL_UID], pod_obs(pod))
-        for deployment in kube.list(
-            "apps/v1", "Deployment", namespace, f"{LABEL_UID},{LABEL_COMPONENT}=serving"
-        ):
+        for deployment in kube.list("apps/v1", "Deployment", namespace, f"{LABEL_UID},{LABEL_COMPONENT}=serving"):
             store.put_deployment(deployment["metadata"]["labels"][LABEL_UID], deployment_obs(deployment))
 
 

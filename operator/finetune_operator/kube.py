@@ -160,14 +160,10 @@ class Kube:
         meta = manifest["metadata"]
         url = path(manifest["apiVersion"], manifest["kind"], meta["namespace"])
         with (
-            self._errors(
-                "create", f"{manifest['kind']} {meta['namespace']}/{meta['name']}", ok=(409,)
-            ) as seen,
+            self._errors("create", f"{manifest['kind']} {meta['namespace']}/{meta['name']}", ok=(409,)) as seen,
             CHILD_CREATE_SECONDS.labels(manifest["kind"]).time(),
         ):
-            created: dict[str, Any] = self._call(
-                "POST", url, manifest, query=[("fieldManager", FIELD_MANAGER)]
-            )
+            created: dict[str, Any] = self._call("POST", url, manifest, query=[("fieldManager", FIELD_MANAGER)])
         return None if seen else created
 
     def apply(self, manifest: Manifest) -> dict[str, Any]:

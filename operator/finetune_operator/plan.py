@@ -83,9 +83,7 @@ def _remembered(status: dict[str, Any]) -> TrainingState:
     if status.get("phase") == "Failed" and error.get("code") != "GateFailed":
         info = ErrorInfo(str(error.get("code", "JobFailed")), str(error.get("message", "")))
         return TrainingState("Failed", info.code, info.message, info)
-    return TrainingState(
-        "Trained", "Trained", "training and evaluation finished", metrics=status.get("metrics") or {}
-    )
+    return TrainingState("Trained", "Trained", "training and evaluation finished", metrics=status.get("metrics") or {})
 
 
 def _published_of(spec: FineTuneJobSpec, run: int) -> Published:
@@ -99,9 +97,7 @@ def _published_of(spec: FineTuneJobSpec, run: int) -> Published:
     )
 
 
-def _serving(
-    snapshot: Snapshot, plan: Plan, published: Published | None, settings: Settings
-) -> dict[str, Any] | None:
+def _serving(snapshot: Snapshot, plan: Plan, published: Published | None, settings: Settings) -> dict[str, Any] | None:
     """Apply or remove the serving bundle; return the endpoint the Deployment serves now (or None)."""
     spec, owner, deployment = snapshot.spec, snapshot.owner, snapshot.deployment
     names = Names.of(owner.name)
@@ -176,6 +172,14 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
     progress = status.get("progress") or {}
     if job is None and finished_before:
         state = _remembered(status)
+    elif job is None and any(m["kind"] == "Job" for m in actions.create):
+        # Created in this very pass: report where it is going (Queued), not the instant before (Pending).
+        why = (
+            "training Job created; waiting for admission by Kueue"
+            if spec.queue_name
+            else ("training Job created; waiting for its pods")
+        )
+        state = TrainingState("Queued", "JobCreated", why)
     else:
         state = training_state(
             job,
@@ -221,9 +225,7 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
 
     trained = cond.condition(cond.TRAINED, state.phase == "Trained", state.reason, state.message, gen)
     if gate is None:
-        gate_cond = cond.condition(
-            cond.GATE_PASSED, None, "NotEvaluated", "the run has not finished training", gen
-        )
+        gate_cond = cond.condition(cond.GATE_PASSED, None, "NotEvaluated", "the run has not finished training", gen)
     else:
         message = "every rule held" if gate.passed else (error.message if error else "")
         gate_cond = cond.condition(

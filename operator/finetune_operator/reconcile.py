@@ -93,13 +93,9 @@ class Reconciler:
         except ValidationError as error:
             self._write_status(view.body, invalid_spec_status(error, generation))
             return None
-        snapshot = Snapshot(
-            owner, generation, spec, status, view.jobs, view.pods, view.deployment, None, now_rfc3339()
-        )
+        snapshot = Snapshot(owner, generation, spec, status, view.jobs, view.pods, view.deployment, None, now_rfc3339())
         if needs_secret_check(snapshot):
-            present = self.kube.exists_metadata(
-                "v1", "Secret", owner.namespace, spec.storage.credentials_secret
-            )
+            present = self.kube.exists_metadata("v1", "Secret", owner.namespace, spec.storage.credentials_secret)
             snapshot = replace(snapshot, secret_present=present)
         decided = plan(snapshot, self.settings)
         try:

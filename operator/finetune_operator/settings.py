@@ -54,9 +54,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Set
         default=None,
         help="watch this namespace (repeatable, or comma-separated); default: all. Env FTO_NAMESPACES",
     )
-    parser.add_argument(
-        "--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)"
-    )
+    parser.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)")
     parser.add_argument(
         "--trainer-image",
         default=env.get("FTO_TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE),

@@ -58,11 +58,7 @@ def _trained(pods: Sequence[PodObs], attempts: int) -> TrainingState:
 
 def _failed(job: JobObs, pods: Sequence[PodObs], attempts: int) -> TrainingState:
     report = _report_of(pods, succeeded=False)
-    if (
-        job.failure_reason == "PodFailurePolicy"
-        and report
-        and report.code not in ("Succeeded", "InternalError")
-    ):
+    if job.failure_reason == "PodFailurePolicy" and report and report.code not in ("Succeeded", "InternalError"):
         error = ErrorInfo(report.code, report.message)
     elif job.failure_reason == "BackoffLimitExceeded":
         last = f"; last attempt: {report.code}: {report.message}" if report else ""
@@ -73,15 +69,11 @@ def _failed(job: JobObs, pods: Sequence[PodObs], attempts: int) -> TrainingState
     return TrainingState("Failed", error.code, error.message, error, attempts=attempts)
 
 
-def _running(
-    job: JobObs, pods: Sequence[PodObs], progress: dict[str, Any], run: int, attempts: int
-) -> TrainingState:
+def _running(job: JobObs, pods: Sequence[PodObs], progress: dict[str, Any], run: int, attempts: int) -> TrainingState:
     live = [p for p in pods if not p.deleting and p.phase in ("Pending", "Running")]
     if any(p.phase == "Running" for p in live) or (not live and job.ready > 0):
         if progress.get("run") == run and progress.get("stage") == "evaluating":
-            return TrainingState(
-                "Evaluating", "Evaluating", "evaluating on the held-out splits", attempts=attempts
-            )
+            return TrainingState("Evaluating", "Evaluating", "evaluating on the held-out splits", attempts=attempts)
         # Not the step count: status.progress carries it, and a message that moved with every progress
         # report would make the operator write the status after each of the trainer's own writes.
         return TrainingState("Training", "Training", "training pods running", attempts=attempts)
@@ -98,7 +90,7 @@ def _running(
     if unschedulable:
         return TrainingState("Queued", "Unschedulable", unschedulable.unschedulable, attempts=attempts)
     if live:
-        return TrainingState("Pending", "Starting", "training pods starting", attempts=attempts)
+        return TrainingState("Queued", "Starting", "training pods scheduled, starting", attempts=attempts)
     if job.failed > 0:
         return TrainingState(
             "Pending", "Retrying", f"attempt {job.failed} failed; the Job starts another", attempts=attempts

@@ -106,6 +106,4 @@ class Store:
             if body is None:
                 return None
             kids = self._children.get(body["metadata"]["uid"], _Children())
-            return View(
-                copy.deepcopy(body), tuple(kids.jobs.values()), tuple(kids.pods.values()), kids.deployment
-            )
+            return View(copy.deepcopy(body), tuple(kids.jobs.values()), tuple(kids.pods.values()), kids.deployment)

@@ -71,9 +71,7 @@ def s3_env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
         for key in CREDENTIAL_KEYS:
             env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
         for key in OPTIONAL_CREDENTIAL_KEYS:
-            env.append(
-                {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
-            )
+            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}})
     if spec.storage.endpoint:
         env.append({"name": "AWS_ENDPOINT_URL", "value": spec.storage.endpoint})
     if spec.storage.region:

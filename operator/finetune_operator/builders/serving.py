@@ -165,9 +165,7 @@ def _vllm_rank(rank: int) -> int:
     return next((r for r in VLLM_LORA_RANKS if r >= rank), VLLM_LORA_RANKS[-1])
 
 
-def _vllm_pod(
-    spec: FineTuneJobSpec, owner: Owner, published: Published, settings: Settings
-) -> dict[str, Any]:
+def _vllm_pod(spec: FineTuneJobSpec, owner: Owner, published: Published, settings: Settings) -> dict[str, Any]:
     if published.adapter:
         fetch = [
             f'aws s3 sync "{published.baseModelUri}" /models/base',
@@ -285,9 +283,7 @@ def serving_pdb(owner: Owner) -> Manifest:
     }
 
 
-def serving_bundle(
-    spec: FineTuneJobSpec, owner: Owner, published: Published, settings: Settings
-) -> list[Manifest]:
+def serving_bundle(spec: FineTuneJobSpec, owner: Owner, published: Published, settings: Settings) -> list[Manifest]:
     """ConfigMap, Service, (PDB,) Deployment: the Deployment last, stamped with the whole bundle's hash."""
     config_map = serving_config_map(spec, owner, published)
     deployment = serving_deployment(spec, owner, published, settings, content_hash(config_map["data"]))

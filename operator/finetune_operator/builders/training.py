@@ -127,9 +127,7 @@ def pod_failure_policy() -> dict[str, Any]:
     }
 
 
-def training_job(
-    spec: FineTuneJobSpec, owner: Owner, run: int, training_hash: str, settings: Settings
-) -> Manifest:
+def training_job(spec: FineTuneJobSpec, owner: Owner, run: int, training_hash: str, settings: Settings) -> Manifest:
     """The batch/v1 Job of run `run`. Created suspended when suspended by the user or queued by Kueue."""
     names = Names.of(owner.name)
     workers = spec.distributed.workers
@@ -170,9 +168,7 @@ def workers_service(spec: FineTuneJobSpec, owner: Owner, run: int) -> Manifest:
     """Headless Service giving each worker pod of a distributed run a stable DNS name."""
     names = Names.of(owner.name)
     selector = {
-        k: v
-        for k, v in child_labels(owner.name, owner.uid, "trainer", run).items()
-        if k.startswith("finetune.dev/")
+        k: v for k, v in child_labels(owner.name, owner.uid, "trainer", run).items() if k.startswith("finetune.dev/")
     }
     return {
         "apiVersion": "v1",

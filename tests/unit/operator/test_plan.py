@@ -44,9 +44,9 @@ def _settle(s: FineTuneJobSpec, p: Plan) -> dict[str, Any]:
 def test_first_pass_creates_rbac_config_and_job() -> None:
     p = plan(_snap(spec(), secret_present=True), SETTINGS)
     assert _kinds(p) == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Job"]
-    assert p.status["run"] == 1 and p.status["phase"] == "Pending"
+    assert p.status["run"] == 1 and p.status["phase"] == "Queued"
     assert p.status["trainingSpecHash"] == training_spec_hash(spec())
-    assert [e.reason for e in p.events] == ["Pending"]
+    assert [e.reason for e in p.events] == ["Queued"]
 
 
 def test_missing_secret_waits_and_rechecks() -> None:
