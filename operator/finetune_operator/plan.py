@@ -97,8 +97,11 @@ def _published_of(spec: FineTuneJobSpec, run: int) -> Published:
     )
 
 
-def _serving(snapshot: Snapshot, plan: Plan, published: Published | None, settings: Settings) -> dict[str, Any] | None:
-    """Apply or remove the serving bundle; return the endpoint the Deployment serves now (or None)."""
+def _serving(
+    snapshot: Snapshot, plan: Plan, published: Published | None, settings: Settings
+) -> tuple[dict[str, Any] | None, bool]:
+    """Apply or remove the serving bundle; return the endpoint (None before the first rollout) and whether
+    the Deployment has an available replica now. An endpoint stays reported while its pods are down."""
     spec, owner, deployment = snapshot.spec, snapshot.owner, snapshot.deployment
     names = Names.of(owner.name)
     bundle_refs = [
@@ -110,23 +113,30 @@ def _serving(snapshot: Snapshot, plan: Plan, published: Published | None, settin
     if not spec.serving.enabled or published is None:
         if deployment is not None or snapshot.status.get("endpoint"):
             plan.delete += bundle_refs
-        return None
+        return None, False
     bundle = serving_bundle(spec, owner, published, settings)
     desired_hash = bundle[-1]["metadata"]["annotations"]["finetune.dev/spec-hash"]
     if deployment is None or deployment.spec_hash != desired_hash:
         plan.apply += bundle
         if spec.serving.replicas == 1 and deployment is not None:
             plan.delete.append(bundle_refs[2])
-    previous = snapshot.status.get("endpoint")
-    if deployment is None or not deployment.available_condition or deployment.available < 1:
-        return None
+    previous = dict(snapshot.status.get("endpoint") or {}) or None
+    if deployment is None:
+        return None, False
+    if not deployment.available_condition or deployment.available < 1:
+        return previous, False
     if deployment.current and deployment.spec_hash == desired_hash:
-        return {"url": endpoint_url(owner), "model": owner.name, "run": deployment.run}
-    return dict(previous) if previous else None
+        return {"url": endpoint_url(owner), "model": owner.name, "run": deployment.run}, True
+    return previous, True
 
 
 def _ready(
-    spec: FineTuneJobSpec, endpoint: dict[str, Any] | None, published: Published | None, gen: int, state: str
+    spec: FineTuneJobSpec,
+    endpoint: dict[str, Any] | None,
+    available: bool,
+    published: Published | None,
+    gen: int,
+    state: str,
 ) -> cond.Condition:
     if not spec.serving.enabled:
         return cond.condition(cond.READY, False, "ServingDisabled", "serving.enabled is false", gen)
@@ -134,6 +144,9 @@ def _ready(
         return cond.condition(cond.READY, False, "NothingPublished", "no run has passed its gate yet", gen)
     if endpoint is None:
         return cond.condition(cond.READY, False, "Publishing", f"rolling out run {published.run}", gen)
+    if not available:
+        message = f"no serving replica is available (run {endpoint.get('run')})"
+        return cond.condition(cond.READY, False, "Unavailable", message, gen)
     if endpoint.get("run") != published.run:
         return cond.condition(
             cond.READY,
@@ -215,7 +228,7 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
             phase = "Failed"
     if not spec.serving.enabled:
         published = None
-    endpoint = _serving(snapshot, result, published, settings)
+    endpoint, available = _serving(snapshot, result, published, settings)
     if phase == "Trained":
         phase = (
             "Succeeded"
@@ -232,7 +245,7 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
             cond.GATE_PASSED, gate.passed, "Passed" if gate.passed else "GateFailed", message, gen
         )
     serving_note = f"run {run} is {phase}" if published and published.run != run else ""
-    ready = _ready(spec, endpoint, published, gen, serving_note)
+    ready = _ready(spec, endpoint, available, published, gen, serving_note)
     run_uri = spec.output.run_uri(run)
     new_status: dict[str, Any] = {
         "observedGeneration": gen,

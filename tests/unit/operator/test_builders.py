@@ -198,9 +198,7 @@ def test_role_may_only_get_and_patch_its_own_status() -> None:
     ]
 
 
-@pytest.mark.parametrize(
-    "name", ["x", "a" * 253, "9.lives.of.a.cat", "Name-With-Dots.and-digits-0123456789" * 5]
-)
+@pytest.mark.parametrize("name", ["x", "a" * 253, "9.lives.of.a.cat", "Name-With-Dots.and-digits-0123456789" * 5])
 def test_child_names_and_labels_are_valid_for_any_legal_name(name: str) -> None:
     owner = Owner("ns", name.lower()[:253], "u" * 36)
     s = spec(distributed={"workers": 2})
@@ -224,21 +222,14 @@ def test_child_names_and_labels_are_valid_for_any_legal_name(name: str) -> None:
 
 def test_serving_bundle_rolls_on_model_change_and_adds_pdb_for_replicas() -> None:
     s = spec(serving={"enabled": True, "replicas": 2})
-    one = serving_bundle(
-        s, OWNER, Published(1, "causal-lm", "s3://m/", "s3://o/run-1/model/", True), SETTINGS
-    )
-    two = serving_bundle(
-        s, OWNER, Published(2, "causal-lm", "s3://m/", "s3://o/run-2/model/", True), SETTINGS
-    )
+    one = serving_bundle(s, OWNER, Published(1, "causal-lm", "s3://m/", "s3://o/run-1/model/", True), SETTINGS)
+    two = serving_bundle(s, OWNER, Published(2, "causal-lm", "s3://m/", "s3://o/run-2/model/", True), SETTINGS)
     kinds = [m["kind"] for m in one]
     assert kinds == ["ConfigMap", "Service", "PodDisruptionBudget", "Deployment"]
     d1, d2 = one[-1], two[-1]
     assert d1["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
     t1, t2 = d1["spec"]["template"]["metadata"], d2["spec"]["template"]["metadata"]
-    assert (
-        t1["annotations"]["finetune.dev/serve-config-hash"]
-        != t2["annotations"]["finetune.dev/serve-config-hash"]
-    )
+    assert t1["annotations"]["finetune.dev/serve-config-hash"] != t2["annotations"]["finetune.dev/serve-config-hash"]
     assert json.loads(two[0]["data"]["serve.json"])["modelUri"] == "s3://o/run-2/model/"
     assert d1["spec"]["selector"] == d2["spec"]["selector"]
     single = serving_bundle(

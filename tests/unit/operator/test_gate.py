@@ -16,9 +16,7 @@ def test_flatten_keeps_numbers_only() -> None:
 
 
 def test_all_rules_hold() -> None:
-    result = evaluate_gate(
-        [GateRule(metric="test_loss", max=1.8), GateRule(metric="test_accuracy", min=0.9)], METRICS
-    )
+    result = evaluate_gate([GateRule(metric="test_loss", max=1.8), GateRule(metric="test_accuracy", min=0.9)], METRICS)
     assert result.passed and result.summary() == "test_loss=1.4 passed"
     assert result.to_status()["results"][0] == {
         "metric": "test_loss",
@@ -29,9 +27,7 @@ def test_all_rules_hold() -> None:
 
 
 def test_one_failing_rule_fails_the_gate_and_is_described() -> None:
-    result = evaluate_gate(
-        [GateRule(metric="test_loss", max=1.8), GateRule(metric="test_accuracy", min=0.95)], METRICS
-    )
+    result = evaluate_gate([GateRule(metric="test_loss", max=1.8), GateRule(metric="test_accuracy", min=0.95)], METRICS)
     assert not result.passed
     assert [r.metric for r in result.failures] == ["test_accuracy"]
     assert result.failures[0].describe() == "test_accuracy=0.91 (must be >= 0.95)"

@@ -114,9 +114,7 @@ def test_secret_existence_reads_metadata_only() -> None:
 
 def test_apply_is_server_side_apply_with_force() -> None:
     api = FakeApi({})
-    Kube(api).apply(
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "namespace": "ns"}}
-    )
+    Kube(api).apply({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "namespace": "ns"}})
     method, url, _, headers, query = api.calls[0]
     assert (method, url) == ("PATCH", "/apis/apps/v1/namespaces/ns/deployments/d")
     assert headers["Content-Type"] == "application/apply-patch+yaml" and ("force", "true") in query

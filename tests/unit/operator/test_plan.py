@@ -73,9 +73,7 @@ def test_training_change_starts_run_two_and_retires_run_one() -> None:
     p = plan(_snap(s2, status, jobs=[JobObs("support-bot-r1", 1, active=1)], secret_present=True), SETTINGS)
     assert p.status["run"] == 2 and p.create[-1]["metadata"]["name"] == "support-bot-r2"
     assert ("Job", "support-bot-r1") in [(r.kind, r.name) for r in p.delete]
-    assert p.create[-1]["metadata"]["annotations"]["finetune.dev/training-spec-hash"] == training_spec_hash(
-        s2
-    )
+    assert p.create[-1]["metadata"]["annotations"]["finetune.dev/training-spec-hash"] == training_spec_hash(s2)
     config = json.loads(next(m for m in p.create if m["kind"] == "ConfigMap")["data"]["config.json"])
     assert config["output"]["runUri"].endswith("/run-2/")
 
@@ -129,9 +127,7 @@ def test_kueue_suspend_deletes_the_job_and_never_touches_its_suspend_field() -> 
 def test_success_without_serving_is_succeeded() -> None:
     s = spec(evaluation=GATE)
     job, pod = _done(1, 1.2)
-    p = plan(
-        _snap(s, {"run": 1, "trainingSpecHash": training_spec_hash(s)}, jobs=[job], pods=[pod]), SETTINGS
-    )
+    p = plan(_snap(s, {"run": 1, "trainingSpecHash": training_spec_hash(s)}, jobs=[job], pods=[pod]), SETTINGS)
     assert p.status["phase"] == "Succeeded" and p.status["metrics"] == {"test": {"loss": 1.2}}
     assert p.status["gate"]["passed"] is True and p.apply == [] and p.status["published"] is None
 
@@ -173,18 +169,14 @@ def test_gate_pass_publishes_then_serves_when_available() -> None:
 def test_gate_fail_publishes_nothing() -> None:
     s = spec(evaluation=GATE, serving=SERVING)
     job, pod = _done(1, 2.5)
-    p = plan(
-        _snap(s, {"run": 1, "trainingSpecHash": training_spec_hash(s)}, jobs=[job], pods=[pod]), SETTINGS
-    )
+    p = plan(_snap(s, {"run": 1, "trainingSpecHash": training_spec_hash(s)}, jobs=[job], pods=[pod]), SETTINGS)
     assert p.status["phase"] == "Failed" and p.status["error"]["code"] == "GateFailed"
     assert "test_loss=2.5 (must be <= 1.8)" in p.status["error"]["message"] and p.apply == []
 
 
 def _serving_run_one(s: FineTuneJobSpec) -> tuple[dict[str, Any], DeploymentObs]:
     job, pod = _done(1, 1.2)
-    p = plan(
-        _snap(s, {"run": 1, "trainingSpecHash": training_spec_hash(s)}, jobs=[job], pods=[pod]), SETTINGS
-    )
+    p = plan(_snap(s, {"run": 1, "trainingSpecHash": training_spec_hash(s)}, jobs=[job], pods=[pod]), SETTINGS)
     digest = p.apply[-1]["metadata"]["annotations"]["finetune.dev/spec-hash"]
     live = DeploymentObs(
         "support-bot",
@@ -224,10 +216,7 @@ def test_run_two_passing_rolls_the_deployment() -> None:
     p = plan(_snap(s2, status, jobs=[job2], pods=[pod2], deployment=live), SETTINGS)
     assert p.status["phase"] == "Publishing" and p.status["published"]["run"] == 2
     serve = json.loads(p.apply[0]["data"]["serve.json"])
-    assert (
-        serve["modelUri"].endswith("/run-2/model/")
-        and p.apply[-1]["metadata"]["labels"]["finetune.dev/run"] == "2"
-    )
+    assert serve["modelUri"].endswith("/run-2/model/") and p.apply[-1]["metadata"]["labels"]["finetune.dev/run"] == "2"
     assert p.status["endpoint"]["run"] == 1  # still the old pods until the roll completes
     ready = next(c for c in p.status["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "RollingOut"
@@ -268,9 +257,7 @@ def test_same_observation_gives_no_status_change() -> None:
 def test_deleted_job_of_a_finished_run_is_not_recreated() -> None:
     s = spec()
     job, pod = _done(1, 1.2)
-    done = plan(
-        _snap(s, {"run": 1, "trainingSpecHash": training_spec_hash(s)}, jobs=[job], pods=[pod]), SETTINGS
-    )
+    done = plan(_snap(s, {"run": 1, "trainingSpecHash": training_spec_hash(s)}, jobs=[job], pods=[pod]), SETTINGS)
     again = plan(_snap(s, done.status, jobs=[], secret_present=True), SETTINGS)
     assert again.create == [] and again.status["phase"] == "Succeeded"
 
@@ -306,3 +293,14 @@ def test_attempts_never_go_down_within_a_run() -> None:
     status = {"run": 1, "trainingSpecHash": training_spec_hash(s), "attempts": 2}
     finishing = JobObs("support-bot-r1", 1, failed=1)  # counters between a pod's end and the next pod
     assert plan(_snap(s, status, jobs=[finishing]), SETTINGS).status["attempts"] == 2
+
+
+def test_serving_pods_going_down_keep_the_endpoint_but_clear_ready() -> None:
+    s = spec(evaluation=GATE, serving=SERVING)
+    status, live = _serving_run_one(s)
+    job, pod = _done(1, 1.2)
+    down = replace(live, available=0, ready=0, current=False, available_condition=False)
+    p = plan(_snap(s, status, jobs=[job], pods=[pod], deployment=down), SETTINGS)
+    assert p.status["phase"] == "Serving" and p.status["endpoint"]["run"] == 1 and p.apply == []
+    ready = next(c for c in p.status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "Unavailable")

@@ -31,9 +31,7 @@ def _compare(model: type[BaseModel], schema: dict[str, Any], where: str) -> list
     fields = {(f.alias or name): f for name, f in model.model_fields.items()}
     props = schema.get("properties", {})
     if set(fields) != set(props):
-        problems.append(
-            f"{where}: model {sorted(set(fields) - set(props))} vs CRD {sorted(set(props) - set(fields))}"
-        )
+        problems.append(f"{where}: model {sorted(set(fields) - set(props))} vs CRD {sorted(set(props) - set(fields))}")
     for name, field in fields.items():
         inner = _model_of(field.annotation)
         sub = props.get(name, {})
@@ -48,9 +46,7 @@ def test_model_and_crd_have_the_same_fields() -> None:
 
 
 def _descriptions_missing(schema: dict[str, Any], where: str) -> list[str]:
-    missing = (
-        [] if "description" in schema or where.endswith((".metadata", "additionalProperties")) else [where]
-    )
+    missing = [] if "description" in schema or where.endswith((".metadata", "additionalProperties")) else [where]
     for name, sub in schema.get("properties", {}).items():
         missing += _descriptions_missing(sub, f"{where}.{name}")
     if "items" in schema and "properties" in schema["items"]:
