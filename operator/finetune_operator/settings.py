@@ -46,7 +46,10 @@ def _env_list(value: str) -> tuple[str, ...]:
 def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Settings:
     """Flags win over FTO_* variables, which win over the defaults."""
     env = os.environ if env is None else env
-    parser = argparse.ArgumentParser(prog="python -m finetune_operator", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m finetune_operator",
+        description="Run the FineTuneJob operator. Flags win over their FTO_* environment variables.",
+    )
     parser.add_argument(
         "--namespace",
         "-n",
