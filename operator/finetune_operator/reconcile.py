@@ -153,5 +153,13 @@ class Reconciler:
         JOBS_BY_PHASE.set(meta["namespace"], meta["name"], str(new.get("phase") or "Pending"))
         if owner is not None and decided is not None and old.get("phase") != new.get("phase"):
             PHASES.labels(str(new.get("phase"))).inc()
+            log.info(
+                "%s/%s run %s: %s -> %s",
+                owner.namespace,
+                owner.name,
+                new.get("run"),
+                old.get("phase"),
+                new.get("phase"),
+            )
             for event in decided.events:  # best effort, off the critical path
                 self.pool.submit(self.kube.post_event, owner, event.type, event.reason, event.message)
