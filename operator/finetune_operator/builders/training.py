@@ -32,23 +32,10 @@ MASTER_PORT = 29500
 WORK_DIR = "/work"
 
 
-def _command(spec: FineTuneJobSpec) -> list[str]:
-    workers, processes = spec.distributed.workers, spec.processes_per_worker
-    if workers == 1 and processes == 1:
-        return ["python", "-m", "finetune_trainer", "train", "--config", CONFIG_PATH]
-    return [
-        "torchrun",
-        f"--nnodes={workers}",
-        f"--nproc-per-node={processes}",
-        "--node-rank=$(NODE_RANK)",
-        "--master-addr=$(MASTER_ADDR)",
-        "--master-port=$(MASTER_PORT)",
-        "-m",
-        "finetune_trainer",
-        "train",
-        "--config",
-        CONFIG_PATH,
-    ]
+COMMAND = ["python", "-m", "finetune_trainer", "train", "--config", CONFIG_PATH]
+"""One command for every shape: with several processes the trainer starts torchrun itself from NODE_RANK,
+MASTER_ADDR and MASTER_PORT (docs/trainer-contract.md section 2), keeping the 42/75 exit codes that a bare
+torchrun would turn into 1."""
 
 
 def master_address(owner: Owner, run: int, workers: int) -> str:
@@ -93,7 +80,7 @@ def _container(spec: FineTuneJobSpec, owner: Owner, run: int, settings: Settings
         "name": TRAINER_CONTAINER,
         "image": settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": _command(spec),
+        "command": list(COMMAND),
         "env": _env(spec, owner, run),
         "resources": _resources(spec),
         "volumeMounts": [

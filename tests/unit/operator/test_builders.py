@@ -154,8 +154,18 @@ def test_distributed_job_is_indexed_with_rank_and_stable_master() -> None:
     env = {e["name"]: e for e in _container(job)["env"]}
     assert env["MASTER_ADDR"]["value"] == f"support-bot-r2-0.{service['metadata']['name']}.team-a.svc"
     assert "job-completion-index" in env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
-    command = _container(job)["command"]
-    assert command[0] == "torchrun" and "--nnodes=3" in command and "--nproc-per-node=4" in command
+    # The trainer launches torchrun itself (exit codes 42/75 survive); the pod only supplies the topology.
+    assert _container(job)["command"] == [
+        "python",
+        "-m",
+        "finetune_trainer",
+        "train",
+        "--config",
+        "/etc/finetune/config.json",
+    ]
+    assert env["MASTER_PORT"]["value"] == "29500"
+    config = json.loads(trainer_config_map(s, OWNER, 2)["data"]["config.json"])
+    assert config["distributed"] == {"workers": 3, "processesPerWorker": 4}
     assert set(service["spec"]["selector"].items()) <= set(pod_labels(job).items())
 
 
