@@ -7,7 +7,8 @@ trained on a synthetic corpus and a small Llama):
             (the naive server), same HTTP framework, same response shape.
 Each server runs in its own process; the load generator (asyncio + httpx, closed loop: each of C
 clients sends its next request when the previous one is answered) runs in this one. The load
-runs in short slices that alternate between the servers, so a busy machine hurts both alike. Both
+alternates between the servers (single requests at concurrency 1, slices of --requests at 8), so a
+busy machine hurts both alike. Both
 servers use the same number of torch threads (default 1: on a small shared machine, OpenMP teams of
 several threads stall whenever one of their threads is descheduled, which measures the neighbours,
 not the server).
@@ -191,10 +192,11 @@ async def bench(folder: Path, requests: int, max_tokens: int, rounds: int, threa
             kind: {"c1": [], "c8": []} for kind in servers}
         for round_index in range(rounds):  # short slices, alternating, so load bursts hit both alike
             order = list(servers.items()) if round_index % 2 == 0 else list(reversed(servers.items()))
-            for concurrency in (1, 8):
-                count = requests if concurrency == 8 else max(2, requests // 4)
+            for _ in range(max(1, requests // 4)):  # concurrency 1: single requests, alternating
                 for kind, (_, url) in order:
-                    results[kind][f"c{concurrency}"].append(await load(url, concurrency, count, max_tokens))
+                    results[kind]["c1"].append(await load(url, 1, 1, max_tokens))
+            for kind, (_, url) in order:
+                results[kind]["c8"].append(await load(url, 8, requests, max_tokens))
         for kind, per in results.items():
             for key, runs in per.items():
                 figures = summarize(runs)
