@@ -2,7 +2,7 @@
 # README command 1: the whole product on the local cluster, end to end.
 #   cluster up -> images built and imported -> dataset + tiny base model into S3 -> CRD + operator through the
 #   Helm chart -> examples/quickstart.yaml applied -> training followed live -> gate -> endpoint queried.
-# The quickstart is applied with three local overrides, printed below: no GPU on the local node (gpus: 0,
+# The quickstart is applied with local overrides, printed below: no GPU on the local node (gpus: 0, 1 CPU,
 # smaller memory request) and the S3 endpoint as pods see it. Everything else is the example as a user has it.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)

@@ -11,4 +11,9 @@ for pair in "$@"; do
   if grep -qxF "$ref" <<<"$have"; then echo "[import] $ref already on the node"; continue; fi
   echo "[import] $ref from $archive ($(du -h "$archive" | cut -f1))"
   ctr --address "$sock" -n k8s.io images import "$archive" >/dev/null
+  # an image is several GB: keep only the newest tag of each of our repositories on the node
+  for old in $(grep -E "^${ref%%:*}:" <<<"$have" | grep -vxF "$ref" || true); do
+    echo "[import] removing $old"
+    ctr --address "$sock" -n k8s.io images rm "$old" >/dev/null || true
+  done
 done

@@ -14,7 +14,7 @@ import yaml
 
 def localize(manifest: dict, s3_endpoint: str) -> dict:  # type: ignore[type-arg]
     spec = manifest["spec"]
-    spec.setdefault("resources", {}).update({"gpus": 0, "memory": "6Gi"})
+    spec.setdefault("resources", {}).update({"gpus": 0, "cpu": "1", "memory": "6Gi"})
     spec.setdefault("storage", {})["endpoint"] = s3_endpoint
     return manifest
 
