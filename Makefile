@@ -36,9 +36,10 @@ lint: venv
 test-unit: venv
 	$(PYTEST) tests/unit -m "not cluster and not s3 and not e2e"
 
-# Everything: lint, unit, the cluster tier (real API server + kwok), trainer and server on a real S3 server.
+# Everything: lint, unit, the cluster tier (real API server + kwok), trainer and server on a real S3 server,
+# and e2e on the real node (images built and imported first, cached by content).
 test: venv lint cluster-up
-	$(PYTEST) tests -m "not e2e" --durations=15
+	$(PYTEST) tests --durations=20
 
 # Trainer and operator images, built with buildah on a local Debian base; cached by content hash.
 images: venv
