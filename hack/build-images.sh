@@ -186,10 +186,16 @@ case ${1:-build} in
   build)
     ensure_tools
     mkdir -p "$images"
+    # one build at a time (make demo, tests and developers may start several): they share store and archives
+    exec 9>"$images/.lock"
+    flock -n 9 || { log "waiting for another build-images run"; flock 9; }
     start=$SECONDS
     for name in $names; do build_image "$name"; done
-    print_refs | tee "$images/refs.env.tmp"
+    # refs.env keeps the lines of images not built this time (FTO_IMAGES=operator leaves the trainer's)
+    { print_refs; grep -v -E "^FTO_($(tr ' ' '|' <<<"${names^^}" | sed 's/|$//'))_" "$images/refs.env" 2>/dev/null || true; } |
+      sort >"$images/refs.env.tmp"
     mv "$images/refs.env.tmp" "$images/refs.env"
+    print_refs
     log "done in $((SECONDS - start))s"
     ;;
   run)
