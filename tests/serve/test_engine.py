@@ -69,3 +69,17 @@ def test_stop_fails_waiting_and_new_sequences(lm_engine: Any) -> None:
     engine.submit([1, 2, 3], SamplingParams(4, temperature=0.0), collector)
     _, end = collector.result()
     assert isinstance(end, Failed) and "shutting down" in end.message
+
+
+def test_greedy_text_equals_transformers_generate(lm_engine: Any) -> None:
+    import torch
+
+    tokenizer = lm_engine.loaded.tokenizer
+    for prompt in ("the quick brown", "café déjà"):
+        ids = tokenizer.encode(prompt)
+        with torch.no_grad():
+            output = lm_engine.loaded.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids)),
+                                                     max_new_tokens=24, do_sample=False,
+                                                     pad_token_id=lm_engine.loaded.pad_token_id)
+        expected = tokenizer.decode(output[0, len(ids):].tolist(), skip_special_tokens=True)
+        assert generate(lm_engine, prompt, 24)[0] == expected

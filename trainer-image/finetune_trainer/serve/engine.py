@@ -243,6 +243,7 @@ class Engine:
     @torch.inference_mode()
     def _generate(self, batch: list[_Sequence]) -> None:
         cache, logits, mask, next_positions = self._prefill(batch)
+        padded = self._padded(batch)
         while True:
             tokens = choose_next_tokens(
                 logits, [s.params.temperature for s in batch], [s.params.top_p for s in batch],
@@ -261,6 +262,7 @@ class Engine:
                 self._run_classifications()
                 batch = batch_alive + newcomers
                 cache, logits, mask, next_positions = self._prefill(batch)
+                padded = self._padded(batch)
                 continue
             if not batch_alive:
                 return
@@ -276,10 +278,16 @@ class Engine:
             rows = [[pad if s.done else token] for s, token in zip(batch, tokens, strict=True)]
             step_ids = torch.tensor(rows, dtype=torch.long, device=self.loaded.device)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-            out = self.loaded.model(input_ids=step_ids, attention_mask=mask,
+            out = self.loaded.model(input_ids=step_ids, attention_mask=mask if padded else None,
                                     position_ids=next_positions[:, None], use_cache=True,
                                     **{self._cache_arg: cache})
             cache, logits, next_positions = self._cache_of(out), out.logits[:, -1, :], next_positions + 1
+
+    @staticmethod
+    def _padded(batch: list[_Sequence]) -> bool:
+        """Whether a freshly prefilled batch has padding; without, decode steps need no attention mask
+        (the plain causal path is the cheaper one)."""
+        return len({len(s.prompt_ids) + len(s.generated) for s in batch}) > 1
 
     def _advance(self, sequence: _Sequence, token: int) -> None:
         """Feed one chosen token to a sequence; emit its text; finish it when a limit is reached."""
