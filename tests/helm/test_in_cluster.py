@@ -1,0 +1,133 @@
+"""The chart with the operator running in the cluster, on the local cluster's real node (kubelet + containerd).
+
+The operator image is built from the current sources (hack/build-images.sh) and imported into the node;
+training pods still land on kwok's fake GPU nodes, scripted to succeed. What only a real container shows:
+the restricted pod (non-root, read-only root filesystem, no capabilities) really starts, its probes pass,
+in-cluster credentials carry the chart's RBAC, JSON logs, /metrics through the Service, Recreate upgrades.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import Jobs, ftj_manifest, kwok_annotations, success_message, wait_for
+
+from .chart import CHART, ROOT, free_port, helm, kubectl, release_name, tool
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
+
+CACHE = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache" / "finetune-operator"))
+
+
+def _refs(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+@pytest.fixture(scope="module")
+def operator_image() -> str:
+    """Build (cached by content hash) and import the operator image only; other images' refs are kept."""
+    refs_file = CACHE / "images" / "refs.env"
+    before = _refs(refs_file)
+    subprocess.run(["hack/build-images.sh"], cwd=ROOT, env={**os.environ, "FTO_IMAGES": "operator"}, check=True,
+                   stdout=subprocess.DEVNULL, timeout=900)
+    built = _refs(refs_file)
+    refs_file.write_text("".join(f"{k}={v}\n" for k, v in {**before, **built}.items()))
+    image, archive = built["FTO_OPERATOR_IMAGE"], built["FTO_OPERATOR_ARCHIVE"]
+    subprocess.run(["hack/import-images.sh", f"{image}={archive}"], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL, timeout=300)
+    return image
+
+
+@pytest.fixture
+def in_cluster(cluster: Any, namespace: str, crd: str, operator_image: str) -> Iterator[str]:
+    """The chart installed with the operator running as a pod; uninstalled afterwards."""
+    labels = {f"pod-security.kubernetes.io/{m}": "restricted" for m in ("enforce", "warn")}
+    cluster.core.patch_namespace(namespace, {"metadata": {"labels": labels}})
+    release = release_name()
+    repository, tag = operator_image.rsplit(":", 1)
+    helm("install", release, str(CHART), "-n", namespace, "--set", f"watchNamespaces={{{namespace}}}",
+         "--set", f"image.repository={repository}", "--set", f"image.tag={tag}", "--set", "image.pullPolicy=Never",
+         "--set", "logFormat=json", "--set", "reconcile.secretRecheckSeconds=1",
+         "--wait", "--timeout", "3m", kubeconfig=cluster.kubeconfig)
+    try:
+        yield release
+    finally:
+        helm("uninstall", release, "-n", namespace, "--ignore-not-found", "--wait", kubeconfig=cluster.kubeconfig)
+
+
+def _pods(cluster: Any, namespace: str, release: str) -> list[Any]:
+    items: list[Any] = cluster.core.list_namespaced_pod(
+        namespace, label_selector=f"app.kubernetes.io/instance={release}").items
+    return items
+
+
+def _scrape_through_service(cluster: Any, namespace: str, service: str) -> str:
+    port = free_port()
+    forward = subprocess.Popen(
+        [tool("kubectl"), "--kubeconfig", str(cluster.kubeconfig), "-n", namespace, "port-forward",
+         f"svc/{service}", f"{port}:9090", "--address", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                    return str(response.read().decode())
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    finally:
+        forward.terminate()
+        forward.wait(10)
+
+
+def test_operator_in_cluster_reconciles_upgrades_and_uninstalls(
+    cluster: Any, namespace: str, in_cluster: str, jobs: Jobs
+) -> None:
+    release, kc = in_cluster, cluster.kubeconfig
+    fullname = f"{release}-finetune-operator"
+    (pod,) = _pods(cluster, namespace, release)
+    assert pod.status.phase == "Running" and not pod.spec.node_name.startswith("kwok-")
+    assert pod.status.container_statuses[0].restart_count == 0
+
+    jobs.create(namespace, ftj_manifest("incluster", podMetadata={
+        "annotations": kwok_annotations(0, success_message(), delay="1s")}))
+    jobs.wait_phase(namespace, "incluster", "Succeeded", timeout=120)
+
+    metrics = _scrape_through_service(cluster, namespace, f"{fullname}-metrics")
+    assert 'finetune_operator_finetunejobs{phase="Succeeded"} 1.0' in metrics
+    assert 'finetune_operator_child_create_seconds_count{kind="Job"} 1.0' in metrics
+    logs = kubectl("logs", "-n", namespace, f"deployment/{fullname}", kubeconfig=kc).stdout.splitlines()
+    assert logs and all(json.loads(line)["message"] is not None for line in logs)  # logFormat=json
+    assert not [line for line in logs if "403" in line or "orbidden" in line]
+
+    helm("upgrade", release, str(CHART), "-n", namespace, "--reuse-values", "--set", "reconcile.workers=2",
+         "--wait", "--timeout", "3m", kubeconfig=kc)
+    wait_for("only the new operator pod", lambda: [
+        p for p in _pods(cluster, namespace, release) if p.metadata.name != pod.metadata.name
+    ] == _pods(cluster, namespace, release) or None, timeout=60)
+    (new_pod,) = _pods(cluster, namespace, release)
+    env = {e.name: e.value for e in new_pod.spec.containers[0].env}
+    assert env["FTO_WORKERS"] == "2" and env["FTO_LOG_FORMAT"] == "json"
+    jobs.create(namespace, ftj_manifest("after-upgrade", podMetadata={
+        "annotations": kwok_annotations(0, success_message(), delay="1s")}))
+    jobs.wait_phase(namespace, "after-upgrade", "Succeeded", timeout=120)
+
+    helm("uninstall", release, "-n", namespace, "--wait", kubeconfig=kc)
+    wait_for("the operator pod gone", lambda: not _pods(cluster, namespace, release), timeout=60)
+    assert {j["metadata"]["name"] for j in cluster.custom.list_namespaced_custom_object(
+        "finetune.dev", "v1alpha1", namespace, "finetunejobs")["items"]} == {"incluster", "after-upgrade"}
+    assert jobs.status(namespace, "incluster")["phase"] == "Succeeded"
