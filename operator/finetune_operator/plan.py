@@ -159,6 +159,42 @@ def _ready(
     return cond.condition(cond.READY, True, "Serving", f"serving run {published.run}{note}", gen)
 
 
+def _state(
+    snapshot: Snapshot,
+    job: JobObs | None,
+    pods: Sequence[PodObs],
+    run: int,
+    *,
+    created_job: bool,
+    finished_before: bool,
+) -> TrainingState:
+    """What the training side of run `run` is doing, from the most specific evidence at hand."""
+    spec, status = snapshot.spec, snapshot.status
+    if snapshot.secret_present is False:
+        name = spec.storage.credentials_secret
+        missing = ErrorInfo(
+            "SecretMissing",
+            f"waiting for Secret {name!r} (keys AWS_ACCESS_KEY_ID, "
+            f"AWS_SECRET_ACCESS_KEY) in namespace {snapshot.owner.namespace}",
+        )
+        return TrainingState("Pending", "SecretMissing", missing.message, missing)
+    if job is None and finished_before:
+        return _remembered(status)
+    if job is None and created_job:
+        # Created in this very pass: report where it is going (Queued), not the instant before (Pending).
+        why = "waiting for admission by Kueue" if spec.queue_name else "waiting for its pods"
+        return TrainingState("Queued", "JobCreated", f"training Job created; {why}")
+    return training_state(
+        job,
+        pods,
+        suspend=spec.suspend,
+        kueue=bool(spec.queue_name),
+        progress=status.get("progress") or {},
+        run=run,
+        workers=spec.distributed.workers,
+    )
+
+
 def plan(snapshot: Snapshot, settings: Settings) -> Plan:
     spec, status, gen = snapshot.spec, snapshot.status, snapshot.generation
     run, training_hash = run_of(snapshot)
@@ -182,35 +218,15 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
     result.create, result.suspend_job = actions.create, actions.suspend_job
     result.delete += actions.delete
 
-    progress = status.get("progress") or {}
-    if job is None and finished_before:
-        state = _remembered(status)
-    elif job is None and any(m["kind"] == "Job" for m in actions.create):
-        # Created in this very pass: report where it is going (Queued), not the instant before (Pending).
-        why = (
-            "training Job created; waiting for admission by Kueue"
-            if spec.queue_name
-            else ("training Job created; waiting for its pods")
-        )
-        state = TrainingState("Queued", "JobCreated", why)
-    else:
-        state = training_state(
-            job,
-            pods,
-            suspend=spec.suspend,
-            kueue=bool(spec.queue_name),
-            progress=progress,
-            run=run,
-            workers=spec.distributed.workers,
-        )
-    if secret_missing:
-        name = spec.storage.credentials_secret
-        missing = ErrorInfo(
-            "SecretMissing",
-            f"waiting for Secret {name!r} (keys AWS_ACCESS_KEY_ID, "
-            f"AWS_SECRET_ACCESS_KEY) in namespace {snapshot.owner.namespace}",
-        )
-        state = TrainingState("Pending", "SecretMissing", missing.message, missing)
+    state = _state(
+        snapshot,
+        job,
+        pods,
+        run,
+        created_job=any(m["kind"] == "Job" for m in actions.create),
+        finished_before=finished_before,
+    )
+    if state.reason == "SecretMissing":
         result.requeue_after = settings.secret_recheck_seconds
 
     metrics = state.metrics or (status.get("metrics") if same_run else None) or {}
