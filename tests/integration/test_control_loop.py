@@ -19,9 +19,7 @@ def _pod_template_annotations(**kw: Any) -> dict[str, Any]:
     return {"annotations": kwok_annotations(**kw)}
 
 
-def test_success_ends_succeeded_with_metrics(
-    operator: Operator, jobs: Jobs, namespace: str, s3_secret: str
-) -> None:
+def test_success_ends_succeeded_with_metrics(operator: Operator, jobs: Jobs, namespace: str, s3_secret: str) -> None:
     manifest = ftj_manifest(
         "ok",
         storage={"credentialsSecret": s3_secret},
@@ -57,9 +55,7 @@ def test_user_error_fails_at_once_with_one_pod(operator: Operator, jobs: Jobs, n
 
 def test_infrastructure_failures_retry_to_the_limit(operator: Operator, jobs: Jobs, namespace: str) -> None:
     crash = json.dumps({"code": "InternalError", "message": "CUDA error: an illegal memory access"})
-    jobs.create(
-        namespace, ftj_manifest("flaky", podMetadata=_pod_template_annotations(exit_code=1, message=crash))
-    )
+    jobs.create(namespace, ftj_manifest("flaky", podMetadata=_pod_template_annotations(exit_code=1, message=crash)))
     status = jobs.wait_phase(namespace, "flaky", "Failed", timeout=120)
     assert status["error"]["code"] == "BackoffLimitExceeded" and "CUDA error" in status["error"]["message"]
     assert len(jobs.pods(namespace, "flaky-r1")) == 3  # the first attempt plus --backoff-limit 2 retries
@@ -118,9 +114,7 @@ def test_serving_only_change_does_not_retrain(operator: Operator, jobs: Jobs, na
     jobs.wait_phase(namespace, "stay", "Training")
     uid = jobs.training_jobs(namespace, "stay")[0].metadata.uid
     jobs.patch_spec(namespace, "stay", {"serving": {"replicas": 2}, "evaluation": {"gate": []}})
-    wait_for(
-        "the new generation observed", lambda: jobs.status(namespace, "stay").get("observedGeneration") == 2
-    )
+    wait_for("the new generation observed", lambda: jobs.status(namespace, "stay").get("observedGeneration") == 2)
     assert [j.metadata.uid for j in jobs.training_jobs(namespace, "stay")] == [uid]
     assert jobs.status(namespace, "stay")["run"] == 1
 
@@ -143,9 +137,7 @@ def test_suspend_and_resume(operator: Operator, jobs: Jobs, namespace: str) -> N
     jobs.wait_phase(namespace, "pause", "Succeeded")
 
 
-def test_kueue_suspend_never_touches_the_jobs_suspend_field(
-    operator: Operator, jobs: Jobs, namespace: str
-) -> None:
+def test_kueue_suspend_never_touches_the_jobs_suspend_field(operator: Operator, jobs: Jobs, namespace: str) -> None:
     jobs.create(namespace, ftj_manifest("queued", queueName="team-q"))
     jobs.wait_phase(namespace, "queued", "Queued")
     job = jobs.training_jobs(namespace, "queued")[0]
@@ -162,33 +154,51 @@ def test_kueue_suspend_never_touches_the_jobs_suspend_field(
     jobs.wait_phase(namespace, "queued", "Queued")
 
 
+def _children(jobs: Jobs, namespace: str, selector: str) -> list[str]:
+    """Every kind of object the operator creates (and the Job controller's pods), by label."""
+    from kubernetes.client import PolicyV1Api
+
+    c = jobs.cluster
+    found = [
+        *c.batch.list_namespaced_job(namespace, label_selector=selector).items,
+        *c.core.list_namespaced_pod(namespace, label_selector=selector).items,
+        *c.core.list_namespaced_config_map(namespace, label_selector=selector).items,
+        *c.core.list_namespaced_service_account(namespace, label_selector=selector).items,
+        *c.rbac.list_namespaced_role(namespace, label_selector=selector).items,
+        *c.rbac.list_namespaced_role_binding(namespace, label_selector=selector).items,
+        *c.core.list_namespaced_service(namespace, label_selector=selector).items,
+        *c.apps.list_namespaced_deployment(namespace, label_selector=selector).items,
+        *PolicyV1Api(c.api_client).list_namespaced_pod_disruption_budget(namespace, label_selector=selector).items,
+    ]
+    return sorted(f"{type(o).__name__}/{o.metadata.name}" for o in found)
+
+
 def test_delete_cascades(operator: Operator, jobs: Jobs, namespace: str) -> None:
-    jobs.create(namespace, ftj_manifest("gone", serving={"enabled": True}))
-    jobs.running_pod(namespace, "gone-r1")
-    uid = jobs.get(namespace, "gone")["metadata"]["uid"]
-    selector = f"finetune.dev/job-uid={uid}"
-    jobs.cluster.custom.delete_namespaced_custom_object(
-        "finetune.dev", "v1alpha1", namespace, "finetunejobs", "gone"
+    jobs.create(namespace, ftj_manifest("gone", serving={"enabled": True, "replicas": 2}))
+    pod = jobs.running_pod(namespace, "gone-r1")
+    jobs.finish_pod(namespace, pod.metadata.name, 0, success_message())
+    jobs.wait_phase(namespace, "gone", "Serving", timeout=90)
+    selector = f"finetune.dev/job-uid={jobs.get(namespace, 'gone')['metadata']['uid']}"
+    kinds = {name.split("/")[0] for name in _children(jobs, namespace, selector)}
+    assert kinds >= {
+        "V1Job",
+        "V1ConfigMap",
+        "V1ServiceAccount",
+        "V1Role",
+        "V1RoleBinding",
+        "V1Service",
+        "V1Deployment",
+        "V1PodDisruptionBudget",
+    }, kinds
+    jobs.cluster.custom.delete_namespaced_custom_object("finetune.dev", "v1alpha1", namespace, "finetunejobs", "gone")
+    wait_for(
+        "every child of the FineTuneJob to be garbage-collected",
+        lambda: not _children(jobs, namespace, selector),
+        timeout=90,
     )
 
-    def leftovers() -> list[str]:
-        c = jobs.cluster
-        found = [
-            *c.batch.list_namespaced_job(namespace, label_selector=selector).items,
-            *c.core.list_namespaced_config_map(namespace, label_selector=selector).items,
-            *c.core.list_namespaced_service_account(namespace, label_selector=selector).items,
-            *c.rbac.list_namespaced_role(namespace, label_selector=selector).items,
-            *c.rbac.list_namespaced_role_binding(namespace, label_selector=selector).items,
-            *c.core.list_namespaced_pod(namespace, label_selector=selector).items,
-        ]
-        return [f"{o.kind or type(o).__name__}/{o.metadata.name}" for o in found]
 
-    wait_for("every child of the FineTuneJob to be garbage-collected", lambda: not leftovers(), timeout=90)
-
-
-def test_operator_killed_mid_run_restarts_without_duplicates(
-    operator: Operator, jobs: Jobs, namespace: str
-) -> None:
+def test_operator_killed_mid_run_restarts_without_duplicates(operator: Operator, jobs: Jobs, namespace: str) -> None:
     jobs.create(namespace, ftj_manifest("crash"))
     pod = jobs.running_pod(namespace, "crash-r1")
     jobs.wait_phase(namespace, "crash", "Training")
@@ -209,9 +219,7 @@ def test_same_name_in_two_namespaces(
     for ns, loss in ((namespace, 1.0), (other_namespace, 2.0)):
         jobs.create(
             ns,
-            ftj_manifest(
-                "twin", podMetadata=_pod_template_annotations(exit_code=0, message=success_message(loss))
-            ),
+            ftj_manifest("twin", podMetadata=_pod_template_annotations(exit_code=0, message=success_message(loss))),
         )
     first = jobs.wait_phase(namespace, "twin", "Succeeded")
     second = jobs.wait_phase(other_namespace, "twin", "Succeeded")
