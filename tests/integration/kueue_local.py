@@ -175,9 +175,12 @@ class LocalKueue:
         ca = _certificates(self.folder / "certs")
         # Kueue 0.17 without internal cert management reads its metrics certificate from this fixed path
         # (cmd/kueue/main.go) and exits without it, even with metrics off: give it the same self-signed pair.
-        METRICS_CERTS.mkdir(parents=True, exist_ok=True)
-        for name in ("tls.crt", "tls.key"):
-            (METRICS_CERTS / name).write_bytes((self.folder / "certs" / name).read_bytes())
+        try:
+            METRICS_CERTS.mkdir(parents=True, exist_ok=True)
+            for name in ("tls.crt", "tls.key"):
+                (METRICS_CERTS / name).write_bytes((self.folder / "certs" / name).read_bytes())
+        except PermissionError as error:
+            raise AssertionError(f"Kueue {KUEUE_VERSION} reads its metrics certificate from {METRICS_CERTS}") from error
         config = {
             "apiVersion": "config.kueue.x-k8s.io/v1beta2",
             "kind": "Configuration",
