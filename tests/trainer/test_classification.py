@@ -91,8 +91,8 @@ def test_finetuning_beats_the_base_model(
         }
     )
     raw["method"] = {"type": "lora", "lora": {"rank": 8, "alpha": 16, "dropout": 0.0}}
-    raw["hyperparameters"].update({"maxSteps": 30, "batchSize": 16, "learningRate": 0.002, "seed": 5})
-    raw["checkpointing"] = {"intervalSteps": 30, "keep": 1}
+    raw["hyperparameters"].update({"maxSteps": 16, "batchSize": 16, "learningRate": 0.002, "seed": 5})
+    raw["checkpointing"] = {"intervalSteps": 16, "keep": 1}
     raw["evaluation"] = {"compareBaseModel": True}
     result = run_trainer(raw)
 

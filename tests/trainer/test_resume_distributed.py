@@ -41,8 +41,8 @@ def test_sigterm_checkpoints_then_resume_continues(
 ) -> None:
     train = put_jsonl(s3_bucket.client, s3_bucket.name, "data/train.jsonl", arithmetic_records(200))
     raw = trainer_config(s3_bucket.name, tiny_llama_uri, train)
-    raw["hyperparameters"]["maxSteps"] = 400
-    raw["checkpointing"] = {"intervalSteps": 7, "keep": 2}
+    raw["hyperparameters"]["maxSteps"] = 60
+    raw["checkpointing"] = {"intervalSteps": 5, "keep": 2}
     config = tmp_path / "config.json"
     config.write_text(json.dumps(raw))
     log = (tmp_path / "attempt-1.log").open("w")
@@ -68,20 +68,20 @@ def test_sigterm_checkpoints_then_resume_continues(
     termination = json.loads((tmp_path / "termination-log").read_text())
     assert termination["code"] == "Preempted", termination
     stopped = complete_steps(s3_bucket)[-1]
-    assert 0 < stopped < 400 and f"checkpoint-{stopped} saved" in termination["message"]
+    assert 0 < stopped < 60 and f"checkpoint-{stopped} saved" in termination["message"]
 
     caplog.set_level("INFO", logger="finetune_trainer")
     result = run_trainer(raw)
     assert result.exit_code == 0, result.termination
-    assert result.termination["message"] == "trained 400 steps"
+    assert result.termination["message"] == "trained 60 steps"
     assert f"(step {stopped})" in caplog.text and "resuming from" in caplog.text
     document = json.loads(
         s3_bucket.client.get_object(Bucket=s3_bucket.name, Key="out/run-1/metrics.json")["Body"].read()
     )
     steps = [entry["step"] for entry in document["history"] if "loss" in entry]
     assert steps == sorted(set(steps)), "history repeats steps: training restarted instead of resuming"
-    assert steps[0] <= stopped < steps[-1] and document["steps"] == 400
-    assert complete_steps(s3_bucket)[-1] == 400
+    assert steps[0] <= stopped < steps[-1] and document["steps"] == 60
+    assert complete_steps(s3_bucket)[-1] == 60
 
 
 def test_two_processes_gloo(

@@ -46,17 +46,17 @@ def test_chat_lora_run_writes_every_artifact(
     train = put_jsonl(s3_bucket.client, s3_bucket.name, "data/chat.jsonl", chat_records(120))
     raw = trainer_config(s3_bucket.name, tiny_llama_uri, train)
     raw["dataset"].update({"schema": "chat", "maxSeqLength": 96})
-    raw["hyperparameters"]["maxSteps"] = 30
+    raw["hyperparameters"]["maxSteps"] = 20
     raw["evaluation"] = {"compareBaseModel": True}
     result = run_trainer(raw)
 
     assert result.exit_code == 0, result.termination
-    assert result.termination["code"] == "Succeeded" and result.termination["message"] == "trained 30 steps"
+    assert result.termination["code"] == "Succeeded" and result.termination["message"] == "trained 20 steps"
     metrics = result.termination["metrics"]
     assert set(metrics) == {"validation", "test"} and set(metrics["test"]) == {"loss", "perplexity"}
 
     document = json.loads(read(s3_bucket, "out/run-1/metrics.json"))
-    assert document["metrics"] == metrics and document["steps"] == 30
+    assert document["metrics"] == metrics and document["steps"] == 20
     assert document["gateMetrics"]["test_loss"] == metrics["test"]["loss"]
     base_loss = document["baseModel"]["test"]["loss"]
     assert metrics["test"]["loss"] < base_loss - 0.5, (metrics, document["baseModel"])
@@ -92,9 +92,9 @@ def test_chat_lora_run_writes_every_artifact(
 
     checkpoint_keys = keys(s3_bucket, "out/run-1/checkpoints/")
     complete = sorted({k.split("/")[3] for k in checkpoint_keys if k.endswith("/_COMPLETE")})
-    assert complete == ["checkpoint-25", "checkpoint-30"]  # keep: 2
+    assert complete == ["checkpoint-15", "checkpoint-20"]  # keep: 2
     assert {k.split("/")[3] for k in checkpoint_keys} == set(complete)
-    assert "out/run-1/checkpoints/checkpoint-30/trainer_config.json" in checkpoint_keys
+    assert "out/run-1/checkpoints/checkpoint-20/trainer_config.json" in checkpoint_keys
 
 
 def test_prompt_completion_csv_lora_merged(s3_bucket: Any, tiny_llama_uri: str, run_trainer: Runner) -> None:

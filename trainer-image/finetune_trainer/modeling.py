@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,7 @@ def load_model(cfg: TrainerConfig, folder: Path, labels: list[str] | None, preci
             bnb_4bit_compute_dtype=compute,
         )
         kwargs["dtype"] = compute
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     try:
         if labels is not None:
             model = AutoModelForSequenceClassification.from_pretrained(

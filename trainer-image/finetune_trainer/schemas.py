@@ -91,10 +91,8 @@ def label_names(
     if configured:
         return list(configured)
     distinct = set(train_labels)
-    if all(label.lstrip("-").isdigit() for label in distinct):
-        names = sorted(distinct, key=int)
-    else:
-        names = sorted(distinct)
+    numeric = all(label.lstrip("-").isdigit() for label in distinct)
+    names = sorted(distinct, key=int) if numeric else sorted(distinct)
     if num_labels is not None and len(names) != num_labels:
         raise DatasetInvalid(
             f"dataset.train has {len(names)} distinct label(s) ({', '.join(names[:20])}) "

@@ -178,12 +178,11 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
 
     set_seed(cfg.hyperparameters.seed)
     model = apply_method(load_model(cfg, inputs.model_folder, inputs.labels, precision), cfg)
-    if hardware.cuda:
+    if hardware.cuda and cfg.method.type != "qlora":  # a 4-bit model is placed at load time
         model = model.to(torch.device("cuda", distributed.local_rank()))
     collator = collator_for(cfg, inputs.tokenizer)
     base: dict[str, dict[str, float]] = {}
-    if cfg.evaluation.compare_base_model:
-        reporter.report("evaluating", force=True)
+    if cfg.evaluation.compare_base_model:  # still "loading": "evaluating" would read as training done
         base = base_model_metrics(
             storage, run_uri, model, inputs, collator, cfg, precision, resume is not None
         )
