@@ -271,3 +271,32 @@ def test_long_name_works_end_to_end(operator: Operator, jobs: Jobs, namespace: s
     status = jobs.wait_phase(namespace, name, "Succeeded")
     job = jobs.training_jobs(namespace, name)[0]
     assert len(job.metadata.name) <= 50 and status["run"] == 1
+
+
+def test_distributed_run_is_an_indexed_job_with_stable_worker_names(
+    operator: Operator, jobs: Jobs, namespace: str
+) -> None:
+    jobs.create(namespace, ftj_manifest("ddp", distributed={"workers": 2}))
+
+    def running() -> list[Any] | None:
+        found = [p for p in jobs.pods(namespace, "ddp-r1") if p.status.phase == "Running"]
+        return found if len(found) == 2 else None
+
+    pods = wait_for("both workers running", running)
+    job = jobs.training_jobs(namespace, "ddp")[0]
+    assert job.spec.completion_mode == "Indexed" and job.spec.completions == job.spec.parallelism == 2
+    service = jobs.cluster.core.read_namespaced_service("ddp-r1-workers", namespace)
+    assert service.spec.cluster_ip == "None"
+    assert {p.spec.hostname for p in pods} == {"ddp-r1-0", "ddp-r1-1"}
+    assert {p.spec.subdomain for p in pods} == {"ddp-r1-workers"}
+    env = {e.name: e for e in pods[0].spec.containers[0].env}
+    assert env["MASTER_ADDR"].value == f"ddp-r1-0.ddp-r1-workers.{namespace}.svc"
+    assert "job-completion-index" in env["NODE_RANK"].value_from.field_ref.field_path
+    rank0 = next(p for p in pods if p.spec.hostname == "ddp-r1-0")
+    other = next(p for p in pods if p.spec.hostname == "ddp-r1-1")
+    jobs.finish_pod(namespace, rank0.metadata.name, 0, success_message(1.3))
+    wait_for("rank 0 done", lambda: any(p.status.phase == "Succeeded" for p in jobs.pods(namespace, "ddp-r1")))
+    assert jobs.status(namespace, "ddp")["phase"] == "Training"  # one index done is not the run done
+    jobs.finish_pod(namespace, other.metadata.name, 0, json.dumps({"code": "Succeeded", "message": "rank 1"}))
+    status = jobs.wait_phase(namespace, "ddp", "Succeeded")
+    assert status["metrics"]["test"]["loss"] == 1.3  # rank 0's report

@@ -54,17 +54,12 @@ def test_gate_pass_publishes_deployment_and_endpoint(operator: Operator, jobs: J
     server = pod.containers[0]
     assert server.image == "registry.local/finetune-trainer:test"
     assert server.command[:4] == ["python", "-m", "finetune_trainer", "serve"]
-    assert (
-        server.readiness_probe.http_get.path == "/readyz"
-        and server.liveness_probe.http_get.path == "/healthz"
-    )
+    assert server.readiness_probe.http_get.path == "/readyz" and server.liveness_probe.http_get.path == "/healthz"
     assert pod.security_context.run_as_non_root is True
     assert deployment.spec.strategy.rolling_update.max_unavailable == 0
     assert _served_model(jobs, namespace, "pub") == "s3://artifacts/pub/run-1/model/"
     service = jobs.cluster.core.read_namespaced_service("pub", namespace)
-    assert (
-        service.spec.ports[0].port == 8000 and service.spec.selector == deployment.spec.selector.match_labels
-    )
+    assert service.spec.ports[0].port == 8000 and service.spec.selector == deployment.spec.selector.match_labels
 
 
 def test_gate_fail_publishes_nothing(operator: Operator, jobs: Jobs, namespace: str) -> None:
@@ -78,16 +73,13 @@ def test_gate_fail_publishes_nothing(operator: Operator, jobs: Jobs, namespace: 
     assert ready["status"] == "False"
 
 
-def test_run_two_passing_moves_the_deployment_to_run_two(
-    operator: Operator, jobs: Jobs, namespace: str
-) -> None:
+def test_run_two_passing_moves_the_deployment_to_run_two(operator: Operator, jobs: Jobs, namespace: str) -> None:
     _serve_run_one(jobs, namespace, "roll")
     jobs.patch_spec(namespace, "roll", {"hyperparameters": {"learningRate": 1e-4}})
     wait_for(
         "run 2 training",
         lambda: (
-            jobs.status(namespace, "roll").get("phase") == "Training"
-            and jobs.status(namespace, "roll").get("run") == 2
+            jobs.status(namespace, "roll").get("phase") == "Training" and jobs.status(namespace, "roll").get("run") == 2
         ),
     )
     assert jobs.status(namespace, "roll")["endpoint"]["run"] == 1  # run 1 keeps serving meanwhile
@@ -103,9 +95,7 @@ def test_run_two_passing_moves_the_deployment_to_run_two(
     assert jobs.wait_phase(namespace, "roll", "Serving")["published"]["run"] == 2
 
 
-def test_run_two_failing_its_gate_keeps_run_one_serving(
-    operator: Operator, jobs: Jobs, namespace: str
-) -> None:
+def test_run_two_failing_its_gate_keeps_run_one_serving(operator: Operator, jobs: Jobs, namespace: str) -> None:
     _serve_run_one(jobs, namespace, "keep")
     (before,) = _deployments(jobs, namespace, "keep")
     jobs.patch_spec(namespace, "keep", {"hyperparameters": {"learningRate": 1e-4}})
@@ -119,3 +109,22 @@ def test_run_two_failing_its_gate_keeps_run_one_serving(
     (after,) = _deployments(jobs, namespace, "keep")
     assert after.metadata.generation == before.metadata.generation
     assert _served_model(jobs, namespace, "keep") == "s3://artifacts/keep/run-1/model/"
+
+
+def test_vllm_engine_is_published_with_its_model_fetcher(operator: Operator, jobs: Jobs, namespace: str) -> None:
+    manifest = ftj_manifest(
+        "fast",
+        evaluation=GATE,
+        serving={"enabled": True, "engine": "vllm"},
+        method={"type": "lora", "lora": {"rank": 24}},
+    )
+    jobs.create(namespace, manifest)
+    _train(jobs, namespace, "fast", 1, 1.2)
+    status = jobs.wait_phase(namespace, "fast", "Serving", timeout=90)
+    assert status["endpoint"]["model"] == "fast"
+    (deployment,) = _deployments(jobs, namespace, "fast")
+    pod = deployment.spec.template.spec
+    assert "s3://artifacts/fast/run-1/model/" in pod.init_containers[0].command[-1]
+    server = pod.containers[0]
+    assert server.args[server.args.index("--max-lora-rank") + 1] == "32"
+    assert server.resources.limits["nvidia.com/gpu"] == "1"
