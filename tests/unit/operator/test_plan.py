@@ -304,3 +304,16 @@ def test_serving_pods_going_down_keep_the_endpoint_but_clear_ready() -> None:
     assert p.status["phase"] == "Serving" and p.status["endpoint"]["run"] == 1 and p.apply == []
     ready = next(c for c in p.status["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "Unavailable")
+
+
+def test_relaxing_the_gate_publishes_the_same_run_without_retraining() -> None:
+    strict = spec(evaluation=GATE, serving=SERVING)
+    job, pod = _done(1, 2.5)
+    failed = plan(
+        _snap(strict, {"run": 1, "trainingSpecHash": training_spec_hash(strict)}, jobs=[job], pods=[pod]), SETTINGS
+    )
+    assert failed.status["error"]["code"] == "GateFailed"
+    relaxed = spec(evaluation={"gate": [{"metric": "test_loss", "max": 3.0}]}, serving=SERVING)
+    p = plan(_snap(relaxed, failed.status, jobs=[job], pods=[pod]), SETTINGS)
+    assert p.status["run"] == 1 and p.create == [] and p.status["phase"] == "Publishing"
+    assert p.status["error"] is None and p.status["published"]["run"] == 1
