@@ -143,3 +143,10 @@ def test_metrics_count_requests_and_tokens(client: Any, lm_server: Any) -> None:
     generated = [line for line in text.splitlines() if line.startswith("fto_serve_generated_tokens_total")]
     assert generated and float(generated[0].split()[-1]) >= 3
     assert "fto_serve_model_ready 1.0" in text
+
+
+def test_a_full_queue_answers_429(client: Any, lm_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lm_engine, "waiting", lambda: 16 * lm_engine.max_batch_size)
+    with pytest.raises(openai.RateLimitError) as caught:
+        greedy(client, "hello")
+    assert caught.value.body["code"] == "server_overloaded"

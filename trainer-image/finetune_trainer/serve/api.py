@@ -34,6 +34,9 @@ from finetune_trainer.serve.protocol import (
 )
 from finetune_trainer.serve.state import ModelState
 
+QUEUE_FACTOR = 16
+"""Requests beyond this many batches' worth of waiting ones are refused (429) instead of queued for minutes."""
+
 
 class _EventQueue:
     """The engine's sink for one request: events land in an asyncio queue of the request's loop."""
@@ -69,6 +72,9 @@ class _Generation:
 
     def __init__(self, engine: Engine, metrics: ServerMetrics, ids: list[int], params: SamplingParams,
                  stream: bool) -> None:
+        if engine.waiting() >= QUEUE_FACTOR * engine.max_batch_size:
+            raise APIError(429, "the server is at capacity: retry shortly", "server_error", None,
+                           "server_overloaded")
         self.metrics = metrics
         self.events = _EventQueue()
         self.finished: Finished | None = None

@@ -147,6 +147,11 @@ class Engine:
                 self._wakeup.notify()
         return RequestHandle(sequence)
 
+    def waiting(self) -> int:
+        """How many sequences wait for a place in the batch."""
+        with self._wakeup:
+            return len(self._pending)
+
     def classify(self, rows: list[list[int]], callback: Callable[[list[list[float]] | Failed], None]) -> None:
         """Queue a classification of token-id rows; `callback` gets one probability vector per row."""
         with self._wakeup:
