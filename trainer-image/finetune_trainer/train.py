@@ -77,6 +77,7 @@ def training_arguments(
     from transformers import TrainingArguments
 
     hp = cfg.hyperparameters
+    classifier = cfg.base_model.task == "sequence-classification"  # padded batches; causal LM: flattened
     return TrainingArguments(
         output_dir=str(output),
         per_device_train_batch_size=hp.batch_size,
@@ -102,10 +103,8 @@ def training_arguments(
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        train_sampling_strategy="group_by_length"
-        if cfg.base_model.task == "sequence-classification"
-        else "random",
-        include_num_input_tokens_seen="non_padding",
+        train_sampling_strategy="group_by_length" if classifier else "random",
+        include_num_input_tokens_seen="non_padding" if classifier else "all",
         ddp_find_unused_parameters=False,
         ddp_backend="gloo" if distributed.world_size() > 1 and not hardware.cuda else None,
     )
