@@ -135,9 +135,10 @@ build_image() {
   build_base "$name" "${base_key[$name]}" "${extras[$name]}"
   log "$name: buildah bud -f ${dockerfile[$name]} --build-arg BASE_IMAGE=$base_ref"
   # --pull=never: the base is local and nothing may be pulled from a registry; --network none: the RUN lines
-  # cannot download either (pip finds everything in the base); --layers=false: one new layer on the base.
+  # cannot download either (pip finds everything in the base); --layers=false: one new layer on the base;
+  # --force-rm: no GBs-sized build container is left behind when a RUN line fails.
   # the build's output (pip's, the RUN lines' set -x) goes to a log beside the archives, shown on failure
-  if ! bah bud --quiet --pull=never --network none --layers=false \
+  if ! bah bud --quiet --pull=never --network none --layers=false --force-rm \
     --build-arg BASE_IMAGE="$base_ref" -f "$repo/${dockerfile[$name]}" -t "${ref[$name]}" "$repo" \
     >"$images/$name.build.log" 2>&1; then
     tail -40 "$images/$name.build.log" >&2
@@ -147,7 +148,9 @@ build_image() {
   log "$name: push oci-archive:${archive[$name]}"
   # gzip level 1: the layers hold GBs of CUDA libraries, and the default level costs minutes of 2 cores for
   # a few % of size (buildah 1.28 compresses oci-archive layers even with --disable-compression)
-  bah push --quiet --compression-format gzip --compression-level 1 "${ref[$name]}" "oci-archive:${archive[$name]}.tmp:${ref[$name]}"
+  rm -f "${archive[$name]}.tmp"
+  bah push --quiet --compression-format gzip --compression-level 1 "${ref[$name]}" \
+    "oci-archive:${archive[$name]}.tmp:${ref[$name]}" || { rm -f "${archive[$name]}.tmp"; exit 1; }
   mv "${archive[$name]}.tmp" "${archive[$name]}"
   find "$images" -maxdepth 1 -name "$name-*.oci.tar*" ! -name "$name-$key.oci.tar" -delete
 }
