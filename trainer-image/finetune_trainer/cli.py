@@ -33,12 +33,6 @@ def configure_logging() -> None:
     )
     for noisy in ("botocore", "boto3", "s3transfer", "urllib3", "filelock", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # progress bars are for terminals; a pod log gets our own progress lines instead
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _peek(config_path: Path) -> dict[str, Any] | None:

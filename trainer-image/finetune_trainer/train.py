@@ -146,9 +146,19 @@ def evaluate_all(
     }
 
 
+def quiet_progress_bars() -> None:
+    """Progress bars are for terminals; a pod log gets our own progress lines instead."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+
 def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
     """Train, evaluate and publish one run; raises TrainerError subclasses for the contract's outcomes."""
     stop = stop or SignalStop()
+    quiet_progress_bars()
     hardware = Hardware.detect()
     check_method(cfg, hardware)
     precision = choose_precision(cfg.hyperparameters.precision, hardware)
