@@ -135,9 +135,11 @@ def test_text_parquet_prefix_full_finetune(s3_bucket: Any, tiny_llama_uri: str, 
     raw = trainer_config(s3_bucket.name, tiny_llama_uri, s3_bucket.uri("data/texts/"))
     raw["dataset"].update({"schema": "text", "columns": {"text": "body"}})
     raw["method"] = {"type": "full"}
-    raw["hyperparameters"].update({"maxSteps": 3, "learningRate": 0.001})
+    raw["hyperparameters"].update({"maxSteps": None, "epochs": 1, "warmupRatio": 0.25, "learningRate": 0.001,
+                                   "lrScheduler": "cosine"})
     result = run_trainer(raw)
     assert result.exit_code == 0, result.termination
+    assert result.termination["message"] == "trained 4 steps"  # one epoch: 32 examples / batch 8
     model_keys = keys(s3_bucket, "out/run-1/model/")
     assert "out/run-1/model/model.safetensors" in model_keys and "out/run-1/model/config.json" in model_keys
     assert len(read(s3_bucket, "out/run-1/split/train.jsonl").splitlines()) == 32
