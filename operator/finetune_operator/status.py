@@ -72,8 +72,12 @@ def _failed(job: JobObs, pods: Sequence[PodObs], attempts: int) -> TrainingState
 def _running(job: JobObs, pods: Sequence[PodObs], progress: dict[str, Any], run: int, attempts: int) -> TrainingState:
     live = [p for p in pods if not p.deleting and p.phase in ("Pending", "Running")]
     if any(p.phase == "Running" for p in live) or (not live and job.ready > 0):
-        if progress.get("run") == run and progress.get("stage") == "evaluating":
+        stage = progress.get("stage") if progress.get("run") == run else None
+        if stage == "evaluating":
             return TrainingState("Evaluating", "Evaluating", "evaluating on the held-out splits", attempts=attempts)
+        if stage == "uploading":  # after evaluation: the phase must not fall back to Training
+            return TrainingState("Evaluating", "WritingArtifacts", "writing the model, metrics and report",
+                                 attempts=attempts)
         # Not the step count: status.progress carries it, and a message that moved with every progress
         # report would make the operator write the status after each of the trainer's own writes.
         return TrainingState("Training", "Training", "training pods running", attempts=attempts)
