@@ -10,7 +10,8 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 PYTEST := $(PY) -m pytest
 
-.PHONY: venv cluster-up cluster-down cluster-status cluster-kubeconfig lint test test-unit images demo bench
+.PHONY: venv cluster-up cluster-down cluster-status cluster-kubeconfig lint test test-unit images demo bench \
+	helm-sync-crd
 
 venv:
 	@hack/venv.sh >/dev/null
@@ -44,6 +45,10 @@ test: venv lint cluster-up
 # Trainer and operator images, built with buildah on a local Debian base; cached by content hash.
 images: venv
 	hack/build-images.sh
+
+# The chart ships a byte-identical copy of crds/finetunejob.yaml (a test checks it).
+helm-sync-crd:
+	helm/sync-crd.sh
 
 # README command 1: the quickstart end to end on the local cluster (train, evaluate, gate, publish, query).
 demo:

@@ -85,6 +85,14 @@ build_kwok() {
   GOBIN="$dir" go install -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
 }
 
+build_kueue() {  # the Kueue manager, run by the Kueue integration test as a local process
+  local dir="$cache/kueue/$KUEUE_VERSION"
+  [ -x "$dir/kueue" ] && { log "kueue $KUEUE_VERSION cached"; return 0; }
+  mkdir -p "$dir"
+  log "building kueue $KUEUE_VERSION (about 25 minutes cold on 2 cores)"
+  GOBIN="$dir" go install -ldflags "-s -w" "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
+}
+
 targets=("$@")
-((${#targets[@]})) || targets=(etcd kwok kubernetes)
+((${#targets[@]})) || targets=(etcd kwok kubernetes kueue)
 for t in "${targets[@]}"; do "build_$t"; done

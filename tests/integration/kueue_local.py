@@ -26,7 +26,12 @@ import yaml
 
 from tests.helm.chart import free_port, kubectl
 
-KUEUE_VERSION = "v0.17.0"
+ROOT = Path(__file__).resolve().parents[2]
+KUEUE_VERSION = next(
+    line.split("=", 1)[1].strip()
+    for line in (ROOT / "hack" / "versions.env").read_text().splitlines()
+    if line.startswith("KUEUE_VERSION=")
+)
 CACHE = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache" / "finetune-operator"))
 BINARY = CACHE / "kueue" / KUEUE_VERSION / "kueue"
 OPT_IN = "finetune.dev/kueue-test"
@@ -47,15 +52,9 @@ def module_dir() -> Path:
 
 
 def build() -> Path:
-    """`go install` the manager once per version into the cache (minutes cold, instant after)."""
+    """The manager binary, built once per version into the cache by hack/build-binaries.sh (instant after)."""
     if not BINARY.exists():
-        BINARY.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["go", "install", f"sigs.k8s.io/kueue/cmd/kueue@{KUEUE_VERSION}"],
-            env={**os.environ, "GOBIN": str(BINARY.parent)},
-            check=True,
-            timeout=3600,
-        )
+        subprocess.run([str(ROOT / "hack" / "build-binaries.sh"), "kueue"], check=True, timeout=3600)
     return BINARY
 
 
