@@ -107,6 +107,7 @@ def cpu_run(mode: str, folder: Path, steps: int, batch: int, max_length: int, wa
     with tempfile.TemporaryDirectory() as scratch:
         args = training_arguments(config, "fp32", hardware, Path(scratch), steps)
         args.train_sampling_strategy = "sequential"  # both modes see the same examples in the same order
+        args.include_num_input_tokens_seen = "non_padding"  # count real tokens only (attention mask)
         if mode == "ours":
             dataset = tokenize_split(records, tokenizer, "prompt-completion", max_length, None, "bench")
             collator = collator_for(config, tokenizer)
