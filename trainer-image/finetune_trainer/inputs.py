@@ -7,6 +7,7 @@ first local process downloads and tokenizes while the others wait, then they reu
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,29 +52,34 @@ def load_splits(storage: Storage, cfg: TrainerConfig, folder: Path) -> split.Spl
     spec = cfg.dataset
     train = data.load_records(storage, spec.train.uri, spec.format, folder / "train", "dataset.train")
     validation = (
-        data.load_records(
-            storage, spec.validation.uri, spec.format, folder / "validation", "dataset.validation"
-        )
+        data.load_records(storage, spec.validation.uri, spec.format, folder / "validation", "dataset.validation")
         if spec.validation
         else None
     )
     test = (
-        data.load_records(storage, spec.test.uri, spec.format, folder / "test", "dataset.test")
-        if spec.test
-        else None
+        data.load_records(storage, spec.test.uri, spec.format, folder / "test", "dataset.test") if spec.test else None
     )
-    return split.split_records(
-        train, validation, test, spec.split.validation, spec.split.test, spec.split.seed
-    )
+    return split.split_records(train, validation, test, spec.split.validation, spec.split.test, spec.split.seed)
+
+
+def sequence_limit(model_folder: Path, requested: int) -> int:
+    """`maxSeqLength`, capped at the model's position limit (longer inputs would index past its table)."""
+    try:
+        model_config = json.loads((model_folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return requested
+    limit = model_config.get("max_position_embeddings")
+    if isinstance(limit, int) and 0 < limit < requested:
+        log.warning("dataset.maxSeqLength %d exceeds the model's %d positions; using %d", requested, limit, limit)
+        return limit
+    return requested
 
 
 def prepare(storage: Storage, cfg: TrainerConfig, work: Path) -> Inputs:
     """Download, validate, split and tokenize; raises the contract's user errors on bad input."""
     splits = load_splits(storage, cfg, work / "data")
     spec = cfg.dataset
-    examples = {
-        name: schemas.normalize(records, spec.schema_, spec.columns) for name, records in splits.items()
-    }
+    examples = {name: schemas.normalize(records, spec.schema_, spec.columns) for name, records in splits.items()}
     labels = None
     if spec.schema_ == "classification":
         labels = schemas.label_names(
@@ -87,10 +93,9 @@ def prepare(storage: Storage, cfg: TrainerConfig, work: Path) -> Inputs:
     model_folder = fetch_model(storage, cfg.base_model.uri, work / "base-model")
     tokenizer = load_tokenizer(model_folder, cfg.base_model.uri)
     default_template = spec.schema_ == "chat" and ensure_chat_template(tokenizer)
+    max_length = sequence_limit(model_folder, spec.max_seq_length)
     tokenized = {
-        name: tokenize_split(
-            examples[name], tokenizer, spec.schema_, spec.max_seq_length, work / "tokenized", name
-        )
+        name: tokenize_split(examples[name], tokenizer, spec.schema_, max_length, work / "tokenized", name)
         for name in ("train", "validation", "test")
         if examples[name]
     }
@@ -100,6 +105,4 @@ def prepare(storage: Storage, cfg: TrainerConfig, work: Path) -> Inputs:
 def write_split(storage: Storage, run_uri: S3Uri, splits: split.Splits) -> None:
     """Record the exact records of each split under `run-N/split/` for audit."""
     for name, records in splits.items():
-        storage.write_bytes(
-            run_uri.join("split", f"{name}.jsonl"), split.to_jsonl(records), "application/x-ndjson"
-        )
+        storage.write_bytes(run_uri.join("split", f"{name}.jsonl"), split.to_jsonl(records), "application/x-ndjson")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from finetune_trainer.data import Record
 from finetune_trainer.errors import DatasetInvalid
@@ -75,3 +77,13 @@ def test_empty_splits_are_user_errors() -> None:
         split_records([rec(1, text="a"), rec(2, text="b")], None, None, 0.5, 0.5, 1)
     with pytest.raises(DatasetInvalid, match=r"dataset\.test: empty split"):
         split_records([rec(1, text="a")], None, [], 0.0, 0.1, 1)
+
+
+def test_sequence_limit_caps_at_model_positions(tmp_path: Path) -> None:
+    from finetune_trainer.inputs import sequence_limit
+
+    (tmp_path / "config.json").write_text('{"max_position_embeddings": 512}')
+    assert sequence_limit(tmp_path, 2048) == 512
+    assert sequence_limit(tmp_path, 256) == 256
+    (tmp_path / "config.json").write_text("{}")
+    assert sequence_limit(tmp_path, 2048) == 2048
