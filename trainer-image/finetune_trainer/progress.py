@@ -122,10 +122,13 @@ class Reporter:
     clock: Callable[[], float] = field(default=time.time)
     latest: dict[str, Any] | None = None
     failures: int = 0
+    stage: str | None = None
 
     def report(self, stage: str, force: bool = False, **values: Any) -> None:
         now = self.clock()
         self.latest = progress_payload(self.run, stage, now, **values)
+        force = force or stage != self.stage  # a new stage (loading -> training) goes out at once
+        self.stage = stage
         if self.throttle.offer(now, force=force):
             self._send(self.latest)
 

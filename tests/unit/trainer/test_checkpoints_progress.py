@@ -77,5 +77,17 @@ def test_reporter_throttles_and_survives_sink_failures() -> None:
     assert len(sent) == 3 and reporter.failures == 1  # at 0, 5, 10
     now[0] = 45.0
     reporter.report("training", step=50, total=100)
-    reporter.report("evaluating", force=True)
+    reporter.report("evaluating")  # a new stage is never held back
     assert sent[-1]["status"]["progress"]["stage"] == "evaluating"  # type: ignore[index]
+
+
+def test_first_training_report_is_not_throttled_after_loading() -> None:
+    now = [0.0]
+    sent: list[dict[str, object]] = []
+    reporter = Reporter(1, sent.append, Throttle(5, 30), clock=lambda: now[0])
+    reporter.report("loading")
+    now[0] = 1.0
+    reporter.report("training", step=1, total=10)
+    now[0] = 2.0
+    reporter.report("training", step=2, total=10)
+    assert [p["status"]["progress"].get("step") for p in sent] == [None, 1]  # type: ignore[index,attr-defined]
