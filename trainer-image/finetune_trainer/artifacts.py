@@ -127,7 +127,12 @@ def publish(
     storage.upload_dir(model_folder, run_uri.join("model/"))
     storage.write_bytes(run_uri.join("trainer_config.json"), cfg.to_json().encode(), "application/json")
     title = f"{cfg.job.namespace}/{cfg.job.name} run {cfg.job.run}"
-    png = loss_curve_png(loss_history(log_history), title)
+    curves = loss_history(log_history)
+    last_step = int(facts.get("steps") or 0)
+    for split in ("validation", "test"):  # the final evaluation, as one point at the last step
+        if "loss" in metrics.get(split, {}) and not curves.get(split):
+            curves[split] = [(last_step, float(metrics[split]["loss"]))]
+    png = loss_curve_png(curves, title)
     storage.write_bytes(run_uri.join("loss_curve.png"), png, "image/png")
     page = render_html(
         title,
