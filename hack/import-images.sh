@@ -17,3 +17,12 @@ for pair in "$@"; do
     ctr --address "$sock" -n k8s.io images rm "$old" >/dev/null || true
   done
 done
+# The CRI plugin also names each image by its config digest (sha256:...); an old image is only gone (and its
+# GBs of snapshots garbage-collected) once that name goes too: drop every such name whose manifest no
+# tagged image uses any more.
+listing=$(ctr --address "$sock" -n k8s.io images ls)
+tagged_digests=$(awk 'NR > 1 && $1 !~ /^sha256:/ {print $3}' <<<"$listing" | sort -u)
+for orphan in $(awk 'NR > 1 && $1 ~ /^sha256:/ {print $1, $3}' <<<"$listing" | while read -r name digest; do
+    grep -qxF "$digest" <<<"$tagged_digests" || echo "$name"; done); do
+  ctr --address "$sock" -n k8s.io images rm "$orphan" >/dev/null || true
+done
