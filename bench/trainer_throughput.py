@@ -39,13 +39,7 @@ def variable_records(count: int, seed: int) -> list[dict[str, str]]:
     records = []
     for _ in range(count):
         roll = rng.random()
-        words = (
-            rng.randint(8, 40)
-            if roll < 0.7
-            else rng.randint(40, 150)
-            if roll < 0.95
-            else rng.randint(150, 400)
-        )
+        words = rng.randint(8, 40) if roll < 0.7 else rng.randint(40, 150) if roll < 0.95 else rng.randint(150, 400)
         text = [rng.choice(WORDS) for _ in range(words)]
         cut = max(1, words // 3)
         records.append({"prompt": " ".join(text[:cut]), "completion": " " + " ".join(text[cut:])})
@@ -147,9 +141,7 @@ def cpu_bench(steps: int, batch: int, max_length: int, warmup: int) -> dict[str,
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch) / "model"
-        build_tiny_llama(
-            folder, hidden=256, layers=4, tokenizer=build_tokenizer(corpus(2000), vocab_size=1000)
-        )
+        build_tiny_llama(folder, hidden=256, layers=4, tokenizer=build_tokenizer(corpus(2000), vocab_size=1000))
         results = {}
         for mode in ("ours", "baseline"):
             command = [
@@ -210,9 +202,14 @@ def gpu_bench(steps: int, warmup: int, attention: str, tiny: bool) -> dict[str, 
         TrainingArguments,
     )
 
-    shape = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32)
+    shape: dict[str, Any] = {
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "num_hidden_layers": 22,
+        "num_attention_heads": 32,
+    }
     if tiny:
-        shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+        shape = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
     config = LlamaConfig(
         vocab_size=32000, num_key_value_heads=4, max_position_embeddings=4096, use_cache=False, **shape
     )
@@ -227,7 +224,9 @@ def gpu_bench(steps: int, warmup: int, attention: str, tiny: bool) -> dict[str, 
     results: dict[str, Any] = {}
     for method in ("lora", "full"):
         torch.manual_seed(0)
-        model = LlamaForCausalLM._from_config(config, attn_implementation=attention)
+        model = LlamaForCausalLM._from_config(  # type: ignore[no-untyped-call]
+            config, attn_implementation=attention
+        )
         params = sum(p.numel() for p in model.parameters())
         non_embedding = params - config.vocab_size * config.hidden_size  # input embedding: no matmul
         if method == "lora":
@@ -256,7 +255,7 @@ def gpu_bench(steps: int, warmup: int, attention: str, tiny: bool) -> dict[str, 
                 model=model,
                 args=args,
                 train_dataset=examples,
-                data_collator=DataCollatorWithFlattening(return_position_ids=True),
+                data_collator=DataCollatorWithFlattening(return_position_ids=True),  # type: ignore[no-untyped-call]
                 callbacks=[clock.callback()],
             )
             trainer.train()
@@ -293,20 +292,14 @@ def gpu_bench(steps: int, warmup: int, attention: str, tiny: bool) -> dict[str, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpu", action="store_true", help="~1.1B model on one CUDA GPU: tokens/s and MFU")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument(
-        "--attention", default="sdpa", help="GPU mode: sdpa | flex_attention | flash_attention_2"
-    )
-    parser.add_argument(
-        "--tiny", action="store_true", help="GPU mode with a tiny model (dry run, CPU is fine)"
-    )
+    parser.add_argument("--attention", default="sdpa", help="GPU mode: sdpa | flex_attention | flash_attention_2")
+    parser.add_argument("--tiny", action="store_true", help="GPU mode with a tiny model (dry run, CPU is fine)")
     parser.add_argument("--child", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
