@@ -1,28 +1,12 @@
-"""Small polling and manifest helpers for tests that watch a real cluster converge."""
+"""Manifest helpers for tests that put pods on the local cluster's kwok nodes."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+from tests.support.kwok import DELAY, EXIT_CODE, KWOK_TOLERATION, MESSAGE
 
-KWOK_TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}
-
-
-def eventually(
-    probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.5, what: str = "condition"
-) -> T:
-    """Poll `probe` until it returns something truthy; fail with `what` and the last value otherwise."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last value: {last!r}")
+__all__ = ["KWOK_TOLERATION", "job_condition", "kwok_pod_spec"]
 
 
 def kwok_pod_spec(
@@ -36,9 +20,9 @@ def kwok_pod_spec(
     """A pod template for kwok fake nodes that ends with `exit_code` (None: runs until stopped)."""
     annotations: dict[str, str] = {}
     if exit_code is not None:
-        annotations = {"kwok.finetune.dev/exit-code": str(exit_code), "kwok.finetune.dev/delay": delay}
+        annotations = {EXIT_CODE: str(exit_code), DELAY: delay}
         if message is not None:
-            annotations["kwok.finetune.dev/termination-message"] = message
+            annotations[MESSAGE] = message
     container: dict[str, Any] = {"name": "trainer", "image": "fake.local/trainer:v1"}
     if gpus:
         container["resources"] = {"limits": {"nvidia.com/gpu": str(gpus)}}

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.cluster.helpers import KWOK_TOLERATION, eventually, job_condition, kwok_pod_spec
+from tests.cluster.helpers import KWOK_TOLERATION, job_condition, kwok_pod_spec
 from tests.conftest import Cluster
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -30,9 +31,7 @@ def job_pods(cluster: Cluster, namespace: str, name: str) -> list[Any]:
     return list(cluster.core.list_namespaced_pod(namespace, label_selector=f"job-name={name}").items)
 
 
-def test_rbac_denies_a_service_account_without_a_role_and_allows_it_with_one(
-    cluster: Cluster, namespace: str
-) -> None:
+def test_rbac_denies_a_service_account_without_a_role_and_allows_it_with_one(cluster: Cluster, namespace: str) -> None:
     cluster.core.create_namespaced_service_account(namespace, {"metadata": {"name": "reader"}})
     token = cluster.core.create_namespaced_service_account_token(
         "reader", namespace, {"spec": {"expirationSeconds": 600}}
@@ -72,7 +71,7 @@ def test_rbac_denies_a_service_account_without_a_role_and_allows_it_with_one(
             assert error.status == 403
             return False
 
-    eventually(allowed, timeout=20, what="the RoleBinding to take effect")
+    wait_for("the RoleBinding to take effect", allowed, timeout=20)
     with pytest.raises(client.ApiException) as still_denied:
         as_reader.list_namespaced_secret(namespace)
     assert still_denied.value.status == 403
@@ -80,11 +79,11 @@ def test_rbac_denies_a_service_account_without_a_role_and_allows_it_with_one(
 
 def test_job_controller_makes_pods_and_counts_their_success(cluster: Cluster, namespace: str) -> None:
     create_job(cluster, namespace, "two", kwok_pod_spec(exit_code=0), completions=2, parallelism=2)
-    job = eventually(
+    job = wait_for(
+        "Job 'two' to complete",
         lambda: (lambda j: j if job_condition(j, "Complete") else None)(
             cluster.batch.read_namespaced_job_status("two", namespace)
         ),
-        what="Job 'two' to complete",
     )
     assert job.status.succeeded == 2
     pods = job_pods(cluster, namespace, "two")
@@ -116,15 +115,13 @@ def test_scheduler_places_gpu_pods_on_gpu_nodes_and_leaves_oversized_ones_pendin
     cluster.core.create_namespaced_pod(namespace, gpu_pod("fits", most_gpus))
     cluster.core.create_namespaced_pod(namespace, gpu_pod("too-big", most_gpus + 1))
 
-    placed = eventually(
-        lambda: cluster.core.read_namespaced_pod("fits", namespace).spec.node_name,
-        what="the scheduler to place the GPU pod",
+    placed = wait_for(
+        "the scheduler to place the GPU pod", lambda: cluster.core.read_namespaced_pod("fits", namespace).spec.node_name
     )
     node = cluster.core.read_node(placed)
     assert int(node.status.allocatable["nvidia.com/gpu"]) >= most_gpus
-    eventually(
-        lambda: cluster.core.read_namespaced_pod("fits", namespace).status.phase == "Running",
-        what="kwok to run the GPU pod",
+    wait_for(
+        "kwok to run the GPU pod", lambda: cluster.core.read_namespaced_pod("fits", namespace).status.phase == "Running"
     )
 
     def failed_scheduling() -> Any:
@@ -133,7 +130,7 @@ def test_scheduler_places_gpu_pods_on_gpu_nodes_and_leaves_oversized_ones_pendin
         ).items
         return events[0] if events else None
 
-    event = eventually(failed_scheduling, what="a FailedScheduling event for the oversized pod")
+    event = wait_for("a FailedScheduling event for the oversized pod", failed_scheduling)
     assert "nvidia.com/gpu" in event.message
     too_big = cluster.core.read_namespaced_pod("too-big", namespace)
     assert too_big.status.phase == "Pending" and not too_big.spec.node_name
@@ -147,12 +144,12 @@ def test_kwok_fails_pods_as_annotated_and_the_job_counts_retries(cluster: Cluste
         kwok_pod_spec(exit_code=1, message="CUDA error", delay="200ms"),
         backoffLimit=2,
     )
-    job = eventually(
+    job = wait_for(
+        "Job 'flaky' to exhaust its backoff limit",
         lambda: (lambda j: j if job_condition(j, "Failed") else None)(
             cluster.batch.read_namespaced_job_status("flaky", namespace)
         ),
         timeout=120,
-        what="Job 'flaky' to exhaust its backoff limit",
     )
     failed = job_condition(job, "Failed")
     assert failed is not None and failed.reason == "BackoffLimitExceeded"
@@ -163,9 +160,7 @@ def test_kwok_fails_pods_as_annotated_and_the_job_counts_retries(cluster: Cluste
     assert terminated.message == "CUDA error"
 
 
-def test_pod_failure_policy_fails_the_job_at_once_on_the_user_error_exit_code(
-    cluster: Cluster, namespace: str
-) -> None:
+def test_pod_failure_policy_fails_the_job_at_once_on_the_user_error_exit_code(cluster: Cluster, namespace: str) -> None:
     policy = {
         "rules": [
             {
@@ -182,11 +177,11 @@ def test_pod_failure_policy_fails_the_job_at_once_on_the_user_error_exit_code(
         backoffLimit=5,
         podFailurePolicy=policy,
     )
-    job = eventually(
+    job = wait_for(
+        "Job 'bad-data' to fail",
         lambda: (lambda j: j if job_condition(j, "Failed") else None)(
             cluster.batch.read_namespaced_job_status("bad-data", namespace)
         ),
-        what="Job 'bad-data' to fail",
     )
     failed = job_condition(job, "Failed")
     assert failed is not None and failed.reason == "PodFailurePolicy"
@@ -203,9 +198,9 @@ def test_a_disrupted_pod_does_not_use_up_a_retry(cluster: Cluster, namespace: st
         backoffLimit=0,
         podFailurePolicy=policy,
     )
-    first = eventually(
+    first = wait_for(
+        "the first pod to run",
         lambda: [p for p in job_pods(cluster, namespace, "preempted") if p.status.phase == "Running"],
-        what="the first pod to run",
     )[0]
     cluster.core.create_namespaced_pod_eviction(
         first.metadata.name,
@@ -225,7 +220,7 @@ def test_a_disrupted_pod_does_not_use_up_a_retry(cluster: Cluster, namespace: st
         ]
         return pods[0] if pods else None
 
-    eventually(replacement, timeout=60, what="a replacement pod after the eviction")
+    wait_for("a replacement pod after the eviction", replacement, timeout=60)
     job = cluster.batch.read_namespaced_job_status("preempted", namespace)
     assert not job_condition(job, "Failed"), "an evicted pod must not count against backoffLimit=0"
     assert not job.status.failed
@@ -245,7 +240,7 @@ def test_deleting_an_owner_garbage_collects_its_children(cluster: Cluster, names
         },
     )
     create_job(cluster, namespace, "runner", kwok_pod_spec(exit_code=None))
-    eventually(lambda: job_pods(cluster, namespace, "runner"), what="the Job's pod")
+    wait_for("the Job's pod", lambda: job_pods(cluster, namespace, "runner"))
 
     cluster.core.delete_namespaced_config_map("owner", namespace)
     cluster.batch.delete_namespaced_job("runner", namespace, propagation_policy="Background")
@@ -254,4 +249,4 @@ def test_deleting_an_owner_garbage_collects_its_children(cluster: Cluster, names
         names = {c.metadata.name for c in cluster.core.list_namespaced_config_map(namespace).items}
         return "child" not in names and not job_pods(cluster, namespace, "runner")
 
-    eventually(gone, timeout=60, what="the garbage collector to remove the children")
+    wait_for("the garbage collector to remove the children", gone, timeout=60)

@@ -13,8 +13,8 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.cluster.helpers import eventually
 from tests.conftest import Cluster
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -34,31 +34,44 @@ def real_node(cluster: Cluster) -> str:
 
 def run_to_completion(cluster: Cluster, namespace: str, name: str, script: str) -> Any:
     """Run `script` in busybox on the real node as a non-root user; return the finished pod."""
-    cluster.core.create_namespaced_pod(namespace, {
-        "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": "Never",
-            "nodeSelector": {"finetune.dev/real-node": "true"},
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
-                                "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{
-                "name": "main", "image": BUSYBOX, "imagePullPolicy": "Never",
-                "command": ["/bin/busybox", "sh", "-c", script],
-                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                                    "readOnlyRootFilesystem": True},
-            }],
+    cluster.core.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "restartPolicy": "Never",
+                "nodeSelector": {"finetune.dev/real-node": "true"},
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": 10001,
+                    "runAsGroup": 10001,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": BUSYBOX,
+                        "imagePullPolicy": "Never",
+                        "command": ["/bin/busybox", "sh", "-c", script],
+                        "securityContext": {
+                            "allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]},
+                            "readOnlyRootFilesystem": True,
+                        },
+                    }
+                ],
+            },
         },
-    })
+    )
 
     def finished() -> Any:
         pod = cluster.core.read_namespaced_pod(name, namespace)
         return pod if pod.status.phase in ("Succeeded", "Failed") else None
 
-    return eventually(finished, timeout=90, what=f"pod {name} to finish on the real node")
+    return wait_for(f"pod {name} to finish on the real node", finished, timeout=90)
 
 
-def test_a_pod_runs_as_non_root_and_its_logs_are_readable(cluster: Cluster, namespace: str,
-                                                            real_node: str) -> None:
+def test_a_pod_runs_as_non_root_and_its_logs_are_readable(cluster: Cluster, namespace: str, real_node: str) -> None:
     pod = run_to_completion(cluster, namespace, "whoami", "/bin/busybox id -u; echo hello from the node")
     assert pod.spec.node_name == real_node
     assert pod.status.phase == "Succeeded", pod.status
@@ -81,9 +94,10 @@ def test_a_pod_reaches_s3_and_the_api_server(cluster: Cluster, namespace: str, r
     assert logs.split() == ["s3-reachable", "api-reachable"]
 
 
-def test_a_failing_container_reports_its_exit_code_and_termination_message(cluster: Cluster, namespace: str,
-                                                                             real_node: str) -> None:
-    script = "echo '{\"code\": \"DatasetInvalid\"}' > /dev/termination-log; exit 42"
+def test_a_failing_container_reports_its_exit_code_and_termination_message(
+    cluster: Cluster, namespace: str, real_node: str
+) -> None:
+    script = 'echo \'{"code": "DatasetInvalid"}\' > /dev/termination-log; exit 42'
     pod = run_to_completion(cluster, namespace, "user-error", script)
     assert pod.status.phase == "Failed"
     terminated = pod.status.container_statuses[0].state.terminated

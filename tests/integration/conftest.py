@@ -24,26 +24,13 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
+from tests.support.kwok import DELAY, EXIT_CODE, KWOK_NODE_SELECTOR, KWOK_TOLERATION, MESSAGE
+from tests.support.waiting import wait_for
+
 ROOT = Path(__file__).parents[2]
 CRD_PATH = ROOT / "crds" / "finetunejob.yaml"
 GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
-KWOK_TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}
-EXIT_CODE = "kwok.finetune.dev/exit-code"
-MESSAGE = "kwok.finetune.dev/termination-message"
-DELAY = "kwok.finetune.dev/delay"
 T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.3) -> T:
-    """Poll `probe` until it returns something truthy; fail naming `what` and the last value."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 
 def success_message(test_loss: float = 1.4, **extra: float) -> str:
@@ -62,7 +49,7 @@ def ftj_manifest(name: str, **spec_overrides: Any) -> dict[str, Any]:
             "memory": "1Gi",
             "cpu": "1",
             "tolerations": [KWOK_TOLERATION],
-            "nodeSelector": {"type": "kwok"},
+            "nodeSelector": KWOK_NODE_SELECTOR,
         },
         "output": {"uri": f"s3://artifacts/{name[:40]}/"},
     }
@@ -166,9 +153,7 @@ def operator_factory(
     started: list[Operator] = []
 
     def make(*namespaces: str, args: list[str] | None = None) -> Operator:
-        op = Operator(
-            cluster.kubeconfig, list(namespaces), tmp_path / f"operator-{len(started)}.log", args or []
-        )
+        op = Operator(cluster.kubeconfig, list(namespaces), tmp_path / f"operator-{len(started)}.log", args or [])
         started.append(op.start())
         return op
 
@@ -224,9 +209,7 @@ class Jobs:
         return found
 
     def patch_spec(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
-        self.cluster.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name, {"spec": spec}
-        )
+        self.cluster.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, {"spec": spec})
 
     def status(self, namespace: str, name: str) -> dict[str, Any]:
         status: dict[str, Any] = self.get(namespace, name).get("status") or {}

@@ -73,15 +73,23 @@ class LocalS3Server:
         self.workdir.mkdir(parents=True, exist_ok=True)
         s3_port = free_port()
         args = [
-            weed_binary(), "mini", f"-dir={self.workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-s3.port={s3_port}", f"-master.port={free_port()}", f"-volume.port={free_port()}",
-            f"-filer.port={free_port()}", f"-webdav.port={free_port()}", f"-admin.port={free_port()}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            weed_binary(),
+            "mini",
+            f"-dir={self.workdir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.port={s3_port}",
+            f"-master.port={free_port()}",
+            f"-volume.port={free_port()}",
+            f"-filer.port={free_port()}",
+            f"-webdav.port={free_port()}",
+            f"-admin.port={free_port()}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
         ]
         env = dict(os.environ, AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key)
         log = (self.workdir / "weed.log").open("wb")
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         endpoint = S3Endpoint(f"http://127.0.0.1:{s3_port}", self.access_key, self.secret_key)
         wait_until_serving(endpoint, self.process, self.workdir / "weed.log", timeout)
         self.endpoint = endpoint
@@ -97,15 +105,19 @@ class LocalS3Server:
                 self.process.wait(5)
 
 
-def wait_until_serving(endpoint: S3Endpoint, process: subprocess.Popen[bytes], log: Path,
-                       timeout: float) -> None:
+def wait_until_serving(endpoint: S3Endpoint, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
     """Block until the server answers an authenticated ListBuckets, or raise with its log's tail."""
     import boto3
     from botocore.config import Config
 
-    client = boto3.client("s3", endpoint_url=endpoint.url, aws_access_key_id=endpoint.access_key,
-                          aws_secret_access_key=endpoint.secret_key, region_name=endpoint.region,
-                          config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5))
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint.url,
+        aws_access_key_id=endpoint.access_key,
+        aws_secret_access_key=endpoint.secret_key,
+        region_name=endpoint.region,
+        config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5),
+    )
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
