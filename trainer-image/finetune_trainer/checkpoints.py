@@ -65,6 +65,18 @@ def select_for_deletion(index: CheckpointIndex, keep: int) -> list[int]:
     )
 
 
+def uploads(name: str, rank: int, world: int) -> bool:
+    """Whether `rank` uploads the checkpoint file `name`: its own RNG state, and rank 0 everything shared.
+
+    Each rank's RNG state may exist only on its own node's disk; the model, optimizer and trainer state
+    are written by rank 0 alone.
+    """
+    own_rng = f"rng_state_{rank}.pth" if world > 1 else "rng_state.pth"
+    if name.startswith("rng_state"):
+        return name == own_rng
+    return rank == 0
+
+
 class CheckpointStore:
     """The checkpoints of one run in object storage (`<runUri>checkpoints/`)."""
 
@@ -97,15 +109,7 @@ class CheckpointStore:
         """
         target = self.uri(step)
         rank, world = distributed.rank(), distributed.world_size()
-        own_rng = f"rng_state_{rank}.pth" if world > 1 else "rng_state.pth"
-
-        def skip(path: Path) -> bool:
-            is_rng = path.name.startswith("rng_state")
-            if distributed.is_main():
-                return is_rng and path.name != own_rng
-            return path.name != own_rng
-
-        self.storage.upload_dir(local, target, skip=skip)
+        self.storage.upload_dir(local, target, skip=lambda path: not uploads(path.name, rank, world))
         distributed.barrier()
         if distributed.is_main():
             self.storage.write_bytes(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from finetune_trainer.checkpoints import MARKER, index_from_keys, select_for_deletion
+from finetune_trainer.checkpoints import MARKER, index_from_keys, select_for_deletion, uploads
 from finetune_trainer.progress import Reporter, Throttle, progress_payload
 
 
@@ -26,6 +26,13 @@ def test_retention_keeps_newest_complete_and_in_flight_upload() -> None:
     assert select_for_deletion(index, keep=2) == [10, 15]
     assert select_for_deletion(index, keep=5) == [15]
     assert select_for_deletion(index_from_keys(keys((5, False))), keep=1) == []
+
+
+def test_each_rank_uploads_its_rng_state_and_rank_0_the_rest() -> None:
+    files = ["model.safetensors", "optimizer.pt", "trainer_state.json", "rng_state_0.pth", "rng_state_1.pth"]
+    assert [f for f in files if uploads(f, 0, 2)] == files[:4]
+    assert [f for f in files if uploads(f, 1, 2)] == ["rng_state_1.pth"]
+    assert uploads("rng_state.pth", 0, 1) and uploads("adapter_model.safetensors", 0, 1)
 
 
 def test_throttle_bounds() -> None:
