@@ -56,6 +56,7 @@ start() {  # name binary args... : start in its own session unless alive
   if pid_alive "$name"; then say "$name already running (pid $(cat "$state/pids/$name.pid"))"; return 0; fi
   [ -x "$1" ] || die_component "$name" "binary $1 is missing (run hack/build-binaries.sh)"
   say "starting $name"
+  umask 022
   setsid "$@" >>"$logs/$name.log" 2>&1 < /dev/null 9>&- &
   echo $! > "$state/pids/$name.pid"
   echo "$1" > "$state/pids/$name.cmd"
@@ -83,9 +84,10 @@ ensure_binaries() {
 
 s3_keys() {
   if [ ! -f "$state/s3-keys" ]; then
-    umask 077
-    printf 'FTO_S3_ACCESS_KEY=%s\nFTO_S3_SECRET_KEY=%s\n' "fto$(openssl rand -hex 8)" "$(openssl rand -hex 20)" \
-      > "$state/s3-keys"
+    # the umask only for this file: components started later inherit the shell's umask, and a containerd
+    # with 077 unpacks image layers that the images' non-root users cannot read
+    (umask 077; printf 'FTO_S3_ACCESS_KEY=%s\nFTO_S3_SECRET_KEY=%s\n' "fto$(openssl rand -hex 8)" \
+      "$(openssl rand -hex 20)" > "$state/s3-keys")
   fi
   set -a
   # shellcheck disable=SC1091
