@@ -72,6 +72,9 @@ def quickstart(namespace: str) -> dict[str, Any]:
     manifest = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
     manifest = localize(manifest, os.environ["FTO_POD_S3_ENDPOINT"])
     manifest["spec"]["output"]["uri"] = f"s3://artifacts/e2e/{namespace}/"
+    # One epoch of the quickstart takes ~2 s on an idle node, shorter than the trainer's 5 s progress
+    # throttle: six make training last long enough for several progress reports to be seen.
+    manifest["spec"]["hyperparameters"]["epochs"] = 6
     return dict(manifest)
 
 
