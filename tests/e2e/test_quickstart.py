@@ -10,7 +10,6 @@ clean cluster after delete.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 import yaml
 
 from tests.conftest import Cluster
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
@@ -78,10 +78,6 @@ def quickstart(namespace: str) -> dict[str, Any]:
     return dict(manifest)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_quickstart_trains_evaluates_publishes_and_serves(cluster: Cluster, namespace: str,

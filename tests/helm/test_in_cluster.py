@@ -19,9 +19,11 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Jobs, ftj_manifest, kwok_annotations, success_message, wait_for
+from tests.integration.conftest import Jobs, ftj_manifest, kwok_annotations, success_message
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for
 
-from .chart import CHART, ROOT, free_port, helm, kubectl, release_name, tool
+from .chart import CHART, ROOT, helm, kubectl, release_name, tool
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 

@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.conftest import Jobs, Operator, ftj_manifest, success_message, wait_for
+from tests.integration.conftest import Jobs, Operator, ftj_manifest, success_message
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for
 
-from .chart import CHART, ROOT, free_port, helm, kubectl, release_name, service_account_identity
+from .chart import CHART, ROOT, helm, kubectl, release_name, service_account_identity
 
 pytestmark = pytest.mark.cluster
 

@@ -24,7 +24,8 @@ from typing import Any
 
 import yaml
 
-from tests.helm.chart import free_port, kubectl
+from tests.helm.chart import kubectl
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 KUEUE_VERSION = next(

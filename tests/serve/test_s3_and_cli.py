@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 from tests.serve.conftest import MODEL_NAME, settings_for
 from tests.serve.server import RunningServer, wait_ready
 from tests.serve.tiny_models import write_serve_json
+from tests.support.ports import free_port
 
 PROMPT = "kubernetes operators"
 
@@ -53,11 +53,6 @@ def test_app_loads_base_and_adapter_from_s3(s3_bucket: Any, tiny_lm_dir: Path, t
     assert (tmp_path / "work" / "base" / "config.json").is_file()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.mark.s3

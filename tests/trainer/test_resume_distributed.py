@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from finetune_trainer.errors import PREEMPTED_EXIT_CODE, USER_ERROR_EXIT_CODE
 
-from tests.support.s3server import free_port
+from tests.support.ports import free_port
 from tests.trainer.builders import arithmetic_records, put_jsonl, trainer_config
 from tests.trainer.conftest import TrainerResult
 
