@@ -1,5 +1,5 @@
-"""Tiny models built at test time: a byte-level BPE tokenizer trained here, a Llama causal LM, a LoRA
-adapter for it, and a Llama sequence classifier. Nothing comes from a model hub.
+"""Tiny models of the server tests: a causal LM, a LoRA adapter for it, and a Llama sequence classifier,
+built from `finetune_trainer.devtools.tiny` with a tokenizer trained on CORPUS. Nothing comes from a hub.
 
 The weights use a large initializer range so that logits are far apart: greedy decoding then does not
 hinge on float rounding, and batched and one-by-one generation must agree exactly.
@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from finetune_trainer.devtools import tiny
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 CORPUS = [
     "the quick brown fox jumps over the lazy dog",
@@ -21,71 +26,37 @@ CORPUS = [
 
 LABELS = ["negative", "neutral", "positive"]
 
-
-def train_tokenizer(folder: Path) -> Any:
-    """A byte-level BPE tokenizer (GPT-2 style) trained on CORPUS, saved as a HF folder."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(CORPUS, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
-    fast.save_pretrained(folder)
-    return fast
+# The server tests' Llama: 2 layers x 64 wide, 256 positions, far-apart logits.
+LLAMA_SIZE: dict[str, Any] = {"hidden_size": 64, "num_hidden_layers": 2, "max_position_embeddings": 256,
+                              "initializer_range": 0.5}
 
 
-def _llama_config(tokenizer: Any, **extra: Any) -> Any:
-    from transformers import LlamaConfig
-
-    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                       initializer_range=0.5, bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                       tie_word_embeddings=False, **extra)
+def train_tokenizer() -> PreTrainedTokenizerFast:
+    """400 tokens trained on CORPUS; special tokens <s>, </s>, <pad> (no unk), no BOS added on encoding."""
+    return tiny.train_tokenizer(CORPUS, vocab_size=400, unk_token=None, add_bos=False)
 
 
 def build_causal_lm(folder: Path, seed: int = 0) -> Path:
-    """A two-layer Llama with the test tokenizer, saved with full weights."""
-    import torch
-    from transformers import LlamaForCausalLM
-
-    tokenizer = train_tokenizer(folder)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(_llama_config(tokenizer))
-    model.save_pretrained(folder)
-    return folder
+    """The two-layer Llama with the test tokenizer, saved with full weights."""
+    return tiny.build_causal_lm(folder, train_tokenizer(), seed=seed, **LLAMA_SIZE)
 
 
 def build_lora_adapter(base: Path, folder: Path, seed: int = 1) -> Path:
-    """A LoRA adapter with non-zero weights (so it changes outputs) over `base`, with the tokenizer."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM.from_pretrained(base)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
-                        task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, config)
-    peft_model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(base).save_pretrained(folder)
-    return folder
+    """A LoRA adapter (rank 4 on q/v) with non-zero weights (so it changes outputs) over `base`."""
+    return tiny.build_lora_adapter(base, folder, seed=seed, rank=4, alpha=8, target_modules=("q_proj", "v_proj"))
 
 
 def build_classifier(folder: Path, seed: int = 2) -> Path:
-    """A two-layer Llama sequence classifier with labels in its config (full weights)."""
+    """A two-layer Llama sequence classifier with LABELS in its config (full weights) and the test tokenizer."""
     import torch
     from transformers import LlamaForSequenceClassification
 
-    tokenizer = train_tokenizer(folder)
+    tokenizer = train_tokenizer()
     torch.manual_seed(seed)
-    config = _llama_config(tokenizer, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)),
-                           label2id={label: i for i, label in enumerate(LABELS)})
+    config = tiny.llama_config(tokenizer, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)),
+                               label2id={label: i for i, label in enumerate(LABELS)}, **LLAMA_SIZE)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder)
     LlamaForSequenceClassification(config).save_pretrained(folder)
     return folder
 

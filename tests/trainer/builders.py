@@ -1,7 +1,9 @@
-"""Test-time model builders: a byte-level BPE tokenizer trained here, a tiny random Llama, the MiniLM encoder.
+"""Trainer-test inputs: the tiny Llama and its tokenizer, the MiniLM encoder, S3 uploads, configs, records.
 
 Why built at test time: no test may download from a model hub, and a 2-layer 64-wide Llama trains in
-milliseconds per step on a busy CPU while exercising the real code paths (peft, flattening, saving).
+milliseconds per step on a busy CPU while exercising the real code paths (peft, flattening, saving). The
+models come from the shared builder `finetune_trainer.devtools.tiny`; this module fixes the sizes and seeds
+the trainer tests' thresholds were set with.
 """
 
 from __future__ import annotations
@@ -10,118 +12,22 @@ import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
+from finetune_trainer.devtools import tiny
 
-WORDS = [
-    "apple",
-    "banana",
-    "cherry",
-    "grape",
-    "lemon",
-    "mango",
-    "orange",
-    "peach",
-    "pear",
-    "plum",
-    "red",
-    "green",
-    "blue",
-    "yellow",
-    "small",
-    "big",
-    "fast",
-    "slow",
-    "happy",
-    "sad",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "the",
-    "a",
-    "is",
-    "are",
-    "was",
-    "of",
-    "and",
-    "what",
-    "which",
-    "how",
-    "why",
-    "answer",
-    "question",
-    "user",
-    "assistant",
-    "system",
-    "hello",
-    "thanks",
-    "please",
-]
-
-
-def corpus(size: int = 400, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) for _ in range(size)]
-
-
-def build_tokenizer(texts: Sequence[str] | None = None, vocab_size: int = 300) -> Any:
-    """A fast byte-level BPE tokenizer (BOS added, EOS/PAD defined), as a transformers tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(list(texts or corpus()), trainer)
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)]
-    )
-    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
-        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
-    )
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """The trainer tests' tokenizer: 300 tokens (unk, bos, eos, pad; BOS prepended), trained on `word_corpus()`."""
+    return tiny.train_tokenizer(tiny.word_corpus(), vocab_size=300)
 
 
-def build_tiny_llama(
-    folder: Path, hidden: int = 64, layers: int = 2, seed: int = 0, tokenizer: Any | None = None
-) -> Path:
-    """Save a random-weight tiny Llama and its tokenizer as a Hugging Face folder."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = tokenizer or build_tokenizer()
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=3,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(folder), safe_serialization=True)
-    tokenizer.save_pretrained(str(folder))
-    return folder
+def build_tiny_llama(folder: Path) -> Path:
+    """The trainer tests' base model in `folder`: Llama 2 layers x 64 wide, seed 0, with `build_tokenizer()`."""
+    return tiny.build_causal_lm(folder, build_tokenizer(), seed=0, hidden_size=64, num_hidden_layers=2)
 
 
 def minilm_folder() -> Path:
