@@ -41,28 +41,13 @@ MODEL_NAME = "bench-model"
 
 def build_model(folder: Path) -> Path:
     """A small Llama (4 layers, hidden 256) with a tokenizer trained here; full weights in `folder`."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from finetune_trainer.devtools import tiny
 
     words = " ".join(PROMPTS).split() + [f"w{i}" for i in range(300)]
     corpus = [" ".join(words[(i * 7) % len(words):][:40]) for i in range(400)]
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=1000, special_tokens=["<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
-    fast.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,
-                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
-                         pad_token_id=fast.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
+    tokenizer = tiny.train_tokenizer(corpus, vocab_size=1000, unk_token=None, add_bos=False)
+    return tiny.build_causal_lm(folder, tokenizer, seed=0, hidden_size=256, num_hidden_layers=4,
+                                num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512)
 
 
 def ours_app(folder: Path) -> Any:

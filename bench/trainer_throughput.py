@@ -26,14 +26,22 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "trainer-image"), str(REPO)]
+sys.path.insert(0, str(REPO / "trainer-image"))
 
 H200_BF16_PEAK_FLOPS = 989.4e12  # dense bf16 tensor-core peak (spec sheet)
 
 
+def build_model(folder: Path) -> Path:
+    """The CPU mode's model: Llama 4 layers x 256 wide (seed 0), tokenizer of 1000 trained on 2000 lines."""
+    from finetune_trainer.devtools import tiny
+
+    tokenizer = tiny.train_tokenizer(tiny.word_corpus(2000), vocab_size=1000)
+    return tiny.build_causal_lm(folder, tokenizer, seed=0, hidden_size=256, num_hidden_layers=4)
+
+
 def variable_records(count: int, seed: int) -> list[dict[str, str]]:
     """Prompt-completion pairs whose lengths follow a long tail: mostly short, a few near the limit."""
-    from tests.trainer.builders import WORDS
+    from finetune_trainer.devtools.tiny import WORDS
 
     rng = random.Random(seed)
     records = []
@@ -137,11 +145,8 @@ def cpu_run(mode: str, folder: Path, steps: int, batch: int, max_length: int, wa
 
 
 def cpu_bench(steps: int, batch: int, max_length: int, warmup: int) -> dict[str, Any]:
-    from tests.trainer.builders import build_tiny_llama, build_tokenizer, corpus
-
     with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(scratch) / "model"
-        build_tiny_llama(folder, hidden=256, layers=4, tokenizer=build_tokenizer(corpus(2000), vocab_size=1000))
+        folder = build_model(Path(scratch) / "model")
         results = {}
         for mode in ("ours", "baseline"):
             command = [
