@@ -72,12 +72,11 @@ def plain_text(records: list[dict[str, Any]]) -> list[str]:
 def build_base_model(folder: Path, texts: list[str], steps: int, seed: int) -> None:
     """Train a tokenizer on `texts`, then pre-train a tiny Llama on them for `steps` steps, and save both."""
     import torch
-
-    from tests.trainer.builders import build_tiny_llama, build_tokenizer
-
-    tokenizer = build_tokenizer(texts, vocab_size=600)
-    build_tiny_llama(folder, hidden=96, layers=2, seed=seed, tokenizer=tokenizer)
+    from finetune_trainer.devtools import tiny
     from transformers import AutoModelForCausalLM
+
+    tokenizer = tiny.train_tokenizer(texts, vocab_size=600)
+    tiny.build_causal_lm(folder, tokenizer, seed=seed, hidden_size=96, num_hidden_layers=2)
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(str(folder))
