@@ -183,9 +183,11 @@ class Kube:
             )
         return applied
 
-    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
-        """Delete in the background (dependents follow); False when it was already gone."""
-        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+    def delete(self, api_version: str, kind: str, namespace: str, name: str, *, foreground: bool = False) -> bool:
+        """Delete; False when it was already gone. Background: the object goes at once and its dependents
+        follow. Foreground: the object stays, marked deleting, until its dependents (a Job's pods) are gone."""
+        policy = "Foreground" if foreground else "Background"
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": policy}
         with self._errors("delete", f"{kind} {namespace}/{name}", ok=(404,)) as seen:
             self._call("DELETE", path(api_version, kind, namespace, name), body)
         return not seen

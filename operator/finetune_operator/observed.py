@@ -11,7 +11,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune_operator.naming import ANNOTATION_SPEC_HASH, ANNOTATION_TRAINING_HASH, LABEL_RUN, LABEL_UID
+from finetune_operator.naming import (
+    ANNOTATION_PLACEMENT_HASH,
+    ANNOTATION_SPEC_HASH,
+    ANNOTATION_TRAINING_HASH,
+    LABEL_RUN,
+    LABEL_UID,
+)
 
 TRAINER_CONTAINER = "trainer"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
@@ -37,6 +43,7 @@ class JobObs:
     run: int
     owner_uid: str = ""
     training_hash: str = ""
+    placement_hash: str = ""  # empty on Jobs made by operator versions that did not stamp it
     suspended: bool = False
     active: int = 0
     ready: int = 0
@@ -65,6 +72,7 @@ def job_obs(body: dict[str, Any]) -> JobObs:
         run=_run(meta),
         owner_uid=(meta.get("labels") or {}).get(LABEL_UID, ""),
         training_hash=(meta.get("annotations") or {}).get(ANNOTATION_TRAINING_HASH, ""),
+        placement_hash=(meta.get("annotations") or {}).get(ANNOTATION_PLACEMENT_HASH, ""),
         suspended=bool(spec.get("suspend")),
         active=int(status.get("active") or 0),
         ready=int(status.get("ready") or 0),

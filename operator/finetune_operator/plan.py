@@ -16,11 +16,11 @@ from finetune_operator import conditions as cond
 from finetune_operator.builders.common import Manifest, Owner
 from finetune_operator.builders.serving import Published, endpoint_url, serving_bundle
 from finetune_operator.gate import GateResult, evaluate_gate
-from finetune_operator.naming import Names
+from finetune_operator.naming import ANNOTATION_PLACEMENT_HASH, Names
 from finetune_operator.observed import DeploymentObs, JobObs, PodObs
-from finetune_operator.runs import ChildRef, current_run, retired_children, training_actions
+from finetune_operator.runs import ChildRef, current_run, needs_new_placement, retired_children, training_actions
 from finetune_operator.settings import Settings
-from finetune_operator.spec import FineTuneJobSpec, training_spec_hash
+from finetune_operator.spec import FineTuneJobSpec, legacy_training_spec_hash, placement_spec_hash, training_spec_hash
 from finetune_operator.status import ErrorInfo, TrainingState, training_state
 
 TERMINAL = ("Failed", "Succeeded", "Serving", "Publishing")
@@ -62,7 +62,8 @@ class Plan:
 
 def run_of(snapshot: Snapshot) -> tuple[int, str]:
     training_hash = training_spec_hash(snapshot.spec)
-    return current_run(snapshot.status, training_hash, snapshot.jobs), training_hash
+    legacy = legacy_training_spec_hash(snapshot.spec)
+    return current_run(snapshot.status, training_hash, snapshot.jobs, legacy), training_hash
 
 
 def needs_secret_check(snapshot: Snapshot) -> bool:
@@ -70,11 +71,18 @@ def needs_secret_check(snapshot: Snapshot) -> bool:
     if not snapshot.spec.storage.credentials_secret:
         return False
     run, _ = run_of(snapshot)
-    return not any(j.run == run for j in snapshot.jobs) and not _finished_before(snapshot.status, run)
+    finished = _finished_before(snapshot.status, run, snapshot.spec)
+    return not any(j.run == run for j in snapshot.jobs) and not finished
 
 
-def _finished_before(status: dict[str, Any], run: int) -> bool:
-    return int(status.get("run") or 0) == run and status.get("phase") in TERMINAL
+def _finished_before(status: dict[str, Any], run: int, spec: FineTuneJobSpec) -> bool:
+    """Whether status says run `run` ended, for good: a training failure under a placement the spec has
+    since changed (more memory after an OOM kill) is to be retried, not remembered."""
+    if int(status.get("run") or 0) != run or status.get("phase") not in TERMINAL:
+        return False
+    failed_in_training = status.get("phase") == "Failed" and (status.get("error") or {}).get("code") != "GateFailed"
+    ran_with = status.get("placementHash")
+    return not (failed_in_training and ran_with and ran_with != placement_spec_hash(spec))
 
 
 def _remembered(status: dict[str, Any]) -> TrainingState:
@@ -159,6 +167,17 @@ def _ready(
     return cond.condition(cond.READY, True, "Serving", f"serving run {published.run}{note}", gen)
 
 
+def _placement_of_run(status: dict[str, Any], job: JobObs | None, created: list[Manifest]) -> str | None:
+    """The placement the run's pods run (or last ran) with: the Job's stamp, else what status remembers."""
+    for manifest in created:
+        if manifest["kind"] == "Job":
+            return str(manifest["metadata"]["annotations"][ANNOTATION_PLACEMENT_HASH])
+    if job is not None and job.placement_hash:
+        return job.placement_hash
+    remembered = status.get("placementHash")
+    return str(remembered) if remembered else None
+
+
 def _state(
     snapshot: Snapshot,
     job: JobObs | None,
@@ -170,6 +189,13 @@ def _state(
 ) -> TrainingState:
     """What the training side of run `run` is doing, from the most specific evidence at hand."""
     spec, status = snapshot.spec, snapshot.status
+    if job is not None and needs_new_placement(spec, job):
+        return TrainingState(
+            "Queued",
+            "PlacementChanged",
+            "replacing the training Job with the new placement (resources, node selection, pod metadata or "
+            "queue); the new pods resume this run from its last checkpoint",
+        )
     if snapshot.secret_present is False:
         name = spec.storage.credentials_secret
         missing = ErrorInfo(
@@ -205,7 +231,7 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
     result.delete += retired_children(snapshot.owner, snapshot.jobs, run)
 
     secret_missing = snapshot.secret_present is False
-    finished_before = same_run and _finished_before(status, run)
+    finished_before = same_run and _finished_before(status, run, spec)
     actions = training_actions(
         spec,
         snapshot.owner,
@@ -217,6 +243,7 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
     )
     result.create, result.suspend_job = actions.create, actions.suspend_job
     result.delete += actions.delete
+    placement = _placement_of_run(status if same_run else {}, job, actions.create)
 
     state = _state(
         snapshot,
@@ -268,6 +295,7 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
         "phase": phase,
         "run": run,
         "trainingSpecHash": training_hash,
+        "placementHash": placement,
         "attempts": max(state.attempts, int(status.get("attempts") or 0) if same_run else 0),
         "conditions": cond.merge(status.get("conditions"), [trained, gate_cond, ready], snapshot.now),
         "metrics": metrics or None,

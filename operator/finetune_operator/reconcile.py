@@ -117,9 +117,12 @@ class Reconciler:
 
     def _execute(self, owner: Owner, decided: Plan) -> None:
         for ref in decided.delete:
-            if self.kube.delete(ref.api_version, ref.kind, owner.namespace, ref.name) and ref.kind == "Job":
-                log.info("retired Job %s/%s", owner.namespace, ref.name)
-            if ref.kind == "Job":
+            deleted = self.kube.delete(ref.api_version, ref.kind, owner.namespace, ref.name, foreground=ref.foreground)
+            if deleted and ref.kind == "Job":
+                log.info("%s Job %s/%s", "replacing" if ref.foreground else "retired", owner.namespace, ref.name)
+            if ref.kind == "Job" and ref.foreground:
+                self.store.mark_job_deleting(owner.uid, ref.name)  # until the watch reports it gone
+            elif ref.kind == "Job":
                 self.store.forget_job(owner.uid, ref.name)
             elif ref.kind == "Deployment":
                 self.store.put_deployment(owner.uid, None)

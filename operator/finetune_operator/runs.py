@@ -3,7 +3,13 @@
 A run is one training of one training-relevant spec (hash in status.trainingSpecHash). A new hash starts
 run N+1 (new Job, output under run-N+1/), and every other run's Job is retired. The numbers live in status
 (the operator never writes spec); a Job carries its run label and training hash, so a restart between
-"created the Job" and "wrote the status" adopts the Job instead of starting yet another run. Pure.
+"created the Job" and "wrote the status" adopts the Job instead of starting yet another run.
+
+Placement (memory, cpu, node selector, tolerations, priority, pod metadata, queue) is not part of a run's
+identity: a Job's pod template is immutable, so a placement change replaces the run's Job - deleted in the
+foreground, so the old pods are gone before new ones start - and the new pods resume the same run from its
+last checkpoint. A Job that succeeded is left alone; one that failed is retried with the new placement
+(the usual fix for an out-of-memory kill). Pure.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from finetune_operator.builders.training import training_job, workers_service
 from finetune_operator.naming import Names
 from finetune_operator.observed import JobObs
 from finetune_operator.settings import Settings
-from finetune_operator.spec import FineTuneJobSpec
+from finetune_operator.spec import FineTuneJobSpec, placement_spec_hash
 
 
 @dataclass(frozen=True)
@@ -29,12 +35,16 @@ class ChildRef:
     api_version: str
     kind: str
     name: str
+    foreground: bool = False  # the object stays (deletionTimestamp set) until its dependents are gone
 
 
-def current_run(status: dict[str, Any], training_hash: str, jobs: Sequence[JobObs]) -> int:
-    """The run for `training_hash`: the status's run if the hash is unchanged, else an adopted or new one."""
+def current_run(
+    status: dict[str, Any], training_hash: str, jobs: Sequence[JobObs], legacy_hash: str | None = None
+) -> int:
+    """The run for `training_hash`: the status's run if the hash is unchanged (or is `legacy_hash`, the same
+    spec hashed by an earlier operator version), else an adopted or new one."""
     previous = int(status.get("run") or 0)
-    if previous >= 1 and status.get("trainingSpecHash") == training_hash:
+    if previous >= 1 and status.get("trainingSpecHash") in (training_hash, legacy_hash or training_hash):
         return previous
     adoptable = [j.run for j in jobs if j.training_hash == training_hash and j.run > previous]
     if adoptable:
@@ -75,6 +85,15 @@ class TrainingActions:
     suspend_job: tuple[str, bool] | None
 
 
+def needs_new_placement(spec: FineTuneJobSpec, job: JobObs) -> bool:
+    """Whether `job` runs with placement the spec no longer asks for, and replacing it can still help.
+
+    A Job from an operator version that did not stamp a placement hash is never replaced (an upgrade must
+    not restart running training); a succeeded Job has nothing left to do."""
+    finished_training = job.complete or job.succeeded >= spec.distributed.workers
+    return bool(job.placement_hash) and job.placement_hash != placement_spec_hash(spec) and not finished_training
+
+
 def training_actions(
     spec: FineTuneJobSpec,
     owner: Owner,
@@ -85,7 +104,7 @@ def training_actions(
     may_start: bool,
     settings: Settings,
 ) -> TrainingActions:
-    """Create, suspend/resume or (Kueue + suspend) delete the Job of run `run`.
+    """Create, suspend/resume, replace (placement changed) or (Kueue + suspend) delete the Job of run `run`.
 
     With a Kueue queue the Job's spec.suspend belongs to Kueue: suspending deletes the unfinished Job
     (checkpoints stay in S3) and resuming creates it again, to be admitted again.
@@ -95,6 +114,8 @@ def training_actions(
         if may_start and not (kueue and spec.suspend) and job is None:
             return TrainingActions(training_children(spec, owner, run, training_hash, settings), [], None)
         return TrainingActions([], [], None)
+    if needs_new_placement(spec, job):
+        return TrainingActions([], [ChildRef("batch/v1", "Job", job.name, foreground=True)], None)
     if job.finished:
         return TrainingActions([], [], None)
     if kueue and spec.suspend:

@@ -185,13 +185,22 @@ TRAINING_FIELDS = (
     "dataset",
     "method",
     "hyperparameters",
-    "resources",
     "distributed",
     "checkpointing",
     "output",
     "storage",
 )
-"""Top-level spec fields whose change starts a new run (plus evaluation.compareBaseModel)."""
+"""Top-level spec fields whose change starts a new run (plus resources.gpus/gpuResource and
+evaluation.compareBaseModel)."""
+
+WORLD_SIZE_RESOURCES = ("gpus", "gpuResource")
+"""The resources that change what a run computes: the process count (world size) and the accelerator kind.
+Every other resource field only says where and with how much room the pods run (placement)."""
+
+
+def _canonical_hash(value: Any) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def training_spec_hash(spec: FineTuneJobSpec) -> str:
@@ -199,9 +208,39 @@ def training_spec_hash(spec: FineTuneJobSpec) -> str:
     # Defaults are left out, so adding a defaulted field to the API later does not retrain every job.
     wire = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True)
     relevant = {name: wire.get(name) for name in TRAINING_FIELDS}
+    # Shaped like the whole `resources` section was before placement split off, so a spec that sets no
+    # placement field keeps the hash it had under earlier operator versions.
+    resources = {k: v for k, v in (wire.get("resources") or {}).items() if k in WORLD_SIZE_RESOURCES}
+    relevant["resources"] = resources or None
     relevant["compareBaseModel"] = wire.get("evaluation", {}).get("compareBaseModel", False)
-    canonical = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return _canonical_hash(relevant)
+
+
+def legacy_training_spec_hash(spec: FineTuneJobSpec) -> str:
+    """The training hash of operator versions that counted every resource field as training-relevant.
+
+    A run started by such a version is still the same run (the upgrade must not retrain every job whose
+    spec sets memory or tolerations); the planner accepts this hash as a match and rewrites it."""
+    wire = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    relevant = {name: wire.get(name) for name in (*TRAINING_FIELDS, "resources")}
+    relevant["compareBaseModel"] = wire.get("evaluation", {}).get("compareBaseModel", False)
+    return _canonical_hash(relevant)
+
+
+def placement_spec_hash(spec: FineTuneJobSpec) -> str:
+    """A hash of where and how the training pods run but not what they compute: memory, cpu, /dev/shm,
+    node selector, tolerations, affinity, priority class, pod labels and annotations, the Kueue queue.
+
+    A change replaces the run's unfinished (or failed) Job, and the new pods resume the same run from its
+    last checkpoint: raising memory after an out-of-memory kill must not throw the finished steps away."""
+    wire = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True)  # new defaulted fields: no change
+    resources = {k: v for k, v in (wire.get("resources") or {}).items() if k not in WORLD_SIZE_RESOURCES}
+    relevant = {
+        "resources": resources or None,
+        "podMetadata": wire.get("podMetadata"),
+        "queueName": wire.get("queueName"),
+    }
+    return _canonical_hash(relevant)
 
 
 def parse_spec(raw: dict[str, Any]) -> FineTuneJobSpec:

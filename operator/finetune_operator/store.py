@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from finetune_operator.observed import DeploymentObs, JobObs, PodObs
@@ -83,6 +83,14 @@ class Store:
             jobs = self._kids(uid).jobs
             if not (only_if_absent and job.name in jobs):
                 jobs[job.name] = job
+
+    def mark_job_deleting(self, uid: str, name: str) -> None:
+        """A foreground deletion was requested: the Job lingers until its pods are gone, and no pass may
+        create its successor (same name) before the watch reports it deleted."""
+        with self._lock:
+            jobs = self._kids(uid).jobs
+            if name in jobs:
+                jobs[name] = replace(jobs[name], deleting=True)
 
     def forget_job(self, uid: str, name: str) -> None:
         with self._lock:

@@ -109,6 +109,61 @@ def test_changed_learning_rate_starts_run_two_and_removes_run_one(
     jobs.wait_phase(namespace, "lr", "Training")
 
 
+def _memory_limit(job: Any) -> str:
+    return str(job.spec.template.spec.containers[0].resources.limits["memory"])
+
+
+def test_memory_change_replaces_the_job_and_resumes_the_same_run(
+    operator: Operator, jobs: Jobs, namespace: str
+) -> None:
+    """Placement is not run identity: more memory gets new pods for run 1, only after the old ones are gone."""
+    jobs.create(namespace, ftj_manifest("grow"))
+    old_pod = jobs.running_pod(namespace, "grow-r1")
+    jobs.wait_phase(namespace, "grow", "Training")
+    old_job = jobs.training_jobs(namespace, "grow")[0]
+    assert _memory_limit(old_job) == "1Gi"
+    jobs.patch_spec(namespace, "grow", {"resources": {"memory": "2Gi"}})
+    new_job = wait_for(
+        "run 1's Job replaced",
+        lambda: next(
+            (j for j in jobs.training_jobs(namespace, "grow") if j.metadata.uid != old_job.metadata.uid), None
+        ),
+    )
+    assert new_job.metadata.name == "grow-r1" and _memory_limit(new_job) == "2Gi"
+    # Foreground deletion: the old Job existed until its pods were gone, so none of them outlived it.
+    assert old_pod.metadata.name not in {p.metadata.name for p in jobs.pods(namespace, "grow-r1")}
+    new_pod = jobs.running_pod(namespace, "grow-r1")
+    status = jobs.wait_phase(namespace, "grow", "Training")
+    assert status["run"] == 1 and status["artifacts"]["checkpoints"] == "s3://artifacts/grow/run-1/checkpoints/"
+    config = jobs.cluster.core.read_namespaced_config_map("grow-r1-config", namespace).data["config.json"]
+    assert json.loads(config)["output"]["runUri"] == "s3://artifacts/grow/run-1/"  # where the checkpoints are
+    jobs.finish_pod(namespace, new_pod.metadata.name, 0, success_message())
+    assert jobs.wait_phase(namespace, "grow", "Succeeded")["run"] == 1
+
+
+def test_placement_change_retries_a_failed_run(
+    operator_factory: Callable[..., Operator], jobs: Jobs, namespace: str
+) -> None:
+    """The out-of-memory story: run 1 fails, the user raises memory, run 1 is retried (and can resume)."""
+    operator_factory(namespace, args=["--backoff-limit", "0"])
+    killed = json.dumps({"code": "OutOfMemory", "message": "the trainer was killed (exit 137): out of memory"})
+    jobs.create(namespace, ftj_manifest("oom", podMetadata=_pod_template_annotations(exit_code=137, message=killed)))
+    failed = jobs.wait_phase(namespace, "oom", "Failed")
+    assert failed["run"] == 1
+    jobs.patch_spec(
+        namespace,
+        "oom",
+        {
+            "resources": {"memory": "2Gi"},
+            "podMetadata": _pod_template_annotations(exit_code=0, message=success_message(1.3)),
+        },
+    )
+    status = jobs.wait_phase(namespace, "oom", "Succeeded")
+    assert status["run"] == 1 and status["metrics"]["test"]["loss"] == 1.3 and status.get("error") is None
+    [job] = jobs.training_jobs(namespace, "oom")
+    assert job.metadata.name == "oom-r1" and _memory_limit(job) == "2Gi"
+
+
 def test_serving_only_change_does_not_retrain(operator: Operator, jobs: Jobs, namespace: str) -> None:
     jobs.create(namespace, ftj_manifest("stay"))
     jobs.wait_phase(namespace, "stay", "Training")

@@ -34,9 +34,7 @@ def _suspend_owners(job: Any) -> set[str]:
 
 
 def _kueue_sets_suspend(jobs: Jobs, namespace: str, name: str, suspend: bool) -> None:
-    jobs.cluster.batch.patch_namespaced_job(
-        name, namespace, {"spec": {"suspend": suspend}}, field_manager=KUEUE
-    )
+    jobs.cluster.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}}, field_manager=KUEUE)
 
 
 def test_queued_admitted_preempted_readmitted_without_the_operator_touching_suspend(
@@ -47,9 +45,7 @@ def test_queued_admitted_preempted_readmitted_without_the_operator_touching_susp
     trained = {c["type"]: c for c in queued["conditions"]}["Trained"]
     assert "Kueue" in trained["message"]
     (job,) = jobs.training_jobs(namespace, "q")
-    assert (
-        job.metadata.labels[QUEUE_LABEL] == "team-gpus" and job.spec.suspend is True
-    )  # as Kueue's webhook wants
+    assert job.metadata.labels[QUEUE_LABEL] == "team-gpus" and job.spec.suspend is True  # as Kueue's webhook wants
     assert not jobs.pods(namespace, job.metadata.name)
     name = job.metadata.name
 
@@ -59,9 +55,7 @@ def test_queued_admitted_preempted_readmitted_without_the_operator_touching_susp
 
     _kueue_sets_suspend(jobs, namespace, name, True)  # preempted by a higher-priority workload
     jobs.wait_phase(namespace, "q", "Queued")
-    wait_for(
-        "the pods gone", lambda: not [p for p in jobs.pods(namespace, name) if p.status.phase == "Running"]
-    )
+    wait_for("the pods gone", lambda: not [p for p in jobs.pods(namespace, name) if p.status.phase == "Running"])
     time.sleep(3)  # the operator has seen the Job and pod events; it must leave suspend alone
     job = jobs.cluster.batch.read_namespaced_job(name, namespace)
     assert job.spec.suspend is True and _suspend_owners(job) == {KUEUE}
@@ -75,16 +69,24 @@ def test_queued_admitted_preempted_readmitted_without_the_operator_touching_susp
     assert _suspend_owners(jobs.cluster.batch.read_namespaced_job(name, namespace)) == {KUEUE}
 
 
-def test_queue_name_change_is_not_a_new_run(operator: Operator, jobs: Jobs, namespace: str) -> None:
-    """Moving a queued job to another LocalQueue is Kueue's business: no retraining, the Job stays."""
+def test_queue_name_change_moves_the_job_without_a_new_run(operator: Operator, jobs: Jobs, namespace: str) -> None:
+    """Moving a job to another LocalQueue is a placement change: run 1's Job is replaced by one labelled
+    for the new queue (nothing had started; a running one would resume from its checkpoint), no retraining."""
     jobs.create(namespace, ftj_manifest("move", queueName="small"))
     jobs.wait_phase(namespace, "move", "Queued")
     (job,) = jobs.training_jobs(namespace, "move")
+    assert job.metadata.labels[QUEUE_LABEL] == "small"
     jobs.patch_spec(namespace, "move", {"queueName": "large"})
-    wait_for("generation 2 observed", lambda: jobs.status(namespace, "move").get("observedGeneration") == 2)
-    status = jobs.status(namespace, "move")
-    assert status["run"] == 1 and status["phase"] == "Queued"
-    assert [j.metadata.uid for j in jobs.training_jobs(namespace, "move")] == [job.metadata.uid]
+    moved = wait_for(
+        "a Job in queue large",
+        lambda: next(
+            (j for j in jobs.training_jobs(namespace, "move") if j.metadata.labels[QUEUE_LABEL] == "large"), None
+        ),
+    )
+    assert moved.metadata.name == job.metadata.name and moved.spec.suspend is True
+    status = jobs.wait_phase(namespace, "move", "Queued")
+    assert status["run"] == 1 and status["observedGeneration"] == 2
+    assert len(jobs.training_jobs(namespace, "move")) == 1
 
 
 # --- with the real Kueue (v0.17.0, built from the Go module proxy, run as a local process) ---
@@ -191,9 +193,7 @@ def gpu_queue(cluster: Any, namespace: str, kueue: LocalKueue) -> Iterator[str]:
 
 def _workload_admitted(jobs: Jobs, namespace: str, job_name: str) -> bool | None:
     group, version = KUEUE_API
-    for workload in jobs.cluster.custom.list_namespaced_custom_object(group, version, namespace, "workloads")[
-        "items"
-    ]:
+    for workload in jobs.cluster.custom.list_namespaced_custom_object(group, version, namespace, "workloads")["items"]:
         owners = [o["name"] for o in workload["metadata"].get("ownerReferences", [])]
         if job_name in owners:
             conditions = {c["type"]: c["status"] for c in workload.get("status", {}).get("conditions", [])}
@@ -213,13 +213,25 @@ def test_real_kueue_admits_one_8_gpu_job_and_queues_the_next(
     jobs.create(namespace, ftj_manifest("second", queueName=gpu_queue, resources=GPU_JOB))
     queued = jobs.wait_phase(namespace, "second", "Queued")
     (second,) = jobs.training_jobs(namespace, "second")
-    wait_for(
-        "the second Workload", lambda: _workload_admitted(jobs, namespace, second.metadata.name) is False
-    )
+    wait_for("the second Workload", lambda: _workload_admitted(jobs, namespace, second.metadata.name) is False)
     time.sleep(3)  # quota is the only thing in the way: both nodes have 8 free GPUs each
     assert jobs.status(namespace, "second")["phase"] == "Queued"
     assert jobs.cluster.batch.read_namespaced_job(second.metadata.name, namespace).spec.suspend is True
     assert "Kueue" in {c["type"]: c for c in queued["conditions"]}["Trained"]["message"]
+
+    # A placement change to the queued job replaces its Job (foreground deletion: Kueue must release the
+    # Workload for the old Job to go); the replacement queues again, for the same run.
+    jobs.patch_spec(namespace, "second", {"resources": {"memory": "2Gi"}})
+    second = wait_for(
+        "the second Job replaced",
+        lambda: next(
+            (j for j in jobs.training_jobs(namespace, "second") if j.metadata.uid != second.metadata.uid), None
+        ),
+        timeout=60,
+    )
+    assert second.spec.template.spec.containers[0].resources.limits["memory"] == "2Gi"
+    wait_for("the new Workload", lambda: _workload_admitted(jobs, namespace, second.metadata.name) is False)
+    assert jobs.wait_phase(namespace, "second", "Queued")["run"] == 1
 
     pod = jobs.running_pod(namespace, first.metadata.name)
     jobs.finish_pod(namespace, pod.metadata.name, 0, success_message())

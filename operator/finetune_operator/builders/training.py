@@ -22,9 +22,15 @@ from finetune_operator.builders.common import (
     s3_env,
 )
 from finetune_operator.builders.trainer_config import CONFIG_DIR, CONFIG_PATH
-from finetune_operator.naming import ANNOTATION_TRAINING_HASH, KUEUE_QUEUE_LABEL, Names, child_labels
+from finetune_operator.naming import (
+    ANNOTATION_PLACEMENT_HASH,
+    ANNOTATION_TRAINING_HASH,
+    KUEUE_QUEUE_LABEL,
+    Names,
+    child_labels,
+)
 from finetune_operator.settings import Settings
-from finetune_operator.spec import FineTuneJobSpec
+from finetune_operator.spec import FineTuneJobSpec, placement_spec_hash
 
 TRAINER_CONTAINER = "trainer"
 USER_ERROR_EXIT_CODE = 42
@@ -119,7 +125,8 @@ def training_job(spec: FineTuneJobSpec, owner: Owner, run: int, training_hash: s
     names = Names.of(owner.name)
     workers = spec.distributed.workers
     labels = child_labels(owner.name, owner.uid, "trainer", run)
-    meta = metadata(owner, names.job(run), "trainer", run, {ANNOTATION_TRAINING_HASH: training_hash})
+    hashes = {ANNOTATION_TRAINING_HASH: training_hash, ANNOTATION_PLACEMENT_HASH: placement_spec_hash(spec)}
+    meta = metadata(owner, names.job(run), "trainer", run, hashes)
     if spec.queue_name:
         meta["labels"][KUEUE_QUEUE_LABEL] = spec.queue_name
     pod_spec: dict[str, Any] = {

@@ -94,6 +94,13 @@ def test_delete_of_missing_object_is_false() -> None:
     assert api.calls[0][2]["propagationPolicy"] == "Background"
 
 
+def test_foreground_delete_asks_for_foreground_propagation() -> None:
+    api = FakeApi({})
+    assert Kube(api).delete("batch/v1", "Job", "ns", "j", foreground=True) is True
+    assert api.calls[0][:2] == ("DELETE", "/apis/batch/v1/namespaces/ns/jobs/j")
+    assert api.calls[0][2]["propagationPolicy"] == "Foreground"
+
+
 def test_status_patch_is_conditional_on_resource_version() -> None:
     url = "/apis/finetune.dev/v1alpha1/namespaces/ns/finetunejobs/x/status"
     api = FakeApi({("PATCH", url): (409, {"message": "the object has been modified"})})

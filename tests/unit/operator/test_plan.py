@@ -11,7 +11,7 @@ from finetune_operator.observed import DeploymentObs, JobObs, PodObs
 from finetune_operator.plan import Plan, Snapshot, needs_secret_check, plan
 from finetune_operator.reconcile import merge_patch
 from finetune_operator.settings import Settings
-from finetune_operator.spec import FineTuneJobSpec, training_spec_hash
+from finetune_operator.spec import FineTuneJobSpec, legacy_training_spec_hash, training_spec_hash
 
 from .support import OWNER, spec
 
@@ -317,3 +317,101 @@ def test_relaxing_the_gate_publishes_the_same_run_without_retraining() -> None:
     p = plan(_snap(relaxed, failed.status, jobs=[job], pods=[pod]), SETTINGS)
     assert p.status["run"] == 1 and p.create == [] and p.status["phase"] == "Publishing"
     assert p.status["error"] is None and p.status["published"]["run"] == 1
+
+
+def _running_under(s: FineTuneJobSpec) -> tuple[dict[str, Any], JobObs]:
+    """Status and Job of run 1 training under spec `s` (the Job stamped with its placement)."""
+    first = plan(_snap(s, secret_present=True), SETTINGS)
+    stamp = first.create[-1]["metadata"]["annotations"]["finetune.dev/placement-hash"]
+    return first.status, JobObs(
+        "support-bot-r1", 1, training_hash=training_spec_hash(s), placement_hash=stamp, active=1
+    )
+
+
+def _replacement_rounds(changed: FineTuneJobSpec, status: dict[str, Any], job: JobObs) -> Plan:
+    """Drive a placement change through: delete in the foreground, wait while deleting, create when gone."""
+    replacing = plan(_snap(changed, status, jobs=[job]), SETTINGS)
+    assert [(r.kind, r.name, r.foreground) for r in replacing.delete] == [("Job", "support-bot-r1", True)]
+    assert replacing.create == [] and replacing.status["run"] == 1
+    trained = next(c for c in replacing.status["conditions"] if c["type"] == "Trained")
+    assert (replacing.status["phase"], trained["reason"]) == ("Queued", "PlacementChanged")
+    assert replacing.status["placementHash"] == job.placement_hash  # what the live pods still run with
+    deleting = plan(_snap(changed, replacing.status, jobs=[replace(job, deleting=True)]), SETTINGS)
+    assert deleting.create == [] and not [r for r in deleting.delete if r.kind == "Job"]
+    return plan(_snap(changed, deleting.status, jobs=[], secret_present=True), SETTINGS)
+
+
+def test_placement_change_replaces_the_running_job_and_resumes_the_same_run() -> None:
+    before, after = spec(resources={"memory": "32Gi"}), spec(resources={"memory": "64Gi"})
+    status, job = _running_under(before)
+    recreated = _replacement_rounds(after, status, job)
+    new_job = recreated.create[-1]
+    assert new_job["metadata"]["name"] == "support-bot-r1" and recreated.status["run"] == 1
+    container = new_job["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["memory"] == "64Gi"
+    config = json.loads(next(m for m in recreated.create if m["kind"] == "ConfigMap")["data"]["config.json"])
+    assert config["output"]["runUri"].endswith("/run-1/")  # same folder: the trainer resumes its checkpoints
+    assert recreated.status["placementHash"] == new_job["metadata"]["annotations"]["finetune.dev/placement-hash"]
+    assert recreated.status["trainingSpecHash"] == status["trainingSpecHash"]
+
+
+def test_queue_and_pod_metadata_changes_replace_the_job_too() -> None:
+    status, job = _running_under(spec())
+    moved = _replacement_rounds(spec(queueName="team-b"), status, job).create[-1]
+    assert moved["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-b"
+    labelled = _replacement_rounds(spec(podMetadata={"labels": {"cost-center": "42"}}), status, job).create[-1]
+    assert labelled["spec"]["template"]["metadata"]["labels"]["cost-center"] == "42"
+
+
+def test_placement_change_retries_a_failed_run_with_the_new_placement() -> None:
+    before, after = spec(resources={"memory": "8Gi"}), spec(resources={"memory": "64Gi"})
+    status, job = _running_under(before)
+    oom = PodObs("p1", 1, phase="Failed", exit_code=137)
+    failed_job = replace(job, active=0, failed=3, failed_condition=True, failure_reason="BackoffLimitExceeded")
+    failed = plan(_snap(before, status, jobs=[failed_job], pods=[oom]), SETTINGS)
+    assert failed.status["phase"] == "Failed"
+    # Unchanged spec: a failed run stays failed, even after its Job is deleted by hand.
+    assert plan(_snap(before, failed.status, jobs=[], secret_present=True), SETTINGS).create == []
+    retried = _replacement_rounds(after, failed.status, failed_job)
+    assert recreated_job_name(retried) == "support-bot-r1" and retried.status["run"] == 1
+    assert retried.status["phase"] == "Queued" and retried.status["error"] is None
+    # The failed Job was already deleted by hand: the change alone retries it.
+    by_hand = plan(_snap(after, failed.status, jobs=[], secret_present=True), SETTINGS)
+    assert recreated_job_name(by_hand) == "support-bot-r1"
+
+
+def recreated_job_name(p: Plan) -> str | None:
+    return next((m["metadata"]["name"] for m in p.create if m["kind"] == "Job"), None)
+
+
+def test_placement_change_leaves_a_succeeded_or_gate_failed_run_alone() -> None:
+    before, after = (
+        spec(resources={"memory": "32Gi"}, evaluation=GATE),
+        spec(resources={"memory": "64Gi"}, evaluation=GATE),
+    )
+    status, job = _running_under(before)
+    for loss, phase in ((1.2, "Succeeded"), (2.5, "Failed")):  # 2.5 fails the gate (max 1.8)
+        done_job, pod = _done(1, loss)
+        done_job = replace(done_job, placement_hash=job.placement_hash)
+        done = plan(_snap(before, status, jobs=[done_job], pods=[pod]), SETTINGS)
+        assert done.status["phase"] == phase
+        for jobs in ([done_job], []):
+            again = plan(_snap(after, done.status, jobs=jobs, pods=[pod], secret_present=True), SETTINGS)
+            assert again.create == [] and again.delete == [] and again.status["phase"] == phase
+
+
+def test_jobs_made_before_placement_stamps_are_never_replaced() -> None:
+    """An operator upgrade must not restart training: a Job without the stamp keeps running."""
+    status, job = _running_under(spec())
+    legacy_job = replace(job, placement_hash="")
+    p = plan(_snap(spec(resources={"memory": "64Gi"}), {**status, "placementHash": None}, jobs=[legacy_job]), SETTINGS)
+    trained = next(c for c in p.status["conditions"] if c["type"] == "Trained")
+    assert p.delete == [] and p.create == [] and trained["reason"] != "PlacementChanged"
+
+
+def test_a_run_started_under_the_legacy_training_hash_continues() -> None:
+    s = spec(resources={"memory": "64Gi"})
+    status = {"run": 3, "trainingSpecHash": legacy_training_spec_hash(s), "phase": "Training"}
+    p = plan(_snap(s, status, jobs=[JobObs("support-bot-r3", 3, active=1)]), SETTINGS)
+    assert p.status["run"] == 3 and p.create == [] and p.delete == []
+    assert p.status["trainingSpecHash"] == training_spec_hash(s)

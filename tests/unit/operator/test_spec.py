@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 import yaml
-from finetune_operator.spec import FineTuneJobSpec, parse_spec, training_spec_hash
+from finetune_operator.spec import (
+    FineTuneJobSpec,
+    legacy_training_spec_hash,
+    parse_spec,
+    placement_spec_hash,
+    training_spec_hash,
+)
 from pydantic import BaseModel, ValidationError
 
 from .support import EXAMPLES, example, minimal, spec
@@ -94,6 +100,33 @@ def test_serving_gate_suspend_and_queue_changes_keep_the_hash() -> None:
     assert _hash(suspend=True) == base
     assert _hash(queueName="q") == base
     assert _hash(podMetadata={"labels": {"a": "b"}}) == base
+
+
+def test_placement_changes_keep_the_training_hash_and_change_the_placement_hash() -> None:
+    base, placement = _hash(), placement_spec_hash(spec())
+    for changed in (
+        {"resources": {"memory": "64Gi"}},
+        {"resources": {"cpu": "8", "shmSize": "16Gi"}},
+        {"resources": {"nodeSelector": {"pool": "h100"}}},
+        {"resources": {"tolerations": [{"key": "gpu", "operator": "Exists"}]}},
+        {"resources": {"priorityClassName": "high"}},
+        {"podMetadata": {"labels": {"team": "a"}}},
+        {"queueName": "q"},
+    ):
+        assert _hash(**changed) == base, changed
+        assert placement_spec_hash(spec(**changed)) != placement, changed
+    assert placement_spec_hash(spec(resources={"gpus": 2})) == placement  # world size: a training change
+    assert placement_spec_hash(spec(hyperparameters={"learningRate": 1e-4})) == placement
+
+
+def test_the_training_hash_is_the_legacy_one_when_no_placement_field_is_set() -> None:
+    """Operator upgrades keep the run of every job that sets no placement field (the hash is unchanged);
+    for the others the planner matches the legacy hash (see test_plan)."""
+    for overrides in ({}, {"resources": {"gpus": 4}}, {"hyperparameters": {"epochs": 1}}):
+        assert training_spec_hash(spec(**overrides)) == legacy_training_spec_hash(spec(**overrides))
+    with_memory = spec(resources={"gpus": 2, "memory": "64Gi"})
+    assert training_spec_hash(with_memory) != legacy_training_spec_hash(with_memory)
+    assert training_spec_hash(with_memory) == training_spec_hash(spec(resources={"gpus": 2}))
 
 
 def test_spelled_out_defaults_keep_the_hash() -> None:

@@ -284,7 +284,7 @@ def test_observations_from_raw_bodies() -> None:
             "metadata": {
                 "name": "j-r2",
                 "labels": {"finetune.dev/run": "2", "finetune.dev/job-uid": "u"},
-                "annotations": {"finetune.dev/training-spec-hash": "h"},
+                "annotations": {"finetune.dev/training-spec-hash": "h", "finetune.dev/placement-hash": "p"},
             },
             "spec": {"suspend": True},
             "status": {
@@ -295,7 +295,7 @@ def test_observations_from_raw_bodies() -> None:
             },
         }
     )
-    assert (job.run, job.owner_uid, job.training_hash, job.suspended) == (2, "u", "h", True)
+    assert (job.run, job.owner_uid, job.training_hash, job.placement_hash, job.suspended) == (2, "u", "h", "p", True)
     assert job.failed_condition and job.failure_reason == "PodFailurePolicy"
     pod = pod_obs(
         {
