@@ -98,7 +98,11 @@ def finetunejob(name: str, delay: str) -> dict[str, Any]:
 
 
 class Watcher:
-    """Records, with this process's clock, when each Job appears, each pod succeeds, each FTJ succeeds."""
+    """Records, with this process's clock, when each Job appears, each pod succeeds, each FTJ succeeds.
+
+    The watches must cost the machine little, since the operator and the API server are what is measured:
+    events stay raw JSON (no client model objects) and a watch that times out resumes from the last
+    resourceVersion seen rather than listing everything again."""
 
     def __init__(self, api_client: Any, namespace: str) -> None:
         self.api_client, self.namespace = api_client, namespace
@@ -110,12 +114,21 @@ class Watcher:
     def _loop(self, list_fn: Any, on_event: Any, **kwargs: Any) -> None:
         from kubernetes import watch
 
+        resource_version = ""
         while not self.stop.is_set():
+            resume = {"resource_version": resource_version} if resource_version else {}
             try:
-                for event in watch.Watch().stream(list_fn, self.namespace, timeout_seconds=5, **kwargs):  # type: ignore[no-untyped-call]
+                for event in watch.Watch().stream(  # type: ignore[no-untyped-call]
+                    list_fn, self.namespace, timeout_seconds=60, deserialize=False, **resume, **kwargs
+                ):
+                    if event["type"] == "ERROR":  # 410 Gone: too old to resume; start over (setdefault is idempotent)
+                        resource_version = ""
+                        break
+                    resource_version = event["object"]["metadata"].get("resourceVersion", resource_version)
                     on_event(event["object"])
             except Exception as error:  # a dropped watch is restarted; the bench must not die of it
                 print(f"watch restarted: {error}", file=sys.stderr)
+                resource_version = ""
                 time.sleep(0.5)
 
     def start(self) -> None:
@@ -124,12 +137,12 @@ class Watcher:
         batch, core = client.BatchV1Api(self.api_client), client.CoreV1Api(self.api_client)
         custom = client.CustomObjectsApi(self.api_client)
 
-        def on_job(job: Any) -> None:
-            self.job_seen.setdefault(job.metadata.name, time.monotonic())
+        def on_job(job: dict[str, Any]) -> None:
+            self.job_seen.setdefault(job["metadata"]["name"], time.monotonic())
 
-        def on_pod(pod: Any) -> None:
-            uid = (pod.metadata.labels or {}).get("finetune.dev/job-uid")
-            if uid and pod.status.phase == "Succeeded":
+        def on_pod(pod: dict[str, Any]) -> None:
+            uid = (pod["metadata"].get("labels") or {}).get("finetune.dev/job-uid")
+            if uid and (pod.get("status") or {}).get("phase") == "Succeeded":
                 self.pod_done.setdefault(uid, time.monotonic())
 
         def on_ftj(obj: dict[str, Any]) -> None:
