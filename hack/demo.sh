@@ -27,7 +27,7 @@ set -a; source "$FTO_CACHE/images/refs.env"; set +a
 hack/import-images.sh "$FTO_TRAINER_IMAGE=$FTO_TRAINER_ARCHIVE" "$FTO_OPERATOR_IMAGE=$FTO_OPERATOR_ARCHIVE"
 
 step "dataset and base model into S3"
-PYTHONPATH="$repo" python hack/demo/seed.py --endpoint "$FTO_S3_ENDPOINT" \
+python hack/demo/seed.py --endpoint "$FTO_S3_ENDPOINT" \
   --access-key "$FTO_S3_ACCESS_KEY" --secret-key "$FTO_S3_SECRET_KEY"
 
 step "CRD and operator (Helm chart, watching the demo namespace only)"

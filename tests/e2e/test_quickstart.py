@@ -90,7 +90,7 @@ def test_quickstart_trains_evaluates_publishes_and_serves(cluster: Cluster, name
             "AWS_SECRET_ACCESS_KEY": os.environ["FTO_S3_SECRET_KEY"]}
     run(sys.executable, "hack/demo/seed.py", "--endpoint", endpoint_url, "--access-key",
         keys["AWS_ACCESS_KEY_ID"], "--secret-key", keys["AWS_SECRET_ACCESS_KEY"],
-        env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL)
     cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "s3-creds"}, "stringData": keys})
     manifest = quickstart(namespace)
     cluster.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
