@@ -101,6 +101,17 @@ def test_cli_rejects_a_serve_json_with_unknown_fields(tmp_path: Path,
     assert message["code"] == "ConfigInvalid" and "modelURI" in message["message"]
 
 
+def test_cli_rejects_a_bad_thread_override_before_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune_trainer.serve.cli import main
+
+    config = write_serve_json(tmp_path / "serve.json", servedModelName="m", modelUri="s3://b/m/")
+    monkeypatch.setenv("FTO_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    monkeypatch.setenv("FTO_TORCH_THREADS", "many")
+    assert main(["serve", "--config", str(config)]) == 42
+    message = json.loads((tmp_path / "termination-log").read_text())
+    assert message["code"] == "ConfigInvalid" and "FTO_TORCH_THREADS" in message["message"]
+
+
 @pytest.mark.s3
 def test_cli_exits_42_when_the_model_is_missing(s3_bucket: Any, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:

@@ -56,11 +56,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn
 
+    from finetune_trainer.cpus import configure_torch
     from finetune_trainer.serve.app import create_app
     from finetune_trainer.serve.config import ServeSettings, load_serve_config
 
     try:
         settings = ServeSettings.from_env(load_serve_config(args.config))
+        configure_torch()  # before the model loads: torch must not size its pool from the host's cores
     except TrainerError as error:
         log.error("%s: %s", error.code, error.message)
         write_termination_message(error.code, error.message)
