@@ -36,7 +36,7 @@ cp -a "$rootfs/." "$mnt/"
 dest=$mnt/opt/venv/lib/python3.11/site-packages
 tar -C "$site" --null -T "$list" -cf - | tar -C "$dest" -xf -
 # Build requirements of the project that the venv's versions do not meet (its setuptools may predate
-# pyproject's `setuptools>=69`): installed from wheels, downloaded once with the venv's pip (PyPI, the
+# pyproject's `setuptools>=77`): installed from wheels, downloaded once with the venv's pip (PyPI, the
 # ordinary client) into $FTO_CACHE/images/wheels, so the Dockerfile's `pip install .` needs no network.
 wheels=$FTO_CACHE/images/wheels
 while IFS= read -r req; do
