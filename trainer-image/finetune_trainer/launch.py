@@ -6,6 +6,11 @@ When the config asks for more than one process and we are not already a torchrun
 torchrun itself (NODE_RANK, MASTER_ADDR, MASTER_PORT from the pod's environment), passes SIGTERM straight
 to the workers so each can checkpoint, and exits with the code the workers' termination message implies
 (`exit_code_for`, pure). The termination message itself is the one the workers wrote.
+
+A SIGTERM can also arrive before torchrun has started any worker (a multi-node run waiting in rendezvous
+for a peer that was preempted). Then there is nobody to forward it to: the launcher stops torchrun itself
+once it has seen no worker for `WORKERLESS_GRACE_SECONDS`, and exits 75 (Preempted) with a termination
+message of its own - a stopped pod, not a failed one, and not one that hangs until the kubelet kills it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -30,6 +36,9 @@ from finetune_trainer.errors import (
 from finetune_trainer.termination import DEFAULT_PATH, termination_line, write_termination
 
 log = logging.getLogger(__name__)
+
+WORKERLESS_GRACE_SECONDS = 2.0
+"""How long after SIGTERM a torchrun with no worker yet is left to start one before it is stopped itself."""
 
 
 def processes(raw: dict[str, Any]) -> tuple[int, int]:
@@ -72,17 +81,34 @@ def torchrun_command(config_path: Path, workers: int, per_worker: int, environ: 
     ]  # fmt: skip
 
 
-def _signal_workers(process: subprocess.Popen[bytes], signum: int) -> None:
-    """Send `signum` to torchrun's worker processes (not torchrun: it would kill them after a timeout)."""
+def _signal_workers(process: subprocess.Popen[bytes], signum: int) -> int:
+    """Send `signum` to torchrun's worker processes (not torchrun: it would kill them after a timeout);
+    returns how many were signalled."""
     import psutil
 
     try:
         children = psutil.Process(process.pid).children(recursive=True)
     except psutil.NoSuchProcess:
-        return
+        return 0
     for child in children:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.send_signal(signum)
+    return len(children)
+
+
+def _wait(process: subprocess.Popen[bytes], stop_requested_at: list[float]) -> int:
+    """Wait for torchrun; after a SIGTERM that found no worker, stop torchrun itself once the grace ends."""
+    stopped_torchrun = False
+    while True:
+        try:
+            return process.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            pass
+        waited = time.monotonic() - stop_requested_at[0] if stop_requested_at else 0.0
+        if waited >= WORKERLESS_GRACE_SECONDS and not stopped_torchrun:
+            log.warning("SIGTERM before any worker started: stopping torchrun")
+            process.send_signal(signal.SIGTERM)
+            stopped_torchrun = True
 
 
 def launch(config_path: Path, raw: dict[str, Any]) -> int:
@@ -94,20 +120,27 @@ def launch(config_path: Path, raw: dict[str, Any]) -> int:
     command = torchrun_command(config_path, workers, per_worker, dict(os.environ))
     log.info("launching %d x %d processes: %s", workers, per_worker, " ".join(command))
     process = subprocess.Popen(command)
+    workerless_stop: list[float] = []  # when a SIGTERM found no worker to pass to (empty: none did)
 
     def forward(signum: int, frame: FrameType | None) -> None:
         log.warning("SIGTERM: asking the workers to checkpoint and stop")
-        _signal_workers(process, signum)
+        if _signal_workers(process, signum) == 0 and not workerless_stop:
+            workerless_stop.append(time.monotonic())
 
     signal.signal(signal.SIGTERM, forward)
-    returncode = process.wait()
+    returncode = _wait(process, workerless_stop)
     code = None
     with contextlib.suppress(OSError, json.JSONDecodeError):
         code = json.loads(termination.read_text() or "{}").get("code")
+    run = (raw.get("job") or {}).get("run")
+    run_number = run if isinstance(run, int) else None
+    if code is None and workerless_stop:
+        code = "Preempted"
+        message = "stopped (SIGTERM) before training started; nothing to checkpoint, the next pod starts over"
+        write_termination(termination_line(code, message, run_number))
     exit_code = exit_code_for(code, returncode)
     if code is None:
-        run = (raw.get("job") or {}).get("run")
         message = f"torchrun exited {returncode} and no worker wrote a termination message (see the pod log)"
-        write_termination(termination_line("InternalError", message, run if isinstance(run, int) else None))
+        write_termination(termination_line("InternalError", message, run_number))
     log.info("torchrun exited %d, workers reported %s: exit %d", returncode, code, exit_code)
     return exit_code
