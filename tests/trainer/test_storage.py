@@ -54,7 +54,7 @@ def test_download_once_upload_and_delete(s3_bucket: Any, tmp_path: Path) -> None
     assert len(storage.list(S3Uri.parse(s3_bucket.uri("model/")))) == 2  # a sibling prefix is untouched
 
 
-def test_typed_errors(s3_bucket: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_typed_errors(s3_bucket: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     storage = Storage()
     with pytest.raises(StorageNotFound, match="bucket 'no-such-bucket-fto' does not exist"):
         storage.list(S3Uri.parse("s3://no-such-bucket-fto/x"))
@@ -63,3 +63,7 @@ def test_typed_errors(s3_bucket: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "not-a-key")
     with pytest.raises(StorageAccessDenied, match=s3_bucket.uri("x")):
         Storage().list(S3Uri.parse(s3_bucket.uri("x")))
+    local = tmp_path / "weights.bin"
+    local.write_bytes(b"w" * 100)
+    with pytest.raises(StorageAccessDenied, match=f"uploading {s3_bucket.uri('w.bin')}: access denied"):
+        Storage().upload_file(local, S3Uri.parse(s3_bucket.uri("w.bin")))  # boto3 wraps this one

@@ -172,12 +172,18 @@ class Storage:
         return self._client
 
     def _call(self, uri: S3Uri, action: str, fn: Callable[[], Any]) -> Any:
+        from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return fn()
         except (ClientError, BotoCoreError) as error:
             raise_storage_error(error, uri, action)
+        except S3UploadFailedError as error:
+            # boto3's upload_file wraps the server's ClientError in its own class (kept as the context);
+            # classify the server's answer, so a refused upload is a user error like a refused read
+            cause = error.__context__
+            raise_storage_error(cause if isinstance(cause, (ClientError, BotoCoreError)) else error, uri, action)
 
     def iter_objects(self, uri: S3Uri) -> Iterator[ObjectInfo]:
         """Every object whose key starts with `uri.key` (raw prefix match, sorted by key)."""
