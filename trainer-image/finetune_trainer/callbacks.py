@@ -3,10 +3,14 @@
 Why a callback: the Trainer owns the step loop, and a callback is its supported extension point. On
 SIGTERM (eviction, preemption, `suspend: true`) the handler only sets a flag; at the next step boundary
 every rank agrees (one all-reduce) to save a checkpoint and stop, so no rank blocks in a collective the
-others never enter. The checkpoint is uploaded, its marker written, and the entry point exits 75. Outside
-the training loop (loading, evaluating) SIGTERM raises `StopRequested` at once, since there is no
-unsaved training state. A checkpoint is also saved at the very last step, so a pod killed during
-evaluation resumes straight into evaluation.
+others never enter. The entry point then waits for the upload still in flight and for that last
+checkpoint (`CheckpointUploader.finish`), so both markers are written, and exits 75. Outside the training
+loop (loading, evaluating) SIGTERM raises `StopRequested` at once, since there is no unsaved training
+state (queued uploads are still finished on the way out); a repeated SIGTERM changes nothing. A checkpoint
+is also saved at the very last step, so a pod killed during evaluation resumes straight into evaluation.
+
+Uploads do not block the loop: `on_save` hands the folder to the rank-0 upload thread and returns. Other
+ranks upload only their own RNG state (a few KB) before the barrier that lets rank 0 take the folder.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from transformers import TrainerCallback
 from finetune_trainer import distributed
 from finetune_trainer.checkpoints import CheckpointStore
 from finetune_trainer.progress import Reporter
+from finetune_trainer.uploader import CheckpointUploader
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,9 @@ class SignalStop:
         signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:  # the first one already decided; raising again would cut short the final uploads
+            log.warning("SIGTERM received again; already stopping")
+            return
         log.warning("SIGTERM received%s", ": checkpointing at the next step" if self.in_training_loop else "")
         self.requested = True
         if not self.in_training_loop:
@@ -49,15 +57,18 @@ class SignalStop:
 
 
 class TrainerHooks(TrainerCallback):  # type: ignore[misc]
-    """Stop on SIGTERM, upload every saved checkpoint, report progress (rank 0 only)."""
+    """Stop on SIGTERM, hand every saved checkpoint to the uploader, report progress (rank 0 only).
+
+    `uploader` is rank 0's `CheckpointUploader`, None on every other rank.
+    """
 
     def __init__(
-        self, stop: SignalStop, store: CheckpointStore, reporter: Reporter, resolved_config: str
+        self, stop: SignalStop, store: CheckpointStore, uploader: CheckpointUploader | None, reporter: Reporter
     ) -> None:
         self.stop = stop
         self.store = store
+        self.uploader = uploader
         self.reporter = reporter
-        self.resolved_config = resolved_config
         self.stopped_at: int | None = None
         self.last_checkpoint: int | None = None
         self.loss: float | None = None
@@ -70,6 +81,7 @@ class TrainerHooks(TrainerCallback):  # type: ignore[misc]
         self.stop.in_training_loop = True
         self.started = time.monotonic()
         self.start_step = state.global_step
+        self.last_checkpoint = state.global_step or None  # resumed from a complete checkpoint of that step
         self.start_tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
         if self.stop.requested:  # SIGTERM arrived while the loop was starting
             control.should_training_stop = True
@@ -94,6 +106,8 @@ class TrainerHooks(TrainerCallback):  # type: ignore[misc]
         return (tokens / elapsed if tokens > 0 else None), elapsed / steps
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.uploader is not None:
+            self.uploader.check()  # a failed upload ends the run now, not hours later at the end
         if distributed.any_rank(self.stop.requested):
             self.stop.requested = True
             self.stopped_at = state.global_step
@@ -101,9 +115,14 @@ class TrainerHooks(TrainerCallback):  # type: ignore[misc]
             control.should_training_stop = True
         if state.max_steps and state.global_step >= state.max_steps:
             control.should_save = True
+        complete = self.uploader.last_complete if self.uploader is not None else None
+        news = complete is not None and complete != self.last_checkpoint  # newly resumable: say so at once
+        if news:
+            self.last_checkpoint = complete
         tokens_per_second, seconds_per_step = self.rates(state)
         self.reporter.report(
             "training",
+            force=news,
             step=state.global_step,
             total=state.max_steps,
             epoch=state.epoch,
@@ -116,20 +135,14 @@ class TrainerHooks(TrainerCallback):  # type: ignore[misc]
         self.reporter.flush_if_overdue()
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Queue the upload of the folder the Trainer just wrote; training goes on while it runs.
+
+        The barrier makes sure every rank has written its files into the folder (and uploaded its own
+        RNG state) before rank 0 moves the folder away and, later, writes the marker.
+        """
         step = state.global_step
         local = Path(args.output_dir) / f"checkpoint-{step}"
-        self.store.upload(local, step, self.resolved_config)
-        self.last_checkpoint = step
-        tokens_per_second, seconds_per_step = self.rates(state)
-        self.reporter.report(
-            "training",
-            force=True,
-            step=step,
-            total=state.max_steps,
-            epoch=state.epoch,
-            loss=self.loss,
-            learning_rate=self.learning_rate,
-            tokens_per_second=tokens_per_second,
-            seconds_per_step=seconds_per_step,
-            last_checkpoint=step,
-        )
+        self.store.upload_own_state(local, step)
+        distributed.barrier()
+        if self.uploader is not None:
+            self.uploader.submit(local, step)

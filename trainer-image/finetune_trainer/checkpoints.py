@@ -5,6 +5,9 @@ whose `_COMPLETE` object exists (written after every other file) is ever resumed
 complete `checkpoint-<step>` of this run is downloaded and handed to the Trainer, which restores weights,
 optimizer, scheduler, RNG and the step counter. Only the newest `keep` complete checkpoints stay; older
 ones and abandoned partial ones are deleted. `select_for_deletion` is pure and unit-tested.
+
+Uploads run beside training (`finetune_trainer.uploader` owns the thread); what that thread uploads next,
+and which checkpoint a newer one makes pointless, is decided here by `UploadSlots`, pure and unit-tested.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from finetune_trainer import distributed
@@ -77,6 +81,45 @@ def uploads(name: str, rank: int, world: int) -> bool:
     return rank == 0
 
 
+@dataclass(frozen=True)
+class UploadSlots:
+    """The checkpoint upload in flight and the one waiting behind it: never more than one of each.
+
+    Why bounded: on SIGTERM the pod has a grace period to finish every upload still queued, so the queue
+    must stay short whatever the ratio of upload time to save interval. A newer checkpoint replaces a
+    waiting one (it restores everything the older one would, and more steps); it never replaces the one in
+    flight, whose marker is the nearest resumable point and which is partly uploaded already.
+    """
+
+    in_flight: int | None = None
+    waiting: int | None = None
+
+    @property
+    def idle(self) -> bool:
+        return self.in_flight is None and self.waiting is None
+
+    def submit(self, step: int) -> tuple[UploadSlots, int | None]:
+        """Queue `step`; returns the new slots and the step that will now never be uploaded (or None).
+
+        The dropped step is the superseded waiting one, or `step` itself when it is not newer than what is
+        already queued (a repeated save of the same step adds nothing).
+        """
+        queued = [s for s in (self.in_flight, self.waiting) if s is not None]
+        if queued and step <= max(queued):
+            return self, step
+        return replace(self, waiting=step), self.waiting
+
+    def start(self) -> tuple[UploadSlots, int | None]:
+        """When nothing is in flight, the waiting step goes in flight; returns it (None: nothing to start)."""
+        if self.in_flight is not None or self.waiting is None:
+            return self, None
+        return UploadSlots(in_flight=self.waiting), self.waiting
+
+    def finish(self) -> UploadSlots:
+        """The upload in flight is done (its marker written)."""
+        return replace(self, in_flight=None)
+
+
 class CheckpointStore:
     """The checkpoints of one run in object storage (`<runUri>checkpoints/`)."""
 
@@ -102,24 +145,33 @@ class CheckpointStore:
         log.info("resuming from %s (step %d)", self.uri(step), step)
         return target
 
-    def upload(self, local: Path, step: int, resolved_config: str) -> None:
-        """Upload a checkpoint folder the Trainer wrote; rank 0 writes the marker once all ranks are done.
+    def upload_own_state(self, local: Path, step: int) -> None:
+        """On ranks other than 0: upload this rank's RNG state now, before the barrier of `on_save`.
 
-        Every rank uploads its own RNG state (it may live on another node's disk); rank 0 uploads the rest.
+        It may exist only on this rank's node, and it is a few KB, so it goes synchronously; everything else
+        (and the marker) is rank 0's `publish`, which runs on the upload thread. Rank 0 uploads nothing here.
+        """
+        rank, world = distributed.rank(), distributed.world_size()
+        if rank == 0:
+            return
+        self.storage.upload_dir(local, self.uri(step), skip=lambda path: not uploads(path.name, rank, world))
+
+    def publish(self, local: Path, step: int, resolved_config: str) -> None:
+        """Rank 0: upload the shared files of a checkpoint, then its config, then the marker; then prune.
+
+        Call only once every other rank's `upload_own_state` for `step` has returned (the barrier in
+        `on_save`), so the marker is written after every object of the checkpoint. Uses no collective, so
+        it may run on a thread while training continues.
         """
         target = self.uri(step)
-        rank, world = distributed.rank(), distributed.world_size()
-        self.storage.upload_dir(local, target, skip=lambda path: not uploads(path.name, rank, world))
-        distributed.barrier()
-        if distributed.is_main():
-            self.storage.write_bytes(
-                target.join("trainer_config.json"), resolved_config.encode(), "application/json"
-            )
-            self.storage.write_bytes(
-                target.join(MARKER), json.dumps({"step": step}).encode(), "application/json"
-            )
-            log.info("checkpoint %d complete at %s", step, target)
-            self.prune()
+        world = distributed.world_size()
+        log.info("uploading checkpoint %d to %s", step, target)
+        started = time.monotonic()
+        self.storage.upload_dir(local, target, skip=lambda path: not uploads(path.name, 0, world))
+        self.storage.write_bytes(target.join("trainer_config.json"), resolved_config.encode(), "application/json")
+        self.storage.write_bytes(target.join(MARKER), json.dumps({"step": step}).encode(), "application/json")
+        log.info("checkpoint %d complete at %s (%.1fs)", step, target, time.monotonic() - started)
+        self.prune()
 
     def prune(self) -> list[int]:
         """Delete checkpoints beyond the newest `keep` complete ones; returns the deleted steps."""

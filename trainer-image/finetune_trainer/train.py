@@ -5,7 +5,9 @@ module strings the steps together and holds no policy of its own: inputs (`input
 (`modeling`), the Trainer with our hooks (`callbacks`, `checkpoints`, `progress`), evaluation
 (`evaluation`) and outputs (`artifacts`). Causal LM batches are flattened (`DataCollatorWithFlattening`:
 one row, position ids restart per example), so no compute is spent on padding; classifier batches are
-length-grouped and padded per batch.
+length-grouped and padded per batch. Checkpoints upload on rank 0's thread (`uploader`) while training and
+evaluation go on; every way out of training waits for the queued uploads first, so a run never publishes
+its model, or exits 75, before its last checkpoint is resumable.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from finetune_trainer.inputs import Inputs, prepare, write_split
 from finetune_trainer.modeling import Hardware, apply_method, check_method, choose_precision, load_model
 from finetune_trainer.progress import make_reporter
 from finetune_trainer.storage import S3Uri, Storage
+from finetune_trainer.uploader import CheckpointUploader, uploads_finished_on_error
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +158,14 @@ def quiet_progress_bars() -> None:
     transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
+def checkpoint_uploader(run_uri: S3Uri, cfg: TrainerConfig, work: Path) -> CheckpointUploader:
+    """Rank 0's upload thread, with a storage client of its own (the training thread keeps its own)."""
+    store = CheckpointStore(Storage(), run_uri, cfg.checkpointing.keep)
+    resolved = cfg.to_json()
+    staging = work / "checkpoint-uploads"  # beside, not inside, the Trainer's output dir: never rotated
+    return CheckpointUploader(lambda folder, step: store.publish(folder, step, resolved), staging)
+
+
 def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
     """Train, evaluate and publish one run; raises TrainerError subclasses for the contract's outcomes."""
     stop = stop or SignalStop()
@@ -198,7 +209,8 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
 
     steps = total_steps(len(inputs.tokenized["train"]), cfg, distributed.world_size())
     args = training_arguments(cfg, precision, hardware, work / "checkpoints", steps)
-    hooks = TrainerHooks(stop, store, reporter, cfg.to_json())
+    uploader = checkpoint_uploader(run_uri, cfg, work) if distributed.is_main() else None
+    hooks = TrainerHooks(stop, store, uploader, reporter)
     trainer = Trainer(
         model=model,
         args=args,
@@ -206,43 +218,51 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
         data_collator=collator,
         callbacks=[hooks],
     )
-    started = time.monotonic()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    if stop.requested:
-        step = hooks.stopped_at if hooks.stopped_at is not None else trainer.state.global_step
-        raise Preempted(
-            f"stopped by SIGTERM at step {step}; checkpoint-{step} saved, the next attempt resumes"
-        )
-    runtime = time.monotonic() - started
-    tokens_per_second, _ = hooks.rates(trainer.state)
+    with uploads_finished_on_error(uploader):  # a crash or a late SIGTERM still finishes them
+        started = time.monotonic()
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if stop.requested:
+            step = hooks.stopped_at if hooks.stopped_at is not None else trainer.state.global_step
+            if uploader is not None:
+                uploader.finish()  # the upload in flight, then the checkpoint saved on SIGTERM
+            distributed.barrier()  # no rank exits first: torchrun would stop rank 0 mid-upload
+            raise Preempted(
+                f"stopped by SIGTERM at step {step}; checkpoint-{step} saved, the next attempt resumes"
+            )
+        runtime = time.monotonic() - started
+        tokens_per_second, _ = hooks.rates(trainer.state)
 
-    reporter.report("evaluating", force=True, step=trainer.state.global_step, total=trainer.state.max_steps)
-    model = trainer.model
-    metrics = evaluate_all(model, inputs, collator, cfg, precision)
-    log.info("metrics: %s", metrics)
+        step, total = trainer.state.global_step, trainer.state.max_steps
+        reporter.report("evaluating", force=True, step=step, total=total)
+        model = trainer.model
+        metrics = evaluate_all(model, inputs, collator, cfg, precision)  # the last checkpoint uploads meanwhile
+        log.info("metrics: %s", metrics)
 
-    reporter.report("uploading", force=True, step=trainer.state.global_step, total=trainer.state.max_steps)
-    artifacts: dict[str, str] = {}
-    if distributed.is_main():
-        folder = save_model(
-            model,
-            inputs.tokenizer,
-            cfg,
-            inputs.labels,
-            work / "model",
-            inputs.model_folder,
-            inputs.default_template,
-        )
-        facts = {
-            "steps": trainer.state.global_step,
-            "epochs": round(float(trainer.state.epoch or 0), 3),
-            "trainRuntimeSeconds": round(runtime, 1),
-            "tokensPerSecond": round(tokens_per_second, 1) if tokens_per_second else None,
-            "trainLoss": round(float(result.training_loss), 6),
-            "precision": precision,
-            "processes": distributed.world_size(),
-            "labels": inputs.labels,
-        }
-        artifacts = publish(storage, run_uri, folder, cfg, metrics, base, trainer.state.log_history, facts)
-    distributed.barrier()
+        reporter.report("uploading", force=True, step=step, total=total)
+        artifacts: dict[str, str] = {}
+        if uploader is not None:
+            uploader.finish()  # the final checkpoint is resumable before any artifact of the run exists
+        if distributed.is_main():
+            folder = save_model(
+                model,
+                inputs.tokenizer,
+                cfg,
+                inputs.labels,
+                work / "model",
+                inputs.model_folder,
+                inputs.default_template,
+            )
+            facts = {
+                "steps": trainer.state.global_step,
+                "epochs": round(float(trainer.state.epoch or 0), 3),
+                "trainRuntimeSeconds": round(runtime, 1),
+                "tokensPerSecond": round(tokens_per_second, 1) if tokens_per_second else None,
+                "trainLoss": round(float(result.training_loss), 6),
+                "precision": precision,
+                "processes": distributed.world_size(),
+                "labels": inputs.labels,
+            }
+            history = trainer.state.log_history
+            artifacts = publish(storage, run_uri, folder, cfg, metrics, base, history, facts)
+        distributed.barrier()
     return Outcome(trainer.state.global_step, metrics, base, artifacts)
