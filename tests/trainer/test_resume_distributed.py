@@ -1,5 +1,10 @@
 """SIGTERM mid-training checkpoints and exits 75; the next attempt resumes and the step count continues.
 Two processes (torchrun, gloo on CPU) train one run together.
+
+The SIGTERM test holds checkpoint uploads back (a proxy in front of the real S3 server stalls every PUT
+under `checkpoints/`) and sends the signal the moment the first upload starts, so it lands mid-training
+while that upload is in flight, as it would on a real node; the uploads go on once the trainer is
+finishing them.
 """
 
 from __future__ import annotations
@@ -8,6 +13,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +25,7 @@ from finetune_trainer.errors import PREEMPTED_EXIT_CODE, USER_ERROR_EXIT_CODE
 from tests.support.ports import free_port
 from tests.trainer.builders import arithmetic_records, put_jsonl, trainer_config
 from tests.trainer.conftest import TrainerResult
+from tests.trainer.s3proxy import S3Proxy
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
@@ -45,30 +52,47 @@ def test_sigterm_checkpoints_then_resume_continues(
     raw["checkpointing"] = {"intervalSteps": 5, "keep": 2}
     config = tmp_path / "config.json"
     config.write_text(json.dumps(raw))
-    log = (tmp_path / "attempt-1.log").open("w")
+    attempt_log = tmp_path / "attempt-1.log"
+    log = attempt_log.open("w")
+    release = threading.Event()
+    started: list[subprocess.Popen[bytes]] = []
+    proxy = S3Proxy(  # the first checkpoint PUT sends SIGTERM, then waits for `release`
+        s3_bucket.endpoint.url,
+        "/checkpoints/",
+        hold=release,
+        on_match=lambda: started[0].send_signal(signal.SIGTERM),
+    )
+    env = dict(trainer_env, AWS_ENDPOINT_URL=proxy.url)
+    env.pop("AWS_ENDPOINT_URL_S3", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "finetune_trainer", "train", "--config", str(config)],
-        env=trainer_env,
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    started.append(process)
     try:
         deadline = time.monotonic() + 240
-        while not complete_steps(s3_bucket) and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.2)
-        assert process.poll() is None, (tmp_path / "attempt-1.log").read_text()[-3000:]
-        assert complete_steps(s3_bucket), "no checkpoint within 240 s"
-        process.send_signal(signal.SIGTERM)
+        while "finishing checkpoint uploads" not in attempt_log.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, attempt_log.read_text()[-3000:]
+            time.sleep(0.1)
+        assert not complete_steps(s3_bucket), "an upload went through the closed proxy"
+        release.set()  # the trainer is waiting for its uploads: let them go
         exit_code = process.wait(120)
     finally:
+        release.set()
         if process.poll() is None:
             process.kill()
-    output = (tmp_path / "attempt-1.log").read_text()
+        proxy.close()
+    output = attempt_log.read_text()
     assert exit_code == PREEMPTED_EXIT_CODE, output[-3000:]
     termination = json.loads((tmp_path / "termination-log").read_text())
     assert termination["code"] == "Preempted", termination
     stopped = complete_steps(s3_bucket)[-1]
-    assert 0 < stopped < 60 and f"checkpoint-{stopped} saved" in termination["message"]
+    assert 5 < stopped < 60 and f"checkpoint-{stopped} saved" in termination["message"]
+    # The upload in flight at SIGTERM (checkpoint-5) was finished, then the one saved on SIGTERM.
+    assert f"finishing checkpoint uploads: 5 in flight, {stopped} waiting" in output, output[-3000:]
+    assert complete_steps(s3_bucket) == [5, stopped]
 
     caplog.set_level("INFO", logger="finetune_trainer")
     result = run_trainer(raw)
