@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 PYTEST := $(PY) -m pytest
 
-.PHONY: venv cluster-up cluster-down cluster-status cluster-kubeconfig lint test test-unit images demo bench \
+.PHONY: promtool venv cluster-up cluster-down cluster-status cluster-kubeconfig lint test test-unit images demo bench \
 	helm-sync-crd
 
 venv:
@@ -39,8 +39,12 @@ test-unit: venv
 
 # Everything: lint, unit, the cluster tier (real API server + kwok), trainer and server on a real S3 server,
 # and e2e on the real node (images built and imported first, cached by content).
-test: venv lint cluster-up
+test: venv lint cluster-up promtool
 	$(PYTEST) tests --durations=20
+
+# promtool (the chart's alert tests), built from Go modules once and cached
+promtool:
+	hack/build-binaries.sh promtool
 
 # Trainer and operator images, built with buildah on a local Debian base; cached by content hash.
 images: venv

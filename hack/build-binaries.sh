@@ -93,6 +93,19 @@ build_kueue() {  # the Kueue manager, run by the Kueue integration test as a loc
   GOBIN="$dir" go install -ldflags "-s -w" "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
 }
 
+build_promtool() {  # Prometheus' rule checker and rule unit-test runner, for the chart's alerts (tests/helm)
+  local dir="$bin/prometheus-$PROMETHEUS_VERSION"
+  if [ ! -x "$dir/promtool" ]; then
+    mkdir -p "$dir"
+    log "building promtool $PROMETHEUS_VERSION (several minutes cold on 2 cores)"
+    GOBIN="$dir" go install -ldflags "-s -w" "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
+  else
+    log "promtool $PROMETHEUS_VERSION cached"
+  fi
+  mkdir -p "$bin/tools"
+  ln -sfn "$dir/promtool" "$bin/tools/promtool"  # beside kubectl and helm, on the tests' PATH
+}
+
 targets=("$@")
-((${#targets[@]})) || targets=(etcd kwok kubernetes kueue)
+((${#targets[@]})) || targets=(etcd kwok kubernetes kueue promtool)
 for t in "${targets[@]}"; do "build_$t"; done

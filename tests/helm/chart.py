@@ -26,7 +26,8 @@ def tool(name: str) -> str:
     found = shutil.which(name) or (str(TOOLS / name) if (TOOLS / name).exists() else None)
     if not found:
         raise RuntimeError(
-            f"{name} not found on PATH or in {TOOLS}: run `make cluster-up` (installs the tools)"
+            f"{name} not found on PATH or in {TOOLS}: run `make cluster-up` (installs kubectl and helm)"
+            " or `hack/build-binaries.sh promtool`"
         )
     return found
 

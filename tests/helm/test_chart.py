@@ -15,6 +15,7 @@ EVERYTHING = {
     "networkPolicy.apiServer.cidrs": "{10.0.0.1/32}",
     "networkPolicy.metricsNamespaceSelector.matchLabels.team": "monitoring",
     "metrics.serviceMonitor.enabled": "true",
+    "metrics.prometheusRule.enabled": "true",
 }
 RESTRICTED_POD = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
 
@@ -118,6 +119,9 @@ def test_optional_objects() -> None:
     assert api_rule["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
     (monitor,) = _of(docs, "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert not _of(render("r", "ops"), "PrometheusRule")
+    (rule,) = _of(docs, "PrometheusRule")
+    assert rule["metadata"]["namespace"] == "ops"  # its alerts are tested in test_alerts.py
 
 
 @pytest.mark.parametrize(
@@ -128,8 +132,9 @@ def test_optional_objects() -> None:
         {"reconcile.workers": "0"},
         {"metrics.port": "70000"},
         {"trainerImage": "typo.example/x:1"},  # unknown key: additionalProperties false
+        {"metrics.prometheusRule.temporaryErrorRatio": "2"},
     ],
-    ids=["log-format", "namespace-name", "workers", "port", "unknown-key"],
+    ids=["log-format", "namespace-name", "workers", "port", "unknown-key", "alert-ratio"],
 )
 def test_schema_refuses_bad_values(bad: dict[str, str]) -> None:
     result = helm("template", "r", str(CHART), *set_args(bad), check=False)
