@@ -23,6 +23,7 @@ LABEL_COMPONENT = "finetune.dev/component"
 ANNOTATION_SPEC_HASH = "finetune.dev/spec-hash"
 ANNOTATION_TRAINING_HASH = "finetune.dev/training-spec-hash"
 ANNOTATION_PLACEMENT_HASH = "finetune.dev/placement-hash"
+ANNOTATION_RETRY = "finetune.dev/retry"  # on a FineTuneJob, set by its user: a new value retries a failed run
 ANNOTATION_FULL_NAME = "finetune.dev/finetunejob"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 MANAGED_BY = "finetune-operator"

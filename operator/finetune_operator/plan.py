@@ -16,7 +16,7 @@ from finetune_operator import conditions as cond
 from finetune_operator.builders.common import Manifest, Owner
 from finetune_operator.builders.serving import Published, endpoint_url, serving_bundle
 from finetune_operator.gate import GateResult, evaluate_gate
-from finetune_operator.naming import ANNOTATION_PLACEMENT_HASH, Names
+from finetune_operator.naming import ANNOTATION_PLACEMENT_HASH, ANNOTATION_RETRY, Names
 from finetune_operator.observed import DeploymentObs, JobObs, PodObs
 from finetune_operator.runs import ChildRef, current_run, needs_new_placement, retired_children, training_actions
 from finetune_operator.settings import Settings
@@ -39,6 +39,7 @@ class Snapshot:
     deployment: DeploymentObs | None = None
     secret_present: bool | None = None  # None: no secret named, or not checked
     now: str = ""
+    retry_token: str = ""  # the FineTuneJob's finetune.dev/retry annotation
 
 
 @dataclass(frozen=True)
@@ -71,18 +72,29 @@ def needs_secret_check(snapshot: Snapshot) -> bool:
     if not snapshot.spec.storage.credentials_secret:
         return False
     run, _ = run_of(snapshot)
-    finished = _finished_before(snapshot.status, run, snapshot.spec)
+    finished = _finished_before(snapshot.status, run, snapshot.spec, _retry_requested(snapshot))
     return not any(j.run == run for j in snapshot.jobs) and not finished
 
 
-def _finished_before(status: dict[str, Any], run: int, spec: FineTuneJobSpec) -> bool:
-    """Whether status says run `run` ended, for good: a training failure under a placement the spec has
-    since changed (more memory after an OOM kill) is to be retried, not remembered."""
+def _retry_requested(snapshot: Snapshot) -> bool:
+    """A retry token the operator has not acted on yet (status.retryToken records the last one it has)."""
+    return bool(snapshot.retry_token) and snapshot.retry_token != snapshot.status.get("retryToken")
+
+
+def _failed_in_training(status: dict[str, Any], run: int) -> bool:
+    """Status says run `run` failed before it had a model (a failed gate had one: retrying cannot help)."""
+    error_code = (status.get("error") or {}).get("code")
+    return int(status.get("run") or 0) == run and status.get("phase") == "Failed" and error_code != "GateFailed"
+
+
+def _finished_before(status: dict[str, Any], run: int, spec: FineTuneJobSpec, retry: bool = False) -> bool:
+    """Whether status says run `run` ended, for good. A training failure is instead to be retried when the
+    placement has changed since (more memory after an OOM kill) or a new retry token asks for it."""
     if int(status.get("run") or 0) != run or status.get("phase") not in TERMINAL:
         return False
-    failed_in_training = status.get("phase") == "Failed" and (status.get("error") or {}).get("code") != "GateFailed"
     ran_with = status.get("placementHash")
-    return not (failed_in_training and ran_with and ran_with != placement_spec_hash(spec))
+    placement_changed = bool(ran_with) and ran_with != placement_spec_hash(spec)
+    return not (_failed_in_training(status, run) and (placement_changed or retry))
 
 
 def _remembered(status: dict[str, Any]) -> TrainingState:
@@ -189,6 +201,13 @@ def _state(
 ) -> TrainingState:
     """What the training side of run `run` is doing, from the most specific evidence at hand."""
     spec, status = snapshot.spec, snapshot.status
+    if job is not None and job.failed_condition and _retry_requested(snapshot):
+        return TrainingState(
+            "Queued",
+            "RetryRequested",
+            f"retrying run {run} as the {ANNOTATION_RETRY} annotation asks; the new pods resume from its last "
+            "checkpoint",
+        )
     if job is not None and needs_new_placement(spec, job):
         return TrainingState(
             "Queued",
@@ -231,7 +250,8 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
     result.delete += retired_children(snapshot.owner, snapshot.jobs, run)
 
     secret_missing = snapshot.secret_present is False
-    finished_before = same_run and _finished_before(status, run, spec)
+    retry = _retry_requested(snapshot)
+    finished_before = same_run and _finished_before(status, run, spec, retry)
     actions = training_actions(
         spec,
         snapshot.owner,
@@ -240,17 +260,23 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
         job,
         may_start=not secret_missing and not finished_before,
         settings=settings,
+        retry=retry,
     )
     result.create, result.suspend_job = actions.create, actions.suspend_job
     result.delete += actions.delete
     placement = _placement_of_run(status if same_run else {}, job, actions.create)
+    created_job = any(m["kind"] == "Job" for m in actions.create)
+    failed_run = (job is not None and job.failed_condition) or (job is None and _failed_in_training(status, run))
+    # A token is recorded once acted on (the failed run's new Job exists) or when there is nothing to retry
+    # (so a later failure is not retried by an old token); until then the old one stays, and passes go on.
+    retry_token = status.get("retryToken") if retry and failed_run and not created_job else snapshot.retry_token
 
     state = _state(
         snapshot,
         job,
         pods,
         run,
-        created_job=any(m["kind"] == "Job" for m in actions.create),
+        created_job=created_job,
         finished_before=finished_before,
     )
     if state.reason == "SecretMissing":
@@ -296,6 +322,7 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
         "run": run,
         "trainingSpecHash": training_hash,
         "placementHash": placement,
+        "retryToken": retry_token or None,
         "attempts": max(state.attempts, int(status.get("attempts") or 0) if same_run else 0),
         "conditions": cond.merge(status.get("conditions"), [trained, gate_cond, ready], snapshot.now),
         "metrics": metrics or None,

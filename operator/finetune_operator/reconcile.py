@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from finetune_operator.builders.common import Manifest, Owner
 from finetune_operator.kube import Kube
 from finetune_operator.metrics import JOBS_BY_PHASE, PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
+from finetune_operator.naming import ANNOTATION_RETRY
 from finetune_operator.observed import deployment_obs, job_obs
 from finetune_operator.plan import Plan, Snapshot, needs_secret_check, plan
 from finetune_operator.settings import Settings
@@ -93,7 +94,10 @@ class Reconciler:
         except ValidationError as error:
             self._write_status(view.body, invalid_spec_status(error, generation))
             return None
-        snapshot = Snapshot(owner, generation, spec, status, view.jobs, view.pods, view.deployment, None, now_rfc3339())
+        retry_token = str((meta.get("annotations") or {}).get(ANNOTATION_RETRY, ""))
+        snapshot = Snapshot(
+            owner, generation, spec, status, view.jobs, view.pods, view.deployment, None, now_rfc3339(), retry_token
+        )
         if needs_secret_check(snapshot):
             present = self.kube.exists_metadata("v1", "Secret", owner.namespace, spec.storage.credentials_secret)
             snapshot = replace(snapshot, secret_present=present)

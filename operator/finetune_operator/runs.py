@@ -9,7 +9,9 @@ Placement (memory, cpu, node selector, tolerations, priority, pod metadata, queu
 identity: a Job's pod template is immutable, so a placement change replaces the run's Job - deleted in the
 foreground, so the old pods are gone before new ones start - and the new pods resume the same run from its
 last checkpoint. A Job that succeeded is left alone; one that failed is retried with the new placement
-(the usual fix for an out-of-memory kill). Pure.
+(the usual fix for an out-of-memory kill). A failed run is also retried, unchanged, when its user sets a new
+value in the FineTuneJob's `finetune.dev/retry` annotation (after fixing the data in place, or the node
+pool): the same replacement, the same resume. Pure.
 """
 
 from __future__ import annotations
@@ -103,8 +105,10 @@ def training_actions(
     *,
     may_start: bool,
     settings: Settings,
+    retry: bool = False,
 ) -> TrainingActions:
-    """Create, suspend/resume, replace (placement changed) or (Kueue + suspend) delete the Job of run `run`.
+    """Create, suspend/resume, replace (placement changed, or `retry` of a failed Job) or (Kueue + suspend)
+    delete the Job of run `run`.
 
     With a Kueue queue the Job's spec.suspend belongs to Kueue: suspending deletes the unfinished Job
     (checkpoints stay in S3) and resuming creates it again, to be admitted again.
@@ -114,7 +118,7 @@ def training_actions(
         if may_start and not (kueue and spec.suspend) and job is None:
             return TrainingActions(training_children(spec, owner, run, training_hash, settings), [], None)
         return TrainingActions([], [], None)
-    if needs_new_placement(spec, job):
+    if needs_new_placement(spec, job) or (retry and job.failed_condition):
         return TrainingActions([], [ChildRef("batch/v1", "Job", job.name, foreground=True)], None)
     if job.finished:
         return TrainingActions([], [], None)

@@ -164,6 +164,41 @@ def test_placement_change_retries_a_failed_run(
     assert job.metadata.name == "oom-r1" and _memory_limit(job) == "2Gi"
 
 
+def test_retry_annotation_retries_a_failed_run_without_a_spec_change(
+    operator_factory: Callable[..., Operator], jobs: Jobs, namespace: str
+) -> None:
+    """After fixing what broke (the data in place, a node pool), `kubectl annotate ftj x finetune.dev/retry=1`."""
+    operator_factory(namespace, args=["--backoff-limit", "0"])
+    jobs.create(namespace, ftj_manifest("again"))
+    first = jobs.running_pod(namespace, "again-r1")
+    crash = json.dumps({"code": "InternalError", "message": "NCCL error: unhandled system error"})
+    jobs.finish_pod(namespace, first.metadata.name, 1, crash)
+    failed = jobs.wait_phase(namespace, "again", "Failed")
+    assert failed["run"] == 1 and failed.get("retryToken") is None
+    (failed_job,) = jobs.training_jobs(namespace, "again")
+    jobs.cluster.custom.patch_namespaced_custom_object(
+        "finetune.dev", "v1alpha1", namespace, "finetunejobs", "again",
+        {"metadata": {"annotations": {"finetune.dev/retry": "1"}}},
+    )  # fmt: skip
+    second = wait_for(
+        "a new pod of run 1",
+        lambda: next(
+            (
+                p
+                for p in jobs.pods(namespace, "again-r1")
+                if p.status.phase == "Running" and p.metadata.name != first.metadata.name
+            ),
+            None,
+        ),
+    )
+    (retried_job,) = jobs.training_jobs(namespace, "again")
+    assert retried_job.metadata.uid != failed_job.metadata.uid and retried_job.metadata.name == "again-r1"
+    status = jobs.wait_phase(namespace, "again", "Training")
+    assert status["run"] == 1 and status["retryToken"] == "1" and status.get("error") is None
+    jobs.finish_pod(namespace, second.metadata.name, 0, success_message())
+    assert jobs.wait_phase(namespace, "again", "Succeeded")["run"] == 1
+
+
 def test_serving_only_change_does_not_retrain(operator: Operator, jobs: Jobs, namespace: str) -> None:
     jobs.create(namespace, ftj_manifest("stay"))
     jobs.wait_phase(namespace, "stay", "Training")

@@ -415,3 +415,44 @@ def test_a_run_started_under_the_legacy_training_hash_continues() -> None:
     p = plan(_snap(s, status, jobs=[JobObs("support-bot-r3", 3, active=1)]), SETTINGS)
     assert p.status["run"] == 3 and p.create == [] and p.delete == []
     assert p.status["trainingSpecHash"] == training_spec_hash(s)
+
+
+def _failed_run(s: FineTuneJobSpec, retry_token: str = "") -> tuple[Plan, JobObs]:
+    status, job = _running_under(s)
+    failed_job = replace(job, active=0, failed=1, failed_condition=True, failure_reason="BackoffLimitExceeded")
+    crash = PodObs("p1", 1, phase="Failed", exit_code=1)
+    failed = plan(_snap(s, status, jobs=[failed_job], pods=[crash], retry_token=retry_token), SETTINGS)
+    assert failed.status["phase"] == "Failed" and failed.status["retryToken"] == (retry_token or None)
+    return failed, failed_job
+
+
+def test_a_new_retry_token_retries_a_failed_run_once() -> None:
+    s = spec()
+    failed, failed_job = _failed_run(s)
+    asked = plan(_snap(s, failed.status, jobs=[failed_job], retry_token="1"), SETTINGS)
+    assert [(r.kind, r.foreground) for r in asked.delete] == [("Job", True)] and asked.create == []
+    trained = next(c for c in asked.status["conditions"] if c["type"] == "Trained")
+    assert (asked.status["phase"], trained["reason"]) == ("Queued", "RetryRequested")
+    assert asked.status.get("retryToken") is None  # not acted on yet: the new Job does not exist
+    deleting = plan(_snap(s, asked.status, jobs=[replace(failed_job, deleting=True)], retry_token="1"), SETTINGS)
+    assert deleting.create == [] and deleting.status.get("retryToken") is None
+    retried = plan(_snap(s, deleting.status, jobs=[], secret_present=True, retry_token="1"), SETTINGS)
+    assert recreated_job_name(retried) == "support-bot-r1" and retried.status["run"] == 1
+    assert retried.status["retryToken"] == "1" and retried.status["phase"] == "Queued"
+    # The retried run fails again: the same token does not retry it a second time.
+    again = plan(_snap(s, retried.status, jobs=[failed_job], retry_token="1"), SETTINGS)
+    assert again.delete == [] and again.status["phase"] == "Failed"
+    gone = plan(_snap(s, again.status, jobs=[], secret_present=True, retry_token="1"), SETTINGS)
+    assert gone.create == [] and gone.status["phase"] == "Failed"
+
+
+def test_a_retry_token_on_a_healthy_or_gate_failed_run_is_only_recorded() -> None:
+    s = spec(evaluation=GATE)
+    status, job = _running_under(s)
+    running = plan(_snap(s, status, jobs=[job], retry_token="a"), SETTINGS)
+    assert running.delete == [] and running.create == [] and running.status["retryToken"] == "a"
+    done_job, pod = _done(1, 2.5)  # fails the gate: a trained model, retrying cannot help
+    gate_failed = plan(_snap(s, status, jobs=[done_job], pods=[pod]), SETTINGS)
+    assert gate_failed.status["error"]["code"] == "GateFailed"
+    asked = plan(_snap(s, gate_failed.status, jobs=[done_job], pods=[pod], retry_token="b"), SETTINGS)
+    assert asked.delete == [] and asked.create == [] and asked.status["retryToken"] == "b"
