@@ -26,6 +26,9 @@ class Settings:
     fetch_image: str = DEFAULT_FETCH_IMAGE
     image_pull_policy: str = "IfNotPresent"
     backoff_limit: int = 3
+    # SIGTERM -> checkpoint -> upload (the one in flight and the SIGTERM one) must fit in the training pod's
+    # grace period, or the kubelet's SIGKILL loses the newest steps; Kubernetes' default is 30 s
+    trainer_grace_seconds: int = 120
     namespaces: tuple[str, ...] = field(default_factory=tuple)  # empty: all namespaces
     workers: int = 16
     resync_seconds: float = 300.0
@@ -91,6 +94,13 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Set
         help="retries of a training Job on infrastructure failures. Env FTO_BACKOFF_LIMIT",
     )
     parser.add_argument(
+        "--trainer-grace-seconds",
+        type=int,
+        default=int(env.get("FTO_TRAINER_GRACE_SECONDS", "120")),
+        help="terminationGracePeriodSeconds of training pods: time to checkpoint and upload after SIGTERM "
+        "(preemption, eviction, suspend). Env FTO_TRAINER_GRACE_SECONDS",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=int(env.get("FTO_WORKERS", "16")),
@@ -140,6 +150,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Set
         fetch_image=args.fetch_image,
         image_pull_policy=args.image_pull_policy,
         backoff_limit=args.backoff_limit,
+        trainer_grace_seconds=args.trainer_grace_seconds,
         namespaces=namespaces,
         workers=args.workers,
         resync_seconds=args.resync_seconds,

@@ -62,6 +62,7 @@ def test_values_reach_the_operator_flags() -> None:
         {
             **NAMESPACED,
             "trainer.image": "reg.example/trainer:9",
+            "trainer.terminationGracePeriodSeconds": "600",
             "serving.image": "reg.example/server:9",
             "logFormat": "json",
             "metrics.enabled": "false",
@@ -75,6 +76,7 @@ def test_values_reach_the_operator_flags() -> None:
     assert env["FTO_NAMESPACES"] == "team-a,team-b" and env["FTO_TRAINER_IMAGE"] == "reg.example/trainer:9"
     assert env["FTO_SERVING_IMAGE"] == "reg.example/server:9" and env["FTO_LOG_FORMAT"] == "json"
     assert env["FTO_METRICS_PORT"] == "0" and not _of(docs, "Service")
+    assert env["FTO_TRAINER_GRACE_SECONDS"] == "600"
     assert pod["containers"][0]["image"].endswith("@sha256:" + "a" * 64)
     assert pod["nodeSelector"] == {"pool": "system"}
 

@@ -131,6 +131,7 @@ def training_job(spec: FineTuneJobSpec, owner: Owner, run: int, training_hash: s
         meta["labels"][KUEUE_QUEUE_LABEL] = spec.queue_name
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": settings.trainer_grace_seconds,
         "serviceAccountName": names.trainer_account,
         "automountServiceAccountToken": True,
         "securityContext": pod_security_context(),
