@@ -68,6 +68,9 @@ def run_train(config_path: Path) -> int:
 
         cfg = load_config(config_path)
         run = cfg.job.run
+        from finetune_trainer.cpus import configure_torch
+
+        configure_torch()  # the container's CPU budget, not the host's core count (cpus.py says why)
         from finetune_trainer.train import main
 
         outcome = main(cfg, stop)

@@ -4,7 +4,8 @@ Why: torch sizes its intra-op thread pool from the host's cores, not from the co
 limited to 2 CPUs on a 64-core node then runs 64 compute threads that the kernel's CFS quota throttles in
 bursts: every matrix multiply waits for the next quota period, and latency grows tenfold. The budget here is
 the smallest of the CPUs this process may run on (affinity) and the cgroup's CPU quota rounded up; the
-`FTO_TORCH_THREADS` environment variable overrides both. Parsing is pure; `configure_torch` does the I/O.
+`FTO_TORCH_THREADS` environment variable overrides both. An `OMP_NUM_THREADS` that is already set (by the
+user, or by torchrun for its worker processes) is left to torch. Parsing is pure; `configure_torch` does the I/O.
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ def configure_torch(environ: Mapping[str, str] | None = None) -> int:
     import torch
 
     env = os.environ if environ is None else environ
+    if env.get("OMP_NUM_THREADS", "").strip() and not env.get(ENV_THREADS, "").strip():
+        log.info("torch uses %d CPU thread(s) (OMP_NUM_THREADS)", torch.get_num_threads())
+        return int(torch.get_num_threads())
     threads = thread_budget(env, len(os.sched_getaffinity(0)), quota_cpus())
     torch.set_num_threads(threads)
     log.info("torch uses %d CPU thread(s) (%s)", threads, ENV_THREADS if env.get(ENV_THREADS) else "CPU budget")

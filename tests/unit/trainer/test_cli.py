@@ -37,3 +37,16 @@ def test_missing_or_broken_config_is_a_user_error(tmp_path: Path, monkeypatch: p
     assert main(["train", "--config", str(broken)]) == USER_ERROR_EXIT_CODE
     message = json.loads(termination.read_text())["message"]
     assert "invalid JSON" in message and "line 1" in message
+
+
+def test_a_bad_thread_override_is_a_user_error_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.trainer.builders import trainer_config
+
+    termination = tmp_path / "termination-log"
+    monkeypatch.setenv("FTO_TERMINATION_LOG", str(termination))
+    monkeypatch.setenv("FTO_TORCH_THREADS", "lots")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(trainer_config("bucket", "s3://bucket/models/x/", "s3://bucket/data/train.jsonl")))
+    assert main(["train", "--config", str(config)]) == USER_ERROR_EXIT_CODE
+    written = json.loads(termination.read_text())
+    assert written["code"] == "ConfigInvalid" and "FTO_TORCH_THREADS" in written["message"]

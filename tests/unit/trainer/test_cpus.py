@@ -64,14 +64,22 @@ def test_a_process_pinned_to_one_cpu_gets_one_torch_thread() -> None:
     """The real thing: affinity set by the OS, torch's pool sized by configure_torch in a fresh interpreter."""
     code = (
         "import json, os, torch; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
-        "from finetune_trainer.cpus import configure_torch; n = configure_torch({});"
+        "from finetune_trainer.cpus import configure_torch; n = configure_torch(dict(os.environ));"
         "print(json.dumps([n, torch.get_num_threads()]))"
     )
     env = {k: v for k, v in os.environ.items() if k not in (ENV_THREADS, "OMP_NUM_THREADS")}
+    omp = subprocess.run(
+        [sys.executable, "-c", code], env={**env, "OMP_NUM_THREADS": "2"}, capture_output=True, text=True, check=True
+    )
+    assert json.loads(omp.stdout.strip().splitlines()[-1]) == [2, 2]  # torchrun's (or the user's) choice stands
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [1, 1]
     override = subprocess.run(
-        [sys.executable, "-c", code.replace("configure_torch({})", f"configure_torch({{'{ENV_THREADS}': '2'}})")],
+        [
+            sys.executable,
+            "-c",
+            code.replace("configure_torch(dict(os.environ))", f"configure_torch({{'{ENV_THREADS}': '2'}})"),
+        ],
         env=env,
         capture_output=True,
         text=True,
