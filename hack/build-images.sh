@@ -18,7 +18,8 @@
 #   images/rootfs-<k>          the debootstrap rootfs      <- hack/base-image/{packages.txt,rootfs.sh}
 #   buildah store, base-<name> the local base images       <- rootfs + base.sh + venv_closure.py + the needed
 #                                                             distributions' RECORDs (their files' hashes)
-#   images/<name>-<k>.oci.tar  the images                  <- base + Dockerfile + build context (.dockerignore)
+#   images/<name>-<k>.oci.tar  the images                  <- base + Dockerfile + its own build context
+#                                                             (<Dockerfile>.dockerignore: its package only)
 # A warm run only hashes its inputs: seconds.
 # Environment: FTO_CACHE (default ~/.cache/finetune-operator), FTO_VENV (default $FTO_CACHE/venv: the
 # source of the Python packages), FTO_IMAGES (default "trainer operator").
@@ -59,10 +60,18 @@ rootfs_key=$(cat "$base_dir/packages.txt" "$base_dir/rootfs.sh" | h16)
 compute_base_key() {
   { echo "$rootfs_key ${warm[$2]}"; cat "$base_dir/base.sh" "$base_dir/venv_closure.py"; closure fingerprint "$1"; } | h16
 }
-# exactly the files .dockerignore lets into the build context
-context_key=$(cd "$repo" && find pyproject.toml .dockerignore operator/finetune_operator trainer-image/finetune_trainer \
-  -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*' -print0 | sort -z | xargs -0 sha256sum | h16)
-image_key() { { echo "$recipe $1 $context_key"; cat "$repo/$2"; } | h16; }
+# exactly the files an image's <Dockerfile>.dockerignore lets into its build context (each image gets only
+# its own package: an operator-only change must not rebuild the multi-GB trainer image, nor the reverse)
+declare -A context=(
+  [trainer]="pyproject.toml trainer-image/Dockerfile.dockerignore trainer-image/finetune_trainer"
+  [operator]="pyproject.toml operator/Dockerfile.dockerignore operator/finetune_operator"
+)
+context_key() {
+  # shellcheck disable=SC2086  # the list is word-split on purpose
+  (cd "$repo" && find ${context[$1]} -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*' \
+    -print0 | sort -z | xargs -0 sha256sum | h16)
+}
+image_key() { { echo "$recipe $1 $(context_key "$3")"; cat "$repo/$2"; } | h16; }
 # FTO_IMAGES selects the images (a check of the operator alone needs no torch in the venv)
 names=${FTO_IMAGES:-trainer operator}
 declare -A dockerfile=([trainer]=trainer-image/Dockerfile [operator]=operator/Dockerfile)
@@ -80,7 +89,7 @@ declare -A base_key ref archive
 for name in $names; do
   [ -n "${dockerfile[$name]:-}" ] || { log "unknown image $name (trainer|operator)"; exit 2; }
   base_key[$name]=$(compute_base_key "${extras[$name]}" "$name")
-  key=$(image_key "${base_key[$name]}" "${dockerfile[$name]}")
+  key=$(image_key "${base_key[$name]}" "${dockerfile[$name]}" "$name")
   ref[$name]=finetune.local/$name:$key
   archive[$name]=$images/$name-$key.oci.tar
 done
@@ -139,6 +148,7 @@ build_image() {
   # --force-rm: no GBs-sized build container is left behind when a RUN line fails.
   # the build's output (pip's, the RUN lines' set -x) goes to a log beside the archives, shown on failure
   if ! bah bud --quiet --pull=never --network none --layers=false --force-rm \
+    --ignorefile "$repo/${dockerfile[$name]}.dockerignore" \
     --build-arg BASE_IMAGE="$base_ref" -f "$repo/${dockerfile[$name]}" -t "${ref[$name]}" "$repo" \
     >"$images/$name.build.log" 2>&1; then
     tail -40 "$images/$name.build.log" >&2
