@@ -58,8 +58,15 @@ start() {  # name binary args... : start in its own session unless alive
   say "starting $name"
   umask 022
   setsid "$@" >>"$logs/$name.log" 2>&1 < /dev/null 9>&- &
-  echo $! > "$state/pids/$name.pid"
+  local pid=$!
+  echo "$pid" > "$state/pids/$name.pid"
   echo "$1" > "$state/pids/$name.cmd"
+  # Until setsid has exec'd the binary, /proc/PID/cmdline is still the shell's, and pid_alive (which checks
+  # it) would call a starting component dead: wait for the exec (or the exit) before anyone asks.
+  for _ in $(seq 1 100); do
+    pid_alive "$name" || [ ! -d "/proc/$pid" ] && break
+    sleep 0.05
+  done
 }
 
 wait_for() {  # name timeout_seconds command... : poll until the command succeeds

@@ -138,6 +138,12 @@ def launch(config_path: Path, raw: dict[str, Any]) -> int:
         code = "Preempted"
         message = "stopped (SIGTERM) before training started; nothing to checkpoint, the next pod starts over"
         write_termination(termination_line(code, message, run_number))
+    elif code is None and returncode == 0 and int(os.environ.get("NODE_RANK", "0") or 0) > 0:
+        # Only rank 0 (on node 0) writes the run's report; a node whose workers all exited 0 succeeded, and
+        # must say so, or its pod fails and an Indexed Job's index never completes.
+        code = "Succeeded"
+        message = "this node's workers finished; node 0's pod reports the run"
+        write_termination(termination_line(code, message, run_number))
     exit_code = exit_code_for(code, returncode)
     if code is None:
         message = f"torchrun exited {returncode} and no worker wrote a termination message (see the pod log)"
