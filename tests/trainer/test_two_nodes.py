@@ -62,3 +62,5 @@ def test_two_nodes_rendezvous_train_and_checkpoint_together(
     files = s3_bucket.client.list_objects_v2(Bucket=s3_bucket.name, Prefix="out/run-1/checkpoints/checkpoint-4/")
     names = {item["Key"].rsplit("/", 1)[1] for item in files["Contents"]}
     assert {"rng_state_0.pth", "rng_state_1.pth", "trainer_state.json", "_COMPLETE"} <= names  # both nodes'
+    leftovers = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "node-1").rglob("checkpoint-*"))
+    assert not leftovers, "node 1 keeps checkpoint folders nobody rotates"

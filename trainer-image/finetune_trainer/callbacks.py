@@ -16,6 +16,7 @@ ranks upload only their own RNG state (a few KB) before the barrier that lets ra
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -146,3 +147,7 @@ class TrainerHooks(TrainerCallback):  # type: ignore[misc]
         distributed.barrier()
         if self.uploader is not None:
             self.uploader.submit(local, step)
+        elif distributed.node_rank() > 0 and distributed.is_local_main():
+            # Another node's copy holds only this node's RNG states, uploaded above; the Trainer rotates
+            # checkpoint folders on rank 0's node only, so without this they would pile up here.
+            shutil.rmtree(local, ignore_errors=True)

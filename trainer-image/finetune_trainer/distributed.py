@@ -32,6 +32,11 @@ def is_local_main() -> bool:
     return local_rank() == 0
 
 
+def node_rank() -> int:
+    """Which node (pod) of a multi-node run this is; torchrun calls it GROUP_RANK. 0 outside torchrun."""
+    return int(os.environ.get("GROUP_RANK", "0"))
+
+
 def init() -> None:
     """Join the process group torchrun describes (nccl on GPUs, gloo on CPU); a no-op for one process."""
     if world_size() <= 1:
