@@ -33,8 +33,14 @@ from pathlib import Path
 from typing import Any
 
 PROMPTS = [
-    "the operator publishes", "a fine tuned model", "kubernetes schedules the", "hello world and",
-    "serving tokens over http", "the gate compares the", "object storage keeps", "one more request for",
+    "the operator publishes",
+    "a fine tuned model",
+    "kubernetes schedules the",
+    "hello world and",
+    "serving tokens over http",
+    "the gate compares the",
+    "object storage keeps",
+    "one more request for",
 ]
 MODEL_NAME = "bench-model"
 
@@ -44,10 +50,18 @@ def build_model(folder: Path) -> Path:
     from finetune_trainer.devtools import tiny
 
     words = " ".join(PROMPTS).split() + [f"w{i}" for i in range(300)]
-    corpus = [" ".join(words[(i * 7) % len(words):][:40]) for i in range(400)]
+    corpus = [" ".join(words[(i * 7) % len(words) :][:40]) for i in range(400)]
     tokenizer = tiny.train_tokenizer(corpus, vocab_size=1000, unk_token=None, add_bos=False)
-    return tiny.build_causal_lm(folder, tokenizer, seed=0, hidden_size=256, num_hidden_layers=4,
-                                num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512)
+    return tiny.build_causal_lm(
+        folder,
+        tokenizer,
+        seed=0,
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+    )
 
 
 def ours_app(folder: Path) -> Any:
@@ -75,10 +89,14 @@ def baseline_app(folder: Path) -> Any:
 
     @app.post("/v1/completions")
     def completions(body: dict[str, Any]) -> dict[str, Any]:
-        output = generator(body["prompt"], max_new_tokens=body.get("max_tokens", 16), do_sample=False,
-                           return_full_text=False)
-        return {"object": "text_completion", "model": body["model"],
-                "choices": [{"index": 0, "text": output[0]["generated_text"], "finish_reason": "length"}]}
+        output = generator(
+            body["prompt"], max_new_tokens=body.get("max_tokens", 16), do_sample=False, return_full_text=False
+        )
+        return {
+            "object": "text_completion",
+            "model": body["model"],
+            "choices": [{"index": 0, "text": output[0]["generated_text"], "finish_reason": "length"}],
+        }
 
     return app
 
@@ -102,8 +120,20 @@ def free_port() -> int:
 
 def start(kind: str, folder: Path, threads: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--model", str(folder),
-                                "--port", str(port), "--threads", str(threads)])
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--serve",
+            kind,
+            "--model",
+            str(folder),
+            "--port",
+            str(port),
+            "--threads",
+            str(threads),
+        ]
+    )
     return process, f"http://127.0.0.1:{port}"
 
 
@@ -136,8 +166,12 @@ async def load(url: str, concurrency: int, requests: int, max_tokens: int) -> di
     async def worker(client: httpx.AsyncClient) -> None:
         nonlocal chars
         for index in counter:
-            body = {"model": MODEL_NAME, "prompt": PROMPTS[index % len(PROMPTS)], "max_tokens": max_tokens,
-                    "temperature": 0}
+            body = {
+                "model": MODEL_NAME,
+                "prompt": PROMPTS[index % len(PROMPTS)],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+            }
             started = time.perf_counter()
             response = await client.post(url + "/v1/completions", json=body)
             latencies.append(time.perf_counter() - started)
@@ -160,10 +194,13 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, float]:
     """All slices pooled: total requests over total time; percentiles over every request."""
     ordered = sorted(latency for run in runs for latency in run["latencies"])
     seconds = sum(run["seconds"] for run in runs)
-    return {"requests": len(ordered), "rps": round(len(ordered) / seconds, 3),
-            "p50_ms": round(1000 * statistics.median(ordered), 1),
-            "p99_ms": round(1000 * percentile(ordered, 0.99), 1),
-            "chars": int(sum(run["chars"] for run in runs))}
+    return {
+        "requests": len(ordered),
+        "rps": round(len(ordered) / seconds, 3),
+        "p50_ms": round(1000 * statistics.median(ordered), 1),
+        "p99_ms": round(1000 * percentile(ordered, 0.99), 1),
+        "chars": int(sum(run["chars"] for run in runs)),
+    }
 
 
 async def bench(folder: Path, requests: int, max_tokens: int, rounds: int, threads: int) -> dict[str, Any]:
@@ -173,8 +210,7 @@ async def bench(folder: Path, requests: int, max_tokens: int, rounds: int, threa
             await wait_ready(url, process)
         for _, url in servers.values():  # warm up both (first-call allocations)
             await load(url, 2, 4, max_tokens)
-        results: dict[str, dict[str, list[dict[str, Any]]]] = {
-            kind: {"c1": [], "c8": []} for kind in servers}
+        results: dict[str, dict[str, list[dict[str, Any]]]] = {kind: {"c1": [], "c8": []} for kind in servers}
         for round_index in range(rounds):  # short slices, alternating, so load bursts hit both alike
             order = list(servers.items()) if round_index % 2 == 0 else list(reversed(servers.items()))
             for _ in range(max(1, requests // 4)):  # concurrency 1: single requests, alternating
@@ -185,29 +221,44 @@ async def bench(folder: Path, requests: int, max_tokens: int, rounds: int, threa
         for kind, per in results.items():
             for key, runs in per.items():
                 figures = summarize(runs)
-                print(f"{kind:9s} {key}: {figures['requests']:4.0f} req {figures['rps']:7.2f} req/s "
-                      f"p50 {figures['p50_ms']:8.1f} ms p99 {figures['p99_ms']:8.1f} ms", flush=True)
+                print(
+                    f"{kind:9s} {key}: {figures['requests']:4.0f} req {figures['rps']:7.2f} req/s "
+                    f"p50 {figures['p50_ms']:8.1f} ms p99 {figures['p99_ms']:8.1f} ms",
+                    flush=True,
+                )
     finally:
         for process, _ in servers.values():
             process.terminate()
             process.wait(30)
     summary = {kind: {key: summarize(runs) for key, runs in per.items()} for kind, per in results.items()}
-    ratios = {key: round(summary["ours"][key]["rps"] / summary["baseline"][key]["rps"], 2)
-              for key in ("c1", "c8")}
-    return {"benchmark": "serving", "model": "llama 4x256, vocab 1000, fp32, cpu", "max_tokens": max_tokens,
-            "rounds": rounds, "cpus": os.cpu_count(), "torch_threads": threads, "ours": summary["ours"],
-            "baseline": summary["baseline"], "throughput_ratio": ratios,
-            "not_slower": all(ratio >= 1.0 for ratio in ratios.values())}
+    ratios = {key: round(summary["ours"][key]["rps"] / summary["baseline"][key]["rps"], 2) for key in ("c1", "c8")}
+    return {
+        "benchmark": "serving",
+        "model": "llama 4x256, vocab 1000, fp32, cpu",
+        "max_tokens": max_tokens,
+        "rounds": rounds,
+        "cpus": os.cpu_count(),
+        "torch_threads": threads,
+        "ours": summary["ours"],
+        "baseline": summary["baseline"],
+        "throughput_ratio": ratios,
+        "not_slower": all(ratio >= 1.0 for ratio in ratios.values()),
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--requests", type=int, default=16,
-                        help="requests per slice at concurrency 8 (a quarter as many at concurrency 1)")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=16,
+        help="requests per slice at concurrency 8 (a quarter as many at concurrency 1)",
+    )
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=8, help="alternating slices per server and concurrency")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads of each server process (the same for both)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads of each server process (the same for both)"
+    )
     parser.add_argument("--serve", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)

@@ -25,9 +25,11 @@ def new_key() -> rsa.RSAPrivateKey:
 
 
 def write_key(key: rsa.RSAPrivateKey, path: Path) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.TraditionalOpenSSL,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+    )
     path.chmod(0o600)
 
 
@@ -47,15 +49,28 @@ def make_ca(directory: Path) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
     key = new_key()
     now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name("finetune-operator-local-ca")).issuer_name(
-            name("finetune-operator-local-ca"))
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + VALID_FOR * 5)
+        x509.CertificateBuilder()
+        .subject_name(name("finetune-operator-local-ca"))
+        .issuer_name(name("finetune-operator-local-ca"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + VALID_FOR * 5)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, encipher_only=False,
-                                     decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .sign(key, hashes.SHA256())
     )
     write_key(key, key_path)
@@ -63,8 +78,15 @@ def make_ca(directory: Path) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
     return cert, key
 
 
-def make_leaf(directory: Path, stem: str, ca: tuple[x509.Certificate, rsa.RSAPrivateKey], subject: x509.Name,
-              *, server_names: list[str] | None = None, client: bool = True) -> None:
+def make_leaf(
+    directory: Path,
+    stem: str,
+    ca: tuple[x509.Certificate, rsa.RSAPrivateKey],
+    subject: x509.Name,
+    *,
+    server_names: list[str] | None = None,
+    client: bool = True,
+) -> None:
     cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
     if cert_path.exists() and key_path.exists():
         return
@@ -73,9 +95,13 @@ def make_leaf(directory: Path, stem: str, ca: tuple[x509.Certificate, rsa.RSAPri
     now = datetime.datetime.now(datetime.UTC)
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
     builder = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + VALID_FOR)
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + VALID_FOR)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
     )
     if server_names:
@@ -119,17 +145,33 @@ def main() -> None:
     parser.add_argument("--state", type=Path, required=True)
     parser.add_argument("--server", required=True, help="API server URL, e.g. https://127.0.0.1:26443")
     parser.add_argument("--service-ip", default="10.0.0.1")
-    parser.add_argument("--node-name", action="append", default=[],
-                        help="a real node to make kubelet certs for")
-    parser.add_argument("--node-address", action="append", default=[],
-                        help="an address the kubelet serves on (in its serving certificate)")
+    parser.add_argument("--node-name", action="append", default=[], help="a real node to make kubelet certs for")
+    parser.add_argument(
+        "--node-address",
+        action="append",
+        default=[],
+        help="an address the kubelet serves on (in its serving certificate)",
+    )
     args = parser.parse_args()
     pki = args.state / "pki"
     pki.mkdir(parents=True, exist_ok=True)
     ca = make_ca(pki)
-    make_leaf(pki, "apiserver", ca, name("kube-apiserver"), client=False,
-              server_names=["127.0.0.1", args.service_ip, "localhost", "kubernetes", "kubernetes.default",
-                            "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"])
+    make_leaf(
+        pki,
+        "apiserver",
+        ca,
+        name("kube-apiserver"),
+        client=False,
+        server_names=[
+            "127.0.0.1",
+            args.service_ip,
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ],
+    )
     make_leaf(pki, "apiserver-kubelet-client", ca, name("kube-apiserver-kubelet-client", "system:masters"))
     clients = {
         "admin": name("admin", "system:masters"),
@@ -138,17 +180,26 @@ def main() -> None:
     }
     for node in args.node_name:
         clients[f"kubelet-{node}"] = name(f"system:node:{node}", "system:nodes")
-        make_leaf(pki, f"kubelet-serving-{node}", ca, name(f"system:node:{node}", "system:nodes"),
-                  server_names=["127.0.0.1", "localhost", node, *args.node_address])
+        make_leaf(
+            pki,
+            f"kubelet-serving-{node}",
+            ca,
+            name(f"system:node:{node}", "system:nodes"),
+            server_names=["127.0.0.1", "localhost", node, *args.node_address],
+        )
     for user, subject in clients.items():
         make_leaf(pki, user, ca, subject)
-        write_kubeconfig(args.state / (f"{user}.kubeconfig" if user != "admin" else "kubeconfig"),
-                         args.server, pki, user)
+        write_kubeconfig(
+            args.state / (f"{user}.kubeconfig" if user != "admin" else "kubeconfig"), args.server, pki, user
+        )
     if not (pki / "sa.key").exists():
         sa_key = new_key()
         write_key(sa_key, pki / "sa.key")
-        (pki / "sa.pub").write_bytes(sa_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        (pki / "sa.pub").write_bytes(
+            sa_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -121,8 +121,13 @@ def s3_bucket(s3_endpoint: S3Endpoint, monkeypatch: pytest.MonkeyPatch) -> Itera
     """A fresh bucket; the AWS_* variables point boto3 at it for code under test."""
     import boto3
 
-    client = boto3.client("s3", endpoint_url=s3_endpoint.url, aws_access_key_id=s3_endpoint.access_key,
-                          aws_secret_access_key=s3_endpoint.secret_key, region_name=s3_endpoint.region)
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint.url,
+        aws_access_key_id=s3_endpoint.access_key,
+        aws_secret_access_key=s3_endpoint.secret_key,
+        region_name=s3_endpoint.region,
+    )
     name = "t-" + uuid.uuid4().hex[:16]
     client.create_bucket(Bucket=name)
     for key, value in s3_endpoint.env().items():

@@ -22,13 +22,16 @@ def summary(status: dict[str, Any]) -> str:
     metrics = (status.get("metrics") or {}).get("test") or {}
     parts = [f"phase={status.get('phase', '-')}", f"run={status.get('run', '-')}"]
     if progress:
-        parts.append(f"stage={progress.get('stage', '-')} step={progress.get('step', '-')}/"
-                     f"{progress.get('totalSteps', '-')} ({progress.get('percent', '-')}%)")
+        parts.append(
+            f"stage={progress.get('stage', '-')} step={progress.get('step', '-')}/"
+            f"{progress.get('totalSteps', '-')} ({progress.get('percent', '-')}%)"
+        )
         if progress.get("loss") is not None:
             parts.append(f"loss={progress['loss']:.3f}")
     if metrics:
-        parts.append("test=" + ",".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())
-                                        if isinstance(v, int | float)))
+        parts.append(
+            "test=" + ",".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()) if isinstance(v, int | float))
+        )
     gate = status.get("gate") or {}
     if "passed" in gate:
         parts.append(f"gate={'passed' if gate['passed'] else 'FAILED'}")
@@ -63,8 +66,20 @@ def main() -> int:
             return 0
         if status.get("phase") == "Failed":
             print("FAILED:", status.get("error"), file=sys.stderr)
-            subprocess.run(["kubectl", "-n", args.namespace, "logs", "--tail", "40", "-l",
-                            f"finetune.dev/job={args.name}", "--all-containers"], check=False)
+            subprocess.run(
+                [
+                    "kubectl",
+                    "-n",
+                    args.namespace,
+                    "logs",
+                    "--tail",
+                    "40",
+                    "-l",
+                    f"finetune.dev/job={args.name}",
+                    "--all-containers",
+                ],
+                check=False,
+            )
             return 1
         time.sleep(2)
     print(f"timed out after {args.timeout:.0f}s; last status: {last}", file=sys.stderr)

@@ -31,13 +31,25 @@ def main() -> int:
     args = parser.parse_args()
     config.load_kube_config()
     ftj = client.CustomObjectsApi().get_namespaced_custom_object(
-        "finetune.dev", "v1alpha1", args.namespace, "finetunejobs", args.name)
+        "finetune.dev", "v1alpha1", args.namespace, "finetunejobs", args.name
+    )
     endpoint = ftj["status"]["endpoint"]
     url = urlparse(endpoint["url"])
     service, port = url.hostname.split(".")[0], url.port or 80  # type: ignore[union-attr]
     local = free_port()
-    forward = subprocess.Popen(["kubectl", "-n", args.namespace, "port-forward", f"svc/{service}",
-                                f"{local}:{port}", "--address", "127.0.0.1"], stdout=subprocess.DEVNULL)
+    forward = subprocess.Popen(
+        [
+            "kubectl",
+            "-n",
+            args.namespace,
+            "port-forward",
+            f"svc/{service}",
+            f"{local}:{port}",
+            "--address",
+            "127.0.0.1",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     try:
         openai = OpenAI(base_url=f"http://127.0.0.1:{local}{url.path}", api_key="unused", max_retries=0)
         for _ in range(60):
@@ -52,8 +64,8 @@ def main() -> int:
         print(f"endpoint {endpoint['url']} serves {models} (run {endpoint.get('run')})")
         print(f"user: {args.question}")
         reply = openai.chat.completions.create(
-            model=endpoint["model"], messages=[{"role": "user", "content": args.question}], max_tokens=40,
-            temperature=0)
+            model=endpoint["model"], messages=[{"role": "user", "content": args.question}], max_tokens=40, temperature=0
+        )
         print(f"assistant: {reply.choices[0].message.content}")
         print(f"usage: {reply.usage}")
         return 0

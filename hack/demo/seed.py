@@ -17,34 +17,53 @@ from typing import Any
 
 TOPICS: dict[str, tuple[list[str], str]] = {
     "password": (
-        ["How do I reset my password?", "I forgot my password.", "Can you help me change my password?",
-         "My password does not work anymore."],
+        [
+            "How do I reset my password?",
+            "I forgot my password.",
+            "Can you help me change my password?",
+            "My password does not work anymore.",
+        ],
         "Open Settings, choose Security, then Reset password. We email you a link that works for one hour.",
     ),
     "refund": (
-        ["How do I get a refund?", "I want my money back.", "Can I return my order for a refund?",
-         "The product broke, can I get a refund?"],
+        [
+            "How do I get a refund?",
+            "I want my money back.",
+            "Can I return my order for a refund?",
+            "The product broke, can I get a refund?",
+        ],
         "Refunds are free within 30 days. Open Orders, pick the order and press Return; the money arrives "
         "in five days.",
     ),
     "shipping": (
-        ["Where is my package?", "When will my order arrive?", "How long does shipping take?",
-         "My delivery is late."],
+        ["Where is my package?", "When will my order arrive?", "How long does shipping take?", "My delivery is late."],
         "Standard shipping takes three to five days. Open Orders to see the tracking link of your package.",
     ),
     "cancel": (
-        ["How do I cancel my subscription?", "I want to stop my plan.", "Please cancel my account.",
-         "How can I end my membership?"],
+        [
+            "How do I cancel my subscription?",
+            "I want to stop my plan.",
+            "Please cancel my account.",
+            "How can I end my membership?",
+        ],
         "Open Settings, choose Plan, then Cancel. Your plan stays active until the end of the month.",
     ),
     "address": (
-        ["How do I change my address?", "I moved to a new house.", "Can I update my delivery address?",
-         "My address is wrong."],
+        [
+            "How do I change my address?",
+            "I moved to a new house.",
+            "Can I update my delivery address?",
+            "My address is wrong.",
+        ],
         "Open Settings, choose Addresses and edit the default one. New orders ship to the new address.",
     ),
     "invoice": (
-        ["Where can I find my invoice?", "I need a receipt.", "Can you send me the bill?",
-         "How do I download an invoice?"],
+        [
+            "Where can I find my invoice?",
+            "I need a receipt.",
+            "Can you send me the bill?",
+            "How do I download an invoice?",
+        ],
         "Open Orders, pick the order and press Invoice to download a PDF receipt.",
     ),
 }
@@ -59,9 +78,15 @@ def support_chats(count: int, seed: int) -> list[dict[str, Any]]:
     for _ in range(count):
         questions, answer = TOPICS[rng.choice(sorted(TOPICS))]
         question = rng.choice(GREETINGS) + rng.choice(questions)
-        records.append({"messages": [{"role": "system", "content": SYSTEM},
-                                     {"role": "user", "content": question},
-                                     {"role": "assistant", "content": answer}]})
+        records.append(
+            {
+                "messages": [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": answer},
+                ]
+            }
+        )
     return records
 
 
@@ -84,8 +109,7 @@ def build_base_model(folder: Path, texts: list[str], steps: int, seed: int) -> N
     rng = random.Random(seed)
     model.train()
     for _ in range(steps):
-        batch = tokenizer(rng.sample(texts, 16), return_tensors="pt", padding=True, truncation=True,
-                          max_length=96)
+        batch = tokenizer(rng.sample(texts, 16), return_tensors="pt", padding=True, truncation=True, max_length=96)
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         loss = model(**batch, labels=labels).loss
         loss.backward()
@@ -107,8 +131,13 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=150)
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
-    s3 = boto3.client("s3", endpoint_url=args.endpoint, aws_access_key_id=args.access_key,
-                      aws_secret_access_key=args.secret_key, region_name="us-east-1")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=args.endpoint,
+        aws_access_key_id=args.access_key,
+        aws_secret_access_key=args.secret_key,
+        region_name="us-east-1",
+    )
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
     for bucket in ("models", "data", "artifacts"):
         if bucket not in existing:

@@ -32,29 +32,54 @@ def layer_from(files: list[tuple[Path, str]]) -> tuple[bytes, bytes]:
     return gzip.compress(uncompressed, mtime=0), uncompressed
 
 
-def write_archive(output: Path, ref: str, files: list[tuple[Path, str]], entrypoint: list[str],
-                  user: str) -> None:
+def write_archive(output: Path, ref: str, files: list[tuple[Path, str]], entrypoint: list[str], user: str) -> None:
     layer_gz, layer_tar = layer_from(files)
     layer_digest, _ = blob(layer_gz)
-    config = json.dumps({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Entrypoint": entrypoint, "User": user},
-        "rootfs": {"type": "layers", "diff_ids": [blob(layer_tar)[0]]},
-    }, sort_keys=True).encode()
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Entrypoint": entrypoint, "User": user},
+            "rootfs": {"type": "layers", "diff_ids": [blob(layer_tar)[0]]},
+        },
+        sort_keys=True,
+    ).encode()
     config_digest, _ = blob(config)
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest,
-                   "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest,
-                    "size": len(layer_gz)}],
-    }, sort_keys=True).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest,
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer_digest,
+                    "size": len(layer_gz),
+                }
+            ],
+        },
+        sort_keys=True,
+    ).encode()
     manifest_digest, _ = blob(manifest)
-    index = json.dumps({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest,
-        "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": ref,
-                                               "io.containerd.image.name": ref}}]}).encode()
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "manifests": [
+                {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": manifest_digest,
+                    "size": len(manifest),
+                    "annotations": {"org.opencontainers.image.ref.name": ref, "io.containerd.image.name": ref},
+                }
+            ],
+        }
+    ).encode()
     with tarfile.open(output, "w") as archive:
+
         def add(name: str, data: bytes) -> None:
             info = tarfile.TarInfo(name)
             info.size, info.mtime = len(data), 0

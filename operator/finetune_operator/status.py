@@ -76,8 +76,9 @@ def _running(job: JobObs, pods: Sequence[PodObs], progress: dict[str, Any], run:
         if stage == "evaluating":
             return TrainingState("Evaluating", "Evaluating", "evaluating on the held-out splits", attempts=attempts)
         if stage == "uploading":  # after evaluation: the phase must not fall back to Training
-            return TrainingState("Evaluating", "WritingArtifacts", "writing the model, metrics and report",
-                                 attempts=attempts)
+            return TrainingState(
+                "Evaluating", "WritingArtifacts", "writing the model, metrics and report", attempts=attempts
+            )
         # Not the step count: status.progress carries it, and a message that moved with every progress
         # report would make the operator write the status after each of the trainer's own writes.
         return TrainingState("Training", "Training", "training pods running", attempts=attempts)

@@ -43,8 +43,11 @@ def images() -> dict[str, str]:
     for line in (CACHE / "images" / "refs.env").read_text().splitlines():
         key, _, value = line.partition("=")
         refs[key] = value
-    run("hack/import-images.sh", f"{refs['FTO_TRAINER_IMAGE']}={refs['FTO_TRAINER_ARCHIVE']}",
-        f"{refs['FTO_OPERATOR_IMAGE']}={refs['FTO_OPERATOR_ARCHIVE']}")
+    run(
+        "hack/import-images.sh",
+        f"{refs['FTO_TRAINER_IMAGE']}={refs['FTO_TRAINER_ARCHIVE']}",
+        f"{refs['FTO_OPERATOR_IMAGE']}={refs['FTO_OPERATOR_ARCHIVE']}",
+    )
     return refs
 
 
@@ -54,14 +57,40 @@ def installed(cluster: Cluster, namespace: str, images: dict[str, str]) -> Itera
     env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig))
     operator = images["FTO_OPERATOR_IMAGE"]
     release = "e2e-" + uuid.uuid4().hex[:8]
-    run("helm", "upgrade", "--install", release, "helm/finetune-operator", "--namespace", namespace,
-        "--set", f"watchNamespaces={{{namespace}}}", "--set", f"image.repository={operator.rsplit(':', 1)[0]}",
-        "--set", f"image.tag={operator.rsplit(':', 1)[1]}", "--set", "image.pullPolicy=Never",
-        "--set", f"trainer.image={images['FTO_TRAINER_IMAGE']}", "--set", "childImagePullPolicy=Never",
-        "--wait", "--timeout", "5m", env=env, stdout=subprocess.DEVNULL)
+    run(
+        "helm",
+        "upgrade",
+        "--install",
+        release,
+        "helm/finetune-operator",
+        "--namespace",
+        namespace,
+        "--set",
+        f"watchNamespaces={{{namespace}}}",
+        "--set",
+        f"image.repository={operator.rsplit(':', 1)[0]}",
+        "--set",
+        f"image.tag={operator.rsplit(':', 1)[1]}",
+        "--set",
+        "image.pullPolicy=Never",
+        "--set",
+        f"trainer.image={images['FTO_TRAINER_IMAGE']}",
+        "--set",
+        "childImagePullPolicy=Never",
+        "--wait",
+        "--timeout",
+        "5m",
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
     yield release
-    subprocess.run(["helm", "uninstall", release, "--namespace", namespace, "--wait"], env=env, check=False,
-                   cwd=ROOT, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["helm", "uninstall", release, "--namespace", namespace, "--wait"],
+        env=env,
+        check=False,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def quickstart(namespace: str) -> dict[str, Any]:
@@ -78,19 +107,26 @@ def quickstart(namespace: str) -> dict[str, Any]:
     return dict(manifest)
 
 
-
-
-def test_quickstart_trains_evaluates_publishes_and_serves(cluster: Cluster, namespace: str,
-                                                          installed: str) -> None:
+def test_quickstart_trains_evaluates_publishes_and_serves(cluster: Cluster, namespace: str, installed: str) -> None:
     import boto3
     from openai import OpenAI
 
     endpoint_url = os.environ["FTO_S3_ENDPOINT"]
-    keys = {"AWS_ACCESS_KEY_ID": os.environ["FTO_S3_ACCESS_KEY"],
-            "AWS_SECRET_ACCESS_KEY": os.environ["FTO_S3_SECRET_KEY"]}
-    run(sys.executable, "hack/demo/seed.py", "--endpoint", endpoint_url, "--access-key",
-        keys["AWS_ACCESS_KEY_ID"], "--secret-key", keys["AWS_SECRET_ACCESS_KEY"],
-        stdout=subprocess.DEVNULL)
+    keys = {
+        "AWS_ACCESS_KEY_ID": os.environ["FTO_S3_ACCESS_KEY"],
+        "AWS_SECRET_ACCESS_KEY": os.environ["FTO_S3_SECRET_KEY"],
+    }
+    run(
+        sys.executable,
+        "hack/demo/seed.py",
+        "--endpoint",
+        endpoint_url,
+        "--access-key",
+        keys["AWS_ACCESS_KEY_ID"],
+        "--secret-key",
+        keys["AWS_SECRET_ACCESS_KEY"],
+        stdout=subprocess.DEVNULL,
+    )
     cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "s3-creds"}, "stringData": keys})
     manifest = quickstart(namespace)
     cluster.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
@@ -100,8 +136,10 @@ def test_quickstart_trains_evaluates_publishes_and_serves(cluster: Cluster, name
     deadline = time.monotonic() + 1800
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        status = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
-                                                            "quickstart").get("status") or {}
+        status = (
+            cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "quickstart").get("status")
+            or {}
+        )
         phase = status.get("phase")
         if phase and (not phases or phases[-1] != phase):
             phases.append(phase)
@@ -124,12 +162,19 @@ def test_quickstart_trains_evaluates_publishes_and_serves(cluster: Cluster, name
     assert status["endpoint"]["run"] == status["run"] == 1
 
     # artifacts and report in S3
-    s3 = boto3.client("s3", endpoint_url=endpoint_url, region_name="us-east-1",
-                      aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"])
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
+    )
     prefix = f"e2e/{namespace}/run-1/"
-    keys_written = {o["Key"].removeprefix(prefix) for page in s3.get_paginator("list_objects_v2").paginate(
-        Bucket="artifacts", Prefix=prefix) for o in page.get("Contents", [])}
+    keys_written = {
+        o["Key"].removeprefix(prefix)
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="artifacts", Prefix=prefix)
+        for o in page.get("Contents", [])
+    }
     for expected in ("metrics.json", "report.html", "model/adapter_config.json", "trainer_config.json"):
         assert expected in keys_written, f"{expected} missing under s3://artifacts/{prefix}: {sorted(keys_written)}"
 
@@ -147,9 +192,22 @@ def test_quickstart_trains_evaluates_publishes_and_serves(cluster: Cluster, name
     # the endpoint answers the official OpenAI client (through kubectl port-forward: no kube-proxy here)
     service = status["endpoint"]["url"].split("//", 1)[1].split(".", 1)[0]
     port = free_port()
-    forward = subprocess.Popen(["kubectl", "--kubeconfig", str(cluster.kubeconfig), "-n", namespace,
-                                "port-forward", f"svc/{service}", f"{port}:8000", "--address", "127.0.0.1"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    forward = subprocess.Popen(
+        [
+            "kubectl",
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "-n",
+            namespace,
+            "port-forward",
+            f"svc/{service}",
+            f"{port}:8000",
+            "--address",
+            "127.0.0.1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
         for _ in range(60):
@@ -161,8 +219,12 @@ def test_quickstart_trains_evaluates_publishes_and_serves(cluster: Cluster, name
         else:
             raise AssertionError("the endpoint did not answer through port-forward")
         assert status["endpoint"]["model"] in served
-        reply = client.chat.completions.create(model=status["endpoint"]["model"], max_tokens=24, temperature=0,
-                                               messages=[{"role": "user", "content": "How do I reset my password?"}])
+        reply = client.chat.completions.create(
+            model=status["endpoint"]["model"],
+            max_tokens=24,
+            temperature=0,
+            messages=[{"role": "user", "content": "How do I reset my password?"}],
+        )
         assert reply.choices[0].message.content
         assert reply.usage is not None and reply.usage.completion_tokens > 0
     finally:
@@ -173,16 +235,25 @@ def test_quickstart_trains_evaluates_publishes_and_serves(cluster: Cluster, name
 
     def leftovers() -> list[str]:
         selector = "finetune.dev/job=quickstart"
-        found = [f"pod/{p.metadata.name}" for p in cluster.core.list_namespaced_pod(
-            namespace, label_selector=selector).items]
-        found += [f"job/{j.metadata.name}" for j in cluster.batch.list_namespaced_job(
-            namespace, label_selector=selector).items]
-        found += [f"deployment/{d.metadata.name}" for d in cluster.apps.list_namespaced_deployment(
-            namespace, label_selector=selector).items]
-        found += [f"configmap/{c.metadata.name}" for c in cluster.core.list_namespaced_config_map(
-            namespace, label_selector=selector).items]
-        found += [f"service/{s.metadata.name}" for s in cluster.core.list_namespaced_service(
-            namespace, label_selector=selector).items]
+        found = [
+            f"pod/{p.metadata.name}" for p in cluster.core.list_namespaced_pod(namespace, label_selector=selector).items
+        ]
+        found += [
+            f"job/{j.metadata.name}"
+            for j in cluster.batch.list_namespaced_job(namespace, label_selector=selector).items
+        ]
+        found += [
+            f"deployment/{d.metadata.name}"
+            for d in cluster.apps.list_namespaced_deployment(namespace, label_selector=selector).items
+        ]
+        found += [
+            f"configmap/{c.metadata.name}"
+            for c in cluster.core.list_namespaced_config_map(namespace, label_selector=selector).items
+        ]
+        found += [
+            f"service/{s.metadata.name}"
+            for s in cluster.core.list_namespaced_service(namespace, label_selector=selector).items
+        ]
         return found
 
     deadline = time.monotonic() + 180

@@ -36,9 +36,7 @@ def run(cmd: list[str], kubeconfig: Path | None = None, stdin: str | None = None
     env = {**os.environ, **({"KUBECONFIG": str(kubeconfig)} if kubeconfig else {})}
     result = subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=env, timeout=180)
     if check and result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-        )
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
 
 
@@ -64,8 +62,6 @@ def release_name() -> str:
     return "fto-" + uuid.uuid4().hex[:8]
 
 
-
-
 @dataclass(frozen=True)
 class Identity:
     """A ServiceAccount's token, as a kubeconfig file (for processes) and a client (for requests)."""
@@ -82,17 +78,13 @@ def service_account_identity(cluster: Any, namespace: str, name: str, folder: Pa
     token = cluster.core.create_namespaced_service_account_token(
         name,
         namespace,
-        client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
-        ),
+        client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)),
     ).status.token
     admin = cluster.api_client.configuration
     kubeconfig = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [
-            {"name": "c", "cluster": {"server": admin.host, "certificate-authority": admin.ssl_ca_cert}}
-        ],
+        "clusters": [{"name": "c", "cluster": {"server": admin.host, "certificate-authority": admin.ssl_ca_cert}}],
         "users": [{"name": name, "user": {"token": token}}],
         "contexts": [{"name": "sa", "context": {"cluster": "c", "user": name, "namespace": namespace}}],
         "current-context": "sa",

@@ -49,9 +49,7 @@ def test_one_replica_recreate_restricted_pod() -> None:
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert container["image"] == "ghcr.io/finetune-operator/operator:0.1.0"
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert (
-        env["FTO_NAMESPACES"] == "" and env["FTO_METRICS_PORT"] == "9090" and env["FTO_LOG_FORMAT"] == "text"
-    )
+    assert env["FTO_NAMESPACES"] == "" and env["FTO_METRICS_PORT"] == "9090" and env["FTO_LOG_FORMAT"] == "text"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
 
 

@@ -42,13 +42,20 @@ def operator_image() -> str:
     """Build (cached by content hash) and import the operator image only; other images' refs are kept."""
     refs_file = CACHE / "images" / "refs.env"
     before = _refs(refs_file)
-    subprocess.run(["hack/build-images.sh"], cwd=ROOT, env={**os.environ, "FTO_IMAGES": "operator"}, check=True,
-                   stdout=subprocess.DEVNULL, timeout=900)
+    subprocess.run(
+        ["hack/build-images.sh"],
+        cwd=ROOT,
+        env={**os.environ, "FTO_IMAGES": "operator"},
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=900,
+    )
     built = _refs(refs_file)
     refs_file.write_text("".join(f"{k}={v}\n" for k, v in {**before, **built}.items()))
     image, archive = built["FTO_OPERATOR_IMAGE"], built["FTO_OPERATOR_ARCHIVE"]
-    subprocess.run(["hack/import-images.sh", f"{image}={archive}"], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL, timeout=300)
+    subprocess.run(
+        ["hack/import-images.sh", f"{image}={archive}"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL, timeout=300
+    )
     return image
 
 
@@ -59,10 +66,29 @@ def in_cluster(cluster: Any, namespace: str, crd: str, operator_image: str) -> I
     cluster.core.patch_namespace(namespace, {"metadata": {"labels": labels}})
     release = release_name()
     repository, tag = operator_image.rsplit(":", 1)
-    helm("install", release, str(CHART), "-n", namespace, "--set", f"watchNamespaces={{{namespace}}}",
-         "--set", f"image.repository={repository}", "--set", f"image.tag={tag}", "--set", "image.pullPolicy=Never",
-         "--set", "logFormat=json", "--set", "reconcile.secretRecheckSeconds=1",
-         "--wait", "--timeout", "3m", kubeconfig=cluster.kubeconfig)
+    helm(
+        "install",
+        release,
+        str(CHART),
+        "-n",
+        namespace,
+        "--set",
+        f"watchNamespaces={{{namespace}}}",
+        "--set",
+        f"image.repository={repository}",
+        "--set",
+        f"image.tag={tag}",
+        "--set",
+        "image.pullPolicy=Never",
+        "--set",
+        "logFormat=json",
+        "--set",
+        "reconcile.secretRecheckSeconds=1",
+        "--wait",
+        "--timeout",
+        "3m",
+        kubeconfig=cluster.kubeconfig,
+    )
     try:
         yield release
     finally:
@@ -71,16 +97,28 @@ def in_cluster(cluster: Any, namespace: str, crd: str, operator_image: str) -> I
 
 def _pods(cluster: Any, namespace: str, release: str) -> list[Any]:
     items: list[Any] = cluster.core.list_namespaced_pod(
-        namespace, label_selector=f"app.kubernetes.io/instance={release}").items
+        namespace, label_selector=f"app.kubernetes.io/instance={release}"
+    ).items
     return items
 
 
 def _scrape_through_service(cluster: Any, namespace: str, service: str) -> str:
     port = free_port()
     forward = subprocess.Popen(
-        [tool("kubectl"), "--kubeconfig", str(cluster.kubeconfig), "-n", namespace, "port-forward",
-         f"svc/{service}", f"{port}:9090", "--address", "127.0.0.1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            tool("kubectl"),
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "-n",
+            namespace,
+            "port-forward",
+            f"svc/{service}",
+            f"{port}:9090",
+            "--address",
+            "127.0.0.1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 30
@@ -106,8 +144,10 @@ def test_operator_in_cluster_reconciles_upgrades_and_uninstalls(
     assert pod.status.phase == "Running" and not pod.spec.node_name.startswith("kwok-")
     assert pod.status.container_statuses[0].restart_count == 0
 
-    jobs.create(namespace, ftj_manifest("incluster", podMetadata={
-        "annotations": kwok_annotations(0, success_message(), delay="1s")}))
+    jobs.create(
+        namespace,
+        ftj_manifest("incluster", podMetadata={"annotations": kwok_annotations(0, success_message(), delay="1s")}),
+    )
     jobs.wait_phase(namespace, "incluster", "Succeeded", timeout=120)
 
     metrics = _scrape_through_service(cluster, namespace, f"{fullname}-metrics")
@@ -119,20 +159,44 @@ def test_operator_in_cluster_reconciles_upgrades_and_uninstalls(
     refused = re.compile(r"(?<![\d.])403(?!\d)|forbidden", re.IGNORECASE)
     assert not [line for line in logs if refused.search(line)]
 
-    helm("upgrade", release, str(CHART), "-n", namespace, "--reuse-values", "--set", "reconcile.workers=2",
-         "--wait", "--timeout", "3m", kubeconfig=kc)
-    wait_for("only the new operator pod", lambda: [
-        p for p in _pods(cluster, namespace, release) if p.metadata.name != pod.metadata.name
-    ] == _pods(cluster, namespace, release) or None, timeout=60)
+    helm(
+        "upgrade",
+        release,
+        str(CHART),
+        "-n",
+        namespace,
+        "--reuse-values",
+        "--set",
+        "reconcile.workers=2",
+        "--wait",
+        "--timeout",
+        "3m",
+        kubeconfig=kc,
+    )
+    wait_for(
+        "only the new operator pod",
+        lambda: (
+            [p for p in _pods(cluster, namespace, release) if p.metadata.name != pod.metadata.name]
+            == _pods(cluster, namespace, release)
+            or None
+        ),
+        timeout=60,
+    )
     (new_pod,) = _pods(cluster, namespace, release)
     env = {e.name: e.value for e in new_pod.spec.containers[0].env}
     assert env["FTO_WORKERS"] == "2" and env["FTO_LOG_FORMAT"] == "json"
-    jobs.create(namespace, ftj_manifest("after-upgrade", podMetadata={
-        "annotations": kwok_annotations(0, success_message(), delay="1s")}))
+    jobs.create(
+        namespace,
+        ftj_manifest("after-upgrade", podMetadata={"annotations": kwok_annotations(0, success_message(), delay="1s")}),
+    )
     jobs.wait_phase(namespace, "after-upgrade", "Succeeded", timeout=120)
 
     helm("uninstall", release, "-n", namespace, "--wait", kubeconfig=kc)
     wait_for("the operator pod gone", lambda: not _pods(cluster, namespace, release), timeout=60)
-    assert {j["metadata"]["name"] for j in cluster.custom.list_namespaced_custom_object(
-        "finetune.dev", "v1alpha1", namespace, "finetunejobs")["items"]} == {"incluster", "after-upgrade"}
+    assert {
+        j["metadata"]["name"]
+        for j in cluster.custom.list_namespaced_custom_object("finetune.dev", "v1alpha1", namespace, "finetunejobs")[
+            "items"
+        ]
+    } == {"incluster", "after-upgrade"}
     assert jobs.status(namespace, "incluster")["phase"] == "Succeeded"

@@ -80,9 +80,7 @@ def _operator_pods(cluster: Any, namespace: str, release: str) -> list[Any]:
     return items
 
 
-def test_install_upgrade_uninstall_keeps_crd_and_jobs(
-    cluster: Any, namespace: str, release: str, jobs: Jobs
-) -> None:
+def test_install_upgrade_uninstall_keeps_crd_and_jobs(cluster: Any, namespace: str, release: str, jobs: Jobs) -> None:
     _restricted(cluster, namespace)
     kc = cluster.kubeconfig
     helm(
@@ -214,19 +212,13 @@ def test_operator_with_the_charts_rbac_runs_an_example_to_succeeded(
         wait_for(
             "the serving Deployment removed",
             lambda: (
-                not cluster.apps.list_namespaced_deployment(
-                    team, label_selector="finetune.dev/component=serving"
-                ).items
+                not cluster.apps.list_namespaced_deployment(team, label_selector="finetune.dev/component=serving").items
             ),
         )
 
         samples = wait_for(
             "metrics that saw the run",
-            lambda: (
-                s
-                if (s := _scrape(port)).get('finetune_operator_finetunejobs{phase="Succeeded"}') == 1
-                else None
-            ),
+            lambda: s if (s := _scrape(port)).get('finetune_operator_finetunejobs{phase="Succeeded"}') == 1 else None,
         )
         assert samples['finetune_operator_finetunejobs{phase="Training"}'] == 0
         assert samples["finetune_operator_reconcile_seconds_count"] >= 3

@@ -66,9 +66,7 @@ def test_kubectl_reapply_after_reconcile_is_a_no_op(
     kc = jobs.cluster.kubeconfig
     manifest = tmp_path / "ftj.yaml"
     manifest.write_text(
-        yaml.safe_dump(
-            {**ftj_manifest("client-side"), "metadata": {"name": "client-side", "namespace": namespace}}
-        )
+        yaml.safe_dump({**ftj_manifest("client-side"), "metadata": {"name": "client-side", "namespace": namespace}})
     )
     kubectl("apply", "-f", str(manifest), kubeconfig=kc)
     before = _reconciled(jobs, namespace, "client-side")
@@ -90,9 +88,7 @@ def test_server_side_reapply_after_reconcile_is_a_no_op(
     kc = jobs.cluster.kubeconfig
     manifest = tmp_path / "ftj.yaml"
     manifest.write_text(
-        yaml.safe_dump(
-            {**ftj_manifest("server-side"), "metadata": {"name": "server-side", "namespace": namespace}}
-        )
+        yaml.safe_dump({**ftj_manifest("server-side"), "metadata": {"name": "server-side", "namespace": namespace}})
     )
     ssa = ("apply", "--server-side", "--field-manager=argocd-controller", "-f", str(manifest))
     kubectl(*ssa, kubeconfig=kc)

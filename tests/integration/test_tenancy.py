@@ -40,9 +40,7 @@ NAMESPACED: set[Rule] = {
     ("", "secrets", "get"),
     ("", "events", "create"),
 }
-CLUSTER_SCAN: set[Rule] = {
-    ("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")
-}
+CLUSTER_SCAN: set[Rule] = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
 NAMESPACE_SCAN: set[Rule] = {("", "namespaces", v) for v in ("list", "watch")}
 EVERYONE = {"authorization.k8s.io", "authentication.k8s.io"}  # self reviews every authenticated user has
 
@@ -86,9 +84,7 @@ def allowed(call: Callable[[], Any]) -> bool:
 
 
 @pytest.fixture
-def chart_identity(
-    cluster: Any, namespace: str, other_namespace: str, crd: str, tmp_path: Path
-) -> Iterator[Identity]:
+def chart_identity(cluster: Any, namespace: str, other_namespace: str, crd: str, tmp_path: Path) -> Iterator[Identity]:
     """The chart installed in `namespace` watching `other_namespace`; its ServiceAccount's token."""
     release = release_name()
     helm(
@@ -179,9 +175,7 @@ def test_operator_requests_outside_its_rights_are_refused(
         ),
         lambda: custom.delete_namespaced_custom_object(GROUP, VERSION, team, PLURAL, "mine"),
         lambda: custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL),
-        lambda: rbac.create_cluster_role(
-            client.V1ClusterRole(metadata=client.V1ObjectMeta(name="fto-escalate"))
-        ),
+        lambda: rbac.create_cluster_role(client.V1ClusterRole(metadata=client.V1ObjectMeta(name="fto-escalate"))),
         lambda: rbac.create_namespaced_role(
             team,
             client.V1Role(
@@ -209,9 +203,7 @@ def test_secret_is_read_in_the_jobs_namespace_only_and_never_copied(
     cluster.core.create_namespaced_secret(
         namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="creds"), string_data=values)
     )
-    operator = Operator(
-        chart_identity.kubeconfig, [team], tmp_path / "operator.log", ["--health-port", "0"]
-    ).start()
+    operator = Operator(chart_identity.kubeconfig, [team], tmp_path / "operator.log", ["--health-port", "0"]).start()
     try:
         jobs.create(team, ftj_manifest("tenant", storage={"credentialsSecret": "creds"}))
         pending = jobs.wait_phase(team, "tenant", "Pending")
@@ -259,15 +251,11 @@ def _trainer_may_only_patch_its_status(cluster: Any, team: str, jobs: Jobs, tmp_
         client.CustomObjectsApi(trainer),
         client.BatchV1Api(trainer),
     )
-    progress = {
-        "status": {"progress": {"run": 1, "stage": "training", "step": 1, "totalSteps": 4, "percent": 25}}
-    }
+    progress = {"status": {"progress": {"run": 1, "stage": "training", "step": 1, "totalSteps": 4, "percent": 25}}}
     custom.patch_namespaced_custom_object_status(GROUP, VERSION, team, PLURAL, "tenant", progress)
     custom.get_namespaced_custom_object_status(GROUP, VERSION, team, PLURAL, "tenant")
     refused: list[Callable[[], Any]] = [
-        lambda: custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, team, PLURAL, "neighbour", progress
-        ),
+        lambda: custom.patch_namespaced_custom_object_status(GROUP, VERSION, team, PLURAL, "neighbour", progress),
         lambda: custom.patch_namespaced_custom_object(
             GROUP, VERSION, team, PLURAL, "tenant", {"spec": {"suspend": True}}
         ),

@@ -20,9 +20,7 @@ def _client_as(cluster: Any, namespace: str, service_account: str) -> Any:
     token = cluster.core.create_namespaced_service_account_token(
         service_account,
         namespace,
-        client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
-        ),
+        client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)),
     ).status.token
     admin = cluster.api_client.configuration
     config = client.Configuration()
@@ -60,9 +58,7 @@ def test_trainer_may_patch_only_its_own_status(operator: Operator, jobs: Jobs, n
     trainer.get_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "mine")
     forbidden: Callable[[], Any]
     for forbidden in (
-        lambda: trainer.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, "theirs", progress
-        ),
+        lambda: trainer.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "theirs", progress),
         lambda: trainer.patch_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, "mine", {"spec": {"suspend": True}}
         ),

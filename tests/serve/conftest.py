@@ -30,12 +30,27 @@ def tiny_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_models.build_classifier(tmp_path_factory.mktemp("tiny-classifier"))
 
 
-def settings_for(model_uri: str, base_uri: str | None = None, *, task: str = "causal-lm",
-                 api_key: str | None = None, work_dir: Path = Path("/nonexistent"), run: int = 2) -> Any:
+def settings_for(
+    model_uri: str,
+    base_uri: str | None = None,
+    *,
+    task: str = "causal-lm",
+    api_key: str | None = None,
+    work_dir: Path = Path("/nonexistent"),
+    run: int = 2,
+) -> Any:
     from finetune_trainer.serve.config import ServeConfig, ServeSettings
 
-    config = ServeConfig.model_validate({"servedModelName": MODEL_NAME, "task": task, "modelUri": model_uri,
-                                         "baseModelUri": base_uri, "run": run, "maxConcurrency": 8})
+    config = ServeConfig.model_validate(
+        {
+            "servedModelName": MODEL_NAME,
+            "task": task,
+            "modelUri": model_uri,
+            "baseModelUri": base_uri,
+            "run": run,
+            "maxConcurrency": 8,
+        }
+    )
     return ServeSettings(config=config, api_key=api_key, work_dir=work_dir, device="cpu")
 
 

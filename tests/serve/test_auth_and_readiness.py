@@ -15,8 +15,7 @@ from tests.serve.conftest import API_KEY, MODEL_NAME, settings_for
 from tests.serve.server import RunningServer, wait_ready
 
 
-def test_api_key_is_required_when_configured(lm_engine: Any, tiny_lm_dir: Path,
-                                             tiny_adapter_dir: Path) -> None:
+def test_api_key_is_required_when_configured(lm_engine: Any, tiny_lm_dir: Path, tiny_adapter_dir: Path) -> None:
     from finetune_trainer.serve.app import create_app
 
     app = create_app(settings_for(str(tiny_adapter_dir), str(tiny_lm_dir), api_key=API_KEY), engine=lm_engine)
@@ -26,8 +25,7 @@ def test_api_key_is_required_when_configured(lm_engine: Any, tiny_lm_dir: Path,
             client.models.list()
         assert caught.value.status_code == 401
         assert caught.value.body["code"] == "invalid_api_key"
-        missing = httpx.post(server.url + "/v1/completions", json={"model": MODEL_NAME, "prompt": "x"},
-                             timeout=30)
+        missing = httpx.post(server.url + "/v1/completions", json={"model": MODEL_NAME, "prompt": "x"}, timeout=30)
         assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
         assert set(missing.json()["error"]) == {"message", "type", "param", "code"}
         good = openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0)

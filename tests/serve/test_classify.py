@@ -25,13 +25,15 @@ def classifier_server(tiny_classifier_dir: Path) -> Iterator[RunningServer]:
         yield server
 
 
-def test_classify_returns_labels_and_scores_matching_the_model(classifier_server: RunningServer,
-                                                               tiny_classifier_dir: Path) -> None:
+def test_classify_returns_labels_and_scores_matching_the_model(
+    classifier_server: RunningServer, tiny_classifier_dir: Path
+) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     texts = ["the quick brown fox", "hello world, this is a longer sentence for padding", "日本語"]
-    response = httpx.post(classifier_server.url + "/v1/classify", json={"model": MODEL_NAME, "input": texts},
-                          timeout=60)
+    response = httpx.post(
+        classifier_server.url + "/v1/classify", json={"model": MODEL_NAME, "input": texts}, timeout=60
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert [item["index"] for item in body["data"]] == [0, 1, 2]
@@ -47,18 +49,16 @@ def test_classify_returns_labels_and_scores_matching_the_model(classifier_server
 
 
 def test_classify_single_string_and_errors(classifier_server: RunningServer) -> None:
-    one = httpx.post(classifier_server.url + "/v1/classify", json={"model": MODEL_NAME, "input": "hello"},
-                     timeout=60)
+    one = httpx.post(classifier_server.url + "/v1/classify", json={"model": MODEL_NAME, "input": "hello"}, timeout=60)
     assert one.status_code == 200 and len(one.json()["data"]) == 1
-    wrong_model = httpx.post(classifier_server.url + "/v1/classify", json={"model": "x", "input": "hi"},
-                             timeout=60)
+    wrong_model = httpx.post(classifier_server.url + "/v1/classify", json={"model": "x", "input": "hi"}, timeout=60)
     assert wrong_model.status_code == 404
-    completion = httpx.post(classifier_server.url + "/v1/completions", timeout=60,
-                            json={"model": MODEL_NAME, "prompt": "hi"})
+    completion = httpx.post(
+        classifier_server.url + "/v1/completions", timeout=60, json={"model": MODEL_NAME, "prompt": "hi"}
+    )
     assert completion.status_code == 400 and completion.json()["error"]["code"] == "wrong_task"
 
 
 def test_classify_on_a_language_model_is_refused(lm_server: Any) -> None:
-    response = httpx.post(lm_server.url + "/v1/classify", json={"model": MODEL_NAME, "input": "hi"},
-                          timeout=60)
+    response = httpx.post(lm_server.url + "/v1/classify", json={"model": MODEL_NAME, "input": "hi"}, timeout=60)
     assert response.status_code == 400 and response.json()["error"]["code"] == "wrong_task"

@@ -9,8 +9,14 @@ import pytest
 from finetune_trainer.errors import ConfigInvalid
 from finetune_trainer.serve.config import ServeConfig, ServeSettings, load_serve_config
 
-EXAMPLE = {"servedModelName": "support-bot", "task": "causal-lm", "baseModelUri": "s3://models/llama/",
-           "modelUri": "s3://artifacts/team-a/support-bot/run-2/model/", "run": 2, "maxConcurrency": 8}
+EXAMPLE = {
+    "servedModelName": "support-bot",
+    "task": "causal-lm",
+    "baseModelUri": "s3://models/llama/",
+    "modelUri": "s3://artifacts/team-a/support-bot/run-2/model/",
+    "run": 2,
+    "maxConcurrency": 8,
+}
 
 
 def test_the_contract_example_validates(tmp_path: Path) -> None:

@@ -52,8 +52,9 @@ def test_a_sequence_joining_a_running_batch_gets_the_same_text(lm_engine: Any) -
 
 def test_a_cancelled_sequence_stops_and_others_continue(lm_engine: Any) -> None:
     collector = Collector()
-    handle = lm_engine.submit(lm_engine.loaded.tokenizer.encode("the lazy dog"),
-                              SamplingParams(200, temperature=0.0), collector)
+    handle = lm_engine.submit(
+        lm_engine.loaded.tokenizer.encode("the lazy dog"), SamplingParams(200, temperature=0.0), collector
+    )
     collector.events.get(timeout=60)
     handle.cancel()
     _, end = generate(lm_engine, "hello", 5)
@@ -78,8 +79,12 @@ def test_greedy_text_equals_transformers_generate(lm_engine: Any) -> None:
     for prompt in ("the quick brown", "café déjà"):
         ids = tokenizer.encode(prompt)
         with torch.no_grad():
-            output = lm_engine.loaded.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids)),
-                                                     max_new_tokens=24, do_sample=False,
-                                                     pad_token_id=lm_engine.loaded.pad_token_id)
-        expected = tokenizer.decode(output[0, len(ids):].tolist(), skip_special_tokens=True)
+            output = lm_engine.loaded.model.generate(
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids)),
+                max_new_tokens=24,
+                do_sample=False,
+                pad_token_id=lm_engine.loaded.pad_token_id,
+            )
+        expected = tokenizer.decode(output[0, len(ids) :].tolist(), skip_special_tokens=True)
         assert generate(lm_engine, prompt, 24)[0] == expected

@@ -11,13 +11,20 @@ import pytest
 
 from tests.serve.conftest import MODEL_NAME
 
-PROMPTS = ["the quick brown", "hello world", "a fine tuned model", "café déjà", "serving models over",
-           "kubernetes operators", "the lazy dog", "emoji 🙂"]
+PROMPTS = [
+    "the quick brown",
+    "hello world",
+    "a fine tuned model",
+    "café déjà",
+    "serving models over",
+    "kubernetes operators",
+    "the lazy dog",
+    "emoji 🙂",
+]
 
 
 def greedy(client: Any, prompt: str, max_tokens: int = 24, **extra: Any) -> Any:
-    return client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=max_tokens, temperature=0,
-                                      **extra)
+    return client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=max_tokens, temperature=0, **extra)
 
 
 def test_models_lists_the_served_model_and_run(client: Any) -> None:
@@ -41,15 +48,20 @@ def test_completion_counts_usage_and_honours_max_tokens(client: Any) -> None:
 
 def test_greedy_is_deterministic_and_sampling_with_a_seed_reproduces(client: Any) -> None:
     assert greedy(client, "hello world").choices[0].text == greedy(client, "hello world").choices[0].text
-    sampled = [client.completions.create(model=MODEL_NAME, prompt="hello", max_tokens=16, temperature=1.5,
-                                         top_p=0.9, seed=7).choices[0].text for _ in range(2)]
+    sampled = [
+        client.completions.create(model=MODEL_NAME, prompt="hello", max_tokens=16, temperature=1.5, top_p=0.9, seed=7)
+        .choices[0]
+        .text
+        for _ in range(2)
+    ]
     assert sampled[0] == sampled[1]
 
 
 def test_streaming_gives_the_same_text_as_one_response(client: Any) -> None:
     whole = greedy(client, "serving models over", max_tokens=20)
-    chunks = list(greedy(client, "serving models over", max_tokens=20, stream=True,
-                         stream_options={"include_usage": True}))
+    chunks = list(
+        greedy(client, "serving models over", max_tokens=20, stream=True, stream_options={"include_usage": True})
+    )
     text_chunks = [chunk for chunk in chunks if chunk.choices]
     assert "".join(chunk.choices[0].text for chunk in text_chunks) == whole.choices[0].text
     assert text_chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
@@ -72,12 +84,11 @@ def test_stop_string_cuts_the_text_before_it(client: Any) -> None:
     full = greedy(client, "the lazy dog", max_tokens=40).choices[0].text
     assert len(full) >= 8, full
     stop = full[4:7]
-    expected = full[:full.index(stop)]
+    expected = full[: full.index(stop)]
     result = greedy(client, "the lazy dog", max_tokens=40, stop=[stop, "never-appears"])
     assert result.choices[0].text == expected
     assert result.choices[0].finish_reason == "stop"
-    streamed = "".join(c.choices[0].text for c in greedy(client, "the lazy dog", max_tokens=40, stop=stop,
-                                                           stream=True))
+    streamed = "".join(c.choices[0].text for c in greedy(client, "the lazy dog", max_tokens=40, stop=stop, stream=True))
     assert streamed == expected
 
 
@@ -87,8 +98,9 @@ def test_chat_uses_a_template_and_streams(client: Any) -> None:
     assert reply.object == "chat.completion"
     assert reply.choices[0].message.role == "assistant"
     assert reply.usage.prompt_tokens > len("be brief hello world") // 4  # the template's markers count too
-    stream = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=16, temperature=0,
-                                            stream=True)
+    stream = client.chat.completions.create(
+        model=MODEL_NAME, messages=messages, max_tokens=16, temperature=0, stream=True
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == reply.choices[0].message.content
@@ -115,17 +127,23 @@ def test_n_above_one_is_refused_naming_n(client: Any) -> None:
 
 
 def test_bad_parameters_are_400_in_openai_shape(lm_server: Any) -> None:
-    response = httpx.post(lm_server.url + "/v1/completions", timeout=30,
-                          json={"model": MODEL_NAME, "prompt": "hi", "temperature": 5})
+    response = httpx.post(
+        lm_server.url + "/v1/completions", timeout=30, json={"model": MODEL_NAME, "prompt": "hi", "temperature": 5}
+    )
     assert response.status_code == 400
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["param"] == "temperature"
-    too_long = httpx.post(lm_server.url + "/v1/completions", timeout=30,
-                          json={"model": MODEL_NAME, "prompt": "hi", "max_tokens": 100_000})
+    too_long = httpx.post(
+        lm_server.url + "/v1/completions", timeout=30, json={"model": MODEL_NAME, "prompt": "hi", "max_tokens": 100_000}
+    )
     assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "context_length_exceeded"
-    not_json = httpx.post(lm_server.url + "/v1/chat/completions", content=b"{oops", timeout=30,
-                          headers={"content-type": "application/json"})
+    not_json = httpx.post(
+        lm_server.url + "/v1/chat/completions",
+        content=b"{oops",
+        timeout=30,
+        headers={"content-type": "application/json"},
+    )
     assert not_json.status_code == 400 and "error" in not_json.json()
 
 

@@ -32,14 +32,14 @@ def upload(bucket: Any, folder: Path, prefix: str) -> str:
 
 
 def expected_text(client: Any) -> str:
-    text: str = client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=16,
-                                          temperature=0).choices[0].text
+    text: str = client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=16, temperature=0).choices[0].text
     return text
 
 
 @pytest.mark.s3
-def test_app_loads_base_and_adapter_from_s3(s3_bucket: Any, tiny_lm_dir: Path, tiny_adapter_dir: Path,
-                                            client: Any, tmp_path: Path) -> None:
+def test_app_loads_base_and_adapter_from_s3(
+    s3_bucket: Any, tiny_lm_dir: Path, tiny_adapter_dir: Path, client: Any, tmp_path: Path
+) -> None:
     from finetune_trainer.serve.app import create_app
 
     base_uri = upload(s3_bucket, tiny_lm_dir, "models/tiny/")
@@ -53,21 +53,32 @@ def test_app_loads_base_and_adapter_from_s3(s3_bucket: Any, tiny_lm_dir: Path, t
     assert (tmp_path / "work" / "base" / "config.json").is_file()
 
 
-
-
 @pytest.mark.s3
-def test_cli_serves_from_s3_and_stops_on_sigterm(s3_bucket: Any, tiny_lm_dir: Path, tiny_adapter_dir: Path,
-                                                 client: Any, tmp_path: Path) -> None:
-    config = write_serve_json(tmp_path / "serve.json", servedModelName=MODEL_NAME, task="causal-lm",
-                              baseModelUri=upload(s3_bucket, tiny_lm_dir, "models/tiny/"),
-                              modelUri=upload(s3_bucket, tiny_adapter_dir, "run-2/model/"), run=2,
-                              maxConcurrency=4)
+def test_cli_serves_from_s3_and_stops_on_sigterm(
+    s3_bucket: Any, tiny_lm_dir: Path, tiny_adapter_dir: Path, client: Any, tmp_path: Path
+) -> None:
+    config = write_serve_json(
+        tmp_path / "serve.json",
+        servedModelName=MODEL_NAME,
+        task="causal-lm",
+        baseModelUri=upload(s3_bucket, tiny_lm_dir, "models/tiny/"),
+        modelUri=upload(s3_bucket, tiny_adapter_dir, "run-2/model/"),
+        run=2,
+        maxConcurrency=4,
+    )
     port = free_port()
-    env = {**os.environ, "FTO_WORK_DIR": str(tmp_path / "work"), "FTO_DEVICE": "cpu", "HF_HUB_OFFLINE": "1",
-           "FTO_TERMINATION_LOG": str(tmp_path / "termination-log")}
+    env = {
+        **os.environ,
+        "FTO_WORK_DIR": str(tmp_path / "work"),
+        "FTO_DEVICE": "cpu",
+        "HF_HUB_OFFLINE": "1",
+        "FTO_TERMINATION_LOG": str(tmp_path / "termination-log"),
+    }
     code = "import sys; from finetune_trainer.serve.cli import main; sys.exit(main(sys.argv[1:]))"
-    process = subprocess.Popen([sys.executable, "-c", code, "serve", "--config", str(config), "--host",
-                                "127.0.0.1", "--port", str(port)], env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 180  # the child imports torch: allow a busy machine its time
@@ -89,12 +100,10 @@ def test_cli_serves_from_s3_and_stops_on_sigterm(s3_bucket: Any, tiny_lm_dir: Pa
     assert not (tmp_path / "termination-log").exists()
 
 
-def test_cli_rejects_a_serve_json_with_unknown_fields(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_rejects_a_serve_json_with_unknown_fields(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from finetune_trainer.serve.cli import main
 
-    config = write_serve_json(tmp_path / "serve.json", servedModelName="m", modelUri="s3://b/m/",
-                              modelURI="typo")
+    config = write_serve_json(tmp_path / "serve.json", servedModelName="m", modelUri="s3://b/m/", modelURI="typo")
     monkeypatch.setenv("FTO_TERMINATION_LOG", str(tmp_path / "termination-log"))
     assert main(["serve", "--config", str(config)]) == 42
     message = json.loads((tmp_path / "termination-log").read_text())
@@ -113,12 +122,12 @@ def test_cli_rejects_a_bad_thread_override_before_loading(tmp_path: Path, monkey
 
 
 @pytest.mark.s3
-def test_cli_exits_42_when_the_model_is_missing(s3_bucket: Any, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_exits_42_when_the_model_is_missing(
+    s3_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from finetune_trainer.serve.cli import main
 
-    config = write_serve_json(tmp_path / "serve.json", servedModelName="m",
-                              modelUri=s3_bucket.uri("nothing/"))
+    config = write_serve_json(tmp_path / "serve.json", servedModelName="m", modelUri=s3_bucket.uri("nothing/"))
     monkeypatch.setenv("FTO_TERMINATION_LOG", str(tmp_path / "termination-log"))
     monkeypatch.setenv("FTO_WORK_DIR", str(tmp_path / "work"))
     assert main(["--config", str(config), "--host", "127.0.0.1", "--port", str(free_port())]) == 42

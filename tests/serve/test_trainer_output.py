@@ -23,17 +23,24 @@ from tests.trainer.builders import build_tiny_llama, minilm_folder, put_jsonl, t
 
 pytestmark = pytest.mark.s3
 
-TOPICS = {"food": ["pasta sauce", "fresh bread", "apple pie"], "sport": ["tennis match", "marathon"],
-          "weather": ["heavy rain", "snowfall", "strong wind"]}
+TOPICS = {
+    "food": ["pasta sauce", "fresh bread", "apple pie"],
+    "sport": ["tennis match", "marathon"],
+    "weather": ["heavy rain", "snowfall", "strong wind"],
+}
 
 
 def train(config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from finetune_trainer.cli import run_train
 
-    environment = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                   "HF_DATASETS_CACHE": str(tmp_path / "hf-datasets"),
-                   "FTO_WORK_DIR": str(tmp_path / "train"),
-                   "FTO_TERMINATION_LOG": str(tmp_path / "termination-log")}
+    environment = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_DATASETS_CACHE": str(tmp_path / "hf-datasets"),
+        "FTO_WORK_DIR": str(tmp_path / "train"),
+        "FTO_TERMINATION_LOG": str(tmp_path / "termination-log"),
+    }
     for key, value in environment.items():
         monkeypatch.setenv(key, value)
     path = tmp_path / "config.json"
@@ -41,16 +48,21 @@ def train(config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert run_train(path) == 0, (tmp_path / "termination-log").read_text()
 
 
-def test_a_trained_chat_adapter_is_served(s3_bucket: Any, tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_trained_chat_adapter_is_served(s3_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from finetune_trainer.tokenization import DEFAULT_CHAT_TEMPLATE
 
     base = build_tiny_llama(tmp_path / "base")
     base_uri = upload_folder(s3_bucket.client, s3_bucket.name, base, "models/tiny")
     rng = random.Random(1)
-    chats = [{"messages": [{"role": "user", "content": f"what is {rng.choice(['one', 'two'])} ?"},
-                           {"role": "assistant", "content": rng.choice(["apple", "pear"])}]}
-             for _ in range(40)]
+    chats = [
+        {
+            "messages": [
+                {"role": "user", "content": f"what is {rng.choice(['one', 'two'])} ?"},
+                {"role": "assistant", "content": rng.choice(["apple", "pear"])},
+            ]
+        }
+        for _ in range(40)
+    ]
     data = put_jsonl(s3_bucket.client, s3_bucket.name, "d.jsonl", chats)
     config = trainer_config(s3_bucket.name, base_uri, data)
     config["dataset"]["schema"] = "chat"
@@ -63,20 +75,25 @@ def test_a_trained_chat_adapter_is_served(s3_bucket: Any, tmp_path: Path,
         state = app.state.model_state
         assert state.engine.loaded.tokenizer.chat_template == DEFAULT_CHAT_TEMPLATE  # saved by the trainer
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
-        reply = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}],
-                                               max_tokens=8, temperature=0)
+        reply = client.chat.completions.create(
+            model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=8, temperature=0
+        )
         assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.completion_tokens >= 1
 
 
-def test_a_trained_lora_classifier_is_served_with_its_labels(s3_bucket: Any, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_trained_lora_classifier_is_served_with_its_labels(
+    s3_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     base_uri = upload_folder(s3_bucket.client, s3_bucket.name, minilm_folder(), "models/minilm")
     rng = random.Random(2)
-    rows = [{"text": f"the {rng.choice(TOPICS[label])} today", "label": label}
-            for label in sorted(TOPICS) for _ in range(12)]
+    rows = [
+        {"text": f"the {rng.choice(TOPICS[label])} today", "label": label}
+        for label in sorted(TOPICS)
+        for _ in range(12)
+    ]
     data = put_jsonl(s3_bucket.client, s3_bucket.name, "t.jsonl", rows)
     config = trainer_config(s3_bucket.name, base_uri, data)
     config["baseModel"] = {"uri": base_uri, "task": "sequence-classification"}
@@ -85,19 +102,20 @@ def test_a_trained_lora_classifier_is_served_with_its_labels(s3_bucket: Any, tmp
     config["hyperparameters"].update({"maxSteps": 2, "learningRate": 0.05})
     train(config, tmp_path, monkeypatch)
 
-    settings = settings_for(s3_bucket.uri("out/run-1/model/"), base_uri, task="sequence-classification",
-                            work_dir=tmp_path / "serve")
+    settings = settings_for(
+        s3_bucket.uri("out/run-1/model/"), base_uri, task="sequence-classification", work_dir=tmp_path / "serve"
+    )
     with RunningServer(create(settings)) as server:
         assert wait_ready(server.url).status_code == 200
         texts = ["the heavy rain today", "a marathon"]
-        response = httpx.post(server.url + "/v1/classify", json={"model": MODEL_NAME, "input": texts},
-                              timeout=60)
+        response = httpx.post(server.url + "/v1/classify", json={"model": MODEL_NAME, "input": texts}, timeout=60)
     assert response.status_code == 200, response.text
     data = response.json()["data"]
     assert [sorted(item["scores"]) for item in data] == [sorted(TOPICS)] * 2
     adapter = tmp_path / "serve" / "model"  # unmerged reference: base + adapter (trained head included)
     base = AutoModelForSequenceClassification.from_pretrained(
-        minilm_folder(), num_labels=3, id2label=dict(enumerate(sorted(TOPICS))), ignore_mismatched_sizes=True)
+        minilm_folder(), num_labels=3, id2label=dict(enumerate(sorted(TOPICS))), ignore_mismatched_sizes=True
+    )
     reference = PeftModel.from_pretrained(base, adapter).eval()
     tokenizer = AutoTokenizer.from_pretrained(adapter)
     for text, item in zip(texts, data, strict=True):

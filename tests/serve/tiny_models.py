@@ -27,8 +27,12 @@ CORPUS = [
 LABELS = ["negative", "neutral", "positive"]
 
 # The server tests' Llama: 2 layers x 64 wide, 256 positions, far-apart logits.
-LLAMA_SIZE: dict[str, Any] = {"hidden_size": 64, "num_hidden_layers": 2, "max_position_embeddings": 256,
-                              "initializer_range": 0.5}
+LLAMA_SIZE: dict[str, Any] = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "max_position_embeddings": 256,
+    "initializer_range": 0.5,
+}
 
 
 def train_tokenizer() -> PreTrainedTokenizerFast:
@@ -53,8 +57,13 @@ def build_classifier(folder: Path, seed: int = 2) -> Path:
 
     tokenizer = train_tokenizer()
     torch.manual_seed(seed)
-    config = tiny.llama_config(tokenizer, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)),
-                               label2id={label: i for i, label in enumerate(LABELS)}, **LLAMA_SIZE)
+    config = tiny.llama_config(
+        tokenizer,
+        num_labels=len(LABELS),
+        id2label=dict(enumerate(LABELS)),
+        label2id={label: i for i, label in enumerate(LABELS)},
+        **LLAMA_SIZE,
+    )
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(folder)
     LlamaForSequenceClassification(config).save_pretrained(folder)

@@ -54,8 +54,6 @@ def weed_binary() -> str:
     return found
 
 
-
-
 class LocalS3Server:
     """A `weed mini` process with its own data folder; stop() ends it and leaves nothing running."""
 

@@ -19,9 +19,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlparse
 
-DENIED = (
-    b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
-)
+DENIED = b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
 DENIED_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
     b"<Message>Access Denied (test proxy: writes under this prefix are refused)</Message></Error>"

@@ -34,16 +34,10 @@ def test_malformed_line_names_file_and_line(s3_bucket: Any, tiny_llama_uri: str,
     assert result.termination["run"] == 1
 
 
-def test_missing_column_names_available_columns(
-    s3_bucket: Any, tiny_llama_uri: str, run_trainer: Runner
-) -> None:
-    uri = put_jsonl(
-        s3_bucket.client, s3_bucket.name, "data/train.jsonl", [{"question": "q", "answer": "a"}] * 20
-    )
+def test_missing_column_names_available_columns(s3_bucket: Any, tiny_llama_uri: str, run_trainer: Runner) -> None:
+    uri = put_jsonl(s3_bucket.client, s3_bucket.name, "data/train.jsonl", [{"question": "q", "answer": "a"}] * 20)
     result = run_trainer(trainer_config(s3_bucket.name, tiny_llama_uri, uri))
-    assert_user_error(
-        result, "DatasetInvalid", "line 1", "missing field 'prompt'", "available: answer, question"
-    )
+    assert_user_error(result, "DatasetInvalid", "line 1", "missing field 'prompt'", "available: answer, question")
 
 
 def test_column_mapping_fixes_it(s3_bucket: Any, tiny_llama_uri: str) -> None:
@@ -90,9 +84,7 @@ def test_unknown_label(s3_bucket: Any, run_trainer: Runner) -> None:
     }
     raw["dataset"]["schema"] = "classification"
     result = run_trainer(raw)
-    assert_user_error(
-        result, "DatasetInvalid", f"{uri} line 14", "unknown label 'meh'", "known labels: neg, pos"
-    )
+    assert_user_error(result, "DatasetInvalid", f"{uri} line 14", "unknown label 'meh'", "known labels: neg, pos")
 
 
 def test_folder_that_is_not_a_model(s3_bucket: Any, run_trainer: Runner) -> None:
@@ -118,12 +110,8 @@ def test_wrong_credentials(
 
 
 def test_missing_bucket(s3_bucket: Any, tiny_llama_uri: str, run_trainer: Runner) -> None:
-    result = run_trainer(
-        trainer_config(s3_bucket.name, tiny_llama_uri, "s3://no-such-bucket-fto/train.jsonl")
-    )
-    assert_user_error(
-        result, "StorageNotFound", "dataset.train", "bucket 'no-such-bucket-fto' does not exist"
-    )
+    result = run_trainer(trainer_config(s3_bucket.name, tiny_llama_uri, "s3://no-such-bucket-fto/train.jsonl"))
+    assert_user_error(result, "StorageNotFound", "dataset.train", "bucket 'no-such-bucket-fto' does not exist")
 
 
 def test_missing_key(s3_bucket: Any, tiny_llama_uri: str, run_trainer: Runner) -> None:

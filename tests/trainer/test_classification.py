@@ -109,8 +109,6 @@ def test_finetuning_beats_the_base_model(
     assert test["f1"] > base["f1"]
     assert document["labels"] == ["food", "sport", "weather"]
     meta = json.loads(
-        s3_bucket.client.get_object(Bucket=s3_bucket.name, Key="out/run-1/model/finetune_config.json")[
-            "Body"
-        ].read()
+        s3_bucket.client.get_object(Bucket=s3_bucket.name, Key="out/run-1/model/finetune_config.json")["Body"].read()
     )
     assert meta["labels"] == ["food", "sport", "weather"] and meta["task"] == "sequence-classification"

@@ -42,9 +42,7 @@ def test_reporter_patches_status_progress(cluster: Any, namespace: str) -> None:
     now[0] += 10
     reporter.report("evaluating", force=True, step=100, total=100)
     assert reporter.failures == 0
-    status = cluster.custom.get_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, PLURAL, "progress-test"
-    )
+    status = cluster.custom.get_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "progress-test")
     progress = status["status"]["progress"]
     assert progress["stage"] == "evaluating" and progress["step"] == 100 and progress["percent"] == 100
     assert progress["run"] == 3 and progress["updatedAt"] == "2027-01-15T08:00:11Z"

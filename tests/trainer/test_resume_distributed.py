@@ -108,9 +108,7 @@ def test_sigterm_checkpoints_then_resume_continues(
     assert complete_steps(s3_bucket)[-1] == 60
 
 
-def test_two_processes_gloo(
-    s3_bucket: Any, tiny_llama_uri: str, tmp_path: Path, trainer_env: dict[str, str]
-) -> None:
+def test_two_processes_gloo(s3_bucket: Any, tiny_llama_uri: str, tmp_path: Path, trainer_env: dict[str, str]) -> None:
     """The plain `train` command launches torchrun itself when the config asks for 2 processes."""
     train = put_jsonl(s3_bucket.client, s3_bucket.name, "data/train.jsonl", arithmetic_records(64))
     raw = trainer_config(s3_bucket.name, tiny_llama_uri, train)
@@ -131,16 +129,12 @@ def test_two_processes_gloo(
     )
     assert document["processes"] == 2
     assert complete_steps(s3_bucket) == [6]
-    files = s3_bucket.client.list_objects_v2(
-        Bucket=s3_bucket.name, Prefix="out/run-1/checkpoints/checkpoint-6/"
-    )
+    files = s3_bucket.client.list_objects_v2(Bucket=s3_bucket.name, Prefix="out/run-1/checkpoints/checkpoint-6/")
     names = {item["Key"].rsplit("/", 1)[1] for item in files["Contents"]}
     assert {"rng_state_0.pth", "rng_state_1.pth", "trainer_state.json", "_COMPLETE"} <= names
 
 
-def test_two_processes_user_error_keeps_exit_42(
-    s3_bucket: Any, tmp_path: Path, trainer_env: dict[str, str]
-) -> None:
+def test_two_processes_user_error_keeps_exit_42(s3_bucket: Any, tmp_path: Path, trainer_env: dict[str, str]) -> None:
     """torchrun alone would exit 1 here; the launcher keeps the contract's user-error exit code."""
     s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="data/train.jsonl", Body=b'{"prompt": "a",\n')
     raw = trainer_config(s3_bucket.name, s3_bucket.uri("models/x/"), s3_bucket.uri("data/train.jsonl"))

@@ -40,9 +40,7 @@ def chat_records(count: int) -> list[dict[str, Any]]:
     ]
 
 
-def test_chat_lora_run_writes_every_artifact(
-    s3_bucket: Any, tiny_llama_uri: str, run_trainer: Runner
-) -> None:
+def test_chat_lora_run_writes_every_artifact(s3_bucket: Any, tiny_llama_uri: str, run_trainer: Runner) -> None:
     train = put_jsonl(s3_bucket.client, s3_bucket.name, "data/chat.jsonl", chat_records(120))
     raw = trainer_config(s3_bucket.name, tiny_llama_uri, train)
     raw["dataset"].update({"schema": "chat", "maxSeqLength": 96})
@@ -73,10 +71,7 @@ def test_chat_lora_run_writes_every_artifact(
     meta = json.loads(read(s3_bucket, "out/run-1/model/finetune_config.json"))
     assert meta["adapter"] and meta["defaultChatTemplate"] and meta["task"] == "causal-lm"
     tokenizer_config = json.loads(read(s3_bucket, "out/run-1/model/tokenizer_config.json"))
-    template = (
-        tokenizer_config.get("chat_template")
-        or read(s3_bucket, "out/run-1/model/chat_template.jinja").decode()
-    )
+    template = tokenizer_config.get("chat_template") or read(s3_bucket, "out/run-1/model/chat_template.jinja").decode()
     assert "<|assistant|>" in template
 
     report = read(s3_bucket, "out/run-1/report.html").decode()
@@ -137,8 +132,9 @@ def test_text_parquet_prefix_full_finetune(s3_bucket: Any, tiny_llama_uri: str, 
     raw = trainer_config(s3_bucket.name, tiny_llama_uri, s3_bucket.uri("data/texts/"))
     raw["dataset"].update({"schema": "text", "columns": {"text": "body"}})
     raw["method"] = {"type": "full"}
-    raw["hyperparameters"].update({"maxSteps": None, "epochs": 1, "warmupRatio": 0.25, "learningRate": 0.001,
-                                   "lrScheduler": "cosine"})
+    raw["hyperparameters"].update(
+        {"maxSteps": None, "epochs": 1, "warmupRatio": 0.25, "learningRate": 0.001, "lrScheduler": "cosine"}
+    )
     result = run_trainer(raw)
     assert result.exit_code == 0, result.termination
     assert result.termination["message"] == "trained 4 steps"  # one epoch: 32 examples / batch 8

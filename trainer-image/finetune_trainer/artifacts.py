@@ -68,9 +68,7 @@ def save_model(
     return folder
 
 
-def merged_model(
-    model: Any, cfg: TrainerConfig, labels: list[str] | None, base_folder: Path, scratch: Path
-) -> Any:
+def merged_model(model: Any, cfg: TrainerConfig, labels: list[str] | None, base_folder: Path, scratch: Path) -> Any:
     """The adapter folded into the base weights. QLoRA's 4-bit base is reloaded in 16 bits first."""
     if cfg.method.type != "qlora":
         return model.merge_and_unload()

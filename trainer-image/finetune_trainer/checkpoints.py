@@ -64,9 +64,7 @@ def select_for_deletion(index: CheckpointIndex, keep: int) -> list[int]:
     if newest is None:
         return []
     kept = set(sorted(index.complete, reverse=True)[:keep])
-    return sorted(
-        step for step in index.steps if step not in kept and (step in index.complete or step < newest)
-    )
+    return sorted(step for step in index.steps if step not in kept and (step in index.complete or step < newest))
 
 
 def uploads(name: str, rank: int, world: int) -> bool:

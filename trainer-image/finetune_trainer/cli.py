@@ -78,8 +78,7 @@ def run_train(config_path: Path) -> int:
         code = 0
     except StopRequested:
         preempted = Preempted(
-            "stopped by SIGTERM outside the training loop; the next attempt resumes "
-            "from the newest complete checkpoint"
+            "stopped by SIGTERM outside the training loop; the next attempt resumes from the newest complete checkpoint"
         )
         line, code = termination_line(preempted.code, preempted.message, run), preempted.exit_code
     except TrainerError as error:

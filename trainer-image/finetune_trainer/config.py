@@ -102,14 +102,11 @@ class DatasetSpec(_Model):
         for key in self.columns:
             if key not in known:
                 problems.append(
-                    f"columns.{key}: schema {self.schema_!r} has no field {key!r} "
-                    f"(its fields: {', '.join(known)})"
+                    f"columns.{key}: schema {self.schema_!r} has no field {key!r} (its fields: {', '.join(known)})"
                 )
         taken = (0.0 if self.validation else self.split.validation) + (0.0 if self.test else self.split.test)
         if taken >= 1.0:
-            problems.append(
-                f"split: validation + test fractions taken from train sum to {taken:g}; must be below 1"
-            )
+            problems.append(f"split: validation + test fractions taken from train sum to {taken:g}; must be below 1")
         if self.test is None and self.split.test <= 0.0:
             problems.append(
                 "split.test: must be above 0 when no dataset.test is given "
@@ -245,7 +242,5 @@ def load_config(path: Path) -> TrainerConfig:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ConfigInvalid(
-            f"{path} line {error.lineno} column {error.colno}: invalid JSON: {error.msg}"
-        ) from None
+        raise ConfigInvalid(f"{path} line {error.lineno} column {error.colno}: invalid JSON: {error.msg}") from None
     return parse_config(data, str(path))

@@ -59,9 +59,7 @@ def read_jsonl(path: Path, label: str) -> Iterator[Record]:
                 reason = error.msg if isinstance(error, json.JSONDecodeError) else "not UTF-8 text"
                 raise DatasetInvalid(f"{label} line {number}: invalid JSON: {reason}") from None
             if not isinstance(value, dict):
-                raise DatasetInvalid(
-                    f"{label} line {number}: expected a JSON object, got {type(value).__name__}"
-                )
+                raise DatasetInvalid(f"{label} line {number}: expected a JSON object, got {type(value).__name__}")
             yield Record(value, f"{label} line {number}")
 
 
@@ -78,9 +76,7 @@ def read_json(path: Path, label: str) -> Iterator[Record]:
     if isinstance(value, dict):
         lists = [v for v in value.values() if isinstance(v, list)]
         if len(lists) != 1:
-            raise DatasetInvalid(
-                f"{label}: expected a JSON array of records (or an object holding one array)"
-            )
+            raise DatasetInvalid(f"{label}: expected a JSON array of records (or an object holding one array)")
         value = lists[0]
     if not isinstance(value, list):
         raise DatasetInvalid(f"{label}: expected a JSON array of records, got {type(value).__name__}")
@@ -138,9 +134,7 @@ def read_file(path: Path, fmt: str, label: str) -> list[Record]:
         raise DatasetInvalid(f"{label}: not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
-def load_records(
-    storage: Storage, uri: str, declared_format: str | None, local_dir: Path, field: str
-) -> list[Record]:
+def load_records(storage: Storage, uri: str, declared_format: str | None, local_dir: Path, field: str) -> list[Record]:
     """Download the file or every data file under the prefix at `uri` and read their records in key order.
 
     `field` names the config field (`dataset.train`) for messages about missing data.

@@ -26,9 +26,7 @@ def causal_lm_metrics(loss_sum: float, tokens: float) -> dict[str, float]:
     return {"loss": round(loss, 6), "perplexity": round(math.exp(min(loss, 50.0)), 6)}
 
 
-def classification_metrics(
-    confusion: Sequence[Sequence[float]], loss_sum: float, count: float
-) -> dict[str, float]:
+def classification_metrics(confusion: Sequence[Sequence[float]], loss_sum: float, count: float) -> dict[str, float]:
     """Accuracy and macro F1 from a confusion matrix (rows: true label, columns: predicted label).
 
     Macro F1 averages over labels that occur as truth or prediction; a label's F1 is 0 when it has no

@@ -63,11 +63,7 @@ def exit_code_for(code: str | None, returncode: int) -> int:
         return USER_ERROR_EXIT_CODE
     if code == "Preempted":
         return PREEMPTED_EXIT_CODE
-    return (
-        returncode
-        if returncode not in (0, USER_ERROR_EXIT_CODE, PREEMPTED_EXIT_CODE)
-        else INTERNAL_ERROR_EXIT_CODE
-    )
+    return returncode if returncode not in (0, USER_ERROR_EXIT_CODE, PREEMPTED_EXIT_CODE) else INTERNAL_ERROR_EXIT_CODE
 
 
 def torchrun_command(config_path: Path, workers: int, per_worker: int, environ: dict[str, str]) -> list[str]:

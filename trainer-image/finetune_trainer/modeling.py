@@ -53,9 +53,7 @@ def choose_precision(requested: str, hardware: Hardware) -> str:
     if requested == "fp16" and not hardware.cuda:
         raise UnsupportedHardware("hyperparameters.precision fp16 needs a CUDA GPU; use auto, fp32 or bf16")
     if requested == "bf16" and hardware.cuda and not hardware.bf16:
-        raise UnsupportedHardware(
-            "hyperparameters.precision bf16 is not supported by this GPU; use auto or fp16"
-        )
+        raise UnsupportedHardware("hyperparameters.precision bf16 is not supported by this GPU; use auto or fp16")
     return requested
 
 
@@ -162,9 +160,7 @@ def apply_method(model: Any, cfg: TrainerConfig) -> Any:
             model, use_gradient_checkpointing=False
         )
     lora = cfg.method.lora
-    targets: str | list[str] = (
-        "all-linear" if lora.target_modules == ["all-linear"] else list(lora.target_modules)
-    )
+    targets: str | list[str] = "all-linear" if lora.target_modules == ["all-linear"] else list(lora.target_modules)
     task = TaskType.SEQ_CLS if cfg.base_model.task == "sequence-classification" else TaskType.CAUSAL_LM
     peft_config = LoraConfig(
         r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type=task

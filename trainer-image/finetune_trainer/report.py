@@ -17,9 +17,7 @@ from typing import Any
 def loss_history(log_history: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[int, float]]]:
     """Training and evaluation loss points (step, loss) from the Trainer's `state.log_history`."""
     train = [(int(e["step"]), float(e["loss"])) for e in log_history if "loss" in e and "step" in e]
-    evaluation = [
-        (int(e["step"]), float(e["eval_loss"])) for e in log_history if "eval_loss" in e and "step" in e
-    ]
+    evaluation = [(int(e["step"]), float(e["eval_loss"])) for e in log_history if "eval_loss" in e and "step" in e]
     return {"train": train, "validation": evaluation}
 
 
@@ -50,8 +48,7 @@ def loss_curve_png(history: Mapping[str, Sequence[tuple[int, float]]], title: st
 
 def _table(rows: Sequence[tuple[str, str, str]]) -> str:
     cells = "".join(
-        f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td><td>{html.escape(c)}</td></tr>"
-        for a, b, c in rows
+        f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td><td>{html.escape(c)}</td></tr>" for a, b, c in rows
     )
     return f"<table><tr><th>split</th><th>metric</th><th>value</th></tr>{cells}</table>"
 
@@ -68,13 +65,9 @@ def render_html(
     png: bytes,
 ) -> str:
     """The report page: facts about the run, the metrics (and the base model's, when compared), the curve."""
-    rows = [
-        (split, name, _format(value)) for split, values in metrics.items() for name, value in values.items()
-    ]
+    rows = [(split, name, _format(value)) for split, values in metrics.items() for name, value in values.items()]
     base_rows = [
-        (split, name, _format(value))
-        for split, values in base_metrics.items()
-        for name, value in values.items()
+        (split, name, _format(value)) for split, values in base_metrics.items() for name, value in values.items()
     ]
     fact_rows = "".join(
         f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items()

@@ -81,9 +81,7 @@ def normalize(records: Sequence[Record], schema: str, columns: Mapping[str, str]
     return out
 
 
-def label_names(
-    train_labels: Sequence[str], configured: Sequence[str] | None, num_labels: int | None
-) -> list[str]:
+def label_names(train_labels: Sequence[str], configured: Sequence[str] | None, num_labels: int | None) -> list[str]:
     """The id -> name list: the configured labels in order, else the distinct train labels sorted.
 
     Integer-like labels sort numerically, so labels 0..9 keep their ids.
@@ -99,15 +97,11 @@ def label_names(
             f"but baseModel.numLabels is {num_labels}"
         )
     if len(names) < 2:
-        raise DatasetInvalid(
-            f"dataset.train has {len(names)} distinct label(s); a classifier needs at least 2"
-        )
+        raise DatasetInvalid(f"dataset.train has {len(names)} distinct label(s); a classifier needs at least 2")
     return names
 
 
-def encode_labels(
-    examples: Sequence[dict[str, Any]], origins: Sequence[str], names: Sequence[str]
-) -> list[int]:
+def encode_labels(examples: Sequence[dict[str, Any]], origins: Sequence[str], names: Sequence[str]) -> list[int]:
     """The label id of each example; a label outside `names` is a user error naming its line."""
     index = {name: i for i, name in enumerate(names)}
     ids = []

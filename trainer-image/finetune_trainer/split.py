@@ -52,9 +52,7 @@ def split_records(
     n_test = 0 if test is not None else _take(test_fraction, len(train))
     n_val = 0 if validation is not None else _take(validation_fraction, len(train))
     test_part = list(test) if test is not None else [train[i] for i in order[:n_test]]
-    val_part = (
-        list(validation) if validation is not None else [train[i] for i in order[n_test : n_test + n_val]]
-    )
+    val_part = list(validation) if validation is not None else [train[i] for i in order[n_test : n_test + n_val]]
     taken = set(order[: n_test + n_val])
     train_part = [record for i, record in enumerate(train) if i not in taken]
     if not train_part:

@@ -154,9 +154,7 @@ class _Progress:
             if now - self.last >= self.interval:
                 self.last = now
                 percent = 100.0 * self.done / self.total if self.total else 100.0
-                log.info(
-                    "%s: %.1f / %.1f MiB (%.0f%%)", self.label, self.done / 2**20, self.total / 2**20, percent
-                )
+                log.info("%s: %.1f / %.1f MiB (%.0f%%)", self.label, self.done / 2**20, self.total / 2**20, percent)
 
 
 class Storage:
@@ -188,9 +186,7 @@ class Storage:
     def iter_objects(self, uri: S3Uri) -> Iterator[ObjectInfo]:
         """Every object whose key starts with `uri.key` (raw prefix match, sorted by key)."""
         paginator = self.client.get_paginator("list_objects_v2")
-        pages = self._call(
-            uri, "listing", lambda: list(paginator.paginate(Bucket=uri.bucket, Prefix=uri.key))
-        )
+        pages = self._call(uri, "listing", lambda: list(paginator.paginate(Bucket=uri.bucket, Prefix=uri.key)))
         for page in pages:
             for item in page.get("Contents", []):
                 yield ObjectInfo(S3Uri(uri.bucket, item["Key"]), int(item["Size"]))
@@ -266,9 +262,7 @@ class Storage:
         self._call(
             uri,
             "writing",
-            lambda: self.client.put_object(
-                Bucket=uri.bucket, Key=uri.key, Body=data, ContentType=content_type
-            ),
+            lambda: self.client.put_object(Bucket=uri.bucket, Key=uri.key, Body=data, ContentType=content_type),
         )
 
     def upload_file(self, path: Path, uri: S3Uri) -> None:
@@ -280,9 +274,7 @@ class Storage:
             lambda: self.client.upload_file(str(path), uri.bucket, uri.key, Callback=progress),
         )
 
-    def upload_dir(
-        self, local: Path, uri: S3Uri, skip: Callable[[Path], bool] | None = None
-    ) -> builtins.list[S3Uri]:
+    def upload_dir(self, local: Path, uri: S3Uri, skip: Callable[[Path], bool] | None = None) -> builtins.list[S3Uri]:
         """Upload every file below `local` under the prefix `uri`, keeping relative paths."""
         uploaded = []
         for path in sorted(p for p in local.rglob("*") if p.is_file()):

@@ -20,9 +20,7 @@ LIMIT = 4096
 DEFAULT_PATH = "/dev/termination-log"
 
 
-def termination_line(
-    code: str, message: str, run: int | None = None, metrics: Mapping[str, Any] | None = None
-) -> str:
+def termination_line(code: str, message: str, run: int | None = None, metrics: Mapping[str, Any] | None = None) -> str:
     """`{"code", "message", "run"?, "metrics"?}` as one JSON line of at most 4096 bytes."""
 
     def render(text: str, with_metrics: bool) -> str:

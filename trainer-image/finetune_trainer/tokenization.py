@@ -48,9 +48,7 @@ def _render(tokenizer: Any, messages: Sequence[dict[str, str]], generation_promp
             return str(tokenizer.apply_chat_template([], tokenize=False, add_generation_prompt=True))
         except Exception:  # some templates refuse an empty conversation
             return ""
-    return str(
-        tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt)
-    )
+    return str(tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt))
 
 
 def render_chat(tokenizer: Any, messages: Sequence[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
@@ -79,9 +77,7 @@ def render_chat(tokenizer: Any, messages: Sequence[dict[str, str]]) -> tuple[str
     return full, spans
 
 
-def _mask(
-    offsets: Sequence[tuple[int, int]], ids: Sequence[int], spans: Sequence[tuple[int, int]]
-) -> list[int]:
+def _mask(offsets: Sequence[tuple[int, int]], ids: Sequence[int], spans: Sequence[tuple[int, int]]) -> list[int]:
     labels = []
     for (start, end), token in zip(offsets, ids, strict=True):
         inside = end > start and any(start < s_end and end > s_start for s_start, s_end in spans)

@@ -74,9 +74,7 @@ def collator_for(cfg: TrainerConfig, tokenizer: Any) -> Any:
     return DataCollatorWithFlattening(return_position_ids=True)  # type: ignore[no-untyped-call]
 
 
-def training_arguments(
-    cfg: TrainerConfig, precision: str, hardware: Hardware, output: Path, steps: int
-) -> Any:
+def training_arguments(cfg: TrainerConfig, precision: str, hardware: Hardware, output: Path, steps: int) -> Any:
     from transformers import TrainingArguments
 
     hp = cfg.hyperparameters
@@ -203,9 +201,7 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
     collator = collator_for(cfg, inputs.tokenizer)
     base: dict[str, dict[str, float]] = {}
     if cfg.evaluation.compare_base_model:  # still "loading": "evaluating" would read as training done
-        base = base_model_metrics(
-            storage, run_uri, model, inputs, collator, cfg, precision, resume is not None
-        )
+        base = base_model_metrics(storage, run_uri, model, inputs, collator, cfg, precision, resume is not None)
 
     steps = total_steps(len(inputs.tokenized["train"]), cfg, distributed.world_size())
     args = training_arguments(cfg, precision, hardware, work / "checkpoints", steps)
@@ -226,9 +222,7 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
             if uploader is not None:
                 uploader.finish()  # the upload in flight, then the checkpoint saved on SIGTERM
             distributed.barrier()  # no rank exits first: torchrun would stop rank 0 mid-upload
-            raise Preempted(
-                f"stopped by SIGTERM at step {step}; checkpoint-{step} saved, the next attempt resumes"
-            )
+            raise Preempted(f"stopped by SIGTERM at step {step}; checkpoint-{step} saved, the next attempt resumes")
         runtime = time.monotonic() - started
         tokens_per_second, _ = hooks.rates(trainer.state)
 

@@ -52,9 +52,7 @@ def test_every_phase_of_the_crd_is_covered() -> None:
 def test_the_readme_snippet_is_the_script() -> None:
     """The argocd-cm snippet users copy must be exactly the tested script (indented under the key)."""
     text = README.read_text()
-    match = re.search(
-        r"resource\.customizations\.health\.finetune\.dev_FineTuneJob: \|\n((?:    .*\n|\n)+?)```", text
-    )
+    match = re.search(r"resource\.customizations\.health\.finetune\.dev_FineTuneJob: \|\n((?:    .*\n|\n)+?)```", text)
     assert match, "README has no argocd-cm snippet for finetune.dev_FineTuneJob"
     snippet = "\n".join(line[4:] for line in match.group(1).splitlines()).strip()
     assert snippet == SCRIPT.read_text().strip()

@@ -60,9 +60,7 @@ def test_payload_shape_and_eta() -> None:
         last_checkpoint=400,
     )
     progress = patch["status"]["progress"]
-    assert (
-        progress["percent"] == 42 and progress["totalSteps"] == 1000 and progress["lastCheckpointStep"] == 400
-    )
+    assert progress["percent"] == 42 and progress["totalSteps"] == 1000 and progress["lastCheckpointStep"] == 400
     assert progress["tokensPerSecond"] == 10234 and progress["learningRate"] == 0.0001712
     assert progress["estimatedFinishTime"] == "2027-01-15T08:04:50Z"
     assert progress["updatedAt"] == "2027-01-15T08:00:00Z" and progress["stage"] == "training"

@@ -48,9 +48,7 @@ def test_flattened_batch_matches_separate_sequences() -> None:
     features = [{"input_ids": s, "labels": [-100, *s[1:]]} for s in sequences]
     model = tiny_model(use_cache=False)
     separate = sum(
-        token_loss_sum(
-            model, {"input_ids": torch.tensor([f["input_ids"]]), "labels": torch.tensor([f["labels"]])}
-        )
+        token_loss_sum(model, {"input_ids": torch.tensor([f["input_ids"]]), "labels": torch.tensor([f["labels"]])})
         for f in features
     )
     flat = DataCollatorWithFlattening(return_position_ids=True)(features)  # type: ignore[no-untyped-call]

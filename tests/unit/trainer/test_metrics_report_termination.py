@@ -47,9 +47,7 @@ def test_report_embeds_png_and_metrics() -> None:
     png = loss_curve_png(history, "t")
     assert png.startswith(b"\x89PNG")
     page = render_html("ns/job run 1", {"test": {"loss": 1.25}}, {"test": {"loss": 2.5}}, {"steps": 2}, png)
-    assert (
-        "data:image/png;base64," in page and "1.2500" in page and "2.5000" in page and "<script" not in page
-    )
+    assert "data:image/png;base64," in page and "1.2500" in page and "2.5000" in page and "<script" not in page
 
 
 def test_termination_line_fits_4096_bytes() -> None:

@@ -53,13 +53,20 @@ class _EventQueue:
 def _token_budget(requested: int | None, prompt_tokens: int, context: int, param: str) -> int:
     room = context - prompt_tokens
     if room < 1:
-        raise bad_request(f"the prompt has {prompt_tokens} tokens; this model's context is {context} tokens",
-                          param, "context_length_exceeded")
+        raise bad_request(
+            f"the prompt has {prompt_tokens} tokens; this model's context is {context} tokens",
+            param,
+            "context_length_exceeded",
+        )
     if requested is None:
         return room
     if requested > room:
-        raise bad_request(f"prompt ({prompt_tokens} tokens) + max_tokens ({requested}) exceeds the model's "
-                          f"context of {context} tokens", "max_tokens", "context_length_exceeded")
+        raise bad_request(
+            f"prompt ({prompt_tokens} tokens) + max_tokens ({requested}) exceeds the model's "
+            f"context of {context} tokens",
+            "max_tokens",
+            "context_length_exceeded",
+        )
     return requested
 
 
@@ -70,11 +77,11 @@ def _sse(payload: dict[str, Any]) -> str:
 class _Generation:
     """One request's run through the engine: relays events and keeps the metrics."""
 
-    def __init__(self, engine: Engine, metrics: ServerMetrics, ids: list[int], params: SamplingParams,
-                 stream: bool) -> None:
+    def __init__(
+        self, engine: Engine, metrics: ServerMetrics, ids: list[int], params: SamplingParams, stream: bool
+    ) -> None:
         if engine.waiting() >= QUEUE_FACTOR * engine.max_batch_size:
-            raise APIError(429, "the server is at capacity: retry shortly", "server_error", None,
-                           "server_overloaded")
+            raise APIError(429, "the server is at capacity: retry shortly", "server_error", None, "server_overloaded")
         self.metrics = metrics
         self.events = _EventQueue()
         self.finished: Finished | None = None
@@ -108,8 +115,7 @@ class _Generation:
         return "".join(parts), self.finished
 
 
-def _stream(generation: _Generation, base: dict[str, Any], chat: bool,
-            include_usage: bool) -> StreamingResponse:
+def _stream(generation: _Generation, base: dict[str, Any], chat: bool, include_usage: bool) -> StreamingResponse:
     def chunk(delta: str | None, finish: str | None) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish}
         if chat:
@@ -142,8 +148,9 @@ def _stream(generation: _Generation, base: dict[str, Any], chat: bool,
             yield _sse({**base, "choices": [], "usage": totals})
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
 
 
 def router(state: ModelState, metrics: ServerMetrics) -> APIRouter:
@@ -153,8 +160,7 @@ def router(state: ModelState, metrics: ServerMetrics) -> APIRouter:
     def generating_engine(model: str) -> Engine:
         engine = state.engine_for(model)
         if engine.loaded.task != "causal-lm":
-            raise bad_request(f"'{model}' is a {engine.loaded.task} model: use /v1/classify", "model",
-                              "wrong_task")
+            raise bad_request(f"'{model}' is a {engine.loaded.task} model: use /v1/classify", "model", "wrong_task")
         return engine
 
     @routes.get("/models")
@@ -177,8 +183,9 @@ def router(state: ModelState, metrics: ServerMetrics) -> APIRouter:
             return _stream(generation, base, chat=False, include_usage=body.include_usage())
         text, finished = await generation.text()
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finished.reason}
-        return JSONResponse({**base, "choices": [choice],
-                             "usage": usage(finished.prompt_tokens, finished.completion_tokens)})
+        return JSONResponse(
+            {**base, "choices": [choice], "usage": usage(finished.prompt_tokens, finished.completion_tokens)}
+        )
 
     @routes.post("/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest) -> JSONResponse | StreamingResponse:
@@ -191,25 +198,42 @@ def router(state: ModelState, metrics: ServerMetrics) -> APIRouter:
         generation = _Generation(engine, metrics, ids, params, body.stream)
         created = now()
         if body.stream:
-            base = {"id": new_id("chatcmpl"), "object": "chat.completion.chunk", "created": created,
-                    "model": body.model}
+            base = {
+                "id": new_id("chatcmpl"),
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": body.model,
+            }
             return _stream(generation, base, chat=True, include_usage=body.include_usage())
         text, finished = await generation.text()
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                  "finish_reason": finished.reason}
-        return JSONResponse({"id": new_id("chatcmpl"), "object": "chat.completion", "created": created,
-                             "model": body.model, "choices": [choice],
-                             "usage": usage(finished.prompt_tokens, finished.completion_tokens)})
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": finished.reason,
+        }
+        return JSONResponse(
+            {
+                "id": new_id("chatcmpl"),
+                "object": "chat.completion",
+                "created": created,
+                "model": body.model,
+                "choices": [choice],
+                "usage": usage(finished.prompt_tokens, finished.completion_tokens),
+            }
+        )
 
     @routes.post("/classify")
     async def classify(body: ClassifyRequest) -> dict[str, Any]:
         engine = state.engine_for(body.model)
         loaded = engine.loaded
         if loaded.task != "sequence-classification":
-            raise bad_request(f"'{body.model}' is a {loaded.task} model: use /v1/completions or "
-                              "/v1/chat/completions", "model", "wrong_task")
-        rows = [[int(i) for i in loaded.tokenizer.encode(text)][:loaded.context_length]
-                for text in body.texts()]
+            raise bad_request(
+                f"'{body.model}' is a {loaded.task} model: use /v1/completions or /v1/chat/completions",
+                "model",
+                "wrong_task",
+            )
+        rows = [[int(i) for i in loaded.tokenizer.encode(text)][: loaded.context_length] for text in body.texts()]
         if any(not row for row in rows):
             raise bad_request("an input encodes to no tokens", "input")
         loop = asyncio.get_running_loop()
@@ -231,9 +255,21 @@ def router(state: ModelState, metrics: ServerMetrics) -> APIRouter:
         data = []
         for index, probabilities in enumerate(result):
             best = max(range(len(probabilities)), key=probabilities.__getitem__)
-            data.append({"index": index, "label": loaded.labels[best], "score": probabilities[best],
-                         "scores": dict(zip(loaded.labels, probabilities, strict=True))})
-        return {"id": new_id("clf"), "object": "list", "created": now(), "model": body.model, "data": data,
-                "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+            data.append(
+                {
+                    "index": index,
+                    "label": loaded.labels[best],
+                    "score": probabilities[best],
+                    "scores": dict(zip(loaded.labels, probabilities, strict=True)),
+                }
+            )
+        return {
+            "id": new_id("clf"),
+            "object": "list",
+            "created": now(),
+            "model": body.model,
+            "data": data,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        }
 
     return routes

@@ -44,7 +44,8 @@ def _validation_error(error: RequestValidationError) -> APIError:
     param = ".".join(location) or None
     message = "; ".join(
         f"{'.'.join(str(p) for p in item.get('loc', ()) if p != 'body') or 'body'}: {item.get('msg')}"
-        for item in problems)
+        for item in problems
+    )
     return APIError(400, message or "invalid request", "invalid_request_error", param, None)
 
 
@@ -55,11 +56,16 @@ def _require_api_key(settings: ServeSettings) -> Callable[[Request], None]:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if not header or scheme.lower() != "bearer" or not token.strip():
-            raise APIError(401, "You didn't provide an API key: send 'Authorization: Bearer <key>'",
-                           "invalid_request_error", None, "invalid_api_key")
+            raise APIError(
+                401,
+                "You didn't provide an API key: send 'Authorization: Bearer <key>'",
+                "invalid_request_error",
+                None,
+                "invalid_api_key",
+            )
         if not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
-            raise APIError(401, "Incorrect API key provided", "invalid_request_error", None,
-                           "invalid_api_key")
+            raise APIError(401, "Incorrect API key provided", "invalid_request_error", None, "invalid_api_key")
+
     return check
 
 
@@ -80,8 +86,9 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
         finally:
             state.close()
 
-    app = FastAPI(title="finetune-operator model server", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(
+        title="finetune-operator model server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.model_state = state
     app.state.metrics = metrics
     app.state.on_load_failure = None
@@ -106,8 +113,11 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        body: dict[str, Any] = {"status": state.status, "model": settings.config.served_model_name,
-                                "run": settings.config.run}
+        body: dict[str, Any] = {
+            "status": state.status,
+            "model": settings.config.served_model_name,
+            "run": settings.config.run,
+        }
         if state.error:
             body["error"] = state.error
         return JSONResponse(body, status_code=200 if state.status == "ready" else 503)

@@ -22,14 +22,17 @@ DEFAULT_CONFIG = Path("/etc/finetune/serve.json")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m finetune_trainer serve",
-                                     description="Serve a fine-tuned model over an OpenAI-compatible API.")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                        help="serve.json (default: %(default)s)")
+    parser = argparse.ArgumentParser(
+        prog="python -m finetune_trainer serve", description="Serve a fine-tuned model over an OpenAI-compatible API."
+    )
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="serve.json (default: %(default)s)")
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
-    parser.add_argument("--log-level", default=os.environ.get("FTO_LOG_LEVEL", "info").lower(),
-                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("FTO_LOG_LEVEL", "info").lower(),
+        choices=["debug", "info", "warning", "error"],
+    )
     args = list(argv) if argv is not None else None
     if args and args[0] == "serve":
         args = args[1:]
@@ -52,8 +55,7 @@ def exit_code_for(error: BaseException) -> tuple[int, str, str]:
 def main(argv: list[str] | None = None) -> int:
     """Run the server until SIGTERM (exit 0) or a failed model load (exit 42 / 1)."""
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn
 
     from finetune_trainer.cpus import configure_torch
@@ -68,8 +70,16 @@ def main(argv: list[str] | None = None) -> int:
         write_termination_message(error.code, error.message)
         return error.exit_code
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                           timeout_graceful_shutdown=30, access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=30,
+            access_log=False,
+        )
+    )
     failures: list[BaseException] = []
 
     def on_load_failure(error: BaseException) -> None:

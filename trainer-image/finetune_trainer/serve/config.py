@@ -80,5 +80,4 @@ class ServeSettings:
         if device not in ("auto", "cpu", "cuda"):
             raise ConfigInvalid(f"FTO_DEVICE must be auto, cpu or cuda, not {device!r}")
         work_dir = Path(env.get("FTO_WORK_DIR") or "/tmp/finetune-serve")
-        return cls(config=config, api_key=env.get("FTO_API_KEY") or None, work_dir=work_dir,
-                   device=device)  # type: ignore[arg-type]
+        return cls(config=config, api_key=env.get("FTO_API_KEY") or None, work_dir=work_dir, device=device)  # type: ignore[arg-type]

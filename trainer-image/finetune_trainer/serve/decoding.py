@@ -48,12 +48,12 @@ class TextStream:
 
     def _advance(self, final: bool) -> None:
         if self._prefix_text is None:  # decoded once per window, not once per token
-            self._prefix_text = self._decode(self._ids[self._prefix_offset:self._read_offset])
+            self._prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
         prefix_text = self._prefix_text
-        new_text = self._decode(self._ids[self._prefix_offset:])
+        new_text = self._decode(self._ids[self._prefix_offset :])
         if len(new_text) <= len(prefix_text) or (new_text.endswith(REPLACEMENT_CHAR) and not final):
             return  # an incomplete character: wait for the next token
-        self.text += new_text[len(prefix_text):]
+        self.text += new_text[len(prefix_text) :]
         self._prefix_offset = self._read_offset
         self._read_offset = len(self._ids)
         self._prefix_text = None
@@ -62,7 +62,7 @@ class TextStream:
     def _cut_at_stop(self) -> None:
         found = [pos for pos in (self.text.find(s, self._emitted) for s in self._stop) if pos >= 0]
         if found:
-            self.text = self.text[:min(found)]
+            self.text = self.text[: min(found)]
             self.stopped = True
 
     def _held_back(self) -> int:
@@ -79,7 +79,7 @@ class TextStream:
         end = len(self.text) if final or self.stopped else len(self.text) - self._held_back()
         if end <= self._emitted:
             return ""
-        delta = self.text[self._emitted:end]
+        delta = self.text[self._emitted : end]
         self._emitted = end
         return delta
 

@@ -121,8 +121,9 @@ class Engine:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Sink,
-               incremental: bool = True) -> RequestHandle:
+    def submit(
+        self, prompt_ids: list[int], params: SamplingParams, sink: Sink, incremental: bool = True
+    ) -> RequestHandle:
         """Queue one generation; `sink` gets TextDelta events, then exactly one Finished or Failed.
 
         With `incremental=False` the text comes as one TextDelta just before Finished: a caller that
@@ -136,8 +137,9 @@ class Engine:
                 generator.manual_seed(params.seed)
             else:
                 generator.seed()
-        sequence = _Sequence(list(prompt_ids), params, sink, TextStream(self._decode, params.stop), generator,
-                             incremental)
+        sequence = _Sequence(
+            list(prompt_ids), params, sink, TextStream(self._decode, params.stop), generator, incremental
+        )
         with self._wakeup:
             if self._stopping:
                 sequence.done = True
@@ -215,8 +217,8 @@ class Engine:
         input_ids = torch.full((len(rows), width), self.loaded.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for index, row in enumerate(rows):
-            input_ids[index, :len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[index, :len(row)] = 1
+            input_ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[index, : len(row)] = 1
         device = self.loaded.device
         logits = self.loaded.model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
         probabilities: list[list[float]] = torch.softmax(logits.float(), dim=-1).cpu().tolist()
@@ -234,12 +236,13 @@ class Engine:
         input_ids = torch.full((len(rows), width), self.loaded.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for index, row in enumerate(rows):
-            input_ids[index, width - len(row):] = torch.tensor(row, dtype=torch.long)
-            mask[index, width - len(row):] = 1
+            input_ids[index, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[index, width - len(row) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
-        out = self.loaded.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                                use_cache=True, **self._last_logits_only)
+        out = self.loaded.model(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **self._last_logits_only
+        )
         return self._cache_of(out), out.logits[:, -1, :], mask, positions[:, -1] + 1
 
     def _cache_of(self, output: Any) -> Any:
@@ -251,8 +254,11 @@ class Engine:
         padded = self._padded(batch)
         while True:
             tokens = choose_next_tokens(
-                logits, [s.params.temperature for s in batch], [s.params.top_p for s in batch],
-                [s.generator for s in batch])
+                logits,
+                [s.params.temperature for s in batch],
+                [s.params.top_p for s in batch],
+                [s.generator for s in batch],
+            )
             for sequence, token in zip(batch, tokens, strict=True):
                 if not sequence.done:
                     self._advance(sequence, token)
@@ -283,9 +289,13 @@ class Engine:
             rows = [[pad if s.done else token] for s, token in zip(batch, tokens, strict=True)]
             step_ids = torch.tensor(rows, dtype=torch.long, device=self.loaded.device)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-            out = self.loaded.model(input_ids=step_ids, attention_mask=mask if padded else None,
-                                    position_ids=next_positions[:, None], use_cache=True,
-                                    **{self._cache_arg: cache})
+            out = self.loaded.model(
+                input_ids=step_ids,
+                attention_mask=mask if padded else None,
+                position_ids=next_positions[:, None],
+                use_cache=True,
+                **{self._cache_arg: cache},
+            )
             cache, logits, next_positions = self._cache_of(out), out.logits[:, -1, :], next_positions + 1
 
     @staticmethod

@@ -128,8 +128,7 @@ def load(config: ServeConfig, work_dir: Path, device_choice: Device = "auto") ->
         base_dir = fetch(config.base_model_uri, work_dir / "base")
     trained_for = _read_json(model_dir / "finetune_config.json").get("task")
     if trained_for and trained_for != config.task:
-        raise ModelInvalid(f"{config.model_uri} was trained for task {trained_for}, "
-                           f"serve.json says {config.task}")
+        raise ModelInvalid(f"{config.model_uri} was trained for task {trained_for}, serve.json says {config.task}")
     if not (base_dir / "config.json").is_file():
         raise ModelInvalid(f"{base_dir} has no config.json: not a Hugging Face model folder")
     device = pick_device(device_choice)
@@ -140,8 +139,13 @@ def load(config: ServeConfig, work_dir: Path, device_choice: Device = "auto") ->
         if config.task == "sequence-classification":
             labels = resolve_labels(model_dir, base_dir)
             model = AutoModelForSequenceClassification.from_pretrained(
-                base_dir, **dtype_argument(dtype), num_labels=len(labels), ignore_mismatched_sizes=True,
-                id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
+                base_dir,
+                **dtype_argument(dtype),
+                num_labels=len(labels),
+                ignore_mismatched_sizes=True,
+                id2label=dict(enumerate(labels)),
+                label2id={label: i for i, label in enumerate(labels)},
+            )
         else:
             model = AutoModelForCausalLM.from_pretrained(base_dir, **dtype_argument(dtype))
         if adapter:
@@ -176,8 +180,7 @@ def _describe(model: Any, tokenizer: Any, task: Task, device: torch.device, labe
         model.config.pad_token_id = pad
     positions = getattr(model.config, "max_position_embeddings", None)
     context = min(int(positions or getattr(tokenizer, "model_max_length", 2048) or 2048), 1_000_000)
-    log.info("model loaded: task=%s device=%s context=%d eos=%s labels=%s", task, device, context,
-             sorted(eos), labels)
+    log.info("model loaded: task=%s device=%s context=%d eos=%s labels=%s", task, device, context, sorted(eos), labels)
     return LoadedModel(model, tokenizer, task, device, context, frozenset(eos), int(pad), tuple(labels))
 
 

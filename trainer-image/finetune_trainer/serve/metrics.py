@@ -22,19 +22,27 @@ class ServerMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("fto_serve_requests", "HTTP requests answered, by route and status code",
-                                ["route", "method", "status"], registry=self.registry)
-        self.latency = Histogram("fto_serve_request_duration_seconds",
-                                 "Time from request to the end of the response (streams included)",
-                                 ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.prompt_tokens = Counter("fto_serve_prompt_tokens", "Prompt tokens processed",
-                                     registry=self.registry)
-        self.generated_tokens = Counter("fto_serve_generated_tokens", "Completion tokens generated",
-                                        registry=self.registry)
-        self.in_flight = Gauge("fto_serve_requests_in_flight", "Generation requests being served",
-                               registry=self.registry)
-        self.ready = Gauge("fto_serve_model_ready", "1 once the model is loaded, else 0",
-                           registry=self.registry)
+        self.requests = Counter(
+            "fto_serve_requests",
+            "HTTP requests answered, by route and status code",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "fto_serve_request_duration_seconds",
+            "Time from request to the end of the response (streams included)",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter("fto_serve_prompt_tokens", "Prompt tokens processed", registry=self.registry)
+        self.generated_tokens = Counter(
+            "fto_serve_generated_tokens", "Completion tokens generated", registry=self.registry
+        )
+        self.in_flight = Gauge(
+            "fto_serve_requests_in_flight", "Generation requests being served", registry=self.registry
+        )
+        self.ready = Gauge("fto_serve_model_ready", "1 once the model is loaded, else 0", registry=self.registry)
 
     def count_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
         self.prompt_tokens.inc(prompt_tokens)
@@ -55,8 +63,9 @@ class MetricsMiddleware:
         self.app = app
         self.metrics = metrics
 
-    async def __call__(self, scope: dict[str, object], receive: Callable[..., Awaitable[object]],
-                       send: Callable[..., Awaitable[None]]) -> None:
+    async def __call__(
+        self, scope: dict[str, object], receive: Callable[..., Awaitable[object]], send: Callable[..., Awaitable[None]]
+    ) -> None:
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
@@ -74,5 +83,9 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None)
-            self.metrics.observe(path if isinstance(path, str) else "unmatched", str(scope.get("method", "")),
-                                 status, time.perf_counter() - started)
+            self.metrics.observe(
+                path if isinstance(path, str) else "unmatched",
+                str(scope.get("method", "")),
+                status,
+                time.perf_counter() - started,
+            )

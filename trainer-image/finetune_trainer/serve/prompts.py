@@ -24,8 +24,9 @@ def chat_template(tokenizer: Any) -> str:
 def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     """The prompt text for a conversation, ending with the start of the assistant's turn."""
     try:
-        text = tokenizer.apply_chat_template(messages, chat_template=chat_template(tokenizer), tokenize=False,
-                                             add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            messages, chat_template=chat_template(tokenizer), tokenize=False, add_generation_prompt=True
+        )
     except APIError:
         raise
     except Exception as error:  # jinja raises its own errors, templates raise on unsupported roles

@@ -19,8 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field
 class APIError(Exception):
     """An error answered in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`."""
 
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
 
@@ -137,13 +143,15 @@ def now() -> int:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def model_card(name: str, created: int, run: int | None) -> dict[str, Any]:
-    card: dict[str, Any] = {"id": name, "object": "model", "created": created,
-                            "owned_by": "finetune-operator"}
+    card: dict[str, Any] = {"id": name, "object": "model", "created": created, "owned_by": "finetune-operator"}
     if run is not None:
         card["run"] = run
     return card

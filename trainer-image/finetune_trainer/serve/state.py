@@ -66,9 +66,11 @@ class ModelState:
         """The engine, if `model` is the served name and the model is loaded; else the right APIError."""
         if self.engine is None:
             detail = f": {self.error}" if self.error else ""
-            raise APIError(503, f"the model is not ready ({self.status}{detail})", "server_error", None,
-                           "model_not_ready")
+            raise APIError(
+                503, f"the model is not ready ({self.status}{detail})", "server_error", None, "model_not_ready"
+            )
         if model != self.settings.config.served_model_name:
-            raise APIError(404, f"The model '{model}' does not exist", "invalid_request_error", "model",
-                           "model_not_found")
+            raise APIError(
+                404, f"The model '{model}' does not exist", "invalid_request_error", "model", "model_not_found"
+            )
         return self.engine
