@@ -101,3 +101,25 @@ def arithmetic_records(count: int, seed: int = 0) -> list[dict[str, str]]:
         a, b = rng.randint(0, 5), rng.randint(0, 5)
         out.append({"prompt": f"what is {names[a]} and {names[b]} ?", "completion": f" {names[a + b]}"})
     return out
+
+
+def distributed_config(
+    s3_bucket: Any, model_uri: str, folder: Path, *, steps: int, interval: int, workers: int, per_worker: int
+) -> Path:
+    """config.json in `folder` for a short multi-process run on 64 arithmetic records (one checkpoint kept)."""
+    train = put_jsonl(s3_bucket.client, s3_bucket.name, "data/train.jsonl", arithmetic_records(64))
+    raw = trainer_config(s3_bucket.name, model_uri, train)
+    raw["hyperparameters"]["maxSteps"] = steps
+    raw["checkpointing"] = {"intervalSteps": interval, "keep": 1}
+    raw["distributed"] = {"workers": workers, "processesPerWorker": per_worker}
+    config = folder / "config.json"
+    config.write_text(json.dumps(raw))
+    return config
+
+
+def checkpoint_files(s3_bucket: Any, step: int) -> set[str]:
+    """Names of the objects of run 1's uploaded checkpoint `step`."""
+    listing = s3_bucket.client.list_objects_v2(
+        Bucket=s3_bucket.name, Prefix=f"out/run-1/checkpoints/checkpoint-{step}/"
+    )
+    return {item["Key"].rsplit("/", 1)[1] for item in listing.get("Contents", [])}

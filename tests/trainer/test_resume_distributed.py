@@ -23,7 +23,13 @@ import pytest
 from finetune_trainer.errors import PREEMPTED_EXIT_CODE, USER_ERROR_EXIT_CODE
 
 from tests.support.ports import free_port
-from tests.trainer.builders import arithmetic_records, put_jsonl, trainer_config
+from tests.trainer.builders import (
+    arithmetic_records,
+    checkpoint_files,
+    distributed_config,
+    put_jsonl,
+    trainer_config,
+)
 from tests.trainer.conftest import TrainerResult
 from tests.trainer.s3proxy import S3Proxy
 
@@ -110,13 +116,7 @@ def test_sigterm_checkpoints_then_resume_continues(
 
 def test_two_processes_gloo(s3_bucket: Any, tiny_llama_uri: str, tmp_path: Path, trainer_env: dict[str, str]) -> None:
     """The plain `train` command launches torchrun itself when the config asks for 2 processes."""
-    train = put_jsonl(s3_bucket.client, s3_bucket.name, "data/train.jsonl", arithmetic_records(64))
-    raw = trainer_config(s3_bucket.name, tiny_llama_uri, train)
-    raw["hyperparameters"]["maxSteps"] = 6
-    raw["checkpointing"] = {"intervalSteps": 3, "keep": 1}
-    raw["distributed"] = {"workers": 1, "processesPerWorker": 2}
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps(raw))
+    config = distributed_config(s3_bucket, tiny_llama_uri, tmp_path, steps=6, interval=3, workers=1, per_worker=2)
     env = dict(trainer_env, MASTER_PORT=str(free_port()), NODE_RANK="0", MASTER_ADDR="127.0.0.1")
     command = [sys.executable, "-m", "finetune_trainer", "train", "--config", str(config)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -129,9 +129,7 @@ def test_two_processes_gloo(s3_bucket: Any, tiny_llama_uri: str, tmp_path: Path,
     )
     assert document["processes"] == 2
     assert complete_steps(s3_bucket) == [6]
-    files = s3_bucket.client.list_objects_v2(Bucket=s3_bucket.name, Prefix="out/run-1/checkpoints/checkpoint-6/")
-    names = {item["Key"].rsplit("/", 1)[1] for item in files["Contents"]}
-    assert {"rng_state_0.pth", "rng_state_1.pth", "trainer_state.json", "_COMPLETE"} <= names
+    assert {"rng_state_0.pth", "rng_state_1.pth", "trainer_state.json", "_COMPLETE"} <= checkpoint_files(s3_bucket, 6)
 
 
 def test_two_processes_user_error_keeps_exit_42(s3_bucket: Any, tmp_path: Path, trainer_env: dict[str, str]) -> None:

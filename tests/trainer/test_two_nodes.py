@@ -16,20 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.ports import free_port
-from tests.trainer.builders import arithmetic_records, put_jsonl, trainer_config
+from tests.trainer.builders import checkpoint_files, distributed_config
 from tests.trainer.test_resume_distributed import complete_steps
 
 
 def test_two_nodes_rendezvous_train_and_checkpoint_together(
     s3_bucket: Any, tiny_llama_uri: str, tmp_path: Path, trainer_env: dict[str, str]
 ) -> None:
-    train = put_jsonl(s3_bucket.client, s3_bucket.name, "data/train.jsonl", arithmetic_records(64))
-    raw = trainer_config(s3_bucket.name, tiny_llama_uri, train)
-    raw["hyperparameters"]["maxSteps"] = 4
-    raw["checkpointing"] = {"intervalSteps": 2, "keep": 1}
-    raw["distributed"] = {"workers": 2, "processesPerWorker": 1}
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps(raw))
+    config = distributed_config(s3_bucket, tiny_llama_uri, tmp_path, steps=4, interval=2, workers=2, per_worker=1)
     port = str(free_port())
     nodes = []
     for rank in (0, 1):
@@ -59,8 +53,7 @@ def test_two_nodes_rendezvous_train_and_checkpoint_together(
     )
     assert document["processes"] == 2
     assert complete_steps(s3_bucket) == [4]
-    files = s3_bucket.client.list_objects_v2(Bucket=s3_bucket.name, Prefix="out/run-1/checkpoints/checkpoint-4/")
-    names = {item["Key"].rsplit("/", 1)[1] for item in files["Contents"]}
-    assert {"rng_state_0.pth", "rng_state_1.pth", "trainer_state.json", "_COMPLETE"} <= names  # both nodes'
+    both_nodes = {"rng_state_0.pth", "rng_state_1.pth", "trainer_state.json", "_COMPLETE"}
+    assert both_nodes <= checkpoint_files(s3_bucket, 4)
     leftovers = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "node-1").rglob("checkpoint-*"))
     assert not leftovers, "node 1 keeps checkpoint folders nobody rotates"
