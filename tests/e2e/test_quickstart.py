@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.conftest import Cluster
-from tests.support.ports import free_port
+from tests.support.portforward import port_forward
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
@@ -191,24 +191,7 @@ def test_quickstart_trains_evaluates_publishes_and_serves(cluster: Cluster, name
 
     # the endpoint answers the official OpenAI client (through kubectl port-forward: no kube-proxy here)
     service = status["endpoint"]["url"].split("//", 1)[1].split(".", 1)[0]
-    port = free_port()
-    forward = subprocess.Popen(
-        [
-            "kubectl",
-            "--kubeconfig",
-            str(cluster.kubeconfig),
-            "-n",
-            namespace,
-            "port-forward",
-            f"svc/{service}",
-            f"{port}:8000",
-            "--address",
-            "127.0.0.1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with port_forward(cluster.kubeconfig, namespace, service, 8000) as port:
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
         for _ in range(60):
             try:
@@ -227,8 +210,6 @@ def test_quickstart_trains_evaluates_publishes_and_serves(cluster: Cluster, name
         )
         assert reply.choices[0].message.content
         assert reply.usage is not None and reply.usage.completion_tokens > 0
-    finally:
-        forward.terminate()
 
     # delete: every child goes, the artifacts stay
     cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "quickstart")

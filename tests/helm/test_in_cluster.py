@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import Jobs, ftj_manifest, kwok_annotations, success_message
-from tests.support.ports import free_port
+from tests.support.portforward import port_forward
 from tests.support.waiting import wait_for
 
-from .chart import CHART, ROOT, helm, kubectl, release_name, tool
+from .chart import CHART, ROOT, helm, kubectl, release_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
@@ -103,24 +103,7 @@ def _pods(cluster: Any, namespace: str, release: str) -> list[Any]:
 
 
 def _scrape_through_service(cluster: Any, namespace: str, service: str) -> str:
-    port = free_port()
-    forward = subprocess.Popen(
-        [
-            tool("kubectl"),
-            "--kubeconfig",
-            str(cluster.kubeconfig),
-            "-n",
-            namespace,
-            "port-forward",
-            f"svc/{service}",
-            f"{port}:9090",
-            "--address",
-            "127.0.0.1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with port_forward(cluster.kubeconfig, namespace, service, 9090) as port:
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -130,9 +113,6 @@ def _scrape_through_service(cluster: Any, namespace: str, service: str) -> str:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
-    finally:
-        forward.terminate()
-        forward.wait(10)
 
 
 def test_operator_in_cluster_reconciles_upgrades_and_uninstalls(
