@@ -1,8 +1,9 @@
-"""The one module that talks to the Kubernetes API; client exceptions become kopf's two error families.
+"""The one module that talks to the Kubernetes API; client exceptions become the operator's two error families.
 
-Every other module builds plain manifests; this one sends them. Failures are classified once, here:
-- kopf.PermanentError: the API refused the request as invalid (400, 422) - retrying the same spec cannot help;
-- kopf.TemporaryError: conflicts, throttling, server or network trouble, missing permissions - retry later.
+Every other module builds plain manifests; this one sends them. Failures are classified once, here
+(`finetune_operator.errors`):
+- PermanentError: the API refused the request as invalid (400, 422) - retrying the same spec cannot help;
+- TemporaryError: conflicts, throttling, server or network trouble, missing permissions - retry later.
 "Already exists" on create and "not found" on delete are not errors (level-triggered: the goal is met).
 """
 
@@ -15,13 +16,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import kopf
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from finetune_operator import GROUP, KIND, PLURAL, VERSION
 from finetune_operator.builders.common import Manifest, Owner
+from finetune_operator.errors import Conflict, PermanentError, TemporaryError
 from finetune_operator.metrics import API_REQUESTS, CHILD_CREATE_SECONDS
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,6 @@ METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 REQUEST_TIMEOUT = (5, 30)  # connect, read seconds
 
 
-class Conflict(kopf.TemporaryError):
-    """The object changed since it was read (optimistic concurrency); reconcile again from fresh state."""
-
-
 def path(api_version: str, kind: str, namespace: str, name: str = "") -> str:
     """REST path of a namespaced object (or its collection when name is empty)."""
     prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
@@ -56,22 +53,22 @@ def path(api_version: str, kind: str, namespace: str, name: str = "") -> str:
     return f"{base}/{name}" if name else base
 
 
-def classify(error: ApiException, what: str) -> kopf.PermanentError | kopf.TemporaryError:
-    """Map an API error to the kopf family that says whether retrying can help."""
+def classify(error: ApiException, what: str) -> PermanentError | TemporaryError:
+    """Map an API error to the family that says whether retrying can help."""
     detail = what
     try:
         detail = f"{what}: {json.loads(error.body or '{}').get('message', error.reason)}"
     except ValueError:
         detail = f"{what}: {error.reason}"
     if error.status in (400, 422):
-        return kopf.PermanentError(detail)
+        return PermanentError(detail)
     if error.status == 409:
         return Conflict(detail, delay=0.5)
     if error.status == 429:
-        return kopf.TemporaryError(detail, delay=5)
+        return TemporaryError(detail, delay=5)
     if error.status in (401, 403):
-        return kopf.TemporaryError(detail, delay=30)
-    return kopf.TemporaryError(detail, delay=5)
+        return TemporaryError(detail, delay=30)
+    return TemporaryError(detail, delay=5)
 
 
 class Kube:
@@ -105,7 +102,7 @@ class Kube:
                 return
             raise classify(error, f"{verb} {what}") from error
         except (urllib3.exceptions.HTTPError, OSError) as error:
-            raise kopf.TemporaryError(f"{verb} {what}: {error}", delay=5) from error
+            raise TemporaryError(f"{verb} {what}: {error}", delay=5) from error
 
     def _call(
         self,
@@ -243,5 +240,5 @@ class Kube:
         try:
             with self._errors("create", f"Event for {owner.namespace}/{owner.name}"):
                 self._call("POST", path("v1", "Event", owner.namespace), body)
-        except kopf.TemporaryError as error:  # an event is best effort; never fail a reconcile over one
+        except TemporaryError as error:  # an event is best effort; never fail a reconcile over one
             log.warning("event not posted: %s", error)

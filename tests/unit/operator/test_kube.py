@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import kopf
 import pytest
-from finetune_operator.kube import Conflict, Kube, classify, path
+from finetune_operator.errors import Conflict, PermanentError, TemporaryError
+from finetune_operator.kube import Kube, classify, path
 from kubernetes.client.exceptions import ApiException
 
 
@@ -58,13 +58,13 @@ def test_paths() -> None:
 @pytest.mark.parametrize(
     ("status", "family"),
     [
-        (400, kopf.PermanentError),
-        (422, kopf.PermanentError),
+        (400, PermanentError),
+        (422, PermanentError),
         (409, Conflict),
-        (429, kopf.TemporaryError),
-        (403, kopf.TemporaryError),
-        (500, kopf.TemporaryError),
-        (503, kopf.TemporaryError),
+        (429, TemporaryError),
+        (403, TemporaryError),
+        (500, TemporaryError),
+        (503, TemporaryError),
     ],
 )
 def test_classification(status: int, family: type[Exception]) -> None:
@@ -84,7 +84,7 @@ def test_create_treats_already_exists_as_done() -> None:
 def test_create_invalid_is_permanent() -> None:
     job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j", "namespace": "ns"}}
     api = FakeApi({("POST", "/apis/batch/v1/namespaces/ns/jobs"): (422, {"message": "spec.template: bad"})})
-    with pytest.raises(kopf.PermanentError, match=r"spec\.template: bad"):
+    with pytest.raises(PermanentError, match=r"spec\.template: bad"):
         Kube(api).create(job)
 
 

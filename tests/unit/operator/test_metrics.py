@@ -93,20 +93,20 @@ def _sample(name: str, **labels: str) -> float:
 
 
 def test_reconcile_records_phase_and_counts_each_error_family() -> None:
-    import kopf
+    from finetune_operator.errors import PermanentError, TemporaryError
     from finetune_operator.workqueue import RequeueError
 
     _reconcile(_FakeKube(), "fine")
     assert JOBS_BY_PHASE.counts()["Queued"] >= 1  # a Job created in this pass reports Queued
 
     before = _sample("finetune_operator_reconcile_errors_total", kind="permanent")
-    _reconcile(_FakeKube(fail_create=kopf.PermanentError("Job is invalid")), "refused")
+    _reconcile(_FakeKube(fail_create=PermanentError("Job is invalid")), "refused")
     assert _sample("finetune_operator_reconcile_errors_total", kind="permanent") == before + 1
     assert JOBS_BY_PHASE.counts()["Failed"] >= 1
 
     before = _sample("finetune_operator_reconcile_errors_total", kind="temporary")
     with pytest.raises(RequeueError):
-        _reconcile(_FakeKube(fail_status=kopf.TemporaryError("conflict")), "busy")
+        _reconcile(_FakeKube(fail_status=TemporaryError("conflict")), "busy")
     assert _sample("finetune_operator_reconcile_errors_total", kind="temporary") == before + 1
 
     before = _sample("finetune_operator_reconcile_errors_total", kind="unexpected")

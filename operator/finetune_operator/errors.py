@@ -1,0 +1,27 @@
+"""The operator's two error families: permanent (the spec or manifest is wrong) and temporary (retry later).
+
+Why our own and not kopf's: the module that raises them (`kube`) and the one that handles them (`reconcile`)
+run in the work queue's threads, which kopf never sees. Keeping kopf's vocabulary at kopf's edge (the handler
+layer) means the control loop can be read, tested and reused without knowing the framework.
+"""
+
+from __future__ import annotations
+
+
+class PermanentError(Exception):
+    """Retrying the same request cannot help: the API refused it as invalid (400, 422)."""
+
+
+class TemporaryError(Exception):
+    """Trouble that passes: conflicts, throttling, server or network errors, missing permissions.
+
+    `delay` is how many seconds the work queue waits before the next pass of the same key.
+    """
+
+    def __init__(self, message: str, delay: float = 1.0) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class Conflict(TemporaryError):
+    """The object changed since it was read (optimistic concurrency); reconcile again from fresh state."""
