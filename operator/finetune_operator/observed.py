@@ -17,9 +17,9 @@ from finetune_operator.naming import (
     ANNOTATION_TRAINING_HASH,
     LABEL_RUN,
     LABEL_UID,
+    TRAINER_CONTAINER,
 )
 
-TRAINER_CONTAINER = "trainer"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
@@ -43,7 +43,7 @@ class JobObs:
     run: int
     owner_uid: str = ""
     training_hash: str = ""
-    placement_hash: str = ""  # empty on Jobs made by operator versions that did not stamp it
+    placement_hash: str = ""  # the Job's placement-hash annotation (every Job the operator makes has one)
     suspended: bool = False
     active: int = 0
     ready: int = 0

@@ -40,13 +40,10 @@ class ChildRef:
     foreground: bool = False  # the object stays (deletionTimestamp set) until its dependents are gone
 
 
-def current_run(
-    status: dict[str, Any], training_hash: str, jobs: Sequence[JobObs], legacy_hash: str | None = None
-) -> int:
-    """The run for `training_hash`: the status's run if the hash is unchanged (or is `legacy_hash`, the same
-    spec hashed by an earlier operator version), else an adopted or new one."""
+def current_run(status: dict[str, Any], training_hash: str, jobs: Sequence[JobObs]) -> int:
+    """The run for `training_hash`: the status's run if the hash is unchanged, else an adopted or new one."""
     previous = int(status.get("run") or 0)
-    if previous >= 1 and status.get("trainingSpecHash") in (training_hash, legacy_hash or training_hash):
+    if previous >= 1 and status.get("trainingSpecHash") == training_hash:
         return previous
     adoptable = [j.run for j in jobs if j.training_hash == training_hash and j.run > previous]
     if adoptable:
@@ -88,12 +85,10 @@ class TrainingActions:
 
 
 def needs_new_placement(spec: FineTuneJobSpec, job: JobObs) -> bool:
-    """Whether `job` runs with placement the spec no longer asks for, and replacing it can still help.
-
-    A Job from an operator version that did not stamp a placement hash is never replaced (an upgrade must
-    not restart running training); a succeeded Job has nothing left to do."""
+    """Whether `job` runs with placement the spec no longer asks for, and replacing it can still help (a
+    succeeded Job has nothing left to do)."""
     finished_training = job.complete or job.succeeded >= spec.distributed.workers
-    return bool(job.placement_hash) and job.placement_hash != placement_spec_hash(spec) and not finished_training
+    return job.placement_hash != placement_spec_hash(spec) and not finished_training
 
 
 def training_actions(

@@ -9,7 +9,6 @@ import pytest
 import yaml
 from finetune_operator.spec import (
     FineTuneJobSpec,
-    legacy_training_spec_hash,
     parse_spec,
     placement_spec_hash,
     training_spec_hash,
@@ -117,16 +116,6 @@ def test_placement_changes_keep_the_training_hash_and_change_the_placement_hash(
         assert placement_spec_hash(spec(**changed)) != placement, changed
     assert placement_spec_hash(spec(resources={"gpus": 2})) == placement  # world size: a training change
     assert placement_spec_hash(spec(hyperparameters={"learningRate": 1e-4})) == placement
-
-
-def test_the_training_hash_is_the_legacy_one_when_no_placement_field_is_set() -> None:
-    """Operator upgrades keep the run of every job that sets no placement field (the hash is unchanged);
-    for the others the planner matches the legacy hash (see test_plan)."""
-    for overrides in ({}, {"resources": {"gpus": 4}}, {"hyperparameters": {"epochs": 1}}):
-        assert training_spec_hash(spec(**overrides)) == legacy_training_spec_hash(spec(**overrides))
-    with_memory = spec(resources={"gpus": 2, "memory": "64Gi"})
-    assert training_spec_hash(with_memory) != legacy_training_spec_hash(with_memory)
-    assert training_spec_hash(with_memory) == training_spec_hash(spec(resources={"gpus": 2}))
 
 
 def test_spelled_out_defaults_keep_the_hash() -> None:
