@@ -27,6 +27,7 @@ ANNOTATION_RETRY = "finetune.dev/retry"  # on a FineTuneJob, set by its user: a 
 ANNOTATION_FULL_NAME = "finetune.dev/finetunejob"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 MANAGED_BY = "finetune-operator"
+TRAINER_CONTAINER = "trainer"  # the training pod's container: the builder names it, the status reads it
 
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")

@@ -8,12 +8,12 @@ keeps this model and `crds/finetunejob.yaml` in step (a unit test compares them 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from finetune_operator.hashing import content_hash
 
 Quantity = int | str
 
@@ -198,33 +198,15 @@ WORLD_SIZE_RESOURCES = ("gpus", "gpuResource")
 Every other resource field only says where and with how much room the pods run (placement)."""
 
 
-def _canonical_hash(value: Any) -> str:
-    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
 def training_spec_hash(spec: FineTuneJobSpec) -> str:
     """A stable hash of everything that changes what a training run does; 16 hex digits."""
     # Defaults are left out, so adding a defaulted field to the API later does not retrain every job.
     wire = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True)
     relevant = {name: wire.get(name) for name in TRAINING_FIELDS}
-    # Shaped like the whole `resources` section was before placement split off, so a spec that sets no
-    # placement field keeps the hash it had under earlier operator versions.
     resources = {k: v for k, v in (wire.get("resources") or {}).items() if k in WORLD_SIZE_RESOURCES}
     relevant["resources"] = resources or None
     relevant["compareBaseModel"] = wire.get("evaluation", {}).get("compareBaseModel", False)
-    return _canonical_hash(relevant)
-
-
-def legacy_training_spec_hash(spec: FineTuneJobSpec) -> str:
-    """The training hash of operator versions that counted every resource field as training-relevant.
-
-    A run started by such a version is still the same run (the upgrade must not retrain every job whose
-    spec sets memory or tolerations); the planner accepts this hash as a match and rewrites it."""
-    wire = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True)
-    relevant = {name: wire.get(name) for name in (*TRAINING_FIELDS, "resources")}
-    relevant["compareBaseModel"] = wire.get("evaluation", {}).get("compareBaseModel", False)
-    return _canonical_hash(relevant)
+    return content_hash(relevant)
 
 
 def placement_spec_hash(spec: FineTuneJobSpec) -> str:
@@ -240,7 +222,7 @@ def placement_spec_hash(spec: FineTuneJobSpec) -> str:
         "podMetadata": wire.get("podMetadata"),
         "queueName": wire.get("queueName"),
     }
-    return _canonical_hash(relevant)
+    return content_hash(relevant)
 
 
 def parse_spec(raw: dict[str, Any]) -> FineTuneJobSpec:

@@ -5,13 +5,11 @@ Pure functions returning plain dicts (the JSON the API server takes), so golden 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from finetune_operator import GROUP, KIND, VERSION
-from finetune_operator.naming import ANNOTATION_FULL_NAME, ANNOTATION_SPEC_HASH, child_labels
+from finetune_operator.naming import ANNOTATION_FULL_NAME, child_labels
 from finetune_operator.spec import FineTuneJobSpec
 
 Manifest = dict[str, Any]
@@ -39,11 +37,6 @@ class Owner:
         }
 
 
-def content_hash(value: Any) -> str:
-    """A short stable hash of JSON-able content (spec-hash annotations: apply only when it changed)."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
-
-
 def metadata(
     owner: Owner, name: str, component: str, run: int | None = None, annotations: dict[str, str] | None = None
 ) -> dict[str, Any]:
@@ -55,12 +48,6 @@ def metadata(
         "annotations": {ANNOTATION_FULL_NAME: owner.name, **(annotations or {})},
         "ownerReferences": [owner.reference()],
     }
-
-
-def with_spec_hash(manifest: Manifest) -> Manifest:
-    """Stamp a hash of the manifest's content, so the operator can tell whether the live object is current."""
-    manifest["metadata"]["annotations"][ANNOTATION_SPEC_HASH] = content_hash(manifest)
-    return manifest
 
 
 def s3_env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:

@@ -10,20 +10,20 @@ re-applies the bundle only when something in it changed.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from finetune_operator.builders.common import (
     Manifest,
     Owner,
     container_security_context,
-    content_hash,
     metadata,
     placement,
     pod_metadata,
     pod_security_context,
     s3_env,
 )
+from finetune_operator.hashing import content_hash
 from finetune_operator.naming import ANNOTATION_SPEC_HASH, LABEL_COMPONENT, LABEL_RUN, LABEL_UID, Names
 from finetune_operator.settings import Settings
 from finetune_operator.spec import FineTuneJobSpec
@@ -40,10 +40,10 @@ class Published:
 
     run: int
     task: str
-    baseModelUri: str
-    modelUri: str
+    base_model_uri: str
+    model_uri: str
     adapter: bool
-    loraRank: int = 16
+    lora_rank: int = 16
 
     @classmethod
     def from_status(cls, raw: dict[str, Any] | None) -> Published | None:
@@ -52,14 +52,22 @@ class Published:
         return cls(
             run=int(raw["run"]),
             task=str(raw.get("task", "causal-lm")),
-            baseModelUri=str(raw.get("baseModelUri", "")),
-            modelUri=str(raw.get("modelUri", "")),
+            base_model_uri=str(raw.get("baseModelUri", "")),
+            model_uri=str(raw.get("modelUri", "")),
             adapter=bool(raw.get("adapter", True)),
-            loraRank=int(raw.get("loraRank", 16)),
+            lora_rank=int(raw.get("loraRank", 16)),
         )
 
     def to_status(self) -> dict[str, Any]:
-        return asdict(self)
+        """status.published: the API's camelCase names."""
+        return {
+            "run": self.run,
+            "task": self.task,
+            "baseModelUri": self.base_model_uri,
+            "modelUri": self.model_uri,
+            "adapter": self.adapter,
+            "loraRank": self.lora_rank,
+        }
 
 
 def endpoint_url(owner: Owner) -> str:
@@ -75,8 +83,8 @@ def serve_config(spec: FineTuneJobSpec, owner: Owner, published: Published) -> d
     return {
         "servedModelName": owner.name,
         "task": published.task,
-        "baseModelUri": published.baseModelUri,
-        "modelUri": published.modelUri,
+        "baseModelUri": published.base_model_uri,
+        "modelUri": published.model_uri,
         "run": published.run,
         "maxConcurrency": spec.serving.max_concurrency,
     }
@@ -168,8 +176,8 @@ def _vllm_rank(rank: int) -> int:
 def _vllm_pod(spec: FineTuneJobSpec, owner: Owner, published: Published, settings: Settings) -> dict[str, Any]:
     if published.adapter:
         fetch = [
-            f'aws s3 sync "{published.baseModelUri}" /models/base',
-            f'aws s3 sync "{published.modelUri}" /models/adapter',
+            f'aws s3 sync "{published.base_model_uri}" /models/base',
+            f'aws s3 sync "{published.model_uri}" /models/adapter',
         ]
         args = [
             "--model",
@@ -182,10 +190,10 @@ def _vllm_pod(spec: FineTuneJobSpec, owner: Owner, published: Published, setting
             "--max-loras",
             "1",
             "--max-lora-rank",
-            str(_vllm_rank(published.loraRank)),
+            str(_vllm_rank(published.lora_rank)),
         ]
     else:
-        fetch = [f'aws s3 sync "{published.modelUri}" /models/model']
+        fetch = [f'aws s3 sync "{published.model_uri}" /models/model']
         args = ["--model", "/models/model", "--served-model-name", owner.name]
     args += ["--host", "0.0.0.0", "--port", str(PORT), "--max-num-seqs", str(spec.serving.max_concurrency)]
     mounts = [{"name": "models", "mountPath": "/models"}]

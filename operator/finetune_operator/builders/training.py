@@ -26,13 +26,13 @@ from finetune_operator.naming import (
     ANNOTATION_PLACEMENT_HASH,
     ANNOTATION_TRAINING_HASH,
     KUEUE_QUEUE_LABEL,
+    TRAINER_CONTAINER,
     Names,
     child_labels,
 )
 from finetune_operator.settings import Settings
 from finetune_operator.spec import FineTuneJobSpec, placement_spec_hash
 
-TRAINER_CONTAINER = "trainer"
 USER_ERROR_EXIT_CODE = 42
 MASTER_PORT = 29500
 WORK_DIR = "/work"

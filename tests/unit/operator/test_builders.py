@@ -256,7 +256,7 @@ def test_vllm_fetches_base_and_adapter_and_requests_a_gpu() -> None:
     deployment = serving_bundle(
         s,
         OWNER,
-        Published(1, "causal-lm", "s3://m/base/", "s3://o/run-1/model/", True, loraRank=24),
+        Published(1, "causal-lm", "s3://m/base/", "s3://o/run-1/model/", True, lora_rank=24),
         SETTINGS,
     )[-1]
     pod = deployment["spec"]["template"]["spec"]

@@ -23,10 +23,10 @@ def _published(name: str, adapter: bool = True) -> Published:
     return Published(
         run=2,
         task=spec.base_model.task,
-        baseModelUri=spec.base_model.uri,
-        modelUri=spec.output.run_uri(2) + "model/",
+        base_model_uri=spec.base_model.uri,
+        model_uri=spec.output.run_uri(2) + "model/",
         adapter=adapter,
-        loraRank=spec.method.lora.rank,
+        lora_rank=spec.method.lora.rank,
     )
 
 
