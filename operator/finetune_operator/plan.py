@@ -16,19 +16,19 @@ from finetune_operator import conditions as cond
 from finetune_operator.builders.common import Manifest, Owner
 from finetune_operator.builders.serving import Published, endpoint_url, serving_bundle
 from finetune_operator.gate import GateResult, evaluate_gate
-from finetune_operator.naming import ANNOTATION_PLACEMENT_HASH, ANNOTATION_RETRY, Names
+from finetune_operator.naming import ANNOTATION_PLACEMENT_HASH, ANNOTATION_RETRY, ANNOTATION_SPEC_HASH, Names
 from finetune_operator.observed import DeploymentObs, JobObs, PodObs
 from finetune_operator.runs import ChildRef, current_run, needs_new_placement, retired_children, training_actions
 from finetune_operator.settings import Settings
-from finetune_operator.spec import FineTuneJobSpec, legacy_training_spec_hash, placement_spec_hash, training_spec_hash
+from finetune_operator.spec import FineTuneJobSpec, placement_spec_hash, training_spec_hash
 from finetune_operator.status import ErrorInfo, TrainingState, training_state
 
 TERMINAL = ("Failed", "Succeeded", "Serving", "Publishing")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Snapshot:
-    """Everything one reconcile knows about one FineTuneJob."""
+    """Everything one reconcile knows about one FineTuneJob (keywords only: ten fields read badly by position)."""
 
     owner: Owner
     generation: int
@@ -63,8 +63,7 @@ class Plan:
 
 def run_of(snapshot: Snapshot) -> tuple[int, str]:
     training_hash = training_spec_hash(snapshot.spec)
-    legacy = legacy_training_spec_hash(snapshot.spec)
-    return current_run(snapshot.status, training_hash, snapshot.jobs, legacy), training_hash
+    return current_run(snapshot.status, training_hash, snapshot.jobs), training_hash
 
 
 def needs_secret_check(snapshot: Snapshot) -> bool:
@@ -110,18 +109,26 @@ def _published_of(spec: FineTuneJobSpec, run: int) -> Published:
     return Published(
         run=run,
         task=spec.base_model.task,
-        baseModelUri=spec.base_model.uri,
-        modelUri=spec.output.run_uri(run) + "model/",
+        base_model_uri=spec.base_model.uri,
+        model_uri=spec.output.run_uri(run) + "model/",
         adapter=spec.method.produces_adapter,
-        loraRank=spec.method.lora.rank,
+        lora_rank=spec.method.lora.rank,
     )
 
 
-def _serving(
-    snapshot: Snapshot, plan: Plan, published: Published | None, settings: Settings
-) -> tuple[dict[str, Any] | None, bool]:
-    """Apply or remove the serving bundle; return the endpoint (None before the first rollout) and whether
-    the Deployment has an available replica now. An endpoint stays reported while its pods are down."""
+@dataclass(frozen=True)
+class ServingDecision:
+    """What serving needs this pass: objects to apply and delete, the endpoint to report (None before the
+    first rollout) and whether a replica is available now."""
+
+    apply: list[Manifest] = field(default_factory=list)
+    delete: list[ChildRef] = field(default_factory=list)
+    endpoint: dict[str, Any] | None = None
+    available: bool = False
+
+
+def _serving(snapshot: Snapshot, published: Published | None, settings: Settings) -> ServingDecision:
+    """Apply or remove the serving bundle. An endpoint stays reported while its pods are down."""
     spec, owner, deployment = snapshot.spec, snapshot.owner, snapshot.deployment
     names = Names.of(owner.name)
     bundle_refs = [
@@ -131,23 +138,25 @@ def _serving(
         ChildRef("v1", "ConfigMap", names.serving_config),
     ]
     if not spec.serving.enabled or published is None:
-        if deployment is not None or snapshot.status.get("endpoint"):
-            plan.delete += bundle_refs
-        return None, False
+        remove = deployment is not None or bool(snapshot.status.get("endpoint"))
+        return ServingDecision(delete=bundle_refs if remove else [])
     bundle = serving_bundle(spec, owner, published, settings)
-    desired_hash = bundle[-1]["metadata"]["annotations"]["finetune.dev/spec-hash"]
+    desired_hash = bundle[-1]["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
+    apply: list[Manifest] = []
+    delete: list[ChildRef] = []
     if deployment is None or deployment.spec_hash != desired_hash:
-        plan.apply += bundle
+        apply = bundle
         if spec.serving.replicas == 1 and deployment is not None:
-            plan.delete.append(bundle_refs[2])
+            delete = [bundle_refs[2]]  # one replica: a PDB would block every node drain
     previous = dict(snapshot.status.get("endpoint") or {}) or None
     if deployment is None:
-        return None, False
+        return ServingDecision(apply, delete)
     if not deployment.available_condition or deployment.available < 1:
-        return previous, False
+        return ServingDecision(apply, delete, previous, False)
     if deployment.current and deployment.spec_hash == desired_hash:
-        return {"url": endpoint_url(owner), "model": owner.name, "run": deployment.run}, True
-    return previous, True
+        endpoint = {"url": endpoint_url(owner), "model": owner.name, "run": deployment.run}
+        return ServingDecision(apply, delete, endpoint, True)
+    return ServingDecision(apply, delete, previous, True)
 
 
 def _ready(
@@ -240,14 +249,29 @@ def _state(
     )
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What one pass decided about the run, the gate and serving: the inputs of the status."""
+
+    run: int
+    training_hash: str
+    placement: str | None
+    retry_token: str | None
+    state: TrainingState
+    phase: str
+    error: ErrorInfo | None
+    metrics: dict[str, Any]
+    gate: GateResult | None
+    published: Published | None
+    serving: ServingDecision
+
+
 def plan(snapshot: Snapshot, settings: Settings) -> Plan:
-    spec, status, gen = snapshot.spec, snapshot.status, snapshot.generation
+    spec, status = snapshot.spec, snapshot.status
     run, training_hash = run_of(snapshot)
-    result = Plan(run=run)
     job = next((j for j in snapshot.jobs if j.run == run), None)
     pods = [p for p in snapshot.pods if p.run == run]
     same_run = int(status.get("run") or 0) == run
-    result.delete += retired_children(snapshot.owner, snapshot.jobs, run)
 
     secret_missing = snapshot.secret_present is False
     retry = _retry_requested(snapshot)
@@ -262,8 +286,6 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
         settings=settings,
         retry=retry,
     )
-    result.create, result.suspend_job = actions.create, actions.suspend_job
-    result.delete += actions.delete
     placement = _placement_of_run(status if same_run else {}, job, actions.create)
     created_job = any(m["kind"] == "Job" for m in actions.create)
     failed_run = (job is not None and job.failed_condition) or (job is None and _failed_in_training(status, run))
@@ -271,17 +293,7 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
     # (so a later failure is not retried by an old token); until then the old one stays, and passes go on.
     retry_token = status.get("retryToken") if retry and failed_run and not created_job else snapshot.retry_token
 
-    state = _state(
-        snapshot,
-        job,
-        pods,
-        run,
-        created_job=created_job,
-        finished_before=finished_before,
-    )
-    if state.reason == "SecretMissing":
-        result.requeue_after = settings.secret_recheck_seconds
-
+    state = _state(snapshot, job, pods, run, created_job=created_job, finished_before=finished_before)
     metrics = state.metrics or (status.get("metrics") if same_run else None) or {}
     published = Published.from_status(status.get("published"))
     gate: GateResult | None = None
@@ -297,14 +309,46 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
             phase = "Failed"
     if not spec.serving.enabled:
         published = None
-    endpoint, available = _serving(snapshot, result, published, settings)
+    serving = _serving(snapshot, published, settings)
     if phase == "Trained":
+        endpoint = serving.endpoint
         phase = (
             "Succeeded"
             if not spec.serving.enabled
             else ("Serving" if endpoint and endpoint.get("run") == run else "Publishing")
         )
+    outcome = Outcome(
+        run=run,
+        training_hash=training_hash,
+        placement=placement,
+        retry_token=retry_token or None,
+        state=state,
+        phase=phase,
+        error=error,
+        metrics=metrics,
+        gate=gate,
+        published=published,
+        serving=serving,
+    )
+    new_status, events = status_of(snapshot, outcome)
+    return Plan(
+        run=run,
+        create=actions.create,
+        apply=serving.apply,
+        delete=[*retired_children(snapshot.owner, snapshot.jobs, run), *actions.delete, *serving.delete],
+        suspend_job=actions.suspend_job,
+        status=new_status,
+        events=events,
+        requeue_after=settings.secret_recheck_seconds if state.reason == "SecretMissing" else None,
+    )
 
+
+def status_of(snapshot: Snapshot, outcome: Outcome) -> tuple[dict[str, Any], list[Event]]:
+    """The FineTuneJob's new status, and the Event to post when the phase changes. Pure."""
+    spec, status, gen = snapshot.spec, snapshot.status, snapshot.generation
+    run, state, phase, error, gate = outcome.run, outcome.state, outcome.phase, outcome.error, outcome.gate
+    published, serving = outcome.published, outcome.serving
+    same_run = int(status.get("run") or 0) == run
     trained = cond.condition(cond.TRAINED, state.phase == "Trained", state.reason, state.message, gen)
     if gate is None:
         gate_cond = cond.condition(cond.GATE_PASSED, None, "NotEvaluated", "the run has not finished training", gen)
@@ -314,31 +358,31 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
             cond.GATE_PASSED, gate.passed, "Passed" if gate.passed else "GateFailed", message, gen
         )
     serving_note = f"run {run} is {phase}" if published and published.run != run else ""
-    ready = _ready(spec, endpoint, available, published, gen, serving_note)
+    ready = _ready(spec, serving.endpoint, serving.available, published, gen, serving_note)
     run_uri = spec.output.run_uri(run)
     new_status: dict[str, Any] = {
         "observedGeneration": gen,
         "phase": phase,
         "run": run,
-        "trainingSpecHash": training_hash,
-        "placementHash": placement,
-        "retryToken": retry_token or None,
+        "trainingSpecHash": outcome.training_hash,
+        "placementHash": outcome.placement,
+        "retryToken": outcome.retry_token,
         "attempts": max(state.attempts, int(status.get("attempts") or 0) if same_run else 0),
         "conditions": cond.merge(status.get("conditions"), [trained, gate_cond, ready], snapshot.now),
-        "metrics": metrics or None,
+        "metrics": outcome.metrics or None,
         "gate": gate.to_status() if gate else None,
         "artifacts": {
             "model": run_uri + "model/",
             "report": run_uri + "report.html",
             "checkpoints": run_uri + "checkpoints/",
         },
-        "endpoint": endpoint,
+        "endpoint": serving.endpoint,
         "published": published.to_status() if published else None,
         "error": error.to_status() if error else None,
     }
-    result.status = new_status
+    events: list[Event] = []
     if status.get("phase") != phase:
         kind = "Warning" if phase == "Failed" or (phase == "Pending" and error) else "Normal"
         message = error.message if error else f"run {run}: {state.message}"
-        result.events.append(Event(kind, phase, message))
-    return result
+        events.append(Event(kind, phase, message))
+    return new_status, events

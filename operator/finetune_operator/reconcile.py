@@ -13,10 +13,10 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-import kopf
 from pydantic import ValidationError
 
 from finetune_operator.builders.common import Manifest, Owner
+from finetune_operator.errors import PermanentError, TemporaryError
 from finetune_operator.kube import Kube
 from finetune_operator.metrics import JOBS_BY_PHASE, PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
 from finetune_operator.naming import ANNOTATION_RETRY
@@ -72,10 +72,10 @@ class Reconciler:
         with RECONCILE_SECONDS.time():
             try:
                 requeue = self._reconcile(key)
-            except kopf.TemporaryError as error:
+            except TemporaryError as error:
                 RECONCILES.labels("retry").inc()
                 RECONCILE_ERRORS.labels("temporary").inc()
-                raise RequeueError(str(error), float(error.delay or 1.0)) from error
+                raise RequeueError(str(error), error.delay) from error
             except Exception:
                 RECONCILE_ERRORS.labels("unexpected").inc()
                 raise
@@ -96,7 +96,15 @@ class Reconciler:
             return None
         retry_token = str((meta.get("annotations") or {}).get(ANNOTATION_RETRY, ""))
         snapshot = Snapshot(
-            owner, generation, spec, status, view.jobs, view.pods, view.deployment, None, now_rfc3339(), retry_token
+            owner=owner,
+            generation=generation,
+            spec=spec,
+            status=status,
+            jobs=view.jobs,
+            pods=view.pods,
+            deployment=view.deployment,
+            now=now_rfc3339(),
+            retry_token=retry_token,
         )
         if needs_secret_check(snapshot):
             present = self.kube.exists_metadata("v1", "Secret", owner.namespace, spec.storage.credentials_secret)
@@ -104,13 +112,10 @@ class Reconciler:
         decided = plan(snapshot, self.settings)
         try:
             self._execute(owner, decided)
-        except kopf.PermanentError as error:
+        except PermanentError as error:
             RECONCILE_ERRORS.labels("permanent").inc()
-            decided.status = {
-                **decided.status,
-                "phase": "Failed",
-                "error": {"code": "ConfigInvalid", "message": str(error)[:4096]},
-            }
+            failed = {"phase": "Failed", "error": {"code": "ConfigInvalid", "message": str(error)[:4096]}}
+            decided = replace(decided, status={**decided.status, **failed})
         self._write_status(view.body, decided.status, owner, decided)
         return decided.requeue_after
 

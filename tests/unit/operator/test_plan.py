@@ -7,11 +7,12 @@ from dataclasses import replace
 from typing import Any
 
 from finetune_operator.builders.serving import serving_bundle
+from finetune_operator.naming import ANNOTATION_SPEC_HASH
 from finetune_operator.observed import DeploymentObs, JobObs, PodObs
 from finetune_operator.plan import Plan, Snapshot, needs_secret_check, plan
 from finetune_operator.reconcile import merge_patch
 from finetune_operator.settings import Settings
-from finetune_operator.spec import FineTuneJobSpec, legacy_training_spec_hash, training_spec_hash
+from finetune_operator.spec import FineTuneJobSpec, placement_spec_hash, training_spec_hash
 
 from .support import OWNER, spec
 
@@ -20,14 +21,19 @@ GATE = {"gate": [{"metric": "test_loss", "max": 1.8}]}
 SERVING = {"enabled": True}
 
 
+def _job(name: str, run: int, **kw: Any) -> JobObs:
+    """A Job as the operator makes it: stamped with the placement the default spec asks for."""
+    return JobObs(name, run, **{"placement_hash": placement_spec_hash(spec()), **kw})
+
+
 def _snap(s: FineTuneJobSpec, status: dict[str, Any] | None = None, **kw: Any) -> Snapshot:
-    return Snapshot(OWNER, 1, s, status or {}, now="2026-11-28T15:00:00Z", **kw)
+    return Snapshot(owner=OWNER, generation=1, spec=s, status=status or {}, now="2026-11-28T15:00:00Z", **kw)
 
 
 def _done(run: int, loss: float) -> tuple[JobObs, PodObs]:
     message = json.dumps({"code": "Succeeded", "message": "ok", "metrics": {"test": {"loss": loss}}})
     return (
-        JobObs(f"support-bot-r{run}", run, succeeded=1, complete=True),
+        _job(f"support-bot-r{run}", run, succeeded=1, complete=True),
         PodObs(f"p{run}", run, phase="Succeeded", exit_code=0, termination_message=message),
     )
 
@@ -62,7 +68,7 @@ def test_missing_secret_waits_and_rechecks() -> None:
 def test_secret_is_not_checked_once_the_job_exists() -> None:
     s = spec()
     status = plan(_snap(s, secret_present=True), SETTINGS).status
-    assert not needs_secret_check(_snap(s, status, jobs=[JobObs("support-bot-r1", 1, active=1)]))
+    assert not needs_secret_check(_snap(s, status, jobs=[_job("support-bot-r1", 1, active=1)]))
     assert not needs_secret_check(_snap(spec(storage={}), {}))
 
 
@@ -70,7 +76,7 @@ def test_training_change_starts_run_two_and_retires_run_one() -> None:
     s1 = spec()
     status = plan(_snap(s1, secret_present=True), SETTINGS).status
     s2 = spec(hyperparameters={"learningRate": 1e-4})
-    p = plan(_snap(s2, status, jobs=[JobObs("support-bot-r1", 1, active=1)], secret_present=True), SETTINGS)
+    p = plan(_snap(s2, status, jobs=[_job("support-bot-r1", 1, active=1)], secret_present=True), SETTINGS)
     assert p.status["run"] == 2 and p.create[-1]["metadata"]["name"] == "support-bot-r2"
     assert ("Job", "support-bot-r1") in [(r.kind, r.name) for r in p.delete]
     assert p.create[-1]["metadata"]["annotations"]["finetune.dev/training-spec-hash"] == training_spec_hash(s2)
@@ -81,7 +87,7 @@ def test_training_change_starts_run_two_and_retires_run_one() -> None:
 def test_restart_after_creating_run_two_adopts_it() -> None:
     s1, s2 = spec(), spec(hyperparameters={"learningRate": 1e-4})
     status = plan(_snap(s1, secret_present=True), SETTINGS).status
-    job2 = JobObs("support-bot-r2", 2, training_hash=training_spec_hash(s2), active=1)
+    job2 = _job("support-bot-r2", 2, training_hash=training_spec_hash(s2), active=1)
     p = plan(_snap(s2, status, jobs=[job2]), SETTINGS)
     assert p.status["run"] == 2 and p.create == []
 
@@ -89,7 +95,7 @@ def test_restart_after_creating_run_two_adopts_it() -> None:
 def test_serving_only_and_suspend_only_changes_do_not_retrain() -> None:
     s1 = spec()
     status = plan(_snap(s1, secret_present=True), SETTINGS).status
-    job = JobObs("support-bot-r1", 1, active=1)
+    job = _job("support-bot-r1", 1, active=1)
     for changed in (
         spec(serving={"enabled": True, "replicas": 2}),
         spec(suspend=True),
@@ -100,7 +106,7 @@ def test_serving_only_and_suspend_only_changes_do_not_retrain() -> None:
 
 
 def test_suspend_patches_the_job_without_kueue() -> None:
-    job = JobObs("support-bot-r1", 1, active=1)
+    job = _job("support-bot-r1", 1, active=1)
     status = {"run": 1, "trainingSpecHash": training_spec_hash(spec())}
     assert plan(_snap(spec(suspend=True), status, jobs=[job]), SETTINGS).suspend_job == (
         "support-bot-r1",
@@ -113,7 +119,7 @@ def test_suspend_patches_the_job_without_kueue() -> None:
 def test_kueue_suspend_deletes_the_job_and_never_touches_its_suspend_field() -> None:
     s = spec(queueName="q", suspend=True)
     status = {"run": 1, "trainingSpecHash": training_spec_hash(s)}
-    job = JobObs("support-bot-r1", 1, active=1)
+    job = _job("support-bot-r1", 1, active=1)
     p = plan(_snap(s, status, jobs=[job]), SETTINGS)
     assert p.suspend_job is None and [(r.kind, r.name) for r in p.delete] == [("Job", "support-bot-r1")]
     gone = plan(_snap(s, p.status, jobs=[]), SETTINGS)
@@ -143,7 +149,7 @@ def test_gate_pass_publishes_then_serves_when_available() -> None:
         "Deployment",
     ]
     assert p.status["published"]["run"] == 1 and p.status["endpoint"] is None
-    digest = p.apply[-1]["metadata"]["annotations"]["finetune.dev/spec-hash"]
+    digest = p.apply[-1]["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
     live = DeploymentObs(
         "support-bot",
         1,
@@ -177,7 +183,7 @@ def test_gate_fail_publishes_nothing() -> None:
 def _serving_run_one(s: FineTuneJobSpec) -> tuple[dict[str, Any], DeploymentObs]:
     job, pod = _done(1, 1.2)
     p = plan(_snap(s, {"run": 1, "trainingSpecHash": training_spec_hash(s)}, jobs=[job], pods=[pod]), SETTINGS)
-    digest = p.apply[-1]["metadata"]["annotations"]["finetune.dev/spec-hash"]
+    digest = p.apply[-1]["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
     live = DeploymentObs(
         "support-bot",
         1,
@@ -244,11 +250,11 @@ def test_same_observation_gives_no_status_change() -> None:
     s = spec(serving=SERVING)
     first = plan(_snap(s, secret_present=True), SETTINGS)
     second = plan(
-        replace(_snap(s, _settle(s, first), jobs=[JobObs("support-bot-r1", 1)]), now="2026-11-28T16:00:00Z"),
+        replace(_snap(s, _settle(s, first), jobs=[_job("support-bot-r1", 1)]), now="2026-11-28T16:00:00Z"),
         SETTINGS,
     )
     third = plan(
-        replace(_snap(s, _settle(s, second), jobs=[JobObs("support-bot-r1", 1)]), now="2026-11-28T17:00:00Z"),
+        replace(_snap(s, _settle(s, second), jobs=[_job("support-bot-r1", 1)]), now="2026-11-28T17:00:00Z"),
         SETTINGS,
     )
     assert merge_patch(second.status, third.status) == {} and third.events == []
@@ -280,7 +286,7 @@ def test_serving_bundle_hash_is_stable() -> None:
 def test_trainer_progress_reports_do_not_make_the_operator_write() -> None:
     s = spec()
     status = {"run": 1, "trainingSpecHash": training_spec_hash(s)}
-    job, pod = JobObs("support-bot-r1", 1, active=1, ready=1), PodObs("p", 1, phase="Running")
+    job, pod = _job("support-bot-r1", 1, active=1, ready=1), PodObs("p", 1, phase="Running")
     first = plan(_snap(s, status, jobs=[job], pods=[pod]), SETTINGS).status
     for step in (10, 20, 30):
         progress = {"run": 1, "stage": "training", "step": step, "totalSteps": 100, "percent": step}
@@ -291,7 +297,7 @@ def test_trainer_progress_reports_do_not_make_the_operator_write() -> None:
 def test_attempts_never_go_down_within_a_run() -> None:
     s = spec()
     status = {"run": 1, "trainingSpecHash": training_spec_hash(s), "attempts": 2}
-    finishing = JobObs("support-bot-r1", 1, failed=1)  # counters between a pod's end and the next pod
+    finishing = _job("support-bot-r1", 1, failed=1)  # counters between a pod's end and the next pod
     assert plan(_snap(s, status, jobs=[finishing]), SETTINGS).status["attempts"] == 2
 
 
@@ -398,23 +404,6 @@ def test_placement_change_leaves_a_succeeded_or_gate_failed_run_alone() -> None:
         for jobs in ([done_job], []):
             again = plan(_snap(after, done.status, jobs=jobs, pods=[pod], secret_present=True), SETTINGS)
             assert again.create == [] and again.delete == [] and again.status["phase"] == phase
-
-
-def test_jobs_made_before_placement_stamps_are_never_replaced() -> None:
-    """An operator upgrade must not restart training: a Job without the stamp keeps running."""
-    status, job = _running_under(spec())
-    legacy_job = replace(job, placement_hash="")
-    p = plan(_snap(spec(resources={"memory": "64Gi"}), {**status, "placementHash": None}, jobs=[legacy_job]), SETTINGS)
-    trained = next(c for c in p.status["conditions"] if c["type"] == "Trained")
-    assert p.delete == [] and p.create == [] and trained["reason"] != "PlacementChanged"
-
-
-def test_a_run_started_under_the_legacy_training_hash_continues() -> None:
-    s = spec(resources={"memory": "64Gi"})
-    status = {"run": 3, "trainingSpecHash": legacy_training_spec_hash(s), "phase": "Training"}
-    p = plan(_snap(s, status, jobs=[JobObs("support-bot-r3", 3, active=1)]), SETTINGS)
-    assert p.status["run"] == 3 and p.create == [] and p.delete == []
-    assert p.status["trainingSpecHash"] == training_spec_hash(s)
 
 
 def _failed_run(s: FineTuneJobSpec, retry_token: str = "") -> tuple[Plan, JobObs]:
