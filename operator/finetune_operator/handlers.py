@@ -73,9 +73,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.label_selectors["batch", "jobs"] = LABEL_UID
     settings.watching.label_selectors["pods"] = f"{LABEL_UID},{LABEL_COMPONENT}=trainer"
     settings.watching.label_selectors["apps", "deployments"] = f"{LABEL_UID},{LABEL_COMPONENT}=serving"
-    kube = Kube.from_environment(pool_size=ours.workers + 12)  # reconcile threads + children pool
+    kube = Kube.from_environment(pool_size=ours.reconcile_threads + 12)  # reconcile threads + children pool
     store = Store()
-    executor = ThreadPoolExecutor(max_workers=ours.workers, thread_name_prefix="reconcile")
+    executor = ThreadPoolExecutor(max_workers=ours.reconcile_threads, thread_name_prefix="reconcile")
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(executor, _prime, kube, store, ours.namespaces)
     reconciler = Reconciler(kube, store, ours)
@@ -83,7 +83,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     async def handle(key: Key) -> float | None:
         return await loop.run_in_executor(executor, reconciler.reconcile, key)
 
-    queue: WorkQueue[Key] = WorkQueue(handle, ours.workers)
+    queue: WorkQueue[Key] = WorkQueue(handle, concurrency=ours.reconcile_threads)
     queue.start()
     runtime = Runtime(store, queue, reconciler, executor)
     runtime.resync = asyncio.create_task(_resync(runtime, ours.resync_seconds))

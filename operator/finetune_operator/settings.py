@@ -30,7 +30,7 @@ class Settings:
     # grace period, or the kubelet's SIGKILL loses the newest steps; Kubernetes' default is 30 s
     trainer_grace_seconds: int = 120
     namespaces: tuple[str, ...] = field(default_factory=tuple)  # empty: all namespaces
-    workers: int = 16
+    reconcile_threads: int = 16
     resync_seconds: float = 300.0
     secret_recheck_seconds: float = 10.0
     metrics_port: int = 0  # 0: no Prometheus endpoint
@@ -101,10 +101,10 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Set
         "(preemption, eviction, suspend). Env FTO_TRAINER_GRACE_SECONDS",
     )
     parser.add_argument(
-        "--workers",
+        "--reconcile-threads",
         type=int,
-        default=int(env.get("FTO_WORKERS", "16")),
-        help="FineTuneJobs reconciled in parallel. Env FTO_WORKERS",
+        default=int(env.get("FTO_RECONCILE_THREADS", "16")),
+        help="FineTuneJobs reconciled in parallel. Env FTO_RECONCILE_THREADS",
     )
     parser.add_argument(
         "--resync-seconds",
@@ -152,7 +152,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Set
         backoff_limit=args.backoff_limit,
         trainer_grace_seconds=args.trainer_grace_seconds,
         namespaces=namespaces,
-        workers=args.workers,
+        reconcile_threads=args.reconcile_threads,
         resync_seconds=args.resync_seconds,
         secret_recheck_seconds=args.secret_recheck_seconds,
         metrics_port=args.metrics_port,

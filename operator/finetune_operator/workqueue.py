@@ -1,7 +1,7 @@
 """A coalescing work queue of FineTuneJob keys, as in client-go: one key is never reconciled twice at once.
 
 Why not reconcile inside each kopf handler: events for one FineTuneJob arrive from four watches (the job,
-its Job, its pods, its Deployment) in different kopf workers; reconciling there would race. Here a burst
+its Job, its pods, its Deployment) in different kopf tasks; reconciling there would race. Here a burst
 of events for one key becomes one pass (a key already queued is not queued again; a key being reconciled
 is marked dirty and runs once more afterwards), failures back off per key, and "look again in N seconds"
 (a missing secret) is a delayed add.
@@ -36,9 +36,9 @@ class RequeueError(Exception):
 
 
 class WorkQueue(Generic[K]):
-    def __init__(self, handler: Callable[[K], Awaitable[float | None]], workers: int) -> None:
+    def __init__(self, handler: Callable[[K], Awaitable[float | None]], concurrency: int) -> None:
         self._handler = handler
-        self._workers = workers
+        self._concurrency = concurrency
         self._lanes: tuple[deque[K], deque[K]] = (deque(), deque())  # urgent, normal
         self._tokens = asyncio.Semaphore(0)
         self._queued: dict[K, int] = {}  # key -> lane it will run from
@@ -83,7 +83,7 @@ class WorkQueue(Generic[K]):
         self._timers.add(handle)
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._work(), name=f"reconcile-{i}") for i in range(self._workers)]
+        self._tasks = [asyncio.create_task(self._work(), name=f"reconcile-{i}") for i in range(self._concurrency)]
 
     async def stop(self) -> None:
         for handle in self._timers:

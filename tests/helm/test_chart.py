@@ -129,12 +129,12 @@ def test_optional_objects() -> None:
     [
         {"logFormat": "yaml"},
         {"watchNamespaces": "{Not_A_Namespace}"},
-        {"reconcile.workers": "0"},
+        {"reconcile.threads": "0"},
         {"metrics.port": "70000"},
         {"trainerImage": "typo.example/x:1"},  # unknown key: additionalProperties false
         {"metrics.prometheusRule.temporaryErrorRatio": "2"},
     ],
-    ids=["log-format", "namespace-name", "workers", "port", "unknown-key", "alert-ratio"],
+    ids=["log-format", "namespace-name", "reconcile-threads", "port", "unknown-key", "alert-ratio"],
 )
 def test_schema_refuses_bad_values(bad: dict[str, str]) -> None:
     result = helm("template", "r", str(CHART), *set_args(bad), check=False)

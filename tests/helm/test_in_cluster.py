@@ -147,7 +147,7 @@ def test_operator_in_cluster_reconciles_upgrades_and_uninstalls(
         namespace,
         "--reuse-values",
         "--set",
-        "reconcile.workers=2",
+        "reconcile.threads=2",
         "--wait",
         "--timeout",
         "3m",
@@ -164,7 +164,7 @@ def test_operator_in_cluster_reconciles_upgrades_and_uninstalls(
     )
     (new_pod,) = _pods(cluster, namespace, release)
     env = {e.name: e.value for e in new_pod.spec.containers[0].env}
-    assert env["FTO_WORKERS"] == "2" and env["FTO_LOG_FORMAT"] == "json"
+    assert env["FTO_RECONCILE_THREADS"] == "2" and env["FTO_LOG_FORMAT"] == "json"
     jobs.create(
         namespace,
         ftj_manifest("after-upgrade", podMetadata={"annotations": kwok_annotations(0, success_message(), delay="1s")}),

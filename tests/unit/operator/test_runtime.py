@@ -63,7 +63,7 @@ def test_work_queue_coalesces_and_requeues() -> None:
                 raise RequeueError("conflict", 0.01)
             return 0.01 if key == "timer" and seen.count("timer") < 2 else None
 
-        queue: WorkQueue[str] = WorkQueue(handle, workers=2)
+        queue: WorkQueue[str] = WorkQueue(handle, concurrency=2)
         queue.start()
         for key in ("slow", "slow", "slow"):  # queued once
             queue.add(key)
@@ -113,7 +113,7 @@ def test_child_changes_jump_the_queue_of_new_jobs() -> None:
         async def handle(key: str) -> None:
             seen.append(key)
 
-        queue: WorkQueue[str] = WorkQueue(handle, workers=1)
+        queue: WorkQueue[str] = WorkQueue(handle, concurrency=1)
         for key in ("new-1", "new-2", "new-3"):
             queue.add(key)
         queue.add("pod-finished", urgent=True)
