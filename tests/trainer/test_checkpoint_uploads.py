@@ -39,15 +39,15 @@ class Timeline:
 def timeline(monkeypatch: pytest.MonkeyPatch) -> Timeline:
     """Wrap the real hooks: nothing they do changes, they only leave timestamps."""
     record = Timeline()
-    on_step_end, publish, artifacts = TrainerHooks.on_step_end, CheckpointStore.publish, train_module.publish
+    on_step_end, upload, artifacts = TrainerHooks.on_step_end, CheckpointStore.upload, train_module.upload_outputs
 
     def timed_step_end(self: TrainerHooks, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         record.step_ends.append((time.monotonic(), state.global_step))
         on_step_end(self, args, state, control, **kwargs)
 
-    def timed_publish(self: CheckpointStore, local: Path, step: int, resolved_config: str) -> None:
+    def timed_upload(self: CheckpointStore, local: Path, step: int, resolved_config: str) -> None:
         started = time.monotonic()
-        publish(self, local, step, resolved_config)
+        upload(self, local, step, resolved_config)
         record.uploads.append((step, started, time.monotonic()))
 
     def timed_artifacts(*args: Any, **kwargs: Any) -> Any:
@@ -55,8 +55,8 @@ def timeline(monkeypatch: pytest.MonkeyPatch) -> Timeline:
         return artifacts(*args, **kwargs)
 
     monkeypatch.setattr(TrainerHooks, "on_step_end", timed_step_end)
-    monkeypatch.setattr(CheckpointStore, "publish", timed_publish)
-    monkeypatch.setattr(train_module, "publish", timed_artifacts)
+    monkeypatch.setattr(CheckpointStore, "upload", timed_upload)
+    monkeypatch.setattr(train_module, "upload_outputs", timed_artifacts)
     return record
 
 

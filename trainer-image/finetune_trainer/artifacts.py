@@ -111,7 +111,7 @@ def metrics_document(
     }
 
 
-def publish(
+def upload_outputs(
     storage: Storage,
     run_uri: S3Uri,
     model_folder: Path,

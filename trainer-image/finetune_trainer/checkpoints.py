@@ -147,14 +147,14 @@ class CheckpointStore:
         """On ranks other than 0: upload this rank's RNG state now, before the barrier of `on_save`.
 
         It may exist only on this rank's node, and it is a few KB, so it goes synchronously; everything else
-        (and the marker) is rank 0's `publish`, which runs on the upload thread. Rank 0 uploads nothing here.
+        (and the marker) is rank 0's `upload`, which runs on the upload thread. Rank 0 uploads nothing here.
         """
         rank, world = distributed.rank(), distributed.world_size()
         if rank == 0:
             return
         self.storage.upload_dir(local, self.uri(step), skip=lambda path: not uploads(path.name, rank, world))
 
-    def publish(self, local: Path, step: int, resolved_config: str) -> None:
+    def upload(self, local: Path, step: int, resolved_config: str) -> None:
         """Rank 0: upload the shared files of a checkpoint, then its config, then the marker; then prune.
 
         Call only once every other rank's `upload_own_state` for `step` has returned (the barrier in

@@ -104,6 +104,13 @@ class InternalError(TrainerError):
     exit_code: ClassVar[int] = INTERNAL_ERROR_EXIT_CODE
 
 
+def as_trainer_error(error: BaseException) -> TrainerError:
+    """The contract outcome of any exception: itself when classified, else InternalError (retryable)."""
+    if isinstance(error, TrainerError):
+        return error
+    return InternalError(f"{type(error).__name__}: {error}")
+
+
 USER_ERROR_CODES: frozenset[str] = frozenset(
     cls.code
     for cls in (

@@ -5,7 +5,7 @@ SIGTERM it kills its workers after a fixed grace period, possibly mid-checkpoint
 When the config asks for more than one process and we are not already a torchrun worker, `train` starts
 torchrun itself (NODE_RANK, MASTER_ADDR, MASTER_PORT from the pod's environment), passes SIGTERM straight
 to the workers so each can checkpoint, and exits with the code the workers' termination message implies
-(`exit_code_for`, pure). The termination message itself is the one the workers wrote.
+(`pod_exit_code`, pure). The termination message itself is the one the workers wrote.
 
 A SIGTERM can also arrive before torchrun has started any worker (a multi-node run waiting in rendezvous
 for a peer that was preempted). Then there is nobody to forward it to: the launcher stops torchrun itself
@@ -53,7 +53,7 @@ def needs_launch(raw: dict[str, Any], environ: dict[str, str]) -> bool:
     return workers * per_worker > 1 and "LOCAL_RANK" not in environ
 
 
-def exit_code_for(code: str | None, returncode: int) -> int:
+def pod_exit_code(code: str | None, returncode: int) -> int:
     """The pod's exit code from the workers' termination code and torchrun's own exit status."""
     if returncode < 0:  # killed by a signal: report it the way a shell would (128 + signal)
         returncode = 128 - returncode
@@ -140,7 +140,7 @@ def launch(config_path: Path, raw: dict[str, Any]) -> int:
         code = "Succeeded"
         message = "this node's workers finished; node 0's pod reports the run"
         write_termination(termination_line(code, message, run_number))
-    exit_code = exit_code_for(code, returncode)
+    exit_code = pod_exit_code(code, returncode)
     if code is None:
         message = f"torchrun exited {returncode} and no worker wrote a termination message (see the pod log)"
         write_termination(termination_line("InternalError", message, run_number))

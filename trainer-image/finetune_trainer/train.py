@@ -6,7 +6,7 @@ module strings the steps together and holds no policy of its own: inputs (`input
 (`evaluation`) and outputs (`artifacts`). Causal LM batches are flattened (`DataCollatorWithFlattening`:
 one row, position ids restart per example), so no compute is spent on padding; classifier batches are
 length-grouped and padded per batch. Checkpoints upload on rank 0's thread (`uploader`) while training and
-evaluation go on; every way out of training waits for the queued uploads first, so a run never publishes
+evaluation go on; every way out of training waits for the queued uploads first, so a run never uploads
 its model, or exits 75, before its last checkpoint is resumable.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_trainer import distributed
-from finetune_trainer.artifacts import publish, save_model
+from finetune_trainer.artifacts import save_model, upload_outputs
 from finetune_trainer.callbacks import SignalStop, TrainerHooks
 from finetune_trainer.checkpoints import CheckpointStore
 from finetune_trainer.config import TrainerConfig
@@ -161,11 +161,11 @@ def checkpoint_uploader(run_uri: S3Uri, cfg: TrainerConfig, work: Path) -> Check
     store = CheckpointStore(Storage(), run_uri, cfg.checkpointing.keep)
     resolved = cfg.to_json()
     staging = work / "checkpoint-uploads"  # beside, not inside, the Trainer's output dir: never rotated
-    return CheckpointUploader(lambda folder, step: store.publish(folder, step, resolved), staging)
+    return CheckpointUploader(lambda folder, step: store.upload(folder, step, resolved), staging)
 
 
 def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
-    """Train, evaluate and publish one run; raises TrainerError subclasses for the contract's outcomes."""
+    """Train, evaluate and upload one run; raises TrainerError subclasses for the contract's outcomes."""
     stop = stop or SignalStop()
     quiet_progress_bars()
     hardware = Hardware.detect()
@@ -257,6 +257,6 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
                 "labels": inputs.labels,
             }
             history = trainer.state.log_history
-            artifacts = publish(storage, run_uri, folder, cfg, metrics, base, history, facts)
+            artifacts = upload_outputs(storage, run_uri, folder, cfg, metrics, base, history, facts)
         distributed.barrier()
     return Outcome(trainer.state.global_step, metrics, base, artifacts)

@@ -1,7 +1,7 @@
 """The one background thread that uploads checkpoints, so the GPUs keep training while bytes go to S3.
 
 Why a thread: a checkpoint of a full fine-tune is gigabytes, and uploading it inside `on_save` left every
-GPU idle for minutes per save. The upload itself (`CheckpointStore.publish`) needs no collective, so it can
+GPU idle for minutes per save. The upload itself (`CheckpointStore.upload`) needs no collective, so it can
 run beside the training loop; the rules it must keep live here and in `checkpoints.UploadSlots`:
 
 - Ownership of the local folder: the Trainer deletes older `checkpoint-*` folders of its output dir when
@@ -33,11 +33,11 @@ log = logging.getLogger(__name__)
 class CheckpointUploader:
     """Uploads checkpoint folders one at a time on a daemon thread; rank 0 only.
 
-    `publish(folder, step)` uploads one folder and writes its marker (`CheckpointStore.publish`).
+    `upload(folder, step)` uploads one folder and writes its marker (`CheckpointStore.upload`).
     """
 
-    def __init__(self, publish: Callable[[Path, int], None], staging: Path) -> None:
-        self._publish = publish
+    def __init__(self, upload: Callable[[Path, int], None], staging: Path) -> None:
+        self._upload = upload
         self._staging = staging
         shutil.rmtree(staging, ignore_errors=True)  # left by an earlier attempt in the same work dir
         staging.mkdir(parents=True)
@@ -134,7 +134,7 @@ class CheckpointUploader:
     def _run(self) -> None:
         while (step := self._next()) is not None:
             try:
-                self._publish(self.staged(step), step)
+                self._upload(self.staged(step), step)
             except BaseException as error:  # surfaced in the training thread by check/submit/finish
                 log.error("checkpoint %d upload failed: %s", step, error)
                 with self._lock:

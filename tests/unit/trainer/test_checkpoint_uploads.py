@@ -1,6 +1,6 @@
-"""Asynchronous checkpoint uploads: the queue rules (pure) and the upload thread with a stand-in `publish`.
+"""Asynchronous checkpoint uploads: the queue rules (pure) and the upload thread with a stand-in `upload`.
 
-The thread tests block `publish` on an event, so "training goes on while an upload runs" and "a newer
+The thread tests block `upload` on an event, so "training goes on while an upload runs" and "a newer
 checkpoint supersedes the waiting one" are observed states, not timing guesses.
 """
 
@@ -40,8 +40,8 @@ def test_slots_ignore_a_step_not_newer_than_the_queue() -> None:
     assert UploadSlots(in_flight=10).submit(10) == (UploadSlots(in_flight=10), 10)
 
 
-class GatedPublish:
-    """Records every publish; each blocks until released, or raises the error it is given."""
+class GatedUpload:
+    """Records every upload; each blocks until released, or raises the error it is given."""
 
     def __init__(self) -> None:
         self.started: list[int] = []
@@ -55,7 +55,7 @@ class GatedPublish:
             self.started.append(step)
             self.files[step] = sorted(p.name for p in folder.iterdir())
             self.running.notify_all()
-        assert self.release.acquire(timeout=10), "publish was never released"
+        assert self.release.acquire(timeout=10), "upload was never released"
         if self.error is not None:
             raise self.error
 
@@ -73,66 +73,66 @@ def checkpoint(root: Path, step: int) -> Path:
 
 
 def test_submit_returns_at_once_and_owns_the_folder(tmp_path: Path) -> None:
-    publish = GatedPublish()
-    uploader = CheckpointUploader(publish, tmp_path / "staging")
+    upload = GatedUpload()
+    uploader = CheckpointUploader(upload, tmp_path / "staging")
     local = checkpoint(tmp_path, 5)
     uploader.submit(local, 5)
-    publish.wait_started(1)  # in flight, blocked: submit did not wait for it
+    upload.wait_started(1)  # in flight, blocked: submit did not wait for it
     assert not local.exists()  # the Trainer's rotation (save_total_limit) can no longer delete it
     assert (tmp_path / "staging" / "checkpoint-5" / "adapter_model.safetensors").read_bytes() == b"w" * 5
-    assert publish.files[5] == ["adapter_model.safetensors", "rng_state.pth"]
+    assert upload.files[5] == ["adapter_model.safetensors", "rng_state.pth"]
     assert uploader.slots == UploadSlots(in_flight=5) and uploader.last_complete is None
-    publish.release.release()
+    upload.release.release()
     uploader.finish()
     assert uploader.last_complete == 5 and uploader.slots.idle
     assert list((tmp_path / "staging").iterdir()) == []  # uploaded: the local copy is gone
 
 
 def test_a_newer_checkpoint_supersedes_the_waiting_one(tmp_path: Path) -> None:
-    publish = GatedPublish()
-    uploader = CheckpointUploader(publish, tmp_path / "staging")
+    upload = GatedUpload()
+    uploader = CheckpointUploader(upload, tmp_path / "staging")
     for step in (5, 10, 15):
         uploader.submit(checkpoint(tmp_path, step), step)
         if step == 5:
-            publish.wait_started(1)
+            upload.wait_started(1)
     assert uploader.slots == UploadSlots(in_flight=5, waiting=15)
     assert sorted(p.name for p in (tmp_path / "staging").iterdir()) == ["checkpoint-15", "checkpoint-5"]
-    publish.release.release()
-    publish.release.release()
+    upload.release.release()
+    upload.release.release()
     uploader.finish()  # waits for the one in flight and the one waiting, no more
-    assert publish.started == [5, 15] and uploader.last_complete == 15
+    assert upload.started == [5, 15] and uploader.last_complete == 15
 
 
 def test_finish_waits_for_in_flight_and_waiting(tmp_path: Path) -> None:
-    publish = GatedPublish()
-    uploader = CheckpointUploader(publish, tmp_path / "staging")
+    upload = GatedUpload()
+    uploader = CheckpointUploader(upload, tmp_path / "staging")
     uploader.submit(checkpoint(tmp_path, 5), 5)
-    publish.wait_started(1)
+    upload.wait_started(1)
     uploader.submit(checkpoint(tmp_path, 8), 8)  # the checkpoint saved on SIGTERM
     done = threading.Event()
     finisher = threading.Thread(target=lambda: (uploader.finish(), done.set()))
     finisher.start()
     assert not done.wait(0.3)  # still uploading 5, then 8
-    publish.release.release()
-    publish.wait_started(2)
+    upload.release.release()
+    upload.wait_started(2)
     assert not done.is_set()
-    publish.release.release()
+    upload.release.release()
     finisher.join(10)
-    assert done.is_set() and publish.started == [5, 8] and uploader.last_complete == 8
+    assert done.is_set() and upload.started == [5, 8] and uploader.last_complete == 8
     with pytest.raises(RuntimeError, match="after the uploader finished"):
         uploader.submit(checkpoint(tmp_path, 9), 9)
 
 
 @pytest.mark.parametrize("error", [StorageAccessDenied("uploading s3://b/x: access denied"), InternalError("boom")])
 def test_a_failure_surfaces_with_its_class(tmp_path: Path, error: Exception) -> None:
-    publish = GatedPublish()
-    publish.error = error
-    uploader = CheckpointUploader(publish, tmp_path / "staging")
+    upload = GatedUpload()
+    upload.error = error
+    uploader = CheckpointUploader(upload, tmp_path / "staging")
     uploader.submit(checkpoint(tmp_path, 5), 5)
-    publish.wait_started(1)
+    upload.wait_started(1)
     uploader.submit(checkpoint(tmp_path, 10), 10)
     uploader.check()  # nothing failed yet: training goes on
-    publish.release.release()
+    upload.release.release()
     with pytest.raises(type(error)) as raised:
         uploader.finish()
     assert raised.value is error and uploader.last_complete is None
@@ -140,18 +140,18 @@ def test_a_failure_surfaces_with_its_class(tmp_path: Path, error: Exception) -> 
         uploader.check()  # what on_step_end calls: the run stops at the next step
     with pytest.raises(type(error)):
         uploader.submit(checkpoint(tmp_path, 15), 15)
-    assert publish.started == [5]  # nothing more is uploaded after a failure
+    assert upload.started == [5]  # nothing more is uploaded after a failure
 
 
 def test_an_exit_path_finishes_the_queue_and_keeps_its_own_exception(tmp_path: Path) -> None:
-    publish = GatedPublish()
-    publish.error = InternalError("network down")
-    uploader = CheckpointUploader(publish, tmp_path / "staging")
+    upload = GatedUpload()
+    upload.error = InternalError("network down")
+    uploader = CheckpointUploader(upload, tmp_path / "staging")
     uploader.submit(checkpoint(tmp_path, 5), 5)
-    publish.release.release()
+    upload.release.release()
     with pytest.raises(ValueError, match="crash"), uploads_finished_on_error(uploader):
         raise ValueError("crash")  # the upload failure is logged, the crash is what leaves
-    assert publish.started == [5]
+    assert upload.started == [5]
 
 
 def test_a_repeated_sigterm_does_not_interrupt_the_final_uploads() -> None:

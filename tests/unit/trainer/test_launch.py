@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finetune_trainer.launch import exit_code_for, needs_launch, torchrun_command
+from finetune_trainer.launch import needs_launch, pod_exit_code, torchrun_command
 
 
 def test_needs_launch_only_for_several_processes_outside_torchrun() -> None:
@@ -16,14 +16,14 @@ def test_needs_launch_only_for_several_processes_outside_torchrun() -> None:
 
 
 def test_exit_code_follows_the_termination_code() -> None:
-    assert exit_code_for("Succeeded", 0) == 0
-    assert exit_code_for("DatasetInvalid", 1) == 42
-    assert exit_code_for("StorageAccessDenied", 1) == 42
-    assert exit_code_for("Preempted", 1) == 75
-    assert exit_code_for("InternalError", 1) == 1
-    assert exit_code_for(None, 137) == 137
-    assert exit_code_for(None, 42) == 1  # never fake a user error without a message saying so
-    assert exit_code_for("Succeeded", -9) == 137
+    assert pod_exit_code("Succeeded", 0) == 0
+    assert pod_exit_code("DatasetInvalid", 1) == 42
+    assert pod_exit_code("StorageAccessDenied", 1) == 42
+    assert pod_exit_code("Preempted", 1) == 75
+    assert pod_exit_code("InternalError", 1) == 1
+    assert pod_exit_code(None, 137) == 137
+    assert pod_exit_code(None, 42) == 1  # never fake a user error without a message saying so
+    assert pod_exit_code("Succeeded", -9) == 137
 
 
 def test_torchrun_command_uses_the_pod_rendezvous_environment() -> None:

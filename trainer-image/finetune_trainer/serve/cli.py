@@ -14,7 +14,7 @@ import os
 import signal
 from pathlib import Path
 
-from finetune_trainer.errors import INTERNAL_ERROR_EXIT_CODE, TrainerError
+from finetune_trainer.errors import TrainerError, as_trainer_error
 
 log = logging.getLogger("finetune_trainer.serve")
 
@@ -44,12 +44,6 @@ def write_termination_message(code: str, message: str) -> None:
     from finetune_trainer.termination import termination_line, write_termination
 
     write_termination(termination_line(code, message))
-
-
-def exit_code_for(error: BaseException) -> tuple[int, str, str]:
-    if isinstance(error, TrainerError):
-        return error.exit_code, error.code, error.message
-    return INTERNAL_ERROR_EXIT_CODE, "InternalError", f"{type(error).__name__}: {error}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     if failures:
-        exit_code, code, message = exit_code_for(failures[0])
-        write_termination_message(code, message)
-        return exit_code
+        failure = as_trainer_error(failures[0])
+        write_termination_message(failure.code, failure.message)
+        return failure.exit_code
     return 0
