@@ -9,6 +9,8 @@ so the same code path runs everywhere.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -66,6 +68,24 @@ def barrier() -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+@contextmanager
+def local_main_first() -> Iterator[None]:
+    """The first process on each node runs the block first (e.g. downloads to the node's disk); the others
+    wait for it, then run the block and find its files there.
+
+    The idiom of transformers' `TrainingArguments.main_process_first(local=True)`, usable before the
+    TrainingArguments exist. Not accelerate's `PartialState().local_main_process_first()`: without `cpu=True`
+    it takes a gloo group on a CPU-only node for no distribution at all, and the wait would silently vanish.
+    """
+    try:
+        if not is_local_main():
+            barrier()
+        yield
+    finally:
+        if is_local_main():
+            barrier()
 
 
 def _device() -> Any:

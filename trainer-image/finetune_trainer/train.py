@@ -179,14 +179,9 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
     reporter.report("loading", force=True)
     store = CheckpointStore(storage, run_uri, cfg.checkpointing.keep)
 
-    if not distributed.is_local_main():
-        distributed.barrier()
-    inputs = prepare(storage, cfg, work)
-    resume = store.fetch_latest(work / "resume") if distributed.is_local_main() else None
-    if distributed.is_local_main():
-        distributed.barrier()
-    else:
-        resume = store.fetch_latest(work / "resume")  # already local: only listed, not downloaded again
+    with distributed.local_main_first():  # the others find the node's copies and download nothing again
+        inputs = prepare(storage, cfg, work)
+        resume = store.fetch_latest(work / "resume")
     if distributed.is_main():
         write_split(storage, run_uri, inputs.splits)
         storage.write_bytes(run_uri.join("trainer_config.json"), cfg.to_json().encode(), "application/json")
