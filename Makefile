@@ -10,14 +10,20 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 PYTEST := $(PY) -m pytest
 
-.PHONY: promtool venv cluster-up cluster-down cluster-status cluster-kubeconfig lint test test-unit images demo bench \
+# Each long step runs through hack/step.sh: its log is kept in $(FTO_CACHE)/logs/, and a failure names the step,
+# its exit status and the log's last lines.
+.PHONY: deps promtool venv cluster-up cluster-down cluster-status cluster-kubeconfig lint test test-unit images demo bench \
 	helm-sync-crd
 
+# Debian packages and the Go toolchain a fresh machine lacks (idempotent: seconds when present).
+deps:
+	@hack/step.sh deps hack/install-deps.sh
+
 venv:
-	@hack/venv.sh >/dev/null
+	@hack/step.sh venv hack/venv.sh >/dev/null
 
 cluster-up: venv
-	hack/cluster.sh up
+	@hack/step.sh cluster-up hack/cluster.sh up
 
 cluster-down:
 	hack/cluster.sh down
@@ -28,7 +34,8 @@ cluster-status:
 cluster-kubeconfig:
 	@hack/cluster.sh kubeconfig
 
-lint: venv
+lint: deps venv
+	shellcheck -x hack/*.sh hack/*/*.sh .ci/run
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
@@ -40,16 +47,16 @@ test-unit: venv
 
 # Everything: lint, unit, the cluster tier (real API server + kwok), trainer and server on a real S3 server,
 # and e2e on the real node (images built and imported first, cached by content).
-test: venv lint cluster-up promtool
+test: deps venv lint cluster-up promtool
 	$(PYTEST) tests --durations=20
 
 # promtool (the chart's alert tests), built from Go modules once and cached
 promtool:
-	hack/build-binaries.sh promtool
+	@hack/step.sh promtool hack/build-binaries.sh promtool
 
 # Trainer and operator images, built with buildah on a local Debian base; cached by content hash.
 images: venv
-	hack/build-images.sh
+	@hack/step.sh images hack/build-images.sh
 
 # The chart ships a byte-identical copy of crds/finetunejob.yaml (a test checks it).
 helm-sync-crd:

@@ -29,9 +29,6 @@ kwok_bin="$cache/bin/kwok-$KWOK_VERSION/kwok"
 tools_bin="$cache/bin/tools"
 pki="$state/pki"
 logs="$state/logs"
-# shellcheck source=hack/node.sh
-source "$here/node.sh"
-
 say() { printf '[cluster] %s\n' "$*" >&2; }
 
 die_component() {  # name, reason
@@ -83,10 +80,18 @@ wait_for() {  # name timeout_seconds command... : poll until the command succeed
 https_ok() { curl -sf --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" "$1"; }
 kctl() { "$tools_bin/kubectl" --kubeconfig "$state/kubeconfig" "$@"; }
 
+# the real node (node_up, node_down, node_enabled): it uses the variables and functions above
+# shellcheck source=hack/node.sh
+source "$here/node.sh"
+
 ensure_binaries() {
-  [ -x "$kube_bin/kube-apiserver" ] && [ -x "$kube_bin/kube-controller-manager" ] && \
-    [ -x "$kube_bin/kube-scheduler" ] && [ -x "$kube_bin/kubelet" ] && [ -x "$etcd_bin" ] && [ -x "$kwok_bin" ] || \
-    "$here/build-binaries.sh" etcd kwok kubernetes
+  local binary
+  for binary in "$kube_bin"/{kube-apiserver,kube-controller-manager,kube-scheduler,kubelet} "$etcd_bin" "$kwok_bin"; do
+    if [ ! -x "$binary" ]; then
+      "$here/build-binaries.sh" etcd kwok kubernetes
+      break
+    fi
+  done
   "$here/install-tools.sh"
 }
 

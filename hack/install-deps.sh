@@ -3,7 +3,8 @@
 # Idempotent and quick when everything is present.
 set -euo pipefail
 need=()
-for pair in curl:curl openssl:openssl envsubst:gettext-base flock:util-linux git:git setsid:util-linux; do
+for pair in curl:curl openssl:openssl envsubst:gettext-base flock:util-linux git:git setsid:util-linux \
+    shellcheck:shellcheck; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 # the real node (containerd + kubelet); FTO_REAL_NODE=0 skips it

@@ -1,5 +1,10 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2154
 # The local cluster's real node: containerd + runc + CNI bridge + kubelet, sourced by hack/cluster.sh.
+#
+# What it expects from the script that sources it (hack/cluster.sh; checked below, so a missing one fails
+# at once with its name instead of as an empty path later):
+#   variables  cache state here python pki kube_bin api_port s3_port
+#   functions  say start wait_for pid_alive die_component kctl
 #
 # Pods get addresses on the bridge fto0 (10.88.0.0/16, no masquerade, no forwarding off the bridge: pods
 # reach nothing outside this machine). The host services they need are bound to 127.0.0.1, so socat
@@ -7,6 +12,10 @@
 # server (:$api_port). There is no kube-proxy; one DNAT rule sends the `kubernetes` Service address
 # (10.0.0.1:443), which in-cluster clients use, to the API server forwarder. The kubelet cannot use a loopback
 # node IP, so it serves on the gateway address too (the API server calls it there for logs and exec).
+: "${cache:?}" "${state:?}" "${here:?}" "${python:?}" "${pki:?}" "${kube_bin:?}" "${api_port:?}" "${s3_port:?}"
+for needed in say start wait_for pid_alive die_component kctl; do
+  declare -F "$needed" >/dev/null || { echo "hack/node.sh: source it after defining $needed" >&2; exit 1; }
+done
 node_name=${FTO_NODE_NAME:-fto-node-0}
 bridge=fto0
 bridge_cidr=10.88.0.0/16

@@ -9,7 +9,7 @@ stamp="$venv/.fto-deps-$(sha256sum "$repo/pyproject.toml" | cut -c1-16)"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 if [ ! -f "$stamp" ]; then
   "$venv/bin/pip" install -q --upgrade pip
-  "$venv/bin/pip" install -q -e "$repo[dev]"
+  "$venv/bin/pip" install -q -e "${repo}[dev]"
   rm -f "$venv"/.fto-deps-*
   touch "$stamp"
 else
