@@ -57,8 +57,10 @@ ensure_tools() {
 [ -x "$FTO_VENV/bin/python" ] || { log "no virtualenv at $FTO_VENV (make venv)"; exit 1; }
 closure() { "$FTO_VENV/bin/python" "$base_dir/venv_closure.py" "$1" --site "$site" --pyproject "$repo/pyproject.toml" --extras "$2"; }
 rootfs_key=$(cat "$base_dir/packages.txt" "$base_dir/rootfs.sh" | h16)
-compute_base_key() {
-  { echo "$rootfs_key ${warm[$2]}"; cat "$base_dir/base.sh" "$base_dir/venv_closure.py"; closure fingerprint "$1"; } | h16
+# the modules whose bytecode an image's base carries: listed by the image's owner, beside its Dockerfile
+warm_modules() { grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$repo/$(dirname "${dockerfile[$1]}")/warm-modules.txt" | xargs; }
+compute_base_key() {  # NAME -> the base image's key
+  { echo "$rootfs_key $(warm_modules "$1")"; cat "$base_dir/base.sh" "$base_dir/venv_closure.py"; closure fingerprint "${extras[$1]}"; } | h16
 }
 # exactly the files an image's <Dockerfile>.dockerignore lets into its build context (each image gets only
 # its own package: an operator-only change must not rebuild the multi-GB trainer image, nor the reverse)
@@ -76,19 +78,10 @@ image_key() { { echo "$recipe $1 $(context_key "$3")"; cat "$repo/$2"; } | h16; 
 names=${FTO_IMAGES:-trainer operator}
 declare -A dockerfile=([trainer]=trainer-image/Dockerfile [operator]=operator/Dockerfile)
 declare -A extras=([trainer]="trainer,serve" [operator]=operator)
-# modules whose bytecode the base carries (hack/base-image/base.sh): what the pods import at start
-declare -A warm=(
-  [trainer]="torch transformers peft datasets accelerate safetensors boto3 pyarrow matplotlib.pyplot kubernetes
-    fastapi fastapi.responses uvicorn pydantic yaml prometheus_client transformers.trainer
-    transformers.training_args transformers.models.auto.modeling_auto transformers.models.auto.tokenization_auto
-    transformers.models.llama.modeling_llama transformers.models.gpt2.modeling_gpt2
-    transformers.models.bert.modeling_bert peft.tuners.lora"
-  [operator]="kopf kubernetes pydantic yaml prometheus_client"
-)
 declare -A base_key ref archive
 for name in $names; do
   [ -n "${dockerfile[$name]:-}" ] || { log "unknown image $name (trainer|operator)"; exit 2; }
-  base_key[$name]=$(compute_base_key "${extras[$name]}" "$name")
+  base_key[$name]=$(compute_base_key "$name")
   key=$(image_key "${base_key[$name]}" "${dockerfile[$name]}" "$name")
   ref[$name]=finetune.local/$name:$key
   archive[$name]=$images/$name-$key.oci.tar
@@ -104,24 +97,28 @@ print_refs() {
 }
 
 # --- build -----------------------------------------------------------------------------------------------
-build_rootfs() {
-  rootfs=$images/rootfs-$rootfs_key
-  [ -d "$rootfs" ] && return 0
-  log "rootfs: debootstrap bookworm minbase + $(grep -v '^[[:space:]]*#' "$base_dir/packages.txt" | xargs)"
-  # one rootfs copy at a time: the buildah store holds the rest
-  find "$images" -maxdepth 1 -name 'rootfs-*' -exec rm -rf {} +
-  "$base_dir/rootfs.sh" "$rootfs"
+ensure_rootfs() {  # -> the rootfs folder (debootstrapped when missing)
+  local rootfs=$images/rootfs-$rootfs_key
+  if [ ! -d "$rootfs" ]; then
+    log "rootfs: debootstrap bookworm minbase + $(grep -v '^[[:space:]]*#' "$base_dir/packages.txt" | xargs)"
+    # one rootfs copy at a time: the buildah store holds the rest
+    find "$images" -maxdepth 1 -name 'rootfs-*' -exec rm -rf {} +
+    "$base_dir/rootfs.sh" "$rootfs" >&2
+  fi
+  echo "$rootfs"
 }
 
-# build_base NAME KEY EXTRAS: sets base_ref
-build_base() {
-  base_ref=finetune.local/base-$1:$2
+base_ref_of() { echo "finetune.local/base-$1:${base_key[$1]}"; }  # NAME -> its base image's ref
+
+ensure_base() {  # NAME: build its base image unless the store has it
+  local name=$1 base_ref rootfs
+  base_ref=$(base_ref_of "$name")
   bah inspect --type image "$base_ref" >/dev/null 2>&1 && return 0
-  build_rootfs
-  log "base $base_ref: rootfs + venv distributions for [$3]"
+  rootfs=$(ensure_rootfs)
+  log "base $base_ref: rootfs + venv distributions for [${extras[$name]}]"
   # the store keeps one base per image: the stale one goes first (each is GBs, vfs copies whole layers)
-  remove_other_tags "finetune.local/base-$1" "$2"
-  "$base_dir/base.sh" "$rootfs" "$base_ref" "$3" "$(xargs <<<"${warm[$1]}")"
+  remove_other_tags "finetune.local/base-$name" "${base_key[$name]}"
+  "$base_dir/base.sh" "$rootfs" "$base_ref" "${extras[$name]}" "$(warm_modules "$name")"
 }
 
 # remove_other_tags REPO KEEP_TAG: earlier builds' images, so the store holds one of each
@@ -134,14 +131,15 @@ remove_other_tags() {
 
 # build_image NAME
 build_image() {
-  local name=$1 key=${ref[$1]##*:}
+  local name=$1 key=${ref[$1]##*:} base_ref
   if [ -f "${archive[$name]}" ] && bah inspect --type image "${ref[$name]}" >/dev/null 2>&1; then
     log "$name: up to date (${ref[$name]})"
     return 0
   fi
   # images of earlier sources are stale: free their GBs before building (their archives stay until replaced)
   remove_other_tags "finetune.local/$name" "$key"
-  build_base "$name" "${base_key[$name]}" "${extras[$name]}"
+  ensure_base "$name"
+  base_ref=$(base_ref_of "$name")
   log "$name: buildah bud -f ${dockerfile[$name]} --build-arg BASE_IMAGE=$base_ref"
   # --pull=never: the base is local and nothing may be pulled from a registry; --network none: the RUN lines
   # cannot download either (pip finds everything in the base); --layers=false: one new layer on the base;
