@@ -1,4 +1,4 @@
-"""Operator scale benchmark (issue 3): N FineTuneJobs on M fake 8-GPU kwok nodes.
+"""Operator scale benchmark: N FineTuneJobs on M fake 8-GPU kwok nodes.
 
 Reports: seconds until every child Job exists, status propagation latency (child pod Succeeded -> the
 FineTuneJob's phase Succeeded, both seen by this script's own watches, so watch lag cancels out) p50/p99,

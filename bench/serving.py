@@ -1,4 +1,4 @@
-"""Benchmark of the model server (issue 5): requests/s and p50/p99 latency at concurrency 1 and 8.
+"""Benchmark of the model server: requests/s and p50/p99 latency at concurrency 1 and 8.
 
 Side by side, in one run, on loopback, with the same tiny model (built here: a byte-level BPE tokenizer
 trained on a synthetic corpus and a small Llama):

@@ -1,4 +1,4 @@
-"""The operator's control loop on a real API server, with kwok pods standing in for the trainer (issue 3)."""
+"""The operator's control loop on a real API server, with kwok pods standing in for the trainer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Gate and publishing on a real API server (issue 5): kwok finishes the training pod with metrics, and
+"""Gate and publishing on a real API server: kwok finishes the training pod with metrics, and
 kwok's serving pods become Ready, so the Deployment turns Available like a real one."""
 
 from __future__ import annotations

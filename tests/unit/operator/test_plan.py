@@ -1,4 +1,4 @@
-"""Lifecycle decisions of one reconcile (api.md Lifecycle), without a cluster."""
+"""Lifecycle decisions of one reconcile (the lifecycle the CRD and docs/ describe), without a cluster."""
 
 from __future__ import annotations
 
