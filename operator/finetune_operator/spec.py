@@ -37,33 +37,33 @@ class DataRef(_Model):
     uri: str
 
 
-class Split(_Model):
+class SplitSpec(_Model):
     validation: float = 0.1
     test: float = 0.1
     seed: int = 42
 
 
-class Dataset(_Model):
+class DatasetSpec(_Model):
     train: DataRef
     validation: DataRef | None = None
     test: DataRef | None = None
-    split: Split = Split()
+    split: SplitSpec = SplitSpec()
     schema_: Literal["text", "prompt-completion", "chat", "classification"] = Field(alias="schema")
     columns: dict[str, str] = {}
     max_seq_length: int = 2048
     format: Literal["jsonl", "json", "csv", "parquet"] | None = None
 
 
-class Lora(_Model):
+class LoraSpec(_Model):
     rank: int = 16
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] = ["all-linear"]
 
 
-class Method(_Model):
+class MethodSpec(_Model):
     type: Literal["lora", "qlora", "full"] = "lora"
-    lora: Lora = Lora()
+    lora: LoraSpec = LoraSpec()
     merge_weights: bool = False
 
     @property
@@ -93,7 +93,7 @@ class Toleration(_Model):
     toleration_seconds: int | None = None
 
 
-class Resources(_Model):
+class ResourcesSpec(_Model):
     gpus: int = 1
     gpu_resource: str = "nvidia.com/gpu"
     memory: Quantity = "32Gi"
@@ -105,11 +105,11 @@ class Resources(_Model):
     priority_class_name: str = ""
 
 
-class Distributed(_Model):
+class DistributedSpec(_Model):
     workers: int = 1
 
 
-class Checkpointing(_Model):
+class CheckpointSpec(_Model):
     interval_steps: int = 200
     keep: int = 2
 
@@ -120,12 +120,12 @@ class GateRule(_Model):
     max: float | None = None
 
 
-class Evaluation(_Model):
+class EvaluationSpec(_Model):
     compare_base_model: bool = False
     gate: list[GateRule] = []
 
 
-class Output(_Model):
+class OutputSpec(_Model):
     uri: str
 
     def run_uri(self, run: int) -> str:
@@ -134,44 +134,44 @@ class Output(_Model):
         return f"{base}run-{run}/"
 
 
-class Storage(_Model):
+class StorageSpec(_Model):
     endpoint: str = ""
     region: str = ""
     credentials_secret: str = ""
 
 
-class ServingResources(_Model):
+class ServingResourcesSpec(_Model):
     requests: dict[str, Quantity] = {}
     limits: dict[str, Quantity] = {}
 
 
-class Serving(_Model):
+class ServingSpec(_Model):
     enabled: bool = False
     replicas: int = 1
     engine: Literal["transformers", "vllm"] = "transformers"
     max_concurrency: int = 8
     api_key_secret: str = ""
-    resources: ServingResources = ServingResources()
+    resources: ServingResourcesSpec = ServingResourcesSpec()
 
 
-class PodMetadata(_Model):
+class PodMetadataSpec(_Model):
     labels: dict[str, str] = {}
     annotations: dict[str, str] = {}
 
 
 class FineTuneJobSpec(_Model):
     base_model: BaseModelSpec
-    dataset: Dataset
-    method: Method = Method()
+    dataset: DatasetSpec
+    method: MethodSpec = MethodSpec()
     hyperparameters: Hyperparameters = Hyperparameters()
-    resources: Resources = Resources()
-    distributed: Distributed = Distributed()
-    checkpointing: Checkpointing = Checkpointing()
-    evaluation: Evaluation = Evaluation()
-    output: Output
-    storage: Storage = Storage()
-    serving: Serving = Serving()
-    pod_metadata: PodMetadata = PodMetadata()
+    resources: ResourcesSpec = ResourcesSpec()
+    distributed: DistributedSpec = DistributedSpec()
+    checkpointing: CheckpointSpec = CheckpointSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    output: OutputSpec
+    storage: StorageSpec = StorageSpec()
+    serving: ServingSpec = ServingSpec()
+    pod_metadata: PodMetadataSpec = PodMetadataSpec()
     queue_name: str = ""
     suspend: bool = False
 

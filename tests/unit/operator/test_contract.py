@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 from finetune_operator.builders.serving import Published, serving_config_map
 from finetune_operator.builders.trainer_config import trainer_config_map
 from finetune_operator.spec import parse_spec
@@ -34,3 +36,32 @@ def test_server_accepts_the_rendered_serve_config(adapter: bool) -> None:
     rendered = json.loads(serving_config_map(spec, OWNER, published)["data"]["serve.json"])
     served = ServeConfig.model_validate(rendered)
     assert served.run == 2
+
+
+def _default(field: FieldInfo) -> object:
+    if field.is_required():
+        return "(required)"
+    value = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
+    return value.model_dump() if isinstance(value, BaseModel) else value
+
+
+def test_the_operator_and_the_trainer_model_each_shared_section_alike() -> None:
+    """Where both packages model a section of the spec, the classes share a name, and every field they share
+    has the same default on both sides: the operator must never render a config whose omitted fields the
+    trainer fills in differently from what the operator assumed."""
+    import finetune_operator.spec as operator_spec
+    import finetune_trainer.config as trainer_config
+
+    shared = {
+        name
+        for name, value in vars(operator_spec).items()
+        if isinstance(value, type) and issubclass(value, BaseModel) and name in vars(trainer_config)
+    }
+    assert {"DatasetSpec", "SplitSpec", "MethodSpec", "LoraSpec", "Hyperparameters", "OutputSpec"} <= shared
+    differences = []
+    for name in sorted(shared - {"_Model"}):
+        ours, theirs = getattr(operator_spec, name).model_fields, getattr(trainer_config, name).model_fields
+        for field in sorted(ours.keys() & theirs.keys()):
+            if _default(ours[field]) != _default(theirs[field]):
+                differences.append(f"{name}.{field}: {_default(ours[field])!r} vs {_default(theirs[field])!r}")
+    assert not differences, differences
