@@ -1,4 +1,4 @@
-"""The command line: `python -m finetune_trainer train --config FILE` and `... serve ...`.
+"""The command line: `python -m finetune_trainer train --config FILE`, `... validate ...` and `... serve ...`.
 
 Why the exit mapping lives here: the contract (docs/trainer-contract.md section 3) is about what the
 process leaves behind: one termination-message line and an exit code (0, 42 user error, 75 preempted,
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer.errors import InternalError, Preempted, TrainerError
+from finetune_trainer.errors import InternalError, Preempted, TrainerError, as_trainer_error
 from finetune_trainer.launch import launch, needs_launch
 from finetune_trainer.termination import DEFAULT_PATH, termination_line, write_termination
 
@@ -93,6 +93,37 @@ def run_train(config_path: Path) -> int:
     return code
 
 
+def run_validate(config_path: Path, output: Path | None) -> int:
+    """Check the inputs of a config without training (finetune_trainer.validate); same exit codes as train.
+
+    The summary goes to stdout (one JSON document), to `output` when given, and into the termination
+    message (`summary`); a user error is reported exactly as `train` reports it.
+    """
+    run: int | None = None
+    try:
+        from finetune_trainer.config import load_config
+        from finetune_trainer.storage import Storage
+        from finetune_trainer.train import work_dir
+        from finetune_trainer.validate import success_line, summarize
+
+        cfg = load_config(config_path)
+        run = cfg.job.run
+        summary = summarize(cfg, Storage(), work_dir() / "validate")
+        document = json.dumps(summary, indent=2)
+        print(document, flush=True)
+        if output is not None:
+            output.write_text(document + "\n")
+        line, code = success_line(summary, run), 0
+    except Exception as crash:
+        if not isinstance(crash, TrainerError):
+            traceback.print_exc()
+        failure = as_trainer_error(crash)
+        line, code = termination_line(failure.code, failure.message, run), failure.exit_code
+    write_termination(line)
+    logging.getLogger(__name__).info("exit %d", code)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["serve"]:  # the server owns its own arguments
@@ -103,7 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="run one training attempt from a trainer config")
     train.add_argument("--config", type=Path, default=Path("/etc/finetune/config.json"))
+    check = commands.add_parser(
+        "validate", help="check a config's data and tokenizer without training (CPU only, no model weights)"
+    )
+    check.add_argument("--config", type=Path, default=Path("/etc/finetune/config.json"))
+    check.add_argument("--output", type=Path, default=None, help="also write the JSON summary to this file")
     commands.add_parser("serve", help="serve a trained model (arguments: see finetune_trainer.serve.cli)")
     args = parser.parse_args(arguments)
     configure_logging()
+    if args.command == "validate":
+        return run_validate(args.config, args.output)
     return run_train(args.config)

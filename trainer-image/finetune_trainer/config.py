@@ -16,19 +16,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from finetune_trainer import formats
 from finetune_trainer.errors import ConfigInvalid
 
-Schema = Literal["text", "prompt-completion", "chat", "classification"]
 Task = Literal["causal-lm", "sequence-classification"]
 DataFormat = Literal["jsonl", "json", "csv", "parquet"]
-
-SCHEMA_FIELDS: dict[str, tuple[str, ...]] = {
-    "text": ("text",),
-    "prompt-completion": ("prompt", "completion"),
-    "chat": ("messages",),
-    "classification": ("text", "label"),
-}
-"""The logical fields each schema reads; `dataset.columns` may map any of them to another column name."""
 
 
 class _Model(BaseModel):
@@ -90,20 +82,23 @@ class DatasetSpec(_Model):
     validation: DataRef | None = None
     test: DataRef | None = None
     split: SplitSpec = SplitSpec()
-    schema_: Schema = Field(default="text", alias="schema")
+    schema_: str | None = Field(default=None, alias="schema")
+    """A name in `finetune_trainer.formats.FORMATS`; None: detected from the first records (formats.detect)."""
     columns: dict[str, str] = Field(default_factory=dict)
     max_seq_length: int = Field(default=2048, ge=8, le=1_048_576)
     format: DataFormat | None = None
 
+    @field_validator("schema_")
+    @classmethod
+    def _known_schema(cls, value: str | None) -> str | None:
+        if value is not None and value not in formats.FORMATS:
+            raise ValueError(f"unknown schema {value!r} (known: {', '.join(formats.FORMATS)}; omit it to detect)")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> DatasetSpec:
-        problems = []
-        known = SCHEMA_FIELDS[self.schema_]
-        for key in self.columns:
-            if key not in known:
-                problems.append(
-                    f"columns.{key}: schema {self.schema_!r} has no field {key!r} (its fields: {', '.join(known)})"
-                )
+        fmt = formats.FORMATS[self.schema_] if self.schema_ else None
+        problems = formats.unknown_columns(self.columns, fmt)
         taken = (0.0 if self.validation else self.split.validation) + (0.0 if self.test else self.split.test)
         if taken >= 1.0:
             problems.append(f"split: validation + test fractions taken from train sum to {taken:g}; must be below 1")
@@ -200,14 +195,18 @@ class TrainerConfig(_Model):
 
     @model_validator(mode="after")
     def _task_matches_schema(self) -> TrainerConfig:
-        classifier = self.base_model.task == "sequence-classification"
-        if classifier != (self.dataset.schema_ == "classification"):
+        schema = self.dataset.schema_
+        if schema is not None and formats.FORMATS[schema].task != self.base_model.task:
             raise ValueError(
-                f"dataset.schema {self.dataset.schema_!r} does not fit baseModel.task "
+                f"dataset.schema {schema!r} does not fit baseModel.task "
                 f"{self.base_model.task!r} (classification data needs task "
                 "sequence-classification, and the other way round)"
             )
         return self
+
+    def with_schema(self, schema: str) -> TrainerConfig:
+        """This config with `dataset.schema` resolved (detected), so the recorded config says what was used."""
+        return self.model_copy(update={"dataset": self.dataset.model_copy(update={"schema_": schema})})
 
     def to_json(self) -> str:
         """The resolved config (defaults filled in), in the contract's camelCase, for artifacts."""

@@ -1,20 +1,34 @@
-"""The deterministic train / validation / test split, and its audit copy.
+"""The deterministic train / validation / test split, keeping evaluation data out of training, and its audit.
 
 Why seeded and written out: a retried pod, a resumed run and an auditor must all see exactly the same
 records in each split. The split depends only on the records' order and `dataset.split.seed` (a
 `random.Random(seed)` shuffle, stable across Python versions), and the trainer writes every split's
 records to `run-N/split/<name>.jsonl` so the test set can be checked for leakage afterwards.
+
+Evaluation data never trains: explicit validation/test files are taken out of the train listing even when
+the train URI is a folder or key prefix that holds them (`train: data/`, `test: data/test-00000-of-00001.parquet`),
+and records that appear in train and in a held-out split by content are counted (reported in metrics.json
+and by `validate`); above `OVERLAP_LIMIT` of a held-out split the run fails.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from finetune_trainer.data import Record
+from finetune_trainer.data import DataFile, Record
 from finetune_trainer.errors import DatasetInvalid
+
+OVERLAP_LIMIT = 0.10
+"""The share of a held-out split that may also be in train (by content) before the run fails.
+
+A few duplicates are common in real data (the same greeting, the same FAQ asked twice) and are reported;
+beyond a tenth, the held-out metrics would mostly measure memorisation, so the run stops as a user error.
+"""
 
 
 @dataclass(frozen=True)
@@ -70,3 +84,34 @@ def split_records(
 def to_jsonl(records: Sequence[Record]) -> bytes:
     """The records as JSON Lines, exactly as read (all columns), for `run-N/split/`."""
     return "".join(json.dumps(r.data, ensure_ascii=False, default=str) + "\n" for r in records).encode()
+
+
+def exclude_held_out(
+    train: Sequence[DataFile], held_out: Mapping[str, Sequence[DataFile]]
+) -> tuple[list[DataFile], list[str]]:
+    """`train` without the files that an explicit validation/test URI names; and the URIs taken out."""
+    held = {f.obj.uri for files in held_out.values() for f in files}
+    return [f for f in train if f.obj.uri not in held], [str(f.obj.uri) for f in train if f.obj.uri in held]
+
+
+def content_hash(example: Mapping[str, Any]) -> str:
+    """A record's identity for leakage checks: its normalised content (not its file, line or extra columns)."""
+    return hashlib.sha256(json.dumps(example, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+def overlap(examples: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, int]:
+    """For validation and test: how many of their records also appear in train."""
+    train = {content_hash(e) for e in examples.get("train", [])}
+    return {name: sum(1 for e in examples.get(name, []) if content_hash(e) in train) for name in ("validation", "test")}
+
+
+def check_overlap(counts: Mapping[str, int], sizes: Mapping[str, int]) -> None:
+    """Fail when more than `OVERLAP_LIMIT` of a held-out split is also in train."""
+    for name in ("test", "validation"):
+        total, shared = sizes.get(name, 0), counts.get(name, 0)
+        if total and shared / total > OVERLAP_LIMIT:
+            raise DatasetInvalid(
+                f"dataset.{name}: {shared} of its {total} record(s) are also in the training data "
+                f"(by content; more than {OVERLAP_LIMIT:.0%}), so its metrics would measure memorisation; "
+                f"remove them from dataset.train, or point dataset.{name} at records that are not trained on"
+            )

@@ -6,8 +6,9 @@ variables (docs/trainer-contract.md section 2), so any S3-compatible store works
 resolution (pod identity, session tokens) stays intact. botocore failures become typed user errors
 (`StorageAccessDenied`, `StorageNotFound`) with the URI in the message, because a wrong key or a
 missing bucket must fail the job at once with a message the user can act on, not crash-loop.
-Downloads go to local disk once (a file already there with the same size is not fetched again), with
-progress in the log, so large models are never read twice.
+Downloads go to local disk once, with progress in the log, so large models are never read twice; a local
+copy is reused only when it is the same object (its ETag, recorded in a hidden `.<name>.s3-etag` file beside
+it when downloaded): a corrected config.json or data file of the same length is fetched again.
 """
 
 from __future__ import annotations
@@ -87,6 +88,25 @@ class ObjectInfo:
 
     uri: S3Uri
     size: int
+    etag: str = ""
+    """The server's entity tag (quotes removed): changes whenever the object's content changes."""
+
+
+def relative_key(key: S3Uri, location: S3Uri) -> str:
+    """Where an object listed under `location` lands below a local folder (the one place this is decided).
+
+    The object itself (a file URI): its name. Under a folder: the path below it. Under a key prefix
+    (`data/train-` matching `data/train-00000.parquet`): the path below the prefix's folder.
+    """
+    if key.key == location.key:
+        return key.name
+    if key.key.startswith(location.prefix):
+        return key.key[len(location.prefix) :]
+    return key.key[location.key.rfind("/") + 1 :]
+
+
+def _etag(value: Any) -> str:
+    return str(value or "").strip('"')
 
 
 def make_client() -> Any:
@@ -157,6 +177,22 @@ class _Progress:
                 log.info("%s: %.1f / %.1f MiB (%.0f%%)", self.label, self.done / 2**20, self.total / 2**20, percent)
 
 
+def etag_record(path: Path) -> Path:
+    """The hidden file beside a downloaded copy that holds the ETag it was downloaded at."""
+    return path.with_name(f".{path.name}.s3-etag")
+
+
+def is_etag_record(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(".s3-etag")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
 class Storage:
     """S3 operations with typed errors. One instance per process; the client is created lazily."""
 
@@ -189,20 +225,23 @@ class Storage:
         pages = self._call(uri, "listing", lambda: list(paginator.paginate(Bucket=uri.bucket, Prefix=uri.key)))
         for page in pages:
             for item in page.get("Contents", []):
-                yield ObjectInfo(S3Uri(uri.bucket, item["Key"]), int(item["Size"]))
+                yield ObjectInfo(S3Uri(uri.bucket, item["Key"]), int(item["Size"]), _etag(item.get("ETag")))
 
     def list(self, uri: S3Uri) -> builtins.list[ObjectInfo]:
-        """The objects a URI names: the one object when the key is a file, else everything under the folder.
+        """The objects a URI names: the one object when the key is a file, else everything under the folder,
+        else every object whose key starts with it.
 
-        A key without a trailing slash is tried as a file first, then as a folder, so users may write
-        `s3://data/train` for a prefix. Folder marker objects (keys ending in `/`) are left out.
+        A key without a trailing slash is tried as a file first, then as a folder (`s3://data/train` for
+        `data/train/`), then as a key prefix (`s3://data/train-` for the shards `data/train-00000-of-00002.parquet`
+        of a Hugging Face dataset repository). Folder marker objects (keys ending in `/`) are left out.
         """
         if uri.key and not uri.key.endswith("/"):
-            candidates = list(self.iter_objects(uri))
+            candidates = [o for o in self.iter_objects(uri) if not o.uri.key.endswith("/")]
             exact = [o for o in candidates if o.uri.key == uri.key]
             if exact:
                 return exact
-            return [o for o in candidates if o.uri.key.startswith(uri.prefix) and not o.uri.key.endswith("/")]
+            folder = [o for o in candidates if o.uri.key.startswith(uri.prefix)]
+            return folder or candidates
         return [o for o in self.iter_objects(uri) if not o.uri.key.endswith("/")]
 
     def exists(self, uri: S3Uri) -> bool:
@@ -214,23 +253,33 @@ class Storage:
             return False
         return True
 
-    def download_file(self, uri: S3Uri, dest: Path, size: int | None = None) -> Path:
-        """Copy one object to `dest` (atomically), unless a file of the same size is already there."""
-        if size is None:
-            head = self._call(uri, "reading", lambda: self.client.head_object(Bucket=uri.bucket, Key=uri.key))
-            size = int(head["ContentLength"])
-        if dest.is_file() and dest.stat().st_size == size:
+    def head(self, uri: S3Uri) -> ObjectInfo:
+        """Size and ETag of one object."""
+        head = self._call(uri, "reading", lambda: self.client.head_object(Bucket=uri.bucket, Key=uri.key))
+        return ObjectInfo(uri, int(head["ContentLength"]), _etag(head.get("ETag")))
+
+    def download_file(self, uri: S3Uri, dest: Path, known: ObjectInfo | None = None) -> Path:
+        """Copy one object to `dest` (atomically), unless the same object (size and ETag) is already there.
+
+        `known` is the object as listed (saves a HEAD request). The ETag of the copy is kept in
+        `etag_record(dest)`; a copy without one (or with another) is fetched again.
+        """
+        info = known if known is not None and known.etag else self.head(uri)
+        record = etag_record(dest)
+        if dest.is_file() and dest.stat().st_size == info.size and _read(record) == info.etag:
             log.debug("already local: %s -> %s", uri, dest)
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
         partial = dest.with_name(dest.name + f".part-{os.getpid()}")
-        progress = _Progress(str(uri), size)
+        progress = _Progress(str(uri), info.size)
         self._call(
             uri,
             "downloading",
             lambda: self.client.download_file(uri.bucket, uri.key, str(partial), Callback=progress),
         )
+        record.unlink(missing_ok=True)  # never a new file beside an old ETag
         partial.replace(dest)
+        record.write_text(info.etag)
         return dest
 
     def download(self, uri: S3Uri, dest_dir: Path) -> builtins.list[Path]:
@@ -246,8 +295,7 @@ class Storage:
         started = time.monotonic()
         paths = []
         for obj in objects:
-            relative = obj.uri.name if obj.uri.key == uri.key else obj.uri.key[len(uri.prefix) :]
-            paths.append(self.download_file(obj.uri, dest_dir / relative, obj.size))
+            paths.append(self.download_file(obj.uri, dest_dir / relative_key(obj.uri, uri), obj))
         log.info("downloaded %s in %.1fs", uri, time.monotonic() - started)
         return paths
 
@@ -275,10 +323,10 @@ class Storage:
         )
 
     def upload_dir(self, local: Path, uri: S3Uri, skip: Callable[[Path], bool] | None = None) -> builtins.list[S3Uri]:
-        """Upload every file below `local` under the prefix `uri`, keeping relative paths."""
+        """Upload every file below `local` under the prefix `uri`, keeping relative paths (not ETag records)."""
         uploaded = []
         for path in sorted(p for p in local.rglob("*") if p.is_file()):
-            if skip is not None and skip(path):
+            if (skip is not None and skip(path)) or is_etag_record(path):
                 continue
             target = uri.join(path.relative_to(local).as_posix())
             self.upload_file(path, target)

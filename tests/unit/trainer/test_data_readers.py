@@ -34,7 +34,12 @@ def test_jsonl_non_object_line(tmp_path: Path) -> None:
 def test_json_array_and_jsonl_named_json(tmp_path: Path) -> None:
     array = tmp_path / "a.json"
     array.write_text('[{"text": "a"}, {"text": "b"}]')
-    assert [r.origin for r in read_file(array, "json", "f")] == ["f record 1", "f record 2"]
+    assert [r.origin for r in read_file(array, "json", "f")] == ["f line 1 (record 1)", "f line 1 (record 2)"]
+    pretty = tmp_path / "p.json"
+    pretty.write_text('{"data": [\n  {"text": "a"},\n  {"text":\n   "b"},\n  ["x"]\n]}\n')
+    with pytest.raises(DatasetInvalid, match=r"f line 5 \(record 3\): expected a JSON object, got list"):
+        read_file(pretty, "json", "f")
+    assert [r.origin for r in read_file(array, "json", "f")][1] == "f line 1 (record 2)"
     lines = tmp_path / "b.json"
     lines.write_text('{"text": "a"}\n{"text": "b"}\n')
     assert len(read_file(lines, "json", "f")) == 2

@@ -7,12 +7,19 @@ from pathlib import Path
 import pytest
 from finetune_trainer.data import Record
 from finetune_trainer.errors import DatasetInvalid
-from finetune_trainer.schemas import encode_labels, label_names, normalize
+from finetune_trainer.formats import FORMATS
+from finetune_trainer.formats import normalize as normalize_records
+from finetune_trainer.formats.base import Conversation
+from finetune_trainer.schemas import encode_labels, label_names
 from finetune_trainer.split import split_records
 
 
 def rec(i: int, **data: object) -> Record:
     return Record(dict(data), f"s3://b/t.jsonl line {i}")
+
+
+def normalize(records: list[Record], schema: str, columns: dict[str, str]) -> list[dict[str, object]]:
+    return normalize_records(records, FORMATS[schema], columns)
 
 
 def test_missing_column_names_available_ones() -> None:
@@ -23,6 +30,8 @@ def test_missing_column_names_available_ones() -> None:
 def test_column_mapping() -> None:
     out = normalize([rec(1, q="hi", a=" there")], "prompt-completion", {"prompt": "q", "completion": "a"})
     assert out == [{"prompt": "hi", "completion": " there"}]
+    with pytest.raises(DatasetInvalid, match=r"missing field 'a' \(dataset.columns maps 'completion' to it\)"):
+        normalize([rec(1, q="hi")], "prompt-completion", {"prompt": "q", "completion": "a"})
 
 
 def test_chat_messages_checked() -> None:
@@ -31,7 +40,8 @@ def test_chat_messages_checked() -> None:
         "chat",
         {},
     )
-    assert ok[0]["messages"][1] == {"role": "assistant", "content": "yo"}
+    turns = Conversation.from_example(ok[0]).turns
+    assert (turns[1].role, turns[1].content, turns[1].learn) == ("assistant", "yo", True)
     with pytest.raises(DatasetInvalid, match=r"messages\[0\]: role must be one of"):
         normalize([rec(2, messages=[{"role": "bot", "content": "x"}])], "chat", {})
     with pytest.raises(DatasetInvalid, match="no assistant message"):
