@@ -182,8 +182,9 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
     with distributed.local_main_first():  # the others find the node's copies and download nothing again
         inputs = prepare(storage, cfg, work)
         resume = store.fetch_latest(work / "resume")
+    cfg = cfg.with_schema(inputs.report.schema)  # a detected schema is recorded as if it had been set
     if distributed.is_main():
-        write_split(storage, run_uri, inputs.splits)
+        write_split(storage, run_uri, inputs.splits, inputs.report)
         storage.write_bytes(run_uri.join("trainer_config.json"), cfg.to_json().encode(), "application/json")
 
     import torch
@@ -250,6 +251,7 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
                 "precision": precision,
                 "processes": distributed.world_size(),
                 "labels": inputs.labels,
+                "dataset": inputs.report.to_json(),
             }
             history = trainer.state.log_history
             artifacts = upload_outputs(storage, run_uri, folder, cfg, metrics, base, history, facts)
