@@ -249,6 +249,21 @@ def _state(
     )
 
 
+def _gated(
+    spec: FineTuneJobSpec, run: int, state: TrainingState, metrics: dict[str, Any], published: Published | None
+) -> tuple[str, ErrorInfo | None, GateResult | None, Published | None]:
+    """(phase, error, gate result, model to serve) once the gate has judged a trained run. A run that fails
+    its gate leaves the published model as it was; nothing is published while serving is disabled."""
+    if state.phase != "Trained":
+        return state.phase, state.error, None, published if spec.serving.enabled else None
+    gate = evaluate_gate(list(spec.evaluation.gate), metrics)
+    if not gate.passed:
+        failing = "; ".join(r.describe() for r in gate.failures)
+        error = ErrorInfo("GateFailed", f"run {run} failed its gate: {failing}")
+        return "Failed", error, gate, published if spec.serving.enabled else None
+    return state.phase, state.error, gate, _published_of(spec, run) if spec.serving.enabled else None
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What one pass decided about the run, the gate and serving: the inputs of the status."""
@@ -295,20 +310,7 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
 
     state = _state(snapshot, job, pods, run, created_job=created_job, finished_before=finished_before)
     metrics = state.metrics or (status.get("metrics") if same_run else None) or {}
-    published = Published.from_status(status.get("published"))
-    gate: GateResult | None = None
-    phase = state.phase
-    error: ErrorInfo | None = state.error
-    if state.phase == "Trained":
-        gate = evaluate_gate(list(spec.evaluation.gate), metrics)
-        if gate.passed:
-            published = _published_of(spec, run) if spec.serving.enabled else published
-        else:
-            failing = "; ".join(r.describe() for r in gate.failures)
-            error = ErrorInfo("GateFailed", f"run {run} failed its gate: {failing}")
-            phase = "Failed"
-    if not spec.serving.enabled:
-        published = None
+    phase, error, gate, published = _gated(spec, run, state, metrics, Published.from_status(status.get("published")))
     serving = _serving(snapshot, published, settings)
     if phase == "Trained":
         endpoint = serving.endpoint
