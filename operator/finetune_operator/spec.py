@@ -48,7 +48,10 @@ class DatasetSpec(_Model):
     validation: DataRef | None = None
     test: DataRef | None = None
     split: SplitSpec = SplitSpec()
-    schema_: Literal["text", "prompt-completion", "chat", "classification"] = Field(alias="schema")
+    schema_: (
+        Literal["alpaca", "chat", "classification", "preference", "prompt-completion", "sharegpt", "text"] | None
+    ) = Field(default=None, alias="schema")
+    """None: the trainer detects it from the data (the CRD enum; tests check it equals the trainer's formats)."""
     columns: dict[str, str] = {}
     max_seq_length: int = 2048
     format: Literal["jsonl", "json", "csv", "parquet"] | None = None

@@ -102,7 +102,7 @@ def turn(message: Any, where: str, fields: Fields) -> Turn:
 def normalize(fields: Fields) -> dict[str, Any]:
     column = fields.column("messages")
     turns = [turn(message, f"{column}[{i}]", fields) for i, message in enumerate(fields.items("messages"))]
-    if fields.has("functions"):
+    if fields.data.get("functions") is not None:
         raise fields.fail("'functions' is deprecated by OpenAI and not supported: describe them in 'tools'")
     tools = fields.items("tools") if fields.has("tools") else None
     for index, tool in enumerate(tools or []):
@@ -119,7 +119,7 @@ FORMAT = Format(
     ),
     kind="messages",
     task="causal-lm",
-    fields=("messages", "tools", "functions"),
+    fields=("messages", "tools"),
     required=("messages",),
     example={
         "messages": [
