@@ -156,10 +156,21 @@ def read_data(storage: Storage, cfg: TrainerConfig, folder: Path) -> Data:
     detection = formats.resolve(train, spec.schema_, cfg.base_model.task, spec.columns)
     fmt = detection.format
     log.info("dataset.schema %s (%s%s)", fmt.name, "detected: " if detection.detected else "", detection.reason)
+    normalised = formats.normalize(train, fmt, spec.columns)
+    keys = [split.content_hash(example) for example in normalised]
     splits = split.split_records(
-        train, records["validation"], records["test"], spec.split.validation, spec.split.test, spec.split.seed
+        train, records["validation"], records["test"], spec.split.validation, spec.split.test, spec.split.seed, keys
     )
-    examples = {name: formats.normalize(part, fmt, spec.columns) for name, part in splits.items()}
+    by_origin = {record.origin: example for record, example in zip(train, normalised, strict=True)}
+    held_out = {
+        name: formats.normalize(given, fmt, spec.columns)
+        for name in ("validation", "test")
+        if (given := records[name]) is not None
+    }
+    examples = {
+        name: held_out[name] if name in held_out else [by_origin[r.origin] for r in part]
+        for name, part in splits.items()
+    }
     labels = None
     if fmt.kind == "classification":
         labels = schemas.label_names(

@@ -1,9 +1,10 @@
 """The deterministic train / validation / test split, keeping evaluation data out of training, and its audit.
 
 Why seeded and written out: a retried pod, a resumed run and an auditor must all see exactly the same
-records in each split. The split depends only on the records' order and `dataset.split.seed` (a
-`random.Random(seed)` shuffle, stable across Python versions), and the trainer writes every split's
-records to `run-N/split/<name>.jsonl` so the test set can be checked for leakage afterwards.
+records in each split. The split depends only on the records' order, their content and
+`dataset.split.seed` (a `random.Random(seed)` shuffle, stable across Python versions; copies of a record
+stay together), and the trainer writes every split's records to `run-N/split/<name>.jsonl` so the test
+set can be checked for leakage afterwards.
 
 Evaluation data never trains: explicit validation/test files are taken out of the train listing even when
 the train URI is a folder or key prefix that holds them (`train: data/`, `test: data/test-00000-of-00001.parquet`),
@@ -53,26 +54,42 @@ def split_records(
     validation_fraction: float,
     test_fraction: float,
     seed: int,
+    keys: Sequence[str] | None = None,
 ) -> Splits:
     """Split `train` into train/validation/test unless explicit validation/test records are given.
 
-    Raises DatasetInvalid when a split ends up empty (too few records for the fractions, or an empty
-    explicit file); a validation split is optional (fraction 0 and no file), a test split is not.
+    Copies of one record (the same `keys[i]`, its content hash; default: all its columns) go to the same
+    split, so a duplicate in the data cannot put a test record into training. For data without copies the
+    split is a plain seeded shuffle. Raises DatasetInvalid when a split ends up empty (too few records for
+    the fractions, or an empty explicit file); a validation split is optional, a test split is not.
     """
     if not train:
         raise DatasetInvalid("dataset.train: empty split: the training data has no records")
-    order = list(range(len(train)))
+    groups: dict[str, list[int]] = {}
+    for index, record in enumerate(train):
+        groups.setdefault(keys[index] if keys is not None else content_hash(record.data), []).append(index)
+    members = list(groups.values())
+    order = list(range(len(members)))
     random.Random(seed).shuffle(order)
     n_test = 0 if test is not None else _take(test_fraction, len(train))
     n_val = 0 if validation is not None else _take(validation_fraction, len(train))
-    test_part = list(test) if test is not None else [train[i] for i in order[:n_test]]
-    val_part = list(validation) if validation is not None else [train[i] for i in order[n_test : n_test + n_val]]
-    taken = set(order[: n_test + n_val])
+    test_ids: list[int] = []
+    val_ids: list[int] = []
+    for group in order:
+        if len(test_ids) < n_test:
+            test_ids += members[group]
+        elif len(val_ids) < n_val:
+            val_ids += members[group]
+        else:
+            break
+    test_part = list(test) if test is not None else [train[i] for i in test_ids]
+    val_part = list(validation) if validation is not None else [train[i] for i in val_ids]
+    taken = set(test_ids) | set(val_ids)
     train_part = [record for i, record in enumerate(train) if i not in taken]
     if not train_part:
         raise DatasetInvalid(
             f"dataset.train: empty split: {len(train)} record(s) leave none for training "
-            f"after taking {n_test} for test and {n_val} for validation"
+            f"after taking {len(test_ids)} for test and {len(val_ids)} for validation"
         )
     if not test_part:
         raise DatasetInvalid("dataset.test: empty split: the test data has no records")

@@ -97,3 +97,23 @@ def test_sequence_limit_caps_at_model_positions(tmp_path: Path) -> None:
     assert sequence_limit(tmp_path, 256) == 256
     (tmp_path / "config.json").write_text("{}")
     assert sequence_limit(tmp_path, 2048) == 2048
+
+
+def test_copies_of_a_record_stay_in_one_split() -> None:
+    """Duplicates in the data cannot put a test record into training (issue 17: never train on the test split)."""
+    records = [rec(i, text=f"t{i % 7}") for i in range(70)]  # seven distinct records, ten copies each
+    splits = split_records(records, None, None, 0.1, 0.2, seed=3)
+    seen = {name: {r.data["text"] for r in part} for name, part in splits.items()}
+    assert not seen["train"] & seen["test"] and not seen["train"] & seen["validation"]
+    assert not seen["test"] & seen["validation"]
+    assert sum(len(part) for _, part in splits.items()) == 70 and len(splits.test) >= 14
+
+
+def test_overlap_counts_and_limit() -> None:
+    from finetune_trainer.split import check_overlap, overlap
+
+    examples = {"train": [{"t": 1}, {"t": 2}], "validation": [{"t": 3}], "test": [{"t": 1}, {"t": 4}, {"t": 5}]}
+    assert overlap(examples) == {"validation": 0, "test": 1}
+    with pytest.raises(DatasetInvalid, match=r"dataset\.test: 1 of its 3 record\(s\) are also in the training data"):
+        check_overlap(overlap(examples), {"validation": 1, "test": 3})
+    check_overlap({"validation": 0, "test": 1}, {"validation": 1, "test": 10})  # 10%: reported, not refused
