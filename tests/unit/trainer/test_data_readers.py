@@ -78,3 +78,31 @@ def test_format_detection() -> None:
     assert detect_format("x/train.JSONL", None) == "jsonl"
     assert detect_format("x/part-0000", None) is None
     assert detect_format("x/part-0000", "csv") == "csv"
+
+
+def test_utf8_bom_and_crlf_as_editors_and_excel_save_them(tmp_path: Path) -> None:
+    lines = tmp_path / "d.jsonl"
+    lines.write_bytes(b'\xef\xbb\xbf{"text": "a"}\r\n\r\n{"text": "b"}\r\n')
+    assert [(r.data, r.origin) for r in read_file(lines, "jsonl", "f")] == [
+        ({"text": "a"}, "f line 1"),
+        ({"text": "b"}, "f line 3"),
+    ]
+    table = tmp_path / "excel.csv"
+    table.write_bytes('\ufeffprompt,completion\r\n"two\r\nlines",b\r\nc,d\r\n'.encode())
+    records = read_file(table, "csv", "f")
+    assert records[0].data == {"prompt": "two\r\nlines", "completion": "b"}  # not '\ufeffprompt'
+    assert [r.origin for r in records] == ["f line 2", "f line 4"]  # where each record starts
+
+
+def test_csv_error_cites_the_line_where_the_record_starts(tmp_path: Path) -> None:
+    table = tmp_path / "d.csv"
+    table.write_text('prompt,completion\na,b\n"three\nline\ncell",x,extra\n')
+    with pytest.raises(DatasetInvalid, match="f line 3: 3 fields"):
+        read_file(table, "csv", "f")
+
+
+def test_not_utf8_names_the_line(tmp_path: Path) -> None:
+    lines = tmp_path / "d.jsonl"
+    lines.write_bytes(b'{"text": "a"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(DatasetInvalid, match=r"f line 2: not UTF-8 text .* save the file as UTF-8"):
+        read_file(lines, "jsonl", "f")
