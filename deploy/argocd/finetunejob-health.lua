@@ -67,7 +67,8 @@ elseif phase == "Failed" then
 elseif phase == "Suspended" then
   hs.status = "Suspended"
   hs.message = "Suspended (spec.suspend is true)"
-elseif phase == "Pending" or phase == "Queued" or phase == "Training" or phase == "Evaluating" or phase == "Publishing" then
+elseif phase == "Pending" or phase == "Queued" or phase == "Validating" or phase == "Training" or phase == "Evaluating"
+    or phase == "Publishing" then
   hs.status = "Progressing"
   if status.error ~= nil and status.error.message ~= nil then
     hs.message = with_detail(phase, status.error.message)

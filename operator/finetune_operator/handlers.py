@@ -20,7 +20,7 @@ import kopf
 from finetune_operator import GROUP, PLURAL, VERSION
 from finetune_operator.kube import Kube
 from finetune_operator.metrics import JOBS_BY_PHASE, serve
-from finetune_operator.naming import LABEL_COMPONENT, LABEL_UID
+from finetune_operator.naming import COMPONENT_TRAINER, COMPONENT_VALIDATOR, LABEL_COMPONENT, LABEL_UID
 from finetune_operator.observed import deployment_obs, job_obs, pod_obs
 from finetune_operator.reconcile import Reconciler
 from finetune_operator.settings import Settings
@@ -142,7 +142,12 @@ async def job_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) 
     )
 
 
-@kopf.on.event("", "v1", "pods", labels={LABEL_UID: kopf.PRESENT, LABEL_COMPONENT: "trainer"})
+def _run_pod(value: str | None, **_: Any) -> bool:
+    """Pods of a run's Jobs: training and validation (serving pods are followed through their Deployment)."""
+    return value in (COMPONENT_TRAINER, COMPONENT_VALIDATOR)
+
+
+@kopf.on.event("", "v1", "pods", labels={LABEL_UID: kopf.PRESENT, LABEL_COMPONENT: _run_pod})
 async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
     store, raw = _runtime(memo).store, dict(body)
     _child(

@@ -28,6 +28,8 @@ ANNOTATION_FULL_NAME = "finetune.dev/finetunejob"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 MANAGED_BY = "finetune-operator"
 TRAINER_CONTAINER = "trainer"  # the training pod's container: the builder names it, the status reads it
+COMPONENT_TRAINER = "trainer"  # the training Job, its pods, config and headless Service
+COMPONENT_VALIDATOR = "validator"  # the CPU-only Job that checks a run's data before any GPU is asked for
 
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -69,6 +71,9 @@ class Names:
 
     def job(self, run: int) -> str:
         return f"{self.base}-r{run}"
+
+    def validation_job(self, run: int) -> str:
+        return f"{self.job(run)}-check"
 
     def trainer_config(self, run: int) -> str:
         return f"{self.job(run)}-config"

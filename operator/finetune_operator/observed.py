@@ -15,6 +15,8 @@ from finetune_operator.naming import (
     ANNOTATION_PLACEMENT_HASH,
     ANNOTATION_SPEC_HASH,
     ANNOTATION_TRAINING_HASH,
+    COMPONENT_TRAINER,
+    LABEL_COMPONENT,
     LABEL_RUN,
     LABEL_UID,
     TRAINER_CONTAINER,
@@ -37,10 +39,15 @@ def _run(meta: dict[str, Any]) -> int:
         return 0
 
 
+def _component(meta: dict[str, Any]) -> str:
+    return str((meta.get("labels") or {}).get(LABEL_COMPONENT, COMPONENT_TRAINER))
+
+
 @dataclass(frozen=True)
 class JobObs:
     name: str
     run: int
+    component: str = COMPONENT_TRAINER  # or COMPONENT_VALIDATOR: the run's data check
     owner_uid: str = ""
     training_hash: str = ""
     placement_hash: str = ""  # the Job's placement-hash annotation (every Job the operator makes has one)
@@ -70,6 +77,7 @@ def job_obs(body: dict[str, Any]) -> JobObs:
     return JobObs(
         name=meta.get("name", ""),
         run=_run(meta),
+        component=_component(meta),
         owner_uid=(meta.get("labels") or {}).get(LABEL_UID, ""),
         training_hash=(meta.get("annotations") or {}).get(ANNOTATION_TRAINING_HASH, ""),
         placement_hash=(meta.get("annotations") or {}).get(ANNOTATION_PLACEMENT_HASH, ""),
@@ -91,6 +99,7 @@ class PodObs:
     name: str
     run: int
     phase: str = "Pending"
+    component: str = COMPONENT_TRAINER
     index: int = 0
     created: str = ""
     unschedulable: str = ""  # the scheduler's message while the pod cannot be placed
@@ -118,6 +127,7 @@ def pod_obs(body: dict[str, Any]) -> PodObs:
         name=meta.get("name", ""),
         run=_run(meta),
         phase=status.get("phase") or "Pending",
+        component=_component(meta),
         index=index,
         created=meta.get("creationTimestamp") or "",
         unschedulable=scheduled.get("message", "") if scheduled.get("status") == "False" else "",
@@ -164,11 +174,12 @@ def deployment_obs(body: dict[str, Any]) -> DeploymentObs:
 
 @dataclass(frozen=True)
 class TrainerReport:
-    """The trainer's termination message: {code, message, run?, metrics?}."""
+    """The trainer's termination message: {code, message, run?, metrics?, summary?} (summary: `validate`'s)."""
 
     code: str
     message: str
     metrics: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_termination_message(text: str) -> TrainerReport | None:
@@ -183,5 +194,6 @@ def parse_termination_message(text: str) -> TrainerReport | None:
             continue
         if isinstance(data, dict) and "code" in data:
             metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
-            return TrainerReport(str(data["code"]), str(data.get("message", "")), metrics or {})
+            summary = data.get("summary") if isinstance(data.get("summary"), dict) else {}
+            return TrainerReport(str(data["code"]), str(data.get("message", "")), metrics or {}, summary or {})
     return TrainerReport("InternalError", text[-1024:])

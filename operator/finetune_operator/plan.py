@@ -10,18 +10,35 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from finetune_operator import conditions as cond
 from finetune_operator.builders.common import Manifest, Owner
 from finetune_operator.builders.serving import Published, endpoint_url, serving_bundle
 from finetune_operator.gate import GateResult, evaluate_gate
-from finetune_operator.naming import ANNOTATION_PLACEMENT_HASH, ANNOTATION_RETRY, ANNOTATION_SPEC_HASH, Names
+from finetune_operator.naming import (
+    ANNOTATION_PLACEMENT_HASH,
+    ANNOTATION_RETRY,
+    ANNOTATION_SPEC_HASH,
+    COMPONENT_TRAINER,
+    COMPONENT_VALIDATOR,
+    Names,
+)
 from finetune_operator.observed import DeploymentObs, JobObs, PodObs
-from finetune_operator.runs import ChildRef, current_run, needs_new_placement, retired_children, training_actions
+from finetune_operator.runs import (
+    ChildRef,
+    current_run,
+    job_actions,
+    needs_new_placement,
+    retired_children,
+    training_children,
+    validation_children,
+)
 from finetune_operator.settings import Settings
-from finetune_operator.spec import FineTuneJobSpec, placement_spec_hash, training_spec_hash
+from finetune_operator.spec import FineTuneJobSpec, placement_spec_hash, training_spec_hash, validation_spec_hash
 from finetune_operator.status import ErrorInfo, TrainingState, training_state
+from finetune_operator.validation import Validation, validation_of
 
 TERMINAL = ("Failed", "Succeeded", "Serving", "Publishing")
 
@@ -207,9 +224,12 @@ def _state(
     *,
     created_job: bool,
     finished_before: bool,
+    validation: Validation,
 ) -> TrainingState:
-    """What the training side of run `run` is doing, from the most specific evidence at hand."""
+    """What the training side of run `run` is doing, from the most specific evidence at hand. `job` and `pods`
+    are the validation Job's until the validation has passed, then the training Job's."""
     spec, status = snapshot.spec, snapshot.status
+    what = "training" if validation.passed else "validation"
     if job is not None and job.failed_condition and _retry_requested(snapshot):
         return TrainingState(
             "Queued",
@@ -221,7 +241,7 @@ def _state(
         return TrainingState(
             "Queued",
             "PlacementChanged",
-            "replacing the training Job with the new placement (resources, node selection, pod metadata or "
+            f"replacing the {what} Job with the new placement (resources, node selection, pod metadata or "
             "queue); the new pods resume this run from its last checkpoint",
         )
     if snapshot.secret_present is False:
@@ -237,7 +257,9 @@ def _state(
     if job is None and created_job:
         # Created in this very pass: report where it is going (Queued), not the instant before (Pending).
         why = "waiting for admission by Kueue" if spec.queue_name else "waiting for its pods"
-        return TrainingState("Queued", "JobCreated", f"training Job created; {why}")
+        return TrainingState("Queued", "JobCreated", f"{what} Job created; {why}")
+    if validation.state is not None:
+        return validation.state
     return training_state(
         job,
         pods,
@@ -269,6 +291,7 @@ class Outcome:
     """What one pass decided about the run, the gate and serving: the inputs of the status."""
 
     run: int
+    validation: dict[str, Any] | None
     training_hash: str
     placement: str | None
     retry_token: str | None
@@ -281,26 +304,37 @@ class Outcome:
     serving: ServingDecision
 
 
+def _validation(snapshot: Snapshot, run: int, settings: Settings) -> tuple[Validation, JobObs | None, list[PodObs]]:
+    """Where run `run`'s data check stands, with its Job and pods. It has passed when it is switched off or a
+    training Job exists already (made before, or by an operator that did not check): that Job is adopted."""
+    spec = snapshot.spec
+    if not settings.validation or any(j.run == run and j.component == COMPONENT_TRAINER for j in snapshot.jobs):
+        return Validation(True, None, snapshot.status.get("validation")), None, []
+    job = next((j for j in snapshot.jobs if j.run == run and j.component == COMPONENT_VALIDATOR), None)
+    pods = [p for p in snapshot.pods if p.run == run and p.component == COMPONENT_VALIDATOR]
+    kueue = bool(spec.queue_name)
+    key = validation_spec_hash(spec)
+    return validation_of(snapshot.status, key, run, job, pods, suspend=spec.suspend, kueue=kueue), job, pods
+
+
 def plan(snapshot: Snapshot, settings: Settings) -> Plan:
-    spec, status = snapshot.spec, snapshot.status
+    spec, status, owner = snapshot.spec, snapshot.status, snapshot.owner
     run, training_hash = run_of(snapshot)
-    job = next((j for j in snapshot.jobs if j.run == run), None)
-    pods = [p for p in snapshot.pods if p.run == run]
+    validation, validator, validator_pods = _validation(snapshot, run, settings)
+    if validation.passed:
+        job = next((j for j in snapshot.jobs if j.run == run and j.component == COMPONENT_TRAINER), None)
+        pods = [p for p in snapshot.pods if p.run == run and p.component == COMPONENT_TRAINER]
+        children = partial(training_children, spec, owner, run, training_hash, settings)
+    else:
+        job, pods = validator, validator_pods
+        children = partial(validation_children, spec, owner, run, training_hash, settings)
     same_run = int(status.get("run") or 0) == run
 
     secret_missing = snapshot.secret_present is False
     retry = _retry_requested(snapshot)
     finished_before = same_run and _finished_before(status, run, spec, retry)
-    actions = training_actions(
-        spec,
-        snapshot.owner,
-        run,
-        training_hash,
-        job,
-        may_start=not secret_missing and not finished_before,
-        settings=settings,
-        retry=retry,
-    )
+    may_start = not secret_missing and not finished_before
+    actions = job_actions(spec, job, children, may_start=may_start, retry=retry)
     placement = _placement_of_run(status if same_run else {}, job, actions.create)
     created_job = any(m["kind"] == "Job" for m in actions.create)
     failed_run = (job is not None and job.failed_condition) or (job is None and _failed_in_training(status, run))
@@ -308,7 +342,9 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
     # (so a later failure is not retried by an old token); until then the old one stays, and passes go on.
     retry_token = status.get("retryToken") if retry and failed_run and not created_job else snapshot.retry_token
 
-    state = _state(snapshot, job, pods, run, created_job=created_job, finished_before=finished_before)
+    state = _state(
+        snapshot, job, pods, run, created_job=created_job, finished_before=finished_before, validation=validation
+    )
     metrics = state.metrics or (status.get("metrics") if same_run else None) or {}
     phase, error, gate, published = _gated(spec, run, state, metrics, Published.from_status(status.get("published")))
     serving = _serving(snapshot, published, settings)
@@ -321,6 +357,7 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
         )
     outcome = Outcome(
         run=run,
+        validation=validation.record,
         training_hash=training_hash,
         placement=placement,
         retry_token=retry_token or None,
@@ -337,7 +374,7 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
         run=run,
         create=actions.create,
         apply=serving.apply,
-        delete=[*retired_children(snapshot.owner, snapshot.jobs, run), *actions.delete, *serving.delete],
+        delete=[*retired_children(owner, snapshot.jobs, run), *actions.delete, *serving.delete],
         suspend_job=actions.suspend_job,
         status=new_status,
         events=events,
@@ -368,6 +405,7 @@ def status_of(snapshot: Snapshot, outcome: Outcome) -> tuple[dict[str, Any], lis
         "run": run,
         "trainingSpecHash": outcome.training_hash,
         "placementHash": outcome.placement,
+        "validation": outcome.validation,
         "retryToken": outcome.retry_token,
         "attempts": max(state.attempts, int(status.get("attempts") or 0) if same_run else 0),
         "conditions": cond.merge(status.get("conditions"), [trained, gate_cond, ready], snapshot.now),

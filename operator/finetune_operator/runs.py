@@ -16,15 +16,15 @@ pool): the same replacement, the same resume. Pure.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from finetune_operator.builders.common import Manifest, Owner
 from finetune_operator.builders.rbac import trainer_rbac
 from finetune_operator.builders.trainer_config import trainer_config_map
-from finetune_operator.builders.training import training_job, workers_service
-from finetune_operator.naming import Names
+from finetune_operator.builders.training import training_job, validation_job, workers_service
+from finetune_operator.naming import COMPONENT_VALIDATOR, Names
 from finetune_operator.observed import JobObs
 from finetune_operator.settings import Settings
 from finetune_operator.spec import FineTuneJobSpec, placement_spec_hash
@@ -62,6 +62,17 @@ def training_children(
     return children
 
 
+def validation_children(
+    spec: FineTuneJobSpec, owner: Owner, run: int, training_hash: str, settings: Settings
+) -> list[Manifest]:
+    """What the validation of run `run` needs: the trainer's identity and config, then its Job (last)."""
+    return [
+        *trainer_rbac(owner),
+        trainer_config_map(spec, owner, run),
+        validation_job(spec, owner, run, training_hash, settings),
+    ]
+
+
 def retired_children(owner: Owner, jobs: Sequence[JobObs], run: int) -> list[ChildRef]:
     """The Jobs (and their config and headless Service) of every run other than `run`."""
     names = Names.of(owner.name)
@@ -78,7 +89,7 @@ def retired_children(owner: Owner, jobs: Sequence[JobObs], run: int) -> list[Chi
 
 
 @dataclass(frozen=True)
-class TrainingActions:
+class JobActions:
     create: list[Manifest]
     delete: list[ChildRef]
     suspend_job: tuple[str, bool] | None
@@ -87,23 +98,21 @@ class TrainingActions:
 def needs_new_placement(spec: FineTuneJobSpec, job: JobObs) -> bool:
     """Whether `job` runs with placement the spec no longer asks for, and replacing it can still help (a
     succeeded Job has nothing left to do)."""
-    finished_training = job.complete or job.succeeded >= spec.distributed.workers
+    completions = 1 if job.component == COMPONENT_VALIDATOR else spec.distributed.workers
+    finished_training = job.complete or job.succeeded >= completions
     return job.placement_hash != placement_spec_hash(spec) and not finished_training
 
 
-def training_actions(
+def job_actions(
     spec: FineTuneJobSpec,
-    owner: Owner,
-    run: int,
-    training_hash: str,
     job: JobObs | None,
+    children: Callable[[], list[Manifest]],
     *,
     may_start: bool,
-    settings: Settings,
     retry: bool = False,
-) -> TrainingActions:
-    """Create, suspend/resume, replace (placement changed, or `retry` of a failed Job) or (Kueue + suspend)
-    delete the Job of run `run`.
+) -> JobActions:
+    """Create (`children()`, the Job last), suspend/resume, replace (placement changed, or `retry` of a failed
+    Job) or (Kueue + suspend) delete one Job of a run: the training Job, or the validation Job before it.
 
     With a Kueue queue the Job's spec.suspend belongs to Kueue: suspending deletes the unfinished Job
     (checkpoints stay in S3) and resuming creates it again, to be admitted again.
@@ -111,14 +120,14 @@ def training_actions(
     kueue = bool(spec.queue_name)
     if job is None or job.deleting:
         if may_start and not (kueue and spec.suspend) and job is None:
-            return TrainingActions(training_children(spec, owner, run, training_hash, settings), [], None)
-        return TrainingActions([], [], None)
+            return JobActions(children(), [], None)
+        return JobActions([], [], None)
     if needs_new_placement(spec, job) or (retry and job.failed_condition):
-        return TrainingActions([], [ChildRef("batch/v1", "Job", job.name, foreground=True)], None)
+        return JobActions([], [ChildRef("batch/v1", "Job", job.name, foreground=True)], None)
     if job.finished:
-        return TrainingActions([], [], None)
+        return JobActions([], [], None)
     if kueue and spec.suspend:
-        return TrainingActions([], [ChildRef("batch/v1", "Job", job.name)], None)
+        return JobActions([], [ChildRef("batch/v1", "Job", job.name)], None)
     if not kueue and job.suspended != spec.suspend:
-        return TrainingActions([], [], (job.name, spec.suspend))
-    return TrainingActions([], [], None)
+        return JobActions([], [], (job.name, spec.suspend))
+    return JobActions([], [], None)

@@ -29,6 +29,11 @@ class Settings:
     # SIGTERM -> checkpoint -> upload (the one in flight and the SIGTERM one) must fit in the training pod's
     # grace period, or the kubelet's SIGKILL loses the newest steps; Kubernetes' default is 30 s
     trainer_grace_seconds: int = 120
+    # a CPU-only Job checks each run's data and tokenizer before the training Job (and its GPUs) is asked for
+    validation: bool = True
+    validation_cpu: str = "1"
+    validation_memory: str = "4Gi"
+    validation_deadline_seconds: int = 1800
     namespaces: tuple[str, ...] = field(default_factory=tuple)  # empty: all namespaces
     reconcile_threads: int = 16
     resync_seconds: float = 300.0
@@ -107,6 +112,30 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Set
         help="FineTuneJobs reconciled in parallel. Env FTO_RECONCILE_THREADS",
     )
     parser.add_argument(
+        "--validation",
+        action=argparse.BooleanOptionalAction,
+        default=env.get("FTO_VALIDATION", "true").lower() in ("1", "true", "yes"),
+        help="check each run's data in a CPU-only Job before the training Job is created (the Validating "
+        "phase). Env FTO_VALIDATION",
+    )
+    parser.add_argument(
+        "--validation-cpu",
+        default=env.get("FTO_VALIDATION_CPU", "1"),
+        help="CPU request of the validation pod. Env FTO_VALIDATION_CPU",
+    )
+    parser.add_argument(
+        "--validation-memory",
+        default=env.get("FTO_VALIDATION_MEMORY", "4Gi"),
+        help="memory request and limit of the validation pod (it reads the whole dataset and tokenizes it). "
+        "Env FTO_VALIDATION_MEMORY",
+    )
+    parser.add_argument(
+        "--validation-deadline-seconds",
+        type=int,
+        default=int(env.get("FTO_VALIDATION_DEADLINE_SECONDS", "1800")),
+        help="activeDeadlineSeconds of the validation Job. Env FTO_VALIDATION_DEADLINE_SECONDS",
+    )
+    parser.add_argument(
         "--resync-seconds",
         type=float,
         default=float(env.get("FTO_RESYNC_SECONDS", "300")),
@@ -151,6 +180,10 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Set
         image_pull_policy=args.image_pull_policy,
         backoff_limit=args.backoff_limit,
         trainer_grace_seconds=args.trainer_grace_seconds,
+        validation=args.validation,
+        validation_cpu=args.validation_cpu,
+        validation_memory=args.validation_memory,
+        validation_deadline_seconds=args.validation_deadline_seconds,
         namespaces=namespaces,
         reconcile_threads=args.reconcile_threads,
         resync_seconds=args.resync_seconds,

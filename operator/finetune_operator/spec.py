@@ -212,6 +212,23 @@ def training_spec_hash(spec: FineTuneJobSpec) -> str:
     return content_hash(relevant)
 
 
+VALIDATION_FIELDS = ("baseModel", "dataset", "method", "distributed")
+"""What `finetune_trainer validate` reads: the data and the tokenizer, and for its estimates the method, the
+world size and the hyperparameters in STEP_FIELDS."""
+
+STEP_FIELDS = ("epochs", "batchSize", "gradientAccumulationSteps", "maxSteps")
+"""The hyperparameters the step estimate depends on (a new learning rate needs no new data check)."""
+
+
+def validation_spec_hash(spec: FineTuneJobSpec) -> str:
+    """A hash of the spec fields a data check depends on: a run with the same ones is not checked again."""
+    wire = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    relevant = {name: wire.get(name) for name in VALIDATION_FIELDS}
+    relevant["steps"] = {k: v for k, v in (wire.get("hyperparameters") or {}).items() if k in STEP_FIELDS}
+    relevant["resources"] = {k: v for k, v in (wire.get("resources") or {}).items() if k in WORLD_SIZE_RESOURCES}
+    return content_hash(relevant)
+
+
 def placement_spec_hash(spec: FineTuneJobSpec) -> str:
     """A hash of where and how the training pods run but not what they compute: memory, cpu, /dev/shm,
     node selector, tolerations, affinity, priority class, pod labels and annotations, the Kueue queue.

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from finetune_operator.naming import COMPONENT_VALIDATOR
 from finetune_operator.observed import JobObs, PodObs, TrainerReport, parse_termination_message
 
 IMAGE_PROBLEMS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
@@ -65,7 +66,8 @@ def _failed(job: JobObs, pods: Sequence[PodObs], attempts: int) -> TrainingState
         error = ErrorInfo("BackoffLimitExceeded", f"{attempts} attempts failed{last}")
     else:
         detail = f"{report.code}: {report.message}" if report else job.failure_message or job.failure_reason
-        error = ErrorInfo("JobFailed", f"training Job {job.name} failed: {detail}")
+        noun = "validation" if job.component == COMPONENT_VALIDATOR else "training"
+        error = ErrorInfo("JobFailed", f"{noun} Job {job.name} failed: {detail}")
     return TrainingState("Failed", error.code, error.message, error, attempts=attempts)
 
 

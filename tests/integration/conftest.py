@@ -92,6 +92,9 @@ class Operator:
             "1",
             "--trainer-image",
             "registry.local/finetune-trainer:test",
+            # the control-loop tests script the training pod; the Validating phase has its own tests, which
+            # pass --validation (the last flag wins), and the chart's default (on) runs in the e2e tier
+            "--no-validation",
             *self.extra_args,
         ]
         for namespace in self.namespaces:

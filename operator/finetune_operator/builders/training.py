@@ -1,10 +1,16 @@
-"""The training batch Job of one run, and the headless Service that distributed (torchrun) runs rendezvous on.
+"""The batch Jobs of one run (the CPU-only validation Job, then the training Job), and the headless Service
+that distributed (torchrun) runs rendezvous on.
 
 The Job is where a shared GPU cluster's expectations meet: GPU requests = limits, node placement, priority,
 a memory-backed /dev/shm, hardened pods, S3 credentials from a secret, the Kueue queue label, and a
 podFailurePolicy that fails at once on the trainer's user-error exit code (42) while preemption and
 eviction (DisruptionTarget) do not use up the retry budget. With `distributed.workers > 1` it is an Indexed
 Job: pod i is `<job>-i.<service>`, so every rank finds rank 0 by a stable DNS name.
+
+The validation Job runs the same image on the same config (`finetune_trainer validate`): it reads the data,
+applies the format, tokenizes with the base model's tokenizer, and asks for no GPU, so a user error ends the
+run before a GPU is queued for. It is placed and queued like the training Job (node selector, tolerations,
+Kueue queue, suspend), so it runs where the training would and waits its turn the same way.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from finetune_operator.builders.trainer_config import CONFIG_DIR, CONFIG_PATH
 from finetune_operator.naming import (
     ANNOTATION_PLACEMENT_HASH,
     ANNOTATION_TRAINING_HASH,
+    COMPONENT_TRAINER,
+    COMPONENT_VALIDATOR,
     KUEUE_QUEUE_LABEL,
     TRAINER_CONTAINER,
     Names,
@@ -39,6 +47,7 @@ WORK_DIR = "/work"
 
 
 COMMAND = ["python", "-m", "finetune_trainer", "train", "--config", CONFIG_PATH]
+VALIDATE_COMMAND = ["python", "-m", "finetune_trainer", "validate", "--config", CONFIG_PATH]
 """One command for every shape: with several processes the trainer starts torchrun itself from NODE_RANK,
 MASTER_ADDR and MASTER_PORT (docs/trainer-contract.md section 2), keeping the 42/75 exit codes that a bare
 torchrun would turn into 1."""
@@ -120,15 +129,68 @@ def pod_failure_policy() -> dict[str, Any]:
     }
 
 
+def _job_metadata(
+    spec: FineTuneJobSpec, owner: Owner, name: str, component: str, run: int, training_hash: str
+) -> dict[str, Any]:
+    hashes = {ANNOTATION_TRAINING_HASH: training_hash, ANNOTATION_PLACEMENT_HASH: placement_spec_hash(spec)}
+    meta = metadata(owner, name, component, run, hashes)
+    if spec.queue_name:
+        meta["labels"][KUEUE_QUEUE_LABEL] = spec.queue_name
+    return meta
+
+
+def validation_job(spec: FineTuneJobSpec, owner: Owner, run: int, training_hash: str, settings: Settings) -> Manifest:
+    """The CPU-only Job that checks run `run`'s data (`finetune_trainer validate`) before the training Job."""
+    names = Names.of(owner.name)
+    labels = child_labels(owner.name, owner.uid, COMPONENT_VALIDATOR, run)
+    meta = _job_metadata(spec, owner, names.validation_job(run), COMPONENT_VALIDATOR, run, training_hash)
+    env = [e for e in _env(spec, owner, run) if e["name"] not in ("NODE_RANK", "MASTER_ADDR", "MASTER_PORT")]
+    memory = settings.validation_memory
+    container: dict[str, Any] = {
+        "name": TRAINER_CONTAINER,
+        "image": settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": list(VALIDATE_COMMAND),
+        "env": env,
+        "resources": {"requests": {"cpu": settings.validation_cpu, "memory": memory}, "limits": {"memory": memory}},
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "work", "mountPath": WORK_DIR},
+        ],
+        "securityContext": container_security_context(),
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": names.trainer_account,
+        "automountServiceAccountToken": False,  # it reports through its termination message only
+        "securityContext": pod_security_context(),
+        "containers": [container],
+        "volumes": [
+            {"name": "config", "configMap": {"name": names.trainer_config(run)}},
+            {"name": "work", "emptyDir": {}},
+        ],
+        **placement(spec),
+    }
+    if spec.resources.priority_class_name:
+        pod_spec["priorityClassName"] = spec.resources.priority_class_name
+    job_spec: dict[str, Any] = {
+        "backoffLimit": min(settings.backoff_limit, 2),
+        "activeDeadlineSeconds": settings.validation_deadline_seconds,
+        "suspend": spec.suspend or bool(spec.queue_name),
+        "podFailurePolicy": pod_failure_policy(),
+        "template": {"metadata": pod_metadata(spec, labels), "spec": pod_spec},
+    }
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
+
+
 def training_job(spec: FineTuneJobSpec, owner: Owner, run: int, training_hash: str, settings: Settings) -> Manifest:
     """The batch/v1 Job of run `run`. Created suspended when suspended by the user or queued by Kueue."""
     names = Names.of(owner.name)
     workers = spec.distributed.workers
-    labels = child_labels(owner.name, owner.uid, "trainer", run)
-    hashes = {ANNOTATION_TRAINING_HASH: training_hash, ANNOTATION_PLACEMENT_HASH: placement_spec_hash(spec)}
-    meta = metadata(owner, names.job(run), "trainer", run, hashes)
-    if spec.queue_name:
-        meta["labels"][KUEUE_QUEUE_LABEL] = spec.queue_name
+    labels = child_labels(owner.name, owner.uid, COMPONENT_TRAINER, run)
+    meta = _job_metadata(spec, owner, names.job(run), COMPONENT_TRAINER, run, training_hash)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": settings.trainer_grace_seconds,
@@ -163,12 +225,14 @@ def workers_service(spec: FineTuneJobSpec, owner: Owner, run: int) -> Manifest:
     """Headless Service giving each worker pod of a distributed run a stable DNS name."""
     names = Names.of(owner.name)
     selector = {
-        k: v for k, v in child_labels(owner.name, owner.uid, "trainer", run).items() if k.startswith("finetune.dev/")
+        k: v
+        for k, v in child_labels(owner.name, owner.uid, COMPONENT_TRAINER, run).items()
+        if k.startswith("finetune.dev/")
     }
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": metadata(owner, names.workers_service(run), "trainer", run),
+        "metadata": metadata(owner, names.workers_service(run), COMPONENT_TRAINER, run),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,

@@ -16,7 +16,8 @@ from finetune_operator.spec import FineTuneJobSpec, placement_spec_hash, trainin
 
 from .support import OWNER, spec
 
-SETTINGS = Settings(trainer_image="trainer:test")
+SETTINGS = Settings(trainer_image="trainer:test", validation=False)  # the Validating phase has its own tests
+CHECKED = Settings(trainer_image="trainer:test")
 GATE = {"gate": [{"metric": "test_loss", "max": 1.8}]}
 SERVING = {"enabled": True}
 

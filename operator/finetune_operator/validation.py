@@ -1,0 +1,80 @@
+"""The Validating phase: has run N's data been checked, and what is the check's Job doing. Pure.
+
+Why before training: a dataset with a malformed line, a missing column or test records inside the train files
+fails the same way on a CPU as on eight GPUs, so the run's first Job is a CPU-only `finetune_trainer validate`
+(builders.training.validation_job). Only once it has passed is the training Job, with its GPU request, created;
+a user error (exit 42) ends the run in Validating, naming the file and the line, with no GPU ever asked for.
+
+A passed check is recorded in status.validation with the hash of the spec fields it read
+(`spec.validation_spec_hash`): a later run with the same inputs (a new learning rate, more epochs) does not
+check again. A failed check is never reused: after fixing the data in place, the `finetune.dev/retry`
+annotation runs it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from finetune_operator.observed import JobObs, PodObs, parse_termination_message
+from finetune_operator.status import TrainingState, training_state
+
+SUMMARY_FIELDS = (
+    "schema",
+    "schemaDetected",
+    "schemaReason",
+    "records",
+    "tokens",
+    "truncated",
+    "droppedNoTarget",
+    "maxSeqLength",
+    "overlapWithTrain",
+    "excludedFromTrain",
+    "estimatedSteps",
+)
+"""What of `validate`'s summary goes into status.validation (file lists and labels stay in the pod's log)."""
+
+
+@dataclass(frozen=True)
+class Validation:
+    """`passed`: training may start. `state`: what to report while it may not. `record`: status.validation."""
+
+    passed: bool
+    state: TrainingState | None
+    record: dict[str, Any] | None
+
+
+def _passed_record(key: str, run: int, pods: Sequence[PodObs]) -> dict[str, Any]:
+    done = sorted((p for p in pods if p.phase == "Succeeded" and p.termination_message), key=lambda p: p.created)
+    report = parse_termination_message(done[-1].termination_message) if done else None
+    summary = {k: v for k, v in (report.summary if report else {}).items() if k in SUMMARY_FIELDS}
+    message = report.message if report and report.message else "the data and tokenizer checks passed"
+    return {"key": key, "run": run, "passed": True, "message": message, **summary}
+
+
+def validation_of(
+    status: dict[str, Any],
+    key: str,
+    run: int,
+    job: JobObs | None,
+    pods: Sequence[PodObs],
+    *,
+    suspend: bool,
+    kueue: bool,
+) -> Validation:
+    """Whether run `run` may train, from status (a check passed for the same inputs) and its validation Job."""
+    recorded = status.get("validation") or {}
+    if recorded.get("passed") and recorded.get("key") == key:
+        return Validation(True, None, recorded)
+    if job is not None and (job.complete or any(p.phase == "Succeeded" and p.exit_code == 0 for p in pods)):
+        return Validation(True, None, _passed_record(key, run, pods))
+    state = training_state(job, pods, suspend=suspend, kueue=kueue, progress={}, run=run)
+    if state.phase in ("Training", "Evaluating"):
+        message = "checking the data, its format and the tokenizer before any GPU is asked for"
+        return Validation(False, TrainingState("Validating", "Validating", message, attempts=state.attempts), None)
+    if state.phase == "Failed" and state.error is not None:
+        failed = {"key": key, "run": run, "passed": False, "message": state.error.message}
+        return Validation(False, state, failed)
+    words = state.message.replace("training Job", "validation Job").replace("training pods", "validation pod")
+    return Validation(False, TrainingState(state.phase, state.reason, f"validation: {words}", state.error), None)
