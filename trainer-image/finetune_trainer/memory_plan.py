@@ -472,7 +472,7 @@ def _weights(shape: ModelShape, setup: Setup, mixed: bool) -> int:
     return (2 if mixed else 4) * shape.parameters + 4 * adapters
 
 
-def _layer_activations(shape: ModelShape, setup: Setup, mixed: bool, masked: bool) -> float:
+def _layer_activations(shape: ModelShape, setup: Setup, mixed: bool, masked: bool, on_cpu: bool) -> float:
     """Bytes saved for backward per token in one block (see the module docstring)."""
     c = 2 if mixed else 4
     method = setup.method
@@ -481,7 +481,8 @@ def _layer_activations(shape: ModelShape, setup: Setup, mixed: bool, masked: boo
         return (8 * h + 2 * inter) * c + 2 * h
     full = method.type == "full"
     adapted = {t.name for t in shape.targets(method.target_modules)} if not full else set()
-    mask_byte = 1 if method.dropout > 0 else 0
+    # Dropout keeps a bool mask on GPUs; on CPU torch multiplies by a noise tensor of the input's dtype.
+    mask_byte = 0 if method.dropout == 0 else (c if on_cpu else 1)
     # A norm saves its fp32 input; a trainable norm weight also the normalized fp32 tensor.
     total = shape.norms_per_block * (4 * h + (4 * h if full else 0))
     if shape.model_type == "qwen3":
@@ -495,7 +496,7 @@ def _layer_activations(shape: ModelShape, setup: Setup, mixed: bool, masked: boo
     for site, linears in groups.items():
         fan_in = linears[0].fan_in
         routed = shape.experts_per_token if linears[0].count > 1 else 1
-        if full:
+        if full and site != "attention-out":  # o_proj reads SDPA's output, counted with attention below
             copies = len(linears) if (fp32_inputs and site.endswith("-in")) else 1
             total += routed * copies * fan_in * c
         for linear in linears:
@@ -519,12 +520,12 @@ def _head_activations(shape: ModelShape, setup: Setup, mixed: bool) -> float:
     return norm + head_input + (12 + (2 if mixed else 0)) * shape.vocab
 
 
-def _activations(shape: ModelShape, setup: Setup, mixed: bool, micro_batch: int) -> int:
+def _activations(shape: ModelShape, setup: Setup, mixed: bool, micro_batch: int, on_cpu: bool) -> int:
     """Bytes saved for backward by one micro-batch, at the start of backward."""
     tokens = micro_batch * setup.seq_length
     c = 2 if mixed else 4
     masked = setup.task == "causal-lm" and micro_batch > 1
-    per_layer = _layer_activations(shape, setup, mixed, masked)
+    per_layer = _layer_activations(shape, setup, mixed, masked, on_cpu)
     mask = c * tokens * tokens if masked else 0  # the block-diagonal mask, converted and saved per layer
     if setup.task == "sequence-classification":
         mask = c * micro_batch * setup.seq_length**2  # one padding mask, shared by the layers
@@ -534,14 +535,13 @@ def _activations(shape: ModelShape, setup: Setup, mixed: bool, micro_batch: int)
         layers = tokens * (shape.layers * stream * shape.hidden + per_layer) + mask
     else:
         layers = tokens * shape.layers * per_layer + (shape.layers * mask if masked else mask)
-    head = tokens * _head_activations(shape, setup, mixed)
+    after_blocks = tokens * _head_activations(shape, setup, mixed)
     copies = 0
     if mixed and full and setup.sharding == "none":  # autocast's bf16 copies of the fp32 weights
-        if setup.gradient_checkpointing:
-            copies = 2 * (shape.head + shape.block_parameters)
-        else:
-            copies = 2 * (shape.linear_parameters + shape.head + (shape.embedding if shape.tied else 0))
-    return math.ceil(layers + head + copies)
+        head = shape.head or (shape.embedding if shape.tied else 0)
+        kept = shape.block_parameters if setup.gradient_checkpointing else shape.linear_parameters
+        copies = 2 * (kept + head)
+    return math.ceil(layers + after_blocks + copies)
 
 
 def estimate(shape: ModelShape, setup: Setup, device: Accelerator, micro_batch: int | None = None) -> Breakdown:
@@ -564,7 +564,7 @@ def estimate(shape: ModelShape, setup: Setup, device: Accelerator, micro_batch: 
     elif setup.world_size > 1:
         gradients *= 2  # DDP's reducer buckets beside the .grad tensors
         head_gradient += gradients // 2
-    activations = _activations(shape, setup, mixed, batch)
+    activations = _activations(shape, setup, mixed, batch, device.kind == "cpu")
     if setup.gradient_accumulation > 1:
         backward = activations + gradients
     else:
@@ -600,66 +600,73 @@ def largest_micro_batch(shape: ModelShape, setup: Setup, device: Accelerator, li
     return low
 
 
-def _candidates(shape: ModelShape, setup: Setup, device: Accelerator) -> Iterable[tuple[str, Setup]]:
-    """Changes to try, most faithful to the user's intent first; each alone, then in pairs."""
+@dataclass(frozen=True)
+class _Change:
+    kind: str
+    """One kind of change (checkpointing, batch, method, fsdp): suggestions combine different kinds."""
+    text: str
+    setup: Setup
+
+
+def _changes(setup: Setup, device: Accelerator) -> list[_Change]:
+    """Single changes to try, most faithful to the user's intent first."""
     gpu = device.kind == "gpu"
-    singles: list[tuple[str, Setup]] = []
+    changes: list[_Change] = []
     if not setup.gradient_checkpointing:
-        singles.append(("hyperparameters.gradientCheckpointing: true", replace(setup, gradient_checkpointing=True)))
+        on = replace(setup, gradient_checkpointing=True)
+        changes.append(_Change("checkpointing", "hyperparameters.gradientCheckpointing: true", on))
     effective = setup.micro_batch * setup.gradient_accumulation
-    for batch in range(setup.micro_batch - 1, 0, -1):
+    for batch in range(setup.micro_batch - 1, 0, -1):  # the same sequences per optimizer step
         if effective % batch == 0:
-            change = f"batchSize {batch} with gradientAccumulationSteps {effective // batch}"
-            singles.append((change, replace(setup, micro_batch=batch, gradient_accumulation=effective // batch)))
+            text = f"hyperparameters.batchSize: {batch}, gradientAccumulationSteps: {effective // batch}"
+            smaller = replace(setup, micro_batch=batch, gradient_accumulation=effective // batch)
+            changes.append(_Change("batch", text, smaller))
     if setup.method.type == "full":
         lora = Method("lora", 16, ("all-linear",), 0.05)
-        singles.append(("method.type: lora (rank 16, all-linear)", replace(setup, method=lora)))
+        changes.append(_Change("method", "method.type: lora (rank 16, all-linear)", replace(setup, method=lora)))
     if setup.method.type != "qlora" and gpu and setup.task == "causal-lm":
         qlora = replace(setup.method, type="qlora") if setup.method.type == "lora" else Method("qlora")
-        singles.append(("method.type: qlora", replace(setup, method=qlora)))
+        changes.append(_Change("method", "method.type: qlora", replace(setup, method=qlora)))
     if gpu and setup.sharding == "none" and setup.world_size > 1:
-        singles.append((f"FSDP over the {setup.world_size} GPUs", replace(setup, sharding="fsdp")))
+        fsdp = replace(setup, sharding="fsdp")
+        changes.append(_Change("fsdp", f"distributed.sharding: fsdp (over the run's {setup.world_size} GPUs)", fsdp))
     if gpu:
         for world in (2, 4, 8, 16, 32, 64):
             if world > setup.world_size:
-                singles.append((f"FSDP over {world} GPUs", replace(setup, sharding="fsdp", world_size=world)))
-    yield from singles
-    for i, (first, one) in enumerate(singles):
-        for second, other in singles[i + 1 :]:
-            if first.split()[0] == second.split()[0]:
-                continue
-            merged = replace(
-                one,
-                gradient_checkpointing=one.gradient_checkpointing or other.gradient_checkpointing,
-                method=other.method if other.method != setup.method else one.method,
-                sharding=other.sharding if other.sharding != "none" else one.sharding,
-                world_size=max(one.world_size, other.world_size),
-                micro_batch=min(one.micro_batch, other.micro_batch),
-                gradient_accumulation=max(one.gradient_accumulation, other.gradient_accumulation),
-            )
-            yield f"{first} and {second}", merged
+                more = replace(setup, sharding="fsdp", world_size=world)
+                changes.append(_Change("fsdp", f"distributed.sharding: fsdp over {world} GPUs", more))
+    return changes
+
+
+def _combined(setup: Setup, first: _Change, second: _Change) -> _Change:
+    a, b = first.setup, second.setup
+    merged = replace(
+        setup,
+        gradient_checkpointing=a.gradient_checkpointing or b.gradient_checkpointing,
+        method=b.method if b.method != setup.method else a.method,
+        sharding=b.sharding if b.sharding != "none" else a.sharding,
+        world_size=max(a.world_size, b.world_size),
+        micro_batch=min(a.micro_batch, b.micro_batch),
+        gradient_accumulation=max(a.gradient_accumulation, b.gradient_accumulation),
+    )
+    return _Change(f"{first.kind}+{second.kind}", f"{first.text} and {second.text}", merged)
 
 
 def suggestions(shape: ModelShape, setup: Setup, device: Accelerator, limit: int = 5) -> tuple[Suggestion, ...]:
-    """For a plan that does not fit: changes that make it fit (one change before two; fewest GPUs first),
-    or, when none does, the ones that come closest."""
-    tried = [
-        Suggestion(change, total, total <= device.memory_bytes)
-        for change, candidate in _candidates(shape, setup, device)
-        for total in [estimate(shape, candidate, device).total]
-    ]
-    fitting = [s for s in tried if s.fits]
-    chosen: list[Suggestion] = []
-    seen: set[str] = set()
-    for s in fitting:
-        key = s.change.split(" and ")[0].split()[0] if " and " not in s.change else s.change
-        if key in seen:  # one batch size, one GPU count: the first (largest batch, fewest GPUs) that fits
-            continue
-        seen.add(key)
-        chosen.append(s)
-    if not chosen:
-        return tuple(sorted(tried, key=lambda s: s.total)[:limit])
-    return tuple(chosen[:limit])
+    """For a plan that does not fit: changes that make it fit, one change before two, and of each kind
+    the least disruptive (the largest micro-batch, the fewest GPUs); when none fits, the closest ones."""
+    singles = _changes(setup, device)
+    pairs = [_combined(setup, a, b) for i, a in enumerate(singles) for b in singles[i + 1 :] if a.kind != b.kind]
+    tried: list[tuple[_Change, int]] = [(c, estimate(shape, c.setup, device).total) for c in singles + pairs]
+    fitting = [(c, total) for c, total in tried if total <= device.memory_bytes]
+    if not fitting:
+        closest = sorted(tried, key=lambda item: item[1])[:limit]
+        return tuple(Suggestion(c.text, total, False) for c, total in closest)
+    fitting.sort(key=lambda item: (item[0].kind.count("+"), item[0].setup.world_size))  # stable: intent order
+    chosen: dict[str, Suggestion] = {}
+    for change, total in fitting:
+        chosen.setdefault(change.kind, Suggestion(change.text, total, True))
+    return tuple(chosen.values())[:limit]
 
 
 def plan(config: Mapping[str, Any], setup: Setup, device: Accelerator, *, num_labels: int | None = None) -> MemoryPlan:
