@@ -1,4 +1,4 @@
-"""The command line: `python -m finetune_trainer train --config FILE`, `... validate ...` and `... serve ...`.
+"""The command line: `python -m finetune_trainer train --config FILE`, `... validate`, `... fetch`, `... serve`.
 
 Why the exit mapping lives here: the contract (docs/trainer-contract.md section 3) is about what the
 process leaves behind: one termination-message line and an exit code (0, 42 user error, 75 preempted,
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer.errors import InternalError, Preempted, TrainerError, as_trainer_error
+from finetune_trainer.errors import Preempted, TrainerError, as_trainer_error
 from finetune_trainer.launch import launch, needs_launch
 from finetune_trainer.termination import DEFAULT_PATH, termination_line, write_termination
 
@@ -81,12 +81,11 @@ def run_train(config_path: Path) -> int:
             "stopped by SIGTERM outside the training loop; the next attempt resumes from the newest complete checkpoint"
         )
         line, code = termination_line(preempted.code, preempted.message, run), preempted.exit_code
-    except TrainerError as error:
-        line, code = termination_line(error.code, error.message, run), error.exit_code
-    except Exception as crash:  # everything unclassified is retryable
-        traceback.print_exc()
-        internal = InternalError(f"{type(crash).__name__}: {crash}")
-        line, code = termination_line(internal.code, internal.message, run), internal.exit_code
+    except Exception as crash:  # a TrainerError says its outcome; everything unclassified is retryable
+        if not isinstance(crash, TrainerError):
+            traceback.print_exc()
+        failure = as_trainer_error(crash)
+        line, code = termination_line(failure.code, failure.message, run), failure.exit_code
     if distributed.is_main() or (code != 0 and _termination_empty()):
         write_termination(line)  # rank 0 speaks for the job; another rank only when it failed first
     logging.getLogger(__name__).info("exit %d", code)
@@ -124,6 +123,23 @@ def run_validate(config_path: Path, output: Path | None) -> int:
     return code
 
 
+def run_fetch(uris: Sequence[str], dests: Sequence[str]) -> int:
+    """Copy object-storage folders to local disk (finetune_trainer.fetch); same exit codes as train."""
+    try:
+        from finetune_trainer.fetch import copies, fetch, summary
+        from finetune_trainer.storage import Storage
+
+        line, code = termination_line("Succeeded", summary(fetch(copies(uris, dests), Storage()))), 0
+    except Exception as crash:
+        if not isinstance(crash, TrainerError):
+            traceback.print_exc()
+        failure = as_trainer_error(crash)
+        line, code = termination_line(failure.code, failure.message), failure.exit_code
+    write_termination(line)
+    logging.getLogger(__name__).info("exit %d", code)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["serve"]:  # the server owns its own arguments
@@ -139,9 +155,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     check.add_argument("--config", type=Path, default=Path("/etc/finetune/config.json"))
     check.add_argument("--output", type=Path, default=None, help="also write the JSON summary to this file")
+    copy = commands.add_parser(
+        "fetch", help="copy folders from object storage to local disk (a vLLM pod's init container)"
+    )
+    copy.add_argument("--uri", action="append", default=[], help="s3://bucket/prefix/ to copy (repeatable)")
+    copy.add_argument("--dest", action="append", default=[], help="local folder for the --uri at the same place")
     commands.add_parser("serve", help="serve a trained model (arguments: see finetune_trainer.serve.cli)")
     args = parser.parse_args(arguments)
     configure_logging()
+    if args.command == "fetch":
+        return run_fetch(args.uri, args.dest)
     if args.command == "validate":
         return run_validate(args.config, args.output)
     return run_train(args.config)

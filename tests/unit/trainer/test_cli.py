@@ -50,3 +50,17 @@ def test_a_bad_thread_override_is_a_user_error_before_any_work(tmp_path: Path, m
     assert main(["train", "--config", str(config)]) == USER_ERROR_EXIT_CODE
     written = json.loads(termination.read_text())
     assert written["code"] == "ConfigInvalid" and "FTO_TORCH_THREADS" in written["message"]
+
+
+def test_fetch_pairs_each_uri_with_a_dest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    termination = tmp_path / "termination-log"
+    monkeypatch.setenv("FTO_TERMINATION_LOG", str(termination))
+    one_dest = ["fetch", "--uri", "s3://b/base/", "--uri", "s3://b/adapter/", "--dest", str(tmp_path / "base")]
+    assert main(one_dest) == USER_ERROR_EXIT_CODE
+    written = json.loads(termination.read_text())
+    assert (
+        written["code"] == "ConfigInvalid" and "one --dest for each --uri (got 2 --uri, 1 --dest)" in written["message"]
+    )
+    assert main(["fetch", "--uri", "/models/base", "--dest", str(tmp_path / "base")]) == USER_ERROR_EXIT_CODE
+    assert "not an s3:// URI" in json.loads(termination.read_text())["message"]
+    assert not (tmp_path / "base").exists()
