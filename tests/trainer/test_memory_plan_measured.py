@@ -131,7 +131,11 @@ def _train(model: str, folder: Path, method: str, checkpointing: bool, batch: in
     args = training_arguments(cfg, "fp32", cpu, work / "checkpoints", STEPS)
     # transformers 5 names it activation_checkpointing (gradient_checkpointing before); the trainer has no
     # spec field for it yet, so it is switched on here the way TrainingArguments would be given it
-    setattr(args, "activation_checkpointing" if hasattr(args, "activation_checkpointing") else "gradient_checkpointing", checkpointing)
+    setattr(
+        args,
+        "activation_checkpointing" if hasattr(args, "activation_checkpointing") else "gradient_checkpointing",
+        checkpointing,
+    )
     trainer = Trainer(model=trained, args=args, train_dataset=dataset, data_collator=collator_for(cfg, None))
     trainer.train()
     peak = _rss_kib("VmHWM") * 1024 - baseline
@@ -208,8 +212,9 @@ def test_estimate_within_25_percent_of_measured_peak(
     peak = result["peaks"][case_id((model, method, checkpointing, batch, seq))]
     estimate = estimated(result["config"], method, checkpointing, batch, seq)
     mib = 1 << 20
-    print(f"{model} {method} checkpointing={checkpointing}: estimate {estimate / mib:.1f} MiB, measured {peak / mib:.1f} MiB")
-    assert abs(estimate - peak) <= TOLERANCE * peak, f"estimate {estimate / mib:.1f} MiB, measured {peak / mib:.1f} MiB"
+    figures = f"estimate {estimate / mib:.1f} MiB, measured {peak / mib:.1f} MiB, ratio {estimate / peak:.2f}"
+    print(f"{case_id((model, method, checkpointing, batch, seq))}: {figures}")
+    assert abs(estimate - peak) <= TOLERANCE * peak, figures
 
 
 if __name__ == "__main__":

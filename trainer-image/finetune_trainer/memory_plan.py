@@ -52,7 +52,7 @@ the overhead; `gradients` in the breakdown is the full gradient size whether or 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -186,6 +186,7 @@ def _llama_shape(config: Mapping[str, Any], model_type: str, num_labels: int | N
     qkv_bias = bool(config.get("attention_bias", False)) or model_type == "qwen2"
     o_bias = bool(config.get("attention_bias", False))
     mlp_bias = bool(config.get("mlp_bias", False))
+    attention: tuple[Linear, ...]
     if model_type == "phi3":
         attention = (Linear("qkv_proj", hidden, q + 2 * kv), Linear("o_proj", q, hidden, site="attention-out"))
         mlp: tuple[Linear, ...] = (
@@ -408,10 +409,11 @@ class MemoryPlan:
         )
         if self.fits:
             return f"{text}; fits, headroom {gib(self.headroom)}, largest micro-batch {self.max_micro_batch}"
-        advice = "; ".join(str(s) for s in self.suggestions if s.fits) or "; ".join(
-            str(s) for s in self.suggestions[:3]
-        )
-        return f"{text}; does not fit by {gib(-self.headroom)}. Would fit: {advice or 'nothing tried'}"
+        fitting = [str(s) for s in self.suggestions if s.fits]
+        if fitting:
+            return f"{text}; does not fit by {gib(-self.headroom)}. Would fit: {'; '.join(fitting)}"
+        closest = "; ".join(str(s) for s in self.suggestions[:3]) or "none tried"
+        return f"{text}; does not fit by {gib(-self.headroom)}, nor with one or two changes; closest: {closest}"
 
     def to_status(self) -> dict[str, Any]:
         """The plan as the FineTuneJob status shows it (camelCase, bytes as integers)."""
@@ -565,10 +567,8 @@ def estimate(shape: ModelShape, setup: Setup, device: Accelerator, micro_batch: 
         gradients *= 2  # DDP's reducer buckets beside the .grad tensors
         head_gradient += gradients // 2
     activations = _activations(shape, setup, mixed, batch, device.kind == "cpu")
-    if setup.gradient_accumulation > 1:
-        backward = activations + gradients
-    else:
-        backward = activations + head_gradient
+    # with accumulation, the gradients of earlier micro-batches are held while this one's activations are
+    backward = activations + (gradients if setup.gradient_accumulation > 1 else head_gradient)
     peak_at: Literal["backward", "optimizer step"] = "backward" if backward >= gradients else "optimizer step"
     peak = weights + optimizer + max(backward, gradients)
     if device.kind == "cpu":
@@ -606,6 +606,16 @@ class _Change:
     """One kind of change (checkpointing, batch, method, fsdp): suggestions combine different kinds."""
     text: str
     setup: Setup
+
+
+def auto_batch(shape: ModelShape, setup: Setup, device: Accelerator, sequences: int) -> tuple[int, int] | None:
+    """`batchSize: auto`: the largest micro-batch that fits and divides `sequences` (per process and optimizer
+    step), and the gradient accumulation that makes up the rest; None when one sequence does not fit."""
+    largest = largest_micro_batch(shape, setup, device, limit=max(1, sequences))
+    if largest == 0:
+        return None
+    batch = next(b for b in range(min(largest, sequences), 0, -1) if sequences % b == 0)
+    return batch, sequences // batch
 
 
 def _changes(setup: Setup, device: Accelerator) -> list[_Change]:

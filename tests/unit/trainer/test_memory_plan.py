@@ -16,6 +16,7 @@ from finetune_trainer.memory_plan import (
     Method,
     Setup,
     UnsupportedModel,
+    auto_batch,
     estimate,
     largest_micro_batch,
     model_shape,
@@ -314,6 +315,18 @@ def test_a_plan_that_fits_has_no_suggestions_and_reports_headroom() -> None:
     assert status["estimateBytes"] + status["headroomBytes"] == status["budgetBytes"]
     assert set(status["breakdown"]) == {"weights", "gradients", "optimizer", "activations", "overhead"}
     assert status["precision"] == "bf16"
+
+
+def test_auto_batch_takes_the_largest_fitting_micro_batch_and_accumulates_the_rest() -> None:
+    shape = model_shape(MISTRAL_7B)
+    setup = Setup(precision="bf16", seq_length=2048)
+    device = GPUS["A100-80G"]
+    largest = largest_micro_batch(shape, setup, device)
+    assert 1 < largest < 16
+    batch, accumulation = auto_batch(shape, setup, device, 16) or (0, 0)
+    assert batch * accumulation == 16 and batch <= largest and 16 % batch == 0
+    assert auto_batch(shape, setup, device, 1) == (1, 1)
+    assert auto_batch(model_shape(LLAMA3_8B), replace(setup, method=Method("full")), GPUS["T4"], 16) is None
 
 
 def test_smaller_batch_suggestion_keeps_the_effective_batch() -> None:
