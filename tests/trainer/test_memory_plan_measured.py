@@ -7,15 +7,16 @@ otherwise a random-weight Llama built from SmolLM2's config.json, which has the 
 LoRA and full fine-tuning, with and without gradient checkpointing. Every record is exactly
 `maxSeqLength` tokens, so a flattened micro-batch holds the plan's `batchSize x maxSeqLength` tokens.
 
-How peak memory is measured on CPU: each case runs in a fresh Python process (clean allocator state).
-glibc's mmap threshold is pinned (`MALLOC_MMAP_THRESHOLD_`), so every tensor above 64 KiB is its own
-mapping, returned to the kernel when freed: resident memory then follows live tensors, as CUDA's
-allocator stats would. The baseline is the process's RSS after the imports and the data, before the model
-exists; after the model is loaded, the kernel's high-water mark is reset (`echo 5 > /proc/self/clear_refs`),
-so load-time copies do not count; after three optimizer steps (the first creates the Adam states, the
-later ones run with them) the peak is `VmHWM - baseline`. That is compared with the plan's peak without
-its fixed per-process overhead (the baseline is that overhead). torch's own CPU allocator keeps no peak
-statistics, and the profiler's memory records cost more than the steps themselves.
+How peak memory is measured on CPU: all cases run one after the other in one fresh Python process, after a
+warm-up step on a tiny model (lazy imports and one-time buffers are then paid). glibc's mmap threshold is
+pinned (`MALLOC_MMAP_THRESHOLD_`), so every tensor above 64 KiB is its own mapping, returned to the kernel
+when freed: resident memory then follows live tensors, as CUDA's allocator statistics would. For each case
+the baseline is the RSS before its model exists; once the model is loaded, the kernel's high-water mark is
+reset (`echo 5 > /proc/self/clear_refs`), so load-time copies do not count; after two optimizer steps (the
+first creates the Adam states, the second runs with them; no checkpoint is saved) the peak is
+`VmHWM - baseline`. That is compared with the plan's peak without its fixed per-process overhead (the
+baseline is that overhead). torch's CPU allocator keeps no peak statistics, and the profiler's memory
+records cost more than the steps themselves.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ SMOLLM2_CONFIG: dict[str, Any] = {
 }
 
 
-def _train(model: str, folder: Path, method: str, checkpointing: bool, batch: int, seq: int, work: Path) -> int:
+def _train(folder: Path, method: str, checkpointing: bool, batch: int, seq: int, work: Path) -> int:
     """Train `STEPS` steps of one case; the peak resident bytes above the RSS before the model existed."""
     import gc
 
@@ -136,6 +137,7 @@ def _train(model: str, folder: Path, method: str, checkpointing: bool, batch: in
         "activation_checkpointing" if hasattr(args, "activation_checkpointing") else "gradient_checkpointing",
         checkpointing,
     )
+    args.save_strategy = "no"  # checkpoints go to local disk: not what a GPU's memory holds
     trainer = Trainer(model=trained, args=args, train_dataset=dataset, data_collator=collator_for(cfg, None))
     trainer.train()
     peak = _rss_kib("VmHWM") * 1024 - baseline
@@ -144,19 +146,17 @@ def _train(model: str, folder: Path, method: str, checkpointing: bool, batch: in
     return peak
 
 
-def measure(model: str, work: Path) -> dict[str, Any]:
-    """Run in a fresh process: every case of `model`, one after the other; the config.json and the peaks."""
+def measure(work: Path) -> dict[str, Any]:
+    """Run in a fresh process: every case, one after the other; each model's config.json and the peaks."""
     import torch
 
     torch.set_num_threads(2)
-    folder = _model_folder(model, work)
-    _train(model, folder, "lora", True, 2, 16, work)  # warm-up: lazy imports and one-time buffers do not count
-    peaks = {
-        case_id(case): _train(model, folder, *case[1:], work=work)  # type: ignore[misc]
-        for case in CASES
-        if case[0] == model
+    folders = {model: _model_folder(model, work) for model in ("tiny", "smollm2")}
+    _train(folders["tiny"], "lora", True, 2, 16, work)  # warm-up: lazy imports and one-time buffers do not count
+    return {
+        "configs": {model: json.loads((folder / "config.json").read_text()) for model, folder in folders.items()},
+        "peaks": {case_id(case): _train(folders[case[0]], *case[1:], work=work) for case in CASES},
     }
-    return {"config": json.loads((folder / "config.json").read_text()), "peaks": peaks}
 
 
 def case_id(case: tuple[str, str, bool, int, int]) -> str:
@@ -164,13 +164,9 @@ def case_id(case: tuple[str, str, bool, int, int]) -> str:
     return f"{model}-{method}-{'checkpointing' if checkpointing else 'plain'}"
 
 
-_MEASURED: dict[str, dict[str, Any]] = {}
-
-
-def measured(model: str, work: Path) -> dict[str, Any]:
-    """`measure(model)` in a fresh interpreter (this file run as a script), once per test session."""
-    if model in _MEASURED:
-        return _MEASURED[model]
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """`measure()` in a fresh interpreter (this file run as a script), once for all the cases."""
     env = dict(os.environ)
     env.update(
         MALLOC_MMAP_THRESHOLD_="65536",
@@ -181,11 +177,11 @@ def measured(model: str, work: Path) -> dict[str, Any]:
         TOKENIZERS_PARALLELISM="false",
         PYTHONPATH=os.pathsep.join([str(ROOT / "trainer-image"), str(ROOT), env.get("PYTHONPATH", "")]),
     )
-    argv = [sys.executable, __file__, model, str(work)]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900, check=False)
+    argv = [sys.executable, __file__, str(tmp_path_factory.mktemp("memory-plan"))]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1800, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    _MEASURED[model] = json.loads(done.stdout.strip().splitlines()[-1])
-    return _MEASURED[model]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 def estimated(config: dict[str, Any], method: str, checkpointing: bool, batch: int, seq: int) -> int:
@@ -206,11 +202,10 @@ def estimated(config: dict[str, Any], method: str, checkpointing: bool, batch: i
 @pytest.mark.slow
 @pytest.mark.parametrize(("model", "method", "checkpointing", "batch", "seq"), CASES, ids=[case_id(c) for c in CASES])
 def test_estimate_within_25_percent_of_measured_peak(
-    model: str, method: str, checkpointing: bool, batch: int, seq: int, tmp_path_factory: pytest.TempPathFactory
+    model: str, method: str, checkpointing: bool, batch: int, seq: int, measured: dict[str, Any]
 ) -> None:
-    result = measured(model, tmp_path_factory.mktemp(model))
-    peak = result["peaks"][case_id((model, method, checkpointing, batch, seq))]
-    estimate = estimated(result["config"], method, checkpointing, batch, seq)
+    peak = measured["peaks"][case_id((model, method, checkpointing, batch, seq))]
+    estimate = estimated(measured["configs"][model], method, checkpointing, batch, seq)
     mib = 1 << 20
     figures = f"estimate {estimate / mib:.1f} MiB, measured {peak / mib:.1f} MiB, ratio {estimate / peak:.2f}"
     print(f"{case_id((model, method, checkpointing, batch, seq))}: {figures}")
@@ -218,4 +213,4 @@ def test_estimate_within_25_percent_of_measured_peak(
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(sys.argv[1], Path(sys.argv[2]))))
+    print(json.dumps(measure(Path(sys.argv[1]))))
