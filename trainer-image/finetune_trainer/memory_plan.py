@@ -552,25 +552,28 @@ def estimate(shape: ModelShape, setup: Setup, device: Accelerator, micro_batch: 
     precision = resolve_precision(setup.precision, device)
     mixed = precision in ("bf16", "fp16") or setup.method.type == "qlora"
     shards = setup.world_size if setup.sharding == "fsdp" else 1
+    full = setup.method.type == "full"
     trainable = trainable_parameters(shape, setup.method)
     weights = _weights(shape, setup, mixed)
     gradients = 4 * trainable
     optimizer = (2 if setup.optimizer == "adamw-8bit" else 8) * trainable
-    head_gradient = 4 * (shape.head or shape.embedding) if setup.method.type == "full" else 0
+    first_gradient = 4 * (shape.head or shape.embedding) if full else 0  # the head's, made first in backward
+    buckets = 0  # DDP's reducer buckets, allocated with the model and held all along
     if shards > 1:
-        unit = max(shape.block_parameters, shape.embedding, shape.head)
+        unit = max(shape.block_parameters, shape.embedding, shape.head)  # what FSDP gathers at once
         weights = math.ceil(weights / shards) + 2 * unit * (2 if mixed else 4)
-        gradients = math.ceil(gradients / shards) + (4 * unit if setup.method.type == "full" else 0)
+        gradients = math.ceil(gradients / shards) + (4 * unit if full else 0)  # + one unit's reduce-scatter
         optimizer = math.ceil(optimizer / shards)
-        head_gradient = 4 * unit if setup.method.type == "full" else 0
+        first_gradient = 4 * unit if full else 0
     elif setup.world_size > 1:
-        gradients *= 2  # DDP's reducer buckets beside the .grad tensors
-        head_gradient += gradients // 2
+        buckets = gradients
     activations = _activations(shape, setup, mixed, batch, device.kind == "cpu")
-    # with accumulation, the gradients of earlier micro-batches are held while this one's activations are
-    backward = activations + (gradients if setup.gradient_accumulation > 1 else head_gradient)
-    peak_at: Literal["backward", "optimizer step"] = "backward" if backward >= gradients else "optimizer step"
-    peak = weights + optimizer + max(backward, gradients)
+    # With accumulation, the gradients of the earlier micro-batches are held while this one's activations are.
+    backward = activations + buckets + (gradients if setup.gradient_accumulation > 1 else first_gradient)
+    step = gradients + buckets
+    peak_at: Literal["backward", "optimizer step"] = "backward" if backward >= step else "optimizer step"
+    peak = weights + optimizer + max(backward, step)
+    gradients += buckets
     if device.kind == "cpu":
         overhead = CPU_PROCESS + math.ceil(FRAGMENTATION * peak)
     else:
