@@ -700,8 +700,18 @@ def plan(config: Mapping[str, Any], setup: Setup, device: Accelerator, *, num_la
     )
 
 
-def setup_of(cfg: TrainerConfig, *, gradient_checkpointing: bool = False, sharding: Sharding = "none") -> Setup:
-    """The Setup of a trainer config (the spec's fields as the operator renders them)."""
+def setup_of(
+    cfg: TrainerConfig,
+    *,
+    gradient_checkpointing: bool = False,
+    sharding: Sharding = "none",
+    longest_record: int | None = None,
+) -> Setup:
+    """The Setup of a trainer config (the spec's fields as the operator renders them).
+
+    `longest_record`: the longest tokenized training record when known (the validate step measures the
+    tokens): a flattened micro-batch then holds at most batchSize x min(maxSeqLength, longest) tokens, a
+    tighter bound than the worst case of every record being maxSeqLength long."""
     lora = cfg.method.lora
     hp = cfg.hyperparameters
     return Setup(
@@ -712,7 +722,7 @@ def setup_of(cfg: TrainerConfig, *, gradient_checkpointing: bool = False, shardi
         gradient_checkpointing=gradient_checkpointing,
         micro_batch=hp.batch_size,
         gradient_accumulation=hp.gradient_accumulation_steps,
-        seq_length=cfg.dataset.max_seq_length,
+        seq_length=min(cfg.dataset.max_seq_length, longest_record or cfg.dataset.max_seq_length),
         task=cfg.base_model.task,
     )
 

@@ -61,3 +61,5 @@ def test_example_plan_fits_the_hardware_it_names(path: Path) -> None:
     num_labels = len(labels) if labels else cfg.base_model.num_labels
     result = plan(BASE_MODELS[folder], setup_of(cfg), device, num_labels=num_labels)
     assert result.fits, f"{path.name}: {result.message()}"
+    shorter = plan(BASE_MODELS[folder], setup_of(cfg, longest_record=64), device, num_labels=num_labels)
+    assert shorter.total <= result.total  # records known to be short make a smaller plan
