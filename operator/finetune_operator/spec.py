@@ -214,18 +214,22 @@ def training_spec_hash(spec: FineTuneJobSpec) -> str:
 
 VALIDATION_FIELDS = ("baseModel", "dataset", "method", "distributed")
 """What `finetune_trainer validate` reads: the data and the tokenizer, and for its estimates the method, the
-world size and the hyperparameters in STEP_FIELDS."""
+world size, the hyperparameters in CHECKED_HYPERPARAMETERS, the pods' memory and the GPU type (the memory plan)."""
 
-STEP_FIELDS = ("epochs", "batchSize", "gradientAccumulationSteps", "maxSteps")
-"""The hyperparameters the step estimate depends on (a new learning rate needs no new data check)."""
+CHECKED_HYPERPARAMETERS = ("epochs", "batchSize", "gradientAccumulationSteps", "maxSteps", "precision")
+"""The hyperparameters the step estimate and the memory plan depend on (a new learning rate needs no new
+check)."""
 
 
 def validation_spec_hash(spec: FineTuneJobSpec) -> str:
     """A hash of the spec fields a data check depends on: a run with the same ones is not checked again."""
     wire = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True)
     relevant = {name: wire.get(name) for name in VALIDATION_FIELDS}
-    relevant["steps"] = {k: v for k, v in (wire.get("hyperparameters") or {}).items() if k in STEP_FIELDS}
-    relevant["resources"] = {k: v for k, v in (wire.get("resources") or {}).items() if k in WORLD_SIZE_RESOURCES}
+    relevant["steps"] = {k: v for k, v in (wire.get("hyperparameters") or {}).items() if k in CHECKED_HYPERPARAMETERS}
+    # the memory plan is checked against the GPU type and the pod's memory: a change there is checked again
+    resources = wire.get("resources") or {}
+    relevant["resources"] = {k: v for k, v in resources.items() if k in (*WORLD_SIZE_RESOURCES, "memory")}
+    relevant["gpuProduct"] = (resources.get("nodeSelector") or {}).get("nvidia.com/gpu.product")
     return content_hash(relevant)
 
 

@@ -32,6 +32,7 @@ SUMMARY_FIELDS = (
     "overlapWithTrain",
     "excludedFromTrain",
     "estimatedSteps",
+    "memoryPlan",
 )
 """What of `validate`'s summary goes into status.validation (file lists and labels stay in the pod's log)."""
 

@@ -124,11 +124,11 @@ def run_validate(tmp_path: Path) -> Callable[[dict[str, Any]], tuple[int, dict[s
     """`python -m finetune_trainer validate` in this process: exit code, termination message, summary file."""
     from finetune_trainer.cli import main
 
-    def run(config: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, Any] | None]:
+    def run(config: dict[str, Any], *placement: str) -> tuple[int, dict[str, Any], dict[str, Any] | None]:
         path, output = tmp_path / "validate-config.json", tmp_path / "summary.json"
         path.write_text(json.dumps(config))
         output.unlink(missing_ok=True)
-        code = main(["validate", "--config", str(path), "--output", str(output)])
+        code = main(["validate", "--config", str(path), "--output", str(output), *placement])
         termination = json.loads((tmp_path / "termination-log").read_text())
         return code, termination, json.loads(output.read_text()) if output.exists() else None
 
@@ -366,3 +366,20 @@ def test_validate_user_errors_exit_like_train(s3_bucket: Any, tiny_llama_uri: st
     code, termination, summary = run_validate(raw)
     assert code == USER_ERROR_EXIT_CODE and summary is None
     assert termination["code"] == "DatasetInvalid" and "line 1: missing field 'prompt'" in termination["message"]
+
+
+def test_validate_checks_the_memory_plan_against_the_training_pods_placement(
+    s3_bucket: Any, tiny_llama_uri: str, run_validate: Any
+) -> None:
+    """The plan is computed from the model's config.json and the longest tokenized record, and checked against
+    where the operator says the training pods go: a CPU pod's memory limit here."""
+    train = put_jsonl(s3_bucket.client, s3_bucket.name, "data/alpaca.jsonl", alpaca_records(40))
+    raw = without_schema(trainer_config(s3_bucket.name, tiny_llama_uri, train))
+    code, termination, summary = run_validate(raw, "--gpus", "0", "--memory-limit", "2Gi")
+    assert code == 0, termination
+    plan = summary["memoryPlan"] if summary else {}
+    assert plan["fits"] and plan["accelerator"] == "cpu" and plan["budgetBytes"] == 2 << 30
+    assert 0 < plan["estimateBytes"] < plan["budgetBytes"] and plan["parameters"] > 0
+    code, termination, summary = run_validate(raw, "--gpus", "0", "--memory-limit", "1Mi")
+    assert code == USER_ERROR_EXIT_CODE and summary is None
+    assert termination["code"] == "PlanDoesNotFit" and "does not fit" in termination["message"], termination

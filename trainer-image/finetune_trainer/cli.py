@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_trainer.errors import Preempted, TrainerError, as_trainer_error
+from finetune_trainer.fit import Placement
 from finetune_trainer.launch import launch, needs_launch
 from finetune_trainer.termination import DEFAULT_PATH, termination_line, write_termination
 
@@ -92,11 +93,12 @@ def run_train(config_path: Path) -> int:
     return code
 
 
-def run_validate(config_path: Path, output: Path | None) -> int:
+def run_validate(config_path: Path, output: Path | None, placement: Placement) -> int:
     """Check the inputs of a config without training (finetune_trainer.validate); same exit codes as train.
 
     The summary goes to stdout (one JSON document), to `output` when given, and into the termination
-    message (`summary`); a user error is reported exactly as `train` reports it.
+    message (`summary`); a user error is reported exactly as `train` reports it. `placement` is where the
+    training pods will run: the memory plan is checked against it.
     """
     run: int | None = None
     try:
@@ -107,7 +109,7 @@ def run_validate(config_path: Path, output: Path | None) -> int:
 
         cfg = load_config(config_path)
         run = cfg.job.run
-        summary = summarize(cfg, Storage(), work_dir() / "validate")
+        summary = summarize(cfg, Storage(), work_dir() / "validate", placement)
         document = json.dumps(summary, indent=2)
         print(document, flush=True)
         if output is not None:
@@ -155,6 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     check.add_argument("--config", type=Path, default=Path("/etc/finetune/config.json"))
     check.add_argument("--output", type=Path, default=None, help="also write the JSON summary to this file")
+    check.add_argument("--gpus", type=int, default=0, help="GPUs per training pod (the memory plan's budget)")
+    check.add_argument("--gpu-product", default="", help="the GPU type the training pods' node selector names")
+    check.add_argument("--memory-limit", default="", help="the training pods' memory limit, e.g. 16Gi")
     copy = commands.add_parser(
         "fetch", help="copy folders from object storage to local disk (a vLLM pod's init container)"
     )
@@ -166,5 +171,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "fetch":
         return run_fetch(args.uri, args.dest)
     if args.command == "validate":
-        return run_validate(args.config, args.output)
+        placement = Placement(gpus=args.gpus, gpu_product=args.gpu_product, memory_limit=args.memory_limit)
+        return run_validate(args.config, args.output, placement)
     return run_train(args.config)

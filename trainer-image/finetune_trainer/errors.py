@@ -90,6 +90,12 @@ class UnsupportedHardware(UserError):
     code: ClassVar[str] = "UnsupportedHardware"
 
 
+class PlanDoesNotFit(UserError):
+    """The memory plan of the run exceeds the memory of the GPU (or CPU pod) it is placed on."""
+
+    code: ClassVar[str] = "PlanDoesNotFit"
+
+
 class Preempted(TrainerError):
     """SIGTERM arrived; a checkpoint was written (or there was nothing to save) and the pod should retry."""
 
@@ -119,6 +125,7 @@ USER_ERROR_CODES: frozenset[str] = frozenset(
         DatasetNotFound,
         ModelInvalid,
         ModelNotFound,
+        PlanDoesNotFit,
         StorageAccessDenied,
         StorageNotFound,
         UnsupportedHardware,

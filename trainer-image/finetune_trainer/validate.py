@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_trainer.config import TrainerConfig
+from finetune_trainer.fit import Placement, check_fit
 from finetune_trainer.inputs import fetch_tokenizer, read_data, refuse_untrainable, sequence_limit, tokenize_data
 from finetune_trainer.storage import Storage
 from finetune_trainer.termination import LIMIT
@@ -24,8 +25,9 @@ from finetune_trainer.termination import LIMIT
 log = logging.getLogger(__name__)
 
 
-def summarize(cfg: TrainerConfig, storage: Storage, work: Path) -> dict[str, Any]:
-    """The validation summary of one config; raises the contract's user errors like `train` would."""
+def summarize(cfg: TrainerConfig, storage: Storage, work: Path, placement: Placement | None = None) -> dict[str, Any]:
+    """The validation summary of one config; raises the contract's user errors like `train` would, and
+    PlanDoesNotFit when the run's memory plan cannot fit where `placement` puts it (`fit.check_fit`)."""
     from finetune_trainer.modeling import load_tokenizer
     from finetune_trainer.tokenization import ensure_chat_template
     from finetune_trainer.train import total_steps
@@ -39,6 +41,8 @@ def summarize(cfg: TrainerConfig, storage: Storage, work: Path) -> dict[str, Any
     max_length = sequence_limit(folder, cfg.dataset.max_seq_length)
     tokenized = tokenize_data(d, tokenizer, max_length, None)
     world = cfg.distributed.workers * cfg.distributed.processes_per_worker
+    longest = max((len(ids) for ids in tokenized["train"]["input_ids"]), default=1) if "train" in tokenized else 1
+    memory = check_fit(cfg, folder, longest, d.labels, placement or Placement())
     report = d.report.to_json()
     return {
         "schema": report["schema"],
@@ -55,6 +59,7 @@ def summarize(cfg: TrainerConfig, storage: Storage, work: Path) -> dict[str, Any
         "labels": d.labels,
         "estimatedSteps": total_steps(len(tokenized["train"]), cfg, world),
         "files": report["files"],
+        "memoryPlan": memory.to_status() if memory else None,
     }
 
 

@@ -48,6 +48,16 @@ WORK_DIR = "/work"
 
 COMMAND = ["python", "-m", "finetune_trainer", "train", "--config", CONFIG_PATH]
 VALIDATE_COMMAND = ["python", "-m", "finetune_trainer", "validate", "--config", CONFIG_PATH]
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"  # GPU feature discovery's node label: the GPU type a spec names
+
+
+def validate_command(spec: FineTuneJobSpec) -> list[str]:
+    """`validate` with where the training pods will run: the memory plan is checked against it."""
+    r = spec.resources
+    product = r.node_selector.get(GPU_PRODUCT_LABEL, "")
+    return [*VALIDATE_COMMAND, "--gpus", str(r.gpus), "--gpu-product", product, "--memory-limit", str(r.memory)]
+
+
 """One command for every shape: with several processes the trainer starts torchrun itself from NODE_RANK,
 MASTER_ADDR and MASTER_PORT (docs/trainer-contract.md section 2), keeping the 42/75 exit codes that a bare
 torchrun would turn into 1."""
@@ -150,7 +160,7 @@ def validation_job(spec: FineTuneJobSpec, owner: Owner, run: int, training_hash:
         "name": TRAINER_CONTAINER,
         "image": settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": list(VALIDATE_COMMAND),
+        "command": validate_command(spec),
         "env": env,
         "resources": {"requests": {"cpu": settings.validation_cpu, "memory": memory}, "limits": {"memory": memory}},
         "volumeMounts": [

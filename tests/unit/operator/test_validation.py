@@ -65,9 +65,18 @@ def test_the_first_job_of_a_run_is_the_cpu_only_check() -> None:
     check = p.create[-1]
     assert check["metadata"]["name"] == "support-bot-r1-check"
     container = check["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"][-3:] == ["validate", "--config", "/etc/finetune/config.json"]
+    assert container["command"][3:6] == ["validate", "--config", "/etc/finetune/config.json"]
+    # where the training pods will run, for the memory plan
+    assert container["command"][6:] == ["--gpus", "1", "--gpu-product", "", "--memory-limit", "32Gi"]
     assert "nvidia.com/gpu" not in json.dumps(container["resources"])  # no GPU is asked for
     assert p.status["phase"] == "Queued" and "validation Job created" in p.status["conditions"][0]["message"]
+
+
+def test_the_check_is_told_the_gpu_type_the_training_pods_ask_for() -> None:
+    s = spec(resources={"gpus": 8, "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}})
+    command = plan(_snap(s, secret_present=True), SETTINGS).create[-1]["spec"]["template"]["spec"]["containers"][0]
+    assert command["command"][6:10] == ["--gpus", "8", "--gpu-product", "NVIDIA-H100-80GB-HBM3"]
+    assert validation_spec_hash(s) != validation_spec_hash(spec(resources={"gpus": 8}))  # a new type is re-checked
 
 
 def test_a_running_check_is_the_validating_phase() -> None:

@@ -1,0 +1,85 @@
+"""Where the memory plan's budget comes from (the training pods' placement) and when a plan is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from finetune_trainer.config import TrainerConfig, parse_config
+from finetune_trainer.errors import ConfigInvalid, PlanDoesNotFit
+from finetune_trainer.fit import Placement, budget_of, check_fit, parse_quantity
+
+LLAMA_3_8B = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "max_position_embeddings": 8192,
+    "tie_word_embeddings": False,
+}
+
+
+def _config(method: str, batch: int = 1) -> TrainerConfig:
+    return parse_config(
+        {
+            "job": {"namespace": "ns", "name": "j", "run": 1},
+            "baseModel": {"uri": "s3://models/llama-3-8b/"},
+            "dataset": {"train": {"uri": "s3://data/train.jsonl"}, "schema": "chat", "maxSeqLength": 2048},
+            "method": {"type": method},
+            "hyperparameters": {"batchSize": batch},
+            "output": {"uri": "s3://out/", "runUri": "s3://out/run-1/"},
+        },
+        "test",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("16Gi", 16 << 30), ("512Mi", 512 << 20), ("8G", 8 * 10**9), ("1e9", 10**9), ("1024", 1024)],
+)
+def test_kubernetes_quantities(text: str, expected: int) -> None:
+    assert parse_quantity(text) == expected
+
+
+def test_a_bad_quantity_names_the_field() -> None:
+    with pytest.raises(ConfigInvalid, match=r"resources\.memory"):
+        parse_quantity("lots")
+
+
+def test_budgets_follow_the_placement() -> None:
+    named = budget_of(Placement(gpus=8, gpu_product="NVIDIA-H100-80GB-HBM3"))
+    assert named is not None and named.strict and named.device.name == "H100-80G"
+    unnamed = budget_of(Placement(gpus=1))
+    assert unnamed is not None and not unnamed.strict and "largest known" in unnamed.device.name
+    cpu = budget_of(Placement(gpus=0, memory_limit="6Gi"))
+    assert cpu is not None and cpu.strict and cpu.device.memory_bytes == 6 << 30
+    assert budget_of(Placement(gpus=0)) is None  # a CPU pod without a limit: nothing to check against
+
+
+def test_a_full_8b_fine_tune_is_refused_on_a_named_gpu_with_the_fixes(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_3_8B))
+    placement = Placement(gpus=8, gpu_product="NVIDIA-H100-80GB-HBM3")
+    with pytest.raises(PlanDoesNotFit) as refused:
+        check_fit(_config("full"), tmp_path, 2048, None, placement)
+    assert "does not fit" in str(refused.value) and "H100-80G" in str(refused.value)
+    assert "Would fit" in str(refused.value)  # the message carries the changes that would make it fit
+    lora = check_fit(_config("lora"), tmp_path, 2048, None, placement)
+    assert lora is not None and lora.fits
+
+
+def test_with_no_gpu_type_named_only_a_plan_no_gpu_can_hold_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_3_8B))
+    with pytest.raises(PlanDoesNotFit, match="any GPU in the table"):
+        check_fit(_config("full", batch=8), tmp_path, 2048, None, Placement(gpus=1))
+    fits_somewhere = check_fit(_config("lora"), tmp_path, 2048, None, Placement(gpus=1))
+    assert fits_somewhere is not None and fits_somewhere.fits
+
+
+def test_an_unknown_architecture_is_not_refused(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba", "architectures": ["MambaForCausalLM"]}))
+    assert check_fit(_config("lora"), tmp_path, 128, None, Placement(gpus=1, gpu_product="T4")) is None
