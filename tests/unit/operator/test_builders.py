@@ -252,7 +252,7 @@ def test_serving_bundle_rolls_on_model_change_and_adds_pdb_for_replicas() -> Non
 
 
 def test_vllm_fetches_base_and_adapter_and_requests_a_gpu() -> None:
-    s = spec(serving={"enabled": True, "engine": "vllm"})
+    s = spec(serving={"enabled": True, "engine": "vllm", "apiKeySecret": "api"})
     deployment = serving_bundle(
         s,
         OWNER,
@@ -260,9 +260,47 @@ def test_vllm_fetches_base_and_adapter_and_requests_a_gpu() -> None:
         SETTINGS,
     )[-1]
     pod = deployment["spec"]["template"]["spec"]
-    script = pod["initContainers"][0]["command"][-1]
-    assert "s3://m/base/" in script and "s3://o/run-1/model/" in script
-    args = pod["containers"][0]["args"]
+    (fetch,) = pod["initContainers"]
+    assert fetch["image"] == SETTINGS.trainer_image  # our own fetch, not another tool's image
+    assert fetch["command"] == [
+        *("python", "-m", "finetune_trainer", "fetch"),
+        *("--uri", "s3://m/base/", "--dest", "/models/base"),
+        *("--uri", "s3://o/run-1/model/", "--dest", "/models/adapter"),
+    ]
+    server = pod["containers"][0]
+    args = server["args"]
+    assert server["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    assert args[args.index("--lora-modules") + 1] == f"{OWNER.name}=/models/adapter"
+    assert args[args.index("--tokenizer") + 1] == "/models/adapter"  # the tokenizer and template it trained with
     assert "--enable-lora" in args and args[args.index("--max-lora-rank") + 1] == "32"
-    assert pod["containers"][0]["image"] == SETTINGS.vllm_image
-    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert server["image"] == SETTINGS.vllm_image
+    assert server["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "api", "key": "apiKey"}}} in server["env"]
+    assert {server[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe", "livenessProbe")} == {"/health"}
+
+
+def test_vllm_serves_full_weights_as_one_model() -> None:
+    s = spec(serving={"enabled": True, "engine": "vllm"})
+    published = Published(1, "causal-lm", "s3://m/base/", "s3://o/run-1/model/", adapter=False)
+    pod = serving_bundle(s, OWNER, published, SETTINGS)[-1]["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["command"][4:] == ["--uri", "s3://o/run-1/model/", "--dest", "/models/model"]
+    args = pod["containers"][0]["args"]
+    assert args[:4] == ["--model", "/models/model", "--served-model-name", OWNER.name]
+    assert "--enable-lora" not in args and "--tokenizer" not in args
+
+
+def test_engine_table_is_what_the_crd_and_the_spec_allow() -> None:
+    from pathlib import Path
+    from typing import get_args
+
+    import yaml
+    from finetune_operator.builders.serving import ENGINES
+    from finetune_operator.spec import ServingSpec
+
+    crd = yaml.safe_load((Path(__file__).parents[3] / "crds" / "finetunejob.yaml").read_text())
+    spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    engines = spec_schema["properties"]["serving"]["properties"]["engine"]["enum"]
+    assert set(engines) == set(ENGINES) == set(get_args(ServingSpec.model_fields["engine"].annotation))
+    rules = " ".join(rule["rule"] for rule in spec_schema["x-kubernetes-validations"])
+    for engine in ENGINES.values():  # an engine that serves only causal-lm has the CRD rule saying so
+        assert (f"self.serving.engine != '{engine.name}'" in rules) == ("sequence-classification" not in engine.tasks)
