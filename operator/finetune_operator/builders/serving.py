@@ -111,7 +111,8 @@ def _server_resources(spec: FineTuneJobSpec) -> dict[str, Any]:
         out["requests"] = {k: str(v) for k, v in requested.requests.items()}
     if requested.limits:
         out["limits"] = {k: str(v) for k, v in requested.limits.items()}
-    if ENGINES[spec.serving.engine].gpu and not requested.limits.get(spec.resources.gpu_resource):
+    # a GPU by default; `limits: {<gpuResource>: 0}` is a pod without one (vLLM's CPU build, docs/serving.md)
+    if ENGINES[spec.serving.engine].gpu and spec.resources.gpu_resource not in requested.limits:
         out.setdefault("requests", {})[spec.resources.gpu_resource] = "1"
         out.setdefault("limits", {})[spec.resources.gpu_resource] = "1"
     return out

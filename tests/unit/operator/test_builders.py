@@ -279,6 +279,14 @@ def test_vllm_fetches_base_and_adapter_and_requests_a_gpu() -> None:
     assert {server[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe", "livenessProbe")} == {"/health"}
 
 
+def test_vllm_without_a_gpu_when_the_limits_say_zero() -> None:
+    limits = {"nvidia.com/gpu": 0, "memory": "8Gi"}
+    s = spec(serving={"enabled": True, "engine": "vllm", "resources": {"limits": limits}})
+    published = Published(1, "causal-lm", "s3://m/base/", "s3://o/run-1/model/", True)
+    server = serving_bundle(s, OWNER, published, SETTINGS)[-1]["spec"]["template"]["spec"]["containers"][0]
+    assert server["resources"] == {"limits": {"nvidia.com/gpu": "0", "memory": "8Gi"}}
+
+
 def test_vllm_serves_full_weights_as_one_model() -> None:
     s = spec(serving={"enabled": True, "engine": "vllm"})
     published = Published(1, "causal-lm", "s3://m/base/", "s3://o/run-1/model/", adapter=False)
