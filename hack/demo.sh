@@ -18,12 +18,18 @@ step "local cluster"
 hack/install-deps.sh
 make -s venv
 make -s cluster-up
-set -a; source "$FTO_CACHE/state/env"; set +a
+set -a
+# shellcheck source=/dev/null
+source "$FTO_CACHE/state/env"  # written by hack/cluster.sh up
+set +a
 export KUBECONFIG="$FTO_CACHE/state/kubeconfig"
 
 step "images (built with buildah on a local Debian base, cached by content)"
 hack/build-images.sh
-set -a; source "$FTO_CACHE/images/refs.env"; set +a
+set -a
+# shellcheck source=/dev/null
+source "$FTO_CACHE/images/refs.env"  # written by hack/build-images.sh
+set +a
 hack/import-images.sh "$FTO_TRAINER_IMAGE=$FTO_TRAINER_ARCHIVE" "$FTO_OPERATOR_IMAGE=$FTO_OPERATOR_ARCHIVE"
 
 step "dataset and base model into S3"
