@@ -1,14 +1,17 @@
 """The quickstart end to end on the local cluster's real node, as `make demo` runs it.
 
 Real images (built here with buildah, imported into containerd), the operator installed by its Helm chart
-(watching only this test's namespace), the trainer training a tiny model in a pod, the gate, the serving
-Deployment, and the endpoint answering the official OpenAI client. Asserts what issue 6 asks: the phases in
-order, live progress, test metrics, artifacts and report in S3, non-root pods, readable trainer logs, and a
-clean cluster after delete.
+(watching only this test's namespace), the trainer fine-tuning the real SmolLM2-135M-Instruct in a pod (seeded
+into S3 by the demo's own `hack/demo/seed.py`), the gate, the serving Deployment, and the endpoint answering
+the official OpenAI client. Asserts what issue 6 asks: the phases in order, live progress, test metrics,
+artifacts and report in S3, non-root pods, readable trainer logs, and a clean cluster after delete; and that
+training changed something real: the test loss fell well below the base model's (`compareBaseModel`) and the
+endpoint answers a question held out of the data with the shop's own procedure.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -27,6 +30,9 @@ from tests.support.portforward import port_forward
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "hack" / "demo"  # the demo's scripts (seed, localize, query): the test uses them as the demo does
+if str(DEMO) not in sys.path:
+    sys.path.insert(0, str(DEMO))
 CACHE = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache" / "finetune-operator"))
 GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
 
@@ -95,15 +101,11 @@ def installed(cluster: Cluster, namespace: str, images: dict[str, str]) -> Itera
 
 def quickstart(namespace: str) -> dict[str, Any]:
     """examples/quickstart.yaml with the demo's local overrides and an output folder of this test's own."""
-    sys.path.insert(0, str(ROOT / "hack" / "demo"))
     from localize import localize
 
     manifest = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
     manifest = localize(manifest, os.environ["FTO_POD_S3_ENDPOINT"])
     manifest["spec"]["output"]["uri"] = f"s3://artifacts/e2e/{namespace}/"
-    # One epoch of the quickstart takes ~2 s on an idle node, shorter than the trainer's 5 s progress
-    # throttle: six make training last long enough for several progress reports to be seen.
-    manifest["spec"]["hyperparameters"]["epochs"] = 6
     return dict(manifest)
 
 
@@ -177,6 +179,10 @@ def test_quickstart_trains_evaluates_publishes_and_serves(cluster: Cluster, name
     }
     for expected in ("metrics.json", "report.html", "model/adapter_config.json", "trainer_config.json"):
         assert expected in keys_written, f"{expected} missing under s3://artifacts/{prefix}: {sorted(keys_written)}"
+    # compareBaseModel: the base model's test loss, measured before the first step, sits in metrics.json
+    document = json.loads(s3.get_object(Bucket="artifacts", Key=prefix + "metrics.json")["Body"].read())
+    base_loss, tuned_loss = document["baseModel"]["test"]["loss"], status["metrics"]["test"]["loss"]
+    assert tuned_loss < 0.5 * base_loss, f"fine-tuning should cut the test loss: base {base_loss}, tuned {tuned_loss}"
 
     # pods run as non-root; the trainer's log is readable through the API server and the kubelet
     pods = cluster.core.list_namespaced_pod(namespace, label_selector="finetune.dev/job=quickstart").items
@@ -210,6 +216,12 @@ def test_quickstart_trains_evaluates_publishes_and_serves(cluster: Cluster, name
         )
         assert reply.choices[0].message.content
         assert reply.usage is not None and reply.usage.completion_tokens > 0
+        # a question held out of the data gets the shop's procedure (the base model invents a generic one)
+        from query import ask
+        from seed import HELD_OUT, TOPICS
+
+        [answer] = ask(client, status["endpoint"]["model"], [HELD_OUT["password"]], max_tokens=32)
+        assert "Open Settings" in answer, (answer, TOPICS["password"][1])
 
     # delete: every child goes, the artifacts stay
     cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "quickstart")
