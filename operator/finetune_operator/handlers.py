@@ -27,6 +27,10 @@ from finetune_operator.settings import Settings
 from finetune_operator.store import Key, Store
 from finetune_operator.workqueue import WorkQueue
 
+RUN_PODS = f"{LABEL_UID},{LABEL_COMPONENT} in ({COMPONENT_TRAINER},{COMPONENT_VALIDATOR})"
+"""The pods of a run's Jobs, training and validation; the server streams no others (serving pods are
+followed through their Deployment, and a shared cluster's other pods never reach the operator)."""
+
 log = logging.getLogger(__name__)
 
 
@@ -49,7 +53,7 @@ def _prime(kube: Kube, store: Store, namespaces: tuple[str, ...]) -> None:
     for namespace in namespaces or (None,):
         for job in kube.list("batch/v1", "Job", namespace, LABEL_UID):
             store.put_job(job["metadata"]["labels"][LABEL_UID], job_obs(job))
-        for pod in kube.list("v1", "Pod", namespace, f"{LABEL_UID},{LABEL_COMPONENT}=trainer"):
+        for pod in kube.list("v1", "Pod", namespace, RUN_PODS):
             store.put_pod(pod["metadata"]["labels"][LABEL_UID], pod_obs(pod))
         for deployment in kube.list("apps/v1", "Deployment", namespace, f"{LABEL_UID},{LABEL_COMPONENT}=serving"):
             store.put_deployment(deployment["metadata"]["labels"][LABEL_UID], deployment_obs(deployment))
@@ -71,7 +75,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.networking.error_backoffs = [1, 2, 5, 10]
     # Server-side filters: only our children are streamed, never every pod of a shared cluster.
     settings.watching.label_selectors["batch", "jobs"] = LABEL_UID
-    settings.watching.label_selectors["pods"] = f"{LABEL_UID},{LABEL_COMPONENT}=trainer"
+    settings.watching.label_selectors["pods"] = RUN_PODS
     settings.watching.label_selectors["apps", "deployments"] = f"{LABEL_UID},{LABEL_COMPONENT}=serving"
     kube = Kube.from_environment(pool_size=ours.reconcile_threads + 12)  # reconcile threads + children pool
     store = Store()
@@ -142,12 +146,7 @@ async def job_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) 
     )
 
 
-def _run_pod(value: str | None, **_: Any) -> bool:
-    """Pods of a run's Jobs: training and validation (serving pods are followed through their Deployment)."""
-    return value in (COMPONENT_TRAINER, COMPONENT_VALIDATOR)
-
-
-@kopf.on.event("", "v1", "pods", labels={LABEL_UID: kopf.PRESENT, LABEL_COMPONENT: _run_pod})
+@kopf.on.event("", "v1", "pods", labels={LABEL_UID: kopf.PRESENT})
 async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
     store, raw = _runtime(memo).store, dict(body)
     _child(

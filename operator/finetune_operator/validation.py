@@ -37,6 +37,9 @@ SUMMARY_FIELDS = (
 """What of `validate`'s summary goes into status.validation (file lists and labels stay in the pod's log)."""
 
 
+CHECKING = "checking the data, its format and the tokenizer before any GPU is asked for"
+
+
 @dataclass(frozen=True)
 class Validation:
     """`passed`: training may start. `state`: what to report while it may not. `record`: status.validation."""
@@ -68,12 +71,19 @@ def validation_of(
     recorded = status.get("validation") or {}
     if recorded.get("passed") and recorded.get("key") == key:
         return Validation(True, None, recorded)
-    if job is not None and (job.complete or any(p.phase == "Succeeded" and p.exit_code == 0 for p in pods)):
+    checking = TrainingState("Validating", "Validating", CHECKING)
+    succeeded = any(p.phase == "Succeeded" and p.exit_code == 0 for p in pods)
+    if succeeded or (job is not None and job.complete and not pods):
         return Validation(True, None, _passed_record(key, run, pods))
+    # A Job's end can be seen before its pod's: the pod's termination message (the summary, or the error that
+    # names the file and the line) is one watch event away, and a pass now would record the outcome without it.
+    if job is not None and job.complete:
+        return Validation(False, checking, None)
+    if job is not None and job.failed_condition and pods and not any(p.phase == "Failed" for p in pods):
+        return Validation(False, checking, None)
     state = training_state(job, pods, suspend=suspend, kueue=kueue, progress={}, run=run)
     if state.phase in ("Training", "Evaluating"):
-        message = "checking the data, its format and the tokenizer before any GPU is asked for"
-        return Validation(False, TrainingState("Validating", "Validating", message, attempts=state.attempts), None)
+        return Validation(False, TrainingState("Validating", "Validating", CHECKING, attempts=state.attempts), None)
     if state.phase == "Failed" and state.error is not None:
         failed = {"key": key, "run": run, "passed": False, "message": state.error.message}
         return Validation(False, state, failed)

@@ -151,3 +151,23 @@ def test_with_a_kueue_queue_the_check_is_queued_like_training() -> None:
 def test_switched_off_the_training_job_comes_first() -> None:
     p = plan(_snap(spec(), secret_present=True), Settings(trainer_image="trainer:test", validation=False))
     assert _job_names(p) == ["support-bot-r1"] and p.status["validation"] is None
+
+
+def test_a_job_seen_complete_before_its_pod_waits_for_the_pod_and_its_summary() -> None:
+    """Watch events of a Job and of its pod arrive apart: the outcome is recorded once the pod says it."""
+    job, pod = _passed()
+    still_running = _pod(phase="Running")
+    early = plan(_snap(spec(), _run1(phase="Validating"), jobs=[job], pods=[still_running]), SETTINGS)
+    assert early.status["phase"] == "Validating" and early.status["validation"] is None and early.create == []
+    later = plan(_snap(spec(), early.status, jobs=[job], pods=[pod]), SETTINGS)
+    assert later.status["validation"]["records"] == SUMMARY["records"] and _job_names(later) == ["support-bot-r1"]
+
+
+def test_a_job_seen_failed_before_its_pod_waits_for_the_error_that_names_the_line() -> None:
+    failed = _validator(failed=1, failed_condition=True, failure_reason="PodFailurePolicy")
+    early = plan(_snap(spec(), _run1(phase="Validating"), jobs=[failed], pods=[_pod(phase="Running")]), SETTINGS)
+    assert early.status["phase"] == "Validating" and early.status["error"] is None
+    message = json.dumps({"code": "DatasetInvalid", "message": "s3://data/train.jsonl line 3: invalid JSON"})
+    pod = _pod(phase="Failed", exit_code=42, termination_message=message)
+    later = plan(_snap(spec(), early.status, jobs=[failed], pods=[pod]), SETTINGS)
+    assert later.status["phase"] == "Failed" and later.status["error"]["code"] == "DatasetInvalid"
