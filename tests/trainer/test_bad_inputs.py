@@ -137,3 +137,22 @@ def test_qlora_without_gpu(s3_bucket: Any, tiny_llama_uri: str, run_trainer: Run
     raw["method"] = {"type": "qlora"}
     result = run_trainer(raw)
     assert_user_error(result, "UnsupportedHardware", "qlora needs a CUDA GPU")
+
+
+def test_a_run_folder_of_another_finetunejob_is_neither_resumed_nor_overwritten(
+    s3_bucket: Any, tiny_llama_uri: str, run_trainer: Runner
+) -> None:
+    """A FineTuneJob deleted and re-created under the same name (or two sharing output.uri) finds run-1/ written
+    by the other one: its checkpoints are another model's and its model someone's work, so the run stops with a
+    user error that names the folder and the owner, and leaves the folder as it was."""
+    import json
+
+    uri = put_jsonl(s3_bucket.client, s3_bucket.name, "data/train.jsonl", arithmetic_records(40))
+    raw = trainer_config(s3_bucket.name, tiny_llama_uri, uri)
+    theirs = {**raw, "job": {**raw["job"], "uid": "u-before", "name": "old-bot"}}
+    key = raw["output"]["runUri"].removeprefix(f"s3://{s3_bucket.name}/") + "trainer_config.json"
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=key, Body=json.dumps(theirs).encode())
+    result = run_trainer(raw)
+    assert_user_error(result, "ConfigInvalid", raw["output"]["runUri"], "another FineTuneJob", "old-bot", "u-before")
+    kept = json.loads(s3_bucket.client.get_object(Bucket=s3_bucket.name, Key=key)["Body"].read())
+    assert kept["job"]["uid"] == "u-before"

@@ -21,6 +21,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from finetune_trainer import distributed
+from finetune_trainer.config import JobRef
+from finetune_trainer.errors import ConfigInvalid
 from finetune_trainer.storage import S3Uri, Storage
 
 log = logging.getLogger(__name__)
@@ -178,3 +180,27 @@ class CheckpointStore:
             self.storage.delete_prefix(self.uri(step))
             log.info("deleted old checkpoint %s", self.uri(step))
         return doomed
+
+
+def refuse_foreign_run(storage: Storage, run_uri: S3Uri, job: JobRef) -> None:
+    """A run folder another FineTuneJob wrote is neither resumed nor overwritten: ConfigInvalid (exit 42).
+
+    It happens when a FineTuneJob is deleted and re-created under the same name, or when two share an
+    output.uri: the folder's checkpoints belong to another model (resuming them crashed on mismatched shapes,
+    retried as an internal error), and its model and report are someone's finished work. `trainer_config.json`
+    at the run's root says whose run it is (its `job.uid`)."""
+    marker = run_uri.join("trainer_config.json")
+    if not job.uid or not storage.exists(marker):
+        return
+    try:
+        recorded = json.loads(storage.read_bytes(marker)).get("job") or {}
+    except ValueError:
+        return
+    owner = recorded.get("uid")
+    if owner and owner != job.uid:
+        raise ConfigInvalid(
+            f"output.uri: {run_uri} holds run {recorded.get('run')} of another FineTuneJob "
+            f"({recorded.get('namespace')}/{recorded.get('name')}, uid {owner}); its checkpoints and model are "
+            f"left as they are. Give this job an output.uri of its own, or delete {run_uri} if that run is not "
+            "needed any more"
+        )

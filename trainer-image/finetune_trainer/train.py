@@ -25,7 +25,7 @@ from typing import Any
 from finetune_trainer import distributed
 from finetune_trainer.artifacts import save_model, upload_outputs
 from finetune_trainer.callbacks import SignalStop, TrainerHooks
-from finetune_trainer.checkpoints import CheckpointStore
+from finetune_trainer.checkpoints import CheckpointStore, refuse_foreign_run
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import Preempted, StorageNotFound
 from finetune_trainer.evaluation import evaluate
@@ -179,6 +179,7 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
     reporter.report("loading", force=True)
     store = CheckpointStore(storage, run_uri, cfg.checkpointing.keep)
 
+    refuse_foreign_run(storage, run_uri, cfg.job)
     with distributed.local_main_first():  # the others find the node's copies and download nothing again
         inputs = prepare(storage, cfg, work)
         resume = store.fetch_latest(work / "resume")

@@ -16,10 +16,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from finetune_trainer.checkpoints import refuse_foreign_run
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.fit import Placement, check_fit
 from finetune_trainer.inputs import fetch_tokenizer, read_data, refuse_untrainable, sequence_limit, tokenize_data
-from finetune_trainer.storage import Storage
+from finetune_trainer.storage import S3Uri, Storage
 from finetune_trainer.termination import LIMIT
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ def summarize(cfg: TrainerConfig, storage: Storage, work: Path, placement: Place
     from finetune_trainer.tokenization import ensure_chat_template
     from finetune_trainer.train import total_steps
 
+    refuse_foreign_run(storage, S3Uri.parse(cfg.output.run_uri), cfg.job)
     d = read_data(storage, cfg, work / "data")
     refuse_untrainable(d.format)
     folder = fetch_tokenizer(storage, cfg.base_model.uri, work / "tokenizer")
