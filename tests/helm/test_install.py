@@ -201,9 +201,11 @@ def test_operator_with_the_charts_rbac_runs_an_example_to_succeeded(
         ["--metrics-port", str(port), "--backoff-limit", "2"],
     ).start()
     try:
-        jobs.create(team, _quickstart("team-s3"))
+        quickstart = _quickstart("team-s3")
+        jobs.create(team, quickstart)
         pod = jobs.running_pod(team, "quickstart-r1", timeout=90)
-        jobs.finish_pod(team, pod.metadata.name, 0, success_message(1.4))
+        passing = quickstart["spec"]["evaluation"]["gate"][0]["max"] / 2  # a test loss the example's gate passes
+        jobs.finish_pod(team, pod.metadata.name, 0, success_message(passing))
         serving = jobs.wait_phase(team, "quickstart", "Serving", timeout=90)
         assert serving["endpoint"]["url"] == f"http://quickstart.{team}.svc:8000/v1"
         jobs.patch_spec(team, "quickstart", {"serving": {"enabled": False}})  # deletes the serving bundle
