@@ -179,9 +179,9 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
     reporter.report("loading", force=True)
     store = CheckpointStore(storage, run_uri, cfg.checkpointing.keep)
 
-    refuse_foreign_run(storage, run_uri, cfg.job)
     with distributed.local_main_first():  # the others find the node's copies and download nothing again
         inputs = prepare(storage, cfg, work)
+        refuse_foreign_run(storage, run_uri, cfg.job)  # before anything is resumed from or written to it
         resume = store.fetch_latest(work / "resume")
     cfg = cfg.with_schema(inputs.report.schema)  # a detected schema is recorded as if it had been set
     if distributed.is_main():

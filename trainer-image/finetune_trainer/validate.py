@@ -33,8 +33,8 @@ def summarize(cfg: TrainerConfig, storage: Storage, work: Path, placement: Place
     from finetune_trainer.tokenization import ensure_chat_template
     from finetune_trainer.train import total_steps
 
-    refuse_foreign_run(storage, S3Uri.parse(cfg.output.run_uri), cfg.job)
     d = read_data(storage, cfg, work / "data")
+    refuse_foreign_run(storage, S3Uri.parse(cfg.output.run_uri), cfg.job)
     refuse_untrainable(d.format)
     folder = fetch_tokenizer(storage, cfg.base_model.uri, work / "tokenizer")
     tokenizer = load_tokenizer(folder, cfg.base_model.uri)
