@@ -15,6 +15,13 @@ source "$here/versions.env"
 cache=${FTO_CACHE:-$HOME/.cache/finetune-operator}
 state=${FTO_STATE_DIR:-$cache/state}
 python=${FTO_PYTHON:-$cache/venv/bin/python}
+# A second cluster (its own FTO_STATE_DIR and ports, e.g. for fault tests that restart its API server) records
+# its ports and node setting at the first `up`: a later `up` (which restarts a dead component) or `down` with
+# only FTO_STATE_DIR set then reuses them instead of the defaults, which belong to the first cluster.
+if [ -f "$state/cluster.env" ]; then
+  # shellcheck disable=SC1091
+  source "$state/cluster.env"
+fi
 api_port=${FTO_API_PORT:-26443}
 etcd_port=${FTO_ETCD_PORT:-26379}
 kcm_port=${FTO_KCM_PORT:-26257}
@@ -108,8 +115,17 @@ s3_keys() {
   set +a
 }
 
+record_settings() {  # the ports and node setting of this state folder, as defaults for later calls
+  local name
+  for name in FTO_API_PORT FTO_ETCD_PORT FTO_KCM_PORT FTO_SCHEDULER_PORT FTO_KWOK_PORT FTO_S3_PORT FTO_REAL_NODE; do
+    # shellcheck disable=SC2016 # the line is written to be sourced later, unexpanded
+    if [ -n "${!name:-}" ]; then printf ': "${%s:=%s}"\n' "$name" "${!name}"; fi
+  done > "$state/cluster.env"
+}
+
 up() {
   mkdir -p "$state/pids" "$logs"
+  [ -f "$state/cluster.env" ] || record_settings
   ensure_binaries
   "$python" "$here/pki.py" --state "$state" --server "https://127.0.0.1:$api_port" --node-name "$node_name" --node-address "$gateway"
 

@@ -166,6 +166,9 @@ node_up() {
 }
 
 node_down() {
+  # Only the cluster that set the node up tears it down: a second cluster (FTO_REAL_NODE=0) shares the bridge
+  # name and iptables rules with the first one and must leave them alone. node_network writes the CNI config.
+  [ -f "$state/cni/net.d/10-fto.conflist" ] || return 0
   if pid_alive kubelet; then stop_component kubelet; fi
   if pid_alive containerd; then
     # stop every pod container the kubelet left, so nothing keeps running after the cluster is gone
