@@ -1,0 +1,637 @@
+"""FineTuneSweep, pure: its typed spec, the trials' parameter values, and `sweep_plan(snapshot) -> plan`.
+
+Why pure and apart from the FineTuneJob planner: a sweep only creates, stops and promotes FineTuneJobs (the
+trials), which the FineTuneJob control loop then runs like any other. Every decision of a sweep (which trials
+to create next, which to stop, the leaderboard, the winner, the status) is a function of what is observed, so
+a table of snapshots tests it without a cluster (tests/unit/operator/test_sweep.py), and a restarted operator
+recomputes exactly the same trials: names are `<sweep>-t<index>` and values derive from (seed, index, path).
+
+Selection never reads a test metric: the objective must be a validation metric (the CRD refuses `test_*` and
+`parse_sweep_spec` again), the leaderboard holds objective values only, and of the test metrics the sweep
+reports the winner's alone, after it was chosen: the held-out test split stays a fair final check.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from finetune_operator import GROUP, VERSION
+from finetune_operator import conditions as cond
+from finetune_operator.builders.common import Manifest, Owner
+from finetune_operator.gate import GateResult, evaluate_gate, flatten_metrics
+from finetune_operator.naming import label_value
+from finetune_operator.spec import parse_spec
+
+SWEEP_KIND = "FineTuneSweep"
+SWEEP_PLURAL = "finetunesweeps"
+
+LABEL_SWEEP = "finetune.dev/sweep"
+LABEL_SWEEP_UID = "finetune.dev/sweep-uid"
+LABEL_TRIAL = "finetune.dev/trial"
+ANNOTATION_PARAMETERS = "finetune.dev/trial-parameters"
+ANNOTATION_STOPPED = "finetune.dev/stopped-by-sweep"  # on a trial the sweep suspended: why
+ANNOTATION_PUBLISHED = "finetune.dev/published-by-sweep"  # on the winner once promoted: the sweep's name
+
+PARAMETERS: dict[str, Literal["int", "float"]] = {
+    "hyperparameters.learningRate": "float",
+    "hyperparameters.epochs": "float",
+    "hyperparameters.batchSize": "int",
+    "hyperparameters.gradientAccumulationSteps": "int",
+    "hyperparameters.warmupRatio": "float",
+    "hyperparameters.weightDecay": "float",
+    "hyperparameters.maxSteps": "int",
+    "method.lora.rank": "int",
+    "method.lora.alpha": "int",
+    "method.lora.dropout": "float",
+}
+"""The one table of what a sweep may vary and each field's number type; the CRD's enum and its int rule are
+generated from it (hack/gen_sweep_crd.py) and a test checks every path exists in the FineTuneJob spec."""
+
+INTERMEDIATE_STEP = ("progress", "step")
+INTERMEDIATE_VALIDATION_LOSS = ("progress", "validationLoss")
+"""Where a trial's status reports the validation loss measured during training (evaluation.intervalSteps)
+and the step it belongs to: the one place the early-stopping rule reads it from."""
+
+USER_ERRORS = frozenset({"ConfigInvalid", "DatasetInvalid", "ModelInvalid", "PlanDoesNotFit", "SecretMissing"})
+"""Trial failures that every other trial would repeat (the template is wrong): no further trial is started."""
+
+FINISHED = frozenset({"Succeeded", "Failed", "Serving", "Publishing"})
+CURVE_POINTS = 32  # at most this many (step, validation loss) points are remembered per trial
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class RangeSpec(_Model):
+    min: float
+    max: float
+    scale: Literal["linear", "log"] = "linear"
+    type: Literal["int", "float"] = "float"
+    count: int | None = None  # grid points (grid search only)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RangeSpec:
+        if self.min > self.max:
+            raise ValueError(f"range.min {self.min} is above range.max {self.max}")
+        if self.scale == "log" and self.min <= 0:
+            raise ValueError("a log range needs range.min > 0")
+        return self
+
+
+class ParameterSpec(_Model):
+    path: str
+    values: list[float] | None = None
+    range: RangeSpec | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _known(cls, path: str) -> str:
+        if path not in PARAMETERS:
+            raise ValueError(f"{path!r} is not a sweepable field; one of {', '.join(PARAMETERS)}")
+        return path
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ParameterSpec:
+        if (self.values is None) == (self.range is None):
+            raise ValueError(f"parameter {self.path}: give exactly one of values and range")
+        if PARAMETERS[self.path] == "int":
+            if self.values is not None and any(v != int(v) for v in self.values):
+                raise ValueError(f"parameter {self.path}: takes whole numbers")
+            if self.range is not None and self.range.type != "int":
+                raise ValueError(f"parameter {self.path}: takes whole numbers (range.type: int)")
+        return self
+
+    def is_int(self) -> bool:
+        return PARAMETERS[self.path] == "int"
+
+
+class ObjectiveSpec(_Model):
+    metric: str = "validation_loss"
+    goal: Literal["minimize", "maximize"] = "minimize"
+
+    @field_validator("metric")
+    @classmethod
+    def _validation_only(cls, metric: str) -> str:
+        if metric.startswith("test_"):
+            raise ValueError(
+                f"{metric}: a test metric cannot be the objective; the test split stays a fair final check of the "
+                "winner. Use a validation metric such as validation_loss"
+            )
+        if not metric.startswith("validation_"):
+            raise ValueError(f"{metric}: the objective must be a validation metric (validation_<name>)")
+        return metric
+
+    def better(self, a: float, b: float) -> bool:
+        return a < b if self.goal == "minimize" else a > b
+
+
+class EarlyStoppingSpec(_Model):
+    rule: Literal["median"] = "median"
+    after_steps: int
+    min_trials: int = 2
+
+
+class SweepSpec(_Model):
+    template: dict[str, Any]
+    parameters: list[ParameterSpec]
+    algorithm: Literal["grid", "random"] = "grid"
+    seed: int = 0
+    max_trials: int | None = None
+    parallelism: int = 2
+    objective: ObjectiveSpec = ObjectiveSpec()
+    early_stopping: EarlyStoppingSpec | None = None
+    publish_winner: bool = False
+
+    @model_validator(mode="after")
+    def _coherent(self) -> SweepSpec:
+        parse_spec(self.template)  # the template must be a valid FineTuneJob spec
+        if self.algorithm == "grid":
+            for parameter in self.parameters:
+                if parameter.range is not None and not parameter.range.count:
+                    raise ValueError(f"parameter {parameter.path}: a grid needs range.count (or values)")
+        elif self.max_trials is None:
+            raise ValueError("random search needs maxTrials")
+        if len({p.path for p in self.parameters}) != len(self.parameters):
+            raise ValueError("each parameter path may appear once")
+        return self
+
+    @property
+    def total_trials(self) -> int:
+        if self.algorithm == "random":
+            return int(self.max_trials or 0)
+        size = math.prod(len(grid_points(p)) for p in self.parameters)
+        return min(size, self.max_trials) if self.max_trials else size
+
+
+def parse_sweep_spec(raw: dict[str, Any]) -> SweepSpec:
+    """Parse the `spec` of a FineTuneSweep body (raises pydantic.ValidationError)."""
+    return SweepSpec.model_validate(raw)
+
+
+# ---- parameter values -------------------------------------------------------------------------------------
+
+
+def _number(parameter: ParameterSpec, value: float) -> float | int:
+    """Whole numbers for int fields; floats kept to 6 significant digits (readable, and the same everywhere)."""
+    if parameter.is_int():
+        return round(value)
+    return float(f"{value:.6g}")
+
+
+def _at(spec: RangeSpec, fraction: float) -> float:
+    """The point `fraction` (0..1) of the way from min to max, on the range's scale."""
+    if spec.scale == "log":
+        return math.exp(math.log(spec.min) + fraction * (math.log(spec.max) - math.log(spec.min)))
+    return spec.min + fraction * (spec.max - spec.min)
+
+
+def grid_points(parameter: ParameterSpec) -> list[float | int]:
+    """The values a grid tries for one parameter, in order, without repeats."""
+    if parameter.values is not None:
+        raw = parameter.values
+    else:
+        assert parameter.range is not None
+        count = int(parameter.range.count or 1)
+        raw = [_at(parameter.range, i / (count - 1) if count > 1 else 0.0) for i in range(count)]
+    points: list[float | int] = []
+    for value in raw:
+        number = _number(parameter, value)
+        if number not in points:
+            points.append(number)
+    return points
+
+
+def uniform(seed: int, index: int, path: str) -> float:
+    """A number in [0, 1) fixed by (seed, trial index, parameter path): no generator state to restore."""
+    digest = hashlib.sha256(f"{seed}/{index}/{path}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _random_value(parameter: ParameterSpec, seed: int, index: int) -> float | int:
+    u = uniform(seed, index, parameter.path)
+    if parameter.values is not None:
+        return _number(parameter, parameter.values[int(u * len(parameter.values))])
+    spec = parameter.range
+    assert spec is not None
+    if parameter.is_int():
+        low, high = math.ceil(spec.min), math.floor(spec.max)
+        if spec.scale == "log":  # whole numbers, evenly spread on the log scale
+            return min(high, max(low, round(_at(spec, u))))
+        return low + min(int(u * (high - low + 1)), high - low)
+    return _number(parameter, _at(spec, u))
+
+
+def trial_parameters(spec: SweepSpec, index: int) -> dict[str, float | int]:
+    """The values trial `index` runs with: the index-th grid point (last parameter fastest) or a random draw."""
+    if spec.algorithm == "random":
+        return {p.path: _random_value(p, spec.seed, index) for p in spec.parameters}
+    values: dict[str, float | int] = {}
+    rest = index
+    for parameter in reversed(spec.parameters):
+        points = grid_points(parameter)
+        values[parameter.path] = points[rest % len(points)]
+        rest //= len(points)
+    return {p.path: values[p.path] for p in spec.parameters}
+
+
+# ---- trials ----------------------------------------------------------------------------------------------
+
+
+def trial_name(sweep: str, index: int) -> str:
+    return f"{sweep}-t{index}"
+
+
+def trial_spec(template: dict[str, Any], values: dict[str, float | int], output: str) -> dict[str, Any]:
+    """The template with the trial's values, serving off, no gate (it reads test metrics: the winner's alone
+    are gated, at the end) and an output folder of its own."""
+    out = copy.deepcopy(template)
+    for path, value in values.items():
+        node = out
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    out.setdefault("serving", {})["enabled"] = False
+    out.setdefault("evaluation", {})["gate"] = []
+    out.setdefault("output", {})["uri"] = output
+    out["suspend"] = False
+    return out
+
+
+def trial_output(template: dict[str, Any], owner: Owner, index: int) -> str:
+    """<template output>sweep-<uid8>/t<index>/: a re-created sweep of the same name never meets the run folders
+    of the old one's trials (the trainer refuses a folder another FineTuneJob wrote)."""
+    base = str((template.get("output") or {}).get("uri", ""))
+    base = base if base.endswith("/") else base + "/"
+    return f"{base}sweep-{owner.uid[:8]}/t{index}/"
+
+
+def trial_manifest(spec: SweepSpec, owner: Owner, index: int) -> Manifest:
+    values = trial_parameters(spec, index)
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FineTuneJob",
+        "metadata": {
+            "name": trial_name(owner.name, index),
+            "namespace": owner.namespace,
+            "labels": {
+                "app.kubernetes.io/managed-by": "finetune-operator",
+                LABEL_SWEEP: label_value(owner.name),
+                LABEL_SWEEP_UID: owner.uid,
+                LABEL_TRIAL: str(index),
+            },
+            "annotations": {ANNOTATION_PARAMETERS: json.dumps(values, sort_keys=True)},
+            "ownerReferences": [
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": SWEEP_KIND,
+                    "name": owner.name,
+                    "uid": owner.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": trial_spec(spec.template, values, trial_output(spec.template, owner, index)),
+    }
+
+
+def _dig(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = data
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+@dataclass(frozen=True)
+class TrialObs:
+    """What the sweep needs of one trial FineTuneJob, read from its body."""
+
+    name: str
+    index: int
+    phase: str = "Pending"
+    metrics: dict[str, Any] = field(default_factory=dict)
+    step: int | None = None
+    validation_loss: float | None = None
+    stopped: str = ""  # the sweep suspended it: why
+    error_code: str = ""
+    error_message: str = ""
+    published: bool = False  # promoted to the sweep's published winner (serving on, own FineTuneJob)
+    endpoint: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.stopped) or self.phase in FINISHED
+
+
+def trial_obs(body: dict[str, Any]) -> TrialObs:
+    meta, status = body.get("metadata", {}), body.get("status") or {}
+    annotations = meta.get("annotations") or {}
+    error = status.get("error") or {}
+    step = _finite(_dig(status, INTERMEDIATE_STEP))
+    progress_run = _dig(status, ("progress", "run"))
+    current = progress_run is None or progress_run == status.get("run")
+    return TrialObs(
+        name=meta.get("name", ""),
+        index=int((meta.get("labels") or {}).get(LABEL_TRIAL, "-1")),
+        phase=str(status.get("phase") or "Pending"),
+        metrics=dict(status.get("metrics") or {}),
+        step=int(step) if step is not None and current else None,
+        validation_loss=_finite(_dig(status, INTERMEDIATE_VALIDATION_LOSS)) if current else None,
+        stopped=str(annotations.get(ANNOTATION_STOPPED, "")),
+        error_code=str(error.get("code", "")),
+        error_message=str(error.get("message", "")),
+        published=bool(annotations.get(ANNOTATION_PUBLISHED)),
+        endpoint=str((status.get("endpoint") or {}).get("url", "")),
+    )
+
+
+# ---- the plan --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepSnapshot:
+    owner: Owner
+    generation: int
+    spec: SweepSpec
+    status: dict[str, Any]
+    trials: Sequence[TrialObs] = ()
+    now: str = ""
+
+
+@dataclass(frozen=True)
+class Stop:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Promote the winning trial: its own FineTuneJob (no owner), serving on, the template's gate."""
+
+    name: str
+    patch: dict[str, Any]
+
+
+@dataclass
+class SweepPlan:
+    create: list[Manifest] = field(default_factory=list)
+    stop: list[Stop] = field(default_factory=list)
+    publish: Publish | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+Curve = list[list[float]]  # [[step, validation loss], ...]
+
+
+def _curves(status: dict[str, Any], trials: dict[int, TrialObs]) -> dict[int, Curve]:
+    """Each trial's remembered (step, validation loss) points plus what its status reports now."""
+    remembered = {int(t.get("index", -1)): list(t.get("curve") or []) for t in status.get("trials") or []}
+    out: dict[int, Curve] = {}
+    for index in set(remembered) | set(trials):
+        curve = [list(p) for p in remembered.get(index, [])]
+        trial = trials.get(index)
+        fresh = trial is not None and trial.step is not None and trial.validation_loss is not None
+        if trial and fresh and not any(int(p[0]) == trial.step for p in curve):
+            curve.append([float(trial.step or 0), float(trial.validation_loss or 0.0)])
+            curve.sort()
+        out[index] = curve[-CURVE_POINTS:]
+    return out
+
+
+def _best_until(curve: Curve, step: float) -> float | None:
+    seen = [p[1] for p in curve if p[0] <= step]
+    return min(seen) if seen else None
+
+
+def median_rule(rule: EarlyStoppingSpec, curve: Curve, completed: list[Curve]) -> str:
+    """Why to stop a running trial, or "": its best validation loss up to its latest step S (S >= afterSteps)
+    is worse than the median of the completed trials' best validation losses up to S (at least minTrials
+    of them reported one by S): the median stopping rule of Google Vizier, as Katib implements it."""
+    if not curve or curve[-1][0] < rule.after_steps:
+        return ""
+    step = curve[-1][0]
+    others = [b for b in (_best_until(c, step) for c in completed) if b is not None]
+    mine = _best_until(curve, step)
+    if len(others) < rule.min_trials or mine is None:
+        return ""
+    median = statistics.median(others)
+    if mine <= median:
+        return ""
+    return (
+        f"median rule: best validation loss {mine:.4g} by step {int(step)} is worse than the median {median:.4g} "
+        f"of {len(others)} completed trials by the same step"
+    )
+
+
+def _objective(spec: SweepSpec, trial: TrialObs | None) -> float | None:
+    if trial is None or trial.stopped:
+        return None
+    gated_out = trial.phase == "Failed" and trial.error_code == "GateFailed"  # a promoted winner's gate said no
+    if trial.phase not in ("Succeeded", "Serving", "Publishing") and not gated_out:
+        return None
+    return flatten_metrics(trial.metrics).get(spec.objective.metric)
+
+
+def _trial_phase(trial: TrialObs | None, remembered: dict[str, Any]) -> str:
+    if trial is None:
+        return str(remembered.get("phase") or "Pending") if remembered.get("name") else "Pending"
+    return "Stopped" if trial.stopped else trial.phase
+
+
+def _to_create(spec: SweepSpec, trials: dict[int, TrialObs], records: dict[int, Any]) -> list[int]:
+    """The next indices to create: lowest first, while fewer than `parallelism` trials are unfinished. A trial
+    the status remembers as finished but which is gone (deleted by hand) is not run again."""
+    unfinished = sum(1 for t in trials.values() if not t.finished)
+    room = max(0, spec.parallelism - unfinished)
+    missing = [
+        i
+        for i in range(spec.total_trials)
+        if i not in trials and records.get(i, {}).get("phase") not in (*FINISHED, "Stopped")
+    ]
+    return missing[:room]
+
+
+def _leaderboard(spec: SweepSpec, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    scored = [r for r in records if r.get("objective") is not None]
+    sign = 1.0 if spec.objective.goal == "minimize" else -1.0
+    scored.sort(key=lambda r: (sign * float(r["objective"]), int(r["index"])))
+    return [
+        {"rank": rank, **{k: r[k] for k in ("name", "index", "objective", "parameters")}}
+        for rank, r in enumerate(scored, start=1)
+    ]
+
+
+def _publish_patch(spec: SweepSpec, owner: Owner) -> dict[str, Any]:
+    serving = {**copy.deepcopy(spec.template.get("serving") or {}), "enabled": True}
+    gate = copy.deepcopy((spec.template.get("evaluation") or {}).get("gate") or [])
+    return {
+        "metadata": {"ownerReferences": None, "annotations": {ANNOTATION_PUBLISHED: owner.name}},
+        "spec": {"serving": serving, "evaluation": {"gate": gate}},
+    }
+
+
+def _early_stops(spec: SweepSpec, trials: dict[int, TrialObs], curves: dict[int, Curve]) -> list[Stop]:
+    """The running trials the early-stopping rule stops now (none when it is not configured)."""
+    if spec.early_stopping is None:
+        return []
+    completed = [curves.get(i, []) for i, t in trials.items() if _objective(spec, t) is not None]
+    stops = []
+    for index, trial in sorted(trials.items()):
+        if trial.finished or trial.phase not in ("Training", "Evaluating"):
+            continue
+        reason = median_rule(spec.early_stopping, curves.get(index, []), completed)
+        if reason:
+            stops.append(Stop(trial.name, reason))
+    return stops
+
+
+def _records(
+    spec: SweepSpec,
+    owner: Owner,
+    trials: dict[int, TrialObs],
+    remembered: dict[int, dict[str, Any]],
+    curves: dict[int, Curve],
+    created: set[str],
+    stopping: dict[str, str],
+) -> list[dict[str, Any]]:
+    """status.trials: every trial created (or being created now), by index; a trial that is gone keeps what
+    the status last said of it."""
+    out: list[dict[str, Any]] = []
+    for index in sorted(set(range(spec.total_trials)) | set(trials) | set(remembered)):
+        trial, before, name = trials.get(index), remembered.get(index, {}), trial_name(owner.name, index)
+        if trial is None and name not in created and not before:
+            continue
+        phase = "Pending" if trial is None and name in created else _trial_phase(trial, before)
+        record: dict[str, Any] = {
+            "index": index,
+            "name": name,
+            "parameters": trial_parameters(spec, index),
+            "phase": "Stopped" if name in stopping else phase,
+            "objective": _objective(spec, trial) if trial else before.get("objective"),
+            "curve": curves.get(index) or None,
+            "message": (stopping.get(name) or trial.stopped or trial.error_message) if trial else before.get("message"),
+        }
+        out.append({k: v for k, v in record.items() if v is not None and v != ""})
+    return out
+
+
+def _failed_fast(trials: dict[int, TrialObs]) -> TrialObs | None:
+    """A trial that failed with a user error while none has succeeded: the template is wrong for all."""
+    if any(t.phase in ("Succeeded", "Serving", "Publishing") for t in trials.values()):
+        return None
+    return next((t for t in sorted(trials.values(), key=lambda t: t.index) if t.error_code in USER_ERRORS), None)
+
+
+def sweep_plan(snapshot: SweepSnapshot) -> SweepPlan:
+    """Which trials to create and stop, whether to promote the winner, and the sweep's new status."""
+    spec, owner, status = snapshot.spec, snapshot.owner, snapshot.status
+    trials = {t.index: t for t in snapshot.trials if t.index >= 0}
+    records = {int(r.get("index", -1)): r for r in status.get("trials") or []}
+    broken = _failed_fast(trials)
+    create = [] if broken else [trial_manifest(spec, owner, i) for i in _to_create(spec, trials, records)]
+    curves = _curves(status, trials)
+
+    stop = _early_stops(spec, trials, curves)
+    created = {m["metadata"]["name"] for m in create}
+    new_records = _records(spec, owner, trials, records, curves, created, {s.name: s.reason for s in stop})
+    leaderboard = _leaderboard(spec, new_records)
+    finished = sum(1 for r in new_records if r["phase"] in (*FINISHED, "Stopped"))
+    all_done = (finished >= spec.total_trials and not create) or (
+        broken is not None and all(t.finished for t in trials.values())
+    )
+    best = leaderboard[0] if leaderboard else None
+    winner = _winner(spec, trials, best) if all_done and best else None
+    publish: Publish | None = None
+    if winner and spec.publish_winner:
+        chosen = trials.get(int(winner["index"]))
+        if chosen is not None and not chosen.published:
+            publish = Publish(chosen.name, _publish_patch(spec, owner))
+    phase, error = _phase(spec, all_done, broken, winner, trials)
+    gen = snapshot.generation
+    complete = cond.condition(
+        "Complete",
+        all_done,
+        "AllTrialsFinished" if all_done else "TrialsRunning",
+        f"{finished} of {spec.total_trials} trials finished",
+        gen,
+    )
+    new_status: dict[str, Any] = {
+        "observedGeneration": gen,
+        "phase": phase,
+        "trialsTotal": spec.total_trials,
+        "trialsFinished": finished,
+        "summary": f"{finished}/{spec.total_trials}",
+        "objective": spec.objective.metric,
+        "trials": new_records,
+        "leaderboard": leaderboard or None,
+        "best": best,
+        "winner": winner,
+        "conditions": cond.merge(status.get("conditions"), [complete], snapshot.now),
+        "error": error,
+    }
+    return SweepPlan(create=create, stop=stop, publish=publish, status=new_status)
+
+
+def _winner(spec: SweepSpec, trials: dict[int, TrialObs], best: dict[str, Any]) -> dict[str, Any]:
+    """The best trial once every trial has finished, with its test metrics (read here, after the choice, and
+    for the winner only) and the template's gate judged on them."""
+    index = int(best["index"])
+    trial = trials.get(index)
+    metrics = trial.metrics if trial else {}
+    test = {k: v for k, v in flatten_metrics(metrics).items() if k.startswith("test_")}
+    rules = list(parse_spec(spec.template).evaluation.gate)
+    gate: GateResult = evaluate_gate(rules, metrics)
+    winner: dict[str, Any] = {
+        "name": best["name"],
+        "index": index,
+        "objective": best["objective"],
+        "parameters": best["parameters"],
+        "testMetrics": test,
+        "gate": gate.to_status(),
+    }
+    if trial and trial.published:
+        winner["published"] = {"finetuneJob": trial.name, "phase": trial.phase, "endpoint": trial.endpoint or None}
+    return winner
+
+
+def _phase(
+    spec: SweepSpec,
+    all_done: bool,
+    broken: TrialObs | None,
+    winner: dict[str, Any] | None,
+    trials: dict[int, TrialObs],
+) -> tuple[str, dict[str, str] | None]:
+    if broken is not None:
+        message = f"trial {broken.name} failed with {broken.error_code}: {broken.error_message}; no further trial"
+        return ("Failed" if all_done else "Running"), {"code": broken.error_code, "message": message[:4096]}
+    if not all_done:
+        return ("Running" if trials else "Pending"), None
+    if winner is None:
+        return "Failed", {"code": "NoTrialSucceeded", "message": f"no trial reported {spec.objective.metric}"}
+    if not spec.publish_winner:
+        return "Succeeded", None
+    chosen = trials.get(int(winner["index"]))
+    if chosen is None or not chosen.published or chosen.phase in ("Publishing", "Succeeded"):
+        return "Publishing", None
+    if chosen.phase == "Serving":
+        return "Succeeded", None
+    code = chosen.error_code or "PublishFailed"
+    return "Failed", {"code": code, "message": f"winner {chosen.name}: {chosen.error_message}"[:4096]}
