@@ -33,8 +33,11 @@ def spec(**overrides: Any) -> FineTuneJobSpec:
 
 
 def example(name: str) -> dict[str, Any]:
+    """The example's FineTuneJob; for a FineTuneSweep, its template as a FineTuneJob (what each trial starts from)."""
     docs = [d for d in yaml.safe_load_all((EXAMPLES / f"{name}.yaml").read_text()) if d]
-    body: dict[str, Any] = next(d for d in docs if d.get("kind") == "FineTuneJob")
+    body: dict[str, Any] = next(d for d in docs if d.get("kind") in ("FineTuneJob", "FineTuneSweep"))
+    if body["kind"] == "FineTuneSweep":
+        return {**body, "kind": "FineTuneJob", "spec": body["spec"]["template"]}
     return body
 
 

@@ -293,7 +293,7 @@ def test_early_stopping_suspends_a_clearly_worse_trial_and_remembers_the_curves(
 
 
 def test_trial_obs_reads_the_documented_status_paths() -> None:
-    body = {
+    body: dict[str, Any] = {
         "metadata": {"name": "lr-search-t2", "labels": {LABEL_TRIAL: "2"}, "annotations": {ANNOTATION_STOPPED: "why"}},
         "status": {
             "phase": "Training",
@@ -307,3 +307,26 @@ def test_trial_obs_reads_the_documented_status_paths() -> None:
     assert (seen.index, seen.step, seen.validation_loss, seen.stopped, seen.finished) == (2, 40, 1.25, "why", True)
     stale = {**body, "status": {**body["status"], "progress": {"run": 0, "step": 40, "validationLoss": math.nan}}}
     assert trial_obs(stale).step is None and trial_obs(stale).validation_loss is None
+
+
+def test_the_example_sweep_makes_trials_that_are_valid_finetunejobs() -> None:
+    import yaml
+    from finetune_operator.spec import parse_spec
+
+    from .support import EXAMPLES
+
+    body = yaml.safe_load((EXAMPLES / "sweep.yaml").read_text())
+    spec = parse_sweep_spec(body["spec"])
+    owner = Owner("team-a", body["metadata"]["name"], OWNER.uid)
+    trials = [
+        sweep_plan(
+            SweepSnapshot(owner=owner, generation=1, spec=spec.model_copy(update={"parallelism": 6}), status={})
+        ).create
+    ]
+    (made,) = trials
+    assert len(made) == spec.total_trials == 6
+    for manifest in made:
+        parsed = parse_spec(manifest["spec"])
+        assert parsed.serving.enabled is False and 1e-4 <= parsed.hyperparameters.learning_rate <= 3e-3
+        assert parsed.method.lora.rank in (4, 8, 16)
+    assert len({m["spec"]["hyperparameters"]["learningRate"] for m in made}) == 6

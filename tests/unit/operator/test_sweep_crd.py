@@ -51,7 +51,8 @@ def test_every_sweepable_path_is_a_finetunejob_field_of_its_number_type() -> Non
         node = spec
         for part in path.split("."):
             node = node["properties"][part]
-        assert node["type"] == {"int": "integer", "float": "number"}[kind], path
+        types = [node["type"]] if "type" in node else [branch["type"] for branch in node["anyOf"]]  # int-or-string
+        assert {"int": "integer", "float": "number"}[kind] in types, path
     item = _schema("finetunesweep.yaml")["properties"]["spec"]["properties"]["parameters"]["items"]
     assert item["properties"]["path"]["enum"] == list(PARAMETERS)
 

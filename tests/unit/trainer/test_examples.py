@@ -28,7 +28,8 @@ def rendered(path: Path) -> dict[str, Any]:
     from finetune_operator.spec import parse_spec
 
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-    body = next(d for d in docs if d.get("kind") == "FineTuneJob")
+    body = next(d for d in docs if d.get("kind") in ("FineTuneJob", "FineTuneSweep"))
+    body = {**body, "spec": body["spec"]["template"]} if body["kind"] == "FineTuneSweep" else body  # a trial's start
     owner = Owner(body["metadata"].get("namespace", "team-a"), body["metadata"]["name"], "uid-1")
     config_map = trainer_config_map(parse_spec(body["spec"]), owner, 4)
     document: dict[str, Any] = json.loads(config_map["data"]["config.json"])

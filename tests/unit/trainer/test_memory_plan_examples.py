@@ -52,7 +52,10 @@ def named_hardware(spec: dict[str, Any]) -> Accelerator:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_plan_fits_the_hardware_it_names(path: Path) -> None:
-    spec = next(d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "FineTuneJob")["spec"]
+    body = next(
+        d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") in ("FineTuneJob", "FineTuneSweep")
+    )
+    spec = body["spec"]["template"] if body["kind"] == "FineTuneSweep" else body["spec"]  # a sweep's trials start there
     cfg = parse_config(rendered(path), path.name)
     folder = cfg.base_model.uri.removeprefix("s3://").rstrip("/").split("/")[-1]
     assert folder in BASE_MODELS, f"{path.name}: add the config.json of {cfg.base_model.uri} to BASE_MODELS"
