@@ -40,6 +40,7 @@ PLURALS = {
     "Role": "roles",
     "RoleBinding": "rolebindings",
     "PodDisruptionBudget": "poddisruptionbudgets",
+    "Lease": "leases",
     KIND: PLURAL,
 }
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
@@ -179,6 +180,15 @@ class Kube:
                 query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
             )
         return applied
+
+    def replace(self, manifest: Manifest) -> dict[str, Any]:
+        """PUT the whole object; with `metadata.resourceVersion` set, a concurrent writer makes it a Conflict
+        (the leader election's compare-and-swap on its Lease)."""
+        meta = manifest["metadata"]
+        url = path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        with self._errors("update", f"{manifest['kind']} {meta['namespace']}/{meta['name']}"):
+            replaced: dict[str, Any] = self._call("PUT", url, manifest, query=[("fieldManager", FIELD_MANAGER)])
+        return replaced
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str, *, foreground: bool = False) -> bool:
         """Delete; False when it was already gone. Background: the object goes at once and its dependents

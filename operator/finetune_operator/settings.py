@@ -44,6 +44,10 @@ class Settings:
     metrics_port: int = 0  # 0: no Prometheus endpoint
     health_port: int = 8080
     log_format: str = "text"  # text | json (one JSON object a line, for log pipelines)
+    # only the replica holding this Lease runs the operator (finetune_operator.leader); the chart runs two
+    leader_election: bool = False
+    leader_election_namespace: str = ""  # empty: the pod's own namespace (its service account's)
+    leader_election_lease: str = "finetune-operator"
 
     @property
     def server_image(self) -> str:
@@ -163,6 +167,23 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Set
         choices=["text", "json"],
         help="text lines or one JSON object a line. Env FTO_LOG_FORMAT",
     )
+    parser.add_argument(
+        "--leader-election",
+        action=argparse.BooleanOptionalAction,
+        default=env.get("FTO_LEADER_ELECTION", "false").lower() in ("1", "true", "yes"),
+        help="run only while holding a coordination.k8s.io Lease, so several replicas may run and one acts; a "
+        "standby takes over within the lease duration (15 s) of the leader's death. Env FTO_LEADER_ELECTION",
+    )
+    parser.add_argument(
+        "--leader-election-namespace",
+        default=env.get("FTO_LEADER_ELECTION_NAMESPACE", ""),
+        help="namespace of the Lease (default: the pod's own). Env FTO_LEADER_ELECTION_NAMESPACE",
+    )
+    parser.add_argument(
+        "--leader-election-lease",
+        default=env.get("FTO_LEADER_ELECTION_LEASE", "finetune-operator"),
+        help="name of the Lease; replicas naming the same one elect one leader. Env FTO_LEADER_ELECTION_LEASE",
+    )
     args = parser.parse_args(list(argv))
     if args.all_namespaces:
         namespaces: tuple[str, ...] = ()
@@ -188,4 +209,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Set
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         log_format=args.log_format,
+        leader_election=args.leader_election,
+        leader_election_namespace=args.leader_election_namespace,
+        leader_election_lease=args.leader_election_lease,
     )

@@ -24,11 +24,38 @@ def _of(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 
 
+def _watching(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The Roles or RoleBindings of the watched namespaces, not leader election's own in the release namespace."""
+    return [d for d in _of(docs, kind) if not d["metadata"]["name"].endswith("-leader-election")]
+
+
 def test_chart_crd_is_the_repository_crd() -> None:
     """One source of truth: fix a difference with helm/sync-crd.sh."""
     source = (ROOT / "crds" / "finetunejob.yaml").read_bytes()
     assert (CHART / "crds" / "finetunejob.yaml").read_bytes() == source
     assert [p.name for p in (CHART / "crds").iterdir()] == ["finetunejob.yaml"]
+
+
+def test_without_leader_election_one_replica_recreate_and_no_lease_rights() -> None:
+    rendered = render("r", "ops", {"leaderElection.enabled": "false", "replicas": "3"})
+    (deployment,) = _of(rendered, "Deployment")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert not [r for r in _of(rendered, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+
+
+def test_leader_election_may_touch_only_its_lease() -> None:
+    roles = _of(render("r", "ops"), "Role")
+    (role,) = [r for r in roles if r["metadata"]["name"] == "r-finetune-operator-leader-election"]
+    assert role["metadata"]["namespace"] == "ops"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["r-finetune-operator"],
+            "verbs": ["get", "update"],
+        },
+    ]
 
 
 @pytest.mark.parametrize("values", [{}, EVERYTHING], ids=["defaults", "everything-on"])
@@ -37,10 +64,14 @@ def test_helm_lint(values: dict[str, str]) -> None:
     assert "0 chart(s) failed" in out
 
 
-def test_one_replica_recreate_restricted_pod() -> None:
+def test_two_replicas_with_leader_election_rolling_restricted_pod() -> None:
     (deployment,) = _of(render("r", "ops"), "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2 and spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    env = {e["name"]: e.get("value") for e in spec["template"]["spec"]["containers"][0]["env"]}
+    assert env["FTO_LEADER_ELECTION"] == "true" and env["FTO_LEADER_ELECTION_NAMESPACE"] == "ops"
+    assert env["FTO_LEADER_ELECTION_LEASE"] == "r-finetune-operator"
     pod = spec["template"]["spec"]
     assert pod["securityContext"].items() >= RESTRICTED_POD.items()
     (container,) = pod["containers"]
@@ -102,8 +133,8 @@ def test_rbac_has_no_wildcards_and_no_pod_or_secret_listing(values: dict[str, st
 
 def test_namespaced_mode_grants_namespaced_rights_only_in_the_listed_namespaces() -> None:
     docs = render("r", "ops", NAMESPACED)
-    assert sorted(r["metadata"]["namespace"] for r in _of(docs, "Role")) == ["team-a", "team-b"]
-    assert sorted(b["metadata"]["namespace"] for b in _of(docs, "RoleBinding")) == ["team-a", "team-b"]
+    assert sorted(r["metadata"]["namespace"] for r in _watching(docs, "Role")) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in _watching(docs, "RoleBinding")) == ["team-a", "team-b"]
     (cluster_role,) = _of(docs, "ClusterRole")
     cluster_resources = {res for rule in _rules(cluster_role) for res in rule["resources"]}
     assert cluster_resources == {"customresourcedefinitions", "namespaces"}
@@ -193,5 +224,5 @@ def test_rbac_covers_every_child_the_builders_make() -> None:
     }
     for values in ({}, NAMESPACED):
         docs = render("r", "ops", values)
-        role = (_of(docs, "Role") or _of(docs, "ClusterRole"))[0]
+        role = (_watching(docs, "Role") or _of(docs, "ClusterRole"))[0]
         assert needed <= _granted(role), needed - _granted(role)

@@ -97,7 +97,7 @@ def test_install_upgrade_uninstall_keeps_crd_and_jobs(cluster: Any, namespace: s
     )
     fullname = f"{release}-finetune-operator"
     deployment = cluster.apps.read_namespaced_deployment(fullname, namespace)
-    assert deployment.spec.strategy.type == "Recreate" and deployment.spec.replicas == 1
+    assert deployment.spec.strategy.type == "RollingUpdate" and deployment.spec.replicas == 2  # leader election
     # the ReplicaSet's pod is admitted by PodSecurity enforce=restricted (it is created at all)
     wait_for("the operator pod", lambda: _operator_pods(cluster, namespace, release), timeout=60)
     jobs.create(namespace, ftj_manifest("survivor"))

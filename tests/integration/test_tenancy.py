@@ -43,6 +43,11 @@ NAMESPACED: set[Rule] = {
 CLUSTER_SCAN: set[Rule] = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
 NAMESPACE_SCAN: set[Rule] = {("", "namespaces", v) for v in ("list", "watch")}
 EVERYONE = {"authorization.k8s.io", "authentication.k8s.io"}  # self reviews every authenticated user has
+# leader election (chart default), in the release namespace only: create, and get/update of its one Lease by name
+LEADER_ELECTION: set[Rule] = {
+    ("coordination.k8s.io", "leases", "create"),
+    *{("coordination.k8s.io", "leases (by name)", v) for v in ("get", "update")},
+}
 
 
 def rules_in(identity: Identity, namespace: str) -> set[Rule]:
@@ -54,11 +59,12 @@ def rules_in(identity: Identity, namespace: str) -> set[Rule]:
     )
     found: set[Rule] = set()
     for rule in review.status.resource_rules:
-        assert not rule.resource_names or set(rule.api_groups) <= EVERYONE, rule
+        assert not rule.resource_names or set(rule.api_groups) <= EVERYONE | {"coordination.k8s.io"}, rule
+        named = " (by name)" if rule.resource_names else ""
         for group in rule.api_groups:
             if group in EVERYONE:
                 continue
-            found |= {(group, r, v) for r in rule.resources for v in rule.verbs}
+            found |= {(group, r + named, v) for r in rule.resources for v in rule.verbs}
     return found
 
 
@@ -109,8 +115,8 @@ def test_operator_rules_are_exactly_what_reconcile_needs(
     chart_identity: Identity, namespace: str, other_namespace: str
 ) -> None:
     assert rules_in(chart_identity, other_namespace) == NAMESPACED | CLUSTER_SCAN | NAMESPACE_SCAN
-    # its own namespace (and any other) holds nothing namespaced: only the cluster-scoped watches
-    assert rules_in(chart_identity, namespace) == CLUSTER_SCAN | NAMESPACE_SCAN
+    # its own namespace holds nothing namespaced but the leader election's Lease; besides, the cluster-scoped watches
+    assert rules_in(chart_identity, namespace) == CLUSTER_SCAN | NAMESPACE_SCAN | LEADER_ELECTION
 
 
 def test_cluster_wide_install_grants_the_same_verbs_everywhere_and_no_more(
