@@ -4,4 +4,7 @@
 # tests/helm/test_chart.py fails when the two files differ; run this (or `make helm-sync-crd`) to fix it.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-cp "$repo/crds/finetunejob.yaml" "$repo/helm/finetune-operator/crds/finetunejob.yaml"
+# crds/finetunesweep.yaml embeds the FineTuneJob spec schema (as spec.template): regenerate it first.
+PYTHONPATH="$repo/operator" "${PYTHON:-${FTO_CACHE:-$HOME/.cache/finetune-operator}/venv/bin/python}" \
+  "$repo/hack/gen_sweep_crd.py"
+cp "$repo/crds/finetunejob.yaml" "$repo/crds/finetunesweep.yaml" "$repo/helm/finetune-operator/crds/"

@@ -68,6 +68,22 @@ call needs it. Used by the ClusterRole (all namespaces) or by one Role per watch
 - apiGroups: [finetune.dev]
   resources: [finetunejobs/finalizers]
   verbs: [update]
+# FineTuneSweeps (operator/finetune_operator/sweeps.py): watched; the operator writes only their status, and
+# makes their trials: FineTuneJobs it creates (create; get after a create that raced a restarted operator) and
+# patches (suspend: early stopping; promote the winner: serving, gate, its owner reference dropped). It never
+# writes a FineTuneJob a user made. finalizers: the trials' blockOwnerDeletion, as above.
+- apiGroups: [finetune.dev]
+  resources: [finetunesweeps]
+  verbs: [list, watch]
+- apiGroups: [finetune.dev]
+  resources: [finetunesweeps/status]
+  verbs: [patch]
+- apiGroups: [finetune.dev]
+  resources: [finetunesweeps/finalizers]
+  verbs: [update]
+- apiGroups: [finetune.dev]
+  resources: [finetunejobs]
+  verbs: [get, create, patch]
 # Training Jobs: startup list + kopf watch (label-selected), get after a create that raced, create, delete of
 # retired runs, patch of spec.suspend (only for Jobs without a Kueue queue; Kueue owns suspend otherwise).
 - apiGroups: [batch]
