@@ -31,9 +31,10 @@ def _watching(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 def test_chart_crd_is_the_repository_crd() -> None:
     """One source of truth: fix a difference with helm/sync-crd.sh."""
-    source = (ROOT / "crds" / "finetunejob.yaml").read_bytes()
-    assert (CHART / "crds" / "finetunejob.yaml").read_bytes() == source
-    assert [p.name for p in (CHART / "crds").iterdir()] == ["finetunejob.yaml"]
+    sources = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
+    for name in sources:
+        assert (CHART / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes(), name
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == sources
 
 
 def test_without_leader_election_one_replica_recreate_and_no_lease_rights() -> None:
