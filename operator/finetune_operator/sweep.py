@@ -57,10 +57,11 @@ PARAMETERS: dict[str, Literal["int", "float"]] = {
 """The one table of what a sweep may vary and each field's number type; the CRD's enum and its int rule are
 generated from it (hack/gen_sweep_crd.py) and a test checks every path exists in the FineTuneJob spec."""
 
-INTERMEDIATE_STEP = ("progress", "step")
+INTERMEDIATE_STEP = ("progress", "validationStep")
 INTERMEDIATE_VALIDATION_LOSS = ("progress", "validationLoss")
-"""Where a trial's status reports the validation loss measured during training (evaluation.intervalSteps)
-and the step it belongs to: the one place the early-stopping rule reads it from."""
+"""Where a trial's status reports the latest validation loss measured during training (every
+evaluation.intervalSteps; the trainer's `selection` module writes both) and the step it was measured at: the
+one place the early-stopping rule reads it from."""
 
 USER_ERRORS = frozenset({"ConfigInvalid", "DatasetInvalid", "ModelInvalid", "PlanDoesNotFit", "SecretMissing"})
 """Trial failures that every other trial would repeat (the template is wrong): no further trial is started."""

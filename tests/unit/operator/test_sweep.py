@@ -298,14 +298,14 @@ def test_trial_obs_reads_the_documented_status_paths() -> None:
         "status": {
             "phase": "Training",
             "run": 1,
-            "progress": {"run": 1, "step": 40, "validationLoss": 1.25},
+            "progress": {"run": 1, "step": 45, "validationStep": 40, "validationLoss": 1.25},
             "metrics": {"validation": {"loss": 1.2}},
             "error": {"code": "X", "message": "y"},
         },
     }
     seen = trial_obs(body)
     assert (seen.index, seen.step, seen.validation_loss, seen.stopped, seen.finished) == (2, 40, 1.25, "why", True)
-    stale = {**body, "status": {**body["status"], "progress": {"run": 0, "step": 40, "validationLoss": math.nan}}}
+    stale = {**body, "status": {**body["status"], "progress": {"run": 0, "validationStep": 40, "validationLoss": math.nan}}}
     assert trial_obs(stale).step is None and trial_obs(stale).validation_loss is None
 
 
