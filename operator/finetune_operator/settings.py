@@ -18,6 +18,9 @@ DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
 # silently falls back to the default RoPE base) and the `TokenizersBackend` tokenizer class (4.x cannot load it).
 # vLLM releases before 0.19.1 require transformers < 5.
 DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"
+# gpu: the official image on GPU nodes; cpu: vLLM's CPU build (hack/build-images.sh's `vllm` image) on nodes
+# without one. The flags each renders: VLLM_DEVICES in builders/serving.py.
+VLLM_DEVICE_CHOICES = ("gpu", "cpu")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class Settings:
     trainer_image: str = DEFAULT_TRAINER_IMAGE
     serving_image: str = ""  # empty: the trainer image (it carries the server too)
     vllm_image: str = DEFAULT_VLLM_IMAGE
+    vllm_device: str = "gpu"
     image_pull_policy: str = "IfNotPresent"
     backoff_limit: int = 3
     # SIGTERM -> checkpoint -> upload (the one in flight and the SIGTERM one) must fit in the training pod's
@@ -87,6 +91,13 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Set
         "--vllm-image",
         default=env.get("FTO_VLLM_IMAGE", DEFAULT_VLLM_IMAGE),
         help="vLLM OpenAI server image for engine=vllm (the trainer image fetches its model). Env FTO_VLLM_IMAGE",
+    )
+    parser.add_argument(
+        "--vllm-device",
+        default=env.get("FTO_VLLM_DEVICE", "gpu"),
+        choices=VLLM_DEVICE_CHOICES,
+        help="what --vllm-image runs on: gpu (one GPU per server) or cpu (vLLM's CPU build: float32, a 2048-token "
+        "context, a 2 GiB KV cache, 7Gi of memory, no GPU; docs/serving.md). Env FTO_VLLM_DEVICE",
     )
     parser.add_argument(
         "--image-pull-policy",
@@ -195,6 +206,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Set
         trainer_image=args.trainer_image,
         serving_image=args.serving_image,
         vllm_image=args.vllm_image,
+        vllm_device=args.vllm_device,
         image_pull_policy=args.image_pull_policy,
         backoff_limit=args.backoff_limit,
         trainer_grace_seconds=args.trainer_grace_seconds,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -120,10 +120,18 @@ def upload_outputs(
     base: Mapping[str, Any],
     log_history: list[dict[str, Any]],
     facts: Mapping[str, Any],
+    copy: Callable[[str, bytes], None] | None = None,
 ) -> dict[str, str]:
-    """Upload model, report and metrics; returns their URIs."""
+    """Upload model, report and metrics; returns their URIs. `copy(name, data)` gets every file written beside
+    the model too (the MLflow run's artifacts)."""
+
+    def write(name: str, data: bytes, content_type: str) -> None:
+        storage.write_bytes(run_uri.join(name), data, content_type)
+        if copy is not None:
+            copy(name, data)
+
     storage.upload_dir(model_folder, run_uri.join("model/"))
-    storage.write_bytes(run_uri.join("trainer_config.json"), cfg.to_json().encode(), "application/json")
+    write("trainer_config.json", cfg.to_json().encode(), "application/json")
     title = f"{cfg.job.namespace}/{cfg.job.name} run {cfg.job.run}"
     curves = loss_history(log_history)
     last_step = int(facts.get("steps") or 0)
@@ -131,7 +139,7 @@ def upload_outputs(
         if "loss" in metrics.get(split, {}) and not curves.get(split):
             curves[split] = [(last_step, float(metrics[split]["loss"]))]
     png = loss_curve_png(curves, title)
-    storage.write_bytes(run_uri.join("loss_curve.png"), png, "image/png")
+    write("loss_curve.png", png, "image/png")
     page = render_html(
         title,
         metrics,
@@ -139,11 +147,9 @@ def upload_outputs(
         {"base model": cfg.base_model.uri, "method": cfg.method.type, "task": cfg.base_model.task, **facts},
         png,
     )
-    storage.write_bytes(run_uri.join("report.html"), page.encode(), "text/html; charset=utf-8")
+    write("report.html", page.encode(), "text/html; charset=utf-8")
     document = metrics_document(cfg, metrics, base, log_history, facts)
-    storage.write_bytes(
-        run_uri.join("metrics.json"), json.dumps(document, indent=2, default=str).encode(), "application/json"
-    )
+    write("metrics.json", json.dumps(document, indent=2, default=str).encode(), "application/json")
     uris = {
         "model": str(run_uri.join("model/")),
         "report": str(run_uri.join("report.html")),

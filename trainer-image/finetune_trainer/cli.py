@@ -75,7 +75,8 @@ def run_train(config_path: Path) -> int:
         from finetune_trainer.train import main
 
         outcome = main(cfg, stop)
-        line = termination_line("Succeeded", f"trained {outcome.steps} steps", run, outcome.metrics)
+        message = f"trained {outcome.steps} steps"
+        line = termination_line("Succeeded", message, run, outcome.metrics, outcome.tracking)
         code = 0
     except StopRequested:
         preempted = Preempted(

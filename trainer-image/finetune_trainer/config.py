@@ -167,6 +167,27 @@ class DistributedSpec(_Model):
     processes_per_worker: int = Field(default=1, ge=1)
 
 
+class MlflowTarget(_Model):
+    """Where the run is tracked (docs/tracking.md). Credentials come from the environment (MLFLOW_TRACKING_*),
+    never from this file: the operator renders it into a ConfigMap."""
+
+    tracking_uri: str = Field(min_length=1, max_length=2048)
+    experiment: str = Field(min_length=1, max_length=500)
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s):// URL of an MLflow tracking server, got {value!r}")
+        return value
+
+
+class Tracking(_Model):
+    """Experiment tracking besides the TensorBoard event files every run writes (`run-N/tensorboard/`)."""
+
+    mlflow: MlflowTarget | None = None
+
+
 class OutputSpec(_Model):
     uri: S3UriStr
     run_uri: S3UriStr
@@ -191,6 +212,7 @@ class TrainerConfig(_Model):
     checkpointing: CheckpointSpec = CheckpointSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     distributed: DistributedSpec = DistributedSpec()
+    tracking: Tracking = Tracking()
     output: OutputSpec
 
     @model_validator(mode="after")

@@ -123,10 +123,20 @@ class Reporter:
     latest: dict[str, Any] | None = None
     failures: int = 0
     stage: str | None = None
+    tracking: Callable[[], dict[str, Any]] | None = None
+    """The run's tracking (`tracking.RunTracking.summary`), sent as `progress.tracking` with every report;
+    a change (the MLflow run opened, or tracking degraded) goes out at once."""
+    tracking_sent: dict[str, Any] | None = None
 
     def report(self, stage: str, force: bool = False, **values: Any) -> None:
         now = self.clock()
         self.latest = progress_payload(self.run, stage, now, **values)
+        if self.tracking is not None:
+            current = self.tracking()
+            if current:
+                self.latest["status"]["progress"]["tracking"] = current
+            if current != self.tracking_sent:
+                force, self.tracking_sent = True, current
         force = force or stage != self.stage  # a new stage (loading -> training) goes out at once
         self.stage = stage
         if self.throttle.offer(now, force=force):

@@ -20,8 +20,14 @@ LIMIT = 4096
 DEFAULT_PATH = "/dev/termination-log"
 
 
-def termination_line(code: str, message: str, run: int | None = None, metrics: Mapping[str, Any] | None = None) -> str:
-    """`{"code", "message", "run"?, "metrics"?}` as one JSON line of at most 4096 bytes."""
+def termination_line(
+    code: str,
+    message: str,
+    run: int | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    tracking: Mapping[str, Any] | None = None,
+) -> str:
+    """`{"code", "message", "run"?, "metrics"?, "tracking"?}` as one JSON line of at most 4096 bytes."""
 
     def render(text: str, with_metrics: bool) -> str:
         body: dict[str, Any] = {"code": code, "message": text}
@@ -29,6 +35,8 @@ def termination_line(code: str, message: str, run: int | None = None, metrics: M
             body["run"] = run
         if metrics is not None and with_metrics:
             body["metrics"] = metrics
+        if tracking:
+            body["tracking"] = tracking
         return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
     line = render(message, True)

@@ -33,6 +33,7 @@ from finetune_trainer.inputs import Inputs, prepare, write_split
 from finetune_trainer.modeling import Hardware, apply_method, check_method, choose_precision, load_model
 from finetune_trainer.progress import make_reporter
 from finetune_trainer.storage import S3Uri, Storage
+from finetune_trainer.tracking import RunTracking, memory_plan_here, tracking_finished_on_error
 from finetune_trainer.uploader import CheckpointUploader, uploads_finished_on_error
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class Outcome:
     metrics: dict[str, dict[str, float]]
     base_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
+    tracking: dict[str, Any] = field(default_factory=dict)
 
 
 def work_dir() -> Path:
@@ -156,12 +158,18 @@ def quiet_progress_bars() -> None:
     transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
-def checkpoint_uploader(run_uri: S3Uri, cfg: TrainerConfig, work: Path) -> CheckpointUploader:
-    """Rank 0's upload thread, with a storage client of its own (the training thread keeps its own)."""
+def checkpoint_uploader(run_uri: S3Uri, cfg: TrainerConfig, work: Path, tracking: RunTracking) -> CheckpointUploader:
+    """Rank 0's upload thread, with a storage client of its own (the training thread keeps its own). The
+    TensorBoard event files so far go up after each checkpoint."""
     store = CheckpointStore(Storage(), run_uri, cfg.checkpointing.keep)
     resolved = cfg.to_json()
     staging = work / "checkpoint-uploads"  # beside, not inside, the Trainer's output dir: never rotated
-    return CheckpointUploader(lambda folder, step: store.upload(folder, step, resolved), staging)
+
+    def upload(folder: Path, step: int) -> None:
+        store.upload(folder, step, resolved)
+        tracking.upload_tensorboard()
+
+    return CheckpointUploader(upload, staging)
 
 
 def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
@@ -187,6 +195,10 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
     if distributed.is_main():
         write_split(storage, run_uri, inputs.splits, inputs.report)
         storage.write_bytes(run_uri.join("trainer_config.json"), cfg.to_json().encode(), "application/json")
+    tracking = RunTracking(cfg, storage, run_uri, work) if distributed.is_main() else None
+    if tracking is not None:
+        tracking.start()  # the same MLflow run as an earlier attempt of this run
+        reporter.tracking = tracking.summary
 
     import torch
     from transformers import Trainer, set_seed
@@ -202,16 +214,21 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
 
     steps = total_steps(len(inputs.tokenized["train"]), cfg, distributed.world_size())
     args = training_arguments(cfg, precision, hardware, work / "checkpoints", steps)
-    uploader = checkpoint_uploader(run_uri, cfg, work) if distributed.is_main() else None
+    uploader = checkpoint_uploader(run_uri, cfg, work, tracking) if tracking is not None else None
     hooks = TrainerHooks(stop, store, uploader, reporter)
+    if tracking is not None:
+        resolved = {"precision": precision, "processes": distributed.world_size(), "totalSteps": steps}
+        plan = memory_plan_here(cfg, inputs.model_folder, inputs.tokenized["train"], inputs.labels, hardware.cuda)
+        tracking.log_start(resolved, plan)
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=inputs.tokenized["train"],
         data_collator=collator,
-        callbacks=[hooks],
+        callbacks=[hooks, *(tracking.callbacks() if tracking is not None else [])],
     )
-    with uploads_finished_on_error(uploader):  # a crash or a late SIGTERM still finishes them
+    # a crash or a late SIGTERM still finishes the uploads, and ends the MLflow run as failed or killed
+    with uploads_finished_on_error(uploader), tracking_finished_on_error(tracking):
         started = time.monotonic()
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         if stop.requested:
@@ -233,6 +250,8 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
         artifacts: dict[str, str] = {}
         if uploader is not None:
             uploader.finish()  # the final checkpoint is resumable before any artifact of the run exists
+        if tracking is not None:
+            tracking.log_end(metrics, base, step)
         if distributed.is_main():
             folder = save_model(
                 model,
@@ -254,7 +273,13 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
                 "labels": inputs.labels,
                 "dataset": inputs.report.to_json(),
             }
+            if tracking is not None and tracking.mlflow is not None and tracking.mlflow.url:
+                facts["mlflowRun"] = tracking.mlflow.url
             history = trainer.state.log_history
-            artifacts = upload_outputs(storage, run_uri, folder, cfg, metrics, base, history, facts)
+            copy = tracking.log_artifact if tracking is not None else None
+            artifacts = upload_outputs(storage, run_uri, folder, cfg, metrics, base, history, facts, copy)
+        if tracking is not None:
+            tracking.finish("FINISHED")
         distributed.barrier()
-    return Outcome(trainer.state.global_step, metrics, base, artifacts)
+    summary = tracking.summary() if tracking is not None else {}
+    return Outcome(trainer.state.global_step, metrics, base, artifacts, summary)

@@ -35,6 +35,10 @@ COMPONENT = "serving"
 SERVE_KEY = "serve.json"
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 512)
 VLLM_BASE, VLLM_ADAPTER, VLLM_MODEL = "/models/base", "/models/adapter", "/models/model"
+# A vLLM server keeps serving for this long after its pod is marked for deletion, before SIGTERM: the pod's
+# endpoint is withdrawn from the Service (kube-proxy, ingress) while it still answers, so a roll drops no
+# request sent in between (vLLM stops listening at SIGTERM). Within terminationGracePeriodSeconds (45).
+VLLM_PRE_STOP: dict[str, Any] = {"preStop": {"sleep": {"seconds": 10}}}
 
 
 @dataclass(frozen=True)
@@ -104,17 +108,36 @@ def serving_config_map(spec: FineTuneJobSpec, owner: Owner, published: Published
     }
 
 
-def _server_resources(spec: FineTuneJobSpec) -> dict[str, Any]:
-    requested = spec.serving.resources
+def _server_resources(spec: FineTuneJobSpec, settings: Settings) -> dict[str, Any]:
+    return server_resources(
+        spec.serving.resources.requests,
+        spec.serving.resources.limits,
+        spec.resources.gpu_resource,
+        ENGINES[spec.serving.engine].gpu(settings),
+        ENGINES[spec.serving.engine].memory(settings),
+    )
+
+
+def server_resources(
+    requests: dict[str, Any], limits: dict[str, Any], gpu_resource: str, gpu: bool, memory: str
+) -> dict[str, Any]:
+    """A server container's resources: what the user asked for, plus the engine's defaults for what they did not.
+
+    `gpu`: one GPU of `gpu_resource` unless the limits name that resource (`limits: {<gpuResource>: 0}` is a pod
+    without one); `memory`: the request and limit when neither names memory ("": none). Shared with the
+    ModelServer's pods, so both kinds of server get the same defaults.
+    """
     out: dict[str, Any] = {}
-    if requested.requests:
-        out["requests"] = {k: str(v) for k, v in requested.requests.items()}
-    if requested.limits:
-        out["limits"] = {k: str(v) for k, v in requested.limits.items()}
-    # a GPU by default; `limits: {<gpuResource>: 0}` is a pod without one (vLLM's CPU build, docs/serving.md)
-    if ENGINES[spec.serving.engine].gpu and spec.resources.gpu_resource not in requested.limits:
-        out.setdefault("requests", {})[spec.resources.gpu_resource] = "1"
-        out.setdefault("limits", {})[spec.resources.gpu_resource] = "1"
+    if requests:
+        out["requests"] = {k: str(v) for k, v in requests.items()}
+    if limits:
+        out["limits"] = {k: str(v) for k, v in limits.items()}
+    if gpu and gpu_resource not in limits:
+        out.setdefault("requests", {})[gpu_resource] = "1"
+        out.setdefault("limits", {})[gpu_resource] = "1"
+    if memory and "memory" not in requests and "memory" not in limits:
+        out.setdefault("requests", {})["memory"] = memory
+        out.setdefault("limits", {})["memory"] = memory
     return out
 
 
@@ -159,7 +182,7 @@ def _transformers_pod(spec: FineTuneJobSpec, owner: Owner, _published: Published
         "startupProbe": _probe("/healthz", 5, 120),
         "readinessProbe": _probe("/readyz", 5, 3),
         "livenessProbe": _probe("/healthz", 10, 6),
-        "resources": _server_resources(spec),
+        "resources": _server_resources(spec, settings),
         "volumeMounts": [
             {"name": "config", "mountPath": "/etc/finetune", "readOnly": True},
             {"name": "work", "mountPath": "/work"},
@@ -224,9 +247,57 @@ def _vllm_model_args(owner: Owner, published: Published) -> tuple[list[tuple[str
     return [(published.base_model_uri, VLLM_BASE), (published.model_uri, VLLM_ADAPTER)], args
 
 
+@dataclass(frozen=True)
+class VllmDevice:
+    """Where a vLLM server runs (operator setting --vllm-device, chart `serving.vllmDevice`): the flags,
+    environment and defaults that differ between vLLM's GPU image and its CPU build (docs/serving.md).
+
+    One table for every vLLM pod the operator makes (a FineTuneJob's server, a ModelServer), so a CPU flag is
+    changed in one place.
+    """
+
+    name: str
+    gpu: bool
+    """Whether the pod asks for one GPU of resources.gpuResource unless serving.resources names it."""
+    args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    memory: str
+    """Memory request and limit when serving.resources names no memory ("": none)."""
+
+    def env_vars(self) -> list[dict[str, str]]:
+        return [{"name": k, "value": v} for k, v in self.env]
+
+
+VLLM_DEVICES: dict[str, VllmDevice] = {
+    device.name: device
+    for device in (
+        # the official image on a GPU: vLLM picks the dtype (the model's), the context length and the KV cache
+        VllmDevice(name="gpu", gpu=True, args=(), env=(), memory=""),
+        # vLLM's CPU build (the `vllm` image of hack/build-images.sh), as measured on 2 cores (docs/serving.md):
+        # float32, since bfloat16 is slow without AVX512; a 2048-token context (the model's own, 8192 for
+        # SmolLM2, would need a bigger KV cache); a 2 GiB KV cache (VLLM_CPU_KVCACHE_SPACE, GiB, held in the
+        # pod's memory: 46 KB a token for SmolLM2 in float32, so ~45k tokens); and 7 GiB for the whole pod
+        # (measured RSS 5.7-5.9 GiB with SmolLM2, its KV cache and an adapter, plus the fetched files' page cache)
+        VllmDevice(
+            name="cpu",
+            gpu=False,
+            args=("--dtype", "float32", "--max-model-len", "2048"),
+            env=(("VLLM_CPU_KVCACHE_SPACE", "2"),),
+            memory="7Gi",
+        ),
+    )
+}
+
+
+def vllm_device(settings: Settings) -> VllmDevice:
+    return VLLM_DEVICES[settings.vllm_device]
+
+
 def _vllm_pod(spec: FineTuneJobSpec, owner: Owner, published: Published, settings: Settings) -> dict[str, Any]:
+    device = vllm_device(settings)
     copies, args = _vllm_model_args(owner, published)
     args += ["--host", "0.0.0.0", "--port", str(PORT), "--max-num-seqs", str(spec.serving.max_concurrency)]
+    args += device.args
     container = {
         "name": "server",
         "image": settings.vllm_image,
@@ -239,12 +310,14 @@ def _vllm_pod(spec: FineTuneJobSpec, owner: Owner, published: Published, setting
             {"name": "HF_HOME", "value": "/models/.cache"},
             {"name": "HF_HUB_OFFLINE", "value": "1"},
             *_api_key_env(spec, "VLLM_API_KEY"),  # vLLM reads it like --api-key; /health needs no key
+            *device.env_vars(),
         ],
         "ports": [{"name": "http", "containerPort": PORT}],
         "startupProbe": _probe("/health", 10, 90),
         "readinessProbe": _probe("/health", 5, 3),
         "livenessProbe": _probe("/health", 10, 6),
-        "resources": _server_resources(spec),
+        "lifecycle": VLLM_PRE_STOP,
+        "resources": _server_resources(spec, settings),
         "volumeMounts": [{"name": "models", "mountPath": "/models"}, {"name": "shm", "mountPath": "/dev/shm"}],
         "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -267,8 +340,10 @@ class Engine:
     name: str
     pod: Callable[[FineTuneJobSpec, Owner, Published, Settings], dict[str, Any]]
     tasks: frozenset[str]
-    gpu: bool
+    gpu: Callable[[Settings], bool]
     """Whether a server pod asks for one GPU of resources.gpuResource unless serving.resources says otherwise."""
+    memory: Callable[[Settings], str]
+    """The server's memory request and limit unless serving.resources names memory ("": none)."""
 
 
 ENGINES: dict[str, Engine] = {
@@ -278,9 +353,16 @@ ENGINES: dict[str, Engine] = {
             name="transformers",
             pod=_transformers_pod,
             tasks=frozenset({"causal-lm", "sequence-classification"}),
-            gpu=False,
+            gpu=lambda _settings: False,
+            memory=lambda _settings: "",
         ),
-        Engine(name="vllm", pod=_vllm_pod, tasks=frozenset({"causal-lm"}), gpu=True),
+        Engine(
+            name="vllm",
+            pod=_vllm_pod,
+            tasks=frozenset({"causal-lm"}),
+            gpu=lambda settings: vllm_device(settings).gpu,
+            memory=lambda settings: vllm_device(settings).memory,
+        ),
     )
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any
@@ -165,7 +166,7 @@ def test_distributed_job_is_indexed_with_rank_and_stable_master() -> None:
     ]
     assert env["MASTER_PORT"]["value"] == "29500"
     config = json.loads(trainer_config_map(s, OWNER, 2)["data"]["config.json"])
-    assert config["distributed"] == {"workers": 3, "processesPerWorker": 4}
+    assert config["distributed"] == {"workers": 3, "processesPerWorker": 4, "sharding": "none"}
     assert set(service["spec"]["selector"].items()) <= set(pod_labels(job).items())
 
 
@@ -285,6 +286,44 @@ def test_vllm_without_a_gpu_when_the_limits_say_zero() -> None:
     published = Published(1, "causal-lm", "s3://m/base/", "s3://o/run-1/model/", True)
     server = serving_bundle(s, OWNER, published, SETTINGS)[-1]["spec"]["template"]["spec"]["containers"][0]
     assert server["resources"] == {"limits": {"nvidia.com/gpu": "0", "memory": "8Gi"}}
+
+
+def test_vllm_cpu_device_renders_the_cpu_builds_flags_memory_and_no_gpu() -> None:
+    settings = dataclasses.replace(SETTINGS, vllm_device="cpu", vllm_image="finetune.local/vllm:1")
+    s = spec(serving={"enabled": True, "engine": "vllm"})
+    published = Published(1, "causal-lm", "s3://m/base/", "s3://o/run-1/model/", True)
+    pod = serving_bundle(s, OWNER, published, settings)[-1]["spec"]["template"]["spec"]
+    server = pod["containers"][0]
+    args = server["args"]
+    assert server["image"] == "finetune.local/vllm:1"
+    assert args[args.index("--dtype") + 1] == "float32"  # bfloat16 is slow on CPUs without AVX512
+    assert args[args.index("--max-model-len") + 1] == "2048"
+    assert args.count("--dtype") == 1 and "--enable-lora" in args  # the adapter as on a GPU
+    assert {"name": "VLLM_CPU_KVCACHE_SPACE", "value": "2"} in server["env"]
+    assert server["resources"] == {"requests": {"memory": "7Gi"}, "limits": {"memory": "7Gi"}}
+    assert "nvidia.com/gpu" not in json.dumps(pod)
+    # the user's memory wins (both request and limit are theirs), and still no GPU
+    s = spec(serving={"enabled": True, "engine": "vllm", "resources": {"limits": {"memory": "12Gi"}}})
+    server = serving_bundle(s, OWNER, published, settings)[-1]["spec"]["template"]["spec"]["containers"][0]
+    assert server["resources"] == {"limits": {"memory": "12Gi"}}
+    # the GPU device renders none of it
+    gpu = serving_bundle(s, OWNER, published, SETTINGS)[-1]["spec"]["template"]["spec"]["containers"][0]
+    assert "--dtype" not in gpu["args"] and "--max-model-len" not in gpu["args"]
+    assert not [e for e in gpu["env"] if e["name"].startswith("VLLM_CPU")]
+
+
+def test_vllm_server_keeps_answering_while_its_endpoint_is_withdrawn() -> None:
+    """A roll drops no request: the old pod serves for 10 s after it is marked for deletion (preStop), inside
+    its grace period; the new pod is ready (vLLM's /health) before the old one goes (maxUnavailable 0)."""
+    s = spec(serving={"enabled": True, "engine": "vllm"})
+    published = Published(1, "causal-lm", "s3://m/base/", "s3://o/run-1/model/", True)
+    deployment = serving_bundle(s, OWNER, published, SETTINGS)[-1]
+    pod = deployment["spec"]["template"]["spec"]
+    server = pod["containers"][0]
+    assert server["lifecycle"] == {"preStop": {"sleep": {"seconds": 10}}}
+    assert pod["terminationGracePeriodSeconds"] > 10
+    assert server["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
 
 
 def test_vllm_serves_full_weights_as_one_model() -> None:

@@ -58,6 +58,18 @@ def test_vllm_full_weights_serving_matches_golden() -> None:
     )
 
 
+def test_vllm_cpu_serving_matches_golden() -> None:
+    """The quickstart served by vLLM's CPU build (--vllm-device cpu), as the e2e test runs it on the real node."""
+    raw = example("quickstart")["spec"]
+    spec = parse_spec({**raw, "serving": {**raw.get("serving", {}), "engine": "vllm"}})
+    settings = Settings(
+        trainer_image="registry.local/finetune-trainer:test",
+        vllm_image="registry.local/vllm-cpu:test",
+        vllm_device="cpu",
+    )
+    assert_golden("quickstart/serving-vllm-cpu.yaml", serving_bundle(spec, OWNER, _published("quickstart"), settings))
+
+
 def test_long_name_children_match_golden() -> None:
     spec = parse_spec(example("distributed")["spec"])
     assert_golden("long-name/job.yaml", training_job(spec, LONG, 12, "0123456789abcdef", SETTINGS))
