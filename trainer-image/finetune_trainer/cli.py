@@ -149,6 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from finetune_trainer.serve.cli import main as serve_main
 
         return int(serve_main(arguments[1:]) or 0)
+    if arguments[:1] == ["adapters"]:  # a shared server's sidecar (finetune_trainer.adapters), its own arguments
+        from finetune_trainer.adapters.cli import main as adapters_main
+
+        return adapters_main(arguments[1:])
     parser = argparse.ArgumentParser(prog="python -m finetune_trainer")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="run one training attempt from a trainer config")
@@ -167,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     copy.add_argument("--uri", action="append", default=[], help="s3://bucket/prefix/ to copy (repeatable)")
     copy.add_argument("--dest", action="append", default=[], help="local folder for the --uri at the same place")
     commands.add_parser("serve", help="serve a trained model (arguments: see finetune_trainer.serve.cli)")
+    commands.add_parser("adapters", help="a shared server's adapter sidecar (see finetune_trainer.adapters.cli)")
     args = parser.parse_args(arguments)
     configure_logging()
     if args.command == "fetch":

@@ -110,6 +110,14 @@ class InternalError(TrainerError):
     exit_code: ClassVar[int] = INTERNAL_ERROR_EXIT_CODE
 
 
+class StorageUnavailable(InternalError):
+    """The S3 server stayed unreachable (or kept answering 5xx) for longer than the trainer's patience
+    (`FTO_S3_PATIENCE_SECONDS`): retryable like any infrastructure failure; the next pod resumes from the newest
+    complete checkpoint."""
+
+    code: ClassVar[str] = "StorageUnavailable"
+
+
 def as_trainer_error(error: BaseException) -> TrainerError:
     """The contract outcome of any exception: itself when classified, else InternalError (retryable)."""
     if isinstance(error, TrainerError):

@@ -9,6 +9,13 @@ missing bucket must fail the job at once with a message the user can act on, not
 Downloads go to local disk once, with progress in the log, so large models are never read twice; a local
 copy is reused only when it is the same object (its ETag, recorded in a hidden `.<name>.s3-etag` file beside
 it when downloaded): a corrected config.json or data file of the same length is fetched again.
+
+Patience: an S3 server that is down (restarted, failing over) or answers 5xx is waited for, every call retried
+with a growing pause, for up to `FTO_S3_PATIENCE_SECONDS` (default 300) from the first failure of that call;
+then `StorageUnavailable` (retryable: exit 1, the next pod resumes). boto3's own retries (5 attempts, seconds)
+come first. Only errors that say nothing about the request are retried: refused, reset or timed-out
+connections and 5xx/throttling answers; a 403 or 404 fails at once. `OUTAGES` counts the retries and the time
+waited (the chaos benchmark's figures; the log has a line per retry).
 """
 
 from __future__ import annotations
@@ -20,11 +27,17 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from finetune_trainer.errors import ConfigInvalid, InternalError, StorageAccessDenied, StorageNotFound
+from finetune_trainer.errors import (
+    ConfigInvalid,
+    InternalError,
+    StorageAccessDenied,
+    StorageNotFound,
+    StorageUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +56,66 @@ _DENIED_CODES = frozenset(
     }
 )
 _MISSING_CODES = frozenset({"NoSuchBucket", "NoSuchKey", "NotFound", "404", "NoSuchUpload"})
+_TRANSIENT_CODES = frozenset(
+    {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed", "Throttling"}
+)
+DEFAULT_PATIENCE_SECONDS = 300.0
+RETRY_PAUSES = (1.0, 2.0, 4.0, 8.0, 15.0)  # then 15 s between tries until the patience is spent
+
+
+def patience_seconds() -> float:
+    """How long one S3 call may keep failing transiently before the trainer gives up (FTO_S3_PATIENCE_SECONDS)."""
+    raw = os.environ.get("FTO_S3_PATIENCE_SECONDS", "")
+    if not raw:
+        return DEFAULT_PATIENCE_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigInvalid(f"FTO_S3_PATIENCE_SECONDS: not a number of seconds: {raw!r}") from None
+    if value < 0:
+        raise ConfigInvalid(f"FTO_S3_PATIENCE_SECONDS: must be 0 or more, got {raw!r}")
+    return value
+
+
+@dataclass
+class OutageCounter:
+    """S3 calls retried after a transient failure, and the seconds spent waiting, in this process."""
+
+    retries: int = 0
+    waited_seconds: float = 0.0
+    gave_up: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, pause: float) -> None:
+        with self.lock:
+            self.retries += 1
+            self.waited_seconds += pause
+
+
+OUTAGES = OutageCounter()
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a botocore/boto3 failure says the server was unreachable or overloaded, not that it refused."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+    )
+
+    if isinstance(error, S3UploadFailedError) and isinstance(error.__context__, Exception):
+        return is_transient(error.__context__)
+    if isinstance(error, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)):
+        return True
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return code in _TRANSIENT_CODES or status >= 500 or status == 429
+    # urllib3 errors botocore did not wrap (a reset while reading a body)
+    return type(error).__name__ in ("ProtocolError", "ConnectionResetError", "IncompleteRead", "ResponseStreamingError")
 
 
 @dataclass(frozen=True)
@@ -206,18 +279,51 @@ class Storage:
         return self._client
 
     def _call(self, uri: S3Uri, action: str, fn: Callable[[], Any]) -> Any:
+        """`fn()`, retried while the server is unreachable (up to the patience), its errors classified."""
+        patience = patience_seconds()
+        first_failure: float | None = None
+        attempt = 0
+        while True:
+            try:
+                return self._call_once(uri, action, fn)
+            except StorageUnavailable as error:
+                now = time.monotonic()
+                first_failure = now if first_failure is None else first_failure
+                spent = now - first_failure
+                if spent >= patience:
+                    with OUTAGES.lock:
+                        OUTAGES.gave_up += 1
+                    raise StorageUnavailable(
+                        f"{error} - still failing after {spent:.0f}s and {attempt} retries "
+                        f"(FTO_S3_PATIENCE_SECONDS={patience:.0f})"
+                    ) from error.__cause__
+                pause = min(RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)], patience - spent)
+                attempt += 1
+                log.warning(
+                    "S3 unreachable (%s); retry %d in %.0fs (%.0fs of %.0fs patience spent)", error, attempt, pause,
+                    spent, patience,
+                )  # fmt: skip
+                OUTAGES.add(pause)
+                time.sleep(pause)
+
+    def _call_once(self, uri: S3Uri, action: str, fn: Callable[[], Any]) -> Any:
+        """`fn()` once: a transient failure becomes StorageUnavailable, the server's refusals the contract's."""
         from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return fn()
-        except (ClientError, BotoCoreError) as error:
-            raise_storage_error(error, uri, action)
-        except S3UploadFailedError as error:
+        except (ClientError, BotoCoreError, S3UploadFailedError) as error:
+            if is_transient(error):
+                raise StorageUnavailable(f"{action} {uri}: S3 unreachable or failing ({error})") from error
             # boto3's upload_file wraps the server's ClientError in its own class (kept as the context);
             # classify the server's answer, so a refused upload is a user error like a refused read
-            cause = error.__context__
+            cause = error.__context__ if isinstance(error, S3UploadFailedError) else error
             raise_storage_error(cause if isinstance(cause, (ClientError, BotoCoreError)) else error, uri, action)
+        except Exception as error:
+            if is_transient(error):
+                raise StorageUnavailable(f"{action} {uri}: S3 unreachable or failing ({error})") from error
+            raise
 
     def iter_objects(self, uri: S3Uri) -> Iterator[ObjectInfo]:
         """Every object whose key starts with `uri.key` (raw prefix match, sorted by key)."""

@@ -78,14 +78,20 @@ class _Generation:
     """One request's run through the engine: relays events and keeps the metrics."""
 
     def __init__(
-        self, engine: Engine, metrics: ServerMetrics, ids: list[int], params: SamplingParams, stream: bool
+        self,
+        engine: Engine,
+        metrics: ServerMetrics,
+        ids: list[int],
+        params: SamplingParams,
+        stream: bool,
+        adapter: str | None = None,
     ) -> None:
         if engine.waiting() >= QUEUE_FACTOR * engine.max_batch_size:
             raise APIError(429, "the server is at capacity: retry shortly", "server_error", None, "server_overloaded")
         self.metrics = metrics
         self.events = _EventQueue()
         self.finished: Finished | None = None
-        self.handle = engine.submit(ids, params, self.events, incremental=stream)
+        self.handle = engine.submit(ids, params, self.events, incremental=stream, adapter=adapter)
 
     async def deltas(self) -> AsyncIterator[str]:
         """Text as it is generated; afterwards `self.finished` holds the reason and token counts."""
@@ -163,12 +169,19 @@ def router(state: ModelState, metrics: ServerMetrics) -> APIRouter:
             raise bad_request(f"'{model}' is a {engine.loaded.task} model: use /v1/classify", "model", "wrong_task")
         return engine
 
+    def adapter_of(model: str) -> str | None:
+        """The adapter a request names (None: the served model itself)."""
+        return None if model == state.settings.config.served_model_name else model
+
     @routes.get("/models")
     async def models() -> dict[str, Any]:
         config = state.settings.config
-        if state.engine is None:
-            state.engine_for(config.served_model_name)  # raises 503
-        return {"object": "list", "data": [model_card(config.served_model_name, state.created, config.run)]}
+        engine = state.engine_for(config.served_model_name)  # 503 while loading
+        cards = [model_card(config.served_model_name, state.created, config.run)]
+        for name, info in sorted(engine.adapters().items()):  # a shared server's adapters (vLLM's card shape)
+            card = model_card(name, state.created, info.run)
+            cards.append({**card, "root": info.path, "parent": config.served_model_name})
+        return {"object": "list", "data": cards}
 
     @routes.post("/completions", response_model=None)
     async def completions(body: CompletionRequest) -> JSONResponse | StreamingResponse:
@@ -177,7 +190,7 @@ def router(state: ModelState, metrics: ServerMetrics) -> APIRouter:
         ids = encode_completion(engine.loaded.tokenizer, body.prompt)
         budget = _token_budget(body.max_tokens, len(ids), engine.loaded.context_length, "prompt")
         params = SamplingParams(budget, body.temperature, body.top_p, body.stop_strings(), body.seed)
-        generation = _Generation(engine, metrics, ids, params, body.stream)
+        generation = _Generation(engine, metrics, ids, params, body.stream, adapter_of(body.model))
         base = {"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": body.model}
         if body.stream:
             return _stream(generation, base, chat=False, include_usage=body.include_usage())
@@ -195,7 +208,7 @@ def router(state: ModelState, metrics: ServerMetrics) -> APIRouter:
         ids = encode_chat(tokenizer, [{"role": m.role, "content": m.text()} for m in body.messages])
         budget = _token_budget(body.token_budget(), len(ids), engine.loaded.context_length, "messages")
         params = SamplingParams(budget, body.temperature, body.top_p, body.stop_strings(), body.seed)
-        generation = _Generation(engine, metrics, ids, params, body.stream)
+        generation = _Generation(engine, metrics, ids, params, body.stream, adapter_of(body.model))
         created = now()
         if body.stream:
             base = {

@@ -6,6 +6,11 @@ the process answers /healthz (liveness) at once while /readyz stays 503 until th
 a load failure is reported by /readyz and handed to `app.state.on_load_failure` (the CLI exits then,
 so Kubernetes shows a crash with the reason in the log instead of a pod that is never ready).
 Every error leaves in OpenAI's shape (`protocol.APIError`).
+
+A shared server (serve.json `maxAdapters` > 0, a ModelServer) also has vLLM's two runtime-LoRA routes,
+/v1/load_lora_adapter and /v1/unload_lora_adapter, for its adapters sidecar. They answer only clients on the
+loopback interface (the sidecar in the same pod), and the API key too when one is set: a tenant reaching the
+Service can neither load nor unload an adapter.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from finetune_trainer.serve import api
@@ -67,6 +73,77 @@ def _require_api_key(settings: ServeSettings) -> Callable[[Request], None]:
             raise APIError(401, "Incorrect API key provided", "invalid_request_error", None, "invalid_api_key")
 
     return check
+
+
+LOOPBACK = frozenset({"127.0.0.1", "::1"})
+
+
+class LoadAdapterRequest(BaseModel):
+    """vLLM's body of /v1/load_lora_adapter (plus `run`, reported by /v1/models)."""
+
+    lora_name: str = Field(min_length=1, max_length=253)
+    lora_path: str = Field(min_length=1)
+    load_inplace: bool = False
+    run: int | None = Field(default=None, ge=0)
+
+
+class UnloadAdapterRequest(BaseModel):
+    lora_name: str = Field(min_length=1, max_length=253)
+
+
+def _loopback_only(request: Request) -> None:
+    if request.client is None or request.client.host not in LOOPBACK:
+        raise APIError(403, "adapter routes answer the pod's own sidecar only", "invalid_request_error", None, None)
+
+
+def _admin_router(settings: ServeSettings, state: ModelState) -> APIRouter:
+    """Runtime LoRA loading on a shared server (vLLM's routes and answers)."""
+    import asyncio
+    from pathlib import Path
+
+    routes = APIRouter(prefix="/v1")
+    limit = settings.config.max_adapters
+
+    @routes.post("/load_lora_adapter", response_class=PlainTextResponse)
+    async def load_adapter(body: LoadAdapterRequest) -> str:
+        engine = state.engine_for(settings.config.served_model_name)  # 503 while loading
+        if limit == 0:
+            raise APIError(
+                400, "not a shared server: serve.json has no maxAdapters", "invalid_request_error", None, None
+            )
+        if body.lora_name == settings.config.served_model_name:
+            raise APIError(
+                400, "an adapter cannot take the base model's name", "invalid_request_error", "lora_name", None
+            )
+        loaded = engine.adapters()
+        if body.lora_name in loaded and not body.load_inplace:
+            message = f"The lora adapter '{body.lora_name}' has already been loaded"
+            raise APIError(400, message, "invalid_request_error", "lora_name", None)
+        if body.lora_name not in loaded and len(loaded) >= limit:
+            message = f"the server holds its maximum of {limit} adapters"
+            raise APIError(400, message, "invalid_request_error", "lora_name", None)
+        if not (Path(body.lora_path) / "adapter_config.json").is_file():
+            message = f"{body.lora_path} holds no adapter_config.json"
+            raise APIError(400, message, "invalid_request_error", "lora_path", None)
+        try:
+            await asyncio.wrap_future(engine.load_adapter(body.lora_name, body.lora_path, body.run))
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise APIError(
+                400, f"cannot load {body.lora_path}: {error}", "invalid_request_error", None, None
+            ) from error
+        return f"Success: LoRA adapter '{body.lora_name}' added successfully."
+
+    @routes.post("/unload_lora_adapter", response_class=PlainTextResponse)
+    async def unload_adapter(body: UnloadAdapterRequest) -> str:
+        engine = state.engine_for(settings.config.served_model_name)
+        try:
+            await asyncio.wrap_future(engine.unload_adapter(body.lora_name))
+        except KeyError as error:
+            message = f"The lora adapter '{body.lora_name}' cannot be found"
+            raise APIError(404, message, "invalid_request_error", "lora_name", None) from error
+        return f"Success: LoRA adapter '{body.lora_name}' removed successfully."
+
+    return routes
 
 
 def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI:
@@ -127,4 +204,8 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
         return metrics.exposition()
 
     app.include_router(api.router(state, metrics), dependencies=[Depends(_require_api_key(settings))])
+    if settings.config.max_adapters:
+        app.include_router(
+            _admin_router(settings, state), dependencies=[Depends(_loopback_only), Depends(_require_api_key(settings))]
+        )
     return app

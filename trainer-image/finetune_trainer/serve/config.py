@@ -36,6 +36,9 @@ class ServeConfig(BaseModel):
     run: int | None = Field(default=None, ge=0)
     max_concurrency: int = Field(default=8, alias="maxConcurrency", ge=1, le=256)
     """The most sequences generated together in one batch (the engine's batch size)."""
+    max_adapters: int = Field(default=0, alias="maxAdapters", ge=0, le=256)
+    """A shared server (ModelServer): the most LoRA adapters /v1/load_lora_adapter loads on the base model;
+    0: a server of one model, without the adapter routes."""
 
 
 def format_validation_error(error: ValidationError) -> str:

@@ -9,6 +9,13 @@ sequence's text as it is produced. Requests that arrive while a batch runs join 
 generated so far, so no cache internals of any transformers version are touched. Finished sequences
 leave the batch through the cache's public `batch_select_indices` where the cache has it.
 Classification requests go through the same thread, between decode steps.
+
+Shared serving (a ModelServer): the base model stays unmerged and LoRA adapters are loaded and unloaded at
+run time, each request naming one. peft's mixed-batch forward (`adapter_names`, one per row) lets requests
+of different adapters share a batch. Loading, swapping and unloading run on the worker thread between
+steps (the model is never changed under a forward pass); a name is switched to a new version atomically,
+and the old version is deleted only once no queued or running sequence uses it, so a request in flight
+during a swap finishes on the version it started with.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -74,12 +82,27 @@ class _Sequence:
     generated: list[int] = field(default_factory=list)
     cancelled: bool = False
     done: bool = False
+    adapter: str | None = None  # the peft adapter (internal name) the sequence runs with; None: the base
 
 
 @dataclass
 class _Classification:
     rows: list[list[int]]
     callback: Callable[[list[list[float]] | Failed], None]
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """A loaded adapter: the folder it came from and the run it is (both reported by /v1/models)."""
+
+    path: str
+    run: int | None = None
+
+
+def _base_of(model: Any) -> Any:
+    """The transformers model under a peft wrapper (whose forward takes **kwargs only)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
 
 
 class RequestHandle:
@@ -100,10 +123,15 @@ class Engine:
         self.max_batch_size = max_batch_size
         self._pending: deque[_Sequence] = deque()
         self._classifications: deque[_Classification] = deque()
+        self._controls: deque[Callable[[], None]] = deque()  # adapter loads and unloads, on this thread
+        self._adapters: dict[str, tuple[str, AdapterInfo]] = {}  # served name -> (peft adapter name, info)
+        self._retiring: set[str] = set()  # peft adapters no longer named, deleted once unused
+        self._versions = 0
+        self._batch: list[_Sequence] = []
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="generation-engine", daemon=True)
-        parameters = inspect.signature(loaded.model.forward).parameters
+        parameters = inspect.signature(_base_of(loaded.model).forward).parameters
         # transformers 5.x renamed `past_key_values` to `cache`; 4.x knows only the old name
         self._cache_arg = "cache" if "cache" in parameters else "past_key_values"
         self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
@@ -122,7 +150,12 @@ class Engine:
             self._thread.join(timeout)
 
     def submit(
-        self, prompt_ids: list[int], params: SamplingParams, sink: Sink, incremental: bool = True
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        sink: Sink,
+        incremental: bool = True,
+        adapter: str | None = None,
     ) -> RequestHandle:
         """Queue one generation; `sink` gets TextDelta events, then exactly one Finished or Failed.
 
@@ -141,6 +174,12 @@ class Engine:
             list(prompt_ids), params, sink, TextStream(self._decode, params.stop), generator, incremental
         )
         with self._wakeup:
+            if adapter is not None:
+                if adapter not in self._adapters:
+                    sequence.done = True
+                    sink(Failed(f"adapter {adapter!r} is not loaded"))
+                    return RequestHandle(sequence)
+                sequence.adapter = self._adapters[adapter][0]  # resolved under the lock a swap takes
             if self._stopping:
                 sequence.done = True
                 sink(Failed("the server is shutting down"))
@@ -167,10 +206,11 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._wakeup:
-                while not (self._stopping or self._pending or self._classifications):
+                while not (self._stopping or self._pending or self._classifications or self._controls):
                     self._wakeup.wait()
                 if self._stopping:
                     break
+            self._run_controls()
             self._run_classifications()
             batch = self._admit([])
             if batch:
@@ -224,6 +264,89 @@ class Engine:
         probabilities: list[list[float]] = torch.softmax(logits.float(), dim=-1).cpu().tolist()
         return probabilities
 
+    def adapters(self) -> dict[str, AdapterInfo]:
+        """The adapters a request may name now."""
+        with self._wakeup:
+            return {name: info for name, (_, info) in self._adapters.items()}
+
+    def load_adapter(self, name: str, path: str, run: int | None = None) -> Future[None]:
+        """Load the peft adapter folder `path` and serve it as `name`; an adapter of that name is replaced
+        (requests already queued or running finish on the old version). Done on the worker thread."""
+        done: Future[None] = Future()
+
+        def load() -> None:
+            from peft import PeftModel
+
+            self._versions += 1
+            internal = f"adapter-{self._versions}"
+            model = self.loaded.model
+            if isinstance(model, PeftModel):
+                model.load_adapter(path, adapter_name=internal)
+            else:
+                model = PeftModel.from_pretrained(model, path, adapter_name=internal)
+                self.loaded = replace(self.loaded, model=model)
+            model.eval()
+            with self._wakeup:
+                previous = self._adapters.get(name)
+                self._adapters[name] = (internal, AdapterInfo(path, run))
+                if previous is not None:
+                    self._retiring.add(previous[0])
+            log.info("adapter %s loaded from %s (run %s)", name, path, run)
+
+        self._control(load, done)
+        return done
+
+    def unload_adapter(self, name: str) -> Future[None]:
+        """Stop serving `name` (KeyError through the future when it is not loaded); its weights are deleted
+        once the requests using it have finished."""
+        done: Future[None] = Future()
+
+        def unload() -> None:
+            with self._wakeup:
+                internal, _ = self._adapters.pop(name)
+                self._retiring.add(internal)
+            log.info("adapter %s unloaded", name)
+
+        self._control(unload, done)
+        return done
+
+    def _control(self, action: Callable[[], None], done: Future[None]) -> None:
+        def run() -> None:
+            try:
+                action()
+            except BaseException as error:  # reported to the caller, never kills the worker
+                done.set_exception(error)
+            else:
+                done.set_result(None)
+
+        with self._wakeup:
+            if self._stopping:
+                done.set_exception(RuntimeError("the server is shutting down"))
+                return
+            self._controls.append(run)
+            self._wakeup.notify()
+
+    def _run_controls(self) -> None:
+        """Adapter loads and unloads, then deletion of retired versions no sequence uses any more."""
+        while True:
+            with self._wakeup:
+                if not self._controls:
+                    break
+                control = self._controls.popleft()
+            control()
+        with self._wakeup:
+            in_use = {s.adapter for s in (*self._batch, *self._pending) if not s.done}
+            unused = self._retiring - in_use
+            self._retiring -= unused
+        for internal in sorted(unused):
+            self.loaded.model.delete_adapter(internal)
+
+    def _adapter_rows(self, batch: list[_Sequence]) -> dict[str, Any]:
+        """peft's per-row adapter choice, once the model carries adapters."""
+        if not hasattr(self.loaded.model, "peft_config"):
+            return {}
+        return {"adapter_names": [s.adapter or "__base__" for s in batch]}
+
     def _prefill(self, batch: list[_Sequence]) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One forward pass over every sequence's tokens so far, left-padded.
 
@@ -240,8 +363,14 @@ class Engine:
             mask[index, width - len(row) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
+        self._batch = batch
         out = self.loaded.model(
-            input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **self._last_logits_only
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **self._last_logits_only,
+            **self._adapter_rows(batch),
         )
         return self._cache_of(out), out.logits[:, -1, :], mask, positions[:, -1] + 1
 
@@ -270,13 +399,16 @@ class Engine:
                 return
             newcomers = self._admit(batch_alive)
             if newcomers:
+                self._run_controls()
                 self._run_classifications()
                 batch = batch_alive + newcomers
                 cache, logits, mask, next_positions = self._prefill(batch)
                 padded = self._padded(batch)
                 continue
             if not batch_alive:
+                self._batch = []
                 return
+            self._run_controls()
             self._run_classifications()
             if len(batch_alive) < len(batch) and hasattr(cache, "batch_select_indices"):
                 # finished rows leave the batch: later steps compute only the live ones
@@ -295,6 +427,7 @@ class Engine:
                 position_ids=next_positions[:, None],
                 use_cache=True,
                 **{self._cache_arg: cache},
+                **self._adapter_rows(batch),
             )
             cache, logits, next_positions = self._cache_of(out), out.logits[:, -1, :], next_positions + 1
 

@@ -49,7 +49,7 @@ class ModelState:
         config = self.settings.config
         try:
             loaded = loader.load(config, self.settings.work_dir, self.settings.device)
-            self.serve(Engine(loaded, max_batch_size=config.max_concurrency), owned=True)
+            self.serve(Engine(loaded, max_batch_size=config.max_concurrency), owned=True)  # adapters: api.py
             log.info("serving %s (run %s)", config.served_model_name, config.run)
         except Exception as error:
             reason = error.message if isinstance(error, TrainerError) else f"{type(error).__name__}: {error}"
@@ -63,13 +63,14 @@ class ModelState:
             self.engine.stop()
 
     def engine_for(self, model: str) -> Engine:
-        """The engine, if `model` is the served name and the model is loaded; else the right APIError."""
+        """The engine, if `model` is the served name (or, on a shared server, a loaded adapter's) and the
+        model is loaded; else the right APIError."""
         if self.engine is None:
             detail = f": {self.error}" if self.error else ""
             raise APIError(
                 503, f"the model is not ready ({self.status}{detail})", "server_error", None, "model_not_ready"
             )
-        if model != self.settings.config.served_model_name:
+        if model != self.settings.config.served_model_name and model not in self.engine.adapters():
             raise APIError(
                 404, f"The model '{model}' does not exist", "invalid_request_error", "model", "model_not_found"
             )

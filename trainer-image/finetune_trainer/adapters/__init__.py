@@ -1,0 +1,1 @@
+"""The adapters sidecar of a shared model server (`python -m finetune_trainer adapters`)."""
