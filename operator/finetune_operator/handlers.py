@@ -25,6 +25,9 @@ from finetune_operator.observed import deployment_obs, job_obs, pod_obs
 from finetune_operator.reconcile import Reconciler
 from finetune_operator.settings import Settings
 from finetune_operator.store import Key, Store
+from finetune_operator.sweep import LABEL_SWEEP_UID, SWEEP_PLURAL
+from finetune_operator.sweeps import SweepReconciler, SweepStore
+from finetune_operator.sweeps import prime as prime_sweeps
 from finetune_operator.workqueue import WorkQueue
 
 RUN_PODS = f"{LABEL_UID},{LABEL_COMPONENT} in ({COMPONENT_TRAINER},{COMPONENT_VALIDATOR})"
@@ -41,6 +44,8 @@ class Runtime:
     reconciler: Reconciler
     executor: ThreadPoolExecutor
     resync: asyncio.Task[None] | None = None
+    sweeps: SweepStore | None = None  # FineTuneSweeps and their trials (sweeps.py)
+    sweep_queue: WorkQueue[Key] | None = None
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -64,6 +69,9 @@ async def _resync(runtime: Runtime, every: float) -> None:
         await asyncio.sleep(every)
         for key in runtime.store.all_keys():
             runtime.queue.add(key)
+        if runtime.sweeps is not None and runtime.sweep_queue is not None:
+            for key in runtime.sweeps.all_keys():
+                runtime.sweep_queue.add(key)
 
 
 @kopf.on.startup()
@@ -89,7 +97,16 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
     queue: WorkQueue[Key] = WorkQueue(handle, concurrency=ours.reconcile_threads)
     queue.start()
-    runtime = Runtime(store, queue, reconciler, executor)
+    sweeps = SweepStore()
+    await loop.run_in_executor(executor, prime_sweeps, kube, sweeps, ours.namespaces or (None,))
+    sweep_reconciler = SweepReconciler(kube, sweeps)
+
+    async def handle_sweep(key: Key) -> float | None:
+        return await loop.run_in_executor(executor, sweep_reconciler.reconcile, key)
+
+    sweep_queue: WorkQueue[Key] = WorkQueue(handle_sweep, concurrency=1)
+    sweep_queue.start()
+    runtime = Runtime(store, queue, reconciler, executor, sweeps=sweeps, sweep_queue=sweep_queue)
     runtime.resync = asyncio.create_task(_resync(runtime, ours.resync_seconds))
     memo["runtime"] = runtime
     serve(ours.metrics_port)
@@ -102,6 +119,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         if runtime.resync:
             runtime.resync.cancel()
         await runtime.queue.stop()
+        if runtime.sweep_queue:
+            await runtime.sweep_queue.stop()
         runtime.executor.shutdown(wait=False, cancel_futures=True)
 
 
@@ -109,11 +128,39 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 async def finetunejob_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
     meta = body["metadata"]
+    _trial_event(runtime, event, dict(body))
     if event.get("type") == "DELETED":
         runtime.store.forget_body(meta["namespace"], meta["name"], meta["uid"])
         JOBS_BY_PHASE.forget(meta["namespace"], meta["name"])
         return
     runtime.queue.add(runtime.store.put_body(dict(body)))
+
+
+def _trial_event(runtime: Runtime, event: kopf.RawEvent, body: dict[str, Any]) -> None:
+    """A sweep's trial changed: file it under its sweep and queue the sweep (its leaderboard may move)."""
+    meta = body["metadata"]
+    sweep_uid = (meta.get("labels") or {}).get(LABEL_SWEEP_UID)
+    if not sweep_uid or runtime.sweeps is None or runtime.sweep_queue is None:
+        return
+    if event.get("type") == "DELETED":
+        key = runtime.sweeps.forget_trial(sweep_uid, meta["name"])
+    else:
+        key = runtime.sweeps.put_trial(sweep_uid, body)
+    if key is not None:
+        runtime.sweep_queue.add(key, urgent=True)
+
+
+@kopf.on.event(GROUP, VERSION, SWEEP_PLURAL)
+async def finetunesweep_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """A FineTuneSweep changed (its spec, or the status a pass wrote): reconcile it."""
+    runtime = _runtime(memo)
+    if runtime.sweeps is None or runtime.sweep_queue is None:
+        return
+    meta = body["metadata"]
+    if event.get("type") == "DELETED":
+        runtime.sweeps.forget_sweep(meta["namespace"], meta["name"], meta["uid"])
+        return
+    runtime.sweep_queue.add(runtime.sweeps.put_sweep(dict(body)))
 
 
 def _child(

@@ -42,6 +42,7 @@ PLURALS = {
     "PodDisruptionBudget": "poddisruptionbudgets",
     "Lease": "leases",
     KIND: PLURAL,
+    "FineTuneSweep": "finetunesweeps",
 }
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 REQUEST_TIMEOUT = (5, 30)  # connect, read seconds
@@ -208,13 +209,25 @@ class Kube:
                 content_type="application/merge-patch+json",
             )
 
+    def merge_patch(self, api_version: str, kind: str, namespace: str, name: str, body: dict[str, Any]) -> None:
+        """A JSON merge patch (e.g. dropping a gone pod's key from a ModelServer's report ConfigMap)."""
+        with self._errors("patch", f"{kind} {namespace}/{name}", ok=(404,)):
+            self._call(
+                "PATCH",
+                path(api_version, kind, namespace, name),
+                body,
+                content_type="application/merge-patch+json",
+                query=[("fieldManager", FIELD_MANAGER)],
+            )
+
     def patch_status(
-        self, namespace: str, name: str, status_patch: dict[str, Any], resource_version: str
+        self, namespace: str, name: str, status_patch: dict[str, Any], resource_version: str, kind: str = KIND
     ) -> dict[str, Any]:
-        """Merge-patch the status subresource, only if the object is still at `resource_version`."""
+        """Merge-patch the status subresource (of a FineTuneJob unless `kind` says otherwise), only if the
+        object is still at `resource_version`."""
         body = {"metadata": {"resourceVersion": resource_version}, "status": status_patch}
-        url = path(f"{GROUP}/{VERSION}", KIND, namespace, name) + "/status"
-        with self._errors("patch", f"{KIND} {namespace}/{name} status"):
+        url = path(f"{GROUP}/{VERSION}", kind, namespace, name) + "/status"
+        with self._errors("patch", f"{kind} {namespace}/{name} status"):
             patched: dict[str, Any] = self._call(
                 "PATCH",
                 url,

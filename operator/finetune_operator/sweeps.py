@@ -1,0 +1,188 @@
+"""The FineTuneSweep control loop: its memory (sweeps and their trials) and one level-triggered pass per sweep.
+
+A pass reads the sweep and its trials from memory, asks the pure `sweep.sweep_plan` what should be, creates
+the missing trial FineTuneJobs (create-if-absent under deterministic names, so a restarted operator or two
+passes racing never make a trial twice), suspends the trials the early-stopping rule stops, promotes the
+winner when asked, and writes the status once, only when it changed. The trials themselves are ordinary
+FineTuneJobs run by the FineTuneJob loop (reconcile.py); trial events only queue their sweep (handlers).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import ValidationError
+
+from finetune_operator import GROUP, KIND, VERSION
+from finetune_operator.builders.common import Owner
+from finetune_operator.errors import PermanentError, TemporaryError
+from finetune_operator.kube import Kube
+from finetune_operator.reconcile import merge_patch, now_rfc3339
+from finetune_operator.store import Key
+from finetune_operator.sweep import (
+    ANNOTATION_STOPPED,
+    LABEL_SWEEP_UID,
+    SWEEP_KIND,
+    SweepPlan,
+    SweepSnapshot,
+    TrialObs,
+    parse_sweep_spec,
+    sweep_plan,
+    trial_obs,
+)
+from finetune_operator.workqueue import RequeueError
+
+log = logging.getLogger(__name__)
+
+
+class SweepStore:
+    """Sweep bodies by key, and the compact observations of their trials by the sweep's uid (the trial's
+    finetune.dev/sweep-uid label), filled by the watch events of both kinds."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bodies: dict[Key, dict[str, Any]] = {}
+        self._uids: dict[str, Key] = {}
+        self._trials: dict[str, dict[str, TrialObs]] = {}
+
+    def put_sweep(self, body: dict[str, Any]) -> Key:
+        meta = body["metadata"]
+        assert isinstance(meta, dict)
+        key = (str(meta["namespace"]), str(meta["name"]))
+        with self._lock:
+            old = self._bodies.get(key)
+            old_meta = old.get("metadata") if old else None
+            try:
+                stale = isinstance(old_meta, dict) and int(str(old_meta["resourceVersion"])) > int(
+                    str(meta["resourceVersion"])
+                )
+            except (KeyError, ValueError):
+                stale = False
+            if not stale:
+                self._bodies[key] = copy.deepcopy(body)
+                self._uids[str(meta["uid"])] = key
+        return key
+
+    def forget_sweep(self, namespace: str, name: str, uid: str) -> None:
+        with self._lock:
+            self._bodies.pop((namespace, name), None)
+            self._uids.pop(uid, None)
+            self._trials.pop(uid, None)
+
+    def put_trial(self, sweep_uid: str, body: dict[str, Any]) -> Key | None:
+        """File one trial's observation; the key of its sweep when known (to queue it)."""
+        observed = trial_obs(body)
+        with self._lock:
+            self._trials.setdefault(sweep_uid, {})[observed.name] = observed
+            return self._uids.get(sweep_uid)
+
+    def forget_trial(self, sweep_uid: str, name: str) -> Key | None:
+        with self._lock:
+            self._trials.get(sweep_uid, {}).pop(name, None)
+            return self._uids.get(sweep_uid)
+
+    def all_keys(self) -> list[Key]:
+        with self._lock:
+            return list(self._bodies)
+
+    def view(self, key: Key) -> tuple[dict[str, Any], tuple[TrialObs, ...]] | None:
+        with self._lock:
+            body = self._bodies.get(key)
+            if body is None:
+                return None
+            meta = body["metadata"]
+            assert isinstance(meta, dict)
+            trials = tuple(self._trials.get(str(meta["uid"]), {}).values())
+            return copy.deepcopy(body), trials
+
+
+def prime(kube: Kube, sweeps: SweepStore, namespaces: Iterable[str | None]) -> None:
+    """Read the existing trials once before any sweep pass (an informer's initial list): a restarted
+    operator then never counts a running trial as missing."""
+    for namespace in namespaces:
+        for body in kube.list(f"{GROUP}/{VERSION}", KIND, namespace, LABEL_SWEEP_UID):
+            sweeps.put_trial(body["metadata"]["labels"][LABEL_SWEEP_UID], body)
+
+
+class SweepReconciler:
+    def __init__(self, kube: Kube, sweeps: SweepStore) -> None:
+        self.kube, self.sweeps = kube, sweeps
+
+    def reconcile(self, key: Key) -> float | None:
+        """One pass; temporary API trouble goes back to the queue with its delay."""
+        try:
+            self._reconcile(key)
+        except TemporaryError as error:
+            raise RequeueError(str(error), error.delay) from error
+        return None
+
+    def _reconcile(self, key: Key) -> None:
+        view = self.sweeps.view(key)
+        if view is None:
+            return
+        body, trials = view
+        meta = body["metadata"]
+        assert isinstance(meta, dict)
+        if meta.get("deletionTimestamp"):
+            return
+        status = body.get("status") or {}
+        assert isinstance(status, dict)
+        generation = int(str(meta.get("generation") or 1))
+        owner = Owner(str(meta["namespace"]), str(meta["name"]), str(meta["uid"]))
+        try:
+            spec = parse_sweep_spec(body.get("spec") or {})
+        except ValidationError as error:
+            message = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+            error_status = {"code": "ConfigInvalid", "message": message[:4096]}
+            failed = {"observedGeneration": generation, "phase": "Failed", "error": error_status}
+            self._write_status(body, failed)
+            return
+        snapshot = SweepSnapshot(
+            owner=owner, generation=generation, spec=spec, status=status, trials=trials, now=now_rfc3339()
+        )
+        decided = sweep_plan(snapshot)
+        try:
+            self._execute(owner, decided)
+        except PermanentError as error:
+            failed = {"phase": "Failed", "error": {"code": "ConfigInvalid", "message": str(error)[:4096]}}
+            decided.status = {**decided.status, **failed}
+        self._write_status(body, decided.status)
+
+    def _execute(self, owner: Owner, decided: SweepPlan) -> None:
+        for manifest in decided.create:
+            created = self.kube.create(manifest)
+            name = manifest["metadata"]["name"]
+            if created is None:  # made by an earlier pass or operator: adopt what is there, if it is ours
+                created = self.kube.get(f"{GROUP}/{VERSION}", KIND, owner.namespace, name)
+                theirs = ((created or {}).get("metadata", {}).get("labels") or {}).get(LABEL_SWEEP_UID)
+                if created is not None and theirs != owner.uid:
+                    raise PermanentError(
+                        f"FineTuneJob {owner.namespace}/{name} exists and is not a trial of this sweep (a FineTuneJob "
+                        "of its own, or an earlier sweep's published winner): rename the sweep or remove that job"
+                    )
+            else:
+                log.info("sweep %s/%s: created trial %s", owner.namespace, owner.name, name)
+            if created is not None:
+                self.sweeps.put_trial(owner.uid, created)
+        for stop in decided.stop:
+            log.info("sweep %s/%s: stopping trial %s (%s)", owner.namespace, owner.name, stop.name, stop.reason)
+            patch = {"metadata": {"annotations": {ANNOTATION_STOPPED: stop.reason}}, "spec": {"suspend": True}}
+            self.kube.merge_patch(f"{GROUP}/{VERSION}", KIND, owner.namespace, stop.name, patch)
+        if decided.publish is not None:
+            log.info("sweep %s/%s: publishing winner %s", owner.namespace, owner.name, decided.publish.name)
+            publish = decided.publish
+            self.kube.merge_patch(f"{GROUP}/{VERSION}", KIND, owner.namespace, publish.name, publish.patch)
+
+    def _write_status(self, body: dict[str, Any], new: dict[str, Any]) -> None:
+        meta, old = body["metadata"], body.get("status") or {}
+        assert isinstance(meta, dict) and isinstance(old, dict)
+        patch = merge_patch(old, new)
+        if patch:
+            patched = self.kube.patch_status(
+                str(meta["namespace"]), str(meta["name"]), patch, str(meta["resourceVersion"]), kind=SWEEP_KIND
+            )
+            self.sweeps.put_sweep(patched)
