@@ -26,6 +26,11 @@ NAMESPACED: set[Rule] = {
     *{("finetune.dev", "finetunejobs", v) for v in ("list", "watch")},
     *{("finetune.dev", "finetunejobs/status", v) for v in ("get", "patch")},
     ("finetune.dev", "finetunejobs/finalizers", "update"),
+    # a FineTuneSweep's trials (sweeps.py): created, read back after a raced create, suspended or promoted
+    *{("finetune.dev", "finetunejobs", v) for v in ("get", "create", "patch")},
+    *{("finetune.dev", "finetunesweeps", v) for v in ("list", "watch")},
+    ("finetune.dev", "finetunesweeps/status", "patch"),
+    ("finetune.dev", "finetunesweeps/finalizers", "update"),
     *{("batch", "jobs", v) for v in ("get", "list", "watch", "create", "patch", "delete")},
     *{("", "pods", v) for v in ("list", "watch")},
     *{("apps", "deployments", v) for v in ("list", "watch", "create", "patch", "delete")},
@@ -163,7 +168,9 @@ def test_operator_requests_outside_its_rights_are_refused(
             GROUP, VERSION, team, PLURAL, "mine", {"status": {"phase": "Pending"}}
         )
     )
-    # refused: secrets elsewhere or in bulk, pods, the spec, cluster RBAC, more rights than it holds
+    # refused: secrets elsewhere or in bulk, pods, a sweep's spec, deleting a FineTuneJob, cluster RBAC, more
+    # rights than it holds (a FineTuneJob's spec can be patched: a sweep's trials are suspended or promoted; the
+    # operator only ever patches the FineTuneJobs it created as trials, never one a user made)
     refused: list[Callable[[], Any]] = [
         lambda: core.read_namespaced_secret("elsewhere", namespace),
         lambda: core.list_namespaced_secret(team),
@@ -177,7 +184,7 @@ def test_operator_requests_outside_its_rights_are_refused(
         ),
         lambda: core.delete_namespace(team),
         lambda: custom.patch_namespaced_custom_object(
-            GROUP, VERSION, team, PLURAL, "mine", {"spec": {"suspend": True}}
+            GROUP, VERSION, team, "finetunesweeps", "any", {"spec": {"parallelism": 9}}
         ),
         lambda: custom.delete_namespaced_custom_object(GROUP, VERSION, team, PLURAL, "mine"),
         lambda: custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL),
