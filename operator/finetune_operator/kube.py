@@ -237,8 +237,8 @@ class Kube:
             )
         return patched
 
-    def post_event(self, owner: Owner, event_type: str, reason: str, message: str) -> None:
-        """A core/v1 Event on the FineTuneJob (`kubectl describe ftj` shows it)."""
+    def post_event(self, owner: Owner, event_type: str, reason: str, message: str, kind: str = KIND) -> None:
+        """A core/v1 Event on the FineTuneJob, or the object of `kind` (`kubectl describe` shows it)."""
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
             "apiVersion": "v1",
@@ -246,7 +246,7 @@ class Kube:
             "metadata": {"generateName": owner.name[:200] + ".", "namespace": owner.namespace},
             "involvedObject": {
                 "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": KIND,
+                "kind": kind,
                 "name": owner.name,
                 "namespace": owner.namespace,
                 "uid": owner.uid,

@@ -30,6 +30,7 @@ from finetune_operator import conditions as cond
 from finetune_operator.builders.common import Manifest, Owner
 from finetune_operator.gate import GateResult, evaluate_gate, flatten_metrics
 from finetune_operator.naming import label_value
+from finetune_operator.plan import Event
 from finetune_operator.spec import parse_spec
 
 SWEEP_KIND = "FineTuneSweep"
@@ -397,6 +398,7 @@ class SweepPlan:
     stop: list[Stop] = field(default_factory=list)
     publish: Publish | None = None
     status: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)  # trial creations are reported by the I/O that makes them
 
 
 Curve = list[list[float]]  # [[step, validation loss], ...]
@@ -588,7 +590,22 @@ def sweep_plan(snapshot: SweepSnapshot) -> SweepPlan:
         "conditions": cond.merge(status.get("conditions"), [complete], snapshot.now),
         "error": error,
     }
-    return SweepPlan(create=create, stop=stop, publish=publish, status=new_status)
+    events = [Event("Normal", "TrialStopped", f"{s.name}: {s.reason}") for s in stop]
+    if status.get("phase") != phase:
+        events.append(_phase_event(new_status))
+    return SweepPlan(create=create, stop=stop, publish=publish, status=new_status, events=events)
+
+
+def _phase_event(status: dict[str, Any]) -> Event:
+    """The Event of a phase change (`kubectl describe fts`): what a human wants to know at that moment."""
+    phase, winner, error = status["phase"], status.get("winner") or {}, status.get("error") or {}
+    if phase == "Failed":
+        return Event("Warning", "Failed", f"{error.get('code')}: {error.get('message')}")
+    if winner and phase in ("Succeeded", "Publishing"):
+        test = ", ".join(f"{k}={v:.4g}" for k, v in sorted(winner.get("testMetrics", {}).items()))
+        chosen = f"winner {winner['name']} ({status['objective']}={winner['objective']:.4g}; test split: {test})"
+        return Event("Normal", phase, f"publishing {chosen}" if phase == "Publishing" else chosen)
+    return Event("Normal", phase, f"{status['summary']} trials finished")
 
 
 def _winner(spec: SweepSpec, trials: dict[int, TrialObs], best: dict[str, Any]) -> dict[str, Any]:

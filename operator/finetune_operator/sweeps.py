@@ -21,9 +21,11 @@ from finetune_operator import GROUP, KIND, VERSION
 from finetune_operator.builders.common import Owner
 from finetune_operator.errors import PermanentError, TemporaryError
 from finetune_operator.kube import Kube
+from finetune_operator.plan import Event
 from finetune_operator.reconcile import merge_patch, now_rfc3339
 from finetune_operator.store import Key
 from finetune_operator.sweep import (
+    ANNOTATION_PARAMETERS,
     ANNOTATION_STOPPED,
     LABEL_SWEEP_UID,
     SWEEP_KIND,
@@ -151,6 +153,12 @@ class SweepReconciler:
             failed = {"phase": "Failed", "error": {"code": "ConfigInvalid", "message": str(error)[:4096]}}
             decided.status = {**decided.status, **failed}
         self._write_status(body, decided.status)
+        for event in decided.events:
+            self._event(owner, event)
+
+    def _event(self, owner: Owner, event: Event) -> None:
+        """Best effort (post_event never raises a temporary error): Events are for humans."""
+        self.kube.post_event(owner, event.type, event.reason, event.message, kind=SWEEP_KIND)
 
     def _execute(self, owner: Owner, decided: SweepPlan) -> None:
         for manifest in decided.create:
@@ -166,6 +174,8 @@ class SweepReconciler:
                     )
             else:
                 log.info("sweep %s/%s: created trial %s", owner.namespace, owner.name, name)
+                values = manifest["metadata"]["annotations"][ANNOTATION_PARAMETERS]
+                self._event(owner, Event("Normal", "TrialCreated", f"{name}: {values}"))
             if created is not None:
                 self.sweeps.put_trial(owner.uid, created)
         for stop in decided.stop:

@@ -196,8 +196,17 @@ def test_sweep_runs_queued_trials_within_parallelism_survives_a_kill_and_publish
     assert not published["metadata"].get("ownerReferences")  # its own FineTuneJob now: deleting the sweep keeps it
     assert published["status"]["run"] == 1  # promoted, not retrained
     assert published["spec"]["evaluation"]["gate"] == [{"metric": "test_loss", "max": 1.5}]
-    printed = jobs.cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "sw")
-    assert printed["status"]["best"]["name"] == "sw-t1"
+
+    def events() -> list[Any] | None:  # kubectl describe fts sw
+        found = jobs.cluster.core.list_namespaced_event(
+            namespace, field_selector="involvedObject.kind=FineTuneSweep,involvedObject.name=sw"
+        ).items
+        return found if any(e.reason == "Succeeded" for e in found) else None
+
+    reasons = [e.reason for e in wait_for("the sweep's Succeeded event", events)]
+    assert reasons.count("TrialCreated") == 4  # each trial created once, across the restart too
+    succeeded = next(e for e in events() or [] if e.reason == "Succeeded")
+    assert "winner sw-t1" in succeeded.message and "test_loss=1.1" in succeeded.message
 
 
 def test_admission_refuses_test_objectives_and_template_edits(sweep_crd: str, jobs: Jobs, namespace: str) -> None:

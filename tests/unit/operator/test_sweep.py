@@ -305,7 +305,10 @@ def test_trial_obs_reads_the_documented_status_paths() -> None:
     }
     seen = trial_obs(body)
     assert (seen.index, seen.step, seen.validation_loss, seen.stopped, seen.finished) == (2, 40, 1.25, "why", True)
-    stale = {**body, "status": {**body["status"], "progress": {"run": 0, "validationStep": 40, "validationLoss": math.nan}}}
+    stale = {
+        **body,
+        "status": {**body["status"], "progress": {"run": 0, "validationStep": 40, "validationLoss": math.nan}},
+    }
     assert trial_obs(stale).step is None and trial_obs(stale).validation_loss is None
 
 
@@ -330,3 +333,21 @@ def test_the_example_sweep_makes_trials_that_are_valid_finetunejobs() -> None:
         assert parsed.serving.enabled is False and 1e-4 <= parsed.hyperparameters.learning_rate <= 3e-3
         assert parsed.method.lora.rank in (4, 8, 16)
     assert len({m["spec"]["hyperparameters"]["learningRate"] for m in made}) == 6
+
+
+def test_events_on_phase_changes_and_stops_only() -> None:
+    spec = sweep()
+    finished = [done(0, 1.3), done(1, 0.9, test_loss=1.25), done(2, 1.0), done(3, 1.2)]
+    plan = sweep_plan(snapshot(spec, *finished, status={"phase": "Running"}))
+    (event,) = plan.events
+    assert (event.type, event.reason) == ("Normal", "Succeeded")
+    assert event.message == "winner lr-search-t1 (validation_loss=0.9; test split: test_loss=1.25)"
+    assert sweep_plan(snapshot(spec, *finished, status={"phase": "Succeeded"})).events == []
+    failed = [TrialObs(name=f"lr-search-t{i}", index=i, phase="Failed", error_code="JobFailed") for i in range(4)]
+    (event,) = sweep_plan(snapshot(spec, *failed, status={"phase": "Running"})).events
+    assert event.type == "Warning" and event.message.startswith("NoTrialSucceeded: ")
+    stopping = sweep(earlyStopping={"afterSteps": 20}, parallelism=4)
+    history = {"phase": "Running", "trials": [{"index": i, "curve": [[20, 1.0]]} for i in (0, 1)]}
+    trials = (done(0, 1.0), done(1, 1.0), running(2, step=20, validation_loss=3.0), running(3))
+    (event,) = sweep_plan(snapshot(stopping, *trials, status=history)).events
+    assert event.reason == "TrialStopped" and event.message.startswith("lr-search-t2: median rule")
