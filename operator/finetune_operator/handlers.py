@@ -3,7 +3,9 @@
 Only `on.event` handlers are used: kopf then keeps no progress or diff-base annotations and adds no
 finalizer, so the operator writes nothing into a FineTuneJob but its status (a GitOps tool sees no drift),
 and deletion is plain garbage collection by owner references. Startup lists the children once before the
-workers start, so the first passes after a restart see the Jobs that already exist.
+workers start, so the first passes after a restart see the Jobs that already exist. FineTuneSweeps are
+handled the same way on a queue of their own (sweeps.py); the trials they create are the only FineTuneJobs
+whose spec the operator writes (suspended when stopped early, promoted when published).
 """
 
 from __future__ import annotations
