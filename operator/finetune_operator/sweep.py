@@ -557,9 +557,9 @@ def sweep_plan(snapshot: SweepSnapshot) -> SweepPlan:
     new_records = _records(spec, owner, trials, records, curves, created, {s.name: s.reason for s in stop})
     leaderboard = _leaderboard(spec, new_records)
     finished = sum(1 for r in new_records if r["phase"] in (*FINISHED, "Stopped"))
-    all_done = (finished >= spec.total_trials and not create) or (
-        broken is not None and all(t.finished for t in trials.values())
-    )
+    # every trial to run has finished, and none is still running (maxTrials lowered below what was started)
+    settled = all(t.finished for t in trials.values())
+    all_done = settled and ((finished >= spec.total_trials and not create) or broken is not None)
     best = leaderboard[0] if leaderboard else None
     winner = _winner(spec, trials, best) if all_done and best else None
     publish: Publish | None = None

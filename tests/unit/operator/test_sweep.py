@@ -351,3 +351,11 @@ def test_events_on_phase_changes_and_stops_only() -> None:
     trials = (done(0, 1.0), done(1, 1.0), running(2, step=20, validation_loss=3.0), running(3))
     (event,) = sweep_plan(snapshot(stopping, *trials, status=history)).events
     assert event.reason == "TrialStopped" and event.message.startswith("lr-search-t2: median rule")
+
+
+def test_lowering_max_trials_waits_for_the_trials_already_running() -> None:
+    trials = (done(0, 1.0), done(1, 0.9), running(2), running(3))
+    plan = sweep_plan(snapshot(sweep(maxTrials=2), *trials))
+    assert plan.create == [] and plan.status["phase"] == "Running" and plan.status["winner"] is None
+    finished = (done(0, 1.0), done(1, 0.9), done(2, 0.8), done(3, 1.1))
+    assert sweep_plan(snapshot(sweep(maxTrials=2), *finished)).status["winner"]["name"] == "lr-search-t2"
