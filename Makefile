@@ -58,7 +58,8 @@ promtool:
 images: venv
 	@hack/step.sh images hack/build-images.sh
 
-# The chart ships a byte-identical copy of crds/finetunejob.yaml (a test checks it).
+# The chart ships byte-identical copies of crds/*.yaml (a test checks them); crds/finetunesweep.yaml is
+# regenerated first (hack/gen_sweep_crd.py: its template is the FineTuneJob spec schema).
 helm-sync-crd:
 	helm/sync-crd.sh
 
