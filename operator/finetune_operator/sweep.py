@@ -69,6 +69,7 @@ USER_ERRORS = frozenset({"ConfigInvalid", "DatasetInvalid", "ModelInvalid", "Pla
 
 FINISHED = frozenset({"Succeeded", "Failed", "Serving", "Publishing"})
 CURVE_POINTS = 32  # at most this many (step, validation loss) points are remembered per trial
+MESSAGE_MAX = 512  # per trial in status.trials: 200 trials must stay far below an object's size limit
 
 
 class _Model(BaseModel):
@@ -523,6 +524,7 @@ def _records(
         if trial is None and name not in created and not before:
             continue
         phase = "Pending" if trial is None and name in created else _trial_phase(trial, before)
+        message = (stopping.get(name) or trial.stopped or trial.error_message) if trial else before.get("message")
         record: dict[str, Any] = {
             "index": index,
             "name": name,
@@ -530,7 +532,7 @@ def _records(
             "phase": "Stopped" if name in stopping else phase,
             "objective": _objective(spec, trial) if trial else before.get("objective"),
             "curve": curves.get(index) or None,
-            "message": (stopping.get(name) or trial.stopped or trial.error_message) if trial else before.get("message"),
+            "message": str(message or "")[:MESSAGE_MAX],
         }
         out.append({k: v for k, v in record.items() if v is not None and v != ""})
     return out

@@ -60,3 +60,13 @@ def test_every_sweepable_path_is_a_finetunejob_field_of_its_number_type() -> Non
 def test_the_typed_model_has_the_crd_fields() -> None:
     crd = set(_schema("finetunesweep.yaml")["properties"]["spec"]["properties"])
     assert crd == {field.alias or name for name, field in SweepSpec.model_fields.items()}
+
+
+def test_the_docs_list_every_sweepable_path() -> None:
+    text = (ROOT / "docs" / "sweeps.md").read_text()
+    rows = {
+        line.split("|")[1].strip(" `"): line.split("|")[2].strip()
+        for line in text.splitlines()
+        if line.startswith("| `hyperparameters.") or line.startswith("| `method.")
+    }
+    assert rows == PARAMETERS
