@@ -14,6 +14,7 @@ import yaml
 from kubernetes import client
 
 from .conftest import CRD_PATH, Jobs, Operator, ftj_manifest, wait_for
+from .test_kueue import GPU_JOB, gpu_queue, kueue  # noqa: F401 - the real Kueue's fixtures, by name
 
 pytestmark = pytest.mark.cluster
 
@@ -322,3 +323,33 @@ def test_a_finetunejob_in_the_way_of_a_trial_name_is_never_adopted(
     after = jobs.get(namespace, "clash-t0")
     assert after["metadata"]["uid"] == mine["metadata"]["uid"] and not after["metadata"].get("ownerReferences")
     assert after["spec"]["hyperparameters"] == mine["spec"]["hyperparameters"]
+
+
+@pytest.mark.timeout(3600)  # a cold cache builds Kueue first (as in test_kueue.py)
+def test_real_kueue_admits_the_trials_its_quota_allows(
+    request: pytest.FixtureRequest, sweep_crd: str, operator: Operator, jobs: Jobs, namespace: str
+) -> None:
+    """Trials are FineTuneJobs like any other: with a quota of one 8-GPU trial, Kueue (the real one, a local
+    process) runs them one at a time although the sweep's parallelism lets two wait."""
+    queue = request.getfixturevalue("gpu_queue")
+    sweeps = Sweeps(jobs, namespace)
+    template = {**sweep_manifest("x")["spec"]["template"], "queueName": queue, "resources": GPU_JOB}
+    sweeps.create(sweep_manifest("kq", template=template, parameters=[{"path": LR, "values": [1e-4, 3e-4, 1e-3]}]))
+    seen: list[list[str]] = []
+    told: set[str] = set()
+
+    def progress() -> dict[str, Any] | None:
+        trials = sweeps.trials("kq")
+        phases = [(t.get("status") or {}).get("phase", "") for t in trials]
+        seen.append(phases)
+        for trial, phase in zip(trials, phases, strict=True):
+            if phase == "Training" and sweeps.admit_and_finish(trial, scripted):  # Kueue admitted it: finish it
+                told.add(trial["metadata"]["name"])
+        status = sweeps.status("kq")
+        return status if status.get("phase") == "Succeeded" else None
+
+    status = wait_for("the sweep to finish under Kueue", progress, timeout=180)
+    assert max(p.count("Training") for p in seen) == 1  # the quota holds them to one at a time
+    assert any(p.count("Queued") == 1 and p.count("Training") == 1 for p in seen)  # the other one waits for it
+    assert told == {"kq-t0", "kq-t1", "kq-t2"}
+    assert status["winner"]["name"] == "kq-t1" and status["summary"] == "3/3"
