@@ -7,4 +7,5 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 # crds/finetunesweep.yaml embeds the FineTuneJob spec schema (as spec.template): regenerate it first.
 PYTHONPATH="$repo/operator" "${PYTHON:-${FTO_CACHE:-$HOME/.cache/finetune-operator}/venv/bin/python}" \
   "$repo/hack/gen_sweep_crd.py"
-cp "$repo/crds/finetunejob.yaml" "$repo/crds/finetunesweep.yaml" "$repo/helm/finetune-operator/crds/"
+cp "$repo/crds/finetunejob.yaml" "$repo/crds/finetunesweep.yaml" "$repo/crds/modelserver.yaml" \
+  "$repo/helm/finetune-operator/crds/"

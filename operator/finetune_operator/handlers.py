@@ -25,7 +25,9 @@ from finetune_operator.metrics import JOBS_BY_PHASE, serve
 from finetune_operator.naming import COMPONENT_TRAINER, COMPONENT_VALIDATOR, LABEL_COMPONENT, LABEL_UID
 from finetune_operator.observed import deployment_obs, job_obs, pod_obs
 from finetune_operator.reconcile import Reconciler
+from finetune_operator.servers import ServerReconciler
 from finetune_operator.settings import Settings
+from finetune_operator.sharing import SERVER_PLURAL, reference_of
 from finetune_operator.store import Key, Store
 from finetune_operator.sweep import LABEL_SWEEP_UID, SWEEP_PLURAL
 from finetune_operator.sweeps import SweepReconciler, SweepStore
@@ -46,6 +48,7 @@ class Runtime:
     reconciler: Reconciler
     executor: ThreadPoolExecutor
     resync: asyncio.Task[None] | None = None
+    servers: WorkQueue[Key] | None = None  # ModelServers (shared serving, servers.py)
     sweeps: SweepStore | None = None  # FineTuneSweeps and their trials (sweeps.py)
     sweep_queue: WorkQueue[Key] | None = None
 
@@ -71,6 +74,9 @@ async def _resync(runtime: Runtime, every: float) -> None:
         await asyncio.sleep(every)
         for key in runtime.store.all_keys():
             runtime.queue.add(key)
+        for key in runtime.store.server_keys():
+            if runtime.servers is not None:
+                runtime.servers.add(key)
         if runtime.sweeps is not None and runtime.sweep_queue is not None:
             for key in runtime.sweeps.all_keys():
                 runtime.sweep_queue.add(key)
@@ -108,7 +114,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
     sweep_queue: WorkQueue[Key] = WorkQueue(handle_sweep, concurrency=1)
     sweep_queue.start()
-    runtime = Runtime(store, queue, reconciler, executor, sweeps=sweeps, sweep_queue=sweep_queue)
+    server_reconciler = ServerReconciler(kube, store, ours)
+
+    async def handle_server(key: Key) -> float | None:
+        return await loop.run_in_executor(executor, server_reconciler.reconcile, key)
+
+    servers: WorkQueue[Key] = WorkQueue(handle_server, concurrency=2)
+    servers.start()
+    runtime = Runtime(store, queue, reconciler, executor, sweeps=sweeps, sweep_queue=sweep_queue, servers=servers)
     runtime.resync = asyncio.create_task(_resync(runtime, ours.resync_seconds))
     memo["runtime"] = runtime
     serve(ours.metrics_port)
@@ -121,6 +134,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         if runtime.resync:
             runtime.resync.cancel()
         await runtime.queue.stop()
+        if runtime.servers:
+            await runtime.servers.stop()
         if runtime.sweep_queue:
             await runtime.sweep_queue.stop()
         runtime.executor.shutdown(wait=False, cancel_futures=True)
@@ -131,11 +146,31 @@ async def finetunejob_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **
     runtime = _runtime(memo)
     meta = body["metadata"]
     _trial_event(runtime, event, dict(body))
+    server = reference_of(dict(body))
+    if server is not None and runtime.servers is not None:
+        runtime.servers.add(server)  # its desired adapters may change (published, deleted, serving off)
     if event.get("type") == "DELETED":
         runtime.store.forget_body(meta["namespace"], meta["name"], meta["uid"])
         JOBS_BY_PHASE.forget(meta["namespace"], meta["name"])
         return
     runtime.queue.add(runtime.store.put_body(dict(body)))
+
+
+@kopf.on.event(GROUP, VERSION, SERVER_PLURAL)
+async def modelserver_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """A ModelServer changed (its spec, or the status a pass wrote): reconcile it, and let the FineTuneJobs
+    naming it read its verdict."""
+    runtime = _runtime(memo)
+    meta = body["metadata"]
+    key = (meta["namespace"], meta["name"])
+    if event.get("type") == "DELETED":
+        runtime.store.forget_server(*key)
+    else:
+        runtime.store.put_server(dict(body))
+        if runtime.servers is not None:
+            runtime.servers.add(key)
+    for job in runtime.store.bodies_naming(key, reference_of):
+        runtime.queue.add((job["metadata"]["namespace"], job["metadata"]["name"]))
 
 
 def _trial_event(runtime: Runtime, event: kopf.RawEvent, body: dict[str, Any]) -> None:

@@ -43,6 +43,7 @@ PLURALS = {
     "Lease": "leases",
     KIND: PLURAL,
     "FineTuneSweep": "finetunesweeps",
+    "ModelServer": "modelservers",
 }
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 REQUEST_TIMEOUT = (5, 30)  # connect, read seconds

@@ -36,6 +36,7 @@ from finetune_operator.runs import (
     validation_children,
 )
 from finetune_operator.settings import Settings
+from finetune_operator.sharing import SharedVerdict, server_ref, verdict_for
 from finetune_operator.spec import FineTuneJobSpec, placement_spec_hash, training_spec_hash, validation_spec_hash
 from finetune_operator.status import ErrorInfo, TrainingState, training_state
 from finetune_operator.validation import Validation, validation_of
@@ -57,6 +58,7 @@ class Snapshot:
     secret_present: bool | None = None  # None: no secret named, or not checked
     now: str = ""
     retry_token: str = ""  # the FineTuneJob's finetune.dev/retry annotation
+    server: dict[str, Any] | None = None  # the ModelServer serving.server names (its body), when it exists
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,22 @@ class ServingDecision:
     delete: list[ChildRef] = field(default_factory=list)
     endpoint: dict[str, Any] | None = None
     available: bool = False
+    shared: SharedVerdict | None = None  # serving.server: the verdict read from the ModelServer's status
+
+
+def _shared_serving(snapshot: Snapshot, published: Published | None, own: list[ChildRef]) -> ServingDecision:
+    """serving.server: no Deployment of its own (one left from before is removed); the adapter's place on
+    the server is read from the server's status, which decides it (sharing.admit). The endpoint stays
+    reported while a newer run loads."""
+    remove = own if snapshot.deployment is not None else []
+    if published is None:
+        return ServingDecision(delete=remove)
+    owner = snapshot.owner
+    key = server_ref(snapshot.spec.serving.server, owner.namespace)
+    verdict = verdict_for(owner.namespace, owner.name, published.run, key, snapshot.server)
+    previous = dict(snapshot.status.get("endpoint") or {}) or None
+    endpoint = verdict.endpoint or (previous if verdict.reason == "Loading" else None)
+    return ServingDecision([], remove, endpoint, verdict.endpoint is not None, verdict)
 
 
 def _serving(snapshot: Snapshot, published: Published | None, settings: Settings) -> ServingDecision:
@@ -154,6 +172,8 @@ def _serving(snapshot: Snapshot, published: Published | None, settings: Settings
         ChildRef("policy/v1", "PodDisruptionBudget", names.serving),
         ChildRef("v1", "ConfigMap", names.serving_config),
     ]
+    if spec.serving.enabled and spec.serving.server:
+        return _shared_serving(snapshot, published, bundle_refs)
     if not spec.serving.enabled or published is None:
         remove = deployment is not None or bool(snapshot.status.get("endpoint"))
         return ServingDecision(delete=bundle_refs if remove else [])
@@ -183,11 +203,14 @@ def _ready(
     published: Published | None,
     gen: int,
     state: str,
+    shared: SharedVerdict | None = None,
 ) -> cond.Condition:
     if not spec.serving.enabled:
         return cond.condition(cond.READY, False, "ServingDisabled", "serving.enabled is false", gen)
     if published is None:
         return cond.condition(cond.READY, False, "NothingPublished", "no run has passed its gate yet", gen)
+    if shared is not None:
+        return cond.condition(cond.READY, shared.reason == "Serving", shared.reason, shared.message, gen)
     if endpoint is None:
         return cond.condition(cond.READY, False, "Publishing", f"rolling out run {published.run}", gen)
     if not available:
@@ -397,7 +420,7 @@ def status_of(snapshot: Snapshot, outcome: Outcome) -> tuple[dict[str, Any], lis
             cond.GATE_PASSED, gate.passed, "Passed" if gate.passed else "GateFailed", message, gen
         )
     serving_note = f"run {run} is {phase}" if published and published.run != run else ""
-    ready = _ready(spec, serving.endpoint, serving.available, published, gen, serving_note)
+    ready = _ready(spec, serving.endpoint, serving.available, published, gen, serving_note, serving.shared)
     run_uri = spec.output.run_uri(run)
     new_status: dict[str, Any] = {
         "observedGeneration": gen,

@@ -23,6 +23,7 @@ from finetune_operator.naming import ANNOTATION_RETRY
 from finetune_operator.observed import deployment_obs, job_obs
 from finetune_operator.plan import Plan, Snapshot, needs_secret_check, plan
 from finetune_operator.settings import Settings
+from finetune_operator.sharing import server_ref
 from finetune_operator.spec import parse_spec
 from finetune_operator.store import Key, Store
 from finetune_operator.workqueue import RequeueError
@@ -106,6 +107,8 @@ class Reconciler:
             now=now_rfc3339(),
             retry_token=retry_token,
         )
+        if spec.serving.server:  # shared serving: the verdict is in the server's status (servers.py)
+            snapshot = replace(snapshot, server=self.store.server(server_ref(spec.serving.server, owner.namespace)))
         if needs_secret_check(snapshot):
             present = self.kube.exists_metadata("v1", "Secret", owner.namespace, spec.storage.credentials_secret)
             snapshot = replace(snapshot, secret_present=present)

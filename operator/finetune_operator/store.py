@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -51,6 +52,7 @@ class Store:
         self._bodies: dict[Key, dict[str, Any]] = {}
         self._uids: dict[str, Key] = {}
         self._children: dict[str, _Children] = {}
+        self._servers: dict[Key, dict[str, Any]] = {}  # ModelServer bodies (shared serving)
 
     def put_body(self, body: dict[str, Any]) -> Key:
         meta = body["metadata"]
@@ -107,6 +109,32 @@ class Store:
     def put_deployment(self, uid: str, deployment: DeploymentObs | None) -> None:
         with self._lock:
             self._kids(uid).deployment = deployment
+
+    def put_server(self, body: dict[str, Any]) -> Key:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        with self._lock:
+            if _newer_or_equal(body, self._servers.get(key)):
+                self._servers[key] = copy.deepcopy(body)
+        return key
+
+    def forget_server(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._servers.pop((namespace, name), None)
+
+    def server(self, key: Key) -> dict[str, Any] | None:
+        with self._lock:
+            body = self._servers.get(key)
+            return copy.deepcopy(body) if body is not None else None
+
+    def server_keys(self) -> list[Key]:
+        with self._lock:
+            return list(self._servers)
+
+    def bodies_naming(self, server: Key, refer: Callable[[dict[str, Any]], Key | None]) -> list[dict[str, Any]]:
+        """The FineTuneJob bodies whose serving.server names `server` (`refer` reads a body's reference)."""
+        with self._lock:
+            return [copy.deepcopy(b) for b in self._bodies.values() if refer(b) == server]
 
     def view(self, key: Key) -> View | None:
         with self._lock:

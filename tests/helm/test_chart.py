@@ -183,6 +183,34 @@ def _granted(role: dict[str, Any]) -> set[tuple[str, str, str]]:
     }
 
 
+def _server_objects(settings: Any) -> list[dict[str, Any]]:
+    from finetune_operator.builders.modelserver import (
+        ServerOwner,
+        adapters_config_map,
+        loaded_config_map,
+        server_bundle,
+    )
+    from finetune_operator.sharing import parse_server_spec
+
+    owner = ServerOwner("team-a", "shared", "uid-2")
+    spec = parse_server_spec({"baseModelUri": "s3://models/tiny/", "replicas": 2})
+    return [*server_bundle(spec, owner, settings), adapters_config_map(owner, []), loaded_config_map(owner)]
+
+
+def test_the_operator_may_read_and_report_model_servers() -> None:
+    for values in ({}, NAMESPACED):
+        docs = render("r", "ops", values)
+        role = (_watching(docs, "Role") or _of(docs, "ClusterRole"))[0]
+        assert {
+            ("finetune.dev", "modelservers", "list"),
+            ("finetune.dev", "modelservers", "watch"),
+            ("finetune.dev", "modelservers/status", "patch"),
+            ("apps", "deployments", "get"),
+            ("", "configmaps", "get"),
+            ("", "pods", "list"),
+        } <= _granted(role)
+
+
 def test_rbac_covers_every_child_the_builders_make() -> None:
     """A new kind of child in the operator's builders fails here until the chart grants it."""
     from finetune_operator.builders.common import Owner
@@ -206,6 +234,7 @@ def test_rbac_covers_every_child_the_builders_make() -> None:
     published = Published(1, "causal-lm", "s3://models/tiny/", "s3://artifacts/x/run-1/model/", True)
     created = training_children(spec, owner, 1, "hash", settings)  # POST: create
     applied = serving_bundle(spec, owner, published, settings)  # server-side apply: patch (create if absent)
+    applied += _server_objects(settings)  # a ModelServer's (servers.py): the same verbs
     needed: set[tuple[str, str, str]] = set()
     for manifest, verbs in [
         *((m, ("create", "delete")) for m in created),

@@ -124,10 +124,15 @@ class Operator:
 
 @pytest.fixture(scope="session")
 def crd(cluster: Any) -> str:
-    """Install (server-side apply) the FineTuneJob CRD and wait until it is served."""
+    """Install the FineTuneJob CRD (and the ModelServer CRD, which the operator watches too); wait until served."""
+    _install_crd(cluster, ROOT / "crds" / "modelserver.yaml")
+    return _install_crd(cluster, CRD_PATH)
+
+
+def _install_crd(cluster: Any, path: Path) -> str:
     from kubernetes import client
 
-    body = yaml.safe_load(CRD_PATH.read_text())
+    body = yaml.safe_load(path.read_text())
     api = client.ApiextensionsV1Api(cluster.api_client)
     name = body["metadata"]["name"]
     try:

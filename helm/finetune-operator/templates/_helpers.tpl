@@ -84,6 +84,26 @@ call needs it. Used by the ClusterRole (all namespaces) or by one Role per watch
 - apiGroups: [finetune.dev]
   resources: [finetunejobs]
   verbs: [get, create, patch]
+# ModelServers (shared serving, operator/finetune_operator/servers.py): watched like FineTuneJobs; the
+# operator writes only their status. finalizers: as for FineTuneJobs, for blockOwnerDeletion on their objects.
+- apiGroups: [finetune.dev]
+  resources: [modelservers]
+  verbs: [list, watch]
+- apiGroups: [finetune.dev]
+  resources: [modelservers/status]
+  verbs: [patch]
+- apiGroups: [finetune.dev]
+  resources: [modelservers/finalizers]
+  verbs: [update]
+# A ModelServer pass reads its Deployment (spec hash) and its two ConfigMaps (the desired adapter list, and
+# the report its sidecars patch); get is also what the sidecar's Role grants (on those two names only), and
+# RBAC lets the operator create a Role only with permissions it holds itself.
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get]
 # Training Jobs: startup list + kopf watch (label-selected), get after a create that raced, create, delete of
 # retired runs, patch of spec.suspend (only for Jobs without a Kueue queue; Kueue owns suspend otherwise).
 - apiGroups: [batch]
