@@ -12,7 +12,7 @@ PYTEST := $(PY) -m pytest
 
 # Each long step runs through hack/step.sh: its log is kept in $(FTO_CACHE)/logs/, and a failure names the step,
 # its exit status and the log's last lines.
-.PHONY: deps promtool venv cluster-up cluster-down cluster-status cluster-kubeconfig lint test test-unit images demo bench \
+.PHONY: deps promtool venv venv-vllm cluster-up cluster-down cluster-status cluster-kubeconfig lint test test-unit images demo bench \
 	helm-sync-crd
 
 # Debian packages and the Go toolchain a fresh machine lacks (idempotent: seconds when present).
@@ -21,6 +21,11 @@ deps:
 
 venv:
 	@hack/step.sh venv hack/venv.sh >/dev/null
+
+# vLLM's CPU build in a venv of its own (pinned by vllm-image/constraints.txt): the vLLM image and the serving
+# benchmark come from it.
+venv-vllm:
+	@hack/step.sh venv-vllm hack/venv-vllm.sh >/dev/null
 
 cluster-up: venv
 	@hack/step.sh cluster-up hack/cluster.sh up
@@ -54,8 +59,8 @@ test: deps venv lint cluster-up promtool
 promtool:
 	@hack/step.sh promtool hack/build-binaries.sh promtool
 
-# Trainer and operator images, built with buildah on a local Debian base; cached by content hash.
-images: venv
+# Trainer, operator and vLLM CPU images, built offline on a local Debian base; cached by content hash.
+images: venv venv-vllm
 	@hack/step.sh images hack/build-images.sh
 
 # The chart ships byte-identical copies of crds/*.yaml (a test checks them); crds/finetunesweep.yaml is
@@ -67,7 +72,7 @@ helm-sync-crd:
 demo:
 	hack/demo.sh
 
-bench: venv cluster-up
+bench: venv venv-vllm cluster-up
 	$(PY) bench/trainer_throughput.py
 	$(PY) bench/serving.py
 	$(PY) bench/operator_scale.py

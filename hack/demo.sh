@@ -27,7 +27,7 @@ set +a
 export KUBECONFIG="$FTO_CACHE/state/kubeconfig"
 
 step "images (built with buildah on a local Debian base, cached by content)"
-hack/build-images.sh
+FTO_IMAGES="trainer operator" hack/build-images.sh  # the demo serves with our engine: no vLLM image needed
 set -a
 # shellcheck source=/dev/null
 source "$FTO_CACHE/images/refs.env"  # written by hack/build-images.sh

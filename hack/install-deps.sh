@@ -4,8 +4,13 @@
 set -euo pipefail
 need=()
 for pair in curl:curl openssl:openssl envsubst:gettext-base flock:util-linux git:git setsid:util-linux \
-    shellcheck:shellcheck; do
+    shellcheck:shellcheck zstd:zstd; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+# vLLM's CPU build outside its image (bench/serving.py, from hack/venv-vllm.sh's venv): libnuma to start,
+# tcmalloc as its image preloads it
+for pair in libnuma.so.1:libnuma1 libtcmalloc_minimal.so.4:libtcmalloc-minimal4; do
+  [ -e "/usr/lib/x86_64-linux-gnu/${pair%%:*}" ] || need+=("${pair#*:}")
 done
 # the real node (containerd + kubelet); FTO_REAL_NODE=0 skips it
 if [ "${FTO_REAL_NODE:-1}" = 1 ]; then

@@ -78,8 +78,10 @@ class MethodSpec(_Model):
 class Hyperparameters(_Model):
     epochs: float = 3
     learning_rate: float = 2e-4
-    batch_size: int = 8
+    batch_size: int | Literal["auto"] = 8
+    effective_batch_size: int | None = None
     gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool | None = None
     warmup_ratio: float = 0.03
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "polynomial"] = "cosine"
     seed: int = 42
@@ -110,6 +112,7 @@ class ResourcesSpec(_Model):
 
 class DistributedSpec(_Model):
     workers: int = 1
+    sharding: Literal["none", "fsdp"] = "none"
 
 
 class CheckpointSpec(_Model):
@@ -155,8 +158,6 @@ class ServingSpec(_Model):
     max_concurrency: int = 8
     api_key_secret: str = ""
     resources: ServingResourcesSpec = ServingResourcesSpec()
-    server: str = ""
-    """A ModelServer (NAME or NAMESPACE/NAME) holding the adapter instead of a Deployment of its own."""
 
 
 class PodMetadataSpec(_Model):
@@ -218,7 +219,15 @@ VALIDATION_FIELDS = ("baseModel", "dataset", "method", "distributed")
 """What `finetune_trainer validate` reads: the data and the tokenizer, and for its estimates the method, the
 world size, the hyperparameters in CHECKED_HYPERPARAMETERS, the pods' memory and the GPU type (the memory plan)."""
 
-CHECKED_HYPERPARAMETERS = ("epochs", "batchSize", "gradientAccumulationSteps", "maxSteps", "precision")
+CHECKED_HYPERPARAMETERS = (
+    "epochs",
+    "batchSize",
+    "effectiveBatchSize",
+    "gradientAccumulationSteps",
+    "gradientCheckpointing",
+    "maxSteps",
+    "precision",
+)
 """The hyperparameters the step estimate and the memory plan depend on (a new learning rate needs no new
 check)."""
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +24,20 @@ def run(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), check=True, text=True, cwd=ROOT, **kwargs)
 
 
-@pytest.fixture(scope="session")
-def images() -> dict[str, str]:
-    """The trainer and operator images of the current sources, on the real node."""
-    run("hack/build-images.sh", stdout=subprocess.DEVNULL)
+def _build(names: str) -> dict[str, str]:
+    """Build (cached by content) the named images of the current sources; the refs and archives of refs.env."""
+    run("hack/build-images.sh", stdout=subprocess.DEVNULL, env=dict(os.environ, FTO_IMAGES=names))
     refs: dict[str, str] = {}
     for line in (CACHE / "images" / "refs.env").read_text().splitlines():
         key, _, value = line.partition("=")
         refs[key] = value
+    return refs
+
+
+@pytest.fixture(scope="session")
+def images() -> dict[str, str]:
+    """The trainer and operator images of the current sources, on the real node."""
+    refs = _build("trainer operator")
     run(
         "hack/import-images.sh",
         f"{refs['FTO_TRAINER_IMAGE']}={refs['FTO_TRAINER_ARCHIVE']}",
@@ -39,9 +46,25 @@ def images() -> dict[str, str]:
     return refs
 
 
+@pytest.fixture(scope="session")
+def vllm_image(images: dict[str, str]) -> str:
+    """vLLM's CPU build as `make images` builds it (hack/base-image/vllm.sh), on the real node; its ref."""
+    refs = _build("vllm")
+    run("hack/import-images.sh", f"{refs['FTO_VLLM_IMAGE']}={refs['FTO_VLLM_ARCHIVE']}")
+    return refs["FTO_VLLM_IMAGE"]
+
+
 @pytest.fixture
 def installed(cluster: Cluster, namespace: str, images: dict[str, str]) -> Iterator[str]:
     """The chart installed as release `<namespace>` watching only `namespace`; yields the release name."""
+    with install_chart(cluster, namespace, images) as release:
+        yield release
+
+
+@contextmanager
+def install_chart(cluster: Cluster, namespace: str, images: dict[str, str], *sets: str) -> Iterator[str]:
+    """The chart installed watching only `namespace`, with the images of the current sources and `sets`
+    (more `--set key=value`); uninstalled on exit. Yields the release name."""
     env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig))
     operator = images["FTO_OPERATOR_IMAGE"]
     release = "e2e-" + uuid.uuid4().hex[:8]
@@ -65,17 +88,20 @@ def installed(cluster: Cluster, namespace: str, images: dict[str, str]) -> Itera
         f"trainer.image={images['FTO_TRAINER_IMAGE']}",
         "--set",
         "childImagePullPolicy=Never",
+        *(arg for value in sets for arg in ("--set", value)),
         "--wait",
         "--timeout",
         "5m",
         env=env,
         stdout=subprocess.DEVNULL,
     )
-    yield release
-    subprocess.run(
-        ["helm", "uninstall", release, "--namespace", namespace, "--wait"],
-        env=env,
-        check=False,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-    )
+    try:
+        yield release
+    finally:
+        subprocess.run(
+            ["helm", "uninstall", release, "--namespace", namespace, "--wait"],
+            env=env,
+            check=False,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+        )

@@ -70,7 +70,7 @@ def oci_config(archive: Path) -> tuple[str, dict[str, Any]]:
     return entry.get("annotations", {}).get("org.opencontainers.image.ref.name", ""), config
 
 
-@pytest.mark.parametrize("name", ["trainer", "operator"])
+@pytest.mark.parametrize("name", ["trainer", "operator", "vllm"])
 def test_archive_exists_for_current_sources(refs: dict[str, str], name: str) -> None:
     wanted = env_lines(script("refs", timeout=120).stdout)
     key = name.upper()
@@ -91,6 +91,7 @@ def test_archive_exists_for_current_sources(refs: dict[str, str], name: str) -> 
     [
         ("trainer", ["python", "-m", "finetune_trainer"], ["train", "--config", "/etc/finetune/config.json"]),
         ("operator", ["python", "-m", "finetune_operator"], None),
+        ("vllm", ["python3", "-m", "vllm.entrypoints.openai.api_server"], None),
     ],
 )
 def test_image_config(refs: dict[str, str], name: str, entrypoint: list[str], cmd: list[str] | None) -> None:
@@ -105,6 +106,13 @@ def test_image_config(refs: dict[str, str], name: str, entrypoint: list[str], cm
     if name == "trainer":
         assert "HF_HUB_OFFLINE=1" in cfg["Env"]
         assert cfg["WorkingDir"] == "/home/trainer"
+    if name == "vllm":  # vLLM's CPU build: its platform, and the allocator and OpenMP it asks for
+        env = dict(item.split("=", 1) for item in cfg["Env"])
+        assert env["VLLM_TARGET_DEVICE"] == "cpu" and env["HF_HUB_OFFLINE"] == "1"
+        assert env["LD_PRELOAD"].split(":") == [
+            "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+            "/opt/venv/lib/libiomp5.so",
+        ]
 
 
 needs_runc = pytest.mark.skipif(not CAN_RUN, reason="running an image needs root, runc and buildah")

@@ -22,7 +22,7 @@ from pathlib import Path
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import ConfigInvalid, PlanDoesNotFit
 from finetune_trainer.gpus import GPUS, Accelerator, accelerator, cpu
-from finetune_trainer.memory_plan import MemoryPlan, UnsupportedModel, plan, setup_of
+from finetune_trainer.memory_plan import MemoryPlan, UnsupportedModel, plan_config
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,9 @@ def check_fit(
     if budget is None:
         return None
     config = json.loads((model_folder / "config.json").read_text())
-    setup = setup_of(cfg, longest_record=longest_record)
     try:
-        result = plan(config, setup, budget.device, num_labels=len(labels) if labels else None)
+        num_labels = len(labels) if labels else None
+        result = plan_config(config, cfg, budget.device, longest_record=longest_record, num_labels=num_labels)
     except UnsupportedModel as error:
         log.warning("no memory plan: %s", error)
         return None
@@ -97,3 +97,77 @@ def check_fit(
         where = "the GPU type it names" if budget.strict else "any GPU in the table"
         raise PlanDoesNotFit(f"the run cannot fit {where}: {result.message()}")
     return result
+
+
+MEMORY_LIMIT_ENV = "FTO_MEMORY_LIMIT"
+"""A CPU run's memory budget (a Kubernetes quantity) where the container's cgroup limit is not readable."""
+
+
+def parse_memory_max(text: str) -> int | None:
+    """Bytes of a cgroup v2 `memory.max` or v1 `memory.limit_in_bytes`; None when unlimited ("max", or v1's
+    page-rounded 2^63)."""
+    value = text.strip()
+    if not value or value == "max":
+        return None
+    limit = int(value)
+    return None if limit >= 1 << 62 else limit
+
+
+def cpu_memory_budget(environ: dict[str, str], cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The memory a CPU training pod may use: FTO_MEMORY_LIMIT, else the cgroup's limit, else the host's RAM."""
+    explicit = environ.get(MEMORY_LIMIT_ENV, "").strip()
+    if explicit:
+        return parse_quantity(explicit)
+    for name in ("memory.max", "memory/memory.limit_in_bytes"):
+        try:
+            limit = parse_memory_max((cgroup_root / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if limit is not None:
+            return limit
+    import os
+
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def runtime_device(cuda: bool, local_processes: int, environ: dict[str, str]) -> Accelerator:
+    """The device this training process runs on, as the memory plan sees it: the GPU it was given (its name
+    and total memory as torch reports them), or its share of the pod's memory on CPU."""
+    if not cuda:
+        return cpu(cpu_memory_budget(environ) // max(1, local_processes))
+    import torch
+
+    from finetune_trainer import distributed
+
+    properties = torch.cuda.get_device_properties(distributed.local_rank())
+    known = accelerator(properties.name)
+    bf16 = known.bf16 if known else bool(torch.cuda.is_bf16_supported())
+    return Accelerator(name=properties.name, memory_bytes=int(properties.total_memory), bf16=bf16)
+
+
+def decide_for_device(
+    cfg: TrainerConfig, model_folder: Path, longest_record: int, labels: list[str] | None, device: Accelerator
+) -> TrainerConfig:
+    """`cfg` with `batchSize: auto` and an unset `gradientCheckpointing` decided for the device this process
+    really has (the validation step only knew the GPU type the spec names). A config with both set is
+    returned as it is; a plan over the device's memory is logged, not refused: the estimate may err, and the
+    validation step refused what it could before a GPU was taken."""
+    hp = cfg.hyperparameters
+    if hp.batch_size != "auto" and hp.gradient_checkpointing is not None:
+        return cfg
+    try:
+        config = json.loads((model_folder / "config.json").read_text())
+        num_labels = len(labels) if labels else None
+        result = plan_config(config, cfg, device, longest_record=longest_record, num_labels=num_labels)
+    except (UnsupportedModel, OSError, ValueError) as error:
+        log.warning("no memory plan (%s): batchSize auto is 1 per micro-batch, gradient checkpointing on", error)
+        sequences = cfg.sequences_per_process()
+        auto = hp.batch_size == "auto"
+        batch = 1 if auto else int(hp.batch_size)
+        accumulation = sequences if auto else hp.gradient_accumulation_steps
+        return cfg.with_batch(batch, accumulation, hp.gradient_checkpointing is not False)
+    log.info("memory plan on this device: %s", result.message())
+    if not result.fits:
+        log.warning("the plan is over this device's memory: training may run out of memory")
+    s = result.setup
+    return cfg.with_batch(s.micro_batch, s.gradient_accumulation, s.gradient_checkpointing)

@@ -386,6 +386,11 @@ class MemoryPlan:
     max_micro_batch: int
     """The largest micro-batch that fits (0: not even one sequence)."""
     suggestions: tuple[Suggestion, ...] = ()
+    setup: Setup = field(default_factory=Setup)
+    """What the estimate is of: with `batchSize: auto` the chosen micro-batch and accumulation, with an unset
+    `gradientCheckpointing` whether it is on (`decide`)."""
+    batch_auto: bool = False
+    checkpointing_auto: bool = False
 
     @property
     def total(self) -> int:
@@ -407,6 +412,7 @@ class MemoryPlan:
             f"of {gib(self.budget)} ({self.accelerator}): weights {gib(b.weights)}, gradients {gib(b.gradients)}, "
             f"optimizer {gib(b.optimizer)}, activations {gib(b.activations)}, overhead {gib(b.overhead)}"
         )
+        text += self._decisions()
         if self.fits:
             return f"{text}; fits, headroom {gib(self.headroom)}, largest micro-batch {self.max_micro_batch}"
         fitting = [str(s) for s in self.suggestions if s.fits]
@@ -414,6 +420,15 @@ class MemoryPlan:
             return f"{text}; does not fit by {gib(-self.headroom)}. Would fit: {'; '.join(fitting)}"
         closest = "; ".join(str(s) for s in self.suggestions[:3]) or "none tried"
         return f"{text}; does not fit by {gib(-self.headroom)}, nor with one or two changes; closest: {closest}"
+
+    def _decisions(self) -> str:
+        """What the plan chose for the spec (batchSize auto, gradient checkpointing when unset), if anything."""
+        s, chosen = self.setup, []
+        if self.batch_auto:
+            chosen.append(f"batchSize auto -> {s.micro_batch} x {s.gradient_accumulation} accumulated")
+        if self.checkpointing_auto:
+            chosen.append(f"gradient checkpointing {'on (needed to fit)' if s.gradient_checkpointing else 'off'}")
+        return f" ({'; '.join(chosen)})" if chosen else ""
 
     def to_status(self) -> dict[str, Any]:
         """The plan as the FineTuneJob status shows it (camelCase, bytes as integers)."""
@@ -437,6 +452,11 @@ class MemoryPlan:
             "trainableParameters": self.trainable_parameters,
             "tokensPerMicroBatch": self.tokens_per_micro_batch,
             "maxMicroBatch": self.max_micro_batch,
+            "microBatch": self.setup.micro_batch,
+            "gradientAccumulationSteps": self.setup.gradient_accumulation,
+            "gradientCheckpointing": self.setup.gradient_checkpointing,
+            "sharding": self.setup.sharding,
+            "worldSize": self.setup.world_size,
             "suggestions": [{"change": s.change, "estimateBytes": s.total, "fits": s.fits} for s in self.suggestions],
             "summary": self.message(),
         }
@@ -613,12 +633,46 @@ class _Change:
 
 def auto_batch(shape: ModelShape, setup: Setup, device: Accelerator, sequences: int) -> tuple[int, int] | None:
     """`batchSize: auto`: the largest micro-batch that fits and divides `sequences` (per process and optimizer
-    step), and the gradient accumulation that makes up the rest; None when one sequence does not fit."""
+    step), and the gradient accumulation that makes up the rest; None when one sequence does not fit.
+
+    Each candidate is estimated with its own accumulation: accumulating keeps the gradients alive through the
+    next micro-batch's backward, so a micro-batch that fits alone may not fit with accumulation."""
     largest = largest_micro_batch(shape, setup, device, limit=max(1, sequences))
     if largest == 0:
         return None
-    batch = next(b for b in range(min(largest, sequences), 0, -1) if sequences % b == 0)
-    return batch, sequences // batch
+    for batch in (b for b in range(min(largest, sequences), 0, -1) if sequences % b == 0):
+        candidate = replace(setup, micro_batch=batch, gradient_accumulation=sequences // batch)
+        if estimate(shape, candidate, device).total <= device.memory_bytes:
+            return batch, sequences // batch
+    return None
+
+
+def decide(
+    shape: ModelShape,
+    setup: Setup,
+    device: Accelerator,
+    *,
+    batch_auto: bool,
+    sequences: int,
+    checkpointing: bool | None,
+) -> Setup:
+    """`setup` with what the spec leaves to the plan decided for `device`.
+
+    `batch_auto`: the micro-batch and accumulation (`auto_batch`) that make up `sequences` per process and
+    optimizer step. `checkpointing` None: gradient checkpointing only where the plan needs it to fit (it costs
+    about a third more compute), so first without it, then with it. When nothing fits, the smallest plan
+    (checkpointing on unless turned off, one sequence per micro-batch) is returned: the caller reports it."""
+    options = [checkpointing] if checkpointing is not None else [False, True]
+    for on in options:
+        tried = replace(setup, gradient_checkpointing=on)
+        if batch_auto:
+            picked = auto_batch(shape, tried, device, sequences)
+            if picked is not None:
+                return replace(tried, micro_batch=picked[0], gradient_accumulation=picked[1])
+        elif estimate(shape, tried, device).total <= device.memory_bytes:
+            return tried
+    smallest = replace(setup, gradient_checkpointing=options[-1])
+    return replace(smallest, micro_batch=1, gradient_accumulation=sequences) if batch_auto else smallest
 
 
 def _changes(setup: Setup, device: Accelerator) -> list[_Change]:
@@ -697,17 +751,46 @@ def plan(config: Mapping[str, Any], setup: Setup, device: Accelerator, *, num_la
         tokens_per_micro_batch=setup.micro_batch * setup.seq_length,
         max_micro_batch=largest_micro_batch(shape, setup, device),
         suggestions=() if fits else suggestions(shape, setup, device),
+        setup=setup,
     )
+
+
+def plan_config(
+    config: Mapping[str, Any],
+    cfg: TrainerConfig,
+    device: Accelerator,
+    *,
+    longest_record: int | None = None,
+    num_labels: int | None = None,
+) -> MemoryPlan:
+    """The plan of a trainer config on `device`, with `batchSize: auto` and an unset `gradientCheckpointing`
+    decided (`decide`): what `validate` records and what `train` trains with."""
+    hp = cfg.hyperparameters
+    setup = setup_of(cfg, longest_record=longest_record)
+    shape = model_shape(config, num_labels=num_labels)
+    batch_auto = hp.batch_size == "auto"
+    decided = decide(
+        shape,
+        setup,
+        device,
+        batch_auto=batch_auto,
+        sequences=cfg.sequences_per_process(),
+        checkpointing=hp.gradient_checkpointing,
+    )
+    result = plan(config, decided, device, num_labels=num_labels)
+    return replace(result, batch_auto=batch_auto, checkpointing_auto=hp.gradient_checkpointing is None)
 
 
 def setup_of(
     cfg: TrainerConfig,
     *,
-    gradient_checkpointing: bool = False,
-    sharding: Sharding = "none",
+    gradient_checkpointing: bool | None = None,
+    sharding: Sharding | None = None,
     longest_record: int | None = None,
 ) -> Setup:
-    """The Setup of a trainer config (the spec's fields as the operator renders them).
+    """The Setup of a trainer config (the spec's fields as the operator renders them); `gradient_checkpointing`
+    and `sharding` override the config's (an unset gradientCheckpointing is off here: `decide` chooses), and
+    `batchSize: auto` is a micro-batch of 1 until `decide` chooses.
 
     `longest_record`: the longest tokenized training record when known (the validate step measures the
     tokens): a flattened micro-batch then holds at most batchSize x min(maxSeqLength, longest) tokens, a
@@ -717,10 +800,12 @@ def setup_of(
     return Setup(
         method=Method(cfg.method.type, lora.rank, tuple(lora.target_modules), lora.dropout),
         precision=hp.precision,
-        sharding=sharding,
+        sharding=sharding if sharding is not None else cfg.distributed.sharding,
         world_size=cfg.distributed.workers * cfg.distributed.processes_per_worker,
-        gradient_checkpointing=gradient_checkpointing,
-        micro_batch=hp.batch_size,
+        gradient_checkpointing=bool(
+            gradient_checkpointing if gradient_checkpointing is not None else hp.gradient_checkpointing
+        ),
+        micro_batch=1 if hp.batch_size == "auto" else hp.batch_size,
         gradient_accumulation=hp.gradient_accumulation_steps,
         seq_length=min(cfg.dataset.max_seq_length, longest_record or cfg.dataset.max_seq_length),
         task=cfg.base_model.task,

@@ -32,7 +32,12 @@ def trainer_config(spec: FineTuneJobSpec, owner: Owner, run: int) -> dict[str, A
         "hyperparameters": wire["hyperparameters"],
         "checkpointing": wire["checkpointing"],
         "evaluation": {"compareBaseModel": spec.evaluation.compare_base_model},
-        "distributed": {"workers": spec.distributed.workers, "processesPerWorker": spec.processes_per_worker},
+        "distributed": {
+            "workers": spec.distributed.workers,
+            "processesPerWorker": spec.processes_per_worker,
+            "sharding": spec.distributed.sharding,
+        },
+        **_tracking(spec, owner),
         "output": {"uri": spec.output.uri, "runUri": spec.output.run_uri(run)},
     }
 

@@ -29,6 +29,22 @@ def test_trainer_accepts_the_rendered_config(path: Path) -> None:
     assert config.job.run == 3 and config.output.run_uri.endswith("/run-3/")
 
 
+def test_trainer_accepts_batch_size_auto_checkpointing_and_fsdp_as_rendered() -> None:
+    raw = example("distributed")["spec"]
+    spec = parse_spec(
+        {
+            **raw,
+            "method": {"type": "full"},
+            "hyperparameters": {"batchSize": "auto", "effectiveBatchSize": 512, "gradientCheckpointing": True},
+            "distributed": {**raw.get("distributed", {}), "sharding": "fsdp"},
+        }
+    )
+    config = parse_config(json.loads(trainer_config_map(spec, OWNER, 1)["data"]["config.json"]), "operator rendering")
+    hp = config.hyperparameters
+    assert hp.batch_size == "auto" and hp.effective_batch_size == 512 and hp.gradient_checkpointing is True
+    assert config.distributed.sharding == "fsdp" and config.world_size == spec.distributed.workers * spec.resources.gpus
+
+
 @pytest.mark.parametrize("adapter", [True, False])
 def test_server_accepts_the_rendered_serve_config(adapter: bool) -> None:
     spec = parse_spec(example("quickstart")["spec"])

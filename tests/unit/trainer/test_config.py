@@ -114,3 +114,41 @@ def test_load_config_reports_json_syntax_position(tmp_path: Path) -> None:
     path.write_text('{\n  "job": {,}\n}')
     with pytest.raises(ConfigInvalid, match="line 2 column"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("hyperparameters", "distributed", "method", "fragment"),
+    [
+        ({"batchSize": "auto", "gradientAccumulationSteps": 4}, {}, "lora", "set effectiveBatchSize"),
+        ({"batchSize": "auto", "effectiveBatchSize": 9}, {"processesPerWorker": 2}, "lora", "not a multiple"),
+        ({"batchSize": 4, "gradientAccumulationSteps": 2, "effectiveBatchSize": 16}, {}, "lora", "= 8"),
+        ({"batchSize": "big"}, {}, "lora", "hyperparameters.batchSize"),
+        ({}, {"sharding": "fsdp"}, "lora", "distributed.sharding: fsdp shards full fine-tuning"),
+        ({}, {"sharding": "zero3"}, "full", "distributed.sharding"),
+    ],
+)
+def test_batch_and_sharding_rules(
+    hyperparameters: dict[str, Any], distributed: dict[str, Any], method: str, fragment: str
+) -> None:
+    bad = json.loads(json.dumps(CONTRACT_EXAMPLE))
+    bad["hyperparameters"].update(hyperparameters)
+    bad["distributed"].update(distributed)
+    bad["method"]["type"] = method
+    with pytest.raises(ConfigInvalid, match=fragment):
+        parse_config(bad)
+
+
+def test_batch_size_auto_resolves_to_what_was_trained() -> None:
+    raw = json.loads(json.dumps(CONTRACT_EXAMPLE))
+    raw["hyperparameters"].update({"batchSize": "auto", "effectiveBatchSize": 32})
+    raw["distributed"] = {"workers": 2, "processesPerWorker": 2, "sharding": "none"}
+    config = parse_config(raw)
+    assert config.sequences_per_process() == 8 and config.world_size == 4
+    resolved = config.with_batch(2, 4, True)
+    hp = resolved.hyperparameters
+    assert (hp.batch_size, hp.gradient_accumulation_steps, hp.gradient_checkpointing) == (2, 4, True)
+    assert hp.effective_batch_size == 32 and parse_config(json.loads(resolved.to_json())) == resolved
+    default = parse_config({**raw, "hyperparameters": {"batchSize": "auto"}})
+    assert default.sequences_per_process() == 8  # 8 per process when effectiveBatchSize is left out
+    full = parse_config({**raw, "method": {"type": "full"}, "distributed": {"sharding": "fsdp"}})
+    assert full.distributed.sharding == "fsdp"

@@ -24,14 +24,14 @@ LLAMA_3_8B = {
 }
 
 
-def _config(method: str, batch: int = 1) -> TrainerConfig:
+def _config(method: str, batch: int | str = 1, **hyperparameters: object) -> TrainerConfig:
     return parse_config(
         {
             "job": {"namespace": "ns", "name": "j", "run": 1},
             "baseModel": {"uri": "s3://models/llama-3-8b/"},
             "dataset": {"train": {"uri": "s3://data/train.jsonl"}, "schema": "chat", "maxSeqLength": 2048},
             "method": {"type": method},
-            "hyperparameters": {"batchSize": batch},
+            "hyperparameters": {"batchSize": batch, **hyperparameters},
             "output": {"uri": "s3://out/", "runUri": "s3://out/run-1/"},
         },
         "test",
@@ -75,7 +75,7 @@ def test_a_full_8b_fine_tune_is_refused_on_a_named_gpu_with_the_fixes(tmp_path: 
 def test_with_no_gpu_type_named_only_a_plan_no_gpu_can_hold_is_refused(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(LLAMA_3_8B))
     with pytest.raises(PlanDoesNotFit, match="any GPU in the table"):
-        check_fit(_config("full", batch=8), tmp_path, 2048, None, Placement(gpus=1))
+        check_fit(_config("full", batch=8, gradientCheckpointing=False), tmp_path, 2048, None, Placement(gpus=1))
     fits_somewhere = check_fit(_config("lora"), tmp_path, 2048, None, Placement(gpus=1))
     assert fits_somewhere is not None and fits_somewhere.fits
 
@@ -83,3 +83,32 @@ def test_with_no_gpu_type_named_only_a_plan_no_gpu_can_hold_is_refused(tmp_path:
 def test_an_unknown_architecture_is_not_refused(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba", "architectures": ["MambaForCausalLM"]}))
     assert check_fit(_config("lora"), tmp_path, 128, None, Placement(gpus=1, gpu_product="T4")) is None
+
+
+def test_unset_gradient_checkpointing_is_turned_on_only_where_the_plan_needs_it(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_3_8B))
+    b200 = Placement(gpus=1, gpu_product="NVIDIA-B200")
+    full = check_fit(_config("full", batch=8), tmp_path, 2048, None, b200)  # 128 GiB of states + activations
+    assert full is not None and full.fits and full.setup.gradient_checkpointing
+    assert full.to_status()["gradientCheckpointing"] is True and "needed to fit" in full.message()
+    small = check_fit(_config("lora", batch=1), tmp_path, 256, None, b200)
+    assert small is not None and small.fits and not small.setup.gradient_checkpointing
+    with pytest.raises(PlanDoesNotFit):  # turned off by the user: refused, with the fix named
+        check_fit(_config("full", batch=8, gradientCheckpointing=False), tmp_path, 2048, None, b200)
+
+
+def test_batch_size_auto_is_decided_and_recorded_in_the_plan(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_3_8B))
+    h100 = Placement(gpus=1, gpu_product="NVIDIA-H100-80GB-HBM3")
+    cfg = _config("lora", batch="auto", effectiveBatchSize=32)
+    result = check_fit(cfg, tmp_path, 2048, None, h100)
+    assert result is not None and result.fits
+    status = result.to_status()
+    micro, accumulation = status["microBatch"], status["gradientAccumulationSteps"]
+    assert micro * accumulation == 32 and 1 <= micro < 32 and not status["gradientCheckpointing"]
+    assert micro == max(b for b in range(1, 33) if 32 % b == 0 and b <= result.max_micro_batch)
+    assert f"batchSize auto -> {micro} x {accumulation} accumulated" in status["summary"]
+    # with checkpointing forced on, more sequences fit per micro-batch
+    on = check_fit(_config("lora", batch="auto", effectiveBatchSize=32, gradientCheckpointing=True), tmp_path, 2048,
+                   None, h100)  # fmt: skip
+    assert on is not None and on.setup.micro_batch > micro

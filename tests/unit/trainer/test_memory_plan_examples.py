@@ -15,7 +15,7 @@ import pytest
 import yaml
 from finetune_trainer.config import parse_config
 from finetune_trainer.gpus import Accelerator, accelerator, cpu
-from finetune_trainer.memory_plan import default_gpu, plan, setup_of
+from finetune_trainer.memory_plan import default_gpu, plan_config
 
 from .test_examples import EXAMPLES, rendered
 from .test_memory_plan import LLAMA3_8B, MINILM_L6, MISTRAL_7B, SMOLLM2_135M
@@ -62,7 +62,21 @@ def test_example_plan_fits_the_hardware_it_names(path: Path) -> None:
     device = named_hardware(spec)
     labels = cfg.base_model.labels
     num_labels = len(labels) if labels else cfg.base_model.num_labels
-    result = plan(BASE_MODELS[folder], setup_of(cfg), device, num_labels=num_labels)
+    result = plan_config(BASE_MODELS[folder], cfg, device, num_labels=num_labels)  # batchSize auto decided
     assert result.fits, f"{path.name}: {result.message()}"
-    shorter = plan(BASE_MODELS[folder], setup_of(cfg, longest_record=64), device, num_labels=num_labels)
+    shorter = plan_config(BASE_MODELS[folder], cfg, device, longest_record=64, num_labels=num_labels)
     assert shorter.total <= result.total  # records known to be short make a smaller plan
+
+
+def test_the_full_fsdp_example_fits_only_because_it_is_sharded() -> None:
+    """examples/full-fsdp.yaml: 4 sequences per micro-batch, 2 accumulated, on each of 8 H100s; the same plan
+    under plain DDP is refused with the numbers."""
+    path = next(p for p in EXAMPLES if p.name == "full-fsdp.yaml")
+    cfg = parse_config(rendered(path), path.name)
+    h100 = accelerator("H100-80G")
+    assert h100 is not None
+    sharded = plan_config(LLAMA3_8B, cfg, h100)
+    assert sharded.fits and sharded.setup.sharding == "fsdp" and sharded.setup.world_size == 8
+    assert (sharded.setup.micro_batch, sharded.setup.gradient_accumulation) == (4, 2)
+    replicated = cfg.model_copy(update={"distributed": cfg.distributed.model_copy(update={"sharding": "none"})})
+    assert not plan_config(LLAMA3_8B, replicated, h100).fits
