@@ -174,12 +174,14 @@ def deployment_obs(body: dict[str, Any]) -> DeploymentObs:
 
 @dataclass(frozen=True)
 class TrainerReport:
-    """The trainer's termination message: {code, message, run?, metrics?, summary?} (summary: `validate`'s)."""
+    """The trainer's termination message: {code, message, run?, metrics?, summary?, tracking?} (summary:
+    `validate`'s; tracking: the MLflow run and whether tracking degraded)."""
 
     code: str
     message: str
     metrics: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+    tracking: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_termination_message(text: str) -> TrainerReport | None:
@@ -195,5 +197,7 @@ def parse_termination_message(text: str) -> TrainerReport | None:
         if isinstance(data, dict) and "code" in data:
             metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
             summary = data.get("summary") if isinstance(data.get("summary"), dict) else {}
-            return TrainerReport(str(data["code"]), str(data.get("message", "")), metrics or {}, summary or {})
+            tracking = data.get("tracking") if isinstance(data.get("tracking"), dict) else {}
+            code, message = str(data["code"]), str(data.get("message", ""))
+            return TrainerReport(code, message, metrics or {}, summary or {}, tracking or {})
     return TrainerReport("InternalError", text[-1024:])

@@ -39,6 +39,7 @@ from finetune_operator.settings import Settings
 from finetune_operator.sharing import SharedVerdict, server_ref, verdict_for
 from finetune_operator.spec import FineTuneJobSpec, placement_spec_hash, training_spec_hash, validation_spec_hash
 from finetune_operator.status import ErrorInfo, TrainingState, training_state
+from finetune_operator.tracking import degraded_condition, degraded_news, tracking_of
 from finetune_operator.validation import Validation, validation_of
 
 TERMINAL = ("Failed", "Succeeded", "Serving", "Publishing")
@@ -422,6 +423,9 @@ def status_of(snapshot: Snapshot, outcome: Outcome) -> tuple[dict[str, Any], lis
     serving_note = f"run {run} is {phase}" if published and published.run != run else ""
     ready = _ready(spec, serving.endpoint, serving.available, published, gen, serving_note, serving.shared)
     run_uri = spec.output.run_uri(run)
+    previous_tracking = (status.get("tracking") or {}) if same_run else {}
+    tracking = tracking_of(run, state.tracking, status.get("progress") or {}, previous_tracking)
+    tracking_cond = degraded_condition(spec.tracking.mlflow is not None, tracking, gen)
     new_status: dict[str, Any] = {
         "observedGeneration": gen,
         "phase": phase,
@@ -431,14 +435,18 @@ def status_of(snapshot: Snapshot, outcome: Outcome) -> tuple[dict[str, Any], lis
         "validation": outcome.validation,
         "retryToken": outcome.retry_token,
         "attempts": max(state.attempts, int(status.get("attempts") or 0) if same_run else 0),
-        "conditions": cond.merge(status.get("conditions"), [trained, gate_cond, ready], snapshot.now),
+        "conditions": cond.merge(
+            status.get("conditions"), [trained, gate_cond, ready, *filter(None, [tracking_cond])], snapshot.now
+        ),
         "metrics": outcome.metrics or None,
         "gate": gate.to_status() if gate else None,
         "artifacts": {
             "model": run_uri + "model/",
             "report": run_uri + "report.html",
             "checkpoints": run_uri + "checkpoints/",
+            "tensorboard": run_uri + "tensorboard/",
         },
+        "tracking": tracking,
         "endpoint": serving.endpoint,
         "published": published.to_status() if published else None,
         "error": error.to_status() if error else None,
@@ -448,4 +456,7 @@ def status_of(snapshot: Snapshot, outcome: Outcome) -> tuple[dict[str, Any], lis
         kind = "Warning" if phase == "Failed" or (phase == "Pending" and error) else "Normal"
         message = error.message if error else f"run {run}: {state.message}"
         events.append(Event(kind, phase, message))
+    news = degraded_news(previous_tracking, tracking)
+    if news:
+        events.append(Event("Warning", "TrackingDegraded", news))
     return new_status, events

@@ -176,5 +176,8 @@ class Reconciler:
                 old.get("phase"),
                 new.get("phase"),
             )
-            for event in decided.events:  # best effort, off the critical path
+        if owner is not None and decided is not None:
+            # the plan emits an event only for news (a phase change, tracking newly degraded); best effort, off
+            # the critical path
+            for event in decided.events:
                 self.pool.submit(self.kube.post_event, owner, event.type, event.reason, event.message)

@@ -146,6 +146,19 @@ class StorageSpec(_Model):
     credentials_secret: str = ""
 
 
+class MlflowSpec(_Model):
+    tracking_uri: str
+    experiment: str = ""
+    """Empty: the experiment `<namespace>/<name>` of the FineTuneJob."""
+    credentials_secret: str = ""
+    """A Secret with MLFLOW_TRACKING_USERNAME + MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN, given to the
+    training pods as environment variables (secretKeyRef), never rendered into the trainer config."""
+
+
+class TrackingSpec(_Model):
+    mlflow: MlflowSpec | None = None
+
+
 class ServingResourcesSpec(_Model):
     requests: dict[str, Quantity] = {}
     limits: dict[str, Quantity] = {}
@@ -176,6 +189,7 @@ class FineTuneJobSpec(_Model):
     evaluation: EvaluationSpec = EvaluationSpec()
     output: OutputSpec
     storage: StorageSpec = StorageSpec()
+    tracking: TrackingSpec = TrackingSpec()
     serving: ServingSpec = ServingSpec()
     pod_metadata: PodMetadataSpec = PodMetadataSpec()
     queue_name: str = ""

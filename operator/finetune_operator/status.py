@@ -36,6 +36,7 @@ class TrainingState:
     error: ErrorInfo | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     attempts: int = 0
+    tracking: dict[str, Any] = field(default_factory=dict)  # the termination message's, when the run ended
 
 
 def _report_of(pods: Sequence[PodObs], *, succeeded: bool) -> TrainerReport | None:
@@ -54,7 +55,8 @@ def _trained(pods: Sequence[PodObs], attempts: int) -> TrainingState:
     report = _report_of(pods, succeeded=True)
     metrics = report.metrics if report else {}
     message = report.message if report and report.message else "training and evaluation finished"
-    return TrainingState("Trained", "Trained", message, metrics=metrics, attempts=attempts)
+    tracking = report.tracking if report else {}
+    return TrainingState("Trained", "Trained", message, metrics=metrics, attempts=attempts, tracking=tracking)
 
 
 def _failed(job: JobObs, pods: Sequence[PodObs], attempts: int) -> TrainingState:
@@ -68,7 +70,8 @@ def _failed(job: JobObs, pods: Sequence[PodObs], attempts: int) -> TrainingState
         detail = f"{report.code}: {report.message}" if report else job.failure_message or job.failure_reason
         noun = "validation" if job.component == COMPONENT_VALIDATOR else "training"
         error = ErrorInfo("JobFailed", f"{noun} Job {job.name} failed: {detail}")
-    return TrainingState("Failed", error.code, error.message, error, attempts=attempts)
+    tracking = report.tracking if report else {}
+    return TrainingState("Failed", error.code, error.message, error, attempts=attempts, tracking=tracking)
 
 
 def _running(job: JobObs, pods: Sequence[PodObs], progress: dict[str, Any], run: int, attempts: int) -> TrainingState:

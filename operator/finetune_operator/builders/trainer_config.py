@@ -38,8 +38,19 @@ def trainer_config(spec: FineTuneJobSpec, owner: Owner, run: int) -> dict[str, A
             "sharding": spec.distributed.sharding,
         },
         **_tracking(spec, owner),
+        **_tracking(spec, owner),
         "output": {"uri": spec.output.uri, "runUri": spec.output.run_uri(run)},
     }
+
+
+def _tracking(spec: FineTuneJobSpec, owner: Owner) -> dict[str, Any]:
+    """`tracking.mlflow` without its credentialsSecret (the pod gets the Secret's keys as env); absent when
+    tracking is off. An empty experiment is `<namespace>/<name>`."""
+    mlflow = spec.tracking.mlflow
+    if mlflow is None:
+        return {}
+    experiment = mlflow.experiment or f"{owner.namespace}/{owner.name}"
+    return {"tracking": {"mlflow": {"trackingUri": mlflow.tracking_uri, "experiment": experiment}}}
 
 
 def trainer_config_map(spec: FineTuneJobSpec, owner: Owner, run: int) -> Manifest:

@@ -71,9 +71,29 @@ def master_address(owner: Owner, run: int, workers: int) -> str:
     return f"{names.job(run)}-0.{names.workers_service(run)}.{owner.namespace}.svc"
 
 
+MLFLOW_CREDENTIAL_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+"""What MLflow's client reads: a user and password, or a token. Each is optional (a Secret holds one pair or the
+token); the trainer says when the named Secret gave none (FTO_MLFLOW_CREDENTIALS_SECRET holds its name)."""
+
+
+def tracking_env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
+    """The tracking credentials from spec.tracking.mlflow.credentialsSecret, by secretKeyRef: never inline."""
+    mlflow = spec.tracking.mlflow
+    if mlflow is None or not mlflow.credentials_secret:
+        return []
+    secret = mlflow.credentials_secret
+    env: list[dict[str, Any]] = [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
+        for key in MLFLOW_CREDENTIAL_KEYS
+    ]
+    env.append({"name": "FTO_MLFLOW_CREDENTIALS_SECRET", "value": secret})
+    return env
+
+
 def _env(spec: FineTuneJobSpec, owner: Owner, run: int) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         *s3_env(spec),
+        *tracking_env(spec),
         {"name": "FTO_WORK_DIR", "value": WORK_DIR},
         {"name": "HF_HOME", "value": f"{WORK_DIR}/.cache/huggingface"},
         {"name": "HF_HUB_OFFLINE", "value": "1"},
@@ -154,7 +174,8 @@ def validation_job(spec: FineTuneJobSpec, owner: Owner, run: int, training_hash:
     names = Names.of(owner.name)
     labels = child_labels(owner.name, owner.uid, COMPONENT_VALIDATOR, run)
     meta = _job_metadata(spec, owner, names.validation_job(run), COMPONENT_VALIDATOR, run, training_hash)
-    env = [e for e in _env(spec, owner, run) if e["name"] not in ("NODE_RANK", "MASTER_ADDR", "MASTER_PORT")]
+    tracking = {e["name"] for e in tracking_env(spec)}  # the check talks to no tracker
+    env = [e for e in _env(spec, owner, run) if e["name"] not in ("NODE_RANK", "MASTER_ADDR", "MASTER_PORT", *tracking)]
     memory = settings.validation_memory
     container: dict[str, Any] = {
         "name": TRAINER_CONTAINER,

@@ -169,16 +169,6 @@ def test_parallelism_counts_unfinished_trials_and_creation_goes_lowest_index_fir
     assert sweep_plan(everything).create == []
 
 
-def test_an_unfinished_trial_deleted_by_hand_is_not_rerun_and_counts_as_deleted() -> None:
-    """Its run folder belongs to the deleted FineTuneJob (the trainer would refuse it to a new one)."""
-    remembered = {"trials": [{"index": 0, "name": "lr-search-t0", "phase": "Training"}]}
-    plan = sweep_plan(snapshot(sweep(), running(1), status=remembered))
-    assert [m["metadata"]["name"] for m in plan.create] == ["lr-search-t2"]
-    record = plan.status["trials"][0]
-    assert record["phase"] == "Deleted" and record["message"].startswith("deleted while Training")
-    assert plan.status["summary"] == "1/4"
-
-
 def test_a_finished_trial_deleted_by_hand_is_remembered_not_rerun() -> None:
     remembered = {"trials": [{"index": 0, "name": "lr-search-t0", "phase": "Succeeded", "objective": 0.9}]}
     plan = sweep_plan(snapshot(sweep(), status=remembered))
