@@ -68,6 +68,7 @@ USER_ERRORS = frozenset({"ConfigInvalid", "DatasetInvalid", "ModelInvalid", "Pla
 """Trial failures that every other trial would repeat (the template is wrong): no further trial is started."""
 
 FINISHED = frozenset({"Succeeded", "Failed", "Serving", "Publishing"})
+DONE = frozenset({*FINISHED, "Stopped", "Deleted"})  # a trial's phase in the sweep's status once it is over
 CURVE_POINTS = 32  # at most this many (step, validation loss) points are remembered per trial
 MESSAGE_MAX = 512  # per trial in status.trials: 200 trials must stay far below an object's size limit
 
@@ -344,6 +345,14 @@ class TrialObs:
         return bool(self.stopped) or self.phase in FINISHED
 
 
+def _index(label: Any) -> int:
+    """The trial label's index; -1 (not a trial of the plan) when someone wrote something else there."""
+    try:
+        return int(str(label))
+    except ValueError:
+        return -1
+
+
 def trial_obs(body: dict[str, Any]) -> TrialObs:
     meta, status = body.get("metadata", {}), body.get("status") or {}
     annotations = meta.get("annotations") or {}
@@ -353,7 +362,7 @@ def trial_obs(body: dict[str, Any]) -> TrialObs:
     current = progress_run is None or progress_run == status.get("run")
     return TrialObs(
         name=meta.get("name", ""),
-        index=int((meta.get("labels") or {}).get(LABEL_TRIAL, "-1")),
+        index=_index((meta.get("labels") or {}).get(LABEL_TRIAL)),
         phase=str(status.get("phase") or "Pending"),
         metrics=dict(status.get("metrics") or {}),
         step=int(step) if step is not None and current else None,
@@ -455,21 +464,20 @@ def _objective(spec: SweepSpec, trial: TrialObs | None) -> float | None:
 
 
 def _trial_phase(trial: TrialObs | None, remembered: dict[str, Any]) -> str:
+    """The trial's phase in the sweep's status; one that is gone keeps its last phase, or is Deleted if it
+    had not finished (someone deleted it: it is not run again, its run folder belongs to the deleted job)."""
     if trial is None:
-        return str(remembered.get("phase") or "Pending") if remembered.get("name") else "Pending"
+        before = str(remembered.get("phase") or "Pending")
+        return before if before in DONE else "Deleted"
     return "Stopped" if trial.stopped else trial.phase
 
 
 def _to_create(spec: SweepSpec, trials: dict[int, TrialObs], records: dict[int, Any]) -> list[int]:
     """The next indices to create: lowest first, while fewer than `parallelism` trials are unfinished. A trial
-    the status remembers as finished but which is gone (deleted by hand) is not run again."""
+    the status remembers (it existed: status is written after the create) is never created again."""
     unfinished = sum(1 for t in trials.values() if not t.finished)
     room = max(0, spec.parallelism - unfinished)
-    missing = [
-        i
-        for i in range(spec.total_trials)
-        if i not in trials and records.get(i, {}).get("phase") not in (*FINISHED, "Stopped")
-    ]
+    missing = [i for i in range(spec.total_trials) if i not in trials and i not in records]
     return missing[:room]
 
 
@@ -525,6 +533,8 @@ def _records(
             continue
         phase = "Pending" if trial is None and name in created else _trial_phase(trial, before)
         message = (stopping.get(name) or trial.stopped or trial.error_message) if trial else before.get("message")
+        if trial is None and phase == "Deleted" and before.get("phase") != "Deleted":
+            message = f"deleted while {before.get('phase')}; not run again (a new sweep reruns it)"
         record: dict[str, Any] = {
             "index": index,
             "name": name,
@@ -558,12 +568,12 @@ def sweep_plan(snapshot: SweepSnapshot) -> SweepPlan:
     created = {m["metadata"]["name"] for m in create}
     new_records = _records(spec, owner, trials, records, curves, created, {s.name: s.reason for s in stop})
     leaderboard = _leaderboard(spec, new_records)
-    finished = sum(1 for r in new_records if r["phase"] in (*FINISHED, "Stopped"))
+    finished = sum(1 for r in new_records if r["phase"] in DONE)
     # every trial to run has finished, and none is still running (maxTrials lowered below what was started)
     settled = all(t.finished for t in trials.values())
     all_done = settled and ((finished >= spec.total_trials and not create) or broken is not None)
     best = leaderboard[0] if leaderboard else None
-    winner = _winner(spec, trials, best) if all_done and best else None
+    winner = _winner(spec, trials, best, status.get("winner")) if all_done and best else None
     publish: Publish | None = None
     if winner and spec.publish_winner:
         chosen = trials.get(int(winner["index"]))
@@ -610,11 +620,15 @@ def _phase_event(status: dict[str, Any]) -> Event:
     return Event("Normal", phase, f"{status['summary']} trials finished")
 
 
-def _winner(spec: SweepSpec, trials: dict[int, TrialObs], best: dict[str, Any]) -> dict[str, Any]:
+def _winner(
+    spec: SweepSpec, trials: dict[int, TrialObs], best: dict[str, Any], before: dict[str, Any] | None
+) -> dict[str, Any]:
     """The best trial once every trial has finished, with its test metrics (read here, after the choice, and
-    for the winner only) and the template's gate judged on them."""
+    for the winner only) and the template's gate judged on them. A winner deleted since keeps what was said."""
     index = int(best["index"])
     trial = trials.get(index)
+    if trial is None and before and before.get("name") == best["name"]:
+        return before
     metrics = trial.metrics if trial else {}
     test = {k: v for k, v in flatten_metrics(metrics).items() if k.startswith("test_")}
     rules = list(parse_spec(spec.template).evaluation.gate)

@@ -169,6 +169,16 @@ def test_parallelism_counts_unfinished_trials_and_creation_goes_lowest_index_fir
     assert sweep_plan(everything).create == []
 
 
+def test_an_unfinished_trial_deleted_by_hand_is_not_rerun_and_counts_as_deleted() -> None:
+    """Its run folder belongs to the deleted FineTuneJob (the trainer would refuse it to a new one)."""
+    remembered = {"trials": [{"index": 0, "name": "lr-search-t0", "phase": "Training"}]}
+    plan = sweep_plan(snapshot(sweep(), running(1), status=remembered))
+    assert [m["metadata"]["name"] for m in plan.create] == ["lr-search-t2"]
+    record = plan.status["trials"][0]
+    assert record["phase"] == "Deleted" and record["message"].startswith("deleted while Training")
+    assert plan.status["summary"] == "1/4"
+
+
 def test_a_finished_trial_deleted_by_hand_is_remembered_not_rerun() -> None:
     remembered = {"trials": [{"index": 0, "name": "lr-search-t0", "phase": "Succeeded", "objective": 0.9}]}
     plan = sweep_plan(snapshot(sweep(), status=remembered))
@@ -310,6 +320,7 @@ def test_trial_obs_reads_the_documented_status_paths() -> None:
         "status": {**body["status"], "progress": {"run": 0, "validationStep": 40, "validationLoss": math.nan}},
     }
     assert trial_obs(stale).step is None and trial_obs(stale).validation_loss is None
+    assert trial_obs({"metadata": {"name": "x", "labels": {LABEL_TRIAL: "two"}}}).index == -1
 
 
 def test_the_example_sweep_makes_trials_that_are_valid_finetunejobs() -> None:
