@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer import data, formats, schemas, split
+from finetune_trainer import data, formats, generation, schemas, split
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.data import Record
-from finetune_trainer.errors import DatasetInvalid, ModelInvalid, ModelNotFound, StorageNotFound
+from finetune_trainer.errors import ConfigInvalid, DatasetInvalid, ModelInvalid, ModelNotFound, StorageNotFound
 from finetune_trainer.formats import Format
 from finetune_trainer.modeling import check_model_folder, load_tokenizer
 from finetune_trainer.storage import S3Uri, Storage, relative_key
@@ -78,6 +78,8 @@ class Inputs:
     splits: split.Splits
     tokenized: dict[str, Any]
     report: DataReport
+    test_examples: list[dict[str, Any]] = field(default_factory=list)
+    """The test split's normalised examples, in split order: prompts and references of evaluation.generation."""
 
 
 def fetch_model(storage: Storage, uri: str, folder: Path) -> Path:
@@ -156,6 +158,8 @@ def read_data(storage: Storage, cfg: TrainerConfig, folder: Path) -> Data:
     detection = formats.resolve(train, spec.schema_, cfg.base_model.task, spec.columns)
     fmt = detection.format
     log.info("dataset.schema %s (%s%s)", fmt.name, "detected: " if detection.detected else "", detection.reason)
+    if cfg.evaluation.generation is not None and (reason := generation.unsupported(fmt)):
+        raise ConfigInvalid(f"evaluation.generation: {reason}")
     normalised = formats.normalize(train, fmt, spec.columns)
     keys = [split.content_hash(example) for example in normalised]
     splits = split.split_records(
@@ -245,7 +249,9 @@ def prepare(storage: Storage, cfg: TrainerConfig, work: Path) -> Inputs:
     default_template = d.format.kind == "messages" and ensure_chat_template(tokenizer)
     max_length = sequence_limit(model_folder, cfg.dataset.max_seq_length)
     tokenized = tokenize_data(d, tokenizer, max_length, work / "tokenized")
-    return Inputs(model_folder, tokenizer, default_template, d.labels, d.splits, tokenized, d.report)
+    return Inputs(
+        model_folder, tokenizer, default_template, d.labels, d.splits, tokenized, d.report, d.examples.get("test", [])
+    )
 
 
 def write_split(storage: Storage, run_uri: S3Uri, splits: split.Splits, report: DataReport | None = None) -> None:

@@ -127,6 +127,10 @@ class Reporter:
     """The run's tracking (`tracking.RunTracking.summary`), sent as `progress.tracking` with every report;
     a change (the MLflow run opened, or tracking degraded) goes out at once."""
     tracking_sent: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Fields another module owns (`selection`: validationLoss, bestValidationLoss ...), sent with every report;
+    a change goes out at once. None is sent as null, which deletes a value an earlier run left (merge patch)."""
+    extra_sent: dict[str, Any] | None = None
 
     def report(self, stage: str, force: bool = False, **values: Any) -> None:
         now = self.clock()
@@ -137,6 +141,10 @@ class Reporter:
                 self.latest["status"]["progress"]["tracking"] = current
             if current != self.tracking_sent:
                 force, self.tracking_sent = True, current
+        if self.extra:
+            self.latest["status"]["progress"].update(self.extra)
+            if self.extra != self.extra_sent:
+                force, self.extra_sent = True, dict(self.extra)
         force = force or stage != self.stage  # a new stage (loading -> training) goes out at once
         self.stage = stage
         if self.throttle.offer(now, force=force):

@@ -53,6 +53,25 @@ def _table(rows: Sequence[tuple[str, str, str]]) -> str:
     return f"<table><tr><th>split</th><th>metric</th><th>value</th></tr>{cells}</table>"
 
 
+SECTIONS = ("generation", "validationHistory")
+"""Facts shown as sections of their own (or only in metrics.json), not as rows of the facts table."""
+
+
+def generation_section(rows: Sequence[Mapping[str, str]]) -> str:
+    """evaluation.generation: each test prompt, its reference and the answers, every text escaped."""
+    if not rows:
+        return ""
+    base = any("baseAnswer" in row for row in rows)
+    columns = ["prompt", "reference", "answer"] + (["baseAnswer"] if base else [])
+    heads = {"prompt": "prompt", "reference": "reference", "answer": "fine-tuned answer", "baseAnswer": "base answer"}
+    head = "".join(f"<th>{heads[c]}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td><pre>{html.escape(str(row.get(c, '')))}</pre></td>" for c in columns) + "</tr>"
+        for row in rows
+    )
+    return f'<h2>Generated answers (test prompts)</h2><table class="generation"><tr>{head}</tr>{body}</table>'
+
+
 def _format(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -70,18 +89,22 @@ def render_html(
         (split, name, _format(value)) for split, values in base_metrics.items() for name, value in values.items()
     ]
     fact_rows = "".join(
-        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items()
+        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
+        for k, v in facts.items()
+        if k not in SECTIONS
     )
     image = base64.b64encode(png).decode()
     base_section = f"<h2>Base model (before fine-tuning)</h2>{_table(base_rows)}" if base_rows else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:60em}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:left}}</style></head>
+td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:left;vertical-align:top}}
+pre{{white-space:pre-wrap;margin:0;font-family:inherit}}</style></head>
 <body><h1>{html.escape(title)}</h1>
 <table>{fact_rows}</table>
 <h2>Metrics</h2>{_table(rows)}
 {base_section}
+{generation_section(facts.get("generation") or [])}
 <h2>Loss curve</h2><img alt="loss curve" src="data:image/png;base64,{image}">
 </body></html>
 """

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer import distributed
+from finetune_trainer import distributed, formats, generation
 from finetune_trainer.artifacts import save_model, upload_outputs
+from finetune_trainer.best_model import SelectionHooks, SelectionStore
 from finetune_trainer.callbacks import SignalStop, TrainerHooks
 from finetune_trainer.checkpoints import CheckpointStore, refuse_foreign_run
 from finetune_trainer.config import TrainerConfig
@@ -32,6 +33,7 @@ from finetune_trainer.evaluation import evaluate
 from finetune_trainer.inputs import Inputs, prepare, write_split
 from finetune_trainer.modeling import Hardware, apply_method, check_method, choose_precision, load_model
 from finetune_trainer.progress import make_reporter
+from finetune_trainer.selection import PROGRESS_FIELDS
 from finetune_trainer.storage import S3Uri, Storage
 from finetune_trainer.tracking import RunTracking, memory_plan_here, tracking_finished_on_error
 from finetune_trainer.uploader import CheckpointUploader, uploads_finished_on_error
@@ -138,15 +140,110 @@ def base_model_metrics(
 
 
 def evaluate_all(
-    model: Any, inputs: Inputs, collator: Any, cfg: TrainerConfig, precision: str
+    model: Any,
+    inputs: Inputs,
+    collator: Any,
+    cfg: TrainerConfig,
+    precision: str,
+    splits: tuple[str, ...] = ("validation", "test"),
 ) -> dict[str, dict[str, float]]:
     num_labels = len(inputs.labels) if inputs.labels else None
     batch = cfg.hyperparameters.batch_size
     return {
         name: evaluate(model, inputs.tokenized[name], collator, batch, num_labels, precision)
-        for name in ("validation", "test")
+        for name in splits
         if name in inputs.tokenized
     }
+
+
+def answers_of(
+    model: Any,
+    inputs: Inputs,
+    cfg: TrainerConfig,
+    precision: str,
+    storage: Storage | None = None,
+    run_uri: S3Uri | None = None,
+    resuming: bool = False,
+) -> generation.Generation | None:
+    """`evaluation.generation`: the model's answers to the test prompts, scored (None when not configured).
+
+    Rank 0 generates while the others wait. With `storage`, the answers are the base model's: kept in
+    `run-N/base_generation.json`, so a resumed attempt (whose model is no longer the base) reads them back.
+    """
+    spec = cfg.evaluation.generation
+    if spec is None:
+        return None
+    location = run_uri.join("base_generation.json") if run_uri is not None else None
+    if resuming and storage is not None and location is not None:
+        try:
+            return generation.Generation.from_json(json.loads(storage.read_bytes(location)))
+        except StorageNotFound:
+            log.warning("no base_generation.json from the earlier attempt; the base model's answers are missing")
+            return generation.Generation()
+    result = generation.Generation()
+    if distributed.is_main():
+        fmt = formats.FORMATS[inputs.report.schema]
+        cases = generation.cases_from(inputs.test_examples, fmt, spec.max_samples)
+        result = generation.run(
+            model,
+            inputs.tokenizer,
+            cases,
+            max_new_tokens=spec.max_new_tokens,
+            regex=spec.regex,
+            check_json=spec.json_valid,
+            precision=precision,
+        )
+        if storage is not None and location is not None:
+            storage.write_bytes(location, json.dumps(result.to_json()).encode(), "application/json")
+    distributed.barrier()
+    return result
+
+
+def generation_table(
+    inputs: Inputs, cfg: TrainerConfig, answers: generation.Generation, base: generation.Generation | None
+) -> list[dict[str, str]]:
+    """The report's rows: prompt, reference, the fine-tuned answer and the base model's (when compared)."""
+    spec = cfg.evaluation.generation
+    if spec is None:
+        return []
+    fmt = formats.FORMATS[inputs.report.schema]
+    cases = generation.cases_from(inputs.test_examples, fmt, spec.max_samples).cases
+    rows = []
+    for index, (case, answer) in enumerate(zip(cases, answers.answers, strict=False)):
+        row = {"prompt": case.shown(), "reference": case.reference, "answer": answer}
+        if base is not None and index < len(base.answers):
+            row["baseAnswer"] = base.answers[index]
+        rows.append(row)
+    return rows
+
+
+def selection_hooks(
+    trainer: Any,
+    hooks: TrainerHooks,
+    inputs: Inputs,
+    collator: Any,
+    cfg: TrainerConfig,
+    precision: str,
+    storage: Storage,
+    run_uri: S3Uri,
+    work: Path,
+    reporter: Any,
+) -> SelectionHooks | None:
+    """`evaluation.intervalSteps`: validation (validation split only) while training, the best model kept."""
+    if cfg.evaluation.interval_steps is None:
+        return None
+
+    def validation_loss(model: Any) -> float:
+        return float(evaluate_all(model, inputs, collator, cfg, precision, ("validation",))["validation"]["loss"])
+
+    return SelectionHooks(
+        spec=cfg.evaluation,
+        store=SelectionStore(storage, run_uri),
+        reporter=reporter,
+        validation_loss=validation_loss,
+        stopping=lambda: hooks.stopped_at is not None,
+        work=work,
+    ).attach(trainer)
 
 
 def quiet_progress_bars() -> None:
@@ -184,7 +281,9 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
     run_uri = S3Uri.parse(cfg.output.run_uri)
     work = work_dir()
     reporter = make_reporter(cfg.job.run, cfg.job.namespace, cfg.job.name, enabled=distributed.is_main())
+    reporter.extra = dict.fromkeys(PROGRESS_FIELDS)  # null: nothing an earlier run reported lingers
     reporter.report("loading", force=True)
+    reporter.extra = {}
     store = CheckpointStore(storage, run_uri, cfg.checkpointing.keep)
 
     with distributed.local_main_first():  # the others find the node's copies and download nothing again
@@ -209,8 +308,12 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
         model = model.to(torch.device("cuda", distributed.local_rank()))
     collator = collator_for(cfg, inputs.tokenizer)
     base: dict[str, dict[str, float]] = {}
+    base_answers: generation.Generation | None = None
     if cfg.evaluation.compare_base_model:  # still "loading": "evaluating" would read as training done
         base = base_model_metrics(storage, run_uri, model, inputs, collator, cfg, precision, resume is not None)
+        base_answers = answers_of(model, inputs, cfg, precision, storage, run_uri, resume is not None)
+        if base_answers is not None:
+            base.setdefault("test", {}).update(base_answers.scores)
 
     steps = total_steps(len(inputs.tokenized["train"]), cfg, distributed.world_size())
     args = training_arguments(cfg, precision, hardware, work / "checkpoints", steps)
@@ -227,6 +330,7 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
         data_collator=collator,
         callbacks=[hooks, *(tracking.callbacks() if tracking is not None else [])],
     )
+    selection = selection_hooks(trainer, hooks, inputs, collator, cfg, precision, storage, run_uri, work, reporter)
     # a crash or a late SIGTERM still finishes the uploads, and ends the MLflow run as failed or killed
     with uploads_finished_on_error(uploader), tracking_finished_on_error(tracking):
         started = time.monotonic()
@@ -242,8 +346,12 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
 
         step, total = trainer.state.global_step, trainer.state.max_steps
         reporter.report("evaluating", force=True, step=step, total=total)
+        chosen = selection.restore_best(trainer) if selection is not None else None  # the best, not the last
         model = trainer.model
         metrics = evaluate_all(model, inputs, collator, cfg, precision)  # the last checkpoint uploads meanwhile
+        answers = answers_of(model, inputs, cfg, precision)
+        if answers is not None:
+            metrics.setdefault("test", {}).update(answers.scores)
         log.info("metrics: %s", metrics)
 
         reporter.report("uploading", force=True, step=step, total=total)
@@ -262,7 +370,7 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
                 inputs.model_folder,
                 inputs.default_template,
             )
-            facts = {
+            facts: dict[str, Any] = {
                 "steps": trainer.state.global_step,
                 "epochs": round(float(trainer.state.epoch or 0), 3),
                 "trainRuntimeSeconds": round(runtime, 1),
@@ -273,6 +381,10 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
                 "labels": inputs.labels,
                 "dataset": inputs.report.to_json(),
             }
+            if chosen is not None:
+                facts.update(chosen.facts(trainer.state.global_step))
+            if answers is not None:
+                facts["generation"] = generation_table(inputs, cfg, answers, base_answers)
             if tracking is not None and tracking.mlflow is not None and tracking.mlflow.url:
                 facts["mlflowRun"] = tracking.mlflow.url
             history = trainer.state.log_history
