@@ -23,6 +23,9 @@ from finetune_trainer.generation import unsupported as generation_unsupported
 
 Task = Literal["causal-lm", "sequence-classification"]
 DataFormat = Literal["jsonl", "json", "csv", "parquet"]
+DEFAULT_SEQUENCES_PER_PROCESS = 8
+"""`batchSize: auto` without `effectiveBatchSize`: 8 sequences per process per optimizer step, what the default
+batchSize 8 without accumulation gives."""
 
 
 class _Model(BaseModel):
@@ -136,8 +139,17 @@ class MethodSpec(_Model):
 class Hyperparameters(_Model):
     epochs: float = Field(default=3, gt=0, le=1000)
     learning_rate: float = Field(default=2e-4, gt=0, le=1.0)
-    batch_size: int = Field(default=8, ge=1, le=65536)
+    batch_size: Annotated[int, Field(ge=1, le=65536)] | Literal["auto"] = 8
+    """Sequences per process per forward pass (the micro-batch); `auto`: the largest that fits the device's
+    memory (memory_plan.decide), with gradient accumulation making up `effectiveBatchSize`."""
+    effective_batch_size: int | None = Field(default=None, ge=1, le=1_048_576)
+    """Sequences per optimizer step over all processes (batchSize x gradientAccumulationSteps x processes).
+    With batchSize auto: what the chosen micro-batch and accumulation make up (default 8 per process); with an
+    integer batchSize: optional, and then it must equal that product."""
     gradient_accumulation_steps: int = Field(default=1, ge=1, le=4096)
+    gradient_checkpointing: bool | None = None
+    """Recompute activations in backward (less memory, ~1/3 more compute); None: on only where the memory
+    plan needs it to fit the device."""
     warmup_ratio: float = Field(default=0.03, ge=0.0, lt=1.0)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "polynomial"] = "cosine"
     seed: int = 42
@@ -206,6 +218,9 @@ class EvaluationSpec(_Model):
 class DistributedSpec(_Model):
     workers: int = Field(default=1, ge=1)
     processes_per_worker: int = Field(default=1, ge=1)
+    sharding: Literal["none", "fsdp"] = "none"
+    """fsdp: full fine-tuning with weights, gradients and optimizer states sharded over every process (FSDP2
+    through the Trainer); checkpoints are sharded and resume on any number of processes."""
 
 
 class MlflowTarget(_Model):
@@ -285,6 +300,61 @@ class TrainerConfig(_Model):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @model_validator(mode="after")
+    def _batch_and_sharding(self) -> TrainerConfig:
+        hp, world = self.hyperparameters, self.world_size
+        problems = []
+        if hp.batch_size == "auto":
+            if hp.gradient_accumulation_steps != 1:
+                problems.append(
+                    "hyperparameters.gradientAccumulationSteps: with batchSize auto the accumulation is chosen "
+                    "to fit; set effectiveBatchSize (sequences per optimizer step) instead"
+                )
+            if hp.effective_batch_size is not None and hp.effective_batch_size % world:
+                problems.append(
+                    f"hyperparameters.effectiveBatchSize: {hp.effective_batch_size} is not a multiple of the "
+                    f"run's {world} processes"
+                )
+        elif hp.effective_batch_size is not None:
+            product = hp.batch_size * hp.gradient_accumulation_steps * world
+            if product != hp.effective_batch_size:
+                problems.append(
+                    f"hyperparameters.effectiveBatchSize: {hp.effective_batch_size} is not batchSize "
+                    f"{hp.batch_size} x gradientAccumulationSteps {hp.gradient_accumulation_steps} x {world} "
+                    f"processes = {product}; leave it out, or use batchSize auto"
+                )
+        if self.distributed.sharding == "fsdp" and self.method.type != "full":
+            problems.append(
+                f"distributed.sharding: fsdp shards full fine-tuning; method.type {self.method.type} trains an "
+                "adapter, whose weights are small enough to replicate (use sharding none)"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def world_size(self) -> int:
+        """Training processes of the run (workers x processes per worker)."""
+        return self.distributed.workers * self.distributed.processes_per_worker
+
+    def sequences_per_process(self) -> int:
+        """Sequences each process contributes to one optimizer step."""
+        hp = self.hyperparameters
+        if hp.batch_size != "auto":
+            return hp.batch_size * hp.gradient_accumulation_steps
+        return (hp.effective_batch_size or DEFAULT_SEQUENCES_PER_PROCESS * self.world_size) // self.world_size
+
+    def with_batch(self, micro_batch: int, accumulation: int, checkpointing: bool) -> TrainerConfig:
+        """This config with `batchSize: auto` and an unset `gradientCheckpointing` resolved, as trained, so the
+        recorded config (and everything that reads the batch size) says what was used."""
+        update = {
+            "batch_size": micro_batch,
+            "gradient_accumulation_steps": accumulation,
+            "gradient_checkpointing": checkpointing,
+            "effective_batch_size": micro_batch * accumulation * self.world_size,
+        }
+        return self.model_copy(update={"hyperparameters": self.hyperparameters.model_copy(update=update)})
 
     def with_schema(self, schema: str) -> TrainerConfig:
         """This config with `dataset.schema` resolved (detected), so the recorded config says what was used."""
