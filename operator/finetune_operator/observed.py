@@ -109,6 +109,17 @@ class PodObs:
     termination_message: str = ""
     disrupted: bool = False
     deleting: bool = False
+    node_lost: str = ""  # its node, when Kubernetes evicted it because that node stopped responding
+
+
+def _node_lost(body: dict[str, Any], conditions: dict[str, dict[str, str]]) -> str:
+    """The pod's node when the taint manager evicted the pod for the node's NoExecute taint (unreachable,
+    not-ready: its kubelet stopped reporting). Such a pod stays Terminating until the node answers again, and the
+    Job (podFailurePolicy: replacement only once a pod is terminal) starts no replacement meanwhile."""
+    disruption = conditions.get("DisruptionTarget", {})
+    if disruption.get("status") == "True" and disruption.get("reason") == "DeletionByTaintManager":
+        return str((body.get("spec") or {}).get("nodeName") or "")
+    return ""
 
 
 def pod_obs(body: dict[str, Any]) -> PodObs:
@@ -137,6 +148,7 @@ def pod_obs(body: dict[str, Any]) -> PodObs:
         termination_message=terminated.get("message", "") if terminated else "",
         disrupted=conditions.get("DisruptionTarget", {}).get("status") == "True",
         deleting=bool(meta.get("deletionTimestamp")),
+        node_lost=_node_lost(body, conditions),
     )
 
 

@@ -74,6 +74,16 @@ def _failed(job: JobObs, pods: Sequence[PodObs], attempts: int) -> TrainingState
     return TrainingState("Failed", error.code, error.message, error, attempts=attempts, tracking=tracking)
 
 
+def node_lost_message(pod: PodObs) -> str:
+    return (
+        f"training pod {pod.name} was evicted from node {pod.node_lost}, which stopped responding, and stays "
+        "terminating until it answers again: the Job starts the replacement (which resumes from the last "
+        "checkpoint) once the node is back, deleted (as a cloud's node controller does when the machine is gone), "
+        f"or tainted node.kubernetes.io/out-of-service=nodeshutdown:NoExecute (kubectl taint node {pod.node_lost} "
+        "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute) by whoever knows the machine is down"
+    )
+
+
 def _running(job: JobObs, pods: Sequence[PodObs], progress: dict[str, Any], run: int, attempts: int) -> TrainingState:
     live = [p for p in pods if not p.deleting and p.phase in ("Pending", "Running")]
     if any(p.phase == "Running" for p in live) or (not live and job.ready > 0):
@@ -96,6 +106,10 @@ def _running(job: JobObs, pods: Sequence[PodObs], progress: dict[str, Any], run:
             return TrainingState(
                 "Pending", "ImagePullBackOff", pod.waiting_message or pod.waiting_reason, attempts=attempts
             )
+    lost = next((p for p in pods if p.node_lost and p.deleting and p.phase in ("Pending", "Running")), None)
+    if lost is not None and not live:
+        # Not a human's fault and not silent: say why nothing happens (tests/integration/test_chaos_node.py)
+        return TrainingState("Queued", "NodeLost", node_lost_message(lost), attempts=attempts)
     unschedulable = next((p for p in live if p.unschedulable), None)
     if unschedulable:
         return TrainingState("Queued", "Unschedulable", unschedulable.unschedulable, attempts=attempts)

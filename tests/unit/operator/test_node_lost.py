@@ -1,0 +1,47 @@
+"""A training pod whose node stopped responding: the run says why nothing is replaced (status NodeLost)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from finetune_operator.observed import JobObs, PodObs, pod_obs
+from finetune_operator.status import training_state
+
+
+def evicted(reason: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "ft-r1-abcde", "deletionTimestamp": "2026-11-30T13:30:54Z", "labels": {}},
+        "spec": {"nodeName": "gpu-7"},
+        "status": {
+            "phase": "Running",
+            "conditions": [
+                {"type": "Ready", "status": "False"},
+                {"type": "DisruptionTarget", "status": "True", "reason": reason},
+            ],
+        },
+    }
+
+
+def test_an_eviction_for_the_nodes_taint_names_the_node() -> None:
+    assert pod_obs(evicted("DeletionByTaintManager")).node_lost == "gpu-7"
+
+
+def test_a_drain_or_preemption_is_no_lost_node() -> None:
+    assert pod_obs(evicted("EvictionByEvictionAPI")).node_lost == ""
+    assert pod_obs(evicted("PreemptionByScheduler")).node_lost == ""
+
+
+def test_a_run_stuck_on_a_lost_node_says_why_and_what_would_free_it() -> None:
+    lost = PodObs("ft-r1-abcde", 1, phase="Running", disrupted=True, deleting=True, node_lost="gpu-7")
+    state = training_state(JobObs("ft-r1", 1, active=1), [lost], suspend=False, kueue=False, progress={}, run=1)
+    assert (state.phase, state.reason) == ("Queued", "NodeLost")
+    assert "ft-r1-abcde" in state.message and "gpu-7" in state.message
+    assert "node.kubernetes.io/out-of-service" in state.message
+
+
+def test_once_the_replacement_runs_the_lost_pod_no_longer_matters() -> None:
+    lost = PodObs("ft-r1-abcde", 1, phase="Running", disrupted=True, deleting=True, node_lost="gpu-7")
+    replacement = PodObs("ft-r1-fghij", 1, phase="Running")
+    pods = [lost, replacement]
+    state = training_state(JobObs("ft-r1", 1, active=1), pods, suspend=False, kueue=False, progress={}, run=1)
+    assert (state.phase, state.reason) == ("Training", "Training")
