@@ -115,7 +115,12 @@ def _train(folder: Path, method: str, checkpointing: bool, batch: int, seq: int,
             "baseModel": {"uri": "s3://models/m/"},
             "dataset": {"train": {"uri": "s3://data/train.jsonl"}, "schema": "text", "maxSeqLength": seq},
             "method": {"type": method, "lora": {"rank": 8, "targetModules": ["all-linear"]}},
-            "hyperparameters": {"batchSize": batch, "maxSteps": STEPS, "precision": "fp32"},
+            "hyperparameters": {
+                "batchSize": batch,
+                "maxSteps": STEPS,
+                "precision": "fp32",
+                "gradientCheckpointing": checkpointing,
+            },
             "checkpointing": {"intervalSteps": 1000},
             "output": {"uri": "s3://out/x/", "runUri": "s3://out/x/run-1/"},
         }
@@ -129,14 +134,8 @@ def _train(folder: Path, method: str, checkpointing: bool, batch: int, seq: int,
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # the high-water mark restarts here: load-time copies do not count
     cpu = Hardware(cuda=False, bf16=False, bitsandbytes=False)
-    args = training_arguments(cfg, "fp32", cpu, work / "checkpoints", STEPS)
-    # transformers 5 names it activation_checkpointing (gradient_checkpointing before); the trainer has no
-    # spec field for it yet, so it is switched on here the way TrainingArguments would be given it
-    setattr(
-        args,
-        "activation_checkpointing" if hasattr(args, "activation_checkpointing") else "gradient_checkpointing",
-        checkpointing,
-    )
+    args = training_arguments(cfg, "fp32", cpu, work / "checkpoints", STEPS)  # hyperparameters.gradientCheckpointing
+    assert args.activation_checkpointing is checkpointing  # transformers 5's name (gradient_checkpointing before)
     args.save_strategy = "no"  # checkpoints go to local disk: not what a GPU's memory holds
     trainer = Trainer(model=trained, args=args, train_dataset=dataset, data_collator=collator_for(cfg, None))
     trainer.train()
@@ -210,6 +209,18 @@ def test_estimate_within_25_percent_of_measured_peak(
     figures = f"estimate {estimate / mib:.1f} MiB, measured {peak / mib:.1f} MiB, ratio {estimate / peak:.2f}"
     print(f"{case_id((model, method, checkpointing, batch, seq))}: {figures}")
     assert abs(estimate - peak) <= TOLERANCE * peak, figures
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "method"), [("tiny", "lora"), ("tiny", "full"), ("smollm2", "lora")])
+def test_gradient_checkpointing_lowers_the_measured_peak(model: str, method: str, measured: dict[str, Any]) -> None:
+    """hyperparameters.gradientCheckpointing, through the trainer's TrainingArguments, frees the activations:
+    the measured peak drops where activations are the peak (not SmolLM2's full fine-tune, whose peak is the
+    optimizer step's weights, gradients and Adam states)."""
+    plain = measured["peaks"][f"{model}-{method}-plain"]
+    checkpointed = measured["peaks"][f"{model}-{method}-checkpointing"]
+    print(f"{model}-{method}: {plain / (1 << 20):.1f} MiB -> {checkpointed / (1 << 20):.1f} MiB with checkpointing")
+    assert checkpointed < 0.75 * plain
 
 
 if __name__ == "__main__":

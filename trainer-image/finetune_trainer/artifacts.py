@@ -51,8 +51,10 @@ def save_model(
     folder: Path,
     base_folder: Path,
     default_template: bool,
+    state_dict: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the trained model to `folder`: adapter, or merged / full weights, plus tokenizer and metadata."""
+    """Write the trained model to `folder`: adapter, or merged / full weights, plus tokenizer and metadata.
+    `state_dict`: the weights gathered from a sharded (FSDP) model, whose own parameters are shards."""
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -61,7 +63,7 @@ def save_model(
         merged = merged_model(model, cfg, labels, base_folder, folder)
         merged.save_pretrained(str(folder))
     else:
-        model.save_pretrained(str(folder))
+        model.save_pretrained(str(folder), state_dict=state_dict)
     tokenizer.save_pretrained(str(folder))
     meta = finetune_config(cfg, labels, merge, default_template)
     (folder / "finetune_config.json").write_text(json.dumps(meta, indent=2))

@@ -23,6 +23,7 @@ from pathlib import Path
 from finetune_trainer import distributed
 from finetune_trainer.config import JobRef
 from finetune_trainer.errors import ConfigInvalid
+from finetune_trainer.sharding import SHARD_FILE
 from finetune_trainer.storage import S3Uri, Storage
 
 log = logging.getLogger(__name__)
@@ -72,12 +73,15 @@ def select_for_deletion(index: CheckpointIndex, keep: int) -> list[int]:
 def uploads(name: str, rank: int, world: int) -> bool:
     """Whether `rank` uploads the checkpoint file `name`: its own RNG state, and rank 0 everything shared.
 
-    Each rank's RNG state may exist only on its own node's disk; the model, optimizer and trainer state
-    are written by rank 0 alone.
+    Each rank's RNG state, and with FSDP its shard of the model and optimizer (`__<rank>_0.distcp`), may exist
+    only on its own node's disk; everything else is written by rank 0 alone.
     """
     own_rng = f"rng_state_{rank}.pth" if world > 1 else "rng_state.pth"
     if name.startswith("rng_state"):
         return name == own_rng
+    shard = SHARD_FILE.match(name)  # a sharded (FSDP) checkpoint: each rank wrote its own shard
+    if shard:
+        return int(shard.group(1)) == rank
     return rank == 0
 
 

@@ -10,6 +10,7 @@ several processes share the work. The metric formulas are pure functions, unit-t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -60,15 +61,31 @@ def _autocast(device: Any, precision: str) -> Any:
 
 
 def evaluate(
-    model: Any, dataset: Any, collator: Any, batch_size: int, num_labels: int | None, precision: str
+    model: Any,
+    dataset: Any,
+    collator: Any,
+    batch_size: int,
+    num_labels: int | None,
+    precision: str,
+    lockstep: bool = False,
 ) -> dict[str, float]:
-    """Metrics of `model` on a tokenized split; each rank takes every world_size-th example."""
+    """Metrics of `model` on a tokenized split; each rank takes every world_size-th example.
+
+    `lockstep` (a sharded model: every forward is a collective): every rank runs as many batches as rank 0,
+    the ranks with fewer examples running a filler batch (the split's first examples) whose counts are dropped."""
     import torch
     from torch.utils.data import DataLoader
 
     rank, world = distributed.rank(), distributed.world_size()
     shard = dataset.select(range(rank, len(dataset), world)) if world > 1 else dataset
     loader = DataLoader(shard, batch_size=batch_size, collate_fn=collator, shuffle=False)
+    if lockstep and world > 1:
+        most = math.ceil(math.ceil(len(dataset) / world) / batch_size)  # rank 0's shard is the longest
+        filler = dataset.select(range(min(batch_size, len(dataset))))
+        batches: Any = itertools.chain(loader, itertools.repeat(collator(list(filler)), most - len(loader)))
+        counted = len(loader)
+    else:
+        batches, counted = loader, None
     device = next(model.parameters()).device
     classes = num_labels or 0
     confusion = [[0.0] * classes for _ in range(classes)]
@@ -76,10 +93,12 @@ def evaluate(
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for batch in loader:
+        for index, batch in enumerate(batches):
             batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
             with _autocast(device, precision):
                 output = model(**batch)
+            if counted is not None and index >= counted:
+                continue  # a filler batch: the forward is for the other ranks' collectives only
             if num_labels is None:
                 targets = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum().item())
                 loss_sum += float(output.loss.float().item()) * targets

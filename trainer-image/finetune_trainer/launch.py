@@ -48,9 +48,11 @@ def processes(raw: dict[str, Any]) -> tuple[int, int]:
 
 
 def needs_launch(raw: dict[str, Any], environ: dict[str, str]) -> bool:
-    """True when the job wants several processes and this process is not one of torchrun's workers."""
+    """True when the job wants several processes, or a sharded (FSDP) run even of one (FSDP needs a process
+    group), and this process is not one of torchrun's workers."""
     workers, per_worker = processes(raw)
-    return workers * per_worker > 1 and "LOCAL_RANK" not in environ
+    fsdp = (raw.get("distributed") or {}).get("sharding") == "fsdp"
+    return (workers * per_worker > 1 or fsdp) and "LOCAL_RANK" not in environ
 
 
 def pod_exit_code(code: str | None, returncode: int) -> int:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer import distributed, formats, generation
+from finetune_trainer import distributed, formats, generation, sharding
 from finetune_trainer.artifacts import save_model, upload_outputs
 from finetune_trainer.best_model import SelectionHooks, SelectionStore
 from finetune_trainer.callbacks import SignalStop, TrainerHooks
@@ -63,7 +63,8 @@ def total_steps(examples: int, cfg: TrainerConfig, world: int) -> int:
     hp = cfg.hyperparameters
     if hp.max_steps:
         return hp.max_steps
-    batches = math.ceil(examples / (hp.batch_size * world))
+    batch = cfg.sequences_per_process() if hp.batch_size == "auto" else hp.batch_size  # auto: before it is chosen
+    batches = math.ceil(examples / (batch * world))
     per_epoch = max(1, batches // hp.gradient_accumulation_steps)
     return max(1, math.ceil(per_epoch * hp.epochs))
 
@@ -85,7 +86,7 @@ def training_arguments(cfg: TrainerConfig, precision: str, hardware: Hardware, o
     classifier = cfg.base_model.task == "sequence-classification"  # padded batches; causal LM: flattened
     return TrainingArguments(
         output_dir=str(output),
-        per_device_train_batch_size=hp.batch_size,
+        per_device_train_batch_size=int(hp.batch_size),  # resolved (fit.decide_for_device): never "auto" here
         gradient_accumulation_steps=hp.gradient_accumulation_steps,
         learning_rate=hp.learning_rate,
         num_train_epochs=hp.epochs,
@@ -112,6 +113,7 @@ def training_arguments(cfg: TrainerConfig, precision: str, hardware: Hardware, o
         include_num_input_tokens_seen="non_padding" if classifier else "all",
         ddp_find_unused_parameters=False,
         ddp_backend="gloo" if distributed.world_size() > 1 and not hardware.cuda else None,
+        **sharding.training_arguments(cfg),  # gradient checkpointing, FSDP
     )
 
 
@@ -148,12 +150,21 @@ def evaluate_all(
     splits: tuple[str, ...] = ("validation", "test"),
 ) -> dict[str, dict[str, float]]:
     num_labels = len(inputs.labels) if inputs.labels else None
-    batch = cfg.hyperparameters.batch_size
+    batch, lockstep = int(cfg.hyperparameters.batch_size), sharding.sharded(cfg)  # FSDP: every rank every batch
     return {
-        name: evaluate(model, inputs.tokenized[name], collator, batch, num_labels, precision)
+        name: evaluate(model, inputs.tokenized[name], collator, batch, num_labels, precision, lockstep)
         for name in splits
         if name in inputs.tokenized
     }
+
+
+def decide_for_device(cfg: TrainerConfig, inputs: Inputs, hardware: Hardware) -> TrainerConfig:
+    """`batchSize: auto` and an unset `gradientCheckpointing` decided by the memory plan on this device."""
+    from finetune_trainer import fit
+
+    longest = max((len(ids) for ids in inputs.tokenized["train"]["input_ids"]), default=1)
+    device = fit.runtime_device(hardware.cuda, cfg.distributed.processes_per_worker, dict(os.environ))
+    return fit.decide_for_device(cfg, inputs.model_folder, longest, inputs.labels, device)
 
 
 def answers_of(
@@ -291,6 +302,7 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
         refuse_foreign_run(storage, run_uri, cfg.job)  # before anything is resumed from or written to it
         resume = store.fetch_latest(work / "resume")
     cfg = cfg.with_schema(inputs.report.schema)  # a detected schema is recorded as if it had been set
+    cfg = decide_for_device(cfg, inputs, hardware)  # batchSize auto, gradientCheckpointing unset: recorded as chosen
     if distributed.is_main():
         write_split(storage, run_uri, inputs.splits, inputs.report)
         storage.write_bytes(run_uri.join("trainer_config.json"), cfg.to_json().encode(), "application/json")
@@ -300,7 +312,7 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
         reporter.tracking = tracking.summary
 
     import torch
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
 
     set_seed(cfg.hyperparameters.seed)
     model = apply_method(load_model(cfg, inputs.model_folder, inputs.labels, precision), cfg)
@@ -323,7 +335,7 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
         resolved = {"precision": precision, "processes": distributed.world_size(), "totalSteps": steps}
         plan = memory_plan_here(cfg, inputs.model_folder, inputs.tokenized["train"], inputs.labels, hardware.cuda)
         tracking.log_start(resolved, plan)
-    trainer = Trainer(
+    trainer = sharding.trainer_class(cfg)(
         model=model,
         args=args,
         train_dataset=inputs.tokenized["train"],
@@ -360,6 +372,7 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
             uploader.finish()  # the final checkpoint is resumable before any artifact of the run exists
         if tracking is not None:
             tracking.log_end(metrics, base, step)
+        weights = sharding.full_state_dict(trainer)  # FSDP: the shards gathered, a collective of every rank
         if distributed.is_main():
             folder = save_model(
                 model,
@@ -369,6 +382,7 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
                 work / "model",
                 inputs.model_folder,
                 inputs.default_template,
+                state_dict=weights,
             )
             facts: dict[str, Any] = {
                 "steps": trainer.state.global_step,

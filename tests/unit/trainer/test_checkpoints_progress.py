@@ -35,6 +35,20 @@ def test_each_rank_uploads_its_rng_state_and_rank_0_the_rest() -> None:
     assert uploads("rng_state.pth", 0, 1) and uploads("adapter_model.safetensors", 0, 1)
 
 
+def test_each_rank_uploads_its_own_fsdp_shards() -> None:
+    """A sharded checkpoint: `__<rank>_0.distcp` (model and optimizer) is written by that rank alone and may
+    exist only on its node; the DCP metadata and the rest are rank 0's."""
+    files = [".metadata", "__0_0.distcp", "__1_0.distcp", "__12_0.distcp", "scheduler.pt", "trainer_state.json"]
+    assert [f for f in files if uploads(f, 0, 16)] == [
+        ".metadata",
+        "__0_0.distcp",
+        "scheduler.pt",
+        "trainer_state.json",
+    ]
+    assert [f for f in files if uploads(f, 1, 16)] == ["__1_0.distcp"]
+    assert [f for f in files if uploads(f, 12, 16)] == ["__12_0.distcp"]
+
+
 def test_throttle_bounds() -> None:
     throttle = Throttle(min_interval=5, max_interval=30)
     assert throttle.offer(100.0)

@@ -12,6 +12,8 @@ def test_needs_launch_only_for_several_processes_outside_torchrun() -> None:
     assert needs_launch(several, {})
     assert not needs_launch(several, {"LOCAL_RANK": "0"})
     assert not needs_launch({"distributed": {"workers": 1, "processesPerWorker": 1}}, {})
+    sharded_alone = {"distributed": {"workers": 1, "processesPerWorker": 1, "sharding": "fsdp"}}
+    assert needs_launch(sharded_alone, {}) and not needs_launch(sharded_alone, {"LOCAL_RANK": "0"})  # FSDP: a group
     assert not needs_launch({}, {})
 
 
