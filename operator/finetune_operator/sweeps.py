@@ -150,8 +150,9 @@ class SweepReconciler:
         try:
             self._execute(owner, decided)
         except PermanentError as error:
+            # status.trials keeps only what existed before: a trial the API refused was never made
             failed = {"phase": "Failed", "error": {"code": "ConfigInvalid", "message": str(error)[:4096]}}
-            decided.status = {**decided.status, **failed}
+            decided.status = {**decided.status, "trials": status.get("trials"), **failed}
         self._write_status(body, decided.status)
         for event in decided.events:
             self._event(owner, event)

@@ -302,6 +302,16 @@ def test_early_stopping_suspends_a_clearly_worse_trial(
     assert record["es-t2"]["phase"] == "Stopped" and "median" in record["es-t2"]["message"]
     assert [e["name"] for e in status["leaderboard"]] == ["es-t0", "es-t1"]
 
+    # a finished trial deleted by hand is remembered, not run again (the watch reports the deletion)
+    jobs.cluster.custom.delete_namespaced_custom_object("finetune.dev", "v1alpha1", namespace, "finetunejobs", "es-t0")
+    wait_for("es-t0 gone", lambda: "es-t0" not in [t["metadata"]["name"] for t in sweeps.trials("es")] or None)
+    jobs.cluster.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "es", {"spec": {"parallelism": 2}}
+    )
+    after = wait_for("the edit observed", lambda: (s := sweeps.status("es")).get("observedGeneration") == 2 and s)
+    assert [t["metadata"]["name"] for t in sweeps.trials("es")] == ["es-t1", "es-t2"]
+    assert after["winner"]["name"] == "es-t0" and after["leaderboard"][0]["name"] == "es-t0"
+
 
 def scripted_loss(validation: float) -> Callable[[float], str]:
     def outcome(lr: float) -> str:
