@@ -196,3 +196,22 @@ def test_refusals_say_why_on_the_fine_tune_job(
         "guest or late admitted",
         lambda: set(_desired(jobs, namespace, "shared") or {}) in ({f"{other_namespace}/guest"}, {"late"}),
     )
+
+
+def test_the_example_model_server_is_accepted(cluster: Any, crd: str, namespace: str) -> None:
+    import yaml
+
+    from .conftest import ROOT
+
+    docs = [d for d in yaml.safe_load_all((ROOT / "examples" / "modelserver.yaml").read_text()) if d]
+    server = next(d for d in docs if d["kind"] == "ModelServer")
+    created = cluster.custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "modelservers", server, field_validation="Strict"
+    )
+    assert created["spec"]["maxAdapters"] == 8 and created["spec"]["engine"] == "transformers"
+    bad = {**server, "metadata": {"name": "bad"}, "spec": {**server["spec"], "engine": "tgi", "maxAdapters": 0}}
+    from kubernetes import client
+
+    with pytest.raises(client.ApiException) as refused:
+        cluster.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservers", bad)
+    assert "spec.engine" in str(refused.value.body) and "spec.maxAdapters" in str(refused.value.body)

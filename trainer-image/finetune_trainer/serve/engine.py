@@ -342,8 +342,17 @@ class Engine:
             self.loaded.model.delete_adapter(internal)
 
     def _adapter_rows(self, batch: list[_Sequence]) -> dict[str, Any]:
-        """peft's per-row adapter choice, once the model carries adapters."""
-        if not hasattr(self.loaded.model, "peft_config"):
+        """peft's per-row adapter choice, once the model carries adapters. A batch of one adapter takes peft's
+        plain path (that adapter made active: no per-row split in every layer, measured ~2x faster on a small
+        model); a mixed batch or the base passes one adapter name per row."""
+        model = self.loaded.model
+        if not hasattr(model, "peft_config"):
+            return {}
+        chosen = {s.adapter for s in batch}
+        if len(chosen) == 1 and None not in chosen:
+            (only,) = chosen
+            if model.active_adapter != only:
+                model.set_adapter(only)
             return {}
         return {"adapter_names": [s.adapter or "__base__" for s in batch]}
 
