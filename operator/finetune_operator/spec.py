@@ -126,9 +126,24 @@ class GateRule(_Model):
     max: float | None = None
 
 
+class EarlyStoppingSpec(_Model):
+    patience: int = 3
+    min_delta: float = 0.0
+
+
+class GenerationSpec(_Model):
+    max_samples: int = 100
+    max_new_tokens: int = 128
+    regex: str | None = None
+    json_valid: bool = False
+
+
 class EvaluationSpec(_Model):
     compare_base_model: bool = False
     gate: list[GateRule] = []
+    interval_steps: int | None = None
+    early_stopping: EarlyStoppingSpec | None = None
+    generation: GenerationSpec | None = None
 
 
 class OutputSpec(_Model):
@@ -211,7 +226,11 @@ TRAINING_FIELDS = (
     "storage",
 )
 """Top-level spec fields whose change starts a new run (plus resources.gpus/gpuResource and
-evaluation.compareBaseModel)."""
+EVALUATION_RUN_FIELDS)."""
+
+EVALUATION_RUN_FIELDS = ("intervalSteps", "earlyStopping", "generation")
+"""evaluation fields besides compareBaseModel that change what a run produces: which checkpoint is published
+(intervalSteps, earlyStopping) and which test metrics it has (generation). The gate only judges them."""
 
 WORLD_SIZE_RESOURCES = ("gpus", "gpuResource")
 """The resources that change what a run computes: the process count (world size) and the accelerator kind.
@@ -226,6 +245,9 @@ def training_spec_hash(spec: FineTuneJobSpec) -> str:
     resources = {k: v for k, v in (wire.get("resources") or {}).items() if k in WORLD_SIZE_RESOURCES}
     relevant["resources"] = resources or None
     relevant["compareBaseModel"] = wire.get("evaluation", {}).get("compareBaseModel", False)
+    evaluation = {k: v for k, v in (wire.get("evaluation") or {}).items() if k in EVALUATION_RUN_FIELDS}
+    if evaluation:  # absent when unset, so the hash of a job that sets none of them did not change
+        relevant["evaluation"] = evaluation
     return content_hash(relevant)
 
 
@@ -255,6 +277,9 @@ def validation_spec_hash(spec: FineTuneJobSpec) -> str:
     resources = wire.get("resources") or {}
     relevant["resources"] = {k: v for k, v in resources.items() if k in (*WORLD_SIZE_RESOURCES, "memory")}
     relevant["gpuProduct"] = (resources.get("nodeSelector") or {}).get("nvidia.com/gpu.product")
+    evaluation = wire.get("evaluation") or {}
+    if "generation" in evaluation or "intervalSteps" in evaluation:  # checked against the data's schema/splits
+        relevant["evaluation"] = {k: k in evaluation for k in ("generation", "intervalSteps")}
     return content_hash(relevant)
 
 

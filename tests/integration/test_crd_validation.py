@@ -96,22 +96,6 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "spec.hyperparameters.lrScheduler",
     ),
     ("precision-unknown", _with("hyperparameters", {"precision": "int4"}), "spec.hyperparameters.precision"),
-    (
-        "tracking-uri-with-password",
-        _with("tracking", {"mlflow": {"trackingUri": "http://me:pw@mlflow:5000"}}),
-        "spec.tracking.mlflow.trackingUri",
-    ),
-    (
-        "tracking-uri-not-http",
-        _with("tracking", {"mlflow": {"trackingUri": "file:///mlruns"}}),
-        "spec.tracking.mlflow.trackingUri",
-    ),
-    ("tracking-uri-missing", _with("tracking", {"mlflow": {"experiment": "x"}}), "spec.tracking.mlflow.trackingUri"),
-    (
-        "tracking-secret-bad-name",
-        _with("tracking", {"mlflow": {"trackingUri": "http://mlflow:5000", "credentialsSecret": "Bad_Name"}}),
-        "spec.tracking.mlflow.credentialsSecret",
-    ),
     ("max-seq-length-tiny", _with("dataset.maxSeqLength", 4), "spec.dataset.maxSeqLength"),
     ("gpus-negative", _with("resources.gpus", -1), "spec.resources.gpus"),
     ("gpu-resource-malformed", _with("resources.gpuResource", "gpu"), "spec.resources.gpuResource"),
@@ -174,6 +158,16 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "spec.dataset.split.test",
     ),
     ("column-not-in-schema", _with("dataset.columns", {"prompt": "question"}), "spec.dataset.columns"),
+    (
+        "early-stopping-without-interval",
+        _with("evaluation", {"earlyStopping": {"patience": 2}}),
+        "spec.evaluation.earlyStopping",
+    ),
+    (
+        "generation-no-samples",
+        _with("evaluation", {"generation": {"maxSamples": 0}}),
+        "spec.evaluation.generation.maxSamples",
+    ),
     (
         "merge-full-weights",
         _with("method", {"type": "full", "mergeWeights": True}),

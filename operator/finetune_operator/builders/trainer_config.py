@@ -31,7 +31,7 @@ def trainer_config(spec: FineTuneJobSpec, owner: Owner, run: int) -> dict[str, A
         "method": wire["method"],
         "hyperparameters": wire["hyperparameters"],
         "checkpointing": wire["checkpointing"],
-        "evaluation": {"compareBaseModel": spec.evaluation.compare_base_model},
+        "evaluation": _evaluation(spec),
         "distributed": {
             "workers": spec.distributed.workers,
             "processesPerWorker": spec.processes_per_worker,
@@ -51,6 +51,15 @@ def _tracking(spec: FineTuneJobSpec, owner: Owner) -> dict[str, Any]:
         return {}
     experiment = mlflow.experiment or f"{owner.namespace}/{owner.name}"
     return {"tracking": {"mlflow": {"trackingUri": mlflow.tracking_uri, "experiment": experiment}}}
+
+
+def _evaluation(spec: FineTuneJobSpec) -> dict[str, Any]:
+    """The evaluation section the trainer acts on (the gate is the operator's); unset fields are left out, so
+    the config of a job that sets none of them reads as before they existed."""
+    wire = spec.evaluation.wire()
+    section: dict[str, Any] = {"compareBaseModel": spec.evaluation.compare_base_model}
+    section.update({k: wire[k] for k in ("intervalSteps", "earlyStopping", "generation") if wire[k] is not None})
+    return section
 
 
 def trainer_config_map(spec: FineTuneJobSpec, owner: Owner, run: int) -> Manifest:

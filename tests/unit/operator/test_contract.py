@@ -45,6 +45,24 @@ def test_trainer_accepts_batch_size_auto_checkpointing_and_fsdp_as_rendered() ->
     assert config.distributed.sharding == "fsdp" and config.world_size == spec.distributed.workers * spec.resources.gpus
 
 
+def test_trainer_accepts_the_evaluation_fields_as_rendered() -> None:
+    raw = example("quickstart")["spec"]
+    evaluation = {
+        "intervalSteps": 10,
+        "earlyStopping": {"patience": 2, "minDelta": 0.01},
+        "generation": {"maxSamples": 8, "maxNewTokens": 32, "regex": "[0-9]+", "jsonValid": True},
+        "gate": [{"metric": "test_exact_match", "min": 0.5}],
+    }
+    spec = parse_spec({**raw, "evaluation": evaluation})
+    rendered = json.loads(trainer_config_map(spec, OWNER, 1)["data"]["config.json"])
+    assert "gate" not in rendered["evaluation"]  # the operator's to judge
+    config = parse_config(rendered, "operator rendering").evaluation
+    assert config.interval_steps == 10 and config.early_stopping is not None and config.early_stopping.min_delta == 0.01
+    assert config.generation is not None and config.generation.regex == "[0-9]+" and config.generation.json_valid
+    plain = json.loads(trainer_config_map(parse_spec(raw), OWNER, 1)["data"]["config.json"])
+    assert set(plain["evaluation"]) == {"compareBaseModel"}  # nothing set: rendered as before
+
+
 @pytest.mark.parametrize("adapter", [True, False])
 def test_server_accepts_the_rendered_serve_config(adapter: bool) -> None:
     spec = parse_spec(example("quickstart")["spec"])

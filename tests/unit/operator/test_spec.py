@@ -12,6 +12,7 @@ from finetune_operator.spec import (
     parse_spec,
     placement_spec_hash,
     training_spec_hash,
+    validation_spec_hash,
 )
 from pydantic import BaseModel, ValidationError
 
@@ -116,6 +117,21 @@ def test_placement_changes_keep_the_training_hash_and_change_the_placement_hash(
         assert placement_spec_hash(spec(**changed)) != placement, changed
     assert placement_spec_hash(spec(resources={"gpus": 2})) == placement  # world size: a training change
     assert placement_spec_hash(spec(hyperparameters={"learningRate": 1e-4})) == placement
+
+
+def test_selection_and_generation_are_training_changes_and_checked_again() -> None:
+    base, checked = _hash(), validation_spec_hash(spec())
+    for changed in (
+        {"intervalSteps": 50},
+        {"intervalSteps": 50, "earlyStopping": {"patience": 2}},
+        {"generation": {"maxSamples": 20}},
+    ):
+        assert _hash(evaluation=changed) != base, changed  # another checkpoint or other test metrics
+    assert _hash(evaluation={"generation": {"maxSamples": 20}}) != _hash(evaluation={"generation": {}})
+    # checked again: generation needs a schema with references, intervalSteps a validation split
+    assert validation_spec_hash(spec(evaluation={"generation": {}})) != checked
+    assert validation_spec_hash(spec(evaluation={"intervalSteps": 5})) != checked
+    assert validation_spec_hash(spec(evaluation={"gate": [{"metric": "test_rouge_l", "min": 0.5}]})) == checked
 
 
 def test_spelled_out_defaults_keep_the_hash() -> None:
