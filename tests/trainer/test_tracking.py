@@ -211,3 +211,36 @@ def test_an_unreachable_tracker_does_not_stop_training(
     assert "MLflow tracking degraded" in caplog.text
     assert sorted(_scalars(s3_bucket, "out/run-1/tensorboard/")["train/loss"]) == list(range(1, 11))
     assert _keys(s3_bucket, "out/run-1/model/") and not _keys(s3_bucket, "out/run-1/tracking.json")
+
+
+def test_the_tracker_continues_a_run_keeps_its_parameters_and_replaces_a_deleted_one(
+    s3_bucket: Any, mlflow_server: str
+) -> None:
+    """Against the real server, without training: what a later attempt of a run finds in MLflow."""
+    from finetune_trainer.config import parse_config
+    from finetune_trainer.tracking import MlflowTracker
+    from mlflow import MlflowClient
+
+    raw = trainer_config(s3_bucket.name, f"s3://{s3_bucket.name}/models/x/", f"s3://{s3_bucket.name}/data/t.jsonl")
+    raw["tracking"] = {"mlflow": {"trackingUri": mlflow_server, "experiment": f"exp-{uuid.uuid4().hex[:8]}"}}
+    cfg = parse_config(raw)
+    client = MlflowClient(tracking_uri=mlflow_server)
+
+    def attempt(recorded: str | None, params: dict[str, str]) -> MlflowTracker:
+        tracker = MlflowTracker(cfg.tracking.mlflow, cfg)  # type: ignore[arg-type]
+        tracker.start(recorded)
+        tracker.log_params(params)
+        assert tracker.degraded is None, tracker.degraded
+        return tracker
+
+    first = attempt(None, {"hyperparameters.batchSize": "8"})
+    tracker = attempt(first.run_id, {"hyperparameters.batchSize": "4", "totalSteps": "10"})  # e.g. another GPU
+    assert tracker.run_id == first.run_id and tracker.resumed
+    assert client.get_run(first.run_id).data.params == {"hyperparameters.batchSize": "8", "totalSteps": "10"}
+
+    missing = attempt("0" * 32, {})  # the recorded run is gone from the server: a new one, not a failure
+    assert missing.run_id not in (None, first.run_id) and not missing.resumed
+    client.delete_run(missing.run_id)
+    client.delete_run(first.run_id)
+    replaced = attempt(first.run_id, {})  # deleted in the UI: neither continued nor found by its tags
+    assert replaced.run_id not in (first.run_id, missing.run_id) and not replaced.resumed

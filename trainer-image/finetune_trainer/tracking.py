@@ -154,6 +154,7 @@ class MlflowTracker:
         self.experiment_id: str | None = None
         self.resumed = False
         self.degraded: dict[str, str] | None = None
+        self.logged_params: dict[str, str] = {}  # what an earlier attempt of this run logged
 
     @property
     def active(self) -> bool:
@@ -212,14 +213,24 @@ class MlflowTracker:
         experiment = client.get_experiment_by_name(name)
         self.experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
         run_id = recorded_run_id or self._tagged_run()
-        if run_id:
-            run = client.get_run(run_id)
-            if run.info.experiment_id == self.experiment_id:
-                self.run_id, self.resumed = run_id, True
-                client.update_run(run_id, status="RUNNING")
-                return
+        run = self._existing(run_id) if run_id else None
+        if run is not None and run.info.experiment_id == self.experiment_id and run.info.lifecycle_stage == "active":
+            self.run_id, self.resumed = run.info.run_id, True
+            self.logged_params = dict(run.data.params)
+            client.update_run(self.run_id, status="RUNNING")
+            return
         run = client.create_run(self.experiment_id, tags=self.tags(), run_name=self.tags()["mlflow.runName"])
         self.run_id = run.info.run_id
+
+    def _existing(self, run_id: str) -> Any:
+        """The run `run_id`, or None when the server no longer has it (deleted for good: a new run is made)."""
+        try:
+            return self.client.get_run(run_id)
+        except Exception as error:
+            if getattr(error, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+                log.info("MLflow run %s of an earlier attempt is gone; starting a new one", run_id)
+                return None
+            raise
 
     def _tagged_run(self) -> str | None:
         job = self.cfg.job
@@ -240,7 +251,12 @@ class MlflowTracker:
             return
         from mlflow.entities import Param
 
-        items = [Param(key, value) for key, value in params.items()]
+        # MLflow refuses to change a logged parameter: a continued run keeps the first attempt's values (an
+        # attempt on another GPU type may choose another batchSize: auto), said in the log
+        changed = {k: v for k, v in params.items() if k in self.logged_params and self.logged_params[k] != v}
+        if changed:
+            log.info("parameters of this attempt that differ from the MLflow run's (kept as logged): %s", changed)
+        items = [Param(key, value) for key, value in params.items() if key not in self.logged_params]
         for start in range(0, len(items), 100):  # the server takes at most 100 params per batch
             batch = items[start : start + 100]
             self._safely("logging parameters", partial(self.client.log_batch, self.run_id, params=batch))
