@@ -147,6 +147,7 @@ def test_generation_metrics_gate_the_run_and_fill_the_report(
     assert test["exact_match"] == pytest.approx(exact)
     assert {"exact_match", "token_f1", "rouge_l"} <= set(document["baseModel"]["test"])
     assert document["gateMetrics"]["test_rouge_l"] == test["rouge_l"]
+    assert document["gateMetrics"]["base_test_rouge_l"] == document["baseModel"]["test"]["rouge_l"]
 
     page = read(s3_bucket, "out/run-1/report.html").decode()
     assert "Generated answers" in page and "base answer" in page

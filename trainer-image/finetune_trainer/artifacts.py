@@ -106,7 +106,8 @@ def metrics_document(
     return {
         "run": cfg.job.run,
         "metrics": dict(metrics),
-        "gateMetrics": gate_names(dict(metrics)),
+        # the base model's under base_<split>_<metric> (base_test_rouge_l): for comparison, not gated
+        "gateMetrics": {**gate_names(dict(metrics)), **{f"base_{k}": v for k, v in gate_names(dict(base)).items()}},
         "baseModel": dict(base),
         **facts,
         "history": log_history,
