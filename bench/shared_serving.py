@@ -14,7 +14,10 @@ shared pages) summed over the server processes after the load. The one-model ref
 model serving alone. Targets (issue #14): memory of 8 shared adapters within 1.2x of one model, throughput at least
 0.7x of one model alone. GPU memory is not measured here (no GPU on this machine).
 
-Usage: python bench/shared_serving.py [--adapters 1,4,8] [--requests 32] [--max-tokens 32] [--rounds 2] [--tiny]
+Usage: python bench/shared_serving.py [--adapters 1,4,8] [--separate 1,4,8] [--requests 32] [--max-tokens 32]
+       [--rounds 2] [--tiny]
+(--separate 1,4 leaves out the 8 one-model servers where 8 copies of the model do not fit in memory; the ratios to
+one model alone still come from N=1.)
 The last line of output is one JSON object with every figure and the ratios.
 """
 
@@ -197,7 +200,7 @@ async def bench(base: Path, adapters: list[Path], args: argparse.Namespace, logs
     print(f"load average at start {load_start}; adapters {args.counts}; logs in {logs}", flush=True)
     results: dict[str, dict[str, Any]] = {}
     for count in args.counts:  # one setup at a time: each has the machine to itself
-        for kind in ("separate", "shared"):
+        for kind in ("separate", "shared") if count in args.separate else ("shared",):
             key = f"{kind}-{count}"
             results[key] = await run_setup(kind, base, adapters[:count], args, logs)
             r = results[key]
@@ -211,15 +214,16 @@ async def bench(base: Path, adapters: list[Path], args: argparse.Namespace, logs
     ratios: dict[str, dict[str, float]] = {}
     print("\nN  shared RSS / one model  shared RSS / N models  shared req/s / one model alone  shared / N models req/s"
           "  shared p99 / N models p99")  # fmt: skip
+    nan = float("nan")
     for count in args.counts:
-        shared, separate = results[f"shared-{count}"], results[f"separate-{count}"]
+        shared, separate = results[f"shared-{count}"], results.get(f"separate-{count}")
         ratio = {
-            "rss_vs_one_model": round(shared["rss_gib"] / one["rss_gib"], 2) if one else float("nan"),
-            "rss_vs_separate": round(shared["rss_gib"] / separate["rss_gib"], 2),
-            "rps_vs_one_model": round(shared["rps"] / one["rps"], 2) if one else float("nan"),
-            "rps_vs_separate": round(shared["rps"] / separate["rps"], 2),
-            "p50_vs_separate": round(shared["p50_ms"] / separate["p50_ms"], 2),
-            "p99_vs_separate": round(shared["p99_ms"] / separate["p99_ms"], 2),
+            "rss_vs_one_model": round(shared["rss_gib"] / one["rss_gib"], 2) if one else nan,
+            "rss_vs_separate": round(shared["rss_gib"] / separate["rss_gib"], 2) if separate else nan,
+            "rps_vs_one_model": round(shared["rps"] / one["rps"], 2) if one else nan,
+            "rps_vs_separate": round(shared["rps"] / separate["rps"], 2) if separate else nan,
+            "p50_vs_separate": round(shared["p50_ms"] / separate["p50_ms"], 2) if separate else nan,
+            "p99_vs_separate": round(shared["p99_ms"] / separate["p99_ms"], 2) if separate else nan,
         }
         ratios[str(count)] = ratio
         print(
@@ -247,6 +251,12 @@ async def bench(base: Path, adapters: list[Path], args: argparse.Namespace, logs
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--adapters", default="1,4,8", help="the N to measure, comma-separated (1 is the reference)")
+    parser.add_argument(
+        "--separate",
+        default="1,4,8",
+        help="the N for which N one-model servers are run too (each holds a whole model: N x its RSS must fit; "
+        "1 is the one-model reference of every ratio)",
+    )
     parser.add_argument("--requests", type=int, default=32, help="requests per round at concurrency 8")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
@@ -264,8 +274,9 @@ def main() -> int:
         return 0
     try:
         args.counts = sorted({int(n) for n in args.adapters.split(",") if n.strip()})
+        args.separate = {int(n) for n in args.separate.split(",") if n.strip()}
     except ValueError:
-        parser.error("--adapters takes comma-separated integers, e.g. 1,4,8")
+        parser.error("--adapters and --separate take comma-separated integers, e.g. 1,4,8")
     if not args.counts or not all(1 <= n <= 16 for n in args.counts):
         parser.error("--adapters: each N must be in 1..16")
     if not 8 <= args.requests <= 1000 or not 1 <= args.rounds <= 20 or not 1 <= args.max_tokens <= 256:
