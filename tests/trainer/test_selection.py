@@ -13,6 +13,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from finetune_operator.spec import GateRule
 from finetune_trainer.callbacks import TrainerHooks
 from safetensors.torch import load
 
+from tests.support.ports import free_port
 from tests.trainer.builders import arithmetic_records, put_jsonl, trainer_config
 from tests.trainer.conftest import TrainerResult
 
@@ -167,3 +170,40 @@ def test_generation_on_text_data_is_a_config_error_before_training(
     assert result.exit_code == 42 and result.termination["code"] == "ConfigInvalid", result.termination
     assert "evaluation.generation: dataset schema 'text' has no prompts" in result.termination["message"]
     assert not keys(s3_bucket, "out/run-1/checkpoints/")
+
+
+def test_fsdp_selection_restores_the_gathered_best_and_generates_in_lockstep(
+    s3_bucket: Any, tiny_llama_uri: str, tmp_path: Path, trainer_env: dict[str, str]
+) -> None:
+    """Two processes under gloo with sharded weights: the best model is gathered to be saved, broadcast back
+    from rank 0 to be restored, and every rank generates (a sharded forward is a collective)."""
+    train = put_jsonl(s3_bucket.client, s3_bucket.name, "data/train.jsonl", arithmetic_records(96, seed=4))
+    raw = trainer_config(s3_bucket.name, tiny_llama_uri, train)
+    raw["dataset"]["split"] = {"validation": 0.2, "test": 0.1, "seed": 7}
+    raw["method"] = {"type": "full"}
+    raw["hyperparameters"].update({"maxSteps": 40, "learningRate": 0.02, "batchSize": 4})
+    raw["checkpointing"] = {"intervalSteps": 100, "keep": 1}
+    raw["evaluation"] = {
+        "intervalSteps": 2,
+        "earlyStopping": {"patience": 2},
+        "generation": {"maxSamples": 3, "maxNewTokens": 4},
+    }
+    raw["distributed"] = {"workers": 1, "processesPerWorker": 2, "sharding": "fsdp"}
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(raw))
+    env = dict(trainer_env, NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    log = tmp_path / "train.log"
+    command = [sys.executable, "-m", "finetune_trainer", "train", "--config", str(config)]
+    with log.open("w") as out:
+        done = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=600, check=False)
+    assert done.returncode == 0, log.read_text()[-4000:]
+    termination = json.loads((tmp_path / "termination-log").read_text())
+    document = json.loads(read(s3_bucket, "out/run-1/metrics.json"))
+    history = document["validationHistory"]
+    assert document["earlyStopped"] and document["bestStep"] < document["steps"], history
+    assert termination["metrics"]["validation"]["loss"] == pytest.approx(history["best"]["loss"], abs=1e-5)
+    published = load(read(s3_bucket, "out/run-1/model/model.safetensors"))
+    best = load(read(s3_bucket, f"out/run-1/best/{history['bestFolder']}/model.safetensors"))
+    assert published.keys() == best.keys() and all((published[k] == best[k]).all() for k in best)
+    assert {"exact_match", "token_f1", "rouge_l"} <= set(termination["metrics"]["test"])
+    assert len(document["generation"]) == 3

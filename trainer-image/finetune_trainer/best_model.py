@@ -149,7 +149,12 @@ class SelectionHooks(TrainerCallback):  # type: ignore[misc]
         if distributed.is_main():
             shutil.rmtree(local, ignore_errors=True)
         distributed.barrier()
-        self.trainer.save_model(str(local))
+        if getattr(self.trainer, "is_fsdp_enabled", False):
+            weights = gathered_weights(self.trainer.model)  # a collective: every rank
+            if distributed.is_main():
+                self.trainer.model.save_pretrained(str(local), state_dict=weights)
+        else:
+            self.trainer.save_model(str(local))
         if distributed.is_main():
             self.store.upload(local, folder)
             self.state = replace(self.state, best_folder=folder)
@@ -177,8 +182,40 @@ class SelectionHooks(TrainerCallback):  # type: ignore[misc]
         if final.latest == final.best and final.best.step == trainer.state.global_step:
             return final  # the last evaluation, of the live weights, is the best one
         local = self.work / "best" / final.best_folder
+        log.info("loading the best model (step %d) from %s", final.best.step, local)
+        if getattr(trainer, "is_fsdp_enabled", False):  # rank 0 reads the whole model and sends each rank its shard
+            if distributed.is_main():
+                self.store.fetch(final.best_folder, local)
+            load_gathered(trainer.model, local if distributed.is_main() else None)
+            return final
         with distributed.local_main_first():
             self.store.fetch(final.best_folder, local)
-        log.info("loading the best model (step %d) from %s", final.best.step, local)
         trainer._load_from_checkpoint(str(local))
         return final
+
+
+def gathered_weights(model: Any) -> dict[str, Any]:
+    """A sharded (FSDP) model's whole weights: on rank 0 (host memory) on GPUs; every rank gets a copy on CPU,
+    where torch's offload would leave DTensor shards that safetensors cannot save (as `sharding` gathers them)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    on_gpu = next(model.parameters()).device.type != "cpu"
+    state: dict[str, Any] = get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=on_gpu)
+    )
+    return state
+
+
+def load_gathered(model: Any, folder: Path | None) -> None:
+    """Load whole weights saved by `save_pretrained` into a sharded model; `folder` on rank 0 only (None elsewhere).
+
+    Rank 0 reads every `*.safetensors` file and broadcasts (torch's `broadcast_from_rank0`); keys the file
+    leaves out (a tied output layer) keep the parameter they share."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    state: dict[str, Any] = {}
+    for path in sorted(folder.glob("*.safetensors")) if folder is not None else []:
+        state.update(load_file(str(path)))
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+    set_model_state_dict(model, state, options=options)

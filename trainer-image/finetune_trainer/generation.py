@@ -219,8 +219,14 @@ def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
-def generate(model: Any, tokenizer: Any, cases: Sequence[Case], max_new_tokens: int, precision: str) -> list[str]:
-    """Greedy answers of `model` to every case (left-padded batches, KV cache on), special tokens removed."""
+def generate(
+    model: Any, tokenizer: Any, cases: Sequence[Case], max_new_tokens: int, precision: str, lockstep: bool = False
+) -> list[str]:
+    """Greedy answers of `model` to every case (left-padded batches, KV cache on), special tokens removed.
+
+    `lockstep` (a sharded model: every forward is a collective): every rank calls this with the same cases, and
+    each batch runs forwards until every rank is done (`synced_gpus`), so no rank waits in a collective alone.
+    """
     import torch
     from transformers import GenerationConfig
 
@@ -243,7 +249,9 @@ def generate(model: Any, tokenizer: Any, cases: Sequence[Case], max_new_tokens: 
                 input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompts], device=device)
                 mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device)
                 with _autocast(device, precision):
-                    output = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+                    output = model.generate(
+                        input_ids=input_ids, attention_mask=mask, generation_config=config, synced_gpus=lockstep
+                    )
                 for row in output[:, width:].tolist():
                     answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
     finally:
@@ -261,11 +269,12 @@ def run(
     regex: str | None,
     check_json: bool,
     precision: str,
+    lockstep: bool = False,
 ) -> Generation:
     """Generate and score; logs how many prompts were answered and how many records had no reference."""
     if cases.skipped:
         log.info("generation: %d test record(s) end in a tool call, not text: not scored", cases.skipped)
-    answers = generate(model, tokenizer, cases.cases, max_new_tokens, precision)
+    answers = generate(model, tokenizer, cases.cases, max_new_tokens, precision, lockstep)
     result = Generation(answers, scores(answers, [c.reference for c in cases.cases], regex, check_json))
     log.info("generation: %d answer(s) scored: %s", len(answers), result.scores)
     return result

@@ -178,7 +178,8 @@ def answers_of(
 ) -> generation.Generation | None:
     """`evaluation.generation`: the model's answers to the test prompts, scored (None when not configured).
 
-    Rank 0 generates while the others wait. With `storage`, the answers are the base model's: kept in
+    Rank 0 generates while the others wait; a sharded (FSDP) model needs every rank in every forward, so there
+    every rank generates the same answers in lockstep. With `storage`, the answers are the base model's: kept in
     `run-N/base_generation.json`, so a resumed attempt (whose model is no longer the base) reads them back.
     """
     spec = cfg.evaluation.generation
@@ -192,7 +193,8 @@ def answers_of(
             log.warning("no base_generation.json from the earlier attempt; the base model's answers are missing")
             return generation.Generation()
     result = generation.Generation()
-    if distributed.is_main():
+    lockstep = distributed.world_size() > 1 and getattr(cfg.distributed, "sharding", "none") == "fsdp"
+    if distributed.is_main() or lockstep:
         fmt = formats.FORMATS[inputs.report.schema]
         cases = generation.cases_from(inputs.test_examples, fmt, spec.max_samples)
         result = generation.run(
@@ -203,8 +205,9 @@ def answers_of(
             regex=spec.regex,
             check_json=spec.json_valid,
             precision=precision,
+            lockstep=lockstep,
         )
-        if storage is not None and location is not None:
+        if storage is not None and location is not None and distributed.is_main():
             storage.write_bytes(location, json.dumps(result.to_json()).encode(), "application/json")
     distributed.barrier()
     return result
