@@ -39,6 +39,10 @@ VLLM_BASE, VLLM_ADAPTER, VLLM_MODEL = "/models/base", "/models/adapter", "/model
 # endpoint is withdrawn from the Service (kube-proxy, ingress) while it still answers, so a roll drops no
 # request sent in between (vLLM stops listening at SIGTERM). Within terminationGracePeriodSeconds (45).
 VLLM_PRE_STOP: dict[str, Any] = {"preStop": {"sleep": {"seconds": 10}}}
+# Our engine's server (uvicorn) likewise accepts no new connection from SIGTERM on, while it drains the ones it
+# has (tests/serve/test_chaos_serving.py measures both): the same sleep, so a deleted or rolled-out pod answers
+# until its endpoint is gone.
+SERVER_PRE_STOP: dict[str, Any] = VLLM_PRE_STOP
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,7 @@ def _transformers_pod(spec: FineTuneJobSpec, owner: Owner, _published: Published
         "ports": [{"name": "http", "containerPort": PORT}],
         "startupProbe": _probe("/healthz", 5, 120),
         "readinessProbe": _probe("/readyz", 5, 3),
+        "lifecycle": SERVER_PRE_STOP,
         "livenessProbe": _probe("/healthz", 10, 6),
         "resources": _server_resources(spec, settings),
         "volumeMounts": [
