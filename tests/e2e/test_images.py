@@ -129,6 +129,7 @@ def test_trainer_image_runs_help(refs: dict[str, str]) -> None:
 def test_trainer_image_imports_its_stack_as_non_root(refs: dict[str, str]) -> None:
     probe = (
         "import os, torch, transformers, peft, datasets, boto3, fastapi, uvicorn, finetune_trainer;"
+        "import mlflow, tensorboardX;"  # tracking: the MLflow client (mlflow-skinny) and the event writer
         "print(os.getuid(), os.getgid(), os.environ['HOME'], os.environ['HF_HUB_OFFLINE'], torch.__version__)"
     )
     run = script("run", "trainer", "--entrypoint", "python", "-c", probe, timeout=240)
