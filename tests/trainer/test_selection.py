@@ -112,6 +112,33 @@ def test_early_stopping_publishes_the_best_checkpoint_across_a_preemption(
     assert "step 4 (validation loss" in report and "early stopping fired at step 8" in report
 
 
+def test_lora_the_best_adapter_not_the_last_is_published(
+    s3_bucket: Any, tiny_llama_uri: str, run_trainer: Runner
+) -> None:
+    """The default method: the adapter of the best step is loaded back (Trainer._load_from_checkpoint) before the
+    final evaluation. Every answer in train is " apple" and the validation split holds the true sums: after a
+    first gain (the answer's shape) the validation loss rises (5.640, 5.585, 5.630, 5.643 measured)."""
+    wrong = [{"prompt": r["prompt"], "completion": " apple"} for r in arithmetic_records(96, seed=4)]
+    train = put_jsonl(s3_bucket.client, s3_bucket.name, "data/train.jsonl", wrong)
+    right = put_jsonl(s3_bucket.client, s3_bucket.name, "data/validation.jsonl", arithmetic_records(16, seed=5))
+    raw = trainer_config(s3_bucket.name, tiny_llama_uri, train)
+    raw["dataset"]["validation"] = {"uri": right}
+    raw["hyperparameters"].update({"maxSteps": 4, "learningRate": 0.05})
+    raw["evaluation"] = {"intervalSteps": 1}
+    result = run_trainer(raw)
+    assert result.exit_code == 0, result.termination
+    state = json.loads(read(s3_bucket, "out/run-1/selection.json"))
+    losses = [e["loss"] for e in state["history"]]
+    assert [e["step"] for e in state["history"]] == [1, 2, 3, 4] and state["best"]["step"] == 2, state
+    assert not state["earlyStopped"] and min(losses[2:]) > losses[1] + 0.02  # no earlyStopping: all 4 steps
+    assert result.termination["metrics"]["validation"]["loss"] == pytest.approx(state["best"]["loss"], abs=1e-5)
+    published = load(read(s3_bucket, "out/run-1/model/adapter_model.safetensors"))
+    best = load(read(s3_bucket, f"out/run-1/best/{state['bestFolder']}/adapter_model.safetensors"))
+    last = load(read(s3_bucket, "out/run-1/checkpoints/checkpoint-4/adapter_model.safetensors"))
+    assert published.keys() == best.keys() and all((published[k] == best[k]).all() for k in best)
+    assert any(not (last[k] == best[k]).all() for k in best)
+
+
 def test_generation_metrics_gate_the_run_and_fill_the_report(
     s3_bucket: Any, tiny_llama_uri: str, run_trainer: Runner
 ) -> None:
