@@ -233,3 +233,24 @@ def test_report_table_escapes_every_text() -> None:
     page = render_html("t", {"test": {"exact_match": 0.5}}, {}, {"generation": rows, "steps": 3}, b"")
     assert "Generated answers" in page and "<td>generation</td>" not in page
     assert generation_section([]) == ""
+
+
+def test_progress_carries_the_selection_fields_and_a_change_goes_out_at_once() -> None:
+    from finetune_trainer.progress import Reporter, Throttle
+
+    sent: list[dict[str, Any]] = []
+    now = [100.0]
+    reporter = Reporter(1, sent.append, Throttle(min_interval=5.0, max_interval=30.0), clock=lambda: now[0])
+    reporter.extra = dict.fromkeys(PROGRESS_FIELDS)
+    reporter.report("loading", force=True)
+    assert all(sent[-1]["status"]["progress"][name] is None for name in PROGRESS_FIELDS)  # null deletes stale
+    reporter.extra = {}
+    reporter.report("training", step=1)
+    now[0] += 1
+    reporter.report("training", step=2)  # throttled: nothing new but the step
+    assert len(sent) == 2
+    reporter.extra.update(run([2.0, 1.5]).progress())
+    now[0] += 1
+    reporter.report("training", step=3)  # a new validation loss is sent at once
+    assert len(sent) == 3 and sent[-1]["status"]["progress"]["bestValidationLoss"] == 1.5
+    assert sent[-1]["status"]["progress"]["validationStep"] == 20
