@@ -31,29 +31,32 @@ class Accelerator:
     memory_bytes: int
     bf16: bool
     kind: Literal["gpu", "cpu"] = "gpu"
+    peak_tflops: float | None = None
+    """Dense tensor-core peak in the `precision: auto` dtype (bf16, or fp16 where there is no bf16), TFLOP/s,
+    from the vendor's spec sheet (without sparsity): the denominator of MFU (bench/gpu_check.sh)."""
 
 
-def _gpu(name: str, mib: int, bf16: bool = True) -> tuple[str, Accelerator]:
-    return name, Accelerator(name=name, memory_bytes=mib * MiB, bf16=bf16)
+def _gpu(name: str, mib: int, tflops: float, bf16: bool = True) -> tuple[str, Accelerator]:
+    return name, Accelerator(name=name, memory_bytes=mib * MiB, bf16=bf16, peak_tflops=tflops)
 
 
 GPUS: Mapping[str, Accelerator] = MappingProxyType(
     dict(
         [
-            _gpu("T4", 15360, bf16=False),
-            _gpu("V100-16G", 16160, bf16=False),
-            _gpu("V100-32G", 32768, bf16=False),
-            _gpu("A10G", 23028),
-            _gpu("A10", 23028),
-            _gpu("L4", 23034),
-            _gpu("L40S", 46068),
-            _gpu("A100-40G", 40960),
-            _gpu("A100-80G", 81920),
-            _gpu("H100-80G", 81559),
-            _gpu("H100-94G", 95830),
-            _gpu("H200-141G", 143771),
-            _gpu("B200", 183359),
-            _gpu("MI300X", 196592),
+            _gpu("T4", 15360, 65.0, bf16=False),
+            _gpu("V100-16G", 16160, 125.0, bf16=False),
+            _gpu("V100-32G", 32768, 125.0, bf16=False),
+            _gpu("A10G", 23028, 70.0),
+            _gpu("A10", 23028, 125.0),
+            _gpu("L4", 23034, 121.0),
+            _gpu("L40S", 46068, 362.0),
+            _gpu("A100-40G", 40960, 312.0),
+            _gpu("A100-80G", 81920, 312.0),
+            _gpu("H100-80G", 81559, 989.0),
+            _gpu("H100-94G", 95830, 835.0),
+            _gpu("H200-141G", 143771, 989.0),
+            _gpu("B200", 183359, 2250.0),
+            _gpu("MI300X", 196592, 1307.0),
         ]
     )
 )
@@ -95,7 +98,9 @@ def with_overrides(overrides: Mapping[str, int], table: Mapping[str, Accelerator
     merged = dict(table)
     for name, memory in overrides.items():
         old = merged.get(name)
-        merged[name] = Accelerator(name=name, memory_bytes=memory, bf16=old.bf16 if old else True)
+        merged[name] = Accelerator(
+            name=name, memory_bytes=memory, bf16=old.bf16 if old else True, peak_tflops=old.peak_tflops if old else None
+        )
     return merged
 
 

@@ -94,6 +94,14 @@ def load_tokenizer(folder: Path, uri: str) -> Any:
     return tokenizer
 
 
+def attention_implementation(cuda: bool, precision: str, flash_installed: bool) -> str | None:
+    """flash_attention_2 on a GPU in bf16/fp16 where the flash-attn package is installed: its variable-length
+    kernel reads the flattened micro-batch's position ids, so no T x T block-diagonal mask is built (the
+    memory plan's largest activation term) and no compute is spent on it. None: transformers' default (SDPA
+    where the architecture has it)."""
+    return "flash_attention_2" if cuda and precision in ("bf16", "fp16") and flash_installed else None
+
+
 def torch_dtype(precision: str) -> Any:
     import torch
 
@@ -114,6 +122,11 @@ def load_model(cfg: TrainerConfig, folder: Path, labels: list[str] | None, preci
     # weights are frozen, so they are loaded in the compute precision: half the memory, same result.
     frozen_in_half = cfg.method.type == "lora" and precision in ("bf16", "fp16")
     kwargs: dict[str, Any] = {"dtype": torch_dtype(precision) if frozen_in_half else torch.float32}
+    flash = importlib.util.find_spec("flash_attn") is not None
+    attention = attention_implementation(torch.cuda.is_available(), precision, flash)
+    if attention is not None:
+        kwargs["attn_implementation"] = attention
+        log.info("attention: %s", attention)
     if cfg.method.type == "qlora":
         from transformers import BitsAndBytesConfig
 

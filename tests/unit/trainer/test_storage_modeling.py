@@ -90,3 +90,13 @@ def test_qlora_needs_gpu_and_bitsandbytes() -> None:
         check_method(config, Hardware(cuda=True, bf16=True, bitsandbytes=False))
     check_method(config, NEW_GPU)
     check_method(parse_config(CONTRACT_EXAMPLE), CPU)
+
+
+def test_flash_attention_only_on_a_gpu_in_half_precision_where_installed() -> None:
+    from finetune_trainer.modeling import attention_implementation
+
+    assert attention_implementation(True, "bf16", True) == "flash_attention_2"
+    assert attention_implementation(True, "fp16", True) == "flash_attention_2"
+    assert attention_implementation(True, "fp32", True) is None  # flash-attn has no fp32 kernels
+    assert attention_implementation(True, "bf16", False) is None  # not installed: transformers' SDPA
+    assert attention_implementation(False, "bf16", True) is None  # CPU

@@ -1,0 +1,43 @@
+"""bench/gpu_check.sh --tiny: the GPU check's own script on CPU, so the run on a lent GPU is not its first.
+
+It trains LoRA and full fine-tune steps of a tiny Llama through the trainer's code and prints the JSON the
+GPU run prints; QLoRA is skipped with the reason (no CUDA), MFU is null (no GPU peak to compare with).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.slow]
+
+
+def test_the_gpu_check_runs_in_tiny_mode_and_prints_one_json_line() -> None:
+    done = subprocess.run(
+        [str(ROOT / "bench" / "gpu_check.sh"), "--tiny", "--steps", "3", "--warmup", "1"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["mode"] == "tiny" and report["device"] == "cpu" and report["peak_tflops"] is None
+    assert {"model", "shape", "batch", "seq", "mfu_formula", "methods", "vllm", "load_average", "seconds"} <= set(
+        report
+    )
+    assert "CUDA" in report["methods"]["qlora"]["skipped"]
+    for method in ("lora", "full"):
+        result = report["methods"][method]
+        assert result["tokens_per_second"] > 0 and result["mfu"] is None, result
+        assert result["timed_steps"] == 2 and result["precision"] == "fp32"
+        assert result["flops_per_token"] > 6 * 64 * 128  # at least the MLP's matmuls of one layer
+        assert result["peak_memory_bytes"] > 0 and result["plan_estimate_bytes"] > 0
+        assert 0.1 < result["peak_vs_plan"] < 10, result  # same order as the plan on CPU (no GPU terms)
+    assert report["methods"]["full"]["flops_per_token"] > report["methods"]["lora"]["flops_per_token"]
+    assert report["methods"]["full"]["trainable_parameters"] > report["methods"]["lora"]["trainable_parameters"]
