@@ -85,7 +85,7 @@ async def _resync(runtime: Runtime, every: float) -> None:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     ours: Settings = memo["settings"]
-    settings.posting.enabled = False  # our own Events, on phase changes only
+    settings.posting.enabled = False  # our own Events: phase changes, tracking newly degraded
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = [1, 2, 5, 10]
