@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -41,6 +42,9 @@ class Settings:
     validation_cpu: str = "1"
     validation_memory: str = "4Gi"
     validation_deadline_seconds: int = 1800
+    # NAME=QUANTITY rows replacing or adding to the memory plan's GPU table (finetune_trainer.gpus): a MIG
+    # slice, a GPU the table lacks, memory kept back; the validation pod gets them as --gpu-memory
+    gpu_memory: tuple[str, ...] = field(default_factory=tuple)
     namespaces: tuple[str, ...] = field(default_factory=tuple)  # empty: all namespaces
     reconcile_threads: int = 16
     resync_seconds: float = 300.0
@@ -60,6 +64,18 @@ class Settings:
 
 def _env_list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def gpu_memory_entries(flags: Sequence[str] | None, env_value: str) -> tuple[str, ...]:
+    """The GPU table rows from the flags (or else FTO_GPU_MEMORY), each NAME=QUANTITY; anything else is refused
+    here, at start, rather than by every validation pod."""
+    entries = tuple(e for item in flags for e in _env_list(item)) if flags else _env_list(env_value)
+    bad = [e for e in entries if not re.fullmatch(r"[^=\s]+=[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?", e)]
+    if bad:
+        raise SystemExit(
+            f"--gpu-memory / FTO_GPU_MEMORY: {', '.join(bad)}: each must be NAME=QUANTITY, e.g. H100-80G=76Gi"
+        )
+    return entries
 
 
 def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Settings:
@@ -179,6 +195,13 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Set
         help="text lines or one JSON object a line. Env FTO_LOG_FORMAT",
     )
     parser.add_argument(
+        "--gpu-memory",
+        action="append",
+        default=None,
+        help="NAME=QUANTITY (repeatable, or comma-separated): a row of the memory plan's GPU table, e.g. "
+        "H100-80G=76Gi or NVIDIA-A100-SXM4-40GB-MIG-3g.20gb=20Gi (a node label's product name). Env FTO_GPU_MEMORY",
+    )
+    parser.add_argument(
         "--leader-election",
         action=argparse.BooleanOptionalAction,
         default=env.get("FTO_LEADER_ELECTION", "false").lower() in ("1", "true", "yes"),
@@ -214,6 +237,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Set
         validation_cpu=args.validation_cpu,
         validation_memory=args.validation_memory,
         validation_deadline_seconds=args.validation_deadline_seconds,
+        gpu_memory=gpu_memory_entries(args.gpu_memory, env.get("FTO_GPU_MEMORY", "")),
         namespaces=namespaces,
         reconcile_threads=args.reconcile_threads,
         resync_seconds=args.resync_seconds,

@@ -106,9 +106,23 @@ def test_values_reach_the_operator_flags() -> None:
     assert env["FTO_NAMESPACES"] == "team-a,team-b" and env["FTO_TRAINER_IMAGE"] == "reg.example/trainer:9"
     assert env["FTO_SERVING_IMAGE"] == "reg.example/server:9" and env["FTO_LOG_FORMAT"] == "json"
     assert env["FTO_METRICS_PORT"] == "0" and not _of(docs, "Service")
-    assert env["FTO_TRAINER_GRACE_SECONDS"] == "600"
+    assert env["FTO_TRAINER_GRACE_SECONDS"] == "600" and env["FTO_GPU_MEMORY"] == ""
     assert pod["containers"][0]["image"].endswith("@sha256:" + "a" * 64)
     assert pod["nodeSelector"] == {"pool": "system"}
+
+
+def test_gpu_table_rows_reach_the_operator_and_bad_ones_are_refused() -> None:
+    rows = {"validation.gpuMemory.H100-80G": "76Gi", r"validation.gpuMemory.NVIDIA-A100-SXM4-40GB-MIG-3g\.20gb": "19Gi"}
+    (deployment,) = _of(render("r", "ops", rows), "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FTO_GPU_MEMORY"] == "H100-80G=76Gi,NVIDIA-A100-SXM4-40GB-MIG-3g.20gb=19Gi"
+    from finetune_operator.settings import parse_args
+
+    assert parse_args([], env={"FTO_GPU_MEMORY": env["FTO_GPU_MEMORY"]}).gpu_memory == tuple(
+        env["FTO_GPU_MEMORY"].split(",")
+    )  # what the chart writes, the operator reads
+    result = helm("template", "r", str(CHART), *set_args({"validation.gpuMemory.H100-80G": "lots"}), check=False)
+    assert result.returncode != 0 and "schema" in result.stderr.lower(), result.stderr
 
 
 def _rules(doc: dict[str, Any]) -> list[dict[str, Any]]:

@@ -165,6 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("--gpus", type=int, default=0, help="GPUs per training pod (the memory plan's budget)")
     check.add_argument("--gpu-product", default="", help="the GPU type the training pods' node selector names")
     check.add_argument("--memory-limit", default="", help="the training pods' memory limit, e.g. 16Gi")
+    check.add_argument(
+        "--gpu-memory",
+        action="append",
+        default=[],
+        help="NAME=QUANTITY: replace or add a GPU table entry, e.g. A100-MIG-3g.20gb=20Gi (repeatable)",
+    )
     copy = commands.add_parser(
         "fetch", help="copy folders from object storage to local disk (a vLLM pod's init container)"
     )
@@ -177,6 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "fetch":
         return run_fetch(args.uri, args.dest)
     if args.command == "validate":
-        placement = Placement(gpus=args.gpus, gpu_product=args.gpu_product, memory_limit=args.memory_limit)
+        placement = Placement(
+            gpus=args.gpus,
+            gpu_product=args.gpu_product,
+            memory_limit=args.memory_limit,
+            gpu_memory=tuple(args.gpu_memory),
+        )
         return run_validate(args.config, args.output, placement)
     return run_train(args.config)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import ConfigInvalid, PlanDoesNotFit
-from finetune_trainer.gpus import GPUS, Accelerator, accelerator, cpu
+from finetune_trainer.gpus import GPUS, Accelerator, accelerator, cpu, with_overrides
 from finetune_trainer.memory_plan import MemoryPlan, UnsupportedModel, plan_config
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,9 @@ class Placement:
     gpus: int = 0
     gpu_product: str = ""
     memory_limit: str = ""
+    gpu_memory: tuple[str, ...] = ()
+    """NAME=QUANTITY entries that replace or add GPU table rows (the chart's validation.gpuMemory): a MIG
+    slice, a GPU the table lacks, a reserve kept back from the device's total."""
 
 
 @dataclass(frozen=True)
@@ -65,14 +68,29 @@ class Budget:
     strict: bool  # False: no GPU type named, checked against the largest known GPU only
 
 
+def gpu_table(entries: tuple[str, ...]) -> dict[str, Accelerator]:
+    """The GPU table with the NAME=QUANTITY entries (`--gpu-memory`) applied; a bad entry is ConfigInvalid."""
+    overrides = {}
+    for entry in entries:
+        name, sep, quantity = entry.partition("=")
+        if not sep or not name.strip():
+            raise ConfigInvalid(f"--gpu-memory: {entry!r} is not NAME=QUANTITY (e.g. H100-80G=80Gi)")
+        try:
+            overrides[name.strip()] = parse_quantity(quantity)
+        except ConfigInvalid:
+            raise ConfigInvalid(f"--gpu-memory: {entry!r}: {quantity!r} is not a quantity such as 40Gi") from None
+    return with_overrides(overrides)
+
+
 def budget_of(placement: Placement) -> Budget | None:
     """The device memory each training process gets (None: a CPU pod without a memory limit)."""
     if placement.gpus <= 0:
         return Budget(cpu(parse_quantity(placement.memory_limit)), True) if placement.memory_limit else None
-    named = accelerator(placement.gpu_product) if placement.gpu_product else None
+    table = gpu_table(placement.gpu_memory) if placement.gpu_memory else GPUS
+    named = accelerator(placement.gpu_product, table) if placement.gpu_product else None
     if named is not None:
         return Budget(named, True)
-    largest = max(GPUS.values(), key=lambda a: a.memory_bytes)
+    largest = max(table.values(), key=lambda a: a.memory_bytes)
     unnamed = Accelerator(f"unnamed GPU type (largest known: {largest.name})", largest.memory_bytes, largest.bf16)
     return Budget(unnamed, False)
 

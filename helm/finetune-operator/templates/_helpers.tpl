@@ -145,3 +145,14 @@ call needs it. Used by the ClusterRole (all namespaces) or by one Role per watch
   resources: [events]
   verbs: [create]
 {{- end }}
+
+{{/*
+validation.gpuMemory as the operator's FTO_GPU_MEMORY: NAME=QUANTITY,... (sorted by name, as range walks a map).
+*/}}
+{{- define "finetune-operator.gpuMemory" -}}
+{{- $rows := list -}}
+{{- range $name, $memory := .Values.validation.gpuMemory -}}
+{{- $rows = append $rows (printf "%s=%s" $name $memory) -}}
+{{- end -}}
+{{- join "," $rows -}}
+{{- end -}}

@@ -51,11 +51,13 @@ VALIDATE_COMMAND = ["python", "-m", "finetune_trainer", "validate", "--config", 
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"  # GPU feature discovery's node label: the GPU type a spec names
 
 
-def validate_command(spec: FineTuneJobSpec) -> list[str]:
-    """`validate` with where the training pods will run: the memory plan is checked against it."""
+def validate_command(spec: FineTuneJobSpec, gpu_memory: tuple[str, ...] = ()) -> list[str]:
+    """`validate` with where the training pods will run: the memory plan is checked against it, and against
+    the GPU table with the operator's own rows (`Settings.gpu_memory`, the chart's validation.gpuMemory)."""
     r = spec.resources
     product = r.node_selector.get(GPU_PRODUCT_LABEL, "")
-    return [*VALIDATE_COMMAND, "--gpus", str(r.gpus), "--gpu-product", product, "--memory-limit", str(r.memory)]
+    table = [arg for entry in gpu_memory for arg in ("--gpu-memory", entry)]
+    return [*VALIDATE_COMMAND, "--gpus", str(r.gpus), "--gpu-product", product, "--memory-limit", str(r.memory), *table]
 
 
 """One command for every shape: with several processes the trainer starts torchrun itself from NODE_RANK,
@@ -181,7 +183,7 @@ def validation_job(spec: FineTuneJobSpec, owner: Owner, run: int, training_hash:
         "name": TRAINER_CONTAINER,
         "image": settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": validate_command(spec),
+        "command": validate_command(spec, settings.gpu_memory),
         "env": env,
         "resources": {"requests": {"cpu": settings.validation_cpu, "memory": memory}, "limits": {"memory": memory}},
         "volumeMounts": [

@@ -127,3 +127,20 @@ def test_child_changes_jump_the_queue_of_new_jobs() -> None:
         return seen
 
     assert asyncio.run(scenario()) == ["pod-finished", "new-3", "new-1", "new-2"]
+
+
+def test_gpu_table_rows_from_flags_or_environment_reach_the_validation_pod() -> None:
+    from finetune_operator.builders.training import validate_command
+
+    from .support import example
+
+    from_env = parse_args([], env={"FTO_GPU_MEMORY": "H100-80G=76Gi,NVIDIA-A100-SXM4-40GB-MIG-3g.20gb=19Gi"})
+    assert from_env.gpu_memory == ("H100-80G=76Gi", "NVIDIA-A100-SXM4-40GB-MIG-3g.20gb=19Gi")
+    assert parse_args(["--gpu-memory", "L4=20Gi"], env={"FTO_GPU_MEMORY": "H100-80G=76Gi"}).gpu_memory == ("L4=20Gi",)
+    assert parse_args([], env={}).gpu_memory == ()
+    with pytest.raises(SystemExit):
+        parse_args([], env={"FTO_GPU_MEMORY": "H100-80G:lots"})
+    from finetune_operator.spec import parse_spec
+
+    command = validate_command(parse_spec(example("distributed")["spec"]), from_env.gpu_memory)
+    assert command[-4:] == ["--gpu-memory", "H100-80G=76Gi", "--gpu-memory", "NVIDIA-A100-SXM4-40GB-MIG-3g.20gb=19Gi"]

@@ -112,3 +112,22 @@ def test_batch_size_auto_is_decided_and_recorded_in_the_plan(tmp_path: Path) -> 
     on = check_fit(_config("lora", batch="auto", effectiveBatchSize=32, gradientCheckpointing=True), tmp_path, 2048,
                    None, h100)  # fmt: skip
     assert on is not None and on.setup.micro_batch > micro
+
+
+def test_the_gpu_table_rows_of_the_chart_replace_and_add_budgets(tmp_path: Path) -> None:
+    """validation.gpuMemory -> --gpu-memory: a reserve on a known GPU, and a MIG slice keyed by its node label."""
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_3_8B))
+    mig = "NVIDIA-A100-SXM4-40GB-MIG-3g.20gb"
+    rows = ("H100-80G=60Gi", f"{mig}=19Gi")
+    reserved = budget_of(Placement(gpus=1, gpu_product="NVIDIA-H100-80GB-HBM3", gpu_memory=rows))
+    assert reserved is not None and reserved.device.memory_bytes == 60 << 30 and reserved.device.bf16
+    slice_ = budget_of(Placement(gpus=1, gpu_product=mig, gpu_memory=rows))
+    assert slice_ is not None and slice_.strict and slice_.device.memory_bytes == 19 << 30
+    without = budget_of(Placement(gpus=1, gpu_product=mig))
+    assert without is not None and without.device.name == "A100-40G"  # the whole GPU: a wrong, larger budget
+    lora = _config("lora", batch=1, gradientCheckpointing=False)
+    assert check_fit(lora, tmp_path, 2048, None, Placement(gpus=1, gpu_product=mig)) is not None
+    with pytest.raises(PlanDoesNotFit, match=r"19\.0 GiB"):  # the 8B model's bf16 weights alone are 15 GiB
+        check_fit(lora, tmp_path, 2048, None, Placement(gpus=1, gpu_product=mig, gpu_memory=rows))
+    with pytest.raises(ConfigInvalid, match="--gpu-memory"):
+        budget_of(Placement(gpus=1, gpu_product=mig, gpu_memory=("H100-80G",)))
