@@ -234,7 +234,7 @@ def trl_run(
         "seconds": round(seconds, 3),
         "timed_steps": steps - warmup,
         "peak_memory_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "config": {k: common.get(k) for k in ("bf16", "gradient_checkpointing", "padding_free")} | {"packing": False},
+        "config": {k: getattr(trainer.args, k) for k in ("bf16", "gradient_checkpointing", "padding_free", "packing")},
     }
 
 
