@@ -30,7 +30,7 @@ def holder(cluster: Any, namespace: str) -> str:
     from kubernetes import client
 
     try:
-        lease = client.CoordinationV1Api(cluster.api_client).read_namespaced_lease(LEASE, namespace)
+        lease: Any = client.CoordinationV1Api(cluster.api_client).read_namespaced_lease(LEASE, namespace)
     except client.ApiException as error:
         if error.status == 404:
             return ""
@@ -46,9 +46,10 @@ def test_one_of_two_electors_leads_and_the_other_takes_over_a_released_or_expire
     cluster: Any, namespace: str
 ) -> None:
     kube = Kube(cluster.api_client)
-    timing = {"lease_seconds": 3.0, "renew_deadline": 2.0, "retry_seconds": 0.5}
-    first = LeaderElector(kube, namespace, "elect", "first", **timing)
-    second = LeaderElector(kube, namespace, "elect", "second", **timing)
+    first, second = (
+        LeaderElector(kube, namespace, "elect", who, lease_seconds=3.0, renew_deadline=2.0, retry_seconds=0.5)
+        for who in ("first", "second")
+    )
     assert first.try_acquire_or_renew()
     assert not second.try_acquire_or_renew()  # held, and seen fresh
     assert first.try_acquire_or_renew()  # the holder renews
