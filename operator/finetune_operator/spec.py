@@ -186,6 +186,8 @@ class ServingSpec(_Model):
     max_concurrency: int = 8
     api_key_secret: str = ""
     resources: ServingResourcesSpec = ServingResourcesSpec()
+    server: str = ""
+    """A ModelServer (NAME or NAMESPACE/NAME) holding the adapter instead of a Deployment of its own."""
 
 
 class PodMetadataSpec(_Model):
