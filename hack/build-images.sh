@@ -206,6 +206,8 @@ push_archive() {
     "oci-archive:${archive[$name]}.tmp:${ref[$name]}" || { rm -f "${archive[$name]}.tmp"; exit 1; }
   mv "${archive[$name]}.tmp" "${archive[$name]}"
   find "$images" -maxdepth 1 -name "$name-*.oci.tar*" ! -name "$name-$key.oci.tar" -delete
+  # an image whose tag moved to a rebuild stays in the store untagged, GBs each under vfs: drop them
+  bah rmi --prune >/dev/null 2>&1 || true
 }
 
 # --- run (verification) ----------------------------------------------------------------------------------
