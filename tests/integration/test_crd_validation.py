@@ -96,6 +96,22 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "spec.hyperparameters.lrScheduler",
     ),
     ("precision-unknown", _with("hyperparameters", {"precision": "int4"}), "spec.hyperparameters.precision"),
+    (
+        "tracking-uri-with-password",
+        _with("tracking", {"mlflow": {"trackingUri": "http://me:pw@mlflow:5000"}}),
+        "spec.tracking.mlflow.trackingUri",
+    ),
+    (
+        "tracking-uri-not-http",
+        _with("tracking", {"mlflow": {"trackingUri": "file:///mlruns"}}),
+        "spec.tracking.mlflow.trackingUri",
+    ),
+    ("tracking-uri-missing", _with("tracking", {"mlflow": {"experiment": "x"}}), "spec.tracking.mlflow.trackingUri"),
+    (
+        "tracking-secret-bad-name",
+        _with("tracking", {"mlflow": {"trackingUri": "http://mlflow:5000", "credentialsSecret": "Bad_Name"}}),
+        "spec.tracking.mlflow.credentialsSecret",
+    ),
     ("max-seq-length-tiny", _with("dataset.maxSeqLength", 4), "spec.dataset.maxSeqLength"),
     ("gpus-negative", _with("resources.gpus", -1), "spec.resources.gpus"),
     ("gpu-resource-malformed", _with("resources.gpuResource", "gpu"), "spec.resources.gpuResource"),

@@ -38,7 +38,6 @@ def trainer_config(spec: FineTuneJobSpec, owner: Owner, run: int) -> dict[str, A
             "sharding": spec.distributed.sharding,
         },
         **_tracking(spec, owner),
-        **_tracking(spec, owner),
         "output": {"uri": spec.output.uri, "runUri": spec.output.run_uri(run)},
     }
 
