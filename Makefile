@@ -51,8 +51,9 @@ test-unit: venv
 	$(PYTEST) tests/unit -m "not cluster and not s3 and not e2e"
 
 # Everything: lint, unit, the cluster tier (real API server + kwok), trainer and server on a real S3 server,
-# and e2e on the real node (images built and imported first, cached by content).
-test: deps venv lint cluster-up promtool
+# and e2e on the real node (images built and imported first, cached by content; the vLLM image and the vLLM
+# serving tests need the vLLM venv).
+test: deps venv venv-vllm lint cluster-up promtool
 	$(PYTEST) tests -m "not extended" --durations=20
 
 # The long real-node scenarios kept out of `make test` (each 10-30 min on 2 cores; README, Tests).

@@ -23,10 +23,7 @@ CACHE = Path(os.environ.get("FTO_CACHE") or Path.home() / ".cache" / "finetune-o
 VLLM_PYTHON = Path(os.environ.get("FTO_VLLM_VENV") or CACHE / "venv-vllm") / "bin" / "python"
 KEY = "sk-vllm-shared"
 
-pytestmark = [
-    pytest.mark.timeout(1200),
-    pytest.mark.skipif(not VLLM_PYTHON.is_file(), reason=f"no vLLM venv at {VLLM_PYTHON} (hack/venv-vllm.sh)"),
-]
+pytestmark = [pytest.mark.timeout(1200)]
 
 
 def _adapters(base: Path, root: Path, count: int) -> list[Path]:
@@ -55,6 +52,8 @@ def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, 
     from finetune_operator.builders.serving import VLLM_DEVICES
     from finetune_trainer.devtools import smollm2
 
+    # a missing vLLM venv is a failure that says how to make it, never a skip (`make test` makes it first)
+    assert VLLM_PYTHON.is_file(), f"no vLLM venv at {VLLM_PYTHON}: run `make venv-vllm` (hack/venv-vllm.sh)"
     base = smollm2.model_folder()
     root = tmp_path_factory.mktemp("vllm-shared")
     adapters = _adapters(base, root, 4)
