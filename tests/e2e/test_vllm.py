@@ -110,6 +110,8 @@ def _manifest(namespace: str, max_steps: int) -> dict[str, Any]:
     manifest["metadata"]["name"] = NAME
     spec = manifest["spec"]
     spec["output"]["uri"] = f"s3://artifacts/e2e/{namespace}/"
+    # a small CPU request: the node's two cores are requested by other tests' pods too (no limit: it may use both)
+    spec["resources"]["cpu"] = "250m"
     # short: this test is about serving; the quickstart's test asserts what training learns
     spec["hyperparameters"]["maxSteps"] = max_steps
     spec["evaluation"] = {"compareBaseModel": False, "gate": [{"metric": "test_loss", "max": 5.0}]}
@@ -147,7 +149,7 @@ def served(cluster: Cluster, images: dict[str, str], vllm_image: str) -> Iterato
         cluster.core.create_namespaced_secret(
             namespace, {"metadata": {"name": "api"}, "stringData": {"apiKey": API_KEY}}
         )
-        sets = (f"serving.vllmImage={vllm_image}", "serving.vllmDevice=cpu")
+        sets = (f"serving.vllmImage={vllm_image}", "serving.vllmDevice=cpu", "validation.cpu=250m")
         with install_chart(cluster, namespace, images, *sets):
             cluster.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _manifest(namespace, 8))
             status = _serving(cluster, namespace, 1, 1500)
