@@ -26,11 +26,10 @@ from finetune_operator.builders.serving import (
     ENGINES,
     PORT,
     VLLM_BASE,
-    VLLM_PRE_STOP,
     _probe,
     _vllm_rank,
     server_resources,
-    vllm_device,
+    vllm_server_container,
 )
 from finetune_operator.hashing import content_hash
 from finetune_operator.naming import ANNOTATION_SPEC_HASH, MANAGED_BY, base_name, label_value
@@ -356,44 +355,18 @@ def _vllm_pod(spec: ModelServerSpec, owner: ServerOwner, settings: Settings) -> 
         str(spec.max_adapters),
         "--max-lora-rank",
         str(_vllm_rank(spec.max_lora_rank)),
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(PORT),
-        "--max-num-seqs",
-        str(spec.max_concurrency),
-        *vllm_device(settings).args,
     ]
-    server = {
-        "name": "server",
-        "image": settings.vllm_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
-        "args": args,
-        "env": [
-            {"name": "HOME", "value": "/models"},
-            {"name": "HF_HOME", "value": "/models/.cache"},
-            {"name": "HF_HUB_OFFLINE", "value": "1"},
-            # vLLM's runtime /v1/load_lora_adapter; guarded by VLLM_API_KEY, and the sidecar re-converges
-            # any change not in the desired list (docs/serving.md, "Shared serving")
-            {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"},
-            *_api_key_env(spec, "VLLM_API_KEY"),
-            *vllm_device(settings).env_vars(),
-        ],
-        "ports": [{"name": "http", "containerPort": PORT}],
-        "startupProbe": _probe("/health", 10, 90),
-        "readinessProbe": _probe("/health", 5, 3),
-        "livenessProbe": _probe("/health", 10, 6),
-        "lifecycle": VLLM_PRE_STOP,
-        "resources": _resources(spec, settings),
-        "volumeMounts": [
-            {"name": "models", "mountPath": "/models"},
-            {"name": "shm", "mountPath": "/dev/shm"},
-            {"name": "adapters", "mountPath": ADAPTERS_DIR, "readOnly": True},
-        ],
-        "securityContext": container_security_context(),
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
+    server = vllm_server_container(
+        settings=settings,
+        model_args=args,
+        max_num_seqs=spec.max_concurrency,
+        api_key_env=_api_key_env(spec, "VLLM_API_KEY"),
+        resources=_resources(spec, settings),
+        # vLLM's runtime /v1/load_lora_adapter; guarded by VLLM_API_KEY, and the sidecar re-converges
+        # any change not in the desired list (docs/serving.md, "Shared serving")
+        extra_env=[{"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}],
+        extra_mounts=[{"name": "adapters", "mountPath": ADAPTERS_DIR, "readOnly": True}],
+    )
     volumes = [
         {"name": "models", "emptyDir": {}},
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},

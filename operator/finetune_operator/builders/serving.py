@@ -11,7 +11,7 @@ re-applies the bundle only when something in it changed.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -298,23 +298,37 @@ def vllm_device(settings: Settings) -> VllmDevice:
     return VLLM_DEVICES[settings.vllm_device]
 
 
-def _vllm_pod(spec: FineTuneJobSpec, owner: Owner, published: Published, settings: Settings) -> dict[str, Any]:
+def vllm_server_container(
+    *,
+    settings: Settings,
+    model_args: list[str],
+    max_num_seqs: int,
+    api_key_env: list[dict[str, Any]],
+    resources: dict[str, Any],
+    extra_env: Sequence[dict[str, Any]] = (),
+    extra_mounts: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
+    """vLLM's OpenAI server container, for a published FineTuneJob and for a ModelServer alike: one home for the
+    entry point, the device's flags and environment (VLLM_DEVICES), the probes and the preStop, so a fix to any
+    of them reaches both."""
     device = vllm_device(settings)
-    copies, args = _vllm_model_args(owner, published)
-    args += ["--host", "0.0.0.0", "--port", str(PORT), "--max-num-seqs", str(spec.serving.max_concurrency)]
-    args += device.args
-    container = {
+    return {
         "name": "server",
         "image": settings.vllm_image,
         "imagePullPolicy": settings.image_pull_policy,
         # the module, not the `vllm serve` CLI: the same entry point in the official image and the CPU build
         "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
-        "args": args,
+        "args": [
+            *model_args,
+            *("--host", "0.0.0.0", "--port", str(PORT), "--max-num-seqs", str(max_num_seqs)),
+            *device.args,
+        ],
         "env": [
             {"name": "HOME", "value": "/models"},
             {"name": "HF_HOME", "value": "/models/.cache"},
             {"name": "HF_HUB_OFFLINE", "value": "1"},
-            *_api_key_env(spec, "VLLM_API_KEY"),  # vLLM reads it like --api-key; /health needs no key
+            *extra_env,
+            *api_key_env,  # VLLM_API_KEY: vLLM reads it like --api-key; /health needs no key
             *device.env_vars(),
         ],
         "ports": [{"name": "http", "containerPort": PORT}],
@@ -322,11 +336,26 @@ def _vllm_pod(spec: FineTuneJobSpec, owner: Owner, published: Published, setting
         "readinessProbe": _probe("/health", 5, 3),
         "livenessProbe": _probe("/health", 10, 6),
         "lifecycle": VLLM_PRE_STOP,
-        "resources": _server_resources(spec, settings),
-        "volumeMounts": [{"name": "models", "mountPath": "/models"}, {"name": "shm", "mountPath": "/dev/shm"}],
+        "resources": resources,
+        "volumeMounts": [
+            {"name": "models", "mountPath": "/models"},
+            {"name": "shm", "mountPath": "/dev/shm"},
+            *extra_mounts,
+        ],
         "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+
+
+def _vllm_pod(spec: FineTuneJobSpec, owner: Owner, published: Published, settings: Settings) -> dict[str, Any]:
+    copies, args = _vllm_model_args(owner, published)
+    container = vllm_server_container(
+        settings=settings,
+        model_args=args,
+        max_num_seqs=spec.serving.max_concurrency,
+        api_key_env=_api_key_env(spec, "VLLM_API_KEY"),
+        resources=_server_resources(spec, settings),
+    )
     volumes = [
         {"name": "models", "emptyDir": {}},
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": str(spec.resources.shm_size)}},
