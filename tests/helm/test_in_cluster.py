@@ -3,7 +3,8 @@
 The operator image is built from the current sources (hack/build-images.sh) and imported into the node;
 training pods still land on kwok's fake GPU nodes, scripted to succeed. What only a real container shows:
 the restricted pod (non-root, read-only root filesystem, no capabilities) really starts, its probes pass,
-in-cluster credentials carry the chart's RBAC, JSON logs, /metrics through the Service, Recreate upgrades.
+in-cluster credentials carry the chart's RBAC, JSON logs, /metrics, and the chart's default of two replicas:
+one leader (the Lease's holder) acts, upgrades roll with the Lease handed over.
 """
 
 from __future__ import annotations
@@ -102,8 +103,21 @@ def _pods(cluster: Any, namespace: str, release: str) -> list[Any]:
     return items
 
 
-def _scrape_through_service(cluster: Any, namespace: str, service: str) -> str:
-    with port_forward(cluster.kubeconfig, namespace, service, 9090) as port:
+def _leader(cluster: Any, namespace: str, lease: str) -> str:
+    """The pod holding the leader-election Lease (the operator's identity is `<pod>_<random suffix>`)."""
+    from kubernetes import client
+
+    try:
+        spec = client.CoordinationV1Api(cluster.api_client).read_namespaced_lease(lease, namespace).spec
+    except client.ApiException as error:
+        if error.status == 404:
+            return ""
+        raise
+    return str(spec.holder_identity or "").rsplit("_", 1)[0]
+
+
+def _scrape(cluster: Any, namespace: str, target: str) -> str:
+    with port_forward(cluster.kubeconfig, namespace, target, 9090) as port:
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -120,9 +134,14 @@ def test_operator_in_cluster_reconciles_upgrades_and_uninstalls(
 ) -> None:
     release, kc = in_cluster, cluster.kubeconfig
     fullname = f"{release}-finetune-operator"
-    (pod,) = _pods(cluster, namespace, release)
-    assert pod.status.phase == "Running" and not pod.spec.node_name.startswith("kwok-")
-    assert pod.status.container_statuses[0].restart_count == 0
+    pods = _pods(cluster, namespace, release)
+    assert len(pods) == 2  # the chart's default: two replicas, one of them leads
+    for pod in pods:
+        assert pod.status.phase == "Running" and not pod.spec.node_name.startswith("kwok-")
+        assert pod.status.container_statuses[0].restart_count == 0
+    names = {pod.metadata.name for pod in pods}
+    leader = wait_for("a leader among the replicas", lambda: _leader(cluster, namespace, fullname) or None)
+    assert leader in names
 
     jobs.create(
         namespace,
@@ -130,11 +149,11 @@ def test_operator_in_cluster_reconciles_upgrades_and_uninstalls(
     )
     jobs.wait_phase(namespace, "incluster", "Succeeded", timeout=120)
 
-    metrics = _scrape_through_service(cluster, namespace, f"{fullname}-metrics")
+    metrics = _scrape(cluster, namespace, f"pod/{leader}")  # the leader's: the standby reconciles nothing
     assert 'finetune_operator_finetunejobs{phase="Succeeded"} 1.0' in metrics
     # two Jobs: the CPU-only validation (the chart's default) and then the training Job
     assert 'finetune_operator_child_create_seconds_count{kind="Job"} 2.0' in metrics
-    logs = kubectl("logs", "-n", namespace, f"deployment/{fullname}", kubeconfig=kc).stdout.splitlines()
+    logs = kubectl("logs", "-n", namespace, f"pod/{leader}", kubeconfig=kc).stdout.splitlines()
     assert logs and all(json.loads(line)["message"] is not None for line in logs)  # logFormat=json
     # an HTTP 403 or a Forbidden from the API server: missing RBAC (a timestamp's ".403733" is not one)
     refused = re.compile(r"(?<![\d.])403(?!\d)|forbidden", re.IGNORECASE)
@@ -154,18 +173,23 @@ def test_operator_in_cluster_reconciles_upgrades_and_uninstalls(
         "3m",
         kubeconfig=kc,
     )
-    wait_for(
-        "only the new operator pod",
+    new_pods = wait_for(
+        "two new operator pods, none of the old ones",
         lambda: (
-            [p for p in _pods(cluster, namespace, release) if p.metadata.name != pod.metadata.name]
-            == _pods(cluster, namespace, release)
+            (
+                (found := _pods(cluster, namespace, release))
+                and len(found) == 2
+                and not names & {p.metadata.name for p in found}
+                and found
+            )
             or None
         ),
-        timeout=60,
+        timeout=120,
     )
-    (new_pod,) = _pods(cluster, namespace, release)
-    env = {e.name: e.value for e in new_pod.spec.containers[0].env}
-    assert env["FTO_RECONCILE_THREADS"] == "2" and env["FTO_LOG_FORMAT"] == "json"
+    for new_pod in new_pods:
+        env = {e.name: e.value for e in new_pod.spec.containers[0].env}
+        assert env["FTO_RECONCILE_THREADS"] == "2" and env["FTO_LOG_FORMAT"] == "json"
+    wait_for("the Lease handed to a new pod", lambda: _leader(cluster, namespace, fullname) not in names or None)
     jobs.create(
         namespace,
         ftj_manifest("after-upgrade", podMetadata={"annotations": kwok_annotations(0, success_message(), delay="1s")}),

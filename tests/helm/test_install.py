@@ -64,13 +64,17 @@ def test_template_passes_server_side_dry_run(cluster: Any, namespace: str, crd: 
         stdin=rendered,
     )
     assert "Warning" not in result.stderr, result.stderr  # PodSecurity warn=restricted says nothing
-    kinds = {line.split("/")[0] for line in result.stdout.splitlines()}
+    objects = {line.split(" ")[0] for line in result.stdout.splitlines()}
+    kinds = {name.split("/")[0] for name in objects}
     assert {
         "deployment.apps",
         "clusterrole.rbac.authorization.k8s.io",
         "networkpolicy.networking.k8s.io",
     } <= kinds
-    assert ("role.rbac.authorization.k8s.io" in kinds) == (mode == "namespaced")
+    # every mode has the leader election's Role (its one Lease); only the namespaced one has Roles for watching
+    roles = {name.split("/", 1)[1] for name in objects if name.startswith("role.rbac.authorization.k8s.io/")}
+    assert any(role.endswith("-leader-election") for role in roles), roles
+    assert any(not role.endswith("-leader-election") for role in roles) == (mode == "namespaced"), roles
 
 
 def _operator_pods(cluster: Any, namespace: str, release: str) -> list[Any]:

@@ -21,11 +21,12 @@ TOOLS = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache" / "finetune-oper
 
 @contextmanager
 def port_forward(kubeconfig: Path, namespace: str, service: str, remote_port: int) -> Iterator[int]:
-    """Forward a free 127.0.0.1 port to `service`'s `remote_port`; yields the local port."""
+    """Forward a free 127.0.0.1 port to `service`'s `remote_port` (`pod/NAME` for one pod); yields the local port."""
     kubectl = shutil.which("kubectl") or str(TOOLS / "kubectl")
     local = free_port()
+    target = service if "/" in service else f"svc/{service}"
     forward = subprocess.Popen(
-        [kubectl, "--kubeconfig", str(kubeconfig), "-n", namespace, "port-forward", f"svc/{service}",
+        [kubectl, "--kubeconfig", str(kubeconfig), "-n", namespace, "port-forward", target,
          f"{local}:{remote_port}", "--address", "127.0.0.1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
