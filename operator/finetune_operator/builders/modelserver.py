@@ -26,8 +26,8 @@ from finetune_operator.builders.serving import (
     ENGINES,
     PORT,
     VLLM_BASE,
-    _probe,
     _vllm_rank,
+    our_server_container,
     server_resources,
     vllm_server_container,
 )
@@ -288,42 +288,14 @@ def server_config_map(spec: ModelServerSpec, owner: ServerOwner) -> Manifest:
 
 def _transformers_pod(spec: ModelServerSpec, owner: ServerOwner, settings: Settings) -> dict[str, Any]:
     """Our server holding peft adapters on one unmerged base; its admin routes answer loopback only."""
-    server = {
-        "name": "server",
-        "image": settings.server_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": [
-            "python",
-            "-m",
-            "finetune_trainer",
-            "serve",
-            "--config",
-            "/etc/finetune/serve.json",
-            "--host",
-            "0.0.0.0",
-            "--port",
-            str(PORT),
-        ],
-        "env": [
-            *_s3_env(spec.storage),
-            {"name": "FTO_WORK_DIR", "value": "/work"},
-            {"name": "HF_HOME", "value": "/work/.cache/huggingface"},
-            {"name": "HF_HUB_OFFLINE", "value": "1"},
-            *_api_key_env(spec, "FTO_API_KEY"),
-        ],
-        "ports": [{"name": "http", "containerPort": PORT}],
-        "startupProbe": _probe("/healthz", 5, 120),
-        "readinessProbe": _probe("/readyz", 5, 3),
-        "livenessProbe": _probe("/healthz", 10, 6),
-        "resources": _resources(spec, settings),
-        "volumeMounts": [
-            {"name": "config", "mountPath": "/etc/finetune", "readOnly": True},
-            {"name": "work", "mountPath": "/work"},
-            {"name": "adapters", "mountPath": ADAPTERS_DIR, "readOnly": True},
-        ],
-        "securityContext": container_security_context(),
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
+    # the preStop sleep too: a replica being deleted or rolled keeps answering while its endpoint goes
+    server = our_server_container(
+        settings=settings,
+        s3_env=_s3_env(spec.storage),
+        api_key_env=_api_key_env(spec, "FTO_API_KEY"),
+        resources=_resources(spec, settings),
+        extra_mounts=[{"name": "adapters", "mountPath": ADAPTERS_DIR, "readOnly": True}],
+    )
     volumes = [
         {"name": "config", "configMap": {"name": ServerNames.of(owner.name).config}},
         {"name": "work", "emptyDir": {}},

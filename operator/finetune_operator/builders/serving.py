@@ -156,10 +156,17 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "failureThreshold": failures}
 
 
-def _transformers_pod(spec: FineTuneJobSpec, owner: Owner, _published: Published, settings: Settings) -> dict[str, Any]:
-    """Our own server; it reads the model's URIs from serve.json and fetches them itself."""
-    names = Names.of(owner.name)
-    container = {
+def our_server_container(
+    *,
+    settings: Settings,
+    s3_env: list[dict[str, Any]],
+    api_key_env: list[dict[str, Any]],
+    resources: dict[str, Any],
+    extra_mounts: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
+    """Our server's container (`finetune_trainer serve`, reading serve.json), for a published FineTuneJob and for a
+    ModelServer alike: one home for its entry point, probes and preStop."""
+    return {
         "name": "server",
         "image": settings.server_image,
         "imagePullPolicy": settings.image_pull_policy,
@@ -176,27 +183,38 @@ def _transformers_pod(spec: FineTuneJobSpec, owner: Owner, _published: Published
             str(PORT),
         ],
         "env": [
-            *s3_env(spec),
+            *s3_env,
             {"name": "FTO_WORK_DIR", "value": "/work"},
             {"name": "HF_HOME", "value": "/work/.cache/huggingface"},
             {"name": "HF_HUB_OFFLINE", "value": "1"},
-            *_api_key_env(spec, "FTO_API_KEY"),
+            *api_key_env,
         ],
         "ports": [{"name": "http", "containerPort": PORT}],
         "startupProbe": _probe("/healthz", 5, 120),
         "readinessProbe": _probe("/readyz", 5, 3),
         "lifecycle": SERVER_PRE_STOP,
         "livenessProbe": _probe("/healthz", 10, 6),
-        "resources": _server_resources(spec, settings),
+        "resources": resources,
         "volumeMounts": [
             {"name": "config", "mountPath": "/etc/finetune", "readOnly": True},
             {"name": "work", "mountPath": "/work"},
+            *extra_mounts,
         ],
         "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+
+
+def _transformers_pod(spec: FineTuneJobSpec, owner: Owner, _published: Published, settings: Settings) -> dict[str, Any]:
+    """Our own server; it reads the model's URIs from serve.json and fetches them itself."""
+    container = our_server_container(
+        settings=settings,
+        s3_env=s3_env(spec),
+        api_key_env=_api_key_env(spec, "FTO_API_KEY"),
+        resources=_server_resources(spec, settings),
+    )
     volumes = [
-        {"name": "config", "configMap": {"name": names.serving_config}},
+        {"name": "config", "configMap": {"name": Names.of(owner.name).serving_config}},
         {"name": "work", "emptyDir": {}},
     ]
     return {"containers": [container], "volumes": volumes}
