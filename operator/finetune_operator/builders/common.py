@@ -6,7 +6,7 @@ Pure functions returning plain dicts (the JSON the API server takes), so golden 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from finetune_operator import GROUP, KIND, VERSION
 from finetune_operator.naming import ANNOTATION_FULL_NAME, child_labels
@@ -22,6 +22,8 @@ OPTIONAL_CREDENTIAL_KEYS = ("AWS_SESSION_TOKEN",)
 class Owner:
     """The FineTuneJob that owns a child: its identity, needed for owner references and labels."""
 
+    kind: ClassVar[str] = KIND  # another owning kind (a ModelServer) subclasses with its own
+
     namespace: str
     name: str
     uid: str
@@ -29,7 +31,7 @@ class Owner:
     def reference(self) -> dict[str, Any]:
         return {
             "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": KIND,
+            "kind": self.kind,
             "name": self.name,
             "uid": self.uid,
             "controller": True,

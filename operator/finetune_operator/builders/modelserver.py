@@ -18,10 +18,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from finetune_operator import GROUP, VERSION
-from finetune_operator.builders.common import Manifest, container_security_context, pod_security_context
+from finetune_operator.builders.common import Manifest, Owner, container_security_context, pod_security_context
 from finetune_operator.builders.serving import (
     ENGINES,
     PORT,
@@ -48,22 +47,10 @@ TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 @dataclass(frozen=True)
-class ServerOwner:
-    """The ModelServer that owns the objects."""
+class ServerOwner(Owner):
+    """The ModelServer that owns the objects (Owner's identity and reference, under the ModelServer kind)."""
 
-    namespace: str
-    name: str
-    uid: str
-
-    def reference(self) -> dict[str, Any]:
-        return {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": SERVER_KIND,
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
+    kind: ClassVar[str] = SERVER_KIND
 
 
 @dataclass(frozen=True)
