@@ -359,34 +359,18 @@ def memory_plan_here(cfg: TrainerConfig, model_folder: Path, train: Any, labels:
     """The memory plan (docs/memory.md) of this run on the device it trains on, as the status shows plans
     (`to_status()`); None, with a warning, when it cannot be made (an architecture the plan does not know)."""
     try:
-        from finetune_trainer.gpus import Accelerator, accelerator, cpu
+        from finetune_trainer.fit import runtime_device
         from finetune_trainer.memory_plan import plan, setup_of
 
         config = json.loads((model_folder / "config.json").read_text())
-        if cuda:
-            import torch
-
-            props = torch.cuda.get_device_properties(torch.cuda.current_device())
-            bf16 = torch.cuda.is_bf16_supported()
-            device = accelerator(props.name) or Accelerator(props.name, props.total_memory, bf16)
-        else:
-            import psutil
-
-            device = cpu(_cgroup_memory_limit() or psutil.virtual_memory().total)
+        # the device as the trainer's own batch decision saw it (fit.runtime_device), so both plans agree
+        device = runtime_device(cuda, cfg.distributed.processes_per_worker, dict(os.environ))
         longest = max((len(ids) for ids in train["input_ids"]), default=1)
         setup = setup_of(cfg, longest_record=longest)
         return plan(config, setup, device, num_labels=len(labels) if labels else None).to_status()
     except Exception as error:
         log.warning("no memory plan for tracking: %s", error)
         return None
-
-
-def _cgroup_memory_limit(path: Path = Path("/sys/fs/cgroup/memory.max")) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
 
 
 class RunTracking:
