@@ -300,12 +300,16 @@ VLLM_DEVICES: dict[str, VllmDevice] = {
         # float32, since bfloat16 is slow without AVX512; a 2048-token context (the model's own, 8192 for
         # SmolLM2, would need a bigger KV cache); a 2 GiB KV cache (VLLM_CPU_KVCACHE_SPACE, GiB, held in the
         # pod's memory: 46 KB a token for SmolLM2 in float32, so ~45k tokens); and 7 GiB for the whole pod
-        # (measured RSS 5.7-5.9 GiB with SmolLM2, its KV cache and an adapter, plus the fetched files' page cache)
+        # (measured RSS 5.7-5.9 GiB with SmolLM2, its KV cache and an adapter, plus the fetched files' page cache).
+        # VLLM_CPU_OMP_THREADS_BIND=nobind: vLLM's default ("auto") pins its OpenMP threads to the NUMA node's
+        # cores minus one reserved, and every server on a node computes the same list, so two servers (a
+        # rolling update's old and new pod, two replicas) fight over the same core while others idle; unpinned,
+        # the kernel spreads them over the cores the pod's cgroup allows
         VllmDevice(
             name="cpu",
             gpu=False,
             args=("--dtype", "float32", "--max-model-len", "2048"),
-            env=(("VLLM_CPU_KVCACHE_SPACE", "2"),),
+            env=(("VLLM_CPU_KVCACHE_SPACE", "2"), ("VLLM_CPU_OMP_THREADS_BIND", "nobind")),
             memory="7Gi",
         ),
     )

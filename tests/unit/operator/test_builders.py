@@ -300,6 +300,8 @@ def test_vllm_cpu_device_renders_the_cpu_builds_flags_memory_and_no_gpu() -> Non
     assert args[args.index("--max-model-len") + 1] == "2048"
     assert args.count("--dtype") == 1 and "--enable-lora" in args  # the adapter as on a GPU
     assert {"name": "VLLM_CPU_KVCACHE_SPACE", "value": "2"} in server["env"]
+    # unpinned threads: vLLM's default binding puts every server on a node on the same core
+    assert {"name": "VLLM_CPU_OMP_THREADS_BIND", "value": "nobind"} in server["env"]
     assert server["resources"] == {"requests": {"memory": "7Gi"}, "limits": {"memory": "7Gi"}}
     assert "nvidia.com/gpu" not in json.dumps(pod)
     # the user's memory wins (both request and limit are theirs), and still no GPU
