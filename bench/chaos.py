@@ -1,6 +1,6 @@
 """Chaos benchmark: faults injected by this script on the local cluster, and what each one cost.
 
-    python bench/chaos.py [--jobs 200] [--faults apiserver,etcd,leader,s3,notready,evict] [--s3-outage 30]
+    python bench/chaos.py [--jobs 200] [--faults apiserver,etcd,leader,s3,notready,evict,serving] [--s3-outage 30]
 
 Faults that restart the control plane or cut the S3 server run on a cluster of this script's own (a second
 `hack/cluster.sh` instance: its own state folder and ports, no real node), brought up first and taken down at
@@ -25,6 +25,10 @@ without the fault, run just before it (the ratio is fault / no fault):
   evicted through the Eviction API past its second checkpoint, then the kubelet restarted under its replacement.
   Figures: the step it stopped at and the step resumed from (steps lost vs the interval), seconds to resume,
   whether the kubelet restart cost anything.
+- serving: on the same real node, a published model served by two replicas of our engine (PodDisruptionBudget,
+  preStop drain) while 8 clients send requests without pause to the Service's ready pods
+  (tests/support/endpoint_load.py): a spec change rolls the pods to a retrained run, then one pod is deleted.
+  Figures: requests sent and failed in each phase, seconds, p50/p99 latency (target: 0 failed).
 
 Every fault prints what was lost; the last line is one JSON object with every figure.
 """
@@ -480,10 +484,11 @@ def notready_fault(cluster: OwnCluster, logs: Path, timeout: float) -> dict[str,
     return figures
 
 
-def real_node_fault(logs: Path) -> dict[str, Any]:
-    """Eviction and kubelet restart of a real training pod on the default cluster's real node (the one cluster
-    with a node that runs containers): only this benchmark's own namespace and bucket are touched, and the
-    kubelet is back and the node Ready before this returns."""
+@contextlib.contextmanager
+def on_the_real_node(logs: Path, prefix: str) -> Iterator[dict[str, Any]]:
+    """A namespace and a bucket of this benchmark's own on the default cluster (the one with a node that runs
+    containers), the tiny model and data seeded, and an operator running on that namespace; yields the clients,
+    names and URIs a fault needs. Everything is removed afterwards; nothing of other users' is touched."""
     import boto3
     from kubernetes import client, config
 
@@ -510,9 +515,9 @@ def real_node_fault(logs: Path) -> dict[str, Any]:
         aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
     )
-    bucket = "chaos-evict-" + uuid.uuid4().hex[:8]
-    model, data = real_node.seed(s3, bucket, Path(tempfile.mkdtemp(prefix="chaos-evict-")))
-    with namespace_of(core, "chaos-evict") as namespace:
+    bucket = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    model, data = real_node.seed(s3, bucket, Path(tempfile.mkdtemp(prefix=f"{prefix}-")))
+    with namespace_of(core, prefix) as namespace:
         core.create_namespaced_secret(
             namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="s3-creds"), string_data=keys)
         )
@@ -524,21 +529,57 @@ def real_node_fault(logs: Path) -> dict[str, Any]:
             env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
         try:
-            body = real_node.manifest("evicted", model, data, bucket, env["FTO_POD_S3_ENDPOINT"])
-            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-            say("evict: a real trainer pod on the real node evicted past its second checkpoint; the kubelet restarted")
-            figures = real_node.disrupt(core, custom, namespace, "evicted", Components(state))
+            yield {
+                "api": api,
+                "core": core,
+                "custom": custom,
+                "namespace": namespace,
+                "state": state,
+                "args": (model, data, bucket, env["FTO_POD_S3_ENDPOINT"]),
+            }
         finally:
             operator.terminate()
             operator.wait(30)
+
+
+def real_node_fault(logs: Path) -> dict[str, Any]:
+    """Eviction and kubelet restart of a real training pod on the default cluster's real node; the kubelet is
+    back and the node Ready before this returns."""
+    from tests.support import real_node
+
+    with on_the_real_node(logs, "chaos-evict") as node:
+        body = real_node.manifest("evicted", *node["args"])
+        node["custom"].create_namespaced_custom_object(GROUP, VERSION, node["namespace"], PLURAL, body)
+        say("evict: a real trainer pod on the real node evicted past its second checkpoint; the kubelet restarted")
+        figures = real_node.disrupt(
+            node["core"], node["custom"], node["namespace"], "evicted", Components(node["state"])
+        )
     say(f"evict: {figures} - lost: {figures['eviction']['steps_lost']} steps to the eviction, 0 to the kubelet restart")
+    return figures
+
+
+def serving_fault(logs: Path) -> dict[str, Any]:
+    """A published model's two server pods (our engine, real node) rolled to a retrained run, then one deleted,
+    under 8 clients sending requests without pause to the Service's ready pods."""
+    from tests.support import serving_chaos
+
+    with on_the_real_node(logs, "chaos-serving") as node:
+        body = serving_chaos.manifest("rolled", *node["args"])
+        node["custom"].create_namespaced_custom_object(GROUP, VERSION, node["namespace"], PLURAL, body)
+        say("serving: 2 replicas under 8 clients; rolled to a retrained run, then a pod deleted")
+        figures = serving_chaos.disrupt(node["core"], node["custom"], node["api"], node["namespace"], "rolled")
+    figures["failures"] = figures["failures"][:20]
+    say(
+        f"serving: rollout {figures['rollout']}, pod deletion {figures['pod_deletion']} - lost: "
+        f"{figures['failed']} of {figures['requests']} requests"
+    )
     return figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=200)
-    parser.add_argument("--faults", default="apiserver,etcd,leader,s3,notready,evict")
+    parser.add_argument("--faults", default="apiserver,etcd,leader,s3,notready,evict,serving")
     parser.add_argument("--s3-outage", type=float, default=30.0, help="seconds the S3 server is cut off")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--state", default="", help="state folder of the benchmark's own cluster (default: a temp dir)")
@@ -546,7 +587,7 @@ def main() -> None:
     parser.add_argument("--crd", type=Path, default=ROOT / "crds" / "finetunejob.yaml", help="the CRD to install")
     args = parser.parse_args()
     faults = [f for f in args.faults.split(",") if f]
-    unknown = set(faults) - {"apiserver", "etcd", "leader", "s3", "notready", "evict"}
+    unknown = set(faults) - {"apiserver", "etcd", "leader", "s3", "notready", "evict", "serving"}
     if unknown:
         parser.error(f"unknown fault(s): {', '.join(sorted(unknown))}")
     logs = Path(tempfile.mkdtemp(prefix="chaos-logs-"))
@@ -580,6 +621,8 @@ def run_faults(
             results[fault] = notready_fault(cluster, logs, args.timeout)
         elif fault == "evict":
             results[fault] = real_node_fault(logs)
+        elif fault == "serving":
+            results[fault] = serving_fault(logs)
 
 
 if __name__ == "__main__":

@@ -6,19 +6,16 @@ with LoRA in a pod, passes its gate, is published and served by a real vLLM serv
 `openai` client lists the models, chats with the adapter's name and streams, with the API key. Then a spec change
 retrains (run 2) and the Deployment rolls to it while two clients keep sending requests: none may fail.
 
-How the clients reach the pods: this cluster has no kube-proxy (a ClusterIP is unreachable, and a port-forward
-sticks to one pod), so the test does what kube-proxy does, from the Service's EndpointSlices: each request goes to
-an endpoint that is ready at that moment (the list re-read every 0.5 s); pod IPs are on the node's bridge, which
-the host reaches. A request sent to a pod just withdrawn from the Service, or cut off by its shutdown, fails the test.
+How the clients reach the pods: this cluster has no kube-proxy, so `tests/support/endpoint_load.py` does what it
+does, from the Service's EndpointSlices; a request sent to a pod just withdrawn from the Service, or cut off by
+its shutdown, fails the test.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +26,7 @@ import pytest
 
 from tests.conftest import Cluster
 from tests.e2e.conftest import GROUP, PLURAL, ROOT, VERSION, install_chart, run
+from tests.support.endpoint_load import EndpointLoad, ready_endpoints
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
@@ -82,22 +80,6 @@ def _server_logs(cluster: Cluster, namespace: str) -> str:
                 text = f"(no log: {error})"
             out.append(f"--- {pod.metadata.name}/{container}\n{text[-3000:]}")
     return "\n".join(out)
-
-
-def _ready_endpoints(cluster: Cluster, namespace: str, service: str) -> list[str]:
-    """The Service's ready pod addresses, from its EndpointSlices (what kube-proxy routes new connections to)."""
-    from kubernetes import client
-
-    slices = client.DiscoveryV1Api(cluster.api_client).list_namespaced_endpoint_slice(
-        namespace, label_selector=f"kubernetes.io/service-name={service}"
-    )
-    return sorted(
-        address
-        for item in slices.items
-        for endpoint in item.endpoints or []
-        if endpoint.conditions and endpoint.conditions.ready
-        for address in endpoint.addresses
-    )
 
 
 def _manifest(namespace: str, max_steps: int) -> dict[str, Any]:
@@ -180,7 +162,7 @@ def test_vllm_serves_the_adapter_to_the_openai_client(served: Served) -> None:
     assert pod.security_context.run_as_non_root is True
 
     service = status["endpoint"]["url"].split("//", 1)[1].split(".", 1)[0]
-    (address,) = _ready_endpoints(served.cluster, served.namespace, service)
+    (address,) = ready_endpoints(served.cluster.api_client, served.namespace, service)
     model = status["endpoint"]["model"]
     vllm = _client(address)
     listed = {m.id: m for m in vllm.models.list().data}
@@ -208,60 +190,23 @@ def test_vllm_serves_the_adapter_to_the_openai_client(served: Served) -> None:
         _client(address, api_key="wrong").models.list()
 
 
-@pytest.mark.extended  # not yet passed here: run 2's new vLLM pod starved (README, Tests)
+def _ask(vllm: Any) -> None:
+    reply = vllm.chat.completions.create(
+        model=NAME,
+        max_tokens=8,
+        temperature=0,
+        messages=[{"role": "user", "content": "How do I reset my password?"}],
+    )
+    assert reply.choices[0].message.content
+
+
 def test_a_retrained_run_rolls_in_while_clients_get_every_answer(served: Served) -> None:
     cluster, namespace = served.cluster, served.namespace
     service = served.status["endpoint"]["url"].split("//", 1)[1].split(".", 1)[0]
-    endpoints: list[str] = _ready_endpoints(cluster, namespace, service)
-    stop = threading.Event()
-    lock = threading.Lock()
-    answered: dict[str, int] = {}
-    failures: list[str] = []
-
-    def watch_endpoints() -> None:
-        nonlocal endpoints
-        while not stop.is_set():
-            try:
-                found = _ready_endpoints(cluster, namespace, service)
-            except Exception:  # an API hiccup: keep the last list, as kube-proxy would
-                found = endpoints
-            with lock:
-                endpoints = found
-            stop.wait(0.5)
-
-    def send() -> None:
-        clients: dict[str, Any] = {}
-        while not stop.is_set():
-            with lock:
-                choices = list(endpoints)
-            if not choices:
-                with lock:
-                    failures.append(f"{time.strftime('%X')} no ready endpoint")
-                stop.wait(0.5)
-                continue
-            address = random.choice(choices)
-            vllm = clients.setdefault(address, _client(address))
-            try:
-                reply = vllm.chat.completions.create(
-                    model=NAME,
-                    max_tokens=8,
-                    temperature=0,
-                    messages=[{"role": "user", "content": "How do I reset my password?"}],
-                )
-                assert reply.choices[0].message.content
-                with lock:
-                    answered[address] = answered.get(address, 0) + 1
-            except Exception as error:
-                with lock:
-                    failures.append(f"{time.strftime('%X')} {address}: {error!r}")
-            stop.wait(0.2)  # small concurrency: the node's two cores also train run 2
-
-    threads = [threading.Thread(target=watch_endpoints, daemon=True)]
-    threads += [threading.Thread(target=send, daemon=True) for _ in range(2)]
-    for thread in threads:
-        thread.start()
+    # two clients with a short pause: the node's two cores also train run 2
+    load = EndpointLoad(cluster.api_client, namespace, service, _client, _ask, concurrency=2, pause=0.2)
     start = time.monotonic()
-    try:
+    with load:
         # a spec change retrains: run 2
         patch = {"spec": {"hyperparameters": {"maxSteps": 6}}}
         cluster.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, NAME, patch)
@@ -271,19 +216,16 @@ def test_a_retrained_run_rolls_in_while_clients_get_every_answer(served: Served)
         while time.monotonic() < deadline:
             pods = cluster.core.list_namespaced_pod(namespace, label_selector="finetune.dev/component=serving").items
             runs = {p.metadata.labels.get("finetune.dev/run") for p in pods}
-            if runs == {"2"} and len(_ready_endpoints(cluster, namespace, service)) == 1:
+            if runs == {"2"} and len(ready_endpoints(cluster.api_client, namespace, service)) == 1:
                 break
             time.sleep(1)
         else:
             raise AssertionError(f"the roll did not finish: {[(p.metadata.name, p.status.phase) for p in pods]}")
         time.sleep(5)  # a few more requests to run 2's pod alone
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(90)
+    report = load.report()
     served.timings["run 2 patched to rolled (s)"] = time.monotonic() - start
-    print(f"\nvLLM e2e: {served.timings}, answers by pod {answered}, failures {len(failures)}")
+    print(f"\nvLLM e2e: {served.timings}, {report.summary()}")
     assert status["endpoint"]["run"] == 2 and status["published"]["run"] == 2
-    assert not failures, failures[:20]
+    assert not report.failures, report.failures[:20]
     # both pods answered: the requests really crossed the roll
-    assert len(answered) == 2 and all(n > 0 for n in answered.values()), answered
+    assert len(report.answered) == 2 and all(n > 0 for n in report.answered.values()), report.answered
