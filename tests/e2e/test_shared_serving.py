@@ -26,7 +26,7 @@ from tests.conftest import Cluster
 from tests.e2e.conftest import GROUP, PLURAL, VERSION, install_chart, run
 from tests.support.portforward import port_forward
 
-pytestmark = [pytest.mark.e2e, pytest.mark.extended, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 BASE = "s3://models/smollm2-135m-instruct/"
 NAMES = ("alpha", "beta", "gamma")
