@@ -12,7 +12,7 @@ PYTEST := $(PY) -m pytest
 
 # Each long step runs through hack/step.sh: its log is kept in $(FTO_CACHE)/logs/, and a failure names the step,
 # its exit status and the log's last lines.
-.PHONY: deps promtool venv venv-vllm cluster-up cluster-down cluster-status cluster-kubeconfig lint test test-unit test-extended images demo bench \
+.PHONY: deps promtool venv venv-vllm cluster-up cluster-down cluster-status cluster-kubeconfig lint test test-unit images demo bench \
 	helm-sync-crd
 
 # Debian packages and the Go toolchain a fresh machine lacks (idempotent: seconds when present).
@@ -54,11 +54,7 @@ test-unit: venv
 # and e2e on the real node (images built and imported first, cached by content; the vLLM image and the vLLM
 # serving tests need the vLLM venv).
 test: deps venv venv-vllm lint cluster-up promtool
-	$(PYTEST) tests -m "not extended" --durations=20
-
-# The long real-node scenarios kept out of `make test` (each 10-30 min on 2 cores; README, Tests).
-test-extended: deps venv cluster-up
-	$(PYTEST) tests -m extended --durations=20
+	$(PYTEST) tests --durations=25
 
 # promtool (the chart's alert tests), built from Go modules once and cached
 promtool:

@@ -24,7 +24,7 @@ from tests.support import real_node
 from tests.support.chaos import Components
 from tests.support.waiting import wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.extended, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 
 def test_an_evicted_trainer_resumes_and_a_kubelet_restart_loses_nothing(
