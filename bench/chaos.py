@@ -597,11 +597,14 @@ def main() -> None:
         "load_average_before": [round(x, 1) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
     }
-    with OwnCluster(state, args.keep_cluster) as cluster:
-        api, core, _, _ = cluster.clients()
-        install_crd(api, args.crd)
-        with capacity(core, args.jobs):
-            run_faults(cluster, faults, args, logs, results)
+    own = [f for f in faults if f in OWN_CLUSTER_FAULTS]
+    if own:
+        with OwnCluster(state, args.keep_cluster) as cluster:
+            api, core, _, _ = cluster.clients()
+            install_crd(api, args.crd)
+            with capacity(core, args.jobs):
+                run_faults(cluster, own, args, logs, results)
+    run_faults(None, [f for f in faults if f not in OWN_CLUSTER_FAULTS], args, logs, results)
     results["load_average_after"] = [round(x, 1) for x in os.getloadavg()]
     results["operator_logs"] = str(logs)
     print(json.dumps(results, sort_keys=True))
@@ -609,15 +612,22 @@ def main() -> None:
         shutil.rmtree(state, ignore_errors=True)
 
 
+# the faults that restart or stop parts of a cluster: on the benchmark's own cluster, brought up only for them
+OWN_CLUSTER_FAULTS = ("apiserver", "etcd", "leader", "notready")
+
+
 def run_faults(
-    cluster: OwnCluster, faults: list[str], args: argparse.Namespace, logs: Path, results: dict[str, Any]
+    cluster: OwnCluster | None, faults: list[str], args: argparse.Namespace, logs: Path, results: dict[str, Any]
 ) -> None:
+    """Each fault in `faults`, in order; `cluster` (the benchmark's own) is there when one of them needs it."""
     for fault in faults:
         if fault in ("apiserver", "etcd", "leader"):
+            assert cluster is not None
             results[fault] = burst_fault(cluster, fault, args.jobs, logs, args.timeout)
         elif fault == "s3":
             results[fault] = s3_fault(args.s3_outage)
         elif fault == "notready":
+            assert cluster is not None
             results[fault] = notready_fault(cluster, logs, args.timeout)
         elif fault == "evict":
             results[fault] = real_node_fault(logs)
