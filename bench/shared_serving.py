@@ -7,6 +7,11 @@ non-zero LoRA adapters (rank 8, every linear layer), for N in --adapters (defaul
   shared    one server process of ours (finetune_trainer.serve, serve.json maxAdapters N) with the N adapters loaded
             through /v1/load_lora_adapter, as the ModelServer's sidecar loads them;
   separate  N server processes of ours, each with one adapter merged (what a FineTuneJob's own Deployment runs).
+With --engine vllm, the same two setups on vLLM's CPU build (the venv of `make venv-vllm`, the flags and
+environment of the operator's CPU pods, builders/serving.py): shared is one vLLM server with the N adapters
+(`--max-loras N`, loaded at start; the ModelServer's sidecar loads them at run time, the same LoRA path); separate
+is N vLLM servers each with its base and one adapter (`--max-loras 1`, what a FineTuneJob with engine vllm runs).
+A vLLM server takes ~6 GB here: `--separate 1` keeps to the one-model reference.
 Load: a closed loop of streamed /v1/completions at concurrency 8 (each client sends its next request when the
 previous one is answered), request i for adapter i mod N (shared: the model name; separate: that adapter's
 server). Every server process gets `--threads` torch threads (default 1). Memory: RSS (and PSS, which splits
@@ -14,8 +19,8 @@ shared pages) summed over the server processes after the load. The one-model ref
 model serving alone. Targets (issue #14): memory of 8 shared adapters within 1.2x of one model, throughput at least
 0.7x of one model alone. GPU memory is not measured here (no GPU on this machine).
 
-Usage: python bench/shared_serving.py [--adapters 1,4,8] [--separate 1,4,8] [--requests 32] [--max-tokens 32]
-       [--rounds 2] [--tiny]
+Usage: python bench/shared_serving.py [--engine ours|vllm] [--adapters 1,4,8] [--separate 1,4,8] [--requests 32]
+       [--max-tokens 32] [--rounds 2] [--tiny]
 (--separate 1,4 leaves out the 8 one-model servers where 8 copies of the model do not fit in memory; the ratios to
 one model alone still come from N=1.)
 The last line of output is one JSON object with every figure and the ratios.
@@ -105,6 +110,19 @@ def start(
     return process, f"http://127.0.0.1:{port}"
 
 
+def start_vllm(base: Path, adapters: list[Path], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """One vLLM CPU server holding `adapters` as a0..aN-1 (one adapter: named as the one-model server's model)."""
+    port = serving.free_port()
+    command, env = serving.vllm_command(base, adapters[0], port)
+    names = [serving.MODEL_NAME] if len(adapters) == 1 else [f"a{i}" for i in range(len(adapters))]
+    modules = [f"{name}={adapter}" for name, adapter in zip(names, adapters, strict=True)]
+    at = command.index("--lora-modules")
+    command[at + 1 : at + 2] = modules
+    command[command.index("--max-loras") + 1] = str(len(adapters))
+    process = subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    return process, f"http://127.0.0.1:{port}"
+
+
 async def spread(targets: list[tuple[str, str]], concurrency: int, requests: int, max_tokens: int) -> dict[str, Any]:
     """serving.load's closed loop, request i going to targets[i mod len] as (url, model name)."""
     import httpx
@@ -155,8 +173,14 @@ async def run_setup(
 
     count = len(adapters)
     processes: list[tuple[subprocess.Popen[bytes], str]] = []
+    ready_path = "/health" if args.engine == "vllm" else "/readyz"
     try:
-        if kind == "shared":
+        if args.engine == "vllm" and kind == "shared":
+            processes.append(start_vllm(base, adapters, logs / f"shared-{count}.log"))
+        elif args.engine == "vllm":
+            for i, adapter in enumerate(adapters):
+                processes.append(start_vllm(base, [adapter], logs / f"one-{count}-{i}.log"))
+        elif kind == "shared":
             processes.append(start("shared", base, None, count, args.threads, logs / f"shared-{count}.log"))
         else:
             for i, adapter in enumerate(adapters):
@@ -164,8 +188,11 @@ async def run_setup(
         started = time.monotonic()
         for i, (process, url) in enumerate(processes):
             name = f"shared-{count}.log" if kind == "shared" else f"one-{count}-{i}.log"
-            await serving.wait_ready(url, "/readyz", process, logs / name, 900)
-        if kind == "shared":
+            await serving.wait_ready(url, ready_path, process, logs / name, 900)
+        if kind == "shared" and args.engine == "vllm":
+            url = processes[0][1]
+            targets = [(url, serving.MODEL_NAME if count == 1 else f"a{i}") for i in range(count)]
+        elif kind == "shared":
             url = processes[0][1]
             async with httpx.AsyncClient(timeout=600) as client:
                 for i, adapter in enumerate(adapters):
@@ -234,12 +261,13 @@ async def bench(base: Path, adapters: list[Path], args: argparse.Namespace, logs
     print(f"load average at start {load_start}, at end {load_end}", flush=True)
     return {
         "benchmark": "shared_serving",
-        "engine": "ours",
+        "engine": args.engine,
         "max_tokens": args.max_tokens,
         "requests_per_round": args.requests,
         "rounds": args.rounds,
         "concurrency": 8,
-        "torch_threads_per_process": args.threads,
+        # vLLM's CPU pods run unpinned (VLLM_CPU_OMP_THREADS_BIND=nobind): torch's default, one thread a core
+        "torch_threads_per_process": args.threads if args.engine == "ours" else os.cpu_count(),
         "cpus": os.cpu_count(),
         "results": results,
         "ratios": ratios,
@@ -250,6 +278,7 @@ async def bench(base: Path, adapters: list[Path], args: argparse.Namespace, logs
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--engine", choices=["ours", "vllm"], default="ours", help="the server of both setups")
     parser.add_argument("--adapters", default="1,4,8", help="the N to measure, comma-separated (1 is the reference)")
     parser.add_argument(
         "--separate",
