@@ -59,6 +59,7 @@ sys.path.insert(0, str(ROOT / "trainer-image"))
 
 from tests.support import burst  # noqa: E402
 from tests.support.chaos import Components, FaultProxy  # noqa: E402
+from tests.support.crds import install_crd, install_operator_crds  # noqa: E402
 
 GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
 OWN_PORTS = {
@@ -112,23 +113,6 @@ class OwnCluster:
         api = config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
         api.configuration.connection_pool_maxsize = 16
         return api, client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api)
-
-
-def install_crd(api: Any, path: Path) -> None:
-    import yaml
-    from kubernetes import client
-
-    body = yaml.safe_load(path.read_text())
-    ext = client.ApiextensionsV1Api(api)
-    try:
-        ext.create_custom_resource_definition(body)
-    except client.ApiException as error:
-        if error.status != 409:
-            raise
-        current: Any = ext.read_custom_resource_definition(body["metadata"]["name"])
-        body["metadata"]["resourceVersion"] = current.metadata.resource_version
-        ext.replace_custom_resource_definition(body["metadata"]["name"], body)
-    time.sleep(2)
 
 
 class Operator:
@@ -507,6 +491,7 @@ def on_the_real_node(logs: Path, prefix: str) -> Iterator[dict[str, Any]]:
     )
     api = config.new_client_from_config(config_file=str(state / "kubeconfig"))  # type: ignore[no-untyped-call]
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    install_operator_crds(api)  # a fresh cluster has none (the tests and the demo install them through the chart)
     keys = {"AWS_ACCESS_KEY_ID": env["FTO_S3_ACCESS_KEY"], "AWS_SECRET_ACCESS_KEY": env["FTO_S3_SECRET_KEY"]}
     s3 = boto3.client(
         "s3",

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.cluster import is_local_cluster, kubeconfig_path, state_dir  # noqa: E402
+from tests.support.crds import install_crd  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 
 GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
@@ -44,20 +45,6 @@ TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSc
 NODE_LABEL = "finetune.dev/bench-node"
 TARGETS = {"all_child_jobs_seconds": 60.0, "propagation_p99_seconds": 5.0, "operator_peak_rss_mib": 300.0}
 CLUSTER_COMPONENTS = ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kwok")
-
-
-def install_crd(api_client: Any) -> None:
-    import yaml
-    from kubernetes import client
-
-    body = yaml.safe_load((ROOT / "crds" / "finetunejob.yaml").read_text())
-    api = client.ApiextensionsV1Api(api_client)
-    try:
-        api.create_custom_resource_definition(body)
-        time.sleep(2)
-    except client.ApiException as error:
-        if error.status != 409:
-            raise
 
 
 def node(name: str) -> dict[str, Any]:
@@ -229,7 +216,7 @@ def run(jobs: int, nodes: int, delay: str, timeout: float) -> dict[str, Any]:
     api_client = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
     api_client.configuration.connection_pool_maxsize = 16
     core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
-    install_crd(api_client)
+    install_crd(api_client, ROOT / "crds" / "finetunejob.yaml")
     remove_stale_nodes(core)
     run_id = uuid.uuid4().hex[:6]
     namespace = f"bench-{run_id}"

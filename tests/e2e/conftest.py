@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Cluster
+from tests.support.crds import install_operator_crds
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache" / "finetune-operator"))
@@ -52,6 +53,13 @@ def vllm_image(images: dict[str, str]) -> str:
     refs = _build("vllm")
     run("hack/import-images.sh", f"{refs['FTO_VLLM_IMAGE']}={refs['FTO_VLLM_ARCHIVE']}")
     return refs["FTO_VLLM_IMAGE"]
+
+
+@pytest.fixture(scope="session")
+def operator_crds(cluster: Cluster) -> None:
+    """The CRDs, for the tests that run the operator as a process instead of installing the chart (which brings
+    them): on a fresh cluster such a test may be the first to need them."""
+    install_operator_crds(cluster.api_client)
 
 
 @pytest.fixture

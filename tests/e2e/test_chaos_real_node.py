@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 
 def test_an_evicted_trainer_resumes_and_a_kubelet_restart_loses_nothing(
-    cluster: Cluster, namespace: str, images: dict[str, str], tmp_path: Path
+    cluster: Cluster, namespace: str, images: dict[str, str], operator_crds: None, tmp_path: Path
 ) -> None:
     import boto3
 

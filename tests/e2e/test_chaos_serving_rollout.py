@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 
 def test_a_rollout_and_a_pod_deletion_under_load_fail_no_request(
-    cluster: Cluster, namespace: str, images: dict[str, str], tmp_path: Path
+    cluster: Cluster, namespace: str, images: dict[str, str], operator_crds: None, tmp_path: Path
 ) -> None:
     import boto3
 

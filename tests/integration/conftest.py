@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,8 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import yaml
 
+from tests.support.crds import install_crd
 from tests.support.kwok import DELAY, EXIT_CODE, KWOK_NODE_SELECTOR, KWOK_TOLERATION, MESSAGE
 from tests.support.waiting import wait_for
 
@@ -125,33 +124,8 @@ class Operator:
 @pytest.fixture(scope="session")
 def crd(cluster: Any) -> str:
     """Install the FineTuneJob CRD (and the ModelServer CRD, which the operator watches too); wait until served."""
-    _install_crd(cluster, ROOT / "crds" / "modelserver.yaml")
-    return _install_crd(cluster, CRD_PATH)
-
-
-def _install_crd(cluster: Any, path: Path) -> str:
-    from kubernetes import client
-
-    body = yaml.safe_load(path.read_text())
-    api = client.ApiextensionsV1Api(cluster.api_client)
-    name = body["metadata"]["name"]
-    try:
-        api.create_custom_resource_definition(body)
-    except client.ApiException as error:
-        if error.status != 409:
-            raise
-        current: Any = api.read_custom_resource_definition(name)
-        body["metadata"]["resourceVersion"] = current.metadata.resource_version
-        api.replace_custom_resource_definition(name, body)
-
-    def established() -> bool:
-        found: Any = api.read_custom_resource_definition(name)
-        conditions = found.status.conditions or []
-        return any(c.type == "Established" and c.status == "True" for c in conditions)
-
-    wait_for("the CRD to be established", established, timeout=30)
-    time.sleep(1)  # let discovery catch up, so the first create finds the kind
-    return str(name)
+    install_crd(cluster.api_client, ROOT / "crds" / "modelserver.yaml")
+    return install_crd(cluster.api_client, CRD_PATH)
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
+
+from tests.support.crds import install_crd
 
 from .conftest import CRD_PATH, Jobs, Operator, ftj_manifest, wait_for
 from .test_kueue import GPU_JOB, gpu_queue, kueue  # noqa: F401 - the real Kueue's fixtures, by name
@@ -30,33 +31,7 @@ FINISHED = ("Succeeded", "Failed", "Serving", "Publishing")
 @pytest.fixture(scope="module")
 def sweep_crd(cluster: Any, crd: str) -> str:
     """Install (or replace) the FineTuneSweep CRD next to the FineTuneJob one."""
-    body = yaml.safe_load(SWEEP_CRD.read_text())
-    api = client.ApiextensionsV1Api(cluster.api_client)
-    name = body["metadata"]["name"]
-    try:
-        api.create_custom_resource_definition(body)
-    except client.ApiException as error:
-        if error.status != 409:
-            raise
-        current: Any = api.read_custom_resource_definition(name)
-        body["metadata"]["resourceVersion"] = current.metadata.resource_version
-        api.replace_custom_resource_definition(name, body)
-
-    def established() -> bool:
-        found: Any = api.read_custom_resource_definition(name)
-        return any(c.type == "Established" and c.status == "True" for c in found.status.conditions or [])
-
-    wait_for("the FineTuneSweep CRD to be established", established, timeout=30)
-
-    def served() -> bool:  # discovery catches up: the kind can be listed
-        try:
-            client.CustomObjectsApi(cluster.api_client).list_cluster_custom_object(GROUP, VERSION, PLURAL, limit=1)
-            return True
-        except client.ApiException:
-            return False
-
-    wait_for("the FineTuneSweep kind to be served", served, timeout=30)
-    return str(name)
+    return install_crd(cluster.api_client, SWEEP_CRD)
 
 
 def sweep_manifest(name: str, **spec: Any) -> dict[str, Any]:
