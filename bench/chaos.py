@@ -506,14 +506,8 @@ def on_the_real_node(logs: Path, prefix: str) -> Iterator[dict[str, Any]]:
         core.create_namespaced_secret(
             namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="s3-creds"), string_data=keys)
         )
-        environment = {**os.environ, "KUBECONFIG": str(state / "kubeconfig"), "PYTHONPATH": str(ROOT / "operator")}
-        log = (logs / f"operator-{namespace}.log").open("wb")
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "finetune_operator", "-n", namespace, "--health-port", "0", "--no-validation",
-             "--trainer-image", refs["FTO_TRAINER_IMAGE"], "--image-pull-policy", "Never"],
-            env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-        )  # fmt: skip
-        try:
+        log = logs / f"operator-{namespace}.log"
+        with real_node.operator_process(namespace, state / "kubeconfig", refs["FTO_TRAINER_IMAGE"], log):
             yield {
                 "api": api,
                 "core": core,
@@ -522,9 +516,6 @@ def on_the_real_node(logs: Path, prefix: str) -> Iterator[dict[str, Any]]:
                 "state": state,
                 "args": (model, data, bucket, env["FTO_POD_S3_ENDPOINT"]),
             }
-        finally:
-            operator.terminate()
-            operator.wait(30)
 
 
 def real_node_fault(logs: Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,50 @@ def operator_crds(cluster: Cluster) -> None:
     """The CRDs, for the tests that run the operator as a process instead of installing the chart (which brings
     them): on a fresh cluster such a test may be the first to need them."""
     install_operator_crds(cluster.api_client)
+
+
+@dataclass(frozen=True)
+class RealNodeRun:
+    """What `real_node_run` prepared: the tiny model and data in a bucket of the test's own, and the S3 endpoint
+    pods use; `args` is what real_node.manifest and serving_chaos.manifest take after the job's name."""
+
+    model: str
+    data: str
+    bucket: str
+    pod_s3_endpoint: str
+
+    @property
+    def args(self) -> tuple[str, str, str, str]:
+        return self.model, self.data, self.bucket, self.pod_s3_endpoint
+
+
+@pytest.fixture
+def real_node_run(
+    cluster: Cluster, namespace: str, images: dict[str, str], operator_crds: None, tmp_path: Path
+) -> Iterator[RealNodeRun]:
+    """The tiny Llama and its data seeded (tests/support/real_node.py), the S3 credentials in `namespace`, and the
+    operator running on it as a process (its log: operator.log in the test's tmp_path)."""
+    import boto3
+
+    from tests.support import real_node
+
+    keys = {
+        "AWS_ACCESS_KEY_ID": os.environ["FTO_S3_ACCESS_KEY"],
+        "AWS_SECRET_ACCESS_KEY": os.environ["FTO_S3_SECRET_KEY"],
+    }
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=os.environ["FTO_S3_ENDPOINT"],
+        region_name="us-east-1",
+        aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
+    )
+    bucket = "t-node-" + uuid.uuid4().hex[:10]
+    model, data = real_node.seed(s3, bucket, tmp_path)
+    cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "s3-creds"}, "stringData": keys})
+    log = tmp_path / "operator.log"
+    with real_node.operator_process(namespace, cluster.kubeconfig, images["FTO_TRAINER_IMAGE"], log):
+        yield RealNodeRun(model, data, bucket, os.environ["FTO_POD_S3_ENDPOINT"])
 
 
 @pytest.fixture

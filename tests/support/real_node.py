@@ -12,15 +12,21 @@ Shared by tests/e2e/test_chaos_real_node.py and `bench/chaos.py`; the caller run
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tests.support.chaos import Components, evict
 from tests.support.waiting import wait_for
 
+REPO = Path(__file__).resolve().parents[2]
 INTERVAL = 5
 STEPS = 60
 GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
@@ -35,6 +41,24 @@ def seed(s3: Any, bucket: str, workdir: Path) -> tuple[str, str]:
     s3.create_bucket(Bucket=bucket)
     model = upload_folder(s3, bucket, build_tiny_llama(workdir / "tiny-llama"), "models/tiny")
     return model, put_jsonl(s3, bucket, "data/train.jsonl", arithmetic_records(400))
+
+
+@contextlib.contextmanager
+def operator_process(namespace: str, kubeconfig: Path, trainer_image: str, log: Path) -> Iterator[None]:
+    """`python -m finetune_operator` (what the image runs) on `namespace` only, from this checkout, for the block:
+    no validation Job (the tiny data needs none), the node's own images (never pulled)."""
+    with log.open("wb") as out:
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "finetune_operator", "-n", namespace, "--health-port", "0", "--no-validation",
+             "--trainer-image", trainer_image, "--image-pull-policy", "Never"],
+            env={**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(REPO / "operator")},
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+        )  # fmt: skip
+        try:
+            yield
+        finally:
+            operator.terminate()
+            operator.wait(30)
 
 
 def manifest(name: str, model: str, data: str, bucket: str, pod_s3_endpoint: str) -> dict[str, Any]:
