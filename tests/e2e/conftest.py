@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,33 @@ GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
 
 def run(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), check=True, text=True, cwd=ROOT, **kwargs)
+
+
+def s3_keys() -> dict[str, str]:
+    """The local S3 server's keys as a `s3-creds` Secret holds them (the names boto3 reads)."""
+    return {
+        "AWS_ACCESS_KEY_ID": os.environ["FTO_S3_ACCESS_KEY"],
+        "AWS_SECRET_ACCESS_KEY": os.environ["FTO_S3_SECRET_KEY"],
+    }
+
+
+def seed_demo(cluster: Cluster, namespace: str) -> dict[str, str]:
+    """The demo's data and SmolLM2 in S3 (`hack/demo/seed.py`, as `make demo` seeds them) and the `s3-creds`
+    Secret in `namespace`; returns the keys."""
+    keys = s3_keys()
+    run(
+        sys.executable,
+        "hack/demo/seed.py",
+        "--endpoint",
+        os.environ["FTO_S3_ENDPOINT"],
+        "--access-key",
+        keys["AWS_ACCESS_KEY_ID"],
+        "--secret-key",
+        keys["AWS_SECRET_ACCESS_KEY"],
+        stdout=subprocess.DEVNULL,
+    )
+    cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "s3-creds"}, "stringData": keys})
+    return keys
 
 
 def _build(names: str) -> dict[str, str]:
@@ -88,10 +116,7 @@ def real_node_run(
 
     from tests.support import real_node
 
-    keys = {
-        "AWS_ACCESS_KEY_ID": os.environ["FTO_S3_ACCESS_KEY"],
-        "AWS_SECRET_ACCESS_KEY": os.environ["FTO_S3_SECRET_KEY"],
-    }
+    keys = s3_keys()
     s3 = boto3.client(
         "s3",
         endpoint_url=os.environ["FTO_S3_ENDPOINT"],

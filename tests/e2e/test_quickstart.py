@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from typing import Any
@@ -22,7 +21,7 @@ import pytest
 import yaml
 
 from tests.conftest import Cluster
-from tests.e2e.conftest import GROUP, PLURAL, ROOT, VERSION, run
+from tests.e2e.conftest import GROUP, PLURAL, ROOT, VERSION, seed_demo
 from tests.support.portforward import port_forward
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
@@ -47,22 +46,7 @@ def test_quickstart_trains_evaluates_publishes_and_serves(cluster: Cluster, name
     from openai import OpenAI
 
     endpoint_url = os.environ["FTO_S3_ENDPOINT"]
-    keys = {
-        "AWS_ACCESS_KEY_ID": os.environ["FTO_S3_ACCESS_KEY"],
-        "AWS_SECRET_ACCESS_KEY": os.environ["FTO_S3_SECRET_KEY"],
-    }
-    run(
-        sys.executable,
-        "hack/demo/seed.py",
-        "--endpoint",
-        endpoint_url,
-        "--access-key",
-        keys["AWS_ACCESS_KEY_ID"],
-        "--secret-key",
-        keys["AWS_SECRET_ACCESS_KEY"],
-        stdout=subprocess.DEVNULL,
-    )
-    cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "s3-creds"}, "stringData": keys})
+    keys = seed_demo(cluster, namespace)
     manifest = quickstart(namespace)
     cluster.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
 

@@ -12,8 +12,6 @@ pod deleted by hand comes back with every adapter, as the status's per-replica l
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Cluster
-from tests.e2e.conftest import GROUP, PLURAL, VERSION, install_chart, run
+from tests.e2e.conftest import GROUP, PLURAL, VERSION, install_chart, seed_demo
 from tests.support.portforward import port_forward
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
@@ -107,22 +105,7 @@ def _available_gib() -> float:
 def _shared_flow(cluster: Cluster, namespace: str, engine: str) -> None:
     from openai import OpenAI
 
-    keys = {
-        "AWS_ACCESS_KEY_ID": os.environ["FTO_S3_ACCESS_KEY"],
-        "AWS_SECRET_ACCESS_KEY": os.environ["FTO_S3_SECRET_KEY"],
-    }
-    run(
-        sys.executable,
-        "hack/demo/seed.py",
-        "--endpoint",
-        os.environ["FTO_S3_ENDPOINT"],
-        "--access-key",
-        keys["AWS_ACCESS_KEY_ID"],
-        "--secret-key",
-        keys["AWS_SECRET_ACCESS_KEY"],
-        stdout=subprocess.DEVNULL,
-    )
-    cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "s3-creds"}, "stringData": keys})
+    seed_demo(cluster, namespace)
     cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "api"}, "stringData": {"apiKey": API_KEY}})
     pod_s3 = os.environ["FTO_POD_S3_ENDPOINT"]
     custom = cluster.custom

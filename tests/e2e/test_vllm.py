@@ -14,7 +14,6 @@ its shutdown, fails the test.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Cluster
-from tests.e2e.conftest import GROUP, PLURAL, ROOT, VERSION, install_chart, run
+from tests.e2e.conftest import GROUP, PLURAL, ROOT, VERSION, install_chart, seed_demo
 from tests.support.endpoint_load import EndpointLoad, ready_endpoints
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
@@ -110,24 +109,9 @@ def served(cluster: Cluster, images: dict[str, str], vllm_image: str) -> Iterato
     cluster.core.create_namespace(
         client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace, labels={"finetune.dev/test": "true"}))
     )
-    keys = {
-        "AWS_ACCESS_KEY_ID": os.environ["FTO_S3_ACCESS_KEY"],
-        "AWS_SECRET_ACCESS_KEY": os.environ["FTO_S3_SECRET_KEY"],
-    }
     try:
         start = time.monotonic()
-        run(
-            sys.executable,
-            "hack/demo/seed.py",
-            "--endpoint",
-            os.environ["FTO_S3_ENDPOINT"],
-            "--access-key",
-            keys["AWS_ACCESS_KEY_ID"],
-            "--secret-key",
-            keys["AWS_SECRET_ACCESS_KEY"],
-            stdout=subprocess.DEVNULL,
-        )
-        cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "s3-creds"}, "stringData": keys})
+        seed_demo(cluster, namespace)
         cluster.core.create_namespaced_secret(
             namespace, {"metadata": {"name": "api"}, "stringData": {"apiKey": API_KEY}}
         )
