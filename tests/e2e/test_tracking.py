@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +22,7 @@ import pytest
 
 from tests.conftest import Cluster
 from tests.e2e.conftest import GROUP, PLURAL, VERSION
-from tests.support.ports import free_port
+from tests.support.mlflow_server import mlflow_server as start_mlflow_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
@@ -36,42 +32,8 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """`mlflow server` listening on the bridge gateway (the address pods reach the host's S3 forwarder on)."""
     host = urlsplit(os.environ["FTO_POD_S3_ENDPOINT"]).hostname
     assert host, os.environ["FTO_POD_S3_ENDPOINT"]
-    port = free_port()
-    url = f"http://{host}:{port}"
-    command = [
-        str(Path(sys.executable).with_name("mlflow")),
-        "server",
-        f"--host={host}",
-        f"--port={port}",
-        f"--backend-store-uri=sqlite:///{tmp_path}/mlflow.db",
-        f"--artifacts-destination={tmp_path}/artifacts",
-        "--workers=1",
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    log = (tmp_path / "server.log").open("wb")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "mlflow server not ready in 300 s"
-            time.sleep(0.5)
+    with start_mlflow_server(tmp_path, host=host) as url:
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
 
 
 @pytest.fixture

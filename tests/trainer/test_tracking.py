@@ -9,13 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import struct
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.mlflow_server import mlflow_server as start_mlflow_server
 from tests.support.ports import free_port
 from tests.trainer.builders import arithmetic_records, put_jsonl, trainer_config
 from tests.trainer.conftest import TrainerResult
@@ -35,45 +30,8 @@ Runner = Callable[[dict[str, Any]], TrainerResult]
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`mlflow server` on a free local port, ready (GET /health) before the first test; stopped after the last."""
-    folder = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [
-        str(Path(sys.executable).with_name("mlflow")),
-        "server",
-        "--host=127.0.0.1",
-        f"--port={port}",
-        f"--backend-store-uri=sqlite:///{folder}/mlflow.db",
-        f"--artifacts-destination={folder}/artifacts",
-        "--workers=1",
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job runner: tracking needs none
-    log = (folder / "server.log").open("wb")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"mlflow server exited {server.returncode}: {(folder / 'server.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not ready in 300 s: {(folder / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+    with start_mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
 
 
 def _read(s3_bucket: Any, key: str) -> bytes:
