@@ -51,9 +51,10 @@ test-unit: venv
 	$(PYTEST) tests/unit -m "not cluster and not s3 and not e2e"
 
 # Everything: lint, unit, the cluster tier (real API server + kwok), trainer and server on a real S3 server,
-# and e2e on the real node (images built and imported first, cached by content; the vLLM image and the vLLM
-# serving tests need the vLLM venv).
-test: deps venv venv-vllm lint cluster-up promtool
+# and e2e on the real node, last. What only some tests need is made by those tests' fixtures, cached, and waits
+# for a build already running (CI starts them in the background): the images (e2e), the vLLM venv (the vLLM
+# image and tests), promtool (the chart's alerts) and Kueue (its integration test).
+test: deps venv lint cluster-up
 	$(PYTEST) tests --durations=25
 
 # promtool (the chart's alert tests), built from Go modules once and cached

@@ -106,6 +106,16 @@ build_promtool() {  # Prometheus' rule checker and rule unit-test runner, for th
   ln -sfn "$dir/promtool" "$bin/tools/promtool"  # beside kubectl and helm, on the tests' PATH
 }
 
+# locked: one build of a target at a time. CI builds Kueue and promtool in the background while the tests run,
+# and a test that needs one calls this script too: it waits for that build and then finds the binary cached.
+locked() {
+  mkdir -p "$cache/locks"
+  exec {lock}>"$cache/locks/build-$1.lock"
+  flock -n "$lock" || { log "$1: waiting for another build of it"; flock "$lock"; }
+  "build_$1"
+  exec {lock}>&-
+}
+
 targets=("$@")
 ((${#targets[@]})) || targets=(etcd kwok kubernetes kueue promtool)
-for t in "${targets[@]}"; do "build_$t"; done
+for t in "${targets[@]}"; do locked "$t"; done

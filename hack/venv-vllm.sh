@@ -12,6 +12,12 @@ venv=${FTO_VLLM_VENV:-$cache/venv-vllm}
 constraints=$repo/vllm-image/constraints.txt
 stamp="$venv/.fto-vllm-$(cat "$constraints" "$0" | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ]; then echo "$venv"; exit 0; fi
+# one install at a time (CI makes it in the background while a test may ask for it): a second caller waits, then
+# finds it made
+mkdir -p "$cache/locks"
+exec 9>"$cache/locks/venv-vllm.lock"
+flock -n 9 || { echo "venv-vllm.sh: waiting for another install of $venv" >&2; flock 9; }
+if [ -f "$stamp" ]; then echo "$venv"; exit 0; fi
 # vLLM's CPU backend loads libnuma at start (Debian libnuma1; the image installs it itself)
 ldconfig -p | grep -q 'libnuma\.so\.1' || echo "venv-vllm.sh: warning: libnuma.so.1 missing (apt-get install libnuma1): vLLM will not start here" >&2
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"

@@ -21,6 +21,18 @@ from tests.support.s3server import LocalS3Server, S3Endpoint, from_environment
 for _key, _value in cluster_support.load_env_file().items():
     os.environ.setdefault(_key, _value)
 
+E2E = Path(__file__).parent / "e2e"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The e2e tier runs last, the others in their usual order.
+
+    Why: the e2e tests are most of the suite's time and need the images, the slowest build of a cold machine.
+    Run last, they let a broken unit fail in minutes, and they let CI build the images in the background while
+    every other tier runs (their fixture waits for that build; see .ci/run).
+    """
+    items.sort(key=lambda item: item.path.is_relative_to(E2E))  # stable: every other order is kept
+
 
 @dataclass(frozen=True)
 class Cluster:

@@ -10,10 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-from .chart import run, tool
+from .chart import promtool, run
 from .test_chart import _of, render
+
+# a cold machine builds promtool in the first test (minutes on 2 cores)
+pytestmark = pytest.mark.timeout(1800)
 
 NAMESPACE, RELEASE = "ops", "r"
 SELECTOR = f'namespace="{NAMESPACE}", job="{RELEASE}-finetune-operator-metrics"'
@@ -56,7 +60,7 @@ def _quiet(name: str, at: str) -> dict[str, Any]:
 
 def test_rules_pass_promtool_check(tmp_path: Path) -> None:
     path, rules = _rules(tmp_path)
-    result = run([tool("promtool"), "check", "rules", str(path)])
+    result = run([promtool(), "check", "rules", str(path)])
     assert f"{len(rules)} rules found" in result.stdout, result.stdout
 
 
@@ -120,6 +124,6 @@ def test_every_alert_fires_on_its_symptom_and_only_then(tmp_path: Path) -> None:
     assert tested == set(rules), f"alerts without a test: {set(rules) - tested}"
     spec = tmp_path / "alerts.test.yaml"
     spec.write_text(yaml.safe_dump({"rule_files": [path.name], "evaluation_interval": "1m", "tests": tests}))
-    result = run([tool("promtool"), "test", "rules", str(spec)], check=False)
+    result = run([promtool(), "test", "rules", str(spec)], check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout

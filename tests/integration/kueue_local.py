@@ -53,9 +53,11 @@ def module_dir() -> Path:
 
 
 def build() -> Path:
-    """The manager binary, built once per version into the cache by hack/build-binaries.sh (instant after)."""
-    if not BINARY.exists():
-        subprocess.run([str(ROOT / "hack" / "build-binaries.sh"), "kueue"], check=True, timeout=3600)
+    """The manager binary, built once per version into the cache by hack/build-binaries.sh (instant after).
+
+    Always through the script, never a bare existence check: CI builds Kueue in the background, and the script
+    waits for that build to finish (its lock) where a check could find a half-written binary."""
+    subprocess.run([str(ROOT / "hack" / "build-binaries.sh"), "kueue"], check=True, timeout=3600)
     return BINARY
 
 
