@@ -25,9 +25,7 @@ def tool(name: str) -> str:
     """helm/kubectl from PATH, else from hack/install-tools.sh's folder; a missing tool is a failure."""
     found = shutil.which(name) or (str(TOOLS / name) if (TOOLS / name).exists() else None)
     if not found:
-        raise RuntimeError(
-            f"{name} not found on PATH or in {TOOLS}: run `make cluster-up` (installs kubectl and helm)"
-        )
+        raise RuntimeError(f"{name} not found on PATH or in {TOOLS}: run `make cluster-up` (installs kubectl and helm)")
     return found
 
 
