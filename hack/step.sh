@@ -27,4 +27,6 @@ if ((status != 0)); then
     tail -n 30 "$log"
   } >&2
 fi
+# how long each step took, in its log and on stderr: the figures a slow (cold) CI run is judged by
+((status != 0)) || printf '[step] %s done in %ds\n' "$name" "$((SECONDS - started))" | tee -a "$log" >&2
 exit "$status"
