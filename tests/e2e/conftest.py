@@ -35,6 +35,20 @@ def s3_keys() -> dict[str, str]:
     }
 
 
+def s3_client() -> Any:
+    """A boto3 client of the local S3 server, as the tests' host side reaches it."""
+    import boto3
+
+    keys = s3_keys()
+    return boto3.client(
+        "s3",
+        endpoint_url=os.environ["FTO_S3_ENDPOINT"],
+        region_name="us-east-1",
+        aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
 def seed_demo(cluster: Cluster, namespace: str) -> dict[str, str]:
     """The demo's data and SmolLM2 in S3 (`hack/demo/seed.py`, as `make demo` seeds them) and the `s3-creds`
     Secret in `namespace`; returns the keys."""
@@ -112,21 +126,11 @@ def real_node_run(
 ) -> Iterator[RealNodeRun]:
     """The tiny Llama and its data seeded (tests/support/real_node.py), the S3 credentials in `namespace`, and the
     operator running on it as a process (its log: operator.log in the test's tmp_path)."""
-    import boto3
-
     from tests.support import real_node
 
-    keys = s3_keys()
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=os.environ["FTO_S3_ENDPOINT"],
-        region_name="us-east-1",
-        aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
-    )
     bucket = "t-node-" + uuid.uuid4().hex[:10]
-    model, data = real_node.seed(s3, bucket, tmp_path)
-    cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "s3-creds"}, "stringData": keys})
+    model, data = real_node.seed(s3_client(), bucket, tmp_path)
+    cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "s3-creds"}, "stringData": s3_keys()})
     log = tmp_path / "operator.log"
     with real_node.operator_process(namespace, cluster.kubeconfig, images["FTO_TRAINER_IMAGE"], log):
         yield RealNodeRun(model, data, bucket, os.environ["FTO_POD_S3_ENDPOINT"])

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.conftest import Cluster
-from tests.e2e.conftest import GROUP, PLURAL, ROOT, VERSION, seed_demo
+from tests.e2e.conftest import GROUP, PLURAL, ROOT, VERSION, s3_client, seed_demo
 from tests.support.portforward import port_forward
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
@@ -42,11 +42,9 @@ def quickstart(namespace: str) -> dict[str, Any]:
 
 
 def test_quickstart_trains_evaluates_publishes_and_serves(cluster: Cluster, namespace: str, installed: str) -> None:
-    import boto3
     from openai import OpenAI
 
-    endpoint_url = os.environ["FTO_S3_ENDPOINT"]
-    keys = seed_demo(cluster, namespace)
+    seed_demo(cluster, namespace)
     manifest = quickstart(namespace)
     cluster.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
 
@@ -86,13 +84,7 @@ def test_quickstart_trains_evaluates_publishes_and_serves(cluster: Cluster, name
     assert status["endpoint"]["run"] == status["run"] == 1
 
     # artifacts and report in S3
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=endpoint_url,
-        region_name="us-east-1",
-        aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
-    )
+    s3 = s3_client()
     prefix = f"e2e/{namespace}/run-1/"
     keys_written = {
         o["Key"].removeprefix(prefix)

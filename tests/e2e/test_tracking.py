@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.conftest import Cluster
-from tests.e2e.conftest import GROUP, PLURAL, VERSION
+from tests.e2e.conftest import GROUP, PLURAL, VERSION, s3_client
 from tests.support.mlflow_server import mlflow_server as start_mlflow_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
@@ -38,15 +38,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def s3() -> Any:
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=os.environ["FTO_S3_ENDPOINT"],
-        aws_access_key_id=os.environ["FTO_S3_ACCESS_KEY"],
-        aws_secret_access_key=os.environ["FTO_S3_SECRET_KEY"],
-        region_name="us-east-1",
-    )
+    return s3_client()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Cluster
-from tests.e2e.conftest import GROUP, PLURAL, VERSION
+from tests.e2e.conftest import GROUP, PLURAL, VERSION, s3_client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -33,16 +33,9 @@ GOOD = {
 @pytest.fixture
 def bad_data(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """A bucket with a tiny base model and a chat dataset whose line 3 is not JSON: (model URI, data URI)."""
-    import boto3
     from finetune_trainer.devtools.tiny import build_causal_lm, train_tokenizer, word_corpus
 
-    client = boto3.client(
-        "s3",
-        endpoint_url=os.environ["FTO_S3_ENDPOINT"],
-        aws_access_key_id=os.environ["FTO_S3_ACCESS_KEY"],
-        aws_secret_access_key=os.environ["FTO_S3_SECRET_KEY"],
-        region_name="us-east-1",
-    )
+    client = s3_client()
     bucket = "e2e-" + uuid.uuid4().hex[:12]
     client.create_bucket(Bucket=bucket)
     model = build_causal_lm(tmp_path / "model", train_tokenizer(word_corpus()))

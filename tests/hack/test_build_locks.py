@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
+
+from tests.support.versions import pinned
 
 REPO = Path(__file__).resolve().parents[2]
 HACK = REPO / "hack"
-VERSIONS = dict(
-    line.split("=", 1) for line in (HACK / "versions.env").read_text().splitlines() if "=" in line and line[0] != "#"
-)
 
 
 def _hold(lock: Path) -> subprocess.Popen[bytes]:
@@ -30,6 +28,14 @@ def _hold(lock: Path) -> subprocess.Popen[bytes]:
     )
     assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
     return holder
+
+
+def _until_waiting(waiting: subprocess.Popen[str], says: str) -> None:
+    """Returns once `waiting` says on stderr that it waits for the lock; it must not have finished."""
+    assert waiting.stderr is not None
+    line = waiting.stderr.readline()
+    assert says in line, f"expected it to wait for the lock, it said {line!r}"
+    assert waiting.poll() is None, "it said it waits, then exited while the lock was still held"
 
 
 def _release(holder: subprocess.Popen[bytes]) -> None:
@@ -47,17 +53,15 @@ def test_a_second_binary_build_waits_for_the_first_and_finds_it_built(tmp_path: 
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1)
-    assert waiting.poll() is None, "build-binaries.sh did not wait for the build holding the lock"
+    _until_waiting(waiting, "etcd: waiting for another build of it")
     # the first build finishes: its binary is in place, then it lets go of the lock
-    binary = cache / "bin" / f"etcd-{VERSIONS['ETCD_VERSION']}" / "etcd"
+    binary = cache / "bin" / f"etcd-{pinned('ETCD_VERSION')}" / "etcd"
     binary.parent.mkdir(parents=True)
     binary.write_text("#!/bin/sh\n")
     binary.chmod(0o755)
     _release(holder)
     _, err = waiting.communicate(timeout=30)
     assert waiting.returncode == 0, err
-    assert "etcd: waiting for another build of it" in err
     assert "cached" in err and "building" not in err
 
 
@@ -72,8 +76,7 @@ def test_a_second_vllm_venv_install_waits_for_the_first_and_finds_it_made(tmp_pa
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1)
-    assert waiting.poll() is None, "venv-vllm.sh did not wait for the install holding the lock"
+    _until_waiting(waiting, "waiting for another install")
     # the first install finishes: it stamps the venv with the key of the constraints and the script
     key = subprocess.run(
         f"cat {REPO}/vllm-image/constraints.txt {HACK}/venv-vllm.sh | sha256sum | cut -c1-16",
@@ -87,5 +90,4 @@ def test_a_second_vllm_venv_install_waits_for_the_first_and_finds_it_made(tmp_pa
     _release(holder)
     out, err = waiting.communicate(timeout=30)
     assert waiting.returncode == 0, err
-    assert "waiting for another install" in err
     assert out == f"{venv}\n"  # made by the other install: nothing installed here (no python in that venv)

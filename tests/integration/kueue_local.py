@@ -26,13 +26,10 @@ import yaml
 
 from tests.helm.chart import kubectl
 from tests.support.ports import free_port
+from tests.support.versions import pinned
 
 ROOT = Path(__file__).resolve().parents[2]
-KUEUE_VERSION = next(
-    line.split("=", 1)[1].strip()
-    for line in (ROOT / "hack" / "versions.env").read_text().splitlines()
-    if line.startswith("KUEUE_VERSION=")
-)
+KUEUE_VERSION = pinned("KUEUE_VERSION")
 CACHE = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache" / "finetune-operator"))
 BINARY = CACHE / "kueue" / KUEUE_VERSION / "kueue"
 OPT_IN = "finetune.dev/kueue-test"
