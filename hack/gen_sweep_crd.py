@@ -3,7 +3,8 @@
 Why generated: a sweep's template must be validated exactly like a FineTuneJob (every field, default and CEL
 rule), and a hand-kept copy of a 500-line schema drifts the first time someone edits the FineTuneJob CRD.
 So the template's schema is copied from crds/finetunejob.yaml, and the sweepable paths come from the one
-table in finetune_operator.sweep (PARAMETERS). helm/sync-crd.sh runs this; tests/unit/operator/test_sweep_crd.py
+table in finetune_operator.api.finetunesweep (PARAMETERS). helm/sync-crd.sh runs this;
+tests/unit/operator/test_sweep_crd.py
 fails when the file in the repository is not what this writes.
 
 Usage: PYTHONPATH=operator python hack/gen_sweep_crd.py [--check]
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from finetune_operator.sweep import PARAMETERS
+from finetune_operator.api.finetunesweep import PARAMETERS
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "crds" / "finetunejob.yaml"

@@ -1,7 +1,7 @@
 """`python -m finetune_operator [flags]`: run the operator (see `--help`; every flag has an FTO_* variable).
 
 Runs kopf standalone (no peering objects) on the watched namespaces. With `--leader-election` (the chart's
-default, two replicas) kopf starts only once this process holds the Lease (`finetune_operator.leader`); a
+default, two replicas) kopf starts only once this process holds the Lease (`finetune_operator.core.leader`); a
 standby answers the liveness probe meanwhile. A leader that can no longer renew its Lease exits at once (the
 kubelet restarts it as a standby): its reconcile threads must not write beside the next leader's.
 """
@@ -21,9 +21,9 @@ from typing import Any
 import kopf
 
 from finetune_operator import handlers  # noqa: F401 - registers the handlers
-from finetune_operator.kube import Kube
-from finetune_operator.leader import LeaderElector
-from finetune_operator.settings import Settings, parse_args
+from finetune_operator.core.kube import Kube
+from finetune_operator.core.leader import LeaderElector
+from finetune_operator.core.settings import Settings, parse_args
 
 log = logging.getLogger("finetune_operator")
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")

@@ -20,19 +20,19 @@ from typing import Any
 import kopf
 
 from finetune_operator import GROUP, PLURAL, VERSION
-from finetune_operator.kube import Kube
-from finetune_operator.metrics import JOBS_BY_PHASE, serve
-from finetune_operator.naming import COMPONENT_TRAINER, COMPONENT_VALIDATOR, LABEL_COMPONENT, LABEL_UID
-from finetune_operator.observed import deployment_obs, job_obs, pod_obs
-from finetune_operator.reconcile import Reconciler
-from finetune_operator.servers import ServerReconciler
-from finetune_operator.settings import Settings
-from finetune_operator.sharing import SERVER_PLURAL, reference_of
-from finetune_operator.store import Key, Store
-from finetune_operator.sweep import LABEL_SWEEP_UID, SWEEP_PLURAL
-from finetune_operator.sweeps import SweepReconciler, SweepStore
-from finetune_operator.sweeps import prime as prime_sweeps
-from finetune_operator.workqueue import WorkQueue
+from finetune_operator.api.finetunesweep import LABEL_SWEEP_UID, SWEEP_PLURAL
+from finetune_operator.api.labels import COMPONENT_TRAINER, COMPONENT_VALIDATOR, LABEL_COMPONENT, LABEL_UID
+from finetune_operator.api.modelserver import SERVER_PLURAL, reference_of
+from finetune_operator.core.kube import Kube
+from finetune_operator.core.metrics import JOBS_BY_PHASE, serve
+from finetune_operator.core.observed import deployment_obs, job_obs, pod_obs
+from finetune_operator.core.settings import Settings
+from finetune_operator.core.store import Key, Store
+from finetune_operator.core.workqueue import WorkQueue
+from finetune_operator.finetunejob.controller import Reconciler
+from finetune_operator.finetunesweep.controller import SweepReconciler, SweepStore
+from finetune_operator.finetunesweep.controller import prime as prime_sweeps
+from finetune_operator.modelserver.controller import ServerReconciler
 
 RUN_PODS = f"{LABEL_UID},{LABEL_COMPONENT} in ({COMPONENT_TRAINER},{COMPONENT_VALIDATOR})"
 """The pods of a run's Jobs, training and validation; the server streams no others (serving pods are

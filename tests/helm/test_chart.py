@@ -116,7 +116,7 @@ def test_gpu_table_rows_reach_the_operator_and_bad_ones_are_refused() -> None:
     (deployment,) = _of(render("r", "ops", rows), "Deployment")
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["FTO_GPU_MEMORY"] == "H100-80G=76Gi,NVIDIA-A100-SXM4-40GB-MIG-3g.20gb=19Gi"
-    from finetune_operator.settings import parse_args
+    from finetune_operator.core.settings import parse_args
 
     assert parse_args([], env={"FTO_GPU_MEMORY": env["FTO_GPU_MEMORY"]}).gpu_memory == tuple(
         env["FTO_GPU_MEMORY"].split(",")
@@ -198,13 +198,13 @@ def _granted(role: dict[str, Any]) -> set[tuple[str, str, str]]:
 
 
 def _server_objects(settings: Any) -> list[dict[str, Any]]:
+    from finetune_operator.api.modelserver import parse_server_spec
     from finetune_operator.builders.modelserver import (
         ServerOwner,
         adapters_config_map,
         loaded_config_map,
         server_bundle,
     )
-    from finetune_operator.sharing import parse_server_spec
 
     owner = ServerOwner("team-a", "shared", "uid-2")
     spec = parse_server_spec({"baseModelUri": "s3://models/tiny/", "replicas": 2})
@@ -227,12 +227,12 @@ def test_the_operator_may_read_and_report_model_servers() -> None:
 
 def test_rbac_covers_every_child_the_builders_make() -> None:
     """A new kind of child in the operator's builders fails here until the chart grants it."""
-    from finetune_operator.builders.common import Owner
+    from finetune_operator.api.finetunejob import parse_spec
+    from finetune_operator.api.objects import Owner
     from finetune_operator.builders.serving import Published, serving_bundle
-    from finetune_operator.kube import PLURALS
-    from finetune_operator.runs import training_children
-    from finetune_operator.settings import Settings
-    from finetune_operator.spec import parse_spec
+    from finetune_operator.core.kube import PLURALS
+    from finetune_operator.core.settings import Settings
+    from finetune_operator.finetunejob.runs import training_children
 
     spec = parse_spec(
         {

@@ -1,4 +1,4 @@
-"""The chart grants exactly what the FineTuneSweep loop (operator/finetune_operator/sweeps.py) calls."""
+"""The chart grants exactly what the FineTuneSweep loop (finetune_operator/finetunesweep/controller.py) calls."""
 
 from __future__ import annotations
 

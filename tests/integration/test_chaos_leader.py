@@ -1,6 +1,6 @@
 """Chaos, operator replicas: two operators with leader election, the active one SIGKILLed in the middle of a burst.
 
-The election runs on a real coordination.k8s.io Lease (finetune_operator.leader). What must hold: while both run,
+The election runs on a real coordination.k8s.io Lease (finetune_operator.core.leader). What must hold: while both run,
 only the Lease holder creates anything; once it is killed, the standby takes the Lease after the lease duration
 (15 s, measured by its own clock) and finishes the burst; every FineTuneJob converges with exactly one training
 Job. The burst is 20 kwok-played jobs; `bench/chaos.py` runs 200 and prints the figures.
@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from finetune_operator.kube import Kube
-from finetune_operator.leader import LeaderElector
+from finetune_operator.core.kube import Kube
+from finetune_operator.core.leader import LeaderElector
 
 from tests.integration.conftest import Operator
 from tests.support import burst

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.cluster
 
 Rule = tuple[str, str, str]  # apiGroup, resource, verb
 NO_NODE = "nodeSelector.finetune\\.dev/test-no-such-node=true"
-# What reconcile needs in a namespace it watches (operator/finetune_operator/kube.py + kopf's watches).
+# What reconcile needs in a namespace it watches (operator/finetune_operator/core/kube.py + kopf's watches).
 NAMESPACED: set[Rule] = {
     *{("finetune.dev", "finetunejobs", v) for v in ("list", "watch")},
     *{("finetune.dev", "finetunejobs/status", v) for v in ("get", "patch")},

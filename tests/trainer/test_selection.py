@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from finetune_operator.gate import evaluate_gate
-from finetune_operator.observed import parse_termination_message
-from finetune_operator.spec import GateRule
+from finetune_operator.api.finetunejob import GateRule
+from finetune_operator.core.observed import parse_termination_message
+from finetune_operator.finetunejob.gate import evaluate_gate
 from finetune_trainer.callbacks import TrainerHooks
 from safetensors.torch import load
 

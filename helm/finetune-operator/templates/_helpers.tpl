@@ -44,7 +44,7 @@ app.kubernetes.io/part-of: finetune-operator
 {{- end }}
 
 {{/*
-The rules the operator needs in every namespace it reconciles, derived from operator/finetune_operator/kube.py
+The rules the operator needs in every namespace it reconciles, derived from operator/finetune_operator/core/kube.py
 (the only module that calls the API) and the kopf watches in handlers.py. No wildcards; each rule says which
 call needs it. Used by the ClusterRole (all namespaces) or by one Role per watched namespace.
 */}}
@@ -68,7 +68,7 @@ call needs it. Used by the ClusterRole (all namespaces) or by one Role per watch
 - apiGroups: [finetune.dev]
   resources: [finetunejobs/finalizers]
   verbs: [update]
-# FineTuneSweeps (operator/finetune_operator/sweeps.py): watched; the operator writes only their status, and
+# FineTuneSweeps (operator/finetune_operator/finetunesweep/controller.py): watched; the operator writes only their status, and
 # makes their trials: FineTuneJobs it creates (create; get after a create that raced a restarted operator) and
 # patches (suspend: early stopping; promote the winner: serving, gate, its owner reference dropped). It never
 # writes a FineTuneJob a user made. finalizers: the trials' blockOwnerDeletion, as above.
@@ -84,7 +84,7 @@ call needs it. Used by the ClusterRole (all namespaces) or by one Role per watch
 - apiGroups: [finetune.dev]
   resources: [finetunejobs]
   verbs: [get, create, patch]
-# ModelServers (shared serving, operator/finetune_operator/servers.py): watched like FineTuneJobs; the
+# ModelServers (shared serving, operator/finetune_operator/modelserver/controller.py): watched like FineTuneJobs; the
 # operator writes only their status. finalizers: as for FineTuneJobs, for blockOwnerDeletion on their objects.
 - apiGroups: [finetune.dev]
   resources: [modelservers]

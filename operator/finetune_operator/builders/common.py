@@ -5,38 +5,14 @@ Pure functions returning plain dicts (the JSON the API server takes), so golden 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
-from finetune_operator import GROUP, KIND, VERSION
-from finetune_operator.naming import ANNOTATION_FULL_NAME, child_labels
-from finetune_operator.spec import FineTuneJobSpec
-
-Manifest = dict[str, Any]
+from finetune_operator.api.finetunejob import FineTuneJobSpec
+from finetune_operator.api.labels import ANNOTATION_FULL_NAME, child_labels
+from finetune_operator.api.objects import Owner
 
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 OPTIONAL_CREDENTIAL_KEYS = ("AWS_SESSION_TOKEN",)
-
-
-@dataclass(frozen=True)
-class Owner:
-    """The FineTuneJob that owns a child: its identity, needed for owner references and labels."""
-
-    kind: ClassVar[str] = KIND  # another owning kind (a ModelServer) subclasses with its own
-
-    namespace: str
-    name: str
-    uid: str
-
-    def reference(self) -> dict[str, Any]:
-        return {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": self.kind,
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
 
 
 def metadata(

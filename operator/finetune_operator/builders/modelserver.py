@@ -20,7 +20,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from finetune_operator.builders.common import Manifest, Owner, container_security_context, pod_security_context
+from finetune_operator.api.finetunejob import StorageSpec
+from finetune_operator.api.hashing import content_hash
+from finetune_operator.api.labels import ANNOTATION_SPEC_HASH, MANAGED_BY, base_name, label_value
+from finetune_operator.api.modelserver import SERVER_KIND, DesiredAdapter, ModelServerSpec
+from finetune_operator.api.objects import Manifest, Owner
+from finetune_operator.builders.common import container_security_context, pod_security_context
 from finetune_operator.builders.serving import (
     ENGINES,
     PORT,
@@ -30,11 +35,7 @@ from finetune_operator.builders.serving import (
     server_resources,
     vllm_server_container,
 )
-from finetune_operator.hashing import content_hash
-from finetune_operator.naming import ANNOTATION_SPEC_HASH, MANAGED_BY, base_name, label_value
-from finetune_operator.settings import Settings
-from finetune_operator.sharing import SERVER_KIND, DesiredAdapter, ModelServerSpec
-from finetune_operator.spec import StorageSpec
+from finetune_operator.core.settings import Settings
 
 COMPONENT = "model-server"
 LABEL_SERVER = "finetune.dev/server"

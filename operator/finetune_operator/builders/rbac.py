@@ -7,8 +7,9 @@ pinned to this one object, a compromised or buggy trainer cannot touch any other
 from __future__ import annotations
 
 from finetune_operator import GROUP, PLURAL
-from finetune_operator.builders.common import Manifest, Owner, metadata
-from finetune_operator.naming import Names
+from finetune_operator.api.labels import Names
+from finetune_operator.api.objects import Manifest, Owner
+from finetune_operator.builders.common import metadata
 
 COMPONENT = "trainer-rbac"
 

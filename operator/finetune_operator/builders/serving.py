@@ -15,9 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from finetune_operator.api.finetunejob import FineTuneJobSpec
+from finetune_operator.api.hashing import content_hash
+from finetune_operator.api.labels import ANNOTATION_SPEC_HASH, LABEL_COMPONENT, LABEL_RUN, LABEL_UID, Names
+from finetune_operator.api.objects import Manifest, Owner
 from finetune_operator.builders.common import (
-    Manifest,
-    Owner,
     container_security_context,
     metadata,
     placement,
@@ -25,10 +27,7 @@ from finetune_operator.builders.common import (
     pod_security_context,
     s3_env,
 )
-from finetune_operator.hashing import content_hash
-from finetune_operator.naming import ANNOTATION_SPEC_HASH, LABEL_COMPONENT, LABEL_RUN, LABEL_UID, Names
-from finetune_operator.settings import Settings
-from finetune_operator.spec import FineTuneJobSpec
+from finetune_operator.core.settings import Settings
 
 PORT = 8000
 COMPONENT = "serving"

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from finetune_operator.builders.common import Manifest, Owner, metadata
-from finetune_operator.naming import Names
-from finetune_operator.spec import FineTuneJobSpec
+from finetune_operator.api.finetunejob import FineTuneJobSpec
+from finetune_operator.api.labels import Names
+from finetune_operator.api.objects import Manifest, Owner
+from finetune_operator.builders.common import metadata
 
 CONFIG_KEY = "config.json"
 CONFIG_DIR = "/etc/finetune"

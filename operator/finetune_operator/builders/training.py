@@ -17,18 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetune_operator.builders.common import (
-    Manifest,
-    Owner,
-    container_security_context,
-    metadata,
-    placement,
-    pod_metadata,
-    pod_security_context,
-    s3_env,
-)
-from finetune_operator.builders.trainer_config import CONFIG_DIR, CONFIG_PATH
-from finetune_operator.naming import (
+from finetune_operator.api.finetunejob import FineTuneJobSpec, placement_spec_hash
+from finetune_operator.api.labels import (
     ANNOTATION_PLACEMENT_HASH,
     ANNOTATION_TRAINING_HASH,
     COMPONENT_TRAINER,
@@ -38,8 +28,17 @@ from finetune_operator.naming import (
     Names,
     child_labels,
 )
-from finetune_operator.settings import Settings
-from finetune_operator.spec import FineTuneJobSpec, placement_spec_hash
+from finetune_operator.api.objects import Manifest, Owner
+from finetune_operator.builders.common import (
+    container_security_context,
+    metadata,
+    placement,
+    pod_metadata,
+    pod_security_context,
+    s3_env,
+)
+from finetune_operator.builders.trainer_config import CONFIG_DIR, CONFIG_PATH
+from finetune_operator.core.settings import Settings
 
 USER_ERROR_EXIT_CODE = 42
 MASTER_PORT = 29500

@@ -1,5 +1,5 @@
 """Runs deploy/argocd/modelserver-health.lua in a real Lua 5.1 (Argo CD's gopher-lua dialect) over ModelServer
-statuses in the shape operator/finetune_operator/servers.py writes."""
+statuses in the shape operator/finetune_operator/modelserver/controller.py writes."""
 
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from finetune_operator.builders.common import Owner
-from finetune_operator.spec import FineTuneJobSpec, parse_spec
+from finetune_operator.api.finetunejob import FineTuneJobSpec, parse_spec
+from finetune_operator.api.objects import Owner
 
 GOLDEN = Path(__file__).parent / "golden"
 EXAMPLES = Path(__file__).parents[3] / "examples"

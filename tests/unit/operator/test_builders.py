@@ -8,13 +8,13 @@ import re
 from typing import Any
 
 import pytest
-from finetune_operator.builders.common import Owner
+from finetune_operator.api.labels import KUEUE_QUEUE_LABEL
+from finetune_operator.api.objects import Owner
 from finetune_operator.builders.rbac import trainer_role
 from finetune_operator.builders.serving import Published, serving_bundle
 from finetune_operator.builders.trainer_config import trainer_config_map
 from finetune_operator.builders.training import training_job, workers_service
-from finetune_operator.naming import KUEUE_QUEUE_LABEL
-from finetune_operator.settings import Settings
+from finetune_operator.core.settings import Settings
 
 from .support import OWNER, spec
 
@@ -343,8 +343,8 @@ def test_engine_table_is_what_the_crd_and_the_spec_allow() -> None:
     from typing import get_args
 
     import yaml
+    from finetune_operator.api.finetunejob import ServingSpec
     from finetune_operator.builders.serving import ENGINES
-    from finetune_operator.spec import ServingSpec
 
     crd = yaml.safe_load((Path(__file__).parents[3] / "crds" / "finetunejob.yaml").read_text())
     spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]

@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
+from finetune_operator.api.finetunejob import parse_spec
 from finetune_operator.builders.serving import Published, serving_config_map
 from finetune_operator.builders.trainer_config import trainer_config_map
-from finetune_operator.spec import parse_spec
 from finetune_trainer.config import parse_config
 from finetune_trainer.serve.config import ServeConfig
 from pydantic import BaseModel
@@ -83,7 +83,7 @@ def test_the_operator_and_the_trainer_model_each_shared_section_alike() -> None:
     """Where both packages model a section of the spec, the classes share a name, and every field they share
     has the same default on both sides: the operator must never render a config whose omitted fields the
     trainer fills in differently from what the operator assumed."""
-    import finetune_operator.spec as operator_spec
+    import finetune_operator.api.finetunejob as operator_spec
     import finetune_trainer.config as trainer_config
 
     shared = {

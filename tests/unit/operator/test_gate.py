@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from finetune_operator.gate import evaluate_gate, flatten_metrics
-from finetune_operator.spec import GateRule
+from finetune_operator.api.finetunejob import GateRule
+from finetune_operator.finetunejob.gate import evaluate_gate, flatten_metrics
 
 METRICS = {
     "validation": {"loss": 1.5},

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from finetune_operator.builders.common import Owner
+from finetune_operator.api.finetunejob import parse_spec, training_spec_hash
+from finetune_operator.api.objects import Owner
 from finetune_operator.builders.rbac import trainer_rbac
 from finetune_operator.builders.serving import Published, serving_bundle
 from finetune_operator.builders.trainer_config import trainer_config_map
 from finetune_operator.builders.training import training_job, workers_service
-from finetune_operator.settings import Settings
-from finetune_operator.spec import parse_spec, training_spec_hash
+from finetune_operator.core.settings import Settings
 
 from .support import OWNER, assert_golden, example
 

@@ -10,8 +10,8 @@ import json
 from typing import Any
 
 import pytest
-from finetune_operator.errors import Conflict, PermanentError, TemporaryError
-from finetune_operator.kube import Kube, classify, path
+from finetune_operator.core.errors import Conflict, PermanentError, TemporaryError
+from finetune_operator.core.kube import Kube, classify, path
 from kubernetes.client.exceptions import ApiException
 
 
@@ -128,7 +128,7 @@ def test_apply_is_server_side_apply_with_force() -> None:
 
 
 def test_event_failure_never_fails_the_reconcile() -> None:
-    from finetune_operator.builders.common import Owner
+    from finetune_operator.api.objects import Owner
 
     api = FakeApi({("POST", "/api/v1/namespaces/ns/events"): (500, {})})
     Kube(api).post_event(Owner("ns", "x", "u"), "Normal", "Training", "run 1")

@@ -1,9 +1,9 @@
-"""Leader election's decision rule (finetune_operator.leader.decide): pure, by this process's own clock."""
+"""Leader election's decision rule (finetune_operator.core.leader.decide): pure, by this process's own clock."""
 
 from __future__ import annotations
 
 import pytest
-from finetune_operator.leader import LeaderElector, Seen, decide
+from finetune_operator.core.leader import LeaderElector, Seen, decide
 
 
 def test_no_lease_is_created() -> None:

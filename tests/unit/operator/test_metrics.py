@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from finetune_operator.metrics import JOBS_BY_PHASE, KNOWN_PHASES, PhaseTracker
-from finetune_operator.settings import parse_args
+from finetune_operator.core.metrics import JOBS_BY_PHASE, KNOWN_PHASES, PhaseTracker
+from finetune_operator.core.settings import parse_args
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 
@@ -72,9 +72,9 @@ class _FakeKube:
 
 
 def _reconcile(kube: _FakeKube, name: str) -> Any:
-    from finetune_operator.reconcile import Reconciler
-    from finetune_operator.settings import Settings
-    from finetune_operator.store import Store
+    from finetune_operator.core.settings import Settings
+    from finetune_operator.core.store import Store
+    from finetune_operator.finetunejob.controller import Reconciler
 
     store = Store()
     body = {
@@ -93,8 +93,8 @@ def _sample(name: str, **labels: str) -> float:
 
 
 def test_reconcile_records_phase_and_counts_each_error_family() -> None:
-    from finetune_operator.errors import PermanentError, TemporaryError
-    from finetune_operator.workqueue import RequeueError
+    from finetune_operator.core.errors import PermanentError, TemporaryError
+    from finetune_operator.core.workqueue import RequeueError
 
     _reconcile(_FakeKube(), "fine")
     assert JOBS_BY_PHASE.counts()["Queued"] >= 1  # a Job created in this pass reports Queued

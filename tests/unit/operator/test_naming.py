@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from finetune_operator.naming import BASE_MAX, Names, base_name, label_value
+from finetune_operator.api.labels import BASE_MAX, Names, base_name, label_value
 
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 LABEL = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetune_operator.observed import JobObs, PodObs, pod_obs
-from finetune_operator.status import training_state
+from finetune_operator.core.observed import JobObs, PodObs, pod_obs
+from finetune_operator.finetunejob.training_state import training_state
 
 
 def evicted(reason: str) -> dict[str, Any]:

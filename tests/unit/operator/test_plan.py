@@ -6,13 +6,13 @@ import json
 from dataclasses import replace
 from typing import Any
 
+from finetune_operator.api.finetunejob import FineTuneJobSpec, placement_spec_hash, training_spec_hash
+from finetune_operator.api.labels import ANNOTATION_SPEC_HASH
 from finetune_operator.builders.serving import serving_bundle
-from finetune_operator.naming import ANNOTATION_SPEC_HASH
-from finetune_operator.observed import DeploymentObs, JobObs, PodObs
-from finetune_operator.plan import Plan, Snapshot, needs_secret_check, plan
-from finetune_operator.reconcile import merge_patch
-from finetune_operator.settings import Settings
-from finetune_operator.spec import FineTuneJobSpec, placement_spec_hash, training_spec_hash
+from finetune_operator.core.observed import DeploymentObs, JobObs, PodObs
+from finetune_operator.core.settings import Settings
+from finetune_operator.finetunejob.controller import merge_patch
+from finetune_operator.finetunejob.plan import Plan, Snapshot, needs_secret_check, plan
 
 from .support import OWNER, spec
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from finetune_operator import conditions as cond
-from finetune_operator.observed import JobObs
-from finetune_operator.reconcile import merge_patch
-from finetune_operator.settings import parse_args
-from finetune_operator.store import Store
-from finetune_operator.workqueue import RequeueError, WorkQueue
+from finetune_operator.api import conditions as cond
+from finetune_operator.core.observed import JobObs
+from finetune_operator.core.settings import parse_args
+from finetune_operator.core.store import Store
+from finetune_operator.core.workqueue import RequeueError, WorkQueue
+from finetune_operator.finetunejob.controller import merge_patch
 
 
 def test_merge_patch_sets_changes_and_removes_stale_keys_but_keeps_progress() -> None:
@@ -140,7 +140,7 @@ def test_gpu_table_rows_from_flags_or_environment_reach_the_validation_pod() -> 
     assert parse_args([], env={}).gpu_memory == ()
     with pytest.raises(SystemExit):
         parse_args([], env={"FTO_GPU_MEMORY": "H100-80G:lots"})
-    from finetune_operator.spec import parse_spec
+    from finetune_operator.api.finetunejob import parse_spec
 
     command = validate_command(parse_spec(example("distributed")["spec"]), from_env.gpu_memory)
     assert command[-4:] == ["--gpu-memory", "H100-80G=76Gi", "--gpu-memory", "NVIDIA-A100-SXM4-40GB-MIG-3g.20gb=19Gi"]

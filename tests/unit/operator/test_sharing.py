@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from finetune_operator.api.modelserver import ModelServerSpec, adapter_name, parse_server_spec, reference_of
 from finetune_operator.builders.modelserver import (
     SHARED_PODS,
     ServerOwner,
@@ -16,18 +17,14 @@ from finetune_operator.builders.modelserver import (
     server_bundle,
 )
 from finetune_operator.builders.serving import ENGINES
-from finetune_operator.plan import Snapshot, plan
-from finetune_operator.settings import Settings
-from finetune_operator.sharing import (
+from finetune_operator.core.settings import Settings
+from finetune_operator.finetunejob.plan import Snapshot, plan
+from finetune_operator.modelserver.plan import (
     Candidate,
-    ModelServerSpec,
     Replica,
-    adapter_name,
     admit,
     candidate_of,
     converged,
-    parse_server_spec,
-    reference_of,
     serving_run,
     verdict_for,
 )
@@ -195,7 +192,7 @@ def _published_status(run: int = 1) -> dict[str, Any]:
 
 
 def test_a_job_naming_a_server_gets_no_deployment_and_reads_its_verdict() -> None:
-    from finetune_operator.spec import training_spec_hash
+    from finetune_operator.api.finetunejob import training_spec_hash
 
     from .test_plan import SETTINGS as PLAN_SETTINGS
     from .test_plan import _done

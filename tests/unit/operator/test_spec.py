@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
-from finetune_operator.spec import (
+from finetune_operator.api.finetunejob import (
     FineTuneJobSpec,
     parse_spec,
     placement_spec_hash,

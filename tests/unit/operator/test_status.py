@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 import pytest
-from finetune_operator.observed import JobObs, PodObs, job_obs, parse_termination_message, pod_obs
-from finetune_operator.status import training_state
+from finetune_operator.core.observed import JobObs, PodObs, job_obs, parse_termination_message, pod_obs
+from finetune_operator.finetunejob.training_state import training_state
 
 OK = json.dumps({"code": "Succeeded", "message": "trained 12 steps", "metrics": {"test": {"loss": 1.2}}})
 BAD_DATA = json.dumps({"code": "DatasetInvalid", "message": "train.jsonl line 17: missing field 'messages'"})

@@ -8,23 +8,19 @@ import math
 from typing import Any
 
 import pytest
-from finetune_operator.builders.common import Owner
-from finetune_operator.sweep import (
+from finetune_operator.api.finetunesweep import (
     ANNOTATION_PARAMETERS,
     ANNOTATION_PUBLISHED,
     ANNOTATION_STOPPED,
     LABEL_SWEEP_UID,
     LABEL_TRIAL,
-    EarlyStoppingSpec,
-    SweepSnapshot,
     SweepSpec,
-    TrialObs,
-    median_rule,
+    TrialStoppingSpec,
     parse_sweep_spec,
-    sweep_plan,
-    trial_obs,
-    trial_parameters,
 )
+from finetune_operator.api.objects import Owner
+from finetune_operator.finetunesweep.plan import SweepSnapshot, TrialObs, median_rule, sweep_plan, trial_obs
+from finetune_operator.finetunesweep.trials import trial_parameters
 from pydantic import ValidationError
 
 from .support import minimal
@@ -272,7 +268,7 @@ def test_a_user_error_in_the_template_starts_no_further_trial() -> None:
 
 
 def test_median_rule() -> None:
-    rule = EarlyStoppingSpec(after_steps=20, min_trials=2)
+    rule = TrialStoppingSpec(after_steps=20, min_trials=2)
     completed = [[[10.0, 2.0], [20.0, 1.5], [40.0, 1.0]], [[10.0, 2.2], [20.0, 1.7], [40.0, 1.2]]]
     assert median_rule(rule, [[10.0, 3.0]], completed) == ""  # before afterSteps
     assert "worse than the median 1.6" in median_rule(rule, [[10.0, 3.0], [20.0, 2.5]], completed)
@@ -325,7 +321,7 @@ def test_trial_obs_reads_the_documented_status_paths() -> None:
 
 def test_the_example_sweep_makes_trials_that_are_valid_finetunejobs() -> None:
     import yaml
-    from finetune_operator.spec import parse_spec
+    from finetune_operator.api.finetunejob import parse_spec
 
     from .support import EXAMPLES
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from finetune_operator.sweep import PARAMETERS, SweepSpec
+from finetune_operator.api.finetunesweep import PARAMETERS, SweepSpec
 
 ROOT = Path(__file__).parents[3]
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from finetune_operator.api.finetunejob import FineTuneJobSpec, training_spec_hash
 from finetune_operator.builders.trainer_config import trainer_config_map
 from finetune_operator.builders.training import training_job, validation_job
-from finetune_operator.observed import PodObs, parse_termination_message
-from finetune_operator.plan import plan
-from finetune_operator.reconcile import merge_patch
-from finetune_operator.settings import Settings
-from finetune_operator.spec import FineTuneJobSpec, training_spec_hash
+from finetune_operator.core.observed import PodObs, parse_termination_message
+from finetune_operator.core.settings import Settings
+from finetune_operator.finetunejob.controller import merge_patch
+from finetune_operator.finetunejob.plan import plan
 from finetune_trainer.config import parse_config
 
 from .support import OWNER, assert_golden, spec

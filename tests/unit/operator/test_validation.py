@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from finetune_operator.naming import COMPONENT_VALIDATOR
-from finetune_operator.observed import JobObs, PodObs
-from finetune_operator.plan import Plan, Snapshot, plan
-from finetune_operator.settings import Settings
-from finetune_operator.spec import FineTuneJobSpec, placement_spec_hash, training_spec_hash, validation_spec_hash
+from finetune_operator.api.finetunejob import (
+    FineTuneJobSpec,
+    placement_spec_hash,
+    training_spec_hash,
+    validation_spec_hash,
+)
+from finetune_operator.api.labels import COMPONENT_VALIDATOR
+from finetune_operator.core.observed import JobObs, PodObs
+from finetune_operator.core.settings import Settings
+from finetune_operator.finetunejob.plan import Plan, Snapshot, plan
 
 from .support import OWNER, spec
 

@@ -23,9 +23,9 @@ GPU = Hardware(cuda=True, bf16=True, bitsandbytes=True)
 
 
 def rendered(path: Path) -> dict[str, Any]:
-    from finetune_operator.builders.common import Owner
+    from finetune_operator.api.finetunejob import parse_spec
+    from finetune_operator.api.objects import Owner
     from finetune_operator.builders.trainer_config import trainer_config_map
-    from finetune_operator.spec import parse_spec
 
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     body = next(d for d in docs if d.get("kind") in ("FineTuneJob", "FineTuneSweep"))

@@ -39,7 +39,7 @@ def test_crd_enum_is_the_trainer_table() -> None:
 
 
 def test_operator_spec_literal_is_the_trainer_table() -> None:
-    from finetune_operator.spec import DatasetSpec
+    from finetune_operator.api.finetunejob import DatasetSpec
 
     annotation = DatasetSpec.model_fields["schema_"].annotation
     literal = next(arg for arg in typing.get_args(annotation) if typing.get_origin(arg) is typing.Literal)

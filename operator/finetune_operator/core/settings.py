@@ -52,7 +52,7 @@ class Settings:
     metrics_port: int = 0  # 0: no Prometheus endpoint
     health_port: int = 8080
     log_format: str = "text"  # text | json (one JSON object a line, for log pipelines)
-    # only the replica holding this Lease runs the operator (finetune_operator.leader); the chart runs two
+    # only the replica holding this Lease runs the operator (finetune_operator.core.leader); the chart runs two
     leader_election: bool = False
     leader_election_namespace: str = ""  # empty: the pod's own namespace (its service account's)
     leader_election_lease: str = "finetune-operator"

@@ -1,7 +1,7 @@
 """The one module that talks to the Kubernetes API; client exceptions become the operator's two error families.
 
 Every other module builds plain manifests; this one sends them. Failures are classified once, here
-(`finetune_operator.errors`):
+(`finetune_operator.core.errors`):
 - PermanentError: the API refused the request as invalid (400, 422) - retrying the same spec cannot help;
 - TemporaryError: conflicts, throttling, server or network trouble, missing permissions - retry later.
 "Already exists" on create and "not found" on delete are not errors (level-triggered: the goal is met).
@@ -21,9 +21,9 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from finetune_operator import GROUP, KIND, PLURAL, VERSION
-from finetune_operator.builders.common import Manifest, Owner
-from finetune_operator.errors import Conflict, PermanentError, TemporaryError
-from finetune_operator.metrics import API_REQUESTS, CHILD_CREATE_SECONDS
+from finetune_operator.api.objects import Manifest, Owner
+from finetune_operator.core.errors import Conflict, PermanentError, TemporaryError
+from finetune_operator.core.metrics import API_REQUESTS, CHILD_CREATE_SECONDS
 
 log = logging.getLogger(__name__)
 

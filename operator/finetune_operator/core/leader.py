@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from finetune_operator.errors import TemporaryError
-from finetune_operator.kube import Kube
+from finetune_operator.core.errors import TemporaryError
+from finetune_operator.core.kube import Kube
 
 log = logging.getLogger(__name__)
 

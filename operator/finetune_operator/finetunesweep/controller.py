@@ -18,25 +18,21 @@ from typing import Any
 from pydantic import ValidationError
 
 from finetune_operator import GROUP, KIND, VERSION
-from finetune_operator.builders.common import Owner
-from finetune_operator.errors import PermanentError, TemporaryError
-from finetune_operator.kube import Kube
-from finetune_operator.plan import Event
-from finetune_operator.reconcile import merge_patch, now_rfc3339
-from finetune_operator.store import Key
-from finetune_operator.sweep import (
+from finetune_operator.api.base import invalid_spec_message
+from finetune_operator.api.finetunesweep import (
     ANNOTATION_PARAMETERS,
     ANNOTATION_STOPPED,
     LABEL_SWEEP_UID,
     SWEEP_KIND,
-    SweepPlan,
-    SweepSnapshot,
-    TrialObs,
     parse_sweep_spec,
-    sweep_plan,
-    trial_obs,
 )
-from finetune_operator.workqueue import RequeueError
+from finetune_operator.api.objects import Event, Owner
+from finetune_operator.core.errors import PermanentError, TemporaryError
+from finetune_operator.core.kube import Kube
+from finetune_operator.core.status_patch import merge_patch, now_rfc3339
+from finetune_operator.core.store import Key
+from finetune_operator.core.workqueue import RequeueError
+from finetune_operator.finetunesweep.plan import SweepPlan, SweepSnapshot, TrialObs, sweep_plan, trial_obs
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +134,7 @@ class SweepReconciler:
         try:
             spec = parse_sweep_spec(body.get("spec") or {})
         except ValidationError as error:
-            message = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+            message = invalid_spec_message(error)
             error_status = {"code": "ConfigInvalid", "message": message[:4096]}
             failed = {"observedGeneration": generation, "phase": "Failed", "error": error_status}
             self._write_status(body, failed)

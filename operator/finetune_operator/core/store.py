@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from finetune_operator.observed import DeploymentObs, JobObs, PodObs
+from finetune_operator.core.observed import DeploymentObs, JobObs, PodObs
 
 Key = tuple[str, str]  # (namespace, name)
 

@@ -16,7 +16,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from finetune_operator import conditions as cond
+from finetune_operator.api import conditions as cond
+from finetune_operator.api.base import invalid_spec_message
+from finetune_operator.api.labels import ANNOTATION_SPEC_HASH
+from finetune_operator.api.modelserver import SERVER_KIND, parse_server_spec, reference_of
 from finetune_operator.builders.modelserver import (
     ADAPTERS_KEY,
     ServerNames,
@@ -28,25 +31,21 @@ from finetune_operator.builders.modelserver import (
     server_bundle,
     server_pdb,
 )
-from finetune_operator.errors import TemporaryError
-from finetune_operator.kube import Kube
-from finetune_operator.naming import ANNOTATION_SPEC_HASH
-from finetune_operator.reconcile import merge_patch, now_rfc3339
-from finetune_operator.settings import Settings
-from finetune_operator.sharing import (
-    SERVER_KIND,
+from finetune_operator.core.errors import TemporaryError
+from finetune_operator.core.kube import Kube
+from finetune_operator.core.settings import Settings
+from finetune_operator.core.status_patch import merge_patch, now_rfc3339
+from finetune_operator.core.store import Key, Store
+from finetune_operator.core.workqueue import RequeueError
+from finetune_operator.modelserver.plan import (
     Admission,
     Replica,
     admit,
     candidate_of,
     converged,
-    parse_server_spec,
-    reference_of,
     replica_of,
     server_status,
 )
-from finetune_operator.store import Key, Store
-from finetune_operator.workqueue import RequeueError
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ class ServerReconciler:
         try:
             spec = parse_server_spec(body.get("spec") or {})
         except ValidationError as error:
-            message = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+            message = invalid_spec_message(error)
             invalid = cond.condition(cond.READY, False, "ConfigInvalid", message, generation)
             self._write(body, {"observedGeneration": generation, "conditions": [invalid]})
             return None

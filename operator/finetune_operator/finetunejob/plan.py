@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from finetune_operator import conditions as cond
-from finetune_operator.builders.common import Manifest, Owner
-from finetune_operator.builders.serving import Published, endpoint_url, serving_bundle
-from finetune_operator.gate import GateResult, evaluate_gate
-from finetune_operator.naming import (
+from finetune_operator.api import conditions as cond
+from finetune_operator.api.finetunejob import (
+    FineTuneJobSpec,
+    placement_spec_hash,
+    training_spec_hash,
+    validation_spec_hash,
+)
+from finetune_operator.api.labels import (
     ANNOTATION_PLACEMENT_HASH,
     ANNOTATION_RETRY,
     ANNOTATION_SPEC_HASH,
@@ -25,8 +28,13 @@ from finetune_operator.naming import (
     COMPONENT_VALIDATOR,
     Names,
 )
-from finetune_operator.observed import DeploymentObs, JobObs, PodObs
-from finetune_operator.runs import (
+from finetune_operator.api.modelserver import server_ref
+from finetune_operator.api.objects import Event, Manifest, Owner
+from finetune_operator.builders.serving import Published, endpoint_url, serving_bundle
+from finetune_operator.core.observed import DeploymentObs, JobObs, PodObs
+from finetune_operator.core.settings import Settings
+from finetune_operator.finetunejob.gate import GateResult, evaluate_gate
+from finetune_operator.finetunejob.runs import (
     ChildRef,
     current_run,
     job_actions,
@@ -35,12 +43,10 @@ from finetune_operator.runs import (
     training_children,
     validation_children,
 )
-from finetune_operator.settings import Settings
-from finetune_operator.sharing import SharedVerdict, server_ref, verdict_for
-from finetune_operator.spec import FineTuneJobSpec, placement_spec_hash, training_spec_hash, validation_spec_hash
-from finetune_operator.status import ErrorInfo, TrainingState, training_state
-from finetune_operator.tracking import degraded_condition, degraded_news, tracking_of
-from finetune_operator.validation import Validation, validation_of
+from finetune_operator.finetunejob.tracking import degraded_condition, degraded_news, tracking_of
+from finetune_operator.finetunejob.training_state import ErrorInfo, TrainingState, training_state
+from finetune_operator.finetunejob.validation import Validation, validation_of
+from finetune_operator.modelserver.plan import SharedVerdict, verdict_for
 
 TERMINAL = ("Failed", "Succeeded", "Serving", "Publishing")
 
@@ -60,13 +66,6 @@ class Snapshot:
     now: str = ""
     retry_token: str = ""  # the FineTuneJob's finetune.dev/retry annotation
     server: dict[str, Any] | None = None  # the ModelServer serving.server names (its body), when it exists
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
 
 
 @dataclass

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from finetune_operator.spec import GateRule
+from finetune_operator.api.finetunejob import GateRule
 
 
 @dataclass(frozen=True)

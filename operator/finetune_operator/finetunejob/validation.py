@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from finetune_operator.observed import JobObs, PodObs, parse_termination_message
-from finetune_operator.status import TrainingState, training_state
+from finetune_operator.core.observed import JobObs, PodObs, parse_termination_message
+from finetune_operator.finetunejob.training_state import TrainingState, training_state
 
 SUMMARY_FIELDS = (
     "schema",

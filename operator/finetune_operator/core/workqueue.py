@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from finetune_operator.metrics import QUEUE_DEPTH
+from finetune_operator.core.metrics import QUEUE_DEPTH
 
 K = TypeVar("K")
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune_operator.naming import COMPONENT_VALIDATOR
-from finetune_operator.observed import JobObs, PodObs, TrainerReport, parse_termination_message
+from finetune_operator.api.labels import COMPONENT_VALIDATOR
+from finetune_operator.core.observed import JobObs, PodObs, TrainerReport, parse_termination_message
 
 IMAGE_PROBLEMS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 CONFIG_PROBLEMS = ("CreateContainerConfigError", "CreateContainerError")

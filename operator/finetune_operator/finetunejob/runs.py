@@ -20,14 +20,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from finetune_operator.builders.common import Manifest, Owner
+from finetune_operator.api.finetunejob import FineTuneJobSpec, placement_spec_hash
+from finetune_operator.api.labels import COMPONENT_VALIDATOR, Names
+from finetune_operator.api.objects import Manifest, Owner
 from finetune_operator.builders.rbac import trainer_rbac
 from finetune_operator.builders.trainer_config import trainer_config_map
 from finetune_operator.builders.training import training_job, validation_job, workers_service
-from finetune_operator.naming import COMPONENT_VALIDATOR, Names
-from finetune_operator.observed import JobObs
-from finetune_operator.settings import Settings
-from finetune_operator.spec import FineTuneJobSpec, placement_spec_hash
+from finetune_operator.core.observed import JobObs
+from finetune_operator.core.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune_operator.naming import (
+from finetune_operator.api.labels import (
     ANNOTATION_PLACEMENT_HASH,
     ANNOTATION_SPEC_HASH,
     ANNOTATION_TRAINING_HASH,

@@ -10,40 +10,32 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
-from finetune_operator.hashing import content_hash
+from finetune_operator.api.base import SpecModel
+from finetune_operator.api.hashing import content_hash
 
 Quantity = int | str
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
-
-    def wire(self) -> dict[str, Any]:
-        """The camelCase JSON shape (as in the CRD and the trainer config), nulls included."""
-        return self.model_dump(mode="json", by_alias=True)
-
-
-class BaseModelSpec(_Model):
+class BaseModelSpec(SpecModel):
     uri: str
     task: Literal["causal-lm", "sequence-classification"] = "causal-lm"
     num_labels: int | None = None
     labels: list[str] | None = None
 
 
-class DataRef(_Model):
+class DataRef(SpecModel):
     uri: str
 
 
-class SplitSpec(_Model):
+class SplitSpec(SpecModel):
     validation: float = 0.1
     test: float = 0.1
     seed: int = 42
 
 
-class DatasetSpec(_Model):
+class DatasetSpec(SpecModel):
     train: DataRef
     validation: DataRef | None = None
     test: DataRef | None = None
@@ -57,14 +49,14 @@ class DatasetSpec(_Model):
     format: Literal["jsonl", "json", "csv", "parquet"] | None = None
 
 
-class LoraSpec(_Model):
+class LoraSpec(SpecModel):
     rank: int = 16
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] = ["all-linear"]
 
 
-class MethodSpec(_Model):
+class MethodSpec(SpecModel):
     type: Literal["lora", "qlora", "full"] = "lora"
     lora: LoraSpec = LoraSpec()
     merge_weights: bool = False
@@ -75,7 +67,7 @@ class MethodSpec(_Model):
         return self.type != "full" and not self.merge_weights
 
 
-class Hyperparameters(_Model):
+class Hyperparameters(SpecModel):
     epochs: float = 3
     learning_rate: float = 2e-4
     batch_size: int | Literal["auto"] = 8
@@ -90,7 +82,7 @@ class Hyperparameters(_Model):
     weight_decay: float = 0.0
 
 
-class Toleration(_Model):
+class Toleration(SpecModel):
     key: str | None = None
     operator: Literal["Exists", "Equal"] | None = None
     value: str | None = None
@@ -98,7 +90,7 @@ class Toleration(_Model):
     toleration_seconds: int | None = None
 
 
-class ResourcesSpec(_Model):
+class ResourcesSpec(SpecModel):
     gpus: int = 1
     gpu_resource: str = "nvidia.com/gpu"
     memory: Quantity = "32Gi"
@@ -110,35 +102,35 @@ class ResourcesSpec(_Model):
     priority_class_name: str = ""
 
 
-class DistributedSpec(_Model):
+class DistributedSpec(SpecModel):
     workers: int = 1
     sharding: Literal["none", "fsdp"] = "none"
 
 
-class CheckpointSpec(_Model):
+class CheckpointSpec(SpecModel):
     interval_steps: int = 200
     keep: int = 2
 
 
-class GateRule(_Model):
+class GateRule(SpecModel):
     metric: str
     min: float | None = None
     max: float | None = None
 
 
-class EarlyStoppingSpec(_Model):
+class EarlyStoppingSpec(SpecModel):
     patience: int = 3
     min_delta: float = 0.0
 
 
-class GenerationSpec(_Model):
+class GenerationSpec(SpecModel):
     max_samples: int = 100
     max_new_tokens: int = 128
     regex: str | None = None
     json_valid: bool = False
 
 
-class EvaluationSpec(_Model):
+class EvaluationSpec(SpecModel):
     compare_base_model: bool = False
     gate: list[GateRule] = []
     interval_steps: int | None = None
@@ -146,7 +138,7 @@ class EvaluationSpec(_Model):
     generation: GenerationSpec | None = None
 
 
-class OutputSpec(_Model):
+class OutputSpec(SpecModel):
     uri: str
 
     def run_uri(self, run: int) -> str:
@@ -155,13 +147,13 @@ class OutputSpec(_Model):
         return f"{base}run-{run}/"
 
 
-class StorageSpec(_Model):
+class StorageSpec(SpecModel):
     endpoint: str = ""
     region: str = ""
     credentials_secret: str = ""
 
 
-class MlflowSpec(_Model):
+class MlflowSpec(SpecModel):
     tracking_uri: str
     experiment: str = ""
     """Empty: the experiment `<namespace>/<name>` of the FineTuneJob."""
@@ -170,16 +162,16 @@ class MlflowSpec(_Model):
     training pods as environment variables (secretKeyRef), never rendered into the trainer config."""
 
 
-class TrackingSpec(_Model):
+class TrackingSpec(SpecModel):
     mlflow: MlflowSpec | None = None
 
 
-class ServingResourcesSpec(_Model):
+class ServingResourcesSpec(SpecModel):
     requests: dict[str, Quantity] = {}
     limits: dict[str, Quantity] = {}
 
 
-class ServingSpec(_Model):
+class ServingSpec(SpecModel):
     enabled: bool = False
     replicas: int = 1
     engine: Literal["transformers", "vllm"] = "transformers"
@@ -190,12 +182,12 @@ class ServingSpec(_Model):
     """A ModelServer (NAME or NAMESPACE/NAME) holding the adapter instead of a Deployment of its own."""
 
 
-class PodMetadataSpec(_Model):
+class PodMetadataSpec(SpecModel):
     labels: dict[str, str] = {}
     annotations: dict[str, str] = {}
 
 
-class FineTuneJobSpec(_Model):
+class FineTuneJobSpec(SpecModel):
     base_model: BaseModelSpec
     dataset: DatasetSpec
     method: MethodSpec = MethodSpec()

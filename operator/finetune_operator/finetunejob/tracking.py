@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetune_operator import conditions as cond
+from finetune_operator.api import conditions as cond
 
 TRACKING_DEGRADED = "TrackingDegraded"
 

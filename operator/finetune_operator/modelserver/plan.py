@@ -1,4 +1,4 @@
-"""Shared serving, pure: the typed ModelServer spec, which FineTuneJobs' adapters a server holds, and why the
+"""Shared serving, pure: which FineTuneJobs' adapters a server holds, and why the
 others are refused.
 
 Why pure and in one place: the server's desired adapter list is the one fact every replica converges to
@@ -13,62 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
-from pydantic.alias_generators import to_camel
-
-from finetune_operator.spec import ServingResourcesSpec, StorageSpec, Toleration
-
-SERVER_KIND = "ModelServer"
-SERVER_PLURAL = "modelservers"
+from finetune_operator.api.modelserver import DesiredAdapter, ModelServerSpec, adapter_name
 
 Refusal = Literal[
     "NamespaceNotAllowed", "NotAnAdapter", "BaseModelMismatch", "TaskNotSupported", "RankTooHigh", "ServerFull"
 ]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
-
-
-class ModelServerSpec(_Model):
-    """crds/modelserver.yaml's spec (defaults repeat the CRD's; tests compare the two field by field)."""
-
-    base_model_uri: str
-    engine: Literal["transformers", "vllm"] = "transformers"
-    replicas: int = 1
-    max_adapters: int = 8
-    max_lora_rank: int = 16
-    max_concurrency: int = 8
-    api_key_secret: str = ""
-    allowed_namespaces: list[str] = []
-    resources: ServingResourcesSpec = ServingResourcesSpec()
-    gpu_resource: str = "nvidia.com/gpu"
-    node_selector: dict[str, str] = {}
-    tolerations: list[Toleration] = []
-    storage: StorageSpec = StorageSpec()
-
-    def allows(self, namespace: str, own_namespace: str) -> bool:
-        """Tenancy: a server serves its own namespace, and others only when it lists them."""
-        return namespace == own_namespace or namespace in self.allowed_namespaces
-
-
-def parse_server_spec(raw: dict[str, Any]) -> ModelServerSpec:
-    """Parse the `spec` of a ModelServer body (raises pydantic.ValidationError)."""
-    return ModelServerSpec.model_validate(raw)
-
-
-def server_ref(reference: str, namespace: str) -> tuple[str, str]:
-    """`serving.server` of a FineTuneJob in `namespace`: NAME or NAMESPACE/NAME -> (namespace, name)."""
-    if "/" in reference:
-        other, _, name = reference.partition("/")
-        return other, name
-    return namespace, reference
-
-
-def adapter_name(job_namespace: str, job_name: str, server_namespace: str) -> str:
-    """The model name an adapter answers to: the FineTuneJob's name, prefixed by its namespace when it comes
-    from another one (two teams' `bot`s must not collide on one server)."""
-    return job_name if job_namespace == server_namespace else f"{job_namespace}/{job_name}"
 
 
 def _same_uri(a: str, b: str) -> bool:
@@ -112,20 +61,6 @@ def candidate_of(body: dict[str, Any]) -> Candidate | None:
         task=str(published.get("task", "causal-lm")),
         lora_rank=int(published.get("loraRank", 16)),
     )
-
-
-@dataclass(frozen=True)
-class DesiredAdapter:
-    """One entry of the server's desired list (the ConfigMap every replica converges to)."""
-
-    name: str
-    job: str  # namespace/name of the FineTuneJob
-    run: int
-    uri: str
-    rank: int
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"name": self.name, "finetuneJob": self.job, "run": self.run, "uri": self.uri, "rank": self.rank}
 
 
 @dataclass(frozen=True)
@@ -332,10 +267,3 @@ def verdict_for(
     if served != run:
         return SharedVerdict("Loading", f"run {run} is replacing run {served}", endpoint)
     return SharedVerdict("Serving", f"adapter {entry['name']} on ModelServer {namespace}/{name}", endpoint)
-
-
-def reference_of(body: dict[str, Any]) -> tuple[str, str] | None:
-    """The (namespace, name) of the ModelServer a FineTuneJob body names, or None (no shared serving)."""
-    serving = (body.get("spec") or {}).get("serving") or {}
-    reference = str(serving.get("server") or "")
-    return server_ref(reference, body["metadata"]["namespace"]) if reference else None

@@ -10,51 +10,31 @@ from __future__ import annotations
 import logging
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from finetune_operator.builders.common import Manifest, Owner
-from finetune_operator.errors import PermanentError, TemporaryError
-from finetune_operator.kube import Kube
-from finetune_operator.metrics import JOBS_BY_PHASE, PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
-from finetune_operator.naming import ANNOTATION_RETRY
-from finetune_operator.observed import deployment_obs, job_obs
-from finetune_operator.plan import Plan, Snapshot, needs_secret_check, plan
-from finetune_operator.settings import Settings
-from finetune_operator.sharing import server_ref
-from finetune_operator.spec import parse_spec
-from finetune_operator.store import Key, Store
-from finetune_operator.workqueue import RequeueError
+from finetune_operator.api.base import invalid_spec_message
+from finetune_operator.api.finetunejob import parse_spec
+from finetune_operator.api.labels import ANNOTATION_RETRY
+from finetune_operator.api.modelserver import server_ref
+from finetune_operator.api.objects import Manifest, Owner
+from finetune_operator.core.errors import PermanentError, TemporaryError
+from finetune_operator.core.kube import Kube
+from finetune_operator.core.metrics import JOBS_BY_PHASE, PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
+from finetune_operator.core.observed import deployment_obs, job_obs
+from finetune_operator.core.settings import Settings
+from finetune_operator.core.status_patch import merge_patch, now_rfc3339
+from finetune_operator.core.store import Key, Store
+from finetune_operator.core.workqueue import RequeueError
+from finetune_operator.finetunejob.plan import Plan, Snapshot, needs_secret_check, plan
 
 log = logging.getLogger(__name__)
 
 
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def merge_patch(old: dict[str, Any], new: dict[str, Any], keep: tuple[str, ...] = ()) -> dict[str, Any]:
-    """RFC 7386 merge patch turning `old` into `new`; keys in `keep` (someone else's) are left alone."""
-    patch: dict[str, Any] = {}
-    for key, value in new.items():
-        before = old.get(key)
-        if isinstance(value, dict) and isinstance(before, dict):
-            inner = merge_patch(before, value)
-            if inner:
-                patch[key] = inner
-        elif before != value:
-            patch[key] = value
-    for key, value in old.items():
-        if key not in new and key not in keep and value is not None:
-            patch[key] = None
-    return patch
-
-
 def invalid_spec_status(error: ValidationError, generation: int) -> dict[str, Any]:
     """Status of a body the typed model refuses (the CRD normally prevents this)."""
-    message = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+    message = invalid_spec_message(error)
     return {
         "observedGeneration": generation,
         "phase": "Failed",

@@ -1,4 +1,4 @@
-"""FineTuneSweep, pure: its typed spec, the trials' parameter values, and `sweep_plan(snapshot) -> plan`.
+"""FineTuneSweep, pure: `sweep_plan(snapshot) -> plan` (the spec is api.finetunesweep, the trials trials.py).
 
 Why pure and apart from the FineTuneJob planner: a sweep only creates, stops and promotes FineTuneJobs (the
 trials), which the FineTuneJob control loop then runs like any other. Every decision of a sweep (which trials
@@ -14,49 +14,24 @@ reports the winner's alone, after it was chosen: the held-out test split stays a
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
-from pydantic.alias_generators import to_camel
-
-from finetune_operator import GROUP, VERSION
-from finetune_operator import conditions as cond
-from finetune_operator.builders.common import Manifest, Owner
-from finetune_operator.gate import GateResult, evaluate_gate, flatten_metrics
-from finetune_operator.naming import label_value
-from finetune_operator.plan import Event
-from finetune_operator.spec import parse_spec
-
-SWEEP_KIND = "FineTuneSweep"
-SWEEP_PLURAL = "finetunesweeps"
-
-LABEL_SWEEP = "finetune.dev/sweep"
-LABEL_SWEEP_UID = "finetune.dev/sweep-uid"
-LABEL_TRIAL = "finetune.dev/trial"
-ANNOTATION_PARAMETERS = "finetune.dev/trial-parameters"
-ANNOTATION_STOPPED = "finetune.dev/stopped-by-sweep"  # on a trial the sweep suspended: why
-ANNOTATION_PUBLISHED = "finetune.dev/published-by-sweep"  # on the winner once promoted: the sweep's name
-
-PARAMETERS: dict[str, Literal["int", "float"]] = {
-    "hyperparameters.learningRate": "float",
-    "hyperparameters.epochs": "float",
-    "hyperparameters.batchSize": "int",
-    "hyperparameters.gradientAccumulationSteps": "int",
-    "hyperparameters.warmupRatio": "float",
-    "hyperparameters.weightDecay": "float",
-    "hyperparameters.maxSteps": "int",
-    "method.lora.rank": "int",
-    "method.lora.alpha": "int",
-    "method.lora.dropout": "float",
-}
-"""The one table of what a sweep may vary and each field's number type; the CRD's enum and its int rule are
-generated from it (hack/gen_sweep_crd.py) and a test checks every path exists in the FineTuneJob spec."""
+from finetune_operator.api import conditions as cond
+from finetune_operator.api.finetunejob import parse_spec
+from finetune_operator.api.finetunesweep import (
+    ANNOTATION_PUBLISHED,
+    ANNOTATION_STOPPED,
+    LABEL_TRIAL,
+    SweepSpec,
+    TrialStoppingSpec,
+)
+from finetune_operator.api.objects import Event, Manifest, Owner
+from finetune_operator.finetunejob.gate import GateResult, evaluate_gate, flatten_metrics
+from finetune_operator.finetunesweep.trials import trial_manifest, trial_name, trial_parameters
 
 INTERMEDIATE_STEP = ("progress", "validationStep")
 INTERMEDIATE_VALIDATION_LOSS = ("progress", "validationLoss")
@@ -71,244 +46,6 @@ FINISHED = frozenset({"Succeeded", "Failed", "Serving", "Publishing"})
 DONE = frozenset({*FINISHED, "Stopped", "Deleted"})  # a trial's phase in the sweep's status once it is over
 CURVE_POINTS = 32  # at most this many (step, validation loss) points are remembered per trial
 MESSAGE_MAX = 512  # per trial in status.trials: 200 trials must stay far below an object's size limit
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
-
-
-class RangeSpec(_Model):
-    min: float
-    max: float
-    scale: Literal["linear", "log"] = "linear"
-    type: Literal["int", "float"] = "float"
-    count: int | None = None  # grid points (grid search only)
-
-    @model_validator(mode="after")
-    def _bounds(self) -> RangeSpec:
-        if self.min > self.max:
-            raise ValueError(f"range.min {self.min} is above range.max {self.max}")
-        if self.scale == "log" and self.min <= 0:
-            raise ValueError("a log range needs range.min > 0")
-        return self
-
-
-class ParameterSpec(_Model):
-    path: str
-    values: list[float] | None = None
-    range: RangeSpec | None = None
-
-    @field_validator("path")
-    @classmethod
-    def _known(cls, path: str) -> str:
-        if path not in PARAMETERS:
-            raise ValueError(f"{path!r} is not a sweepable field; one of {', '.join(PARAMETERS)}")
-        return path
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ParameterSpec:
-        if (self.values is None) == (self.range is None):
-            raise ValueError(f"parameter {self.path}: give exactly one of values and range")
-        if PARAMETERS[self.path] == "int":
-            if self.values is not None and any(v != int(v) for v in self.values):
-                raise ValueError(f"parameter {self.path}: takes whole numbers")
-            if self.range is not None and self.range.type != "int":
-                raise ValueError(f"parameter {self.path}: takes whole numbers (range.type: int)")
-        return self
-
-    def is_int(self) -> bool:
-        return PARAMETERS[self.path] == "int"
-
-
-class ObjectiveSpec(_Model):
-    metric: str = "validation_loss"
-    goal: Literal["minimize", "maximize"] = "minimize"
-
-    @field_validator("metric")
-    @classmethod
-    def _validation_only(cls, metric: str) -> str:
-        if metric.startswith("test_"):
-            raise ValueError(
-                f"{metric}: a test metric cannot be the objective; the test split stays a fair final check of the "
-                "winner. Use a validation metric such as validation_loss"
-            )
-        if not metric.startswith("validation_"):
-            raise ValueError(f"{metric}: the objective must be a validation metric (validation_<name>)")
-        return metric
-
-    def better(self, a: float, b: float) -> bool:
-        return a < b if self.goal == "minimize" else a > b
-
-
-class EarlyStoppingSpec(_Model):
-    rule: Literal["median"] = "median"
-    after_steps: int
-    min_trials: int = 2
-
-
-class SweepSpec(_Model):
-    template: dict[str, Any]
-    parameters: list[ParameterSpec]
-    algorithm: Literal["grid", "random"] = "grid"
-    seed: int = 0
-    max_trials: int | None = None
-    parallelism: int = 2
-    objective: ObjectiveSpec = ObjectiveSpec()
-    early_stopping: EarlyStoppingSpec | None = None
-    publish_winner: bool = False
-
-    @model_validator(mode="after")
-    def _coherent(self) -> SweepSpec:
-        parse_spec(self.template)  # the template must be a valid FineTuneJob spec
-        if self.algorithm == "grid":
-            for parameter in self.parameters:
-                if parameter.range is not None and not parameter.range.count:
-                    raise ValueError(f"parameter {parameter.path}: a grid needs range.count (or values)")
-        elif self.max_trials is None:
-            raise ValueError("random search needs maxTrials")
-        if len({p.path for p in self.parameters}) != len(self.parameters):
-            raise ValueError("each parameter path may appear once")
-        return self
-
-    @property
-    def total_trials(self) -> int:
-        if self.algorithm == "random":
-            return int(self.max_trials or 0)
-        size = math.prod(len(grid_points(p)) for p in self.parameters)
-        return min(size, self.max_trials) if self.max_trials else size
-
-
-def parse_sweep_spec(raw: dict[str, Any]) -> SweepSpec:
-    """Parse the `spec` of a FineTuneSweep body (raises pydantic.ValidationError)."""
-    return SweepSpec.model_validate(raw)
-
-
-# ---- parameter values -------------------------------------------------------------------------------------
-
-
-def _number(parameter: ParameterSpec, value: float) -> float | int:
-    """Whole numbers for int fields; floats kept to 6 significant digits (readable, and the same everywhere)."""
-    if parameter.is_int():
-        return round(value)
-    return float(f"{value:.6g}")
-
-
-def _at(spec: RangeSpec, fraction: float) -> float:
-    """The point `fraction` (0..1) of the way from min to max, on the range's scale."""
-    if spec.scale == "log":
-        return math.exp(math.log(spec.min) + fraction * (math.log(spec.max) - math.log(spec.min)))
-    return spec.min + fraction * (spec.max - spec.min)
-
-
-def grid_points(parameter: ParameterSpec) -> list[float | int]:
-    """The values a grid tries for one parameter, in order, without repeats."""
-    if parameter.values is not None:
-        raw = parameter.values
-    else:
-        assert parameter.range is not None
-        count = int(parameter.range.count or 1)
-        raw = [_at(parameter.range, i / (count - 1) if count > 1 else 0.0) for i in range(count)]
-    points: list[float | int] = []
-    for value in raw:
-        number = _number(parameter, value)
-        if number not in points:
-            points.append(number)
-    return points
-
-
-def uniform(seed: int, index: int, path: str) -> float:
-    """A number in [0, 1) fixed by (seed, trial index, parameter path): no generator state to restore."""
-    digest = hashlib.sha256(f"{seed}/{index}/{path}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def _random_value(parameter: ParameterSpec, seed: int, index: int) -> float | int:
-    u = uniform(seed, index, parameter.path)
-    if parameter.values is not None:
-        return _number(parameter, parameter.values[int(u * len(parameter.values))])
-    spec = parameter.range
-    assert spec is not None
-    if parameter.is_int():
-        low, high = math.ceil(spec.min), math.floor(spec.max)
-        if spec.scale == "log":  # whole numbers, evenly spread on the log scale
-            return min(high, max(low, round(_at(spec, u))))
-        return low + min(int(u * (high - low + 1)), high - low)
-    return _number(parameter, _at(spec, u))
-
-
-def trial_parameters(spec: SweepSpec, index: int) -> dict[str, float | int]:
-    """The values trial `index` runs with: the index-th grid point (last parameter fastest) or a random draw."""
-    if spec.algorithm == "random":
-        return {p.path: _random_value(p, spec.seed, index) for p in spec.parameters}
-    values: dict[str, float | int] = {}
-    rest = index
-    for parameter in reversed(spec.parameters):
-        points = grid_points(parameter)
-        values[parameter.path] = points[rest % len(points)]
-        rest //= len(points)
-    return {p.path: values[p.path] for p in spec.parameters}
-
-
-# ---- trials ----------------------------------------------------------------------------------------------
-
-
-def trial_name(sweep: str, index: int) -> str:
-    return f"{sweep}-t{index}"
-
-
-def trial_spec(template: dict[str, Any], values: dict[str, float | int], output: str) -> dict[str, Any]:
-    """The template with the trial's values, serving off, no gate (it reads test metrics: the winner's alone
-    are gated, at the end) and an output folder of its own."""
-    out = copy.deepcopy(template)
-    for path, value in values.items():
-        node = out
-        *parents, leaf = path.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    out.setdefault("serving", {})["enabled"] = False
-    out.setdefault("evaluation", {})["gate"] = []
-    out.setdefault("output", {})["uri"] = output
-    out["suspend"] = False
-    return out
-
-
-def trial_output(template: dict[str, Any], owner: Owner, index: int) -> str:
-    """<template output>sweep-<uid8>/t<index>/: a re-created sweep of the same name never meets the run folders
-    of the old one's trials (the trainer refuses a folder another FineTuneJob wrote)."""
-    base = str((template.get("output") or {}).get("uri", ""))
-    base = base if base.endswith("/") else base + "/"
-    return f"{base}sweep-{owner.uid[:8]}/t{index}/"
-
-
-def trial_manifest(spec: SweepSpec, owner: Owner, index: int) -> Manifest:
-    values = trial_parameters(spec, index)
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "FineTuneJob",
-        "metadata": {
-            "name": trial_name(owner.name, index),
-            "namespace": owner.namespace,
-            "labels": {
-                "app.kubernetes.io/managed-by": "finetune-operator",
-                LABEL_SWEEP: label_value(owner.name),
-                LABEL_SWEEP_UID: owner.uid,
-                LABEL_TRIAL: str(index),
-            },
-            "annotations": {ANNOTATION_PARAMETERS: json.dumps(values, sort_keys=True)},
-            "ownerReferences": [
-                {
-                    "apiVersion": f"{GROUP}/{VERSION}",
-                    "kind": SWEEP_KIND,
-                    "name": owner.name,
-                    "uid": owner.uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
-        },
-        "spec": trial_spec(spec.template, values, trial_output(spec.template, owner, index)),
-    }
 
 
 def _dig(data: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -434,7 +171,7 @@ def _best_until(curve: Curve, step: float) -> float | None:
     return min(seen) if seen else None
 
 
-def median_rule(rule: EarlyStoppingSpec, curve: Curve, completed: list[Curve]) -> str:
+def median_rule(rule: TrialStoppingSpec, curve: Curve, completed: list[Curve]) -> str:
     """Why to stop a running trial, or "": its best validation loss up to its latest step S (S >= afterSteps)
     is worse than the median of the completed trials' best validation losses up to S (at least minTrials
     of them reported one by S): the median stopping rule of Google Vizier, as Katib implements it."""

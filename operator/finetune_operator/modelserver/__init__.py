@@ -1,0 +1,2 @@
+"""ModelServer (shared serving): the pure plan (`plan.py`: admission, replicas, status) and its control loop
+(`controller.py`)."""
