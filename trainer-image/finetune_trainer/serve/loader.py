@@ -70,14 +70,6 @@ def pick_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def dtype_argument(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """`from_pretrained`'s dtype keyword: `dtype` since transformers 4.56, `torch_dtype` before."""
-    import transformers
-
-    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
-    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
@@ -140,14 +132,14 @@ def load(config: ServeConfig, work_dir: Path, device_choice: Device = "auto") ->
             labels = resolve_labels(model_dir, base_dir)
             model = AutoModelForSequenceClassification.from_pretrained(
                 base_dir,
-                **dtype_argument(dtype),
+                dtype=dtype,
                 num_labels=len(labels),
                 ignore_mismatched_sizes=True,
                 id2label=dict(enumerate(labels)),
                 label2id={label: i for i, label in enumerate(labels)},
             )
         else:
-            model = AutoModelForCausalLM.from_pretrained(base_dir, **dtype_argument(dtype))
+            model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
         if adapter:
             from peft import PeftModel
 
