@@ -7,6 +7,7 @@ command line, the environment and the Helm chart's values all map onto the same 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,17 @@ DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"
 # gpu: the official image on GPU nodes; cpu: vLLM's CPU build (hack/build-images.sh's `vllm` image) on nodes
 # without one. The flags each renders: VLLM_DEVICES in builders/serving.py.
 VLLM_DEVICE_CHOICES = ("gpu", "cpu")
+TOLERATION_FIELDS = ("key", "operator", "value", "effect")
+
+
+@dataclass(frozen=True)
+class AllowedToleration:
+    """One entry of the admin's toleration allow-list: a field left None matches any value of it."""
+
+    key: str | None = None
+    operator: str | None = None
+    value: str | None = None
+    effect: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,15 @@ class Settings:
     leader_election: bool = False
     leader_election_namespace: str = ""  # empty: the pod's own namespace (its service account's)
     leader_election_lease: str = "finetune-operator"
+    # Whether to look up the credentials Secret before a run's Job (needs `get` on Secrets; the chart's clusterWide
+    # mode grants none, so it turns this off and a missing Secret shows in the pod instead)
+    secret_check: bool = True
+    # What a tenant's spec may ask for (builders.policy): an empty storage.credentialsSecret (the node's identity),
+    # priority classes ("*": any) and tolerations. None: not checked (a bare `python -m finetune_operator`, the
+    # developer's own cluster); the chart always passes lists, empty by default (docs/security.md).
+    allow_node_identity: bool = True
+    allowed_priority_classes: tuple[str, ...] | None = None
+    allowed_tolerations: tuple[AllowedToleration, ...] | None = None
 
     @property
     def server_image(self) -> str:
@@ -76,6 +97,27 @@ def gpu_memory_entries(flags: Sequence[str] | None, env_value: str) -> tuple[str
             f"--gpu-memory / FTO_GPU_MEMORY: {', '.join(bad)}: each must be NAME=QUANTITY, e.g. H100-80G=76Gi"
         )
     return entries
+
+
+def allowed_tolerations(value: str | None) -> tuple[AllowedToleration, ...] | None:
+    """--allowed-tolerations / FTO_ALLOWED_TOLERATIONS: a JSON list of {key, operator, value, effect} (each field
+    optional); unset: no check. Anything else is refused here, at start."""
+    if value is None:
+        return None
+    where = "--allowed-tolerations / FTO_ALLOWED_TOLERATIONS"
+    try:
+        entries = json.loads(value or "[]")
+    except ValueError as error:
+        raise SystemExit(f"{where}: not JSON ({error})") from error
+    if not isinstance(entries, list):
+        raise SystemExit(f"{where}: must be a JSON list of objects with fields {', '.join(TOLERATION_FIELDS)}")
+    out = []
+    for entry in entries:
+        bad = sorted(set(entry) - set(TOLERATION_FIELDS)) if isinstance(entry, dict) else ["(not an object)"]
+        if bad or not all(isinstance(v, str) for v in entry.values()):
+            raise SystemExit(f"{where}: {json.dumps(entry)}: only string fields {', '.join(TOLERATION_FIELDS)}")
+        out.append(AllowedToleration(**entry))
+    return tuple(out)
 
 
 def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Settings:
@@ -218,7 +260,34 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Set
         default=env.get("FTO_LEADER_ELECTION_LEASE", "finetune-operator"),
         help="name of the Lease; replicas naming the same one elect one leader. Env FTO_LEADER_ELECTION_LEASE",
     )
+    parser.add_argument(
+        "--secret-check",
+        action=argparse.BooleanOptionalAction,
+        default=env.get("FTO_SECRET_CHECK", "true").lower() in ("1", "true", "yes"),
+        help="look up each run's credentials Secret (metadata only) before its Job; needs get on Secrets. "
+        "Env FTO_SECRET_CHECK",
+    )
+    parser.add_argument(
+        "--allow-node-identity",
+        action=argparse.BooleanOptionalAction,
+        default=env.get("FTO_ALLOW_NODE_IDENTITY", "true").lower() in ("1", "true", "yes"),
+        help="accept an empty storage.credentialsSecret (the pods then use the node's own cloud identity). "
+        "Env FTO_ALLOW_NODE_IDENTITY",
+    )
+    parser.add_argument(
+        "--allowed-priority-classes",
+        default=env.get("FTO_ALLOWED_PRIORITY_CLASSES"),
+        help="comma-separated priorityClassName values a spec may set (empty: none; *: any); unset: not checked. "
+        "Env FTO_ALLOWED_PRIORITY_CLASSES",
+    )
+    parser.add_argument(
+        "--allowed-tolerations",
+        default=env.get("FTO_ALLOWED_TOLERATIONS"),
+        help='JSON list of tolerations a spec may set, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists"}] (a '
+        "field left out matches any value); unset: not checked. Env FTO_ALLOWED_TOLERATIONS",
+    )
     args = parser.parse_args(list(argv))
+    priority_classes = args.allowed_priority_classes
     if args.all_namespaces:
         namespaces: tuple[str, ...] = ()
     elif args.namespace:
@@ -248,4 +317,8 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Set
         leader_election=args.leader_election,
         leader_election_namespace=args.leader_election_namespace,
         leader_election_lease=args.leader_election_lease,
+        secret_check=args.secret_check,
+        allow_node_identity=args.allow_node_identity,
+        allowed_priority_classes=None if priority_classes is None else _env_list(priority_classes),
+        allowed_tolerations=allowed_tolerations(args.allowed_tolerations),
     )
