@@ -85,36 +85,42 @@ tests/helm/test_chart.py pins the exact list; docs/security.md shows `kubectl au
 # FineTuneSweeps (finetunesweep/controller.py): watched; the operator writes only their status, and makes their
 # trials: FineTuneJobs it creates (create; get after a create that raced a restarted operator) and patches (suspend:
 # early stopping; promote the winner: serving, gate, its owner reference dropped). It never writes a FineTuneJob a
-# user made (RBAC cannot tell trials apart; the code does). finalizers: the trials' blockOwnerDeletion, as above.
+# user made (RBAC cannot tell trials apart; the code does). This rule: kopf's watch of FineTuneSweeps.
 - apiGroups: [finetune.dev]
   resources: [finetunesweeps]
   verbs: [list, watch]
+# A sweep's status, the operator's only write to a FineTuneSweep.
 - apiGroups: [finetune.dev]
   resources: [finetunesweeps/status]
   verbs: [patch]
+# The trials' blockOwnerDeletion on their sweep (as for finetunejobs/finalizers above).
 - apiGroups: [finetune.dev]
   resources: [finetunesweeps/finalizers]
   verbs: [update]
+# The trials themselves: created, read back after a raced create, suspended or promoted.
 - apiGroups: [finetune.dev]
   resources: [finetunejobs]
   verbs: [get, create, patch]
 # ModelServers (shared serving, modelserver/controller.py): watched like FineTuneJobs; the operator writes only their
-# status. finalizers: as for FineTuneJobs, for blockOwnerDeletion on their objects.
+# status. This rule: kopf's watch of ModelServers.
 - apiGroups: [finetune.dev]
   resources: [modelservers]
   verbs: [list, watch]
+# A ModelServer's status (admitted adapters, replicas), the operator's only write to one.
 - apiGroups: [finetune.dev]
   resources: [modelservers/status]
   verbs: [patch]
+# blockOwnerDeletion of a ModelServer's objects (as for finetunejobs/finalizers above).
 - apiGroups: [finetune.dev]
   resources: [modelservers/finalizers]
   verbs: [update]
 # A ModelServer pass reads its Deployment (spec hash) and its two ConfigMaps (the desired adapter list, and the
 # report its sidecars patch); get+patch on ConfigMaps is also what the sidecar's Role grants (builders/modelserver.py
-# sync_rbac, on those two names only), which the operator may create only holding it.
+# sync_rbac, on those two names only), which the operator may create only holding it. This rule: the Deployment.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get]
+# ... and the two ConfigMaps (the trainer's config is never read back).
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get]
@@ -139,6 +145,7 @@ tests/helm/test_chart.py pins the exact list; docs/security.md shows `kubectl au
 - apiGroups: [""]
   resources: [configmaps, services]
   verbs: [create, patch, delete]
+# The serving PodDisruptionBudget (two or more replicas): server-side applied, deleted with serving or at one replica.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [create, patch, delete]
@@ -148,9 +155,11 @@ tests/helm/test_chart.py pins the exact list; docs/security.md shows `kubectl au
 # keeps every Role within the rules above, and the chart's admission policy (rbac.admissionPolicy,
 # templates/admission-policy.yaml) admits from this ServiceAccount only Roles whose every rule names its objects
 # with get/patch, and RoleBindings binding a Role of their own name to the one ServiceAccount of that name.
+# This rule: the ServiceAccount (automountServiceAccountToken false; only the pods that need it mount a token).
 - apiGroups: [""]
   resources: [serviceaccounts]
   verbs: [create]
+# ... and its Role and RoleBinding (above: why create cannot be named, and what bounds it instead).
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [create]
