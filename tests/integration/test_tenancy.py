@@ -216,37 +216,35 @@ def test_admission_policy_lets_the_operator_create_only_its_workloads_roles(
     all_cms = client.V1PolicyRule(api_groups=[""], resources=["configmaps"], verbs=["get", "patch"])
     a_secret = client.V1PolicyRule(api_groups=[""], resources=["secrets"], resource_names=["s3-creds"], verbs=["get"])
     delete = client.V1PolicyRule(api_groups=["batch"], resources=["jobs"], resource_names=["j"], verbs=["delete"])
-    account = client.RbacV1Subject(kind="ServiceAccount", name="probe", namespace=team)
     # the policy loads asynchronously after the install: wait until it refuses a broad Role
     wait_for("the admission policy in force", lambda: _refused_by_policy(role("probe-broad", all_cms)), timeout=60)
     refused = [
         role("probe", named_cm, owned=False),  # not garbage-collected with an owner
         role("probe", a_secret),  # a Secret, even by name
         role("probe", delete),  # a verb beyond get/patch
-        binding("probe", "probe-other", account),  # a Role of another name
-        binding("other", "other", account),  # a ServiceAccount of another name
-        binding(
-            "probe", "probe", client.RbacV1Subject(kind="User", name="probe", api_group="rbac.authorization.k8s.io")
-        ),
     ]
     outcomes = [_refused_by_policy(call) for call in refused]
     assert all(outcomes), [i for i, ok in enumerate(outcomes) if not ok]
-    # the operator's own Role, bound to another subject: RBAC allows it (the operator holds every rule in it)
-    own = client.V1RoleRef(
-        api_group="rbac.authorization.k8s.io", kind="Role", name=chart_identity.username.split(":")[-1]
-    )
-    bound = client.V1RoleBinding(
-        metadata=client.V1ObjectMeta(name="steal", owner_references=[reference]),
-        role_ref=own,
-        subjects=[client.RbacV1Subject(kind="ServiceAccount", name="steal", namespace=team)],
-    )
-    assert _refused_by_policy(lambda: rbac.create_namespaced_role_binding(team, bound))
+
     # what the operator really makes (builders/rbac.py) passes both RBAC and the policy
     for manifest in trainer_rbac(owner):
         if manifest["kind"] == "Role":
             rbac.create_namespaced_role(team, manifest)
         elif manifest["kind"] == "RoleBinding":
             rbac.create_namespaced_role_binding(team, manifest)
+    # bindings RBAC would allow (the Roles exist and the operator holds every rule in them), refused by the policy:
+    # the trainer's Role to another ServiceAccount or a user, under another name, and the operator's own Role
+    trainer = trainer_rbac(owner)[1]["metadata"]["name"]
+    operator_role = chart_identity.username.split(":")[-1]
+    user = client.RbacV1Subject(kind="User", name=trainer, api_group="rbac.authorization.k8s.io")
+    refused = [
+        binding(trainer + "-x", trainer, client.RbacV1Subject(kind="ServiceAccount", name=trainer, namespace=team)),
+        binding("probe", trainer, client.RbacV1Subject(kind="ServiceAccount", name="probe", namespace=team)),
+        binding(trainer + "-u", trainer, user),
+        binding("steal", operator_role, client.RbacV1Subject(kind="ServiceAccount", name="steal", namespace=team)),
+    ]
+    outcomes = [_refused_by_policy(call) for call in refused]
+    assert all(outcomes), [i for i, ok in enumerate(outcomes) if not ok]
 
 
 def test_operator_requests_outside_its_rights_are_refused(
@@ -390,3 +388,60 @@ def _trainer_may_only_patch_its_status(cluster: Any, team: str, jobs: Jobs, tmp_
     ]
     outcomes = [forbidden(call) for call in refused]
     assert all(outcomes), [i for i, ok in enumerate(outcomes) if not ok]
+
+
+def test_the_admins_policy_refuses_node_identity_and_unlisted_placement_before_any_pod(
+    operator_factory: Callable[..., Operator], jobs: Jobs, namespace: str
+) -> None:
+    """The chart's default policy (no node identity, no priority class, no toleration but the allowed one), given
+    to the operator as the chart's Deployment gives it; refusals name the field and create nothing."""
+    from tests.support.kwok import KWOK_TOLERATION
+
+    allowed = json.dumps([KWOK_TOLERATION])
+    operator_factory(
+        namespace,
+        args=["--no-allow-node-identity", "--allowed-priority-classes", "", "--allowed-tolerations", allowed],
+    )
+    jobs.create(namespace, ftj_manifest("nodes"))  # no credentialsSecret: the node's identity
+    placed = ftj_manifest("placed", storage={"credentialsSecret": "creds"})
+    placed["spec"]["resources"]["priorityClassName"] = "system-node-critical"
+    placed["spec"]["resources"]["tolerations"].append({"operator": "Exists"})  # tolerates every taint
+    jobs.create(namespace, placed)
+    server = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelServer",
+        "metadata": {"name": "shared"},
+        "spec": {"baseModelUri": "s3://models/tiny/"},
+    }
+    jobs.cluster.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservers", server)
+
+    nodes = jobs.wait_phase(namespace, "nodes", "Failed")
+    assert nodes["error"]["code"] == "PolicyRefused"
+    assert "spec.storage.credentialsSecret is empty" in nodes["error"]["message"]
+    refused = jobs.wait_phase(namespace, "placed", "Failed")["error"]
+    assert refused["code"] == "PolicyRefused"
+    assert "spec.resources.priorityClassName 'system-node-critical'" in refused["message"]
+    assert "spec.resources.tolerations[1] {operator: Exists}" in refused["message"]
+    assert "tolerations[0]" not in refused["message"]  # kwok's taint is on the allow-list
+
+    def server_ready() -> dict[str, Any] | None:
+        body = jobs.cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modelservers", "shared")
+        conditions = (body.get("status") or {}).get("conditions") or []
+        return next((c for c in conditions if c["type"] == "Ready"), None)
+
+    ready = wait_for("the ModelServer's Ready condition", server_ready)
+    assert ready["status"] == "False" and ready["reason"] == "PolicyRefused"
+    assert "spec.storage.credentialsSecret is empty" in ready["message"]
+    assert not jobs.cluster.batch.list_namespaced_job(namespace).items
+    assert not jobs.cluster.apps.list_namespaced_deployment(namespace).items
+    accounts = [a.metadata.name for a in jobs.cluster.core.list_namespaced_service_account(namespace).items]
+    assert not [a for a in accounts if a.endswith(("-trainer", "-server-sync"))], accounts
+
+    # fixed by the tenant: the same run starts (a refused run never counts as finished)
+    from kubernetes import client
+
+    secret = client.V1Secret(metadata=client.V1ObjectMeta(name="creds"), string_data={"AWS_ACCESS_KEY_ID": "a"})
+    jobs.cluster.core.create_namespaced_secret(namespace, secret)
+    jobs.patch_spec(namespace, "placed", {"resources": {"priorityClassName": None, "tolerations": [KWOK_TOLERATION]}})
+    wait_for("placed's Job", lambda: jobs.training_jobs(namespace, "placed"))
+    assert jobs.status(namespace, "placed")["run"] == 1
