@@ -2,9 +2,15 @@
 
 Why per FineTuneJob: the trainer reports progress by patching `finetunejobs/status`; with `resourceNames`
 pinned to this one object, a compromised or buggy trainer cannot touch any other job, nor the spec.
+Why not one pre-made ClusterRole that the operator only binds per run (which would spare the operator `create` on
+Roles): a ClusterRole cannot name per-run objects, so every trainer of a namespace could then write every run's
+status. The operator's `create` on Roles is bounded instead by RBAC's escalation check and the chart's admission
+policy (helm/finetune-operator/templates/admission-policy.yaml; docs/security.md).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from finetune_operator import GROUP, PLURAL
 from finetune_operator.api.labels import Names
@@ -24,20 +30,31 @@ def trainer_service_account(owner: Owner) -> Manifest:
     }
 
 
+def trainer_rules(owner: Owner) -> list[dict[str, Any]]:
+    """Everything the trainer may do through the API: the one place its rights are decided.
+
+    Whoever changes them keeps three things in step (tests/helm/test_chart.py fails otherwise): every rule names
+    its objects (resourceNames) with get/patch only (the chart's admission policy refuses anything else from the
+    operator), and the operator's own Role in the chart (_helpers.tpl) holds each rule, since RBAC lets the operator
+    create a Role only with permissions it holds itself.
+    """
+    return [
+        {
+            "apiGroups": [GROUP],
+            "resources": [f"{PLURAL}/status"],
+            "resourceNames": [owner.name],
+            "verbs": ["get", "patch"],
+        }
+    ]
+
+
 def trainer_role(owner: Owner) -> Manifest:
     names = Names.of(owner.name)
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": metadata(owner, names.trainer_account, COMPONENT),
-        "rules": [
-            {
-                "apiGroups": [GROUP],
-                "resources": [f"{PLURAL}/status"],
-                "resourceNames": [owner.name],
-                "verbs": ["get", "patch"],
-            }
-        ],
+        "rules": trainer_rules(owner),
     }
 
 

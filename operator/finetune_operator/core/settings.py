@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import re
 import typing
@@ -32,6 +33,7 @@ DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"
 # gpu: the official image on GPU nodes; cpu: vLLM's CPU build (hack/build-images.sh's `vllm` image) on nodes
 # without one. The flags each renders: VLLM_DEVICES in builders/serving.py.
 VLLM_DEVICE_CHOICES = ("gpu", "cpu")
+TOLERATION_FIELDS = ("key", "operator", "value", "effect")
 TRUE_WORDS = ("1", "true", "yes")  # an FTO_* variable of a yes/no setting is true when it is one of these
 _OPTION = "finetune_operator.option"
 
@@ -53,6 +55,8 @@ class Option:
     reset: tuple[str, ...] = ()  # flags that put a list setting back to its default, whatever else is given
     reset_help: str = ""
     check: Callable[[tuple[str, ...]], str] | None = None  # entries -> what is wrong with them ("" when nothing)
+    parse: Callable[[str], Any] | None = None  # a structured value given as one string (JSON): text -> value
+    text: Callable[[Any], str] | None = None  # the inverse of `parse`: value -> the string a variable holds
 
     @property
     def full_help(self) -> str:
@@ -72,6 +76,40 @@ def _gpu_memory_problems(entries: tuple[str, ...]) -> str:
 
 
 @dataclass(frozen=True)
+class AllowedToleration:
+    """One entry of the admin's toleration allow-list: a field left None matches any value of it."""
+
+    key: str | None = None
+    operator: str | None = None
+    value: str | None = None
+    effect: str | None = None
+
+
+def allowed_tolerations(value: str) -> tuple[AllowedToleration, ...]:
+    """--allowed-tolerations / FTO_ALLOWED_TOLERATIONS: a JSON list of {key, operator, value, effect} (each field
+    optional). Anything else is refused here, at start."""
+    where = "--allowed-tolerations / FTO_ALLOWED_TOLERATIONS"
+    try:
+        entries = json.loads(value or "[]")
+    except ValueError as error:
+        raise SystemExit(f"{where}: not JSON ({error})") from error
+    if not isinstance(entries, list):
+        raise SystemExit(f"{where}: must be a JSON list of objects with fields {', '.join(TOLERATION_FIELDS)}")
+    out = []
+    for entry in entries:
+        bad = sorted(set(entry) - set(TOLERATION_FIELDS)) if isinstance(entry, dict) else ["(not an object)"]
+        if bad or not all(isinstance(v, str) for v in entry.values()):
+            raise SystemExit(f"{where}: {json.dumps(entry)}: only string fields {', '.join(TOLERATION_FIELDS)}")
+        out.append(AllowedToleration(**entry))
+    return tuple(out)
+
+
+def tolerations_text(entries: tuple[AllowedToleration, ...]) -> str:
+    """The JSON `allowed_tolerations` reads back (fields left None are left out)."""
+    return json.dumps([{k: v for k, v in dataclasses.asdict(e).items() if v is not None} for e in entries])
+
+
+@dataclass(frozen=True)
 class Settings:
     """What the operator needs to know besides the FineTuneJob itself. Field order is `--help`'s order."""
 
@@ -80,7 +118,7 @@ class Settings:
         ("--namespace", "-n"),
         "FTO_NAMESPACES",
         "watch this namespace (repeatable, or comma-separated); default: all.",
-        chart=("watchNamespaces",),
+        chart=("watchNamespaces", "clusterWide"),
         reset=("--all-namespaces", "-A"),
         reset_help="watch every namespace (the default)",
     )
@@ -244,6 +282,43 @@ class Settings:
         "name of the Lease; replicas naming the same one elect one leader.",
         chart=("leaderElection.leaseName",),
     )
+    # Whether to look up the credentials Secret before a run's Job (needs `get` on Secrets; the chart's clusterWide
+    # mode grants none, so it turns this off and a missing Secret shows in the pod instead)
+    secret_check: bool = setting(
+        True,
+        "--secret-check",
+        "FTO_SECRET_CHECK",
+        "look up each run's credentials Secret (metadata only) before its Job; needs get on Secrets.",
+        chart=("clusterWide",),
+    )
+    # What a tenant's spec may ask for (builders.policy): an empty storage.credentialsSecret (the node's identity),
+    # priority classes ("*": any) and tolerations. Unset: not checked (a bare `python -m finetune_operator`, the
+    # developer's own cluster); the chart always passes them, strict by default (docs/security.md).
+    allow_node_identity: bool = setting(
+        True,
+        "--allow-node-identity",
+        "FTO_ALLOW_NODE_IDENTITY",
+        "accept an empty storage.credentialsSecret (the pods then use the node's own cloud identity).",
+        chart=("policy.allowNodeIdentity",),
+    )
+    allowed_priority_classes: tuple[str, ...] | None = setting(
+        None,
+        "--allowed-priority-classes",
+        "FTO_ALLOWED_PRIORITY_CLASSES",
+        "priorityClassName values a spec may set (repeatable, or comma-separated; empty: none; *: any); unset: "
+        "not checked.",
+        chart=("policy.allowedPriorityClasses",),
+    )
+    allowed_tolerations: tuple[AllowedToleration, ...] | None = setting(
+        None,
+        "--allowed-tolerations",
+        "FTO_ALLOWED_TOLERATIONS",
+        'JSON list of tolerations a spec may set, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists"}] (a field '
+        "left out matches any value); unset: not checked.",
+        chart=("policy.allowedTolerations",),
+        parse=allowed_tolerations,
+        text=tolerations_text,
+    )
 
     @property
     def server_image(self) -> str:
@@ -267,11 +342,15 @@ def declared() -> list[Declared]:
 
 
 def _is_list(item: Declared) -> bool:
-    return bool(item.type == tuple[str, ...])
+    return bool(item.type in (tuple[str, ...], tuple[str, ...] | None))
 
 
 def env_text(item: Declared, value: Any) -> str:
     """A value as its FTO_* variable would spell it (the settings table shows defaults this way)."""
+    if value is None:
+        return "(unset)"
+    if item.option.text:
+        return item.option.text(value)
     if item.type is bool:
         return "true" if value else "false"
     if _is_list(item):
@@ -288,7 +367,10 @@ def _add_argument(parser: argparse.ArgumentParser, item: Declared, env: Mapping[
     option = item.option
     given = env.get(option.env)
     extra: dict[str, Any] = {"choices": option.choices} if option.choices else {}
-    if _is_list(item):  # the variable is read after parsing: flags, when given, replace it
+    if option.parse:  # one string holding a structured value, parsed from the flag or the variable
+        default = item.default if given is None else option.parse(given)
+        action = parser.add_argument(*option.flags, type=option.parse, default=default, help=option.full_help)
+    elif _is_list(item):  # the variable is read after parsing: flags, when given, replace it
         action = parser.add_argument(*option.flags, action="append", default=None, help=option.full_help)
     elif item.type is bool:
         default = item.default if given is None else given.lower() in TRUE_WORDS
@@ -307,7 +389,9 @@ def _add_argument(parser: argparse.ArgumentParser, item: Declared, env: Mapping[
     return dests
 
 
-def _list_value(item: Declared, args: argparse.Namespace, dests: list[str], env: Mapping[str, str]) -> tuple[str, ...]:
+def _list_value(
+    item: Declared, args: argparse.Namespace, dests: list[str], env: Mapping[str, str]
+) -> tuple[str, ...] | None:
     """Reset flags win, then the flags (each comma-separated), then the variable; `check` refuses bad entries."""
     option = item.option
     flagged: list[str] | None = getattr(args, dests[0])
@@ -315,8 +399,10 @@ def _list_value(item: Declared, args: argparse.Namespace, dests: list[str], env:
         entries: tuple[str, ...] = item.default
     elif flagged:
         entries = tuple(entry for value in flagged for entry in _split(value))
+    elif option.env in env:
+        entries = _split(env[option.env])
     else:
-        entries = _split(env.get(option.env, ""))
+        return item.default  # type: ignore[no-any-return]
     problems = option.check(entries) if option.check else ""
     if problems:
         raise SystemExit(f"{option.flags[0]} / {option.env}: {problems}")
@@ -335,7 +421,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Set
     args = parser.parse_args(list(argv))
     values: dict[str, Any] = {
         item.name: _list_value(item, args, dests[item.name], env)
-        if _is_list(item)
+        if _is_list(item) and not item.option.parse
         else getattr(args, dests[item.name][0])
         for item in items
     }
@@ -356,7 +442,7 @@ def _table_row(item: Declared) -> str:
         meaning.append(
             f"{' / '.join(f'`{flag}`' for flag in option.reset if flag.startswith('--'))}: {option.reset_help}."
         )
-    shown = f"`{default}`" if default else "(empty)"
+    shown = "(unset)" if item.default is None else f"`{default}`" if default else "(empty)"
     return f"| {flags} | `{option.env}` | {shown} | {chart} | {' '.join(part for part in meaning if part)} |"
 
 

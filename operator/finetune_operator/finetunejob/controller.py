@@ -89,7 +89,7 @@ class Reconciler:
         )
         if spec.serving.server:  # shared serving: the verdict is in the server's status (servers.py)
             snapshot = replace(snapshot, server=self.store.server(server_ref(spec.serving.server, owner.namespace)))
-        if needs_secret_check(snapshot):
+        if self.settings.secret_check and needs_secret_check(snapshot):
             present = self.kube.exists_metadata("v1", "Secret", owner.namespace, spec.storage.credentials_secret)
             snapshot = replace(snapshot, secret_present=present)
         decided = plan(snapshot, self.settings)

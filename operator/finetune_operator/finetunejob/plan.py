@@ -30,6 +30,7 @@ from finetune_operator.api.labels import (
 )
 from finetune_operator.api.modelserver import server_ref
 from finetune_operator.api.objects import Event, Manifest, Owner
+from finetune_operator.builders.policy import REFUSED, job_refusal
 from finetune_operator.builders.serving import Published, endpoint_url, serving_bundle
 from finetune_operator.core.observed import DeploymentObs, JobObs, PodObs
 from finetune_operator.core.settings import Settings
@@ -110,6 +111,8 @@ def _finished_before(status: dict[str, Any], run: int, spec: FineTuneJobSpec, re
     placement has changed since (more memory after an OOM kill) or a new retry token asks for it."""
     if int(status.get("run") or 0) != run or status.get("phase") not in TERMINAL:
         return False
+    if (status.get("error") or {}).get("code") == REFUSED:
+        return False  # refused by the admin's policy: it never started, and may once the spec or policy changes
     ran_with = status.get("placementHash")
     placement_changed = bool(ran_with) and ran_with != placement_spec_hash(spec)
     return not (_failed_in_training(status, run) and (placement_changed or retry))
@@ -248,6 +251,7 @@ def _state(
     created_job: bool,
     finished_before: bool,
     validation: Validation,
+    refused: str | None = None,
 ) -> TrainingState:
     """What the training side of run `run` is doing, from the most specific evidence at hand. `job` and `pods`
     are the validation Job's until the validation has passed, then the training Job's."""
@@ -267,6 +271,9 @@ def _state(
             f"replacing the {what} Job with the new placement (resources, node selection, pod metadata or "
             "queue); the new pods resume this run from its last checkpoint",
         )
+    if refused is not None and job is None:
+        # a Job made before the policy changed is left to finish; no new one is made
+        return TrainingState("Failed", REFUSED, refused, ErrorInfo(REFUSED, refused))
     if snapshot.secret_present is False:
         name = spec.storage.credentials_secret
         missing = ErrorInfo(
@@ -354,9 +361,10 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
     same_run = int(status.get("run") or 0) == run
 
     secret_missing = snapshot.secret_present is False
+    refused = job_refusal(spec, settings)
     retry = _retry_requested(snapshot)
     finished_before = same_run and _finished_before(status, run, spec, retry)
-    may_start = not secret_missing and not finished_before
+    may_start = not secret_missing and not finished_before and refused is None
     actions = job_actions(spec, job, children, may_start=may_start, retry=retry)
     placement = _placement_of_run(status if same_run else {}, job, actions.create)
     created_job = any(m["kind"] == "Job" for m in actions.create)
@@ -366,7 +374,14 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
     retry_token = status.get("retryToken") if retry and failed_run and not created_job else snapshot.retry_token
 
     state = _state(
-        snapshot, job, pods, run, created_job=created_job, finished_before=finished_before, validation=validation
+        snapshot,
+        job,
+        pods,
+        run,
+        created_job=created_job,
+        finished_before=finished_before,
+        validation=validation,
+        refused=refused,
     )
     metrics = state.metrics or (status.get("metrics") if same_run else None) or {}
     phase, error, gate, published = _gated(spec, run, state, metrics, Published.from_status(status.get("published")))

@@ -30,6 +30,7 @@ from finetune_operator.api.finetunesweep import (
     TrialStoppingSpec,
 )
 from finetune_operator.api.objects import Event, Manifest, Owner
+from finetune_operator.builders.policy import REFUSED
 from finetune_operator.finetunejob.gate import GateResult, evaluate_gate, flatten_metrics
 from finetune_operator.finetunesweep.trials import trial_manifest, trial_name, trial_parameters
 
@@ -39,7 +40,7 @@ INTERMEDIATE_VALIDATION_LOSS = ("progress", "validationLoss")
 evaluation.intervalSteps; the trainer's `selection` module writes both) and the step it was measured at: the
 one place the early-stopping rule reads it from."""
 
-USER_ERRORS = frozenset({"ConfigInvalid", "DatasetInvalid", "ModelInvalid", "PlanDoesNotFit", "SecretMissing"})
+USER_ERRORS = frozenset({"ConfigInvalid", "DatasetInvalid", "ModelInvalid", "PlanDoesNotFit", "SecretMissing", REFUSED})
 """Trial failures that every other trial would repeat (the template is wrong): no further trial is started."""
 
 FINISHED = frozenset({"Succeeded", "Failed", "Serving", "Publishing"})

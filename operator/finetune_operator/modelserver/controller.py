@@ -31,6 +31,7 @@ from finetune_operator.builders.modelserver import (
     server_bundle,
     server_pdb,
 )
+from finetune_operator.builders.policy import REFUSED, server_refusal
 from finetune_operator.core.errors import TemporaryError
 from finetune_operator.core.kube import Kube
 from finetune_operator.core.settings import Settings
@@ -89,6 +90,11 @@ class ServerReconciler:
             message = invalid_spec_message(error)
             invalid = cond.condition(cond.READY, False, "ConfigInvalid", message, generation)
             self._write(body, {"observedGeneration": generation, "conditions": [invalid]})
+            return None
+        refused = server_refusal(spec, self.settings)
+        if refused is not None:  # nothing is applied; objects made before the policy changed stay as they are
+            condition = cond.condition(cond.READY, False, REFUSED, refused, generation)
+            self._write(body, {"observedGeneration": generation, "conditions": [condition]})
             return None
         owner = ServerOwner(meta["namespace"], meta["name"], meta["uid"])
         candidates = [

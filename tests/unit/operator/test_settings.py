@@ -17,7 +17,16 @@ from typing import Any
 
 import pytest
 import yaml
-from finetune_operator.core.settings import Declared, Settings, declared, env_text, parse_args, settings_table
+from finetune_operator.core.settings import (
+    AllowedToleration,
+    Declared,
+    Settings,
+    _is_list,
+    declared,
+    env_text,
+    parse_args,
+    settings_table,
+)
 
 from tests.helm.chart import CHART, helm
 
@@ -36,7 +45,9 @@ def _sample(item: Declared) -> Any:
         return not item.default
     if item.type in (int, float):
         return item.type(item.default + 7)
-    if item.type == tuple[str, ...]:
+    if item.option.parse:  # the one structured setting: the toleration allow-list
+        return (AllowedToleration(key="nvidia.com/gpu", operator="Exists"), AllowedToleration(key="pool"))
+    if _is_list(item):
         return ("A100=30Gi", "L4=20Gi") if item.option.check else ("team-a", "team-b")
     return f"{item.default}x"
 
@@ -58,11 +69,12 @@ def test_each_setting_from_its_variable_and_its_flag(item: Declared) -> None:
     assert getattr(parse_args([], env={option.env: env_text(item, value)}), item.name) == value
     if item.type is bool:
         argv = [option.flags[0] if value else "--no-" + option.flags[0].removeprefix("--")]
-    elif item.type == tuple[str, ...]:
+    elif _is_list(item) and not option.parse:
         argv = [arg for entry in value for arg in (option.flags[0], entry)]
     else:
         argv = [option.flags[0], env_text(item, value)]
-    assert getattr(parse_args(argv, env={option.env: env_text(item, item.default)}), item.name) == value
+    default_env = {} if item.default is None else {option.env: env_text(item, item.default)}  # None: unset
+    assert getattr(parse_args(argv, env=default_env), item.name) == value
 
 
 def test_list_settings_reset_and_check() -> None:
@@ -128,7 +140,7 @@ def _changed(key: str, value: Any) -> Any:
     if isinstance(value, dict):
         return {"H100-80G": "76Gi"}
     if isinstance(value, list):
-        return ["team-a"]
+        return [{"key": "pool"}] if node.get("items", {}).get("type") == "object" else ["team-a"]
     return f"{value}x"
 
 
@@ -199,4 +211,5 @@ def test_the_readme_table_is_the_declaration() -> None:
     assert [re.findall(r"`(FTO_\w+)`", row)[0] for row in rows] == list(BY_ENV)
     for row, item in zip(rows, SETTINGS, strict=True):
         default = env_text(item, item.default)
-        assert f"| {f'`{default}`' if default else '(empty)'} |" in row, (row, default)
+        shown = "(unset)" if item.default is None else f"`{default}`" if default else "(empty)"
+        assert f"| {shown} |" in row, (row, default)
