@@ -24,7 +24,7 @@ NO_NODE = "nodeSelector.finetune\\.dev/test-no-such-node=true"
 # What reconcile needs in a namespace it watches (operator/finetune_operator/core/kube.py + kopf's watches).
 NAMESPACED: set[Rule] = {
     *{("finetune.dev", "finetunejobs", v) for v in ("list", "watch")},
-    *{("finetune.dev", "finetunejobs/status", v) for v in ("get", "patch")},
+    ("finetune.dev", "finetunejobs/status", "patch"),
     ("finetune.dev", "finetunejobs/finalizers", "update"),
     # a FineTuneSweep's trials (sweeps.py): created, read back after a raced create, suspended or promoted
     *{("finetune.dev", "finetunejobs", v) for v in ("get", "create", "patch")},

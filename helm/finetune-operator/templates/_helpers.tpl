@@ -53,15 +53,11 @@ call needs it. Used by the ClusterRole (all namespaces) or by one Role per watch
 - apiGroups: [finetune.dev]
   resources: [finetunejobs]
   verbs: [list, watch]
-# patch: the operator's only write to a FineTuneJob is its status (Kube.patch_status).
-# get: not called by the operator itself, but the per-run trainer Role it creates grants get+patch on
-# finetunejobs/status (one resourceName). RBAC's escalation check lets a subject create a Role, or a
-# RoleBinding to it, only when it already holds every permission in it (or has `escalate`/`bind`).
-# Holding these two narrow verbs is far safer than `escalate`/`bind`, which could not be limited to the
-# per-run Role names (they are derived from each FineTuneJob's name) and would let the operator mint any Role.
+# patch: the operator's only write to a FineTuneJob is its status (Kube.patch_status). Nobody else's: the
+# trainer reports progress in a ConfigMap the operator reads and checks (builders/rbac.py).
 - apiGroups: [finetune.dev]
   resources: [finetunejobs/status]
-  verbs: [get, patch]
+  verbs: [patch]
 # Children carry ownerReferences with blockOwnerDeletion: true; where the OwnerReferencesPermissionEnforcement
 # admission plugin is on (OpenShift and other hardened clusters), that requires update on the owner's
 # finalizers subresource. It does not allow writing the FineTuneJob's spec or status.
@@ -97,7 +93,8 @@ call needs it. Used by the ClusterRole (all namespaces) or by one Role per watch
   verbs: [update]
 # A ModelServer pass reads its Deployment (spec hash) and its two ConfigMaps (the desired adapter list, and
 # the report its sidecars patch); get is also what the sidecar's Role grants (on those two names only), and
-# RBAC lets the operator create a Role only with permissions it holds itself.
+# RBAC lets the operator create a Role only with permissions it holds itself. A FineTuneJob pass reads the
+# trainer's progress ConfigMap while the run's pods train (ConfigMaps are read by name, never listed or watched).
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get]
@@ -119,8 +116,11 @@ call needs it. Used by the ClusterRole (all namespaces) or by one Role per watch
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [list, watch, create, patch, delete]
-# Trainer config / serving config (ConfigMaps), workers' headless and serving Services, the serving
-# PodDisruptionBudget: created or server-side applied, deleted when a run is retired or serving is off.
+# Trainer config / serving config / the trainer's progress (ConfigMaps), workers' headless and serving Services,
+# the serving PodDisruptionBudget: created or server-side applied, deleted when a run is retired or serving is
+# off. patch on ConfigMaps is also what the per-FineTuneJob trainer Role grants (on its progress ConfigMap only):
+# RBAC lets a subject create a Role, or a RoleBinding to it, only when it already holds every permission in it
+# (or has `escalate`/`bind`, which could not be limited to the per-job Role names and would let it mint any Role).
 - apiGroups: [""]
   resources: [configmaps, services]
   verbs: [create, patch, delete]

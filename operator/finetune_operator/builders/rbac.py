@@ -1,17 +1,23 @@
-"""The trainer's identity: a ServiceAccount whose Role may get and patch only its own FineTuneJob's status.
+"""The trainer's identity and its one channel: a ServiceAccount whose Role may patch only the FineTuneJob's
+progress ConfigMap, and that ConfigMap.
 
-Why per FineTuneJob: the trainer reports progress by patching `finetunejobs/status`; with `resourceNames`
-pinned to this one object, a compromised or buggy trainer cannot touch any other job, nor the spec.
+Why a ConfigMap and not the FineTuneJob's status: the pod's token can be used by any editor of the namespace
+(who may run a pod as this ServiceAccount), and the status holds what the operator decides (`published`
+names the model that is served). The trainer therefore writes nothing the operator trusts: it patches
+`<job>-progress` (`resourceNames` pins that one object, so it cannot touch another job's, nor any other
+ConfigMap), and the operator copies a validated subset into `status.progress` (finetunejob/progress.py).
+The ConfigMap is the operator's (controller ownerReference), created with the run's other children.
 """
 
 from __future__ import annotations
 
-from finetune_operator import GROUP, PLURAL
-from finetune_operator.api.labels import Names
+from finetune_operator.api.labels import COMPONENT_PROGRESS, Names
 from finetune_operator.api.objects import Manifest, Owner
 from finetune_operator.builders.common import metadata
 
 COMPONENT = "trainer-rbac"
+PROGRESS_KEY = "progress.json"
+"""The progress ConfigMap's one key: the trainer's latest report, a JSON document (docs/trainer-contract.md 4)."""
 
 
 def trainer_service_account(owner: Owner) -> Manifest:
@@ -31,12 +37,7 @@ def trainer_role(owner: Owner) -> Manifest:
         "kind": "Role",
         "metadata": metadata(owner, names.trainer_account, COMPONENT),
         "rules": [
-            {
-                "apiGroups": [GROUP],
-                "resources": [f"{PLURAL}/status"],
-                "resourceNames": [owner.name],
-                "verbs": ["get", "patch"],
-            }
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [names.progress], "verbs": ["patch"]}
         ],
     }
 
@@ -55,3 +56,15 @@ def trainer_role_binding(owner: Owner) -> Manifest:
 def trainer_rbac(owner: Owner) -> list[Manifest]:
     """ServiceAccount, Role, RoleBinding: in the order they must exist."""
     return [trainer_service_account(owner), trainer_role(owner), trainer_role_binding(owner)]
+
+
+def progress_config_map(owner: Owner) -> Manifest:
+    """The ConfigMap the trainer reports progress in; empty until the first report (the trainer merge-patches
+    `data`)."""
+    names = Names.of(owner.name)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(owner, names.progress, COMPONENT_PROGRESS),
+        "data": {},
+    }
