@@ -6,9 +6,10 @@ is rendered from that published run (so a later run that fails its gate leaves i
 endpoint is reported only once the Deployment has rolled out and is Available.
 
 Trust: what is published is decided here, from the termination message of the training pod the operator's Job
-ran and the gate, never from what a writer put in the status: `published.modelUri` is always the run's own
-`<output.uri>run-N/model/`, and a run is carried over from the status only when it is older than the current
-one (it was published by an earlier pass; the current run is published only by this pass's gate).
+ran and the gate. The current run is published only by this pass's gate; the status is read back only for an
+earlier published run, while a newer one trains or after it failed its gate (its number, and what it was trained
+with: task, base model, adapter or not, rank), and `published.modelUri` is always re-derived as that run's own
+`<output.uri>run-N/model/`, so no status writer can point serving at another place.
 """
 
 from __future__ import annotations
