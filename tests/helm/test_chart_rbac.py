@@ -20,7 +20,7 @@ Rule = tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]  # apiGroup
 # The operator's rules in each namespace it reconciles, in the chart's order (templates/_helpers.tpl says why each).
 NAMESPACED: list[Rule] = [
     ("finetune.dev", ("finetunejobs",), ("list", "watch"), ()),
-    ("finetune.dev", ("finetunejobs/status",), ("get", "patch"), ()),
+    ("finetune.dev", ("finetunejobs/status",), ("patch",), ()),
     ("finetune.dev", ("finetunejobs/finalizers",), ("update",), ()),
     ("finetune.dev", ("finetunesweeps",), ("list", "watch"), ()),
     ("finetune.dev", ("finetunesweeps/status",), ("patch",), ()),

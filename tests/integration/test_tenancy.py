@@ -24,7 +24,7 @@ NO_NODE = "nodeSelector.finetune\\.dev/test-no-such-node=true"
 # What reconcile needs in a namespace it watches (operator/finetune_operator/core/kube.py + kopf's watches).
 NAMESPACED: set[Rule] = {
     *{("finetune.dev", "finetunejobs", v) for v in ("list", "watch")},
-    *{("finetune.dev", "finetunejobs/status", v) for v in ("get", "patch")},
+    ("finetune.dev", "finetunejobs/status", "patch"),
     ("finetune.dev", "finetunejobs/finalizers", "update"),
     # a FineTuneSweep's trials (sweeps.py): created, read back after a raced create, suspended or promoted
     *{("finetune.dev", "finetunejobs", v) for v in ("get", "create", "patch")},
@@ -346,7 +346,7 @@ def test_secret_is_read_in_the_jobs_namespace_only_and_never_copied(
         dumped = json.dumps([cluster.api_client.sanitize_for_serialization(c) for c in children])
         assert not any(value in dumped for value in values.values())
 
-        _trainer_may_only_patch_its_status(cluster, team, jobs, tmp_path)
+        _trainer_may_only_patch_its_progress(cluster, team, jobs, tmp_path)
         jobs.finish_pod(team, pod.metadata.name, 0, success_message())
         jobs.wait_phase(team, "tenant", "Succeeded")
         log = operator.log_path.read_text(errors="replace")
@@ -355,8 +355,8 @@ def test_secret_is_read_in_the_jobs_namespace_only_and_never_copied(
         operator.stop()
 
 
-def _trainer_may_only_patch_its_status(cluster: Any, team: str, jobs: Jobs, tmp_path: Path) -> None:
-    """The per-run ServiceAccount that the operator (on the chart's rights) made: its own status only."""
+def _trainer_may_only_patch_its_progress(cluster: Any, team: str, jobs: Jobs, tmp_path: Path) -> None:
+    """The per-job ServiceAccount that the operator (on the chart's rights) made: its own progress ConfigMap only."""
     from kubernetes import client
 
     jobs.create(team, ftj_manifest("neighbour"))
@@ -366,11 +366,14 @@ def _trainer_may_only_patch_its_status(cluster: Any, team: str, jobs: Jobs, tmp_
         client.CustomObjectsApi(trainer),
         client.BatchV1Api(trainer),
     )
-    progress = {"status": {"progress": {"run": 1, "stage": "training", "step": 1, "totalSteps": 4, "percent": 25}}}
-    custom.patch_namespaced_custom_object_status(GROUP, VERSION, team, PLURAL, "tenant", progress)
-    custom.get_namespaced_custom_object_status(GROUP, VERSION, team, PLURAL, "tenant")
+    report = {"run": 1, "stage": "training", "step": 1, "totalSteps": 4, "percent": 25}
+    core.patch_namespaced_config_map("tenant-progress", team, {"data": {"progress.json": json.dumps(report)}})
+    progress = {"status": {"progress": report}}
     refused: list[Callable[[], Any]] = [
+        lambda: custom.patch_namespaced_custom_object_status(GROUP, VERSION, team, PLURAL, "tenant", progress),
+        lambda: custom.get_namespaced_custom_object_status(GROUP, VERSION, team, PLURAL, "tenant"),
         lambda: custom.patch_namespaced_custom_object_status(GROUP, VERSION, team, PLURAL, "neighbour", progress),
+        lambda: core.patch_namespaced_config_map("neighbour-progress", team, {"data": {"progress.json": "{}"}}),
         lambda: custom.patch_namespaced_custom_object(
             GROUP, VERSION, team, PLURAL, "tenant", {"spec": {"suspend": True}}
         ),

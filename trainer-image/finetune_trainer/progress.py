@@ -1,5 +1,8 @@
-"""Progress reports: `status.progress` of the FineTuneJob through the in-cluster API, or the log.
+"""Progress reports: the run's progress ConfigMap through the in-cluster API, or the log.
 
+Why a ConfigMap and not the FineTuneJob's status: the operator alone writes the status (it decides what is
+published there); the trainer's ServiceAccount may patch only the ConfigMap named in `FTO_PROGRESS_CONFIGMAP`,
+and the operator copies what it accepts of the report into `status.progress` (docs/trainer-contract.md section 4).
 Why throttled: a patch per optimizer step would hammer the API server on fast tiny models, and a silent
 minute looks like a hang on slow large ones. `Throttle` (pure, unit-tested) sends at most every
 `min_interval` seconds and at least every `max_interval` while there is news; stage changes always go
@@ -12,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -22,7 +26,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 TOKEN_PATH = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
+CONFIG_MAP_ENV = "FTO_PROGRESS_CONFIGMAP"  # the ConfigMap the operator made for this FineTuneJob's progress
+PROGRESS_KEY = "progress.json"
 
 
 @dataclass
@@ -92,18 +97,36 @@ def in_cluster() -> bool:
     return TOKEN_PATH.exists() and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
 
 
-def kubernetes_sink(namespace: str, name: str, api_client: Any = None) -> Callable[[dict[str, Any]], None]:
-    """A function that merge-patches the FineTuneJob's status subresource (as the pod, by default)."""
+def merged(document: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """`document` with a report's fields applied as a JSON merge patch (RFC 7386): None removes a field,
+    a dict merges into a dict. The ConfigMap holds the whole document, so the merge happens here. A number
+    that is not finite (a diverged loss) removes its field too: JSON has no NaN, and the operator refuses it."""
+    out = dict(document)
+    for key, value in patch.items():
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_map_sink(namespace: str, name: str, api_client: Any = None) -> Callable[[dict[str, Any]], None]:
+    """A function that writes the progress so far into the ConfigMap `name` (as the pod, by default); each
+    report is merged into the document the earlier ones built, so fields a report leaves out stay."""
     from kubernetes import client, config
 
     if api_client is None:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
-    api = client.CustomObjectsApi(api_client)
+    api = client.CoreV1Api(api_client)
+    document: dict[str, Any] = {}
 
     def send(patch: dict[str, Any]) -> None:
-        api.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, patch, _content_type="application/merge-patch+json"
-        )
+        nonlocal document
+        document = merged(document, patch["status"]["progress"])
+        text = json.dumps(document, sort_keys=True, allow_nan=False)
+        api.patch_namespaced_config_map(name, namespace, {"data": {PROGRESS_KEY: text}})
 
     return send
 
@@ -167,13 +190,15 @@ class Reporter:
                 log.warning("progress patch failed (%d so far): %s", self.failures, error)
 
 
-def make_reporter(run: int, namespace: str, name: str, enabled: bool) -> Reporter:
-    """The API sink when the pod has a service-account token, else the log; a silent one off rank 0."""
+def make_reporter(run: int, namespace: str, enabled: bool) -> Reporter:
+    """The ConfigMap sink when the pod has a service-account token and the operator named its progress
+    ConfigMap, else the log; a silent one off rank 0."""
     if not enabled:
         return Reporter(run, lambda patch: None)
-    if in_cluster():
+    config_map = os.environ.get(CONFIG_MAP_ENV, "")
+    if in_cluster() and config_map:
         try:
-            return Reporter(run, kubernetes_sink(namespace, name))
+            return Reporter(run, config_map_sink(namespace, config_map))
         except Exception as error:
             log.warning("in-cluster progress reporting unavailable (%s); logging progress instead", error)
     return Reporter(run, log_sink)

@@ -294,7 +294,7 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
     storage = Storage()
     run_uri = S3Uri.parse(cfg.output.run_uri)
     work = work_dir()
-    reporter = make_reporter(cfg.job.run, cfg.job.namespace, cfg.job.name, enabled=distributed.is_main())
+    reporter = make_reporter(cfg.job.run, cfg.job.namespace, enabled=distributed.is_main())
     reporter.extra = dict.fromkeys(PROGRESS_FIELDS)  # null: nothing an earlier run reported lingers
     reporter.report("loading", force=True)
     reporter.extra = {}

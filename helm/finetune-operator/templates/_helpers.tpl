@@ -69,13 +69,11 @@ tests/helm/test_chart.py pins the exact list; docs/security.md shows `kubectl au
 - apiGroups: [finetune.dev]
   resources: [finetunejobs]
   verbs: [list, watch]
-# patch: the operator's only write to a FineTuneJob is its status (Kube.patch_status).
-# get: not called by the operator itself: the per-run trainer Role it creates (builders/rbac.py, TRAINER_RULES) grants
-# get+patch on its own FineTuneJob's status by name, and RBAC lets a subject create a Role only with permissions it
-# holds itself. Holding these narrow verbs is far safer than `escalate`. Drop `get` here when TRAINER_RULES does.
+# patch: the operator's only write to a FineTuneJob is its status (Kube.patch_status). Nobody else's: the
+# trainer reports progress in a ConfigMap the operator reads and checks (builders/rbac.py).
 - apiGroups: [finetune.dev]
   resources: [finetunejobs/status]
-  verbs: [get, patch]
+  verbs: [patch]
 # Children carry ownerReferences with blockOwnerDeletion: true; where the OwnerReferencesPermissionEnforcement
 # admission plugin is on (OpenShift and other hardened clusters), that requires update on the owner's
 # finalizers subresource. It does not allow writing the FineTuneJob's spec or status.
@@ -116,7 +114,9 @@ tests/helm/test_chart.py pins the exact list; docs/security.md shows `kubectl au
   verbs: [update]
 # A ModelServer pass reads its Deployment (spec hash) and its two ConfigMaps (the desired adapter list, and the
 # report its sidecars patch); get+patch on ConfigMaps is also what the sidecar's Role grants (builders/modelserver.py
-# sync_rbac, on those two names only), which the operator may create only holding it. This rule: the Deployment.
+# sync_rbac, on those two names only), which the operator may create only holding it. A FineTuneJob pass reads the
+# trainer's progress ConfigMap by name while the run's pods train (ConfigMaps are never listed or watched). This
+# rule: the Deployment.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get]
@@ -139,9 +139,11 @@ tests/helm/test_chart.py pins the exact list; docs/security.md shows `kubectl au
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [list, watch, create, patch, delete]
-# Trainer config / serving config / a ModelServer's desired list (ConfigMaps), workers' headless and serving
-# Services, the serving PodDisruptionBudget: created or server-side applied, deleted when a run is retired or
-# serving is off; a gone replica's key is merge-patched out of a ModelServer's report ConfigMap.
+# Trainer config / serving config / a ModelServer's desired list / the trainer's progress (ConfigMaps), workers'
+# headless and serving Services, the serving PodDisruptionBudget: created or server-side applied, deleted when a run
+# is retired or serving is off; a gone replica's key is merge-patched out of a ModelServer's report ConfigMap.
+# patch on ConfigMaps is also what the per-FineTuneJob trainer Role grants (on its progress ConfigMap only): RBAC
+# lets a subject create a Role only when it already holds every permission in it.
 - apiGroups: [""]
   resources: [configmaps, services]
   verbs: [create, patch, delete]

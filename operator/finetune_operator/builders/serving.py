@@ -46,7 +46,8 @@ SERVER_PRE_STOP: dict[str, Any] = VLLM_PRE_STOP
 
 @dataclass(frozen=True)
 class Published:
-    """The model a serving Deployment runs: one run that passed its gate (kept in status.published)."""
+    """The model a serving Deployment runs: one run that passed its gate (shown in status.published, which the
+    planner derives on every pass: finetunejob/plan.py)."""
 
     run: int
     task: str
@@ -54,19 +55,6 @@ class Published:
     model_uri: str
     adapter: bool
     lora_rank: int = 16
-
-    @classmethod
-    def from_status(cls, raw: dict[str, Any] | None) -> Published | None:
-        if not raw or "run" not in raw:
-            return None
-        return cls(
-            run=int(raw["run"]),
-            task=str(raw.get("task", "causal-lm")),
-            base_model_uri=str(raw.get("baseModelUri", "")),
-            model_uri=str(raw.get("modelUri", "")),
-            adapter=bool(raw.get("adapter", True)),
-            lora_rank=int(raw.get("loraRank", 16)),
-        )
 
     def to_status(self) -> dict[str, Any]:
         """status.published: the API's camelCase names."""

@@ -4,6 +4,12 @@ The planner joins the run bookkeeping (runs), the training state (status), the g
 (builders.serving): a run that trained and passed its gate becomes `status.published`, the serving bundle
 is rendered from that published run (so a later run that fails its gate leaves it untouched) and the
 endpoint is reported only once the Deployment has rolled out and is Available.
+
+Trust: what is published is decided here, from the termination message of the training pod the operator's Job
+ran and the gate. The current run is published only by this pass's gate; the status is read back only for an
+earlier published run, while a newer one trains or after it failed its gate (its number, and what it was trained
+with: task, base model, adapter or not, rank), and `published.modelUri` is always re-derived as that run's own
+`<output.uri>run-N/model/`, so no status writer can point serving at another place.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from finetune_operator.builders.serving import Published, endpoint_url, serving_
 from finetune_operator.core.observed import DeploymentObs, JobObs, PodObs
 from finetune_operator.core.settings import Settings
 from finetune_operator.finetunejob.gate import GateResult, evaluate_gate
+from finetune_operator.finetunejob.progress import progress_of
 from finetune_operator.finetunejob.runs import (
     ChildRef,
     current_run,
@@ -50,6 +57,9 @@ from finetune_operator.finetunejob.validation import Validation, validation_of
 from finetune_operator.modelserver.plan import SharedVerdict, verdict_for
 
 TERMINAL = ("Failed", "Succeeded", "Serving", "Publishing")
+PROGRESS_SECONDS = 5.0
+"""How often a pass reads the progress ConfigMap while the run's training pods run (the trainer writes at most
+every 5 s): the operator does not watch ConfigMaps (it is granted no list or watch on them)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +77,7 @@ class Snapshot:
     now: str = ""
     retry_token: str = ""  # the FineTuneJob's finetune.dev/retry annotation
     server: dict[str, Any] | None = None  # the ModelServer serving.server names (its body), when it exists
+    progress: dict[str, Any] | None = None  # the trainer's report, read and validated this pass (None: not read)
 
 
 @dataclass
@@ -93,6 +104,15 @@ def needs_secret_check(snapshot: Snapshot) -> bool:
     run, _ = run_of(snapshot)
     finished = _finished_before(snapshot.status, run, snapshot.spec, _retry_requested(snapshot))
     return not any(j.run == run for j in snapshot.jobs) and not finished
+
+
+def needs_progress_read(snapshot: Snapshot) -> bool:
+    """Read the trainer's progress ConfigMap only while a training pod of the current run runs."""
+    run, _ = run_of(snapshot)
+    job = next((j for j in snapshot.jobs if j.run == run and j.component == COMPONENT_TRAINER), None)
+    if job is None or job.finished:
+        return False
+    return any(p.run == run and p.component == COMPONENT_TRAINER and p.phase == "Running" for p in snapshot.pods)
 
 
 def _retry_requested(snapshot: Snapshot) -> bool:
@@ -125,6 +145,29 @@ def _remembered(status: dict[str, Any]) -> TrainingState:
         info = ErrorInfo(str(error.get("code", "JobFailed")), str(error.get("message", "")))
         return TrainingState("Failed", info.code, info.message, info)
     return TrainingState("Trained", "Trained", "training and evaluation finished", metrics=status.get("metrics") or {})
+
+
+def _carried_over(spec: FineTuneJobSpec, raw: Any, run: int) -> Published | None:
+    """The published run an earlier pass recorded in status, if it is older than the current `run` (the current
+    run is published only by this pass's gate); its model is re-derived from the run's own output folder, so a
+    record someone else wrote can never point serving at another place. Anything malformed: nothing."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        earlier = int(raw["run"])
+        rank = int(raw.get("loraRank", spec.method.lora.rank))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not 1 <= earlier < run:
+        return None
+    return Published(
+        run=earlier,
+        task=str(raw.get("task", spec.base_model.task)),
+        base_model_uri=str(raw.get("baseModelUri", spec.base_model.uri)),
+        model_uri=spec.output.run_uri(earlier) + "model/",
+        adapter=raw.get("adapter") is not False,
+        lora_rank=rank,
+    )
 
 
 def _published_of(spec: FineTuneJobSpec, run: int) -> Published:
@@ -252,6 +295,7 @@ def _state(
     finished_before: bool,
     validation: Validation,
     refused: str | None = None,
+    progress: dict[str, Any],
 ) -> TrainingState:
     """What the training side of run `run` is doing, from the most specific evidence at hand. `job` and `pods`
     are the validation Job's until the validation has passed, then the training Job's."""
@@ -295,7 +339,7 @@ def _state(
         pods,
         suspend=spec.suspend,
         kueue=bool(spec.queue_name),
-        progress=status.get("progress") or {},
+        progress=progress,
         run=run,
         workers=spec.distributed.workers,
     )
@@ -332,6 +376,7 @@ class Outcome:
     gate: GateResult | None
     published: Published | None
     serving: ServingDecision
+    progress: dict[str, Any] | None = None  # status.progress: the trainer's validated report
 
 
 def _validation(snapshot: Snapshot, run: int, settings: Settings) -> tuple[Validation, JobObs | None, list[PodObs]]:
@@ -373,6 +418,7 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
     # (so a later failure is not retried by an old token); until then the old one stays, and passes go on.
     retry_token = status.get("retryToken") if retry and failed_run and not created_job else snapshot.retry_token
 
+    progress = progress_of(run, snapshot.progress, status.get("progress"))
     state = _state(
         snapshot,
         job,
@@ -382,9 +428,11 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
         finished_before=finished_before,
         validation=validation,
         refused=refused,
+        progress=progress or {},
     )
     metrics = state.metrics or (status.get("metrics") if same_run else None) or {}
-    phase, error, gate, published = _gated(spec, run, state, metrics, Published.from_status(status.get("published")))
+    earlier = _carried_over(spec, status.get("published"), run)
+    phase, error, gate, published = _gated(spec, run, state, metrics, earlier)
     serving = _serving(snapshot, published, settings)
     if phase == "Trained":
         endpoint = serving.endpoint
@@ -406,6 +454,7 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
         gate=gate,
         published=published,
         serving=serving,
+        progress=progress,
     )
     new_status, events = status_of(snapshot, outcome)
     return Plan(
@@ -416,8 +465,16 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
         suspend_job=actions.suspend_job,
         status=new_status,
         events=events,
-        requeue_after=settings.secret_recheck_seconds if state.reason == "SecretMissing" else None,
+        requeue_after=_requeue_after(snapshot, state, settings),
     )
+
+
+def _requeue_after(snapshot: Snapshot, state: TrainingState, settings: Settings) -> float | None:
+    """A missing Secret is looked up again, and a running trainer's progress read again, on a timer: neither
+    is watched."""
+    if state.reason == "SecretMissing":
+        return settings.secret_recheck_seconds
+    return PROGRESS_SECONDS if needs_progress_read(snapshot) else None
 
 
 def status_of(snapshot: Snapshot, outcome: Outcome) -> tuple[dict[str, Any], list[Event]]:
@@ -438,7 +495,7 @@ def status_of(snapshot: Snapshot, outcome: Outcome) -> tuple[dict[str, Any], lis
     ready = _ready(spec, serving.endpoint, serving.available, published, gen, serving_note, serving.shared)
     run_uri = spec.output.run_uri(run)
     previous_tracking = (status.get("tracking") or {}) if same_run else {}
-    tracking = tracking_of(run, state.tracking, status.get("progress") or {}, previous_tracking)
+    tracking = tracking_of(run, state.tracking, outcome.progress or {}, previous_tracking)
     tracking_cond = degraded_condition(spec.tracking.mlflow is not None, tracking, gen)
     new_status: dict[str, Any] = {
         "observedGeneration": gen,
@@ -463,6 +520,7 @@ def status_of(snapshot: Snapshot, outcome: Outcome) -> tuple[dict[str, Any], lis
         "tracking": tracking,
         "endpoint": serving.endpoint,
         "published": published.to_status() if published else None,
+        "progress": outcome.progress,
         "error": error.to_status() if error else None,
     }
     events: list[Event] = []
