@@ -19,7 +19,7 @@ from pydantic.alias_generators import to_camel
 
 from finetune_trainer import formats
 from finetune_trainer.errors import ConfigInvalid
-from finetune_trainer.generation import unsupported as generation_unsupported
+from finetune_trainer.formats.base import generation_unsupported
 
 Task = Literal["causal-lm", "sequence-classification"]
 DataFormat = Literal["jsonl", "json", "csv", "parquet"]

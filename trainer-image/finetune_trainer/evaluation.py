@@ -9,13 +9,13 @@ several processes share the work. The metric formulas are pure functions, unit-t
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
 
 from finetune_trainer import distributed
+from finetune_trainer.autocast import autocast
 from finetune_trainer.tokenization import IGNORE_INDEX
 
 
@@ -50,14 +50,6 @@ def classification_metrics(confusion: Sequence[Sequence[float]], loss_sum: float
         "accuracy": round(correct / count, 6),
         "f1": round(sum(scores) / len(scores), 6) if scores else 0.0,
     }
-
-
-def _autocast(device: Any, precision: str) -> Any:
-    import torch
-
-    if device.type == "cuda" and precision in ("bf16", "fp16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-    return contextlib.nullcontext()
 
 
 def evaluate(
@@ -95,7 +87,7 @@ def evaluate(
     with torch.no_grad():
         for index, batch in enumerate(batches):
             batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 output = model(**batch)
             if counted is not None and index >= counted:
                 continue  # a filler batch: the forward is for the other ranks' collectives only

@@ -40,21 +40,6 @@ BATCH = 8
 """Prompts generated together (left-padded); small, so a long answer holds few others back."""
 
 
-def unsupported(fmt: Format) -> str | None:
-    """Why generation metrics cannot be computed for data of format `fmt` (None: they can)."""
-    if fmt.task != "causal-lm":
-        return f"dataset schema {fmt.name!r} is for classification; its test metrics are accuracy and f1"
-    if fmt.kind == "messages" or (fmt.kind == "completion" and "prompt" in fmt.fields):
-        return None
-    if fmt.kind == "completion":
-        return (
-            f"dataset schema {fmt.name!r} has no prompts and no reference answers (every token is learned); "
-            "generation metrics need chat, alpaca, sharegpt or prompt-completion data. Leave evaluation.generation "
-            "out for this dataset"
-        )
-    return f"dataset schema {fmt.name!r} is not trained on, so there is no model answer to score"
-
-
 @dataclass(frozen=True)
 class Case:
     """One test prompt and its reference answer."""
@@ -230,7 +215,7 @@ def generate(
     import torch
     from transformers import GenerationConfig
 
-    from finetune_trainer.evaluation import _autocast
+    from finetune_trainer.autocast import autocast
 
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -248,7 +233,7 @@ def generate(
                 width = max(len(ids) for ids in prompts)
                 input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompts], device=device)
                 mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device)
-                with _autocast(device, precision):
+                with autocast(device, precision):
                     output = model.generate(
                         input_ids=input_ids, attention_mask=mask, generation_config=config, synced_gpus=lockstep
                     )

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer import data, formats, generation, schemas, split
+from finetune_trainer import data, formats, schemas, split
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.data import Record
 from finetune_trainer.errors import ConfigInvalid, DatasetInvalid, ModelInvalid, ModelNotFound, StorageNotFound
 from finetune_trainer.formats import Format
+from finetune_trainer.formats.base import generation_unsupported
 from finetune_trainer.modeling import check_model_folder, load_tokenizer
 from finetune_trainer.storage import S3Uri, Storage, relative_key
 from finetune_trainer.tokenization import TokenStats, ensure_chat_template, tokenize_with_stats
@@ -158,7 +159,7 @@ def read_data(storage: Storage, cfg: TrainerConfig, folder: Path) -> Data:
     detection = formats.resolve(train, spec.schema_, cfg.base_model.task, spec.columns)
     fmt = detection.format
     log.info("dataset.schema %s (%s%s)", fmt.name, "detected: " if detection.detected else "", detection.reason)
-    if cfg.evaluation.generation is not None and (reason := generation.unsupported(fmt)):
+    if cfg.evaluation.generation is not None and (reason := generation_unsupported(fmt)):
         raise ConfigInvalid(f"evaluation.generation: {reason}")
     normalised = formats.normalize(train, fmt, spec.columns)
     keys = [split.content_hash(example) for example in normalised]

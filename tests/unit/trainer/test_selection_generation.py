@@ -10,7 +10,7 @@ import pytest
 from finetune_trainer import formats
 from finetune_trainer.config import parse_config
 from finetune_trainer.errors import ConfigInvalid
-from finetune_trainer.formats.base import Conversation, Fields
+from finetune_trainer.formats.base import Conversation, Fields, generation_unsupported
 from finetune_trainer.generation import (
     cases_from,
     exact_match,
@@ -19,7 +19,6 @@ from finetune_trainer.generation import (
     rouge_l,
     scores,
     token_f1,
-    unsupported,
 )
 from finetune_trainer.report import generation_section, render_html
 from finetune_trainer.selection import PROGRESS_FIELDS, Evaluation, SelectionState, due, stale_folders
@@ -147,7 +146,7 @@ def test_config_refuses_evaluation_that_cannot_work(
 
 
 def test_which_formats_have_references() -> None:
-    usable = sorted(name for name, fmt in formats.FORMATS.items() if unsupported(fmt) is None)
+    usable = sorted(name for name, fmt in formats.FORMATS.items() if generation_unsupported(fmt) is None)
     assert usable == ["alpaca", "chat", "prompt-completion", "sharegpt"]
 
 

@@ -154,3 +154,18 @@ class Format:
     trainable: bool = True
     """False: records are validated and stored, but no method trains on them yet."""
     notes: tuple[str, ...] = field(default=())
+
+
+def generation_unsupported(fmt: Format) -> str | None:
+    """Why generation metrics cannot be computed for data of format `fmt` (None: they can)."""
+    if fmt.task != "causal-lm":
+        return f"dataset schema {fmt.name!r} is for classification; its test metrics are accuracy and f1"
+    if fmt.kind == "messages" or (fmt.kind == "completion" and "prompt" in fmt.fields):
+        return None
+    if fmt.kind == "completion":
+        return (
+            f"dataset schema {fmt.name!r} has no prompts and no reference answers (every token is learned); "
+            "generation metrics need chat, alpaca, sharegpt or prompt-completion data. Leave evaluation.generation "
+            "out for this dataset"
+        )
+    return f"dataset schema {fmt.name!r} is not trained on, so there is no model answer to score"
