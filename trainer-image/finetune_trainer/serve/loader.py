@@ -70,7 +70,7 @@ def pick_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def dtype_argument(dtype: torch.dtype) -> dict[str, torch.dtype]:
+def dtype_argument(dtype: torch.dtype) -> dict[str, Any]:
     """`from_pretrained`'s dtype keyword: `dtype` since transformers 4.56, `torch_dtype` before."""
     import transformers
 
