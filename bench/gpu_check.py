@@ -91,11 +91,11 @@ def child(method: str, folder: Path, steps: int, warmup: int, batch: int, seq: i
     """One method in this process: train `steps` steps, time the ones after `warmup`, measure the peak."""
     import torch
     from finetune_trainer.config import parse_config
-    from finetune_trainer.errors import UnsupportedHardware
-    from finetune_trainer.fit import runtime_device
-    from finetune_trainer.memory_plan import CPU_PROCESS, CUDA_CONTEXT, plan, setup_of
-    from finetune_trainer.modeling import Hardware, apply_method, check_method, choose_precision, load_model
-    from finetune_trainer.train import collator_for, training_arguments
+    from finetune_trainer.core.errors import UnsupportedHardware
+    from finetune_trainer.memory.check import runtime_device
+    from finetune_trainer.memory.plan import CPU_PROCESS, CUDA_CONTEXT, plan, setup_of
+    from finetune_trainer.training.modeling import Hardware, apply_method, check_method, choose_precision, load_model
+    from finetune_trainer.training.train import collator_for, training_arguments
     from transformers import Trainer, TrainerCallback
 
     hardware = Hardware.detect()
@@ -220,7 +220,7 @@ def main() -> None:
             else:
                 results[method] = json.loads(done.stdout.strip().splitlines()[-1])
             print(f"{method}: {results[method]}", file=sys.stderr)
-    from finetune_trainer.fit import runtime_device
+    from finetune_trainer.memory.check import runtime_device
 
     device = runtime_device(cuda, 1, dict(os.environ))
     print(

@@ -6,7 +6,7 @@ import queue
 import threading
 from typing import Any
 
-from finetune_trainer.serve.engine import Engine, Event, Failed, Finished, SamplingParams, TextDelta
+from finetune_trainer.serving.server.engine import Engine, Event, Failed, Finished, SamplingParams, TextDelta
 
 
 class Collector:

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from finetune_trainer import storage as storage_module
-from finetune_trainer.callbacks import TrainerHooks
-from finetune_trainer.checkpoints import CheckpointStore
-from finetune_trainer.errors import INTERNAL_ERROR_EXIT_CODE
+from finetune_trainer.core import storage as storage_module
+from finetune_trainer.core.errors import INTERNAL_ERROR_EXIT_CODE
+from finetune_trainer.training.callbacks import TrainerHooks
+from finetune_trainer.training.checkpoints import CheckpointStore
 
 from tests.support.chaos import FaultProxy
 from tests.trainer.builders import arithmetic_records, put_jsonl, trainer_config

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
-from finetune_trainer.progress import GROUP, PLURAL, VERSION, Reporter, Throttle, kubernetes_sink
+from finetune_trainer.training.progress import GROUP, PLURAL, VERSION, Reporter, Throttle, kubernetes_sink
 
 pytestmark = pytest.mark.cluster
 

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from finetune_trainer.errors import StorageAccessDenied, StorageNotFound
-from finetune_trainer.storage import S3Uri, Storage
+from finetune_trainer.core.errors import StorageAccessDenied, StorageNotFound
+from finetune_trainer.core.storage import S3Uri, Storage
 
 pytestmark = pytest.mark.s3
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from finetune_trainer.checkpoints import MARKER, index_from_keys, select_for_deletion, uploads
-from finetune_trainer.progress import Reporter, Throttle, progress_payload
+from finetune_trainer.training.checkpoints import MARKER, index_from_keys, select_for_deletion, uploads
+from finetune_trainer.training.progress import Reporter, Throttle, progress_payload
 
 
 def keys(*pairs: tuple[int, bool]) -> list[str]:

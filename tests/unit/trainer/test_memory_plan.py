@@ -1,4 +1,4 @@
-"""The memory plan (finetune_trainer.memory_plan): parameter counts from config.json equal the real models'
+"""The memory plan (finetune_trainer.memory.plan): parameter counts from config.json equal the real models'
 (instantiated on torch's meta device, so an 8B model costs nothing), the breakdown behaves as the formulas
 say, the 8B full fine-tune under DDP is refused with a suggestion that fits, and the GPU table resolves
 node-label product names."""
@@ -10,9 +10,9 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from finetune_trainer import gpus
-from finetune_trainer.gpus import GPUS, GiB, accelerator, cpu
-from finetune_trainer.memory_plan import (
+from finetune_trainer.memory import gpus
+from finetune_trainer.memory.gpus import GPUS, GiB, accelerator, cpu
+from finetune_trainer.memory.plan import (
     Method,
     Setup,
     UnsupportedModel,

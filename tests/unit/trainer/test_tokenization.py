@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from finetune_trainer.data import Record
-from finetune_trainer.errors import DatasetInvalid
-from finetune_trainer.formats import FORMATS, normalize
-from finetune_trainer.tokenization import (
+from finetune_trainer.core.errors import DatasetInvalid
+from finetune_trainer.data.formats import FORMATS, normalize
+from finetune_trainer.data.readers import Record
+from finetune_trainer.data.tokenization import (
     DEFAULT_CHAT_TEMPLATE,
     IGNORE_INDEX,
     causal_lm_batch,
