@@ -141,7 +141,7 @@ class Hyperparameters(_Model):
     learning_rate: float = Field(default=2e-4, gt=0, le=1.0)
     batch_size: Annotated[int, Field(ge=1, le=65536)] | Literal["auto"] = 8
     """Sequences per process per forward pass (the micro-batch); `auto`: the largest that fits the device's
-    memory (memory_plan.decide), with gradient accumulation making up `effectiveBatchSize`."""
+    memory (memory.plan.decide), with gradient accumulation making up `effectiveBatchSize`."""
     effective_batch_size: int | None = Field(default=None, ge=1, le=1_048_576)
     """Sequences per optimizer step over all processes (batchSize x gradientAccumulationSteps x processes).
     With batchSize auto: what the chosen micro-batch and accumulation make up (default 8 per process); with an

@@ -11,18 +11,10 @@ from typing import Any
 
 import pytest
 from finetune_trainer.memory import gpus
+from finetune_trainer.memory.estimate import Method, Setup, estimate, largest_micro_batch, trainable_parameters
 from finetune_trainer.memory.gpus import GPUS, GiB, accelerator, cpu
-from finetune_trainer.memory.plan import (
-    Method,
-    Setup,
-    UnsupportedModel,
-    auto_batch,
-    estimate,
-    largest_micro_batch,
-    model_shape,
-    plan,
-    trainable_parameters,
-)
+from finetune_trainer.memory.plan import auto_batch, plan
+from finetune_trainer.memory.shapes import UnsupportedModel, model_shape
 
 LLAMA3_8B: dict[str, Any] = {
     "model_type": "llama",

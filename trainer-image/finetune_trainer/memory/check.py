@@ -22,7 +22,8 @@ from pathlib import Path
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.core.errors import ConfigInvalid, PlanDoesNotFit
 from finetune_trainer.memory.gpus import GPUS, Accelerator, accelerator, cpu, with_overrides
-from finetune_trainer.memory.plan import MemoryPlan, UnsupportedModel, plan_config
+from finetune_trainer.memory.plan import MemoryPlan, plan_config
+from finetune_trainer.memory.shapes import UnsupportedModel
 
 log = logging.getLogger(__name__)
 
