@@ -65,7 +65,7 @@ def shared_engine(tiny_lm_dir: Path) -> Iterator[Any]:
 
 
 def _submit(engine: Any, prompt: str, max_tokens: int, adapter: str | None) -> Collector:
-    from finetune_trainer.serving.server.engine import SamplingParams
+    from finetune_trainer.serving.server.events import SamplingParams
 
     collector = Collector()
     ids = engine.loaded.tokenizer.encode(prompt)
@@ -96,7 +96,7 @@ def test_mixed_batches_answer_each_adapter_as_peft_alone(
 def test_a_swap_lets_requests_in_flight_finish_on_the_old_version(
     shared_engine: Any, tiny_lm_dir: Path, adapters: dict[str, Path]
 ) -> None:
-    from finetune_trainer.serving.server.engine import Finished, TextDelta
+    from finetune_trainer.serving.server.events import Finished, TextDelta
 
     shared_engine.load_adapter("swap", str(adapters["a1"]), run=1).result(60)
     old, new = (_reference(tiny_lm_dir, adapters[a], PROMPTS[:1], 200)[0] for a in ("a1", "a3"))
@@ -110,7 +110,7 @@ def test_a_swap_lets_requests_in_flight_finish_on_the_old_version(
             started.set()
         original(event)
 
-    from finetune_trainer.serving.server.engine import SamplingParams
+    from finetune_trainer.serving.server.events import SamplingParams
 
     ids = shared_engine.loaded.tokenizer.encode(PROMPTS[0])
     shared_engine.submit(ids, SamplingParams(200, temperature=0.0), sink, adapter="swap")

@@ -292,7 +292,8 @@ def test_excel_csv_with_bom_crlf_and_multiline_cells(s3_bucket: Any, tiny_llama_
 
 
 def test_a_corrected_file_of_the_same_length_is_read_again(s3_bucket: Any, tmp_path: Path) -> None:
-    from finetune_trainer.core.storage import S3Uri, Storage
+    from finetune_trainer.core.s3_uri import S3Uri
+    from finetune_trainer.core.storage import Storage
 
     uri = S3Uri.parse(s3_bucket.uri("model/config.json"))
     s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=uri.key, Body=b'{"layers": 2}')

@@ -26,7 +26,7 @@ def smollm2_folder() -> Path:
 
 
 def test_folder_is_a_plain_float32_llama_with_the_ggufs_chatml_template(smollm2_folder: Path) -> None:
-    from finetune_trainer.data.tokenization import ensure_chat_template
+    from finetune_trainer.data.chat_template import ensure_chat_template
     from finetune_trainer.devtools import smollm2
     from transformers import AutoTokenizer
 

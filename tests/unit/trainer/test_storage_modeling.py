@@ -13,7 +13,8 @@ from finetune_trainer.core.errors import (
     StorageNotFound,
     UnsupportedHardware,
 )
-from finetune_trainer.core.storage import S3Uri, raise_storage_error
+from finetune_trainer.core.s3_uri import S3Uri
+from finetune_trainer.core.storage import raise_storage_error
 from finetune_trainer.training.modeling import Hardware, check_method, choose_precision
 
 from tests.unit.trainer.test_config import CONTRACT_EXAMPLE

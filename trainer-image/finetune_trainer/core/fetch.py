@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finetune_trainer.core.errors import ConfigInvalid
-from finetune_trainer.core.storage import S3Uri, Storage, is_etag_record
+from finetune_trainer.core.s3_uri import S3Uri
+from finetune_trainer.core.storage import Storage, is_etag_record
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from finetune_trainer.core.errors import DatasetInvalid, DatasetNotFound, StorageNotFound
-from finetune_trainer.core.storage import ObjectInfo, S3Uri, Storage, relative_key
+from finetune_trainer.core.s3_uri import ObjectInfo, S3Uri, relative_key
+from finetune_trainer.core.storage import Storage
 
 log = logging.getLogger(__name__)
 

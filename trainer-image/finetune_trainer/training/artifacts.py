@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from finetune_trainer.config import TrainerConfig
-from finetune_trainer.core.storage import S3Uri, Storage
+from finetune_trainer.core.s3_uri import S3Uri
+from finetune_trainer.core.storage import Storage
 from finetune_trainer.evaluation.report import loss_curve_png, loss_history, render_html
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,8 @@ from transformers import TrainerCallback
 from finetune_trainer.config import EvaluationSpec
 from finetune_trainer.core import distributed
 from finetune_trainer.core.errors import StorageNotFound
-from finetune_trainer.core.storage import S3Uri, Storage, relative_key
+from finetune_trainer.core.s3_uri import S3Uri, relative_key
+from finetune_trainer.core.storage import Storage
 from finetune_trainer.training.progress import Reporter
 from finetune_trainer.training.selection import SelectionState, due, stale_folders
 

@@ -23,7 +23,8 @@ from pathlib import Path
 from finetune_trainer.config import JobRef
 from finetune_trainer.core import distributed
 from finetune_trainer.core.errors import ConfigInvalid
-from finetune_trainer.core.storage import S3Uri, Storage
+from finetune_trainer.core.s3_uri import S3Uri
+from finetune_trainer.core.storage import Storage
 from finetune_trainer.training.sharding import SHARD_FILE
 
 log = logging.getLogger(__name__)

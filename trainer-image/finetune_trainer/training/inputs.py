@@ -16,13 +16,15 @@ from typing import Any
 
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.core.errors import ConfigInvalid, DatasetInvalid, ModelInvalid, ModelNotFound, StorageNotFound
-from finetune_trainer.core.storage import S3Uri, Storage, relative_key
+from finetune_trainer.core.s3_uri import S3Uri, relative_key
+from finetune_trainer.core.storage import Storage
 from finetune_trainer.data import formats, readers, split
+from finetune_trainer.data.chat_template import ensure_chat_template
 from finetune_trainer.data.formats import Format
 from finetune_trainer.data.formats.base import generation_unsupported
 from finetune_trainer.data.labels import encode_labels, label_names
 from finetune_trainer.data.readers import Record
-from finetune_trainer.data.tokenization import TokenStats, ensure_chat_template, tokenize_with_stats
+from finetune_trainer.data.tokenization import TokenStats, tokenize_with_stats
 from finetune_trainer.training.modeling import check_model_folder, load_tokenizer
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,8 @@ from typing import Any
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.core import distributed
 from finetune_trainer.core.errors import Preempted, StorageNotFound
-from finetune_trainer.core.storage import S3Uri, Storage
+from finetune_trainer.core.s3_uri import S3Uri
+from finetune_trainer.core.storage import Storage
 from finetune_trainer.data import formats
 from finetune_trainer.evaluation import generation
 from finetune_trainer.evaluation.metrics import evaluate

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from finetune_trainer.config import TrainerConfig
-from finetune_trainer.core.storage import S3Uri, Storage
+from finetune_trainer.core.s3_uri import S3Uri
+from finetune_trainer.core.storage import Storage
 from finetune_trainer.core.termination import LIMIT
 from finetune_trainer.memory.check import Placement, check_fit
 from finetune_trainer.training.checkpoints import refuse_foreign_run
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 def summarize(cfg: TrainerConfig, storage: Storage, work: Path, placement: Placement | None = None) -> dict[str, Any]:
     """The validation summary of one config; raises the contract's user errors like `train` would, and
     PlanDoesNotFit when the run's memory plan cannot fit where `placement` puts it (`memory.check.check_fit`)."""
-    from finetune_trainer.data.tokenization import ensure_chat_template
+    from finetune_trainer.data.chat_template import ensure_chat_template
     from finetune_trainer.training.modeling import load_tokenizer
     from finetune_trainer.training.train import total_steps
 

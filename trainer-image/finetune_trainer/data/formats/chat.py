@@ -7,7 +7,7 @@ One record: `{"messages": [...], "tools": [...]?}`. Messages have `role` (system
 turn is. Whatever a record carries that would not reach the model is refused here, naming the message,
 instead of being dropped: non-text content parts, OpenAI's deprecated `function_call`/`functions`, unknown
 keys. Whether the base model's chat template renders `name` and tool calls is checked at tokenization
-(`finetune_trainer.data.tokenization`), since that depends on the model.
+(`finetune_trainer.data.chat_template.check_template`), since that depends on the model.
 """
 
 from __future__ import annotations

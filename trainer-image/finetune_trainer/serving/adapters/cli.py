@@ -108,7 +108,8 @@ def fetch_adapter(uri: str, folder: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=folder.parent))
     try:
         if uri.startswith("s3://"):
-            from finetune_trainer.core.storage import S3Uri, Storage
+            from finetune_trainer.core.s3_uri import S3Uri
+            from finetune_trainer.core.storage import Storage
 
             Storage().download(S3Uri.parse(uri if uri.endswith("/") else uri + "/"), staging)
         else:

@@ -18,7 +18,8 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from finetune_trainer.serving.server.engine import Engine, Event, Failed, Finished, SamplingParams, TextDelta
+from finetune_trainer.serving.server.engine import Engine
+from finetune_trainer.serving.server.events import Event, Failed, Finished, SamplingParams, TextDelta
 from finetune_trainer.serving.server.metrics import ServerMetrics
 from finetune_trainer.serving.server.prompts import encode_chat, encode_completion
 from finetune_trainer.serving.server.protocol import (

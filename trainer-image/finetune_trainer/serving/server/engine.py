@@ -32,42 +32,10 @@ from typing import Any, Literal
 import torch
 
 from finetune_trainer.serving.server.decoding import TextStream, choose_next_tokens
+from finetune_trainer.serving.server.events import AdapterInfo, Failed, Finished, SamplingParams, Sink, TextDelta
 from finetune_trainer.serving.server.loader import LoadedModel
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """What one request asks of generation (already validated against the model's context)."""
-
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-
-
-@dataclass(frozen=True)
-class TextDelta:
-    text: str
-
-
-@dataclass(frozen=True)
-class Finished:
-    reason: Literal["stop", "length"]
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass(frozen=True)
-class Failed:
-    message: str
-
-
-Event = TextDelta | Finished | Failed
-Sink = Callable[[Event], None]
-"""Called on the worker thread; must not block (the app hands events to its event loop)."""
 
 
 @dataclass
@@ -89,14 +57,6 @@ class _Sequence:
 class _Classification:
     rows: list[list[int]]
     callback: Callable[[list[list[float]] | Failed], None]
-
-
-@dataclass(frozen=True)
-class AdapterInfo:
-    """A loaded adapter: the folder it came from and the run it is (both reported by /v1/models)."""
-
-    path: str
-    run: int | None = None
 
 
 def _base_of(model: Any) -> Any:

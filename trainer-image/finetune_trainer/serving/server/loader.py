@@ -47,7 +47,8 @@ class LoadedModel:
 def fetch(uri: str, dest: Path) -> Path:
     """A local folder with what `uri` names: s3:// is downloaded into `dest`, a local path used as is."""
     if uri.startswith("s3://"):
-        from finetune_trainer.core.storage import S3Uri, Storage
+        from finetune_trainer.core.s3_uri import S3Uri
+        from finetune_trainer.core.storage import Storage
 
         location = S3Uri.parse(uri)
         Storage().download(S3Uri(location.bucket, location.prefix), dest)

@@ -3,7 +3,7 @@
 Why: a fine-tuned chat model only behaves if it sees conversations in the format it was trained on, so
 chat requests go through the tokenizer's own chat template (the trainer saves the tokenizer, template
 included, beside the model). A tokenizer without one gets the trainer's own default template
-(`finetune_trainer.data.tokenization`), the one a model trained without a template learned, which ends every
+(`finetune_trainer.data.chat_template`), the one a model trained without a template learned, which ends every
 turn with the end-of-sequence token, so replies end where the assistant's turn ends.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetune_trainer.data.tokenization import DEFAULT_CHAT_TEMPLATE
+from finetune_trainer.data.chat_template import DEFAULT_CHAT_TEMPLATE
 from finetune_trainer.serving.server.protocol import APIError, bad_request
 
 
