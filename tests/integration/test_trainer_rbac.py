@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from finetune_trainer.progress import config_map_sink, progress_payload
+from finetune_trainer.training.progress import config_map_sink, progress_payload
 
 from .conftest import GROUP, PLURAL, VERSION, Jobs, Operator, ftj_manifest, wait_for
 

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from finetune_trainer.progress import PROGRESS_KEY, Reporter, Throttle, config_map_sink
+from finetune_trainer.training.progress import PROGRESS_KEY, Reporter, Throttle, config_map_sink
 
 pytestmark = pytest.mark.cluster
 

@@ -248,7 +248,7 @@ class Settings:
         chart=("logFormat",),
         choices=("text", "json"),
     )
-    # NAME=QUANTITY rows replacing or adding to the memory plan's GPU table (finetune_trainer.gpus): a MIG
+    # NAME=QUANTITY rows replacing or adding to the memory plan's GPU table (finetune_trainer.memory.gpus): a MIG
     # slice, a GPU the table lacks, memory kept back; the validation pod gets them as --gpu-memory. Refused at
     # start rather than by every validation pod.
     gpu_memory: tuple[str, ...] = setting(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from finetune_trainer.checkpoints import MARKER, index_from_keys, select_for_deletion, uploads
-from finetune_trainer.progress import Reporter, Throttle, make_reporter, merged, progress_payload
+from finetune_trainer.training.checkpoints import MARKER, index_from_keys, select_for_deletion, uploads
+from finetune_trainer.training.progress import Reporter, Throttle, make_reporter, merged, progress_payload
 
 
 def keys(*pairs: tuple[int, bool]) -> list[str]:
@@ -131,5 +131,5 @@ def test_without_a_named_config_map_progress_is_only_logged(monkeypatch: pytest.
     """The operator names the ConfigMap (FTO_PROGRESS_CONFIGMAP); nothing else in the cluster is written."""
     monkeypatch.delenv("FTO_PROGRESS_CONFIGMAP", raising=False)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
-    monkeypatch.setattr("finetune_trainer.progress.in_cluster", lambda: True)
+    monkeypatch.setattr("finetune_trainer.training.progress.in_cluster", lambda: True)
     assert make_reporter(1, "team-a", enabled=True).sink.__name__ == "log_sink"
