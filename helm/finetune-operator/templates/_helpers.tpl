@@ -121,19 +121,30 @@ call needs it. Used by the ClusterRole (all namespaces) or by one Role per watch
   verbs: [list, watch, create, patch, delete]
 # Trainer config / serving config (ConfigMaps), workers' headless and serving Services, the serving
 # PodDisruptionBudget: created or server-side applied, deleted when a run is retired or serving is off.
+# get (metadata only): before an apply or a delete, and after a create that found the name taken, the
+# operator reads who controls the object, and never applies over, adopts or deletes one it does not own.
 - apiGroups: [""]
   resources: [configmaps, services]
   verbs: [create, patch, delete]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [create, patch, delete]
-# The per-run trainer identity (builders/rbac.py): created once, removed by garbage collection with its owner.
+  verbs: [get, create, patch, delete]
+# A ModelServer's replicas are the pods of the ReplicaSets its own Deployment controls: listed (by the
+# server's labels) to tell them from pods that merely carry those labels.
+- apiGroups: [apps]
+  resources: [replicasets]
+  verbs: [list]
+# The per-run trainer identity (builders/rbac.py): created once, removed by garbage collection with its owner;
+# get (metadata only) after a create that found the name taken: used only when this owner controls it.
 - apiGroups: [""]
   resources: [serviceaccounts]
-  verbs: [create]
+  verbs: [get, create]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [create]
+  verbs: [get, create]
 # The credentials secret named in spec.storage, in the FineTuneJob's own namespace: only whether it exists
 # (a metadata-only GET). No list or watch: the operator cannot enumerate secrets, and it never copies one
 # (the training pods reference it by name through secretKeyRef).
