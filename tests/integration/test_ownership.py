@@ -247,3 +247,51 @@ def test_a_model_server_never_takes_over_objects_of_its_names(
     assert [o.kind for o in owners] == ["ModelServer"]
     desired = cluster.core.read_namespaced_config_map("shared-server-adapters", victim)
     assert json.loads(desired.data["adapters.json"])["adapters"] == []
+
+
+def test_a_pod_with_a_model_servers_labels_is_not_one_of_its_replicas(
+    two_teams: tuple[str, str], jobs: Jobs, cluster: Any
+) -> None:
+    victim, _ = two_teams
+    server = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelServer",
+        "metadata": {"name": "shared"},
+        "spec": {
+            "baseModelUri": "s3://models/tiny/",
+            "replicas": 1,
+            "nodeSelector": KWOK_NODE_SELECTOR,
+            "tolerations": [KWOK_TOLERATION],
+        },
+    }
+    created = cluster.custom.create_namespaced_custom_object(GROUP, VERSION, victim, "modelservers", server)
+
+    def status() -> dict[str, Any]:
+        body = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, victim, "modelservers", "shared")
+        return dict(body.get("status") or {})
+
+    wait_for("one replica ready", lambda: status().get("readyReplicas") == 1)
+    (deployment,) = cluster.apps.list_namespaced_deployment(victim).items
+    labels = dict(deployment.spec.selector.match_labels)
+    assert labels["finetune.dev/server-uid"] == created["metadata"]["uid"]
+    cluster.core.create_namespaced_pod(
+        victim,
+        client.V1Pod(
+            metadata=client.V1ObjectMeta(name="impostor", labels=labels),
+            spec=client.V1PodSpec(
+                node_selector=KWOK_NODE_SELECTOR,
+                tolerations=[client.V1Toleration(**KWOK_TOLERATION)],
+                containers=[client.V1Container(name="server", image="registry.local/impostor:1")],
+            ),
+        ),
+    )
+    wait_for(
+        "the impostor running", lambda: cluster.core.read_namespaced_pod("impostor", victim).status.phase == "Running"
+    )
+    # a change to the server queues a pass at once (a converged server is otherwise re-read every 30 s)
+    cluster.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, victim, "modelservers", "shared", {"metadata": {"annotations": {"touched": "1"}}}
+    )
+    time.sleep(SETTLE)
+    now = status()
+    assert now["readyReplicas"] == 1 and "impostor" not in [r["pod"] for r in now.get("loaded") or []], now

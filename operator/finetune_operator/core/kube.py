@@ -79,6 +79,19 @@ def name_taken(body: dict[str, Any], what: str) -> NameTaken:
     )
 
 
+@contextmanager
+def _replaced(what: str, *, bound: bool) -> Iterator[None]:
+    """A write bound to an object's uid that the API refused because the uid changed (the immutable field
+    check answers 422) means the name now holds another object: a Conflict (read again; the next pass sees the
+    new object, which is not ours), never a PermanentError that would fail the owner."""
+    try:
+        yield
+    except PermanentError as error:
+        if bound and "uid" in str(error).lower():
+            raise Conflict(f"{what} was replaced since it was read: {error}", delay=1) from error
+        raise
+
+
 def classify(error: ApiException, what: str) -> PermanentError | TemporaryError:
     """Map an API error to the family that says whether retrying can help."""
     detail = what
@@ -224,6 +237,7 @@ class Kube:
             force = "true"
         url = path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
         with (
+            _replaced(what, bound=existing is not None),
             self._errors("apply", what),
             CHILD_CREATE_SECONDS.labels(manifest["kind"]).time(),
         ):
@@ -311,7 +325,8 @@ class Kube:
         if resource_version:
             meta["resourceVersion"] = resource_version
         patch = {**body, "metadata": meta} if meta else body
-        with self._errors("patch", f"{kind} {namespace}/{name}", ok=(404,)) as seen:
+        what = f"{kind} {namespace}/{name}"
+        with _replaced(what, bound=bool(uid)), self._errors("patch", what, ok=(404,)) as seen:
             self._call(
                 "PATCH",
                 path(api_version, kind, namespace, name),

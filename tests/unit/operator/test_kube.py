@@ -182,6 +182,23 @@ def test_apply_forces_only_over_our_own_object_and_binds_to_its_uid() -> None:
     assert ("force", "true") in query and body["metadata"]["uid"] == "d-uid"
 
 
+def test_a_write_bound_to_a_uid_that_changed_is_a_conflict_not_a_failure() -> None:
+    immutable = (
+        422,
+        {"message": 'Deployment "d" is invalid: metadata.uid: Invalid value: "d-uid": field is immutable'},
+    )
+    api = FakeApi({("GET", DEPLOYMENT_URL): (200, _controlled("d-uid", "u1")), ("PATCH", DEPLOYMENT_URL): immutable})
+    with pytest.raises(Conflict, match="replaced since it was read"):
+        Kube(api).apply(_child("Deployment", "d"))
+    url = "/apis/finetune.dev/v1alpha1/namespaces/ns/finetunejobs/t"
+    api = FakeApi({("PATCH", url): (422, {"message": "metadata.uid: field is immutable"})})
+    with pytest.raises(Conflict):
+        Kube(api).merge_patch("finetune.dev/v1alpha1", "FineTuneJob", "ns", "t", {"spec": {}}, uid="t-uid")
+    api = FakeApi({("PATCH", url): (422, {"message": "spec.suspend: bad"})})
+    with pytest.raises(PermanentError):  # any other refusal stays what it is
+        Kube(api).merge_patch("finetune.dev/v1alpha1", "FineTuneJob", "ns", "t", {"spec": {}}, uid="t-uid")
+
+
 def test_apply_over_another_owners_object_is_name_taken_and_sends_nothing() -> None:
     for foreign in (_controlled("d-uid", "someone-else"), _controlled("d-uid", ""), _controlled("d-uid", "u1", "b")):
         api = FakeApi({("GET", DEPLOYMENT_URL): (200, foreign)})
