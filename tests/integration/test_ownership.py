@@ -152,13 +152,16 @@ def test_a_stray_labelled_job_in_the_owners_namespace_is_not_adopted(
     wait_for("SecretMissing", lambda: jobs.status(victim, "victim").get("error", {}).get("code") == "SecretMissing")
     uid = _uid(jobs, victim, "victim")
 
-    cluster.batch.create_namespaced_job(victim, _trainer_job("stray", uid, 1, finish=_fake_success()))
-    wait_for("the stray pod finished", lambda: _pod_succeeded(cluster, victim, "stray"))
+    stray = cluster.batch.create_namespaced_job(victim, _trainer_job("stray", uid, 1, finish=_fake_success()))
+    wait_for(
+        "the stray pod finished (or the stray Job deleted)",
+        lambda: _pod_succeeded(cluster, victim, "stray") or _job_uid(cluster, victim, "stray") is None,
+    )
     time.sleep(SETTLE)
+    assert _job_uid(cluster, victim, "stray") == stray.metadata.uid, "the stray Job was deleted or replaced"
     status = jobs.status(victim, "victim")
     assert status["phase"] == "Pending" and status["error"]["code"] == "SecretMissing", status
     assert not status.get("metrics"), status
-    assert _job_uid(cluster, victim, "stray")  # not ours to delete either
 
 
 def test_a_fine_tune_job_in_another_namespace_is_not_a_trial_of_the_sweep(
@@ -210,7 +213,9 @@ def test_a_model_server_never_takes_over_objects_of_its_names(
         victim,
         client.V1Service(
             metadata=client.V1ObjectMeta(name="shared-server"),
-            spec=client.V1ServiceSpec(selector={"app": "theirs"}, ports=[client.V1ServicePort(port=1234)]),
+            spec=client.V1ServiceSpec(
+                selector={"app": "theirs"}, ports=[client.V1ServicePort(name="theirs", port=1234)]
+            ),
         ),
     )
     server = {
@@ -230,14 +235,23 @@ def test_a_model_server_never_takes_over_objects_of_its_names(
         body = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, victim, "modelservers", "shared")
         return next((c for c in (body.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), None)
 
-    condition = wait_for("the server's Ready condition", ready)
-    assert condition["status"] == "False" and condition["reason"] == "NameTaken", condition
+    def theirs_intact() -> bool:
+        service = cluster.core.read_namespaced_service("shared-server", victim)
+        config = cluster.core.read_namespaced_config_map("shared-server-adapters", victim)
+        return bool(
+            not service.metadata.owner_references
+            and service.spec.selector == {"app": "theirs"}
+            and [p.port for p in service.spec.ports] == [1234]
+            and not config.metadata.owner_references
+            and config.data == {"mine": "keep"}
+        )
+
+    wait_for("the server's verdict, or its objects applied", lambda: ready() or not theirs_intact())
+    time.sleep(SETTLE)
+    assert theirs_intact(), "another owner's Service or ConfigMap was taken over"
+    condition = ready()
+    assert condition is not None and condition["status"] == "False" and condition["reason"] == "NameTaken"
     assert "Service" in condition["message"] and "shared-server" in condition["message"]
-    service = cluster.core.read_namespaced_service("shared-server", victim)
-    assert not service.metadata.owner_references and service.spec.selector == {"app": "theirs"}
-    assert [p.port for p in service.spec.ports] == [1234]
-    config = cluster.core.read_namespaced_config_map("shared-server-adapters", victim)
-    assert not config.metadata.owner_references and config.data == {"mine": "keep"}
 
     # the name freed, the server takes its own objects
     cluster.core.delete_namespaced_service("shared-server", victim)
