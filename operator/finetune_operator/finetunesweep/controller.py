@@ -28,7 +28,7 @@ from finetune_operator.api.finetunesweep import (
 )
 from finetune_operator.api.objects import Event, Owner
 from finetune_operator.api.ownership import controlled_by
-from finetune_operator.core.errors import PermanentError, TemporaryError
+from finetune_operator.core.errors import NameTaken, PermanentError, TemporaryError
 from finetune_operator.core.kube import Kube
 from finetune_operator.core.status_patch import merge_patch, now_rfc3339
 from finetune_operator.core.store import Key
@@ -196,15 +196,19 @@ class SweepReconciler:
 
     def _execute(self, owner: Owner, decided: SweepPlan) -> None:
         for manifest in decided.create:
-            created = self.kube.create(manifest)
             name = manifest["metadata"]["name"]
+            not_ours = (
+                f"FineTuneJob {owner.namespace}/{name} exists and is not a trial of this sweep (a FineTuneJob "
+                "of its own, or an earlier sweep's published winner): rename the sweep or remove that job"
+            )
+            try:
+                created = self.kube.create(manifest)
+            except NameTaken as error:
+                raise PermanentError(not_ours) from error
             if created is None:  # made by an earlier pass or operator: adopt what is there, if it is ours
                 created = self.kube.get(f"{GROUP}/{VERSION}", KIND, owner.namespace, name)
                 if created is not None and not controlled_by(created, owner.namespace, owner.uid):
-                    raise PermanentError(
-                        f"FineTuneJob {owner.namespace}/{name} exists and is not a trial of this sweep (a FineTuneJob "
-                        "of its own, or an earlier sweep's published winner): rename the sweep or remove that job"
-                    )
+                    raise PermanentError(not_ours)
             else:
                 log.info("sweep %s/%s: created trial %s", owner.namespace, owner.name, name)
                 values = manifest["metadata"]["annotations"][ANNOTATION_PARAMETERS]
