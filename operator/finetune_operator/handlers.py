@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -59,19 +58,23 @@ def _runtime(memo: Any) -> Runtime:
 
 
 def _prime(kube: Kube, store: Store, namespaces: tuple[str, ...]) -> None:
-    """Read the existing children once (what an informer's initial list does) before any reconcile."""
+    """Read the existing children once (what an informer's initial list does) before any reconcile. The label
+    selectors only narrow what is read; the store files each object by its controller ownerReference."""
     for namespace in namespaces or (None,):
         for job in kube.list("batch/v1", "Job", namespace, LABEL_UID):
-            store.put_job(job["metadata"]["labels"][LABEL_UID], job_obs(job))
+            store.put_job(job_obs(job))
         for pod in kube.list("v1", "Pod", namespace, RUN_PODS):
-            store.put_pod(pod["metadata"]["labels"][LABEL_UID], pod_obs(pod))
+            store.put_pod(pod_obs(pod))
         for deployment in kube.list("apps/v1", "Deployment", namespace, f"{LABEL_UID},{LABEL_COMPONENT}=serving"):
-            store.put_deployment(deployment["metadata"]["labels"][LABEL_UID], deployment_obs(deployment))
+            store.put_deployment(deployment_obs(deployment))
 
 
 async def _resync(runtime: Runtime, every: float) -> None:
     while True:
         await asyncio.sleep(every)
+        runtime.store.prune()  # children that name no live owner (forged uids, events after a deletion)
+        if runtime.sweeps is not None:
+            runtime.sweeps.prune()
         for key in runtime.store.all_keys():
             runtime.queue.add(key)
         for key in runtime.store.server_keys():
@@ -180,7 +183,7 @@ def _trial_event(runtime: Runtime, event: kopf.RawEvent, body: dict[str, Any]) -
     if not sweep_uid or runtime.sweeps is None or runtime.sweep_queue is None:
         return
     if event.get("type") == "DELETED":
-        key = runtime.sweeps.forget_trial(sweep_uid, meta["name"])
+        key = runtime.sweeps.forget_trial(sweep_uid, meta["namespace"], meta["name"])
     else:
         key = runtime.sweeps.put_trial(sweep_uid, body)
     if key is not None:
@@ -200,55 +203,36 @@ async def finetunesweep_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, 
     runtime.sweep_queue.add(runtime.sweeps.put_sweep(dict(body)))
 
 
-def _child(
-    event: kopf.RawEvent,
-    body: kopf.Body,
-    memo: Any,
-    put: Callable[[str], None],
-    forget: Callable[[str], None],
-) -> None:
-    runtime = _runtime(memo)
-    uid = body["metadata"]["labels"][LABEL_UID]
-    if event.get("type") == "DELETED":
-        forget(uid)
-    else:
-        put(uid)
-    key = runtime.store.key_of(uid)
+def _queue(runtime: Runtime, key: Key | None) -> None:
     if key is not None:
         runtime.queue.add(key, urgent=True)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_UID: kopf.PRESENT})
 async def job_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
-    store, raw = _runtime(memo).store, dict(body)
-    _child(
-        event,
-        body,
-        memo,
-        lambda uid: store.put_job(uid, job_obs(raw)),
-        lambda uid: store.forget_job(uid, body["metadata"]["name"]),
-    )
+    runtime, job = _runtime(memo), job_obs(dict(body))
+    if event.get("type") == "DELETED":
+        runtime.store.forget_job(job.namespace, job.owner_uid, job.name)
+    else:
+        runtime.store.put_job(job)
+    _queue(runtime, runtime.store.owner_key(job.namespace, job.owner_uid))
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_UID: kopf.PRESENT})
 async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
-    store, raw = _runtime(memo).store, dict(body)
-    _child(
-        event,
-        body,
-        memo,
-        lambda uid: store.put_pod(uid, pod_obs(raw)),
-        lambda uid: store.forget_pod(uid, body["metadata"]["name"]),
-    )
+    runtime, pod = _runtime(memo), pod_obs(dict(body))
+    if event.get("type") == "DELETED":
+        runtime.store.forget_pod(pod)
+    else:
+        runtime.store.put_pod(pod)
+    _queue(runtime, runtime.store.owner_of_pod(pod))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={LABEL_UID: kopf.PRESENT, LABEL_COMPONENT: "serving"})
 async def deployment_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
-    store, raw = _runtime(memo).store, dict(body)
-    _child(
-        event,
-        body,
-        memo,
-        lambda uid: store.put_deployment(uid, deployment_obs(raw)),
-        lambda uid: store.put_deployment(uid, None),
-    )
+    runtime, deployment = _runtime(memo), deployment_obs(dict(body))
+    if event.get("type") == "DELETED":
+        runtime.store.forget_deployment(deployment.namespace, deployment.owner_uid, deployment.uid)
+    else:
+        runtime.store.put_deployment(deployment)
+    _queue(runtime, runtime.store.owner_key(deployment.namespace, deployment.owner_uid))

@@ -49,6 +49,11 @@ NAMESPACED: set[Rule] = {
     ("", "serviceaccounts", "create"),
     ("rbac.authorization.k8s.io", "roles", "create"),
     ("rbac.authorization.k8s.io", "rolebindings", "create"),
+    # ownership (issue #24): who controls an object is read before applying over, adopting or deleting it, and a
+    # ModelServer's replicas are the pods of the ReplicaSets its Deployment controls
+    *{(g, r, "get") for g, r in (("", "services"), ("policy", "poddisruptionbudgets"), ("", "serviceaccounts"))},
+    *{("rbac.authorization.k8s.io", r, "get") for r in ("roles", "rolebindings")},
+    ("apps", "replicasets", "list"),
     ("", "secrets", "get"),
     ("", "events", "create"),
 }

@@ -147,24 +147,37 @@ tests/helm/test_chart.py pins the exact list; docs/security.md shows `kubectl au
 - apiGroups: [""]
   resources: [configmaps, services]
   verbs: [create, patch, delete]
-# The serving PodDisruptionBudget (two or more replicas): server-side applied, deleted with serving or at one replica.
+# get (metadata only): before an apply or a delete, and after a create that found the name taken, the operator
+# reads who controls the object, and never applies over, adopts or deletes one it does not own (ConfigMaps: the
+# get rule above).
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get]
+# The serving PodDisruptionBudget (two or more replicas): server-side applied, deleted with serving or at one
+# replica; get as for Services.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [create, patch, delete]
+  verbs: [get, create, patch, delete]
+# A ModelServer's replicas are the pods of the ReplicaSets its own Deployment controls: listed (by the server's
+# labels) to tell them from pods that merely carry those labels.
+- apiGroups: [apps]
+  resources: [replicasets]
+  verbs: [list]
 # The per-run trainer identity (builders/rbac.py) and a ModelServer sidecar's (builders/modelserver.py sync_rbac):
 # a ServiceAccount, a Role naming its objects (resourceNames) and a RoleBinding, created once and removed by garbage
-# collection with their owner (no get, patch or delete). RBAC cannot limit `create` to names: the escalation check
-# keeps every Role within the rules above, and the chart's admission policy (rbac.admissionPolicy,
-# templates/admission-policy.yaml) admits from this ServiceAccount only Roles whose every rule names its objects
-# with get/patch, and RoleBindings binding a Role of their own name to the one ServiceAccount of that name.
+# collection with their owner (no patch or delete); get (metadata only) after a create that found the name taken:
+# used only when this owner controls it. RBAC cannot limit `create` to names: the escalation check keeps every Role
+# within the rules above, and the chart's admission policy (rbac.admissionPolicy, templates/admission-policy.yaml)
+# admits from this ServiceAccount only Roles whose every rule names its objects with get/patch, and RoleBindings
+# binding a Role of their own name to the one ServiceAccount of that name.
 # This rule: the ServiceAccount (automountServiceAccountToken false; only the pods that need it mount a token).
 - apiGroups: [""]
   resources: [serviceaccounts]
-  verbs: [create]
+  verbs: [get, create]
 # ... and its Role and RoleBinding (above: why create cannot be named, and what bounds it instead).
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [create]
+  verbs: [get, create]
 {{- if .secrets }}
 # The credentials Secret named in spec.storage, in the FineTuneJob's own namespace: only whether it exists, read
 # as PartialObjectMetadata (Kube.exists_metadata: the data never reaches the operator), and only until the run's

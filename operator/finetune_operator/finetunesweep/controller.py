@@ -27,7 +27,8 @@ from finetune_operator.api.finetunesweep import (
     parse_sweep_spec,
 )
 from finetune_operator.api.objects import Event, Owner
-from finetune_operator.core.errors import PermanentError, TemporaryError
+from finetune_operator.api.ownership import controlled_by
+from finetune_operator.core.errors import NameTaken, PermanentError, TemporaryError
 from finetune_operator.core.kube import Kube
 from finetune_operator.core.status_patch import merge_patch, now_rfc3339
 from finetune_operator.core.store import Key
@@ -37,15 +38,28 @@ from finetune_operator.finetunesweep.plan import SweepPlan, SweepSnapshot, Trial
 log = logging.getLogger(__name__)
 
 
+def is_trial(trial: TrialObs, sweep: dict[str, Any]) -> bool:
+    """Whether a FineTuneJob is a trial of this sweep (api.ownership): in the sweep's namespace, and controlled
+    by the sweep, or the winner it published (which no longer has the owner reference: the sweep recorded
+    its uid in status.winner before publishing it). The sweep-uid label only finds candidates."""
+    meta = sweep["metadata"]
+    if not trial.uid or trial.namespace != meta["namespace"]:
+        return False
+    winner = (sweep.get("status") or {}).get("winner") or {}
+    return trial.controller == meta["uid"] or (trial.published and trial.uid == winner.get("uid"))
+
+
 class SweepStore:
-    """Sweep bodies by key, and the compact observations of their trials by the sweep's uid (the trial's
-    finetune.dev/sweep-uid label), filled by the watch events of both kinds."""
+    """Sweep bodies by key, and the compact observations of their trial candidates filed by the sweep-uid label
+    (a cheap index: `view` keeps only what `is_trial` says is the sweep's), filled by the watch events of both
+    kinds. Candidates go with their sweep, and `prune` drops those filed under a uid no sweep has."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._bodies: dict[Key, dict[str, Any]] = {}
         self._uids: dict[str, Key] = {}
-        self._trials: dict[str, dict[str, TrialObs]] = {}
+        self._trials: dict[str, dict[Key, TrialObs]] = {}  # sweep uid (label) -> (namespace, name) -> trial
+        self._orphans: set[str] = set()
 
     def put_sweep(self, body: dict[str, Any]) -> Key:
         meta = body["metadata"]
@@ -72,16 +86,39 @@ class SweepStore:
             self._trials.pop(uid, None)
 
     def put_trial(self, sweep_uid: str, body: dict[str, Any]) -> Key | None:
-        """File one trial's observation; the key of its sweep when known (to queue it)."""
+        """File one candidate's observation; the key of its sweep when known and in the same namespace (to
+        queue it)."""
         observed = trial_obs(body)
         with self._lock:
-            self._trials.setdefault(sweep_uid, {})[observed.name] = observed
-            return self._uids.get(sweep_uid)
+            self._trials.setdefault(sweep_uid, {})[(observed.namespace, observed.name)] = observed
+            return self._sweep_in(sweep_uid, observed.namespace)
 
-    def forget_trial(self, sweep_uid: str, name: str) -> Key | None:
+    def forget_trial(self, sweep_uid: str, namespace: str, name: str) -> Key | None:
         with self._lock:
-            self._trials.get(sweep_uid, {}).pop(name, None)
-            return self._uids.get(sweep_uid)
+            trials = self._trials.get(sweep_uid)
+            if trials is not None:
+                trials.pop((namespace, name), None)
+                if not trials:
+                    self._trials.pop(sweep_uid, None)
+            return self._sweep_in(sweep_uid, namespace)
+
+    def _sweep_in(self, sweep_uid: str, namespace: str) -> Key | None:
+        key = self._uids.get(sweep_uid)
+        return key if key is not None and key[0] == namespace else None
+
+    def prune(self) -> int:
+        """Drop the candidates filed under a uid no sweep in memory has, at the second prune that finds them
+        (a trial's event may come before its sweep's). How many groups went."""
+        with self._lock:
+            found = {uid for uid in self._trials if uid not in self._uids}
+            drop, self._orphans = found & self._orphans, found - self._orphans
+            for uid in drop:
+                self._trials.pop(uid, None)
+            return len(drop)
+
+    def sizes(self) -> int:
+        with self._lock:
+            return len(self._trials)
 
     def all_keys(self) -> list[Key]:
         with self._lock:
@@ -94,7 +131,7 @@ class SweepStore:
                 return None
             meta = body["metadata"]
             assert isinstance(meta, dict)
-            trials = tuple(self._trials.get(str(meta["uid"]), {}).values())
+            trials = tuple(t for t in self._trials.get(str(meta["uid"]), {}).values() if is_trial(t, body))
             return copy.deepcopy(body), trials
 
 
@@ -159,30 +196,37 @@ class SweepReconciler:
 
     def _execute(self, owner: Owner, decided: SweepPlan) -> None:
         for manifest in decided.create:
-            created = self.kube.create(manifest)
             name = manifest["metadata"]["name"]
+            not_ours = (
+                f"FineTuneJob {owner.namespace}/{name} exists and is not a trial of this sweep (a FineTuneJob "
+                "of its own, or an earlier sweep's published winner): rename the sweep or remove that job"
+            )
+            try:
+                created = self.kube.create(manifest)
+            except NameTaken as error:
+                raise PermanentError(not_ours) from error
             if created is None:  # made by an earlier pass or operator: adopt what is there, if it is ours
                 created = self.kube.get(f"{GROUP}/{VERSION}", KIND, owner.namespace, name)
-                theirs = ((created or {}).get("metadata", {}).get("labels") or {}).get(LABEL_SWEEP_UID)
-                if created is not None and theirs != owner.uid:
-                    raise PermanentError(
-                        f"FineTuneJob {owner.namespace}/{name} exists and is not a trial of this sweep (a FineTuneJob "
-                        "of its own, or an earlier sweep's published winner): rename the sweep or remove that job"
-                    )
+                if created is not None and not controlled_by(created, owner.namespace, owner.uid):
+                    raise PermanentError(not_ours)
             else:
                 log.info("sweep %s/%s: created trial %s", owner.namespace, owner.name, name)
                 values = manifest["metadata"]["annotations"][ANNOTATION_PARAMETERS]
                 self._event(owner, Event("Normal", "TrialCreated", f"{name}: {values}"))
             if created is not None:
                 self.sweeps.put_trial(owner.uid, created)
+        # Stops and the publish go only to trials `is_trial` admitted (the plan saw no other), each patch bound to
+        # the trial's uid: a FineTuneJob re-made under the name since is refused by the API server, not patched.
         for stop in decided.stop:
             log.info("sweep %s/%s: stopping trial %s (%s)", owner.namespace, owner.name, stop.name, stop.reason)
             patch = {"metadata": {"annotations": {ANNOTATION_STOPPED: stop.reason}}, "spec": {"suspend": True}}
-            self.kube.merge_patch(f"{GROUP}/{VERSION}", KIND, owner.namespace, stop.name, patch)
+            self.kube.merge_patch(f"{GROUP}/{VERSION}", KIND, owner.namespace, stop.name, patch, uid=stop.uid)
         if decided.publish is not None:
             log.info("sweep %s/%s: publishing winner %s", owner.namespace, owner.name, decided.publish.name)
             publish = decided.publish
-            self.kube.merge_patch(f"{GROUP}/{VERSION}", KIND, owner.namespace, publish.name, publish.patch)
+            self.kube.merge_patch(
+                f"{GROUP}/{VERSION}", KIND, owner.namespace, publish.name, publish.patch, uid=publish.uid
+            )
 
     def _write_status(self, body: dict[str, Any], new: dict[str, Any]) -> None:
         meta, old = body["metadata"], body.get("status") or {}

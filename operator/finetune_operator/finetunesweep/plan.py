@@ -26,10 +26,12 @@ from finetune_operator.api.finetunesweep import (
     ANNOTATION_PUBLISHED,
     ANNOTATION_STOPPED,
     LABEL_TRIAL,
+    SWEEP_KIND,
     SweepSpec,
     TrialStoppingSpec,
 )
 from finetune_operator.api.objects import Event, Manifest, Owner
+from finetune_operator.api.ownership import controller_uid
 from finetune_operator.builders.policy import REFUSED
 from finetune_operator.finetunejob.gate import GateResult, evaluate_gate, flatten_metrics
 from finetune_operator.finetunesweep.trials import trial_manifest, trial_name, trial_parameters
@@ -77,6 +79,9 @@ class TrialObs:
     error_message: str = ""
     published: bool = False  # promoted to the sweep's published winner (serving on, own FineTuneJob)
     endpoint: str = ""
+    uid: str = ""  # the trial FineTuneJob's own: stop and publish patches apply to this very object
+    namespace: str = ""
+    controller: str = ""  # its controller FineTuneSweep's uid (api.ownership; never the sweep-uid label)
 
     @property
     def finished(self) -> bool:
@@ -110,6 +115,9 @@ def trial_obs(body: dict[str, Any]) -> TrialObs:
         error_message=str(error.get("message", "")),
         published=bool(annotations.get(ANNOTATION_PUBLISHED)),
         endpoint=str((status.get("endpoint") or {}).get("url", "")),
+        uid=str(meta.get("uid", "")),
+        namespace=str(meta.get("namespace", "")),
+        controller=controller_uid(body, SWEEP_KIND),
     )
 
 
@@ -130,6 +138,7 @@ class SweepSnapshot:
 class Stop:
     name: str
     reason: str
+    uid: str = ""  # the trial's uid: the patch applies to that object only
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,7 @@ class Publish:
 
     name: str
     patch: dict[str, Any]
+    uid: str = ""  # the trial's uid: the patch applies to that object only
 
 
 @dataclass
@@ -249,7 +259,7 @@ def _early_stops(spec: SweepSpec, trials: dict[int, TrialObs], curves: dict[int,
             continue
         reason = median_rule(spec.early_stopping, curves.get(index, []), completed)
         if reason:
-            stops.append(Stop(trial.name, reason))
+            stops.append(Stop(trial.name, reason, trial.uid))
     return stops
 
 
@@ -315,8 +325,11 @@ def sweep_plan(snapshot: SweepSnapshot) -> SweepPlan:
     publish: Publish | None = None
     if winner and spec.publish_winner:
         chosen = trials.get(int(winner["index"]))
-        if chosen is not None and not chosen.published:
-            publish = Publish(chosen.name, _publish_patch(spec, owner))
+        # Publishing drops the trial's owner reference (deleting the sweep keeps it): from then on the sweep
+        # knows it by the uid in status.winner, so that uid is written by one pass and the next one publishes.
+        recorded = (status.get("winner") or {}).get("uid")
+        if chosen is not None and not chosen.published and chosen.uid and recorded == chosen.uid:
+            publish = Publish(chosen.name, _publish_patch(spec, owner), chosen.uid)
     phase, error = _phase(spec, all_done, broken, winner, trials)
     gen = snapshot.generation
     complete = cond.condition(
@@ -379,6 +392,8 @@ def _winner(
         "testMetrics": test,
         "gate": gate.to_status(),
     }
+    if trial and trial.uid:
+        winner["uid"] = trial.uid
     if trial and trial.published:
         winner["published"] = {"finetuneJob": trial.name, "phase": trial.phase, "endpoint": trial.endpoint or None}
     return winner

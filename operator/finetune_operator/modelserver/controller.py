@@ -20,6 +20,7 @@ from finetune_operator.api import conditions as cond
 from finetune_operator.api.base import invalid_spec_message
 from finetune_operator.api.labels import ANNOTATION_SPEC_HASH
 from finetune_operator.api.modelserver import SERVER_KIND, parse_server_spec, reference_of
+from finetune_operator.api.ownership import controlled_by
 from finetune_operator.builders.modelserver import (
     ADAPTERS_KEY,
     ServerNames,
@@ -32,8 +33,8 @@ from finetune_operator.builders.modelserver import (
     server_pdb,
 )
 from finetune_operator.builders.policy import REFUSED, server_refusal
-from finetune_operator.core.errors import TemporaryError
-from finetune_operator.core.kube import Kube
+from finetune_operator.core.errors import NameTaken, TemporaryError
+from finetune_operator.core.kube import Kube, name_taken
 from finetune_operator.core.settings import Settings
 from finetune_operator.core.status_patch import merge_patch, now_rfc3339
 from finetune_operator.core.store import Key, Store
@@ -102,8 +103,14 @@ class ServerReconciler:
         ]
         held = frozenset(str(a.get("name")) for a in old.get("adapters") or [])
         admission = admit(spec, owner.namespace, owner.name, candidates, held)
-        self._apply(owner, spec.replicas, server_bundle(spec, owner, self.settings), admission)
-        replicas = self._replicas(owner)
+        try:
+            deployment_uid = self._apply(owner, spec.replicas, server_bundle(spec, owner, self.settings), admission)
+        except NameTaken as error:  # an object of its name belongs to someone else: never taken over
+            log.warning("ModelServer %s/%s: %s", owner.namespace, owner.name, error)
+            taken = cond.condition(cond.READY, False, NameTaken.code, str(error), generation)
+            self._write(body, {"conditions": cond.merge(old.get("conditions"), [taken], now_rfc3339())})
+            return STEADY_SECONDS
+        replicas = self._replicas(owner, deployment_uid)
         ready = sum(1 for r in replicas if r.ready)
         done = converged(admission, [r for r in replicas if r.ready]) and ready >= spec.replicas
         conditions = [
@@ -136,38 +143,58 @@ class ServerReconciler:
         self._write(body, status)
         return STEADY_SECONDS if done else CONVERGING_SECONDS
 
-    def _apply(self, owner: ServerOwner, replicas: int, bundle: list[dict[str, Any]], admission: Admission) -> None:
+    def _owned(self, kind: str, name: str, owner: ServerOwner) -> dict[str, Any] | None:
+        """One of the server's objects as read (None: absent); NameTaken when another owner controls it."""
+        api_version = "apps/v1" if kind == "Deployment" else "v1"
+        body = self.kube.get(api_version, kind, owner.namespace, name)
+        if body is not None and not controlled_by(body, owner.namespace, owner.uid):
+            raise name_taken(body, kind)
+        return body
+
+    def _apply(self, owner: ServerOwner, replicas: int, bundle: list[dict[str, Any]], admission: Admission) -> str:
+        """Apply the server's objects where they changed; its Deployment's uid ("" before it exists)."""
         names = ServerNames.of(owner.name)
-        deployment = self.kube.get("apps/v1", "Deployment", owner.namespace, names.deployment)
+        deployment = self._owned("Deployment", names.deployment, owner)
         want = bundle[-1]["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
         have = ((deployment or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_SPEC_HASH)
         if have != want:
             for manifest in bundle:
                 if manifest["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
                     self.kube.create(manifest)  # fixed per server; created once (the operator may not patch them)
+                elif manifest["kind"] == "Deployment":
+                    deployment = self.kube.apply(manifest)
                 else:
                     self.kube.apply(manifest)
             if replicas == 1:  # one replica: a PDB would block every node drain
                 pdb = server_pdb(owner)["metadata"]["name"]
-                self.kube.delete("policy/v1", "PodDisruptionBudget", owner.namespace, pdb)
-        if self.kube.get("v1", "ConfigMap", owner.namespace, names.loaded) is None:
+                self.kube.delete("policy/v1", "PodDisruptionBudget", owner.namespace, pdb, owner=owner.uid)
+        if self._owned("ConfigMap", names.loaded, owner) is None:
             self.kube.create(loaded_config_map(owner))
         desired = adapters_config_map(owner, admission.adapters)
-        current = self.kube.get("v1", "ConfigMap", owner.namespace, names.adapters)
+        current = self._owned("ConfigMap", names.adapters, owner)
         if current is None or (current.get("data") or {}).get(ADAPTERS_KEY) != desired["data"][ADAPTERS_KEY]:
             self.kube.apply(desired)
             log.info("ModelServer %s/%s: desired adapters %s", owner.namespace, owner.name, sorted(admission.names))
+        return str(((deployment or {}).get("metadata") or {}).get("uid") or "")
 
-    def _replicas(self, owner: ServerOwner) -> list[Replica]:
-        """Every live server pod with what its sidecar reports; reports of pods that are gone are dropped."""
+    def _replicas(self, owner: ServerOwner, deployment_uid: str) -> list[Replica]:
+        """Every live pod of the server's own Deployment (controlled by a ReplicaSet that Deployment controls;
+        a pod that merely carries its labels is not a replica) with what its sidecar reports; reports of pods
+        that are gone are dropped."""
         names = ServerNames.of(owner.name)
         labels = ",".join(f"{k}={v}" for k, v in selector(owner).items())
+        replica_sets = {
+            rs["metadata"]["uid"]
+            for rs in self.kube.list("apps/v1", "ReplicaSet", owner.namespace, labels)
+            if controlled_by(rs, owner.namespace, deployment_uid)
+        }
         pods = [
             p
             for p in self.kube.list("v1", "Pod", owner.namespace, labels)
             if not p["metadata"].get("deletionTimestamp")
+            and any(controlled_by(p, owner.namespace, uid) for uid in replica_sets)
         ]
-        report = self.kube.get("v1", "ConfigMap", owner.namespace, names.loaded) or {}
+        report = self._owned("ConfigMap", names.loaded, owner) or {}
         data: dict[str, str] = report.get("data") or {}
         live = {p["metadata"]["name"] for p in pods}
         stale = {k: None for k in data if k not in live}

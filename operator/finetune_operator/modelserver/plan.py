@@ -81,6 +81,13 @@ def candidate_of(body: dict[str, Any]) -> Candidate | None:
     )
 
 
+REFUSED_MAX = 50
+"""At most this many refusals are listed in status.refused (the rest counted in status.refusedOmitted): any
+tenant, in any namespace, may name a server, and an unbounded list would grow the ModelServer past the API
+server's object size limit and stop its status updates. The server's own namespace and allowedNamespaces are
+listed first, so its tenants learn why; a FineTuneJob beyond the list reads `Waiting` with the count."""
+
+
 @dataclass(frozen=True)
 class Refused:
     job: str
@@ -223,7 +230,7 @@ def server_status(
         "adapterCount": len(admission.adapters),
         "capacityLeft": max(0, max_adapters - len(admission.adapters)),
         "adapters": [a.to_wire() for a in admission.adapters],
-        "refused": [r.to_wire() for r in admission.refused],
+        **bounded_refusals(admission.refused),
         "loaded": [
             {
                 "pod": r.pod,
@@ -235,6 +242,13 @@ def server_status(
         ],
         "conditions": conditions,
     }
+
+
+def bounded_refusals(refused: Sequence[Refused], limit: int = REFUSED_MAX) -> dict[str, Any]:
+    """status.refused with at most `limit` entries, the tenants the server allows first (a NamespaceNotAllowed
+    refusal is about a stranger), and status.refusedOmitted: how many more there are (0: none)."""
+    ordered = sorted(refused, key=lambda r: (r.reason == "NamespaceNotAllowed", r.job))
+    return {"refused": [r.to_wire() for r in ordered[:limit]], "refusedOmitted": max(0, len(ordered) - limit)}
 
 
 def converged(admission: Admission, replicas: Sequence[Replica]) -> bool:
@@ -267,7 +281,9 @@ def verdict_for(
         return SharedVerdict(str(refused["reason"]), str(refused.get("message", "")))
     entry = next((a for a in status.get("adapters") or [] if a.get("finetuneJob") == job), None)
     if entry is None:
-        return SharedVerdict("Waiting", f"waiting for ModelServer {namespace}/{name} to take run {run}")
+        omitted = int(status.get("refusedOmitted") or 0)
+        more = f" (it refuses {omitted} more FineTuneJobs than its status lists)" if omitted else ""
+        return SharedVerdict("Waiting", f"waiting for ModelServer {namespace}/{name} to take run {run}{more}")
     replicas = [
         Replica(
             str(item.get("pod", "")),
