@@ -3,8 +3,8 @@
 Why pure and apart from the FineTuneJob planner: a sweep only creates, stops and promotes FineTuneJobs (the
 trials), which the FineTuneJob control loop then runs like any other. Every decision of a sweep (which trials
 to create next, which to stop, the leaderboard, the winner, the status) is a function of what is observed, so
-a table of snapshots tests it without a cluster (tests/unit/operator/test_sweep.py), and a restarted operator
-recomputes exactly the same trials: names are `<sweep>-t<index>` and values derive from (seed, index, path).
+a table of snapshots tests it without a cluster (tests/unit/operator/test_finetunesweep_plan.py), and a restarted
+operator recomputes exactly the same trials: names are `<sweep>-t<index>` and values derive from (seed, index, path).
 
 Selection never reads a test metric: the objective must be a validation metric (the CRD refuses `test_*` and
 `parse_sweep_spec` again), the leaderboard holds objective values only, and of the test metrics the sweep

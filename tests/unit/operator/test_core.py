@@ -68,7 +68,10 @@ def test_work_queue_coalesces_and_requeues() -> None:
         queue.start()
         for key in ("slow", "slow", "slow"):  # queued once
             queue.add(key)
-        await asyncio.sleep(0.01)
+        for _ in range(1000):  # until a worker has taken it: it is running now, not a guess that it is
+            if "slow" in seen:
+                break
+            await asyncio.sleep(0.001)
         queue.add("slow")  # running: marked dirty, runs once more
         queue.add("slow")
         queue.add("flaky")

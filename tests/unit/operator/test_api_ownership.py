@@ -2,7 +2,7 @@
 
 The rule: a child counts only in its owner's namespace and when its controller ownerReference names the owner's
 uid; a pod only through a Job that counts; labels never decide. The cluster-tier attacks that this rule stops
-are in tests/integration/test_ownership.py; these pin the rule and the store's bound without a cluster.
+are in tests/integration/test_ownership_attacks.py; these pin the rule and the store's bound without a cluster.
 """
 
 from __future__ import annotations
