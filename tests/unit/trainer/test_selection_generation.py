@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from finetune_trainer.core.errors import ConfigInvalid
 from finetune_trainer.data import formats
 from finetune_trainer.data.formats.base import Conversation, Fields, generation_unsupported
 from finetune_trainer.evaluation.generation import (
+    REGEX_SECONDS,
     cases_from,
     exact_match,
     json_valid,
@@ -214,6 +216,17 @@ def test_regex_and_json_checks() -> None:
     assert regex_match(" ORDER-123 \n", r"ORDER-\d+") == 1.0
     assert regex_match("ORDER-123 thanks", r"ORDER-\d+") == 0.0  # the whole answer must match
     assert json_valid(' {"a": 1} ') == 1.0 and json_valid("{'a': 1}") == 0.0 and json_valid("") == 0.0
+
+
+def test_a_catastrophically_backtracking_regex_is_stopped_and_counts_as_no_match(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`(a|aa)+b` on 60 a's takes exponential time with Python's re (hours); the match stops at REGEX_SECONDS."""
+    started = time.monotonic()
+    assert regex_match("a" * 60, r"(a|aa)+b") == 0.0
+    assert time.monotonic() - started < REGEX_SECONDS + 5
+    assert "counted as no match" in caplog.text and "(a|aa)+b" in caplog.text
+    assert regex_match("a" * 60 + "b", r"(a|aa)+b") == 1.0  # the same pattern still matches what it should
 
 
 def test_scores_average_over_answers_and_add_the_optional_checks_only_when_asked() -> None:

@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import regex
+
 from finetune_trainer.data.formats.base import Conversation, Format
 
 log = logging.getLogger(__name__)
@@ -126,9 +128,25 @@ def rouge_l(answers: Sequence[str], references: Sequence[str]) -> list[float]:
     return [scorer.score(ref, ans)["rougeL"].fmeasure for ans, ref in zip(answers, references, strict=True)]
 
 
+REGEX_SECONDS = 1.0
+"""The most one answer may take to match `evaluation.generation.regex`. A pattern that backtracks catastrophically
+(`(a|aa)+b` on a long answer) would otherwise hold the evaluation, and the run's GPUs, for hours; the `regex`
+engine stops the match at this limit, the answer counts as not matching and a warning names the pattern."""
+
+
 def regex_match(answer: str, pattern: str) -> float:
-    """1.0 when `pattern` matches the whole answer (surrounding whitespace aside)."""
-    return 1.0 if re.fullmatch(pattern, answer.strip(), flags=re.DOTALL) else 0.0
+    """1.0 when `pattern` matches the whole answer (surrounding whitespace aside); 0.0 past REGEX_SECONDS."""
+    try:
+        matched = regex.fullmatch(pattern, answer.strip(), flags=regex.DOTALL, timeout=REGEX_SECONDS)
+    except TimeoutError:
+        log.warning(
+            "evaluation.generation.regex %r took over %.0f s on one answer (%d characters): counted as no match",
+            pattern,
+            REGEX_SECONDS,
+            len(answer),
+        )
+        return 0.0
+    return 1.0 if matched else 0.0
 
 
 def json_valid(answer: str) -> float:
