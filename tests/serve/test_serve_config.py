@@ -24,7 +24,8 @@ def test_the_contract_example_validates(tmp_path: Path) -> None:
     path.write_text(json.dumps(EXAMPLE))
     config = load_serve_config(path)
     assert (config.served_model_name, config.run, config.max_concurrency) == ("support-bot", 2, 8)
-    assert config.model_dump(by_alias=True) == {**EXAMPLE, "maxAdapters": 0}  # 0: not a shared server
+    defaults = {"maxBodyBytes": 1 << 20, "maxPromptTokens": None, "defaultMaxTokens": 256, "maxRequests": 64}
+    assert config.model_dump(by_alias=True) == {**EXAMPLE, "maxAdapters": 0, **defaults}  # 0: not a shared server
 
 
 def test_unknown_and_invalid_fields_are_all_reported(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.serve import tiny_models
-from tests.serve.server import RunningServer
+from tests.serve.server import RunningServer, free_socket
 from tests.serve.test_engine import Collector
 
 PROMPTS = ("the quick brown", "a fine tuned", "serving models over")
@@ -127,7 +127,13 @@ def test_a_swap_lets_requests_in_flight_finish_on_the_old_version(
     assert failed is not None and "not loaded" in getattr(failed, "message", "")
 
 
-def _shared_settings(tiny_lm_dir: Path, api_key: str | None = None, max_adapters: int = 2) -> Any:
+def _shared_settings(
+    tiny_lm_dir: Path,
+    api_key: str | None = None,
+    max_adapters: int = 2,
+    admin_port: int = 8001,
+    admin_token_file: Path = Path("/nonexistent/.admin-token"),
+) -> Any:
     from finetune_trainer.serving.server.config import ServeConfig, ServeSettings
 
     config = ServeConfig.model_validate(
@@ -138,41 +144,62 @@ def _shared_settings(tiny_lm_dir: Path, api_key: str | None = None, max_adapters
             "maxAdapters": max_adapters,
         }
     )
-    return ServeSettings(config=config, api_key=api_key, work_dir=tiny_lm_dir, device="cpu")
+    return ServeSettings(
+        config=config,
+        api_key=api_key,
+        work_dir=tiny_lm_dir,
+        device="cpu",
+        admin_port=admin_port,
+        admin_token_file=admin_token_file,
+    )
 
 
-def test_admin_routes_answer_only_the_pod_itself_with_the_key(
-    tiny_lm_dir: Path, adapters: dict[str, Path], shared_engine: Any
+def test_admin_routes_exist_only_on_the_loopback_admin_listener_with_the_pod_token(
+    tiny_lm_dir: Path, adapters: dict[str, Path], tmp_path: Path
 ) -> None:
     import httpx
-    from fastapi.testclient import TestClient
     from finetune_trainer.serving.server.app import create_app
     from finetune_trainer.serving.server.engine import Engine
     from finetune_trainer.serving.server.loader import from_folder
 
-    key = "sk-shared-123"
+    key, token_file = "sk-shared-123", tmp_path / ".admin-token"
     engine = Engine(from_folder(tiny_lm_dir), max_batch_size=4)
-    app = create_app(_shared_settings(tiny_lm_dir, api_key=key), engine=engine)
+    admin = free_socket()
+    settings = _shared_settings(
+        tiny_lm_dir, api_key=key, admin_port=admin.getsockname()[1], admin_token_file=token_file
+    )
     body = {"lora_name": "a1", "lora_path": str(adapters["a1"])}
-    with TestClient(app) as remote:  # a client that is not on the loopback interface
-        refused = remote.post("/v1/load_lora_adapter", json=body, headers={"Authorization": f"Bearer {key}"})
-        assert refused.status_code == 403
-    with RunningServer(create_app(_shared_settings(tiny_lm_dir, api_key=key), engine=engine)) as server:
+    with RunningServer(create_app(settings, engine=engine), admin=admin) as server:
         auth = {"Authorization": f"Bearer {key}"}
-        assert httpx.post(server.url + "/v1/load_lora_adapter", json=body).status_code == 401
-        loaded = httpx.post(server.url + "/v1/load_lora_adapter", json={**body, "run": 4}, headers=auth, timeout=60)
+        # the Service port: no adapter routes at all, whatever the key or a forged source address
+        for headers in (auth, {**auth, "X-Forwarded-For": "127.0.0.1"}):
+            refused = httpx.post(server.url + "/v1/load_lora_adapter", json=body, headers=headers, timeout=30)
+            assert refused.status_code == 404, refused.text
+        unload = httpx.post(server.url + "/v1/unload_lora_adapter", json={"lora_name": "a1"}, headers=auth)
+        assert unload.status_code == 404
+        # the admin listener: nothing before the sidecar wrote the pod's token, then that token only
+        assert httpx.post(server.admin_url + "/v1/load_lora_adapter", json=body, headers=auth).status_code == 503
+        token_file.write_text("pod-token-0123456789")
+        assert httpx.post(server.admin_url + "/v1/load_lora_adapter", json=body, headers=auth).status_code == 401
+        assert httpx.post(server.admin_url + "/v1/load_lora_adapter", json=body).status_code == 401
+        admin_auth = {"Authorization": "Bearer pod-token-0123456789"}
+        assert httpx.get(server.admin_url + "/v1/models", headers=admin_auth).status_code == 404  # admin only
+        admin_url = server.admin_url
+        loaded = httpx.post(
+            admin_url + "/v1/load_lora_adapter", json={**body, "run": 4}, headers=admin_auth, timeout=60
+        )
         assert loaded.status_code == 200, loaded.text
-        again = httpx.post(server.url + "/v1/load_lora_adapter", json=body, headers=auth, timeout=60)
+        again = httpx.post(admin_url + "/v1/load_lora_adapter", json=body, headers=admin_auth, timeout=60)
         assert again.status_code == 400 and "already been loaded" in again.text
         missing = {"lora_name": "x", "lora_path": str(tiny_lm_dir)}
-        assert httpx.post(server.url + "/v1/load_lora_adapter", json=missing, headers=auth).status_code == 400
+        assert httpx.post(admin_url + "/v1/load_lora_adapter", json=missing, headers=admin_auth).status_code == 400
         httpx.post(
-            server.url + "/v1/load_lora_adapter",
+            admin_url + "/v1/load_lora_adapter",
             json={"lora_name": "a2", "lora_path": str(adapters["a2"])},
-            headers=auth,
+            headers=admin_auth,
         ).raise_for_status()
         full = {"lora_name": "a3", "lora_path": str(adapters["a3"])}
-        answer = httpx.post(server.url + "/v1/load_lora_adapter", json=full, headers=auth)
+        answer = httpx.post(admin_url + "/v1/load_lora_adapter", json=full, headers=admin_auth)
         assert answer.status_code == 400 and "maximum of 2" in answer.text
         cards = httpx.get(server.url + "/v1/models", headers=auth).json()["data"]
         assert [(c["id"], c.get("parent"), c.get("run")) for c in cards] == [
@@ -188,9 +215,9 @@ def test_admin_routes_answer_only_the_pod_itself_with_the_key(
         assert reply.choices[0].text == _reference(tiny_lm_dir, adapters["a1"], PROMPTS[:1], 8)[0]
         with pytest.raises(openai.NotFoundError):
             client.completions.create(model="a9", prompt=PROMPTS[0], max_tokens=2)
-        unload = httpx.post(server.url + "/v1/unload_lora_adapter", json={"lora_name": "a1"}, headers=auth)
+        unload = httpx.post(admin_url + "/v1/unload_lora_adapter", json={"lora_name": "a1"}, headers=admin_auth)
         assert unload.status_code == 200
-        gone = httpx.post(server.url + "/v1/unload_lora_adapter", json={"lora_name": "a1"}, headers=auth)
+        gone = httpx.post(admin_url + "/v1/unload_lora_adapter", json={"lora_name": "a1"}, headers=admin_auth)
         assert gone.status_code == 404
     engine.stop()
 
@@ -212,14 +239,20 @@ class _ConfigMaps:
 def test_the_sidecar_converges_a_running_server_to_the_desired_list(
     tiny_lm_dir: Path, adapters: dict[str, Path], tmp_path: Path
 ) -> None:
-    from finetune_trainer.serving.adapters.cli import EngineClient, sync_once
+    from finetune_trainer.serving.adapters.cli import EngineClient, admin_token, sync_once
     from finetune_trainer.serving.server.app import create_app
     from finetune_trainer.serving.server.engine import Engine
     from finetune_trainer.serving.server.loader import from_folder
 
     engine = Engine(from_folder(tiny_lm_dir), max_batch_size=4)
-    with RunningServer(create_app(_shared_settings(tiny_lm_dir, max_adapters=4), engine=engine)) as server:
-        client = EngineClient(server.url, None)
+    admin, token_file = free_socket(), tmp_path / ".admin-token"
+    settings = _shared_settings(
+        tiny_lm_dir, max_adapters=4, admin_port=admin.getsockname()[1], admin_token_file=token_file
+    )
+    token = admin_token(token_file)  # what the sidecar does at start
+    assert token_file.stat().st_mode & 0o777 == 0o600 and admin_token(token_file) == token
+    with RunningServer(create_app(settings, engine=engine), admin=admin) as server:
+        client = EngineClient(server.url, None, server.admin_url, token)
         maps = _ConfigMaps(
             [
                 {"name": "bot", "run": 1, "uri": str(adapters["a1"])},

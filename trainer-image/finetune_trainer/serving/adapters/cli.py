@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import ssl
@@ -72,18 +73,25 @@ class ConfigMaps:
 class EngineClient:
     """The engine in the same pod (ours or vLLM), on localhost, with the server's API key when it has one."""
 
-    def __init__(self, url: str, api_key: str | None) -> None:
+    def __init__(self, url: str, api_key: str | None, admin_url: str | None = None, admin_token: str | None = None):
         self.url, self.api_key = url.rstrip("/"), api_key
+        self.admin_url = (admin_url or url).rstrip("/")
+        self.admin_token = admin_token if admin_url else api_key
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 600) -> bytes:
+    def _call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 600, admin: bool = False
+    ) -> bytes:
         headers = {"Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+        key = self.admin_token if admin else self.api_key
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
         data = None
         if body is not None:
             headers["Content-Type"] = "application/json"
             data = json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
+        request = urllib.request.Request(
+            (self.admin_url if admin else self.url) + path, data=data, headers=headers, method=method
+        )
         with urllib.request.urlopen(request, timeout=timeout) as response:
             payload: bytes = response.read()
             return payload
@@ -93,10 +101,10 @@ class EngineClient:
 
     def load(self, name: str, folder: str, run: int, inplace: bool) -> None:
         body = {"lora_name": name, "lora_path": folder, "load_inplace": inplace, "run": run}
-        self._call("POST", "/v1/load_lora_adapter", body)
+        self._call("POST", "/v1/load_lora_adapter", body, admin=True)
 
     def unload(self, name: str) -> None:
-        self._call("POST", "/v1/unload_lora_adapter", {"lora_name": name})
+        self._call("POST", "/v1/unload_lora_adapter", {"lora_name": name}, admin=True)
 
 
 def fetch_adapter(uri: str, folder: Path) -> None:
@@ -152,6 +160,19 @@ def sync_once(maps: ConfigMaps, engine: EngineClient, desired_name: str, dest: P
     return report(desired, served, str(dest), errors), not plan_sync(desired, served, str(dest))
 
 
+def admin_token(path: Path) -> str:
+    """This pod's admin token: created once in the pod's own emptyDir (0600), which our server reads to check
+    the adapter routes' callers; a restarted sidecar finds the same one."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(path.name + ".new")
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32))
+        staging.rename(path)
+    return path.read_text(encoding="utf-8").strip()
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m finetune_trainer adapters",
@@ -163,6 +184,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--desired", required=True, help="the ConfigMap with adapters.json (the operator's)")
     parser.add_argument("--report", required=True, help="the ConfigMap this pod writes its key into")
     parser.add_argument("--dest", type=Path, default=Path("/adapters"))
+    parser.add_argument(
+        "--admin-url",
+        default="http://127.0.0.1:8001",
+        help="our engine's loopback admin listener (the adapter routes; vLLM: the engine URL)",
+    )
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between passes")
     parser.add_argument("--api-server", default="", help="default: the in-cluster address")
     parser.add_argument("--token-dir", type=Path, default=TOKEN_DIR)
@@ -177,7 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     pod = os.environ.get("POD_NAME") or os.uname().nodename
     maps = ConfigMaps(args.namespace, server, args.token_dir)
-    engine = EngineClient(args.engine_url, os.environ.get("FTO_API_KEY") or None)
+    api_key = os.environ.get("FTO_API_KEY") or None
+    if args.engine == "transformers":  # our server: adapter routes on the admin listener with the pod's token
+        token = admin_token(args.dest / ".admin-token")
+        engine = EngineClient(args.engine_url, api_key, args.admin_url, token)
+    else:
+        engine = EngineClient(args.engine_url, api_key)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     last = ""

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from finetune_trainer.serving.server.engine import Engine
 from finetune_trainer.serving.server.events import Event, Failed, Finished, SamplingParams, TextDelta
 from finetune_trainer.serving.server.metrics import ServerMetrics
-from finetune_trainer.serving.server.prompts import encode_chat, encode_completion
+from finetune_trainer.serving.server.prompts import encode_chat, encode_completion, longest_token, refuse_long_text
 from finetune_trainer.serving.server.protocol import (
     APIError,
     ChatCompletionRequest,
@@ -51,16 +51,26 @@ class _EventQueue:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
 
 
-def _token_budget(requested: int | None, prompt_tokens: int, context: int, param: str) -> int:
-    room = context - prompt_tokens
-    if room < 1:
+def _prompt_limit(state: ModelState, context: int) -> int:
+    """The most prompt tokens a request may have: serve.json's `maxPromptTokens`, at most the context less one."""
+    configured = state.settings.config.max_prompt_tokens
+    return min(configured, context - 1) if configured else context - 1
+
+
+def _token_budget(
+    requested: int | None, prompt_tokens: int, context: int, limit: int, default: int | None, param: str
+) -> int:
+    """How many tokens to generate: `requested` (at most what the context leaves), else `default` (capped the
+    same way); refuses a prompt over `limit` tokens with a 400 naming the limit."""
+    if prompt_tokens > limit:
         raise bad_request(
-            f"the prompt has {prompt_tokens} tokens; this model's context is {context} tokens",
+            f"the prompt has {prompt_tokens} tokens; this server's limit is {limit} prompt tokens (context {context})",
             param,
             "context_length_exceeded",
         )
+    room = context - prompt_tokens
     if requested is None:
-        return room
+        return min(room, default) if default else room
     if requested > room:
         raise bad_request(
             f"prompt ({prompt_tokens} tokens) + max_tokens ({requested}) exceeds the model's "
@@ -188,8 +198,15 @@ def router(state: ModelState, metrics: ServerMetrics) -> APIRouter:
     async def completions(body: CompletionRequest) -> JSONResponse | StreamingResponse:
         engine = generating_engine(body.model)
         body.check_supported()
-        ids = encode_completion(engine.loaded.tokenizer, body.prompt)
-        budget = _token_budget(body.max_tokens, len(ids), engine.loaded.context_length, "prompt")
+        tokenizer, context = engine.loaded.tokenizer, engine.loaded.context_length
+        limit = _prompt_limit(state, context)
+        if isinstance(body.prompt, str) or (body.prompt and isinstance(body.prompt[0], str)):
+            text = body.prompt if isinstance(body.prompt, str) else "".join(str(p) for p in body.prompt)
+            refuse_long_text(tokenizer, len(text), limit, "prompt")
+        ids = await asyncio.to_thread(encode_completion, tokenizer, body.prompt)  # off the event loop
+        budget = _token_budget(
+            body.max_tokens, len(ids), context, limit, state.settings.config.default_max_tokens, "prompt"
+        )
         params = SamplingParams(budget, body.temperature, body.top_p, body.stop_strings(), body.seed)
         generation = _Generation(engine, metrics, ids, params, body.stream, adapter_of(body.model))
         base = {"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": body.model}
@@ -205,9 +222,13 @@ def router(state: ModelState, metrics: ServerMetrics) -> APIRouter:
     async def chat_completions(body: ChatCompletionRequest) -> JSONResponse | StreamingResponse:
         engine = generating_engine(body.model)
         body.check_supported()
-        tokenizer = engine.loaded.tokenizer
-        ids = encode_chat(tokenizer, [{"role": m.role, "content": m.text()} for m in body.messages])
-        budget = _token_budget(body.token_budget(), len(ids), engine.loaded.context_length, "messages")
+        tokenizer, context = engine.loaded.tokenizer, engine.loaded.context_length
+        limit = _prompt_limit(state, context)
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        refuse_long_text(tokenizer, sum(len(m["content"]) for m in messages), limit, "messages")
+        ids = await asyncio.to_thread(encode_chat, tokenizer, messages)  # off the event loop
+        default = state.settings.config.default_max_tokens
+        budget = _token_budget(body.token_budget(), len(ids), context, limit, default, "messages")
         params = SamplingParams(budget, body.temperature, body.top_p, body.stop_strings(), body.seed)
         generation = _Generation(engine, metrics, ids, params, body.stream, adapter_of(body.model))
         created = now()
@@ -247,7 +268,11 @@ def router(state: ModelState, metrics: ServerMetrics) -> APIRouter:
                 "model",
                 "wrong_task",
             )
-        rows = [[int(i) for i in loaded.tokenizer.encode(text)][: loaded.context_length] for text in body.texts()]
+        texts = body.texts()
+        limit = loaded.context_length * longest_token(loaded.tokenizer)  # more is truncated away anyway
+        rows = await asyncio.to_thread(
+            lambda: [[int(i) for i in loaded.tokenizer.encode(text[:limit])][: loaded.context_length] for text in texts]
+        )
         if any(not row for row in rows):
             raise bad_request("an input encodes to no tokens", "input")
         loop = asyncio.get_running_loop()

@@ -7,22 +7,22 @@ a load failure is reported by /readyz and handed to `app.state.on_load_failure` 
 so Kubernetes shows a crash with the reason in the log instead of a pod that is never ready).
 Every error leaves in OpenAI's shape (`protocol.APIError`).
 
-A shared server (serve.json `maxAdapters` > 0, a ModelServer) also has vLLM's two runtime-LoRA routes,
-/v1/load_lora_adapter and /v1/unload_lora_adapter, for its adapters sidecar. They answer only clients on the
-loopback interface (the sidecar in the same pod), and the API key too when one is set: a tenant reaching the
-Service can neither load nor unload an adapter.
+Every /v1 request passes `guard.RequestGuard` first: the API key from the headers (401 before the body is
+read), the concurrency limit (429), the body size limit (413). A shared server (serve.json `maxAdapters` > 0, a
+ModelServer) also has vLLM's two runtime-LoRA routes, /v1/load_lora_adapter and /v1/unload_lora_adapter, for
+its adapters sidecar: they exist only on the admin listener (127.0.0.1, `FTO_ADMIN_PORT`) with the per-pod token
+the sidecar wrote into the pod's own emptyDir, never on the Service port.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from finetune_trainer.serving.server import api
 from finetune_trainer.serving.server.config import ServeSettings
 from finetune_trainer.serving.server.engine import Engine
+from finetune_trainer.serving.server.guard import RequestGuard
 from finetune_trainer.serving.server.metrics import MetricsMiddleware, ServerMetrics
 from finetune_trainer.serving.server.protocol import APIError
 from finetune_trainer.serving.server.state import ModelState
@@ -55,29 +56,6 @@ def _validation_error(error: RequestValidationError) -> APIError:
     return APIError(400, message or "invalid request", "invalid_request_error", param, None)
 
 
-def _require_api_key(settings: ServeSettings) -> Callable[[Request], None]:
-    def check(request: Request) -> None:
-        if not settings.api_key:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if not header or scheme.lower() != "bearer" or not token.strip():
-            raise APIError(
-                401,
-                "You didn't provide an API key: send 'Authorization: Bearer <key>'",
-                "invalid_request_error",
-                None,
-                "invalid_api_key",
-            )
-        if not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
-            raise APIError(401, "Incorrect API key provided", "invalid_request_error", None, "invalid_api_key")
-
-    return check
-
-
-LOOPBACK = frozenset({"127.0.0.1", "::1"})
-
-
 class LoadAdapterRequest(BaseModel):
     """vLLM's body of /v1/load_lora_adapter (plus `run`, reported by /v1/models)."""
 
@@ -89,11 +67,6 @@ class LoadAdapterRequest(BaseModel):
 
 class UnloadAdapterRequest(BaseModel):
     lora_name: str = Field(min_length=1, max_length=253)
-
-
-def _loopback_only(request: Request) -> None:
-    if request.client is None or request.client.host not in LOOPBACK:
-        raise APIError(403, "adapter routes answer the pod's own sidecar only", "invalid_request_error", None, None)
 
 
 def _admin_router(settings: ServeSettings, state: ModelState) -> APIRouter:
@@ -203,9 +176,15 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
     async def prometheus() -> Any:
         return metrics.exposition()
 
-    app.include_router(api.router(state, metrics), dependencies=[Depends(_require_api_key(settings))])
+    app.include_router(api.router(state, metrics))
     if settings.config.max_adapters:
-        app.include_router(
-            _admin_router(settings, state), dependencies=[Depends(_loopback_only), Depends(_require_api_key(settings))]
-        )
+        app.include_router(_admin_router(settings, state))
+    app.add_middleware(
+        RequestGuard,
+        api_key=settings.api_key,
+        max_body_bytes=settings.config.max_body_bytes,
+        max_requests=settings.config.max_requests,
+        admin_port=settings.admin_port if settings.config.max_adapters else None,
+        admin_token_file=settings.admin_token_file,
+    )
     return app

@@ -12,7 +12,9 @@ import argparse
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
+from typing import Any
 
 from finetune_trainer.core.errors import TrainerError, as_trainer_error
 
@@ -46,6 +48,32 @@ def write_termination_message(code: str, message: str) -> None:
     write_termination(termination_line(code, message))
 
 
+def server_config(app: Any, log_level: str) -> Any:
+    """uvicorn's settings for the pod. `proxy_headers=False`: nothing in front of the pod may rewrite the
+    client's address or scheme (uvicorn's default trusts X-Forwarded-For from localhost, so a proxy in the pod
+    would have made every client look local)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        log_level=log_level,
+        timeout_graceful_shutdown=30,
+        access_log=False,
+        proxy_headers=False,
+        forwarded_allow_ips="",
+        h11_max_incomplete_event_size=64 * 1024,  # request line and headers: at most 64 KiB
+    )
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A bound TCP socket (uvicorn serves several: the public port and, on a shared server, the admin one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the server until SIGTERM (exit 0) or a failed model load (exit 42 / 1)."""
     args = parse_args(argv)
@@ -64,16 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         write_termination_message(error.code, error.message)
         return error.exit_code
     app = create_app(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=args.host,
-            port=args.port,
-            log_level=args.log_level,
-            timeout_graceful_shutdown=30,
-            access_log=False,
-        )
-    )
+    server = uvicorn.Server(server_config(app, args.log_level))
+    sockets = [listen(args.host, args.port)]
+    if settings.config.max_adapters:  # the adapter routes: loopback only, never the Service port
+        sockets.append(listen("127.0.0.1", settings.admin_port))
     failures: list[BaseException] = []
 
     def on_load_failure(error: BaseException) -> None:
@@ -85,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     # handler a no-op so a drained server exits 0 instead of dying by the signal
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        server.run()
+        server.run(sockets=sockets)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if failures:

@@ -39,6 +39,15 @@ class ServeConfig(BaseModel):
     max_adapters: int = Field(default=0, alias="maxAdapters", ge=0, le=256)
     """A shared server (ModelServer): the most LoRA adapters /v1/load_lora_adapter loads on the base model;
     0: a server of one model, without the adapter routes."""
+    max_body_bytes: int = Field(default=1 << 20, alias="maxBodyBytes", ge=1024, le=64 << 20)
+    """The largest request body read; a larger one is refused with 413 before more of it is read."""
+    max_prompt_tokens: int | None = Field(default=None, alias="maxPromptTokens", ge=1)
+    """The most prompt tokens a request may carry (400 beyond); unset: the context length less one."""
+    default_max_tokens: int = Field(default=256, alias="defaultMaxTokens", ge=1)
+    """What a chat request that sets no `max_tokens` generates at most (a completion: OpenAI's 16); an explicit
+    `max_tokens` may go up to what the context leaves after the prompt."""
+    max_requests: int = Field(default=64, alias="maxRequests", ge=1, le=4096)
+    """The most /v1 requests in progress at once (reading their body, queued or generating); 429 beyond."""
 
 
 def format_validation_error(error: ValidationError) -> str:
@@ -74,13 +83,29 @@ class ServeSettings:
     work_dir: Path = Path("/tmp/finetune-serve")
     """Where model files from object storage are copied before loading."""
     device: Device = "auto"
+    admin_port: int = 8001
+    """A shared server's adapter routes listen here on 127.0.0.1 only (never the Service port)."""
+    admin_token_file: Path = Path("/adapters/.admin-token")
+    """The per-pod token the adapter routes demand; the sidecar writes it into the pod's own adapters emptyDir
+    (the server mounts it read-only), so nothing outside the pod ever holds it."""
 
     @classmethod
     def from_env(cls, config: ServeConfig, environ: dict[str, str] | None = None) -> ServeSettings:
-        """Settings from `FTO_API_KEY`, `FTO_WORK_DIR` and `FTO_DEVICE` (auto | cpu | cuda)."""
+        """Settings from `FTO_API_KEY`, `FTO_WORK_DIR`, `FTO_DEVICE` (auto | cpu | cuda), `FTO_ADMIN_PORT` and
+        `FTO_ADMIN_TOKEN_FILE`."""
         env = dict(os.environ) if environ is None else environ
         device = env.get("FTO_DEVICE", "auto") or "auto"
         if device not in ("auto", "cpu", "cuda"):
             raise ConfigInvalid(f"FTO_DEVICE must be auto, cpu or cuda, not {device!r}")
         work_dir = Path(env.get("FTO_WORK_DIR") or "/tmp/finetune-serve")
-        return cls(config=config, api_key=env.get("FTO_API_KEY") or None, work_dir=work_dir, device=device)  # type: ignore[arg-type]
+        admin_port = env.get("FTO_ADMIN_PORT") or "8001"
+        if not admin_port.isdigit() or not 0 < int(admin_port) < 65536:
+            raise ConfigInvalid(f"FTO_ADMIN_PORT must be a port number, not {admin_port!r}")
+        return cls(
+            config=config,
+            api_key=env.get("FTO_API_KEY") or None,
+            work_dir=work_dir,
+            device=device,  # type: ignore[arg-type]
+            admin_port=int(admin_port),
+            admin_token_file=Path(env.get("FTO_ADMIN_TOKEN_FILE") or "/adapters/.admin-token"),
+        )

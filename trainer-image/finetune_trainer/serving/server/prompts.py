@@ -9,6 +9,8 @@ turn with the end-of-sequence token, so replies end where the assistant's turn e
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from typing import Any
 
 from finetune_trainer.data.chat_template import DEFAULT_CHAT_TEMPLATE
@@ -59,3 +61,32 @@ def encode_completion(tokenizer: Any, prompt: str | list[str] | list[int]) -> li
         return [int(item) for item in prompt]
     text = prompt if isinstance(prompt, str) else "".join(str(item) for item in prompt)
     return with_fallback_start(tokenizer, [int(i) for i in tokenizer.encode(text)])
+
+
+_LONGEST: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+def longest_token(tokenizer: Any) -> int:
+    """The most characters one token of the vocabulary spells (computed once per tokenizer).
+
+    Why: a text of `n` characters has at least `n / longest_token` tokens, so a prompt far over the token limit
+    is refused from its length alone, before the tokenizer spends seconds on a million characters.
+    """
+    try:
+        return _LONGEST[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    longest = max((len(piece) for piece in tokenizer.get_vocab()), default=1) or 1
+    with contextlib.suppress(TypeError):  # a tokenizer that takes no weak reference: recomputed next time
+        _LONGEST[tokenizer] = longest
+    return longest
+
+
+def refuse_long_text(tokenizer: Any, characters: int, limit: int, param: str) -> None:
+    """400 when `characters` cannot fit in `limit` tokens whatever the tokenizer does with them."""
+    if characters > limit * longest_token(tokenizer):
+        raise bad_request(
+            f"the prompt has {characters} characters, more than {limit} tokens (this server's prompt limit) can hold",
+            param,
+            "context_length_exceeded",
+        )
