@@ -8,7 +8,8 @@ with its default, flags, FTO_* variable, help and the chart values that set it; 
 line and reads the environment from those declarations, the type annotation says how text becomes the value,
 and a unit test checks the chart and the settings table in helm/finetune-operator/README.md against them.
 Variable and flag names are written out, not derived from the field's name: they are a public interface a
-rename in Python must not change silently.
+rename in Python must not change silently. The module is a little over 400 lines because the declaration is one
+table of some 30 settings of about eight lines each; the README's table is rendered apart (settings_table.py).
 """
 
 from __future__ import annotations
@@ -426,27 +427,3 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Set
         for item in items
     }
     return Settings(**values)
-
-
-def _table_row(item: Declared) -> str:
-    option = item.option
-    flags = " / ".join(f"`{flag}`" for flag in option.flags if flag.startswith("--"))
-    if item.type is bool:
-        flags += f" / `--no-{option.flags[0].removeprefix('--')}`"
-    default = env_text(item, item.default)
-    chart = ", ".join(f"`{key}`" for key in option.chart) or "-"
-    meaning = [option.help.replace("|", "\\|")]
-    if option.choices:
-        meaning.append(f"One of {', '.join(f'`{choice}`' for choice in option.choices)}.")
-    if option.reset:
-        meaning.append(
-            f"{' / '.join(f'`{flag}`' for flag in option.reset if flag.startswith('--'))}: {option.reset_help}."
-        )
-    shown = "(unset)" if item.default is None else f"`{default}`" if default else "(empty)"
-    return f"| {flags} | `{option.env}` | {shown} | {chart} | {' '.join(part for part in meaning if part)} |"
-
-
-def settings_table() -> str:
-    """The settings as a Markdown table (helm/finetune-operator/README.md carries it; a unit test compares)."""
-    header = ["| flag | variable | default | chart value | meaning |", "|---|---|---|---|---|"]
-    return "\n".join([*header, *(_table_row(item) for item in declared())]) + "\n"

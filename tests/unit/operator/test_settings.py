@@ -25,8 +25,8 @@ from finetune_operator.core.settings import (
     declared,
     env_text,
     parse_args,
-    settings_table,
 )
+from finetune_operator.core.settings_table import settings_table
 
 from tests.helm.chart import CHART, helm
 
