@@ -42,7 +42,9 @@ INTERMEDIATE_VALIDATION_LOSS = ("progress", "validationLoss")
 evaluation.intervalSteps; the trainer's `selection` module writes both) and the step it was measured at: the
 one place the early-stopping rule reads it from."""
 
-USER_ERRORS = frozenset({"ConfigInvalid", "DatasetInvalid", "ModelInvalid", "PlanDoesNotFit", "SecretMissing", REFUSED})
+USER_ERRORS = frozenset(
+    {"ConfigInvalid", "DatasetInvalid", "ModelInvalid", "PlanDoesNotFit", "SecretMissing", "UnsafeObjectKey", REFUSED}
+)
 """Trial failures that every other trial would repeat (the template is wrong): no further trial is started."""
 
 FINISHED = frozenset({"Succeeded", "Failed", "Serving", "Publishing"})

@@ -84,6 +84,13 @@ class StorageNotFound(UserError):
     code: ClassVar[str] = "StorageNotFound"
 
 
+class UnsafeObjectKey(UserError):
+    """An object key under a prefix that is no safe relative path (`..`, `.` or empty segments, absolute,
+    backslash, NUL), or a local path that would leave its folder: refused, never skipped (core/paths.py)."""
+
+    code: ClassVar[str] = "UnsafeObjectKey"
+
+
 class UnsupportedHardware(UserError):
     """The requested method needs hardware the pod lacks (QLoRA without a CUDA GPU or bitsandbytes)."""
 
@@ -136,6 +143,7 @@ USER_ERROR_CODES: frozenset[str] = frozenset(
         PlanDoesNotFit,
         StorageAccessDenied,
         StorageNotFound,
+        UnsafeObjectKey,
         UnsupportedHardware,
     )
 )

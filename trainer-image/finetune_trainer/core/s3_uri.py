@@ -1,14 +1,18 @@
 """S3 addresses: a parsed `s3://bucket/key`, one object of a listing, and where a listed object lands locally.
 
 Why apart from `storage`: these are pure values (no boto3) used wherever a URI is parsed, joined or mapped to a
-local path; `relative_key` is the one place that decides where a listed object lands below a local folder.
+local path; `relative_key` is the one place that decides where a listed object lands below a local folder, and
+`local_path` the one way a listed object becomes a file name on disk (both refuse keys that would leave the
+folder: core/paths.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 from finetune_trainer.core.errors import ConfigInvalid
+from finetune_trainer.core.paths import inside, relative_path
 
 
 @dataclass(frozen=True)
@@ -62,10 +66,21 @@ def relative_key(key: S3Uri, location: S3Uri) -> str:
     """Where an object listed under `location` lands below a local folder (the one place this is decided).
 
     The object itself (a file URI): its name. Under a folder: the path below it. Under a key prefix
-    (`data/train-` matching `data/train-00000.parquet`): the path below the prefix's folder.
+    (`data/train-` matching `data/train-00000.parquet`): the path below the prefix's folder. A key whose part
+    below the prefix is no safe relative path (`..`, `.` or empty segments, absolute, backslash, NUL) is
+    `UnsafeObjectKey` naming the key and `location`: S3 stores and lists such keys verbatim.
     """
     if key.key == location.key:
-        return key.name
-    if key.key.startswith(location.prefix):
-        return key.key[len(location.prefix) :]
-    return key.key[location.key.rfind("/") + 1 :]
+        relative = key.name
+    elif key.key.startswith(location.prefix):
+        relative = key.key[len(location.prefix) :]
+    else:
+        relative = key.key[location.key.rfind("/") + 1 :]
+    return str(relative_path(relative, key=key.key, prefix=str(location)))
+
+
+def local_path(key: S3Uri, location: S3Uri, folder: Path) -> Path:
+    """The file below `folder` that the object `key`, listed under `location`, is downloaded to: its
+    `relative_key`, checked after resolving to stay inside `folder`."""
+    relative = PurePosixPath(relative_key(key, location))
+    return inside(folder, relative, what=f"object key {key.key!r} under {location}")

@@ -16,7 +16,8 @@ then `StorageUnavailable` (retryable: exit 1, the next pod resumes). boto3's own
 come first. Only errors that say nothing about the request are retried: refused, reset or timed-out
 connections and 5xx/throttling answers; a 403 or 404 fails at once. `OUTAGES` counts the retries and the time
 waited (the chaos benchmark's figures; the log has a line per retry).
-The addresses themselves (`S3Uri`, `ObjectInfo`, `relative_key`) are `s3_uri`.
+The addresses themselves (`S3Uri`, `ObjectInfo`, `relative_key`, `local_path`) are `s3_uri`; every download lands
+at `local_path`, which refuses keys that would leave the download folder (core/paths.py).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from finetune_trainer.core.errors import (
     StorageNotFound,
     StorageUnavailable,
 )
-from finetune_trainer.core.s3_uri import ObjectInfo, S3Uri, relative_key
+from finetune_trainer.core.s3_uri import ObjectInfo, S3Uri, local_path
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,11 @@ def is_etag_record(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(".s3-etag")
 
 
+def local_files(folder: Path) -> list[Path]:
+    """The files below `folder` that an upload copies (sorted; the ETag records of downloads left out)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not is_etag_record(p))
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_text()
@@ -333,17 +339,22 @@ class Storage:
     def download(self, uri: S3Uri, dest_dir: Path) -> builtins.list[Path]:
         """Copy a file or every object under a prefix into `dest_dir`, keeping relative paths.
 
-        A file URI lands as `dest_dir/<name>`. Raises StorageNotFound when nothing matches.
+        A file URI lands as `dest_dir/<name>`. Raises StorageNotFound when nothing matches, and
+        UnsafeObjectKey (before any byte is written) when a listed key would land outside `dest_dir`.
         """
         objects = self.list(uri)
         if not objects:
             raise StorageNotFound(f"nothing found at {uri}")
+        return self.download_listed(objects, uri, dest_dir)
+
+    def download_listed(self, objects: builtins.list[ObjectInfo], uri: S3Uri, dest_dir: Path) -> builtins.list[Path]:
+        """Copy `objects` (listed under `uri`) into `dest_dir`, keeping their paths below `uri`; every key is
+        checked (core/paths.py) before the first download starts, so a refused key leaves nothing behind."""
+        targets = [(obj, local_path(obj.uri, uri, dest_dir)) for obj in objects]
         total = sum(o.size for o in objects)
         log.info("downloading %s: %d object(s), %.1f MiB -> %s", uri, len(objects), total / 2**20, dest_dir)
         started = time.monotonic()
-        paths = []
-        for obj in objects:
-            paths.append(self.download_file(obj.uri, dest_dir / relative_key(obj.uri, uri), obj))
+        paths = [self.download_file(obj.uri, path, obj) for obj, path in targets]
         log.info("downloaded %s in %.1fs", uri, time.monotonic() - started)
         return paths
 
@@ -373,8 +384,8 @@ class Storage:
     def upload_dir(self, local: Path, uri: S3Uri, skip: Callable[[Path], bool] | None = None) -> builtins.list[S3Uri]:
         """Upload every file below `local` under the prefix `uri`, keeping relative paths (not ETag records)."""
         uploaded = []
-        for path in sorted(p for p in local.rglob("*") if p.is_file()):
-            if (skip is not None and skip(path)) or is_etag_record(path):
+        for path in local_files(local):
+            if skip is not None and skip(path):
                 continue
             target = uri.join(path.relative_to(local).as_posix())
             self.upload_file(path, target)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_trainer.core.errors import DatasetInvalid, DatasetNotFound, StorageNotFound
-from finetune_trainer.core.s3_uri import ObjectInfo, S3Uri, relative_key
+from finetune_trainer.core.s3_uri import ObjectInfo, S3Uri, local_path
 from finetune_trainer.core.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ def read_files(storage: Storage, uri: str, files: list[DataFile], local_dir: Pat
     location = S3Uri.parse(uri)
     records: list[Record] = []
     for item in files:
-        path = storage.download_file(item.obj.uri, local_dir / relative_key(item.obj.uri, location), item.obj)
+        path = storage.download_file(item.obj.uri, local_path(item.obj.uri, location, local_dir), item.obj)
         found = read_file(path, item.format, str(item.obj.uri))
         log.info("%s: %d record(s) from %s", field, len(found), item.obj.uri)
         records.extend(found)

@@ -16,7 +16,7 @@ from typing import Any
 
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.core.errors import ConfigInvalid, DatasetInvalid, ModelInvalid, ModelNotFound, StorageNotFound
-from finetune_trainer.core.s3_uri import S3Uri, relative_key
+from finetune_trainer.core.s3_uri import S3Uri, local_path
 from finetune_trainer.core.storage import Storage
 from finetune_trainer.data import formats, readers, split
 from finetune_trainer.data.chat_template import ensure_chat_template
@@ -113,7 +113,7 @@ def fetch_tokenizer(storage: Storage, uri: str, folder: Path) -> Path:
     location = _model_location(storage, uri)
     for obj in storage.list(location):
         if not obj.uri.key.endswith(WEIGHT_SUFFIXES):
-            storage.download_file(obj.uri, folder / relative_key(obj.uri, location), obj)
+            storage.download_file(obj.uri, local_path(obj.uri, location, folder), obj)
     if not (folder / "config.json").is_file():
         raise ModelInvalid(f"{uri} is not a Hugging Face model folder: no config.json")
     return folder
