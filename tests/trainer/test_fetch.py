@@ -73,3 +73,72 @@ def test_refused_credentials_are_a_user_error(s3_bucket: Any, tmp_path: Path, mo
     assert code == USER_ERROR_EXIT_CODE
     assert termination(tmp_path)["code"] == "StorageAccessDenied"
     assert not (tmp_path / "m").exists()
+
+
+def _trained_model(s3_bucket: Any, tmp_path: Path, prefix: str = "out/run-2/model/") -> dict[str, bytes]:
+    """A model folder uploaded by the trainer's own writer (files, then `_MANIFEST.json`)."""
+    from finetune_trainer.core.s3_uri import S3Uri
+    from finetune_trainer.core.storage import Storage
+    from finetune_trainer.training.artifacts import upload_model
+
+    files = {"adapter_config.json": b'{"r": 8}', "adapter_model.safetensors": b"w" * 3000, "tok/t.json": b"{}"}
+    local = tmp_path / "trained"
+    for name, data in files.items():
+        (local / name).parent.mkdir(parents=True, exist_ok=True)
+        (local / name).write_bytes(data)
+    upload_model(Storage(), local, S3Uri.parse(s3_bucket.uri(prefix)))
+    return files
+
+
+def test_a_trained_model_is_fetched_verified_against_its_manifest(s3_bucket: Any, tmp_path: Path) -> None:
+    files = _trained_model(s3_bucket, tmp_path)
+    listed = s3_bucket.client.list_objects_v2(Bucket=s3_bucket.name, Prefix="out/run-2/model/")["Contents"]
+    assert sorted(o["Key"] for o in listed)[0] == "out/run-2/model/_MANIFEST.json"
+    dest = tmp_path / "adapter"
+    assert main(["fetch", "--uri", s3_bucket.uri("out/run-2/model/"), "--dest", str(dest)]) == 0
+    fetched = files_below(dest)
+    manifest = json.loads(fetched.pop("_MANIFEST.json"))
+    assert fetched == files and sorted(manifest["files"]) == sorted(files)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ("missing", "files of its manifest missing: tok/t.json"),
+        ("extra", "files not in its manifest: planted.py"),
+        ("resized", "files of another size than its manifest says: adapter_config.json"),
+        ("changed", "downloaded files differ from its _MANIFEST.json: adapter_model.safetensors"),
+    ],
+)
+def test_a_model_that_does_not_match_its_manifest_is_refused(
+    s3_bucket: Any, tmp_path: Path, change: str, named: str
+) -> None:
+    _trained_model(s3_bucket, tmp_path)
+    if change == "missing":
+        s3_bucket.client.delete_object(Bucket=s3_bucket.name, Key="out/run-2/model/tok/t.json")
+    elif change == "extra":
+        put(s3_bucket, "out/run-2/model/planted.py", b"import os")
+    elif change == "resized":
+        put(s3_bucket, "out/run-2/model/adapter_config.json", b'{"r": 64}')
+    else:  # the same size, other bytes: only the sha256 tells
+        put(s3_bucket, "out/run-2/model/adapter_model.safetensors", b"x" * 3000)
+    dest = tmp_path / "adapter"
+    code = main(["fetch", "--uri", s3_bucket.uri("out/run-2/model/"), "--dest", str(dest)])
+    assert code == USER_ERROR_EXIT_CODE
+    message = termination(tmp_path)
+    assert message["code"] == "ModelInvalid" and named in message["message"], message
+    assert s3_bucket.uri("out/run-2/model/") in message["message"]
+
+
+def test_a_listed_key_that_is_no_safe_path_is_refused_naming_it(s3_bucket: Any, tmp_path: Path) -> None:
+    """The local S3 server refuses `..` and `.` keys and folds `//`, but stores a control character verbatim:
+    the same refusal (tests/unit/trainer/test_paths.py feeds it the other shapes, as AWS S3 lists them)."""
+    put(s3_bucket, "models/base/config.json", b"{}")
+    put(s3_bucket, "models/base/tok\x01en.json", b"{}")
+    dest = tmp_path / "m"
+    code = main(["fetch", "--uri", s3_bucket.uri("models/base/"), "--dest", str(dest)])
+    assert code == USER_ERROR_EXIT_CODE
+    message = termination(tmp_path)
+    assert message["code"] == "UnsafeObjectKey", message
+    assert "'models/base/tok\\x01en.json'" in message["message"] and s3_bucket.uri("models/base/") in message["message"]
+    assert not dest.exists()  # refused before the first download

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from collections.abc import Callable
@@ -68,6 +69,12 @@ def test_chat_lora_run_writes_every_artifact(s3_bucket: Any, tiny_llama_uri: str
         "finetune_config.json",
     ):
         assert f"out/run-1/model/{name}" in model_keys
+    # the manifest names every other file of the folder, with its size and sha256 (what the servers verify)
+    manifest = json.loads(read(s3_bucket, "out/run-1/model/_MANIFEST.json"))["files"]
+    assert {f"out/run-1/model/{name}" for name in manifest} == set(model_keys) - {"out/run-1/model/_MANIFEST.json"}
+    adapter = read(s3_bucket, "out/run-1/model/adapter_model.safetensors")
+    expected = {"size": len(adapter), "sha256": hashlib.sha256(adapter).hexdigest()}
+    assert manifest["adapter_model.safetensors"] == expected
     meta = json.loads(read(s3_bucket, "out/run-1/model/finetune_config.json"))
     assert meta["adapter"] and meta["defaultChatTemplate"] and meta["task"] == "causal-lm"
     tokenizer_config = json.loads(read(s3_bucket, "out/run-1/model/tokenizer_config.json"))

@@ -7,6 +7,12 @@ termination-message line and exit 0, 42 for a user error (a missing bucket or ke
 credentials: `StorageAccessDenied`; a malformed URI: `ConfigInvalid`), 1 otherwise (docs/trainer-contract.md
 section 8). A restarted init container finds the files it already fetched (the ETag records beside them) and
 does not fetch them again.
+
+A folder with a `_MANIFEST.json` (every model folder the trainer writes: core/manifest.py) is verified against
+it: its listing must name exactly the manifest's files with their sizes before anything is downloaded, and each
+downloaded file must have its sha256 (`ModelInvalid`, 42, otherwise). `download_model` is that step, shared with
+the adapters sidecar (which requires the manifest) and our own server's loader. Every key lands through
+`s3_uri.local_path`, which refuses keys that would leave the destination (`UnsafeObjectKey`, 42).
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from finetune_trainer.core.errors import ConfigInvalid
-from finetune_trainer.core.s3_uri import S3Uri
+from finetune_trainer.core import manifest
+from finetune_trainer.core.errors import ConfigInvalid, ModelInvalid, StorageNotFound
+from finetune_trainer.core.s3_uri import S3Uri, relative_key
 from finetune_trainer.core.storage import Storage, is_etag_record
 
 log = logging.getLogger(__name__)
@@ -48,12 +55,39 @@ def copies(uris: Sequence[str], dests: Sequence[str]) -> list[Copy]:
     return [Copy(S3Uri.parse(uri), Path(dest)) for uri, dest in zip(uris, dests, strict=True)]
 
 
+def download_model(storage: Storage, uri: S3Uri, dest: Path, *, require_manifest: bool) -> list[Path]:
+    """Download what `uri` names into `dest`, verified against the folder's manifest when it has one.
+
+    `require_manifest`: a folder without one is `ModelInvalid` (the adapters sidecar: it serves only models
+    the trainer wrote). Nothing under `uri` is `StorageNotFound`.
+    """
+    objects = storage.list(uri)
+    if not objects:
+        raise StorageNotFound(f"nothing found at {uri}")
+    folder = S3Uri(uri.bucket, uri.prefix)
+    record = next((o for o in objects if o.uri.key == folder.prefix + manifest.MANIFEST), None)
+    if record is None:
+        if require_manifest:
+            raise ModelInvalid(
+                f"{folder}: no {manifest.MANIFEST} (the trainer writes one after every model folder; "
+                "a folder without it was not written by the trainer or is still being uploaded)"
+            )
+        return storage.download_listed(objects, uri, dest)
+    files = manifest.parse(storage.read_bytes(record.uri), str(folder))
+    listed = {relative_key(o.uri, uri): o.size for o in objects if o is not record}
+    manifest.check_listing(files, listed, str(folder))
+    paths = storage.download_listed(objects, uri, dest)
+    manifest.check_files(files, dest, str(folder))
+    return paths
+
+
 def fetch(wanted: Sequence[Copy], storage: Storage) -> list[Fetched]:
-    """Download each copy in order; nothing under a URI is `StorageNotFound` (storage.py raises it)."""
+    """Download each copy in order, verified against its manifest when it has one (`download_model`)."""
     done = []
     for copy in wanted:
         started = time.monotonic()
-        paths = [p for p in storage.download(copy.uri, copy.dest) if not is_etag_record(p)]
+        downloaded = download_model(storage, copy.uri, copy.dest, require_manifest=False)
+        paths = [p for p in downloaded if not is_etag_record(p)]
         size = sum(p.stat().st_size for p in paths)
         log.info(
             "fetched %s -> %s: %d file(s), %.1f MiB in %.1fs",

@@ -4,7 +4,8 @@ Why this layout (docs/trainer-contract.md section 5): the operator's gate reads 
 model server loads `run-N/model/`, which is self-describing: the adapter (or full / merged weights),
 the tokenizer with the chat template used in training, and `finetune_config.json` (task, labels, base
 model URI, resolved trainer config), so serving never has to guess how the model was trained.
-The model folder is uploaded before metrics.json, so a reader that sees metrics.json sees the model.
+The model folder is uploaded before metrics.json, so a reader that sees metrics.json sees the model; its
+`_MANIFEST.json` (names, sizes, sha256: core/manifest.py) comes last, and the servers verify the folder by it.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from finetune_trainer.config import TrainerConfig
+from finetune_trainer.core.manifest import MANIFEST, describe
 from finetune_trainer.core.s3_uri import S3Uri
-from finetune_trainer.core.storage import Storage
+from finetune_trainer.core.storage import Storage, local_files
 from finetune_trainer.evaluation.report import loss_curve_png, loss_history, render_html
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,16 @@ def metrics_document(
     }
 
 
+def upload_model(storage: Storage, model_folder: Path, model_uri: S3Uri) -> None:
+    """Upload the model folder, then its manifest (core/manifest.py): every file's name, size and sha256,
+    written last, so a reader that finds the manifest finds the whole folder and can check each file."""
+    files = [f for f in local_files(model_folder) if f.relative_to(model_folder).as_posix() != MANIFEST]
+    for path in files:
+        storage.upload_file(path, model_uri.join(path.relative_to(model_folder).as_posix()))
+    storage.write_bytes(model_uri.join(MANIFEST), describe(model_folder, files), "application/json")
+    log.info("uploaded the model (%d file(s) and %s) to %s", len(files), MANIFEST, model_uri)
+
+
 def upload_outputs(
     storage: Storage,
     run_uri: S3Uri,
@@ -134,7 +146,7 @@ def upload_outputs(
         if copy is not None:
             copy(name, data)
 
-    storage.upload_dir(model_folder, run_uri.join("model/"))
+    upload_model(storage, model_folder, run_uri.join("model/"))
     write("trainer_config.json", cfg.to_json().encode(), "application/json")
     title = f"{cfg.job.namespace}/{cfg.job.name} run {cfg.job.run}"
     curves = loss_history(log_history)

@@ -45,13 +45,15 @@ class LoadedModel:
 
 
 def fetch(uri: str, dest: Path) -> Path:
-    """A local folder with what `uri` names: s3:// is downloaded into `dest`, a local path used as is."""
+    """A local folder with what `uri` names: s3:// is downloaded into `dest` (verified against the folder's
+    manifest when it has one, keys that would leave `dest` refused: core/fetch.py), a local path used as is."""
     if uri.startswith("s3://"):
+        from finetune_trainer.core.fetch import download_model
         from finetune_trainer.core.s3_uri import S3Uri
         from finetune_trainer.core.storage import Storage
 
         location = S3Uri.parse(uri)
-        Storage().download(S3Uri(location.bucket, location.prefix), dest)
+        download_model(Storage(), S3Uri(location.bucket, location.prefix), dest, require_manifest=False)
         return dest
     folder = Path(uri.removeprefix("file://"))
     if not folder.is_dir():
