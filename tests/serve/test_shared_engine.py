@@ -236,14 +236,22 @@ class _ConfigMaps:
         self.maps.setdefault(name, {})[key] = value
 
 
+@pytest.mark.s3
 def test_the_sidecar_converges_a_running_server_to_the_desired_list(
-    tiny_lm_dir: Path, adapters: dict[str, Path], tmp_path: Path
+    tiny_lm_dir: Path, adapters: dict[str, Path], tmp_path: Path, s3_bucket: Any
 ) -> None:
     from finetune_trainer.serving.adapters.cli import EngineClient, admin_token, sync_once
     from finetune_trainer.serving.server.app import create_app
     from finetune_trainer.serving.server.engine import Engine
     from finetune_trainer.serving.server.loader import from_folder
 
+    def entry(job: str, run: int, adapter: str, name: str = "") -> dict[str, Any]:
+        """The operator's entry for run `run` of FineTuneJob `job` (NAMESPACE/NAME), its model in S3."""
+        uri = tiny_models.publish(adapters[adapter], s3_bucket.uri(f"{job}/run-{run}/model/"))
+        return {"name": name or job.removeprefix("team-a/"), "finetuneJob": job, "run": run, "uri": uri}
+
+    bot1, other, bot2 = entry("team-a/bot", 1, "a1"), entry("team-b/bot", 3, "a2"), entry("team-a/bot", 2, "a3")
+    dest = tmp_path / "adapters"
     engine = Engine(from_folder(tiny_lm_dir), max_batch_size=4)
     admin, token_file = free_socket(), tmp_path / ".admin-token"
     settings = _shared_settings(
@@ -253,36 +261,23 @@ def test_the_sidecar_converges_a_running_server_to_the_desired_list(
     assert token_file.stat().st_mode & 0o777 == 0o600 and admin_token(token_file) == token
     with RunningServer(create_app(settings, engine=engine), admin=admin) as server:
         client = EngineClient(server.url, None, server.admin_url, token)
-        maps = _ConfigMaps(
-            [
-                {"name": "bot", "run": 1, "uri": str(adapters["a1"])},
-                {"name": "team-b/bot", "run": 3, "uri": str(adapters["a2"])},
-            ]
-        )
-        state, done = sync_once(maps, client, "desired", tmp_path)  # type: ignore[arg-type]
-        assert done and state == {
-            "adapters": [
-                {"name": "bot", "run": 1, "uri": str(adapters["a1"])},
-                {"name": "team-b/bot", "run": 3, "uri": str(adapters["a2"])},
-            ],
-            "errors": {},
-        }
-        # a new run of bot, team-b/bot gone, a broken one reported by name while the others converge
-        maps.maps["desired"]["adapters.json"] = json.dumps(
-            {
-                "adapters": [
-                    {"name": "bot", "run": 2, "uri": str(adapters["a3"])},
-                    {"name": "broken", "run": 1, "uri": str(tmp_path / "nothing-here")},
-                ]
-            }
-        )
-        state, done = sync_once(maps, client, "desired", tmp_path)  # type: ignore[arg-type]
-        assert not done and state["adapters"] == [{"name": "bot", "run": 2, "uri": str(adapters["a3"])}]
-        assert list(state["errors"]) == ["broken"]
-        assert sorted(p.name for p in tmp_path.glob("*/run-*")) == ["run-2"]  # the old versions' files are gone
+        maps = _ConfigMaps([bot1, other])
+        state, done = sync_once(maps, client, "desired", dest, "team-a")  # type: ignore[arg-type]
+        served = [{k: e[k] for k in ("name", "run", "uri")} for e in (bot1, other)]
+        assert done and state == {"adapters": served, "errors": {}}
+        # a new run of bot, team-b/bot gone, a broken one reported by name while the others converge, and an
+        # entry naming a folder of the pod (another tenant's adapter) refused without being copied
+        broken = {"name": "broken", "finetuneJob": "team-a/broken", "run": 1, "uri": s3_bucket.uri("x/run-1/model/")}
+        theft = {"name": "thief", "finetuneJob": "team-a/thief", "run": 3, "uri": str(next(dest.glob("*/run-3")))}
+        maps.maps["desired"]["adapters.json"] = json.dumps({"adapters": [bot2, broken, theft]})
+        state, done = sync_once(maps, client, "desired", dest, "team-a")  # type: ignore[arg-type]
+        assert not done and state["adapters"] == [{k: bot2[k] for k in ("name", "run", "uri")}]
+        assert sorted(state["errors"]) == ["broken", "thief"] and "only s3://" in state["errors"]["thief"]
+        assert "thief" not in engine.adapters()
+        assert sorted(p.name for p in dest.glob("*/run-*")) == ["run-2"]  # the old versions' files are gone
         # the engine restarts empty (a new container): the next pass loads everything again
         for name in list(engine.adapters()):
             engine.unload_adapter(name).result(30)
-        state, _ = sync_once(maps, client, "desired", tmp_path)  # type: ignore[arg-type]
+        state, _ = sync_once(maps, client, "desired", dest, "team-a")  # type: ignore[arg-type]
         assert [a["name"] for a in state["adapters"]] == ["bot"] and engine.adapters()["bot"].run == 2
     engine.stop()

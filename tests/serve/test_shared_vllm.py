@@ -14,9 +14,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.serve import tiny_models
 from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 
@@ -108,11 +110,18 @@ def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, 
 class _ConfigMaps:
     """The desired and report ConfigMaps in memory (the unit test of the module that talks to the API)."""
 
-    def __init__(self) -> None:
+    def __init__(self, s3_bucket: Any) -> None:
         self.maps: dict[str, dict[str, str]] = {}
+        self.s3_bucket = s3_bucket
 
     def want(self, adapters: list[tuple[str, int, Path]]) -> None:
-        entries = [{"name": n, "run": r, "uri": str(p)} for n, r, p in adapters]
+        """The operator's entries for these (name, run, adapter folder): each published to S3 as the trainer
+        does, under its FineTuneJob's output (`team-a/NAME/run-N/model/`, or `NAMESPACE/NAME` from another)."""
+        entries = []
+        for name, run, folder in adapters:
+            job = name if "/" in name else f"team-a/{name}"
+            uri = tiny_models.publish(folder, self.s3_bucket.uri(f"{job}/run-{run}/model/"))
+            entries.append({"name": name, "finetuneJob": job, "run": run, "uri": uri})
         self.maps["desired"] = {"adapters.json": json.dumps({"adapters": entries})}
 
     def data(self, name: str) -> dict[str, str]:
@@ -122,16 +131,17 @@ class _ConfigMaps:
         self.maps.setdefault(name, {})[key] = value
 
 
-def test_the_sidecar_drives_vllm(vllm: tuple[str, Path, list[Path]], tmp_path: Path) -> None:
+@pytest.mark.s3
+def test_the_sidecar_drives_vllm(vllm: tuple[str, Path, list[Path]], tmp_path: Path, s3_bucket: Any) -> None:
     import httpx
     from finetune_trainer.serving.adapters.cli import EngineClient, sync_once
     from openai import OpenAI
 
     url, _, (a0, a1, a2, a3) = vllm
     engine = EngineClient(url, KEY)
-    maps = _ConfigMaps()
+    maps = _ConfigMaps(s3_bucket)
     maps.want([("alpha", 1, a0), ("beta", 1, a1), ("team-b/gamma", 1, a2)])
-    state, done = sync_once(maps, engine, "desired", tmp_path)  # type: ignore[arg-type]
+    state, done = sync_once(maps, engine, "desired", tmp_path, "team-a")  # type: ignore[arg-type]
     assert done and [a["name"] for a in state["adapters"]] == ["alpha", "beta", "team-b/gamma"], state
     client = OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=300)
     listed = {m.id: m for m in client.models.list().data}
@@ -172,7 +182,7 @@ def test_the_sidecar_drives_vllm(vllm: tuple[str, Path, list[Path]], tmp_path: P
     asker.start()
     wait_for("a round answered before the swap", lambda: answered_since(0.0, 1), timeout=600)
     maps.want([("alpha", 2, a3), ("beta", 1, a1), ("team-b/gamma", 1, a2)])
-    state, done = sync_once(maps, engine, "desired", tmp_path)  # type: ignore[arg-type]
+    state, done = sync_once(maps, engine, "desired", tmp_path, "team-a")  # type: ignore[arg-type]
     swapped = time.monotonic()
     # the round in flight across the swap answered (the new alpha's own answer is checked below)
     wait_for("a round answered after the swap", lambda: answered_since(swapped, 1), timeout=600)
@@ -190,6 +200,6 @@ def test_the_sidecar_drives_vllm(vllm: tuple[str, Path, list[Path]], tmp_path: P
     unauthenticated = httpx.post(url + "/v1/unload_lora_adapter", json={"lora_name": "beta"})
     assert unauthenticated.status_code == 401  # the key guards vLLM's runtime LoRA routes
     maps.want([("alpha", 2, a3), ("beta", 1, a1)])
-    state, done = sync_once(maps, engine, "desired", tmp_path)  # type: ignore[arg-type]
+    state, done = sync_once(maps, engine, "desired", tmp_path, "team-a")  # type: ignore[arg-type]
     assert done and [a["name"] for a in state["adapters"]] == ["alpha", "beta"]
     assert set(m.id for m in client.models.list().data) == {"shared", "alpha", "beta"}

@@ -73,3 +73,14 @@ def build_classifier(folder: Path, seed: int = 2) -> Path:
 def write_serve_json(path: Path, **fields: Any) -> Path:
     path.write_text(json.dumps(fields), encoding="utf-8")
     return path
+
+
+def publish(folder: Path, uri: str) -> str:
+    """Upload a model folder as the trainer does (its files, then `_MANIFEST.json`) to `uri`, a run's
+    `s3://.../run-N/model/`, with the AWS_* variables of the environment (the `s3_bucket` fixture's); returns it."""
+    from finetune_trainer.core.s3_uri import S3Uri
+    from finetune_trainer.core.storage import Storage
+    from finetune_trainer.training.artifacts import upload_model
+
+    upload_model(Storage(), folder, S3Uri.parse(uri))
+    return uri

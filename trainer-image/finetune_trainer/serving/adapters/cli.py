@@ -2,8 +2,9 @@
 
 Every few seconds: read the desired list (the operator's ConfigMap, through the API with the sidecar's own
 token; its Role reads that one ConfigMap), read what the engine serves (GET /v1/models on localhost), act
-(`sync.plan_sync`: fetch an adapter from S3 into the pod's shared folder, then /v1/load_lora_adapter or
-/v1/unload_lora_adapter on the engine), and write what the engine serves under this pod's key of the report
+(`sync.plan_sync`: fetch an adapter from S3 into the pod's shared folder, verified against the manifest the
+trainer wrote beside it (core/manifest.py), then /v1/load_lora_adapter or /v1/unload_lora_adapter on the
+engine), and write what the engine serves under this pod's key of the report
 ConfigMap (the only other object its Role may touch). The pure decisions are in `sync`; this is I/O only.
 Nothing is remembered between passes: a restarted engine or sidecar converges from the two lists alone.
 """
@@ -25,11 +26,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from finetune_trainer.core.fetch import download_model
+from finetune_trainer.core.s3_uri import S3Uri
+from finetune_trainer.core.storage import Storage
 from finetune_trainer.serving.adapters.sync import (
     Load,
     Unload,
     parse_desired,
     plan_sync,
+    refusal,
     report,
     served_of,
     stale_folders,
@@ -107,26 +112,43 @@ class EngineClient:
         self._call("POST", "/v1/unload_lora_adapter", {"lora_name": name}, admin=True)
 
 
+VERIFIED = ".fto-verified"
+"""Written into an adapter folder by the sidecar once its files matched the manifest: the only reason a folder
+already in the pod is used without fetching it again (its content: the URI it was verified from)."""
+
+
 def fetch_adapter(uri: str, folder: Path) -> None:
-    """Copy the adapter folder at `uri` (s3:// or a local path) to `folder`, atomically (a half-copied folder
-    never looks like an adapter)."""
-    if folder.is_dir():
+    """Copy the trained model folder at `uri` (s3:// only) to `folder`, verified against its manifest, atomically
+    (a half-copied or unverified folder never looks like an adapter).
+
+    A folder already there is used only when this sidecar verified it from the same URI (its `VERIFIED` file);
+    anything else in its place is removed and fetched again.
+    """
+    if _verified(folder) == uri:
         return
+    if folder.exists():
+        log.warning("%s holds no adapter verified from %s: fetching it again", folder, uri)
+        shutil.rmtree(folder)
+    if not uri.startswith("s3://"):
+        raise ValueError(f"{uri}: only s3:// model folders are fetched")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=folder.parent))
     try:
-        if uri.startswith("s3://"):
-            from finetune_trainer.core.s3_uri import S3Uri
-            from finetune_trainer.core.storage import Storage
-
-            Storage().download(S3Uri.parse(uri if uri.endswith("/") else uri + "/"), staging)
-        else:
-            shutil.copytree(uri.removeprefix("file://"), staging, dirs_exist_ok=True)
+        download_model(Storage(), S3Uri.parse(uri if uri.endswith("/") else uri + "/"), staging, require_manifest=True)
         if not (staging / "adapter_config.json").is_file():
             raise ValueError(f"{uri} holds no adapter_config.json: not a LoRA adapter")
+        (staging / VERIFIED).write_text(uri)
         staging.rename(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _verified(folder: Path) -> str | None:
+    """The URI the folder was verified from, or None (no folder, or not verified by this sidecar)."""
+    marker = folder / VERIFIED
+    if folder.is_symlink() or not folder.is_dir() or marker.is_symlink() or not marker.is_file():
+        return None
+    return marker.read_text()
 
 
 def _error_text(error: BaseException) -> str:
@@ -135,11 +157,18 @@ def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:500]
 
 
-def sync_once(maps: ConfigMaps, engine: EngineClient, desired_name: str, dest: Path) -> tuple[dict[str, Any], bool]:
-    """One pass; returns this pod's report and whether it converged."""
-    desired = parse_desired(json.loads(maps.data(desired_name).get("adapters.json") or '{"adapters": []}'))
+def sync_once(
+    maps: ConfigMaps, engine: EngineClient, desired_name: str, dest: Path, namespace: str
+) -> tuple[dict[str, Any], bool]:
+    """One pass; returns this pod's report and whether it converged. `namespace` is the server's: an entry the
+    sidecar refuses (`sync.refusal`) is reported under its name, never fetched, and unloaded if served."""
+    listed = parse_desired(json.loads(maps.data(desired_name).get("adapters.json") or '{"adapters": []}'))
+    refused = {w.name: why for w in listed if (why := refusal(w, namespace)) is not None}
+    for name, why in refused.items():
+        log.error("%s: refused: %s", name, why)
+    desired = [w for w in listed if w.name not in refused]
     served = engine.served()
-    errors: dict[str, str] = {}
+    errors: dict[str, str] = {name: f"refused: {why}" for name, why in refused.items()}
     actions = plan_sync(desired, served, str(dest))
     for action in actions:
         try:
@@ -157,7 +186,7 @@ def sync_once(maps: ConfigMaps, engine: EngineClient, desired_name: str, dest: P
     existing = [str(run) for name in dest.glob("*") if name.is_dir() for run in name.glob("run-*") if run.is_dir()]
     for folder in stale_folders(existing, served):
         shutil.rmtree(folder, ignore_errors=True)
-    return report(desired, served, str(dest), errors), not plan_sync(desired, served, str(dest))
+    return report(desired, served, str(dest), errors), not refused and not plan_sync(desired, served, str(dest))
 
 
 def admin_token(path: Path) -> str:
@@ -214,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     last = ""
     while not stop.is_set():
         try:
-            state, _ = sync_once(maps, engine, args.desired, args.dest)
+            state, _ = sync_once(maps, engine, args.desired, args.dest, args.namespace)
         except Exception as error:  # the engine still starting, the API server away: try again
             state = {"adapters": [], "errors": {"sidecar": _error_text(error)}}
             log.warning("pass failed: %s", state["errors"]["sidecar"])

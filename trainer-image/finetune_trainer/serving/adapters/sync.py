@@ -6,6 +6,12 @@ list is the operator's ConfigMap. Each pass compares the two by folder: an adapt
 engine reports it loaded from the folder of its desired run. Unloads come first (they free the engine's
 adapter slots), then loads; a name the engine already serves is replaced in place (`load_inplace`), never
 unloaded first, so requests naming it keep being answered during a swap.
+
+What the sidecar fetches is only what the operator's list names, and only in the one shape the operator writes:
+`refusal` checks each entry (an s3:// URI ending in the entry's own `run-N/model/`, no unsafe segment, the
+adapter name that of the entry's FineTuneJob as seen from this server's namespace); a refused entry is reported
+under its name and never fetched. The operator derives that URI from the job's own `spec.output.uri` and
+nothing else (finetune_operator/modelserver/plan.py); the sidecar cannot read the job, so it checks the shape.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ class Wanted:
     name: str
     run: int
     uri: str
+    job: str
+    """NAMESPACE/NAME of the FineTuneJob whose run this is (the entry's `finetuneJob`)."""
 
 
 def parse_desired(document: Mapping[str, Any]) -> list[Wanted]:
@@ -35,10 +43,42 @@ def parse_desired(document: Mapping[str, Any]) -> list[Wanted]:
     wanted = []
     for index, entry in enumerate(adapters):
         try:
-            wanted.append(Wanted(str(entry["name"]), int(entry["run"]), str(entry["uri"])))
+            wanted.append(Wanted(str(entry["name"]), int(entry["run"]), str(entry["uri"]), str(entry["finetuneJob"])))
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"adapters.json: adapters[{index}] is malformed: {error}") from error
     return wanted
+
+
+_SEGMENT_UNSAFE = ("", ".", "..")
+
+
+def refusal(wanted: Wanted, namespace: str) -> str | None:
+    """Why the sidecar (in `namespace`, its server's) must not fetch this entry, or None when it may.
+
+    Only the shape the operator writes is fetched: `s3://BUCKET/<job's output prefix>run-<run>/model/`, with no
+    empty, `.` or `..` segment and no backslash or control character in the key, for an adapter named after its
+    FineTuneJob (`NAME` from this namespace, `NAMESPACE/NAME` from another). A local path is never copied: the
+    pod's files belong to every tenant of the server.
+    """
+    job_namespace, _, job_name = wanted.job.partition("/")
+    if not job_namespace or not job_name or "/" in job_name:
+        return f"finetuneJob {wanted.job!r} is not NAMESPACE/NAME"
+    expected = job_name if job_namespace == namespace else f"{job_namespace}/{job_name}"
+    if wanted.name != expected:
+        return f"adapter name {wanted.name!r} is not that of its FineTuneJob {wanted.job} ({expected!r})"
+    if not wanted.uri.startswith("s3://"):
+        return f"uri {wanted.uri!r}: only s3:// model folders are fetched"
+    bucket, _, key = wanted.uri[len("s3://") :].partition("/")
+    if not bucket or not key:
+        return f"uri {wanted.uri!r}: no bucket or key"
+    if any(ord(c) < 32 or c in "\\\x7f" for c in key):
+        return f"uri {wanted.uri!r}: a backslash or control character in the key"
+    segments = key.split("/")
+    if any(s in _SEGMENT_UNSAFE for s in segments[:-1]) or segments[-1] != "":
+        return f"uri {wanted.uri!r}: an empty, '.' or '..' segment, or no trailing '/'"
+    if segments[-3:-1] != [f"run-{wanted.run}", "model"]:
+        return f"uri {wanted.uri!r}: not the model folder of run {wanted.run} (<output>run-{wanted.run}/model/)"
+    return None
 
 
 def folder_of(dest: str, name: str, run: int) -> str:
