@@ -53,6 +53,14 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("train-uri-no-key", _with("dataset.train.uri", "s3://data"), "spec.dataset.train.uri"),
     ("test-uri-bad", _with("dataset.test", {"uri": "file:///tmp/test.jsonl"}), "spec.dataset.test.uri"),
     ("output-no-slash", _with("output.uri", "s3://artifacts/run"), "spec.output.uri"),
+    # segments that leave their folder once a key is joined onto a local one (S3 stores them verbatim)
+    ("model-uri-dot-dot", _with("baseModel.uri", "s3://models/../team-b/llama/"), "spec.baseModel.uri"),
+    ("model-uri-double-slash", _with("baseModel.uri", "s3://models//llama/"), "spec.baseModel.uri"),
+    ("train-uri-dot-dot", _with("dataset.train.uri", "s3://data/x/../../t.jsonl"), "spec.dataset.train.uri"),
+    ("test-uri-double-slash", _with("dataset.test", {"uri": "s3://data//test.jsonl"}), "spec.dataset.test.uri"),
+    ("output-dot-dot", _with("output.uri", "s3://artifacts/team-a/../team-b/"), "spec.output.uri"),
+    ("output-dot", _with("output.uri", "s3://artifacts/./team-a/"), "spec.output.uri"),
+    ("output-double-slash", _with("output.uri", "s3://artifacts//team-a/"), "spec.output.uri"),
     ("output-missing", _with("output", None), "spec.output"),
     ("train-missing", _with("dataset.train", None), "spec.dataset.train"),
     ("schema-unknown", _with("dataset.schema", "tsv"), "spec.dataset.schema"),
@@ -233,6 +241,33 @@ def test_unknown_field_is_rejected_in_strict_mode(cluster: Any, crd: str, namesp
     with pytest.raises(client.ApiException) as raised:
         _create(cluster, namespace, {**SPEC, "learningRate": 0.1}, strict=True)
     assert "spec.learningRate" in str(raised.value.body)
+
+
+def test_dots_inside_a_segment_are_accepted(cluster: Any, crd: str, namespace: str) -> None:
+    spec = _with("output.uri", "s3://artifacts/v1..2/.hidden/")
+    spec["baseModel"]["uri"] = "s3://models/llama-3.1/"
+    _create(cluster, namespace, spec)
+
+
+@pytest.mark.parametrize(
+    "uri", ["s3://models/../team-b/llama/", "s3://models//llama/", "s3://models/x/.", "/models/../etc/", "/models//x"]
+)
+def test_a_model_server_base_model_uri_with_unsafe_segments_is_rejected(
+    cluster: Any, crd: str, namespace: str, uri: str
+) -> None:
+    from kubernetes import client
+
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelServer",
+        "metadata": {"name": "shared"},
+        "spec": {"baseModelUri": uri},
+    }
+    with pytest.raises(client.ApiException) as raised:
+        cluster.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservers", body)
+    assert raised.value.status == 422 and "spec.baseModelUri" in str(raised.value.body), raised.value.body
+    body["spec"] = {"baseModelUri": "s3://models/llama-3.1/"}
+    cluster.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservers", body)
 
 
 def test_valid_manifest_gets_the_defaults(cluster: Any, crd: str, namespace: str) -> None:

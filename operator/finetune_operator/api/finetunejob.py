@@ -14,19 +14,20 @@ from pydantic import Field
 
 from finetune_operator.api.base import SpecModel
 from finetune_operator.api.hashing import content_hash
+from finetune_operator.api.uris import SafeUri
 
 Quantity = int | str
 
 
 class BaseModelSpec(SpecModel):
-    uri: str
+    uri: SafeUri
     task: Literal["causal-lm", "sequence-classification"] = "causal-lm"
     num_labels: int | None = None
     labels: list[str] | None = None
 
 
 class DataRef(SpecModel):
-    uri: str
+    uri: SafeUri
 
 
 class SplitSpec(SpecModel):
@@ -139,7 +140,7 @@ class EvaluationSpec(SpecModel):
 
 
 class OutputSpec(SpecModel):
-    uri: str
+    uri: SafeUri
 
     def run_uri(self, run: int) -> str:
         """The folder of one run: <uri>run-N/ (the CRD guarantees the trailing slash)."""

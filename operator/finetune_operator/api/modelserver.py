@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from finetune_operator.api.base import SpecModel
 from finetune_operator.api.finetunejob import ServingResourcesSpec, StorageSpec, Toleration
+from finetune_operator.api.uris import SafeUri
 
 SERVER_KIND = "ModelServer"
 SERVER_PLURAL = "modelservers"
@@ -20,7 +21,7 @@ SERVER_PLURAL = "modelservers"
 class ModelServerSpec(SpecModel):
     """crds/modelserver.yaml's spec (defaults repeat the CRD's; tests compare the two field by field)."""
 
-    base_model_uri: str
+    base_model_uri: SafeUri
     engine: Literal["transformers", "vllm"] = "transformers"
     replicas: int = 1
     max_adapters: int = 8

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+from finetune_operator.api.base import invalid_spec_message
 from finetune_operator.api.finetunejob import (
     FineTuneJobSpec,
     parse_spec,
@@ -14,6 +15,7 @@ from finetune_operator.api.finetunejob import (
     training_spec_hash,
     validation_spec_hash,
 )
+from finetune_operator.api.modelserver import parse_server_spec
 from pydantic import BaseModel, ValidationError
 
 from .support import EXAMPLES, example, minimal, spec
@@ -78,6 +80,34 @@ def test_every_example_parses(path: Path) -> None:
 def test_unknown_field_is_rejected() -> None:
     with pytest.raises(ValidationError):
         parse_spec(minimal(learningRate=0.1))
+
+
+UNSAFE_URIS = ("s3://models/../team-b/llama/", "s3://models//llama/", "s3://models/./llama/", "s3://models/x/..")
+
+
+SECTIONS = {
+    "spec.baseModel.uri": lambda uri: {"baseModel": {"uri": uri}},
+    "spec.dataset.train.uri": lambda uri: {"dataset": {"train": {"uri": uri}, "schema": "chat"}},
+    "spec.dataset.test.uri": lambda uri: {
+        "dataset": {"train": {"uri": "s3://d/t.jsonl"}, "test": {"uri": uri}, "schema": "chat"}
+    },
+    "spec.output.uri": lambda uri: {"output": {"uri": uri.rstrip("/") + "/"}},
+}
+
+
+@pytest.mark.parametrize("uri", UNSAFE_URIS)
+@pytest.mark.parametrize("field", SECTIONS)
+def test_uris_with_empty_dot_or_dot_dot_segments_are_refused_naming_the_field(uri: str, field: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        parse_spec(minimal(**SECTIONS[field](uri)))
+    assert invalid_spec_message(refused.value).startswith(f"{field}: ") and "segment" in str(refused.value)
+
+
+def test_a_model_servers_base_model_uri_refuses_the_same_segments() -> None:
+    assert parse_server_spec({"baseModelUri": "/models/tiny/"}).base_model_uri == "/models/tiny/"
+    for uri in (*UNSAFE_URIS, "/models/../etc/", "/models//x"):
+        with pytest.raises(ValidationError, match="segment"):
+            parse_server_spec({"baseModelUri": uri})
 
 
 def _hash(**overrides: Any) -> str:
