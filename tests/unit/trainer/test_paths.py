@@ -1,25 +1,20 @@
-"""Object keys to local paths (core/paths.py, s3_uri.local_path), the model manifest (core/manifest.py) and the
-adapters sidecar's check of a desired entry (serving/adapters/sync.refusal): every key shape that could leave
-its folder is refused with the key and the prefix named, before anything is written.
+"""Object keys to local paths (core/paths.py, s3_uri.local_path, Storage.download): every key shape that could
+leave its folder is refused with the key and the prefix named, before anything is written.
 
 The one stand-in here is the S3 listing in `test_download_refuses_a_listing_with_escaping_keys`: a real boto3
 client whose `list_objects_v2` answer is stubbed (botocore's Stubber) with the keys AWS S3 stores and lists
-verbatim, because the local S3 server refuses to store them. Everything about real storage is tested against
-the real server in tests/trainer/test_fetch.py and tests/serve/test_adapter_fetch.py.
+verbatim, because the local S3 server refuses to store them. The real server's side is tests/trainer/test_fetch.py.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
-from finetune_trainer.core import manifest
-from finetune_trainer.core.errors import ModelInvalid, UnsafeObjectKey, UserError
+from finetune_trainer.core.errors import UnsafeObjectKey, UserError
 from finetune_trainer.core.paths import inside, relative_path
 from finetune_trainer.core.s3_uri import S3Uri, local_path, relative_key
-from finetune_trainer.serving.adapters.sync import Wanted, parse_desired, refusal
 
 PREFIX = "s3://b/out/run-1/model/"
 
@@ -122,92 +117,3 @@ def test_download_refuses_a_listing_with_escaping_keys(
         Storage(client).download(S3Uri.parse(PREFIX), dest)
     assert repr(bad) in str(refused.value) and PREFIX in str(refused.value)
     assert not dest.exists() and [p for p in tmp_path.rglob("*") if p.is_file()] == []  # nothing written
-
-
-def _folder(tmp_path: Path, files: dict[str, bytes]) -> tuple[Path, list[Path]]:
-    folder = tmp_path / "model"
-    for name, data in files.items():
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(data)
-    return folder, sorted(p for p in folder.rglob("*") if p.is_file())
-
-
-def test_manifest_names_every_file_with_size_and_sha256_and_checks_them(tmp_path: Path) -> None:
-    folder, files = _folder(tmp_path, {"adapter_config.json": b"{}", "tok/t.json": b"abc"})
-    document = json.loads(manifest.describe(folder, files))
-    assert document["version"] == 1 and sorted(document["files"]) == ["adapter_config.json", "tok/t.json"]
-    assert document["files"]["tok/t.json"] == {
-        "size": 3,
-        "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
-    }
-    entries = manifest.parse(manifest.describe(folder, files), PREFIX)
-    manifest.check_listing(entries, {"adapter_config.json": 2, "tok/t.json": 3}, PREFIX)
-    manifest.check_files(entries, folder, PREFIX)
-    cases = {
-        "extra": ({"adapter_config.json": 2, "tok/t.json": 3, "planted.py": 9}, "not in its manifest: planted.py"),
-        "missing": ({"adapter_config.json": 2}, "missing: tok/t.json"),
-        "resized": ({"adapter_config.json": 2, "tok/t.json": 4}, "another size than its manifest says: tok/t.json"),
-    }
-    for listed, message in cases.values():
-        with pytest.raises(ModelInvalid, match=message):
-            manifest.check_listing(entries, listed, PREFIX)
-    (folder / "tok" / "t.json").write_bytes(b"abd")  # same size, other content
-    with pytest.raises(ModelInvalid, match=r"differ from its _MANIFEST\.json: tok/t\.json"):
-        manifest.check_files(entries, folder, PREFIX)
-
-
-@pytest.mark.parametrize(
-    "document",
-    [
-        b"not json",
-        b'{"version": 2, "files": {}}',
-        b'{"version": 1, "files": []}',
-        b'{"version": 1, "files": {"a": {"size": -1, "sha256": "' + b"0" * 64 + b'"}}}',
-        b'{"version": 1, "files": {"a": {"size": 1}}}',
-    ],
-)
-def test_a_malformed_manifest_is_model_invalid(document: bytes) -> None:
-    with pytest.raises(ModelInvalid, match="malformed manifest"):
-        manifest.parse(document, PREFIX)
-
-
-def test_a_manifest_naming_an_escaping_file_is_refused() -> None:
-    document = json.dumps({"version": 1, "files": {"../x": {"size": 1, "sha256": "0" * 64}}}).encode()
-    with pytest.raises(UnsafeObjectKey, match=r"'\.\.' segment"):
-        manifest.parse(document, PREFIX)
-
-
-def _wanted(
-    name: str = "bot", run: int = 2, uri: str = "s3://art/team-a/bot/run-2/model/", job: str = "team-a/bot"
-) -> Wanted:
-    return Wanted(name=name, run=run, uri=uri, job=job)
-
-
-def test_the_sidecar_fetches_only_the_operator_shape_of_an_entry() -> None:
-    assert refusal(_wanted(), "team-a") is None
-    assert refusal(_wanted(name="team-b/bot", job="team-b/bot", uri="s3://art/b/bot/run-2/model/"), "team-a") is None
-    refused = {
-        "local path": (_wanted(uri="/adapters/team-b-bot-1234/run-1/"), "only s3://"),
-        "file uri": (_wanted(uri="file:///adapters/x/run-2/model/"), "only s3://"),
-        "other run": (_wanted(uri="s3://art/team-a/bot/run-3/model/"), "not the model folder of run 2"),
-        "not the model": (_wanted(uri="s3://art/team-a/bot/run-2/"), "not the model folder of run 2"),
-        "parent": (_wanted(uri="s3://art/team-b/../team-a/bot/run-2/model/"), "'..' segment"),
-        "dot": (_wanted(uri="s3://art/./bot/run-2/model/"), "'.' or '..' segment"),
-        "double slash": (_wanted(uri="s3://art//bot/run-2/model/"), "empty"),
-        "no trailing slash": (_wanted(uri="s3://art/team-a/bot/run-2/model"), "trailing"),
-        "backslash": (_wanted(uri="s3://art/a\\b/run-2/model/"), "backslash"),
-        "no bucket": (_wanted(uri="s3:///run-2/model/"), "no bucket"),
-        "name of another job": (_wanted(name="team-b/bot"), "not that of its FineTuneJob"),
-        "job from another namespace without its prefix": (_wanted(job="team-b/bot"), "not that of its FineTuneJob"),
-        "no job": (_wanted(job="bot"), "NAMESPACE/NAME"),
-    }
-    for wanted, message in refused.values():
-        why = refusal(wanted, "team-a")
-        assert why is not None and message in why, (wanted, why)
-
-
-def test_the_desired_list_needs_the_job_of_each_entry() -> None:
-    entry = {"name": "bot", "finetuneJob": "team-a/bot", "run": 1, "uri": "s3://a/bot/run-1/model/", "rank": 8}
-    assert parse_desired({"adapters": [entry]}) == [_wanted(run=1, uri="s3://a/bot/run-1/model/")]
-    with pytest.raises(ValueError, match=r"adapters\[0\] is malformed"):
-        parse_desired({"adapters": [{k: v for k, v in entry.items() if k != "finetuneJob"}]})
