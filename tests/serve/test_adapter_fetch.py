@@ -4,6 +4,7 @@ verified it (never because it exists: another tenant's files could sit there).""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,11 @@ def test_a_folder_already_in_the_pod_is_used_only_when_the_sidecar_verified_it(s
     (folder / VERIFIED).write_text("s3://other/run-1/model/")  # verified from another URI: fetched again
     fetch_adapter(uri, folder)
     assert (folder / VERIFIED).read_text() == uri
+    elsewhere = tmp_path / "elsewhere"  # a link in its place, even to a verified folder: replaced by a real one
+    shutil.move(folder, elsewhere)
+    folder.symlink_to(elsewhere)
+    fetch_adapter(uri, folder)
+    assert not folder.is_symlink() and _files(folder) == FILES and _files(elsewhere) == FILES
 
 
 def test_a_local_path_is_never_copied(tmp_path: Path) -> None:

@@ -126,9 +126,12 @@ def fetch_adapter(uri: str, folder: Path) -> None:
     """
     if _verified(folder) == uri:
         return
-    if folder.exists():
+    if folder.is_symlink() or folder.exists():
         log.warning("%s holds no adapter verified from %s: fetching it again", folder, uri)
-        shutil.rmtree(folder)
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)
+        else:
+            folder.unlink()
     if not uri.startswith("s3://"):
         raise ValueError(f"{uri}: only s3:// model folders are fetched")
     folder.parent.mkdir(parents=True, exist_ok=True)
