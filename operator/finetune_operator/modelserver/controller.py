@@ -29,7 +29,6 @@ from finetune_operator.builders.modelserver import (
     loaded_config_map,
     selector,
     server_bundle,
-    server_pdb,
 )
 from finetune_operator.core.errors import TemporaryError
 from finetune_operator.core.kube import Kube
@@ -142,8 +141,7 @@ class ServerReconciler:
                 else:
                     self.kube.apply(manifest)
             if replicas == 1:  # one replica: a PDB would block every node drain
-                pdb = server_pdb(owner)["metadata"]["name"]
-                self.kube.delete("policy/v1", "PodDisruptionBudget", owner.namespace, pdb)
+                self.kube.delete("policy/v1", "PodDisruptionBudget", owner.namespace, names.deployment)
         if self.kube.get("v1", "ConfigMap", owner.namespace, names.loaded) is None:
             self.kube.create(loaded_config_map(owner))
         desired = adapters_config_map(owner, admission.adapters)
