@@ -1,18 +1,16 @@
 """The FineTuneSweep control loop: its memory (sweeps and their trials) and one level-triggered pass per sweep.
 
-A pass reads the sweep and its trials from memory, asks the pure `sweep.sweep_plan` what should be, creates
+A pass reads the sweep and its trials from memory, asks the pure `plan.sweep_plan` what should be, creates
 the missing trial FineTuneJobs (create-if-absent under deterministic names, so a restarted operator or two
 passes racing never make a trial twice), suspends the trials the early-stopping rule stops, promotes the
 winner when asked, and writes the status once, only when it changed. The trials themselves are ordinary
-FineTuneJobs run by the FineTuneJob loop (reconcile.py); trial events only queue their sweep (handlers).
+FineTuneJobs run by the FineTuneJob loop (finetunejob/controller.py); trial events only file the trial in the
+sweep's memory (store.py) and queue the sweep (registration.py).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-import threading
-from collections.abc import Iterable
 from typing import Any
 
 from pydantic import ValidationError
@@ -32,83 +30,15 @@ from finetune_operator.core.kube import Kube
 from finetune_operator.core.status_patch import merge_patch, now_rfc3339
 from finetune_operator.core.store import Key
 from finetune_operator.core.workqueue import RequeueError
-from finetune_operator.finetunesweep.plan import SweepPlan, SweepSnapshot, TrialObs, sweep_plan, trial_obs
+from finetune_operator.finetunesweep.plan import SweepPlan, SweepSnapshot, sweep_plan
+from finetune_operator.finetunesweep.store import SweepStore
 
 log = logging.getLogger(__name__)
 
 
-class SweepStore:
-    """Sweep bodies by key, and the compact observations of their trials by the sweep's uid (the trial's
-    finetune.dev/sweep-uid label), filled by the watch events of both kinds."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._bodies: dict[Key, dict[str, Any]] = {}
-        self._uids: dict[str, Key] = {}
-        self._trials: dict[str, dict[str, TrialObs]] = {}
-
-    def put_sweep(self, body: dict[str, Any]) -> Key:
-        meta = body["metadata"]
-        assert isinstance(meta, dict)
-        key = (str(meta["namespace"]), str(meta["name"]))
-        with self._lock:
-            old = self._bodies.get(key)
-            old_meta = old.get("metadata") if old else None
-            try:
-                stale = isinstance(old_meta, dict) and int(str(old_meta["resourceVersion"])) > int(
-                    str(meta["resourceVersion"])
-                )
-            except (KeyError, ValueError):
-                stale = False
-            if not stale:
-                self._bodies[key] = copy.deepcopy(body)
-                self._uids[str(meta["uid"])] = key
-        return key
-
-    def forget_sweep(self, namespace: str, name: str, uid: str) -> None:
-        with self._lock:
-            self._bodies.pop((namespace, name), None)
-            self._uids.pop(uid, None)
-            self._trials.pop(uid, None)
-
-    def put_trial(self, sweep_uid: str, body: dict[str, Any]) -> Key | None:
-        """File one trial's observation; the key of its sweep when known (to queue it)."""
-        observed = trial_obs(body)
-        with self._lock:
-            self._trials.setdefault(sweep_uid, {})[observed.name] = observed
-            return self._uids.get(sweep_uid)
-
-    def forget_trial(self, sweep_uid: str, name: str) -> Key | None:
-        with self._lock:
-            self._trials.get(sweep_uid, {}).pop(name, None)
-            return self._uids.get(sweep_uid)
-
-    def all_keys(self) -> list[Key]:
-        with self._lock:
-            return list(self._bodies)
-
-    def view(self, key: Key) -> tuple[dict[str, Any], tuple[TrialObs, ...]] | None:
-        with self._lock:
-            body = self._bodies.get(key)
-            if body is None:
-                return None
-            meta = body["metadata"]
-            assert isinstance(meta, dict)
-            trials = tuple(self._trials.get(str(meta["uid"]), {}).values())
-            return copy.deepcopy(body), trials
-
-
-def prime(kube: Kube, sweeps: SweepStore, namespaces: Iterable[str | None]) -> None:
-    """Read the existing trials once before any sweep pass (an informer's initial list): a restarted
-    operator then never counts a running trial as missing."""
-    for namespace in namespaces:
-        for body in kube.list(f"{GROUP}/{VERSION}", KIND, namespace, LABEL_SWEEP_UID):
-            sweeps.put_trial(body["metadata"]["labels"][LABEL_SWEEP_UID], body)
-
-
 class SweepReconciler:
-    def __init__(self, kube: Kube, sweeps: SweepStore) -> None:
-        self.kube, self.sweeps = kube, sweeps
+    def __init__(self, kube: Kube, sweeps: SweepStore | None = None) -> None:
+        self.kube, self.sweeps = kube, sweeps or SweepStore()
 
     def reconcile(self, key: Key) -> float | None:
         """One pass; temporary API trouble goes back to the queue with its delay."""

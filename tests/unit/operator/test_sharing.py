@@ -21,15 +21,8 @@ from finetune_operator.builders.modelserver import (
 from finetune_operator.builders.serving import serving_bundle
 from finetune_operator.core.settings import Settings
 from finetune_operator.finetunejob.plan import Snapshot, plan
-from finetune_operator.modelserver.plan import (
-    Candidate,
-    Replica,
-    admit,
-    candidate_of,
-    converged,
-    serving_run,
-    verdict_for,
-)
+from finetune_operator.modelserver.admission import Candidate, admit, candidate_of
+from finetune_operator.modelserver.plan import Replica, converged, serving_run, verdict_for
 
 from .support import OWNER, assert_golden, spec
 from .test_spec import _compare, _descriptions_missing
