@@ -219,9 +219,12 @@ def test_the_operator_may_read_and_report_model_servers() -> None:
             ("finetune.dev", "modelservers", "list"),
             ("finetune.dev", "modelservers", "watch"),
             ("finetune.dev", "modelservers/status", "patch"),
-            ("apps", "deployments", "get"),
             ("", "configmaps", "get"),
+            ("", "configmaps", "list"),
+            ("", "configmaps", "watch"),
             ("", "pods", "list"),
+            ("", "pods", "watch"),
+            ("apps", "deployments", "watch"),
         } <= _granted(role)
 
 

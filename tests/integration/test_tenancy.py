@@ -31,13 +31,12 @@ NAMESPACED: set[Rule] = {
     *{("finetune.dev", "finetunesweeps", v) for v in ("list", "watch")},
     ("finetune.dev", "finetunesweeps/status", "patch"),
     ("finetune.dev", "finetunesweeps/finalizers", "update"),
-    # ModelServers (servers.py): watched, their status written, the owned objects' finalizers; each server's
-    # Deployment read for its ready replicas, and the replicas' report ConfigMap read for what each one holds
+    # ModelServers (modelserver/): watched, their status written, the owned objects' finalizers; each server's
+    # ConfigMaps (the desired list, the replicas' report) watched, get also granted to its sidecar's Role
     *{("finetune.dev", "modelservers", v) for v in ("list", "watch")},
     ("finetune.dev", "modelservers/status", "patch"),
     ("finetune.dev", "modelservers/finalizers", "update"),
-    ("apps", "deployments", "get"),
-    ("", "configmaps", "get"),
+    *{("", "configmaps", v) for v in ("get", "list", "watch")},
     *{("batch", "jobs", v) for v in ("get", "list", "watch", "create", "patch", "delete")},
     *{("", "pods", v) for v in ("list", "watch")},
     *{("apps", "deployments", v) for v in ("list", "watch", "create", "patch", "delete")},

@@ -95,15 +95,13 @@ call needs it. Used by the ClusterRole (all namespaces) or by one Role per watch
 - apiGroups: [finetune.dev]
   resources: [modelservers/finalizers]
   verbs: [update]
-# A ModelServer pass reads its Deployment (spec hash) and its two ConfigMaps (the desired adapter list, and
-# the report its sidecars patch); get is also what the sidecar's Role grants (on those two names only), and
-# RBAC lets the operator create a Role only with permissions it holds itself.
-- apiGroups: [apps]
-  resources: [deployments]
-  verbs: [get]
+# A ModelServer's pods, ConfigMaps (the desired adapter list, the report its sidecars patch) and Deployment are
+# watched (label-selected: finetune.dev/server-uid) and listed once at startup, so a pass reads them from memory.
+# get: what the sidecar's Role grants (on its two ConfigMaps only), and RBAC lets the operator create a Role only
+# with permissions it holds itself.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get]
+  verbs: [get, list, watch]
 # Training Jobs: startup list + kopf watch (label-selected), get after a create that raced, create, delete of
 # retired runs, patch of spec.suspend (only for Jobs without a Kueue queue; Kueue owns suspend otherwise).
 - apiGroups: [batch]

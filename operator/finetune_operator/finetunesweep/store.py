@@ -12,7 +12,7 @@ import threading
 from typing import Any
 
 from finetune_operator.core.store import Key
-from finetune_operator.finetunesweep.plan import TrialObs, trial_obs
+from finetune_operator.finetunesweep.observed import TrialObs, trial_obs
 
 
 class SweepStore:
