@@ -251,7 +251,7 @@ def test_rbac_covers_every_child_the_builders_make() -> None:
     published = Published(1, "causal-lm", "s3://models/tiny/", "s3://artifacts/x/run-1/model/", True)
     created = training_children(spec, owner, 1, "hash", settings)  # POST: create
     applied = serving_bundle(spec, owner, published, settings)  # server-side apply: patch (create if absent)
-    applied += _server_objects(settings)  # a ModelServer's (servers.py): the same verbs
+    applied += _server_objects(settings)  # a ModelServer's (builders/modelserver.py): the same verbs
     needed: set[tuple[str, str, str]] = set()
     for manifest, verbs in [
         *((m, ("create", "delete")) for m in created),
