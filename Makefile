@@ -13,7 +13,7 @@ PYTEST := $(PY) -m pytest
 # Each long step runs through hack/step.sh: its log is kept in $(FTO_CACHE)/logs/, and a failure names the step,
 # its exit status and the log's last lines.
 .PHONY: deps promtool venv venv-vllm cluster-up cluster-down cluster-status cluster-kubeconfig lint test test-unit images demo bench \
-	helm-sync-crd
+	helm-sync-crd tools
 
 # Debian packages and the Go toolchain a fresh machine lacks (idempotent: seconds when present).
 deps:
@@ -46,8 +46,13 @@ lint: deps venv
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-# The tier that needs no cluster and no S3 server: pure logic, seconds.
-test-unit: venv
+# kubectl and helm into $(FTO_CACHE)/bin/tools (cluster-up installs them too)
+tools:
+	@hack/step.sh tools hack/install-tools.sh
+
+# The tier that needs no cluster and no S3 server: pure logic, seconds. helm: the settings test renders the
+# chart (`helm template`) to check it against the operator's declared settings.
+test-unit: venv tools
 	$(PYTEST) tests/unit -m "not cluster and not s3 and not e2e"
 
 # Everything: lint, unit, the cluster tier (real API server + kwok), trainer and server on a real S3 server,

@@ -306,7 +306,7 @@ class TrainerRuns:
 
         self.model = build_tiny_llama(work / "tiny-llama")
         self.steps: list[int] = []
-        from finetune_trainer.callbacks import TrainerHooks
+        from finetune_trainer.training.callbacks import TrainerHooks
 
         on_step_end = TrainerHooks.on_step_end
 
@@ -361,8 +361,8 @@ class TrainerRuns:
 
 def s3_fault(outage: float, steps: int = 40, interval: int = 10) -> dict[str, Any]:
     """The S3 server cut off for `outage` seconds from a checkpoint upload; then beyond the trainer's patience."""
-    from finetune_trainer import storage as storage_module
-    from finetune_trainer.checkpoints import CheckpointStore
+    from finetune_trainer.core import storage as storage_module
+    from finetune_trainer.training.checkpoints import CheckpointStore
 
     work = Path(tempfile.mkdtemp(prefix="chaos-s3-"))
     upstream = os.environ["FTO_S3_ENDPOINT"]

@@ -17,7 +17,7 @@ MFU (model FLOPs utilisation) = tokens/s x FLOPs per token / the GPU's dense bf1
 with N the parameters of every matmul (the blocks' linears and the LM head; the input embedding is a lookup),
 L layers, d = heads x head_dim, S the record length. Gradient checkpointing's recompute is not counted (the
 usual convention: MFU counts the model's FLOPs, not the hardware's). The peak memory is compared with the
-memory plan's estimate for the same setup (`memory_plan.plan`, the device as the trainer sees it) less what
+memory plan's estimate for the same setup (`memory.plan.plan`, the device as the trainer sees it) less what
 the measurement cannot see (`peak_vs_plan`): on GPUs the peak is torch's reserved memory, without the CUDA
 context; on CPU the resident memory above what the process held before the model, without the plan's fixed
 per-process overhead.
@@ -91,11 +91,12 @@ def child(method: str, folder: Path, steps: int, warmup: int, batch: int, seq: i
     """One method in this process: train `steps` steps, time the ones after `warmup`, measure the peak."""
     import torch
     from finetune_trainer.config import parse_config
-    from finetune_trainer.errors import UnsupportedHardware
-    from finetune_trainer.fit import runtime_device
-    from finetune_trainer.memory_plan import CPU_PROCESS, CUDA_CONTEXT, plan, setup_of
-    from finetune_trainer.modeling import Hardware, apply_method, check_method, choose_precision, load_model
-    from finetune_trainer.train import collator_for, training_arguments
+    from finetune_trainer.core.errors import UnsupportedHardware
+    from finetune_trainer.memory.check import runtime_device
+    from finetune_trainer.memory.estimate import CPU_PROCESS, CUDA_CONTEXT
+    from finetune_trainer.memory.plan import plan, setup_of
+    from finetune_trainer.training.modeling import Hardware, apply_method, check_method, choose_precision, load_model
+    from finetune_trainer.training.train import collator_for, training_arguments
     from transformers import Trainer, TrainerCallback
 
     hardware = Hardware.detect()
@@ -220,7 +221,7 @@ def main() -> None:
             else:
                 results[method] = json.loads(done.stdout.strip().splitlines()[-1])
             print(f"{method}: {results[method]}", file=sys.stderr)
-    from finetune_trainer.fit import runtime_device
+    from finetune_trainer.memory.check import runtime_device
 
     device = runtime_device(cuda, 1, dict(os.environ))
     print(

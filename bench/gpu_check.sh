@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check for a lent GPU (an H200 within 10 minutes): QLoRA, LoRA and full fine-tune steps of a
 # ~1.2B Llama (random weights, no hub) through the trainer's own code, printing one JSON line with tokens/s,
-# MFU against the GPU's bf16 peak (finetune_trainer.gpus) and peak memory against the memory plan's
+# MFU against the GPU's bf16 peak (finetune_trainer.memory.gpus) and peak memory against the memory plan's
 # estimate. The formula and the rest: bench/gpu_check.py. `--tiny` runs a tiny shape on CPU in seconds and
 # prints the same JSON (MFU null): tests/trainer/test_gpu_check.py runs it in CI.
 #   bench/gpu_check.sh [--tiny] [--steps N] [--seq S] [--batch B] [--methods qlora,lora,full]

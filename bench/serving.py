@@ -3,7 +3,7 @@
 Side by side, in one run, on loopback: SmolLM2-135M-Instruct (the demo's real pretrained base, converted once
 from its PyPI package by `finetune_trainer.devtools.smollm2`) with a LoRA adapter (rank 8 on every linear layer,
 made here with peft, seeded, non-zero), served as an operator's pods serve it:
-  ours      finetune_trainer.serve (the adapter merged at load, one engine thread, continuous batching) behind
+  ours      finetune_trainer.serving.server (the adapter merged at load, one engine thread, continuous batching) behind
             FastAPI + uvicorn, in this venv; `--threads` torch threads (default 1, see below);
   vllm      vLLM's CPU build from the vLLM venv (hack/venv-vllm.sh, `$FTO_VLLM_VENV`), with the operator's CPU
             flags (builders/containers.py VLLM_DEVICES["cpu"]: float32, 2048-token context, 2 GiB KV cache), the
@@ -100,10 +100,10 @@ def build_model(folder: Path, tiny_model: bool = False) -> tuple[Path, Path]:
 
 
 def ours_app(base: Path, adapter: Path) -> Any:
-    from finetune_trainer.serve.app import create_app
-    from finetune_trainer.serve.config import ServeConfig, ServeSettings
-    from finetune_trainer.serve.engine import Engine
-    from finetune_trainer.serve.loader import load
+    from finetune_trainer.serving.server.app import create_app
+    from finetune_trainer.serving.server.config import ServeConfig, ServeSettings
+    from finetune_trainer.serving.server.engine import Engine
+    from finetune_trainer.serving.server.loader import load
 
     config = ServeConfig(servedModelName=MODEL_NAME, baseModelUri=str(base), modelUri=str(adapter), maxConcurrency=8)
     engine = Engine(load(config, adapter.parent / "ours-work", "cpu"), max_batch_size=config.max_concurrency)

@@ -4,8 +4,8 @@ What a user picks between: N FineTuneJobs with a Deployment each (each server ho
 its adapter merged, `--max-loras 1`), or one ModelServer holding all N adapters on one unmerged base. Side by side,
 in one run, on loopback, SmolLM2-135M-Instruct (the demo's real base; `--tiny`: a small random Llama) and N seeded,
 non-zero LoRA adapters (rank 8, every linear layer), for N in --adapters (default 1,4,8):
-  shared    one server process of ours (finetune_trainer.serve, serve.json maxAdapters N) with the N adapters loaded
-            through /v1/load_lora_adapter, as the ModelServer's sidecar loads them;
+  shared    one server process of ours (finetune_trainer.serving.server, serve.json maxAdapters N) with the N adapters
+            loaded through /v1/load_lora_adapter, as the ModelServer's sidecar loads them;
   separate  N server processes of ours, each with one adapter merged (what a FineTuneJob's own Deployment runs).
 With --engine vllm, the same two setups on vLLM's CPU build (the venv of `make venv-vllm`, the flags and
 environment of the operator's CPU pods, builders/containers.py): shared is one vLLM server with the N adapters
@@ -76,10 +76,10 @@ def build(folder: Path, count: int, tiny_model: bool) -> tuple[Path, list[Path]]
 
 
 def shared_app(base: Path, max_adapters: int) -> Any:
-    from finetune_trainer.serve.app import create_app
-    from finetune_trainer.serve.config import ServeConfig, ServeSettings
-    from finetune_trainer.serve.engine import Engine
-    from finetune_trainer.serve.loader import from_folder
+    from finetune_trainer.serving.server.app import create_app
+    from finetune_trainer.serving.server.config import ServeConfig, ServeSettings
+    from finetune_trainer.serving.server.engine import Engine
+    from finetune_trainer.serving.server.loader import from_folder
 
     config = ServeConfig(
         servedModelName=SERVER_NAME, baseModelUri=str(base), modelUri=str(base), maxAdapters=max_adapters

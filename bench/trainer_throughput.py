@@ -103,9 +103,9 @@ def cpu_run(mode: str, folder: Path, steps: int, batch: int, max_length: int, wa
     """One CPU measurement in this process: `ours` (trainer code path) or `baseline` (pad to max length)."""
     import torch
     from finetune_trainer.config import parse_config
-    from finetune_trainer.modeling import Hardware, apply_method, load_model, load_tokenizer
-    from finetune_trainer.tokenization import tokenize_split
-    from finetune_trainer.train import collator_for, training_arguments
+    from finetune_trainer.data.tokenization import tokenize_split
+    from finetune_trainer.training.modeling import Hardware, apply_method, load_model, load_tokenizer
+    from finetune_trainer.training.train import collator_for, training_arguments
     from transformers import Trainer, default_data_collator
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -212,7 +212,7 @@ def trl_run(
     if mode == "trl":
         # TRL refuses padding_free without packing when it would have to truncate; give it the records already
         # tokenized and cut at max_length exactly as ours are (completion_mask: the loss on completions only)
-        from finetune_trainer.tokenization import tokenize_split
+        from finetune_trainer.data.tokenization import tokenize_split
 
         tokenized = tokenize_split(records, tokenizer, "prompt-completion", max_length, None, "bench")
         masks = [[int(label != -100) for label in labels] for labels in tokenized["labels"]]

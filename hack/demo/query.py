@@ -3,7 +3,7 @@
 Why side by side: the demo exists to show that fine-tuning changed something real. The same questions (never
 in the training data, `seed.HELD_OUT`), the same system prompt, greedy decoding, asked of
   base        SmolLM2-135M-Instruct as the FineTuneJob's `spec.baseModel.uri` holds it, served here by our
-              own server (`finetune_trainer.serve`, the code the endpoint runs) on a free local port;
+              own server (`finetune_trainer.serving.server`, the code the endpoint runs) on a free local port;
   fine-tuned  the FineTuneJob's published endpoint, reached through `kubectl port-forward` (the local cluster
               has no kube-proxy on the host, so the demo reaches the Service as a developer would);
 both through the official OpenAI client. Below them, the test loss of the base model (the trainer measures it
@@ -88,8 +88,8 @@ def local_server(model_uri: str, name: str) -> Iterator[str]:
 
     S3 is reached with the standard AWS_* variables, as in the pod."""
     import uvicorn
-    from finetune_trainer.serve.app import create_app
-    from finetune_trainer.serve.config import ServeConfig, ServeSettings
+    from finetune_trainer.serving.server.app import create_app
+    from finetune_trainer.serving.server.config import ServeConfig, ServeSettings
 
     with tempfile.TemporaryDirectory(prefix="fto-base-") as work:
         config = ServeConfig(servedModelName=name, modelUri=model_uri)
@@ -156,7 +156,7 @@ def main() -> int:
         served = wait_for_models(tuned, timeout=60)
         print(f"endpoint {endpoint['url']} serves {served} (run {endpoint.get('run')})", flush=True)
         tuned_answers = ask(tuned, endpoint["model"], questions, args.max_tokens)
-    print(f"base model {base_uri}: served here by finetune_trainer.serve for the comparison", flush=True)
+    print(f"base model {base_uri}: served here by finetune_trainer.serving.server for the comparison", flush=True)
     with local_server(base_uri, "base") as url:
         base = OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
         wait_for_models(base)

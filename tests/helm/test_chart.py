@@ -9,6 +9,7 @@ import pytest
 from .chart import CHART, ROOT, helm, render, set_args
 
 NAMESPACED = {"watchNamespaces": "{team-a,team-b}"}
+CLUSTER_WIDE = {"clusterWide": "true"}
 EVERYTHING = {
     **NAMESPACED,
     "networkPolicy.enabled": "true",
@@ -81,7 +82,7 @@ def test_two_replicas_with_leader_election_rolling_restricted_pod() -> None:
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert container["image"] == "ghcr.io/finetune-operator/operator:0.1.0"
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["FTO_NAMESPACES"] == "" and env["FTO_METRICS_PORT"] == "9090" and env["FTO_LOG_FORMAT"] == "text"
+    assert env["FTO_NAMESPACES"] == "ops" and env["FTO_METRICS_PORT"] == "9090" and env["FTO_LOG_FORMAT"] == "text"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
 
 
@@ -130,7 +131,7 @@ def _rules(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return rules
 
 
-@pytest.mark.parametrize("values", [{}, NAMESPACED], ids=["cluster-wide", "namespaced"])
+@pytest.mark.parametrize("values", [{}, NAMESPACED, CLUSTER_WIDE], ids=["default", "namespaced", "cluster-wide"])
 def test_rbac_has_no_wildcards_and_no_pod_or_secret_listing(values: dict[str, str]) -> None:
     docs = render("r", "ops", values)
     roles = _of(docs, "ClusterRole") + _of(docs, "Role")
@@ -212,7 +213,7 @@ def _server_objects(settings: Any) -> list[dict[str, Any]]:
 
 
 def test_the_operator_may_read_and_report_model_servers() -> None:
-    for values in ({}, NAMESPACED):
+    for values in ({}, NAMESPACED, CLUSTER_WIDE):
         docs = render("r", "ops", values)
         role = (_watching(docs, "Role") or _of(docs, "ClusterRole"))[0]
         assert {
@@ -269,7 +270,7 @@ def test_rbac_covers_every_child_the_builders_make() -> None:
         "deployments",
         "poddisruptionbudgets",
     }
-    for values in ({}, NAMESPACED):
+    for values in ({}, NAMESPACED, CLUSTER_WIDE):
         docs = render("r", "ops", values)
         role = (_watching(docs, "Role") or _of(docs, "ClusterRole"))[0]
         assert needed <= _granted(role), needed - _granted(role)

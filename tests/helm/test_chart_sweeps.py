@@ -18,7 +18,11 @@ def _grants(role: dict[str, Any]) -> dict[str, set[str]]:
     return out
 
 
-@pytest.mark.parametrize("values", [{}, {"watchNamespaces": "{team-a}"}], ids=["cluster-wide", "namespaced"])
+@pytest.mark.parametrize(
+    "values",
+    [{}, {"watchNamespaces": "{team-a}"}, {"clusterWide": "true"}],
+    ids=["default", "namespaced", "cluster-wide"],
+)
 def test_sweep_rbac(values: dict[str, str]) -> None:
     docs = render("r", "ops", values)
     role = next(

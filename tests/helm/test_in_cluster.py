@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import Jobs, ftj_manifest, kwok_annotations, success_message
+from tests.support.kwok import KWOK_TOLERATION
 from tests.support.portforward import port_forward
 from tests.support.waiting import wait_for
 
@@ -85,6 +86,12 @@ def in_cluster(cluster: Any, namespace: str, crd: str, operator_image: str) -> I
         "logFormat=json",
         "--set",
         "reconcile.secretRecheckSeconds=1",
+        # ftj_manifest's jobs use no credentials Secret and tolerate kwok's taint: the chart's policy refuses
+        # both unless the admin allows them
+        "--set",
+        "policy.allowNodeIdentity=true",
+        "--set-json",
+        f"policy.allowedTolerations=[{json.dumps(KWOK_TOLERATION)}]",
         "--wait",
         "--timeout",
         "3m",

@@ -45,12 +45,15 @@ def release(cluster: Any, namespace: str, crd: str) -> Iterator[str]:
     helm("uninstall", name, "--namespace", namespace, "--ignore-not-found", kubeconfig=cluster.kubeconfig)
 
 
-@pytest.mark.parametrize("mode", ["cluster-wide", "namespaced"])
+@pytest.mark.parametrize("mode", ["default", "cluster-wide", "namespaced"])
 def test_template_passes_server_side_dry_run(cluster: Any, namespace: str, crd: str, mode: str) -> None:
+    """The API server accepts every object (the admission policy's CEL compiles: a bad expression is refused)."""
     _restricted(cluster, namespace)
     values = ["--set", "networkPolicy.enabled=true", "--include-crds"]
     if mode == "namespaced":
         values += ["--set", f"watchNamespaces={{{namespace}}}"]
+    if mode == "cluster-wide":
+        values += ["--set", "clusterWide=true"]
     rendered = helm("template", release_name(), str(CHART), "--namespace", namespace, *values).stdout
     result = kubectl(
         "apply",
@@ -70,11 +73,13 @@ def test_template_passes_server_side_dry_run(cluster: Any, namespace: str, crd: 
         "deployment.apps",
         "clusterrole.rbac.authorization.k8s.io",
         "networkpolicy.networking.k8s.io",
+        "validatingadmissionpolicy.admissionregistration.k8s.io",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io",
     } <= kinds
-    # every mode has the leader election's Role (its one Lease); only the namespaced one has Roles for watching
+    # every mode has the leader election's Role (its one Lease); only cluster-wide has no Role for watching
     roles = {name.split("/", 1)[1] for name in objects if name.startswith("role.rbac.authorization.k8s.io/")}
     assert any(role.endswith("-leader-election") for role in roles), roles
-    assert any(not role.endswith("-leader-election") for role in roles) == (mode == "namespaced"), roles
+    assert any(not role.endswith("-leader-election") for role in roles) == (mode != "cluster-wide"), roles
 
 
 def _operator_pods(cluster: Any, namespace: str, release: str) -> list[Any]:

@@ -228,7 +228,8 @@ def test_admission_refuses_test_objectives_and_template_edits(sweep_crd: str, jo
 def test_early_stopping_suspends_a_clearly_worse_trial(
     operator: Operator, sweep_crd: str, jobs: Jobs, namespace: str
 ) -> None:
-    """The trainer's validation-loss progress is written as the trainer writes it (a status patch)."""
+    """The trainer's validation-loss progress is written where the trainer writes it (its progress ConfigMap, which
+    the operator copies into the trial's status.progress)."""
     sweeps = Sweeps(jobs, namespace)
     spec = {
         "parameters": [{"path": LR, "values": [1e-4, 3e-4, 1e-3]}],
@@ -240,8 +241,8 @@ def test_early_stopping_suspends_a_clearly_worse_trial(
 
     def report(trial: str, step: int, loss: float) -> None:
         progress = {"run": 1, "stage": "training", "step": step + 3, "validationStep": step, "validationLoss": loss}
-        jobs.cluster.custom.patch_namespaced_custom_object_status(
-            "finetune.dev", "v1alpha1", namespace, "finetunejobs", trial, {"status": {"progress": progress}}
+        jobs.cluster.core.patch_namespaced_config_map(
+            f"{trial}-progress", namespace, {"data": {"progress.json": json.dumps(progress)}}
         )
         wait_for(
             f"{trial} step {step} in the sweep's curve",

@@ -24,7 +24,7 @@ NO_NODE = "nodeSelector.finetune\\.dev/test-no-such-node=true"
 # What reconcile needs in a namespace it watches (operator/finetune_operator/core/kube.py + kopf's watches).
 NAMESPACED: set[Rule] = {
     *{("finetune.dev", "finetunejobs", v) for v in ("list", "watch")},
-    *{("finetune.dev", "finetunejobs/status", v) for v in ("get", "patch")},
+    ("finetune.dev", "finetunejobs/status", "patch"),
     ("finetune.dev", "finetunejobs/finalizers", "update"),
     # a FineTuneSweep's trials (sweeps.py): created, read back after a raced create, suspended or promoted
     *{("finetune.dev", "finetunejobs", v) for v in ("get", "create", "patch")},
@@ -130,9 +130,26 @@ def test_operator_rules_are_exactly_what_reconcile_needs(
     assert rules_in(chart_identity, namespace) == CLUSTER_SCAN | NAMESPACE_SCAN | LEADER_ELECTION
 
 
-def test_cluster_wide_install_grants_the_same_verbs_everywhere_and_no_more(
+def test_default_install_reconciles_only_the_release_namespace(
+    cluster: Any, namespace: str, other_namespace: str, crd: str, tmp_path: Path
+) -> None:
+    """No watchNamespaces and no clusterWide: the operator's namespaced rights are in its own namespace only."""
+    release = release_name()
+    helm("install", release, str(CHART), "-n", namespace, "--set-string", NO_NODE, kubeconfig=cluster.kubeconfig)
+    try:
+        identity = service_account_identity(cluster, namespace, f"{release}-finetune-operator", tmp_path)
+        assert rules_in(identity, namespace) == NAMESPACED | CLUSTER_SCAN | NAMESPACE_SCAN | LEADER_ELECTION
+        for elsewhere in (other_namespace, "default", "kube-system"):
+            assert rules_in(identity, elsewhere) == CLUSTER_SCAN | NAMESPACE_SCAN, elsewhere
+    finally:
+        helm("uninstall", release, "-n", namespace, kubeconfig=cluster.kubeconfig)
+
+
+def test_cluster_wide_install_is_an_opt_in_without_any_secret_read(
     cluster: Any, namespace: str, crd: str, tmp_path: Path
 ) -> None:
+    from kubernetes import client
+
     release = release_name()
     helm(
         "install",
@@ -140,15 +157,93 @@ def test_cluster_wide_install_grants_the_same_verbs_everywhere_and_no_more(
         str(CHART),
         "-n",
         namespace,
+        "--set",
+        "clusterWide=true",
         "--set-string",
         NO_NODE,
         kubeconfig=cluster.kubeconfig,
     )
     try:
         identity = service_account_identity(cluster, namespace, f"{release}-finetune-operator", tmp_path)
-        assert rules_in(identity, "default") == NAMESPACED | CLUSTER_SCAN
+        assert rules_in(identity, "default") == (NAMESPACED - {("", "secrets", "get")}) | CLUSTER_SCAN
+        core = client.CoreV1Api(identity.api_client)
+        assert forbidden(lambda: core.read_namespaced_secret("anything", "kube-system"))
+        assert forbidden(lambda: core.read_namespaced_secret("anything", namespace))
     finally:
         helm("uninstall", release, "-n", namespace, kubeconfig=cluster.kubeconfig)
+
+
+def _refused_by_policy(call: Callable[[], Any]) -> bool:
+    """The chart's admission policy (not RBAC) refused the request: 422 naming the policy."""
+    from kubernetes import client
+
+    try:
+        call()
+    except client.ApiException as error:
+        return status_of(error) == 422 and "-workload-rbac" in (error.body or "")
+    return False
+
+
+def test_admission_policy_lets_the_operator_create_only_its_workloads_roles(
+    cluster: Any, chart_identity: Identity, other_namespace: str, jobs: Jobs
+) -> None:
+    """RBAC cannot name what is created: the operator's token (which holds get/patch on ConfigMaps and get on
+    Secrets, so RBAC's escalation check would pass) may still create only the builders' Role and RoleBinding shapes."""
+    from finetune_operator.api.objects import Owner
+    from finetune_operator.builders.rbac import trainer_rbac
+    from kubernetes import client
+
+    team = other_namespace
+    created = jobs.create(team, ftj_manifest("owner"))
+    owner = Owner(team, "owner", created["metadata"]["uid"])
+    reference = client.V1OwnerReference(
+        api_version=f"{GROUP}/{VERSION}", kind="FineTuneJob", name="owner", uid=owner.uid, controller=True
+    )
+    rbac = client.RbacAuthorizationV1Api(chart_identity.api_client)
+
+    def role(name: str, rule: Any, owned: bool = True) -> Callable[[], Any]:
+        meta = client.V1ObjectMeta(name=name, owner_references=[reference] if owned else None)
+        return lambda: rbac.create_namespaced_role(team, client.V1Role(metadata=meta, rules=[rule]))
+
+    def binding(name: str, role_name: str, subject: Any) -> Callable[[], Any]:
+        meta = client.V1ObjectMeta(name=name, owner_references=[reference])
+        ref = client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name=role_name)
+        body = client.V1RoleBinding(metadata=meta, role_ref=ref, subjects=[subject])
+        return lambda: rbac.create_namespaced_role_binding(team, body)
+
+    named_cm = client.V1PolicyRule(api_groups=[""], resources=["configmaps"], resource_names=["a"], verbs=["get"])
+    all_cms = client.V1PolicyRule(api_groups=[""], resources=["configmaps"], verbs=["get", "patch"])
+    a_secret = client.V1PolicyRule(api_groups=[""], resources=["secrets"], resource_names=["s3-creds"], verbs=["get"])
+    delete = client.V1PolicyRule(api_groups=["batch"], resources=["jobs"], resource_names=["j"], verbs=["delete"])
+    # the policy loads asynchronously after the install: wait until it refuses a broad Role
+    wait_for("the admission policy in force", lambda: _refused_by_policy(role("probe-broad", all_cms)), timeout=60)
+    refused = [
+        role("probe", named_cm, owned=False),  # not garbage-collected with an owner
+        role("probe", a_secret),  # a Secret, even by name
+        role("probe", delete),  # a verb beyond get/patch
+    ]
+    outcomes = [_refused_by_policy(call) for call in refused]
+    assert all(outcomes), [i for i, ok in enumerate(outcomes) if not ok]
+
+    # what the operator really makes (builders/rbac.py) passes both RBAC and the policy
+    for manifest in trainer_rbac(owner):
+        if manifest["kind"] == "Role":
+            rbac.create_namespaced_role(team, manifest)
+        elif manifest["kind"] == "RoleBinding":
+            rbac.create_namespaced_role_binding(team, manifest)
+    # bindings RBAC would allow (the Roles exist and the operator holds every rule in them), refused by the policy:
+    # the trainer's Role to another ServiceAccount or a user, under another name, and the operator's own Role
+    trainer = trainer_rbac(owner)[1]["metadata"]["name"]
+    operator_role = chart_identity.username.split(":")[-1]
+    user = client.RbacV1Subject(kind="User", name=trainer, api_group="rbac.authorization.k8s.io")
+    refused = [
+        binding(trainer + "-x", trainer, client.RbacV1Subject(kind="ServiceAccount", name=trainer, namespace=team)),
+        binding("probe", trainer, client.RbacV1Subject(kind="ServiceAccount", name="probe", namespace=team)),
+        binding(trainer + "-u", trainer, user),
+        binding("steal", operator_role, client.RbacV1Subject(kind="ServiceAccount", name="steal", namespace=team)),
+    ]
+    outcomes = [_refused_by_policy(call) for call in refused]
+    assert all(outcomes), [i for i, ok in enumerate(outcomes) if not ok]
 
 
 def test_operator_requests_outside_its_rights_are_refused(
@@ -250,7 +345,7 @@ def test_secret_is_read_in_the_jobs_namespace_only_and_never_copied(
         dumped = json.dumps([cluster.api_client.sanitize_for_serialization(c) for c in children])
         assert not any(value in dumped for value in values.values())
 
-        _trainer_may_only_patch_its_status(cluster, team, jobs, tmp_path)
+        _trainer_may_only_patch_its_progress(cluster, team, jobs, tmp_path)
         jobs.finish_pod(team, pod.metadata.name, 0, success_message())
         jobs.wait_phase(team, "tenant", "Succeeded")
         log = operator.log_path.read_text(errors="replace")
@@ -259,8 +354,8 @@ def test_secret_is_read_in_the_jobs_namespace_only_and_never_copied(
         operator.stop()
 
 
-def _trainer_may_only_patch_its_status(cluster: Any, team: str, jobs: Jobs, tmp_path: Path) -> None:
-    """The per-run ServiceAccount that the operator (on the chart's rights) made: its own status only."""
+def _trainer_may_only_patch_its_progress(cluster: Any, team: str, jobs: Jobs, tmp_path: Path) -> None:
+    """The per-job ServiceAccount that the operator (on the chart's rights) made: its own progress ConfigMap only."""
     from kubernetes import client
 
     jobs.create(team, ftj_manifest("neighbour"))
@@ -270,11 +365,14 @@ def _trainer_may_only_patch_its_status(cluster: Any, team: str, jobs: Jobs, tmp_
         client.CustomObjectsApi(trainer),
         client.BatchV1Api(trainer),
     )
-    progress = {"status": {"progress": {"run": 1, "stage": "training", "step": 1, "totalSteps": 4, "percent": 25}}}
-    custom.patch_namespaced_custom_object_status(GROUP, VERSION, team, PLURAL, "tenant", progress)
-    custom.get_namespaced_custom_object_status(GROUP, VERSION, team, PLURAL, "tenant")
+    report = {"run": 1, "stage": "training", "step": 1, "totalSteps": 4, "percent": 25}
+    core.patch_namespaced_config_map("tenant-progress", team, {"data": {"progress.json": json.dumps(report)}})
+    progress = {"status": {"progress": report}}
     refused: list[Callable[[], Any]] = [
+        lambda: custom.patch_namespaced_custom_object_status(GROUP, VERSION, team, PLURAL, "tenant", progress),
+        lambda: custom.get_namespaced_custom_object_status(GROUP, VERSION, team, PLURAL, "tenant"),
         lambda: custom.patch_namespaced_custom_object_status(GROUP, VERSION, team, PLURAL, "neighbour", progress),
+        lambda: core.patch_namespaced_config_map("neighbour-progress", team, {"data": {"progress.json": "{}"}}),
         lambda: custom.patch_namespaced_custom_object(
             GROUP, VERSION, team, PLURAL, "tenant", {"spec": {"suspend": True}}
         ),
@@ -292,3 +390,60 @@ def _trainer_may_only_patch_its_status(cluster: Any, team: str, jobs: Jobs, tmp_
     ]
     outcomes = [forbidden(call) for call in refused]
     assert all(outcomes), [i for i, ok in enumerate(outcomes) if not ok]
+
+
+def test_the_admins_policy_refuses_node_identity_and_unlisted_placement_before_any_pod(
+    operator_factory: Callable[..., Operator], jobs: Jobs, namespace: str
+) -> None:
+    """The chart's default policy (no node identity, no priority class, no toleration but the allowed one), given
+    to the operator as the chart's Deployment gives it; refusals name the field and create nothing."""
+    from tests.support.kwok import KWOK_TOLERATION
+
+    allowed = json.dumps([KWOK_TOLERATION])
+    operator_factory(
+        namespace,
+        args=["--no-allow-node-identity", "--allowed-priority-classes", "", "--allowed-tolerations", allowed],
+    )
+    jobs.create(namespace, ftj_manifest("nodes"))  # no credentialsSecret: the node's identity
+    placed = ftj_manifest("placed", storage={"credentialsSecret": "creds"})
+    placed["spec"]["resources"]["priorityClassName"] = "system-node-critical"
+    placed["spec"]["resources"]["tolerations"].append({"operator": "Exists"})  # tolerates every taint
+    jobs.create(namespace, placed)
+    server = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelServer",
+        "metadata": {"name": "shared"},
+        "spec": {"baseModelUri": "s3://models/tiny/"},
+    }
+    jobs.cluster.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservers", server)
+
+    nodes = jobs.wait_phase(namespace, "nodes", "Failed")
+    assert nodes["error"]["code"] == "PolicyRefused"
+    assert "spec.storage.credentialsSecret is empty" in nodes["error"]["message"]
+    refused = jobs.wait_phase(namespace, "placed", "Failed")["error"]
+    assert refused["code"] == "PolicyRefused"
+    assert "spec.resources.priorityClassName 'system-node-critical'" in refused["message"]
+    assert "spec.resources.tolerations[1] {operator: Exists}" in refused["message"]
+    assert "tolerations[0]" not in refused["message"]  # kwok's taint is on the allow-list
+
+    def server_ready() -> dict[str, Any] | None:
+        body = jobs.cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modelservers", "shared")
+        conditions = (body.get("status") or {}).get("conditions") or []
+        return next((c for c in conditions if c["type"] == "Ready"), None)
+
+    ready = wait_for("the ModelServer's Ready condition", server_ready)
+    assert ready["status"] == "False" and ready["reason"] == "PolicyRefused"
+    assert "spec.storage.credentialsSecret is empty" in ready["message"]
+    assert not jobs.cluster.batch.list_namespaced_job(namespace).items
+    assert not jobs.cluster.apps.list_namespaced_deployment(namespace).items
+    accounts = [a.metadata.name for a in jobs.cluster.core.list_namespaced_service_account(namespace).items]
+    assert not [a for a in accounts if a.endswith(("-trainer", "-server-sync"))], accounts
+
+    # fixed by the tenant: the same run starts (a refused run never counts as finished)
+    from kubernetes import client
+
+    secret = client.V1Secret(metadata=client.V1ObjectMeta(name="creds"), string_data={"AWS_ACCESS_KEY_ID": "a"})
+    jobs.cluster.core.create_namespaced_secret(namespace, secret)
+    jobs.patch_spec(namespace, "placed", {"resources": {"priorityClassName": None, "tolerations": [KWOK_TOLERATION]}})
+    wait_for("placed's Job", lambda: jobs.training_jobs(namespace, "placed"))
+    assert jobs.status(namespace, "placed")["run"] == 1

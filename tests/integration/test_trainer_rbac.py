@@ -1,4 +1,4 @@
-"""The trainer's ServiceAccount may patch its own FineTuneJob's status, and nothing else (real RBAC)."""
+"""The trainer's ServiceAccount may patch its own progress ConfigMap, and nothing else (real RBAC)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from finetune_trainer.progress import kubernetes_sink, progress_payload
+from finetune_trainer.training.progress import config_map_sink, progress_payload
 
 from .conftest import GROUP, PLURAL, VERSION, Jobs, Operator, ftj_manifest, wait_for
 
@@ -29,16 +29,19 @@ def _client_as(cluster: Any, namespace: str, service_account: str) -> Any:
     return client.ApiClient(config)
 
 
-def test_trainer_may_patch_only_its_own_status(operator: Operator, jobs: Jobs, namespace: str) -> None:
+def test_trainer_may_patch_only_its_own_progress_config_map(operator: Operator, jobs: Jobs, namespace: str) -> None:
+    """The pod's token (usable by anyone who may run a pod as the ServiceAccount) writes nothing the operator
+    decides from: not the FineTuneJob's status, spec or list, not another job's channel, not the run's config."""
     from kubernetes import client
 
     jobs.create(namespace, ftj_manifest("mine"))
     jobs.create(namespace, ftj_manifest("theirs"))
     for name in ("mine", "theirs"):
         wait_for(f"{name}'s Job", lambda n=name: jobs.training_jobs(namespace, n))  # type: ignore[misc]
+    jobs.running_pod(namespace, "mine-r1")
     as_trainer = _client_as(jobs.cluster, namespace, "mine-trainer")
-    trainer = client.CustomObjectsApi(as_trainer)
-    # The trainer's own progress code, as its pod runs it: the payload must fit the CRD's status schema.
+    trainer, core = client.CustomObjectsApi(as_trainer), client.CoreV1Api(as_trainer)
+    # The trainer's own progress code, as its pod runs it; the operator copies the report into status.progress.
     progress = progress_payload(
         1,
         "training",
@@ -52,17 +55,26 @@ def test_trainer_may_patch_only_its_own_status(operator: Operator, jobs: Jobs, n
         seconds_per_step=2.0,
         last_checkpoint=2,
     )
-    kubernetes_sink(namespace, "mine", as_trainer)(progress)
-    shown = jobs.status(namespace, "mine")["progress"]
+    config_map_sink(namespace, "mine-progress", as_trainer)(progress)
+    shown = wait_for("the report in status.progress", lambda: jobs.status(namespace, "mine").get("progress"))
     assert (shown["step"], shown["percent"], shown["loss"]) == (3, 30, 1.25)
-    trainer.get_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "mine")
+    published = {"status": {"published": {"run": 1, "modelUri": "s3://elsewhere/model/"}}}
     forbidden: Callable[[], Any]
     for forbidden in (
+        lambda: trainer.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "mine", published),
+        lambda: trainer.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "mine", progress),
+        lambda: trainer.get_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "mine"),
         lambda: trainer.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "theirs", progress),
         lambda: trainer.patch_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, "mine", {"spec": {"suspend": True}}
         ),
         lambda: trainer.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL),
+        lambda: core.patch_namespaced_config_map("theirs-progress", namespace, {"data": {"progress.json": "{}"}}),
+        lambda: core.patch_namespaced_config_map("mine-r1-config", namespace, {"data": {"config.json": "{}"}}),
+        lambda: core.read_namespaced_config_map("mine-progress", namespace),
+        lambda: core.create_namespaced_config_map(
+            namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="x"))
+        ),
     ):
         with pytest.raises(client.ApiException) as refused:
             forbidden()

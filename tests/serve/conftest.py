@@ -39,7 +39,7 @@ def settings_for(
     work_dir: Path = Path("/nonexistent"),
     run: int = 2,
 ) -> Any:
-    from finetune_trainer.serve.config import ServeConfig, ServeSettings
+    from finetune_trainer.serving.server.config import ServeConfig, ServeSettings
 
     config = ServeConfig.model_validate(
         {
@@ -57,8 +57,8 @@ def settings_for(
 @pytest.fixture(scope="session")
 def lm_engine(tiny_lm_dir: Path, tiny_adapter_dir: Path) -> Iterator[Any]:
     """The tiny LM with its LoRA adapter merged, behind one engine shared by the session's servers."""
-    from finetune_trainer.serve import loader
-    from finetune_trainer.serve.engine import Engine
+    from finetune_trainer.serving.server import loader
+    from finetune_trainer.serving.server.engine import Engine
 
     config = settings_for(str(tiny_adapter_dir), str(tiny_lm_dir)).config
     loaded = loader.load(config, Path("/nonexistent"), "cpu")
@@ -70,7 +70,7 @@ def lm_engine(tiny_lm_dir: Path, tiny_adapter_dir: Path) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def lm_server(lm_engine: Any, tiny_lm_dir: Path, tiny_adapter_dir: Path) -> Iterator[RunningServer]:
     """A server without an API key over the shared engine."""
-    from finetune_trainer.serve.app import create_app
+    from finetune_trainer.serving.server.app import create_app
 
     app = create_app(settings_for(str(tiny_adapter_dir), str(tiny_lm_dir)), engine=lm_engine)
     with RunningServer(app) as server:

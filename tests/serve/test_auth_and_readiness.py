@@ -16,7 +16,7 @@ from tests.serve.server import RunningServer, wait_ready
 
 
 def test_api_key_is_required_when_configured(lm_engine: Any, tiny_lm_dir: Path, tiny_adapter_dir: Path) -> None:
-    from finetune_trainer.serve.app import create_app
+    from finetune_trainer.serving.server.app import create_app
 
     app = create_app(settings_for(str(tiny_adapter_dir), str(tiny_lm_dir), api_key=API_KEY), engine=lm_engine)
     with RunningServer(app) as server:
@@ -35,8 +35,8 @@ def test_api_key_is_required_when_configured(lm_engine: Any, tiny_lm_dir: Path, 
 
 
 def test_not_ready_until_the_model_is_loaded(tiny_lm_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from finetune_trainer.serve import loader
-    from finetune_trainer.serve.app import create_app
+    from finetune_trainer.serving.server import loader
+    from finetune_trainer.serving.server.app import create_app
 
     release = threading.Event()
     real_load = loader.load
@@ -64,7 +64,7 @@ def test_not_ready_until_the_model_is_loaded(tiny_lm_dir: Path, monkeypatch: pyt
 
 
 def test_a_failed_load_is_reported_and_handed_to_the_cli(tmp_path: Path) -> None:
-    from finetune_trainer.serve.app import create_app
+    from finetune_trainer.serving.server.app import create_app
 
     failures: list[BaseException] = []
     app = create_app(settings_for(str(tmp_path / "no-such-model")))

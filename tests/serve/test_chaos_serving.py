@@ -46,7 +46,7 @@ def test_sigterm_under_load_answers_every_accepted_request_and_refuses_new_ones(
     port = free_port()
     env = {**os.environ, "FTO_WORK_DIR": str(tmp_path / "work"), "FTO_DEVICE": "cpu", "HF_HUB_OFFLINE": "1"}
     env["FTO_TERMINATION_LOG"] = str(tmp_path / "termination-log")
-    code = "import sys; from finetune_trainer.serve.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from finetune_trainer.serving.server.cli import main; sys.exit(main(sys.argv[1:]))"
     process = subprocess.Popen(
         [sys.executable, "-c", code, "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
         env=env,

@@ -17,7 +17,7 @@ from tests.serve.tiny_models import LABELS
 
 @pytest.fixture(scope="module")
 def classifier_server(tiny_classifier_dir: Path) -> Iterator[RunningServer]:
-    from finetune_trainer.serve.app import create_app
+    from finetune_trainer.serving.server.app import create_app
 
     app = create_app(settings_for(str(tiny_classifier_dir), task="sequence-classification"))
     with RunningServer(app) as server:

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from finetune_trainer.errors import ConfigInvalid
-from finetune_trainer.serve.config import ServeConfig, ServeSettings, load_serve_config
+from finetune_trainer.core.errors import ConfigInvalid
+from finetune_trainer.serving.server.config import ServeConfig, ServeSettings, load_serve_config
 
 EXAMPLE = {
     "servedModelName": "support-bot",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from finetune_trainer.serve.decoding import TextStream, choose_next_tokens, filter_top_p
+from finetune_trainer.serving.server.decoding import TextStream, choose_next_tokens, filter_top_p
 
 # A toy byte-level vocabulary: token i is byte i (as in byte-level BPE, a character may span tokens).
 

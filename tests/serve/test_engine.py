@@ -6,7 +6,8 @@ import queue
 import threading
 from typing import Any
 
-from finetune_trainer.serve.engine import Engine, Event, Failed, Finished, SamplingParams, TextDelta
+from finetune_trainer.serving.server.engine import Engine
+from finetune_trainer.serving.server.events import Event, Failed, Finished, SamplingParams, TextDelta
 
 
 class Collector:

@@ -40,7 +40,7 @@ def expected_text(client: Any) -> str:
 def test_app_loads_base_and_adapter_from_s3(
     s3_bucket: Any, tiny_lm_dir: Path, tiny_adapter_dir: Path, client: Any, tmp_path: Path
 ) -> None:
-    from finetune_trainer.serve.app import create_app
+    from finetune_trainer.serving.server.app import create_app
 
     base_uri = upload(s3_bucket, tiny_lm_dir, "models/tiny/")
     model_uri = upload(s3_bucket, tiny_adapter_dir, "team-a/support-bot/run-2/model/")
@@ -74,7 +74,7 @@ def test_cli_serves_from_s3_and_stops_on_sigterm(
         "HF_HUB_OFFLINE": "1",
         "FTO_TERMINATION_LOG": str(tmp_path / "termination-log"),
     }
-    code = "import sys; from finetune_trainer.serve.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from finetune_trainer.serving.server.cli import main; sys.exit(main(sys.argv[1:]))"
     process = subprocess.Popen(
         [sys.executable, "-c", code, "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
         env=env,
@@ -101,7 +101,7 @@ def test_cli_serves_from_s3_and_stops_on_sigterm(
 
 
 def test_cli_rejects_a_serve_json_with_unknown_fields(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from finetune_trainer.serve.cli import main
+    from finetune_trainer.serving.server.cli import main
 
     config = write_serve_json(tmp_path / "serve.json", servedModelName="m", modelUri="s3://b/m/", modelURI="typo")
     monkeypatch.setenv("FTO_TERMINATION_LOG", str(tmp_path / "termination-log"))
@@ -111,7 +111,7 @@ def test_cli_rejects_a_serve_json_with_unknown_fields(tmp_path: Path, monkeypatc
 
 
 def test_cli_rejects_a_bad_thread_override_before_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from finetune_trainer.serve.cli import main
+    from finetune_trainer.serving.server.cli import main
 
     config = write_serve_json(tmp_path / "serve.json", servedModelName="m", modelUri="s3://b/m/")
     monkeypatch.setenv("FTO_TERMINATION_LOG", str(tmp_path / "termination-log"))
@@ -125,7 +125,7 @@ def test_cli_rejects_a_bad_thread_override_before_loading(tmp_path: Path, monkey
 def test_cli_exits_42_when_the_model_is_missing(
     s3_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from finetune_trainer.serve.cli import main
+    from finetune_trainer.serving.server.cli import main
 
     config = write_serve_json(tmp_path / "serve.json", servedModelName="m", modelUri=s3_bucket.uri("nothing/"))
     monkeypatch.setenv("FTO_TERMINATION_LOG", str(tmp_path / "termination-log"))

@@ -1,7 +1,7 @@
 """Our engine as a shared server (a ModelServer's pod): several peft adapters on one unmerged base, each
 answering under its own name, in mixed batches, checked token for token against peft alone; an adapter
 replaced while a request on it is in flight; the admin routes for the pod's sidecar only; and the sidecar's
-pass (`finetune_trainer.adapters.cli.sync_once`) converging a real running server to a desired list."""
+pass (`finetune_trainer.serving.adapters.cli.sync_once`) converging a real running server to a desired list."""
 
 from __future__ import annotations
 
@@ -56,8 +56,8 @@ def _reference(base: Path, adapter: Path | None, prompts: tuple[str, ...], max_t
 
 @pytest.fixture(scope="module")
 def shared_engine(tiny_lm_dir: Path) -> Iterator[Any]:
-    from finetune_trainer.serve import loader
-    from finetune_trainer.serve.engine import Engine
+    from finetune_trainer.serving.server import loader
+    from finetune_trainer.serving.server.engine import Engine
 
     engine = Engine(loader.from_folder(tiny_lm_dir), max_batch_size=8).start()
     yield engine
@@ -65,7 +65,7 @@ def shared_engine(tiny_lm_dir: Path) -> Iterator[Any]:
 
 
 def _submit(engine: Any, prompt: str, max_tokens: int, adapter: str | None) -> Collector:
-    from finetune_trainer.serve.engine import SamplingParams
+    from finetune_trainer.serving.server.events import SamplingParams
 
     collector = Collector()
     ids = engine.loaded.tokenizer.encode(prompt)
@@ -96,7 +96,7 @@ def test_mixed_batches_answer_each_adapter_as_peft_alone(
 def test_a_swap_lets_requests_in_flight_finish_on_the_old_version(
     shared_engine: Any, tiny_lm_dir: Path, adapters: dict[str, Path]
 ) -> None:
-    from finetune_trainer.serve.engine import Finished, TextDelta
+    from finetune_trainer.serving.server.events import Finished, TextDelta
 
     shared_engine.load_adapter("swap", str(adapters["a1"]), run=1).result(60)
     old, new = (_reference(tiny_lm_dir, adapters[a], PROMPTS[:1], 200)[0] for a in ("a1", "a3"))
@@ -110,7 +110,7 @@ def test_a_swap_lets_requests_in_flight_finish_on_the_old_version(
             started.set()
         original(event)
 
-    from finetune_trainer.serve.engine import SamplingParams
+    from finetune_trainer.serving.server.events import SamplingParams
 
     ids = shared_engine.loaded.tokenizer.encode(PROMPTS[0])
     shared_engine.submit(ids, SamplingParams(200, temperature=0.0), sink, adapter="swap")
@@ -128,7 +128,7 @@ def test_a_swap_lets_requests_in_flight_finish_on_the_old_version(
 
 
 def _shared_settings(tiny_lm_dir: Path, api_key: str | None = None, max_adapters: int = 2) -> Any:
-    from finetune_trainer.serve.config import ServeConfig, ServeSettings
+    from finetune_trainer.serving.server.config import ServeConfig, ServeSettings
 
     config = ServeConfig.model_validate(
         {
@@ -146,9 +146,9 @@ def test_admin_routes_answer_only_the_pod_itself_with_the_key(
 ) -> None:
     import httpx
     from fastapi.testclient import TestClient
-    from finetune_trainer.serve.app import create_app
-    from finetune_trainer.serve.engine import Engine
-    from finetune_trainer.serve.loader import from_folder
+    from finetune_trainer.serving.server.app import create_app
+    from finetune_trainer.serving.server.engine import Engine
+    from finetune_trainer.serving.server.loader import from_folder
 
     key = "sk-shared-123"
     engine = Engine(from_folder(tiny_lm_dir), max_batch_size=4)
@@ -212,10 +212,10 @@ class _ConfigMaps:
 def test_the_sidecar_converges_a_running_server_to_the_desired_list(
     tiny_lm_dir: Path, adapters: dict[str, Path], tmp_path: Path
 ) -> None:
-    from finetune_trainer.adapters.cli import EngineClient, sync_once
-    from finetune_trainer.serve.app import create_app
-    from finetune_trainer.serve.engine import Engine
-    from finetune_trainer.serve.loader import from_folder
+    from finetune_trainer.serving.adapters.cli import EngineClient, sync_once
+    from finetune_trainer.serving.server.app import create_app
+    from finetune_trainer.serving.server.engine import Engine
+    from finetune_trainer.serving.server.loader import from_folder
 
     engine = Engine(from_folder(tiny_lm_dir), max_batch_size=4)
     with RunningServer(create_app(_shared_settings(tiny_lm_dir, max_adapters=4), engine=engine)) as server:

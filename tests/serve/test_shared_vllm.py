@@ -123,7 +123,7 @@ class _ConfigMaps:
 
 def test_the_sidecar_drives_vllm(vllm: tuple[str, Path, list[Path]], tmp_path: Path) -> None:
     import httpx
-    from finetune_trainer.adapters.cli import EngineClient, sync_once
+    from finetune_trainer.serving.adapters.cli import EngineClient, sync_once
     from openai import OpenAI
 
     url, _, (a0, a1, a2, a3) = vllm

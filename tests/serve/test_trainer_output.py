@@ -49,7 +49,7 @@ def train(config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_a_trained_chat_adapter_is_served(s3_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from finetune_trainer.tokenization import DEFAULT_CHAT_TEMPLATE
+    from finetune_trainer.data.chat_template import DEFAULT_CHAT_TEMPLATE
 
     base = build_tiny_llama(tmp_path / "base")
     base_uri = upload_folder(s3_bucket.client, s3_bucket.name, base, "models/tiny")
@@ -125,6 +125,6 @@ def test_a_trained_lora_classifier_is_served_with_its_labels(
 
 
 def create(settings: Any) -> Any:
-    from finetune_trainer.serve.app import create_app
+    from finetune_trainer.serving.server.app import create_app
 
     return create_app(settings)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from finetune_trainer.errors import USER_ERROR_EXIT_CODE
+from finetune_trainer.core.errors import USER_ERROR_EXIT_CODE
 
 from tests.trainer.builders import arithmetic_records, put_jsonl, trainer_config
 from tests.trainer.conftest import TrainerResult
@@ -45,8 +45,8 @@ def test_column_mapping_fixes_it(s3_bucket: Any, tiny_llama_uri: str) -> None:
     from pathlib import Path
 
     from finetune_trainer.config import parse_config
-    from finetune_trainer.inputs import prepare
-    from finetune_trainer.storage import Storage
+    from finetune_trainer.core.storage import Storage
+    from finetune_trainer.training.inputs import prepare
 
     uri = put_jsonl(
         s3_bucket.client,

@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 from finetune_trainer.config import parse_config
-from finetune_trainer.gpus import cpu
-from finetune_trainer.memory_plan import estimate, model_shape, setup_of
+from finetune_trainer.memory.estimate import estimate
+from finetune_trainer.memory.gpus import cpu
+from finetune_trainer.memory.plan import setup_of
+from finetune_trainer.memory.shapes import model_shape
 
 from tests.trainer.builders import put_jsonl, trainer_config
 from tests.trainer.conftest import TrainerResult

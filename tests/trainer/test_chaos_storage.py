@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from finetune_trainer import storage as storage_module
-from finetune_trainer.callbacks import TrainerHooks
-from finetune_trainer.checkpoints import CheckpointStore
-from finetune_trainer.errors import INTERNAL_ERROR_EXIT_CODE
+from finetune_trainer.core import storage as storage_module
+from finetune_trainer.core.errors import INTERNAL_ERROR_EXIT_CODE
+from finetune_trainer.core.s3_uri import S3Uri
+from finetune_trainer.training.callbacks import TrainerHooks
+from finetune_trainer.training.checkpoints import CheckpointStore
 
 from tests.support.chaos import FaultProxy
 from tests.trainer.builders import arithmetic_records, put_jsonl, trainer_config
@@ -121,7 +122,7 @@ def test_an_outage_beyond_the_patience_fails_retryable_and_the_broken_checkpoint
     upload_file = storage_module.Storage.upload_file
     uploaded: list[str] = []
 
-    def cut_inside_checkpoint_10(self: storage_module.Storage, path: Path, uri: storage_module.S3Uri) -> None:
+    def cut_inside_checkpoint_10(self: storage_module.Storage, path: Path, uri: S3Uri) -> None:
         if "/checkpoint-10/" in uri.key:
             uploaded.append(uri.key)
             if len(uploaded) == 2:  # one object of it is stored: a partial checkpoint

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from finetune_trainer import train as train_module
-from finetune_trainer.callbacks import TrainerHooks
-from finetune_trainer.checkpoints import CheckpointStore
-from finetune_trainer.errors import USER_ERROR_EXIT_CODE
+from finetune_trainer.core.errors import USER_ERROR_EXIT_CODE
+from finetune_trainer.training import train as train_module
+from finetune_trainer.training.callbacks import TrainerHooks
+from finetune_trainer.training.checkpoints import CheckpointStore
 
 from tests.trainer.builders import arithmetic_records, put_jsonl, trainer_config
 from tests.trainer.conftest import TrainerResult

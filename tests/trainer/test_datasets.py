@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from finetune_trainer.errors import USER_ERROR_EXIT_CODE
-from finetune_trainer.tokenization import IGNORE_INDEX
+from finetune_trainer.core.errors import USER_ERROR_EXIT_CODE
+from finetune_trainer.data.tokenization import IGNORE_INDEX
 
 from tests.trainer.builders import arithmetic_records, put_jsonl, trainer_config, upload_folder
 from tests.trainer.conftest import TrainerResult
@@ -103,8 +103,8 @@ def assert_user_error(result: TrainerResult, code: str, *fragments: str) -> None
 def prepared(raw: dict[str, Any]) -> Any:
     """The trainer's own inputs step (download, detect, split, tokenize) on this config, without training."""
     from finetune_trainer.config import parse_config
-    from finetune_trainer.inputs import prepare
-    from finetune_trainer.storage import Storage
+    from finetune_trainer.core.storage import Storage
+    from finetune_trainer.training.inputs import prepare
 
     return prepare(Storage(), parse_config(raw), Path(os.environ["FTO_WORK_DIR"]))
 
@@ -292,7 +292,8 @@ def test_excel_csv_with_bom_crlf_and_multiline_cells(s3_bucket: Any, tiny_llama_
 
 
 def test_a_corrected_file_of_the_same_length_is_read_again(s3_bucket: Any, tmp_path: Path) -> None:
-    from finetune_trainer.storage import S3Uri, Storage
+    from finetune_trainer.core.s3_uri import S3Uri
+    from finetune_trainer.core.storage import Storage
 
     uri = S3Uri.parse(s3_bucket.uri("model/config.json"))
     s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=uri.key, Body=b'{"layers": 2}')

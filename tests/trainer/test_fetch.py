@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from finetune_trainer.cli import main
-from finetune_trainer.errors import USER_ERROR_EXIT_CODE
+from finetune_trainer.core.errors import USER_ERROR_EXIT_CODE
 
 pytestmark = pytest.mark.s3
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from finetune_trainer.errors import PREEMPTED_EXIT_CODE
-from finetune_trainer.launch import WORKERLESS_GRACE_SECONDS
+from finetune_trainer.core.errors import PREEMPTED_EXIT_CODE
+from finetune_trainer.training.launch import WORKERLESS_GRACE_SECONDS
 
 from tests.support.ports import free_port
 from tests.trainer.builders import trainer_config

@@ -104,8 +104,8 @@ def _train(folder: Path, method: str, checkpointing: bool, batch: int, seq: int,
     import torch
     from datasets import Dataset
     from finetune_trainer.config import parse_config
-    from finetune_trainer.modeling import Hardware, apply_method, load_model
-    from finetune_trainer.train import collator_for, training_arguments
+    from finetune_trainer.training.modeling import Hardware, apply_method, load_model
+    from finetune_trainer.training.train import collator_for, training_arguments
     from transformers import Trainer
 
     config = json.loads((folder / "config.json").read_text())
@@ -185,8 +185,9 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def estimated(config: dict[str, Any], method: str, checkpointing: bool, batch: int, seq: int) -> int:
     """The plan's peak for the case, without the fixed per-process overhead (the measured baseline)."""
-    from finetune_trainer.gpus import cpu
-    from finetune_trainer.memory_plan import CPU_PROCESS, Method, Setup, estimate, model_shape
+    from finetune_trainer.memory.estimate import CPU_PROCESS, Method, Setup, estimate
+    from finetune_trainer.memory.gpus import cpu
+    from finetune_trainer.memory.shapes import model_shape
 
     setup = Setup(
         method=Method(method, 8, ("all-linear",), 0.05),  # type: ignore[arg-type]

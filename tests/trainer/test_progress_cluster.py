@@ -1,31 +1,23 @@
-"""Progress reaches `status.progress` of a real FineTuneJob through the API server (merge patch)."""
+"""Progress reaches the FineTuneJob's progress ConfigMap through the API server, one merged JSON document."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 from typing import Any
 
 import pytest
-import yaml
-from finetune_trainer.progress import GROUP, PLURAL, VERSION, Reporter, Throttle, kubernetes_sink
+from finetune_trainer.training.progress import PROGRESS_KEY, Reporter, Throttle, config_map_sink
 
 pytestmark = pytest.mark.cluster
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml"
 
+def test_reporter_writes_the_merged_progress_into_its_config_map(cluster: Any, namespace: str) -> None:
+    from kubernetes import client
 
-def test_reporter_patches_status_progress(cluster: Any, namespace: str) -> None:
-    manifest = yaml.safe_load(EXAMPLE.read_text())
-    manifest["metadata"] = {"name": "progress-test", "namespace": namespace}
-    manifest["spec"]["suspend"] = True  # keep an operator, if one runs, from starting pods
-    cluster.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
+    name = "progress-test-progress"
+    cluster.core.create_namespaced_config_map(namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name)))
     now = [1_800_000_000.0]
-    reporter = Reporter(
-        3,
-        kubernetes_sink(namespace, "progress-test", cluster.api_client),
-        Throttle(5, 30),
-        clock=lambda: now[0],
-    )
+    reporter = Reporter(3, config_map_sink(namespace, name, cluster.api_client), Throttle(5, 30), clock=lambda: now[0])
     reporter.report(
         "training",
         step=40,
@@ -42,11 +34,10 @@ def test_reporter_patches_status_progress(cluster: Any, namespace: str) -> None:
     now[0] += 10
     reporter.report("evaluating", force=True, step=100, total=100)
     assert reporter.failures == 0
-    status = cluster.custom.get_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "progress-test")
-    progress = status["status"]["progress"]
+    data = cluster.core.read_namespaced_config_map(name, namespace).data
+    progress = json.loads(data[PROGRESS_KEY])
     assert progress["stage"] == "evaluating" and progress["step"] == 100 and progress["percent"] == 100
     assert progress["run"] == 3 and progress["updatedAt"] == "2027-01-15T08:00:11Z"
-    # a merge patch replaces `progress` field by field: values absent from the last patch stay
+    # merged as a merge patch would: values absent from the last report stay
     assert progress["lastCheckpointStep"] == 20 and progress["loss"] == 1.5
     assert "estimatedFinishTime" not in progress  # finished: the stale estimate was removed
-    assert status["spec"]["suspend"] is True

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from finetune_trainer.errors import PREEMPTED_EXIT_CODE, USER_ERROR_EXIT_CODE
+from finetune_trainer.core.errors import PREEMPTED_EXIT_CODE, USER_ERROR_EXIT_CODE
 
 from tests.support.ports import free_port
 from tests.trainer.builders import (

@@ -23,7 +23,7 @@ import pytest
 from finetune_operator.api.finetunejob import GateRule
 from finetune_operator.core.observed import parse_termination_message
 from finetune_operator.finetunejob.gate import evaluate_gate
-from finetune_trainer.callbacks import TrainerHooks
+from finetune_trainer.training.callbacks import TrainerHooks
 from safetensors.torch import load
 
 from tests.support.ports import free_port

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from finetune_trainer.errors import PREEMPTED_EXIT_CODE
+from finetune_trainer.core.errors import PREEMPTED_EXIT_CODE
 
 from tests.support.ports import free_port
 from tests.trainer.builders import arithmetic_records, checkpoint_files, put_jsonl, trainer_config

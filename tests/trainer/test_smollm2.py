@@ -26,8 +26,8 @@ def smollm2_folder() -> Path:
 
 
 def test_folder_is_a_plain_float32_llama_with_the_ggufs_chatml_template(smollm2_folder: Path) -> None:
+    from finetune_trainer.data.chat_template import ensure_chat_template
     from finetune_trainer.devtools import smollm2
-    from finetune_trainer.tokenization import ensure_chat_template
     from transformers import AutoTokenizer
 
     config = json.loads((smollm2_folder / "config.json").read_text())
@@ -47,10 +47,10 @@ def test_folder_is_a_plain_float32_llama_with_the_ggufs_chatml_template(smollm2_
 
 def test_served_by_our_engine_it_knows_the_capital_of_france(smollm2_folder: Path) -> None:
     import openai
-    from finetune_trainer.serve.app import create_app
-    from finetune_trainer.serve.config import ServeConfig, ServeSettings
-    from finetune_trainer.serve.engine import Engine
-    from finetune_trainer.serve.loader import from_folder
+    from finetune_trainer.serving.server.app import create_app
+    from finetune_trainer.serving.server.config import ServeConfig, ServeSettings
+    from finetune_trainer.serving.server.engine import Engine
+    from finetune_trainer.serving.server.loader import from_folder
 
     config = ServeConfig(servedModelName="smollm2", modelUri=str(smollm2_folder))
     engine = Engine(from_folder(smollm2_folder, "causal-lm", "cpu")).start()

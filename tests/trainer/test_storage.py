@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from finetune_trainer.errors import StorageAccessDenied, StorageNotFound
-from finetune_trainer.storage import S3Uri, Storage
+from finetune_trainer.core.errors import StorageAccessDenied, StorageNotFound
+from finetune_trainer.core.s3_uri import S3Uri
+from finetune_trainer.core.storage import Storage
 
 pytestmark = pytest.mark.s3
 

@@ -176,7 +176,7 @@ def test_the_tracker_continues_a_run_keeps_its_parameters_and_replaces_a_deleted
 ) -> None:
     """Against the real server, without training: what a later attempt of a run finds in MLflow."""
     from finetune_trainer.config import parse_config
-    from finetune_trainer.tracking import MlflowTracker
+    from finetune_trainer.training.mlflow_tracker import MlflowTracker
     from mlflow import MlflowClient
 
     raw = trainer_config(s3_bucket.name, f"s3://{s3_bucket.name}/models/x/", f"s3://{s3_bucket.name}/data/t.jsonl")

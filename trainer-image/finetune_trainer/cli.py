@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer.errors import Preempted, TrainerError, as_trainer_error
-from finetune_trainer.fit import Placement
-from finetune_trainer.launch import launch, needs_launch
-from finetune_trainer.termination import DEFAULT_PATH, termination_line, write_termination
+from finetune_trainer.core.errors import Preempted, TrainerError, as_trainer_error
+from finetune_trainer.core.termination import DEFAULT_PATH, termination_line, write_termination
+from finetune_trainer.memory.check import Placement
+from finetune_trainer.training.launch import launch, needs_launch
 
 
 def configure_logging() -> None:
@@ -55,8 +55,8 @@ def _termination_empty() -> bool:
 
 def run_train(config_path: Path) -> int:
     """Run one training attempt; write the termination message; return the exit code."""
-    from finetune_trainer import distributed
-    from finetune_trainer.callbacks import SignalStop, StopRequested
+    from finetune_trainer.core import distributed
+    from finetune_trainer.training.callbacks import SignalStop, StopRequested
 
     raw = _peek(config_path)
     if raw is not None and needs_launch(raw, dict(os.environ)):
@@ -69,10 +69,10 @@ def run_train(config_path: Path) -> int:
 
         cfg = load_config(config_path)
         run = cfg.job.run
-        from finetune_trainer.cpus import configure_torch
+        from finetune_trainer.core.cpus import configure_torch
 
         configure_torch()  # the container's CPU budget, not the host's core count (cpus.py says why)
-        from finetune_trainer.train import main
+        from finetune_trainer.training.train import main
 
         outcome = main(cfg, stop)
         message = f"trained {outcome.steps} steps"
@@ -95,7 +95,7 @@ def run_train(config_path: Path) -> int:
 
 
 def run_validate(config_path: Path, output: Path | None, placement: Placement) -> int:
-    """Check the inputs of a config without training (finetune_trainer.validate); same exit codes as train.
+    """Check the inputs of a config without training (finetune_trainer.training.validate); same exit codes as train.
 
     The summary goes to stdout (one JSON document), to `output` when given, and into the termination
     message (`summary`); a user error is reported exactly as `train` reports it. `placement` is where the
@@ -104,9 +104,9 @@ def run_validate(config_path: Path, output: Path | None, placement: Placement) -
     run: int | None = None
     try:
         from finetune_trainer.config import load_config
-        from finetune_trainer.storage import Storage
-        from finetune_trainer.train import work_dir
-        from finetune_trainer.validate import success_line, summarize
+        from finetune_trainer.core.storage import Storage
+        from finetune_trainer.training.train import work_dir
+        from finetune_trainer.training.validate import success_line, summarize
 
         cfg = load_config(config_path)
         run = cfg.job.run
@@ -127,10 +127,10 @@ def run_validate(config_path: Path, output: Path | None, placement: Placement) -
 
 
 def run_fetch(uris: Sequence[str], dests: Sequence[str]) -> int:
-    """Copy object-storage folders to local disk (finetune_trainer.fetch); same exit codes as train."""
+    """Copy object-storage folders to local disk (finetune_trainer.core.fetch); same exit codes as train."""
     try:
-        from finetune_trainer.fetch import copies, fetch, summary
-        from finetune_trainer.storage import Storage
+        from finetune_trainer.core.fetch import copies, fetch, summary
+        from finetune_trainer.core.storage import Storage
 
         line, code = termination_line("Succeeded", summary(fetch(copies(uris, dests), Storage()))), 0
     except Exception as crash:
@@ -146,11 +146,11 @@ def run_fetch(uris: Sequence[str], dests: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["serve"]:  # the server owns its own arguments
-        from finetune_trainer.serve.cli import main as serve_main
+        from finetune_trainer.serving.server.cli import main as serve_main
 
         return int(serve_main(arguments[1:]) or 0)
-    if arguments[:1] == ["adapters"]:  # a shared server's sidecar (finetune_trainer.adapters), its own arguments
-        from finetune_trainer.adapters.cli import main as adapters_main
+    if arguments[:1] == ["adapters"]:  # a shared server's sidecar (finetune_trainer.serving.adapters): its own args
+        from finetune_trainer.serving.adapters.cli import main as adapters_main
 
         return adapters_main(arguments[1:])
     parser = argparse.ArgumentParser(prog="python -m finetune_trainer")
@@ -176,8 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     copy.add_argument("--uri", action="append", default=[], help="s3://bucket/prefix/ to copy (repeatable)")
     copy.add_argument("--dest", action="append", default=[], help="local folder for the --uri at the same place")
-    commands.add_parser("serve", help="serve a trained model (arguments: see finetune_trainer.serve.cli)")
-    commands.add_parser("adapters", help="a shared server's adapter sidecar (see finetune_trainer.adapters.cli)")
+    commands.add_parser("serve", help="serve a trained model (arguments: see finetune_trainer.serving.server.cli)")
+    commands.add_parser(
+        "adapters", help="a shared server's adapter sidecar (see finetune_trainer.serving.adapters.cli)"
+    )
     args = parser.parse_args(arguments)
     configure_logging()
     if args.command == "fetch":

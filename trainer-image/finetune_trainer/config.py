@@ -17,9 +17,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from finetune_trainer import formats
-from finetune_trainer.errors import ConfigInvalid
-from finetune_trainer.generation import unsupported as generation_unsupported
+from finetune_trainer.core.errors import ConfigInvalid
+from finetune_trainer.data import formats
+from finetune_trainer.data.formats.base import generation_unsupported
 
 Task = Literal["causal-lm", "sequence-classification"]
 DataFormat = Literal["jsonl", "json", "csv", "parquet"]
@@ -88,7 +88,7 @@ class DatasetSpec(_Model):
     test: DataRef | None = None
     split: SplitSpec = SplitSpec()
     schema_: str | None = Field(default=None, alias="schema")
-    """A name in `finetune_trainer.formats.FORMATS`; None: detected from the first records (formats.detect)."""
+    """A name in `finetune_trainer.data.formats.FORMATS`; None: detected from the first records (formats.detect)."""
     columns: dict[str, str] = Field(default_factory=dict)
     max_seq_length: int = Field(default=2048, ge=8, le=1_048_576)
     format: DataFormat | None = None
@@ -141,7 +141,7 @@ class Hyperparameters(_Model):
     learning_rate: float = Field(default=2e-4, gt=0, le=1.0)
     batch_size: Annotated[int, Field(ge=1, le=65536)] | Literal["auto"] = 8
     """Sequences per process per forward pass (the micro-batch); `auto`: the largest that fits the device's
-    memory (memory_plan.decide), with gradient accumulation making up `effectiveBatchSize`."""
+    memory (memory.plan.decide), with gradient accumulation making up `effectiveBatchSize`."""
     effective_batch_size: int | None = Field(default=None, ge=1, le=1_048_576)
     """Sequences per optimizer step over all processes (batchSize x gradientAccumulationSteps x processes).
     With batchSize auto: what the chosen micro-batch and accumulation make up (default 8 per process); with an
@@ -180,7 +180,7 @@ class EarlyStoppingSpec(_Model):
 
 class GenerationSpec(_Model):
     """Task metrics on the test split: generate answers to up to `maxSamples` test prompts (greedy) and
-    score them against the references (finetune_trainer.generation)."""
+    score them against the references (finetune_trainer.evaluation.generation)."""
 
     max_samples: int = Field(default=100, ge=1, le=10_000)
     max_new_tokens: int = Field(default=128, ge=1, le=8192)

@@ -44,61 +44,81 @@ app.kubernetes.io/part-of: finetune-operator
 {{- end }}
 
 {{/*
+The namespaces the operator reconciles, comma-separated: watchNamespaces, else the release namespace; empty
+only with clusterWide (every namespace), which may not be combined with a list.
+*/}}
+{{- define "finetune-operator.namespaces" -}}
+{{- if .Values.clusterWide }}
+{{- if .Values.watchNamespaces }}
+{{- fail "clusterWide=true reconciles every namespace: leave watchNamespaces empty (or set clusterWide=false)" }}
+{{- end }}
+{{- else }}
+{{- join "," (.Values.watchNamespaces | default (list .Release.Namespace)) }}
+{{- end }}
+{{- end }}
+
+{{/*
 The rules the operator needs in every namespace it reconciles, derived from operator/finetune_operator/core/kube.py
-(the only module that calls the API) and the kopf watches in handlers.py. No wildcards; each rule says which
-call needs it. Used by the ClusterRole (all namespaces) or by one Role per watched namespace.
+(the only module that calls the API) and the kopf watches in handlers.py. No wildcards, no escalate, bind or
+impersonate; each rule says which call needs it. Used by one Role per watched namespace, or (clusterWide) by the
+ClusterRole, which gets no Secret rule: call with (dict "secrets" true|false).
+tests/helm/test_chart.py pins the exact list; docs/security.md shows `kubectl auth can-i --list` for it.
 */}}
 {{- define "finetune-operator.namespacedRules" -}}
 # kopf lists and watches FineTuneJobs (on.event handlers only: no finalizer, no annotation, no spec write).
 - apiGroups: [finetune.dev]
   resources: [finetunejobs]
   verbs: [list, watch]
-# patch: the operator's only write to a FineTuneJob is its status (Kube.patch_status).
-# get: not called by the operator itself, but the per-run trainer Role it creates grants get+patch on
-# finetunejobs/status (one resourceName). RBAC's escalation check lets a subject create a Role, or a
-# RoleBinding to it, only when it already holds every permission in it (or has `escalate`/`bind`).
-# Holding these two narrow verbs is far safer than `escalate`/`bind`, which could not be limited to the
-# per-run Role names (they are derived from each FineTuneJob's name) and would let the operator mint any Role.
+# patch: the operator's only write to a FineTuneJob is its status (Kube.patch_status). Nobody else's: the
+# trainer reports progress in a ConfigMap the operator reads and checks (builders/rbac.py).
 - apiGroups: [finetune.dev]
   resources: [finetunejobs/status]
-  verbs: [get, patch]
+  verbs: [patch]
 # Children carry ownerReferences with blockOwnerDeletion: true; where the OwnerReferencesPermissionEnforcement
 # admission plugin is on (OpenShift and other hardened clusters), that requires update on the owner's
 # finalizers subresource. It does not allow writing the FineTuneJob's spec or status.
 - apiGroups: [finetune.dev]
   resources: [finetunejobs/finalizers]
   verbs: [update]
-# FineTuneSweeps (operator/finetune_operator/finetunesweep/controller.py): watched; the operator writes only their status, and
-# makes their trials: FineTuneJobs it creates (create; get after a create that raced a restarted operator) and
-# patches (suspend: early stopping; promote the winner: serving, gate, its owner reference dropped). It never
-# writes a FineTuneJob a user made. finalizers: the trials' blockOwnerDeletion, as above.
+# FineTuneSweeps (finetunesweep/controller.py): watched; the operator writes only their status, and makes their
+# trials: FineTuneJobs it creates (create; get after a create that raced a restarted operator) and patches (suspend:
+# early stopping; promote the winner: serving, gate, its owner reference dropped). It never writes a FineTuneJob a
+# user made (RBAC cannot tell trials apart; the code does). This rule: kopf's watch of FineTuneSweeps.
 - apiGroups: [finetune.dev]
   resources: [finetunesweeps]
   verbs: [list, watch]
+# A sweep's status, the operator's only write to a FineTuneSweep.
 - apiGroups: [finetune.dev]
   resources: [finetunesweeps/status]
   verbs: [patch]
+# The trials' blockOwnerDeletion on their sweep (as for finetunejobs/finalizers above).
 - apiGroups: [finetune.dev]
   resources: [finetunesweeps/finalizers]
   verbs: [update]
+# The trials themselves: created, read back after a raced create, suspended or promoted.
 - apiGroups: [finetune.dev]
   resources: [finetunejobs]
   verbs: [get, create, patch]
-# ModelServers (shared serving, operator/finetune_operator/modelserver/controller.py): watched like FineTuneJobs; the
-# operator writes only their status. finalizers: as for FineTuneJobs, for blockOwnerDeletion on their objects.
+# ModelServers (shared serving, modelserver/controller.py): watched like FineTuneJobs; the operator writes only their
+# status. This rule: kopf's watch of ModelServers.
 - apiGroups: [finetune.dev]
   resources: [modelservers]
   verbs: [list, watch]
+# A ModelServer's status (admitted adapters, replicas), the operator's only write to one.
 - apiGroups: [finetune.dev]
   resources: [modelservers/status]
   verbs: [patch]
+# blockOwnerDeletion of a ModelServer's objects (as for finetunejobs/finalizers above).
 - apiGroups: [finetune.dev]
   resources: [modelservers/finalizers]
   verbs: [update]
 # A ModelServer's pods, ConfigMaps (the desired adapter list, the report its sidecars patch) and Deployment are
-# watched (label-selected: finetune.dev/server-uid) and listed once at startup, so a pass reads them from memory.
-# get: what the sidecar's Role grants (on its two ConfigMaps only), and RBAC lets the operator create a Role only
-# with permissions it holds itself.
+# watched, label-selected (finetune.dev/server-uid, component model-server), and listed once at startup, so a
+# ModelServer pass reads them from memory instead of reading them on every pass (list, watch: RBAC cannot limit
+# them to a label, so they reach every ConfigMap of a watched namespace, as get already does by name). get+patch
+# on ConfigMaps is also what the sidecar's Role grants (builders/modelserver.py sync_rbac, on those two names only),
+# which the operator may create only holding it. A FineTuneJob pass reads the trainer's progress ConfigMap by name
+# while the run's pods train (the trainer's config is never read back).
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, watch]
@@ -108,7 +128,7 @@ call needs it. Used by the ClusterRole (all namespaces) or by one Role per watch
   resources: [jobs]
   verbs: [get, list, watch, create, patch, delete]
 # Training pods are only observed (exit codes, termination messages, DisruptionTarget); the Job controller
-# creates them, so the operator has no create on pods.
+# creates them, so the operator has no create on pods (nor exec, logs or attach).
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
@@ -117,27 +137,42 @@ call needs it. Used by the ClusterRole (all namespaces) or by one Role per watch
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [list, watch, create, patch, delete]
-# Trainer config / serving config (ConfigMaps), workers' headless and serving Services, the serving
-# PodDisruptionBudget: created or server-side applied, deleted when a run is retired or serving is off.
+# Trainer config / serving config / a ModelServer's desired list / the trainer's progress (ConfigMaps), workers'
+# headless and serving Services, the serving PodDisruptionBudget: created or server-side applied, deleted when a run
+# is retired or serving is off; a gone replica's key is merge-patched out of a ModelServer's report ConfigMap.
+# patch on ConfigMaps is also what the per-FineTuneJob trainer Role grants (on its progress ConfigMap only): RBAC
+# lets a subject create a Role only when it already holds every permission in it.
 - apiGroups: [""]
   resources: [configmaps, services]
   verbs: [create, patch, delete]
+# The serving PodDisruptionBudget (two or more replicas): server-side applied, deleted with serving or at one replica.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [create, patch, delete]
-# The per-run trainer identity (builders/rbac.py): created once, removed by garbage collection with its owner.
+# The per-run trainer identity (builders/rbac.py) and a ModelServer sidecar's (builders/modelserver.py sync_rbac):
+# a ServiceAccount, a Role naming its objects (resourceNames) and a RoleBinding, created once and removed by garbage
+# collection with their owner (no get, patch or delete). RBAC cannot limit `create` to names: the escalation check
+# keeps every Role within the rules above, and the chart's admission policy (rbac.admissionPolicy,
+# templates/admission-policy.yaml) admits from this ServiceAccount only Roles whose every rule names its objects
+# with get/patch, and RoleBindings binding a Role of their own name to the one ServiceAccount of that name.
+# This rule: the ServiceAccount (automountServiceAccountToken false; only the pods that need it mount a token).
 - apiGroups: [""]
   resources: [serviceaccounts]
   verbs: [create]
+# ... and its Role and RoleBinding (above: why create cannot be named, and what bounds it instead).
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [create]
-# The credentials secret named in spec.storage, in the FineTuneJob's own namespace: only whether it exists
-# (a metadata-only GET). No list or watch: the operator cannot enumerate secrets, and it never copies one
-# (the training pods reference it by name through secretKeyRef).
+{{- if .secrets }}
+# The credentials Secret named in spec.storage, in the FineTuneJob's own namespace: only whether it exists, read
+# as PartialObjectMetadata (Kube.exists_metadata: the data never reaches the operator), and only until the run's
+# Job exists. RBAC has no metadata-only verb, so this `get` would allow reading the data of the Secrets of this
+# namespace: which is why it exists only in per-namespace Roles, never in the clusterWide ClusterRole. No list or
+# watch: the operator cannot enumerate Secrets, and it never copies one (pods use secretKeyRef).
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
+{{- end }}
 # Events on FineTuneJobs at phase changes (Kube.post_event).
 - apiGroups: [""]
   resources: [events]

@@ -30,6 +30,7 @@ MANAGED_BY = "finetune-operator"
 TRAINER_CONTAINER = "trainer"  # the training pod's container: the builder names it, the status reads it
 COMPONENT_TRAINER = "trainer"  # the training Job, its pods, config and headless Service
 COMPONENT_VALIDATOR = "validator"  # the CPU-only Job that checks a run's data before any GPU is asked for
+COMPONENT_PROGRESS = "trainer-progress"  # the ConfigMap the trainer reports its progress in
 
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -84,6 +85,11 @@ class Names:
     @property
     def trainer_account(self) -> str:
         return f"{self.base}-trainer"
+
+    @property
+    def progress(self) -> str:
+        """The ConfigMap the trainer reports its progress in (the one object its Role may patch)."""
+        return f"{self.base}-progress"
 
     @property
     def serving(self) -> str:

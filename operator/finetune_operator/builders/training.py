@@ -127,7 +127,8 @@ def _container(spec: FineTuneJobSpec, owner: Owner, run: int, settings: Settings
         "image": settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": list(COMMAND),
-        "env": _env(spec, owner, run),
+        # where rank 0 reports progress (builders/rbac.py: the one object its ServiceAccount may patch)
+        "env": [*_env(spec, owner, run), {"name": "FTO_PROGRESS_CONFIGMAP", "value": Names.of(owner.name).progress}],
         "resources": _resources(spec),
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},

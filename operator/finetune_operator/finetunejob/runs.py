@@ -23,7 +23,7 @@ from typing import Any
 from finetune_operator.api.finetunejob import FineTuneJobSpec, placement_spec_hash
 from finetune_operator.api.labels import COMPONENT_VALIDATOR, Names
 from finetune_operator.api.objects import Manifest, Owner
-from finetune_operator.builders.rbac import trainer_rbac
+from finetune_operator.builders.rbac import progress_config_map, trainer_rbac
 from finetune_operator.builders.trainer_config import trainer_config_map
 from finetune_operator.builders.training import training_job, validation_job, workers_service
 from finetune_operator.core.observed import JobObs
@@ -55,7 +55,7 @@ def training_children(
     spec: FineTuneJobSpec, owner: Owner, run: int, training_hash: str, settings: Settings
 ) -> list[Manifest]:
     """Everything run `run` needs, in creation order: the Job last, so its existence implies the rest."""
-    children = [*trainer_rbac(owner), trainer_config_map(spec, owner, run)]
+    children = [*trainer_rbac(owner), trainer_config_map(spec, owner, run), progress_config_map(owner)]
     if spec.distributed.workers > 1:
         children.append(workers_service(spec, owner, run))
     children.append(training_job(spec, owner, run, training_hash, settings))

@@ -1,5 +1,6 @@
-"""What one FineTuneJob pass knows: the typed spec, the status, compact observations of its children, and the
-ModelServer it names. The pure deciders (plan.py, serving.py, status.py) all read this one value.
+"""What one FineTuneJob pass knows: the typed spec, the status, compact observations of its children, the
+ModelServer it names and the trainer's progress report. The pure deciders (plan.py, serving.py, status.py) all read
+this one value.
 """
 
 from __future__ import annotations
@@ -28,3 +29,4 @@ class Snapshot:
     now: str = ""
     retry_token: str = ""  # the FineTuneJob's finetune.dev/retry annotation
     server: dict[str, Any] | None = None  # the ModelServer serving.server names (its body), when it exists
+    progress: dict[str, Any] | None = None  # the trainer's report, read and validated this pass (None: not read)

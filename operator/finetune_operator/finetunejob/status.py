@@ -1,5 +1,5 @@
-"""The FineTuneJob's status, pure: from what one pass decided (the run, its state, the gate, serving) to the new
-status and the Events that announce news (a phase change, tracking newly degraded).
+"""The FineTuneJob's status, pure: from what one pass decided (the run, its state, the gate, serving, the trainer's
+validated progress) to the new status and the Events that announce news (a phase change, tracking newly degraded).
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ class Outcome:
     gate: GateResult | None
     published: Published | None
     serving: ServingDecision
+    progress: dict[str, Any] | None = None  # status.progress: the trainer's validated report
 
 
 def status_of(snapshot: Snapshot, outcome: Outcome) -> tuple[dict[str, Any], list[Event]]:
@@ -87,7 +88,7 @@ def status_of(snapshot: Snapshot, outcome: Outcome) -> tuple[dict[str, Any], lis
     ready = _ready(spec, serving.endpoint, serving.available, published, gen, serving_note, serving.shared)
     run_uri = spec.output.run_uri(run)
     previous_tracking = (status.get("tracking") or {}) if same_run else {}
-    tracking = tracking_of(run, state.tracking, status.get("progress") or {}, previous_tracking)
+    tracking = tracking_of(run, state.tracking, outcome.progress or {}, previous_tracking)
     tracking_cond = degraded_condition(spec.tracking.mlflow is not None, tracking, gen)
     new_status: dict[str, Any] = {
         "observedGeneration": gen,
@@ -112,6 +113,7 @@ def status_of(snapshot: Snapshot, outcome: Outcome) -> tuple[dict[str, Any], lis
         "tracking": tracking,
         "endpoint": serving.endpoint,
         "published": published.to_status() if published else None,
+        "progress": outcome.progress,
         "error": error.to_status() if error else None,
     }
     events: list[Event] = []

@@ -1,10 +1,11 @@
 """The run's experiment tracking as the status shows it (`status.tracking`) and its TrackingDegraded condition.
 
 Why the operator copies it instead of letting the trainer write `status.tracking` itself: the status is the
-operator's (it rewrites every field but `progress` on each pass), and the trainer tells it in the two places it
-already reads: `status.progress.tracking` while the run is going, the termination message's `tracking` when it
-ends (docs/trainer-contract.md sections 3 and 4). Only what the status should show is copied (ids, URL, the
-degradation's reason and message, which the trainer has already cleared of credentials). Pure.
+operator's alone (it rewrites every field on each pass), and the trainer tells it in the two places it already
+reads: its progress report (`progress.tracking`, checked by finetunejob/progress.py) while the run is going, the
+termination message's `tracking` when it ends (docs/trainer-contract.md sections 3 and 4). Only what the status
+should show is copied (ids, URL, the degradation's reason and message, which the trainer has already cleared of
+credentials). Pure.
 """
 
 from __future__ import annotations

@@ -25,12 +25,13 @@ from finetune_operator.api.finetunesweep import (
     SweepSpec,
 )
 from finetune_operator.api.objects import Event, Manifest, Owner
+from finetune_operator.builders.policy import REFUSED
 from finetune_operator.finetunejob.gate import GateResult, evaluate_gate, flatten_metrics
 from finetune_operator.finetunesweep.observed import FINISHED, TrialObs, trial_objective
 from finetune_operator.finetunesweep.stopping import Curve, Stop, curves_of, early_stops
 from finetune_operator.finetunesweep.trials import trial_manifest, trial_name, trial_parameters
 
-USER_ERRORS = frozenset({"ConfigInvalid", "DatasetInvalid", "ModelInvalid", "PlanDoesNotFit", "SecretMissing"})
+USER_ERRORS = frozenset({"ConfigInvalid", "DatasetInvalid", "ModelInvalid", "PlanDoesNotFit", "SecretMissing", REFUSED})
 """Trial failures that every other trial would repeat (the template is wrong): no further trial is started."""
 
 DONE = frozenset({*FINISHED, "Stopped", "Deleted"})  # a trial's phase in the sweep's status once it is over

@@ -41,19 +41,37 @@ class Candidate:
         return f"{self.namespace}/{self.name}"
 
 
+def own_model_uri(spec: dict[str, Any], run: int) -> str:
+    """Where run `run` of a FineTuneJob puts its model: `<spec.output.uri>run-N/model/`, the one place its
+    adapter may be fetched from."""
+    output = str((spec.get("output") or {}).get("uri") or "")
+    return f"{output if output.endswith('/') else output + '/'}run-{run}/model/"
+
+
 def candidate_of(body: dict[str, Any]) -> Candidate | None:
-    """The candidate a FineTuneJob body makes (None: nothing published, or serving disabled)."""
+    """The candidate a FineTuneJob body makes (None: nothing published, or serving disabled).
+
+    The status is the operator's own record, but anyone allowed to write a FineTuneJob's status could have
+    written it: a model URI other than the job's own `<output.uri>run-N/model/` is no candidate, so no status
+    writer can make a shared server (and its credentials) fetch from another job's or tenant's folder."""
     spec, status, meta = body.get("spec") or {}, body.get("status") or {}, body["metadata"]
     serving = spec.get("serving") or {}
     published = status.get("published") or {}
     if not serving.get("enabled") or not serving.get("server") or "run" not in published:
         return None
+    try:
+        run = int(published["run"])
+    except (TypeError, ValueError):
+        return None
+    model_uri = str(published.get("modelUri", ""))
+    if run < 1 or model_uri != own_model_uri(spec, run):
+        return None
     return Candidate(
         namespace=meta["namespace"],
         name=meta["name"],
         created=str(meta.get("creationTimestamp") or ""),
-        run=int(published["run"]),
-        model_uri=str(published.get("modelUri", "")),
+        run=run,
+        model_uri=model_uri,
         base_model_uri=str(published.get("baseModelUri", "")),
         adapter=bool(published.get("adapter", True)),
         task=str(published.get("task", "causal-lm")),

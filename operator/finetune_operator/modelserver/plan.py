@@ -31,6 +31,7 @@ from finetune_operator.builders.modelserver import (
     loaded_config_map,
     server_bundle,
 )
+from finetune_operator.builders.policy import REFUSED, server_refusal
 from finetune_operator.core.settings import Settings
 from finetune_operator.modelserver.admission import Admission, admit, candidate_of
 from finetune_operator.modelserver.observed import ServerChildren, ServerPodObs
@@ -247,6 +248,10 @@ def plan(snapshot: ServerSnapshot, settings: Settings) -> ServerPlan:
     except ValidationError as error:
         invalid = cond.condition(cond.READY, False, "ConfigInvalid", invalid_spec_message(error), generation)
         return ServerPlan(status={"observedGeneration": generation, "conditions": [invalid]})
+    refused = server_refusal(spec, settings)
+    if refused is not None:  # nothing is applied; objects made before the policy changed stay as they are
+        condition = cond.condition(cond.READY, False, REFUSED, refused, generation)
+        return ServerPlan(status={"observedGeneration": generation, "conditions": [condition]})
     owner = ServerOwner(meta["namespace"], meta["name"], meta["uid"])
     names, children = ServerNames.of(owner.name), snapshot.children
     candidates = [c for c in (candidate_of(b) for b in snapshot.jobs) if c is not None]

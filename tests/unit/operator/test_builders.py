@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from finetune_operator.api.labels import KUEUE_QUEUE_LABEL
 from finetune_operator.api.objects import Owner
-from finetune_operator.builders.rbac import trainer_role
+from finetune_operator.builders.rbac import progress_config_map, trainer_role
 from finetune_operator.builders.serving import Published, serving_bundle
 from finetune_operator.builders.trainer_config import trainer_config_map
 from finetune_operator.builders.training import training_job, workers_service
@@ -197,16 +197,22 @@ def test_trainer_config_follows_the_contract() -> None:
     assert cm["metadata"]["name"] == "support-bot-r2-config"
 
 
-def test_role_may_only_get_and_patch_its_own_status() -> None:
+def test_role_may_only_patch_its_own_progress_config_map() -> None:
+    """Nothing on the FineTuneJob (no status: the operator alone writes it), one ConfigMap by name."""
     rules = trainer_role(OWNER)["rules"]
     assert rules == [
-        {
-            "apiGroups": ["finetune.dev"],
-            "resources": ["finetunejobs/status"],
-            "resourceNames": ["support-bot"],
-            "verbs": ["get", "patch"],
-        }
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["support-bot-progress"], "verbs": ["patch"]}
     ]
+    channel = progress_config_map(OWNER)
+    assert channel["metadata"]["name"] == "support-bot-progress" and channel["data"] == {}
+    (reference,) = channel["metadata"]["ownerReferences"]
+    assert reference["uid"] == OWNER.uid and reference["controller"] is True
+
+
+def test_training_pod_is_told_its_progress_config_map() -> None:
+    job = training_job(spec(), OWNER, 2, "hash", SETTINGS)
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FTO_PROGRESS_CONFIGMAP"] == "support-bot-progress"
 
 
 @pytest.mark.parametrize("name", ["x", "a" * 253, "9.lives.of.a.cat", "Name-With-Dots.and-digits-0123456789" * 5])

@@ -14,7 +14,7 @@ from finetune_operator.api.finetunejob import parse_spec
 from finetune_operator.builders.serving import Published, serving_config_map
 from finetune_operator.builders.trainer_config import trainer_config_map
 from finetune_trainer.config import parse_config
-from finetune_trainer.serve.config import ServeConfig
+from finetune_trainer.serving.server.config import ServeConfig
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from finetune_operator.api.finetunejob import parse_spec, training_spec_hash
 from finetune_operator.api.objects import Owner
-from finetune_operator.builders.rbac import trainer_rbac
+from finetune_operator.builders.rbac import progress_config_map, trainer_rbac
 from finetune_operator.builders.serving import Published, serving_bundle
 from finetune_operator.builders.trainer_config import trainer_config_map
 from finetune_operator.builders.training import training_job, workers_service
@@ -42,6 +42,7 @@ def test_training_children_match_golden(name: str) -> None:
 
 def test_rbac_matches_golden() -> None:
     assert_golden("rbac.yaml", trainer_rbac(OWNER))
+    assert_golden("progress-configmap.yaml", progress_config_map(OWNER))
 
 
 @pytest.mark.parametrize("name", ["quickstart", "classification", "qlora-gpu"])

@@ -50,7 +50,8 @@ def _settle(s: FineTuneJobSpec, p: Plan) -> dict[str, Any]:
 
 def test_first_pass_creates_rbac_config_and_job() -> None:
     p = plan(_snap(spec(), secret_present=True), SETTINGS)
-    assert _kinds(p) == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Job"]
+    assert _kinds(p) == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "ConfigMap", "Job"]
+    assert p.create[4]["metadata"]["name"] == "support-bot-progress"  # the trainer's channel (builders/rbac.py)
     assert p.status["run"] == 1 and p.status["phase"] == "Queued"
     assert p.status["trainingSpecHash"] == training_spec_hash(spec())
     assert [e.reason for e in p.events] == ["Queued"]

@@ -39,7 +39,7 @@ def _job(name: str, run: int = 1) -> dict[str, Any]:
     published = {"run": run, "modelUri": f"s3://a/{name}/run-{run}/model/", "baseModelUri": BASE, "adapter": True}
     return {
         "metadata": {"namespace": "team-a", "name": name, "creationTimestamp": f"2026-01-01T00:00:0{run}Z"},
-        "spec": {"serving": {"enabled": True, "server": "shared"}},
+        "spec": {"serving": {"enabled": True, "server": "shared"}, "output": {"uri": f"s3://a/{name}/"}},
         "status": {"published": published},
     }
 

@@ -140,7 +140,7 @@ def test_a_full_server_keeps_what_it_holds_and_admits_the_oldest_newcomer() -> N
 def _body(name: str, server: str, published: dict[str, Any] | None, enabled: bool = True) -> dict[str, Any]:
     return {
         "metadata": {"namespace": "team-a", "name": name, "creationTimestamp": "2026-11-30T10:00:00Z"},
-        "spec": {"serving": {"enabled": enabled, "server": server}},
+        "spec": {"serving": {"enabled": enabled, "server": server}, "output": {"uri": f"s3://a/{name}/"}},
         "status": {"published": published} if published else {},
     }
 
@@ -153,6 +153,24 @@ def test_candidates_come_from_published_runs_with_serving_on() -> None:
     assert candidate_of(_body("bot", "shared", None)) is None
     assert candidate_of(_body("bot", "shared", published, enabled=False)) is None
     assert reference_of(_body("bot", "team-x/shared", None)) == ("team-x", "shared")
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"modelUri": "s3://other-tenant/their-bot/run-2/model/"},  # another bucket
+        {"modelUri": "s3://a/other-bot/run-2/model/"},  # another job's folder in the same bucket
+        {"modelUri": "s3://a/bot/run-1/model/"},  # another run than the one published
+        {"modelUri": "/adapters/team-b-bot/run-1/"},  # a local path in the server pod
+        {"run": 0, "modelUri": "s3://a/bot/run-0/model/"},
+        {"run": "two"},
+    ],
+)
+def test_a_model_outside_the_jobs_own_run_folder_is_no_candidate(forged: dict[str, Any]) -> None:
+    """Defence in depth behind the FineTuneJob pass, which rewrites status.published: a status writer cannot
+    make a shared server fetch anything but `<spec.output.uri>run-N/model/` of the job that names it."""
+    published = {"run": 2, "modelUri": "s3://a/bot/run-2/model/", "baseModelUri": BASE, "adapter": True, **forged}
+    assert candidate_of(_body("bot", "shared", published)) is None
     assert reference_of(_body("bot", "shared", None)) == ("team-a", "shared")
 
 

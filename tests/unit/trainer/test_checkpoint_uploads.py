@@ -11,10 +11,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from finetune_trainer.callbacks import SignalStop, StopRequested
-from finetune_trainer.checkpoints import UploadSlots
-from finetune_trainer.errors import InternalError, StorageAccessDenied
-from finetune_trainer.uploader import CheckpointUploader, uploads_finished_on_error
+from finetune_trainer.core.errors import InternalError, StorageAccessDenied
+from finetune_trainer.training.callbacks import SignalStop, StopRequested
+from finetune_trainer.training.checkpoints import UploadSlots
+from finetune_trainer.training.uploader import CheckpointUploader, uploads_finished_on_error
 
 
 def test_slots_one_in_flight_one_waiting_newest_wins() -> None:

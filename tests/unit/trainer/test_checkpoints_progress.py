@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from finetune_trainer.checkpoints import MARKER, index_from_keys, select_for_deletion, uploads
-from finetune_trainer.progress import Reporter, Throttle, progress_payload
+import pytest
+from finetune_trainer.training.checkpoints import MARKER, index_from_keys, select_for_deletion, uploads
+from finetune_trainer.training.progress import Reporter, Throttle, make_reporter, merged, progress_payload
 
 
 def keys(*pairs: tuple[int, bool]) -> list[str]:
@@ -110,3 +111,25 @@ def test_first_training_report_is_not_throttled_after_loading() -> None:
     now[0] = 2.0
     reporter.report("training", step=2, total=10)
     assert [p["status"]["progress"].get("step") for p in sent] == [None, 1]  # type: ignore[index,attr-defined]
+
+
+def test_reports_merge_into_one_document_as_a_merge_patch_would() -> None:
+    """The ConfigMap holds the whole document: fields a report leaves out stay, null removes, NaN is left out."""
+    first = {"run": 2, "stage": "training", "step": 4, "loss": 1.5, "tracking": {"mlflow": {"runId": "r"}}}
+    later = {"stage": "evaluating", "step": 10, "loss": float("nan"), "tracking": {"degraded": {"reason": "Down"}}}
+    document = merged(merged({}, first), later)
+    assert document == {
+        "run": 2,
+        "stage": "evaluating",
+        "step": 10,
+        "tracking": {"mlflow": {"runId": "r"}, "degraded": {"reason": "Down"}},
+    }
+    assert merged(document, {"tracking": None, "validationLoss": None}) == {"run": 2, "stage": "evaluating", "step": 10}
+
+
+def test_without_a_named_config_map_progress_is_only_logged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator names the ConfigMap (FTO_PROGRESS_CONFIGMAP); nothing else in the cluster is written."""
+    monkeypatch.delenv("FTO_PROGRESS_CONFIGMAP", raising=False)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setattr("finetune_trainer.training.progress.in_cluster", lambda: True)
+    assert make_reporter(1, "team-a", enabled=True).sink.__name__ == "log_sink"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from finetune_trainer.cli import main
-from finetune_trainer.errors import USER_ERROR_EXIT_CODE
+from finetune_trainer.core.errors import USER_ERROR_EXIT_CODE
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from finetune_trainer.config import load_config, parse_config
-from finetune_trainer.errors import USER_ERROR_EXIT_CODE, ConfigInvalid
+from finetune_trainer.core.errors import USER_ERROR_EXIT_CODE, ConfigInvalid
 
 CONTRACT_EXAMPLE: dict[str, Any] = {
     "apiVersion": "finetune.dev/v1alpha1",

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from finetune_trainer.cpus import ENV_THREADS, parse_cfs, parse_cpu_max, quota_cpus, thread_budget
-from finetune_trainer.errors import ConfigInvalid
+from finetune_trainer.core.cpus import ENV_THREADS, parse_cfs, parse_cpu_max, quota_cpus, thread_budget
+from finetune_trainer.core.errors import ConfigInvalid
 
 
 @pytest.mark.parametrize(
@@ -64,7 +64,7 @@ def test_a_process_pinned_to_one_cpu_gets_one_torch_thread() -> None:
     """The real thing: affinity set by the OS, torch's pool sized by configure_torch in a fresh interpreter."""
     code = (
         "import json, os, torch; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
-        "from finetune_trainer.cpus import configure_torch; n = configure_torch(dict(os.environ));"
+        "from finetune_trainer.core.cpus import configure_torch; n = configure_torch(dict(os.environ));"
         "print(json.dumps([n, torch.get_num_threads()]))"
     )
     env = {k: v for k, v in os.environ.items() if k not in (ENV_THREADS, "OMP_NUM_THREADS")}

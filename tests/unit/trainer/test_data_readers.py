@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from finetune_trainer.data import detect_format, read_file
-from finetune_trainer.errors import DatasetInvalid
+from finetune_trainer.core.errors import DatasetInvalid
+from finetune_trainer.data.readers import detect_format, read_file
 
 
 def test_jsonl_skips_blank_lines_and_keeps_line_numbers(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import yaml
 from finetune_trainer.config import TrainerConfig, parse_config
-from finetune_trainer.errors import UnsupportedHardware
-from finetune_trainer.launch import needs_launch
-from finetune_trainer.modeling import Hardware, check_method, choose_precision
+from finetune_trainer.core.errors import UnsupportedHardware
+from finetune_trainer.training.launch import needs_launch
+from finetune_trainer.training.modeling import Hardware, check_method, choose_precision
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[3] / "examples").glob("*.yaml"))
 CPU = Hardware(cuda=False, bf16=False, bitsandbytes=False)

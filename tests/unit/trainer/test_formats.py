@@ -1,7 +1,7 @@
 """The one table of dataset formats: everything else agrees with it, and each format's rules hold.
 
 The CRD enum, its columns rule, the operator's typed spec and docs/datasets.md are checked against
-`finetune_trainer.formats.FORMATS` (the operator and the trainer never import each other; this test may
+`finetune_trainer.data.formats.FORMATS` (the operator and the trainer never import each other; this test may
 import both). Then detection, and the refusals a user meets, each naming the line and the fix.
 """
 
@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import yaml
 from finetune_trainer.config import parse_config
-from finetune_trainer.data import Record
-from finetune_trainer.errors import ConfigInvalid, DatasetInvalid
-from finetune_trainer.formats import FORMATS, detect, ignored_columns, normalize, resolve
-from finetune_trainer.formats.base import Conversation
+from finetune_trainer.core.errors import ConfigInvalid, DatasetInvalid
+from finetune_trainer.data.formats import FORMATS, detect, ignored_columns, normalize, resolve
+from finetune_trainer.data.formats.base import Conversation
+from finetune_trainer.data.readers import Record
 
 from tests.unit.trainer.test_config import CONTRACT_EXAMPLE
 
@@ -54,7 +54,7 @@ def test_crd_columns_rule_is_derived_from_the_table() -> None:
     union = ", ".join(repr(f) for f in sorted({f for fmt in FORMATS.values() for f in fmt.fields}))
     expected = f"!has(self.columns) || self.columns.all(k, has(self.schema) ? ({per}) : k in [{union}])"
     rules = [r["rule"] for r in DATASET["x-kubernetes-validations"]]
-    assert expected in rules, "regenerate the CRD's dataset.columns rule from finetune_trainer.formats"
+    assert expected in rules, "regenerate the CRD's dataset.columns rule from finetune_trainer.data.formats"
 
 
 def test_docs_show_every_format_with_its_example() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finetune_trainer.launch import needs_launch, pod_exit_code, torchrun_command
+from finetune_trainer.training.launch import needs_launch, pod_exit_code, torchrun_command
 
 
 def test_needs_launch_only_for_several_processes_outside_torchrun() -> None:

@@ -1,4 +1,4 @@
-"""The memory plan (finetune_trainer.memory_plan): parameter counts from config.json equal the real models'
+"""The memory plan (finetune_trainer.memory.plan): parameter counts from config.json equal the real models'
 (instantiated on torch's meta device, so an 8B model costs nothing), the breakdown behaves as the formulas
 say, the 8B full fine-tune under DDP is refused with a suggestion that fits, and the GPU table resolves
 node-label product names."""
@@ -10,19 +10,11 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from finetune_trainer import gpus
-from finetune_trainer.gpus import GPUS, GiB, accelerator, cpu
-from finetune_trainer.memory_plan import (
-    Method,
-    Setup,
-    UnsupportedModel,
-    auto_batch,
-    estimate,
-    largest_micro_batch,
-    model_shape,
-    plan,
-    trainable_parameters,
-)
+from finetune_trainer.memory import gpus
+from finetune_trainer.memory.estimate import Method, Setup, estimate, largest_micro_batch, trainable_parameters
+from finetune_trainer.memory.gpus import GPUS, GiB, accelerator, cpu
+from finetune_trainer.memory.plan import auto_batch, plan
+from finetune_trainer.memory.shapes import UnsupportedModel, model_shape
 
 LLAMA3_8B: dict[str, Any] = {
     "model_type": "llama",

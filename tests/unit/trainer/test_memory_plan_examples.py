@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 from finetune_trainer.config import parse_config
-from finetune_trainer.gpus import Accelerator, accelerator, cpu
-from finetune_trainer.memory_plan import default_gpu, plan_config
+from finetune_trainer.memory.gpus import Accelerator, accelerator, cpu
+from finetune_trainer.memory.plan import default_gpu, plan_config
 
 from .test_examples import EXAMPLES, rendered
 from .test_memory_plan import LLAMA3_8B, MINILM_L6, MISTRAL_7B, SMOLLM2_135M
@@ -46,7 +46,7 @@ def named_hardware(spec: dict[str, Any]) -> Accelerator:
     if product is None:
         return default_gpu()
     found = accelerator(product)
-    assert found is not None, f"{product} is not in finetune_trainer.gpus.GPUS"
+    assert found is not None, f"{product} is not in finetune_trainer.memory.gpus.GPUS"
     return found
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import math
 
-from finetune_trainer.evaluation import causal_lm_metrics, classification_metrics, gate_names
-from finetune_trainer.report import loss_curve_png, loss_history, render_html
-from finetune_trainer.termination import LIMIT, termination_line
+from finetune_trainer.core.termination import LIMIT, termination_line
+from finetune_trainer.evaluation.metrics import causal_lm_metrics, classification_metrics, gate_names
+from finetune_trainer.evaluation.report import loss_curve_png, loss_history, render_html
 
 
 def test_causal_lm_metrics_weight_by_tokens() -> None:

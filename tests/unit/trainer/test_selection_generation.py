@@ -7,11 +7,11 @@ import json
 from typing import Any
 
 import pytest
-from finetune_trainer import formats
 from finetune_trainer.config import parse_config
-from finetune_trainer.errors import ConfigInvalid
-from finetune_trainer.formats.base import Conversation, Fields
-from finetune_trainer.generation import (
+from finetune_trainer.core.errors import ConfigInvalid
+from finetune_trainer.data import formats
+from finetune_trainer.data.formats.base import Conversation, Fields, generation_unsupported
+from finetune_trainer.evaluation.generation import (
     cases_from,
     exact_match,
     json_valid,
@@ -19,10 +19,9 @@ from finetune_trainer.generation import (
     rouge_l,
     scores,
     token_f1,
-    unsupported,
 )
-from finetune_trainer.report import generation_section, render_html
-from finetune_trainer.selection import PROGRESS_FIELDS, Evaluation, SelectionState, due, stale_folders
+from finetune_trainer.evaluation.report import generation_section, render_html
+from finetune_trainer.training.selection import PROGRESS_FIELDS, Evaluation, SelectionState, due, stale_folders
 
 from tests.unit.trainer.test_config import CONTRACT_EXAMPLE
 
@@ -147,7 +146,7 @@ def test_config_refuses_evaluation_that_cannot_work(
 
 
 def test_which_formats_have_references() -> None:
-    usable = sorted(name for name, fmt in formats.FORMATS.items() if unsupported(fmt) is None)
+    usable = sorted(name for name, fmt in formats.FORMATS.items() if generation_unsupported(fmt) is None)
     assert usable == ["alpaca", "chat", "prompt-completion", "sharegpt"]
 
 
@@ -236,7 +235,7 @@ def test_report_table_escapes_every_text() -> None:
 
 
 def test_progress_carries_the_selection_fields_and_a_change_goes_out_at_once() -> None:
-    from finetune_trainer.progress import Reporter, Throttle
+    from finetune_trainer.training.progress import Reporter, Throttle
 
     sent: list[dict[str, Any]] = []
     now = [100.0]

@@ -6,15 +6,16 @@ from typing import Any
 
 import pytest
 from finetune_trainer.config import parse_config
-from finetune_trainer.errors import (
+from finetune_trainer.core.errors import (
     ConfigInvalid,
     InternalError,
     StorageAccessDenied,
     StorageNotFound,
     UnsupportedHardware,
 )
-from finetune_trainer.modeling import Hardware, check_method, choose_precision
-from finetune_trainer.storage import S3Uri, raise_storage_error
+from finetune_trainer.core.s3_uri import S3Uri
+from finetune_trainer.core.storage import raise_storage_error
+from finetune_trainer.training.modeling import Hardware, check_method, choose_precision
 
 from tests.unit.trainer.test_config import CONTRACT_EXAMPLE
 
@@ -93,7 +94,7 @@ def test_qlora_needs_gpu_and_bitsandbytes() -> None:
 
 
 def test_flash_attention_only_on_a_gpu_in_half_precision_where_installed() -> None:
-    from finetune_trainer.modeling import attention_implementation
+    from finetune_trainer.training.modeling import attention_implementation
 
     assert attention_implementation(True, "bf16", True) == "flash_attention_2"
     assert attention_implementation(True, "fp16", True) == "flash_attention_2"

@@ -10,17 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from finetune_trainer.data import Record
-from finetune_trainer.errors import DatasetInvalid
-from finetune_trainer.formats import FORMATS, normalize
-from finetune_trainer.tokenization import (
-    DEFAULT_CHAT_TEMPLATE,
-    IGNORE_INDEX,
-    causal_lm_batch,
-    ensure_chat_template,
-    render_chat,
-    tokenize_with_stats,
-)
+from finetune_trainer.core.errors import DatasetInvalid
+from finetune_trainer.data.chat_template import DEFAULT_CHAT_TEMPLATE, ensure_chat_template, render_chat
+from finetune_trainer.data.formats import FORMATS, normalize
+from finetune_trainer.data.readers import Record
+from finetune_trainer.data.tokenization import IGNORE_INDEX, causal_lm_batch, tokenize_with_stats
 
 from tests.trainer.builders import build_tokenizer
 

@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 from finetune_trainer.config import MlflowTarget, parse_config
-from finetune_trainer.progress import Reporter
-from finetune_trainer.termination import termination_line
-from finetune_trainer.tracking import (
+from finetune_trainer.core.termination import termination_line
+from finetune_trainer.training.mlflow_tracker import (
     MlflowTracker,
     final_metrics,
     params_of,
@@ -19,6 +18,7 @@ from finetune_trainer.tracking import (
     scrub,
     step_metrics,
 )
+from finetune_trainer.training.progress import Reporter
 
 
 def _config(**overrides: Any) -> Any:

@@ -1,0 +1,397 @@
+"""Object storage (S3 API through boto3) for the trainer and the model server.
+
+Why one module: every byte the trainer reads or writes goes through here, so credentials, endpoint and
+error classification live in one place. The operator passes the endpoint and keys as the standard AWS_*
+variables (docs/trainer-contract.md section 2), so any S3-compatible store works and boto3's own
+resolution (pod identity, session tokens) stays intact. botocore failures become typed user errors
+(`StorageAccessDenied`, `StorageNotFound`) with the URI in the message, because a wrong key or a
+missing bucket must fail the job at once with a message the user can act on, not crash-loop.
+Downloads go to local disk once, with progress in the log, so large models are never read twice; a local
+copy is reused only when it is the same object (its ETag, recorded in a hidden `.<name>.s3-etag` file beside
+it when downloaded): a corrected config.json or data file of the same length is fetched again.
+
+Patience: an S3 server that is down (restarted, failing over) or answers 5xx is waited for, every call retried
+with a growing pause, for up to `FTO_S3_PATIENCE_SECONDS` (default 300) from the first failure of that call;
+then `StorageUnavailable` (retryable: exit 1, the next pod resumes). boto3's own retries (5 attempts, seconds)
+come first. Only errors that say nothing about the request are retried: refused, reset or timed-out
+connections and 5xx/throttling answers; a 403 or 404 fails at once. `OUTAGES` counts the retries and the time
+waited (the chaos benchmark's figures; the log has a line per retry).
+The addresses themselves (`S3Uri`, `ObjectInfo`, `relative_key`) are `s3_uri`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from finetune_trainer.core.errors import (
+    ConfigInvalid,
+    InternalError,
+    StorageAccessDenied,
+    StorageNotFound,
+    StorageUnavailable,
+)
+from finetune_trainer.core.s3_uri import ObjectInfo, S3Uri, relative_key
+
+log = logging.getLogger(__name__)
+
+_DENIED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "ExpiredToken",
+        "InvalidSecurity",
+        "AuthorizationHeaderMalformed",
+        "AllAccessDisabled",
+        "403",
+        "Forbidden",
+    }
+)
+_MISSING_CODES = frozenset({"NoSuchBucket", "NoSuchKey", "NotFound", "404", "NoSuchUpload"})
+_TRANSIENT_CODES = frozenset(
+    {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed", "Throttling"}
+)
+DEFAULT_PATIENCE_SECONDS = 300.0
+RETRY_PAUSES = (1.0, 2.0, 4.0, 8.0, 15.0)  # then 15 s between tries until the patience is spent
+
+
+def patience_seconds() -> float:
+    """How long one S3 call may keep failing transiently before the trainer gives up (FTO_S3_PATIENCE_SECONDS)."""
+    raw = os.environ.get("FTO_S3_PATIENCE_SECONDS", "")
+    if not raw:
+        return DEFAULT_PATIENCE_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigInvalid(f"FTO_S3_PATIENCE_SECONDS: not a number of seconds: {raw!r}") from None
+    if value < 0:
+        raise ConfigInvalid(f"FTO_S3_PATIENCE_SECONDS: must be 0 or more, got {raw!r}")
+    return value
+
+
+@dataclass
+class OutageCounter:
+    """S3 calls retried after a transient failure, and the seconds spent waiting, in this process."""
+
+    retries: int = 0
+    waited_seconds: float = 0.0
+    gave_up: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, pause: float) -> None:
+        with self.lock:
+            self.retries += 1
+            self.waited_seconds += pause
+
+
+OUTAGES = OutageCounter()
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a botocore/boto3 failure says the server was unreachable or overloaded, not that it refused."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+    )
+
+    if isinstance(error, S3UploadFailedError) and isinstance(error.__context__, Exception):
+        return is_transient(error.__context__)
+    if isinstance(error, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)):
+        return True
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return code in _TRANSIENT_CODES or status >= 500 or status == 429
+    # urllib3 errors botocore did not wrap (a reset while reading a body)
+    return type(error).__name__ in ("ProtocolError", "ConnectionResetError", "IncompleteRead", "ResponseStreamingError")
+
+
+def _etag(value: Any) -> str:
+    return str(value or "").strip('"')
+
+
+def make_client() -> Any:
+    """A boto3 S3 client configured from the environment (AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, keys).
+
+    Path-style addressing because in-cluster S3 servers (SeaweedFS, Ceph) rarely have wildcard DNS.
+    A fresh session each time: boto3's default session caches the credentials it first resolved.
+    """
+    import boto3
+    from botocore.config import Config
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+    config = Config(
+        retries={"max_attempts": 5, "mode": "standard"},
+        s3={"addressing_style": "path"},
+        connect_timeout=10,
+        read_timeout=120,
+    )
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
+
+
+def raise_storage_error(error: Exception, uri: S3Uri | str, action: str) -> NoReturn:
+    """Translate a botocore exception into the contract's typed errors (always raises)."""
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
+    if isinstance(error, (NoCredentialsError, PartialCredentialsError)):
+        raise StorageAccessDenied(f"{action} {uri}: no usable S3 credentials ({error})") from error
+    if isinstance(error, EndpointConnectionError):
+        raise InternalError(f"{action} {uri}: cannot reach the S3 endpoint ({error})") from error
+    if isinstance(error, ClientError):
+        details = error.response.get("Error", {})
+        code = str(details.get("Code", ""))
+        status = str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        text = details.get("Message") or code or status
+        if code in _DENIED_CODES or (not code and status == "403"):
+            raise StorageAccessDenied(f"{action} {uri}: access denied by the S3 server ({text})") from error
+        if code == "NoSuchBucket":
+            bucket = uri.bucket if isinstance(uri, S3Uri) else str(uri)
+            raise StorageNotFound(f"{action} {uri}: bucket {bucket!r} does not exist") from error
+        if code in _MISSING_CODES or (not code and status == "404"):
+            raise StorageNotFound(f"{action} {uri}: no such key") from error
+        raise InternalError(f"{action} {uri}: S3 error {code or status}: {text}") from error
+    raise InternalError(f"{action} {uri}: {error}") from error
+
+
+class _Progress:
+    """A boto3 transfer callback that logs bytes done at most every few seconds (thread-safe)."""
+
+    def __init__(self, label: str, total: int, interval: float = 5.0) -> None:
+        self.label, self.total, self.interval = label, total, interval
+        self.done = 0
+        self.last = time.monotonic()
+        self.lock = threading.Lock()
+
+    def __call__(self, chunk: int) -> None:
+        with self.lock:
+            self.done += chunk
+            now = time.monotonic()
+            if now - self.last >= self.interval:
+                self.last = now
+                percent = 100.0 * self.done / self.total if self.total else 100.0
+                log.info("%s: %.1f / %.1f MiB (%.0f%%)", self.label, self.done / 2**20, self.total / 2**20, percent)
+
+
+def etag_record(path: Path) -> Path:
+    """The hidden file beside a downloaded copy that holds the ETag it was downloaded at."""
+    return path.with_name(f".{path.name}.s3-etag")
+
+
+def is_etag_record(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(".s3-etag")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+class Storage:
+    """S3 operations with typed errors. One instance per process; the client is created lazily."""
+
+    def __init__(self, client: Any | None = None) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = make_client()
+        return self._client
+
+    def _call(self, uri: S3Uri, action: str, fn: Callable[[], Any]) -> Any:
+        """`fn()`, retried while the server is unreachable (up to the patience), its errors classified."""
+        patience = patience_seconds()
+        first_failure: float | None = None
+        attempt = 0
+        while True:
+            try:
+                return self._call_once(uri, action, fn)
+            except StorageUnavailable as error:
+                now = time.monotonic()
+                first_failure = now if first_failure is None else first_failure
+                spent = now - first_failure
+                if spent >= patience:
+                    with OUTAGES.lock:
+                        OUTAGES.gave_up += 1
+                    raise StorageUnavailable(
+                        f"{error} - still failing after {spent:.0f}s and {attempt} retries "
+                        f"(FTO_S3_PATIENCE_SECONDS={patience:.0f})"
+                    ) from error.__cause__
+                pause = min(RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)], patience - spent)
+                attempt += 1
+                log.warning(
+                    "S3 unreachable (%s); retry %d in %.0fs (%.0fs of %.0fs patience spent)", error, attempt, pause,
+                    spent, patience,
+                )  # fmt: skip
+                OUTAGES.add(pause)
+                time.sleep(pause)
+
+    def _call_once(self, uri: S3Uri, action: str, fn: Callable[[], Any]) -> Any:
+        """`fn()` once: a transient failure becomes StorageUnavailable, the server's refusals the contract's."""
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn()
+        except (ClientError, BotoCoreError, S3UploadFailedError) as error:
+            if is_transient(error):
+                raise StorageUnavailable(f"{action} {uri}: S3 unreachable or failing ({error})") from error
+            # boto3's upload_file wraps the server's ClientError in its own class (kept as the context);
+            # classify the server's answer, so a refused upload is a user error like a refused read
+            cause = error.__context__ if isinstance(error, S3UploadFailedError) else error
+            raise_storage_error(cause if isinstance(cause, (ClientError, BotoCoreError)) else error, uri, action)
+        except Exception as error:
+            if is_transient(error):
+                raise StorageUnavailable(f"{action} {uri}: S3 unreachable or failing ({error})") from error
+            raise
+
+    def iter_objects(self, uri: S3Uri) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `uri.key` (raw prefix match, sorted by key)."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = self._call(uri, "listing", lambda: list(paginator.paginate(Bucket=uri.bucket, Prefix=uri.key)))
+        for page in pages:
+            for item in page.get("Contents", []):
+                yield ObjectInfo(S3Uri(uri.bucket, item["Key"]), int(item["Size"]), _etag(item.get("ETag")))
+
+    def list(self, uri: S3Uri) -> builtins.list[ObjectInfo]:
+        """The objects a URI names: the one object when the key is a file, else everything under the folder,
+        else every object whose key starts with it.
+
+        A key without a trailing slash is tried as a file first, then as a folder (`s3://data/train` for
+        `data/train/`), then as a key prefix (`s3://data/train-` for the shards `data/train-00000-of-00002.parquet`
+        of a Hugging Face dataset repository). Folder marker objects (keys ending in `/`) are left out.
+        """
+        if uri.key and not uri.key.endswith("/"):
+            candidates = [o for o in self.iter_objects(uri) if not o.uri.key.endswith("/")]
+            exact = [o for o in candidates if o.uri.key == uri.key]
+            if exact:
+                return exact
+            folder = [o for o in candidates if o.uri.key.startswith(uri.prefix)]
+            return folder or candidates
+        return [o for o in self.iter_objects(uri) if not o.uri.key.endswith("/")]
+
+    def exists(self, uri: S3Uri) -> bool:
+        """Whether exactly this key exists (a missing key is False; a missing bucket still raises)."""
+        try:
+            self._call(uri, "reading", lambda: self.client.head_object(Bucket=uri.bucket, Key=uri.key))
+        except StorageNotFound:
+            self._call(uri, "reading", lambda: self.client.head_bucket(Bucket=uri.bucket))
+            return False
+        return True
+
+    def head(self, uri: S3Uri) -> ObjectInfo:
+        """Size and ETag of one object."""
+        head = self._call(uri, "reading", lambda: self.client.head_object(Bucket=uri.bucket, Key=uri.key))
+        return ObjectInfo(uri, int(head["ContentLength"]), _etag(head.get("ETag")))
+
+    def download_file(self, uri: S3Uri, dest: Path, known: ObjectInfo | None = None) -> Path:
+        """Copy one object to `dest` (atomically), unless the same object (size and ETag) is already there.
+
+        `known` is the object as listed (saves a HEAD request). The ETag of the copy is kept in
+        `etag_record(dest)`; a copy without one (or with another) is fetched again.
+        """
+        info = known if known is not None and known.etag else self.head(uri)
+        record = etag_record(dest)
+        if dest.is_file() and dest.stat().st_size == info.size and _read(record) == info.etag:
+            log.debug("already local: %s -> %s", uri, dest)
+            return dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_name(dest.name + f".part-{os.getpid()}")
+        progress = _Progress(str(uri), info.size)
+        self._call(
+            uri,
+            "downloading",
+            lambda: self.client.download_file(uri.bucket, uri.key, str(partial), Callback=progress),
+        )
+        record.unlink(missing_ok=True)  # never a new file beside an old ETag
+        partial.replace(dest)
+        record.write_text(info.etag)
+        return dest
+
+    def download(self, uri: S3Uri, dest_dir: Path) -> builtins.list[Path]:
+        """Copy a file or every object under a prefix into `dest_dir`, keeping relative paths.
+
+        A file URI lands as `dest_dir/<name>`. Raises StorageNotFound when nothing matches.
+        """
+        objects = self.list(uri)
+        if not objects:
+            raise StorageNotFound(f"nothing found at {uri}")
+        total = sum(o.size for o in objects)
+        log.info("downloading %s: %d object(s), %.1f MiB -> %s", uri, len(objects), total / 2**20, dest_dir)
+        started = time.monotonic()
+        paths = []
+        for obj in objects:
+            paths.append(self.download_file(obj.uri, dest_dir / relative_key(obj.uri, uri), obj))
+        log.info("downloaded %s in %.1fs", uri, time.monotonic() - started)
+        return paths
+
+    def read_bytes(self, uri: S3Uri) -> bytes:
+        """The content of one (small) object."""
+        response = self._call(uri, "reading", lambda: self.client.get_object(Bucket=uri.bucket, Key=uri.key))
+        body: bytes = self._call(uri, "reading", lambda: response["Body"].read())
+        return body
+
+    def write_bytes(self, uri: S3Uri, data: bytes, content_type: str = "application/octet-stream") -> None:
+        """Write one small object."""
+        self._call(
+            uri,
+            "writing",
+            lambda: self.client.put_object(Bucket=uri.bucket, Key=uri.key, Body=data, ContentType=content_type),
+        )
+
+    def upload_file(self, path: Path, uri: S3Uri) -> None:
+        """Upload one local file (multipart for large ones, handled by boto3's transfer manager)."""
+        progress = _Progress(f"{path} -> {uri}", path.stat().st_size)
+        self._call(
+            uri,
+            "uploading",
+            lambda: self.client.upload_file(str(path), uri.bucket, uri.key, Callback=progress),
+        )
+
+    def upload_dir(self, local: Path, uri: S3Uri, skip: Callable[[Path], bool] | None = None) -> builtins.list[S3Uri]:
+        """Upload every file below `local` under the prefix `uri`, keeping relative paths (not ETag records)."""
+        uploaded = []
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            if (skip is not None and skip(path)) or is_etag_record(path):
+                continue
+            target = uri.join(path.relative_to(local).as_posix())
+            self.upload_file(path, target)
+            uploaded.append(target)
+        log.info("uploaded %d file(s) from %s to %s", len(uploaded), local, uri)
+        return uploaded
+
+    def delete_prefix(self, uri: S3Uri) -> int:
+        """Delete every object under the folder `uri` (in batches of 1000); returns how many."""
+        keys = [o.uri.key for o in self.iter_objects(S3Uri(uri.bucket, uri.prefix))]
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[start : start + 1000]]
+            self._call(
+                uri,
+                "deleting",
+                functools.partial(
+                    self.client.delete_objects, Bucket=uri.bucket, Delete={"Objects": batch, "Quiet": True}
+                ),
+            )
+        return len(keys)

@@ -1,0 +1,289 @@
+"""The OpenAI-compatible routes: /v1/models, /v1/completions, /v1/chat/completions, /v1/classify.
+
+Why this shape: a handler validates the request, turns it into prompt ids and sampling parameters,
+hands it to the engine and relays the engine's events, either collected into one JSON body or as
+server-sent events ending with `data: [DONE]` (what the OpenAI SDKs parse). The engine works on its own
+thread; its events cross into the event loop through `call_soon_threadsafe`, so a slow client never
+blocks generation, and a client that goes away cancels its sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from finetune_trainer.serving.server.engine import Engine
+from finetune_trainer.serving.server.events import Event, Failed, Finished, SamplingParams, TextDelta
+from finetune_trainer.serving.server.metrics import ServerMetrics
+from finetune_trainer.serving.server.prompts import encode_chat, encode_completion
+from finetune_trainer.serving.server.protocol import (
+    APIError,
+    ChatCompletionRequest,
+    ClassifyRequest,
+    CompletionRequest,
+    bad_request,
+    model_card,
+    new_id,
+    now,
+    usage,
+)
+from finetune_trainer.serving.server.state import ModelState
+
+QUEUE_FACTOR = 16
+"""Requests beyond this many batches' worth of waiting ones are refused (429) instead of queued for minutes."""
+
+
+class _EventQueue:
+    """The engine's sink for one request: events land in an asyncio queue of the request's loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+
+    def __call__(self, event: Event) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: the server is shutting down
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+
+def _token_budget(requested: int | None, prompt_tokens: int, context: int, param: str) -> int:
+    room = context - prompt_tokens
+    if room < 1:
+        raise bad_request(
+            f"the prompt has {prompt_tokens} tokens; this model's context is {context} tokens",
+            param,
+            "context_length_exceeded",
+        )
+    if requested is None:
+        return room
+    if requested > room:
+        raise bad_request(
+            f"prompt ({prompt_tokens} tokens) + max_tokens ({requested}) exceeds the model's "
+            f"context of {context} tokens",
+            "max_tokens",
+            "context_length_exceeded",
+        )
+    return requested
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+class _Generation:
+    """One request's run through the engine: relays events and keeps the metrics."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: ServerMetrics,
+        ids: list[int],
+        params: SamplingParams,
+        stream: bool,
+        adapter: str | None = None,
+    ) -> None:
+        if engine.waiting() >= QUEUE_FACTOR * engine.max_batch_size:
+            raise APIError(429, "the server is at capacity: retry shortly", "server_error", None, "server_overloaded")
+        self.metrics = metrics
+        self.events = _EventQueue()
+        self.finished: Finished | None = None
+        self.handle = engine.submit(ids, params, self.events, incremental=stream, adapter=adapter)
+
+    async def deltas(self) -> AsyncIterator[str]:
+        """Text as it is generated; afterwards `self.finished` holds the reason and token counts."""
+        self.metrics.in_flight.inc()
+        try:
+            while True:
+                event = await self.events.queue.get()
+                if isinstance(event, TextDelta):
+                    yield event.text
+                elif isinstance(event, Finished):
+                    self.finished = event
+                    self.metrics.count_tokens(event.prompt_tokens, event.completion_tokens)
+                    return
+                elif isinstance(event, Failed):
+                    raise APIError(500, event.message, "server_error", None, None)
+        finally:
+            self.metrics.in_flight.dec()
+            self.cancel_unless_finished()
+
+    def cancel_unless_finished(self) -> None:
+        if self.finished is None:
+            self.handle.cancel()
+
+    async def text(self) -> tuple[str, Finished]:
+        parts = [delta async for delta in self.deltas()]
+        assert self.finished is not None
+        return "".join(parts), self.finished
+
+
+def _stream(generation: _Generation, base: dict[str, Any], chat: bool, include_usage: bool) -> StreamingResponse:
+    def chunk(delta: str | None, finish: str | None) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish}
+        if chat:
+            choice["delta"] = {} if delta is None else {"content": delta}
+        else:
+            choice["text"] = delta or ""
+        body = {**base, "choices": [choice]}
+        if include_usage:
+            body["usage"] = None
+        return body
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            if chat:
+                first = chunk("", None)
+                first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+                yield _sse(first)
+            async for delta in generation.deltas():
+                yield _sse(chunk(delta, None))
+        except APIError as error:
+            yield _sse(error.body())
+            return
+        finally:
+            generation.cancel_unless_finished()
+        finished = generation.finished
+        assert finished is not None
+        yield _sse(chunk(None, finished.reason))
+        if include_usage:
+            totals = usage(finished.prompt_tokens, finished.completion_tokens)
+            yield _sse({**base, "choices": [], "usage": totals})
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+
+
+def router(state: ModelState, metrics: ServerMetrics) -> APIRouter:
+    """The /v1 routes over one model state."""
+    routes = APIRouter(prefix="/v1")
+
+    def generating_engine(model: str) -> Engine:
+        engine = state.engine_for(model)
+        if engine.loaded.task != "causal-lm":
+            raise bad_request(f"'{model}' is a {engine.loaded.task} model: use /v1/classify", "model", "wrong_task")
+        return engine
+
+    def adapter_of(model: str) -> str | None:
+        """The adapter a request names (None: the served model itself)."""
+        return None if model == state.settings.config.served_model_name else model
+
+    @routes.get("/models")
+    async def models() -> dict[str, Any]:
+        config = state.settings.config
+        engine = state.engine_for(config.served_model_name)  # 503 while loading
+        cards = [model_card(config.served_model_name, state.created, config.run)]
+        for name, info in sorted(engine.adapters().items()):  # a shared server's adapters (vLLM's card shape)
+            card = model_card(name, state.created, info.run)
+            cards.append({**card, "root": info.path, "parent": config.served_model_name})
+        return {"object": "list", "data": cards}
+
+    @routes.post("/completions", response_model=None)
+    async def completions(body: CompletionRequest) -> JSONResponse | StreamingResponse:
+        engine = generating_engine(body.model)
+        body.check_supported()
+        ids = encode_completion(engine.loaded.tokenizer, body.prompt)
+        budget = _token_budget(body.max_tokens, len(ids), engine.loaded.context_length, "prompt")
+        params = SamplingParams(budget, body.temperature, body.top_p, body.stop_strings(), body.seed)
+        generation = _Generation(engine, metrics, ids, params, body.stream, adapter_of(body.model))
+        base = {"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": body.model}
+        if body.stream:
+            return _stream(generation, base, chat=False, include_usage=body.include_usage())
+        text, finished = await generation.text()
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finished.reason}
+        return JSONResponse(
+            {**base, "choices": [choice], "usage": usage(finished.prompt_tokens, finished.completion_tokens)}
+        )
+
+    @routes.post("/chat/completions", response_model=None)
+    async def chat_completions(body: ChatCompletionRequest) -> JSONResponse | StreamingResponse:
+        engine = generating_engine(body.model)
+        body.check_supported()
+        tokenizer = engine.loaded.tokenizer
+        ids = encode_chat(tokenizer, [{"role": m.role, "content": m.text()} for m in body.messages])
+        budget = _token_budget(body.token_budget(), len(ids), engine.loaded.context_length, "messages")
+        params = SamplingParams(budget, body.temperature, body.top_p, body.stop_strings(), body.seed)
+        generation = _Generation(engine, metrics, ids, params, body.stream, adapter_of(body.model))
+        created = now()
+        if body.stream:
+            base = {
+                "id": new_id("chatcmpl"),
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": body.model,
+            }
+            return _stream(generation, base, chat=True, include_usage=body.include_usage())
+        text, finished = await generation.text()
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": finished.reason,
+        }
+        return JSONResponse(
+            {
+                "id": new_id("chatcmpl"),
+                "object": "chat.completion",
+                "created": created,
+                "model": body.model,
+                "choices": [choice],
+                "usage": usage(finished.prompt_tokens, finished.completion_tokens),
+            }
+        )
+
+    @routes.post("/classify")
+    async def classify(body: ClassifyRequest) -> dict[str, Any]:
+        engine = state.engine_for(body.model)
+        loaded = engine.loaded
+        if loaded.task != "sequence-classification":
+            raise bad_request(
+                f"'{body.model}' is a {loaded.task} model: use /v1/completions or /v1/chat/completions",
+                "model",
+                "wrong_task",
+            )
+        rows = [[int(i) for i in loaded.tokenizer.encode(text)][: loaded.context_length] for text in body.texts()]
+        if any(not row for row in rows):
+            raise bad_request("an input encodes to no tokens", "input")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[list[float]] | Failed] = loop.create_future()
+
+        def settle(result: list[list[float]] | Failed) -> None:
+            if not done.done():
+                done.set_result(result)
+
+        def deliver(result: list[list[float]] | Failed) -> None:  # called on the engine's thread
+            loop.call_soon_threadsafe(settle, result)
+
+        engine.classify(rows, deliver)
+        result = await done
+        if isinstance(result, Failed):
+            raise APIError(500, result.message, "server_error", None, None)
+        prompt_tokens = sum(len(row) for row in rows)
+        metrics.count_tokens(prompt_tokens, 0)
+        data = []
+        for index, probabilities in enumerate(result):
+            best = max(range(len(probabilities)), key=probabilities.__getitem__)
+            data.append(
+                {
+                    "index": index,
+                    "label": loaded.labels[best],
+                    "score": probabilities[best],
+                    "scores": dict(zip(loaded.labels, probabilities, strict=True)),
+                }
+            )
+        return {
+            "id": new_id("clf"),
+            "object": "list",
+            "created": now(),
+            "model": body.model,
+            "data": data,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        }
+
+    return routes

@@ -1,0 +1,418 @@
+"""`main(cfg)`: one training run from inputs to artifacts, the way the contract describes it.
+
+Why this shape: the entry point (`cli`) only parses arguments and maps outcomes to exit codes; this
+module strings the steps together and holds no policy of its own: inputs (`inputs`), model and method
+(`modeling`), the Trainer with our hooks (`callbacks`, `checkpoints`, `progress`), evaluation
+(`evaluation`) and outputs (`artifacts`). Causal LM batches are flattened (`DataCollatorWithFlattening`:
+one row, position ids restart per example), so no compute is spent on padding; classifier batches are
+length-grouped and padded per batch. Checkpoints upload on rank 0's thread (`uploader`) while training and
+evaluation go on; every way out of training waits for the queued uploads first, so a run never uploads
+its model, or exits 75, before its last checkpoint is resumable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finetune_trainer.config import TrainerConfig
+from finetune_trainer.core import distributed
+from finetune_trainer.core.errors import Preempted, StorageNotFound
+from finetune_trainer.core.s3_uri import S3Uri
+from finetune_trainer.core.storage import Storage
+from finetune_trainer.data import formats
+from finetune_trainer.evaluation import generation
+from finetune_trainer.evaluation.metrics import evaluate
+from finetune_trainer.training import sharding
+from finetune_trainer.training.artifacts import save_model, upload_outputs
+from finetune_trainer.training.best_model import SelectionHooks, SelectionStore
+from finetune_trainer.training.callbacks import SignalStop, TrainerHooks
+from finetune_trainer.training.checkpoints import CheckpointStore, refuse_foreign_run
+from finetune_trainer.training.inputs import Inputs, prepare, write_split
+from finetune_trainer.training.modeling import Hardware, apply_method, check_method, choose_precision, load_model
+from finetune_trainer.training.progress import make_reporter
+from finetune_trainer.training.selection import PROGRESS_FIELDS
+from finetune_trainer.training.tracking import RunTracking, memory_plan_here, tracking_finished_on_error
+from finetune_trainer.training.uploader import CheckpointUploader, uploads_finished_on_error
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    steps: int
+    metrics: dict[str, dict[str, float]]
+    base_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    tracking: dict[str, Any] = field(default_factory=dict)
+
+
+def work_dir() -> Path:
+    """`FTO_WORK_DIR` (the pod's emptyDir), else a fresh temporary folder."""
+    configured = os.environ.get("FTO_WORK_DIR")
+    if configured:
+        return Path(configured)
+    return Path(tempfile.mkdtemp(prefix="fto-work-"))
+
+
+def total_steps(examples: int, cfg: TrainerConfig, world: int) -> int:
+    """Optimizer steps the run will take (as the Trainer computes them), for logging cadence."""
+    hp = cfg.hyperparameters
+    if hp.max_steps:
+        return hp.max_steps
+    batch = cfg.sequences_per_process() if hp.batch_size == "auto" else hp.batch_size  # auto: before it is chosen
+    batches = math.ceil(examples / (batch * world))
+    per_epoch = max(1, batches // hp.gradient_accumulation_steps)
+    return max(1, math.ceil(per_epoch * hp.epochs))
+
+
+def collator_for(cfg: TrainerConfig, tokenizer: Any) -> Any:
+    if cfg.base_model.task == "sequence-classification":
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer)
+    from transformers import DataCollatorWithFlattening
+
+    return DataCollatorWithFlattening(return_position_ids=True)  # type: ignore[no-untyped-call]
+
+
+def training_arguments(cfg: TrainerConfig, precision: str, hardware: Hardware, output: Path, steps: int) -> Any:
+    from transformers import TrainingArguments
+
+    hp = cfg.hyperparameters
+    classifier = cfg.base_model.task == "sequence-classification"  # padded batches; causal LM: flattened
+    return TrainingArguments(
+        output_dir=str(output),
+        per_device_train_batch_size=int(hp.batch_size),  # resolved (memory.check.decide_for_device): never "auto" here
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        learning_rate=hp.learning_rate,
+        num_train_epochs=hp.epochs,
+        max_steps=hp.max_steps or -1,
+        warmup_steps=math.ceil(hp.warmup_ratio * steps),
+        lr_scheduler_type=hp.lr_scheduler,
+        weight_decay=hp.weight_decay,
+        seed=hp.seed,
+        data_seed=hp.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not hardware.cuda,
+        save_strategy="steps",
+        save_steps=cfg.checkpointing.interval_steps,
+        save_total_limit=1,
+        logging_strategy="steps",
+        logging_steps=max(1, steps // 100),
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if classifier else "random",
+        include_num_input_tokens_seen="non_padding" if classifier else "all",
+        ddp_find_unused_parameters=False,
+        ddp_backend="gloo" if distributed.world_size() > 1 and not hardware.cuda else None,
+        **sharding.training_arguments(cfg),  # gradient checkpointing, FSDP
+    )
+
+
+def base_model_metrics(
+    storage: Storage,
+    run_uri: S3Uri,
+    model: Any,
+    inputs: Inputs,
+    collator: Any,
+    cfg: TrainerConfig,
+    precision: str,
+    resuming: bool,
+) -> dict[str, dict[str, float]]:
+    """The untrained model's metrics, computed before the first step and kept in `run-N/base_metrics.json`."""
+    location = run_uri.join("base_metrics.json")
+    if resuming:
+        try:
+            return dict(json.loads(storage.read_bytes(location)))
+        except StorageNotFound:
+            log.warning("no base_metrics.json from the earlier attempt; the base comparison is skipped")
+            return {}
+    metrics = evaluate_all(model, inputs, collator, cfg, precision)
+    if distributed.is_main():
+        storage.write_bytes(location, json.dumps(metrics).encode(), "application/json")
+    return metrics
+
+
+def evaluate_all(
+    model: Any,
+    inputs: Inputs,
+    collator: Any,
+    cfg: TrainerConfig,
+    precision: str,
+    splits: tuple[str, ...] = ("validation", "test"),
+) -> dict[str, dict[str, float]]:
+    num_labels = len(inputs.labels) if inputs.labels else None
+    batch, lockstep = int(cfg.hyperparameters.batch_size), sharding.sharded(cfg)  # FSDP: every rank every batch
+    return {
+        name: evaluate(model, inputs.tokenized[name], collator, batch, num_labels, precision, lockstep)
+        for name in splits
+        if name in inputs.tokenized
+    }
+
+
+def decide_for_device(cfg: TrainerConfig, inputs: Inputs, hardware: Hardware) -> TrainerConfig:
+    """`batchSize: auto` and an unset `gradientCheckpointing` decided by the memory plan on this device."""
+    from finetune_trainer.memory.check import decide_for_device, runtime_device
+
+    longest = max((len(ids) for ids in inputs.tokenized["train"]["input_ids"]), default=1)
+    device = runtime_device(hardware.cuda, cfg.distributed.processes_per_worker, dict(os.environ))
+    return decide_for_device(cfg, inputs.model_folder, longest, inputs.labels, device)
+
+
+def answers_of(
+    model: Any,
+    inputs: Inputs,
+    cfg: TrainerConfig,
+    precision: str,
+    storage: Storage | None = None,
+    run_uri: S3Uri | None = None,
+    resuming: bool = False,
+) -> generation.Generation | None:
+    """`evaluation.generation`: the model's answers to the test prompts, scored (None when not configured).
+
+    Rank 0 generates while the others wait; a sharded (FSDP) model needs every rank in every forward, so there
+    every rank generates the same answers in lockstep. With `storage`, the answers are the base model's: kept in
+    `run-N/base_generation.json`, so a resumed attempt (whose model is no longer the base) reads them back.
+    """
+    spec = cfg.evaluation.generation
+    if spec is None:
+        return None
+    location = run_uri.join("base_generation.json") if run_uri is not None else None
+    if resuming and storage is not None and location is not None:
+        try:
+            return generation.Generation.from_json(json.loads(storage.read_bytes(location)))
+        except StorageNotFound:
+            log.warning("no base_generation.json from the earlier attempt; the base model's answers are missing")
+            return generation.Generation()
+    result = generation.Generation()
+    lockstep = distributed.world_size() > 1 and getattr(cfg.distributed, "sharding", "none") == "fsdp"
+    if distributed.is_main() or lockstep:
+        fmt = formats.FORMATS[inputs.report.schema]
+        cases = generation.cases_from(inputs.test_examples, fmt, spec.max_samples)
+        result = generation.run(
+            model,
+            inputs.tokenizer,
+            cases,
+            max_new_tokens=spec.max_new_tokens,
+            regex=spec.regex,
+            check_json=spec.json_valid,
+            precision=precision,
+            lockstep=lockstep,
+        )
+        if storage is not None and location is not None and distributed.is_main():
+            storage.write_bytes(location, json.dumps(result.to_json()).encode(), "application/json")
+    distributed.barrier()
+    return result
+
+
+def generation_table(
+    inputs: Inputs, cfg: TrainerConfig, answers: generation.Generation, base: generation.Generation | None
+) -> list[dict[str, str]]:
+    """The report's rows: prompt, reference, the fine-tuned answer and the base model's (when compared)."""
+    spec = cfg.evaluation.generation
+    if spec is None:
+        return []
+    fmt = formats.FORMATS[inputs.report.schema]
+    cases = generation.cases_from(inputs.test_examples, fmt, spec.max_samples).cases
+    rows = []
+    for index, (case, answer) in enumerate(zip(cases, answers.answers, strict=False)):
+        row = {"prompt": case.shown(), "reference": case.reference, "answer": answer}
+        if base is not None and index < len(base.answers):
+            row["baseAnswer"] = base.answers[index]
+        rows.append(row)
+    return rows
+
+
+def selection_hooks(
+    trainer: Any,
+    hooks: TrainerHooks,
+    inputs: Inputs,
+    collator: Any,
+    cfg: TrainerConfig,
+    precision: str,
+    storage: Storage,
+    run_uri: S3Uri,
+    work: Path,
+    reporter: Any,
+) -> SelectionHooks | None:
+    """`evaluation.intervalSteps`: validation (validation split only) while training, the best model kept."""
+    if cfg.evaluation.interval_steps is None:
+        return None
+
+    def validation_loss(model: Any) -> float:
+        return float(evaluate_all(model, inputs, collator, cfg, precision, ("validation",))["validation"]["loss"])
+
+    return SelectionHooks(
+        spec=cfg.evaluation,
+        store=SelectionStore(storage, run_uri),
+        reporter=reporter,
+        validation_loss=validation_loss,
+        stopping=lambda: hooks.stopped_at is not None,
+        work=work,
+    ).attach(trainer)
+
+
+def quiet_progress_bars() -> None:
+    """Progress bars are for terminals; a pod log gets our own progress lines instead."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def checkpoint_uploader(run_uri: S3Uri, cfg: TrainerConfig, work: Path, tracking: RunTracking) -> CheckpointUploader:
+    """Rank 0's upload thread, with a storage client of its own (the training thread keeps its own). The
+    TensorBoard event files so far go up after each checkpoint."""
+    store = CheckpointStore(Storage(), run_uri, cfg.checkpointing.keep)
+    resolved = cfg.to_json()
+    staging = work / "checkpoint-uploads"  # beside, not inside, the Trainer's output dir: never rotated
+
+    def upload(folder: Path, step: int) -> None:
+        store.upload(folder, step, resolved)
+        tracking.upload_tensorboard()
+
+    return CheckpointUploader(upload, staging)
+
+
+def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
+    """Train, evaluate and upload one run; raises TrainerError subclasses for the contract's outcomes."""
+    stop = stop or SignalStop()
+    quiet_progress_bars()
+    hardware = Hardware.detect()
+    check_method(cfg, hardware)
+    precision = choose_precision(cfg.hyperparameters.precision, hardware)
+    distributed.init()
+    storage = Storage()
+    run_uri = S3Uri.parse(cfg.output.run_uri)
+    work = work_dir()
+    reporter = make_reporter(cfg.job.run, cfg.job.namespace, enabled=distributed.is_main())
+    reporter.extra = dict.fromkeys(PROGRESS_FIELDS)  # null: nothing an earlier run reported lingers
+    reporter.report("loading", force=True)
+    reporter.extra = {}
+    store = CheckpointStore(storage, run_uri, cfg.checkpointing.keep)
+
+    with distributed.local_main_first():  # the others find the node's copies and download nothing again
+        inputs = prepare(storage, cfg, work)
+        refuse_foreign_run(storage, run_uri, cfg.job)  # before anything is resumed from or written to it
+        resume = store.fetch_latest(work / "resume")
+    cfg = cfg.with_schema(inputs.report.schema)  # a detected schema is recorded as if it had been set
+    cfg = decide_for_device(cfg, inputs, hardware)  # batchSize auto, gradientCheckpointing unset: recorded as chosen
+    if distributed.is_main():
+        write_split(storage, run_uri, inputs.splits, inputs.report)
+        storage.write_bytes(run_uri.join("trainer_config.json"), cfg.to_json().encode(), "application/json")
+    tracking = RunTracking(cfg, storage, run_uri, work) if distributed.is_main() else None
+    if tracking is not None:
+        tracking.start()  # the same MLflow run as an earlier attempt of this run
+        reporter.tracking = tracking.summary
+
+    import torch
+    from transformers import set_seed
+
+    set_seed(cfg.hyperparameters.seed)
+    model = apply_method(load_model(cfg, inputs.model_folder, inputs.labels, precision), cfg)
+    if hardware.cuda and cfg.method.type != "qlora":  # a 4-bit model is placed at load time
+        model = model.to(torch.device("cuda", distributed.local_rank()))
+    collator = collator_for(cfg, inputs.tokenizer)
+    base: dict[str, dict[str, float]] = {}
+    base_answers: generation.Generation | None = None
+    if cfg.evaluation.compare_base_model:  # still "loading": "evaluating" would read as training done
+        base = base_model_metrics(storage, run_uri, model, inputs, collator, cfg, precision, resume is not None)
+        base_answers = answers_of(model, inputs, cfg, precision, storage, run_uri, resume is not None)
+        if base_answers is not None:
+            base.setdefault("test", {}).update(base_answers.scores)
+
+    steps = total_steps(len(inputs.tokenized["train"]), cfg, distributed.world_size())
+    args = training_arguments(cfg, precision, hardware, work / "checkpoints", steps)
+    uploader = checkpoint_uploader(run_uri, cfg, work, tracking) if tracking is not None else None
+    hooks = TrainerHooks(stop, store, uploader, reporter)
+    if tracking is not None:
+        resolved = {"precision": precision, "processes": distributed.world_size(), "totalSteps": steps}
+        plan = memory_plan_here(cfg, inputs.model_folder, inputs.tokenized["train"], inputs.labels, hardware.cuda)
+        tracking.log_start(resolved, plan)
+    trainer = sharding.trainer_class(cfg)(
+        model=model,
+        args=args,
+        train_dataset=inputs.tokenized["train"],
+        data_collator=collator,
+        callbacks=[hooks, *(tracking.callbacks() if tracking is not None else [])],
+    )
+    selection = selection_hooks(trainer, hooks, inputs, collator, cfg, precision, storage, run_uri, work, reporter)
+    # a crash or a late SIGTERM still finishes the uploads, and ends the MLflow run as failed or killed
+    with uploads_finished_on_error(uploader), tracking_finished_on_error(tracking):
+        started = time.monotonic()
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if stop.requested:
+            step = hooks.stopped_at if hooks.stopped_at is not None else trainer.state.global_step
+            if uploader is not None:
+                uploader.finish()  # the upload in flight, then the checkpoint saved on SIGTERM
+            distributed.barrier()  # no rank exits first: torchrun would stop rank 0 mid-upload
+            raise Preempted(f"stopped by SIGTERM at step {step}; checkpoint-{step} saved, the next attempt resumes")
+        runtime = time.monotonic() - started
+        tokens_per_second, _ = hooks.rates(trainer.state)
+
+        step, total = trainer.state.global_step, trainer.state.max_steps
+        reporter.report("evaluating", force=True, step=step, total=total)
+        chosen = selection.restore_best(trainer) if selection is not None else None  # the best, not the last
+        model = trainer.model
+        metrics = evaluate_all(model, inputs, collator, cfg, precision)  # the last checkpoint uploads meanwhile
+        answers = answers_of(model, inputs, cfg, precision)
+        if answers is not None:
+            metrics.setdefault("test", {}).update(answers.scores)
+        log.info("metrics: %s", metrics)
+
+        reporter.report("uploading", force=True, step=step, total=total)
+        artifacts: dict[str, str] = {}
+        if uploader is not None:
+            uploader.finish()  # the final checkpoint is resumable before any artifact of the run exists
+        if tracking is not None:
+            tracking.log_end(metrics, base, step)
+        weights = sharding.full_state_dict(trainer)  # FSDP: the shards gathered, a collective of every rank
+        if distributed.is_main():
+            folder = save_model(
+                model,
+                inputs.tokenizer,
+                cfg,
+                inputs.labels,
+                work / "model",
+                inputs.model_folder,
+                inputs.default_template,
+                state_dict=weights,
+            )
+            facts: dict[str, Any] = {
+                "steps": trainer.state.global_step,
+                "epochs": round(float(trainer.state.epoch or 0), 3),
+                "trainRuntimeSeconds": round(runtime, 1),
+                "tokensPerSecond": round(tokens_per_second, 1) if tokens_per_second else None,
+                "trainLoss": round(float(result.training_loss), 6),
+                "precision": precision,
+                "processes": distributed.world_size(),
+                "labels": inputs.labels,
+                "dataset": inputs.report.to_json(),
+            }
+            if chosen is not None:
+                facts.update(chosen.facts(trainer.state.global_step))
+            if answers is not None:
+                facts["generation"] = generation_table(inputs, cfg, answers, base_answers)
+            if tracking is not None and tracking.mlflow is not None and tracking.mlflow.url:
+                facts["mlflowRun"] = tracking.mlflow.url
+            history = trainer.state.log_history
+            copy = tracking.log_artifact if tracking is not None else None
+            artifacts = upload_outputs(storage, run_uri, folder, cfg, metrics, base, history, facts, copy)
+        if tracking is not None:
+            tracking.finish("FINISHED")
+        distributed.barrier()
+    summary = tracking.summary() if tracking is not None else {}
+    return Outcome(trainer.state.global_step, metrics, base, artifacts, summary)

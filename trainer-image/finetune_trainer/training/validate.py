@@ -1,0 +1,92 @@
+"""`python -m finetune_trainer validate`: every check on the inputs that training would make, without a GPU.
+
+Why: a job that would fail on its data should fail before it waits in a GPU queue and loads weights. This
+runs the trainer's own code on the same config.json (reading, format detection, split, leakage checks,
+tokenization with the base model's tokenizer and chat template; `inputs.read_data` and
+`inputs.tokenize_data`), downloads only the model's config and tokenizer files (never its weights), and
+prints a JSON summary: records and tokens per split, records cut at maxSeqLength, held-out records also in
+train, the estimated optimizer steps and the schema (and why). User errors exit 42 with the same codes and
+messages as `train` (docs/trainer-contract.md section 7).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from finetune_trainer.config import TrainerConfig
+from finetune_trainer.core.s3_uri import S3Uri
+from finetune_trainer.core.storage import Storage
+from finetune_trainer.core.termination import LIMIT
+from finetune_trainer.memory.check import Placement, check_fit
+from finetune_trainer.training.checkpoints import refuse_foreign_run
+from finetune_trainer.training.inputs import (
+    fetch_tokenizer,
+    read_data,
+    refuse_untrainable,
+    sequence_limit,
+    tokenize_data,
+)
+
+log = logging.getLogger(__name__)
+
+
+def summarize(cfg: TrainerConfig, storage: Storage, work: Path, placement: Placement | None = None) -> dict[str, Any]:
+    """The validation summary of one config; raises the contract's user errors like `train` would, and
+    PlanDoesNotFit when the run's memory plan cannot fit where `placement` puts it (`memory.check.check_fit`)."""
+    from finetune_trainer.data.chat_template import ensure_chat_template
+    from finetune_trainer.training.modeling import load_tokenizer
+    from finetune_trainer.training.train import total_steps
+
+    d = read_data(storage, cfg, work / "data")
+    refuse_foreign_run(storage, S3Uri.parse(cfg.output.run_uri), cfg.job)
+    refuse_untrainable(d.format)
+    folder = fetch_tokenizer(storage, cfg.base_model.uri, work / "tokenizer")
+    tokenizer = load_tokenizer(folder, cfg.base_model.uri)
+    if d.format.kind == "messages":
+        ensure_chat_template(tokenizer)
+    max_length = sequence_limit(folder, cfg.dataset.max_seq_length)
+    tokenized = tokenize_data(d, tokenizer, max_length, None)
+    world = cfg.distributed.workers * cfg.distributed.processes_per_worker
+    longest = max((len(ids) for ids in tokenized["train"]["input_ids"]), default=1) if "train" in tokenized else 1
+    memory = check_fit(cfg, folder, longest, d.labels, placement or Placement())
+    report = d.report.to_json()
+    return {
+        "schema": report["schema"],
+        "schemaDetected": report["schemaDetected"],
+        "schemaReason": report["schemaReason"],
+        "records": report["records"],
+        "tokens": {name: stats["tokens"] for name, stats in report["tokens"].items()},
+        "truncated": {name: stats["truncated"] for name, stats in report["tokens"].items()},
+        "droppedNoTarget": {name: stats["dropped"] for name, stats in report["tokens"].items()},
+        "maxSeqLength": max_length,
+        "overlapWithTrain": report["overlapWithTrain"],
+        "excludedFromTrain": report["excludedFromTrain"],
+        "ignoredColumns": report["ignoredColumns"],
+        "labels": d.labels,
+        "estimatedSteps": total_steps(len(tokenized["train"]), cfg, world),
+        "files": report["files"],
+        "memoryPlan": memory.to_status() if memory else None,
+    }
+
+
+def success_line(summary: dict[str, Any], run: int | None) -> str:
+    """The termination message of a successful validation: the summary, without file lists if too long."""
+    records = summary["records"]
+    message = (
+        f"validated: schema {summary['schema']}, train {records['train']} / validation {records['validation']} / "
+        f"test {records['test']} records, about {summary['estimatedSteps']} steps"
+    )
+    body: dict[str, Any] = {"code": "Succeeded", "message": message, "summary": summary}
+    if run is not None:
+        body["run"] = run
+    line = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    if len(line.encode()) > LIMIT:
+        body["summary"] = {k: v for k, v in summary.items() if k not in ("files", "excludedFromTrain", "labels")}
+        line = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    if len(line.encode()) > LIMIT:
+        del body["summary"]
+        line = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    return line
