@@ -4,8 +4,7 @@ Why generated: a sweep's template must be validated exactly like a FineTuneJob (
 rule), and a hand-kept copy of a 500-line schema drifts the first time someone edits the FineTuneJob CRD.
 So the template's schema is copied from crds/finetunejob.yaml, and the sweepable paths come from the one
 table in finetune_operator.api.finetunesweep (PARAMETERS). helm/sync-crd.sh runs this;
-tests/unit/operator/test_sweep_crd.py
-fails when the file in the repository is not what this writes.
+tests/unit/operator/test_finetunesweep_crd.py fails when the file in the repository is not what this writes.
 
 Usage: PYTHONPATH=operator python hack/gen_sweep_crd.py [--check]
 """

@@ -2,8 +2,8 @@
 
 The kinds and what they watch are in the registry (core.registry; each kind's registration.py): this module
 registers one kopf event handler per watched resource, one work queue per kind, primes each kind's memory before
-its workers start (so the first passes after a restart see the children that already exist), and requeues every
-key periodically (the resync).
+its workers start (so the first passes after a restart see the children that already exist), and periodically
+prunes each kind's memory of children that name no live owner and requeues every key (the resync).
 
 Only `on.event` handlers are used: kopf then keeps no progress or diff-base annotations and adds no finalizer, so
 the operator writes nothing into a FineTuneJob but its status (a GitOps tool sees no drift), and deletion is
@@ -61,7 +61,8 @@ def _runtime(memo: Any) -> Runtime:
 
 
 def _prime(kube: Kube, running: list[Running], namespaces: tuple[str, ...]) -> None:
-    """Read the existing children of every kind once (what an informer's initial list does) before any pass."""
+    """Read the existing children of every kind once (what an informer's initial list does) before any pass. The
+    label selectors only narrow what is read; each kind files an object by its controller ownerReference."""
     for namespace in namespaces or (None,):
         for kind in running:
             for watch in kind.controller.children():
@@ -74,6 +75,8 @@ async def _resync(runtime: Runtime, every: float) -> None:
     while True:
         await asyncio.sleep(every)
         for kind in runtime.running:
+            if kind.controller.prune is not None:  # children that name no live owner (forged uids, late events)
+                kind.controller.prune(kind.loop)
             for key in kind.controller.keys(kind.loop):
                 kind.queue.add(key)
 

@@ -10,11 +10,19 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.cluster.helpers import KWOK_TOLERATION, job_condition, kwok_pod_spec
 from tests.conftest import Cluster
+from tests.support.kwok import KWOK_TOLERATION, kwok_pod_spec
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
+
+
+def job_condition(job: Any, kind: str) -> Any | None:
+    """The Job condition of type `kind` when its status is True, else None."""
+    for condition in job.status.conditions or []:
+        if condition.type == kind and condition.status == "True":
+            return condition
+    return None
 
 
 def create_job(cluster: Cluster, namespace: str, name: str, template: dict[str, Any], **spec: Any) -> None:

@@ -205,7 +205,8 @@ def test_a_retrained_run_rolls_in_while_clients_get_every_answer(served: Served)
             time.sleep(1)
         else:
             raise AssertionError(f"the roll did not finish: {[(p.metadata.name, p.status.phase) for p in pods]}")
-        time.sleep(5)  # a few more requests to run 2's pod alone
+        (alone,) = ready_endpoints(cluster.api_client, namespace, service)
+        load.wait_answered(4, by=alone, timeout=300)  # a few more requests to run 2's pod alone
     report = load.report()
     served.timings["run 2 patched to rolled (s)"] = time.monotonic() - start
     print(f"\nvLLM e2e: {served.timings}, {report.summary()}")

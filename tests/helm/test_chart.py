@@ -226,6 +226,8 @@ def test_the_operator_may_read_and_report_model_servers() -> None:
             ("", "pods", "list"),
             ("", "pods", "watch"),
             ("apps", "deployments", "watch"),
+            ("apps", "replicasets", "list"),  # a replica: a pod of a ReplicaSet its own Deployment controls
+            ("apps", "replicasets", "watch"),
         } <= _granted(role)
 
 
@@ -254,14 +256,16 @@ def test_rbac_covers_every_child_the_builders_make() -> None:
     applied = serving_bundle(spec, owner, published, settings)  # server-side apply: patch (create if absent)
     applied += _server_objects(settings)  # a ModelServer's (builders/modelserver.py): the same verbs
     needed: set[tuple[str, str, str]] = set()
+    # get: core/kube.py reads who controls a child before applying over it or deleting it, and after a create that
+    # found the name taken (ownership, issue #24)
     for manifest, verbs in [
-        *((m, ("create", "delete")) for m in created),
-        *((m, ("create", "patch", "delete")) for m in applied),
+        *((m, ("get", "create", "delete")) for m in created),
+        *((m, ("get", "create", "patch", "delete")) for m in applied),
     ]:
         api_version = manifest["apiVersion"]
         group = api_version.split("/")[0] if "/" in api_version else ""
         if manifest["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
-            verbs = ("create",)  # removed by garbage collection with their owner, never by the operator
+            verbs = ("get", "create")  # removed by garbage collection with their owner, never by the operator
         needed |= {(group, PLURALS[manifest["kind"]], verb) for verb in verbs}
     assert {k for _, k, _ in needed} >= {
         "jobs",

@@ -9,7 +9,6 @@ read from managedFields, so a single write by the operator would show.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,13 @@ def test_queued_admitted_preempted_readmitted_without_the_operator_touching_susp
     _kueue_sets_suspend(jobs, namespace, name, True)  # preempted by a higher-priority workload
     jobs.wait_phase(namespace, "q", "Queued")
     wait_for("the pods gone", lambda: not [p for p in jobs.pods(namespace, name) if p.status.phase == "Running"])
-    time.sleep(3)  # the operator has seen the Job and pod events; it must leave suspend alone
+    # Not a pause but a positive sign that the operator has worked through the preemption: an edit made after
+    # the pods were gone that changes no child (the gate only judges a finished run) raises the generation, and
+    # status.observedGeneration shows it once a pass has read it. That pass came after the Job's and the pods'
+    # events, and by then the operator must have left suspend alone.
+    jobs.patch_spec(namespace, "q", {"evaluation": {"gate": [{"metric": "test_loss", "max": 2.0}]}})
+    edited = jobs.get(namespace, "q")["metadata"]["generation"]
+    wait_for("the gate edit observed", lambda: jobs.status(namespace, "q").get("observedGeneration") == edited)
     job = jobs.cluster.batch.read_namespaced_job(name, namespace)
     assert job.spec.suspend is True and _suspend_owners(job) == {KUEUE}
     assert jobs.status(namespace, "q")["phase"] == "Queued"
@@ -66,6 +71,7 @@ def test_queued_admitted_preempted_readmitted_without_the_operator_touching_susp
     jobs.finish_pod(namespace, pod.metadata.name, 0, success_message())
     done = jobs.wait_phase(namespace, "q", "Succeeded")
     assert done["run"] == 1 and [j.metadata.name for j in jobs.training_jobs(namespace, "q")] == [name]
+    assert done["gate"]["passed"] is True  # the edit was a gate change only: judged, never retrained
     assert _suspend_owners(jobs.cluster.batch.read_namespaced_job(name, namespace)) == {KUEUE}
 
 
@@ -191,14 +197,30 @@ def gpu_queue(cluster: Any, namespace: str, kueue: LocalKueue) -> Iterator[str]:
         )
 
 
-def _workload_admitted(jobs: Jobs, namespace: str, job_name: str) -> bool | None:
+def _workload_conditions(jobs: Jobs, namespace: str, job_name: str) -> dict[str, dict[str, Any]] | None:
+    """The conditions of the Workload Kueue made for Job `job_name`, by type (None: no Workload yet)."""
     group, version = KUEUE_API
     for workload in jobs.cluster.custom.list_namespaced_custom_object(group, version, namespace, "workloads")["items"]:
         owners = [o["name"] for o in workload["metadata"].get("ownerReferences", [])]
         if job_name in owners:
-            conditions = {c["type"]: c["status"] for c in workload.get("status", {}).get("conditions", [])}
-            return conditions.get("Admitted") == "True"
+            return {c["type"]: c for c in workload.get("status", {}).get("conditions", [])}
     return None
+
+
+def _workload_admitted(jobs: Jobs, namespace: str, job_name: str) -> bool | None:
+    conditions = _workload_conditions(jobs, namespace, job_name)
+    if conditions is None:
+        return None
+    return conditions.get("Admitted", {}).get("status") == "True"
+
+
+def _held_for_quota(jobs: Jobs, namespace: str, job_name: str) -> str | None:
+    """Kueue's scheduler's verdict when it tried the Workload and found the quota used up: the message of its
+    QuotaReserved=False condition ("couldn't assign flavors to pod set main: insufficient unused quota for
+    nvidia.com/gpu in flavor ..., 8 more needed"); None until the scheduler has tried."""
+    reserved = (_workload_conditions(jobs, namespace, job_name) or {}).get("QuotaReserved", {})
+    message = str(reserved.get("message", ""))
+    return message if reserved.get("status") == "False" and "insufficient unused quota" in message else None
 
 
 @pytest.mark.timeout(3600)  # a cold cache builds Kueue first (`go install`, minutes on 2 cores)
@@ -213,8 +235,15 @@ def test_real_kueue_admits_one_8_gpu_job_and_queues_the_next(
     jobs.create(namespace, ftj_manifest("second", queueName=gpu_queue, resources=GPU_JOB))
     queued = jobs.wait_phase(namespace, "second", "Queued")
     (second,) = jobs.training_jobs(namespace, "second")
-    wait_for("the second Workload", lambda: _workload_admitted(jobs, namespace, second.metadata.name) is False)
-    time.sleep(3)  # quota is the only thing in the way: both nodes have 8 free GPUs each
+    # Not a pause: Kueue's scheduler has tried the second Workload and says why it waits. Quota is the only thing
+    # in the way (both nodes have 8 free GPUs each), and the operator must not have started it regardless.
+    held = wait_for(
+        "Kueue's scheduler to hold the second Workload for quota",
+        lambda: _held_for_quota(jobs, namespace, second.metadata.name),
+        timeout=90,
+    )
+    assert "nvidia.com/gpu" in held, held
+    assert _workload_admitted(jobs, namespace, second.metadata.name) is False
     assert jobs.status(namespace, "second")["phase"] == "Queued"
     assert jobs.cluster.batch.read_namespaced_job(second.metadata.name, namespace).spec.suspend is True
     assert "Kueue" in {c["type"]: c for c in queued["conditions"]}["Trained"]["message"]

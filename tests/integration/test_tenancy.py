@@ -48,6 +48,19 @@ NAMESPACED: set[Rule] = {
     ("", "serviceaccounts", "create"),
     ("rbac.authorization.k8s.io", "roles", "create"),
     ("rbac.authorization.k8s.io", "rolebindings", "create"),
+    # ownership (issue #24): who controls an object is read before applying over, adopting or deleting it, and a
+    # ModelServer's replicas are the pods of the ReplicaSets its Deployment controls (watched, like its pods)
+    *{
+        (g, r, "get")
+        for g, r in (
+            ("", "services"),
+            ("policy", "poddisruptionbudgets"),
+            ("", "serviceaccounts"),
+            ("apps", "deployments"),
+        )
+    },
+    *{("rbac.authorization.k8s.io", r, "get") for r in ("roles", "rolebindings")},
+    *{("apps", "replicasets", v) for v in ("list", "watch")},
     ("", "secrets", "get"),
     ("", "events", "create"),
 }

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.ports import free_port
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("FTO_CACHE") or Path.home() / ".cache" / "finetune-operator")
@@ -147,8 +148,11 @@ def test_the_sidecar_drives_vllm(vllm: tuple[str, Path, list[Path]], tmp_path: P
     answers = {m: ask(m) for m in ("shared", "alpha", "beta", "team-b/gamma")}
     assert len(set(answers.values())) == 4, answers  # four different models answering
 
-    # alpha's run 2 (another adapter) replaces run 1 in place while beta is streamed: no request fails
+    # alpha's run 2 (another adapter) replaces run 1 in place while beta is streamed: no request fails. The
+    # windows before and after the swap are counted in answered rounds, not seconds, so "no failure" cannot
+    # hold because nothing was asked.
     failures: list[str] = []
+    rounds: list[float] = []  # when each round (beta, then alpha) was answered
     stop = threading.Event()
 
     def keep_asking() -> None:
@@ -156,15 +160,22 @@ def test_the_sidecar_drives_vllm(vllm: tuple[str, Path, list[Path]], tmp_path: P
             try:
                 ask("beta", 24)
                 ask("alpha", 4)
+                rounds.append(time.monotonic())
             except Exception as error:
                 failures.append(f"{type(error).__name__}: {error}")
 
+    def answered_since(moment: float, count: int) -> bool:
+        assert not failures, failures[:3]
+        return sum(1 for t in rounds if t > moment) >= count
+
     asker = threading.Thread(target=keep_asking, daemon=True)
     asker.start()
-    time.sleep(1)
+    wait_for("a round answered before the swap", lambda: answered_since(0.0, 1), timeout=600)
     maps.want([("alpha", 2, a3), ("beta", 1, a1), ("team-b/gamma", 1, a2)])
     state, done = sync_once(maps, engine, "desired", tmp_path)  # type: ignore[arg-type]
-    time.sleep(3)
+    swapped = time.monotonic()
+    # the round in flight across the swap answered (the new alpha's own answer is checked below)
+    wait_for("a round answered after the swap", lambda: answered_since(swapped, 1), timeout=600)
     stop.set()
     asker.join(300)
     assert done and not failures, failures[:3]

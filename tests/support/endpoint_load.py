@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.support.waiting import wait_for
+
 
 def ready_endpoints(api_client: Any, namespace: str, service: str) -> list[str]:
     """The Service's ready pod addresses, from its EndpointSlices (what kube-proxy routes new connections to)."""
@@ -108,6 +110,19 @@ class EndpointLoad:
         """A copy of what was seen so far."""
         with self._lock:
             return LoadReport(dict(self._report.answered), list(self._report.failures), list(self._report.latencies))
+
+    def wait_answered(self, count: int, *, by: str | None = None, timeout: float = 300.0) -> None:
+        """Block until `count` more requests are answered from now on (by the pod at address `by`, when given).
+
+        Why: a window of load measured in answers, not seconds. "No request failed" after a fixed sleep also
+        holds when no request was sent in it (a slow node); after this, it says something."""
+
+        def answered() -> int:
+            seen = self.report().answered
+            return seen.get(by, 0) if by is not None else sum(seen.values())
+
+        target = answered() + count
+        wait_for(f"{count} more answers" + (f" from {by}" if by else ""), lambda: answered() >= target, timeout, 0.2)
 
     def _watch(self) -> None:
         while not self._stop.is_set():

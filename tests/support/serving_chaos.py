@@ -108,7 +108,7 @@ def disrupt(core: Any, custom: Any, api_client: Any, namespace: str, name: str) 
         api_client, namespace, service, connect, lambda client: ask(client, model), concurrency=CONCURRENCY
     )
     with load:
-        time.sleep(3)  # a baseline: requests answered before anything moves
+        load.wait_answered(2 * CONCURRENCY, timeout=300)  # a baseline: requests answered before anything moves
         started, before = time.monotonic(), load.report()
         patch = {"spec": {"hyperparameters": {"learningRate": 0.005}}}
         custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch)
@@ -129,7 +129,7 @@ def disrupt(core: Any, custom: Any, api_client: Any, namespace: str, name: str) 
             0.5,
         )
         deletion = _phase(load, before, started)
-        time.sleep(2)
+        load.wait_answered(2 * CONCURRENCY, timeout=300)  # and answered by the settled pods afterwards
     report = load.report()
     return {
         "replicas": REPLICAS,

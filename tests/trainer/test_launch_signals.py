@@ -23,6 +23,21 @@ from tests.support.ports import free_port
 from tests.trainer.builders import trainer_config
 
 
+def _torchrun(pid: int) -> psutil.Process | None:
+    """The launcher's torchrun child, once started (other children come and go: one gone meanwhile is skipped)."""
+    for child in psutil.Process(pid).children():
+        try:
+            if "torch.distributed.run" in " ".join(child.cmdline()):
+                return child
+        except psutil.Error:
+            continue
+    return None
+
+
+def _listens(process: psutil.Process, port: int) -> bool:
+    return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in process.net_connections("tcp"))
+
+
 def test_sigterm_while_waiting_for_a_peer_exits_preempted(
     s3_bucket: Any, tmp_path: Path, trainer_env: dict[str, str]
 ) -> None:
@@ -35,10 +50,18 @@ def test_sigterm_while_waiting_for_a_peer_exits_preempted(
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120  # torchrun imports torch: give a busy machine its time
-        while not any("torch.distributed.run" in " ".join(c.cmdline()) for c in psutil.Process(process.pid).children()):
+        torchrun = None
+        while torchrun is None:
             assert process.poll() is None and time.monotonic() < deadline, "torchrun never started"
+            torchrun = _torchrun(process.pid)
             time.sleep(0.2)
-        time.sleep(3)  # torchrun is in rendezvous now, waiting for node 1
+        # Not a pause: the positive sign that node 0 is in rendezvous is its store listening on MASTER_PORT for
+        # node 1 (node 0 hosts the rendezvous store), which never comes
+        port = int(env["MASTER_PORT"])
+        while not _listens(torchrun, port):
+            assert process.poll() is None, f"node 0 exited instead of waiting: {process.communicate()[0][-3000:]}"
+            assert time.monotonic() < deadline, f"torchrun never listened on port {port} for its peer"
+            time.sleep(0.2)
         assert process.poll() is None, "node 0 should be waiting for its peer"
         sent = time.monotonic()
         process.send_signal(signal.SIGTERM)

@@ -90,7 +90,7 @@ def test_chat_lora_run_writes_every_artifact(s3_bucket: Any, tiny_llama_uri: str
     checkpoint_keys = keys(s3_bucket, "out/run-1/checkpoints/")
     complete = {k.split("/")[3] for k in checkpoint_keys if k.endswith("/_COMPLETE")}
     # keep: 2, the final one among them (a checkpoint waiting behind a slow upload may be skipped, see
-    # test_checkpoint_uploads)
+    # test_checkpoint_uploads_s3.py)
     assert len(complete) == 2 and "checkpoint-20" in complete
     assert {k.split("/")[3] for k in checkpoint_keys} == complete
     assert "out/run-1/checkpoints/checkpoint-20/trainer_config.json" in checkpoint_keys

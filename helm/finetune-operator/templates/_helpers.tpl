@@ -112,13 +112,14 @@ tests/helm/test_chart.py pins the exact list; docs/security.md shows `kubectl au
 - apiGroups: [finetune.dev]
   resources: [modelservers/finalizers]
   verbs: [update]
-# A ModelServer's pods, ConfigMaps (the desired adapter list, the report its sidecars patch) and Deployment are
-# watched, label-selected (finetune.dev/server-uid, component model-server), and listed once at startup, so a
-# ModelServer pass reads them from memory instead of reading them on every pass (list, watch: RBAC cannot limit
-# them to a label, so they reach every ConfigMap of a watched namespace, as get already does by name). get+patch
-# on ConfigMaps is also what the sidecar's Role grants (builders/modelserver.py sync_rbac, on those two names only),
-# which the operator may create only holding it. A FineTuneJob pass reads the trainer's progress ConfigMap by name
-# while the run's pods train (the trainer's config is never read back).
+# A ModelServer's pods, ReplicaSets, ConfigMaps (the desired adapter list, the report its sidecars patch) and
+# Deployment are watched, label-selected (finetune.dev/server-uid, component model-server), and listed once at
+# startup, so a ModelServer pass reads them from memory instead of reading them on every pass (list, watch: RBAC
+# cannot limit them to a label, so they reach every ConfigMap of a watched namespace, as get already does by name).
+# get+patch on ConfigMaps is also what the sidecar's Role grants (builders/modelserver.py sync_rbac, on those two
+# names only), which the operator may create only holding it; get also reads who controls a ConfigMap before an
+# apply or a delete (ownership). A FineTuneJob pass reads the trainer's progress ConfigMap by name while the run's
+# pods train (the trainer's config is never read back).
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, watch]
@@ -132,11 +133,12 @@ tests/helm/test_chart.py pins the exact list; docs/security.md shows `kubectl au
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
-# Serving Deployments: startup list + watch, server-side apply (patch; create when it does not exist yet),
-# delete when serving is turned off.
+# Serving Deployments (a FineTuneJob's own, a ModelServer's): startup list + watch, server-side apply (patch;
+# create when it does not exist yet), delete when serving is turned off; get (metadata only) before an apply or a
+# delete: who controls it (ownership, as for Services below; the passes read the Deployments themselves from memory).
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 # Trainer config / serving config / a ModelServer's desired list / the trainer's progress (ConfigMaps), workers'
 # headless and serving Services, the serving PodDisruptionBudget: created or server-side applied, deleted when a run
 # is retired or serving is off; a gone replica's key is merge-patched out of a ModelServer's report ConfigMap.
@@ -145,24 +147,38 @@ tests/helm/test_chart.py pins the exact list; docs/security.md shows `kubectl au
 - apiGroups: [""]
   resources: [configmaps, services]
   verbs: [create, patch, delete]
-# The serving PodDisruptionBudget (two or more replicas): server-side applied, deleted with serving or at one replica.
+# get (metadata only): before an apply or a delete, and after a create that found the name taken, the operator
+# reads who controls the object, and never applies over, adopts or deletes one it does not own (ConfigMaps: the
+# get rule above).
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get]
+# The serving PodDisruptionBudget (two or more replicas): server-side applied, deleted with serving or at one
+# replica; get as for Services.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [create, patch, delete]
+  verbs: [get, create, patch, delete]
+# A ModelServer's replicas are the pods of the ReplicaSets its own Deployment controls: its ReplicaSets are listed
+# once at startup and watched (label-selected, like its pods), so a pass tells its replicas from pods that merely
+# carry its labels from memory.
+- apiGroups: [apps]
+  resources: [replicasets]
+  verbs: [list, watch]
 # The per-run trainer identity (builders/rbac.py) and a ModelServer sidecar's (builders/modelserver.py sync_rbac):
 # a ServiceAccount, a Role naming its objects (resourceNames) and a RoleBinding, created once and removed by garbage
-# collection with their owner (no get, patch or delete). RBAC cannot limit `create` to names: the escalation check
-# keeps every Role within the rules above, and the chart's admission policy (rbac.admissionPolicy,
-# templates/admission-policy.yaml) admits from this ServiceAccount only Roles whose every rule names its objects
-# with get/patch, and RoleBindings binding a Role of their own name to the one ServiceAccount of that name.
+# collection with their owner (no patch or delete); get (metadata only) after a create that found the name taken:
+# used only when this owner controls it. RBAC cannot limit `create` to names: the escalation check keeps every Role
+# within the rules above, and the chart's admission policy (rbac.admissionPolicy, templates/admission-policy.yaml)
+# admits from this ServiceAccount only Roles whose every rule names its objects with get/patch, and RoleBindings
+# binding a Role of their own name to the one ServiceAccount of that name.
 # This rule: the ServiceAccount (automountServiceAccountToken false; only the pods that need it mount a token).
 - apiGroups: [""]
   resources: [serviceaccounts]
-  verbs: [create]
+  verbs: [get, create]
 # ... and its Role and RoleBinding (above: why create cannot be named, and what bounds it instead).
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [create]
+  verbs: [get, create]
 {{- if .secrets }}
 # The credentials Secret named in spec.storage, in the FineTuneJob's own namespace: only whether it exists, read
 # as PartialObjectMetadata (Kube.exists_metadata: the data never reaches the operator), and only until the run's

@@ -25,3 +25,11 @@ class TemporaryError(Exception):
 
 class Conflict(TemporaryError):
     """The object changed since it was read (optimistic concurrency); reconcile again from fresh state."""
+
+
+class NameTaken(PermanentError):
+    """An object the operator would create or apply exists under that name and is controlled by someone else
+    (another owner, or nobody): the operator never adopts, overwrites or deletes it. Retrying cannot help
+    until a person removes or renames that object."""
+
+    code = "NameTaken"

@@ -5,6 +5,13 @@ Every other module builds plain manifests; this one sends them. Failures are cla
 - PermanentError: the API refused the request as invalid (400, 422) - retrying the same spec cannot help;
 - TemporaryError: conflicts, throttling, server or network trouble, missing permissions - retry later.
 "Already exists" on create and "not found" on delete are not errors (level-triggered: the goal is met).
+
+Ownership (`finetune_operator.api.ownership`) is enforced here, on every write to a child: a create that finds
+the name taken, or an apply over an existing object, goes on only when that object's controller ownerReference
+is the manifest's own (else NameTaken: nothing is adopted or force-applied over another owner's object); a
+delete reads the object's controller first (unless the caller observed its uid) and carries a uid precondition,
+so a name that someone else reused in between is never deleted; a patch of a sweep's trial carries the uid and
+resourceVersion it was judged by.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ from kubernetes.client.exceptions import ApiException
 
 from finetune_operator import GROUP, KIND, PLURAL, VERSION
 from finetune_operator.api.objects import Manifest, Owner
-from finetune_operator.core.errors import Conflict, PermanentError, TemporaryError
+from finetune_operator.api.ownership import controlled_by, describe_controller
+from finetune_operator.core.errors import Conflict, NameTaken, PermanentError, TemporaryError
 from finetune_operator.core.metrics import API_REQUESTS, CHILD_CREATE_SECONDS
 
 log = logging.getLogger(__name__)
@@ -37,6 +45,7 @@ PLURALS = {
     "Pod": "pods",
     "Job": "jobs",
     "Deployment": "deployments",
+    "ReplicaSet": "replicasets",
     "Role": "roles",
     "RoleBinding": "rolebindings",
     "PodDisruptionBudget": "poddisruptionbudgets",
@@ -54,6 +63,33 @@ def path(api_version: str, kind: str, namespace: str, name: str = "") -> str:
     prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
     base = f"{prefix}/namespaces/{namespace}/{PLURALS[kind]}"
     return f"{base}/{name}" if name else base
+
+
+def manifest_controller(manifest: Manifest) -> str:
+    """The uid of the controller ownerReference a manifest sets ("" when it sets none: a Lease, an Event)."""
+    refs = manifest["metadata"].get("ownerReferences") or []
+    return next((str(r["uid"]) for r in refs if r.get("controller") is True), "")
+
+
+def name_taken(body: dict[str, Any], what: str) -> NameTaken:
+    meta = body.get("metadata") or {}
+    return NameTaken(
+        f"{what} {meta.get('namespace')}/{meta.get('name')} exists and is not ours (controlled by "
+        f"{describe_controller(body)}): the operator does not adopt or overwrite it; remove or rename it"
+    )
+
+
+@contextmanager
+def _replaced(what: str, *, bound: bool) -> Iterator[None]:
+    """A write bound to an object's uid that the API refused because the uid changed (the immutable field
+    check answers 422) means the name now holds another object: a Conflict (read again; the next pass sees the
+    new object, which is not ours), never a PermanentError that would fail the owner."""
+    try:
+        yield
+    except PermanentError as error:
+        if bound and "uid" in str(error).lower():
+            raise Conflict(f"{what} was replaced since it was read: {error}", delay=1) from error
+        raise
 
 
 def classify(error: ApiException, what: str) -> PermanentError | TemporaryError:
@@ -155,31 +191,62 @@ class Kube:
             self._call("GET", path(api_version, kind, namespace, name), accept=METADATA_ONLY)
         return not seen
 
+    def get_metadata(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """An object's metadata only (PartialObjectMetadata: never a Secret's data); None when absent."""
+        with self._errors("get", f"{kind} {namespace}/{name}", ok=(404,)) as seen:
+            found: dict[str, Any] = self._call("GET", path(api_version, kind, namespace, name), accept=METADATA_ONLY)
+        return None if seen else found
+
     def create(self, manifest: Manifest) -> dict[str, Any] | None:
-        """Create; None when it already exists (another reconcile or a previous operator made it)."""
+        """Create; None when it already exists and is ours (another reconcile or a previous operator made it:
+        the same controller ownerReference). NameTaken when the name is held by an object someone else controls."""
         meta = manifest["metadata"]
+        what = f"{manifest['kind']} {meta['namespace']}/{meta['name']}"
         url = path(manifest["apiVersion"], manifest["kind"], meta["namespace"])
         with (
-            self._errors("create", f"{manifest['kind']} {meta['namespace']}/{meta['name']}", ok=(409,)) as seen,
+            self._errors("create", what, ok=(409,)) as seen,
             CHILD_CREATE_SECONDS.labels(manifest["kind"]).time(),
         ):
             created: dict[str, Any] = self._call("POST", url, manifest, query=[("fieldManager", FIELD_MANAGER)])
-        return None if seen else created
+        if not seen:
+            return created
+        owner = manifest_controller(manifest)
+        if owner:
+            existing = self.get_metadata(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+            if existing is not None and not controlled_by(existing, meta["namespace"], owner):
+                raise name_taken(existing, manifest["kind"])
+        return None
 
     def apply(self, manifest: Manifest) -> dict[str, Any]:
-        """Server-side apply as the operator's field manager (creates or converges)."""
+        """Server-side apply as the operator's field manager (creates or converges), only over an object the
+        manifest's own controller controls: an existing object of another owner (or of none) raises NameTaken
+        instead of being taken over, and the apply over our own object carries its uid (a precondition: an
+        object deleted and re-made under the name since it was read is refused, not overwritten). Force (taking
+        fields from other managers, e.g. a hand edit) is used only over that verified object of ours."""
         meta = manifest["metadata"]
+        what = f"{manifest['kind']} {meta['namespace']}/{meta['name']}"
+        owner = manifest_controller(manifest)
+        if not owner:
+            raise ValueError(f"{what}: a child manifest without a controller ownerReference")
+        existing = self.get_metadata(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        body, force = manifest, "false"
+        if existing is not None:
+            if not controlled_by(existing, meta["namespace"], owner):
+                raise name_taken(existing, manifest["kind"])
+            body = {**manifest, "metadata": {**meta, "uid": existing["metadata"]["uid"]}}
+            force = "true"
         url = path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
         with (
-            self._errors("apply", f"{manifest['kind']} {meta['namespace']}/{meta['name']}"),
+            _replaced(what, bound=existing is not None),
+            self._errors("apply", what),
             CHILD_CREATE_SECONDS.labels(manifest["kind"]).time(),
         ):
             applied: dict[str, Any] = self._call(
                 "PATCH",
                 url,
-                manifest,
+                body,
                 content_type="application/apply-patch+yaml",
-                query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+                query=[("fieldManager", FIELD_MANAGER), ("force", force)],
             )
         return applied
 
@@ -192,12 +259,40 @@ class Kube:
             replaced: dict[str, Any] = self._call("PUT", url, manifest, query=[("fieldManager", FIELD_MANAGER)])
         return replaced
 
-    def delete(self, api_version: str, kind: str, namespace: str, name: str, *, foreground: bool = False) -> bool:
-        """Delete; False when it was already gone. Background: the object goes at once and its dependents
-        follow. Foreground: the object stays, marked deleting, until its dependents (a Job's pods) are gone."""
+    def delete(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        name: str,
+        *,
+        owner: str,
+        uid: str = "",
+        foreground: bool = False,
+    ) -> bool:
+        """Delete the object of that name if it is a child of `owner` (a uid); False when it was already gone
+        or is not ours. `uid`: the object's own uid as the caller observed it (a Job in the store); without it
+        the object's metadata is read first and its controller checked. Either way the request carries a uid
+        precondition, so an object re-made under the name by someone else is never deleted.
+        Background: the object goes at once and its dependents follow. Foreground: the object stays, marked
+        deleting, until its dependents (a Job's pods) are gone."""
+        if not uid:
+            existing = self.get_metadata(api_version, kind, namespace, name)
+            if existing is None:
+                return False
+            if not controlled_by(existing, namespace, owner):
+                log.warning("not deleting %s %s/%s: %s", kind, namespace, name, describe_controller(existing))
+                return False
+            uid = str(existing["metadata"]["uid"])
         policy = "Foreground" if foreground else "Background"
-        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": policy}
-        with self._errors("delete", f"{kind} {namespace}/{name}", ok=(404,)) as seen:
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "propagationPolicy": policy,
+            "preconditions": {"uid": uid},
+        }
+        # 409: the precondition failed (the name now holds another object); ours is gone: the goal is met
+        with self._errors("delete", f"{kind} {namespace}/{name}", ok=(404, 409)) as seen:
             self._call("DELETE", path(api_version, kind, namespace, name), body)
         return not seen
 
@@ -210,16 +305,36 @@ class Kube:
                 content_type="application/merge-patch+json",
             )
 
-    def merge_patch(self, api_version: str, kind: str, namespace: str, name: str, body: dict[str, Any]) -> None:
-        """A JSON merge patch (e.g. dropping a gone pod's key from a ModelServer's report ConfigMap)."""
-        with self._errors("patch", f"{kind} {namespace}/{name}", ok=(404,)):
+    def merge_patch(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        name: str,
+        body: dict[str, Any],
+        *,
+        uid: str = "",
+        resource_version: str = "",
+    ) -> bool:
+        """A JSON merge patch (e.g. dropping a gone pod's key from a ModelServer's report ConfigMap); False
+        when the object is gone. `uid` and `resource_version` are preconditions: the patch applies only to that
+        very object (the API server refuses a changed uid) at that version (else Conflict: read again)."""
+        meta: dict[str, Any] = {**(body.get("metadata") or {})}
+        if uid:
+            meta["uid"] = uid
+        if resource_version:
+            meta["resourceVersion"] = resource_version
+        patch = {**body, "metadata": meta} if meta else body
+        what = f"{kind} {namespace}/{name}"
+        with _replaced(what, bound=bool(uid)), self._errors("patch", what, ok=(404,)) as seen:
             self._call(
                 "PATCH",
                 path(api_version, kind, namespace, name),
-                body,
+                patch,
                 content_type="application/merge-patch+json",
                 query=[("fieldManager", FIELD_MANAGER)],
             )
+        return not seen
 
     def patch_status(
         self, namespace: str, name: str, status_patch: dict[str, Any], resource_version: str, kind: str = KIND

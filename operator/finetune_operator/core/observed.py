@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from finetune_operator import KIND
 from finetune_operator.api.labels import (
     ANNOTATION_PLACEMENT_HASH,
     ANNOTATION_SPEC_HASH,
@@ -18,9 +19,9 @@ from finetune_operator.api.labels import (
     COMPONENT_TRAINER,
     LABEL_COMPONENT,
     LABEL_RUN,
-    LABEL_UID,
     TRAINER_CONTAINER,
 )
+from finetune_operator.api.ownership import controller_uid
 
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
@@ -48,7 +49,9 @@ class JobObs:
     name: str
     run: int
     component: str = COMPONENT_TRAINER  # or COMPONENT_VALIDATOR: the run's data check
-    owner_uid: str = ""
+    owner_uid: str = ""  # its controller FineTuneJob's uid (api.ownership; never the label)
+    namespace: str = ""
+    uid: str = ""  # the Job's own: its pods name it as their controller
     training_hash: str = ""
     placement_hash: str = ""  # the Job's placement-hash annotation (every Job the operator makes has one)
     suspended: bool = False
@@ -78,7 +81,9 @@ def job_obs(body: dict[str, Any]) -> JobObs:
         name=meta.get("name", ""),
         run=_run(meta),
         component=_component(meta),
-        owner_uid=(meta.get("labels") or {}).get(LABEL_UID, ""),
+        owner_uid=controller_uid(body, KIND),
+        namespace=meta.get("namespace", ""),
+        uid=meta.get("uid", ""),
         training_hash=(meta.get("annotations") or {}).get(ANNOTATION_TRAINING_HASH, ""),
         placement_hash=(meta.get("annotations") or {}).get(ANNOTATION_PLACEMENT_HASH, ""),
         suspended=bool(spec.get("suspend")),
@@ -110,6 +115,8 @@ class PodObs:
     disrupted: bool = False
     deleting: bool = False
     node_lost: str = ""  # its node, when Kubernetes evicted it because that node stopped responding
+    job_uid: str = ""  # its controller Job's uid: the pod counts only through a Job that counts
+    namespace: str = ""
 
 
 def _node_lost(body: dict[str, Any], conditions: dict[str, dict[str, str]]) -> str:
@@ -149,6 +156,8 @@ def pod_obs(body: dict[str, Any]) -> PodObs:
         disrupted=conditions.get("DisruptionTarget", {}).get("status") == "True",
         deleting=bool(meta.get("deletionTimestamp")),
         node_lost=_node_lost(body, conditions),
+        job_uid=controller_uid(body, "Job", "batch"),
+        namespace=meta.get("namespace", ""),
     )
 
 
@@ -163,6 +172,9 @@ class DeploymentObs:
     ready: int = 0
     current: bool = False  # the controller has seen the latest spec and finished rolling it out
     available_condition: bool = False
+    owner_uid: str = ""  # its controller FineTuneJob's uid
+    namespace: str = ""
+    uid: str = ""
 
 
 def deployment_obs(body: dict[str, Any]) -> DeploymentObs:
@@ -181,6 +193,9 @@ def deployment_obs(body: dict[str, Any]) -> DeploymentObs:
         ready=int(status.get("readyReplicas") or 0),
         current=seen and updated == replicas and total == replicas and available >= replicas,
         available_condition=_conditions(body).get("Available", {}).get("status") == "True",
+        owner_uid=controller_uid(body, KIND),
+        namespace=meta.get("namespace", ""),
+        uid=meta.get("uid", ""),
     )
 
 

@@ -2,10 +2,11 @@
 
 Each kind registers one `Controller`: the resource it reconciles, how its loop is built at startup, how its memory
 is primed before the first pass (an informer's initial list), which keys it has (for the periodic resync), and
-the `Watch`es whose events fill its memory and queue its keys: its own resource, its children (by the label that
-names their owner's uid), and other kinds it follows (a ModelServer follows the FineTuneJobs naming it). The glue
-loops over the registry: one kopf handler per watched resource, one work queue per kind. Adding a kind is one
-`Controller` in its own package and one line in handlers.CONTROLLERS.
+the `Watch`es whose events fill its memory and queue its keys: its own resource, its children (streamed by the label
+that names their owner's uid, filed by their controller ownerReference: api.ownership), and other kinds it follows
+(a ModelServer follows the FineTuneJobs naming it), and how its memory drops what names no live owner (`prune`, at
+each resync). The glue loops over the registry: one kopf handler per watched resource, one work queue per kind.
+Adding a kind is one `Controller` in its own package and one line in handlers.CONTROLLERS.
 
 Why the selectors are merged here: the API server takes one label selector per watched resource, and it ANDs
 its terms, so two kinds following one resource (FineTuneJob training pods, ModelServer replicas) cannot each add
@@ -81,6 +82,9 @@ class Controller(Generic[Loop]):
     wait for events); `keys(loop)` are what the periodic resync queues; `concurrency(settings)` is how many
     passes of this kind run at once. Its memory is primed before any pass by listing each child watch's
     objects (`Watch.selector`) through the watch's own `observe`, as an informer's initial list does.
+    `prune(loop)`, at each resync before the keys are queued, drops from the kind's memory the children that name
+    no live owner (api.ownership: a forged uid, an event that came after its owner's deletion), so memory stays
+    bounded by the live objects; it returns how many groups went.
     """
 
     kind: str
@@ -90,6 +94,7 @@ class Controller(Generic[Loop]):
     watches: tuple[Watch[Loop], ...]
     keys: Callable[[Loop], Iterable[Key]]
     concurrency: Callable[[Settings], int]
+    prune: Callable[[Loop], int] | None = None
 
     def children(self) -> tuple[Watch[Loop], ...]:
         """The watches of objects filed by their owner's uid: what priming lists."""
@@ -101,6 +106,7 @@ JOBS = Resource("batch", "v1", "jobs", "Job")
 PODS = Resource("", "v1", "pods", "Pod")
 DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
 CONFIG_MAPS = Resource("", "v1", "configmaps", "ConfigMap")
+REPLICA_SETS = Resource("apps", "v1", "replicasets", "ReplicaSet")
 
 
 def resources(controllers: Sequence[Controller[Any]]) -> list[Resource]:

@@ -1,9 +1,16 @@
 """The operator's memory of what it watches: FineTuneJob bodies and compact observations of their children.
 
 Why: a reconcile that reads its inputs from memory costs the API server nothing; only changes go out.
-Watch events (from kopf) fill it; reconcile threads read it, so every access takes one lock. Children are
-filed by the uid of the FineTuneJob they belong to (label finetune.dev/job-uid), which tells apart a
-deleted and re-created job of the same name.
+Watch events (from kopf) fill it; reconcile threads read it, so every access takes one lock.
+
+Ownership (api.ownership): a Job or Deployment is filed under (its namespace, its controller FineTuneJob's
+uid) and a pod under (its namespace, its controller Job's uid), as the observations read them from the
+ownerReferences; labels only choose what the watches stream. A view of a FineTuneJob holds the children filed
+under its own namespace and uid, and only the pods of the Jobs among them: a Job in another namespace, or one
+that merely carries the job-uid label, is never part of it, and the uid also tells apart a deleted and
+re-created job of the same name. Entries go when their owner goes (`forget_body`), and `prune` drops what
+names no live owner (a forged uid, a child whose event came after its owner's deletion), so memory is bounded
+by the live FineTuneJobs and their children.
 """
 
 from __future__ import annotations
@@ -17,12 +24,12 @@ from typing import Any
 from finetune_operator.core.observed import DeploymentObs, JobObs, PodObs
 
 Key = tuple[str, str]  # (namespace, name)
+OwnerKey = tuple[str, str]  # (namespace, uid): where a child is filed
 
 
 @dataclass
 class _Children:
     jobs: dict[str, JobObs] = field(default_factory=dict)
-    pods: dict[str, PodObs] = field(default_factory=dict)
     deployment: DeploymentObs | None = None
 
 
@@ -51,7 +58,9 @@ class Store:
         self._lock = threading.Lock()
         self._bodies: dict[Key, dict[str, Any]] = {}
         self._uids: dict[str, Key] = {}
-        self._children: dict[str, _Children] = {}
+        self._children: dict[OwnerKey, _Children] = {}  # by (namespace, FineTuneJob uid)
+        self._pods: dict[OwnerKey, dict[str, PodObs]] = {}  # by (namespace, Job uid)
+        self._orphans: set[tuple[str, OwnerKey]] = set()  # what the last prune found owner-less
         self._servers: dict[Key, dict[str, Any]] = {}  # ModelServer bodies (shared serving)
 
     def put_body(self, body: dict[str, Any]) -> Key:
@@ -67,48 +76,115 @@ class Store:
         with self._lock:
             self._bodies.pop((namespace, name), None)
             self._uids.pop(uid, None)
-            self._children.pop(uid, None)
+            kids = self._children.pop((namespace, uid), None)
+            for job in kids.jobs.values() if kids else ():
+                self._pods.pop((namespace, job.uid), None)
 
     def key_of(self, uid: str) -> Key | None:
         with self._lock:
             return self._uids.get(uid)
 
+    def owner_key(self, namespace: str, uid: str) -> Key | None:
+        """The FineTuneJob with this uid, if it lives in `namespace` (a child's event queues only its own owner)."""
+        with self._lock:
+            key = self._uids.get(uid)
+            return key if key is not None and key[0] == namespace else None
+
+    def owner_of_pod(self, pod: PodObs) -> Key | None:
+        """The FineTuneJob whose filed Job controls this pod, if any."""
+        with self._lock:
+            for (namespace, uid), kids in self._children.items():
+                if namespace == pod.namespace and any(j.uid == pod.job_uid for j in kids.jobs.values()):
+                    key = self._uids.get(uid)
+                    return key if key is not None and key[0] == namespace else None
+            return None
+
     def all_keys(self) -> list[Key]:
         with self._lock:
             return list(self._bodies)
 
-    def _kids(self, uid: str) -> _Children:
-        return self._children.setdefault(uid, _Children())
-
-    def put_job(self, uid: str, job: JobObs, *, only_if_absent: bool = False) -> None:
+    def put_job(self, job: JobObs, *, only_if_absent: bool = False) -> None:
+        """File a Job under its controller FineTuneJob; one without such a controller is not anyone's child."""
+        if not job.owner_uid:
+            return
         with self._lock:
-            jobs = self._kids(uid).jobs
+            jobs = self._children.setdefault((job.namespace, job.owner_uid), _Children()).jobs
             if not (only_if_absent and job.name in jobs):
                 jobs[job.name] = job
 
-    def mark_job_deleting(self, uid: str, name: str) -> None:
+    def mark_job_deleting(self, namespace: str, owner_uid: str, name: str) -> None:
         """A foreground deletion was requested: the Job lingers until its pods are gone, and no pass may
         create its successor (same name) before the watch reports it deleted."""
         with self._lock:
-            jobs = self._kids(uid).jobs
-            if name in jobs:
-                jobs[name] = replace(jobs[name], deleting=True)
+            kids = self._children.get((namespace, owner_uid))
+            if kids is not None and name in kids.jobs:
+                kids.jobs[name] = replace(kids.jobs[name], deleting=True)
 
-    def forget_job(self, uid: str, name: str) -> None:
+    def forget_job(self, namespace: str, owner_uid: str, name: str) -> None:
         with self._lock:
-            self._kids(uid).jobs.pop(name, None)
+            kids = self._children.get((namespace, owner_uid))
+            if kids is None:
+                return
+            gone = kids.jobs.pop(name, None)
+            if gone is not None and gone.uid:
+                self._pods.pop((namespace, gone.uid), None)
+            if not kids.jobs and kids.deployment is None:
+                self._children.pop((namespace, owner_uid), None)
 
-    def put_pod(self, uid: str, pod: PodObs) -> None:
+    def put_pod(self, pod: PodObs) -> None:
+        """File a pod under its controller Job (whether that Job counts is decided when a view is read)."""
+        if not pod.job_uid:
+            return
         with self._lock:
-            self._kids(uid).pods[pod.name] = pod
+            self._pods.setdefault((pod.namespace, pod.job_uid), {})[pod.name] = pod
 
-    def forget_pod(self, uid: str, name: str) -> None:
+    def forget_pod(self, pod: PodObs) -> None:
         with self._lock:
-            self._kids(uid).pods.pop(name, None)
+            pods = self._pods.get((pod.namespace, pod.job_uid))
+            if pods is None:
+                return
+            pods.pop(pod.name, None)
+            if not pods:
+                self._pods.pop((pod.namespace, pod.job_uid), None)
 
-    def put_deployment(self, uid: str, deployment: DeploymentObs | None) -> None:
+    def put_deployment(self, deployment: DeploymentObs) -> None:
+        if not deployment.owner_uid:
+            return
         with self._lock:
-            self._kids(uid).deployment = deployment
+            self._children.setdefault((deployment.namespace, deployment.owner_uid), _Children()).deployment = deployment
+
+    def forget_deployment(self, namespace: str, owner_uid: str, uid: str = "") -> None:
+        """The owner's Deployment is gone (only the one with `uid`, when given: a watch event names which)."""
+        with self._lock:
+            kids = self._children.get((namespace, owner_uid))
+            if kids is None or (uid and kids.deployment is not None and kids.deployment.uid != uid):
+                return
+            kids.deployment = None
+            if not kids.jobs:
+                self._children.pop((namespace, owner_uid), None)
+
+    def prune(self) -> int:
+        """Drop the children that name no live owner: groups filed under a (namespace, uid) no FineTuneJob in
+        memory has, and pods of Jobs no group holds. A group is dropped at the second prune that finds it
+        owner-less (one resync period of grace: a child's event may come before its owner's). How many went.
+        Pods count as owner-less when no Job of a live owner controls them."""
+        with self._lock:
+            live = {(key[0], uid) for uid, key in self._uids.items()}
+            jobs = {(k[0], j.uid) for k, kids in self._children.items() if k in live for j in kids.jobs.values()}
+            found = {("children", k) for k in self._children if k not in live}
+            found |= {("pods", k) for k in self._pods if k not in jobs}
+            drop, self._orphans = found & self._orphans, found - self._orphans
+            for kind, key in drop:
+                if kind == "children":
+                    self._children.pop(key, None)
+                else:
+                    self._pods.pop(key, None)
+            return len(drop)
+
+    def sizes(self) -> tuple[int, int]:
+        """How many child groups and pod groups are held (for tests of the bound)."""
+        with self._lock:
+            return len(self._children), len(self._pods)
 
     def put_server(self, body: dict[str, Any]) -> Key:
         meta = body["metadata"]
@@ -141,5 +217,6 @@ class Store:
             body = self._bodies.get(key)
             if body is None:
                 return None
-            kids = self._children.get(body["metadata"]["uid"], _Children())
-            return View(copy.deepcopy(body), tuple(kids.jobs.values()), tuple(kids.pods.values()), kids.deployment)
+            kids = self._children.get((key[0], body["metadata"]["uid"]), _Children())
+            pods = [p for j in kids.jobs.values() if j.uid for p in self._pods.get((key[0], j.uid), {}).values()]
+            return View(copy.deepcopy(body), tuple(kids.jobs.values()), tuple(pods), kids.deployment)

@@ -19,7 +19,7 @@ from finetune_operator.api.finetunejob import parse_spec
 from finetune_operator.api.labels import ANNOTATION_RETRY, Names
 from finetune_operator.api.modelserver import server_ref
 from finetune_operator.api.objects import Manifest, Owner
-from finetune_operator.core.errors import PermanentError, TemporaryError
+from finetune_operator.core.errors import NameTaken, PermanentError, TemporaryError
 from finetune_operator.core.kube import Kube
 from finetune_operator.core.metrics import JOBS_BY_PHASE, PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
 from finetune_operator.core.observed import deployment_obs, job_obs
@@ -101,27 +101,37 @@ class Reconciler:
             self._execute(owner, decided)
         except PermanentError as error:
             RECONCILE_ERRORS.labels("permanent").inc()
-            failed = {"phase": "Failed", "error": {"code": "ConfigInvalid", "message": str(error)[:4096]}}
+            code = NameTaken.code if isinstance(error, NameTaken) else "ConfigInvalid"
+            failed = {"phase": "Failed", "error": {"code": code, "message": str(error)[:4096]}}
             decided = replace(decided, status={**decided.status, **failed})
         self._write_status(view.body, decided.status, owner, decided)
         return decided.requeue_after
 
     def _created_job(self, owner: Owner, manifest: Manifest, created: dict[str, Any] | None) -> None:
+        # create() returned None only for a Job of ours (one controlled by another owner raises NameTaken)
         body = created or self.kube.get("batch/v1", "Job", owner.namespace, manifest["metadata"]["name"])
         if body:
-            self.store.put_job(owner.uid, job_obs(body), only_if_absent=created is not None)
+            self.store.put_job(job_obs(body), only_if_absent=created is not None)
 
     def _execute(self, owner: Owner, decided: Plan) -> None:
         for ref in decided.delete:
-            deleted = self.kube.delete(ref.api_version, ref.kind, owner.namespace, ref.name, foreground=ref.foreground)
+            deleted = self.kube.delete(
+                ref.api_version,
+                ref.kind,
+                owner.namespace,
+                ref.name,
+                owner=owner.uid,
+                uid=ref.uid,
+                foreground=ref.foreground,
+            )
             if deleted and ref.kind == "Job":
                 log.info("%s Job %s/%s", "replacing" if ref.foreground else "retired", owner.namespace, ref.name)
             if ref.kind == "Job" and ref.foreground:
-                self.store.mark_job_deleting(owner.uid, ref.name)  # until the watch reports it gone
+                self.store.mark_job_deleting(owner.namespace, owner.uid, ref.name)  # until the watch reports it gone
             elif ref.kind == "Job":
-                self.store.forget_job(owner.uid, ref.name)
+                self.store.forget_job(owner.namespace, owner.uid, ref.name)
             elif ref.kind == "Deployment":
-                self.store.put_deployment(owner.uid, None)
+                self.store.forget_deployment(owner.namespace, owner.uid)
         # What the Job needs (identity, config, headless Service) first and in parallel, then the Job: a Job
         # that exists implies the rest does, which is what lets a restarted operator trust an existing Job.
         needed = [m for m in decided.create if m["kind"] != "Job"]
@@ -132,7 +142,7 @@ class Reconciler:
         for manifest in decided.apply:
             applied = self.kube.apply(manifest)
             if manifest["kind"] == "Deployment":
-                self.store.put_deployment(owner.uid, deployment_obs(applied))
+                self.store.put_deployment(deployment_obs(applied))
         if decided.suspend_job:
             name, suspend = decided.suspend_job
             self.kube.set_job_suspend(owner.namespace, name, suspend)

@@ -1,13 +1,14 @@
 """How the FineTuneJob loop registers (core.registry): its kind, its loop, and what it watches.
 
 FineTuneJob bodies fill the store and queue themselves; its Jobs, run pods (training and validation) and serving
-Deployment are filed by the job's uid (label finetune.dev/job-uid) as compact observations and queue their owner
-urgently; a ModelServer's change queues the FineTuneJobs naming it, which read their verdict from its status.
+Deployment are streamed by the job-uid label (finetune.dev/job-uid) and filed as compact observations by their
+controller ownerReference (api.ownership, core.store: a Job or Deployment under its FineTuneJob's namespace and
+uid, a pod under its Job's), and queue their owner urgently; a ModelServer's change queues the FineTuneJobs naming
+it, which read their verdict from its status. At each resync the store prunes what names no live owner.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from finetune_operator import GROUP, KIND, PLURAL, VERSION
@@ -39,18 +40,38 @@ def _server_body(loop: Reconciler, _event: str, body: dict[str, Any]) -> list[Ke
     return [(b["metadata"]["namespace"], b["metadata"]["name"]) for b in loop.store.bodies_naming(key, reference_of)]
 
 
-def _child(
-    put: Callable[[Reconciler, str, dict[str, Any]], None], forget: Callable[[Reconciler, str, dict[str, Any]], None]
-) -> Callable[[Reconciler, str, dict[str, Any]], list[Key]]:
-    """A child's event: filed under its FineTuneJob's uid; the FineTuneJob is queued when known."""
+def _queued(key: Key | None) -> list[Key]:
+    return [key] if key is not None else []
 
-    def observe(loop: Reconciler, event: str, body: dict[str, Any]) -> list[Key]:
-        uid = body["metadata"]["labels"][LABEL_UID]
-        (forget if event == DELETED else put)(loop, uid, body)
-        key = loop.store.key_of(uid)
-        return [key] if key is not None else []
 
-    return observe
+def _job(loop: Reconciler, event: str, body: dict[str, Any]) -> list[Key]:
+    """A Job's event: filed under its controller FineTuneJob (none: nobody's child); that owner is queued."""
+    job = job_obs(body)
+    if event == DELETED:
+        loop.store.forget_job(job.namespace, job.owner_uid, job.name)
+    else:
+        loop.store.put_job(job)
+    return _queued(loop.store.owner_key(job.namespace, job.owner_uid))
+
+
+def _pod(loop: Reconciler, event: str, body: dict[str, Any]) -> list[Key]:
+    """A run pod's event: filed under its controller Job; the FineTuneJob whose filed Job that is, is queued."""
+    pod = pod_obs(body)
+    if event == DELETED:
+        loop.store.forget_pod(pod)
+    else:
+        loop.store.put_pod(pod)
+    return _queued(loop.store.owner_of_pod(pod))
+
+
+def _deployment(loop: Reconciler, event: str, body: dict[str, Any]) -> list[Key]:
+    """The serving Deployment's event: filed under its controller FineTuneJob, which is queued."""
+    deployment = deployment_obs(body)
+    if event == DELETED:
+        loop.store.forget_deployment(deployment.namespace, deployment.owner_uid, deployment.uid)
+    else:
+        loop.store.put_deployment(deployment)
+    return _queued(loop.store.owner_key(deployment.namespace, deployment.owner_uid))
 
 
 CONTROLLER: Controller[Reconciler] = Controller(
@@ -60,38 +81,19 @@ CONTROLLER: Controller[Reconciler] = Controller(
     reconcile=Reconciler.reconcile,
     keys=lambda loop: loop.store.all_keys(),
     concurrency=lambda settings: settings.reconcile_threads,
+    prune=lambda loop: loop.store.prune(),
     watches=(
         Watch(FINETUNEJOBS, _job_body),
         Watch(MODELSERVERS, _server_body),
-        Watch(
-            JOBS,
-            _child(
-                lambda loop, uid, body: loop.store.put_job(uid, job_obs(body)),
-                lambda loop, uid, body: loop.store.forget_job(uid, body["metadata"]["name"]),
-            ),
-            owner_label=LABEL_UID,
-            urgent=True,
-        ),
+        Watch(JOBS, _job, owner_label=LABEL_UID, urgent=True),
         # the pods of a run's Jobs, training and validation; serving pods are followed through their Deployment
         Watch(
             PODS,
-            _child(
-                lambda loop, uid, body: loop.store.put_pod(uid, pod_obs(body)),
-                lambda loop, uid, body: loop.store.forget_pod(uid, body["metadata"]["name"]),
-            ),
+            _pod,
             owner_label=LABEL_UID,
             components=(COMPONENT_TRAINER, COMPONENT_VALIDATOR),
             urgent=True,
         ),
-        Watch(
-            DEPLOYMENTS,
-            _child(
-                lambda loop, uid, body: loop.store.put_deployment(uid, deployment_obs(body)),
-                lambda loop, uid, _body: loop.store.put_deployment(uid, None),
-            ),
-            owner_label=LABEL_UID,
-            components=("serving",),
-            urgent=True,
-        ),
+        Watch(DEPLOYMENTS, _deployment, owner_label=LABEL_UID, components=("serving",), urgent=True),
     ),
 )

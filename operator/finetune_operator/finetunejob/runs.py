@@ -32,12 +32,14 @@ from finetune_operator.core.settings import Settings
 
 @dataclass(frozen=True)
 class ChildRef:
-    """A child to delete: enough to address it."""
+    """A child to delete: enough to address it. The delete goes out only if the object is the FineTuneJob's
+    own (core.kube reads its controller unless `uid`, the object's uid as observed, says which one it is)."""
 
     api_version: str
     kind: str
     name: str
     foreground: bool = False  # the object stays (deletionTimestamp set) until its dependents are gone
+    uid: str = ""
 
 
 def current_run(status: dict[str, Any], training_hash: str, jobs: Sequence[JobObs]) -> int:
@@ -81,7 +83,7 @@ def retired_children(owner: Owner, jobs: Sequence[JobObs], run: int) -> list[Chi
         if job.run == run or job.deleting:
             continue
         refs += [
-            ChildRef("batch/v1", "Job", job.name),
+            ChildRef("batch/v1", "Job", job.name, uid=job.uid),
             ChildRef("v1", "ConfigMap", names.trainer_config(job.run)),
             ChildRef("v1", "Service", names.workers_service(job.run)),
         ]
@@ -123,11 +125,11 @@ def job_actions(
             return JobActions(children(), [], None)
         return JobActions([], [], None)
     if needs_new_placement(spec, job) or (retry and job.failed_condition):
-        return JobActions([], [ChildRef("batch/v1", "Job", job.name, foreground=True)], None)
+        return JobActions([], [ChildRef("batch/v1", "Job", job.name, foreground=True, uid=job.uid)], None)
     if job.finished:
         return JobActions([], [], None)
     if kueue and spec.suspend:
-        return JobActions([], [ChildRef("batch/v1", "Job", job.name)], None)
+        return JobActions([], [ChildRef("batch/v1", "Job", job.name, uid=job.uid)], None)
     if not kueue and job.suspended != spec.suspend:
         return JobActions([], [], (job.name, spec.suspend))
     return JobActions([], [], None)

@@ -66,7 +66,7 @@ def serving_decision(snapshot: Snapshot, published: Published | None, settings: 
     spec, owner, deployment = snapshot.spec, snapshot.owner, snapshot.deployment
     names = Names.of(owner.name)
     bundle_refs = [
-        ChildRef("apps/v1", "Deployment", names.serving),
+        ChildRef("apps/v1", "Deployment", names.serving, uid=deployment.uid if deployment else ""),
         ChildRef("v1", "Service", names.serving),
         ChildRef("policy/v1", "PodDisruptionBudget", names.serving),
         ChildRef("v1", "ConfigMap", names.serving_config),

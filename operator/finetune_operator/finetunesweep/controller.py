@@ -20,12 +20,12 @@ from finetune_operator.api.base import invalid_spec_message
 from finetune_operator.api.finetunesweep import (
     ANNOTATION_PARAMETERS,
     ANNOTATION_STOPPED,
-    LABEL_SWEEP_UID,
     SWEEP_KIND,
     parse_sweep_spec,
 )
 from finetune_operator.api.objects import Event, Owner
-from finetune_operator.core.errors import PermanentError, TemporaryError
+from finetune_operator.api.ownership import controlled_by
+from finetune_operator.core.errors import NameTaken, PermanentError, TemporaryError
 from finetune_operator.core.kube import Kube
 from finetune_operator.core.status_patch import merge_patch, now_rfc3339
 from finetune_operator.core.store import Key
@@ -89,30 +89,37 @@ class SweepReconciler:
 
     def _execute(self, owner: Owner, decided: SweepPlan) -> None:
         for manifest in decided.create:
-            created = self.kube.create(manifest)
             name = manifest["metadata"]["name"]
+            not_ours = (
+                f"FineTuneJob {owner.namespace}/{name} exists and is not a trial of this sweep (a FineTuneJob "
+                "of its own, or an earlier sweep's published winner): rename the sweep or remove that job"
+            )
+            try:
+                created = self.kube.create(manifest)
+            except NameTaken as error:
+                raise PermanentError(not_ours) from error
             if created is None:  # made by an earlier pass or operator: adopt what is there, if it is ours
                 created = self.kube.get(f"{GROUP}/{VERSION}", KIND, owner.namespace, name)
-                theirs = ((created or {}).get("metadata", {}).get("labels") or {}).get(LABEL_SWEEP_UID)
-                if created is not None and theirs != owner.uid:
-                    raise PermanentError(
-                        f"FineTuneJob {owner.namespace}/{name} exists and is not a trial of this sweep (a FineTuneJob "
-                        "of its own, or an earlier sweep's published winner): rename the sweep or remove that job"
-                    )
+                if created is not None and not controlled_by(created, owner.namespace, owner.uid):
+                    raise PermanentError(not_ours)
             else:
                 log.info("sweep %s/%s: created trial %s", owner.namespace, owner.name, name)
                 values = manifest["metadata"]["annotations"][ANNOTATION_PARAMETERS]
                 self._event(owner, Event("Normal", "TrialCreated", f"{name}: {values}"))
             if created is not None:
                 self.sweeps.put_trial(owner.uid, created)
+        # Stops and the publish go only to trials `is_trial` admitted (the plan saw no other), each patch bound to
+        # the trial's uid: a FineTuneJob re-made under the name since is refused by the API server, not patched.
         for stop in decided.stop:
             log.info("sweep %s/%s: stopping trial %s (%s)", owner.namespace, owner.name, stop.name, stop.reason)
             patch = {"metadata": {"annotations": {ANNOTATION_STOPPED: stop.reason}}, "spec": {"suspend": True}}
-            self.kube.merge_patch(f"{GROUP}/{VERSION}", KIND, owner.namespace, stop.name, patch)
+            self.kube.merge_patch(f"{GROUP}/{VERSION}", KIND, owner.namespace, stop.name, patch, uid=stop.uid)
         if decided.publish is not None:
             log.info("sweep %s/%s: publishing winner %s", owner.namespace, owner.name, decided.publish.name)
             publish = decided.publish
-            self.kube.merge_patch(f"{GROUP}/{VERSION}", KIND, owner.namespace, publish.name, publish.patch)
+            self.kube.merge_patch(
+                f"{GROUP}/{VERSION}", KIND, owner.namespace, publish.name, publish.patch, uid=publish.uid
+            )
 
     def _write_status(self, body: dict[str, Any], new: dict[str, Any]) -> None:
         meta, old = body["metadata"], body.get("status") or {}

@@ -10,7 +10,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune_operator.api.finetunesweep import ANNOTATION_PUBLISHED, ANNOTATION_STOPPED, LABEL_TRIAL, SweepSpec
+from finetune_operator.api.finetunesweep import (
+    ANNOTATION_PUBLISHED,
+    ANNOTATION_STOPPED,
+    LABEL_TRIAL,
+    SWEEP_KIND,
+    SweepSpec,
+)
+from finetune_operator.api.ownership import controller_uid
 from finetune_operator.finetunejob.gate import flatten_metrics
 
 INTERMEDIATE_STEP = ("progress", "validationStep")
@@ -50,6 +57,9 @@ class TrialObs:
     error_message: str = ""
     published: bool = False  # promoted to the sweep's published winner (serving on, own FineTuneJob)
     endpoint: str = ""
+    uid: str = ""  # the trial FineTuneJob's own: stop and publish patches apply to this very object
+    namespace: str = ""
+    controller: str = ""  # its controller FineTuneSweep's uid (api.ownership; never the sweep-uid label)
 
     @property
     def finished(self) -> bool:
@@ -83,6 +93,9 @@ def trial_obs(body: dict[str, Any]) -> TrialObs:
         error_message=str(error.get("message", "")),
         published=bool(annotations.get(ANNOTATION_PUBLISHED)),
         endpoint=str((status.get("endpoint") or {}).get("url", "")),
+        uid=str(meta.get("uid", "")),
+        namespace=str(meta.get("namespace", "")),
+        controller=controller_uid(body, SWEEP_KIND),
     )
 
 

@@ -3,8 +3,8 @@
 Why pure and apart from the FineTuneJob planner: a sweep only creates, stops and promotes FineTuneJobs (the
 trials), which the FineTuneJob control loop then runs like any other. Every decision of a sweep (which trials
 to create next, which to stop, the leaderboard, the winner, the status) is a function of what is observed, so
-a table of snapshots tests it without a cluster (tests/unit/operator/test_sweep.py), and a restarted operator
-recomputes exactly the same trials: names are `<sweep>-t<index>` and values derive from (seed, index, path).
+a table of snapshots tests it without a cluster (tests/unit/operator/test_finetunesweep_plan.py), and a restarted
+operator recomputes exactly the same trials: names are `<sweep>-t<index>` and values derive from (seed, index, path).
 
 Selection never reads a test metric: the objective must be a validation metric (the CRD refuses `test_*` and
 `parse_sweep_spec` again), the leaderboard holds objective values only, and of the test metrics the sweep
@@ -54,6 +54,7 @@ class Publish:
 
     name: str
     patch: dict[str, Any]
+    uid: str = ""  # the trial's uid: the patch applies to that object only
 
 
 @dataclass
@@ -164,8 +165,11 @@ def sweep_plan(snapshot: SweepSnapshot) -> SweepPlan:
     publish: Publish | None = None
     if winner and spec.publish_winner:
         chosen = trials.get(int(winner["index"]))
-        if chosen is not None and not chosen.published:
-            publish = Publish(chosen.name, _publish_patch(spec, owner))
+        # Publishing drops the trial's owner reference (deleting the sweep keeps it): from then on the sweep
+        # knows it by the uid in status.winner, so that uid is written by one pass and the next one publishes.
+        recorded = (status.get("winner") or {}).get("uid")
+        if chosen is not None and not chosen.published and chosen.uid and recorded == chosen.uid:
+            publish = Publish(chosen.name, _publish_patch(spec, owner), chosen.uid)
     phase, error = _phase(spec, all_done, broken, winner, trials)
     gen = snapshot.generation
     complete = cond.condition(
@@ -228,6 +232,8 @@ def _winner(
         "testMetrics": test,
         "gate": gate.to_status(),
     }
+    if trial and trial.uid:
+        winner["uid"] = trial.uid
     if trial and trial.published:
         winner["published"] = {"finetuneJob": trial.name, "phase": trial.phase, "endpoint": trial.endpoint or None}
     return winner

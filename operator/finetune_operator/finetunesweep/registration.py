@@ -1,7 +1,9 @@
 """How the FineTuneSweep loop registers (core.registry): its kind, its loop, and what it watches.
 
-Sweep bodies fill its memory and queue themselves; its trials (FineTuneJobs labelled finetune.dev/sweep-uid) are
-filed under their sweep and queue it urgently, since its leaderboard may move. One pass at a time: sweeps are few
+Sweep bodies fill its memory and queue themselves; its trial candidates (FineTuneJobs labelled
+finetune.dev/sweep-uid) are filed under that label and queue the sweep of that uid in their own namespace urgently,
+since its leaderboard may move; the sweep's pass counts only those it controls (store.is_trial), and each resync
+prunes candidates whose sweep is gone. One pass at a time: sweeps are few
 and their passes short.
 """
 
@@ -31,7 +33,7 @@ def _trial(loop: SweepReconciler, event: str, body: dict[str, Any]) -> list[Key]
     meta = body["metadata"]
     sweep_uid = meta["labels"][LABEL_SWEEP_UID]
     if event == DELETED:
-        key = loop.sweeps.forget_trial(sweep_uid, meta["name"])
+        key = loop.sweeps.forget_trial(sweep_uid, meta["namespace"], meta["name"])
     else:
         key = loop.sweeps.put_trial(sweep_uid, body)
     return [key] if key is not None else []
@@ -44,6 +46,7 @@ CONTROLLER: Controller[SweepReconciler] = Controller(
     reconcile=SweepReconciler.reconcile,
     keys=lambda loop: loop.sweeps.all_keys(),
     concurrency=lambda _settings: 1,
+    prune=lambda loop: loop.sweeps.prune(),
     watches=(
         Watch(FINETUNESWEEPS, _sweep_body),
         Watch(FINETUNEJOBS, _trial, owner_label=LABEL_SWEEP_UID, urgent=True),

@@ -20,6 +20,7 @@ CURVE_POINTS = 32  # at most this many (step, validation loss) points are rememb
 class Stop:
     name: str
     reason: str
+    uid: str = ""  # the trial's uid: the patch applies to that object only
 
 
 Curve = list[list[float]]  # [[step, validation loss], ...]
@@ -76,5 +77,5 @@ def early_stops(spec: SweepSpec, trials: dict[int, TrialObs], curves: dict[int, 
             continue
         reason = median_rule(spec.early_stopping, curves.get(index, []), completed)
         if reason:
-            stops.append(Stop(trial.name, reason))
+            stops.append(Stop(trial.name, reason, trial.uid))
     return stops

@@ -2,7 +2,8 @@
 
 Why apart: the server's desired adapter list is the one fact every replica converges to (docs/serving.md, "Shared
 serving"); deciding it from typed inputs, apart from I/O, lets a unit table cover every refusal and the ordering
-rule (adapters already held are never evicted by newcomers). The server's plan (plan.py) calls `admit` once a pass.
+rule (adapters already held are never evicted by newcomers), and the bound on the refusals a status lists. The
+server's plan (plan.py) calls `admit` and `bounded_refusals` once a pass.
 """
 
 from __future__ import annotations
@@ -77,6 +78,13 @@ def candidate_of(body: dict[str, Any]) -> Candidate | None:
         task=str(published.get("task", "causal-lm")),
         lora_rank=int(published.get("loraRank", 16)),
     )
+
+
+REFUSED_MAX = 50
+"""At most this many refusals are listed in status.refused (the rest counted in status.refusedOmitted): any
+tenant, in any namespace, may name a server, and an unbounded list would grow the ModelServer past the API
+server's object size limit and stop its status updates. The server's own namespace and allowedNamespaces are
+listed first, so its tenants learn why; a FineTuneJob beyond the list reads `Waiting` with the count."""
 
 
 @dataclass(frozen=True)
@@ -170,3 +178,10 @@ def admit(
     adapters.sort(key=lambda a: a.name)
     refused.sort(key=lambda r: r.job)
     return Admission(tuple(adapters), tuple(refused))
+
+
+def bounded_refusals(refused: Sequence[Refused], limit: int = REFUSED_MAX) -> dict[str, Any]:
+    """status.refused with at most `limit` entries, the tenants the server allows first (a NamespaceNotAllowed
+    refusal is about a stranger), and status.refusedOmitted: how many more there are (0: none)."""
+    ordered = sorted(refused, key=lambda r: (r.reason == "NamespaceNotAllowed", r.job))
+    return {"refused": [r.to_wire() for r in ordered[:limit]], "refusedOmitted": max(0, len(ordered) - limit)}

@@ -10,7 +10,9 @@ the status change, so the verdict is decided here once.
 Why no timed requeue any more: the server used to ask again every 3 s while converging and every 30 s after,
 because its replicas' readiness and reports (pods, the report ConfigMap) were not watched. They are now, so each
 change triggers a pass; the operator's periodic resync (--resync-seconds) backs up a lost event, as it does for
-FineTuneJobs.
+FineTuneJobs. One exception: when an object under one of the server's names belongs to someone else, core.kube
+refuses to write it (NameTaken, api.ownership) and the server reports Ready=False, reason NameTaken; that object
+is not the server's, so no watch of its objects reports its removal, and the pass is retried on a timer.
 """
 
 from __future__ import annotations
@@ -20,14 +22,14 @@ from typing import Any
 
 from finetune_operator.api.modelserver import SERVER_KIND, reference_of
 from finetune_operator.builders.modelserver import ServerNames
-from finetune_operator.core.errors import TemporaryError
+from finetune_operator.core.errors import NameTaken, TemporaryError
 from finetune_operator.core.kube import Kube
 from finetune_operator.core.settings import Settings
 from finetune_operator.core.status_patch import merge_patch, now_rfc3339
 from finetune_operator.core.store import Key, Store
 from finetune_operator.core.workqueue import RequeueError
-from finetune_operator.modelserver.observed import config_map_data, deployment_hash
-from finetune_operator.modelserver.plan import ServerPlan, ServerSnapshot, plan
+from finetune_operator.modelserver.observed import config_map_data, deployment_hash, owned
+from finetune_operator.modelserver.plan import NAME_TAKEN_RETRY_SECONDS, ServerPlan, ServerSnapshot, name_taken, plan
 from finetune_operator.modelserver.store import ServerStore
 
 log = logging.getLogger(__name__)
@@ -53,33 +55,41 @@ class ServerReconciler:
         snapshot = ServerSnapshot(
             body=body,
             jobs=tuple(self.store.bodies_naming(key, reference_of)),
-            children=self.servers.children(uid),
+            children=self.servers.children(key[0], uid),
             now=now_rfc3339(),
         )
         decided = plan(snapshot, self.settings)
-        self._execute(key, uid, decided)
+        try:
+            self._execute(key, uid, decided)
+        except NameTaken as error:  # an object of its name belongs to someone else: never taken over
+            log.warning("ModelServer %s/%s: %s", key[0], key[1], error)
+            self._write(body, name_taken(snapshot, str(error)))
+            return NAME_TAKEN_RETRY_SECONDS
         self._write(body, decided.status)
         return decided.requeue_after
 
-    def _file(self, uid: str, written: dict[str, Any] | None) -> None:
-        """Remember what a pass wrote, so the next pass, before the watch reports it, does not write it again."""
+    def _file(self, written: dict[str, Any] | None) -> None:
+        """Remember what a pass wrote, so the next pass, before the watch reports it, does not write it again
+        (filed by its controller ownerReference, like the watch's events: core.kube wrote it only if ours)."""
         if not written:
             return
         meta = written.get("metadata") or {}
         version = str(meta.get("resourceVersion", ""))
         if written.get("kind") == "ConfigMap":
-            self.servers.put_config_map(uid, str(meta.get("name", "")), version, config_map_data(written))
+            self.servers.put_config_map(owned(written), str(meta.get("name", "")), version, config_map_data(written))
         elif written.get("kind") == "Deployment":
-            self.servers.put_deployment(uid, version, deployment_hash(written))
+            self.servers.put_deployment(owned(written), version, deployment_hash(written))
 
     def _execute(self, key: Key, uid: str, decided: ServerPlan) -> None:
+        """Write what the plan says. core.kube creates, applies and deletes only the server's own objects (its
+        controller ownerReference): NameTaken when one of these names holds someone else's object."""
         namespace, name = key
         for manifest in decided.create:
-            self._file(uid, self.kube.create(manifest))  # None: it exists; the watch reports it
+            self._file(self.kube.create(manifest))  # None: it exists and is ours; the watch reports it
         for manifest in decided.apply:
-            self._file(uid, self.kube.apply(manifest))
+            self._file(self.kube.apply(manifest))
         for api_version, kind, child in decided.delete:
-            self.kube.delete(api_version, kind, namespace, child)
+            self.kube.delete(api_version, kind, namespace, child, owner=uid)
         if decided.desired_changed:
             log.info("ModelServer %s/%s: desired adapters %s", namespace, name, sorted(a.name for a in decided.desired))
         if decided.drop_reports:

@@ -32,12 +32,17 @@ from finetune_operator.builders.modelserver import (
     server_bundle,
 )
 from finetune_operator.builders.policy import REFUSED, server_refusal
+from finetune_operator.core.errors import NameTaken
 from finetune_operator.core.settings import Settings
-from finetune_operator.modelserver.admission import Admission, admit, candidate_of
+from finetune_operator.modelserver.admission import Admission, admit, bounded_refusals, candidate_of
 from finetune_operator.modelserver.observed import ServerChildren, ServerPodObs
 
 CREATED_ONCE = ("ServiceAccount", "Role", "RoleBinding")
 """Fixed per server and created once: the operator may not patch them (it holds create only)."""
+
+NAME_TAKEN_RETRY_SECONDS = 30.0
+"""How soon a server whose names are taken tries again: the object in the way is someone else's, so no watch of
+the server's objects reports its removal (the one timed requeue of the ModelServer loop)."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,7 @@ def server_status(
         "adapterCount": len(admission.adapters),
         "capacityLeft": max(0, max_adapters - len(admission.adapters)),
         "adapters": [a.to_wire() for a in admission.adapters],
-        "refused": [r.to_wire() for r in admission.refused],
+        **bounded_refusals(admission.refused),
         "loaded": [
             {
                 "pod": r.pod,
@@ -133,7 +138,9 @@ def verdict_for(
         return SharedVerdict(str(refused["reason"]), str(refused.get("message", "")))
     entry = next((a for a in status.get("adapters") or [] if a.get("finetuneJob") == job), None)
     if entry is None:
-        return SharedVerdict("Waiting", f"waiting for ModelServer {namespace}/{name} to take run {run}")
+        omitted = int(status.get("refusedOmitted") or 0)
+        more = f" (it refuses {omitted} more FineTuneJobs than its status lists)" if omitted else ""
+        return SharedVerdict("Waiting", f"waiting for ModelServer {namespace}/{name} to take run {run}{more}")
     replicas = [
         Replica(
             str(item.get("pod", "")),
@@ -283,3 +290,12 @@ def plan(snapshot: ServerSnapshot, settings: Settings) -> ServerPlan:
         desired=admission.adapters,
         desired_changed=changed,
     )
+
+
+def name_taken(snapshot: ServerSnapshot, message: str) -> dict[str, Any]:
+    """The status when an object under one of the server's names belongs to someone else (core.kube raised
+    NameTaken): Ready=False, reason NameTaken, naming that object; nothing of it is taken over."""
+    meta, old = snapshot.body["metadata"], snapshot.body.get("status") or {}
+    generation = int(meta.get("generation") or 1)
+    taken = cond.condition(cond.READY, False, NameTaken.code, message, generation)
+    return {"observedGeneration": generation, "conditions": cond.merge(old.get("conditions"), [taken], snapshot.now)}

@@ -2,13 +2,14 @@
 
 Server bodies fill core.store.Store (where the FineTuneJobs naming a server read its verdict) and queue
 themselves; a FineTuneJob's change queues the server it names (its desired adapters may change: published,
-deleted, serving off); the server's own pods (readiness), ConfigMaps (the desired list, the replicas' report) and
-Deployment (the bundle hash) are filed under its uid (label finetune.dev/server-uid) and queue it.
+deleted, serving off); the server's own pods (readiness), ReplicaSets (which Deployment a pod's ReplicaSet
+belongs to), ConfigMaps (the desired list, the replicas' report) and Deployment (the bundle hash) are streamed by
+the server-uid label and filed by their controller ownerReference (store.py, api.ownership), and queue the server
+they belong to. At each resync the memory prunes what names no live server.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from finetune_operator import GROUP, KIND, PLURAL, VERSION
@@ -19,18 +20,17 @@ from finetune_operator.core.registry import (
     DELETED,
     DEPLOYMENTS,
     PODS,
+    REPLICA_SETS,
     Controller,
     Resource,
     Watch,
 )
 from finetune_operator.core.store import Key
 from finetune_operator.modelserver.controller import ServerReconciler
-from finetune_operator.modelserver.observed import config_map_data, deployment_hash, server_pod_obs
+from finetune_operator.modelserver.observed import config_map_data, deployment_hash, owned, server_pod_obs
 
 MODELSERVERS = Resource(GROUP, VERSION, SERVER_PLURAL, SERVER_KIND)
 FINETUNEJOBS = Resource(GROUP, VERSION, PLURAL, KIND)
-
-Observe = Callable[[ServerReconciler, str, dict[str, Any]], list[Key]]
 
 
 def _server_body(loop: ServerReconciler, event: str, body: dict[str, Any]) -> list[Key]:
@@ -38,7 +38,7 @@ def _server_body(loop: ServerReconciler, event: str, body: dict[str, Any]) -> li
     key = (meta["namespace"], meta["name"])
     if event == DELETED:
         loop.store.forget_server(*key)
-        loop.servers.forget(meta["uid"])
+        loop.servers.forget(meta["namespace"], meta["uid"])
         return []
     loop.servers.track(meta["uid"], loop.store.put_server(body))
     return [key]
@@ -49,39 +49,36 @@ def _job_body(_loop: ServerReconciler, _event: str, body: dict[str, Any]) -> lis
     return [server] if server is not None else []
 
 
-def _child(file: Callable[[ServerReconciler, str, str, dict[str, Any]], None]) -> Observe:
-    """A server object's event (`file(loop, uid, event, body)`): filed under its server's uid, which is queued."""
-
-    def observe(loop: ServerReconciler, event: str, body: dict[str, Any]) -> list[Key]:
-        uid = body["metadata"]["labels"][LABEL_SERVER_UID]
-        file(loop, uid, event, body)
-        key = loop.servers.key_of(uid)
-        return [key] if key is not None else []
-
-    return observe
+def _queued(key: Key | None) -> list[Key]:
+    return [key] if key is not None else []
 
 
-def _pod(loop: ServerReconciler, uid: str, event: str, body: dict[str, Any]) -> None:
+def _pod(loop: ServerReconciler, event: str, body: dict[str, Any]) -> list[Key]:
+    pod = server_pod_obs(body)
+    return _queued(loop.servers.forget_pod(pod) if event == DELETED else loop.servers.put_pod(pod))
+
+
+def _replica_set(loop: ServerReconciler, event: str, body: dict[str, Any]) -> list[Key]:
+    replica_set = owned(body, "Deployment", "apps")
     if event == DELETED:
-        loop.servers.forget_pod(uid, body["metadata"]["name"])
-    else:
-        loop.servers.put_pod(uid, server_pod_obs(body))
+        return _queued(loop.servers.forget_replica_set(replica_set))
+    return _queued(loop.servers.put_replica_set(replica_set))
 
 
-def _config_map(loop: ServerReconciler, uid: str, event: str, body: dict[str, Any]) -> None:
-    meta = body["metadata"]
+def _config_map(loop: ServerReconciler, event: str, body: dict[str, Any]) -> list[Key]:
+    meta, config_map = body["metadata"], owned(body)
     if event == DELETED:
-        loop.servers.forget_config_map(uid, meta["name"])
-    else:
-        loop.servers.put_config_map(uid, meta["name"], str(meta.get("resourceVersion", "")), config_map_data(body))
+        return _queued(loop.servers.forget_config_map(config_map, meta["name"]))
+    version = str(meta.get("resourceVersion", ""))
+    return _queued(loop.servers.put_config_map(config_map, meta["name"], version, config_map_data(body)))
 
 
-def _deployment(loop: ServerReconciler, uid: str, event: str, body: dict[str, Any]) -> None:
+def _deployment(loop: ServerReconciler, event: str, body: dict[str, Any]) -> list[Key]:
+    deployment = owned(body)
     if event == DELETED:
-        loop.servers.forget_deployment(uid)
-    else:
-        version = str(body["metadata"].get("resourceVersion", ""))
-        loop.servers.put_deployment(uid, version, deployment_hash(body))
+        return _queued(loop.servers.forget_deployment(deployment))
+    version = str(body["metadata"].get("resourceVersion", ""))
+    return _queued(loop.servers.put_deployment(deployment, version, deployment_hash(body)))
 
 
 CONTROLLER: Controller[ServerReconciler] = Controller(
@@ -91,11 +88,14 @@ CONTROLLER: Controller[ServerReconciler] = Controller(
     reconcile=ServerReconciler.reconcile,
     keys=lambda loop: loop.store.server_keys(),
     concurrency=lambda _settings: 2,
+    prune=lambda loop: loop.servers.prune(),
     watches=(
         Watch(MODELSERVERS, _server_body),
         Watch(FINETUNEJOBS, _job_body),
-        Watch(PODS, _child(_pod), owner_label=LABEL_SERVER_UID, components=(COMPONENT,)),
-        Watch(CONFIG_MAPS, _child(_config_map), owner_label=LABEL_SERVER_UID, components=(COMPONENT,)),
-        Watch(DEPLOYMENTS, _child(_deployment), owner_label=LABEL_SERVER_UID, components=(COMPONENT,)),
+        Watch(PODS, _pod, owner_label=LABEL_SERVER_UID, components=(COMPONENT,)),
+        # a replica is a pod of a ReplicaSet the server's own Deployment controls (api.ownership)
+        Watch(REPLICA_SETS, _replica_set, owner_label=LABEL_SERVER_UID, components=(COMPONENT,)),
+        Watch(CONFIG_MAPS, _config_map, owner_label=LABEL_SERVER_UID, components=(COMPONENT,)),
+        Watch(DEPLOYMENTS, _deployment, owner_label=LABEL_SERVER_UID, components=(COMPONENT,)),
     ),
 )

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 import pytest
-from finetune_operator.core.errors import Conflict, PermanentError, TemporaryError
+from finetune_operator.core.errors import Conflict, NameTaken, PermanentError, TemporaryError
 from finetune_operator.core.kube import Kube, classify, path
 from kubernetes.client.exceptions import ApiException
 
@@ -74,11 +74,42 @@ def test_classification(status: int, family: type[Exception]) -> None:
     assert isinstance(classified, family) and "details here" in str(classified)
 
 
+JOB_URL = "/apis/batch/v1/namespaces/ns/jobs/j"
+DEPLOYMENT_URL = "/apis/apps/v1/namespaces/ns/deployments/d"
+
+
+def _controlled(uid: str, by: str, namespace: str = "ns") -> dict[str, Any]:
+    """An object's metadata as the API returns it, controlled by the object with uid `by` ("" for none)."""
+    refs = [{"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob", "name": "x", "uid": by, "controller": True}]
+    return {"metadata": {"name": "j", "namespace": namespace, "uid": uid, "ownerReferences": refs if by else []}}
+
+
+def _child(kind: str = "Job", name: str = "j") -> dict[str, Any]:
+    api_version = {"Job": "batch/v1", "Deployment": "apps/v1"}[kind]
+    owner = {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob", "name": "x", "uid": "u1", "controller": True}
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {"name": name, "namespace": "ns", "ownerReferences": [owner]},
+    }
+
+
 def test_create_treats_already_exists_as_done() -> None:
     job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j", "namespace": "ns"}}
     api = FakeApi({("POST", "/apis/batch/v1/namespaces/ns/jobs"): (409, {"message": "exists"})})
     assert Kube(api).create(job) is None
     assert api.calls[0][4] == [("fieldManager", "finetune-operator")]
+
+
+def test_create_finding_our_own_object_is_done_and_another_owners_is_name_taken() -> None:
+    exists = ("POST", "/apis/batch/v1/namespaces/ns/jobs")
+    api = FakeApi({exists: (409, {}), ("GET", JOB_URL): (200, _controlled("j-uid", "u1"))})
+    assert Kube(api).create(_child()) is None
+    assert "PartialObjectMetadata" in api.calls[1][3]["Accept"]
+    for foreign in (_controlled("j-uid", "someone-else"), _controlled("j-uid", "")):
+        api = FakeApi({exists: (409, {}), ("GET", JOB_URL): (200, foreign)})
+        with pytest.raises(NameTaken, match="Job ns/j exists and is not ours"):
+            Kube(api).create(_child())
 
 
 def test_create_invalid_is_permanent() -> None:
@@ -89,16 +120,32 @@ def test_create_invalid_is_permanent() -> None:
 
 
 def test_delete_of_missing_object_is_false() -> None:
-    api = FakeApi({("DELETE", "/apis/batch/v1/namespaces/ns/jobs/j"): (404, {})})
-    assert Kube(api).delete("batch/v1", "Job", "ns", "j") is False
+    api = FakeApi({("DELETE", JOB_URL): (404, {})})
+    assert Kube(api).delete("batch/v1", "Job", "ns", "j", owner="u1", uid="j-uid") is False
     assert api.calls[0][2]["propagationPolicy"] == "Background"
 
 
-def test_foreground_delete_asks_for_foreground_propagation() -> None:
+def test_delete_carries_the_observed_uid_as_a_precondition_and_a_reused_name_is_left_alone() -> None:
     api = FakeApi({})
-    assert Kube(api).delete("batch/v1", "Job", "ns", "j", foreground=True) is True
-    assert api.calls[0][:2] == ("DELETE", "/apis/batch/v1/namespaces/ns/jobs/j")
+    assert Kube(api).delete("batch/v1", "Job", "ns", "j", owner="u1", uid="j-uid", foreground=True) is True
+    assert api.calls[0][:2] == ("DELETE", JOB_URL)
     assert api.calls[0][2]["propagationPolicy"] == "Foreground"
+    assert api.calls[0][2]["preconditions"] == {"uid": "j-uid"}
+    # 409: the precondition failed, the name holds another object now; ours is gone
+    api = FakeApi({("DELETE", JOB_URL): (409, {"message": "Precondition failed: UID in precondition"})})
+    assert Kube(api).delete("batch/v1", "Job", "ns", "j", owner="u1", uid="j-uid") is False
+
+
+def test_delete_by_name_reads_the_controller_first_and_never_deletes_another_owners_object() -> None:
+    api = FakeApi({("GET", JOB_URL): (200, _controlled("theirs", "someone-else"))})
+    assert Kube(api).delete("batch/v1", "Job", "ns", "j", owner="u1") is False
+    assert [c[0] for c in api.calls] == ["GET"]
+    api = FakeApi({("GET", JOB_URL): (200, _controlled("ours", "u1"))})
+    assert Kube(api).delete("batch/v1", "Job", "ns", "j", owner="u1") is True
+    assert api.calls[1][0] == "DELETE" and api.calls[1][2]["preconditions"] == {"uid": "ours"}
+    api = FakeApi({("GET", JOB_URL): (404, {})})
+    assert Kube(api).delete("batch/v1", "Job", "ns", "j", owner="u1") is False
+    assert [c[0] for c in api.calls] == ["GET"]
 
 
 def test_status_patch_is_conditional_on_resource_version() -> None:
@@ -119,12 +166,57 @@ def test_secret_existence_reads_metadata_only() -> None:
     assert "PartialObjectMetadata" in api.calls[0][3]["Accept"]
 
 
-def test_apply_is_server_side_apply_with_force() -> None:
+def test_apply_creates_without_force_when_absent() -> None:
+    api = FakeApi({("GET", DEPLOYMENT_URL): (404, {})})
+    Kube(api).apply(_child("Deployment", "d"))
+    method, url, body, headers, query = api.calls[1]
+    assert (method, url) == ("PATCH", DEPLOYMENT_URL)
+    assert headers["Content-Type"] == "application/apply-patch+yaml" and ("force", "false") in query
+    assert "uid" not in body["metadata"]
+
+
+def test_apply_forces_only_over_our_own_object_and_binds_to_its_uid() -> None:
+    api = FakeApi({("GET", DEPLOYMENT_URL): (200, _controlled("d-uid", "u1"))})
+    Kube(api).apply(_child("Deployment", "d"))
+    _, _, body, _, query = api.calls[1]
+    assert ("force", "true") in query and body["metadata"]["uid"] == "d-uid"
+
+
+def test_a_write_bound_to_a_uid_that_changed_is_a_conflict_not_a_failure() -> None:
+    immutable = (
+        422,
+        {"message": 'Deployment "d" is invalid: metadata.uid: Invalid value: "d-uid": field is immutable'},
+    )
+    api = FakeApi({("GET", DEPLOYMENT_URL): (200, _controlled("d-uid", "u1")), ("PATCH", DEPLOYMENT_URL): immutable})
+    with pytest.raises(Conflict, match="replaced since it was read"):
+        Kube(api).apply(_child("Deployment", "d"))
+    url = "/apis/finetune.dev/v1alpha1/namespaces/ns/finetunejobs/t"
+    api = FakeApi({("PATCH", url): (422, {"message": "metadata.uid: field is immutable"})})
+    with pytest.raises(Conflict):
+        Kube(api).merge_patch("finetune.dev/v1alpha1", "FineTuneJob", "ns", "t", {"spec": {}}, uid="t-uid")
+    api = FakeApi({("PATCH", url): (422, {"message": "spec.suspend: bad"})})
+    with pytest.raises(PermanentError):  # any other refusal stays what it is
+        Kube(api).merge_patch("finetune.dev/v1alpha1", "FineTuneJob", "ns", "t", {"spec": {}}, uid="t-uid")
+
+
+def test_apply_over_another_owners_object_is_name_taken_and_sends_nothing() -> None:
+    for foreign in (_controlled("d-uid", "someone-else"), _controlled("d-uid", ""), _controlled("d-uid", "u1", "b")):
+        api = FakeApi({("GET", DEPLOYMENT_URL): (200, foreign)})
+        with pytest.raises(NameTaken):
+            Kube(api).apply(_child("Deployment", "d"))
+        assert [c[0] for c in api.calls] == ["GET"]
+
+
+def test_merge_patch_binds_to_uid_and_resource_version() -> None:
     api = FakeApi({})
-    Kube(api).apply({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "namespace": "ns"}})
-    method, url, _, headers, query = api.calls[0]
-    assert (method, url) == ("PATCH", "/apis/apps/v1/namespaces/ns/deployments/d")
-    assert headers["Content-Type"] == "application/apply-patch+yaml" and ("force", "true") in query
+    url = "/apis/finetune.dev/v1alpha1/namespaces/ns/finetunejobs/t"
+    patch = {"metadata": {"annotations": {"a": "b"}}, "spec": {"suspend": True}}
+    Kube(api).merge_patch("finetune.dev/v1alpha1", "FineTuneJob", "ns", "t", patch, uid="t-uid", resource_version="7")
+    assert api.calls[0][:3] == (
+        "PATCH",
+        url,
+        {"metadata": {"annotations": {"a": "b"}, "uid": "t-uid", "resourceVersion": "7"}, "spec": {"suspend": True}},
+    )
 
 
 def test_event_failure_never_fails_the_reconcile() -> None:

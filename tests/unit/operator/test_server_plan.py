@@ -10,14 +10,15 @@ from typing import Any
 import pytest
 from finetune_operator.api.labels import ANNOTATION_SPEC_HASH
 from finetune_operator.builders.modelserver import ServerNames, ServerOwner, server_bundle
-from finetune_operator.core.registry import CONFIG_MAPS, DEPLOYMENTS, PODS, selectors
+from finetune_operator.core.errors import NameTaken
+from finetune_operator.core.registry import CONFIG_MAPS, DEPLOYMENTS, PODS, REPLICA_SETS, selectors
 from finetune_operator.core.settings import Settings
 from finetune_operator.core.store import Store
 from finetune_operator.finetunejob.registration import CONTROLLER as FINETUNEJOB
 from finetune_operator.finetunesweep.registration import CONTROLLER as FINETUNESWEEP
 from finetune_operator.modelserver.controller import ServerReconciler
-from finetune_operator.modelserver.observed import ServerChildren, ServerPodObs, server_pod_obs
-from finetune_operator.modelserver.plan import ServerSnapshot, plan
+from finetune_operator.modelserver.observed import Owned, ServerChildren, ServerPodObs, server_pod_obs
+from finetune_operator.modelserver.plan import NAME_TAKEN_RETRY_SECONDS, ServerSnapshot, plan
 from finetune_operator.modelserver.registration import CONTROLLER as MODELSERVER
 from finetune_operator.modelserver.store import ServerStore
 
@@ -128,26 +129,79 @@ def test_adapters_already_held_keep_their_place_when_the_server_is_full() -> Non
     assert [r["reason"] for r in decided.status["refused"]] == ["ServerFull"]
 
 
-def test_server_pod_observation_reads_readiness_and_deletion() -> None:
+def test_server_pod_observation_reads_readiness_deletion_and_its_replica_set() -> None:
     body = {
-        "metadata": {"name": "p", "deletionTimestamp": "t"},
+        "metadata": {"name": "p", "namespace": "team-a", "deletionTimestamp": "t", "ownerReferences": [_rs_ref("R")]},
         "status": {"conditions": [{"type": "Ready", "status": "True"}]},
     }
-    assert server_pod_obs(body) == ServerPodObs("p", ready=True, deleting=True)
+    assert server_pod_obs(body) == ServerPodObs("p", ready=True, deleting=True, namespace="team-a", replica_set="R")
     assert server_pod_obs({"metadata": {"name": "q"}}) == ServerPodObs("q")
+
+
+def _ref(kind: str, uid: str, api_version: str) -> dict[str, Any]:
+    return {"apiVersion": api_version, "kind": kind, "name": "x", "uid": uid, "controller": True}
+
+
+def _server_ref(uid: str = OWNER.uid) -> dict[str, Any]:
+    return _ref("ModelServer", uid, "finetune.dev/v1alpha1")
+
+
+def _rs_ref(uid: str) -> dict[str, Any]:
+    return _ref("ReplicaSet", uid, "apps/v1")
 
 
 def test_the_server_store_keeps_the_newest_version_of_what_a_pass_wrote() -> None:
     servers = ServerStore()
-    servers.put_config_map("u", "cm", "12", {"k": "new"})
-    servers.put_config_map("u", "cm", "11", {"k": "old"})  # the watch reporting an older version late
-    servers.put_deployment("u", "12", "h2")
-    servers.put_deployment("u", "11", "h1")
-    children = servers.children("u")
+    mine = Owned("team-a", "cm-uid", "u")
+    servers.put_config_map(mine, "cm", "12", {"k": "new"})
+    servers.put_config_map(mine, "cm", "11", {"k": "old"})  # the watch reporting an older version late
+    servers.put_deployment(Owned("team-a", "d", "u"), "12", "h2")
+    servers.put_deployment(Owned("team-a", "d", "u"), "11", "h1")
+    children = servers.children("team-a", "u")
     assert children.config_map("cm") == {"k": "new"} and children.deployment_hash == "h2"
-    servers.forget_config_map("u", "cm")
-    servers.forget_deployment("u")
-    assert servers.children("u").config_map("cm") is None and servers.children("u").deployment_hash is None
+    servers.forget_config_map(mine, "cm")
+    servers.forget_deployment(Owned("team-a", "other", "u"))  # another Deployment's deletion: not ours
+    assert servers.children("team-a", "u").deployment_hash == "h2"
+    servers.forget_deployment(Owned("team-a", "d", "u"))
+    children = servers.children("team-a", "u")
+    assert children.config_map("cm") is None and children.deployment_hash is None
+
+
+def test_a_servers_objects_count_only_by_their_controller_in_its_namespace() -> None:
+    """api.ownership: labels stream candidates; the controller ownerReference decides. A replica is a pod of a
+    ReplicaSet that the server's own Deployment controls."""
+    servers = ServerStore()
+    servers.track(OWNER.uid, ("team-a", "shared"))
+    assert servers.put_deployment(Owned("team-a", "D", OWNER.uid), "1", "h") == ("team-a", "shared")
+    assert servers.put_replica_set(Owned("team-a", "R", "D")) == ("team-a", "shared")
+    servers.put_replica_set(Owned("team-a", "R2", "someone-elses-deployment"))
+    servers.put_replica_set(Owned("team-b", "R3", "D"))  # another namespace
+    assert servers.put_pod(ServerPodObs("p1", True, namespace="team-a", replica_set="R")) == ("team-a", "shared")
+    assert servers.put_pod(ServerPodObs("impostor", True, namespace="team-a")) is None  # no controller
+    assert servers.put_pod(ServerPodObs("p2", True, namespace="team-a", replica_set="R2")) is None
+    assert servers.put_pod(ServerPodObs("p3", True, namespace="team-b", replica_set="R3")) is None
+    # a ConfigMap controlled by nobody, or by the server's uid in another namespace, is not the server's
+    assert servers.put_config_map(Owned("team-a", "c1", ""), NAMES.adapters, "1", {"mine": "keep"}) is None
+    assert servers.put_config_map(Owned("team-b", "c2", OWNER.uid), NAMES.adapters, "1", {"x": "y"}) is None
+    children = servers.children("team-a", OWNER.uid)
+    assert [p.name for p in children.pods] == ["p1"] and children.config_map(NAMES.adapters) is None
+
+
+def test_the_server_store_drops_what_names_no_live_server_at_the_second_prune() -> None:
+    servers = ServerStore()
+    servers.track(OWNER.uid, ("team-a", "shared"))
+    servers.put_deployment(Owned("team-a", "D", OWNER.uid), "1", "h")
+    servers.put_replica_set(Owned("team-a", "R", "D"))
+    servers.put_pod(ServerPodObs("p1", namespace="team-a", replica_set="R"))
+    for i in range(100):  # forged: ConfigMaps naming uids no server has, pods of ReplicaSets nobody knows
+        servers.put_config_map(Owned("team-b", f"c{i}", f"forged-{i}"), "cm", "1", {})
+        servers.put_pod(ServerPodObs(f"x{i}", namespace="team-b", replica_set=f"rs-{i}"))
+    assert servers.sizes() == (101, 1, 101)
+    assert servers.prune() == 0  # an object's event may come before its owner's: one resync period of grace
+    assert servers.prune() == 200 and servers.sizes() == (1, 1, 1)
+    servers.forget("team-a", OWNER.uid)
+    servers.prune()
+    assert servers.prune() == 2 and servers.sizes() == (0, 0, 0)
 
 
 def _event(controller: Any, loop: Any, resource: Any, event: str, body: dict[str, Any]) -> list[Any]:
@@ -165,20 +219,57 @@ def test_watch_events_fill_the_servers_memory_and_queue_it() -> None:
     server = {**_body(), "metadata": {**_body()["metadata"], "resourceVersion": "5"}}
     assert _event(MODELSERVER, loop, MODELSERVER.resource, "ADDED", server) == [("team-a", "shared")]
     labels = {"finetune.dev/server-uid": OWNER.uid, "finetune.dev/component": "model-server"}
+
+    def meta(name: str, uid: str, ref: dict[str, Any] | None, **more: Any) -> dict[str, Any]:
+        refs = [ref] if ref else []
+        return {"name": name, "namespace": "team-a", "uid": uid, "labels": labels, "ownerReferences": refs, **more}
+
     pod = {
-        "metadata": {"name": "p1", "labels": labels},
+        "metadata": meta("p1", "P1", _rs_ref("R")),
         "status": {"conditions": [{"type": "Ready", "status": "True"}]},
     }
-    report = {"metadata": {"name": NAMES.loaded, "labels": labels, "resourceVersion": "7"}, "data": {"p1": _report()}}
-    assert _event(MODELSERVER, loop, PODS, "ADDED", pod) == [("team-a", "shared")]
+    replica_set = {"metadata": meta("shared-server-abc", "R", _ref("Deployment", "D", "apps/v1"))}
+    deployment = {"metadata": meta(NAMES.deployment, "D", _server_ref(), resourceVersion="6")}
+    report = {"metadata": meta(NAMES.loaded, "C", _server_ref(), resourceVersion="7"), "data": {"p1": _report()}}
+    assert _event(MODELSERVER, loop, PODS, "ADDED", pod) == []  # its ReplicaSet is not known yet
+    assert _event(MODELSERVER, loop, REPLICA_SETS, "ADDED", replica_set) == []  # nor its Deployment
+    assert _event(MODELSERVER, loop, DEPLOYMENTS, "ADDED", deployment) == [("team-a", "shared")]
+    assert _event(MODELSERVER, loop, PODS, "MODIFIED", pod) == [("team-a", "shared")]
     assert _event(MODELSERVER, loop, CONFIG_MAPS, "MODIFIED", report) == [("team-a", "shared")]
     # a FineTuneJob's training pod is not the server's
     trainer = {"metadata": {"name": "t", "labels": {"finetune.dev/job-uid": "j", "finetune.dev/component": "trainer"}}}
     assert _event(MODELSERVER, loop, PODS, "ADDED", trainer) == []
-    children = loop.servers.children(OWNER.uid)
-    assert children.pods == (ServerPodObs("p1", ready=True),) and children.config_map(NAMES.loaded) == {"p1": _report()}
+    # a pod carrying the server's labels, controlled by no ReplicaSet of its Deployment, is not a replica
+    assert _event(MODELSERVER, loop, PODS, "ADDED", {"metadata": meta("impostor", "I", None)}) == []
+    children = loop.servers.children("team-a", OWNER.uid)
+    assert [p.name for p in children.pods] == ["p1"] and children.config_map(NAMES.loaded) == {"p1": _report()}
     assert _event(MODELSERVER, loop, MODELSERVER.resource, "DELETED", server) == []
     assert store.server(("team-a", "shared")) is None and loop.servers.key_of(OWNER.uid) is None
+
+
+def test_a_name_held_by_another_owner_is_reported_and_retried() -> None:
+    class Taken:
+        """A Kube whose every create and apply finds the name held by someone else."""
+
+        def __init__(self) -> None:
+            self.patched: list[dict[str, Any]] = []
+
+        def create(self, manifest: dict[str, Any]) -> None:
+            raise NameTaken(f"{manifest['kind']} team-a/{manifest['metadata']['name']} exists and is not ours")
+
+        apply = create
+
+        def patch_status(self, _ns: str, _name: str, patch: dict[str, Any], _rv: str, kind: str) -> dict[str, Any]:
+            self.patched.append(patch)
+            return {**_body(), "metadata": {**_body()["metadata"], "resourceVersion": "9"}, "status": patch}
+
+    store, kube = Store(), Taken()
+    loop = ServerReconciler(kube=kube, store=store, settings=SETTINGS)  # type: ignore[arg-type]
+    store.put_server({**_body(), "metadata": {**_body()["metadata"], "resourceVersion": "5"}})
+    assert loop.reconcile(("team-a", "shared")) == NAME_TAKEN_RETRY_SECONDS
+    (patch,) = kube.patched
+    (ready,) = patch["conditions"]
+    assert ready["status"] == "False" and ready["reason"] == "NameTaken" and "ServiceAccount" in ready["message"]
 
 
 def test_shared_child_resources_are_streamed_by_one_selector_naming_every_component() -> None:
@@ -186,6 +277,7 @@ def test_shared_child_resources_are_streamed_by_one_selector_naming_every_compon
     assert found[PODS] == "finetune.dev/component in (model-server,trainer,validator)"
     assert found[DEPLOYMENTS] == "finetune.dev/component in (model-server,serving)"
     assert found[CONFIG_MAPS] == "finetune.dev/server-uid,finetune.dev/component in (model-server)"
+    assert found[REPLICA_SETS] == "finetune.dev/server-uid,finetune.dev/component in (model-server)"
     assert all(r.plural not in ("finetunejobs", "modelservers", "finetunesweeps") for r in found)
     # alone, a kind keeps its own selector: what the FineTuneJob loop streamed before ModelServers watched pods
     alone = selectors((FINETUNEJOB,))

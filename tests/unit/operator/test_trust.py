@@ -16,7 +16,7 @@ from finetune_operator.finetunejob.plan import PROGRESS_SECONDS, needs_progress_
 from finetune_operator.finetunejob.progress import MAX_DOCUMENT_BYTES, progress_of, report_in, validated
 
 from .support import OWNER, spec
-from .test_plan import GATE, SERVING, SETTINGS, _done, _job, _serving_run_one, _snap
+from .test_finetunejob_plan import GATE, SERVING, SETTINGS, _done, _job, _serving_run_one, _snap
 
 FOREIGN = {
     "run": 1,

@@ -1,7 +1,7 @@
 """Every examples/*.yaml, rendered by the operator's own conversion, is a config the trainer accepts and
 runs the way the example intends (hardware check, multi-process launch, classification labels).
 
-tests/unit/operator/test_contract.py checks that the rendering parses; this adds the trainer's decisions.
+tests/unit/operator/test_trainer_contract.py checks that the rendering parses; this adds the trainer's decisions.
 """
 
 from __future__ import annotations

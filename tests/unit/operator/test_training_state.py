@@ -283,7 +283,13 @@ def test_observations_from_raw_bodies() -> None:
         {
             "metadata": {
                 "name": "j-r2",
-                "labels": {"finetune.dev/run": "2", "finetune.dev/job-uid": "u"},
+                "namespace": "ns",
+                "uid": "j-uid",
+                # the job-uid label names "forged": ownership is read from the controller ownerReference alone
+                "labels": {"finetune.dev/run": "2", "finetune.dev/job-uid": "forged"},
+                "ownerReferences": [
+                    {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob", "uid": "u", "controller": True}
+                ],
                 "annotations": {"finetune.dev/training-spec-hash": "h", "finetune.dev/placement-hash": "p"},
             },
             "spec": {"suspend": True},
@@ -296,12 +302,15 @@ def test_observations_from_raw_bodies() -> None:
         }
     )
     assert (job.run, job.owner_uid, job.training_hash, job.placement_hash, job.suspended) == (2, "u", "h", "p", True)
+    assert (job.namespace, job.uid) == ("ns", "j-uid")
     assert job.failed_condition and job.failure_reason == "PodFailurePolicy"
     pod = pod_obs(
         {
             "metadata": {
                 "name": "p",
+                "namespace": "ns",
                 "labels": {"finetune.dev/run": "2"},
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "uid": "j-uid", "controller": True}],
                 "annotations": {"batch.kubernetes.io/job-completion-index": "3"},
             },
             "status": {
@@ -314,6 +323,7 @@ def test_observations_from_raw_bodies() -> None:
         }
     )
     assert (pod.index, pod.exit_code, pod.termination_message, pod.disrupted) == (3, 143, "bye", True)
+    assert (pod.namespace, pod.job_uid) == ("ns", "j-uid")
 
 
 def test_distributed_run_is_trained_only_when_every_index_succeeded() -> None:

@@ -25,7 +25,7 @@ from finetune_operator.modelserver.admission import Candidate, admit, candidate_
 from finetune_operator.modelserver.plan import Replica, converged, serving_run, verdict_for
 
 from .support import OWNER, assert_golden, spec
-from .test_spec import _compare, _descriptions_missing
+from .test_finetunejob_spec import _compare, _descriptions_missing
 
 ROOT = Path(__file__).parents[3]
 CRD = yaml.safe_load((ROOT / "crds" / "modelserver.yaml").read_text())
@@ -221,8 +221,8 @@ def _published_status(run: int = 1) -> dict[str, Any]:
 def test_a_job_naming_a_server_gets_no_deployment_and_reads_its_verdict() -> None:
     from finetune_operator.api.finetunejob import training_spec_hash
 
-    from .test_plan import SETTINGS as PLAN_SETTINGS
-    from .test_plan import _done
+    from .test_finetunejob_plan import SETTINGS as PLAN_SETTINGS
+    from .test_finetunejob_plan import _done
 
     s = spec(serving={"enabled": True, "server": "shared"})
     job, pod = _done(1, 1.0)

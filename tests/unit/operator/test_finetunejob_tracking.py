@@ -16,7 +16,7 @@ from finetune_operator.finetunejob.plan import plan
 from finetune_trainer.config import parse_config
 
 from .support import OWNER, assert_golden, spec
-from .test_plan import SETTINGS, _done, _job, _snap
+from .test_finetunejob_plan import SETTINGS, _done, _job, _snap
 
 TRACKING = {"mlflow": {"trackingUri": "http://mlflow.mlops.svc:5000", "credentialsSecret": "mlflow-creds"}}
 SECRET_KEYS = {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"}

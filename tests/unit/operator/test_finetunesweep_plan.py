@@ -50,6 +50,7 @@ def snapshot(spec: SweepSpec, *trials: TrialObs, status: dict[str, Any] | None =
 
 def done(index: int, loss: float, test_loss: float = 9.0, **kw: Any) -> TrialObs:
     metrics = {"validation": {"loss": loss}, "test": {"loss": test_loss}}
+    kw.setdefault("uid", f"uid-t{index}")
     return TrialObs(name=f"lr-search-t{index}", index=index, phase="Succeeded", metrics=metrics, **kw)
 
 
@@ -227,8 +228,12 @@ def test_maximize_ranks_higher_first() -> None:
 def test_publish_promotes_the_winner_without_retraining_then_follows_it_to_serving() -> None:
     spec = sweep(publishWinner=True)
     trials = [done(0, 1.3), done(1, 0.9), done(2, 1.0), done(3, 1.2)]
-    plan = sweep_plan(snapshot(spec, *trials))
-    assert plan.publish is not None and plan.publish.name == "lr-search-t1"
+    # the winner's uid is recorded in status first (publishing drops its owner reference; the sweep then knows
+    # it by that uid), and the next pass publishes it, bound to that uid
+    chosen = sweep_plan(snapshot(spec, *trials))
+    assert chosen.publish is None and chosen.status["winner"]["uid"] == "uid-t1"
+    plan = sweep_plan(snapshot(spec, *trials, status=chosen.status))
+    assert plan.publish is not None and plan.publish.name == "lr-search-t1" and plan.publish.uid == "uid-t1"
     assert plan.publish.patch == {
         "metadata": {"ownerReferences": None, "annotations": {ANNOTATION_PUBLISHED: "lr-search"}},
         "spec": {"serving": {"enabled": True}, "evaluation": {"gate": GATE}},

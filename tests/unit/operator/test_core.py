@@ -41,10 +41,11 @@ def test_store_files_children_by_owner_uid_and_ignores_stale_bodies() -> None:
     body = {"metadata": {"namespace": "ns", "name": "a", "uid": "u1", "resourceVersion": "10"}, "spec": {}}
     key = store.put_body(body)
     store.put_body({**body, "metadata": {**body["metadata"], "resourceVersion": "9"}, "spec": {"old": True}})
-    store.put_job("u1", JobObs("a-r1", 1))
-    store.put_job("u1", JobObs("a-r1", 1, active=1), only_if_absent=True)
+    job = JobObs("a-r1", 1, owner_uid="u1", namespace="ns", uid="j1")
+    store.put_job(job)
+    store.put_job(JobObs("a-r1", 1, active=1, owner_uid="u1", namespace="ns", uid="j1"), only_if_absent=True)
     view = store.view(key)
-    assert view is not None and view.body["spec"] == {} and view.jobs == (JobObs("a-r1", 1),)
+    assert view is not None and view.body["spec"] == {} and view.jobs == (job,)
     assert store.key_of("u1") == ("ns", "a")
     store.forget_body("ns", "a", "u1")
     assert store.view(key) is None and store.key_of("u1") is None
@@ -67,7 +68,10 @@ def test_work_queue_coalesces_and_requeues() -> None:
         queue.start()
         for key in ("slow", "slow", "slow"):  # queued once
             queue.add(key)
-        await asyncio.sleep(0.01)
+        for _ in range(1000):  # until a worker has taken it: it is running now, not a guess that it is
+            if "slow" in seen:
+                break
+            await asyncio.sleep(0.001)
         queue.add("slow")  # running: marked dirty, runs once more
         queue.add("slow")
         queue.add("flaky")
