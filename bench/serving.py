@@ -6,7 +6,7 @@ made here with peft, seeded, non-zero), served as an operator's pods serve it:
   ours      finetune_trainer.serving.server (the adapter merged at load, one engine thread, continuous batching) behind
             FastAPI + uvicorn, in this venv; `--threads` torch threads (default 1, see below);
   vllm      vLLM's CPU build from the vLLM venv (hack/venv-vllm.sh, `$FTO_VLLM_VENV`), with the operator's CPU
-            flags (builders/serving.py VLLM_DEVICES["cpu"]: float32, 2048-token context, 2 GiB KV cache), the
+            flags (builders/containers.py VLLM_DEVICES["cpu"]: float32, 2048-token context, 2 GiB KV cache), the
             adapter as a LoRA module (`--enable-lora`, the adapter's tokenizer), `--max-num-seqs 8`, LD_PRELOAD
             of tcmalloc (when Debian's libtcmalloc-minimal4 is installed) and intel-openmp's libiomp5 as in
             its image; its own OpenMP threads (all cores: what a user gets);
@@ -158,8 +158,8 @@ def free_port() -> int:
 
 
 def vllm_command(base: Path, adapter: Path, port: int) -> tuple[list[str], dict[str, str]]:
-    """vLLM's CPU server as the operator's CPU pods run it (builders/serving.py), on loopback."""
-    from finetune_operator.builders.serving import VLLM_DEVICES
+    """vLLM's CPU server as the operator's CPU pods run it (builders/containers.py), on loopback."""
+    from finetune_operator.builders.containers import VLLM_DEVICES
 
     device = VLLM_DEVICES["cpu"]
     python = VLLM_VENV / "bin" / "python"

@@ -8,7 +8,7 @@ non-zero LoRA adapters (rank 8, every linear layer), for N in --adapters (defaul
             loaded through /v1/load_lora_adapter, as the ModelServer's sidecar loads them;
   separate  N server processes of ours, each with one adapter merged (what a FineTuneJob's own Deployment runs).
 With --engine vllm, the same two setups on vLLM's CPU build (the venv of `make venv-vllm`, the flags and
-environment of the operator's CPU pods, builders/serving.py): shared is one vLLM server with the N adapters
+environment of the operator's CPU pods, builders/containers.py): shared is one vLLM server with the N adapters
 (`--max-loras N`, loaded at start; the ModelServer's sidecar loads them at run time, the same LoRA path); separate
 is N vLLM servers each with its base and one adapter (`--max-loras 1`, what a FineTuneJob with engine vllm runs).
 A vLLM server takes ~6 GB here: `--separate 1` keeps to the one-model reference.

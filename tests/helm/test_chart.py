@@ -220,9 +220,14 @@ def test_the_operator_may_read_and_report_model_servers() -> None:
             ("finetune.dev", "modelservers", "list"),
             ("finetune.dev", "modelservers", "watch"),
             ("finetune.dev", "modelservers/status", "patch"),
-            ("apps", "deployments", "get"),
             ("", "configmaps", "get"),
+            ("", "configmaps", "list"),
+            ("", "configmaps", "watch"),
             ("", "pods", "list"),
+            ("", "pods", "watch"),
+            ("apps", "deployments", "watch"),
+            ("apps", "replicasets", "list"),  # a replica: a pod of a ReplicaSet its own Deployment controls
+            ("apps", "replicasets", "watch"),
         } <= _granted(role)
 
 
@@ -249,7 +254,7 @@ def test_rbac_covers_every_child_the_builders_make() -> None:
     published = Published(1, "causal-lm", "s3://models/tiny/", "s3://artifacts/x/run-1/model/", True)
     created = training_children(spec, owner, 1, "hash", settings)  # POST: create
     applied = serving_bundle(spec, owner, published, settings)  # server-side apply: patch (create if absent)
-    applied += _server_objects(settings)  # a ModelServer's (servers.py): the same verbs
+    applied += _server_objects(settings)  # a ModelServer's (builders/modelserver.py): the same verbs
     needed: set[tuple[str, str, str]] = set()
     # get: core/kube.py reads who controls a child before applying over it or deleting it, and after a create that
     # found the name taken (ownership, issue #24)

@@ -302,7 +302,7 @@ def test_a_pod_with_a_model_servers_labels_is_not_one_of_its_replicas(
     wait_for(
         "the impostor running", lambda: cluster.core.read_namespaced_pod("impostor", victim).status.phase == "Running"
     )
-    # a change to the server queues a pass at once (a converged server is otherwise re-read every 30 s)
+    # a change to the server queues a pass at once (the impostor is no replica, so its events queue nothing)
     cluster.custom.patch_namespaced_custom_object(
         GROUP, VERSION, victim, "modelservers", "shared", {"metadata": {"annotations": {"touched": "1"}}}
     )

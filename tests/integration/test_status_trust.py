@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from .conftest import GROUP, PLURAL, VERSION, Jobs, Operator, ftj_manifest, success_message, wait_for
-from .test_shared_serving import _create_server, _desired, _server, _server_status
+from .test_modelserver import _create_server, _desired, _server, _server_status
 from .test_trainer_rbac import _client_as
 
 pytestmark = pytest.mark.cluster

@@ -31,13 +31,12 @@ NAMESPACED: set[Rule] = {
     *{("finetune.dev", "finetunesweeps", v) for v in ("list", "watch")},
     ("finetune.dev", "finetunesweeps/status", "patch"),
     ("finetune.dev", "finetunesweeps/finalizers", "update"),
-    # ModelServers (servers.py): watched, their status written, the owned objects' finalizers; each server's
-    # Deployment read for its ready replicas, and the replicas' report ConfigMap read for what each one holds
+    # ModelServers (modelserver/): watched, their status written, the owned objects' finalizers; each server's
+    # ConfigMaps (the desired list, the replicas' report) watched, get also granted to its sidecar's Role
     *{("finetune.dev", "modelservers", v) for v in ("list", "watch")},
     ("finetune.dev", "modelservers/status", "patch"),
     ("finetune.dev", "modelservers/finalizers", "update"),
-    ("apps", "deployments", "get"),
-    ("", "configmaps", "get"),
+    *{("", "configmaps", v) for v in ("get", "list", "watch")},
     *{("batch", "jobs", v) for v in ("get", "list", "watch", "create", "patch", "delete")},
     *{("", "pods", v) for v in ("list", "watch")},
     *{("apps", "deployments", v) for v in ("list", "watch", "create", "patch", "delete")},
@@ -50,10 +49,18 @@ NAMESPACED: set[Rule] = {
     ("rbac.authorization.k8s.io", "roles", "create"),
     ("rbac.authorization.k8s.io", "rolebindings", "create"),
     # ownership (issue #24): who controls an object is read before applying over, adopting or deleting it, and a
-    # ModelServer's replicas are the pods of the ReplicaSets its Deployment controls
-    *{(g, r, "get") for g, r in (("", "services"), ("policy", "poddisruptionbudgets"), ("", "serviceaccounts"))},
+    # ModelServer's replicas are the pods of the ReplicaSets its Deployment controls (watched, like its pods)
+    *{
+        (g, r, "get")
+        for g, r in (
+            ("", "services"),
+            ("policy", "poddisruptionbudgets"),
+            ("", "serviceaccounts"),
+            ("apps", "deployments"),
+        )
+    },
     *{("rbac.authorization.k8s.io", r, "get") for r in ("roles", "rolebindings")},
-    ("apps", "replicasets", "list"),
+    *{("apps", "replicasets", v) for v in ("list", "watch")},
     ("", "secrets", "get"),
     ("", "events", "create"),
 }

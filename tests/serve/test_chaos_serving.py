@@ -3,7 +3,7 @@
 What holds: every request the server had accepted before SIGTERM is answered (uvicorn drains them); from SIGTERM
 on it accepts no new connection. In a cluster the pod's endpoint is withdrawn from Services concurrently with
 SIGTERM, so requests routed in between would be refused: hence the serving pods' preStop sleep
-(builders/serving.py), during which the server still answers while the endpoint goes. This test measures both
+(builders/containers.py), during which the server still answers while the endpoint goes. This test measures both
 sides of that on the real server: accepted-before-SIGTERM requests lost (must be 0) and new connections refused
 after it (the window the preStop sleep covers).
 """

@@ -53,7 +53,7 @@ def _adapters(base: Path, root: Path, count: int) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, list[Path]]]:
-    from finetune_operator.builders.serving import VLLM_DEVICES
+    from finetune_operator.builders.containers import VLLM_DEVICES
     from finetune_trainer.devtools import smollm2
 
     # the vLLM venv is made here when missing (CI makes it in the background: this waits for that install);

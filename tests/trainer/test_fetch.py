@@ -1,7 +1,8 @@
 """`python -m finetune_trainer fetch` against the real S3 server: folders land in place, errors exit 42.
 
-The vLLM pod's init container runs exactly this command (operator/finetune_operator/builders/serving.py), so
-these are the outcomes its pod shows: the files below each --dest, or a termination message with the code.
+The vLLM pod's init container runs exactly this command (fetch_container in
+operator/finetune_operator/builders/containers.py), so these are the outcomes its pod shows: the files below each
+--dest, or a termination message with the code.
 """
 
 from __future__ import annotations

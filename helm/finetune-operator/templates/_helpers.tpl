@@ -112,18 +112,17 @@ tests/helm/test_chart.py pins the exact list; docs/security.md shows `kubectl au
 - apiGroups: [finetune.dev]
   resources: [modelservers/finalizers]
   verbs: [update]
-# A ModelServer pass reads its Deployment (spec hash) and its two ConfigMaps (the desired adapter list, and the
-# report its sidecars patch); get+patch on ConfigMaps is also what the sidecar's Role grants (builders/modelserver.py
-# sync_rbac, on those two names only), which the operator may create only holding it. A FineTuneJob pass reads the
-# trainer's progress ConfigMap by name while the run's pods train (ConfigMaps are never listed or watched). This
-# rule: the Deployment.
-- apiGroups: [apps]
-  resources: [deployments]
-  verbs: [get]
-# ... and the two ConfigMaps (the trainer's config is never read back).
+# A ModelServer's pods, ReplicaSets, ConfigMaps (the desired adapter list, the report its sidecars patch) and
+# Deployment are watched, label-selected (finetune.dev/server-uid, component model-server), and listed once at
+# startup, so a ModelServer pass reads them from memory instead of reading them on every pass (list, watch: RBAC
+# cannot limit them to a label, so they reach every ConfigMap of a watched namespace, as get already does by name).
+# get+patch on ConfigMaps is also what the sidecar's Role grants (builders/modelserver.py sync_rbac, on those two
+# names only), which the operator may create only holding it; get also reads who controls a ConfigMap before an
+# apply or a delete (ownership). A FineTuneJob pass reads the trainer's progress ConfigMap by name while the run's
+# pods train (the trainer's config is never read back).
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get]
+  verbs: [get, list, watch]
 # Training Jobs: startup list + kopf watch (label-selected), get after a create that raced, create, delete of
 # retired runs, patch of spec.suspend (only for Jobs without a Kueue queue; Kueue owns suspend otherwise).
 - apiGroups: [batch]
@@ -134,11 +133,12 @@ tests/helm/test_chart.py pins the exact list; docs/security.md shows `kubectl au
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
-# Serving Deployments: startup list + watch, server-side apply (patch; create when it does not exist yet),
-# delete when serving is turned off.
+# Serving Deployments (a FineTuneJob's own, a ModelServer's): startup list + watch, server-side apply (patch;
+# create when it does not exist yet), delete when serving is turned off; get (metadata only) before an apply or a
+# delete: who controls it (ownership, as for Services below; the passes read the Deployments themselves from memory).
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 # Trainer config / serving config / a ModelServer's desired list / the trainer's progress (ConfigMaps), workers'
 # headless and serving Services, the serving PodDisruptionBudget: created or server-side applied, deleted when a run
 # is retired or serving is off; a gone replica's key is merge-patched out of a ModelServer's report ConfigMap.
@@ -158,11 +158,12 @@ tests/helm/test_chart.py pins the exact list; docs/security.md shows `kubectl au
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, create, patch, delete]
-# A ModelServer's replicas are the pods of the ReplicaSets its own Deployment controls: listed (by the server's
-# labels) to tell them from pods that merely carry those labels.
+# A ModelServer's replicas are the pods of the ReplicaSets its own Deployment controls: its ReplicaSets are listed
+# once at startup and watched (label-selected, like its pods), so a pass tells its replicas from pods that merely
+# carry its labels from memory.
 - apiGroups: [apps]
   resources: [replicasets]
-  verbs: [list]
+  verbs: [list, watch]
 # The per-run trainer identity (builders/rbac.py) and a ModelServer sidecar's (builders/modelserver.py sync_rbac):
 # a ServiceAccount, a Role naming its objects (resourceNames) and a RoleBinding, created once and removed by garbage
 # collection with their owner (no patch or delete); get (metadata only) after a create that found the name taken:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetune_operator.api.finetunejob import FineTuneJobSpec
+from finetune_operator.api.finetunejob import FineTuneJobSpec, StorageSpec
 from finetune_operator.api.labels import ANNOTATION_FULL_NAME, child_labels
 from finetune_operator.api.objects import Owner
 
@@ -29,18 +29,24 @@ def metadata(
 
 
 def s3_env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
-    """AWS_* variables: credentials from the named secret (or none: pod identity), endpoint and region."""
+    """AWS_* variables of a FineTuneJob's storage section (its trainer, its server, their fetch step)."""
+    return storage_env(spec.storage)
+
+
+def storage_env(storage: StorageSpec) -> list[dict[str, Any]]:
+    """AWS_* variables: credentials from the named secret (or none: pod identity), endpoint and region. One shape
+    for every pod that reaches S3, whichever resource's storage section it comes from."""
     env: list[dict[str, Any]] = []
-    secret = spec.storage.credentials_secret
+    secret = storage.credentials_secret
     if secret:
         for key in CREDENTIAL_KEYS:
             env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
         for key in OPTIONAL_CREDENTIAL_KEYS:
             env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}})
-    if spec.storage.endpoint:
-        env.append({"name": "AWS_ENDPOINT_URL", "value": spec.storage.endpoint})
-    if spec.storage.region:
-        env.append({"name": "AWS_DEFAULT_REGION", "value": spec.storage.region})
+    if storage.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": storage.endpoint})
+    if storage.region:
+        env.append({"name": "AWS_DEFAULT_REGION", "value": storage.region})
     return env
 
 

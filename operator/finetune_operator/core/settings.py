@@ -32,7 +32,7 @@ DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
 # vLLM releases before 0.19.1 require transformers < 5.
 DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"
 # gpu: the official image on GPU nodes; cpu: vLLM's CPU build (hack/build-images.sh's `vllm` image) on nodes
-# without one. The flags each renders: VLLM_DEVICES in builders/serving.py.
+# without one. The flags each renders: VLLM_DEVICES in builders/containers.py.
 VLLM_DEVICE_CHOICES = ("gpu", "cpu")
 TOLERATION_FIELDS = ("key", "operator", "value", "effect")
 TRUE_WORDS = ("1", "true", "yes")  # an FTO_* variable of a yes/no setting is true when it is one of these

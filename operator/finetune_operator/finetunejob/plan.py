@@ -1,9 +1,8 @@
-"""One reconcile's decision, pure: observed world in, actions on children plus the new status out.
+"""One reconcile's decision, pure: observed world (snapshot.py) in, actions on children plus the new status out.
 
-The planner joins the run bookkeeping (runs), the training state (status), the gate (gate) and serving
-(builders.serving): a run that trained and passed its gate becomes `status.published`, the serving bundle
-is rendered from that published run (so a later run that fails its gate leaves it untouched) and the
-endpoint is reported only once the Deployment has rolled out and is Available.
+The planner joins the run bookkeeping (runs), the data check (validation), the training state (training_state),
+the gate (gate), serving (serving.py: a run that trained and passed its gate is published and served) and the
+status (status.py).
 
 Trust: what is published is decided here, from the termination message of the training pod the operator's Job
 ran and the gate. The current run is published only by this pass's gate; the status is read back only for an
@@ -14,12 +13,11 @@ with: task, base model, adapter or not, rank), and `published.modelUri` is alway
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from finetune_operator.api import conditions as cond
 from finetune_operator.api.finetunejob import (
     FineTuneJobSpec,
     placement_spec_hash,
@@ -29,16 +27,13 @@ from finetune_operator.api.finetunejob import (
 from finetune_operator.api.labels import (
     ANNOTATION_PLACEMENT_HASH,
     ANNOTATION_RETRY,
-    ANNOTATION_SPEC_HASH,
     COMPONENT_TRAINER,
     COMPONENT_VALIDATOR,
-    Names,
 )
-from finetune_operator.api.modelserver import server_ref
-from finetune_operator.api.objects import Event, Manifest, Owner
+from finetune_operator.api.objects import Event, Manifest
+from finetune_operator.api.published import Published
 from finetune_operator.builders.policy import REFUSED, job_refusal
-from finetune_operator.builders.serving import Published, endpoint_url, serving_bundle
-from finetune_operator.core.observed import DeploymentObs, JobObs, PodObs
+from finetune_operator.core.observed import JobObs, PodObs
 from finetune_operator.core.settings import Settings
 from finetune_operator.finetunejob.gate import GateResult, evaluate_gate
 from finetune_operator.finetunejob.progress import progress_of
@@ -51,33 +46,18 @@ from finetune_operator.finetunejob.runs import (
     training_children,
     validation_children,
 )
-from finetune_operator.finetunejob.tracking import degraded_condition, degraded_news, tracking_of
+from finetune_operator.finetunejob.serving import published_of, serving_decision
+from finetune_operator.finetunejob.snapshot import Snapshot
+from finetune_operator.finetunejob.status import Outcome, status_of
 from finetune_operator.finetunejob.training_state import ErrorInfo, TrainingState, training_state
 from finetune_operator.finetunejob.validation import Validation, validation_of
-from finetune_operator.modelserver.plan import SharedVerdict, verdict_for
+
+__all__ = ["Plan", "Snapshot", "needs_progress_read", "needs_secret_check", "plan", "run_of"]
 
 TERMINAL = ("Failed", "Succeeded", "Serving", "Publishing")
 PROGRESS_SECONDS = 5.0
 """How often a pass reads the progress ConfigMap while the run's training pods run (the trainer writes at most
-every 5 s): the operator does not watch ConfigMaps (it is granted no list or watch on them)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Snapshot:
-    """Everything one reconcile knows about one FineTuneJob (keywords only: ten fields read badly by position)."""
-
-    owner: Owner
-    generation: int
-    spec: FineTuneJobSpec
-    status: dict[str, Any]
-    jobs: Sequence[JobObs] = ()
-    pods: Sequence[PodObs] = ()
-    deployment: DeploymentObs | None = None
-    secret_present: bool | None = None  # None: no secret named, or not checked
-    now: str = ""
-    retry_token: str = ""  # the FineTuneJob's finetune.dev/retry annotation
-    server: dict[str, Any] | None = None  # the ModelServer serving.server names (its body), when it exists
-    progress: dict[str, Any] | None = None  # the trainer's report, read and validated this pass (None: not read)
+every 5 s): the operator watches no FineTuneJob's ConfigMaps (only a ModelServer's, label-selected)."""
 
 
 @dataclass
@@ -170,110 +150,6 @@ def _carried_over(spec: FineTuneJobSpec, raw: Any, run: int) -> Published | None
     )
 
 
-def _published_of(spec: FineTuneJobSpec, run: int) -> Published:
-    return Published(
-        run=run,
-        task=spec.base_model.task,
-        base_model_uri=spec.base_model.uri,
-        model_uri=spec.output.run_uri(run) + "model/",
-        adapter=spec.method.produces_adapter,
-        lora_rank=spec.method.lora.rank,
-    )
-
-
-@dataclass(frozen=True)
-class ServingDecision:
-    """What serving needs this pass: objects to apply and delete, the endpoint to report (None before the
-    first rollout) and whether a replica is available now."""
-
-    apply: list[Manifest] = field(default_factory=list)
-    delete: list[ChildRef] = field(default_factory=list)
-    endpoint: dict[str, Any] | None = None
-    available: bool = False
-    shared: SharedVerdict | None = None  # serving.server: the verdict read from the ModelServer's status
-
-
-def _shared_serving(snapshot: Snapshot, published: Published | None, own: list[ChildRef]) -> ServingDecision:
-    """serving.server: no Deployment of its own (one left from before is removed); the adapter's place on
-    the server is read from the server's status, which decides it (sharing.admit). The endpoint stays
-    reported while a newer run loads."""
-    remove = own if snapshot.deployment is not None else []
-    if published is None:
-        return ServingDecision(delete=remove)
-    owner = snapshot.owner
-    key = server_ref(snapshot.spec.serving.server, owner.namespace)
-    verdict = verdict_for(owner.namespace, owner.name, published.run, key, snapshot.server)
-    previous = dict(snapshot.status.get("endpoint") or {}) or None
-    endpoint = verdict.endpoint or (previous if verdict.reason == "Loading" else None)
-    return ServingDecision([], remove, endpoint, verdict.endpoint is not None, verdict)
-
-
-def _serving(snapshot: Snapshot, published: Published | None, settings: Settings) -> ServingDecision:
-    """Apply or remove the serving bundle. An endpoint stays reported while its pods are down."""
-    spec, owner, deployment = snapshot.spec, snapshot.owner, snapshot.deployment
-    names = Names.of(owner.name)
-    bundle_refs = [
-        ChildRef("apps/v1", "Deployment", names.serving, uid=deployment.uid if deployment else ""),
-        ChildRef("v1", "Service", names.serving),
-        ChildRef("policy/v1", "PodDisruptionBudget", names.serving),
-        ChildRef("v1", "ConfigMap", names.serving_config),
-    ]
-    if spec.serving.enabled and spec.serving.server:
-        return _shared_serving(snapshot, published, bundle_refs)
-    if not spec.serving.enabled or published is None:
-        remove = deployment is not None or bool(snapshot.status.get("endpoint"))
-        return ServingDecision(delete=bundle_refs if remove else [])
-    bundle = serving_bundle(spec, owner, published, settings)
-    desired_hash = bundle[-1]["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
-    apply: list[Manifest] = []
-    delete: list[ChildRef] = []
-    if deployment is None or deployment.spec_hash != desired_hash:
-        apply = bundle
-        if spec.serving.replicas == 1 and deployment is not None:
-            delete = [bundle_refs[2]]  # one replica: a PDB would block every node drain
-    previous = dict(snapshot.status.get("endpoint") or {}) or None
-    if deployment is None:
-        return ServingDecision(apply, delete)
-    if not deployment.available_condition or deployment.available < 1:
-        return ServingDecision(apply, delete, previous, False)
-    if deployment.current and deployment.spec_hash == desired_hash:
-        endpoint = {"url": endpoint_url(owner), "model": owner.name, "run": deployment.run}
-        return ServingDecision(apply, delete, endpoint, True)
-    return ServingDecision(apply, delete, previous, True)
-
-
-def _ready(
-    spec: FineTuneJobSpec,
-    endpoint: dict[str, Any] | None,
-    available: bool,
-    published: Published | None,
-    gen: int,
-    state: str,
-    shared: SharedVerdict | None = None,
-) -> cond.Condition:
-    if not spec.serving.enabled:
-        return cond.condition(cond.READY, False, "ServingDisabled", "serving.enabled is false", gen)
-    if published is None:
-        return cond.condition(cond.READY, False, "NothingPublished", "no run has passed its gate yet", gen)
-    if shared is not None:
-        return cond.condition(cond.READY, shared.reason == "Serving", shared.reason, shared.message, gen)
-    if endpoint is None:
-        return cond.condition(cond.READY, False, "Publishing", f"rolling out run {published.run}", gen)
-    if not available:
-        message = f"no serving replica is available (run {endpoint.get('run')})"
-        return cond.condition(cond.READY, False, "Unavailable", message, gen)
-    if endpoint.get("run") != published.run:
-        return cond.condition(
-            cond.READY,
-            False,
-            "RollingOut",
-            f"serving run {endpoint.get('run')} while run {published.run} rolls out",
-            gen,
-        )
-    note = f"; {state}" if state else ""
-    return cond.condition(cond.READY, True, "Serving", f"serving run {published.run}{note}", gen)
-
-
 def _placement_of_run(status: dict[str, Any], job: JobObs | None, created: list[Manifest]) -> str | None:
     """The placement the run's pods run (or last ran) with: the Job's stamp, else what status remembers."""
     for manifest in created:
@@ -357,26 +233,7 @@ def _gated(
         failing = "; ".join(r.describe() for r in gate.failures)
         error = ErrorInfo("GateFailed", f"run {run} failed its gate: {failing}")
         return "Failed", error, gate, published if spec.serving.enabled else None
-    return state.phase, state.error, gate, _published_of(spec, run) if spec.serving.enabled else None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one pass decided about the run, the gate and serving: the inputs of the status."""
-
-    run: int
-    validation: dict[str, Any] | None
-    training_hash: str
-    placement: str | None
-    retry_token: str | None
-    state: TrainingState
-    phase: str
-    error: ErrorInfo | None
-    metrics: dict[str, Any]
-    gate: GateResult | None
-    published: Published | None
-    serving: ServingDecision
-    progress: dict[str, Any] | None = None  # status.progress: the trainer's validated report
+    return state.phase, state.error, gate, published_of(spec, run) if spec.serving.enabled else None
 
 
 def _validation(snapshot: Snapshot, run: int, settings: Settings) -> tuple[Validation, JobObs | None, list[PodObs]]:
@@ -392,19 +249,39 @@ def _validation(snapshot: Snapshot, run: int, settings: Settings) -> tuple[Valid
     return validation_of(snapshot.status, key, run, job, pods, suspend=spec.suspend, kueue=kueue), job, pods
 
 
+def _after_training(spec: FineTuneJobSpec, phase: str, endpoint: dict[str, Any] | None, run: int) -> str:
+    """A trained run that passed its gate: Succeeded without serving, else Serving once its endpoint serves it."""
+    if phase != "Trained":
+        return phase
+    if not spec.serving.enabled:
+        return "Succeeded"
+    return "Serving" if endpoint and endpoint.get("run") == run else "Publishing"
+
+
+def _stage_of_run(
+    snapshot: Snapshot, run: int, training_hash: str, settings: Settings
+) -> tuple[Validation, JobObs | None, list[PodObs], Callable[[], list[Manifest]]]:
+    """Run `run`'s data check, and the Job, pods and children of the stage it is in: the validation's until it
+    has passed, then the training's."""
+    spec, owner = snapshot.spec, snapshot.owner
+    validation, validator, validator_pods = _validation(snapshot, run, settings)
+    if not validation.passed:
+        return (
+            validation,
+            validator,
+            validator_pods,
+            partial(validation_children, spec, owner, run, training_hash, settings),
+        )
+    job = next((j for j in snapshot.jobs if j.run == run and j.component == COMPONENT_TRAINER), None)
+    pods = [p for p in snapshot.pods if p.run == run and p.component == COMPONENT_TRAINER]
+    return validation, job, pods, partial(training_children, spec, owner, run, training_hash, settings)
+
+
 def plan(snapshot: Snapshot, settings: Settings) -> Plan:
     spec, status, owner = snapshot.spec, snapshot.status, snapshot.owner
     run, training_hash = run_of(snapshot)
-    validation, validator, validator_pods = _validation(snapshot, run, settings)
-    if validation.passed:
-        job = next((j for j in snapshot.jobs if j.run == run and j.component == COMPONENT_TRAINER), None)
-        pods = [p for p in snapshot.pods if p.run == run and p.component == COMPONENT_TRAINER]
-        children = partial(training_children, spec, owner, run, training_hash, settings)
-    else:
-        job, pods = validator, validator_pods
-        children = partial(validation_children, spec, owner, run, training_hash, settings)
+    validation, job, pods, children = _stage_of_run(snapshot, run, training_hash, settings)
     same_run = int(status.get("run") or 0) == run
-
     secret_missing = snapshot.secret_present is False
     refused = job_refusal(spec, settings)
     retry = _retry_requested(snapshot)
@@ -417,7 +294,6 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
     # A token is recorded once acted on (the failed run's new Job exists) or when there is nothing to retry
     # (so a later failure is not retried by an old token); until then the old one stays, and passes go on.
     retry_token = status.get("retryToken") if retry and failed_run and not created_job else snapshot.retry_token
-
     progress = progress_of(run, snapshot.progress, status.get("progress"))
     state = _state(
         snapshot,
@@ -433,14 +309,8 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
     metrics = state.metrics or (status.get("metrics") if same_run else None) or {}
     earlier = _carried_over(spec, status.get("published"), run)
     phase, error, gate, published = _gated(spec, run, state, metrics, earlier)
-    serving = _serving(snapshot, published, settings)
-    if phase == "Trained":
-        endpoint = serving.endpoint
-        phase = (
-            "Succeeded"
-            if not spec.serving.enabled
-            else ("Serving" if endpoint and endpoint.get("run") == run else "Publishing")
-        )
+    serving = serving_decision(snapshot, published, settings)
+    phase = _after_training(spec, phase, serving.endpoint, run)
     outcome = Outcome(
         run=run,
         validation=validation.record,
@@ -475,60 +345,3 @@ def _requeue_after(snapshot: Snapshot, state: TrainingState, settings: Settings)
     if state.reason == "SecretMissing":
         return settings.secret_recheck_seconds
     return PROGRESS_SECONDS if needs_progress_read(snapshot) else None
-
-
-def status_of(snapshot: Snapshot, outcome: Outcome) -> tuple[dict[str, Any], list[Event]]:
-    """The FineTuneJob's new status, and the Event to post when the phase changes. Pure."""
-    spec, status, gen = snapshot.spec, snapshot.status, snapshot.generation
-    run, state, phase, error, gate = outcome.run, outcome.state, outcome.phase, outcome.error, outcome.gate
-    published, serving = outcome.published, outcome.serving
-    same_run = int(status.get("run") or 0) == run
-    trained = cond.condition(cond.TRAINED, state.phase == "Trained", state.reason, state.message, gen)
-    if gate is None:
-        gate_cond = cond.condition(cond.GATE_PASSED, None, "NotEvaluated", "the run has not finished training", gen)
-    else:
-        message = "every rule held" if gate.passed else (error.message if error else "")
-        gate_cond = cond.condition(
-            cond.GATE_PASSED, gate.passed, "Passed" if gate.passed else "GateFailed", message, gen
-        )
-    serving_note = f"run {run} is {phase}" if published and published.run != run else ""
-    ready = _ready(spec, serving.endpoint, serving.available, published, gen, serving_note, serving.shared)
-    run_uri = spec.output.run_uri(run)
-    previous_tracking = (status.get("tracking") or {}) if same_run else {}
-    tracking = tracking_of(run, state.tracking, outcome.progress or {}, previous_tracking)
-    tracking_cond = degraded_condition(spec.tracking.mlflow is not None, tracking, gen)
-    new_status: dict[str, Any] = {
-        "observedGeneration": gen,
-        "phase": phase,
-        "run": run,
-        "trainingSpecHash": outcome.training_hash,
-        "placementHash": outcome.placement,
-        "validation": outcome.validation,
-        "retryToken": outcome.retry_token,
-        "attempts": max(state.attempts, int(status.get("attempts") or 0) if same_run else 0),
-        "conditions": cond.merge(
-            status.get("conditions"), [trained, gate_cond, ready, *filter(None, [tracking_cond])], snapshot.now
-        ),
-        "metrics": outcome.metrics or None,
-        "gate": gate.to_status() if gate else None,
-        "artifacts": {
-            "model": run_uri + "model/",
-            "report": run_uri + "report.html",
-            "checkpoints": run_uri + "checkpoints/",
-            "tensorboard": run_uri + "tensorboard/",
-        },
-        "tracking": tracking,
-        "endpoint": serving.endpoint,
-        "published": published.to_status() if published else None,
-        "progress": outcome.progress,
-        "error": error.to_status() if error else None,
-    }
-    events: list[Event] = []
-    if status.get("phase") != phase:
-        kind = "Warning" if phase == "Failed" or (phase == "Pending" and error) else "Normal"
-        message = error.message if error else f"run {run}: {state.message}"
-        events.append(Event(kind, phase, message))
-    news = degraded_news(previous_tracking, tracking)
-    if news:
-        events.append(Event("Warning", "TrackingDegraded", news))
-    return new_status, events

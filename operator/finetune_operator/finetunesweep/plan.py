@@ -14,8 +14,6 @@ reports the winner's alone, after it was chosen: the held-out test split stays a
 from __future__ import annotations
 
 import copy
-import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,106 +22,22 @@ from finetune_operator.api import conditions as cond
 from finetune_operator.api.finetunejob import parse_spec
 from finetune_operator.api.finetunesweep import (
     ANNOTATION_PUBLISHED,
-    ANNOTATION_STOPPED,
-    LABEL_TRIAL,
-    SWEEP_KIND,
     SweepSpec,
-    TrialStoppingSpec,
 )
 from finetune_operator.api.objects import Event, Manifest, Owner
-from finetune_operator.api.ownership import controller_uid
 from finetune_operator.builders.policy import REFUSED
 from finetune_operator.finetunejob.gate import GateResult, evaluate_gate, flatten_metrics
+from finetune_operator.finetunesweep.observed import FINISHED, TrialObs, trial_objective
+from finetune_operator.finetunesweep.stopping import Curve, Stop, curves_of, early_stops
 from finetune_operator.finetunesweep.trials import trial_manifest, trial_name, trial_parameters
-
-INTERMEDIATE_STEP = ("progress", "validationStep")
-INTERMEDIATE_VALIDATION_LOSS = ("progress", "validationLoss")
-"""Where a trial's status reports the latest validation loss measured during training (every
-evaluation.intervalSteps; the trainer's `selection` module writes both) and the step it was measured at: the
-one place the early-stopping rule reads it from."""
 
 USER_ERRORS = frozenset(
     {"ConfigInvalid", "DatasetInvalid", "ModelInvalid", "PlanDoesNotFit", "SecretMissing", "UnsafeObjectKey", REFUSED}
 )
 """Trial failures that every other trial would repeat (the template is wrong): no further trial is started."""
 
-FINISHED = frozenset({"Succeeded", "Failed", "Serving", "Publishing"})
 DONE = frozenset({*FINISHED, "Stopped", "Deleted"})  # a trial's phase in the sweep's status once it is over
-CURVE_POINTS = 32  # at most this many (step, validation loss) points are remembered per trial
 MESSAGE_MAX = 512  # per trial in status.trials: 200 trials must stay far below an object's size limit
-
-
-def _dig(data: dict[str, Any], path: tuple[str, ...]) -> Any:
-    node: Any = data
-    for part in path:
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
-def _finite(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
-
-
-@dataclass(frozen=True)
-class TrialObs:
-    """What the sweep needs of one trial FineTuneJob, read from its body."""
-
-    name: str
-    index: int
-    phase: str = "Pending"
-    metrics: dict[str, Any] = field(default_factory=dict)
-    step: int | None = None
-    validation_loss: float | None = None
-    stopped: str = ""  # the sweep suspended it: why
-    error_code: str = ""
-    error_message: str = ""
-    published: bool = False  # promoted to the sweep's published winner (serving on, own FineTuneJob)
-    endpoint: str = ""
-    uid: str = ""  # the trial FineTuneJob's own: stop and publish patches apply to this very object
-    namespace: str = ""
-    controller: str = ""  # its controller FineTuneSweep's uid (api.ownership; never the sweep-uid label)
-
-    @property
-    def finished(self) -> bool:
-        return bool(self.stopped) or self.phase in FINISHED
-
-
-def _index(label: Any) -> int:
-    """The trial label's index; -1 (not a trial of the plan) when someone wrote something else there."""
-    try:
-        return int(str(label))
-    except ValueError:
-        return -1
-
-
-def trial_obs(body: dict[str, Any]) -> TrialObs:
-    meta, status = body.get("metadata", {}), body.get("status") or {}
-    annotations = meta.get("annotations") or {}
-    error = status.get("error") or {}
-    step = _finite(_dig(status, INTERMEDIATE_STEP))
-    progress_run = _dig(status, ("progress", "run"))
-    current = progress_run is None or progress_run == status.get("run")
-    return TrialObs(
-        name=meta.get("name", ""),
-        index=_index((meta.get("labels") or {}).get(LABEL_TRIAL)),
-        phase=str(status.get("phase") or "Pending"),
-        metrics=dict(status.get("metrics") or {}),
-        step=int(step) if step is not None and current else None,
-        validation_loss=_finite(_dig(status, INTERMEDIATE_VALIDATION_LOSS)) if current else None,
-        stopped=str(annotations.get(ANNOTATION_STOPPED, "")),
-        error_code=str(error.get("code", "")),
-        error_message=str(error.get("message", "")),
-        published=bool(annotations.get(ANNOTATION_PUBLISHED)),
-        endpoint=str((status.get("endpoint") or {}).get("url", "")),
-        uid=str(meta.get("uid", "")),
-        namespace=str(meta.get("namespace", "")),
-        controller=controller_uid(body, SWEEP_KIND),
-    )
-
-
-# ---- the plan --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,13 +48,6 @@ class SweepSnapshot:
     status: dict[str, Any]
     trials: Sequence[TrialObs] = ()
     now: str = ""
-
-
-@dataclass(frozen=True)
-class Stop:
-    name: str
-    reason: str
-    uid: str = ""  # the trial's uid: the patch applies to that object only
 
 
 @dataclass(frozen=True)
@@ -159,58 +66,6 @@ class SweepPlan:
     publish: Publish | None = None
     status: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)  # trial creations are reported by the I/O that makes them
-
-
-Curve = list[list[float]]  # [[step, validation loss], ...]
-
-
-def _curves(status: dict[str, Any], trials: dict[int, TrialObs]) -> dict[int, Curve]:
-    """Each trial's remembered (step, validation loss) points plus what its status reports now."""
-    remembered = {int(t.get("index", -1)): list(t.get("curve") or []) for t in status.get("trials") or []}
-    out: dict[int, Curve] = {}
-    for index in set(remembered) | set(trials):
-        curve = [list(p) for p in remembered.get(index, [])]
-        trial = trials.get(index)
-        fresh = trial is not None and trial.step is not None and trial.validation_loss is not None
-        if trial and fresh and not any(int(p[0]) == trial.step for p in curve):
-            curve.append([float(trial.step or 0), float(trial.validation_loss or 0.0)])
-            curve.sort()
-        out[index] = curve[-CURVE_POINTS:]
-    return out
-
-
-def _best_until(curve: Curve, step: float) -> float | None:
-    seen = [p[1] for p in curve if p[0] <= step]
-    return min(seen) if seen else None
-
-
-def median_rule(rule: TrialStoppingSpec, curve: Curve, completed: list[Curve]) -> str:
-    """Why to stop a running trial, or "": its best validation loss up to its latest step S (S >= afterSteps)
-    is worse than the median of the completed trials' best validation losses up to S (at least minTrials
-    of them reported one by S): the median stopping rule of Google Vizier, as Katib implements it."""
-    if not curve or curve[-1][0] < rule.after_steps:
-        return ""
-    step = curve[-1][0]
-    others = [b for b in (_best_until(c, step) for c in completed) if b is not None]
-    mine = _best_until(curve, step)
-    if len(others) < rule.min_trials or mine is None:
-        return ""
-    median = statistics.median(others)
-    if mine <= median:
-        return ""
-    return (
-        f"median rule: best validation loss {mine:.4g} by step {int(step)} is worse than the median {median:.4g} "
-        f"of {len(others)} completed trials by the same step"
-    )
-
-
-def _objective(spec: SweepSpec, trial: TrialObs | None) -> float | None:
-    if trial is None or trial.stopped:
-        return None
-    gated_out = trial.phase == "Failed" and trial.error_code == "GateFailed"  # a promoted winner's gate said no
-    if trial.phase not in ("Succeeded", "Serving", "Publishing") and not gated_out:
-        return None
-    return flatten_metrics(trial.metrics).get(spec.objective.metric)
 
 
 def _trial_phase(trial: TrialObs | None, remembered: dict[str, Any]) -> str:
@@ -250,21 +105,6 @@ def _publish_patch(spec: SweepSpec, owner: Owner) -> dict[str, Any]:
     }
 
 
-def _early_stops(spec: SweepSpec, trials: dict[int, TrialObs], curves: dict[int, Curve]) -> list[Stop]:
-    """The running trials the early-stopping rule stops now (none when it is not configured)."""
-    if spec.early_stopping is None:
-        return []
-    completed = [curves.get(i, []) for i, t in trials.items() if _objective(spec, t) is not None]
-    stops = []
-    for index, trial in sorted(trials.items()):
-        if trial.finished or trial.phase not in ("Training", "Evaluating"):
-            continue
-        reason = median_rule(spec.early_stopping, curves.get(index, []), completed)
-        if reason:
-            stops.append(Stop(trial.name, reason, trial.uid))
-    return stops
-
-
 def _records(
     spec: SweepSpec,
     owner: Owner,
@@ -290,7 +130,7 @@ def _records(
             "name": name,
             "parameters": trial_parameters(spec, index),
             "phase": "Stopped" if name in stopping else phase,
-            "objective": _objective(spec, trial) if trial else before.get("objective"),
+            "objective": trial_objective(spec, trial) if trial else before.get("objective"),
             "curve": curves.get(index) or None,
             "message": str(message or "")[:MESSAGE_MAX],
         }
@@ -312,9 +152,9 @@ def sweep_plan(snapshot: SweepSnapshot) -> SweepPlan:
     records = {int(r.get("index", -1)): r for r in status.get("trials") or []}
     broken = _failed_fast(trials)
     create = [] if broken else [trial_manifest(spec, owner, i) for i in _to_create(spec, trials, records)]
-    curves = _curves(status, trials)
+    curves = curves_of(status, trials)
 
-    stop = _early_stops(spec, trials, curves)
+    stop = early_stops(spec, trials, curves)
     created = {m["metadata"]["name"] for m in create}
     new_records = _records(spec, owner, trials, records, curves, created, {s.name: s.reason for s in stop})
     leaderboard = _leaderboard(spec, new_records)

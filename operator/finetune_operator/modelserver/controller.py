@@ -1,76 +1,44 @@
-"""One level-triggered reconcile pass for one ModelServer: decide its adapters (pure, `sharing.admit`), apply
-its objects and desired list, read what every replica reports loaded, write its status.
+"""One level-triggered reconcile pass for one ModelServer: read memory, decide (pure `plan`), act, write status.
 
-Why polled while converging: a replica's loaded adapters arrive in the report ConfigMap its sidecar patches
-and in pod readiness, neither of which the operator watches (a shared cluster's pods and ConfigMaps are
-not streamed to it); a pass therefore asks again in a few seconds until every replica holds the desired
-list, then every half minute. The FineTuneJobs naming the server re-read its status when the watch
-reports the status change (handlers), so the verdict is decided here once.
+The pass reads the server and the FineTuneJobs naming it from core.store.Store, and its pods, ConfigMaps and
+Deployment from the ServerStore, all filled by watch events (handlers, through the registry); it asks no question
+of the API server. It then creates or applies what the plan says (re-filing what it wrote, so the next pass does
+not write it again before the watch reports it), drops the report keys of pods that are gone, and patches the
+status once, only when it changed. The FineTuneJobs naming the server re-read its status when the watch reports
+the status change, so the verdict is decided here once.
+
+Why no timed requeue any more: the server used to ask again every 3 s while converging and every 30 s after,
+because its replicas' readiness and reports (pods, the report ConfigMap) were not watched. They are now, so each
+change triggers a pass; the operator's periodic resync (--resync-seconds) backs up a lost event, as it does for
+FineTuneJobs. One exception: when an object under one of the server's names belongs to someone else, core.kube
+refuses to write it (NameTaken, api.ownership) and the server reports Ready=False, reason NameTaken; that object
+is not the server's, so no watch of its objects reports its removal, and the pass is retried on a timer.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
-from pydantic import ValidationError
-
-from finetune_operator.api import conditions as cond
-from finetune_operator.api.base import invalid_spec_message
-from finetune_operator.api.labels import ANNOTATION_SPEC_HASH
-from finetune_operator.api.modelserver import SERVER_KIND, parse_server_spec, reference_of
-from finetune_operator.api.ownership import controlled_by
-from finetune_operator.builders.modelserver import (
-    ADAPTERS_KEY,
-    ServerNames,
-    ServerOwner,
-    adapters_config_map,
-    endpoint_url,
-    loaded_config_map,
-    selector,
-    server_bundle,
-    server_pdb,
-)
-from finetune_operator.builders.policy import REFUSED, server_refusal
+from finetune_operator.api.modelserver import SERVER_KIND, reference_of
+from finetune_operator.builders.modelserver import ServerNames
 from finetune_operator.core.errors import NameTaken, TemporaryError
-from finetune_operator.core.kube import Kube, name_taken
+from finetune_operator.core.kube import Kube
 from finetune_operator.core.settings import Settings
 from finetune_operator.core.status_patch import merge_patch, now_rfc3339
 from finetune_operator.core.store import Key, Store
 from finetune_operator.core.workqueue import RequeueError
-from finetune_operator.modelserver.plan import (
-    Admission,
-    Replica,
-    admit,
-    candidate_of,
-    converged,
-    replica_of,
-    server_status,
-)
+from finetune_operator.modelserver.observed import config_map_data, deployment_hash, owned
+from finetune_operator.modelserver.plan import NAME_TAKEN_RETRY_SECONDS, ServerPlan, ServerSnapshot, name_taken, plan
+from finetune_operator.modelserver.store import ServerStore
 
 log = logging.getLogger(__name__)
 
-CONVERGING_SECONDS = 3.0
-STEADY_SECONDS = 30.0
-
-
-def _pod_ready(pod: dict[str, Any]) -> bool:
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
-def _report(data: dict[str, str], pod: str) -> dict[str, Any] | None:
-    try:
-        parsed = json.loads(data[pod]) if pod in data else None
-    except ValueError:
-        return None
-    return parsed if isinstance(parsed, dict) else None
-
 
 class ServerReconciler:
-    def __init__(self, kube: Kube, store: Store, settings: Settings) -> None:
+    def __init__(self, kube: Kube, store: Store, settings: Settings, servers: ServerStore | None = None) -> None:
         self.kube, self.store, self.settings = kube, store, settings
+        self.servers = servers or ServerStore()
 
     def reconcile(self, key: Key) -> float | None:
         """One pass; returns seconds until the next one (temporary API trouble: the queue's backoff)."""
@@ -83,124 +51,50 @@ class ServerReconciler:
         body = self.store.server(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None  # its objects go by garbage collection; the FineTuneJobs see ServerNotFound
-        meta, old = body["metadata"], body.get("status") or {}
-        generation = int(meta.get("generation") or 1)
-        try:
-            spec = parse_server_spec(body.get("spec") or {})
-        except ValidationError as error:
-            message = invalid_spec_message(error)
-            invalid = cond.condition(cond.READY, False, "ConfigInvalid", message, generation)
-            self._write(body, {"observedGeneration": generation, "conditions": [invalid]})
-            return None
-        refused = server_refusal(spec, self.settings)
-        if refused is not None:  # nothing is applied; objects made before the policy changed stay as they are
-            condition = cond.condition(cond.READY, False, REFUSED, refused, generation)
-            self._write(body, {"observedGeneration": generation, "conditions": [condition]})
-            return None
-        owner = ServerOwner(meta["namespace"], meta["name"], meta["uid"])
-        candidates = [
-            c for c in (candidate_of(b) for b in self.store.bodies_naming(key, reference_of)) if c is not None
-        ]
-        held = frozenset(str(a.get("name")) for a in old.get("adapters") or [])
-        admission = admit(spec, owner.namespace, owner.name, candidates, held)
-        try:
-            deployment_uid = self._apply(owner, spec.replicas, server_bundle(spec, owner, self.settings), admission)
-        except NameTaken as error:  # an object of its name belongs to someone else: never taken over
-            log.warning("ModelServer %s/%s: %s", owner.namespace, owner.name, error)
-            taken = cond.condition(cond.READY, False, NameTaken.code, str(error), generation)
-            self._write(body, {"conditions": cond.merge(old.get("conditions"), [taken], now_rfc3339())})
-            return STEADY_SECONDS
-        replicas = self._replicas(owner, deployment_uid)
-        ready = sum(1 for r in replicas if r.ready)
-        done = converged(admission, [r for r in replicas if r.ready]) and ready >= spec.replicas
-        conditions = [
-            cond.condition(
-                cond.READY,
-                ready > 0,
-                "Ready" if ready else "NoReplicaReady",
-                f"{ready} of {spec.replicas} replicas ready",
-                generation,
-            ),
-            cond.condition(
-                "Converged",
-                done,
-                "Converged" if done else "Converging",
-                f"every replica holds the {len(admission.adapters)} desired adapters"
-                if done
-                else "replicas are loading or unloading adapters",
-                generation,
-            ),
-        ]
-        status = server_status(
-            generation=generation,
-            endpoint=endpoint_url(owner),
-            admission=admission,
-            replicas=replicas,
-            desired_replicas=spec.replicas,
-            max_adapters=spec.max_adapters,
-            conditions=cond.merge(old.get("conditions"), conditions, now_rfc3339()),
+        uid = str(body["metadata"]["uid"])
+        snapshot = ServerSnapshot(
+            body=body,
+            jobs=tuple(self.store.bodies_naming(key, reference_of)),
+            children=self.servers.children(key[0], uid),
+            now=now_rfc3339(),
         )
-        self._write(body, status)
-        return STEADY_SECONDS if done else CONVERGING_SECONDS
+        decided = plan(snapshot, self.settings)
+        try:
+            self._execute(key, uid, decided)
+        except NameTaken as error:  # an object of its name belongs to someone else: never taken over
+            log.warning("ModelServer %s/%s: %s", key[0], key[1], error)
+            self._write(body, name_taken(snapshot, str(error)))
+            return NAME_TAKEN_RETRY_SECONDS
+        self._write(body, decided.status)
+        return decided.requeue_after
 
-    def _owned(self, kind: str, name: str, owner: ServerOwner) -> dict[str, Any] | None:
-        """One of the server's objects as read (None: absent); NameTaken when another owner controls it."""
-        api_version = "apps/v1" if kind == "Deployment" else "v1"
-        body = self.kube.get(api_version, kind, owner.namespace, name)
-        if body is not None and not controlled_by(body, owner.namespace, owner.uid):
-            raise name_taken(body, kind)
-        return body
+    def _file(self, written: dict[str, Any] | None) -> None:
+        """Remember what a pass wrote, so the next pass, before the watch reports it, does not write it again
+        (filed by its controller ownerReference, like the watch's events: core.kube wrote it only if ours)."""
+        if not written:
+            return
+        meta = written.get("metadata") or {}
+        version = str(meta.get("resourceVersion", ""))
+        if written.get("kind") == "ConfigMap":
+            self.servers.put_config_map(owned(written), str(meta.get("name", "")), version, config_map_data(written))
+        elif written.get("kind") == "Deployment":
+            self.servers.put_deployment(owned(written), version, deployment_hash(written))
 
-    def _apply(self, owner: ServerOwner, replicas: int, bundle: list[dict[str, Any]], admission: Admission) -> str:
-        """Apply the server's objects where they changed; its Deployment's uid ("" before it exists)."""
-        names = ServerNames.of(owner.name)
-        deployment = self._owned("Deployment", names.deployment, owner)
-        want = bundle[-1]["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
-        have = ((deployment or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_SPEC_HASH)
-        if have != want:
-            for manifest in bundle:
-                if manifest["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
-                    self.kube.create(manifest)  # fixed per server; created once (the operator may not patch them)
-                elif manifest["kind"] == "Deployment":
-                    deployment = self.kube.apply(manifest)
-                else:
-                    self.kube.apply(manifest)
-            if replicas == 1:  # one replica: a PDB would block every node drain
-                pdb = server_pdb(owner)["metadata"]["name"]
-                self.kube.delete("policy/v1", "PodDisruptionBudget", owner.namespace, pdb, owner=owner.uid)
-        if self._owned("ConfigMap", names.loaded, owner) is None:
-            self.kube.create(loaded_config_map(owner))
-        desired = adapters_config_map(owner, admission.adapters)
-        current = self._owned("ConfigMap", names.adapters, owner)
-        if current is None or (current.get("data") or {}).get(ADAPTERS_KEY) != desired["data"][ADAPTERS_KEY]:
-            self.kube.apply(desired)
-            log.info("ModelServer %s/%s: desired adapters %s", owner.namespace, owner.name, sorted(admission.names))
-        return str(((deployment or {}).get("metadata") or {}).get("uid") or "")
-
-    def _replicas(self, owner: ServerOwner, deployment_uid: str) -> list[Replica]:
-        """Every live pod of the server's own Deployment (controlled by a ReplicaSet that Deployment controls;
-        a pod that merely carries its labels is not a replica) with what its sidecar reports; reports of pods
-        that are gone are dropped."""
-        names = ServerNames.of(owner.name)
-        labels = ",".join(f"{k}={v}" for k, v in selector(owner).items())
-        replica_sets = {
-            rs["metadata"]["uid"]
-            for rs in self.kube.list("apps/v1", "ReplicaSet", owner.namespace, labels)
-            if controlled_by(rs, owner.namespace, deployment_uid)
-        }
-        pods = [
-            p
-            for p in self.kube.list("v1", "Pod", owner.namespace, labels)
-            if not p["metadata"].get("deletionTimestamp")
-            and any(controlled_by(p, owner.namespace, uid) for uid in replica_sets)
-        ]
-        report = self._owned("ConfigMap", names.loaded, owner) or {}
-        data: dict[str, str] = report.get("data") or {}
-        live = {p["metadata"]["name"] for p in pods}
-        stale = {k: None for k in data if k not in live}
-        if stale:
-            self.kube.merge_patch("v1", "ConfigMap", owner.namespace, names.loaded, {"data": stale})
-        return [replica_of(p["metadata"]["name"], _pod_ready(p), _report(data, p["metadata"]["name"])) for p in pods]
+    def _execute(self, key: Key, uid: str, decided: ServerPlan) -> None:
+        """Write what the plan says. core.kube creates, applies and deletes only the server's own objects (its
+        controller ownerReference): NameTaken when one of these names holds someone else's object."""
+        namespace, name = key
+        for manifest in decided.create:
+            self._file(self.kube.create(manifest))  # None: it exists and is ours; the watch reports it
+        for manifest in decided.apply:
+            self._file(self.kube.apply(manifest))
+        for api_version, kind, child in decided.delete:
+            self.kube.delete(api_version, kind, namespace, child, owner=uid)
+        if decided.desired_changed:
+            log.info("ModelServer %s/%s: desired adapters %s", namespace, name, sorted(a.name for a in decided.desired))
+        if decided.drop_reports:
+            loaded = ServerNames.of(name).loaded
+            self.kube.merge_patch("v1", "ConfigMap", namespace, loaded, {"data": dict.fromkeys(decided.drop_reports)})
 
     def _write(self, body: dict[str, Any], new: dict[str, Any]) -> None:
         meta = body["metadata"]

@@ -1,184 +1,48 @@
-"""Shared serving, pure: which FineTuneJobs' adapters a server holds, and why the
-others are refused.
+"""A ModelServer's pass, pure: from what is observed (snapshot) to what should be (plan), and the verdict a
+FineTuneJob naming the server reads back from its status.
 
-Why pure and in one place: the server's desired adapter list is the one fact every replica converges to
-(docs/serving.md, "Shared serving"); deciding it from typed inputs, apart from I/O, lets a unit table cover
-every refusal and the ordering rule (adapters already held are never evicted by newcomers), and the
-FineTuneJob side only reads the verdict back from the server's status instead of deciding a second time.
+Snapshot: the server's body, the FineTuneJobs naming it, and its pods, ConfigMaps and Deployment as the watches
+last reported them. Plan: the objects to create or apply (the bundle when its hash moved, the desired adapter list
+when it changed, the empty report when missing), the report keys of pods that are gone, the desired list, and the
+status. Deciding here, apart from I/O, lets unit tests replay a server's life without a cluster; the FineTuneJob
+side only reads the verdict back from the server's status (`verdict_for`) instead of deciding a second time.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from finetune_operator.api.modelserver import DesiredAdapter, ModelServerSpec, adapter_name
+from pydantic import ValidationError
 
-Refusal = Literal[
-    "NamespaceNotAllowed", "NotAnAdapter", "BaseModelMismatch", "TaskNotSupported", "RankTooHigh", "ServerFull"
-]
+from finetune_operator.api import conditions as cond
+from finetune_operator.api.base import invalid_spec_message
+from finetune_operator.api.labels import ANNOTATION_SPEC_HASH
+from finetune_operator.api.modelserver import DesiredAdapter, ModelServerSpec, parse_server_spec
+from finetune_operator.api.objects import Manifest
+from finetune_operator.builders.modelserver import (
+    ADAPTERS_KEY,
+    ServerNames,
+    ServerOwner,
+    adapters_config_map,
+    endpoint_url,
+    loaded_config_map,
+    server_bundle,
+)
+from finetune_operator.builders.policy import REFUSED, server_refusal
+from finetune_operator.core.errors import NameTaken
+from finetune_operator.core.settings import Settings
+from finetune_operator.modelserver.admission import Admission, admit, bounded_refusals, candidate_of
+from finetune_operator.modelserver.observed import ServerChildren, ServerPodObs
 
+CREATED_ONCE = ("ServiceAccount", "Role", "RoleBinding")
+"""Fixed per server and created once: the operator may not patch them (it holds create only)."""
 
-def _same_uri(a: str, b: str) -> bool:
-    return a.rstrip("/") == b.rstrip("/")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A FineTuneJob that names this server and has a published run (status.published)."""
-
-    namespace: str
-    name: str
-    created: str  # metadata.creationTimestamp: first come, first served when the server is full
-    run: int
-    model_uri: str
-    base_model_uri: str
-    adapter: bool
-    task: str
-    lora_rank: int
-
-    @property
-    def job(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-
-def own_model_uri(spec: dict[str, Any], run: int) -> str:
-    """Where run `run` of a FineTuneJob puts its model: `<spec.output.uri>run-N/model/`, the one place its
-    adapter may be fetched from."""
-    output = str((spec.get("output") or {}).get("uri") or "")
-    return f"{output if output.endswith('/') else output + '/'}run-{run}/model/"
-
-
-def candidate_of(body: dict[str, Any]) -> Candidate | None:
-    """The candidate a FineTuneJob body makes (None: nothing published, or serving disabled).
-
-    The status is the operator's own record, but anyone allowed to write a FineTuneJob's status could have
-    written it: a model URI other than the job's own `<output.uri>run-N/model/` is no candidate, so no status
-    writer can make a shared server (and its credentials) fetch from another job's or tenant's folder."""
-    spec, status, meta = body.get("spec") or {}, body.get("status") or {}, body["metadata"]
-    serving = spec.get("serving") or {}
-    published = status.get("published") or {}
-    if not serving.get("enabled") or not serving.get("server") or "run" not in published:
-        return None
-    try:
-        run = int(published["run"])
-    except (TypeError, ValueError):
-        return None
-    model_uri = str(published.get("modelUri", ""))
-    if run < 1 or model_uri != own_model_uri(spec, run):
-        return None
-    return Candidate(
-        namespace=meta["namespace"],
-        name=meta["name"],
-        created=str(meta.get("creationTimestamp") or ""),
-        run=run,
-        model_uri=model_uri,
-        base_model_uri=str(published.get("baseModelUri", "")),
-        adapter=bool(published.get("adapter", True)),
-        task=str(published.get("task", "causal-lm")),
-        lora_rank=int(published.get("loraRank", 16)),
-    )
-
-
-REFUSED_MAX = 50
-"""At most this many refusals are listed in status.refused (the rest counted in status.refusedOmitted): any
-tenant, in any namespace, may name a server, and an unbounded list would grow the ModelServer past the API
-server's object size limit and stop its status updates. The server's own namespace and allowedNamespaces are
-listed first, so its tenants learn why; a FineTuneJob beyond the list reads `Waiting` with the count."""
-
-
-@dataclass(frozen=True)
-class Refused:
-    job: str
-    reason: Refusal
-    message: str
-
-    def to_wire(self) -> dict[str, str]:
-        return {"finetuneJob": self.job, "reason": self.reason, "message": self.message}
-
-
-@dataclass(frozen=True)
-class Admission:
-    adapters: tuple[DesiredAdapter, ...]
-    refused: tuple[Refused, ...]
-
-    @property
-    def names(self) -> frozenset[str]:
-        return frozenset(a.name for a in self.adapters)
-
-
-def _refusal(spec: ModelServerSpec, server_namespace: str, server_name: str, c: Candidate) -> Refused | None:
-    """Why candidate `c` cannot be served here at all (capacity aside), or None."""
-    where = f"ModelServer {server_namespace}/{server_name}"
-    if not spec.allows(c.namespace, server_namespace):
-        return Refused(
-            c.job,
-            "NamespaceNotAllowed",
-            f"{where} serves namespace {server_namespace} only; it must list {c.namespace} in allowedNamespaces",
-        )
-    if not c.adapter:
-        return Refused(
-            c.job,
-            "NotAnAdapter",
-            f"run {c.run} produced full or merged weights (method.type full or mergeWeights): a shared server "
-            "holds LoRA adapters of its base model only; the model stays at " + c.model_uri,
-        )
-    if c.task != "causal-lm":
-        return Refused(c.job, "TaskNotSupported", f"{where} serves causal-lm adapters; run {c.run} is {c.task}")
-    if not _same_uri(c.base_model_uri, spec.base_model_uri):
-        return Refused(
-            c.job,
-            "BaseModelMismatch",
-            f"run {c.run} adapts {c.base_model_uri}, but {where} serves {spec.base_model_uri}",
-        )
-    if c.lora_rank > spec.max_lora_rank:
-        return Refused(
-            c.job,
-            "RankTooHigh",
-            f"run {c.run} has LoRA rank {c.lora_rank}; {where} accepts rank <= {spec.max_lora_rank} (maxLoraRank)",
-        )
-    return None
-
-
-def admit(
-    spec: ModelServerSpec,
-    server_namespace: str,
-    server_name: str,
-    candidates: Sequence[Candidate],
-    held: frozenset[str] = frozenset(),
-) -> Admission:
-    """The server's desired adapters and the refusals, from every FineTuneJob that names it.
-
-    `held`: the adapter names of the previous desired list. They keep their places when the server is full
-    (a running fine-tune is never evicted by a newcomer); newcomers are admitted oldest FineTuneJob first.
-    """
-    refused: list[Refused] = []
-    eligible: list[Candidate] = []
-    for c in candidates:
-        why = _refusal(spec, server_namespace, server_name, c)
-        if why is None:
-            eligible.append(c)
-        else:
-            refused.append(why)
-    named = [(adapter_name(c.namespace, c.name, server_namespace), c) for c in eligible]
-    named.sort(key=lambda pair: (pair[0] not in held, pair[1].created, pair[1].job))
-    adapters: list[DesiredAdapter] = []
-    for name, c in named:
-        if len(adapters) < spec.max_adapters:
-            adapters.append(DesiredAdapter(name, c.job, c.run, c.model_uri, c.lora_rank))
-        else:
-            refused.append(
-                Refused(
-                    c.job,
-                    "ServerFull",
-                    f"ModelServer {server_namespace}/{server_name} holds its maximum of {spec.max_adapters} "
-                    "adapters (maxAdapters); it is admitted when one leaves",
-                )
-            )
-    adapters.sort(key=lambda a: a.name)
-    refused.sort(key=lambda r: r.job)
-    return Admission(tuple(adapters), tuple(refused))
+NAME_TAKEN_RETRY_SECONDS = 30.0
+"""How soon a server whose names are taken tries again: the object in the way is someone else's, so no watch of
+the server's objects reports its removal (the one timed requeue of the ModelServer loop)."""
 
 
 @dataclass(frozen=True)
@@ -244,13 +108,6 @@ def server_status(
     }
 
 
-def bounded_refusals(refused: Sequence[Refused], limit: int = REFUSED_MAX) -> dict[str, Any]:
-    """status.refused with at most `limit` entries, the tenants the server allows first (a NamespaceNotAllowed
-    refusal is about a stranger), and status.refusedOmitted: how many more there are (0: none)."""
-    ordered = sorted(refused, key=lambda r: (r.reason == "NamespaceNotAllowed", r.job))
-    return {"refused": [r.to_wire() for r in ordered[:limit]], "refusedOmitted": max(0, len(ordered) - limit)}
-
-
 def converged(admission: Admission, replicas: Sequence[Replica]) -> bool:
     """Every replica holds exactly the desired adapters at their desired runs."""
     want = {a.name: a.run for a in admission.adapters}
@@ -301,3 +158,144 @@ def verdict_for(
     if served != run:
         return SharedVerdict("Loading", f"run {run} is replacing run {served}", endpoint)
     return SharedVerdict("Serving", f"adapter {entry['name']} on ModelServer {namespace}/{name}", endpoint)
+
+
+def _report(data: dict[str, str], pod: str) -> dict[str, Any] | None:
+    try:
+        parsed = json.loads(data[pod]) if pod in data else None
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def replicas_of(pods: Sequence[ServerPodObs], report: dict[str, str]) -> tuple[list[Replica], tuple[str, ...]]:
+    """Every live server pod with what its sidecar reports, and the report keys of pods that are gone (or
+    going), to drop."""
+    live = [p for p in pods if not p.deleting]
+    names = {p.name for p in live}
+    stale = tuple(k for k in report if k not in names)
+    return [replica_of(p.name, p.ready, _report(report, p.name)) for p in live], stale
+
+
+@dataclass(frozen=True)
+class ServerSnapshot:
+    """Everything one pass decides from, as observed."""
+
+    body: dict[str, Any]
+    """The ModelServer."""
+    jobs: tuple[dict[str, Any], ...]
+    """The FineTuneJobs whose serving.server names it (candidates, or not)."""
+    children: ServerChildren
+    now: str
+
+
+@dataclass(frozen=True)
+class ServerPlan:
+    """What one pass does: create, then apply, then delete, then drop reports; then write `status`."""
+
+    status: dict[str, Any]
+    create: tuple[Manifest, ...] = ()
+    apply: tuple[Manifest, ...] = ()
+    delete: tuple[tuple[str, str, str], ...] = ()
+    """(apiVersion, kind, name) of objects that must go (the PDB of a server scaled to one replica)."""
+    drop_reports: tuple[str, ...] = ()
+    """Keys of the report ConfigMap written by pods that are gone."""
+    desired: tuple[DesiredAdapter, ...] = ()
+    desired_changed: bool = False
+    requeue_after: float | None = None
+
+
+def _bundle_writes(
+    spec: ModelServerSpec, owner: ServerOwner, settings: Settings, children: ServerChildren
+) -> tuple[tuple[Manifest, ...], tuple[Manifest, ...], tuple[tuple[str, str, str], ...]]:
+    """The bundle's objects to create and to apply, and the PDB to delete, when its hash on the Deployment moved
+    (nothing otherwise: the operator re-applies only what changed)."""
+    bundle = server_bundle(spec, owner, settings)
+    if children.deployment_hash == bundle[-1]["metadata"]["annotations"][ANNOTATION_SPEC_HASH]:
+        return (), (), ()
+    create = tuple(m for m in bundle if m["kind"] in CREATED_ONCE)
+    apply = tuple(m for m in bundle if m["kind"] not in CREATED_ONCE)
+    # one replica: a PDB would block every node drain
+    pdb = ("policy/v1", "PodDisruptionBudget", ServerNames.of(owner.name).deployment)
+    return create, apply, (pdb,) if spec.replicas == 1 else ()
+
+
+def _conditions(
+    spec: ModelServerSpec, admission: Admission, replicas: Sequence[Replica], generation: int
+) -> list[dict[str, Any]]:
+    ready = sum(1 for r in replicas if r.ready)
+    done = converged(admission, [r for r in replicas if r.ready]) and ready >= spec.replicas
+    return [
+        cond.condition(
+            cond.READY,
+            ready > 0,
+            "Ready" if ready else "NoReplicaReady",
+            f"{ready} of {spec.replicas} replicas ready",
+            generation,
+        ),
+        cond.condition(
+            "Converged",
+            done,
+            "Converged" if done else "Converging",
+            f"every replica holds the {len(admission.adapters)} desired adapters"
+            if done
+            else "replicas are loading or unloading adapters",
+            generation,
+        ),
+    ]
+
+
+def plan(snapshot: ServerSnapshot, settings: Settings) -> ServerPlan:
+    """One pass of one ModelServer. No requeue: every input arrives as a watch event (the server, the
+    FineTuneJobs naming it, its pods, its report), and the periodic resync backs a lost one."""
+    meta, old = snapshot.body["metadata"], snapshot.body.get("status") or {}
+    generation = int(meta.get("generation") or 1)
+    try:
+        spec = parse_server_spec(snapshot.body.get("spec") or {})
+    except ValidationError as error:
+        invalid = cond.condition(cond.READY, False, "ConfigInvalid", invalid_spec_message(error), generation)
+        return ServerPlan(status={"observedGeneration": generation, "conditions": [invalid]})
+    refused = server_refusal(spec, settings)
+    if refused is not None:  # nothing is applied; objects made before the policy changed stay as they are
+        condition = cond.condition(cond.READY, False, REFUSED, refused, generation)
+        return ServerPlan(status={"observedGeneration": generation, "conditions": [condition]})
+    owner = ServerOwner(meta["namespace"], meta["name"], meta["uid"])
+    names, children = ServerNames.of(owner.name), snapshot.children
+    candidates = [c for c in (candidate_of(b) for b in snapshot.jobs) if c is not None]
+    held = frozenset(str(a.get("name")) for a in old.get("adapters") or [])
+    admission = admit(spec, owner.namespace, owner.name, candidates, held)
+    create, apply, delete = _bundle_writes(spec, owner, settings, children)
+    report = children.config_map(names.loaded)
+    if report is None:
+        create = (*create, loaded_config_map(owner))  # empty: each sidecar patches its own pod's key
+    desired = adapters_config_map(owner, admission.adapters)
+    current = children.config_map(names.adapters)
+    changed = current is None or current.get(ADAPTERS_KEY) != desired["data"][ADAPTERS_KEY]
+    replicas, stale = replicas_of(children.pods, report or {})
+    status = server_status(
+        generation=generation,
+        endpoint=endpoint_url(owner),
+        admission=admission,
+        replicas=replicas,
+        desired_replicas=spec.replicas,
+        max_adapters=spec.max_adapters,
+        conditions=cond.merge(old.get("conditions"), _conditions(spec, admission, replicas, generation), snapshot.now),
+    )
+    return ServerPlan(
+        status=status,
+        create=create,
+        apply=(*apply, desired) if changed else apply,
+        delete=delete,
+        drop_reports=stale,
+        desired=admission.adapters,
+        desired_changed=changed,
+    )
+
+
+def name_taken(snapshot: ServerSnapshot, message: str) -> dict[str, Any]:
+    """The status when an object under one of the server's names belongs to someone else (core.kube raised
+    NameTaken): Ready=False, reason NameTaken, naming that object; nothing of it is taken over."""
+    meta, old = snapshot.body["metadata"], snapshot.body.get("status") or {}
+    generation = int(meta.get("generation") or 1)
+    taken = cond.condition(cond.READY, False, NameTaken.code, message, generation)
+    return {"observedGeneration": generation, "conditions": cond.merge(old.get("conditions"), [taken], snapshot.now)}

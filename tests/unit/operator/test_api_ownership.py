@@ -12,8 +12,9 @@ from typing import Any
 from finetune_operator.api.ownership import controlled_by, controller_uid
 from finetune_operator.core.observed import deployment_obs, job_obs, pod_obs
 from finetune_operator.core.store import Store
-from finetune_operator.finetunesweep.controller import SweepStore
-from finetune_operator.modelserver.plan import REFUSED_MAX, Refused, bounded_refusals, verdict_for
+from finetune_operator.finetunesweep.store import SweepStore
+from finetune_operator.modelserver.admission import REFUSED_MAX, Refused, bounded_refusals
+from finetune_operator.modelserver.plan import verdict_for
 
 FTJ = "finetune.dev/v1alpha1"
 

@@ -350,7 +350,7 @@ def test_engine_table_is_what_the_crd_and_the_spec_allow() -> None:
 
     import yaml
     from finetune_operator.api.finetunejob import ServingSpec
-    from finetune_operator.builders.serving import ENGINES
+    from finetune_operator.builders.engines import ENGINES
 
     crd = yaml.safe_load((Path(__file__).parents[3] / "crds" / "finetunejob.yaml").read_text())
     spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]

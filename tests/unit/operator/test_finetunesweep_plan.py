@@ -19,7 +19,9 @@ from finetune_operator.api.finetunesweep import (
     parse_sweep_spec,
 )
 from finetune_operator.api.objects import Owner
-from finetune_operator.finetunesweep.plan import SweepSnapshot, TrialObs, median_rule, sweep_plan, trial_obs
+from finetune_operator.finetunesweep.observed import TrialObs, trial_obs
+from finetune_operator.finetunesweep.plan import SweepSnapshot, sweep_plan
+from finetune_operator.finetunesweep.stopping import median_rule
 from finetune_operator.finetunesweep.trials import trial_parameters
 from pydantic import ValidationError
 

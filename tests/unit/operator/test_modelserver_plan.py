@@ -3,6 +3,7 @@ FineTuneJob that names a server, the ModelServer CRD against its typed model, an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -10,24 +11,18 @@ from typing import Any
 import pytest
 import yaml
 from finetune_operator.api.modelserver import ModelServerSpec, adapter_name, parse_server_spec, reference_of
+from finetune_operator.api.published import Published
+from finetune_operator.builders.engines import ENGINES
 from finetune_operator.builders.modelserver import (
-    SHARED_PODS,
     ServerOwner,
     adapters_config_map,
     server_bundle,
 )
-from finetune_operator.builders.serving import ENGINES
+from finetune_operator.builders.serving import serving_bundle
 from finetune_operator.core.settings import Settings
 from finetune_operator.finetunejob.plan import Snapshot, plan
-from finetune_operator.modelserver.plan import (
-    Candidate,
-    Replica,
-    admit,
-    candidate_of,
-    converged,
-    serving_run,
-    verdict_for,
-)
+from finetune_operator.modelserver.admission import Candidate, admit, candidate_of
+from finetune_operator.modelserver.plan import Replica, converged, serving_run, verdict_for
 
 from .support import OWNER, assert_golden, spec
 from .test_finetunejob_spec import _compare, _descriptions_missing
@@ -67,8 +62,22 @@ def test_model_and_crd_have_the_same_fields_and_descriptions() -> None:
     assert defaults.engine == props["engine"]["default"] and set(props["engine"]["enum"]) == set(ENGINES)
 
 
-def test_every_engine_says_how_it_shares() -> None:
-    assert set(SHARED_PODS) == set(ENGINES)
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+@pytest.mark.parametrize("device", ["gpu", "cpu"])
+def test_each_engine_gives_a_jobs_server_and_a_shared_server_the_same_container_defaults(
+    engine: str, device: str
+) -> None:
+    """One engine entry renders both kinds of server: the same image, probes, preStop and resource defaults."""
+    settings = dataclasses.replace(SETTINGS, vllm_device=device)
+    job = spec(serving={"enabled": True, "engine": engine, "apiKeySecret": "k"})
+    published = Published(1, "causal-lm", BASE, "s3://o/run-1/model/", True)
+    own = serving_bundle(job, OWNER, published, settings)[-1]["spec"]["template"]["spec"]
+    shared = server_bundle(_server(engine=engine, apiKeySecret="k"), SERVER, settings)[-1]["spec"]["template"]["spec"]
+    same = ("image", "command", "ports", "startupProbe", "readinessProbe", "livenessProbe", "lifecycle", "resources")
+    own_server, shared_server = own["containers"][0], shared["containers"][0]
+    assert {k: own_server.get(k) for k in same} == {k: shared_server.get(k) for k in same}
+    assert [c["name"] for c in shared["containers"]] == ["server", "adapters"]
+    assert [c["name"] for c in own.get("initContainers", [])] == [c["name"] for c in shared.get("initContainers", [])]
 
 
 def test_admits_every_fitting_adapter_under_the_job_name() -> None:
@@ -241,7 +250,7 @@ def test_converged_needs_every_replica_to_hold_exactly_the_list() -> None:
     assert not converged(admission, [])
 
 
-@pytest.mark.parametrize("engine", sorted(SHARED_PODS))
+@pytest.mark.parametrize("engine", sorted(ENGINES))
 def test_server_bundle_matches_golden(engine: str) -> None:
     server = _server(
         engine=engine,

@@ -1,0 +1,70 @@
+"""The objects around a server's pods, whichever resource owns them (a FineTuneJob's own server, a ModelServer):
+the rolling Deployment, the Service in front of it and its PodDisruptionBudget. One builder each.
+
+Rolls are zero-downtime (maxUnavailable 0, one surge pod); the server drains in-flight requests on SIGTERM
+within the grace period; the PDB lets a node drain take one replica at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from finetune_operator.api.objects import Manifest
+from finetune_operator.builders.common import pod_security_context
+from finetune_operator.builders.containers import PORT
+
+
+def server_pod_spec(pod: dict[str, Any], placement: dict[str, Any], service_account: str = "") -> dict[str, Any]:
+    """A server pod: no token unless a container mounts its own (a ModelServer's sidecar), hardened, the engine's
+    containers and volumes, then where it may run."""
+    return {
+        **({"serviceAccountName": service_account} if service_account else {}),
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 45,  # the server drains in-flight requests for 30 s on SIGTERM
+        "securityContext": pod_security_context(),
+        **pod,
+        **placement,
+    }
+
+
+def server_deployment(
+    metadata: dict[str, Any],
+    replicas: int,
+    selector: dict[str, str],
+    template_metadata: dict[str, Any],
+    pod_spec: dict[str, Any],
+) -> Manifest:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {"metadata": template_metadata, "spec": pod_spec},
+        },
+    }
+
+
+def server_service(metadata: dict[str, Any], selector: dict[str, str]) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector,
+            "ports": [{"name": "http", "port": PORT, "targetPort": "http"}],
+        },
+    }
+
+
+def server_pdb(metadata: dict[str, Any], selector: dict[str, str]) -> Manifest:
+    """Made only with more than one replica: with one, a PDB would block every node drain."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata,
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+    }
