@@ -280,7 +280,7 @@ def evaluate_trained(
     return chosen, model, metrics, answers
 
 
-# many parameters: every value a run produced before this point goes into its outputs
+# long only by its parameter list (one per line): every value the run produced so far goes into its outputs
 def publish(
     trainer: Any,
     model: Any,
