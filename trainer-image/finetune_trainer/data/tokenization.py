@@ -202,6 +202,19 @@ def tokenize_with_stats(
             return datasets.load_from_disk(str(target)), stats
     if kind == "messages":
         check_template(tokenizer, examples, origins or [f"dataset {name} record {i + 1}" for i in range(len(examples))])
+    tokenized, stats = _tokenize(examples, tokenizer, schema, kind, max_length, name)
+    if target is not None:
+        tokenized.save_to_disk(str(target))
+        (target / "fto_stats.json").write_text(json.dumps(stats.to_json()))
+    return tokenized, stats
+
+
+def _tokenize(
+    examples: list[dict[str, Any]], tokenizer: Any, schema: str, kind: str, max_length: int, name: str
+) -> tuple[Any, TokenStats]:
+    """The batched `datasets` map, then the examples without a target token dropped (causal LM)."""
+    import datasets
+
     dataset = datasets.Dataset.from_list(examples)
     fn = (
         classification_batch(tokenizer, max_length)
@@ -231,7 +244,4 @@ def tokenize_with_stats(
         )
     tokens = sum(len(ids) for ids in tokenized["input_ids"])
     stats = TokenStats(len(tokenized), tokens, truncated, before - len(tokenized))
-    if target is not None:
-        tokenized.save_to_disk(str(target))
-        (target / "fto_stats.json").write_text(json.dumps(stats.to_json()))
     return tokenized, stats

@@ -125,6 +125,40 @@ def _llama_shape(config: Mapping[str, Any], model_type: str, num_labels: int | N
     inter = int(_get(config, "intermediate_size"))
     experts = int(config.get("num_local_experts") or 1)
     q, kv = heads * head_dim, kv_heads * head_dim
+    norms = 4 if model_type == "gemma2" else 2
+    other = norms * hidden + (2 * head_dim if model_type == "qwen3" else 0) + (hidden * experts if experts > 1 else 0)
+    tied = bool(config.get("tie_word_embeddings", model_type in TIED_BY_DEFAULT))
+    if num_labels is not None:
+        head, head_name = hidden * num_labels, "score"
+    else:
+        head, head_name = (0 if tied else vocab * hidden), "lm_head"
+    return ModelShape(
+        family="llama",
+        model_type=model_type or "llama",
+        vocab=vocab,
+        hidden=hidden,
+        layers=int(_get(config, "num_hidden_layers")),
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        intermediate=inter,
+        block_linears=_llama_linears(config, model_type, hidden, q, kv, inter, experts),
+        block_other=other,
+        embedding=vocab * hidden,
+        final_norm=hidden,
+        head=head,
+        head_name=head_name,
+        tied=tied and num_labels is None,
+        norms_per_block=norms,
+        experts_per_token=int(config.get("num_experts_per_tok") or 1) if experts > 1 else 1,
+        num_labels=num_labels,
+    )
+
+
+def _llama_linears(
+    config: Mapping[str, Any], model_type: str, hidden: int, q: int, kv: int, inter: int, experts: int
+) -> tuple[Linear, ...]:
+    """One block's linear layers: attention, then the MLP (fused for phi3, per expert for Mixtral)."""
     qkv_bias = bool(config.get("attention_bias", False)) or model_type == "qwen2"
     o_bias = bool(config.get("attention_bias", False))
     mlp_bias = bool(config.get("mlp_bias", False))
@@ -154,34 +188,7 @@ def _llama_shape(config: Mapping[str, Any], model_type: str, num_labels: int | N
                 Linear("up_proj", hidden, inter, mlp_bias, site="mlp-in"),
                 Linear("down_proj", inter, hidden, mlp_bias, site="mlp-out"),
             )
-    norms = 4 if model_type == "gemma2" else 2
-    other = norms * hidden + (2 * head_dim if model_type == "qwen3" else 0) + (hidden * experts if experts > 1 else 0)
-    tied = bool(config.get("tie_word_embeddings", model_type in TIED_BY_DEFAULT))
-    if num_labels is not None:
-        head, head_name = hidden * num_labels, "score"
-    else:
-        head, head_name = (0 if tied else vocab * hidden), "lm_head"
-    return ModelShape(
-        family="llama",
-        model_type=model_type or "llama",
-        vocab=vocab,
-        hidden=hidden,
-        layers=int(_get(config, "num_hidden_layers")),
-        heads=heads,
-        kv_heads=kv_heads,
-        head_dim=head_dim,
-        intermediate=inter,
-        block_linears=attention + mlp,
-        block_other=other,
-        embedding=vocab * hidden,
-        final_norm=hidden,
-        head=head,
-        head_name=head_name,
-        tied=tied and num_labels is None,
-        norms_per_block=norms,
-        experts_per_token=int(config.get("num_experts_per_tok") or 1) if experts > 1 else 1,
-        num_labels=num_labels,
-    )
+    return attention + mlp
 
 
 def _gpt2_shape(config: Mapping[str, Any], num_labels: int | None) -> ModelShape:

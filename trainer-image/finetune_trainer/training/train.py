@@ -1,9 +1,9 @@
 """`main(cfg)`: one training run from inputs to artifacts, the way the contract describes it.
 
 Why this shape: the entry point (`cli`) only parses arguments and maps outcomes to exit codes; this
-module strings the steps together and holds no policy of its own: inputs (`inputs`), model and method
-(`modeling`), the Trainer with our hooks (`callbacks`, `checkpoints`, `progress`), evaluation
-(`evaluation`) and outputs (`artifacts`). Causal LM batches are flattened (`DataCollatorWithFlattening`:
+module strings the steps together and holds no policy of its own, one function per stage: inputs (`inputs`),
+model and method (`modeling`), the Trainer with our hooks (`callbacks`, `checkpoints`, `progress`), evaluation
+(`scoring`) and outputs (`artifacts`). Causal LM batches are flattened (`DataCollatorWithFlattening`:
 one row, position ids restart per example), so no compute is spent on padding; classifier batches are
 length-grouped and padded per batch. Checkpoints upload on rank 0's thread (`uploader`) while training and
 evaluation go on; every way out of training waits for the queued uploads first, so a run never uploads
@@ -12,7 +12,6 @@ its model, or exits 75, before its last checkpoint is resumable.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -24,21 +23,26 @@ from typing import Any
 
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.core import distributed
-from finetune_trainer.core.errors import Preempted, StorageNotFound
+from finetune_trainer.core.errors import Preempted
 from finetune_trainer.core.s3_uri import S3Uri
 from finetune_trainer.core.storage import Storage
-from finetune_trainer.data import formats
 from finetune_trainer.evaluation import generation
-from finetune_trainer.evaluation.metrics import evaluate
 from finetune_trainer.training import sharding
 from finetune_trainer.training.artifacts import save_model, upload_outputs
-from finetune_trainer.training.best_model import SelectionHooks, SelectionStore
+from finetune_trainer.training.best_model import SelectionHooks
 from finetune_trainer.training.callbacks import SignalStop, TrainerHooks
 from finetune_trainer.training.checkpoints import CheckpointStore, refuse_foreign_run
 from finetune_trainer.training.inputs import Inputs, prepare, write_split
 from finetune_trainer.training.modeling import Hardware, apply_method, check_method, choose_precision, load_model
 from finetune_trainer.training.progress import make_reporter
-from finetune_trainer.training.selection import PROGRESS_FIELDS
+from finetune_trainer.training.scoring import (
+    answers_of,
+    base_model_metrics,
+    evaluate_all,
+    generation_table,
+    selection_hooks,
+)
+from finetune_trainer.training.selection import PROGRESS_FIELDS, SelectionState
 from finetune_trainer.training.tracking import RunTracking, memory_plan_here, tracking_finished_on_error
 from finetune_trainer.training.uploader import CheckpointUploader, uploads_finished_on_error
 
@@ -121,47 +125,6 @@ def training_arguments(cfg: TrainerConfig, precision: str, hardware: Hardware, o
     )
 
 
-def base_model_metrics(
-    storage: Storage,
-    run_uri: S3Uri,
-    model: Any,
-    inputs: Inputs,
-    collator: Any,
-    cfg: TrainerConfig,
-    precision: str,
-    resuming: bool,
-) -> dict[str, dict[str, float]]:
-    """The untrained model's metrics, computed before the first step and kept in `run-N/base_metrics.json`."""
-    location = run_uri.join("base_metrics.json")
-    if resuming:
-        try:
-            return dict(json.loads(storage.read_bytes(location)))
-        except StorageNotFound:
-            log.warning("no base_metrics.json from the earlier attempt; the base comparison is skipped")
-            return {}
-    metrics = evaluate_all(model, inputs, collator, cfg, precision)
-    if distributed.is_main():
-        storage.write_bytes(location, json.dumps(metrics).encode(), "application/json")
-    return metrics
-
-
-def evaluate_all(
-    model: Any,
-    inputs: Inputs,
-    collator: Any,
-    cfg: TrainerConfig,
-    precision: str,
-    splits: tuple[str, ...] = ("validation", "test"),
-) -> dict[str, dict[str, float]]:
-    num_labels = len(inputs.labels) if inputs.labels else None
-    batch, lockstep = int(cfg.hyperparameters.batch_size), sharding.sharded(cfg)  # FSDP: every rank every batch
-    return {
-        name: evaluate(model, inputs.tokenized[name], collator, batch, num_labels, precision, lockstep)
-        for name in splits
-        if name in inputs.tokenized
-    }
-
-
 def decide_for_device(cfg: TrainerConfig, inputs: Inputs, hardware: Hardware) -> TrainerConfig:
     """`batchSize: auto` and an unset `gradientCheckpointing` decided by the memory plan on this device."""
     from finetune_trainer.memory.check import decide_for_device, runtime_device
@@ -169,99 +132,6 @@ def decide_for_device(cfg: TrainerConfig, inputs: Inputs, hardware: Hardware) ->
     longest = max((len(ids) for ids in inputs.tokenized["train"]["input_ids"]), default=1)
     device = runtime_device(hardware.cuda, cfg.distributed.processes_per_worker, dict(os.environ))
     return decide_for_device(cfg, inputs.model_folder, longest, inputs.labels, device)
-
-
-def answers_of(
-    model: Any,
-    inputs: Inputs,
-    cfg: TrainerConfig,
-    precision: str,
-    storage: Storage | None = None,
-    run_uri: S3Uri | None = None,
-    resuming: bool = False,
-) -> generation.Generation | None:
-    """`evaluation.generation`: the model's answers to the test prompts, scored (None when not configured).
-
-    Rank 0 generates while the others wait; a sharded (FSDP) model needs every rank in every forward, so there
-    every rank generates the same answers in lockstep. With `storage`, the answers are the base model's: kept in
-    `run-N/base_generation.json`, so a resumed attempt (whose model is no longer the base) reads them back.
-    """
-    spec = cfg.evaluation.generation
-    if spec is None:
-        return None
-    location = run_uri.join("base_generation.json") if run_uri is not None else None
-    if resuming and storage is not None and location is not None:
-        try:
-            return generation.Generation.from_json(json.loads(storage.read_bytes(location)))
-        except StorageNotFound:
-            log.warning("no base_generation.json from the earlier attempt; the base model's answers are missing")
-            return generation.Generation()
-    result = generation.Generation()
-    lockstep = distributed.world_size() > 1 and getattr(cfg.distributed, "sharding", "none") == "fsdp"
-    if distributed.is_main() or lockstep:
-        fmt = formats.FORMATS[inputs.report.schema]
-        cases = generation.cases_from(inputs.test_examples, fmt, spec.max_samples)
-        result = generation.run(
-            model,
-            inputs.tokenizer,
-            cases,
-            max_new_tokens=spec.max_new_tokens,
-            regex=spec.regex,
-            check_json=spec.json_valid,
-            precision=precision,
-            lockstep=lockstep,
-        )
-        if storage is not None and location is not None and distributed.is_main():
-            storage.write_bytes(location, json.dumps(result.to_json()).encode(), "application/json")
-    distributed.barrier()
-    return result
-
-
-def generation_table(
-    inputs: Inputs, cfg: TrainerConfig, answers: generation.Generation, base: generation.Generation | None
-) -> list[dict[str, str]]:
-    """The report's rows: prompt, reference, the fine-tuned answer and the base model's (when compared)."""
-    spec = cfg.evaluation.generation
-    if spec is None:
-        return []
-    fmt = formats.FORMATS[inputs.report.schema]
-    cases = generation.cases_from(inputs.test_examples, fmt, spec.max_samples).cases
-    rows = []
-    for index, (case, answer) in enumerate(zip(cases, answers.answers, strict=False)):
-        row = {"prompt": case.shown(), "reference": case.reference, "answer": answer}
-        if base is not None and index < len(base.answers):
-            row["baseAnswer"] = base.answers[index]
-        rows.append(row)
-    return rows
-
-
-def selection_hooks(
-    trainer: Any,
-    hooks: TrainerHooks,
-    inputs: Inputs,
-    collator: Any,
-    cfg: TrainerConfig,
-    precision: str,
-    storage: Storage,
-    run_uri: S3Uri,
-    work: Path,
-    reporter: Any,
-) -> SelectionHooks | None:
-    """`evaluation.intervalSteps`: validation (validation split only) while training, the best model kept."""
-    if cfg.evaluation.interval_steps is None:
-        return None
-
-    def validation_loss(model: Any) -> float:
-        return float(evaluate_all(model, inputs, collator, cfg, precision, ("validation",))["validation"]["loss"])
-
-    return SelectionHooks(
-        spec=cfg.evaluation,
-        store=SelectionStore(storage, run_uri),
-        reporter=reporter,
-        validation_loss=validation_loss,
-        stopping=lambda: hooks.stopped_at is not None,
-        work=work,
-    ).attach(trainer)
 
 
 def quiet_progress_bars() -> None:
@@ -287,6 +157,195 @@ def checkpoint_uploader(run_uri: S3Uri, cfg: TrainerConfig, work: Path, tracking
     return CheckpointUploader(upload, staging)
 
 
+def load_inputs(
+    cfg: TrainerConfig, storage: Storage, run_uri: S3Uri, work: Path, store: CheckpointStore, hardware: Hardware
+) -> tuple[TrainerConfig, Inputs, Path | None]:
+    """Stage 1: data, tokenizer and base model fetched, the run folder checked as ours, the latest checkpoint
+    fetched, and the config completed for this device and written beside the run."""
+    with distributed.local_main_first():  # the others find the node's copies and download nothing again
+        inputs = prepare(storage, cfg, work)
+        refuse_foreign_run(storage, run_uri, cfg.job)  # before anything is resumed from or written to it
+        resume = store.fetch_latest(work / "resume")
+    cfg = cfg.with_schema(inputs.report.schema)  # a detected schema is recorded as if it had been set
+    cfg = decide_for_device(cfg, inputs, hardware)  # batchSize auto, gradientCheckpointing unset: recorded as chosen
+    if distributed.is_main():
+        write_split(storage, run_uri, inputs.splits, inputs.report)
+        storage.write_bytes(run_uri.join("trainer_config.json"), cfg.to_json().encode(), "application/json")
+    return cfg, inputs, resume
+
+
+def start_tracking(
+    cfg: TrainerConfig, storage: Storage, run_uri: S3Uri, work: Path, reporter: Any
+) -> RunTracking | None:
+    """Rank 0's MLflow/TensorBoard tracking, started (None on the other ranks)."""
+    tracking = RunTracking(cfg, storage, run_uri, work) if distributed.is_main() else None
+    if tracking is not None:
+        tracking.start()  # the same MLflow run as an earlier attempt of this run
+        reporter.tracking = tracking.summary
+    return tracking
+
+
+def build_model(
+    cfg: TrainerConfig,
+    inputs: Inputs,
+    hardware: Hardware,
+    precision: str,
+    storage: Storage,
+    run_uri: S3Uri,
+    resume: Path | None,
+) -> tuple[Any, Any, dict[str, dict[str, float]], generation.Generation | None]:
+    """Stage 2: the model with its method applied, on its device, its collator, and the base model's metrics and
+    answers when `compareBaseModel` asks for them."""
+    import torch
+    from transformers import set_seed
+
+    set_seed(cfg.hyperparameters.seed)
+    model = apply_method(load_model(cfg, inputs.model_folder, inputs.labels, precision), cfg)
+    if hardware.cuda and cfg.method.type != "qlora":  # a 4-bit model is placed at load time
+        model = model.to(torch.device("cuda", distributed.local_rank()))
+    collator = collator_for(cfg, inputs.tokenizer)
+    base: dict[str, dict[str, float]] = {}
+    base_answers: generation.Generation | None = None
+    if cfg.evaluation.compare_base_model:  # still "loading": "evaluating" would read as training done
+        base = base_model_metrics(storage, run_uri, model, inputs, collator, cfg, precision, resume is not None)
+        base_answers = answers_of(model, inputs, cfg, precision, storage, run_uri, resume is not None)
+        if base_answers is not None:
+            base.setdefault("test", {}).update(base_answers.scores)
+    return model, collator, base, base_answers
+
+
+def make_trainer(
+    cfg: TrainerConfig,
+    model: Any,
+    collator: Any,
+    inputs: Inputs,
+    hardware: Hardware,
+    precision: str,
+    storage: Storage,
+    run_uri: S3Uri,
+    work: Path,
+    reporter: Any,
+    stop: SignalStop,
+    store: CheckpointStore,
+    tracking: RunTracking | None,
+) -> tuple[Any, TrainerHooks, CheckpointUploader | None, SelectionHooks | None]:
+    """Stage 3: the Trainer with our hooks (stop, checkpoints, progress, tracking, best-model selection)."""
+    steps = total_steps(len(inputs.tokenized["train"]), cfg, distributed.world_size())
+    args = training_arguments(cfg, precision, hardware, work / "checkpoints", steps)
+    uploader = checkpoint_uploader(run_uri, cfg, work, tracking) if tracking is not None else None
+    hooks = TrainerHooks(stop, store, uploader, reporter)
+    if tracking is not None:
+        resolved = {"precision": precision, "processes": distributed.world_size(), "totalSteps": steps}
+        plan = memory_plan_here(cfg, inputs.model_folder, inputs.tokenized["train"], inputs.labels, hardware.cuda)
+        tracking.log_start(resolved, plan)
+    trainer = sharding.trainer_class(cfg)(
+        model=model,
+        args=args,
+        train_dataset=inputs.tokenized["train"],
+        data_collator=collator,
+        callbacks=[hooks, *(tracking.callbacks() if tracking is not None else [])],
+    )
+    selection = selection_hooks(trainer, hooks, inputs, collator, cfg, precision, storage, run_uri, work, reporter)
+    return trainer, hooks, uploader, selection
+
+
+def train(
+    trainer: Any, hooks: TrainerHooks, stop: SignalStop, uploader: CheckpointUploader | None, resume: Path | None
+) -> tuple[Any, float, float | None]:
+    """Stage 4: the training itself; SIGTERM ends it as Preempted once the saved checkpoint is uploaded."""
+    started = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if stop.requested:
+        step = hooks.stopped_at if hooks.stopped_at is not None else trainer.state.global_step
+        if uploader is not None:
+            uploader.finish()  # the upload in flight, then the checkpoint saved on SIGTERM
+        distributed.barrier()  # no rank exits first: torchrun would stop rank 0 mid-upload
+        raise Preempted(f"stopped by SIGTERM at step {step}; checkpoint-{step} saved, the next attempt resumes")
+    runtime = time.monotonic() - started
+    tokens_per_second, _ = hooks.rates(trainer.state)
+    return result, runtime, tokens_per_second
+
+
+def evaluate_trained(
+    trainer: Any, selection: SelectionHooks | None, inputs: Inputs, collator: Any, cfg: TrainerConfig, precision: str
+) -> tuple[SelectionState | None, Any, dict[str, dict[str, float]], generation.Generation | None]:
+    """Stage 5: the best (else the last) model's metrics and answers."""
+    chosen = selection.restore_best(trainer) if selection is not None else None  # the best, not the last
+    model = trainer.model
+    metrics = evaluate_all(model, inputs, collator, cfg, precision)  # the last checkpoint uploads meanwhile
+    answers = answers_of(model, inputs, cfg, precision)
+    if answers is not None:
+        metrics.setdefault("test", {}).update(answers.scores)
+    log.info("metrics: %s", metrics)
+    return chosen, model, metrics, answers
+
+
+# long only by its parameter list (one per line): every value the run produced so far goes into its outputs
+def publish(
+    trainer: Any,
+    model: Any,
+    inputs: Inputs,
+    cfg: TrainerConfig,
+    precision: str,
+    storage: Storage,
+    run_uri: S3Uri,
+    work: Path,
+    uploader: CheckpointUploader | None,
+    tracking: RunTracking | None,
+    metrics: dict[str, dict[str, float]],
+    base: dict[str, dict[str, float]],
+    step: int,
+    result: Any,
+    runtime: float,
+    tokens_per_second: float | None,
+    chosen: SelectionState | None,
+    answers: generation.Generation | None,
+    base_answers: generation.Generation | None,
+) -> dict[str, str]:
+    """Stage 6: the final checkpoint resumable first, then the model, metrics and report uploaded (rank 0)."""
+    artifacts: dict[str, str] = {}
+    if uploader is not None:
+        uploader.finish()  # the final checkpoint is resumable before any artifact of the run exists
+    if tracking is not None:
+        tracking.log_end(metrics, base, step)
+    weights = sharding.full_state_dict(trainer)  # FSDP: the shards gathered, a collective of every rank
+    if distributed.is_main():
+        folder = save_model(
+            model,
+            inputs.tokenizer,
+            cfg,
+            inputs.labels,
+            work / "model",
+            inputs.model_folder,
+            inputs.default_template,
+            state_dict=weights,
+        )
+        facts: dict[str, Any] = {
+            "steps": trainer.state.global_step,
+            "epochs": round(float(trainer.state.epoch or 0), 3),
+            "trainRuntimeSeconds": round(runtime, 1),
+            "tokensPerSecond": round(tokens_per_second, 1) if tokens_per_second else None,
+            "trainLoss": round(float(result.training_loss), 6),
+            "precision": precision,
+            "processes": distributed.world_size(),
+            "labels": inputs.labels,
+            "dataset": inputs.report.to_json(),
+        }
+        if chosen is not None:
+            facts.update(chosen.facts(trainer.state.global_step))
+        if answers is not None:
+            facts["generation"] = generation_table(inputs, cfg, answers, base_answers)
+        if tracking is not None and tracking.mlflow is not None and tracking.mlflow.url:
+            facts["mlflowRun"] = tracking.mlflow.url
+        history = trainer.state.log_history
+        copy = tracking.log_artifact if tracking is not None else None
+        artifacts = upload_outputs(storage, run_uri, folder, cfg, metrics, base, history, facts, copy)
+    if tracking is not None:
+        tracking.finish("FINISHED")
+    distributed.barrier()
+    return artifacts
+
+
 def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
     """Train, evaluate and upload one run; raises TrainerError subclasses for the contract's outcomes."""
     stop = stop or SignalStop()
@@ -304,115 +363,24 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
     reporter.extra = {}
     store = CheckpointStore(storage, run_uri, cfg.checkpointing.keep)
 
-    with distributed.local_main_first():  # the others find the node's copies and download nothing again
-        inputs = prepare(storage, cfg, work)
-        refuse_foreign_run(storage, run_uri, cfg.job)  # before anything is resumed from or written to it
-        resume = store.fetch_latest(work / "resume")
-    cfg = cfg.with_schema(inputs.report.schema)  # a detected schema is recorded as if it had been set
-    cfg = decide_for_device(cfg, inputs, hardware)  # batchSize auto, gradientCheckpointing unset: recorded as chosen
-    if distributed.is_main():
-        write_split(storage, run_uri, inputs.splits, inputs.report)
-        storage.write_bytes(run_uri.join("trainer_config.json"), cfg.to_json().encode(), "application/json")
-    tracking = RunTracking(cfg, storage, run_uri, work) if distributed.is_main() else None
-    if tracking is not None:
-        tracking.start()  # the same MLflow run as an earlier attempt of this run
-        reporter.tracking = tracking.summary
-
-    import torch
-    from transformers import set_seed
-
-    set_seed(cfg.hyperparameters.seed)
-    model = apply_method(load_model(cfg, inputs.model_folder, inputs.labels, precision), cfg)
-    if hardware.cuda and cfg.method.type != "qlora":  # a 4-bit model is placed at load time
-        model = model.to(torch.device("cuda", distributed.local_rank()))
-    collator = collator_for(cfg, inputs.tokenizer)
-    base: dict[str, dict[str, float]] = {}
-    base_answers: generation.Generation | None = None
-    if cfg.evaluation.compare_base_model:  # still "loading": "evaluating" would read as training done
-        base = base_model_metrics(storage, run_uri, model, inputs, collator, cfg, precision, resume is not None)
-        base_answers = answers_of(model, inputs, cfg, precision, storage, run_uri, resume is not None)
-        if base_answers is not None:
-            base.setdefault("test", {}).update(base_answers.scores)
-
-    steps = total_steps(len(inputs.tokenized["train"]), cfg, distributed.world_size())
-    args = training_arguments(cfg, precision, hardware, work / "checkpoints", steps)
-    uploader = checkpoint_uploader(run_uri, cfg, work, tracking) if tracking is not None else None
-    hooks = TrainerHooks(stop, store, uploader, reporter)
-    if tracking is not None:
-        resolved = {"precision": precision, "processes": distributed.world_size(), "totalSteps": steps}
-        plan = memory_plan_here(cfg, inputs.model_folder, inputs.tokenized["train"], inputs.labels, hardware.cuda)
-        tracking.log_start(resolved, plan)
-    trainer = sharding.trainer_class(cfg)(
-        model=model,
-        args=args,
-        train_dataset=inputs.tokenized["train"],
-        data_collator=collator,
-        callbacks=[hooks, *(tracking.callbacks() if tracking is not None else [])],
+    cfg, inputs, resume = load_inputs(cfg, storage, run_uri, work, store, hardware)
+    tracking = start_tracking(cfg, storage, run_uri, work, reporter)
+    model, collator, base, base_answers = build_model(cfg, inputs, hardware, precision, storage, run_uri, resume)
+    trainer, hooks, uploader, selection = make_trainer(
+        cfg, model, collator, inputs, hardware, precision, storage, run_uri, work, reporter, stop, store, tracking
     )
-    selection = selection_hooks(trainer, hooks, inputs, collator, cfg, precision, storage, run_uri, work, reporter)
     # a crash or a late SIGTERM still finishes the uploads, and ends the MLflow run as failed or killed
     with uploads_finished_on_error(uploader), tracking_finished_on_error(tracking):
-        started = time.monotonic()
-        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        if stop.requested:
-            step = hooks.stopped_at if hooks.stopped_at is not None else trainer.state.global_step
-            if uploader is not None:
-                uploader.finish()  # the upload in flight, then the checkpoint saved on SIGTERM
-            distributed.barrier()  # no rank exits first: torchrun would stop rank 0 mid-upload
-            raise Preempted(f"stopped by SIGTERM at step {step}; checkpoint-{step} saved, the next attempt resumes")
-        runtime = time.monotonic() - started
-        tokens_per_second, _ = hooks.rates(trainer.state)
+        result, runtime, tokens_per_second = train(trainer, hooks, stop, uploader, resume)
 
         step, total = trainer.state.global_step, trainer.state.max_steps
         reporter.report("evaluating", force=True, step=step, total=total)
-        chosen = selection.restore_best(trainer) if selection is not None else None  # the best, not the last
-        model = trainer.model
-        metrics = evaluate_all(model, inputs, collator, cfg, precision)  # the last checkpoint uploads meanwhile
-        answers = answers_of(model, inputs, cfg, precision)
-        if answers is not None:
-            metrics.setdefault("test", {}).update(answers.scores)
-        log.info("metrics: %s", metrics)
+        chosen, model, metrics, answers = evaluate_trained(trainer, selection, inputs, collator, cfg, precision)
 
         reporter.report("uploading", force=True, step=step, total=total)
-        artifacts: dict[str, str] = {}
-        if uploader is not None:
-            uploader.finish()  # the final checkpoint is resumable before any artifact of the run exists
-        if tracking is not None:
-            tracking.log_end(metrics, base, step)
-        weights = sharding.full_state_dict(trainer)  # FSDP: the shards gathered, a collective of every rank
-        if distributed.is_main():
-            folder = save_model(
-                model,
-                inputs.tokenizer,
-                cfg,
-                inputs.labels,
-                work / "model",
-                inputs.model_folder,
-                inputs.default_template,
-                state_dict=weights,
-            )
-            facts: dict[str, Any] = {
-                "steps": trainer.state.global_step,
-                "epochs": round(float(trainer.state.epoch or 0), 3),
-                "trainRuntimeSeconds": round(runtime, 1),
-                "tokensPerSecond": round(tokens_per_second, 1) if tokens_per_second else None,
-                "trainLoss": round(float(result.training_loss), 6),
-                "precision": precision,
-                "processes": distributed.world_size(),
-                "labels": inputs.labels,
-                "dataset": inputs.report.to_json(),
-            }
-            if chosen is not None:
-                facts.update(chosen.facts(trainer.state.global_step))
-            if answers is not None:
-                facts["generation"] = generation_table(inputs, cfg, answers, base_answers)
-            if tracking is not None and tracking.mlflow is not None and tracking.mlflow.url:
-                facts["mlflowRun"] = tracking.mlflow.url
-            history = trainer.state.log_history
-            copy = tracking.log_artifact if tracking is not None else None
-            artifacts = upload_outputs(storage, run_uri, folder, cfg, metrics, base, history, facts, copy)
-        if tracking is not None:
-            tracking.finish("FINISHED")
-        distributed.barrier()
+        artifacts = publish(
+            trainer, model, inputs, cfg, precision, storage, run_uri, work, uploader, tracking, metrics, base, step,
+            result, runtime, tokens_per_second, chosen, answers, base_answers,
+        )  # fmt: skip
     summary = tracking.summary() if tracking is not None else {}
     return Outcome(trainer.state.global_step, metrics, base, artifacts, summary)

@@ -170,145 +170,171 @@ def _stream(generation: _Generation, base: dict[str, Any], chat: bool, include_u
     )
 
 
+def _generating_engine(state: ModelState, model: str) -> Engine:
+    engine = state.engine_for(model)
+    if engine.loaded.task != "causal-lm":
+        raise bad_request(f"'{model}' is a {engine.loaded.task} model: use /v1/classify", "model", "wrong_task")
+    return engine
+
+
+def _adapter_of(state: ModelState, model: str) -> str | None:
+    """The adapter a request names (None: the served model itself)."""
+    return None if model == state.settings.config.served_model_name else model
+
+
+async def list_models(state: ModelState) -> dict[str, Any]:
+    """/v1/models: the served model, then a shared server's adapters."""
+    config = state.settings.config
+    engine = state.engine_for(config.served_model_name)  # 503 while loading
+    cards = [model_card(config.served_model_name, state.created, config.run)]
+    for name, info in sorted(engine.adapters().items()):  # a shared server's adapters (vLLM's card shape)
+        card = model_card(name, state.created, info.run)
+        cards.append({**card, "root": info.path, "parent": config.served_model_name})
+    return {"object": "list", "data": cards}
+
+
+async def complete(
+    body: CompletionRequest, state: ModelState, metrics: ServerMetrics
+) -> JSONResponse | StreamingResponse:
+    """/v1/completions: a prompt continued, as one body or a stream."""
+    engine = _generating_engine(state, body.model)
+    body.check_supported()
+    tokenizer, context = engine.loaded.tokenizer, engine.loaded.context_length
+    limit = _prompt_limit(state, context)
+    if isinstance(body.prompt, str) or (body.prompt and isinstance(body.prompt[0], str)):
+        text = body.prompt if isinstance(body.prompt, str) else "".join(str(p) for p in body.prompt)
+        refuse_long_text(tokenizer, len(text), limit, "prompt")
+    ids = await asyncio.to_thread(encode_completion, tokenizer, body.prompt)  # off the event loop
+    budget = _token_budget(
+        body.max_tokens, len(ids), context, limit, state.settings.config.default_max_tokens, "prompt"
+    )
+    params = SamplingParams(budget, body.temperature, body.top_p, body.stop_strings(), body.seed)
+    generation = _Generation(engine, metrics, ids, params, body.stream, _adapter_of(state, body.model))
+    base = {"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": body.model}
+    if body.stream:
+        return _stream(generation, base, chat=False, include_usage=body.include_usage())
+    text, finished = await generation.text()
+    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finished.reason}
+    return JSONResponse(
+        {**base, "choices": [choice], "usage": usage(finished.prompt_tokens, finished.completion_tokens)}
+    )
+
+
+async def chat_complete(
+    body: ChatCompletionRequest, state: ModelState, metrics: ServerMetrics
+) -> JSONResponse | StreamingResponse:
+    """/v1/chat/completions: the next assistant message, as one body or a stream."""
+    engine = _generating_engine(state, body.model)
+    body.check_supported()
+    tokenizer, context = engine.loaded.tokenizer, engine.loaded.context_length
+    limit = _prompt_limit(state, context)
+    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    refuse_long_text(tokenizer, sum(len(m["content"]) for m in messages), limit, "messages")
+    ids = await asyncio.to_thread(encode_chat, tokenizer, messages)  # off the event loop
+    default = state.settings.config.default_max_tokens
+    budget = _token_budget(body.token_budget(), len(ids), context, limit, default, "messages")
+    params = SamplingParams(budget, body.temperature, body.top_p, body.stop_strings(), body.seed)
+    generation = _Generation(engine, metrics, ids, params, body.stream, _adapter_of(state, body.model))
+    created = now()
+    if body.stream:
+        base = {
+            "id": new_id("chatcmpl"),
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": body.model,
+        }
+        return _stream(generation, base, chat=True, include_usage=body.include_usage())
+    text, finished = await generation.text()
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": text},
+        "logprobs": None,
+        "finish_reason": finished.reason,
+    }
+    return JSONResponse(
+        {
+            "id": new_id("chatcmpl"),
+            "object": "chat.completion",
+            "created": created,
+            "model": body.model,
+            "choices": [choice],
+            "usage": usage(finished.prompt_tokens, finished.completion_tokens),
+        }
+    )
+
+
+async def classify(body: ClassifyRequest, state: ModelState, metrics: ServerMetrics) -> dict[str, Any]:
+    """/v1/classify: each text's label and class probabilities, on the engine's thread between decode steps."""
+    engine = state.engine_for(body.model)
+    loaded = engine.loaded
+    if loaded.task != "sequence-classification":
+        raise bad_request(
+            f"'{body.model}' is a {loaded.task} model: use /v1/completions or /v1/chat/completions",
+            "model",
+            "wrong_task",
+        )
+    texts = body.texts()
+    limit = loaded.context_length * longest_token(loaded.tokenizer)  # more is truncated away anyway
+    rows = await asyncio.to_thread(
+        lambda: [[int(i) for i in loaded.tokenizer.encode(text[:limit])][: loaded.context_length] for text in texts]
+    )
+    if any(not row for row in rows):
+        raise bad_request("an input encodes to no tokens", "input")
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[list[list[float]] | Failed] = loop.create_future()
+
+    def settle(result: list[list[float]] | Failed) -> None:
+        if not done.done():
+            done.set_result(result)
+
+    def deliver(result: list[list[float]] | Failed) -> None:  # called on the engine's thread
+        loop.call_soon_threadsafe(settle, result)
+
+    engine.classify(rows, deliver)
+    result = await done
+    if isinstance(result, Failed):
+        raise APIError(500, result.message, "server_error", None, None)
+    prompt_tokens = sum(len(row) for row in rows)
+    metrics.count_tokens(prompt_tokens, 0)
+    data = []
+    for index, probabilities in enumerate(result):
+        best = max(range(len(probabilities)), key=probabilities.__getitem__)
+        data.append(
+            {
+                "index": index,
+                "label": loaded.labels[best],
+                "score": probabilities[best],
+                "scores": dict(zip(loaded.labels, probabilities, strict=True)),
+            }
+        )
+    return {
+        "id": new_id("clf"),
+        "object": "list",
+        "created": now(),
+        "model": body.model,
+        "data": data,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
+
+
 def router(state: ModelState, metrics: ServerMetrics) -> APIRouter:
-    """The /v1 routes over one model state."""
+    """The /v1 routes over one model state; each route hands its request to the module function above."""
     routes = APIRouter(prefix="/v1")
-
-    def generating_engine(model: str) -> Engine:
-        engine = state.engine_for(model)
-        if engine.loaded.task != "causal-lm":
-            raise bad_request(f"'{model}' is a {engine.loaded.task} model: use /v1/classify", "model", "wrong_task")
-        return engine
-
-    def adapter_of(model: str) -> str | None:
-        """The adapter a request names (None: the served model itself)."""
-        return None if model == state.settings.config.served_model_name else model
 
     @routes.get("/models")
     async def models() -> dict[str, Any]:
-        config = state.settings.config
-        engine = state.engine_for(config.served_model_name)  # 503 while loading
-        cards = [model_card(config.served_model_name, state.created, config.run)]
-        for name, info in sorted(engine.adapters().items()):  # a shared server's adapters (vLLM's card shape)
-            card = model_card(name, state.created, info.run)
-            cards.append({**card, "root": info.path, "parent": config.served_model_name})
-        return {"object": "list", "data": cards}
+        return await list_models(state)
 
     @routes.post("/completions", response_model=None)
     async def completions(body: CompletionRequest) -> JSONResponse | StreamingResponse:
-        engine = generating_engine(body.model)
-        body.check_supported()
-        tokenizer, context = engine.loaded.tokenizer, engine.loaded.context_length
-        limit = _prompt_limit(state, context)
-        if isinstance(body.prompt, str) or (body.prompt and isinstance(body.prompt[0], str)):
-            text = body.prompt if isinstance(body.prompt, str) else "".join(str(p) for p in body.prompt)
-            refuse_long_text(tokenizer, len(text), limit, "prompt")
-        ids = await asyncio.to_thread(encode_completion, tokenizer, body.prompt)  # off the event loop
-        budget = _token_budget(
-            body.max_tokens, len(ids), context, limit, state.settings.config.default_max_tokens, "prompt"
-        )
-        params = SamplingParams(budget, body.temperature, body.top_p, body.stop_strings(), body.seed)
-        generation = _Generation(engine, metrics, ids, params, body.stream, adapter_of(body.model))
-        base = {"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": body.model}
-        if body.stream:
-            return _stream(generation, base, chat=False, include_usage=body.include_usage())
-        text, finished = await generation.text()
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finished.reason}
-        return JSONResponse(
-            {**base, "choices": [choice], "usage": usage(finished.prompt_tokens, finished.completion_tokens)}
-        )
+        return await complete(body, state, metrics)
 
     @routes.post("/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest) -> JSONResponse | StreamingResponse:
-        engine = generating_engine(body.model)
-        body.check_supported()
-        tokenizer, context = engine.loaded.tokenizer, engine.loaded.context_length
-        limit = _prompt_limit(state, context)
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        refuse_long_text(tokenizer, sum(len(m["content"]) for m in messages), limit, "messages")
-        ids = await asyncio.to_thread(encode_chat, tokenizer, messages)  # off the event loop
-        default = state.settings.config.default_max_tokens
-        budget = _token_budget(body.token_budget(), len(ids), context, limit, default, "messages")
-        params = SamplingParams(budget, body.temperature, body.top_p, body.stop_strings(), body.seed)
-        generation = _Generation(engine, metrics, ids, params, body.stream, adapter_of(body.model))
-        created = now()
-        if body.stream:
-            base = {
-                "id": new_id("chatcmpl"),
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": body.model,
-            }
-            return _stream(generation, base, chat=True, include_usage=body.include_usage())
-        text, finished = await generation.text()
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": None,
-            "finish_reason": finished.reason,
-        }
-        return JSONResponse(
-            {
-                "id": new_id("chatcmpl"),
-                "object": "chat.completion",
-                "created": created,
-                "model": body.model,
-                "choices": [choice],
-                "usage": usage(finished.prompt_tokens, finished.completion_tokens),
-            }
-        )
+        return await chat_complete(body, state, metrics)
 
     @routes.post("/classify")
-    async def classify(body: ClassifyRequest) -> dict[str, Any]:
-        engine = state.engine_for(body.model)
-        loaded = engine.loaded
-        if loaded.task != "sequence-classification":
-            raise bad_request(
-                f"'{body.model}' is a {loaded.task} model: use /v1/completions or /v1/chat/completions",
-                "model",
-                "wrong_task",
-            )
-        texts = body.texts()
-        limit = loaded.context_length * longest_token(loaded.tokenizer)  # more is truncated away anyway
-        rows = await asyncio.to_thread(
-            lambda: [[int(i) for i in loaded.tokenizer.encode(text[:limit])][: loaded.context_length] for text in texts]
-        )
-        if any(not row for row in rows):
-            raise bad_request("an input encodes to no tokens", "input")
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[list[list[float]] | Failed] = loop.create_future()
-
-        def settle(result: list[list[float]] | Failed) -> None:
-            if not done.done():
-                done.set_result(result)
-
-        def deliver(result: list[list[float]] | Failed) -> None:  # called on the engine's thread
-            loop.call_soon_threadsafe(settle, result)
-
-        engine.classify(rows, deliver)
-        result = await done
-        if isinstance(result, Failed):
-            raise APIError(500, result.message, "server_error", None, None)
-        prompt_tokens = sum(len(row) for row in rows)
-        metrics.count_tokens(prompt_tokens, 0)
-        data = []
-        for index, probabilities in enumerate(result):
-            best = max(range(len(probabilities)), key=probabilities.__getitem__)
-            data.append(
-                {
-                    "index": index,
-                    "label": loaded.labels[best],
-                    "score": probabilities[best],
-                    "scores": dict(zip(loaded.labels, probabilities, strict=True)),
-                }
-            )
-        return {
-            "id": new_id("clf"),
-            "object": "list",
-            "created": now(),
-            "model": body.model,
-            "data": data,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-        }
+    async def classify_route(body: ClassifyRequest) -> dict[str, Any]:
+        return await classify(body, state, metrics)
 
     return routes

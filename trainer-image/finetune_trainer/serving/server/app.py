@@ -119,6 +119,23 @@ def _admin_router(settings: ServeSettings, state: ModelState) -> APIRouter:
     return routes
 
 
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every refusal, ours or the framework's, answered in the OpenAI error shape."""
+
+    @app.exception_handler(APIError)
+    async def on_api_error(request: Request, error: APIError) -> JSONResponse:
+        return error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        return error_response(_validation_error(error))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        type_ = "invalid_request_error" if error.status_code < 500 else "server_error"
+        return error_response(APIError(error.status_code, str(error.detail), type_, None, None))
+
+
 def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI:
     """The server app. With `engine`, serve that (already loaded) engine; else load per settings."""
     metrics = ServerMetrics()
@@ -144,18 +161,7 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
     app.state.on_load_failure = None
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
-    @app.exception_handler(APIError)
-    async def on_api_error(request: Request, error: APIError) -> JSONResponse:
-        return error_response(error)
-
-    @app.exception_handler(RequestValidationError)
-    async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        return error_response(_validation_error(error))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        type_ = "invalid_request_error" if error.status_code < 500 else "server_error"
-        return error_response(APIError(error.status_code, str(error.detail), type_, None, None))
+    _add_error_handlers(app)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -26,53 +26,24 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any
 
 import torch
 
 from finetune_trainer.serving.server.decoding import TextStream, choose_next_tokens
-from finetune_trainer.serving.server.events import AdapterInfo, Failed, Finished, SamplingParams, Sink, TextDelta
+from finetune_trainer.serving.server.events import AdapterInfo, Failed, SamplingParams, Sink
 from finetune_trainer.serving.server.loader import LoadedModel
+from finetune_trainer.serving.server.sequences import (
+    Classification,
+    RequestHandle,
+    Sequence,
+    advance,
+    base_of,
+    has_padding,
+)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Sequence:
-    prompt_ids: list[int]
-    params: SamplingParams
-    sink: Sink
-    stream: TextStream
-    generator: torch.Generator | None
-    incremental: bool = True
-    held: list[str] = field(default_factory=list)
-    generated: list[int] = field(default_factory=list)
-    cancelled: bool = False
-    done: bool = False
-    adapter: str | None = None  # the peft adapter (internal name) the sequence runs with; None: the base
-
-
-@dataclass
-class _Classification:
-    rows: list[list[int]]
-    callback: Callable[[list[list[float]] | Failed], None]
-
-
-def _base_of(model: Any) -> Any:
-    """The transformers model under a peft wrapper (whose forward takes **kwargs only)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
-class RequestHandle:
-    """Lets the HTTP side abandon a request whose client went away."""
-
-    def __init__(self, sequence: _Sequence) -> None:
-        self._sequence = sequence
-
-    def cancel(self) -> None:
-        self._sequence.cancelled = True
 
 
 class Engine:
@@ -81,17 +52,17 @@ class Engine:
     def __init__(self, loaded: LoadedModel, max_batch_size: int = 8) -> None:
         self.loaded = loaded
         self.max_batch_size = max_batch_size
-        self._pending: deque[_Sequence] = deque()
-        self._classifications: deque[_Classification] = deque()
+        self._pending: deque[Sequence] = deque()
+        self._classifications: deque[Classification] = deque()
         self._controls: deque[Callable[[], None]] = deque()  # adapter loads and unloads, on this thread
         self._adapters: dict[str, tuple[str, AdapterInfo]] = {}  # served name -> (peft adapter name, info)
         self._retiring: set[str] = set()  # peft adapters no longer named, deleted once unused
         self._versions = 0
-        self._batch: list[_Sequence] = []
+        self._batch: list[Sequence] = []
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="generation-engine", daemon=True)
-        parameters = inspect.signature(_base_of(loaded.model).forward).parameters
+        parameters = inspect.signature(base_of(loaded.model).forward).parameters
         # transformers 5.x renamed `past_key_values` to `cache`; 4.x knows only the old name
         self._cache_arg = "cache" if "cache" in parameters else "past_key_values"
         self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
@@ -130,7 +101,7 @@ class Engine:
                 generator.manual_seed(params.seed)
             else:
                 generator.seed()
-        sequence = _Sequence(
+        sequence = Sequence(
             list(prompt_ids), params, sink, TextStream(self._decode, params.stop), generator, incremental
         )
         with self._wakeup:
@@ -156,7 +127,7 @@ class Engine:
     def classify(self, rows: list[list[int]], callback: Callable[[list[list[float]] | Failed], None]) -> None:
         """Queue a classification of token-id rows; `callback` gets one probability vector per row."""
         with self._wakeup:
-            self._classifications.append(_Classification(rows, callback))
+            self._classifications.append(Classification(rows, callback))
             self._wakeup.notify()
 
     def _decode(self, ids: list[int]) -> str:
@@ -188,9 +159,9 @@ class Engine:
         for sequence in leftover:
             sequence.sink(Failed("the server is shutting down"))
 
-    def _admit(self, active: list[_Sequence]) -> list[_Sequence]:
+    def _admit(self, active: list[Sequence]) -> list[Sequence]:
         """Move waiting sequences into the batch while there is room; returns only the newcomers."""
-        newcomers: list[_Sequence] = []
+        newcomers: list[Sequence] = []
         with self._wakeup:
             while self._pending and len(active) + len(newcomers) < self.max_batch_size:
                 sequence = self._pending.popleft()
@@ -301,7 +272,7 @@ class Engine:
         for internal in sorted(unused):
             self.loaded.model.delete_adapter(internal)
 
-    def _adapter_rows(self, batch: list[_Sequence]) -> dict[str, Any]:
+    def _adapter_rows(self, batch: list[Sequence]) -> dict[str, Any]:
         """peft's per-row adapter choice, once the model carries adapters. A batch of one adapter takes peft's
         plain path (that adapter made active: no per-row split in every layer, measured ~2x faster on a small
         model); a mixed batch or the base passes one adapter name per row."""
@@ -316,7 +287,7 @@ class Engine:
             return {}
         return {"adapter_names": [s.adapter or "__base__" for s in batch]}
 
-    def _prefill(self, batch: list[_Sequence]) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _prefill(self, batch: list[Sequence]) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One forward pass over every sequence's tokens so far, left-padded.
 
         Returns the KV cache, the logits of each row's last position, the attention mask and each row's
@@ -347,9 +318,9 @@ class Engine:
         return getattr(output, self._cache_arg)
 
     @torch.inference_mode()
-    def _generate(self, batch: list[_Sequence]) -> None:
+    def _generate(self, batch: list[Sequence]) -> None:
         cache, logits, mask, next_positions = self._prefill(batch)
-        padded = self._padded(batch)
+        padded = has_padding(batch)
         while True:
             tokens = choose_next_tokens(
                 logits,
@@ -359,7 +330,7 @@ class Engine:
             )
             for sequence, token in zip(batch, tokens, strict=True):
                 if not sequence.done:
-                    self._advance(sequence, token)
+                    advance(sequence, token, self.loaded.eos_token_ids)
             batch_alive = [s for s in batch if not s.done]
             if self._stopping:
                 for sequence in batch_alive:
@@ -372,7 +343,7 @@ class Engine:
                 self._run_classifications()
                 batch = batch_alive + newcomers
                 cache, logits, mask, next_positions = self._prefill(batch)
-                padded = self._padded(batch)
+                padded = has_padding(batch)
                 continue
             if not batch_alive:
                 self._batch = []
@@ -399,35 +370,3 @@ class Engine:
                 **self._adapter_rows(batch),
             )
             cache, logits, next_positions = self._cache_of(out), out.logits[:, -1, :], next_positions + 1
-
-    @staticmethod
-    def _padded(batch: list[_Sequence]) -> bool:
-        """Whether a freshly prefilled batch has padding; without, decode steps need no attention mask
-        (the plain causal path is the cheaper one)."""
-        return len({len(s.prompt_ids) + len(s.generated) for s in batch}) > 1
-
-    def _advance(self, sequence: _Sequence, token: int) -> None:
-        """Feed one chosen token to a sequence; emit its text; finish it when a limit is reached."""
-        if sequence.cancelled:
-            sequence.done = True
-            return
-        if token in self.loaded.eos_token_ids:
-            self._finish(sequence, "stop")
-            return
-        sequence.generated.append(token)
-        delta = sequence.stream.push(token)
-        if delta and sequence.incremental:
-            sequence.sink(TextDelta(delta))
-        elif delta:
-            sequence.held.append(delta)
-        if sequence.stream.stopped:
-            self._finish(sequence, "stop")
-        elif len(sequence.generated) >= sequence.params.max_tokens:
-            self._finish(sequence, "length")
-
-    def _finish(self, sequence: _Sequence, reason: Literal["stop", "length"]) -> None:
-        rest = "".join(sequence.held) + sequence.stream.finish()
-        if rest:
-            sequence.sink(TextDelta(rest))
-        sequence.done = True
-        sequence.sink(Finished(reason, len(sequence.prompt_ids), len(sequence.generated)))
