@@ -8,7 +8,7 @@ containers (builders.containers) and the same resource defaults; the resources o
 a job's server serves (its published run) and the runtime adapters a shared server holds.
 
 The CRDs' engine enums and task rule, and the specs' literals, are checked against this table
-(tests/unit/operator/test_builders.py, test_sharing.py): adding an engine is one entry here plus its tests.
+(tests/unit/operator/test_builders.py, test_modelserver_plan.py): adding an engine is one entry here plus its tests.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ class Reconciler:
             now=now_rfc3339(),
             retry_token=retry_token,
         )
-        if spec.serving.server:  # shared serving: the verdict is in the server's status (servers.py)
+        if spec.serving.server:  # shared serving: the verdict is in the server's status (modelserver/controller.py)
             snapshot = replace(snapshot, server=self.store.server(server_ref(spec.serving.server, owner.namespace)))
         if self.settings.secret_check and needs_secret_check(snapshot):
             present = self.kube.exists_metadata("v1", "Secret", owner.namespace, spec.storage.credentials_secret)
