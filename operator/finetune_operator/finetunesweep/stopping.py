@@ -1,7 +1,7 @@
 """Early stopping of a sweep's trials, pure: each trial's validation-loss curve, and the median stopping rule.
 
 Why apart: the rule is a small numeric function of curves with its own table of cases (tests/unit/operator/
-test_sweep.py); the plan only asks which running trials it stops now.
+test_finetunesweep_plan.py); the plan only asks which running trials it stops now.
 """
 
 from __future__ import annotations
