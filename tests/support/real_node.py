@@ -23,6 +23,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from finetune_operator.api.labels import Names
+from finetune_operator.builders.rbac import PROGRESS_KEY
+from kubernetes.client.exceptions import ApiException
+
 from tests.support.chaos import Components, evict
 from tests.support.waiting import wait_for
 
@@ -85,12 +89,17 @@ def manifest(name: str, model: str, data: str, bucket: str, pod_s3_endpoint: str
     }
 
 
-def _status(custom: Any, namespace: str, name: str) -> dict[str, Any]:
-    return dict(custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name).get("status") or {})
-
-
-def _step(custom: Any, namespace: str, name: str) -> int:
-    return int((_status(custom, namespace, name).get("progress") or {}).get("step") or 0)
+def _step(core: Any, namespace: str, name: str) -> int:
+    """The step the trainer last reported, read from its progress ConfigMap (the channel it writes: the operator
+    copies it into status.progress on its own schedule, every few seconds, which a 60-step tiny run can outpace
+    between two disruptions)."""
+    try:
+        data = core.read_namespaced_config_map(Names.of(name).progress, namespace).data or {}
+    except ApiException as error:
+        if error.status == 404:
+            return 0
+        raise
+    return int(json.loads(data.get(PROGRESS_KEY) or "{}").get("step") or 0)
 
 
 def _running_trainer(core: Any, namespace: str, other_than: str = "") -> Any:
@@ -107,7 +116,7 @@ def _running_trainer(core: Any, namespace: str, other_than: str = "") -> Any:
 
 def disrupt(core: Any, custom: Any, namespace: str, name: str, components: Components) -> dict[str, Any]:
     """The FineTuneJob `name` exists in `namespace`; evict its pod, then restart the kubelet. Returns figures."""
-    wait_for("two checkpoints' worth of steps", lambda: _step(custom, namespace, name) >= 2 * INTERVAL + 2, 900, 0.5)
+    wait_for("two checkpoints' worth of steps", lambda: _step(core, namespace, name) >= 2 * INTERVAL + 2, 900, 0.5)
     victim = wait_for("the training pod", lambda: _running_trainer(core, namespace), 60)
     evicted_at = time.monotonic()
     evict(core, namespace, victim.metadata.name)
@@ -143,10 +152,10 @@ def disrupt(core: Any, custom: Any, namespace: str, name: str, components: Compo
     }
 
     # the kubelet restarted under the replacement, once it trains again
-    wait_for("the replacement to train past its resume", lambda: _step(custom, namespace, name) > resumed, 600, 0.5)
-    before = _step(custom, namespace, name)
+    wait_for("the replacement to train past its resume", lambda: _step(core, namespace, name) > resumed, 600, 0.5)
+    before = _step(core, namespace, name)
     down_and_back = components.restart("kubelet")
-    wait_for("progress after the kubelet restart", lambda: _step(custom, namespace, name) > before, 600, 0.5)
+    wait_for("progress after the kubelet restart", lambda: _step(core, namespace, name) > before, 600, 0.5)
     pod = core.read_namespaced_pod(replacement.metadata.name, namespace)
     kubelet = {
         "down_and_back_seconds": round(down_and_back, 1),
