@@ -32,7 +32,7 @@ from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 INTERVAL = 5
-STEPS = 60
+STEPS = 120  # the replacement after the eviction must still be training when the kubelet restarts (0.2 s a step)
 GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
 RESUMED = re.compile(r"resuming from \S+ \(step (\d+)\)")
 STOPPED = re.compile(r"at step (\d+)")
