@@ -27,6 +27,7 @@ import yaml
 from tests.helm.chart import kubectl
 from tests.support.ports import free_port
 from tests.support.versions import pinned
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 KUEUE_VERSION = pinned("KUEUE_VERSION")
@@ -154,18 +155,19 @@ class LocalKueue:
     def log_path(self) -> Path:
         return self.folder / "kueue.log"
 
+    def _established(self, crd: str) -> bool:
+        """The CRD's Established condition is True. Read, not `kubectl wait`: on a CRD just created, before the
+        API server wrote any condition, `kubectl wait` fails at once ("status.conditions accessor error")."""
+        out = kubectl("get", f"crd/{crd}.kueue.x-k8s.io", "-o", "json", kubeconfig=self.kubeconfig).stdout
+        conditions = (json.loads(out).get("status") or {}).get("conditions") or []
+        return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+
     def start(self) -> LocalKueue:
         binary, source = build(), module_dir()
         crds = source / "config" / "components" / "crd" / "bases"
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds), kubeconfig=self.kubeconfig)
         for crd in ("clusterqueues", "localqueues", "resourceflavors", "workloads"):
-            kubectl(
-                "wait",
-                "--for=condition=Established",
-                f"crd/{crd}.kueue.x-k8s.io",
-                "--timeout=60s",
-                kubeconfig=self.kubeconfig,
-            )
+            wait_for(f"the {crd}.kueue.x-k8s.io CRD to be Established", lambda crd=crd: self._established(crd), 60, 1)
         self.ports = {name: free_port() for name in ("webhook", "health", "visibility")}
         ca = _certificates(self.folder / "certs")
         # Kueue 0.17 without internal cert management reads its metrics certificate from this fixed path
