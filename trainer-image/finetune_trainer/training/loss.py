@@ -27,8 +27,10 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-CHUNK_LOGIT_ELEMENTS = 1 << 22
-"""Logit elements per chunk (16 MiB in fp32): 85 rows of a 49k vocabulary, 4,096 rows of a 1k one."""
+from finetune_trainer.memory.estimate import HEAD_CHUNK_ELEMENTS
+
+CHUNK_LOGIT_ELEMENTS = HEAD_CHUNK_ELEMENTS
+"""Logit elements per chunk (16 MiB in fp32; the memory plan counts them): 85 rows of a 49k vocabulary."""
 IGNORE = -100
 
 
