@@ -33,10 +33,10 @@ Per process, in bytes (P parameters, P_t trainable, N shards; mixed = bf16/fp16 
   (`training.loss`), so no logits live to backward: per token the hidden state's gradient (computed in the
   forward pass), and once, a chunk of fp32 logits (`HEAD_CHUNK_ELEMENTS`, or fewer rows in a short
   micro-batch) three times over (logits, log-sum-exp's temporary, the softmax's cast) plus, when the
-  head's weight is trained, its fp32 gradient (V x H x 4).
-  Classifiers and FSDP runs keep the stock loss: the head's output, its fp32 copy and log-softmax, and the
-  gradient buffers at the start of backward, about (12 + 2) V bytes per token. Mixed precision also saves the bf16 copies autocast makes of
-  the fp32 weights (2 bytes per trainable linear weight). Gradient checkpointing keeps one hidden state
+  head's weight is trained, its fp32 gradient (V x H x 4). Classifiers and FSDP runs keep the stock loss:
+  the head's output, its fp32 copy and log-softmax, and the gradient buffers at the start of backward,
+  about (12 + 2) V bytes per token. Mixed precision also saves the bf16 copies autocast makes of the fp32
+  weights (2 bytes per trainable linear weight). Gradient checkpointing keeps one hidden state
   per layer and recomputes one layer at a time (Chen et al. 2016). Other architectures (GPT-2, BERT) use
   Korthikanti's per-layer count with I for the MLP width.
 - overhead: GPU: 0.75 GiB (CUDA context, cuBLAS workspace), 0.5 GiB more with several processes (NCCL),
