@@ -324,7 +324,9 @@ def summarize(runs: list[dict[str, Any]], modes: tuple[str, ...]) -> dict[str, A
             continue
         ratios[f"ours_vs_{other}"] = {"tokens_per_second": spread(speed, 2), "peak_memory": spread(memory, 2)}
         claimed = abs(median(speed) - 1.0)
-        if max(speed) - min(speed) > claimed:
+        if len(speed) < 2:
+            warnings.append(f"ours vs {other}: one round only, so no spread: not a measured difference")
+        elif max(speed) - min(speed) > claimed:
             warnings.append(
                 f"ours vs {other}: the per-round ratios span {min(speed):.2f}..{max(speed):.2f}, wider than the "
                 f"difference the median claims ({median(speed):.2f}x): not a measured difference"
@@ -352,6 +354,24 @@ def markdown(summary: dict[str, Any]) -> str:
             f"{m['median']:,.0f} ({m['min']:,.0f}..{m['max']:,.0f}) | {rs} | {rm} |"
         )
     return "\n".join(lines)
+
+
+def from_log(path: Path) -> dict[str, Any]:
+    """The summary of the runs an interrupted benchmark printed (`round N mode: {...}` lines on stderr), so
+    the rounds it finished are still reported the same way (medians, ranges, per-round ratios, warnings)."""
+    import ast
+
+    runs = [
+        ast.literal_eval(line.split(": ", 1)[1])
+        for line in path.read_text().splitlines()
+        if line.startswith("round ") and ": {" in line
+    ]
+    modes = tuple(dict.fromkeys(run["mode"] for run in runs))
+    summary = summarize(runs, modes)
+    print(markdown(summary), file=sys.stderr)
+    for warning in summary["warnings"]:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    return {"from_log": str(path), "rounds": max((r["round"] for r in runs), default=0), **summary, "runs": runs}
 
 
 def cpu_bench(
@@ -534,10 +554,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="CPU mode: rounds of every arm (%(default)s)")
     parser.add_argument("--method", choices=("lora", "full"), default="lora", help="CPU mode (%(default)s)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, 2 rounds, 4 steps")
+    parser.add_argument(
+        "--from-log", type=Path, help="summarize the per-run lines of an earlier run's stderr (an interrupted run)"
+    )
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.child:
+    if args.from_log:
+        result = from_log(args.from_log)
+    elif args.child:
         result = cpu_run(args.child, args.model, args.steps, args.batch, args.max_length, args.warmup, args.method)
     elif args.gpu:
         steps = args.steps or 30
