@@ -329,7 +329,7 @@ class _ChatShape:
         self.forced = False
         self.constraint: Any = None
         tokenizer = engine.loaded.tokenizer
-        functions = [tool.function.model_dump(exclude_none=True) for tool in body.tools or [] if tool.function]
+        functions = [function.model_dump(exclude_none=True) for function in body.function_tools()]
         choice = body.tool_choice if body.tool_choice is not None else ("auto" if functions else "none")
         fmt = body.response_format
         wants_json = fmt is not None and fmt.type != "text"
@@ -396,8 +396,8 @@ async def chat_complete(
     limit = _prompt_limit(state, context)
     messages, tools = template_messages([m.openai_dict() for m in body.messages], body.tool_list())
     refuse_long_text(tokenizer, sum(len(str(m.get("content") or "")) for m in messages), limit, "messages")
-    shape = _ChatShape(body, engine)
     ids = await asyncio.to_thread(encode_chat, tokenizer, messages, tools)  # off the event loop
+    shape = _ChatShape(body, engine)
     constraint = await asyncio.to_thread(shape.factory, engine)
     default = state.settings.config.default_max_tokens
     budget = _token_budget(body.token_budget(), len(ids), context, limit, default, "messages")

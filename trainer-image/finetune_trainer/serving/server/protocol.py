@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 MAX_N = 16
 """The most choices one request may ask for (n, or prompts x n): each is a sequence in the engine's batch."""
@@ -309,7 +309,9 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    tools: list[Tool] | None = None
+    tools: list[dict[str, Any]] | None = None
+    """Kept as sent (key order included: templates render the list with `tojson`, as the trainer renders the
+    data's); each is checked against `Tool` by `function_tools()`."""
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
@@ -353,9 +355,7 @@ class ChatCompletionRequest(_Request):
                 "service_tier",
                 "unsupported_parameter",
             )
-        for index, tool in enumerate(self.tools or []):
-            if tool.type != "function" or tool.function is None:
-                raise bad_request("only function tools are supported", f"tools[{index}]", "unsupported_parameter")
+        self.function_tools()
         if self.tool_choice is not None and not self.tools:
             raise bad_request("tool_choice requires tools", "tool_choice")
         if self.parallel_tool_calls is not None and not self.tools:
@@ -363,11 +363,24 @@ class ChatCompletionRequest(_Request):
         if self.choices > MAX_N:
             raise bad_request(f"at most {MAX_N} choices per request", "n")
 
+    def function_tools(self) -> list[FunctionDefinition]:
+        """The function definitions of `tools`, each checked (a 400 names the tool and its field)."""
+        functions = []
+        for index, raw in enumerate(self.tools or []):
+            try:
+                tool = Tool.model_validate(raw)
+            except ValidationError as error:
+                first = error.errors()[0]
+                where = ".".join([f"tools[{index}]", *(str(part) for part in first["loc"])])
+                raise bad_request(f"{where}: {first['msg']}", where) from None
+            if tool.type != "function" or tool.function is None:
+                raise bad_request("only function tools are supported", f"tools[{index}]", "unsupported_parameter")
+            functions.append(tool.function)
+        return functions
+
     def tool_list(self) -> list[dict[str, Any]] | None:
-        """The tools as the chat template and the trainer's `chat` format see them."""
-        if not self.tools:
-            return None
-        return [tool.model_dump(exclude_none=True, include={"type", "function"}) for tool in self.tools]
+        """The tools as sent: what the chat template renders (as the trainer renders the data's `tools`)."""
+        return list(self.tools) if self.tools else None
 
 
 class ClassifyRequest(_Closed):
