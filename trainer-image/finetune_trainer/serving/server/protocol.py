@@ -355,6 +355,8 @@ class ChatCompletionRequest(_Request):
                 "service_tier",
                 "unsupported_parameter",
             )
+        if self.tools is not None and not self.tools:
+            raise bad_request("tools must not be an empty list: leave it out instead", "tools")
         self.function_tools()
         if self.tool_choice is not None and not self.tools:
             raise bad_request("tool_choice requires tools", "tool_choice")
