@@ -5,6 +5,10 @@ hands it to the engine and relays the engine's events, either collected into one
 server-sent events ending with `data: [DONE]` (what the OpenAI SDKs parse). The engine works on its own
 thread; its events cross into the event loop through `call_soon_threadsafe`, so a slow client never
 blocks generation, and a client that goes away cancels its sequence.
+
+A request becomes one engine sequence per choice (`n`, times the prompts of a completion request); their events
+carry the choice's index. Chat requests with tools have their text split into content and `tool_calls`
+(`tools`); forced tool choices and JSON response formats are constrained while decoding (`constraints`).
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ chat requests go through the tokenizer's own chat template (the trainer saves th
 included, beside the model). A tokenizer without one gets the trainer's own default template
 (`finetune_trainer.data.chat_template`), the one a model trained without a template learned, which ends every
 turn with the end-of-sequence token, so replies end where the assistant's turn ends.
+
+A request's messages are read by the trainer's own `chat` reader and rendered by the trainer's own rendering
+function, so `name`, tool calls, tool results and the tool list reach the model exactly as in training (the
+same token ids: tests/serve/test_train_serve_rendering.py); what the template would drop is a 400 naming it.
 """
 
 from __future__ import annotations
