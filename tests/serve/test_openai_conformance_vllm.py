@@ -36,7 +36,11 @@ VLLM: dict[str, str] = {
     **{name: "ignored" for name in CHAT_REFUSED},
     "reasoning_effort": "ignored",  # handed to the chat template, which SmolLM2's does not read
     "unknown field": "ignored",  # logged, not refused
-    "tool_choice auto": "400",  # needs --enable-auto-tool-choice and a --tool-call-parser the operator does not set
+    # every tool choice but none needs a --tool-call-parser (auto also --enable-auto-tool-choice), which the operator
+    # does not set: vLLM's hermes parser wants <tool_call> as one token of the vocabulary, SmolLM2's has none
+    "tool_choice auto": "400",
+    "tool_choice required": "400",
+    "tool_choice named": "400",
     "suffix": "400",  # only models with fill-in-the-middle rendering
     "best_of": "ignored",  # not a field of vLLM's completion request any more
     "modalities ['text', 'audio']": "ignored",
@@ -108,6 +112,9 @@ def test_where_vllm_differs_it_behaves_as_documented(client: Any) -> None:
     seen = {name: outcome(lambda name=name: chat(client, **{name: CHAT_REFUSED[name]})) for name in CHAT_REFUSED}
     seen["unknown field"] = outcome(lambda: chat(client, extra_body={"no_such_field": 1}))
     seen["tool_choice auto"] = outcome(lambda: chat(client, tools=TOOLS, tool_choice="auto"))
+    seen["tool_choice required"] = outcome(lambda: chat(client, tools=TOOLS, tool_choice="required"))
+    named = {"type": "function", "function": {"name": "set_light"}}
+    seen["tool_choice named"] = outcome(lambda: chat(client, tools=TOOLS, tool_choice=named))
     seen["suffix"] = outcome(lambda: client.completions.create(model=NAME, prompt="a", max_tokens=2, suffix="b"))
     seen["best_of"] = outcome(lambda: client.completions.create(model=NAME, prompt="a", max_tokens=2, best_of=3))
     seen["modalities ['text', 'audio']"] = outcome(lambda: chat(client, modalities=["text", "audio"]))
@@ -128,9 +135,7 @@ def test_what_both_engines_honour_works_on_vllm(client: Any) -> None:
     response_format = {"type": "json_schema", "json_schema": {"name": "answer", "schema": SCHEMA, "strict": True}}
     value = json.loads(chat(client, response_format=response_format, max_tokens=40).choices[0].message.content)
     assert value["colour"] in ("red", "blue") and isinstance(value["ok"], bool)
-    named = {"type": "function", "function": {"name": "set_light"}}
-    call = chat(client, tools=TOOLS, tool_choice=named, max_tokens=60).choices[0].message.tool_calls[0]
-    assert call.function.name == "set_light" and set(json.loads(call.function.arguments)) == {"ok", "colour"}
+    assert chat(client, tools=TOOLS, tool_choice="none").choices[0].message.tool_calls in (None, [])
     biased = client.completions.create(model=NAME, prompt="a", max_tokens=3, temperature=0, logit_bias={"42": 100})
     assert biased.choices[0].text  # a 200 with the bias applied
     assert chat(client, frequency_penalty=1.0, presence_penalty=1.0).choices[0].message.content is not None
