@@ -1,5 +1,5 @@
-"""A FineTuneJob's own server for its published model: ConfigMap (serve.json), Deployment, Service and (with more
-than one replica) PodDisruptionBudget.
+"""A FineTuneJob's own server for its published model: ConfigMap (serve.json), Deployment, Service, NetworkPolicy
+and (with more than one replica) PodDisruptionBudget.
 
 The engine (spec.serving.engine) renders the pod from builders.engines; the Service, the PDB and the rolling
 Deployment are the ones a ModelServer gets too (builders.workload). Rolls are triggered by a hash of serve.json on
@@ -20,10 +20,16 @@ from finetune_operator.api.published import Published
 from finetune_operator.builders.common import metadata, placement, pod_metadata
 from finetune_operator.builders.containers import PORT, SERVE_KEY
 from finetune_operator.builders.engines import ENGINES, ServerInputs
-from finetune_operator.builders.workload import server_deployment, server_pdb, server_pod_spec, server_service
+from finetune_operator.builders.workload import (
+    server_deployment,
+    server_network_policy,
+    server_pdb,
+    server_pod_spec,
+    server_service,
+)
 from finetune_operator.core.settings import Settings
 
-__all__ = ["Published", "endpoint_url", "serve_config", "serving_bundle", "serving_config_map"]
+__all__ = ["Published", "endpoint_url", "key_secret_name", "serve_config", "serving_bundle", "serving_config_map"]
 
 COMPONENT = "serving"
 
@@ -59,13 +65,21 @@ def serving_config_map(spec: FineTuneJobSpec, owner: Owner, published: Published
     }
 
 
+def key_secret_name(spec: FineTuneJobSpec, owner: Owner) -> str:
+    """The Secret (key apiKey) the job's server reads its key from: serving.apiKeySecret, else the one the
+    operator generates (`<name>-api-key`); "" only with serving.allowUnauthenticated."""
+    if spec.serving.api_key_secret:
+        return spec.serving.api_key_secret
+    return "" if spec.serving.allow_unauthenticated else Names.of(owner.name).api_key
+
+
 def server_inputs(spec: FineTuneJobSpec, owner: Owner, settings: Settings) -> ServerInputs:
     """The job's serving section in the engines' terms."""
     return ServerInputs(
         name=owner.name,
         config_map=Names.of(owner.name).serving_config,
         storage=spec.storage,
-        api_key_secret=spec.serving.api_key_secret,
+        api_key_secret=key_secret_name(spec, owner),
         requests=spec.serving.resources.requests,
         limits=spec.serving.resources.limits,
         gpu_resource=spec.resources.gpu_resource,
@@ -91,11 +105,17 @@ def serving_deployment(
 
 
 def serving_bundle(spec: FineTuneJobSpec, owner: Owner, published: Published, settings: Settings) -> list[Manifest]:
-    """ConfigMap, Service, (PDB,) Deployment: the Deployment last, stamped with the whole bundle's hash."""
+    """ConfigMap, Service, NetworkPolicy (ingress from the job's own namespace only), (PDB,) Deployment: the
+    Deployment last, stamped with the whole bundle's hash."""
     names = Names.of(owner.name)
     config_map = serving_config_map(spec, owner, published)
-    deployment = serving_deployment(spec, owner, published, settings, content_hash(config_map["data"]))
-    bundle = [config_map, server_service(metadata(owner, names.serving, COMPONENT), _selector(owner))]
+    config_hash = content_hash(config_map["data"])
+    deployment = serving_deployment(spec, owner, published, settings, config_hash)
+    bundle = [
+        config_map,
+        server_service(metadata(owner, names.serving, COMPONENT), _selector(owner)),
+        server_network_policy(metadata(owner, names.serving, COMPONENT), _selector(owner), ()),
+    ]
     if spec.serving.replicas > 1:
         bundle.append(server_pdb(metadata(owner, names.serving, COMPONENT), _selector(owner)))
     bundle_hash = content_hash([*bundle, deployment])

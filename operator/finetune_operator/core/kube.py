@@ -49,6 +49,7 @@ PLURALS = {
     "Role": "roles",
     "RoleBinding": "rolebindings",
     "PodDisruptionBudget": "poddisruptionbudgets",
+    "NetworkPolicy": "networkpolicies",
     "Lease": "leases",
     KIND: PLURAL,
     "FineTuneSweep": "finetunesweeps",
