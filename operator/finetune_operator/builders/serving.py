@@ -17,6 +17,7 @@ from finetune_operator.api.hashing import content_hash
 from finetune_operator.api.labels import ANNOTATION_SPEC_HASH, LABEL_COMPONENT, LABEL_RUN, LABEL_UID, Names
 from finetune_operator.api.objects import Manifest, Owner
 from finetune_operator.api.published import Published
+from finetune_operator.builders.apikey import ANNOTATION_KEY_SHA256
 from finetune_operator.builders.common import metadata, placement, pod_metadata
 from finetune_operator.builders.containers import PORT, SERVE_KEY
 from finetune_operator.builders.engines import ENGINES, ServerInputs
@@ -90,7 +91,12 @@ def server_inputs(spec: FineTuneJobSpec, owner: Owner, settings: Settings) -> Se
 
 
 def serving_deployment(
-    spec: FineTuneJobSpec, owner: Owner, published: Published, settings: Settings, config_hash: str
+    spec: FineTuneJobSpec,
+    owner: Owner,
+    published: Published,
+    settings: Settings,
+    config_hash: str,
+    key_sha256: str = "",
 ) -> Manifest:
     names = Names.of(owner.name)
     engine_pod = ENGINES[spec.serving.engine].own(server_inputs(spec, owner, settings), published)
@@ -99,18 +105,27 @@ def serving_deployment(
         metadata(owner, names.serving, COMPONENT, published.run),
         spec.serving.replicas,
         _selector(owner),
-        pod_metadata(spec, labels, {"finetune.dev/serve-config-hash": config_hash}),
+        pod_metadata(spec, labels, {"finetune.dev/serve-config-hash": config_hash, **_key_annotation(key_sha256)}),
         server_pod_spec(engine_pod, placement(spec)),
     )
 
 
-def serving_bundle(spec: FineTuneJobSpec, owner: Owner, published: Published, settings: Settings) -> list[Manifest]:
+def _key_annotation(key_sha256: str) -> dict[str, str]:
+    """A generated key's hash on the pod template: a new key (its Secret deleted and made again) rolls the pods,
+    which read the key from the Secret only when they start. Only the hash: the key stays in the Secret."""
+    return {ANNOTATION_KEY_SHA256: key_sha256} if key_sha256 else {}
+
+
+def serving_bundle(
+    spec: FineTuneJobSpec, owner: Owner, published: Published, settings: Settings, key_sha256: str = ""
+) -> list[Manifest]:
     """ConfigMap, Service, NetworkPolicy (ingress from the job's own namespace only), (PDB,) Deployment: the
-    Deployment last, stamped with the whole bundle's hash."""
+    Deployment last, stamped with the whole bundle's hash. `key_sha256`: the generated key's hash ("" for a
+    user's Secret or none)."""
     names = Names.of(owner.name)
     config_map = serving_config_map(spec, owner, published)
     config_hash = content_hash(config_map["data"])
-    deployment = serving_deployment(spec, owner, published, settings, config_hash)
+    deployment = serving_deployment(spec, owner, published, settings, config_hash, key_sha256)
     bundle = [
         config_map,
         server_service(metadata(owner, names.serving, COMPONENT), _selector(owner)),

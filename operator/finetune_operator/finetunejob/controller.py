@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from finetune_operator.api.base import invalid_spec_message
-from finetune_operator.api.finetunejob import parse_spec
+from finetune_operator.api.finetunejob import FineTuneJobSpec, parse_spec
 from finetune_operator.api.labels import ANNOTATION_RETRY, Names
 from finetune_operator.api.modelserver import server_ref
 from finetune_operator.api.objects import Manifest, Owner
@@ -36,7 +36,7 @@ from finetune_operator.core.settings import Settings
 from finetune_operator.core.status_patch import merge_patch, now_rfc3339
 from finetune_operator.core.store import Key, Store
 from finetune_operator.core.workqueue import RequeueError
-from finetune_operator.finetunejob.apikey import ApiKey, needs_key
+from finetune_operator.finetunejob.apikey import ApiKey, needs_key, recorded_key
 from finetune_operator.finetunejob.plan import Plan, Snapshot, needs_progress_read, needs_secret_check, plan
 from finetune_operator.finetunejob.progress import report_in
 
@@ -103,7 +103,7 @@ class Reconciler:
         if self.settings.secret_check and needs_secret_check(snapshot):
             present = self.kube.exists_metadata("v1", "Secret", owner.namespace, spec.storage.credentials_secret)
             snapshot = replace(snapshot, secret_present=present)
-        if needs_key(spec, owner, status):
+        if needs_key(spec, owner, status) or self._key_deleted(spec, owner, status):
             snapshot = replace(snapshot, **self._generated_key(owner))
         if needs_progress_read(snapshot):
             progress = self.kube.get("v1", "ConfigMap", owner.namespace, Names.of(owner.name).progress)
@@ -118,6 +118,14 @@ class Reconciler:
             decided = replace(decided, status={**decided.status, **failed})
         self._write_status(view.body, decided.status, owner, decided)
         return decided.requeue_after
+
+    def _key_deleted(self, spec: FineTuneJobSpec, owner: Owner, status: dict[str, Any]) -> bool:
+        """Whether the generated key recorded in status has lost its Secret (deleted to get a new key): checked,
+        as metadata, only while a model is published (the pods need it) and where the operator may look Secrets
+        up (not clusterWide)."""
+        if not self.settings.secret_check or not status.get("published") or recorded_key(spec, owner, status) is None:
+            return False
+        return not self.kube.exists_metadata("v1", "Secret", owner.namespace, Names.of(owner.name).api_key)
 
     def _generated_key(self, owner: Owner) -> dict[str, Any]:
         """Make the endpoint's key Secret once (builders.apikey), or find the one made before whose record the

@@ -81,12 +81,13 @@ def serving_decision(snapshot: Snapshot, published: Published | None, settings: 
     if not spec.serving.enabled or published is None:
         remove = deployment is not None or bool(snapshot.status.get("endpoint"))
         return ServingDecision(delete=bundle_refs if remove else [])
-    if key_of(spec, owner, snapshot.status, snapshot.api_key) is None and not spec.serving.allow_unauthenticated:
+    key = key_of(spec, owner, snapshot.status, snapshot.api_key)
+    if key is None and not spec.serving.allow_unauthenticated:
         # the Deployment would read a Secret that is not there (or not ours): nothing is rolled out meanwhile
         why = snapshot.api_key_problem or f"waiting for the API key Secret {names.api_key}"
         previous = dict(snapshot.status.get("endpoint") or {}) or None
         return ServingDecision(endpoint=previous, key_missing=why)
-    bundle = serving_bundle(spec, owner, published, settings)
+    bundle = serving_bundle(spec, owner, published, settings, key.sha256 if key else "")
     desired_hash = bundle[-1]["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
     apply: list[Manifest] = []
     delete: list[ChildRef] = []
