@@ -61,6 +61,10 @@ NAMESPACED: set[Rule] = {
     },
     *{("rbac.authorization.k8s.io", r, "get") for r in ("roles", "rolebindings")},
     *{("apps", "replicasets", v) for v in ("list", "watch")},
+    # serving secure by default (issue #24): the NetworkPolicy in front of every server, applied like the bundle,
+    # and the API key Secrets the operator generates (create only: never read, updated or deleted)
+    *{("networking.k8s.io", "networkpolicies", v) for v in ("get", "create", "patch", "delete")},
+    ("", "secrets", "create"),
     ("", "secrets", "get"),
     ("", "events", "create"),
 }
