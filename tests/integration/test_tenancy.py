@@ -48,6 +48,9 @@ NAMESPACED: set[Rule] = {
     ("", "serviceaccounts", "create"),
     ("rbac.authorization.k8s.io", "roles", "create"),
     ("rbac.authorization.k8s.io", "rolebindings", "create"),
+    # a trainer Role an older operator made is put back to the current rules (PUT, uid-bound; the policy admits it
+    # only for a Role a finetune.dev object already controls)
+    ("rbac.authorization.k8s.io", "roles", "update"),
     # ownership (issue #24): who controls an object is read before applying over, adopting or deleting it, and a
     # ModelServer's replicas are the pods of the ReplicaSets its Deployment controls (watched, like its pods)
     *{

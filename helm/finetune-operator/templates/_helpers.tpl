@@ -179,6 +179,13 @@ tests/helm/test_chart.py pins the exact list; docs/security.md shows `kubectl au
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, create]
+# A trainer Role an older operator made with other rules (finetunejobs/status patch, before issue #24) is put back
+# to the current ones (builders/rbac.py trainer_rules), once per FineTuneJob: a PUT bound to the Role's uid and
+# resourceVersion. The admission policy admits an update from this ServiceAccount only of a Role a finetune.dev
+# object already controls, and only to rules of the same bounded shape; RBAC's escalation check applies too.
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles]
+  verbs: [update]
 # The NetworkPolicy in front of every serving Deployment (a FineTuneJob's own, a ModelServer's): ingress to the
 # serving port only from the server's namespace (and a ModelServer's allowedNamespaces). Server-side applied with
 # the serving bundle (create, patch), deleted with serving; get (metadata only): who controls it, as for Services.

@@ -19,6 +19,7 @@ from finetune_operator.api.finetunejob import FineTuneJobSpec, parse_spec
 from finetune_operator.api.labels import ANNOTATION_RETRY, Names
 from finetune_operator.api.modelserver import server_ref
 from finetune_operator.api.objects import Manifest, Owner
+from finetune_operator.api.ownership import controlled_by
 from finetune_operator.builders.apikey import (
     ANNOTATION_KEY_SHA256,
     generate_key,
@@ -28,6 +29,7 @@ from finetune_operator.builders.apikey import (
 )
 from finetune_operator.builders.apikey import COMPONENT as KEY_COMPONENT
 from finetune_operator.builders.common import metadata
+from finetune_operator.builders.rbac import outdated_role, trainer_role, trainer_rules_hash
 from finetune_operator.core.errors import NameTaken, PermanentError, TemporaryError
 from finetune_operator.core.kube import Kube
 from finetune_operator.core.metrics import JOBS_BY_PHASE, PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
@@ -103,6 +105,8 @@ class Reconciler:
         if self.settings.secret_check and needs_secret_check(snapshot):
             present = self.kube.exists_metadata("v1", "Secret", owner.namespace, spec.storage.credentials_secret)
             snapshot = replace(snapshot, secret_present=present)
+        if status.get("trainerRulesHash") != trainer_rules_hash(owner):
+            snapshot = replace(snapshot, trainer_rules=self._trainer_rules(owner))
         if needs_key(spec, owner, status) or self._key_deleted(spec, owner, status):
             snapshot = replace(snapshot, **self._generated_key(owner))
         if needs_progress_read(snapshot):
@@ -118,6 +122,19 @@ class Reconciler:
             decided = replace(decided, status={**decided.status, **failed})
         self._write_status(view.body, decided.status, owner, decided)
         return decided.requeue_after
+
+    def _trainer_rules(self, owner: Owner) -> str | None:
+        """Bring the job's trainer Role to the current rules (builders.rbac.trainer_rules) when an older operator
+        made it with others (finetunejobs/status patch, before issue #24): the hash to record in status, once
+        checked; None when the Role under that name is not this job's (left alone; its runs fail NameTaken)."""
+        names = Names.of(owner.name)
+        role = self.kube.get("rbac.authorization.k8s.io/v1", "Role", owner.namespace, names.trainer_account)
+        if role is not None and not controlled_by(role, owner.namespace, owner.uid):
+            return None
+        if outdated_role(role, owner):
+            self.kube.replace_owned(trainer_role(owner))
+            log.info("trainer Role %s/%s put back to the current rules", owner.namespace, names.trainer_account)
+        return trainer_rules_hash(owner)
 
     def _key_deleted(self, spec: FineTuneJobSpec, owner: Owner, status: dict[str, Any]) -> bool:
         """Whether the generated key recorded in status has lost its Secret (deleted to get a new key): checked,

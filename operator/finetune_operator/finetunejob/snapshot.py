@@ -33,3 +33,4 @@ class Snapshot:
     progress: dict[str, Any] | None = None  # the trainer's report, read and validated this pass (None: not read)
     api_key: ApiKey | None = None  # the generated key made or found this pass (None: not needed, or not made)
     api_key_problem: str = ""  # why the generated key could not be made (its name holds someone else's Secret)
+    trainer_rules: str | None = None  # the trainer rules' hash, once this pass checked (or put back) the Role

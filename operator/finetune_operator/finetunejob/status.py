@@ -102,6 +102,7 @@ def status_of(snapshot: Snapshot, outcome: Outcome) -> tuple[dict[str, Any], lis
         "phase": phase,
         "run": run,
         "trainingSpecHash": outcome.training_hash,
+        "trainerRulesHash": snapshot.trainer_rules or status.get("trainerRulesHash"),
         "placementHash": outcome.placement,
         "validation": outcome.validation,
         "retryToken": outcome.retry_token,
