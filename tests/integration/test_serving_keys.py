@@ -81,6 +81,27 @@ def test_no_key_and_no_opt_out_gets_a_generated_key_owned_by_the_job(
         timeout=30,
     )
     assert _key(jobs, namespace, "keyed-api-key") == key
+    # deleting the Secret is how a user gets a new key: made again, recorded, and the pods roll onto it
+    old_hash = status["serving"]["apiKeySha256"]
+    jobs.cluster.core.delete_namespaced_secret("keyed-api-key", namespace)
+
+    def new_record() -> dict[str, Any] | None:
+        record = (jobs.get(namespace, "keyed").get("status") or {}).get("serving") or {}
+        return record if record.get("apiKeySha256") not in (None, old_hash) else None
+
+    record = wait_for("a new key", new_record, timeout=60)
+    new_key = _key(jobs, namespace, "keyed-api-key")
+    assert new_key != key and record["apiKeySha256"] == hashlib.sha256(new_key.encode()).hexdigest()
+    wait_for(
+        "the pod template on the new key",
+        lambda: (
+            _serving_deployment(jobs, namespace, "keyed").spec.template.metadata.annotations.get(
+                "finetune.dev/api-key-sha256"
+            )
+            == record["apiKeySha256"]
+        ),
+        timeout=30,
+    )
 
 
 def test_the_explicit_opt_out_serves_without_any_key(operator: Operator, jobs: Jobs, namespace: str) -> None:
