@@ -62,7 +62,9 @@ def _shared_serving(snapshot: Snapshot, published: Published | None, own: list[C
     verdict = verdict_for(owner.namespace, owner.name, published.run, key, snapshot.server)
     previous = dict(snapshot.status.get("endpoint") or {}) or None
     endpoint = verdict.endpoint or (previous if verdict.reason == "Loading" else None)
-    return ServingDecision([], remove, endpoint, verdict.endpoint is not None, verdict)
+    # its own key could not be made (someone else's Secret holds the name): said first, the server's KeyMissing after
+    problem = snapshot.api_key_problem
+    return ServingDecision([], remove, endpoint, verdict.endpoint is not None, verdict, key_missing=problem)
 
 
 def serving_decision(snapshot: Snapshot, published: Published | None, settings: Settings) -> ServingDecision:

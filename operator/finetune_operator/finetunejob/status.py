@@ -34,10 +34,10 @@ def _ready(
         return cond.condition(cond.READY, False, "ServingDisabled", "serving.enabled is false", gen)
     if published is None:
         return cond.condition(cond.READY, False, "NothingPublished", "no run has passed its gate yet", gen)
-    if shared is not None:
-        return cond.condition(cond.READY, shared.reason == "Serving", shared.reason, shared.message, gen)
     if key_missing:
         return cond.condition(cond.READY, False, "ApiKeyMissing", key_missing, gen)
+    if shared is not None:
+        return cond.condition(cond.READY, shared.reason == "Serving", shared.reason, shared.message, gen)
     if endpoint is None:
         return cond.condition(cond.READY, False, "Publishing", f"rolling out run {published.run}", gen)
     if not available:

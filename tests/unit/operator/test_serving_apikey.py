@@ -175,3 +175,13 @@ def test_the_controller_makes_the_key_once_and_never_logs_it(caplog: pytest.LogC
     assert "delete the Secret" in edited["api_key_problem"]
     taken = Reconciler(_Kube("taken"), Store(), SETTINGS)._generated_key(OWNER)  # type: ignore[arg-type]
     assert "not ours" in taken["api_key_problem"] and "api_key" not in taken
+
+
+def test_a_shared_servers_tenant_whose_key_cannot_be_made_says_why_first() -> None:
+    s = spec(evaluation=GATE, serving={"enabled": True, "server": "shared"})
+    job, pod = _done(1, 1.2)
+    base = {"run": 1, "trainingSpecHash": plan(_snap(s, {}), SETTINGS).status["trainingSpecHash"]}
+    problem = "the API key cannot be generated: Secret team-a/support-bot-api-key exists and is not ours"
+    p = plan(_snap(s, base, jobs=[job], pods=[pod], api_key=None, api_key_problem=problem), SETTINGS)
+    ready = next(c for c in p.status["conditions"] if c["type"] == "Ready")
+    assert (ready["reason"], ready["message"]) == ("ApiKeyMissing", problem) and p.status["serving"] is None
