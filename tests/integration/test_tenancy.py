@@ -265,6 +265,34 @@ def test_admission_policy_lets_the_operator_create_only_its_workloads_roles(
     outcomes = [_refused_by_policy(call) for call in refused]
     assert all(outcomes), [i for i, ok in enumerate(outcomes) if not ok]
 
+    # Secrets (create only, for generated API keys): only an owned `*-api-key` holding the one key apiKey
+    core = client.CoreV1Api(chart_identity.api_client)
+
+    def secret(name: str, data: dict[str, str], owned: bool = True) -> Callable[[], Any]:
+        meta = client.V1ObjectMeta(name=name, owner_references=[reference] if owned else None)
+        return lambda: core.create_namespaced_secret(team, client.V1Secret(metadata=meta, type="Opaque", data=data))
+
+    key = {"apiKey": "a2V5"}
+    refused = [
+        secret("s3-creds-2", {"AWS_ACCESS_KEY_ID": "eA=="}),  # storage credentials of its choosing
+        secret("owner-api-key-x", key),  # another name
+        secret("probe-api-key", {**key, "other": "eA=="}),  # more than the key
+        secret("loose-api-key", key, owned=False),  # not garbage-collected with an owner
+    ]
+    outcomes = [_refused_by_policy(call) for call in refused]
+    assert all(outcomes), [i for i, ok in enumerate(outcomes) if not ok]
+    secret("owner-api-key", key)()  # what builders/apikey.py makes passes both RBAC and the policy
+    # Role update (a trainer Role an older operator made, put back): only of a Role a finetune.dev object controls
+    cluster.rbac.create_namespaced_role(
+        team, client.V1Role(metadata=client.V1ObjectMeta(name="teams-own"), rules=[named_cm])
+    )
+    theirs = cluster.rbac.read_namespaced_role("teams-own", team)
+    theirs.metadata.owner_references = [reference]  # claiming it in the same request does not help
+    assert _refused_by_policy(lambda: rbac.replace_namespaced_role("teams-own", team, theirs))
+    (trainer_role,) = [m for m in trainer_rbac(owner) if m["kind"] == "Role"]
+    current = rbac.read_namespaced_role(trainer_role["metadata"]["name"], team)
+    rbac.replace_namespaced_role(current.metadata.name, team, current)  # the operator's own: admitted
+
 
 def test_operator_requests_outside_its_rights_are_refused(
     cluster: Any, chart_identity: Identity, namespace: str, other_namespace: str
