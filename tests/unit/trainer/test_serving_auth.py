@@ -92,7 +92,7 @@ def test_bad_entries_grant_nothing_and_are_named() -> None:
         "adapters[4].name",
     ]
     assert KeyMap.from_adapters(ADMIN, {"adapters": "x"}).problems  # named, and no tenant key at all
-    with pytest.raises(ValueError, match="adapters.json is not JSON"):
+    with pytest.raises(ValueError, match=r"adapters\.json is not JSON"):
         KeyMap.from_adapters_text(ADMIN, "{")
     with pytest.raises(ValueError, match="not a JSON object"):
         KeyMap.from_adapters_text(ADMIN, "[]")

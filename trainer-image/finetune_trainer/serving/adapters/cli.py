@@ -4,9 +4,9 @@ Every few seconds: read the desired list (the operator's ConfigMap, through the 
 token; its Role reads that one ConfigMap), read what the engine serves (GET /v1/models on localhost), act
 (`sync.plan_sync`: fetch an adapter from S3 into the pod's shared folder, verified against the manifest the
 trainer wrote beside it (core/manifest.py), then /v1/load_lora_adapter or /v1/unload_lora_adapter on the
-engine), and write what the engine serves under this pod's key of the report
-ConfigMap (the only other object its Role may touch). The desired list itself is copied into the shared folder
-(`.adapters.json`): the tenant keys the engine (or vLLM's gateway) checks are in it. The pure decisions are in `sync`; this is I/O only.
+engine), and write what the engine serves under this pod's key of the report ConfigMap (the only other object
+its Role may touch). The desired list itself is copied into the shared folder (`.adapters.json`): the tenant
+keys our engine (or vLLM's gateway) checks are in it. The pure decisions are in `sync`; this is I/O only.
 Nothing is remembered between passes: a restarted engine or sidecar converges from the two lists alone.
 """
 

@@ -20,8 +20,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from finetune_trainer.serving.auth import ALL, Access
 from finetune_trainer.serving.server.engine import Engine
-from finetune_trainer.serving.server.guard import access_of
 from finetune_trainer.serving.server.events import Event, Failed, Finished, SamplingParams, TextDelta
+from finetune_trainer.serving.server.guard import access_of
 from finetune_trainer.serving.server.metrics import ServerMetrics
 from finetune_trainer.serving.server.prompts import encode_chat, encode_completion, longest_token, refuse_long_text
 from finetune_trainer.serving.server.protocol import (

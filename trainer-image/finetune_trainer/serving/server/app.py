@@ -170,6 +170,7 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/health")  # vLLM's name for it: what the gateway's readiness asks an upstream
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         body: dict[str, Any] = {
