@@ -131,3 +131,19 @@ def test_a_server_of_one_model_reads_no_file(tmp_path: Path) -> None:
     path = tmp_path / ".adapters.json"
     path.write_text(json.dumps(DOCUMENT))
     assert decide(WatchedKeys(ADMIN, None).current(), TEAM_A, "alpha") == "unauthenticated"
+
+
+def test_the_sidecar_writes_its_copy_of_the_list_atomically_and_only_when_it_changed(tmp_path: Path) -> None:
+    from finetune_trainer.serving.adapters.cli import DESIRED_COPY, write_desired_copy
+
+    path = tmp_path / "adapters" / DESIRED_COPY  # the folder may not exist yet
+    text = json.dumps(DOCUMENT)
+    write_desired_copy(path, text)
+    assert path.read_text() == text and not list(path.parent.glob("*.new"))
+    before = path.stat()
+    write_desired_copy(path, text)
+    assert path.stat().st_ino == before.st_ino and path.stat().st_mtime_ns == before.st_mtime_ns  # untouched
+    write_desired_copy(path, "{}")
+    assert path.read_text() == "{}" and path.stat().st_ino != before.st_ino  # a new file renamed into place
+    watched = WatchedKeys(ADMIN, path)
+    assert decide(watched.current(), TEAM_A, "alpha") == "unauthenticated"

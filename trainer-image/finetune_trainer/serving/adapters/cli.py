@@ -207,6 +207,7 @@ def write_desired_copy(path: Path, text: str) -> None:
             return
     except OSError:
         pass
+    path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(path.name + ".new")
     staging.write_text(text, encoding="utf-8")
     staging.rename(path)
