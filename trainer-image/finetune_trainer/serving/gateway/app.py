@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -109,7 +110,8 @@ class Upstream:
                 async for chunk in upstream.aiter_raw():
                     yield chunk
             finally:  # done, or the client left (the task is cancelled): vLLM sees the connection close
-                await upstream.aclose()
+                with anyio.CancelScope(shield=True):  # a cancelled task still closes it
+                    await upstream.aclose()
 
         return StreamingResponse(chunks(), status_code=upstream.status_code, headers=relayed)
 
