@@ -81,11 +81,13 @@ def test_bad_entries_grant_nothing_and_are_named() -> None:
             {**_entry("upper"), "keySha256": key_sha256(TEAM_B).upper()},  # case does not matter
             {"keySha256": key_sha256(TEAM_B)},
             {**_entry("shared"), "keySha256": key_sha256(TEAM_B)},
+            {**_entry("keyless"), "keySha256": ""},  # no tenant key yet: the admin key alone, nothing to report
             "not an object",
         ]
     }
     keys = KeyMap.from_adapters(ADMIN, document, reserved={"shared"})
     assert decide(keys, TEAM_B, "upper") == "allowed" and decide(keys, TEAM_B, "shared") == "not_found"
+    assert decide(keys, ADMIN, "keyless") == "allowed" and decide(keys, TEAM_A, "keyless") == "not_found"
     assert [p.split(":")[1].strip() for p in keys.problems] == [
         "adapters[1].keySha256",
         "adapters[3].name",

@@ -76,7 +76,7 @@ class KeyMap:
         if not isinstance(adapters, list):
             return cls(admin_key, {}, ("adapters.json: 'adapters' is not a list: no tenant key is accepted",))
         for index, entry in enumerate(adapters):
-            if not isinstance(entry, Mapping) or KEY_FIELD not in entry:
+            if not isinstance(entry, Mapping) or entry.get(KEY_FIELD) in (None, ""):
                 continue  # an adapter without a tenant key: the admin key alone reaches it
             digest, name = entry.get(KEY_FIELD), entry.get("name")
             where = f"adapters.json: adapters[{index}]"
