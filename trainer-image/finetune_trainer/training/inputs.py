@@ -22,6 +22,7 @@ from finetune_trainer.data import formats, near_duplicates, readers, split, spli
 from finetune_trainer.data.chat_template import ensure_chat_template
 from finetune_trainer.data.formats import Format
 from finetune_trainer.data.formats.base import generation_unsupported
+from finetune_trainer.data.formats.preference import PREFERENCE_UNSUPPORTED
 from finetune_trainer.data.labels import encode_labels, label_names
 from finetune_trainer.data.readers import Record
 from finetune_trainer.data.tokenization import TokenStats, tokenize_with_stats
@@ -317,14 +318,6 @@ def tokenize_data(d: Data, tokenizer: Any, max_length: int, cache: Path | None) 
         tokenized[name] = dataset
         d.report.tokens[name] = stats
     return tokenized
-
-
-PREFERENCE_UNSUPPORTED = (
-    "preference training (DPO and similar methods, which learn from a chosen and a rejected answer) is not "
-    "supported yet: lora, qlora and full fine-tune on one answer per prompt. The records are valid; to fine-tune "
-    "now, train on the prompts with their chosen answers as chat or prompt-completion data"
-)
-"""The one message for preference data asked to train (the method that would use it is what is missing)."""
 
 
 def refuse_untrainable(fmt: Format) -> None:
