@@ -186,8 +186,12 @@ def test_cp1252_csv_is_refused_at_the_line_of_the_first_bad_byte(tmp_path: Path)
 
 def test_other_encodings_are_named(tmp_path: Path) -> None:
     cyrillic = tmp_path / "ru.jsonl"
-    cyrillic.write_bytes('{"text": "ok"}\n{"text": "Привет, как дела у тебя сегодня"}\n'.encode("cp1251"))
-    with pytest.raises(DatasetInvalid, match=r"f line 2: .* likely cp1251; as cp1251 it reads .*Привет"):
+    russian = (  # "hello, how are things today", escaped: ruff flags Cyrillic letters that look Latin
+        "\u041f\u0440\u0438\u0432\u0435\u0442, \u043a\u0430\u043a \u0434\u0435\u043b\u0430 "
+        "\u0441\u0435\u0433\u043e\u0434\u043d\u044f"
+    )
+    cyrillic.write_bytes(('{"text": "ok"}\n{"text": "' + russian + '"}\n').encode("cp1251"))
+    with pytest.raises(DatasetInvalid, match=rf"f line 2: .* likely cp1251; as cp1251 it reads .*{russian[:6]}"):
         read_file(cyrillic, "jsonl", "f")
     wide = tmp_path / "u.csv"
     wide.write_text("prompt,completion\na,b\n", encoding="utf-16")  # Excel's "Unicode text"
