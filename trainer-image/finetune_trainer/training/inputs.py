@@ -170,8 +170,8 @@ def _named_splits(
         )
     for name in ("validation", "test"):
         for item in found.get(name, []):
-            log.warning("dataset.train: %s is named as the %s split (%s): read as %s, never trained on", item.obj.uri,
-                        name, named.rule, name)  # fmt: skip
+            log.warning("dataset.train: %s is named as %s (%s): read as %s, never trained on", item.obj.uri, name,
+                        named.rule, name)  # fmt: skip
     return found, named.rule
 
 
