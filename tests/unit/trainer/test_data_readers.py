@@ -152,6 +152,15 @@ def test_damaged_gzip_names_the_compression(tmp_path: Path) -> None:
     path.write_bytes(b'{"text": "not gzip"}\n')
     with pytest.raises(DatasetInvalid, match="f: not a readable gzip file"):
         read_file(path, "jsonl", "f", "gzip")
+    truncated = tmp_path / "t.jsonl.gz"
+    truncated.write_bytes(gzip.compress(b'{"text": "a"}\n' * 100)[:-30])
+    with pytest.raises(DatasetInvalid, match="f: not a readable gzip file"):
+        read_file(truncated, "jsonl", "f", "gzip")
+    for compression, suffix in (("xz", ".xz"), ("bzip2", ".bz2")):
+        damaged = tmp_path / f"d.jsonl{suffix}"
+        damaged.write_bytes(b"garbage, not compressed at all")
+        with pytest.raises(DatasetInvalid, match=f"f: not a readable {compression} file"):
+            read_file(damaged, "jsonl", "f", compression)
 
 
 def test_unsupported_compressions_and_archives_are_named() -> None:

@@ -16,8 +16,10 @@ import codecs
 import csv
 import json
 import logging
+import lzma
 import re
 import shutil
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,7 +223,7 @@ def read_file(path: Path, fmt: str, label: str, compression: str | None = None) 
     file's S3 URI). A damaged compressed stream is refused naming the compression."""
     try:
         return list(READERS[fmt](path, label, compression))
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as error:
         if compression is None:
             raise
         raise DatasetInvalid(f"{label}: not a readable {compression} file: {error}") from None
