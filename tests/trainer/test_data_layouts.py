@@ -51,7 +51,7 @@ def read_lines(s3_bucket: Any, key: str) -> list[dict[str, Any]]:
 
 def put(s3_bucket: Any, key: str, body: bytes) -> str:
     s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=key, Body=body)
-    return s3_bucket.uri(key)
+    return str(s3_bucket.uri(key))
 
 
 def jsonl(rows: list[dict[str, Any]]) -> bytes:
