@@ -89,6 +89,8 @@ def test_hf_style_folder_yields_its_three_splits_and_no_held_out_record_is_train
     train, validation, test = records(0, 40), records(100, 10), records(200, 10)
     for name, rows in (("train", train), ("validation", validation), ("test", test)):
         put_jsonl(s3_bucket.client, s3_bucket.name, f"support/{name}.jsonl", rows)
+    put(s3_bucket, "support/README.md", b"# a dataset card")  # a dataset repository's metadata, not data
+    put(s3_bucket, "support/dataset_infos.json", b'{"default": {"description": "support questions"}}')
     raw = trainer_config(s3_bucket.name, tiny_llama_uri, s3_bucket.uri("support/"))
     raw["hyperparameters"]["maxSteps"] = 2
     result = run_trainer(raw)

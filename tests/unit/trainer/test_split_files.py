@@ -84,3 +84,10 @@ def test_only_a_folder_is_split_by_names() -> None:
     assert folder_paths("s3://b/", ["train.jsonl"]) == ("s3://b/", ["train.jsonl"])
     assert folder_paths("s3://b/d/test.jsonl", ["d/test.jsonl"]) is None  # one file, named as train
     assert folder_paths("s3://b/d/test-", ["d/test-0.jsonl", "d/test-1.jsonl"]) is None  # a key prefix
+
+
+def test_a_dataset_repositorys_metadata_files_are_the_ones_datasets_ignores() -> None:
+    from datasets.data_files import FILES_TO_IGNORE
+    from finetune_trainer.data.readers import METADATA_FILES
+
+    assert frozenset(FILES_TO_IGNORE) == METADATA_FILES

@@ -42,6 +42,14 @@ EXTENSIONS: dict[str, str] = {
 }
 
 
+METADATA_FILES = frozenset(
+    {"README.md", "config.json", "dataset_info.json", "dataset_infos.json", "dummy_data.zip", "dataset_dict.json"}
+)
+"""Files of a Hugging Face dataset repository that are not data (`datasets.data_files.FILES_TO_IGNORE`, which
+tests/unit/trainer/test_split_files.py compares this with): skipped in a folder or prefix listing, read only
+when a URI names one of them itself."""
+
+
 @dataclass(frozen=True)
 class Record:
     """One data row as read (all its columns), and where it came from: `s3://b/k line 17`."""
@@ -251,7 +259,11 @@ def list_files(storage: Storage, uri: str, declared_format: str | None, field: s
         raise StorageNotFound(f"{field}: {error}") from None
     if not objects:
         raise DatasetNotFound(f"{field}: no data at {uri} (neither a file, a folder nor a key prefix)")
-    for obj in objects:
+    metadata = [o for o in objects if o.uri.name in METADATA_FILES and o.uri.key != location.key]
+    for obj in metadata:
+        log.info("%s: %s is a dataset repository's metadata, not data: not read", field, obj.uri)
+    candidates = [o for o in objects if o not in metadata]
+    for obj in candidates:
         if refused := refused_compression(obj.uri.name):
             raise DatasetInvalid(
                 f"{field}: {obj.uri} is {refused}-compressed or an archive, which the trainer does not read; "
@@ -259,7 +271,7 @@ def list_files(storage: Storage, uri: str, declared_format: str | None, field: s
             )
     usable = [
         DataFile(o, fmt, split_compression(o.uri.name)[1])
-        for o in objects
+        for o in candidates
         if (fmt := detect_format(o.uri.key, declared_format))
     ]
     if not usable:
