@@ -12,11 +12,12 @@ the exact check and not again here.
 
 How: datasketch's MinHash (128 permutations) of each training record goes into a MinHashLSH index tuned to
 `THRESHOLD`; each held-out record queries it, and every candidate is confirmed with the exact Jaccard of the two
-shingle sets, so there are no false positives; LSH may miss a pair near the threshold (rarely, at 128
-permutations). Cost, measured as CPU time on this project's development machine: about 2 s per 10k records
-of 250 characters and 4 s per 10k records of 1,000 characters (shingling and hashing, linear in the text's
-length; the LSH index holds 128 x 8 bytes per training record), so 100k chat records of 1,000 characters take
-under a minute of the CPU Validating pod, before any GPU is asked for.
+shingle sets (kept as sorted 32-bit hashes), so there are no false positives; LSH may miss a pair near the
+threshold (rarely, at 128 permutations). Cost, measured as CPU time on this project's development machine:
+about 2 s per 10k records of 200 characters and 3 s per 10k records of 900 characters (shingling and hashing
+are linear in the text's length), and about 70 MB of memory per 10k training records at its peak (the LSH index
+and the shingles' hashes); so 100k chat records take about half a minute and under 1 GB of the CPU Validating
+pod (4 GiB by default), before any GPU is asked for.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+from xxhash import xxh32_intdigest
 
 from finetune_trainer.data.split import content_hash
 
@@ -77,8 +80,17 @@ def shingles(text: str) -> set[str]:
     return {" ".join(words[i : i + SHINGLE]) for i in range(len(words) - SHINGLE + 1)}
 
 
-def jaccard(a: set[str], b: set[str]) -> float:
-    return len(a & b) / len(a | b) if a or b else 0.0
+def hashed(example: Any) -> np.ndarray:
+    """An example's shingles as sorted unique 32-bit hashes (xxh32): 4 bytes each in memory, not a string."""
+    found = shingles(normalise(text_of(example)))
+    return np.unique(np.fromiter((xxh32_intdigest(s.encode()) for s in found), dtype=np.uint32, count=len(found)))
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """The Jaccard similarity of two sorted unique hash arrays."""
+    shared = np.intersect1d(a, b, assume_unique=True).size
+    union = a.size + b.size - shared
+    return shared / union if union else 0.0
 
 
 @dataclass(frozen=True)
@@ -94,35 +106,33 @@ def near_pairs(examples: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str,
     """For validation and test: their records that nearly copy a training record, and which one (exact copies
     are left out: `split.overlap` counts them)."""
     from datasketch import MinHash, MinHashLSH
-    from xxhash import xxh32_intdigest
 
     exact = {content_hash(e) for e in examples.get("train", [])}
-    train = [normalise(text_of(e)) for e in examples.get("train", [])]
-    sets = [shingles(t) for t in train]
-    frequency: Counter[str] = Counter()
-    for found in sets:
-        frequency.update(found)
-    common = {s for s, n in frequency.items() if n > BOILERPLATE_SHARE * len(sets)} if len(sets) > 1 else set()
+    train = [hashed(e) for e in examples.get("train", [])]
+    common = np.empty(0, dtype=np.uint32)
+    if len(train) > 1:
+        values, counts = np.unique(np.concatenate(train), return_counts=True)
+        common = values[counts > BOILERPLATE_SHARE * len(train)]
+    kept = [found[~np.isin(found, common, assume_unique=True)] for found in train]
 
-    def signatures(many: Sequence[set[str]]) -> list[MinHash]:
-        encoded = [[s.encode() for s in found] for found in many]
-        return list(MinHash.bulk(encoded, num_perm=NUM_PERM, hashfunc=xxh32_intdigest))
+    def signatures(many: Sequence[np.ndarray]) -> Iterator[MinHash]:
+        """One MinHash per hash array, made as they are used (the hashes are the values: `hashfunc=int`)."""
+        yield from MinHash.generator((found.tolist() for found in many), num_perm=NUM_PERM, hashfunc=int)
 
     index = MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM)
-    kept = [found - common for found in sets]
     with index.insertion_session() as session:
         for position, (found, minhash) in enumerate(zip(kept, signatures(kept), strict=True)):
-            if found:
+            if found.size:
                 session.insert(position, minhash)
     pairs: dict[str, list[Pair]] = {}
     for name in ("validation", "test"):
         pairs[name] = []
         held = examples.get(name, [])
-        found_sets = [shingles(normalise(text_of(e))) - common for e in held]
+        found_sets = [found[~np.isin(found, common, assume_unique=True)] for found in map(hashed, held)]
         for position, (example, found, minhash) in enumerate(
             zip(held, found_sets, signatures(found_sets), strict=True)
         ):
-            if not found or content_hash(example) in exact:
+            if not found.size or content_hash(example) in exact:
                 continue
             best = max(((jaccard(found, kept[c]), c) for c in index.query(minhash)), default=(0.0, -1))
             if best[0] >= THRESHOLD:
