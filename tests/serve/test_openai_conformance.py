@@ -296,3 +296,22 @@ def test_tools_are_rendered_and_none_or_auto_answers_in_text(client: Any) -> Non
     auto = chat(client, tools=TOOLS, parallel_tool_calls=False)
     assert auto.choices[0].finish_reason in ("stop", "length")  # a random model makes no call: plain text
     refused(lambda: chat(client, tools=TOOLS, response_format={"type": "json_object"}), "response_format")
+
+
+def test_streamed_completions_carry_logprobs_echo_and_every_choice(client: Any) -> None:
+    arguments: dict[str, Any] = {"model": MODEL_NAME, "prompt": "hello world", "max_tokens": 8, "temperature": 0}
+    whole = client.completions.create(**arguments, logprobs=1, n=2)
+    tokens: dict[int, list[str]] = {0: [], 1: []}
+    texts: dict[int, str] = {0: "", 1: ""}
+    for part in client.completions.create(**arguments, logprobs=1, n=2, stream=True):
+        for choice in part.choices:
+            texts[choice.index] += choice.text
+            if choice.logprobs:
+                tokens[choice.index] += choice.logprobs.tokens
+    for index in (0, 1):
+        assert texts[index] == whole.choices[index].text
+        assert tokens[index] == whole.choices[index].logprobs.tokens
+    echoed = "".join(
+        part.choices[0].text for part in client.completions.create(**arguments, echo=True, stream=True) if part.choices
+    )
+    assert echoed == "hello world" + whole.choices[0].text
