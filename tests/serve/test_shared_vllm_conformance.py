@@ -2,16 +2,13 @@
 parameter behaves as docs/serving.md says vLLM behaves, which is where it differs from our engine. `VLLM` holds
 that column of the docs as data: "works" (checked like ours), "400" (refused, naming the parameter or not) or
 "ignored" (vLLM answers 200 and the parameter has no effect; our engine refuses it). One vLLM server of
-SmolLM2-135M-Instruct (~6 GB, minutes to start on two cores): one vLLM server at a time on a shared machine.
+SmolLM2-135M-Instruct, the one the shared-server tests ask (tests/serve/vllm_server.py), as its base model.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import time
-from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -25,12 +22,11 @@ from tests.serve.test_openai_conformance import (
     SCHEMA,
     TOOLS,
 )
-from tests.serve.test_shared_vllm import ROOT, VLLM_PYTHON
-from tests.support.ports import free_port
+from tests.serve.vllm_server import KEY, SERVED_NAME
 
 pytestmark = [pytest.mark.timeout(1800)]
 
-NAME = "smollm2"
+NAME = SERVED_NAME
 
 VLLM: dict[str, str] = {
     **{name: "ignored" for name in CHAT_REFUSED},
@@ -50,45 +46,10 @@ VLLM: dict[str, str] = {
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from finetune_operator.builders.containers import VLLM_DEVICES
-    from finetune_trainer.devtools import smollm2
-
-    subprocess.run([str(ROOT / "hack" / "venv-vllm.sh")], check=True, stdout=subprocess.DEVNULL, timeout=3000)
-    assert VLLM_PYTHON.is_file(), f"hack/venv-vllm.sh made no vLLM venv at {VLLM_PYTHON}"
-    base = smollm2.model_folder()
-    root = tmp_path_factory.mktemp("vllm-conformance")
-    port = free_port()
-    device = VLLM_DEVICES["cpu"]
-    env = {**os.environ, **dict(device.env), "VLLM_TARGET_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    command = [
-        str(VLLM_PYTHON),
-        *("-m", "vllm.entrypoints.openai.api_server", "--model", str(base), "--served-model-name", NAME),
-        *("--host", "127.0.0.1", "--port", str(port), "--max-num-seqs", "8", *device.args),
-    ]
-    log = (root / "vllm.log").open("wb")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        import httpx
-
-        deadline = time.monotonic() + 900
-        while True:
-            assert process.poll() is None, (root / "vllm.log").read_text()[-3000:]
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "vLLM did not start"
-            time.sleep(2)
-        yield openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=300)
-    finally:
-        process.terminate()
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+def client(vllm: tuple[str, Path, list[Path]]) -> Any:
+    """The official client on the serve tier's one vLLM server (tests/serve/vllm_server.py), as its base model."""
+    url, _, _ = vllm
+    return openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=300)
 
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
