@@ -46,7 +46,7 @@ def test_job_failure_policy_backoff_and_restart_policy() -> None:
     rules = job["spec"]["podFailurePolicy"]["rules"]
     assert {
         "action": "FailJob",
-        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [42]},
+        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [42, 137]},
     } in rules
     assert rules[0]["action"] == "Ignore" and rules[0]["onPodConditions"][0]["type"] == "DisruptionTarget"
     assert job["spec"]["backoffLimit"] == 4
