@@ -60,6 +60,9 @@ class Store:
         self._uids: dict[str, Key] = {}
         self._children: dict[OwnerKey, _Children] = {}  # by (namespace, FineTuneJob uid)
         self._pods: dict[OwnerKey, dict[str, PodObs]] = {}  # by (namespace, Job uid)
+        # (namespace, Job uid) -> its owner's uid: a pod's event finds its FineTuneJob in one lookup; a scan of
+        # every owner's Jobs under the lock cost O(jobs) per pod event, O(jobs^2) for a burst of them
+        self._job_owners: dict[OwnerKey, str] = {}
         self._orphans: set[tuple[str, OwnerKey]] = set()  # what the last prune found owner-less
         self._servers: dict[Key, dict[str, Any]] = {}  # ModelServer bodies (shared serving)
 
@@ -79,6 +82,7 @@ class Store:
             kids = self._children.pop((namespace, uid), None)
             for job in kids.jobs.values() if kids else ():
                 self._pods.pop((namespace, job.uid), None)
+                self._job_owners.pop((namespace, job.uid), None)
 
     def key_of(self, uid: str) -> Key | None:
         with self._lock:
@@ -93,11 +97,9 @@ class Store:
     def owner_of_pod(self, pod: PodObs) -> Key | None:
         """The FineTuneJob whose filed Job controls this pod, if any."""
         with self._lock:
-            for (namespace, uid), kids in self._children.items():
-                if namespace == pod.namespace and any(j.uid == pod.job_uid for j in kids.jobs.values()):
-                    key = self._uids.get(uid)
-                    return key if key is not None and key[0] == namespace else None
-            return None
+            owner = self._job_owners.get((pod.namespace, pod.job_uid))
+            key = self._uids.get(owner) if owner is not None else None
+            return key if key is not None and key[0] == pod.namespace else None
 
     def all_keys(self) -> list[Key]:
         with self._lock:
@@ -110,7 +112,12 @@ class Store:
         with self._lock:
             jobs = self._children.setdefault((job.namespace, job.owner_uid), _Children()).jobs
             if not (only_if_absent and job.name in jobs):
+                previous = jobs.get(job.name)
+                if previous is not None and previous.uid != job.uid:  # the name now holds a new Job
+                    self._job_owners.pop((job.namespace, previous.uid), None)
                 jobs[job.name] = job
+                if job.uid:
+                    self._job_owners[(job.namespace, job.uid)] = job.owner_uid
 
     def mark_job_deleting(self, namespace: str, owner_uid: str, name: str) -> None:
         """A foreground deletion was requested: the Job lingers until its pods are gone, and no pass may
@@ -128,6 +135,7 @@ class Store:
             gone = kids.jobs.pop(name, None)
             if gone is not None and gone.uid:
                 self._pods.pop((namespace, gone.uid), None)
+                self._job_owners.pop((namespace, gone.uid), None)
             if not kids.jobs and kids.deployment is None:
                 self._children.pop((namespace, owner_uid), None)
 
@@ -176,7 +184,9 @@ class Store:
             drop, self._orphans = found & self._orphans, found - self._orphans
             for kind, key in drop:
                 if kind == "children":
-                    self._children.pop(key, None)
+                    dropped = self._children.pop(key, None)
+                    for job in dropped.jobs.values() if dropped is not None else ():
+                        self._job_owners.pop((key[0], job.uid), None)
                 else:
                     self._pods.pop(key, None)
             return len(drop)
@@ -185,6 +195,11 @@ class Store:
         """How many child groups and pod groups are held (for tests of the bound)."""
         with self._lock:
             return len(self._children), len(self._pods)
+
+    def job_owner_entries(self) -> int:
+        """How many Job -> owner index entries are held (for tests of the bound: none outlives its Job)."""
+        with self._lock:
+            return len(self._job_owners)
 
     def put_server(self, body: dict[str, Any]) -> Key:
         meta = body["metadata"]
