@@ -48,9 +48,7 @@ def _one_failed_pod_and_no_more(jobs: Jobs, namespace: str, job_name: str) -> No
     assert len(jobs.pods(namespace, job_name)) == 1
 
 
-def test_an_oom_killed_trainer_is_out_of_memory_and_is_not_retried(
-    operator: Any, jobs: Jobs, namespace: str
-) -> None:
+def test_an_oom_killed_trainer_is_out_of_memory_and_is_not_retried(operator: Any, jobs: Jobs, namespace: str) -> None:
     annotations = kwok_annotations(137, delay="300ms", reason="OOMKilled")
     jobs.create(namespace, ftj_manifest("oom", resources={"memory": "1Gi"}, podMetadata={"annotations": annotations}))
     status = jobs.wait_phase(namespace, "oom", "Failed", timeout=60)

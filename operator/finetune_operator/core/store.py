@@ -75,6 +75,15 @@ class Store:
                 self._uids[meta["uid"]] = key
         return key
 
+    def holds(self, body: dict[str, Any]) -> bool:
+        """Whether this very version of the body (its resourceVersion) is already held: the watch event of a
+        status the operator itself wrote, filed from the write's answer by the pass that made it."""
+        meta = body["metadata"]
+        with self._lock:
+            held = self._bodies.get((meta["namespace"], meta["name"]))
+            version = str(meta.get("resourceVersion") or "")
+            return held is not None and bool(version) and str(held["metadata"].get("resourceVersion")) == version
+
     def forget_body(self, namespace: str, name: str, uid: str) -> None:
         with self._lock:
             self._bodies.pop((namespace, name), None)

@@ -63,12 +63,12 @@ def plan_summary(memory_plan: dict[str, Any] | None) -> str:
         return "no memory plan was recorded (the data check did not run or predates it)"
     fits = "fits" if memory_plan.get("fits") else "does NOT fit"
     checkpointing = "on" if memory_plan.get("gradientCheckpointing") else "off"
+    get = memory_plan.get
     return (
-        f"memory plan: estimate {_gib(memory_plan.get('estimateBytes'))} against a budget of "
-        f"{_gib(memory_plan.get('budgetBytes'))} on {memory_plan.get('accelerator', '?')} ({fits}; peak at "
-        f"{memory_plan.get('peakAt', '?')}), micro-batch {memory_plan.get('microBatch', '?')} x "
-        f"{memory_plan.get('gradientAccumulationSteps', '?')} accumulation steps, gradient checkpointing "
-        f"{checkpointing}, precision {memory_plan.get('precision', '?')}, world size {memory_plan.get('worldSize', '?')}"
+        f"memory plan: estimate {_gib(get('estimateBytes'))} against a budget of {_gib(get('budgetBytes'))} on "
+        f"{get('accelerator', '?')} ({fits}; peak at {get('peakAt', '?')}), micro-batch {get('microBatch', '?')} x "
+        f"{get('gradientAccumulationSteps', '?')} accumulation steps, gradient checkpointing {checkpointing}, "
+        f"precision {get('precision', '?')}, world size {get('worldSize', '?')}"
     )
 
 

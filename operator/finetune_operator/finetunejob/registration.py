@@ -30,6 +30,12 @@ def _job_body(loop: Reconciler, event: str, body: dict[str, Any]) -> list[Key]:
         loop.store.forget_body(meta["namespace"], meta["name"], meta["uid"])
         JOBS_BY_PHASE.forget(meta["namespace"], meta["name"])
         return []
+    if loop.store.holds(body):
+        # The event of a status this operator wrote: the pass that wrote it filed the answer and decided on
+        # everything it changed; a pass for it would be one more per status write (about a third of all passes
+        # at 500 jobs), every one a no-op, queued ahead of new FineTuneJobs and after it. A change by anyone
+        # else has a new resourceVersion; the resync still visits every key.
+        return []
     return [loop.store.put_body(body)]
 
 

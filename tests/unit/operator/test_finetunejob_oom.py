@@ -35,7 +35,9 @@ MEMORY_PLAN = {
 
 def _failed_job(**kw: Any) -> JobObs:
     defaults = {"placement_hash": placement_spec_hash(spec()), "training_hash": training_spec_hash(spec())}
-    return JobObs("support-bot-r1", 1, failed=1, failed_condition=True, failure_reason="PodFailurePolicy", **{**defaults, **kw})
+    return JobObs(
+        "support-bot-r1", 1, failed=1, failed_condition=True, failure_reason="PodFailurePolicy", **{**defaults, **kw}
+    )
 
 
 def _oom_killed(name: str = "support-bot-r1-abcde") -> PodObs:
@@ -66,7 +68,9 @@ def test_exit_137_fails_the_job_at_once_after_the_disruption_rule() -> None:
 def test_an_oom_kill_is_out_of_memory_not_a_retry() -> None:
     state = training_state(_failed_job(), [_oom_killed()], suspend=False, kueue=False, progress={}, run=1)
     assert (state.phase, state.reason) == ("Failed", "OutOfMemory")
-    assert state.error is not None and "OOMKilled" in state.error.message and "support-bot-r1-abcde" in state.error.message
+    assert (
+        state.error is not None and "OOMKilled" in state.error.message and "support-bot-r1-abcde" in state.error.message
+    )
 
 
 def test_a_sigkill_without_oomkilled_is_named_as_such() -> None:
@@ -125,7 +129,10 @@ def test_a_cuda_oom_reported_by_the_trainer_gets_the_same_reason_and_plan() -> N
 
 def test_changes_skip_levers_already_pulled_and_put_the_plans_own_first() -> None:
     pulled = spec(hyperparameters={"batchSize": "auto", "gradientCheckpointing": True}, method={"type": "qlora"})
-    plan_with = {**MEMORY_PLAN, "suggestions": [{"change": "fsdp over 2 GPUs", "estimateBytes": 11 * GIB, "fits": True}]}
+    plan_with = {
+        **MEMORY_PLAN,
+        "suggestions": [{"change": "fsdp over 2 GPUs", "estimateBytes": 11 * GIB, "fits": True}],
+    }
     changes = changes_that_fit(pulled, plan_with, host=False)
     assert changes[0] == "fsdp over 2 GPUs (estimate 11.0 GiB)"
     assert not any("batchSize" in c or "gradientCheckpointing" in c or "qlora" in c for c in changes)
