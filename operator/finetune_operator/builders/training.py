@@ -256,6 +256,8 @@ def training_job(spec: FineTuneJobSpec, owner: Owner, run: int, training_hash: s
         "podFailurePolicy": pod_failure_policy(),
         "template": {"metadata": pod_metadata(spec, labels), "spec": pod_spec},
     }
+    if spec.resources.max_duration_seconds is not None:  # the Job controller stops its pods and fails it past this
+        job_spec["activeDeadlineSeconds"] = spec.resources.max_duration_seconds
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
 
 

@@ -67,6 +67,13 @@ def _failed(job: JobObs, pods: Sequence[PodObs], attempts: int) -> TrainingState
         error = ErrorInfo(*kill_error(killed, job.component))
     elif job.failure_reason == "PodFailurePolicy" and report and report.code not in ("Succeeded", "InternalError"):
         error = ErrorInfo(report.code, report.message)
+    elif job.failure_reason == "DeadlineExceeded" and job.component != COMPONENT_VALIDATOR:
+        # the training Job's activeDeadlineSeconds is only ever spec.resources.maxDuration (builders/training.py)
+        error = ErrorInfo(
+            "MaxDurationExceeded",
+            f"training Job {job.name} ran longer than spec.resources.maxDuration and its pods were stopped; raise "
+            "it (the Job is replaced and resumes from the last checkpoint) or annotate finetune.dev/retry",
+        )
     elif job.failure_reason == "BackoffLimitExceeded":
         last = f"; last attempt: {report.code}: {report.message}" if report else ""
         error = ErrorInfo("BackoffLimitExceeded", f"{attempts} attempts failed{last}")
