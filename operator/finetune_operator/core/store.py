@@ -41,6 +41,7 @@ class View:
     jobs: tuple[JobObs, ...]
     pods: tuple[PodObs, ...]
     deployment: DeploymentObs | None
+    progress: dict[str, Any] | None = None  # the trainer's validated report (finetunejob/progress.py), if any
 
 
 def _newer_or_equal(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
@@ -63,6 +64,8 @@ class Store:
         # (namespace, Job uid) -> its owner's uid: a pod's event finds its FineTuneJob in one lookup; a scan of
         # every owner's Jobs under the lock cost O(jobs) per pod event, O(jobs^2) for a burst of them
         self._job_owners: dict[OwnerKey, str] = {}
+        # (namespace, FineTuneJob uid) -> the trainer's validated progress report, from the watched ConfigMap
+        self._progress: dict[OwnerKey, dict[str, Any]] = {}
         self._orphans: set[tuple[str, OwnerKey]] = set()  # what the last prune found owner-less
         self._servers: dict[Key, dict[str, Any]] = {}  # ModelServer bodies (shared serving)
 
@@ -89,6 +92,7 @@ class Store:
             self._bodies.pop((namespace, name), None)
             self._uids.pop(uid, None)
             kids = self._children.pop((namespace, uid), None)
+            self._progress.pop((namespace, uid), None)
             for job in kids.jobs.values() if kids else ():
                 self._pods.pop((namespace, job.uid), None)
                 self._job_owners.pop((namespace, job.uid), None)
@@ -164,6 +168,18 @@ class Store:
             if not pods:
                 self._pods.pop((pod.namespace, pod.job_uid), None)
 
+    def put_progress(self, namespace: str, owner_uid: str, report: dict[str, Any] | None) -> bool:
+        """File the trainer's validated report for its FineTuneJob (None: none, or none that passed the checks);
+        whether it changed what is held (an unchanged report queues no pass)."""
+        with self._lock:
+            key = (namespace, owner_uid)
+            if report is None:
+                return self._progress.pop(key, None) is not None
+            if self._progress.get(key) == report:
+                return False
+            self._progress[key] = copy.deepcopy(report)
+            return True
+
     def put_deployment(self, deployment: DeploymentObs) -> None:
         if not deployment.owner_uid:
             return
@@ -190,12 +206,15 @@ class Store:
             jobs = {(k[0], j.uid) for k, kids in self._children.items() if k in live for j in kids.jobs.values()}
             found = {("children", k) for k in self._children if k not in live}
             found |= {("pods", k) for k in self._pods if k not in jobs}
+            found |= {("progress", k) for k in self._progress if k not in live}
             drop, self._orphans = found & self._orphans, found - self._orphans
             for kind, key in drop:
                 if kind == "children":
                     dropped = self._children.pop(key, None)
                     for job in dropped.jobs.values() if dropped is not None else ():
                         self._job_owners.pop((key[0], job.uid), None)
+                elif kind == "progress":
+                    self._progress.pop(key, None)
                 else:
                     self._pods.pop(key, None)
             return len(drop)
@@ -209,6 +228,11 @@ class Store:
         """How many Job -> owner index entries are held (for tests of the bound: none outlives its Job)."""
         with self._lock:
             return len(self._job_owners)
+
+    def progress_entries(self) -> int:
+        """How many progress reports are held (for tests of the bound: none outlives its FineTuneJob)."""
+        with self._lock:
+            return len(self._progress)
 
     def put_server(self, body: dict[str, Any]) -> Key:
         meta = body["metadata"]
@@ -243,4 +267,11 @@ class Store:
                 return None
             kids = self._children.get((key[0], body["metadata"]["uid"]), _Children())
             pods = [p for j in kids.jobs.values() if j.uid for p in self._pods.get((key[0], j.uid), {}).values()]
-            return View(copy.deepcopy(body), tuple(kids.jobs.values()), tuple(pods), kids.deployment)
+            progress = self._progress.get((key[0], body["metadata"]["uid"]))
+            return View(
+                copy.deepcopy(body),
+                tuple(kids.jobs.values()),
+                tuple(pods),
+                kids.deployment,
+                copy.deepcopy(progress) if progress is not None else None,
+            )

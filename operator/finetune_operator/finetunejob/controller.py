@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from finetune_operator.api.base import invalid_spec_message
 from finetune_operator.api.finetunejob import parse_spec
-from finetune_operator.api.labels import ANNOTATION_RETRY, Names
+from finetune_operator.api.labels import ANNOTATION_RETRY
 from finetune_operator.api.modelserver import server_ref
 from finetune_operator.api.objects import Manifest, Owner
 from finetune_operator.core.errors import NameTaken, PermanentError, TemporaryError
@@ -27,8 +27,7 @@ from finetune_operator.core.settings import Settings
 from finetune_operator.core.status_patch import merge_patch, now_rfc3339
 from finetune_operator.core.store import Key, Store
 from finetune_operator.core.workqueue import RequeueError
-from finetune_operator.finetunejob.plan import Plan, Snapshot, needs_progress_read, needs_secret_check, plan
-from finetune_operator.finetunejob.progress import report_in
+from finetune_operator.finetunejob.plan import Plan, Snapshot, needs_secret_check, plan
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +86,13 @@ class Reconciler:
             deployment=view.deployment,
             now=now_rfc3339(),
             retry_token=retry_token,
+            progress=view.progress,
         )
         if spec.serving.server:  # shared serving: the verdict is in the server's status (modelserver/controller.py)
             snapshot = replace(snapshot, server=self.store.server(server_ref(spec.serving.server, owner.namespace)))
         if self.settings.secret_check and needs_secret_check(snapshot):
             present = self.kube.exists_metadata("v1", "Secret", owner.namespace, spec.storage.credentials_secret)
             snapshot = replace(snapshot, secret_present=present)
-        if needs_progress_read(snapshot):
-            progress = self.kube.get("v1", "ConfigMap", owner.namespace, Names.of(owner.name).progress)
-            snapshot = replace(snapshot, progress=report_in(progress, owner.uid))
         decided = plan(snapshot, self.settings)
         try:
             self._execute(owner, decided)

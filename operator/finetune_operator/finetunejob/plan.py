@@ -53,12 +53,9 @@ from finetune_operator.finetunejob.status import Outcome, status_of
 from finetune_operator.finetunejob.training_state import ErrorInfo, TrainingState, training_state
 from finetune_operator.finetunejob.validation import Validation, validation_of
 
-__all__ = ["Plan", "Snapshot", "needs_progress_read", "needs_secret_check", "plan", "run_of"]
+__all__ = ["Plan", "Snapshot", "needs_secret_check", "plan", "run_of"]
 
 TERMINAL = ("Failed", "Succeeded", "Serving", "Publishing")
-PROGRESS_SECONDS = 5.0
-"""How often a pass reads the progress ConfigMap while the run's training pods run (the trainer writes at most
-every 5 s): the operator watches no FineTuneJob's ConfigMaps (only a ModelServer's, label-selected)."""
 
 
 @dataclass
@@ -85,15 +82,6 @@ def needs_secret_check(snapshot: Snapshot) -> bool:
     run, _ = run_of(snapshot)
     finished = _finished_before(snapshot.status, run, snapshot.spec, _retry_requested(snapshot))
     return not any(j.run == run for j in snapshot.jobs) and not finished
-
-
-def needs_progress_read(snapshot: Snapshot) -> bool:
-    """Read the trainer's progress ConfigMap only while a training pod of the current run runs."""
-    run, _ = run_of(snapshot)
-    job = next((j for j in snapshot.jobs if j.run == run and j.component == COMPONENT_TRAINER), None)
-    if job is None or job.finished:
-        return False
-    return any(p.run == run and p.component == COMPONENT_TRAINER and p.phase == "Running" for p in snapshot.pods)
 
 
 def _retry_requested(snapshot: Snapshot) -> bool:
@@ -367,8 +355,8 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
 
 
 def _requeue_after(snapshot: Snapshot, state: TrainingState, settings: Settings) -> float | None:
-    """A missing Secret is looked up again, and a running trainer's progress read again, on a timer: neither
-    is watched."""
+    """A missing Secret is looked up again on a timer (Secrets are not watched: the operator reads none). The
+    trainer's progress needs no timer: its ConfigMap is watched (registration.py)."""
     if state.reason == "SecretMissing":
         return settings.secret_recheck_seconds
-    return PROGRESS_SECONDS if needs_progress_read(snapshot) else None
+    return None
