@@ -50,7 +50,7 @@ def _one_failed_pod_and_no_more(jobs: Jobs, namespace: str, job_name: str) -> No
 
 def test_an_oom_killed_trainer_is_out_of_memory_and_is_not_retried(operator: Any, jobs: Jobs, namespace: str) -> None:
     annotations = kwok_annotations(137, delay="300ms", reason="OOMKilled")
-    jobs.create(namespace, ftj_manifest("oom", resources={"memory": "1Gi"}, podMetadata={"annotations": annotations}))
+    jobs.create(namespace, ftj_manifest("oom", podMetadata={"annotations": annotations}))
     status = jobs.wait_phase(namespace, "oom", "Failed", timeout=60)
     error = status["error"]
     assert error["code"] == "OutOfMemory", error
@@ -65,7 +65,7 @@ def test_the_message_carries_the_plan_the_data_check_recorded(
     operator_factory: Any, jobs: Jobs, namespace: str
 ) -> None:
     operator_factory(namespace, args=["--validation", "--backoff-limit", "2"])
-    jobs.create(namespace, ftj_manifest("planned", resources={"memory": "2Gi"}))
+    jobs.create(namespace, ftj_manifest("planned"))
     check = wait_for("the validation Job", lambda: next(iter(jobs.training_jobs(namespace, "planned")), None))
     summary = {"schema": "chat", "records": {"train": 80}, "memoryPlan": MEMORY_PLAN}
     validated = json.dumps({"code": "Succeeded", "message": "validated", "summary": summary})
@@ -93,7 +93,7 @@ def test_a_cuda_out_of_memory_is_the_same_reason(operator: Any, jobs: Jobs, name
 def test_raising_memory_after_an_oom_kill_runs_it_again(operator: Any, jobs: Jobs, namespace: str) -> None:
     """Not retried identically, but retried once the spec changes what ran out."""
     annotations = kwok_annotations(137, delay="300ms", reason="OOMKilled")
-    jobs.create(namespace, ftj_manifest("grow", resources={"memory": "1Gi"}, podMetadata={"annotations": annotations}))
+    jobs.create(namespace, ftj_manifest("grow", podMetadata={"annotations": annotations}))
     assert jobs.wait_phase(namespace, "grow", "Failed", timeout=60)["error"]["code"] == "OutOfMemory"
     done = {"annotations": kwok_annotations(0, success_message(), delay="300ms")}
     jobs.patch_spec(namespace, "grow", {"resources": {"memory": "4Gi"}, "podMetadata": done})
