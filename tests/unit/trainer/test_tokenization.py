@@ -191,5 +191,5 @@ def test_sharegpt_roles_and_system_field(tokenizer: Any) -> None:
 
 def test_preference_is_refused_for_training(tokenizer: Any) -> None:
     rows = examples("preference", FORMATS["preference"].example)
-    with pytest.raises(DatasetInvalid, match="no training method uses them yet"):
+    with pytest.raises(DatasetInvalid, match=r"preference training \(DPO and similar methods.*is not supported yet"):
         tokenize_with_stats(rows, tokenizer, "preference", 64, None, "train")
