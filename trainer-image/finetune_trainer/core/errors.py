@@ -142,6 +142,13 @@ class StorageUnavailable(InternalError):
     code: ClassVar[str] = "StorageUnavailable"
 
 
+class InsufficientDisk(InternalError):
+    """A download would not fit on the pod's disk (checked before the first byte, core/disk.py): retryable, since
+    the space is the node's and another node, or this one cleaned up, may have it."""
+
+    code: ClassVar[str] = "InsufficientDisk"
+
+
 def as_trainer_error(error: BaseException) -> TrainerError:
     """The contract outcome of any exception: itself when classified, else InternalError (retryable)."""
     if isinstance(error, TrainerError):
