@@ -205,9 +205,17 @@ class ServingSpec(SpecModel):
     engine: Literal["transformers", "vllm"] = "transformers"
     max_concurrency: int = 8
     api_key_secret: str = ""
+    """A Secret of the user's (key apiKey); empty: the operator generates one unless allow_unauthenticated."""
+    allow_unauthenticated: bool = False
+    """The explicit opt-out of any key (the CRD refuses it together with api_key_secret or server)."""
     resources: ServingResourcesSpec = ServingResourcesSpec()
     server: str = ""
     """A ModelServer (NAME or NAMESPACE/NAME) holding the adapter instead of a Deployment of its own."""
+
+    @property
+    def generates_key(self) -> bool:
+        """Whether the operator makes this endpoint's key (a shared server's tenant always gets its own)."""
+        return self.enabled and not self.api_key_secret and not self.allow_unauthenticated
 
 
 class PodMetadataSpec(SpecModel):

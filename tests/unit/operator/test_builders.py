@@ -244,7 +244,7 @@ def test_serving_bundle_rolls_on_model_change_and_adds_pdb_for_replicas() -> Non
     one = serving_bundle(s, OWNER, Published(1, "causal-lm", "s3://m/", "s3://o/run-1/model/", True), SETTINGS)
     two = serving_bundle(s, OWNER, Published(2, "causal-lm", "s3://m/", "s3://o/run-2/model/", True), SETTINGS)
     kinds = [m["kind"] for m in one]
-    assert kinds == ["ConfigMap", "Service", "PodDisruptionBudget", "Deployment"]
+    assert kinds == ["ConfigMap", "Service", "NetworkPolicy", "PodDisruptionBudget", "Deployment"]
     d1, d2 = one[-1], two[-1]
     assert d1["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
     t1, t2 = d1["spec"]["template"]["metadata"], d2["spec"]["template"]["metadata"]
