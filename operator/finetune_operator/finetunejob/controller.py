@@ -39,8 +39,7 @@ from finetune_operator.core.status_patch import merge_patch, now_rfc3339
 from finetune_operator.core.store import Key, Store
 from finetune_operator.core.workqueue import RequeueError
 from finetune_operator.finetunejob.apikey import ApiKey, needs_key, recorded_key
-from finetune_operator.finetunejob.plan import Plan, Snapshot, needs_progress_read, needs_secret_check, plan
-from finetune_operator.finetunejob.progress import report_in
+from finetune_operator.finetunejob.plan import Plan, Snapshot, needs_secret_check, plan
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +98,7 @@ class Reconciler:
             deployment=view.deployment,
             now=now_rfc3339(),
             retry_token=retry_token,
+            progress=view.progress,
         )
         if spec.serving.server:  # shared serving: the verdict is in the server's status (modelserver/controller.py)
             snapshot = replace(snapshot, server=self.store.server(server_ref(spec.serving.server, owner.namespace)))
@@ -109,9 +109,6 @@ class Reconciler:
             snapshot = replace(snapshot, trainer_rules=self._trainer_rules(owner))
         if needs_key(spec, owner, status) or self._key_deleted(spec, owner, status):
             snapshot = replace(snapshot, **self._generated_key(owner))
-        if needs_progress_read(snapshot):
-            progress = self.kube.get("v1", "ConfigMap", owner.namespace, Names.of(owner.name).progress)
-            snapshot = replace(snapshot, progress=report_in(progress, owner.uid))
         decided = plan(snapshot, self.settings)
         try:
             self._execute(owner, decided)

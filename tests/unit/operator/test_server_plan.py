@@ -279,7 +279,7 @@ def test_shared_child_resources_are_streamed_by_one_selector_naming_every_compon
     found = selectors((FINETUNEJOB, FINETUNESWEEP, MODELSERVER))
     assert found[PODS] == "finetune.dev/component in (model-server,trainer,validator)"
     assert found[DEPLOYMENTS] == "finetune.dev/component in (model-server,serving)"
-    assert found[CONFIG_MAPS] == "finetune.dev/server-uid,finetune.dev/component in (model-server)"
+    assert found[CONFIG_MAPS] == "finetune.dev/component in (model-server,trainer-progress)"
     assert found[REPLICA_SETS] == "finetune.dev/server-uid,finetune.dev/component in (model-server)"
     assert all(r.plural not in ("finetunejobs", "modelservers", "finetunesweeps") for r in found)
     # alone, a kind keeps its own selector: what the FineTuneJob loop streamed before ModelServers watched pods
