@@ -59,7 +59,8 @@ def test_trainer_accepts_the_evaluation_fields_as_rendered() -> None:
     config = parse_config(rendered, "operator rendering").evaluation
     assert config.interval_steps == 10 and config.early_stopping is not None and config.early_stopping.min_delta == 0.01
     assert config.generation is not None and config.generation.regex == "[0-9]+" and config.generation.json_valid
-    plain = json.loads(trainer_config_map(parse_spec(raw), OWNER, 1)["data"]["config.json"])
+    bare = {**raw, "evaluation": {"compareBaseModel": True, "gate": [{"metric": "test_loss", "max": 1.0}]}}
+    plain = json.loads(trainer_config_map(parse_spec(bare), OWNER, 1)["data"]["config.json"])
     assert set(plain["evaluation"]) == {"compareBaseModel"}  # nothing set: rendered as before
 
 
