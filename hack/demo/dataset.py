@@ -138,7 +138,8 @@ INTENTS: tuple[Intent, ...] = (
     Intent(
         "returns",
         "refund",
-        "Returns are free within 30 days. Open Orders, pick the order and press Return; the money arrives in five days.",
+        "Returns are free within 30 days. Open Orders, pick the order and press Return; the money arrives in "
+        "five days.",
         (
             "How do I get a refund?",
             "I want my money back.",
@@ -214,7 +215,8 @@ INTENTS: tuple[Intent, ...] = (
     Intent(
         "payments",
         "charged-twice",
-        "A double charge is usually a card hold that disappears within three days. If not, reply with the order number.",
+        "A double charge is usually a card hold that disappears within three days. If not, reply with the order "
+        "number.",
         (
             "I was charged twice.",
             "Why did you take my money two times?",

@@ -179,8 +179,10 @@ def main() -> int:
         print(f"base:       {before.get(question, '(not in metrics.json)')}")
         print(f"fine-tuned: {after}")
     samples = len(document.get("generation") or [])
-    print(f"\n{samples} test questions, answered by both models; run {document.get('run')}: {document.get('steps')} steps "
-          f"in {document.get('trainRuntimeSeconds')} s; {document.get('selection') or 'the last step kept'}")
+    print(
+        f"\n{samples} test questions, answered by both models; run {document.get('run')}: {document.get('steps')} "
+        f"steps in {document.get('trainRuntimeSeconds')} s; kept {document.get('selection') or 'the last step'}"
+    )
     base, tuned = (document.get("baseModel") or {}).get("test") or {}, (status.get("metrics") or {}).get("test") or {}
     for line in score_lines(base, tuned):
         print(line)

@@ -46,7 +46,7 @@ def upload_model(s3: Any, folder: Path, bucket: str, prefix: str) -> bool:
 
 
 def seed(s3: Any, data_seed: int = 42) -> None:
-    """Buckets `models`, `data`, `artifacts`; the dataset (`dataset.py`); the converted SmolLM2 (converted and sent once)."""
+    """Buckets `models`, `data`, `artifacts`; the dataset (`dataset.py`); SmolLM2 (converted and sent once)."""
     from finetune_trainer.devtools import smollm2
 
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}

@@ -123,7 +123,11 @@ def test_quickstart_trains_evaluates_publishes_and_serves(cluster: Cluster, name
     with port_forward(cluster.kubeconfig, namespace, service, 8000) as port:
         from query import api_key
 
-        key = api_key(cluster.core, namespace, cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "quickstart"))
+        key = api_key(
+            cluster.core,
+            namespace,
+            cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "quickstart"),
+        )
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key or "unused", max_retries=0)
         for _ in range(60):
             try:
