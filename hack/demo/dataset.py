@@ -325,7 +325,7 @@ INTENTS: tuple[Intent, ...] = (
 
 OPENINGS = ("", "Hi. ", "Hello, ", "Good morning! ", "Hey there. ", "Quick question: ")
 CLOSINGS = ("", " Thanks.", " Thank you!", " Please help.")
-COPIES = 3
+COPIES = 2
 """Each training question appears this many times, each with a different opening/closing pair."""
 NEAR_LIMIT = 0.75
 """The word-set Jaccard similarity above which a held-out question counts as a copy of a training question."""

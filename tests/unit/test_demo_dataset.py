@@ -29,7 +29,7 @@ def test_dataset_is_deterministic_and_sized() -> None:
     assert dataset.jsonl(dataset.build(seed=7)["train"]) != dataset.jsonl(first["train"])  # the seed is used
     intents = len(dataset.INTENTS)
     assert len({i.topic for i in dataset.INTENTS}) == 6 and intents == 18
-    assert len(first["train"]) == sum(len(i.train) for i in dataset.INTENTS) * dataset.COPIES
+    assert len(first["train"]) == sum(len(i.train) for i in dataset.INTENTS) * dataset.COPIES == 216
     assert len(first["validation"]) == len(first["test"]) == 2 * intents
     # the first `intents` test records ask every intent once (what a small evaluation.generation.maxSamples sees)
     answers = [r["messages"][2]["content"] for r in first["test"][:intents]]
