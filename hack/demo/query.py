@@ -9,7 +9,7 @@ model never saw (`dataset.py`: the test split holds other paraphrases of the tra
     trainer before training (`evaluation.compareBaseModel`; the run's metrics.json keeps both models' answers);
   - the scores on the whole test split, base and fine-tuned: exact match, token F1 and ROUGE-L of the answers
     (`evaluation.generation`), test loss and perplexity, and the step kept (early stopping on validation loss).
-The endpoint's API key, where serving has one, is read from its Secret (`api_key`).
+The endpoint's API key is read from the Secret `status.serving.apiKeySecret` names (`endpoint_key`).
 """
 
 from __future__ import annotations
@@ -43,25 +43,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def api_key(core: Any, namespace: str, ftj: dict[str, Any]) -> str | None:
-    """The endpoint's API key: the Secret `spec.serving.apiKeySecret` names, else `<name>-api-key` (the Secret
-    generated when serving requires a key by default), key `apiKey`; None when neither exists (an open endpoint)."""
-    from kubernetes.client.exceptions import ApiException
-
-    named = (ftj["spec"].get("serving") or {}).get("apiKeySecret")
-    for secret in [named] if named else [f"{ftj['metadata']['name']}-api-key"]:
-        try:
-            data = core.read_namespaced_secret(secret, namespace).data or {}
-        except ApiException as error:
-            if error.status == 404 and not named:
-                return None
-            raise
-        if "apiKey" not in data:
-            raise SystemExit(f"Secret {namespace}/{secret} has no key apiKey (the endpoint's API key)")
-        return base64.b64decode(data["apiKey"]).decode()
-    return None
-
-
 def wait_for_models(openai: Any, timeout: float = 300) -> list[str]:
     """The served model ids, once the server answers (a port-forward or a model load takes a moment)."""
     deadline = time.monotonic() + timeout
@@ -84,6 +65,17 @@ def ask(openai: Any, model: str, questions: list[str], max_tokens: int) -> list[
 
     with ThreadPoolExecutor(len(questions)) as pool:
         return list(pool.map(one, questions))
+
+
+def endpoint_key(core: Any, namespace: str, status: dict[str, Any]) -> str:
+    """The endpoint's API key, read as a user does (kubectl get secret NAME -o jsonpath='{.data.apiKey}' | base64
+    -d) from the Secret status.serving.apiKeySecret names (the operator generated it unless the manifest named
+    one); "none" for an endpoint whose manifest opted out (serving.allowUnauthenticated)."""
+    secret = (status.get("serving") or {}).get("apiKeySecret")
+    if not secret:
+        return "none"
+    data = core.read_namespaced_secret(secret, namespace).data
+    return base64.b64decode(data["apiKey"]).decode()
 
 
 @contextmanager
@@ -160,12 +152,12 @@ def main() -> int:
     endpoint = status["endpoint"]
     shown = shown_questions()
     questions = [question for question, _ in shown.values()]
-    key = api_key(client.CoreV1Api(), args.namespace, ftj)
+    key = endpoint_key(client.CoreV1Api(), args.namespace, status)
 
     with endpoint_forward(args.namespace, endpoint["url"]) as url:
-        tuned = OpenAI(base_url=url, api_key=key or "unused", max_retries=0, timeout=600)
+        tuned = OpenAI(base_url=url, api_key=key, max_retries=0, timeout=600)
         served = wait_for_models(tuned, timeout=60)
-        keyed = "with its API key" if key else "no API key"
+        keyed = "no API key (allowUnauthenticated)" if key == "none" else "with its API key"
         print(f"endpoint {endpoint['url']} serves {served} (run {endpoint.get('run')}, {keyed})", flush=True)
         tuned_answers = ask(tuned, endpoint["model"], questions, args.max_tokens)
     run_folder = status["artifacts"]["report"].rsplit("/", 1)[0]

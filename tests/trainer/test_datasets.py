@@ -327,7 +327,9 @@ def test_preference_is_validated_but_not_trained(s3_bucket: Any, run_trainer: Ru
     train = put_jsonl(s3_bucket.client, s3_bucket.name, "data/pref.jsonl", records)
     raw = without_schema(trainer_config(s3_bucket.name, s3_bucket.uri("models/absent/"), train))
     result = run_trainer(raw)  # refused before the (absent) model is looked at
-    assert_user_error(result, "DatasetInvalid", "dataset.schema preference", "no training method uses this schema yet")
+    assert_user_error(
+        result, "DatasetInvalid", "dataset.schema preference: preference training (DPO", "is not supported yet"
+    )
 
     records[7] = {"prompt": "q7", "chosen": "good"}
     put_jsonl(s3_bucket.client, s3_bucket.name, "data/pref.jsonl", records)

@@ -7,11 +7,9 @@ the files are the same bytes on every run (the e2e test and `make demo` upload w
 
 from __future__ import annotations
 
-import base64
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -102,33 +100,3 @@ def test_query_reads_base_answers_and_prints_scores() -> None:
         "rouge_l         0.100       0.900",
         "loss            3.000       1.250",
     ]
-
-
-class _Secrets:
-    """The one CoreV1Api call `api_key` makes, over a dict of Secrets."""
-
-    def __init__(self, secrets: dict[str, dict[str, str]]) -> None:
-        self.secrets = secrets
-
-    def read_namespaced_secret(self, name: str, namespace: str) -> Any:
-        from kubernetes.client import V1Secret
-        from kubernetes.client.exceptions import ApiException
-
-        if name not in self.secrets:
-            raise ApiException(status=404, reason="Not Found")
-        data = {k: base64.b64encode(v.encode()).decode() for k, v in self.secrets[name].items()}
-        return V1Secret(data=data)
-
-
-def test_query_finds_the_endpoint_api_key() -> None:
-    ftj: dict[str, Any] = {"metadata": {"name": "quickstart"}, "spec": {"serving": {"enabled": True}}}
-    assert query.api_key(_Secrets({}), "demo", ftj) is None  # an open endpoint
-    assert query.api_key(_Secrets({"quickstart-api-key": {"apiKey": "sk-gen"}}), "demo", ftj) == "sk-gen"
-    named = {**ftj, "spec": {"serving": {"apiKeySecret": "mine"}}}
-    assert query.api_key(_Secrets({"mine": {"apiKey": "sk-mine"}}), "demo", named) == "sk-mine"
-    from kubernetes.client.exceptions import ApiException
-
-    with pytest.raises(ApiException):  # a named Secret that is missing is an error, not an open endpoint
-        query.api_key(_Secrets({}), "demo", named)
-    with pytest.raises(SystemExit, match="no key apiKey"):
-        query.api_key(_Secrets({"mine": {"key": "x"}}), "demo", named)

@@ -28,6 +28,14 @@ SUMMARY = {
     "truncated": {"train": 0, "validation": 0, "test": 0},
     "estimatedSteps": 20,
     "files": ["s3://data/support/train.jsonl"],
+    "splitSources": {
+        "train": "dataset.train",
+        "validation": "file names in dataset.train (...)",
+        "test": "dataset.test",
+    },
+    "splitRule": "",
+    "nearOverlapWithTrain": {"validation": 0, "test": 1},
+    "nearOverlapExamples": {"validation": [], "test": ["s3://data/t.jsonl line 1 ~ s3://data/d.jsonl line 9 (0.8)"]},
 }
 
 
@@ -99,7 +107,15 @@ def test_a_passed_check_records_its_summary_and_creates_the_training_job() -> No
     assert recorded["passed"] is True and recorded["key"] == validation_spec_hash(spec())
     assert recorded["records"] == SUMMARY["records"] and recorded["estimatedSteps"] == 20
     assert "files" not in recorded  # file lists stay in the pod's log, not in status
+    for key in ("splitSources", "splitRule", "nearOverlapWithTrain"):  # issue 25: where splits came from, near-copies
+        assert recorded[key] == SUMMARY[key]
+    assert "nearOverlapExamples" not in recorded
     assert p.status["phase"] == "Queued"
+    # The check's Job implies its identity and config exist: only what training adds is created.
+    assert [(m["kind"], m["metadata"]["name"]) for m in p.create] == [
+        ("ConfigMap", "support-bot-progress"),
+        ("Job", "support-bot-r1"),
+    ]
 
 
 def test_a_user_error_fails_the_run_in_validation_and_no_training_job_is_ever_made() -> None:
@@ -131,6 +147,7 @@ def test_a_new_run_with_the_same_inputs_is_not_checked_twice() -> None:
     faster = spec(hyperparameters={"learningRate": 1e-4})  # a new run, the same data and step count
     p = plan(_snap(faster, first, jobs=[job], secret_present=True), SETTINGS)
     assert p.status["run"] == 2 and _job_names(p) == ["support-bot-r2"]
+    assert "support-bot-r2-config" in {m["metadata"]["name"] for m in p.create}  # no check of run 2 made it
     more = spec(hyperparameters={"epochs": 5})  # more steps: the estimate changes, so it is checked again
     assert _job_names(plan(_snap(more, first, jobs=[job], secret_present=True), SETTINGS)) == ["support-bot-r2-check"]
 

@@ -23,6 +23,7 @@ from typing import Any
 from finetune_trainer.core.errors import DatasetInvalid, ModelInvalid
 from finetune_trainer.data.chat_template import check_template, render_chat
 from finetune_trainer.data.formats.base import Conversation
+from finetune_trainer.data.formats.preference import PREFERENCE_UNSUPPORTED
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def cache_key(examples: Sequence[dict[str, Any]], tokenizer: Any, schema: str, m
     return digest.hexdigest()[:24]
 
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 """Bumped when the tokenized layout changes, so an earlier attempt's copy is not reused by mistake."""
 
 
@@ -188,11 +189,7 @@ def tokenize_with_stats(
         )
     kind = _kind(schema)
     if kind == "preference":
-        raise DatasetInvalid(
-            f"dataset {name}: schema {schema!r} records (prompt, chosen, rejected) are validated and stored, but "
-            "no training method uses them yet (lora, qlora and full train on one answer per prompt); use chat "
-            "or prompt-completion data with the chosen answers"
-        )
+        raise DatasetInvalid(f"dataset {name}: schema {schema!r}: {PREFERENCE_UNSUPPORTED}")
     target = None
     if cache_dir is not None:
         target = cache_dir / f"{name}-{cache_key(examples, tokenizer, schema, max_length)}"

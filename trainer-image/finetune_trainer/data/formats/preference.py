@@ -46,3 +46,11 @@ FORMAT = Format(
     normalize=normalize,
     trainable=False,
 )
+
+PREFERENCE_UNSUPPORTED = (
+    "preference training (DPO and similar methods, which learn from a chosen and a rejected answer) is not "
+    "supported yet: lora, qlora and full fine-tune on one answer per prompt. The records are valid; to fine-tune "
+    "now, train on the prompts with their chosen answers as chat or prompt-completion data"
+)
+"""The one message for preference data asked to train: the method that would use it is what is missing
+(`training.inputs.refuse_untrainable` before any download, and tokenization as a last guard)."""
