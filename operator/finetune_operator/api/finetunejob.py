@@ -42,7 +42,10 @@ class DatasetSpec(SpecModel):
     test: DataRef | None = None
     split: SplitSpec = SplitSpec()
     schema_: (
-        Literal["alpaca", "chat", "classification", "preference", "prompt-completion", "sharegpt", "text"] | None
+        Literal[
+            "alpaca", "chat", "classification", "openai-preference", "preference", "prompt-completion", "sharegpt", "text"
+        ]
+        | None
     ) = Field(default=None, alias="schema")
     """None: the trainer detects it from the data (the CRD enum; tests check it equals the trainer's formats)."""
     columns: dict[str, str] = {}
@@ -57,8 +60,16 @@ class LoraSpec(SpecModel):
     target_modules: list[str] = ["all-linear"]
 
 
+class DpoSpec(SpecModel):
+    beta: float = 0.1
+    loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
+    label_smoothing: float = 0.0
+
+
 class MethodSpec(SpecModel):
     type: Literal["lora", "qlora", "full"] = "lora"
+    objective: Literal["sft", "dpo"] = "sft"
+    dpo: DpoSpec | None = None
     lora: LoraSpec = LoraSpec()
     merge_weights: bool = False
 

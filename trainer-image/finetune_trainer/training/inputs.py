@@ -119,6 +119,9 @@ def fetch_tokenizer(storage: Storage, uri: str, folder: Path) -> Path:
     return folder
 
 
+CHAT_KINDS = ("messages", "preference")
+"""Formats rendered with the chat template (the trainer's default one when the tokenizer has none)."""
+
 SplitRecords = dict[str, list[Record] | None]
 
 
@@ -164,6 +167,8 @@ def read_data(storage: Storage, cfg: TrainerConfig, folder: Path) -> Data:
     detection = formats.resolve(train, spec.schema_, cfg.base_model.task, spec.columns)
     fmt = detection.format
     log.info("dataset.schema %s (%s%s)", fmt.name, "detected: " if detection.detected else "", detection.reason)
+    if problem := formats.objective_mismatch(fmt, cfg.method.objective):
+        raise DatasetInvalid(problem)
     if cfg.evaluation.generation is not None and (reason := generation_unsupported(fmt)):
         raise ConfigInvalid(f"evaluation.generation: {reason}")
     normalised = formats.normalize(train, fmt, spec.columns)
@@ -223,14 +228,6 @@ def tokenize_data(d: Data, tokenizer: Any, max_length: int, cache: Path | None) 
     return tokenized
 
 
-def refuse_untrainable(fmt: Format) -> None:
-    if not fmt.trainable:
-        raise DatasetInvalid(
-            f"dataset.schema {fmt.name}: the records are valid, but no training method uses this schema yet "
-            "(lora, qlora and full learn one answer per prompt); train on chat or prompt-completion data instead"
-        )
-
-
 def sequence_limit(model_folder: Path, requested: int) -> int:
     """`maxSeqLength`, capped at the model's position limit (longer inputs would index past its table)."""
     try:
@@ -247,10 +244,9 @@ def sequence_limit(model_folder: Path, requested: int) -> int:
 def prepare(storage: Storage, cfg: TrainerConfig, work: Path) -> Inputs:
     """Download, validate, split and tokenize; raises the contract's user errors on bad input."""
     d = read_data(storage, cfg, work / "data")
-    refuse_untrainable(d.format)
     model_folder = fetch_model(storage, cfg.base_model.uri, work / "base-model")
     tokenizer = load_tokenizer(model_folder, cfg.base_model.uri)
-    default_template = d.format.kind == "messages" and ensure_chat_template(tokenizer)
+    default_template = d.format.kind in CHAT_KINDS and ensure_chat_template(tokenizer)
     max_length = sequence_limit(model_folder, cfg.dataset.max_seq_length)
     tokenized = tokenize_data(d, tokenizer, max_length, work / "tokenized")
     return Inputs(
