@@ -309,8 +309,9 @@ class TrainerConfig(_Model):
                 f"{self.base_model.task!r} (classification data needs task "
                 "sequence-classification, and the other way round)"
             )
-        if schema is not None and (problem := formats.objective_mismatch(formats.FORMATS[schema], self.method.objective)):
-            raise ValueError(problem)
+        mismatch = formats.objective_mismatch(formats.FORMATS[schema], self.method.objective) if schema else None
+        if mismatch:
+            raise ValueError(mismatch)
         if self.method.objective == "dpo":
             if self.base_model.task != "causal-lm":
                 raise ValueError("method.objective dpo: applies to baseModel.task causal-lm only")

@@ -36,17 +36,17 @@ class SplitSpec(SpecModel):
     seed: int = 42
 
 
+Schema = Literal[
+    "alpaca", "chat", "classification", "openai-preference", "preference", "prompt-completion", "sharegpt", "text"
+]
+
+
 class DatasetSpec(SpecModel):
     train: DataRef
     validation: DataRef | None = None
     test: DataRef | None = None
     split: SplitSpec = SplitSpec()
-    schema_: (
-        Literal[
-            "alpaca", "chat", "classification", "openai-preference", "preference", "prompt-completion", "sharegpt", "text"
-        ]
-        | None
-    ) = Field(default=None, alias="schema")
+    schema_: Schema | None = Field(default=None, alias="schema")
     """None: the trainer detects it from the data (the CRD enum; tests check it equals the trainer's formats)."""
     columns: dict[str, str] = {}
     max_seq_length: int = 2048

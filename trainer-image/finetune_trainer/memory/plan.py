@@ -14,7 +14,6 @@ fit (`suggestions`), and `MemoryPlan`, what the status shows and `validate` deci
 from __future__ import annotations
 
 import math
-
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -313,9 +312,13 @@ def setup_of(
 
     `longest_record`: the longest tokenized training record when known (the validate step measures the
     tokens): a flattened micro-batch then holds at most batchSize x min(maxSeqLength, longest) tokens, a
-    tighter bound than the worst case of every record being maxSeqLength long."""
+    tighter bound than the worst case of every record being maxSeqLength long. With `objective: dpo` a record is
+    a pair (both sequences, each at most maxSeqLength): half the longest pair, rounded up, bounds its tokens
+    per sequence."""
     lora = cfg.method.lora
     hp = cfg.hyperparameters
+    dpo = cfg.method.objective == "dpo"
+    longest = math.ceil(longest_record / 2) if dpo and longest_record else longest_record
     return Setup(
         method=Method(cfg.method.type, lora.rank, tuple(lora.target_modules), lora.dropout),
         precision=hp.precision,

@@ -32,8 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,12 +135,6 @@ def dpo_loss(policy: Any, reference: Any, counts: Any, spec: DpoSpec) -> PairSco
     )
 
 
-@contextmanager
-def _adapter_disabled(model: Any) -> Iterator[None]:
-    with model.disable_adapter():
-        yield
-
-
 def reference_logps(model: Any, batch: dict[str, Any]) -> Any:
     """The reference model's summed log-probabilities of the batch's sequences: precomputed (full fine-tuning),
     or the same model with its LoRA adapter disabled, under no_grad."""
@@ -153,7 +146,7 @@ def reference_logps(model: Any, batch: dict[str, Any]) -> Any:
     bare = getattr(model, "module", model)  # DDP wraps the peft model
     if not hasattr(bare, "disable_adapter"):
         raise RuntimeError("dpo without precomputed reference log-probabilities needs a LoRA (peft) model")
-    with torch.no_grad(), _adapter_disabled(bare):
+    with torch.no_grad(), bare.disable_adapter():
         logits = bare(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
         sums, _ = sequence_logps(logits, batch["labels"], batch["sequence_index"], sequences)
     return sums
@@ -256,7 +249,9 @@ def base_metrics(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, fl
             if "preference_accuracy" in values}  # fmt: skip
 
 
-def with_reference(model: Any, tokenized: dict[str, Any], collator: Any, batch_size: int, precision: str) -> dict[str, Any]:
+def with_reference(
+    model: Any, tokenized: dict[str, Any], collator: Any, batch_size: int, precision: str
+) -> dict[str, Any]:
     """Every split with the untrained model's summed log-probabilities of each answer (full fine-tuning).
 
     Every rank computes them for every pair (a forward pass without gradients per pair, once per attempt),

@@ -209,7 +209,8 @@ def build_model(
     collator = collator_for(cfg, inputs.tokenizer)
     if cfg.method.objective == "dpo" and cfg.method.type == "full":  # the untrained model is the reference
         batch = int(cfg.hyperparameters.batch_size)
-        inputs = replace(inputs, tokenized=preference.with_reference(model, inputs.tokenized, collator, batch, precision))
+        tokenized = preference.with_reference(model, inputs.tokenized, collator, batch, precision)
+        inputs = replace(inputs, tokenized=tokenized)
     base: dict[str, dict[str, float]] = {}
     base_answers: generation.Generation | None = None
     if cfg.evaluation.compare_base_model:  # still "loading": "evaluating" would read as training done
@@ -374,7 +375,8 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
 
     cfg, inputs, resume = load_inputs(cfg, storage, run_uri, work, store, hardware)
     tracking = start_tracking(cfg, storage, run_uri, work, reporter)
-    inputs, model, collator, base, base_answers = build_model(cfg, inputs, hardware, precision, storage, run_uri, resume)
+    built = build_model(cfg, inputs, hardware, precision, storage, run_uri, resume)
+    inputs, model, collator, base, base_answers = built
     trainer, hooks, uploader, selection = make_trainer(
         cfg, model, collator, inputs, hardware, precision, storage, run_uri, work, reporter, stop, store, tracking
     )

@@ -23,9 +23,9 @@ from finetune_trainer.core.termination import LIMIT
 from finetune_trainer.memory.check import Placement, check_fit
 from finetune_trainer.training.checkpoints import refuse_foreign_run
 from finetune_trainer.training.inputs import (
+    CHAT_KINDS,
     fetch_tokenizer,
     read_data,
-    CHAT_KINDS,
     sequence_limit,
     tokenize_data,
 )
