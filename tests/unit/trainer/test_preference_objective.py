@@ -45,7 +45,9 @@ def pair_of(schema: str, record: dict[str, Any]) -> PreferencePair:
 def test_string_trl_and_openai_pairs_normalise_to_the_same_messages() -> None:
     trl = {"prompt": PROMPT, "chosen": CHOSEN, "rejected": REJECTED}
     openai = {"input": {"messages": PROMPT}, "preferred_output": CHOSEN, "non_preferred_output": REJECTED}
-    assert pair_of("preference", trl) == pair_of("openai-preference", openai) == PreferencePair(PROMPT, CHOSEN, REJECTED)
+    assert (
+        pair_of("preference", trl) == pair_of("openai-preference", openai) == PreferencePair(PROMPT, CHOSEN, REJECTED)
+    )
     plain = pair_of("preference", {"prompt": "Hi?", "chosen": "Hello!", "rejected": "Go away."})
     assert plain.prompt == [{"role": "user", "content": "Hi?"}]
     assert plain.chosen == [{"role": "assistant", "content": "Hello!"}]
@@ -56,7 +58,11 @@ def test_string_trl_and_openai_pairs_normalise_to_the_same_messages() -> None:
 @pytest.mark.parametrize(
     ("schema", "record", "message"),
     [
-        ("preference", {"prompt": "q", "chosen": "same", "rejected": "same"}, "line 1: 'chosen' and 'rejected' are the"),
+        (
+            "preference",
+            {"prompt": "q", "chosen": "same", "rejected": "same"},
+            "line 1: 'chosen' and 'rejected' are the",
+        ),
         ("preference", {"prompt": "q", "chosen": "a"}, "line 1: missing field 'rejected'"),
         ("preference", {"prompt": "", "chosen": "a", "rejected": "b"}, "line 1: field 'prompt' is empty"),
         (
