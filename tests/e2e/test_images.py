@@ -131,6 +131,7 @@ def test_trainer_image_imports_its_stack_as_non_root(refs: dict[str, str]) -> No
         "import os, torch, transformers, peft, datasets, boto3, fastapi, uvicorn, finetune_trainer;"
         "import mlflow, tensorboardX;"  # tracking: the MLflow client (mlflow-skinny) and the event writer
         "import rouge_score.rouge_scorer;"  # evaluation.generation: ROUGE-L, imported only when a run scores
+        "import httpx, finetune_trainer.serving.gateway.app;"  # the gateway in front of vLLM
         "print(os.getuid(), os.getgid(), os.environ['HOME'], os.environ['HF_HUB_OFFLINE'], torch.__version__)"
     )
     run = script("run", "trainer", "--entrypoint", "python", "-c", probe, timeout=240)

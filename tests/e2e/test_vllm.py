@@ -3,8 +3,9 @@
 The chart runs the operator with the vLLM CPU image of `make images` (`serving.vllmImage`, `serving.vllmDevice:
 cpu`). One FineTuneJob (module-scoped: the slow part is trained and served once) fine-tunes SmolLM2-135M-Instruct
 with LoRA in a pod, passes its gate, is published and served by a real vLLM server (no stand-in); the official
-`openai` client lists the models, chats with the adapter's name and streams, with the API key. Then a spec change
-retrains (run 2) and the Deployment rolls to it while two clients keep sending requests: none may fail.
+`openai` client lists the models, chats with the adapter's name and streams, with the API key, through the gateway
+that holds the Service port (vLLM itself listens on the pod's loopback; its load/unload routes answer 404). Then a
+spec change retrains (run 2) and the Deployment rolls to it while two clients keep sending requests: none may fail.
 
 How the clients reach the pods: this cluster has no kube-proxy, so `tests/support/endpoint_load.py` does what it
 does, from the Service's EndpointSlices; a request sent to a pod just withdrawn from the Service, or cut off by
@@ -72,7 +73,7 @@ def _serving(cluster: Cluster, namespace: str, run_number: int, deadline_s: floa
 def _server_logs(cluster: Cluster, namespace: str) -> str:
     out = []
     for pod in cluster.core.list_namespaced_pod(namespace, label_selector="finetune.dev/component=serving").items:
-        for container in ("fetch-model", "server"):
+        for container in ("fetch-model", "server", "gateway"):
             try:
                 text = cluster.core.read_namespaced_pod_log(pod.metadata.name, namespace, container=container)
             except Exception as error:  # a container that has not started has no log yet
@@ -172,6 +173,15 @@ def test_vllm_serves_the_adapter_to_the_openai_client(served: Served) -> None:
     # the API key is enforced (as with our engine): a wrong key gets 401
     with pytest.raises(openai.AuthenticationError):
         _client(address, api_key="wrong").models.list()
+    # vLLM listens on the pod's loopback behind the gateway, which never forwards the runtime-LoRA routes
+    import httpx
+
+    assert [c.name for c in pod.containers] == ["server", "gateway"]
+    assert server.args[server.args.index("--host") + 1] == "127.0.0.1"
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    for path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
+        body = {"lora_name": "intruder", "lora_path": "/models/adapter"}
+        assert httpx.post(f"http://{address}:8000{path}", json=body, headers=auth, timeout=30).status_code == 404
 
 
 def _ask(vllm: Any) -> None:

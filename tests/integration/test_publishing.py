@@ -128,4 +128,8 @@ def test_vllm_engine_is_published_with_its_model_fetcher(operator: Operator, job
     assert fetch[:4] == ["python", "-m", "finetune_trainer", "fetch"] and "s3://artifacts/fast/run-1/model/" in fetch
     server = pod.containers[0]
     assert server.args[server.args.index("--max-lora-rank") + 1] == "32"
+    # vLLM on loopback behind the gateway, which alone holds the Service's port
+    assert [c.name for c in pod.containers] == ["server", "gateway"]
+    assert server.args[server.args.index("--host") + 1] == "127.0.0.1" and not server.ports
+    assert [p.container_port for p in pod.containers[1].ports] == [8000]
     assert server.resources.limits["nvidia.com/gpu"] == "1"

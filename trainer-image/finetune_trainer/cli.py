@@ -1,4 +1,5 @@
-"""The command line: `python -m finetune_trainer train --config FILE`, `... validate`, `... fetch`, `... serve`.
+"""The command line: `python -m finetune_trainer train --config FILE`, `... validate`, `... fetch`, `... serve`,
+`... adapters`, `... gateway`.
 
 Why the exit mapping lives here: the contract (docs/trainer-contract.md section 3) is about what the
 process leaves behind: one termination-message line and an exit code (0, 42 user error, 75 preempted,
@@ -153,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from finetune_trainer.serving.adapters.cli import main as adapters_main
 
         return adapters_main(arguments[1:])
+    if arguments[:1] == ["gateway"]:  # the gateway in front of vLLM (finetune_trainer.serving.gateway): its own args
+        from finetune_trainer.serving.gateway.cli import main as gateway_main
+
+        return gateway_main(arguments[1:])
     parser = argparse.ArgumentParser(prog="python -m finetune_trainer")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="run one training attempt from a trainer config")
@@ -180,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser(
         "adapters", help="a shared server's adapter sidecar (see finetune_trainer.serving.adapters.cli)"
     )
+    commands.add_parser("gateway", help="the gateway in front of vLLM (see finetune_trainer.serving.gateway.cli)")
     args = parser.parse_args(arguments)
     configure_logging()
     if args.command == "fetch":

@@ -1,5 +1,6 @@
 """Every container a server pod runs, one home for each: our engine's server, vLLM's server (and the table of
-devices it runs on), the init container that fetches a model from S3, and a ModelServer's adapters sidecar.
+devices it runs on) with the gateway in front of it, the init container that fetches a model from S3, and a
+ModelServer's adapters sidecar.
 
 Why one home: a job's own server and a shared ModelServer run the same engines; a probe, a preStop, a security
 setting or a device flag fixed here reaches both (builders/engines.py composes these into pods).
@@ -7,6 +8,7 @@ setting or a device flag fixed here reaches both (builders/engines.py composes t
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +17,9 @@ from finetune_operator.builders.common import container_security_context
 from finetune_operator.core.settings import Settings
 
 PORT = 8000
+"""The Service port: our server's, or on a vLLM pod the gateway's (vLLM itself listens on loopback only)."""
+VLLM_PORT = 8080
+"""vLLM's port on 127.0.0.1 inside the pod: the gateway and the adapters sidecar reach it, nothing outside."""
 SERVE_KEY = "serve.json"
 ADAPTERS_DIR = "/adapters"
 SIDECAR = "adapters"
@@ -29,8 +34,27 @@ VLLM_PRE_STOP: dict[str, Any] = {"preStop": {"sleep": {"seconds": 10}}}
 SERVER_PRE_STOP: dict[str, Any] = VLLM_PRE_STOP
 
 
-def probe(path: str, period: int, failures: int) -> dict[str, Any]:
-    return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "failureThreshold": failures}
+def probe(path: str, period: int, failures: int, timeout: int | None = None) -> dict[str, Any]:
+    found: dict[str, Any] = {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+    }
+    if timeout is not None:
+        found["timeoutSeconds"] = timeout
+    return found
+
+
+def loopback_probe(port: int, path: str, period: int, failures: int) -> dict[str, Any]:
+    """A probe of a server that listens on 127.0.0.1 only: run inside its container (python3 is in vLLM's image),
+    failing on any answer but 2xx or none within 5 s."""
+    script = f"import urllib.request as u; u.urlopen('http://127.0.0.1:{port}{path}', timeout=5)"
+    return {
+        "exec": {"command": ["python3", "-c", script]},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 10,
+    }
 
 
 def api_key_env(secret: str, name: str) -> list[dict[str, Any]]:
@@ -193,7 +217,8 @@ def vllm_server_container(
 ) -> dict[str, Any]:
     """vLLM's OpenAI server container, for a published FineTuneJob and for a ModelServer alike: one home for the
     entry point, the device's flags and environment (VLLM_DEVICES), the probes and the preStop, so a fix to any
-    of them reaches both."""
+    of them reaches both. It listens on 127.0.0.1:VLLM_PORT only (its runtime-LoRA routes with it); clients reach
+    it through `vllm_gateway_container`."""
     device = vllm_device(settings)
     return {
         "name": "server",
@@ -203,7 +228,8 @@ def vllm_server_container(
         "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
         "args": [
             *model_args,
-            *("--host", "0.0.0.0", "--port", str(PORT), "--max-num-seqs", str(max_num_seqs)),
+            # loopback only: the gateway (vllm_gateway_container) holds the Service port
+            *("--host", "127.0.0.1", "--port", str(VLLM_PORT), "--max-num-seqs", str(max_num_seqs)),
             *device.args,
         ],
         "env": [
@@ -214,10 +240,10 @@ def vllm_server_container(
             *api_key_env,  # VLLM_API_KEY: vLLM reads it like --api-key; /health needs no key
             *device.env_vars(),
         ],
-        "ports": [{"name": "http", "containerPort": PORT}],
-        "startupProbe": probe("/health", 10, 90),
-        "readinessProbe": probe("/health", 5, 3),
-        "livenessProbe": probe("/health", 10, 6),
+        # no port: the kubelet cannot reach a loopback listener, so vLLM's own probes run inside its container;
+        # the pod's readiness is the gateway's (/readyz asks vLLM's /health)
+        "startupProbe": loopback_probe(VLLM_PORT, "/health", 10, 90),
+        "livenessProbe": loopback_probe(VLLM_PORT, "/health", 10, 6),
         "lifecycle": VLLM_PRE_STOP,
         "resources": resources,
         "volumeMounts": [
@@ -230,10 +256,50 @@ def vllm_server_container(
     }
 
 
+GATEWAY = "gateway"
+GATEWAY_ADAPTERS_FILE = f"{ADAPTERS_DIR}/.adapters.json"
+"""The sidecar's copy of the desired list (finetune_trainer.serving.adapters.cli.DESIRED_COPY): the tenant keys."""
+
+
+def vllm_gateway_container(
+    *, settings: Settings, api_key_env: list[dict[str, Any]], base_model: str = "", shared: bool = False
+) -> dict[str, Any]:
+    """The gateway in front of vLLM (`finetune_trainer gateway`): the only container with the Service port. It
+    checks the key before the body (the server's key, and on a shared server each tenant's from the sidecar's
+    copy of adapters.json), bounds body size, requests in progress and max_tokens, and forwards the OpenAI
+    inference routes to vLLM on loopback; vLLM's load/unload routes are never forwarded. Its liveness answers
+    from the gateway itself and its readiness asks vLLM, each on its own connection, so a long request blocks
+    neither. No token, no writable file: a read-only root and (shared) the adapters volume read-only."""
+    command = [
+        *("python", "-m", "finetune_trainer", "gateway"),
+        *("--upstream", f"http://127.0.0.1:{VLLM_PORT}", "--host", "0.0.0.0", "--port", str(PORT)),
+    ]
+    mounts: list[dict[str, Any]] = []
+    if shared:
+        command += ["--adapters-file", GATEWAY_ADAPTERS_FILE, "--base-model", base_model]
+        mounts.append({"name": "adapters", "mountPath": ADAPTERS_DIR, "readOnly": True})
+    return {
+        "name": GATEWAY,
+        "image": settings.server_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": command,
+        "env": list(api_key_env),
+        "ports": [{"name": "http", "containerPort": PORT}],
+        "readinessProbe": probe("/readyz", 5, 3, timeout=5),
+        "livenessProbe": probe("/healthz", 10, 6, timeout=5),
+        "lifecycle": copy.deepcopy(VLLM_PRE_STOP),  # keeps answering, as vLLM does, while the endpoint is withdrawn
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "volumeMounts": mounts,
+        "securityContext": {**container_security_context(), "readOnlyRootFilesystem": True},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
 def adapters_sidecar(
     *,
     settings: Settings,
     engine: str,
+    engine_port: int,
     namespace: str,
     desired: str,
     report: str,
@@ -241,7 +307,8 @@ def adapters_sidecar(
     api_key_env: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """A ModelServer replica's sync sidecar (`finetune_trainer adapters`): reads the desired list from ConfigMap
-    `desired`, fetches adapters into ADAPTERS_DIR, loads them into the engine on localhost, and reports under its
+    `desired` (and copies it into ADAPTERS_DIR: the tenant keys), fetches adapters into ADAPTERS_DIR, loads them
+    into the engine on localhost (`engine_port`: vLLM's loopback port, not the gateway's), and reports under its
     pod's key of ConfigMap `report`. The only container with a service-account token (volume `sync-token`)."""
     return {
         "name": SIDECAR,
@@ -255,7 +322,7 @@ def adapters_sidecar(
             "--engine",
             engine,
             "--engine-url",
-            f"http://127.0.0.1:{PORT}",
+            f"http://127.0.0.1:{engine_port}",
             "--namespace",
             namespace,
             "--desired",

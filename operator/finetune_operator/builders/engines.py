@@ -2,8 +2,9 @@
 ModelServer's, and what it serves.
 
 `transformers` is the trainer image's own OpenAI-compatible server (it reads serve.json and fetches the model
-itself); `vllm` is vLLM's OpenAI server, after an init container from the trainer image has fetched the model
-(or base and adapter) from S3 into a volume (docs/serving.md). Both kinds of server of one engine get the same
+itself); `vllm` is vLLM's OpenAI server on loopback behind the trainer image's gateway (which holds the Service
+port and runs our server's guard), after an init container from the trainer image has fetched the model (or
+base and adapter) from S3 into a volume (docs/serving.md). Both kinds of server of one engine get the same
 containers (builders.containers) and the same resource defaults; the resources only say what differs: the model
 a job's server serves (its published run) and the runtime adapters a shared server holds.
 
@@ -23,11 +24,14 @@ from finetune_operator.api.published import Published
 from finetune_operator.builders.common import storage_env
 from finetune_operator.builders.containers import (
     ADAPTERS_DIR,
+    PORT,
+    VLLM_PORT,
     api_key_env,
     fetch_container,
     our_server_container,
     server_resources,
     vllm_device,
+    vllm_gateway_container,
     vllm_server_container,
 )
 from finetune_operator.core.settings import Settings
@@ -78,6 +82,8 @@ class Engine:
     """The server's memory request and limit unless its resources name memory ("": none)."""
     own_pod: Callable[[ServerInputs, dict[str, Any], Published], Pod]
     shared_pod: Callable[[ServerInputs, dict[str, Any], ModelServerSpec], Pod]
+    engine_port: int
+    """Where the adapters sidecar reaches the engine on loopback (vLLM's own port, behind its gateway)."""
 
     def resources(self, server: ServerInputs) -> dict[str, Any]:
         gpu, memory = self.gpu(server.settings), self.memory(server.settings)
@@ -126,7 +132,9 @@ def _vllm(
     *,
     extra_env: Sequence[dict[str, Any]] = (),
     extra_mounts: Sequence[dict[str, Any]] = (),
+    shared: bool = False,
 ) -> Pod:
+    """vLLM on loopback behind its gateway, after the init container fetched `copies` (uri, folder)."""
     container = vllm_server_container(
         settings=server.settings,
         model_args=model_args,
@@ -136,12 +144,19 @@ def _vllm(
         extra_env=extra_env,
         extra_mounts=extra_mounts,
     )
+    # the gateway holds the Service port, with the same key (the admin key; vLLM's own key upstream)
+    gateway = vllm_gateway_container(
+        settings=server.settings,
+        api_key_env=api_key_env(server.api_key_secret, "FTO_API_KEY"),
+        base_model=server.name,
+        shared=shared,
+    )
     fetch = fetch_container(server.settings, storage_env(server.storage), copies)
     volumes = [
         {"name": "models", "emptyDir": {}},
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": server.shm_size}},
     ]
-    return {"initContainers": [fetch], "containers": [container], "volumes": volumes}
+    return {"initContainers": [fetch], "containers": [container, gateway], "volumes": volumes}
 
 
 def _vllm_own(server: ServerInputs, resources: dict[str, Any], published: Published) -> Pod:
@@ -189,11 +204,11 @@ def _vllm_shared(server: ServerInputs, resources: dict[str, Any], spec: ModelSer
         "--max-lora-rank",
         str(vllm_rank(spec.max_lora_rank)),
     ]
-    # vLLM's runtime /v1/load_lora_adapter; guarded by VLLM_API_KEY, and the sidecar re-converges any change not
-    # in the desired list (docs/serving.md, "Shared serving")
+    # vLLM's runtime /v1/load_lora_adapter: on loopback only (the gateway never forwards it), for the sidecar,
+    # with VLLM_API_KEY; the sidecar re-converges any change not in the desired list (docs/serving.md)
     runtime_lora = [{"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}]
     copies = [(spec.base_model_uri, VLLM_BASE)]
-    return _vllm(server, resources, copies, args, extra_env=runtime_lora, extra_mounts=[ADAPTERS_MOUNT])
+    return _vllm(server, resources, copies, args, extra_env=runtime_lora, extra_mounts=[ADAPTERS_MOUNT], shared=True)
 
 
 ENGINES: dict[str, Engine] = {
@@ -206,6 +221,7 @@ ENGINES: dict[str, Engine] = {
             memory=lambda _settings: "",
             own_pod=_ours_own,
             shared_pod=_ours_shared,
+            engine_port=PORT,
         ),
         Engine(
             name="vllm",
@@ -214,6 +230,7 @@ ENGINES: dict[str, Engine] = {
             memory=lambda settings: vllm_device(settings).memory,
             own_pod=_vllm_own,
             shared_pod=_vllm_shared,
+            engine_port=VLLM_PORT,
         ),
     )
 }

@@ -212,10 +212,12 @@ def _placement(spec: ModelServerSpec) -> dict[str, Any]:
 def _server_pod(spec: ModelServerSpec, owner: ServerOwner, settings: Settings) -> dict[str, Any]:
     """The engine's shared pod, plus the sync sidecar and its volumes (the adapters, a scratch /tmp, its token)."""
     names = ServerNames.of(owner.name)
-    pod = ENGINES[spec.engine].shared(server_inputs(spec, owner, settings), spec)
+    engine = ENGINES[spec.engine]
+    pod = engine.shared(server_inputs(spec, owner, settings), spec)
     sidecar = adapters_sidecar(
         settings=settings,
         engine=spec.engine,
+        engine_port=engine.engine_port,
         namespace=owner.namespace,
         desired=names.adapters,
         report=names.loaded,

@@ -283,7 +283,9 @@ def test_vllm_fetches_base_and_adapter_and_requests_a_gpu() -> None:
     assert server["image"] == SETTINGS.vllm_image
     assert server["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "api", "key": "apiKey"}}} in server["env"]
-    assert {server[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe", "livenessProbe")} == {"/health"}
+    # vLLM listens on loopback: its own probes run inside its container, the pod's readiness is the gateway's
+    assert all("127.0.0.1:8080/health" in server[p]["exec"]["command"][-1] for p in ("startupProbe", "livenessProbe"))
+    assert "readinessProbe" not in server and "ports" not in server
 
 
 def test_vllm_without_a_gpu_when_the_limits_say_zero() -> None:
@@ -327,10 +329,10 @@ def test_vllm_server_keeps_answering_while_its_endpoint_is_withdrawn() -> None:
     published = Published(1, "causal-lm", "s3://m/base/", "s3://o/run-1/model/", True)
     deployment = serving_bundle(s, OWNER, published, SETTINGS)[-1]
     pod = deployment["spec"]["template"]["spec"]
-    server = pod["containers"][0]
-    assert server["lifecycle"] == {"preStop": {"sleep": {"seconds": 10}}}
+    server, gateway = pod["containers"]
+    assert server["lifecycle"] == gateway["lifecycle"] == {"preStop": {"sleep": {"seconds": 10}}}
     assert pod["terminationGracePeriodSeconds"] > 10
-    assert server["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"  # the gateway asks vLLM's /health
     assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
 
 
@@ -359,3 +361,66 @@ def test_engine_table_is_what_the_crd_and_the_spec_allow() -> None:
     rules = " ".join(rule["rule"] for rule in spec_schema["x-kubernetes-validations"])
     for engine in ENGINES.values():  # an engine that serves only causal-lm has the CRD rule saying so
         assert (f"self.serving.engine != '{engine.name}'" in rules) == ("sequence-classification" not in engine.tasks)
+
+
+def _vllm_pods() -> dict[str, dict[str, Any]]:
+    """A FineTuneJob's own vLLM pod (with a key) and a shared vLLM ModelServer's pod."""
+    from finetune_operator.api.modelserver import ModelServerSpec
+    from finetune_operator.builders.modelserver import ServerOwner, server_bundle
+
+    s = spec(serving={"enabled": True, "engine": "vllm", "apiKeySecret": "api"})
+    published = Published(1, "causal-lm", "s3://m/base/", "s3://o/run-1/model/", True)
+    own = serving_bundle(s, OWNER, published, SETTINGS)[-1]["spec"]["template"]["spec"]
+    server_spec = ModelServerSpec.model_validate(
+        {"baseModelUri": "s3://m/base/", "engine": "vllm", "maxAdapters": 4, "apiKeySecret": "api"}
+    )
+    owner = ServerOwner(namespace="team", name="shared", uid="u-1")
+    shared = server_bundle(server_spec, owner, SETTINGS)[-1]["spec"]["template"]["spec"]
+    return {"own": own, "shared": shared}
+
+
+@pytest.mark.parametrize("kind", ["own", "shared"])
+def test_vllm_binds_loopback_and_the_gateway_holds_the_service_port(kind: str) -> None:
+    """Nothing outside the pod reaches vLLM (its runtime-LoRA routes with it): the gateway is the one container
+    with a port, hardened like the rest, with the probes the kubelet can reach, and the server's key."""
+    pod = _vllm_pods()[kind]
+    by_name = {c["name"]: c for c in pod["containers"]}
+    vllm, gateway = by_name["server"], by_name["gateway"]
+    args = vllm["args"]
+    assert args[args.index("--host") + 1] == "127.0.0.1" and args[args.index("--port") + 1] == "8080"
+    assert [c["name"] for c in pod["containers"] if c.get("ports")] == ["gateway"]
+    assert gateway["ports"] == [{"name": "http", "containerPort": 8000}]
+    command = gateway["command"]
+    assert command[:4] == ["python", "-m", "finetune_trainer", "gateway"]
+    assert command[command.index("--upstream") + 1] == "http://127.0.0.1:8080"
+    assert gateway["image"] == SETTINGS.server_image
+    assert gateway["securityContext"]["allowPrivilegeEscalation"] is False
+    assert gateway["securityContext"]["readOnlyRootFilesystem"] is True
+    assert gateway["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+    assert gateway["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert gateway["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    key = {"secretKeyRef": {"name": "api", "key": "apiKey"}}
+    assert {"name": "FTO_API_KEY", "valueFrom": key} in gateway["env"]
+    assert {"name": "VLLM_API_KEY", "valueFrom": key} in vllm["env"]
+    assert not [m for m in gateway["volumeMounts"] if not m.get("readOnly")]  # it writes nothing
+    if kind == "shared":  # the tenant keys: the sidecar's copy of adapters.json; the sidecar talks to vLLM itself
+        assert command[command.index("--adapters-file") + 1] == "/adapters/.adapters.json"
+        assert command[command.index("--base-model") + 1] == "shared"
+        sidecar = by_name["adapters"]["command"]
+        assert sidecar[sidecar.index("--engine-url") + 1] == "http://127.0.0.1:8080"
+    else:
+        assert "--adapters-file" not in command
+
+
+def test_our_shared_server_sidecar_talks_to_the_server_port() -> None:
+    from finetune_operator.api.modelserver import ModelServerSpec
+    from finetune_operator.builders.modelserver import ServerOwner, server_bundle
+
+    server_spec = ModelServerSpec.model_validate({"baseModelUri": "s3://m/base/", "maxAdapters": 2})
+    owner = ServerOwner(namespace="team", name="shared", uid="u-1")
+    pod = server_bundle(server_spec, owner, SETTINGS)[-1]["spec"]["template"]["spec"]
+    by_name = {c["name"]: c for c in pod["containers"]}
+    assert set(by_name) == {"server", "adapters"}
+    sidecar = by_name["adapters"]["command"]
+    assert sidecar[sidecar.index("--engine-url") + 1] == "http://127.0.0.1:8000"

@@ -28,6 +28,14 @@ SUMMARY = {
     "truncated": {"train": 0, "validation": 0, "test": 0},
     "estimatedSteps": 20,
     "files": ["s3://data/support/train.jsonl"],
+    "splitSources": {
+        "train": "dataset.train",
+        "validation": "file names in dataset.train (...)",
+        "test": "dataset.test",
+    },
+    "splitRule": "",
+    "nearOverlapWithTrain": {"validation": 0, "test": 1},
+    "nearOverlapExamples": {"validation": [], "test": ["s3://data/t.jsonl line 1 ~ s3://data/d.jsonl line 9 (0.8)"]},
 }
 
 
@@ -99,6 +107,9 @@ def test_a_passed_check_records_its_summary_and_creates_the_training_job() -> No
     assert recorded["passed"] is True and recorded["key"] == validation_spec_hash(spec())
     assert recorded["records"] == SUMMARY["records"] and recorded["estimatedSteps"] == 20
     assert "files" not in recorded  # file lists stay in the pod's log, not in status
+    for key in ("splitSources", "splitRule", "nearOverlapWithTrain"):  # issue 25: where splits came from, near-copies
+        assert recorded[key] == SUMMARY[key]
+    assert "nearOverlapExamples" not in recorded
     assert p.status["phase"] == "Queued"
 
 

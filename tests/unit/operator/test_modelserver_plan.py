@@ -76,7 +76,14 @@ def test_each_engine_gives_a_jobs_server_and_a_shared_server_the_same_container_
     same = ("image", "command", "ports", "startupProbe", "readinessProbe", "livenessProbe", "lifecycle", "resources")
     own_server, shared_server = own["containers"][0], shared["containers"][0]
     assert {k: own_server.get(k) for k in same} == {k: shared_server.get(k) for k in same}
-    assert [c["name"] for c in shared["containers"]] == ["server", "adapters"]
+    engine_containers = ["server", "gateway"] if engine == "vllm" else ["server"]  # vLLM: behind its gateway
+    assert [c["name"] for c in own["containers"]] == engine_containers
+    assert [c["name"] for c in shared["containers"]] == [*engine_containers, "adapters"]
+    if engine == "vllm":  # the same gateway, plus the tenant keys on a shared server
+        own_gateway, shared_gateway = own["containers"][1], shared["containers"][1]
+        others = [k for k in same if k != "command"]
+        assert {k: own_gateway.get(k) for k in others} == {k: shared_gateway.get(k) for k in others}
+        assert shared_gateway["command"][: len(own_gateway["command"])] == own_gateway["command"]
     assert [c["name"] for c in own.get("initContainers", [])] == [c["name"] for c in shared.get("initContainers", [])]
 
 

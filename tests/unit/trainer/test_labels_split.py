@@ -11,7 +11,7 @@ from finetune_trainer.data.formats import normalize as normalize_records
 from finetune_trainer.data.formats.base import Conversation
 from finetune_trainer.data.labels import encode_labels, label_names
 from finetune_trainer.data.readers import Record
-from finetune_trainer.data.split import split_records
+from finetune_trainer.data.split import MIN_TRAIN_RECORDS, split_records
 
 
 def rec(i: int, **data: object) -> Record:
@@ -74,10 +74,27 @@ def test_split_is_deterministic_disjoint_and_complete() -> None:
 
 
 def test_explicit_splits_are_used_as_given() -> None:
-    train = [rec(i, text="t") for i in range(5)]
+    train = [rec(i, text="t") for i in range(8)]
     test = [rec(99, text="x")]
     splits = split_records(train, None, test, 0.0, 0.5, seed=1)
-    assert splits.train == train and splits.test == test and splits.validation == []
+    assert splits.train == train and splits.test == test and splits.validation == [] and splits.rule == ""
+
+
+def test_small_split_rule_is_reported_and_too_few_to_train_on_is_refused() -> None:
+    """Issue 25: 3 records at 0.1/0.1 silently became 1 / 1 / 1."""
+    records = [rec(i, text=str(i)) for i in range(12)]
+    splits = split_records(records, None, None, 0.1, 0.1, seed=1)
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (10, 1, 1)
+    assert splits.rule == ("validation 0.1 of 12 = 1.2 -> 1; test 0.1 of 12 = 1.2 -> 1; train keeps 10")
+    with pytest.raises(DatasetInvalid) as error:
+        split_records([rec(i, text=str(i)) for i in range(3)], None, None, 0.1, 0.1, seed=1)
+    assert str(error.value) == (
+        "dataset.train: 1 record(s) to train on (validation 0.1 of 3 = 0.3 -> 1 (at least 1); test 0.1 of 3 = "
+        "0.3 -> 1 (at least 1); train keeps 1); a run needs at least 8. Add training records, or lower "
+        "dataset.split.validation/test or give dataset.validation/test as files"
+    )
+    with pytest.raises(DatasetInvalid, match=r"^dataset.train: 7 record\(s\) to train on; a run needs at least 8"):
+        split_records([rec(i, text=str(i)) for i in range(7)], [rec(90, text="v")], [rec(91, text="t")], 0.1, 0.1, 1)
 
 
 def test_empty_splits_are_user_errors() -> None:
@@ -87,6 +104,7 @@ def test_empty_splits_are_user_errors() -> None:
         split_records([rec(1, text="a"), rec(2, text="b")], None, None, 0.5, 0.5, 1)
     with pytest.raises(DatasetInvalid, match=r"dataset\.test: empty split"):
         split_records([rec(1, text="a")], None, [], 0.0, 0.1, 1)
+    assert MIN_TRAIN_RECORDS == 8
 
 
 def test_sequence_limit_caps_at_model_positions(tmp_path: Path) -> None:

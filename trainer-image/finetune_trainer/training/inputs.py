@@ -18,7 +18,7 @@ from finetune_trainer.config import TrainerConfig
 from finetune_trainer.core.errors import ConfigInvalid, DatasetInvalid, ModelInvalid, ModelNotFound, StorageNotFound
 from finetune_trainer.core.s3_uri import S3Uri, local_path
 from finetune_trainer.core.storage import Storage
-from finetune_trainer.data import formats, readers, split
+from finetune_trainer.data import formats, near_duplicates, readers, split, split_files
 from finetune_trainer.data.chat_template import ensure_chat_template
 from finetune_trainer.data.formats import Format
 from finetune_trainer.data.formats.base import generation_unsupported
@@ -46,6 +46,13 @@ class DataReport:
     overlap: dict[str, int]
     ignored_columns: list[str]
     tokens: dict[str, TokenStats] = field(default_factory=dict)
+    split_sources: dict[str, str] = field(default_factory=dict)
+    """Where each split came from: dataset.<name>, the file names in dataset.train's folder, or a fraction."""
+    split_rule: str = ""
+    """How the splits taken from train were sized (`split.Splits.rule`)."""
+    near_overlap: dict[str, int] = field(default_factory=dict)
+    near_examples: dict[str, list[str]] = field(default_factory=dict)
+    """A few near-copy pairs per held-out split, by origin and similarity."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -56,7 +63,12 @@ class DataReport:
             "excludedFromTrain": self.excluded_from_train,
             "records": self.records,
             "overlapWithTrain": self.overlap,
+            "nearOverlapWithTrain": self.near_overlap,
+            "nearDuplicateThreshold": near_duplicates.THRESHOLD,
+            "nearOverlapExamples": self.near_examples,
             "overlapLimit": split.OVERLAP_LIMIT,
+            "splitSources": self.split_sources,
+            "splitRule": self.split_rule,
             "ignoredColumns": self.ignored_columns,
             "tokens": {name: stats.to_json() for name, stats in self.tokens.items()},
         }
@@ -125,10 +137,49 @@ CHAT_KINDS = ("messages", "preference")
 SplitRecords = dict[str, list[Record] | None]
 
 
-def _read_split_files(
-    storage: Storage, cfg: TrainerConfig, folder: Path
-) -> tuple[SplitRecords, dict[str, list[str]], list[str]]:
-    """Records of train and of the explicit validation/test URIs; the train listing loses the held-out files."""
+@dataclass
+class SplitFiles:
+    """The files of each split, why they are in it, and the train files taken out of the train URI."""
+
+    train: list[readers.DataFile]
+    held_out: dict[str, list[readers.DataFile]]
+    sources: dict[str, str]
+    excluded: list[str]
+
+
+def _named_splits(
+    uri: str, files: list[readers.DataFile], given: set[str]
+) -> tuple[dict[str, list[readers.DataFile]], str]:
+    """A folder's files by the split their names say (`split_files.by_name`), and the rule that said it; a
+    held-out split named by files that `dataset.<split>` also gives is refused (one split, one source)."""
+    folder = split_files.folder_paths(uri, [f.obj.uri.key for f in files])
+    named = split_files.by_name(folder[1], folder[0]) if folder else None
+    if folder is None or named is None:
+        return {"train": files}, ""
+    by_path = dict(zip(folder[1], files, strict=True))
+    found = {name: [by_path[path] for path in paths] for name, paths in named.files.items()}
+    for name in sorted(given & set(found)):
+        raise DatasetInvalid(
+            f"dataset.{name} is given, and dataset.train's folder {folder[0]} also holds {found[name][0].obj.uri}, "
+            f"named as the {name} split ({named.rule}); a split cannot come from both: move that file out of the "
+            f"folder, or leave dataset.{name} out to use the folder's {name} file(s)"
+        )
+    if not found.get("train"):
+        names = ", ".join(str(f.obj.uri) for part in found.values() for f in part[:3])
+        raise DatasetInvalid(
+            f"dataset.train: every data file in {folder[0]} is named as a held-out split ({names}; {named.rule}); "
+            "to train on such a file, name it (or a key prefix such as s3://bucket/data/test-) in dataset.train"
+        )
+    for name in ("validation", "test"):
+        for item in found.get(name, []):
+            log.warning("dataset.train: %s is named as %s (%s): read as %s, never trained on", item.obj.uri, name,
+                        named.rule, name)  # fmt: skip
+    return found, named.rule
+
+
+def _split_files(storage: Storage, cfg: TrainerConfig) -> SplitFiles:
+    """The files of each split: explicit validation/test URIs, then the train URI's files (those also given as
+    validation/test taken out), split by their names when the train URI is a folder that names them."""
     spec = cfg.dataset
     refs = {"validation": spec.validation, "test": spec.test}
     held = {
@@ -146,23 +197,49 @@ def _read_split_files(
         )
     for uri in excluded:
         log.warning("dataset.train: %s is a held-out file (dataset.validation/test): not trained on", uri)
+    found, rule = _named_splits(spec.train.uri, train_files, set(held))
+    sources = {"train": "dataset.train"}
+    fractions = {"validation": spec.split.validation, "test": spec.split.test}
+    for name in ("validation", "test"):
+        if name in held:
+            sources[name] = f"dataset.{name}"
+        elif name in found:
+            sources[name] = f"file names in dataset.train ({rule})"
+            held[name] = found[name]
+        elif fractions[name] > 0:
+            sources[name] = f"dataset.split.{name} {fractions[name]:g} of dataset.train (seed {spec.split.seed})"
+        else:
+            sources[name] = f"none (dataset.split.{name} is 0)"
+    return SplitFiles(found["train"], held, sources, excluded)
+
+
+def _read_split_files(
+    storage: Storage, cfg: TrainerConfig, folder: Path
+) -> tuple[SplitRecords, dict[str, list[str]], list[str], dict[str, str]]:
+    """Records of train and of the held-out files (explicit, or named by split in the train folder); the
+    files per split, the held-out files the train URI also listed, and where each split comes from."""
+    spec = cfg.dataset
+    files = _split_files(storage, cfg)
     records: dict[str, list[Record] | None] = {
-        "train": readers.read_files(storage, spec.train.uri, train_files, folder / "train", "dataset.train")
+        "train": readers.read_files(storage, spec.train.uri, files.train, folder / "train", "dataset.train")
+    }
+    uris = {
+        "train": spec.train.uri,
+        **{name: ref.uri for name in ("validation", "test") if (ref := getattr(spec, name))},
     }
     for name in ("validation", "test"):
-        ref = refs[name]
-        records[name] = (
-            readers.read_files(storage, ref.uri, held[name], folder / name, f"dataset.{name}") if ref else None
-        )
-    files = {"train": [str(f.obj.uri) for f in train_files]}
-    files.update({name: [str(f.obj.uri) for f in found] for name, found in held.items()})
-    return records, files, excluded
+        part = files.held_out.get(name)
+        base = uris.get(name, spec.train.uri)
+        records[name] = readers.read_files(storage, base, part, folder / name, f"dataset.{name}") if part else None
+    listing = {"train": [str(f.obj.uri) for f in files.train]}
+    listing.update({name: [str(f.obj.uri) for f in found] for name, found in files.held_out.items()})
+    return records, listing, files.excluded, files.sources
 
 
 def read_data(storage: Storage, cfg: TrainerConfig, folder: Path) -> Data:
     """Read, choose the format, split, normalise, label and check for leakage: every data error, no model."""
     spec = cfg.dataset
-    records, files, excluded = _read_split_files(storage, cfg, folder)
+    records, files, excluded, sources = _read_split_files(storage, cfg, folder)
     train = records["train"] or []
     detection = formats.resolve(train, spec.schema_, cfg.base_model.task, spec.columns)
     fmt = detection.format
@@ -202,15 +279,34 @@ def read_data(storage: Storage, cfg: TrainerConfig, folder: Path) -> Data:
             ", ".join(fmt.fields),
         )
     counts = split.overlap(examples)
+    pairs = near_duplicates.near_pairs(examples)
+    near = {name: len(found) for name, found in pairs.items()}
+    shown = {
+        name: [
+            f"{getattr(splits, name)[p.held_out].origin} ~ {splits.train[p.train].origin} ({p.similarity:.2f})"
+            for p in found[:3]
+        ]
+        for name, found in pairs.items()
+    }
     sizes = {name: len(part) for name, part in splits.items()}
     log.info(
-        "split: %s; held-out records also in train: validation %d, test %d",
+        "split: %s (%s); held-out records also in train: validation %d, test %d; near-copies of a train record "
+        "(similarity >= %.2f): validation %d, test %d",
         ", ".join(f"{name} {n}" for name, n in sizes.items()),
+        "; ".join(f"{name} from {source}" for name, source in sources.items()),
         counts["validation"],
         counts["test"],
+        near_duplicates.THRESHOLD,
+        near["validation"],
+        near["test"],
     )
-    split.check_overlap(counts, sizes)
-    report = DataReport(fmt.name, detection.detected, detection.reason, files, excluded, sizes, counts, ignored)
+    if splits.rule:
+        log.info("split rule: %s", splits.rule)
+    split.check_overlap(counts, sizes, near, {name: pairs[0] for name, pairs in shown.items() if pairs})
+    report = DataReport(
+        fmt.name, detection.detected, detection.reason, files, excluded, sizes, counts, ignored,
+        split_sources=sources, split_rule=splits.rule, near_overlap=near, near_examples=shown,
+    )  # fmt: skip
     return Data(fmt, splits, examples, labels, report)
 
 

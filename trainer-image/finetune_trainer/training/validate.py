@@ -4,9 +4,10 @@ Why: a job that would fail on its data should fail before it waits in a GPU queu
 runs the trainer's own code on the same config.json (reading, format detection, split, leakage checks,
 tokenization with the base model's tokenizer and chat template; `inputs.read_data` and
 `inputs.tokenize_data`), downloads only the model's config and tokenizer files (never its weights), and
-prints a JSON summary: records and tokens per split, records cut at maxSeqLength, held-out records also in
-train, the estimated optimizer steps and the schema (and why). User errors exit 42 with the same codes and
-messages as `train` (docs/trainer-contract.md section 7).
+prints a JSON summary: records and tokens per split, where each split came from and how it was sized,
+records cut at maxSeqLength, held-out records also in train (exact and near copies), the estimated
+optimizer steps and the schema (and why). User errors exit 42 with the same codes and messages as `train`
+(docs/trainer-contract.md section 7).
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def summarize(cfg: TrainerConfig, storage: Storage, work: Path, placement: Place
         "droppedNoTarget": {name: stats["dropped"] for name, stats in report["tokens"].items()},
         "maxSeqLength": max_length,
         "overlapWithTrain": report["overlapWithTrain"],
+        "nearOverlapWithTrain": report["nearOverlapWithTrain"],
+        "nearOverlapExamples": report["nearOverlapExamples"],
+        "splitSources": report["splitSources"],
+        "splitRule": report["splitRule"],
         "excludedFromTrain": report["excludedFromTrain"],
         "ignoredColumns": report["ignoredColumns"],
         "labels": d.labels,
@@ -83,7 +88,8 @@ def success_line(summary: dict[str, Any], run: int | None) -> str:
         body["run"] = run
     line = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
     if len(line.encode()) > LIMIT:
-        body["summary"] = {k: v for k, v in summary.items() if k not in ("files", "excludedFromTrain", "labels")}
+        dropped = ("files", "excludedFromTrain", "labels", "nearOverlapExamples")
+        body["summary"] = {k: v for k, v in summary.items() if k not in dropped}
         line = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
     if len(line.encode()) > LIMIT:
         del body["summary"]

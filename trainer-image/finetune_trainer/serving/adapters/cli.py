@@ -4,8 +4,9 @@ Every few seconds: read the desired list (the operator's ConfigMap, through the 
 token; its Role reads that one ConfigMap), read what the engine serves (GET /v1/models on localhost), act
 (`sync.plan_sync`: fetch an adapter from S3 into the pod's shared folder, verified against the manifest the
 trainer wrote beside it (core/manifest.py), then /v1/load_lora_adapter or /v1/unload_lora_adapter on the
-engine), and write what the engine serves under this pod's key of the report
-ConfigMap (the only other object its Role may touch). The pure decisions are in `sync`; this is I/O only.
+engine), and write what the engine serves under this pod's key of the report ConfigMap (the only other object
+its Role may touch). The desired list itself is copied into the shared folder (`.adapters.json`): the tenant
+keys our engine (or vLLM's gateway) checks are in it. The pure decisions are in `sync`; this is I/O only.
 Nothing is remembered between passes: a restarted engine or sidecar converges from the two lists alone.
 """
 
@@ -165,7 +166,9 @@ def sync_once(
 ) -> tuple[dict[str, Any], bool]:
     """One pass; returns this pod's report and whether it converged. `namespace` is the server's: an entry the
     sidecar refuses (`sync.refusal`) is reported under its name, never fetched, and unloaded if served."""
-    listed = parse_desired(json.loads(maps.data(desired_name).get("adapters.json") or '{"adapters": []}'))
+    text = maps.data(desired_name).get("adapters.json") or '{"adapters": []}'
+    listed = parse_desired(json.loads(text))
+    write_desired_copy(dest / DESIRED_COPY, text)  # the engine's (or gateway's) tenant keys (serving.auth)
     refused = {w.name: why for w in listed if (why := refusal(w, namespace)) is not None}
     for name, why in refused.items():
         log.error("%s: refused: %s", name, why)
@@ -190,6 +193,24 @@ def sync_once(
     for folder in stale_folders(existing, served):
         shutil.rmtree(folder, ignore_errors=True)
     return report(desired, served, str(dest), errors), not refused and not plan_sync(desired, served, str(dest))
+
+
+DESIRED_COPY = ".adapters.json"
+"""The desired list as the operator wrote it, kept in the pod's adapters emptyDir for the container that checks
+keys (our server, or the gateway in front of vLLM): its entries' `keySha256` are the tenant keys."""
+
+
+def write_desired_copy(path: Path, text: str) -> None:
+    """`text` at `path` when it differs, atomically (written beside it, then renamed): a reader never sees half."""
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(path.name + ".new")
+    staging.write_text(text, encoding="utf-8")
+    staging.rename(path)
 
 
 def admin_token(path: Path) -> str:

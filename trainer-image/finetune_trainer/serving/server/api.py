@@ -15,11 +15,13 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from finetune_trainer.serving.auth import ALL, Access
 from finetune_trainer.serving.server.engine import Engine
 from finetune_trainer.serving.server.events import Event, Failed, Finished, SamplingParams, TextDelta
+from finetune_trainer.serving.server.guard import access_of
 from finetune_trainer.serving.server.metrics import ServerMetrics
 from finetune_trainer.serving.server.prompts import encode_chat, encode_completion, longest_token, refuse_long_text
 from finetune_trainer.serving.server.protocol import (
@@ -170,8 +172,8 @@ def _stream(generation: _Generation, base: dict[str, Any], chat: bool, include_u
     )
 
 
-def _generating_engine(state: ModelState, model: str) -> Engine:
-    engine = state.engine_for(model)
+def _generating_engine(state: ModelState, model: str, access: Access) -> Engine:
+    engine = state.engine_for(model, access)
     if engine.loaded.task != "causal-lm":
         raise bad_request(f"'{model}' is a {engine.loaded.task} model: use /v1/classify", "model", "wrong_task")
     return engine
@@ -182,22 +184,26 @@ def _adapter_of(state: ModelState, model: str) -> str | None:
     return None if model == state.settings.config.served_model_name else model
 
 
-async def list_models(state: ModelState) -> dict[str, Any]:
-    """/v1/models: the served model, then a shared server's adapters."""
+async def list_models(state: ModelState, access: Access = ALL) -> dict[str, Any]:
+    """/v1/models: the served model, then a shared server's adapters; of those, what the caller's key reaches."""
     config = state.settings.config
     engine = state.engine_for(config.served_model_name)  # 503 while loading
-    cards = [model_card(config.served_model_name, state.created, config.run)]
+    cards = []
+    if access.allows(config.served_model_name):
+        cards.append(model_card(config.served_model_name, state.created, config.run))
     for name, info in sorted(engine.adapters().items()):  # a shared server's adapters (vLLM's card shape)
+        if not access.allows(name):
+            continue
         card = model_card(name, state.created, info.run)
         cards.append({**card, "root": info.path, "parent": config.served_model_name})
     return {"object": "list", "data": cards}
 
 
 async def complete(
-    body: CompletionRequest, state: ModelState, metrics: ServerMetrics
+    body: CompletionRequest, state: ModelState, metrics: ServerMetrics, access: Access = ALL
 ) -> JSONResponse | StreamingResponse:
     """/v1/completions: a prompt continued, as one body or a stream."""
-    engine = _generating_engine(state, body.model)
+    engine = _generating_engine(state, body.model, access)
     body.check_supported()
     tokenizer, context = engine.loaded.tokenizer, engine.loaded.context_length
     limit = _prompt_limit(state, context)
@@ -221,10 +227,10 @@ async def complete(
 
 
 async def chat_complete(
-    body: ChatCompletionRequest, state: ModelState, metrics: ServerMetrics
+    body: ChatCompletionRequest, state: ModelState, metrics: ServerMetrics, access: Access = ALL
 ) -> JSONResponse | StreamingResponse:
     """/v1/chat/completions: the next assistant message, as one body or a stream."""
-    engine = _generating_engine(state, body.model)
+    engine = _generating_engine(state, body.model, access)
     body.check_supported()
     tokenizer, context = engine.loaded.tokenizer, engine.loaded.context_length
     limit = _prompt_limit(state, context)
@@ -263,9 +269,11 @@ async def chat_complete(
     )
 
 
-async def classify(body: ClassifyRequest, state: ModelState, metrics: ServerMetrics) -> dict[str, Any]:
+async def classify(
+    body: ClassifyRequest, state: ModelState, metrics: ServerMetrics, access: Access = ALL
+) -> dict[str, Any]:
     """/v1/classify: each text's label and class probabilities, on the engine's thread between decode steps."""
-    engine = state.engine_for(body.model)
+    engine = state.engine_for(body.model, access)
     loaded = engine.loaded
     if loaded.task != "sequence-classification":
         raise bad_request(
@@ -322,19 +330,19 @@ def router(state: ModelState, metrics: ServerMetrics) -> APIRouter:
     routes = APIRouter(prefix="/v1")
 
     @routes.get("/models")
-    async def models() -> dict[str, Any]:
-        return await list_models(state)
+    async def models(request: Request) -> dict[str, Any]:
+        return await list_models(state, access_of(request.scope))
 
     @routes.post("/completions", response_model=None)
-    async def completions(body: CompletionRequest) -> JSONResponse | StreamingResponse:
-        return await complete(body, state, metrics)
+    async def completions(body: CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
+        return await complete(body, state, metrics, access_of(request.scope))
 
     @routes.post("/chat/completions", response_model=None)
-    async def chat_completions(body: ChatCompletionRequest) -> JSONResponse | StreamingResponse:
-        return await chat_complete(body, state, metrics)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
+        return await chat_complete(body, state, metrics, access_of(request.scope))
 
     @routes.post("/classify")
-    async def classify_route(body: ClassifyRequest) -> dict[str, Any]:
-        return await classify(body, state, metrics)
+    async def classify_route(body: ClassifyRequest, request: Request) -> dict[str, Any]:
+        return await classify(body, state, metrics, access_of(request.scope))
 
     return routes

@@ -8,7 +8,9 @@ so Kubernetes shows a crash with the reason in the log instead of a pod that is 
 Every error leaves in OpenAI's shape (`protocol.APIError`).
 
 Every /v1 request passes `guard.RequestGuard` first: the API key from the headers (401 before the body is
-read), the concurrency limit (429), the body size limit (413). A shared server (serve.json `maxAdapters` > 0, a
+read), the concurrency limit (429), the body size limit (413). On a shared server the key may also be a tenant's
+(`serving.auth`: the `keySha256` of its adapters.json entries, from the copy the sidecar keeps in the pod), which
+reaches that tenant's adapters only. A shared server (serve.json `maxAdapters` > 0, a
 ModelServer) also has vLLM's two runtime-LoRA routes, /v1/load_lora_adapter and /v1/unload_lora_adapter, for
 its adapters sidecar: they exist only on the admin listener (127.0.0.1, `FTO_ADMIN_PORT`) with the per-pod token
 the sidecar wrote into the pod's own emptyDir, never on the Service port.
@@ -28,6 +30,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from finetune_trainer.serving.keyfile import WatchedKeys
 from finetune_trainer.serving.server import api
 from finetune_trainer.serving.server.config import ServeSettings
 from finetune_trainer.serving.server.engine import Engine
@@ -167,6 +170,7 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/health")  # vLLM's name for it: what the gateway's readiness asks an upstream
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         body: dict[str, Any] = {
@@ -185,9 +189,16 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
     app.include_router(api.router(state, metrics))
     if settings.config.max_adapters:
         app.include_router(_admin_router(settings, state))
+    shared = bool(settings.config.max_adapters)
+    keys = WatchedKeys(  # a shared server's tenant keys come with its adapters (serving.auth)
+        settings.api_key,
+        settings.adapters_file if shared else None,
+        reserved=frozenset({settings.config.served_model_name}),
+    )
+    app.state.keys = keys
     app.add_middleware(
         RequestGuard,
-        api_key=settings.api_key,
+        keys=keys.current,
         max_body_bytes=settings.config.max_body_bytes,
         max_requests=settings.config.max_requests,
         admin_port=settings.admin_port if settings.config.max_adapters else None,

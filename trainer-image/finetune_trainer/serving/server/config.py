@@ -88,11 +88,14 @@ class ServeSettings:
     admin_token_file: Path = Path("/adapters/.admin-token")
     """The per-pod token the adapter routes demand; the sidecar writes it into the pod's own adapters emptyDir
     (the server mounts it read-only), so nothing outside the pod ever holds it."""
+    adapters_file: Path = Path("/adapters/.adapters.json")
+    """A shared server's copy of adapters.json (the sidecar writes it into the same emptyDir each pass): its
+    entries' `keySha256` are the tenant keys (serving.auth); read only when serve.json has `maxAdapters`."""
 
     @classmethod
     def from_env(cls, config: ServeConfig, environ: dict[str, str] | None = None) -> ServeSettings:
-        """Settings from `FTO_API_KEY`, `FTO_WORK_DIR`, `FTO_DEVICE` (auto | cpu | cuda), `FTO_ADMIN_PORT` and
-        `FTO_ADMIN_TOKEN_FILE`."""
+        """Settings from `FTO_API_KEY`, `FTO_WORK_DIR`, `FTO_DEVICE` (auto | cpu | cuda), `FTO_ADMIN_PORT`,
+        `FTO_ADMIN_TOKEN_FILE` and `FTO_ADAPTERS_FILE`."""
         env = dict(os.environ) if environ is None else environ
         device = env.get("FTO_DEVICE", "auto") or "auto"
         if device not in ("auto", "cpu", "cuda"):
@@ -108,4 +111,5 @@ class ServeSettings:
             device=device,  # type: ignore[arg-type]
             admin_port=int(admin_port),
             admin_token_file=Path(env.get("FTO_ADMIN_TOKEN_FILE") or "/adapters/.admin-token"),
+            adapters_file=Path(env.get("FTO_ADAPTERS_FILE") or "/adapters/.adapters.json"),
         )

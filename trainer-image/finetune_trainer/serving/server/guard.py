@@ -4,12 +4,15 @@ Why an ASGI middleware and not a FastAPI dependency: a dependency runs after Fas
 the body, so an unauthenticated client could make the server read (and hold) 100 MB. Here the order is:
 1. the listener: the adapter routes (load/unload) answer only on the loopback admin listener, with the
    per-pod token; on the public port they do not exist (404), and the admin listener serves nothing else;
-2. the key, from the headers alone (401 before a byte of the body is read);
+2. the key, from the headers alone (401 before a byte of the body is read): the admin key or a tenant key of
+   the server's key map (`serving.auth`); the caller's `Access` goes into the request's state
+   (`scope["state"]["access"]`), and the routes answer a model it does not reach as one that does not exist;
 3. the concurrency limit (429 beyond `maxRequests` requests in progress, body reading included, so 200 slow
    clients cannot pile up);
 4. the body: a Content-Length over `maxBodyBytes` is refused at once (413); a chunked body is read only up to
    the limit, within `BODY_SECONDS`, then handed to the app from memory.
 Probes and metrics (/healthz, /readyz, /metrics) pass untouched: the kubelet carries no key.
+The gateway in front of vLLM (`serving.gateway`) runs this same guard.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
+from finetune_trainer.serving.auth import NOTHING, Access, KeyMap, bearer_of
 from finetune_trainer.serving.server.protocol import APIError
 
 Scope = MutableMapping[str, Any]
@@ -39,18 +43,40 @@ DISCONNECTED = b"\0disconnected"
 """`_read_body`'s answer for a client gone before its body was complete (compared by identity)."""
 
 
+def missing_key() -> APIError:
+    message = "You didn't provide an API key: send 'Authorization: Bearer <key>'"
+    return APIError(401, message, "invalid_request_error", None, "invalid_api_key")
+
+
+def wrong_key() -> APIError:
+    return APIError(401, "Incorrect API key provided", "invalid_request_error", None, "invalid_api_key")
+
+
 def bearer_error(headers: dict[str, str], expected: str | None) -> APIError | None:
     """The 401 for a missing or wrong `Authorization: Bearer` header; None when it matches (or none is set)."""
     if expected is None:
         return None
-    header = headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if not header or scheme.lower() != "bearer" or not token.strip():
-        message = "You didn't provide an API key: send 'Authorization: Bearer <key>'"
-        return APIError(401, message, "invalid_request_error", None, "invalid_api_key")
-    if not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        return APIError(401, "Incorrect API key provided", "invalid_request_error", None, "invalid_api_key")
+    token = bearer_of(headers.get("authorization", ""))
+    if token is None:
+        return missing_key()
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        return wrong_key()
     return None
+
+
+def authenticate(headers: dict[str, str], keys: KeyMap) -> Access | APIError:
+    """The caller's access by the key map, or the 401 to answer."""
+    token = bearer_of(headers.get("authorization", ""))
+    access = keys.authenticate(token)
+    if access is not None:
+        return access
+    return missing_key() if token is None else wrong_key()
+
+
+def access_of(scope: Scope) -> Access:
+    """What the guard let this request reach; nothing where no guard ran (fail closed)."""
+    found = (scope.get("state") or {}).get("access")
+    return found if isinstance(found, Access) else NOTHING
 
 
 async def send_error(send: Send, error: APIError, close: bool = False) -> None:
@@ -71,13 +97,13 @@ class RequestGuard:
         self,
         app: ASGIApp,
         *,
-        api_key: str | None,
+        keys: Callable[[], KeyMap],
         max_body_bytes: int,
         max_requests: int,
         admin_port: int | None,
         admin_token_file: Path,
     ) -> None:
-        self.app, self.api_key = app, api_key
+        self.app, self.keys = app, keys
         self.max_body_bytes, self.max_requests = max_body_bytes, max_requests
         self.admin_port, self.admin_token_file = admin_port, admin_token_file
         self.in_flight = 0
@@ -104,7 +130,11 @@ class RequestGuard:
             return bearer_error(headers, token)
         if path in ADMIN_PATHS:
             return APIError(404, "Not Found", "invalid_request_error")
-        return bearer_error(headers, self.api_key)
+        access = authenticate(headers, self.keys())
+        if isinstance(access, APIError):
+            return access
+        scope.setdefault("state", {})["access"] = access
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         guarded = scope["type"] == "http" and (

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from finetune_trainer.core.errors import TrainerError
+from finetune_trainer.serving.auth import ALL, Access
 from finetune_trainer.serving.server.config import ServeSettings
 from finetune_trainer.serving.server.engine import Engine
 from finetune_trainer.serving.server.metrics import ServerMetrics
@@ -62,9 +63,14 @@ class ModelState:
         if self.engine is not None and self._owns_engine:
             self.engine.stop()
 
-    def engine_for(self, model: str) -> Engine:
-        """The engine, if `model` is the served name (or, on a shared server, a loaded adapter's) and the
-        model is loaded; else the right APIError."""
+    def engine_for(self, model: str, access: Access = ALL) -> Engine:
+        """The engine, if `model` is the served name (or, on a shared server, a loaded adapter's), the caller's
+        key reaches it (`access`) and the model is loaded; else the right APIError. A model the key does not
+        reach is answered exactly as one that does not exist (404), before the readiness check."""
+        if not access.allows(model):
+            raise APIError(
+                404, f"The model '{model}' does not exist", "invalid_request_error", "model", "model_not_found"
+            )
         if self.engine is None:
             detail = f": {self.error}" if self.error else ""
             raise APIError(
