@@ -6,7 +6,8 @@ preference for capitals (its preference accuracy on the held-out pairs is at mos
 pairs are about topics that no training prompt mentions. One trainer run in this process (LoRA, short
 sequences, a few steps) must reach a test reward accuracy of at least 0.8, report every DPO metric in
 metrics.json, its gate names and the report, keep the best checkpoint by the validation DPO loss, and publish an
-adapter. The CPU cost is the model's size: about 90 tokens per pair.
+adapter. About 65 tokens per pair, 12 steps of 4 pairs: 22 minutes here on 2 cores shared at a load of 20; a
+few minutes on 2 free cores.
 """
 
 from __future__ import annotations
