@@ -1,9 +1,15 @@
 """Operator scale benchmark: N FineTuneJobs on M fake 8-GPU kwok nodes.
 
-Reports: seconds until every child Job exists, status propagation latency (child pod Succeeded -> the
+Reports: seconds until every training Job exists, status propagation latency (training pod Succeeded -> the
 FineTuneJob's phase Succeeded, both seen by this script's own watches, so watch lag cancels out) p50/p99,
 the operator's peak RSS, and Kubernetes API requests the operator sent per FineTuneJob (its own counter).
 Targets at N=500, M=100 on a 2-core machine: all Jobs within 60 s, p99 under 5 s, RSS under 300 MiB.
+
+Each FineTuneJob runs two Jobs: the CPU-only data check (component `validator`), then, once it has passed, the
+training Job (component `trainer`). Both pods carry the FineTuneJob's uid label, so the figures keep them apart
+by the component label: propagation starts when the *training* pod succeeds (counting from the validation pod's
+end would add the whole training pod's run to it), and the hand-over (validation pod done -> training Job
+exists) is reported on its own, as is the time until every validation Job exists.
 
 The machine is shared and noisy, so the benchmark runs several rounds (--runs, each with a fresh operator,
 namespace and nodes) and reports the median of each figure beside its range. On the local cluster it also
@@ -43,6 +49,8 @@ from tests.support.ports import free_port  # noqa: E402
 GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
 TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}
 NODE_LABEL = "finetune.dev/bench-node"
+COMPONENT_LABEL, TRAINER, VALIDATOR = "finetune.dev/component", "trainer", "validator"
+UID_LABEL = "finetune.dev/job-uid"
 TARGETS = {"all_child_jobs_seconds": 60.0, "propagation_p99_seconds": 5.0, "operator_peak_rss_mib": 300.0}
 CLUSTER_COMPONENTS = ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kwok")
 
@@ -93,8 +101,8 @@ class Watcher:
 
     def __init__(self, api_client: Any, namespace: str) -> None:
         self.api_client, self.namespace = api_client, namespace
-        self.job_seen: dict[str, float] = {}
-        self.pod_done: dict[str, float] = {}  # by FineTuneJob uid
+        self.job_seen: dict[str, dict[str, float]] = {TRAINER: {}, VALIDATOR: {}}  # component -> uid -> seen
+        self.pod_done: dict[str, dict[str, float]] = {TRAINER: {}, VALIDATOR: {}}  # component -> uid -> done
         self.ftj_done: dict[str, float] = {}  # by FineTuneJob uid
         self.stop = threading.Event()
 
@@ -125,12 +133,16 @@ class Watcher:
         custom = client.CustomObjectsApi(self.api_client)
 
         def on_job(job: dict[str, Any]) -> None:
-            self.job_seen.setdefault(job["metadata"]["name"], time.monotonic())
+            labels = job["metadata"].get("labels") or {}
+            seen = self.job_seen.get(labels.get(COMPONENT_LABEL, ""))
+            if seen is not None and labels.get(UID_LABEL):
+                seen.setdefault(labels[UID_LABEL], time.monotonic())
 
         def on_pod(pod: dict[str, Any]) -> None:
-            uid = (pod["metadata"].get("labels") or {}).get("finetune.dev/job-uid")
-            if uid and (pod.get("status") or {}).get("phase") == "Succeeded":
-                self.pod_done.setdefault(uid, time.monotonic())
+            labels = pod["metadata"].get("labels") or {}
+            done = self.pod_done.get(labels.get(COMPONENT_LABEL, ""))
+            if done is not None and labels.get(UID_LABEL) and (pod.get("status") or {}).get("phase") == "Succeeded":
+                done.setdefault(labels[UID_LABEL], time.monotonic())
 
         def on_ftj(obj: dict[str, Any]) -> None:
             if (obj.get("status") or {}).get("phase") == "Succeeded":
@@ -141,7 +153,7 @@ class Watcher:
 
         for fn, handler, kw in (
             (batch.list_namespaced_job, on_job, {}),
-            (core.list_namespaced_pod, on_pod, {"label_selector": "finetune.dev/job-uid"}),
+            (core.list_namespaced_pod, on_pod, {"label_selector": UID_LABEL}),
             (custom_list, on_ftj, {}),
         ):
             threading.Thread(target=self._loop, args=(fn, handler), kwargs=kw, daemon=True).start()
@@ -198,6 +210,20 @@ def api_requests_by_verb(port: int) -> dict[str, float]:
     }
 
 
+def wait_for_metrics(port: int, operator: subprocess.Popen[bytes], patience: float = 120.0) -> None:
+    """Until the operator answers on its metrics port: its start (imports, first lists) takes seconds on a
+    quiet machine and far longer on a loaded one, so a fixed pause measured nothing or failed."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            api_requests_by_verb(port)
+            return
+        except OSError:
+            if operator.poll() is not None or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def api_requests(port: int) -> float:
     return sum(api_requests_by_verb(port).values())
 
@@ -248,7 +274,7 @@ def run(jobs: int, nodes: int, delay: str, timeout: float) -> dict[str, Any]:
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda n: core.create_node(node(n)), node_names))  # type: ignore[arg-type]
         watcher.start()
-        time.sleep(3)  # operator startup (imports, first list)
+        wait_for_metrics(metrics_port, operator)  # operator startup (imports, first list)
         load_before = os.getloadavg()[0]
         before = api_requests(metrics_port)
         cpu_before = cpu_seconds(operator.pid)
@@ -266,18 +292,20 @@ def run(jobs: int, nodes: int, delay: str, timeout: float) -> dict[str, Any]:
             )
         created = time.monotonic() - start
         deadline = start + timeout
-        while len(watcher.job_seen) < jobs and time.monotonic() < deadline:
+        trainers, validators = watcher.job_seen[TRAINER], watcher.job_seen[VALIDATOR]
+        while len(trainers) < jobs and time.monotonic() < deadline:
             time.sleep(0.2)
-        all_jobs = max(watcher.job_seen.values(), default=start) - start if len(watcher.job_seen) >= jobs else None
+        all_jobs = max(trainers.values(), default=start) - start if len(trainers) >= jobs else None
+        all_validators = max(validators.values(), default=start) - start if len(validators) >= jobs else None
         component_cpu = {
             name: round(process_tree_cpu_seconds(pid) - component_cpu_before[name], 1) for name, pid in pids.items()
         }
         while len(watcher.ftj_done) < jobs and time.monotonic() < deadline:
             time.sleep(0.5)
         time.sleep(1)
-        latencies = [
-            watcher.ftj_done[uid] - watcher.pod_done[uid] for uid in watcher.ftj_done if uid in watcher.pod_done
-        ]
+        trained, checked = watcher.pod_done[TRAINER], watcher.pod_done[VALIDATOR]
+        latencies = [watcher.ftj_done[uid] - trained[uid] for uid in watcher.ftj_done if uid in trained]
+        handovers = [trainers[uid] - checked[uid] for uid in trainers if uid in checked]
         requests = api_requests(metrics_port) - before
         cpu = cpu_seconds(operator.pid) - cpu_before
         return {
@@ -286,8 +314,12 @@ def run(jobs: int, nodes: int, delay: str, timeout: float) -> dict[str, Any]:
             "gpus_per_node": 8,
             "create_seconds": round(created, 2),
             "all_child_jobs_seconds": round(all_jobs, 2) if all_jobs is not None else None,
-            "child_jobs_seen": len(watcher.job_seen),
+            "all_validation_jobs_seconds": round(all_validators, 2) if all_validators is not None else None,
+            "training_jobs_seen": len(trainers),
+            "validation_jobs_seen": len(validators),
             "succeeded": len(watcher.ftj_done),
+            "handover_p50_seconds": round(percentile(handovers, 0.5), 3),
+            "handover_p99_seconds": round(percentile(handovers, 0.99), 3),
             "propagation_p50_seconds": round(percentile(latencies, 0.5), 3),
             "propagation_p99_seconds": round(percentile(latencies, 0.99), 3),
             "propagation_mean_seconds": round(statistics.fmean(latencies), 3) if latencies else None,

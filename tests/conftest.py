@@ -67,6 +67,12 @@ class Cluster:
         return client.RbacAuthorizationV1Api(self.api_client)
 
     @property
+    def networking(self) -> Any:
+        from kubernetes import client
+
+        return client.NetworkingV1Api(self.api_client)
+
+    @property
     def custom(self) -> Any:
         from kubernetes import client
 

@@ -14,6 +14,7 @@ fine-tuned one (status.metrics), on the same held-out test split.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import socket
@@ -63,6 +64,17 @@ def ask(openai: Any, model: str, questions: list[str], max_tokens: int) -> list[
 
     with ThreadPoolExecutor(len(questions)) as pool:
         return list(pool.map(one, questions))
+
+
+def endpoint_key(core: Any, namespace: str, status: dict[str, Any]) -> str:
+    """The endpoint's API key, read as a user does (kubectl get secret NAME -o jsonpath='{.data.apiKey}' | base64
+    -d) from the Secret status.serving.apiKeySecret names (the operator generated it unless the manifest named
+    one); "none" for an endpoint whose manifest opted out (serving.allowUnauthenticated)."""
+    secret = (status.get("serving") or {}).get("apiKeySecret")
+    if not secret:
+        return "none"
+    data = core.read_namespaced_secret(secret, namespace).data
+    return base64.b64decode(data["apiKey"]).decode()
 
 
 @contextmanager
@@ -152,7 +164,8 @@ def main() -> int:
     questions = list(HELD_OUT.values())
 
     with endpoint_forward(args.namespace, endpoint["url"]) as url:
-        tuned = OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
+        key = endpoint_key(client.CoreV1Api(), args.namespace, status)
+        tuned = OpenAI(base_url=url, api_key=key, max_retries=0, timeout=600)
         served = wait_for_models(tuned, timeout=60)
         print(f"endpoint {endpoint['url']} serves {served} (run {endpoint.get('run')})", flush=True)
         tuned_answers = ask(tuned, endpoint["model"], questions, args.max_tokens)

@@ -111,8 +111,13 @@ def test_quickstart_trains_evaluates_publishes_and_serves(cluster: Cluster, name
 
     # the endpoint answers the official OpenAI client (through kubectl port-forward: no kube-proxy here)
     service = status["endpoint"]["url"].split("//", 1)[1].split(".", 1)[0]
+    # the manifest names no key: the operator generated one, in the Secret the status names (never open)
+    from query import endpoint_key
+
+    assert status["serving"]["apiKeySecret"] == "quickstart-api-key"
+    key = endpoint_key(cluster.core, namespace, status)
     with port_forward(cluster.kubeconfig, namespace, service, 8000) as port:
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
         for _ in range(60):
             try:
                 served = [m.id for m in client.models.list().data]

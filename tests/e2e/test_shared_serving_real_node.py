@@ -66,8 +66,9 @@ def _server(s3_endpoint: str, engine: str) -> dict[str, Any]:
     }
     if engine == "transformers":
         spec["resources"] = {"requests": {"cpu": "300m", "memory": "1Gi"}, "limits": {"memory": "3Gi"}}
-    else:  # the operator's CPU defaults for vLLM (7Gi), and a key: vLLM's runtime LoRA routes then need it too
-        spec["apiKeySecret"] = "api"
+    # the server's admin key (reaching every adapter), from the user's Secret; on vLLM its runtime LoRA routes
+    # need it too (the operator's CPU defaults for vLLM: 7Gi)
+    spec["apiKeySecret"] = "api"
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelServer", "metadata": {"name": "shared"}, "spec": spec}
 
 

@@ -39,6 +39,9 @@ NAMESPACED: list[Rule] = [
     ("apps", ("replicasets",), ("list", "watch"), ()),
     ("", ("serviceaccounts",), ("get", "create"), ()),
     ("rbac.authorization.k8s.io", ("roles", "rolebindings"), ("get", "create"), ()),
+    ("rbac.authorization.k8s.io", ("roles",), ("update",), ()),
+    ("networking.k8s.io", ("networkpolicies",), ("get", "create", "patch", "delete"), ()),
+    ("", ("secrets",), ("create",), ()),
     ("", ("secrets",), ("get",), ()),
     ("", ("events",), ("create",), ()),
 ]
@@ -110,13 +113,14 @@ def test_cluster_wide_is_an_opt_in_without_any_secret_read() -> None:
 def test_no_cluster_wide_secret_read_and_role_creation_only_under_the_admission_policy(values: dict[str, str]) -> None:
     docs = render("r", "ops", values)
     for cluster_role in (d for d in docs if d["kind"] == "ClusterRole"):
-        assert not [r for r in _rules(cluster_role) if "secrets" in r[1]]
+        # no read of any kind; `create` only, for the generated API keys (never update, patch or delete)
+        assert [r for r in _rules(cluster_role) if "secrets" in r[1]] in ([], [("", ("secrets",), ("create",), ())])
     creating = [
         d["kind"]
         for d in docs
         if d["kind"] in ("Role", "ClusterRole")
         for r in _rules(d)
-        if {"roles", "rolebindings"} & set(r[1])
+        if {"roles", "rolebindings"} & set(r[1]) and "create" in r[2]
     ]
     assert creating == ["ClusterRole" if values else "Role"]
     for d in docs:

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.support.crds import install_crd
-from tests.support.kwok import DELAY, EXIT_CODE, KWOK_NODE_SELECTOR, KWOK_TOLERATION, MESSAGE
+from tests.support.kwok import DELAY, EXIT_CODE, KWOK_NODE_SELECTOR, KWOK_TOLERATION, MESSAGE, REASON
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).parents[2]
@@ -61,12 +61,14 @@ def ftj_manifest(name: str, **spec_overrides: Any) -> dict[str, Any]:
     }
 
 
-def kwok_annotations(exit_code: int, message: str = "", delay: str = "") -> dict[str, str]:
+def kwok_annotations(exit_code: int, message: str = "", delay: str = "", reason: str = "") -> dict[str, str]:
     out = {EXIT_CODE: str(exit_code)}
     if message:
         out[MESSAGE] = message
     if delay:
         out[DELAY] = delay
+    if reason:
+        out[REASON] = reason
     return out
 
 
@@ -231,12 +233,12 @@ class Jobs:
             timeout=timeout,
         )
 
-    def finish_pod(self, namespace: str, pod_name: str, exit_code: int, message: str = "") -> None:
-        """Script a running kwok pod's end (hack/kwok/stages.yaml: pod-exit)."""
+    def finish_pod(self, namespace: str, pod_name: str, exit_code: int, message: str = "", reason: str = "") -> None:
+        """Script a running kwok pod's end (hack/kwok/stages.yaml: pod-exit); `reason`: e.g. OOMKilled."""
         self.cluster.core.patch_namespaced_pod(
             pod_name,
             namespace,
-            {"metadata": {"annotations": kwok_annotations(exit_code, message, delay="100ms")}},
+            {"metadata": {"annotations": kwok_annotations(exit_code, message, delay="100ms", reason=reason)}},
         )
 
 

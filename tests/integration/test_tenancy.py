@@ -48,6 +48,9 @@ NAMESPACED: set[Rule] = {
     ("", "serviceaccounts", "create"),
     ("rbac.authorization.k8s.io", "roles", "create"),
     ("rbac.authorization.k8s.io", "rolebindings", "create"),
+    # a trainer Role an older operator made is put back to the current rules (PUT, uid-bound; the policy admits it
+    # only for a Role a finetune.dev object already controls)
+    ("rbac.authorization.k8s.io", "roles", "update"),
     # ownership (issue #24): who controls an object is read before applying over, adopting or deleting it, and a
     # ModelServer's replicas are the pods of the ReplicaSets its Deployment controls (watched, like its pods)
     *{
@@ -61,6 +64,10 @@ NAMESPACED: set[Rule] = {
     },
     *{("rbac.authorization.k8s.io", r, "get") for r in ("roles", "rolebindings")},
     *{("apps", "replicasets", v) for v in ("list", "watch")},
+    # serving secure by default (issue #24): the NetworkPolicy in front of every server, applied like the bundle,
+    # and the API key Secrets the operator generates (create only: never read, updated or deleted)
+    *{("networking.k8s.io", "networkpolicies", v) for v in ("get", "create", "patch", "delete")},
+    ("", "secrets", "create"),
     ("", "secrets", "get"),
     ("", "events", "create"),
 }
@@ -257,6 +264,34 @@ def test_admission_policy_lets_the_operator_create_only_its_workloads_roles(
     ]
     outcomes = [_refused_by_policy(call) for call in refused]
     assert all(outcomes), [i for i, ok in enumerate(outcomes) if not ok]
+
+    # Secrets (create only, for generated API keys): only an owned `*-api-key` holding the one key apiKey
+    core = client.CoreV1Api(chart_identity.api_client)
+
+    def secret(name: str, data: dict[str, str], owned: bool = True) -> Callable[[], Any]:
+        meta = client.V1ObjectMeta(name=name, owner_references=[reference] if owned else None)
+        return lambda: core.create_namespaced_secret(team, client.V1Secret(metadata=meta, type="Opaque", data=data))
+
+    key = {"apiKey": "a2V5"}
+    refused = [
+        secret("s3-creds-2", {"AWS_ACCESS_KEY_ID": "eA=="}),  # storage credentials of its choosing
+        secret("owner-api-key-x", key),  # another name
+        secret("probe-api-key", {**key, "other": "eA=="}),  # more than the key
+        secret("loose-api-key", key, owned=False),  # not garbage-collected with an owner
+    ]
+    outcomes = [_refused_by_policy(call) for call in refused]
+    assert all(outcomes), [i for i, ok in enumerate(outcomes) if not ok]
+    secret("owner-api-key", key)()  # what builders/apikey.py makes passes both RBAC and the policy
+    # Role update (a trainer Role an older operator made, put back): only of a Role a finetune.dev object controls
+    cluster.rbac.create_namespaced_role(
+        team, client.V1Role(metadata=client.V1ObjectMeta(name="teams-own"), rules=[named_cm])
+    )
+    theirs = cluster.rbac.read_namespaced_role("teams-own", team)
+    theirs.metadata.owner_references = [reference]  # claiming it in the same request does not help
+    assert _refused_by_policy(lambda: rbac.replace_namespaced_role("teams-own", team, theirs))
+    (trainer_role,) = [m for m in trainer_rbac(owner) if m["kind"] == "Role"]
+    current = rbac.read_namespaced_role(trainer_role["metadata"]["name"], team)
+    rbac.replace_namespaced_role(current.metadata.name, team, current)  # the operator's own: admitted
 
 
 def test_operator_requests_outside_its_rights_are_refused(

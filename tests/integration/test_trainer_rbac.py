@@ -79,3 +79,39 @@ def test_trainer_may_patch_only_its_own_progress_config_map(operator: Operator, 
         with pytest.raises(client.ApiException) as refused:
             forbidden()
         assert refused.value.status == 403
+
+
+def test_a_trainer_role_an_older_operator_made_is_put_back_to_the_current_rules(
+    operator: Operator, jobs: Jobs, namespace: str
+) -> None:
+    """Before issue #24 the trainer's Role also granted finetunejobs/status patch. A Role like that, left by an
+    older operator (status without trainerRulesHash), is brought to the current rules, and its token can then no
+    longer patch the status."""
+    from kubernetes import client
+
+    jobs.create(namespace, ftj_manifest("legacy"))
+    wait_for("the Job", lambda: jobs.training_jobs(namespace, "legacy"))
+    current = wait_for("the rules checked", lambda: jobs.status(namespace, "legacy").get("trainerRulesHash"))
+    rbac = jobs.cluster.rbac
+    role = rbac.read_namespaced_role("legacy-trainer", namespace)
+    kept = [r.to_dict() for r in role.rules]
+    old = client.V1PolicyRule(
+        api_groups=[GROUP], resources=[f"{PLURAL}/status"], resource_names=["legacy"], verbs=["get", "patch"]
+    )
+    role.rules = [*role.rules, old]
+    rbac.replace_namespaced_role("legacy-trainer", namespace, role)  # what an older operator made
+    jobs.cluster.custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, PLURAL, "legacy", {"status": {"trainerRulesHash": None}}
+    )
+    wait_for(
+        "the Role put back",
+        lambda: [r.to_dict() for r in rbac.read_namespaced_role("legacy-trainer", namespace).rules] == kept,
+        timeout=30,
+    )
+    assert wait_for("recorded", lambda: jobs.status(namespace, "legacy").get("trainerRulesHash")) == current
+    trainer = client.CustomObjectsApi(_client_as(jobs.cluster, namespace, "legacy-trainer"))
+    with pytest.raises(client.ApiException) as refused:
+        trainer.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, "legacy", {"status": {"phase": "Succeeded"}}
+        )
+    assert refused.value.status == 403

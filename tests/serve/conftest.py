@@ -82,3 +82,11 @@ def client(lm_server: RunningServer) -> Any:
     import openai
 
     return openai.OpenAI(base_url=lm_server.url + "/v1", api_key="not-checked", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="package")
+def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, list[Path]]]:
+    """The serve tier's one vLLM CPU server (tests/serve/vllm_server.py): (url, its folder, four LoRA adapters)."""
+    from tests.serve.vllm_server import running_vllm
+
+    yield from running_vllm(tmp_path_factory)

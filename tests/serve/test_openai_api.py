@@ -118,9 +118,9 @@ def test_concurrent_requests_match_sequential_ones(client: Any) -> None:
     assert concurrent == sequential
 
 
-def test_n_above_one_is_refused_naming_n(client: Any) -> None:
+def test_n_above_the_limit_is_refused_naming_n(client: Any) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        client.completions.create(model=MODEL_NAME, prompt="hi", n=2)
+        client.completions.create(model=MODEL_NAME, prompt=["hi", "there"], n=9)
     assert caught.value.status_code == 400
     assert caught.value.body["param"] == "n"
     assert caught.value.body["type"] == "invalid_request_error"

@@ -40,9 +40,10 @@ def train_tokenizer() -> PreTrainedTokenizerFast:
     return tiny.train_tokenizer(CORPUS, vocab_size=400, unk_token=None, add_bos=False)
 
 
-def build_causal_lm(folder: Path, seed: int = 0) -> Path:
-    """The two-layer Llama with the test tokenizer, saved with full weights."""
-    return tiny.build_causal_lm(folder, train_tokenizer(), seed=seed, **LLAMA_SIZE)
+def build_causal_lm(folder: Path, seed: int = 0, positions: int = 256) -> Path:
+    """The two-layer Llama with the test tokenizer, saved with full weights (`positions`: its context)."""
+    size = {**LLAMA_SIZE, "max_position_embeddings": positions}
+    return tiny.build_causal_lm(folder, train_tokenizer(), seed=seed, **size)
 
 
 def build_lora_adapter(base: Path, folder: Path, seed: int = 1) -> Path:

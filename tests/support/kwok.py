@@ -9,6 +9,7 @@ KWOK_NODE_SELECTOR = {"type": "kwok"}
 EXIT_CODE = "kwok.finetune.dev/exit-code"
 MESSAGE = "kwok.finetune.dev/termination-message"
 DELAY = "kwok.finetune.dev/delay"
+REASON = "kwok.finetune.dev/reason"  # the container's termination reason, e.g. OOMKilled (default Completed/Error)
 
 
 def kwok_pod_spec(

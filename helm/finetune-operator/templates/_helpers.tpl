@@ -179,12 +179,36 @@ tests/helm/test_chart.py pins the exact list; docs/security.md shows `kubectl au
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, create]
+# A trainer Role an older operator made with other rules (finetunejobs/status patch, before issue #24) is put back
+# to the current ones (builders/rbac.py trainer_rules), once per FineTuneJob: a PUT bound to the Role's uid and
+# resourceVersion. The admission policy admits an update from this ServiceAccount only of a Role a finetune.dev
+# object already controls, and only to rules of the same bounded shape; RBAC's escalation check applies too.
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles]
+  verbs: [update]
+# The NetworkPolicy in front of every serving Deployment (a FineTuneJob's own, a ModelServer's): ingress to the
+# serving port only from the server's namespace (and a ModelServer's allowedNamespaces). Server-side applied with
+# the serving bundle (create, patch), deleted with serving; get (metadata only): who controls it, as for Services.
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, create, patch, delete]
+# The API key Secret the operator generates for an endpoint whose manifest names none (builders/apikey.py;
+# `<job>-api-key`, `<server>-server-api-key`): created once, with a key the operator draws, controlled by its
+# FineTuneJob or ModelServer (garbage-collected with it). create only: no update, patch or delete (which could
+# overwrite a tenant's storage credentials), and no read: the key's hash is kept in the owner's status and on the
+# Secret's annotations, read as metadata where the rule below exists. The chart's admission policy admits from this
+# ServiceAccount only such Secrets (a finetune.dev controller, the name suffix, the one key).
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create]
 {{- if .secrets }}
 # The credentials Secret named in spec.storage, in the FineTuneJob's own namespace: only whether it exists, read
 # as PartialObjectMetadata (Kube.exists_metadata: the data never reaches the operator), and only until the run's
 # Job exists. RBAC has no metadata-only verb, so this `get` would allow reading the data of the Secrets of this
 # namespace: which is why it exists only in per-namespace Roles, never in the clusterWide ClusterRole. No list or
-# watch: the operator cannot enumerate Secrets, and it never copies one (pods use secretKeyRef).
+# watch: the operator cannot enumerate Secrets, and it never copies one (pods use secretKeyRef). The same metadata
+# read tells whose a generated key's Secret is when its create finds the name taken, and recovers the key's hash
+# from its annotation when the owner's status lost it (clusterWide: no such read; that case waits, retried).
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]

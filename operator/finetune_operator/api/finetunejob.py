@@ -8,15 +8,29 @@ keeps this model and `crds/finetunejob.yaml` in step (a unit test compares them 
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from finetune_operator.api.base import SpecModel
 from finetune_operator.api.hashing import content_hash
 from finetune_operator.api.uris import SafeUri
 
 Quantity = int | str
+DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
+"""`resources.maxDuration`: hours, minutes, seconds in that order, e.g. 90m, 24h, 1h30m (the CRD's pattern)."""
+
+
+def duration_seconds(text: str) -> int:
+    """Seconds of a `DURATION_PATTERN` duration (ValueError when it is not one, or is zero)."""
+    match = re.fullmatch(DURATION_PATTERN, text)
+    if not text or match is None:
+        raise ValueError(f"{text!r} is not a duration like 90m, 24h or 1h30m")
+    seconds = sum(int(part[:-1]) * {"h": 3600, "m": 60, "s": 1}[part[-1]] for part in match.groups() if part)
+    if seconds <= 0:
+        raise ValueError(f"{text!r} is not a positive duration")
+    return seconds
 
 
 class BaseModelSpec(SpecModel):
@@ -112,6 +126,19 @@ class ResourcesSpec(SpecModel):
     tolerations: list[Toleration] = []
     affinity: dict[str, Any] | None = None
     priority_class_name: str = ""
+    max_duration: str | None = None
+
+    @field_validator("max_duration")
+    @classmethod
+    def _positive_duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            duration_seconds(value)
+        return value
+
+    @property
+    def max_duration_seconds(self) -> int | None:
+        """`maxDuration` in seconds: the training Job's activeDeadlineSeconds (None: no deadline)."""
+        return duration_seconds(self.max_duration) if self.max_duration is not None else None
 
 
 class DistributedSpec(SpecModel):
@@ -189,9 +216,17 @@ class ServingSpec(SpecModel):
     engine: Literal["transformers", "vllm"] = "transformers"
     max_concurrency: int = 8
     api_key_secret: str = ""
+    """A Secret of the user's (key apiKey); empty: the operator generates one unless allow_unauthenticated."""
+    allow_unauthenticated: bool = False
+    """The explicit opt-out of any key (the CRD refuses it together with api_key_secret or server)."""
     resources: ServingResourcesSpec = ServingResourcesSpec()
     server: str = ""
     """A ModelServer (NAME or NAMESPACE/NAME) holding the adapter instead of a Deployment of its own."""
+
+    @property
+    def generates_key(self) -> bool:
+        """Whether the operator makes this endpoint's key (a shared server's tenant always gets its own)."""
+        return self.enabled and not self.api_key_secret and not self.allow_unauthenticated
 
 
 class PodMetadataSpec(SpecModel):

@@ -100,6 +100,11 @@ class Names:
     def serving_config(self) -> str:
         return f"{self.base}-serve"
 
+    @property
+    def api_key(self) -> str:
+        """The Secret of the endpoint's generated key (serving.apiKeySecret empty, no allowUnauthenticated)."""
+        return f"{self.base}-api-key"
+
 
 def selector_labels(name: str, uid: str) -> dict[str, str]:
     """Labels that find everything of one FineTuneJob (the uid tells apart a deleted and re-created one)."""

@@ -28,6 +28,8 @@ class ModelServerSpec(SpecModel):
     max_lora_rank: int = 16
     max_concurrency: int = 8
     api_key_secret: str = ""
+    """The admin key's Secret (key apiKey); empty: the operator generates one unless allow_unauthenticated."""
+    allow_unauthenticated: bool = False
     allowed_namespaces: list[str] = []
     resources: ServingResourcesSpec = ServingResourcesSpec()
     gpu_resource: str = "nvidia.com/gpu"
@@ -68,9 +70,19 @@ class DesiredAdapter:
     run: int
     uri: str
     rank: int
+    key_sha256: str
+    """The hex SHA-256 of the FineTuneJob's own API key: the server admits that key for this adapter only
+    (its own key, the admin key, reaches every adapter). A hash, so the desired list holds no secret."""
 
     def to_wire(self) -> dict[str, Any]:
-        return {"name": self.name, "finetuneJob": self.job, "run": self.run, "uri": self.uri, "rank": self.rank}
+        return {
+            "name": self.name,
+            "finetuneJob": self.job,
+            "run": self.run,
+            "uri": self.uri,
+            "rank": self.rank,
+            "keySha256": self.key_sha256,
+        }
 
 
 def reference_of(body: dict[str, Any]) -> tuple[str, str] | None:

@@ -1,5 +1,6 @@
 """The objects of a ModelServer: desired-adapter ConfigMap, report ConfigMap, the sync sidecar's identity,
-Deployment, Service and (with more than one replica) PodDisruptionBudget.
+Deployment, Service, NetworkPolicy, (with more than one replica) PodDisruptionBudget, and its generated admin key's
+Secret unless spec.apiKeySecret names one or spec.allowUnauthenticated opts out.
 
 How a replica converges (docs/serving.md, "Shared serving"): every server pod runs the engine plus a small
 sidecar from the trainer image (`python -m finetune_trainer adapters`) that reads the desired list from the
@@ -25,6 +26,7 @@ from finetune_operator.api.hashing import content_hash
 from finetune_operator.api.labels import ANNOTATION_SPEC_HASH, MANAGED_BY, base_name, label_value
 from finetune_operator.api.modelserver import SERVER_KIND, DesiredAdapter, ModelServerSpec
 from finetune_operator.api.objects import Manifest, Owner
+from finetune_operator.builders.apikey import key_secret
 from finetune_operator.builders.common import storage_env
 from finetune_operator.builders.containers import (
     PORT,
@@ -34,7 +36,13 @@ from finetune_operator.builders.containers import (
     sync_token_volume,
 )
 from finetune_operator.builders.engines import ENGINES, ServerInputs
-from finetune_operator.builders.workload import server_deployment, server_pdb, server_pod_spec, server_service
+from finetune_operator.builders.workload import (
+    server_deployment,
+    server_network_policy,
+    server_pdb,
+    server_pod_spec,
+    server_service,
+)
 from finetune_operator.core.settings import Settings
 
 COMPONENT = "model-server"
@@ -80,6 +88,11 @@ class ServerNames:
     @property
     def config(self) -> str:
         return f"{self.base}-server-serve"
+
+    @property
+    def api_key(self) -> str:
+        """The Secret of the server's generated admin key (`-server-`: apart from a FineTuneJob's `-api-key`)."""
+        return f"{self.base}-server-api-key"
 
 
 def selector(owner: ServerOwner) -> dict[str, str]:
@@ -182,13 +195,26 @@ def server_config_map(spec: ModelServerSpec, owner: ServerOwner) -> Manifest:
     }
 
 
+def server_key_secret(spec: ModelServerSpec, owner: ServerOwner) -> str:
+    """The Secret (key apiKey) of the server's admin key: spec.apiKeySecret, else the one the operator generates;
+    "" only with allowUnauthenticated."""
+    if spec.api_key_secret:
+        return spec.api_key_secret
+    return "" if spec.allow_unauthenticated else ServerNames.of(owner.name).api_key
+
+
+def generated_key_secret(owner: ServerOwner, key: str) -> Manifest:
+    """The server's generated admin key (builders.apikey), controlled by the ModelServer."""
+    return key_secret(_metadata(owner, ServerNames.of(owner.name).api_key), key)
+
+
 def server_inputs(spec: ModelServerSpec, owner: ServerOwner, settings: Settings) -> ServerInputs:
     """The server's spec in the engines' terms (the shared memory volume is fixed: vLLM's workers of one pod)."""
     return ServerInputs(
         name=owner.name,
         config_map=ServerNames.of(owner.name).config,
         storage=spec.storage,
-        api_key_secret=spec.api_key_secret,
+        api_key_secret=server_key_secret(spec, owner),
         requests=spec.resources.requests,
         limits=spec.resources.limits,
         gpu_resource=spec.gpu_resource,
@@ -222,7 +248,7 @@ def _server_pod(spec: ModelServerSpec, owner: ServerOwner, settings: Settings) -
         desired=names.adapters,
         report=names.loaded,
         s3_env=storage_env(spec.storage),
-        api_key_env=api_key_env(spec.api_key_secret, "FTO_API_KEY"),
+        api_key_env=api_key_env(server_key_secret(spec, owner), "FTO_API_KEY"),
     )
     pod["containers"] = [*pod["containers"], sidecar]
     pod["volumes"] = [
@@ -246,12 +272,18 @@ def server_deployment_of(spec: ModelServerSpec, owner: ServerOwner, settings: Se
 
 
 def server_bundle(spec: ModelServerSpec, owner: ServerOwner, settings: Settings) -> list[Manifest]:
-    """Sync identity, serve config, Service, (PDB,) Deployment last with the bundle's hash. The desired list
-    and the report ConfigMap are not part of it: they change without touching the pods."""
+    """Sync identity, serve config, Service, NetworkPolicy (ingress from the server's namespace and its
+    allowedNamespaces), (PDB,) Deployment last with the bundle's hash. The desired list and the report ConfigMap
+    are not part of it: they change without touching the pods."""
     name = ServerNames.of(owner.name).deployment
     config = server_config_map(spec, owner)
     deployment = server_deployment_of(spec, owner, settings, content_hash(config["data"]))
-    bundle = [*sync_rbac(owner), config, server_service(_metadata(owner, name), selector(owner))]
+    bundle = [
+        *sync_rbac(owner),
+        config,
+        server_service(_metadata(owner, name), selector(owner)),
+        server_network_policy(_metadata(owner, name), selector(owner), spec.allowed_namespaces),
+    ]
     if spec.replicas > 1:
         bundle.append(server_pdb(_metadata(owner, name), selector(owner)))
     deployment["metadata"]["annotations"][ANNOTATION_SPEC_HASH] = content_hash([*bundle, deployment])

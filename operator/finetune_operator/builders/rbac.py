@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from finetune_operator.api.hashing import content_hash
 from finetune_operator.api.labels import COMPONENT_PROGRESS, Names
 from finetune_operator.api.objects import Manifest, Owner
 from finetune_operator.builders.common import metadata
@@ -46,6 +47,17 @@ def trainer_rules(owner: Owner) -> list[dict[str, Any]]:
     """
     names = Names.of(owner.name)
     return [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [names.progress], "verbs": ["patch"]}]
+
+
+def trainer_rules_hash(owner: Owner) -> str:
+    """The hash of the current trainer rules: status.trainerRulesHash records that the job's Role was checked
+    against them (a Role an older operator made, e.g. one granting finetunejobs/status, is put back to them)."""
+    return content_hash(trainer_rules(owner))
+
+
+def outdated_role(role: dict[str, Any] | None, owner: Owner) -> bool:
+    """Whether an existing trainer Role grants anything but the current rules (None: there is none)."""
+    return role is not None and (role.get("rules") or []) != trainer_rules(owner)
 
 
 def trainer_role(owner: Owner) -> Manifest:

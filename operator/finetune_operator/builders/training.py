@@ -41,6 +41,8 @@ from finetune_operator.builders.trainer_config import CONFIG_DIR, CONFIG_PATH
 from finetune_operator.core.settings import Settings
 
 USER_ERROR_EXIT_CODE = 42
+SIGKILL_EXIT_CODE = 137
+"""128 + SIGKILL: what a container the kernel's OOM killer ended exits with (the kubelet adds reason OOMKilled)."""
 MASTER_PORT = 29500
 WORK_DIR = "/work"
 
@@ -145,7 +147,10 @@ def _container(spec: FineTuneJobSpec, owner: Owner, run: int, settings: Settings
 
 
 def pod_failure_policy() -> dict[str, Any]:
-    """Disruptions are free retries; the trainer's user-error exit code fails the Job at once."""
+    """Disruptions are free retries; the trainer's user-error exit code (a CUDA out-of-memory included) and a
+    SIGKILL (137: the kernel's OOM kill) fail the Job at once: the same spec on the same memory would only run out
+    of it again (finetunejob/oom.py). The disruption rule comes first, so an eviction or preemption that ends in
+    a kill is still a free retry."""
     return {
         "rules": [
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
@@ -154,7 +159,7 @@ def pod_failure_policy() -> dict[str, Any]:
                 "onExitCodes": {
                     "containerName": TRAINER_CONTAINER,
                     "operator": "In",
-                    "values": [USER_ERROR_EXIT_CODE],
+                    "values": [USER_ERROR_EXIT_CODE, SIGKILL_EXIT_CODE],
                 },
             },
         ]
@@ -251,6 +256,8 @@ def training_job(spec: FineTuneJobSpec, owner: Owner, run: int, training_hash: s
         "podFailurePolicy": pod_failure_policy(),
         "template": {"metadata": pod_metadata(spec, labels), "spec": pod_spec},
     }
+    if spec.resources.max_duration_seconds is not None:  # the Job controller stops its pods and fails it past this
+        job_spec["activeDeadlineSeconds"] = spec.resources.max_duration_seconds
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
 
 

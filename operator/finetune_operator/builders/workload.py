@@ -1,5 +1,6 @@
 """The objects around a server's pods, whichever resource owns them (a FineTuneJob's own server, a ModelServer):
-the rolling Deployment, the Service in front of it and its PodDisruptionBudget. One builder each.
+the rolling Deployment, the Service in front of it, its PodDisruptionBudget and the NetworkPolicy that limits who
+reaches it. One builder each.
 
 Rolls are zero-downtime (maxUnavailable 0, one surge pod); the server drains in-flight requests on SIGTERM
 within the grace period; the PDB lets a node drain take one replica at a time.
@@ -7,6 +8,7 @@ within the grace period; the PDB lets a node drain take one replica at a time.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from finetune_operator.api.objects import Manifest
@@ -67,4 +69,31 @@ def server_pdb(metadata: dict[str, Any], selector: dict[str, str]) -> Manifest:
         "kind": "PodDisruptionBudget",
         "metadata": metadata,
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+    }
+
+
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+"""The label the API server sets on every namespace to its own name (not writable otherwise), so a namespace
+selector on it names namespaces exactly."""
+
+
+def server_network_policy(metadata: dict[str, Any], selector: dict[str, str], namespaces: Sequence[str]) -> Manifest:
+    """Ingress to the server pods' serving port only from pods of their own namespace and of `namespaces` (a
+    ModelServer's allowedNamespaces); everything else is dropped by a CNI that enforces NetworkPolicies. Egress
+    is left open: the pods fetch models from S3, whose address the operator does not know. The key is still
+    needed from an allowed pod: the policy narrows who can try it."""
+    peers: list[dict[str, Any]] = [{"podSelector": {}}]
+    others = sorted(set(namespaces) - {str(metadata["namespace"])})
+    if others:
+        expression = {"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": others}
+        peers.append({"namespaceSelector": {"matchExpressions": [expression]}})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata,
+        "spec": {
+            "podSelector": {"matchLabels": selector},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": PORT}]}],
+        },
     }

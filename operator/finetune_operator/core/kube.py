@@ -49,6 +49,7 @@ PLURALS = {
     "Role": "roles",
     "RoleBinding": "rolebindings",
     "PodDisruptionBudget": "poddisruptionbudgets",
+    "NetworkPolicy": "networkpolicies",
     "Lease": "leases",
     KIND: PLURAL,
     "FineTuneSweep": "finetunesweeps",
@@ -216,6 +217,26 @@ class Kube:
             if existing is not None and not controlled_by(existing, meta["namespace"], owner):
                 raise name_taken(existing, manifest["kind"])
         return None
+
+    def replace_owned(self, manifest: Manifest) -> dict[str, Any]:
+        """PUT a whole object over the existing one the manifest's own controller controls, bound to that object's
+        uid and resourceVersion (an object re-made or changed under the name since it was read is refused: a
+        Conflict, read again), never over another owner's (NameTaken). Used to put an operator-made Role back to
+        its current rules (builders.rbac: a trainer Role an older operator made)."""
+        meta = manifest["metadata"]
+        what = f"{manifest['kind']} {meta['namespace']}/{meta['name']}"
+        owner = manifest_controller(manifest)
+        existing = self.get_metadata(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        if existing is None:
+            raise Conflict(f"{what} is gone since it was read", delay=0.5)
+        if not owner or not controlled_by(existing, meta["namespace"], owner):
+            raise name_taken(existing, manifest["kind"])
+        found = existing["metadata"]
+        body = {**manifest, "metadata": {**meta, "uid": found["uid"], "resourceVersion": found["resourceVersion"]}}
+        url = path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        with _replaced(what, bound=True), self._errors("update", what):
+            replaced: dict[str, Any] = self._call("PUT", url, body, query=[("fieldManager", FIELD_MANAGER)])
+        return replaced
 
     def apply(self, manifest: Manifest) -> dict[str, Any]:
         """Server-side apply as the operator's field manager (creates or converges), only over an object the

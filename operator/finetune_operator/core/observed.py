@@ -112,6 +112,7 @@ class PodObs:
     waiting_message: str = ""
     exit_code: int | None = None
     termination_message: str = ""
+    termination_reason: str = ""  # the kubelet's: Completed, Error, OOMKilled
     disrupted: bool = False
     deleting: bool = False
     node_lost: str = ""  # its node, when Kubernetes evicted it because that node stopped responding
@@ -153,6 +154,7 @@ def pod_obs(body: dict[str, Any]) -> PodObs:
         waiting_message=waiting.get("message", ""),
         exit_code=terminated.get("exitCode") if terminated else None,
         termination_message=terminated.get("message", "") if terminated else "",
+        termination_reason=terminated.get("reason", "") if terminated else "",
         disrupted=conditions.get("DisruptionTarget", {}).get("status") == "True",
         deleting=bool(meta.get("deletionTimestamp")),
         node_lost=_node_lost(body, conditions),

@@ -41,6 +41,7 @@ class View:
     jobs: tuple[JobObs, ...]
     pods: tuple[PodObs, ...]
     deployment: DeploymentObs | None
+    progress: dict[str, Any] | None = None  # the trainer's validated report (finetunejob/progress.py), if any
 
 
 def _newer_or_equal(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
@@ -60,6 +61,11 @@ class Store:
         self._uids: dict[str, Key] = {}
         self._children: dict[OwnerKey, _Children] = {}  # by (namespace, FineTuneJob uid)
         self._pods: dict[OwnerKey, dict[str, PodObs]] = {}  # by (namespace, Job uid)
+        # (namespace, Job uid) -> its owner's uid: a pod's event finds its FineTuneJob in one lookup; a scan of
+        # every owner's Jobs under the lock cost O(jobs) per pod event, O(jobs^2) for a burst of them
+        self._job_owners: dict[OwnerKey, str] = {}
+        # (namespace, FineTuneJob uid) -> the trainer's validated progress report, from the watched ConfigMap
+        self._progress: dict[OwnerKey, dict[str, Any]] = {}
         self._orphans: set[tuple[str, OwnerKey]] = set()  # what the last prune found owner-less
         self._servers: dict[Key, dict[str, Any]] = {}  # ModelServer bodies (shared serving)
 
@@ -72,13 +78,24 @@ class Store:
                 self._uids[meta["uid"]] = key
         return key
 
+    def holds(self, body: dict[str, Any]) -> bool:
+        """Whether this very version of the body (its resourceVersion) is already held: the watch event of a
+        status the operator itself wrote, filed from the write's answer by the pass that made it."""
+        meta = body["metadata"]
+        with self._lock:
+            held = self._bodies.get((meta["namespace"], meta["name"]))
+            version = str(meta.get("resourceVersion") or "")
+            return held is not None and bool(version) and str(held["metadata"].get("resourceVersion")) == version
+
     def forget_body(self, namespace: str, name: str, uid: str) -> None:
         with self._lock:
             self._bodies.pop((namespace, name), None)
             self._uids.pop(uid, None)
             kids = self._children.pop((namespace, uid), None)
+            self._progress.pop((namespace, uid), None)
             for job in kids.jobs.values() if kids else ():
                 self._pods.pop((namespace, job.uid), None)
+                self._job_owners.pop((namespace, job.uid), None)
 
     def key_of(self, uid: str) -> Key | None:
         with self._lock:
@@ -93,11 +110,9 @@ class Store:
     def owner_of_pod(self, pod: PodObs) -> Key | None:
         """The FineTuneJob whose filed Job controls this pod, if any."""
         with self._lock:
-            for (namespace, uid), kids in self._children.items():
-                if namespace == pod.namespace and any(j.uid == pod.job_uid for j in kids.jobs.values()):
-                    key = self._uids.get(uid)
-                    return key if key is not None and key[0] == namespace else None
-            return None
+            owner = self._job_owners.get((pod.namespace, pod.job_uid))
+            key = self._uids.get(owner) if owner is not None else None
+            return key if key is not None and key[0] == pod.namespace else None
 
     def all_keys(self) -> list[Key]:
         with self._lock:
@@ -110,7 +125,12 @@ class Store:
         with self._lock:
             jobs = self._children.setdefault((job.namespace, job.owner_uid), _Children()).jobs
             if not (only_if_absent and job.name in jobs):
+                previous = jobs.get(job.name)
+                if previous is not None and previous.uid != job.uid:  # the name now holds a new Job
+                    self._job_owners.pop((job.namespace, previous.uid), None)
                 jobs[job.name] = job
+                if job.uid:
+                    self._job_owners[(job.namespace, job.uid)] = job.owner_uid
 
     def mark_job_deleting(self, namespace: str, owner_uid: str, name: str) -> None:
         """A foreground deletion was requested: the Job lingers until its pods are gone, and no pass may
@@ -128,6 +148,7 @@ class Store:
             gone = kids.jobs.pop(name, None)
             if gone is not None and gone.uid:
                 self._pods.pop((namespace, gone.uid), None)
+                self._job_owners.pop((namespace, gone.uid), None)
             if not kids.jobs and kids.deployment is None:
                 self._children.pop((namespace, owner_uid), None)
 
@@ -146,6 +167,18 @@ class Store:
             pods.pop(pod.name, None)
             if not pods:
                 self._pods.pop((pod.namespace, pod.job_uid), None)
+
+    def put_progress(self, namespace: str, owner_uid: str, report: dict[str, Any] | None) -> bool:
+        """File the trainer's validated report for its FineTuneJob (None: none, or none that passed the checks);
+        whether it changed what is held (an unchanged report queues no pass)."""
+        with self._lock:
+            key = (namespace, owner_uid)
+            if report is None:
+                return self._progress.pop(key, None) is not None
+            if self._progress.get(key) == report:
+                return False
+            self._progress[key] = copy.deepcopy(report)
+            return True
 
     def put_deployment(self, deployment: DeploymentObs) -> None:
         if not deployment.owner_uid:
@@ -173,10 +206,15 @@ class Store:
             jobs = {(k[0], j.uid) for k, kids in self._children.items() if k in live for j in kids.jobs.values()}
             found = {("children", k) for k in self._children if k not in live}
             found |= {("pods", k) for k in self._pods if k not in jobs}
+            found |= {("progress", k) for k in self._progress if k not in live}
             drop, self._orphans = found & self._orphans, found - self._orphans
             for kind, key in drop:
                 if kind == "children":
-                    self._children.pop(key, None)
+                    dropped = self._children.pop(key, None)
+                    for job in dropped.jobs.values() if dropped is not None else ():
+                        self._job_owners.pop((key[0], job.uid), None)
+                elif kind == "progress":
+                    self._progress.pop(key, None)
                 else:
                     self._pods.pop(key, None)
             return len(drop)
@@ -185,6 +223,16 @@ class Store:
         """How many child groups and pod groups are held (for tests of the bound)."""
         with self._lock:
             return len(self._children), len(self._pods)
+
+    def job_owner_entries(self) -> int:
+        """How many Job -> owner index entries are held (for tests of the bound: none outlives its Job)."""
+        with self._lock:
+            return len(self._job_owners)
+
+    def progress_entries(self) -> int:
+        """How many progress reports are held (for tests of the bound: none outlives its FineTuneJob)."""
+        with self._lock:
+            return len(self._progress)
 
     def put_server(self, body: dict[str, Any]) -> Key:
         meta = body["metadata"]
@@ -219,4 +267,11 @@ class Store:
                 return None
             kids = self._children.get((key[0], body["metadata"]["uid"]), _Children())
             pods = [p for j in kids.jobs.values() if j.uid for p in self._pods.get((key[0], j.uid), {}).values()]
-            return View(copy.deepcopy(body), tuple(kids.jobs.values()), tuple(pods), kids.deployment)
+            progress = self._progress.get((key[0], body["metadata"]["uid"]))
+            return View(
+                copy.deepcopy(body),
+                tuple(kids.jobs.values()),
+                tuple(pods),
+                kids.deployment,
+                copy.deepcopy(progress) if progress is not None else None,
+            )

@@ -15,10 +15,21 @@ from typing import Any
 from pydantic import ValidationError
 
 from finetune_operator.api.base import invalid_spec_message
-from finetune_operator.api.finetunejob import parse_spec
+from finetune_operator.api.finetunejob import FineTuneJobSpec, parse_spec
 from finetune_operator.api.labels import ANNOTATION_RETRY, Names
 from finetune_operator.api.modelserver import server_ref
 from finetune_operator.api.objects import Manifest, Owner
+from finetune_operator.api.ownership import controlled_by
+from finetune_operator.builders.apikey import (
+    ANNOTATION_KEY_SHA256,
+    generate_key,
+    key_secret,
+    recorded_sha256,
+    sha256_hex,
+)
+from finetune_operator.builders.apikey import COMPONENT as KEY_COMPONENT
+from finetune_operator.builders.common import metadata
+from finetune_operator.builders.rbac import outdated_role, trainer_role, trainer_rules_hash
 from finetune_operator.core.errors import NameTaken, PermanentError, TemporaryError
 from finetune_operator.core.kube import Kube
 from finetune_operator.core.metrics import JOBS_BY_PHASE, PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
@@ -27,8 +38,8 @@ from finetune_operator.core.settings import Settings
 from finetune_operator.core.status_patch import merge_patch, now_rfc3339
 from finetune_operator.core.store import Key, Store
 from finetune_operator.core.workqueue import RequeueError
-from finetune_operator.finetunejob.plan import Plan, Snapshot, needs_progress_read, needs_secret_check, plan
-from finetune_operator.finetunejob.progress import report_in
+from finetune_operator.finetunejob.apikey import ApiKey, needs_key, recorded_key
+from finetune_operator.finetunejob.plan import Plan, Snapshot, needs_secret_check, plan
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +98,17 @@ class Reconciler:
             deployment=view.deployment,
             now=now_rfc3339(),
             retry_token=retry_token,
+            progress=view.progress,
         )
         if spec.serving.server:  # shared serving: the verdict is in the server's status (modelserver/controller.py)
             snapshot = replace(snapshot, server=self.store.server(server_ref(spec.serving.server, owner.namespace)))
         if self.settings.secret_check and needs_secret_check(snapshot):
             present = self.kube.exists_metadata("v1", "Secret", owner.namespace, spec.storage.credentials_secret)
             snapshot = replace(snapshot, secret_present=present)
-        if needs_progress_read(snapshot):
-            progress = self.kube.get("v1", "ConfigMap", owner.namespace, Names.of(owner.name).progress)
-            snapshot = replace(snapshot, progress=report_in(progress, owner.uid))
+        if status.get("trainerRulesHash") != trainer_rules_hash(owner):
+            snapshot = replace(snapshot, trainer_rules=self._trainer_rules(owner))
+        if needs_key(spec, owner, status) or self._key_deleted(spec, owner, status):
+            snapshot = replace(snapshot, **self._generated_key(owner))
         decided = plan(snapshot, self.settings)
         try:
             self._execute(owner, decided)
@@ -106,6 +119,50 @@ class Reconciler:
             decided = replace(decided, status={**decided.status, **failed})
         self._write_status(view.body, decided.status, owner, decided)
         return decided.requeue_after
+
+    def _trainer_rules(self, owner: Owner) -> str | None:
+        """Bring the job's trainer Role to the current rules (builders.rbac.trainer_rules) when an older operator
+        made it with others (finetunejobs/status patch, before issue #24): the hash to record in status, once
+        checked; None when the Role under that name is not this job's (left alone; its runs fail NameTaken)."""
+        names = Names.of(owner.name)
+        role = self.kube.get("rbac.authorization.k8s.io/v1", "Role", owner.namespace, names.trainer_account)
+        if role is not None and not controlled_by(role, owner.namespace, owner.uid):
+            return None
+        if outdated_role(role, owner):
+            self.kube.replace_owned(trainer_role(owner))
+            log.info("trainer Role %s/%s put back to the current rules", owner.namespace, names.trainer_account)
+        return trainer_rules_hash(owner)
+
+    def _key_deleted(self, spec: FineTuneJobSpec, owner: Owner, status: dict[str, Any]) -> bool:
+        """Whether the generated key recorded in status has lost its Secret (deleted to get a new key): checked,
+        as metadata, only while a model is published (the pods need it) and where the operator may look Secrets
+        up (not clusterWide)."""
+        if not self.settings.secret_check or not status.get("published") or recorded_key(spec, owner, status) is None:
+            return False
+        return not self.kube.exists_metadata("v1", "Secret", owner.namespace, Names.of(owner.name).api_key)
+
+    def _generated_key(self, owner: Owner) -> dict[str, Any]:
+        """Make the endpoint's key Secret once (builders.apikey), or find the one made before whose record the
+        status lost (its hash is in its metadata); the key itself is never logged, never read back. A Secret of
+        that name that is not ours is left alone and named in the status."""
+        name = Names.of(owner.name).api_key
+        key = generate_key()
+        manifest = key_secret(metadata(owner, name, KEY_COMPONENT), key)
+        try:
+            created = self.kube.create(manifest)
+        except NameTaken as error:
+            return {"api_key_problem": f"the API key cannot be generated: {error}"}
+        if created is not None:
+            log.info("generated the API key Secret %s/%s", owner.namespace, name)
+            return {"api_key": ApiKey(name, sha256_hex(key))}
+        sha256 = recorded_sha256(self.kube.get_metadata("v1", "Secret", owner.namespace, name))
+        if not sha256:
+            problem = (
+                f"Secret {owner.namespace}/{name} (the generated API key) lost its {ANNOTATION_KEY_SHA256} "
+                "annotation; delete the Secret and the operator generates a new key"
+            )
+            return {"api_key_problem": problem}
+        return {"api_key": ApiKey(name, sha256)}
 
     def _created_job(self, owner: Owner, manifest: Manifest, created: dict[str, Any] | None) -> None:
         # create() returned None only for a Job of ours (one controlled by another owner raises NameTaken)

@@ -14,7 +14,7 @@ with: task, base model, adapter or not, rank), and `published.modelUri` is alway
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -36,6 +36,7 @@ from finetune_operator.builders.policy import REFUSED, job_refusal
 from finetune_operator.core.observed import JobObs, PodObs
 from finetune_operator.core.settings import Settings
 from finetune_operator.finetunejob.gate import GateResult, evaluate_gate
+from finetune_operator.finetunejob.oom import OOM_KILLED, OUT_OF_MEMORY, explained, killed_pod
 from finetune_operator.finetunejob.progress import progress_of
 from finetune_operator.finetunejob.runs import (
     ChildRef,
@@ -52,12 +53,9 @@ from finetune_operator.finetunejob.status import Outcome, status_of
 from finetune_operator.finetunejob.training_state import ErrorInfo, TrainingState, training_state
 from finetune_operator.finetunejob.validation import Validation, validation_of
 
-__all__ = ["Plan", "Snapshot", "needs_progress_read", "needs_secret_check", "plan", "run_of"]
+__all__ = ["Plan", "Snapshot", "needs_secret_check", "plan", "run_of"]
 
 TERMINAL = ("Failed", "Succeeded", "Serving", "Publishing")
-PROGRESS_SECONDS = 5.0
-"""How often a pass reads the progress ConfigMap while the run's training pods run (the trainer writes at most
-every 5 s): the operator watches no FineTuneJob's ConfigMaps (only a ModelServer's, label-selected)."""
 
 
 @dataclass
@@ -84,15 +82,6 @@ def needs_secret_check(snapshot: Snapshot) -> bool:
     run, _ = run_of(snapshot)
     finished = _finished_before(snapshot.status, run, snapshot.spec, _retry_requested(snapshot))
     return not any(j.run == run for j in snapshot.jobs) and not finished
-
-
-def needs_progress_read(snapshot: Snapshot) -> bool:
-    """Read the trainer's progress ConfigMap only while a training pod of the current run runs."""
-    run, _ = run_of(snapshot)
-    job = next((j for j in snapshot.jobs if j.run == run and j.component == COMPONENT_TRAINER), None)
-    if job is None or job.finished:
-        return False
-    return any(p.run == run and p.component == COMPONENT_TRAINER and p.phase == "Running" for p in snapshot.pods)
 
 
 def _retry_requested(snapshot: Snapshot) -> bool:
@@ -249,6 +238,29 @@ def _validation(snapshot: Snapshot, run: int, settings: Settings) -> tuple[Valid
     return validation_of(snapshot.status, key, run, job, pods, suspend=spec.suspend, kueue=kueue), job, pods
 
 
+def _out_of_memory_explained(
+    state: TrainingState,
+    snapshot: Snapshot,
+    validation: Validation,
+    job: JobObs | None,
+    pods: Sequence[PodObs],
+    settings: Settings,
+) -> TrainingState:
+    """An OutOfMemory failure with the memory plan's numbers and the changes that would fit (oom.py)."""
+    if state.error is None or state.error.code != OUT_OF_MEMORY or job is None:
+        return state
+    record = validation.record or snapshot.status.get("validation") or {}
+    killed = killed_pod(pods)
+    message = explained(
+        state.error.message,
+        snapshot.spec,
+        record.get("memoryPlan") if isinstance(record, dict) else None,
+        host=killed is not None and killed.termination_reason == OOM_KILLED,
+        validation_memory=settings.validation_memory if job.component == COMPONENT_VALIDATOR else None,
+    )
+    return replace(state, message=message, error=ErrorInfo(OUT_OF_MEMORY, message))
+
+
 def _after_training(spec: FineTuneJobSpec, phase: str, endpoint: dict[str, Any] | None, run: int) -> str:
     """A trained run that passed its gate: Succeeded without serving, else Serving once its endpoint serves it."""
     if phase != "Trained":
@@ -274,7 +286,9 @@ def _stage_of_run(
         )
     job = next((j for j in snapshot.jobs if j.run == run and j.component == COMPONENT_TRAINER), None)
     pods = [p for p in snapshot.pods if p.run == run and p.component == COMPONENT_TRAINER]
-    return validation, job, pods, partial(training_children, spec, owner, run, training_hash, settings)
+    here = validator is not None and not validator.deleting
+    children = partial(training_children, spec, owner, run, training_hash, settings, validated_here=here)
+    return validation, job, pods, children
 
 
 def plan(snapshot: Snapshot, settings: Settings) -> Plan:
@@ -306,6 +320,7 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
         refused=refused,
         progress=progress or {},
     )
+    state = _out_of_memory_explained(state, snapshot, validation, job, pods, settings)
     metrics = state.metrics or (status.get("metrics") if same_run else None) or {}
     earlier = _carried_over(spec, status.get("published"), run)
     phase, error, gate, published = _gated(spec, run, state, metrics, earlier)
@@ -340,8 +355,8 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
 
 
 def _requeue_after(snapshot: Snapshot, state: TrainingState, settings: Settings) -> float | None:
-    """A missing Secret is looked up again, and a running trainer's progress read again, on a timer: neither
-    is watched."""
+    """A missing Secret is looked up again on a timer (Secrets are not watched: the operator reads none). The
+    trainer's progress needs no timer: its ConfigMap is watched (registration.py)."""
     if state.reason == "SecretMissing":
         return settings.secret_recheck_seconds
-    return PROGRESS_SECONDS if needs_progress_read(snapshot) else None
+    return None

@@ -2,7 +2,9 @@
 
 A run that trained and passed its gate becomes `status.published`; the job's own serving bundle (builders.serving)
 is rendered from that published run, so a later run that fails its gate leaves it untouched, and the endpoint is
-reported only once the Deployment has rolled out and is Available. With `serving.server` the job has no Deployment
+reported only once the Deployment has rolled out and is Available, and nothing is rolled out before the endpoint's
+key exists (finetunejob.apikey: the user's Secret, or the generated one; open only with
+serving.allowUnauthenticated). With `serving.server` the job has no Deployment
 of its own: its place on the ModelServer is read back from the server's status (modelserver.plan.verdict_for).
 """
 
@@ -18,6 +20,7 @@ from finetune_operator.api.objects import Manifest
 from finetune_operator.api.published import Published
 from finetune_operator.builders.serving import endpoint_url, serving_bundle
 from finetune_operator.core.settings import Settings
+from finetune_operator.finetunejob.apikey import key_of
 from finetune_operator.finetunejob.runs import ChildRef
 from finetune_operator.finetunejob.snapshot import Snapshot
 from finetune_operator.modelserver.plan import SharedVerdict, verdict_for
@@ -44,6 +47,7 @@ class ServingDecision:
     endpoint: dict[str, Any] | None = None
     available: bool = False
     shared: SharedVerdict | None = None  # serving.server: the verdict read from the ModelServer's status
+    key_missing: str = ""  # why the bundle waits: its generated key's Secret is not made (never served open)
 
 
 def _shared_serving(snapshot: Snapshot, published: Published | None, own: list[ChildRef]) -> ServingDecision:
@@ -58,7 +62,9 @@ def _shared_serving(snapshot: Snapshot, published: Published | None, own: list[C
     verdict = verdict_for(owner.namespace, owner.name, published.run, key, snapshot.server)
     previous = dict(snapshot.status.get("endpoint") or {}) or None
     endpoint = verdict.endpoint or (previous if verdict.reason == "Loading" else None)
-    return ServingDecision([], remove, endpoint, verdict.endpoint is not None, verdict)
+    # its own key could not be made (someone else's Secret holds the name): said first, the server's KeyMissing after
+    problem = snapshot.api_key_problem
+    return ServingDecision([], remove, endpoint, verdict.endpoint is not None, verdict, key_missing=problem)
 
 
 def serving_decision(snapshot: Snapshot, published: Published | None, settings: Settings) -> ServingDecision:
@@ -70,13 +76,20 @@ def serving_decision(snapshot: Snapshot, published: Published | None, settings: 
         ChildRef("v1", "Service", names.serving),
         ChildRef("policy/v1", "PodDisruptionBudget", names.serving),
         ChildRef("v1", "ConfigMap", names.serving_config),
+        ChildRef("networking.k8s.io/v1", "NetworkPolicy", names.serving),
     ]
     if spec.serving.enabled and spec.serving.server:
         return _shared_serving(snapshot, published, bundle_refs)
     if not spec.serving.enabled or published is None:
         remove = deployment is not None or bool(snapshot.status.get("endpoint"))
         return ServingDecision(delete=bundle_refs if remove else [])
-    bundle = serving_bundle(spec, owner, published, settings)
+    key = key_of(spec, owner, snapshot.status, snapshot.api_key)
+    if key is None and not spec.serving.allow_unauthenticated:
+        # the Deployment would read a Secret that is not there (or not ours): nothing is rolled out meanwhile
+        why = snapshot.api_key_problem or f"waiting for the API key Secret {names.api_key}"
+        previous = dict(snapshot.status.get("endpoint") or {}) or None
+        return ServingDecision(endpoint=previous, key_missing=why)
+    bundle = serving_bundle(spec, owner, published, settings, key.sha256 if key else "")
     desired_hash = bundle[-1]["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
     apply: list[Manifest] = []
     delete: list[ChildRef] = []

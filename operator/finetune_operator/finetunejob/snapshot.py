@@ -12,6 +12,7 @@ from typing import Any
 from finetune_operator.api.finetunejob import FineTuneJobSpec
 from finetune_operator.api.objects import Owner
 from finetune_operator.core.observed import DeploymentObs, JobObs, PodObs
+from finetune_operator.finetunejob.apikey import ApiKey
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,3 +31,6 @@ class Snapshot:
     retry_token: str = ""  # the FineTuneJob's finetune.dev/retry annotation
     server: dict[str, Any] | None = None  # the ModelServer serving.server names (its body), when it exists
     progress: dict[str, Any] | None = None  # the trainer's report, read and validated this pass (None: not read)
+    api_key: ApiKey | None = None  # the generated key made or found this pass (None: not needed, or not made)
+    api_key_problem: str = ""  # why the generated key could not be made (its name holds someone else's Secret)
+    trainer_rules: str | None = None  # the trainer rules' hash, once this pass checked (or put back) the Role

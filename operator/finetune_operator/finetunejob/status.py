@@ -11,6 +11,7 @@ from finetune_operator.api import conditions as cond
 from finetune_operator.api.finetunejob import FineTuneJobSpec
 from finetune_operator.api.objects import Event
 from finetune_operator.api.published import Published
+from finetune_operator.finetunejob.apikey import key_of
 from finetune_operator.finetunejob.gate import GateResult
 from finetune_operator.finetunejob.serving import ServingDecision
 from finetune_operator.finetunejob.snapshot import Snapshot
@@ -27,11 +28,14 @@ def _ready(
     gen: int,
     state: str,
     shared: SharedVerdict | None = None,
+    key_missing: str = "",
 ) -> cond.Condition:
     if not spec.serving.enabled:
         return cond.condition(cond.READY, False, "ServingDisabled", "serving.enabled is false", gen)
     if published is None:
         return cond.condition(cond.READY, False, "NothingPublished", "no run has passed its gate yet", gen)
+    if key_missing:
+        return cond.condition(cond.READY, False, "ApiKeyMissing", key_missing, gen)
     if shared is not None:
         return cond.condition(cond.READY, shared.reason == "Serving", shared.reason, shared.message, gen)
     if endpoint is None:
@@ -85,7 +89,10 @@ def status_of(snapshot: Snapshot, outcome: Outcome) -> tuple[dict[str, Any], lis
             cond.GATE_PASSED, gate.passed, "Passed" if gate.passed else "GateFailed", message, gen
         )
     serving_note = f"run {run} is {phase}" if published and published.run != run else ""
-    ready = _ready(spec, serving.endpoint, serving.available, published, gen, serving_note, serving.shared)
+    ready = _ready(
+        spec, serving.endpoint, serving.available, published, gen, serving_note, serving.shared, serving.key_missing
+    )
+    key = key_of(spec, snapshot.owner, status, snapshot.api_key)
     run_uri = spec.output.run_uri(run)
     previous_tracking = (status.get("tracking") or {}) if same_run else {}
     tracking = tracking_of(run, state.tracking, outcome.progress or {}, previous_tracking)
@@ -95,6 +102,7 @@ def status_of(snapshot: Snapshot, outcome: Outcome) -> tuple[dict[str, Any], lis
         "phase": phase,
         "run": run,
         "trainingSpecHash": outcome.training_hash,
+        "trainerRulesHash": snapshot.trainer_rules or status.get("trainerRulesHash"),
         "placementHash": outcome.placement,
         "validation": outcome.validation,
         "retryToken": outcome.retry_token,
@@ -112,6 +120,7 @@ def status_of(snapshot: Snapshot, outcome: Outcome) -> tuple[dict[str, Any], lis
         },
         "tracking": tracking,
         "endpoint": serving.endpoint,
+        "serving": key.to_status() if key else None,
         "published": published.to_status() if published else None,
         "progress": outcome.progress,
         "error": error.to_status() if error else None,

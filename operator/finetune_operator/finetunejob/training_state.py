@@ -12,6 +12,7 @@ from typing import Any
 
 from finetune_operator.api.labels import COMPONENT_VALIDATOR
 from finetune_operator.core.observed import JobObs, PodObs, TrainerReport, parse_termination_message
+from finetune_operator.finetunejob.oom import kill_error, killed_pod
 
 IMAGE_PROBLEMS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 CONFIG_PROBLEMS = ("CreateContainerConfigError", "CreateContainerError")
@@ -61,8 +62,18 @@ def _trained(pods: Sequence[PodObs], attempts: int) -> TrainingState:
 
 def _failed(job: JobObs, pods: Sequence[PodObs], attempts: int) -> TrainingState:
     report = _report_of(pods, succeeded=False)
-    if job.failure_reason == "PodFailurePolicy" and report and report.code not in ("Succeeded", "InternalError"):
+    killed = killed_pod(pods) if job.failure_reason == "PodFailurePolicy" else None
+    if killed is not None:  # exit 137 fails the Job at once (oom.py): out of memory, or another SIGKILL
+        error = ErrorInfo(*kill_error(killed, job.component))
+    elif job.failure_reason == "PodFailurePolicy" and report and report.code not in ("Succeeded", "InternalError"):
         error = ErrorInfo(report.code, report.message)
+    elif job.failure_reason == "DeadlineExceeded" and job.component != COMPONENT_VALIDATOR:
+        # the training Job's activeDeadlineSeconds is only ever spec.resources.maxDuration (builders/training.py)
+        error = ErrorInfo(
+            "MaxDurationExceeded",
+            f"training Job {job.name} ran longer than spec.resources.maxDuration and its pods were stopped; raise "
+            "it (the Job is replaced and resumes from the last checkpoint) or annotate finetune.dev/retry",
+        )
     elif job.failure_reason == "BackoffLimitExceeded":
         last = f"; last attempt: {report.code}: {report.message}" if report else ""
         error = ErrorInfo("BackoffLimitExceeded", f"{attempts} attempts failed{last}")

@@ -13,9 +13,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from finetune_operator.api.modelserver import DesiredAdapter, ModelServerSpec, adapter_name
+from finetune_operator.builders.apikey import is_sha256
 
 Refusal = Literal[
-    "NamespaceNotAllowed", "NotAnAdapter", "BaseModelMismatch", "TaskNotSupported", "RankTooHigh", "ServerFull"
+    "NamespaceNotAllowed",
+    "KeyMissing",
+    "NotAnAdapter",
+    "BaseModelMismatch",
+    "TaskNotSupported",
+    "RankTooHigh",
+    "ServerFull",
 ]
 
 
@@ -36,6 +43,8 @@ class Candidate:
     adapter: bool
     task: str
     lora_rank: int
+    key_sha256: str
+    """The hex SHA-256 of the job's own generated key (status.serving.apiKeySha256); "" before it has one."""
 
     @property
     def job(self) -> str:
@@ -77,7 +86,14 @@ def candidate_of(body: dict[str, Any]) -> Candidate | None:
         adapter=bool(published.get("adapter", True)),
         task=str(published.get("task", "causal-lm")),
         lora_rank=int(published.get("loraRank", 16)),
+        key_sha256=_key_sha256(status),
     )
+
+
+def _key_sha256(status: dict[str, Any]) -> str:
+    """The job's key hash from its status ("" when absent or malformed: the job is refused until it has one)."""
+    value = (status.get("serving") or {}).get("apiKeySha256") if isinstance(status.get("serving"), dict) else None
+    return str(value) if is_sha256(value) else ""
 
 
 REFUSED_MAX = 50
@@ -115,6 +131,14 @@ def _refusal(spec: ModelServerSpec, server_namespace: str, server_name: str, c: 
             c.job,
             "NamespaceNotAllowed",
             f"{where} serves namespace {server_namespace} only; it must list {c.namespace} in allowedNamespaces",
+        )
+    if not c.key_sha256:
+        return Refused(
+            c.job,
+            "KeyMissing",
+            f"the FineTuneJob has no API key of its own yet (status.serving.apiKeySha256); {where} lists an "
+            "adapter only with the hash of the key that reaches it (the operator generates it when "
+            "serving.apiKeySecret is empty, as it must be with serving.server)",
         )
     if not c.adapter:
         return Refused(
@@ -165,7 +189,7 @@ def admit(
     adapters: list[DesiredAdapter] = []
     for name, c in named:
         if len(adapters) < spec.max_adapters:
-            adapters.append(DesiredAdapter(name, c.job, c.run, c.model_uri, c.lora_rank))
+            adapters.append(DesiredAdapter(name, c.job, c.run, c.model_uri, c.lora_rank, c.key_sha256))
         else:
             refused.append(
                 Refused(

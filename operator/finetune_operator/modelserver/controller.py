@@ -21,7 +21,8 @@ import logging
 from typing import Any
 
 from finetune_operator.api.modelserver import SERVER_KIND, reference_of
-from finetune_operator.builders.modelserver import ServerNames
+from finetune_operator.builders.apikey import generate_key
+from finetune_operator.builders.modelserver import ServerNames, ServerOwner, generated_key_secret
 from finetune_operator.core.errors import NameTaken, TemporaryError
 from finetune_operator.core.kube import Kube
 from finetune_operator.core.settings import Settings
@@ -29,7 +30,14 @@ from finetune_operator.core.status_patch import merge_patch, now_rfc3339
 from finetune_operator.core.store import Key, Store
 from finetune_operator.core.workqueue import RequeueError
 from finetune_operator.modelserver.observed import config_map_data, deployment_hash, owned
-from finetune_operator.modelserver.plan import NAME_TAKEN_RETRY_SECONDS, ServerPlan, ServerSnapshot, name_taken, plan
+from finetune_operator.modelserver.plan import (
+    NAME_TAKEN_RETRY_SECONDS,
+    ServerPlan,
+    ServerSnapshot,
+    key_to_generate,
+    name_taken,
+    plan,
+)
 from finetune_operator.modelserver.store import ServerStore
 
 log = logging.getLogger(__name__)
@@ -60,6 +68,11 @@ class ServerReconciler:
         )
         decided = plan(snapshot, self.settings)
         try:
+            rolls = any(m["kind"] == "Deployment" for m in decided.apply)
+            if rolls and key_to_generate(body):  # before the Deployment reading it; NameTaken: the name is not ours
+                owner = ServerOwner(key[0], key[1], uid)
+                if self.kube.create(generated_key_secret(owner, generate_key())) is not None:
+                    log.info("ModelServer %s/%s: generated its API key Secret", key[0], key[1])
             self._execute(key, uid, decided)
         except NameTaken as error:  # an object of its name belongs to someone else: never taken over
             log.warning("ModelServer %s/%s: %s", key[0], key[1], error)

@@ -30,6 +30,7 @@ from finetune_operator.builders.modelserver import (
     endpoint_url,
     loaded_config_map,
     server_bundle,
+    server_key_secret,
 )
 from finetune_operator.builders.policy import REFUSED, server_refusal
 from finetune_operator.core.errors import NameTaken
@@ -84,6 +85,7 @@ def server_status(
     desired_replicas: int,
     max_adapters: int,
     conditions: list[dict[str, Any]],
+    api_key_secret: str = "",
 ) -> dict[str, Any]:
     """The ModelServer's status (without lastTransitionTime bookkeeping, done by conditions.merge)."""
     return {
@@ -91,6 +93,7 @@ def server_status(
         "replicas": desired_replicas,
         "readyReplicas": sum(1 for r in replicas if r.ready),
         "endpoint": endpoint,
+        "apiKeySecret": api_key_secret,
         "adapterCount": len(admission.adapters),
         "capacityLeft": max(0, max_adapters - len(admission.adapters)),
         "adapters": [a.to_wire() for a in admission.adapters],
@@ -280,6 +283,7 @@ def plan(snapshot: ServerSnapshot, settings: Settings) -> ServerPlan:
         desired_replicas=spec.replicas,
         max_adapters=spec.max_adapters,
         conditions=cond.merge(old.get("conditions"), _conditions(spec, admission, replicas, generation), snapshot.now),
+        api_key_secret=server_key_secret(spec, owner),
     )
     return ServerPlan(
         status=status,
@@ -290,6 +294,21 @@ def plan(snapshot: ServerSnapshot, settings: Settings) -> ServerPlan:
         desired=admission.adapters,
         desired_changed=changed,
     )
+
+
+def key_to_generate(body: dict[str, Any]) -> str:
+    """The name of the admin key Secret the operator must make before this pass applies anything ("" when the
+    spec names one, opts out, does not parse, or the status records it made already). Made once: a Secret of
+    that name already controlled by the server is kept as it is (the operator never reads or rewrites it)."""
+    try:
+        spec = parse_server_spec(body.get("spec") or {})
+    except ValidationError:
+        return ""
+    meta = body["metadata"]
+    name = server_key_secret(spec, ServerOwner(meta["namespace"], meta["name"], meta["uid"]))
+    if not name or name == spec.api_key_secret or (body.get("status") or {}).get("apiKeySecret") == name:
+        return ""
+    return name
 
 
 def name_taken(snapshot: ServerSnapshot, message: str) -> dict[str, Any]:

@@ -100,12 +100,13 @@ def test_store_entries_go_with_their_owner_and_forged_uids_are_pruned() -> None:
         store.put_pod(pod_obs(_body(f"fp{i}", "team-b", refs=[_ref("Job", f"F{i}", "batch/v1")])))
     assert store.sizes() == (101, 101)
     assert store.prune() == 0  # a child's event may come before its owner's: one resync period of grace
-    assert store.prune() == 200 and store.sizes() == (1, 1)
+    assert store.prune() == 200 and store.sizes() == (1, 1) and store.job_owner_entries() == 1
+    assert store.owner_of_pod(pod_obs(_body("a-r1-x", "team-a", refs=[_ref("Job", "J1", "batch/v1")]))) == key
     view = store.view(key)
     assert view is not None and len(view.jobs) == 1 and len(view.pods) == 1 and view.deployment is not None
     # the owner goes: so do its children and their pods, and the events that follow its deletion add nothing
     store.forget_body("team-a", "a", "A")
-    assert store.sizes() == (0, 0)
+    assert store.sizes() == (0, 0) and store.job_owner_entries() == 0
     store.forget_job("team-a", "A", "a-r1")
     store.forget_pod(pod_obs(_body("a-r1-x", "team-a", refs=[_ref("Job", "J1", "batch/v1")])))
     store.forget_deployment("team-a", "A")

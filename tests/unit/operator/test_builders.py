@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import pytest
+from finetune_operator.api.finetunejob import placement_spec_hash, training_spec_hash
 from finetune_operator.api.labels import KUEUE_QUEUE_LABEL
 from finetune_operator.api.objects import Owner
 from finetune_operator.builders.rbac import progress_config_map, trainer_role
@@ -15,6 +16,7 @@ from finetune_operator.builders.serving import Published, serving_bundle
 from finetune_operator.builders.trainer_config import trainer_config_map
 from finetune_operator.builders.training import training_job, workers_service
 from finetune_operator.core.settings import Settings
+from pydantic import ValidationError
 
 from .support import OWNER, spec
 
@@ -46,7 +48,7 @@ def test_job_failure_policy_backoff_and_restart_policy() -> None:
     rules = job["spec"]["podFailurePolicy"]["rules"]
     assert {
         "action": "FailJob",
-        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [42]},
+        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [42, 137]},
     } in rules
     assert rules[0]["action"] == "Ignore" and rules[0]["onPodConditions"][0]["type"] == "DisruptionTarget"
     assert job["spec"]["backoffLimit"] == 4
@@ -242,7 +244,7 @@ def test_serving_bundle_rolls_on_model_change_and_adds_pdb_for_replicas() -> Non
     one = serving_bundle(s, OWNER, Published(1, "causal-lm", "s3://m/", "s3://o/run-1/model/", True), SETTINGS)
     two = serving_bundle(s, OWNER, Published(2, "causal-lm", "s3://m/", "s3://o/run-2/model/", True), SETTINGS)
     kinds = [m["kind"] for m in one]
-    assert kinds == ["ConfigMap", "Service", "PodDisruptionBudget", "Deployment"]
+    assert kinds == ["ConfigMap", "Service", "NetworkPolicy", "PodDisruptionBudget", "Deployment"]
     d1, d2 = one[-1], two[-1]
     assert d1["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
     t1, t2 = d1["spec"]["template"]["metadata"], d2["spec"]["template"]["metadata"]
@@ -361,6 +363,20 @@ def test_engine_table_is_what_the_crd_and_the_spec_allow() -> None:
     rules = " ".join(rule["rule"] for rule in spec_schema["x-kubernetes-validations"])
     for engine in ENGINES.values():  # an engine that serves only causal-lm has the CRD rule saying so
         assert (f"self.serving.engine != '{engine.name}'" in rules) == ("sequence-classification" not in engine.tasks)
+
+
+def test_max_duration_is_the_training_jobs_deadline_and_a_placement_change() -> None:
+    assert "activeDeadlineSeconds" not in training_job(spec(), OWNER, 1, "h", SETTINGS)["spec"]
+    limited = spec(resources={"maxDuration": "1h30m"})
+    assert training_job(limited, OWNER, 1, "h", SETTINGS)["spec"]["activeDeadlineSeconds"] == 5400
+    assert placement_spec_hash(limited) != placement_spec_hash(spec())  # raising it replaces the Job (resumes)
+    assert training_spec_hash(limited) == training_spec_hash(spec())  # the same run
+
+
+@pytest.mark.parametrize("bad", ["0s", "", "90", "1.5h", "30m1h", "-1h"])
+def test_a_max_duration_that_is_no_positive_duration_is_refused_naming_the_field(bad: str) -> None:
+    with pytest.raises(ValidationError, match=r"maxDuration|max_duration"):
+        spec(resources={"maxDuration": bad})
 
 
 def _vllm_pods() -> dict[str, dict[str, Any]]:

@@ -51,6 +51,25 @@ def test_store_files_children_by_owner_uid_and_ignores_stale_bodies() -> None:
     assert store.view(key) is None and store.key_of("u1") is None
 
 
+def test_the_event_of_the_operators_own_status_write_queues_no_pass() -> None:
+    """A pass files the body its status patch answered with; the watch event of that same version is no news."""
+    from finetune_operator.finetunejob.registration import CONTROLLER
+
+    store = Store()
+    loop = type("Loop", (), {"store": store})()
+    body_watch = CONTROLLER.watches[0]
+    body = {"metadata": {"namespace": "ns", "name": "a", "uid": "u1", "resourceVersion": "10"}, "spec": {}}
+    assert body_watch.observe(loop, "ADDED", body) == [("ns", "a")]  # new: a pass
+    written = {**body, "metadata": {**body["metadata"], "resourceVersion": "11"}, "status": {"phase": "Queued"}}
+    store.put_body(written)  # what Reconciler._write_status files from the patch's answer
+    assert body_watch.observe(loop, "MODIFIED", written) == []  # its event: already held
+    edited = {**written, "metadata": {**written["metadata"], "resourceVersion": "12"}, "spec": {"x": 1}}
+    assert body_watch.observe(loop, "MODIFIED", edited) == [("ns", "a")]  # anyone else's change: a pass
+    assert store.holds(edited) and not store.holds(
+        {**edited, "metadata": {**edited["metadata"], "resourceVersion": ""}}
+    )
+
+
 def test_work_queue_coalesces_and_requeues() -> None:
     async def scenario() -> list[str]:
         seen: list[str] = []

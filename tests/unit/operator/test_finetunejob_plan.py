@@ -7,10 +7,11 @@ from dataclasses import replace
 from typing import Any
 
 from finetune_operator.api.finetunejob import FineTuneJobSpec, placement_spec_hash, training_spec_hash
-from finetune_operator.api.labels import ANNOTATION_SPEC_HASH
+from finetune_operator.api.labels import ANNOTATION_SPEC_HASH, Names
 from finetune_operator.builders.serving import serving_bundle
 from finetune_operator.core.observed import DeploymentObs, JobObs, PodObs
 from finetune_operator.core.settings import Settings
+from finetune_operator.finetunejob.apikey import ApiKey
 from finetune_operator.finetunejob.controller import merge_patch
 from finetune_operator.finetunejob.plan import Plan, Snapshot, needs_secret_check, plan
 
@@ -27,7 +28,12 @@ def _job(name: str, run: int, **kw: Any) -> JobObs:
     return JobObs(name, run, **{"placement_hash": placement_spec_hash(spec()), **kw})
 
 
+KEY = ApiKey(Names.of(OWNER.name).api_key, "ab" * 32)
+"""The generated key a pass of a serving job has made (the controller makes it before the plan)."""
+
+
 def _snap(s: FineTuneJobSpec, status: dict[str, Any] | None = None, **kw: Any) -> Snapshot:
+    kw.setdefault("api_key", KEY if s.serving.generates_key else None)
     return Snapshot(owner=OWNER, generation=1, spec=s, status=status or {}, now="2026-11-28T15:00:00Z", **kw)
 
 
@@ -148,6 +154,7 @@ def test_gate_pass_publishes_then_serves_when_available() -> None:
     assert p.status["phase"] == "Publishing" and [m["kind"] for m in p.apply] == [
         "ConfigMap",
         "Service",
+        "NetworkPolicy",
         "Deployment",
     ]
     assert p.status["published"]["run"] == 1 and p.status["endpoint"] is None

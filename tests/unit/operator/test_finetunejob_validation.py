@@ -111,6 +111,11 @@ def test_a_passed_check_records_its_summary_and_creates_the_training_job() -> No
         assert recorded[key] == SUMMARY[key]
     assert "nearOverlapExamples" not in recorded
     assert p.status["phase"] == "Queued"
+    # The check's Job implies its identity and config exist: only what training adds is created.
+    assert [(m["kind"], m["metadata"]["name"]) for m in p.create] == [
+        ("ConfigMap", "support-bot-progress"),
+        ("Job", "support-bot-r1"),
+    ]
 
 
 def test_a_user_error_fails_the_run_in_validation_and_no_training_job_is_ever_made() -> None:
@@ -142,6 +147,7 @@ def test_a_new_run_with_the_same_inputs_is_not_checked_twice() -> None:
     faster = spec(hyperparameters={"learningRate": 1e-4})  # a new run, the same data and step count
     p = plan(_snap(faster, first, jobs=[job], secret_present=True), SETTINGS)
     assert p.status["run"] == 2 and _job_names(p) == ["support-bot-r2"]
+    assert "support-bot-r2-config" in {m["metadata"]["name"] for m in p.create}  # no check of run 2 made it
     more = spec(hyperparameters={"epochs": 5})  # more steps: the estimate changes, so it is checked again
     assert _job_names(plan(_snap(more, first, jobs=[job], secret_present=True), SETTINGS)) == ["support-bot-r2-check"]
 

@@ -224,3 +224,28 @@ def test_event_failure_never_fails_the_reconcile() -> None:
 
     api = FakeApi({("POST", "/api/v1/namespaces/ns/events"): (500, {})})
     Kube(api).post_event(Owner("ns", "x", "u"), "Normal", "Training", "run 1")
+
+
+def test_replace_owned_puts_only_over_our_own_object_bound_to_its_uid_and_version() -> None:
+    url = "/apis/rbac.authorization.k8s.io/v1/namespaces/ns/roles/r"
+    owner = {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob", "name": "x", "uid": "u1", "controller": True}
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "r", "namespace": "ns", "ownerReferences": [owner]},
+        "rules": [],
+    }
+    ours = _controlled("r-uid", "u1")
+    ours["metadata"]["resourceVersion"] = "41"
+    api = FakeApi({("GET", url): (200, ours)})
+    Kube(api).replace_owned(role)
+    method, called, body, _, _ = api.calls[1]
+    assert (method, called) == ("PUT", url)
+    assert (body["metadata"]["uid"], body["metadata"]["resourceVersion"]) == ("r-uid", "41")
+    for foreign in (_controlled("r-uid", "someone-else"), _controlled("r-uid", "")):
+        api = FakeApi({("GET", url): (200, foreign)})
+        with pytest.raises(NameTaken):
+            Kube(api).replace_owned(role)
+        assert [c[0] for c in api.calls] == ["GET"]
+    with pytest.raises(Conflict):  # gone since it was read: read again
+        Kube(FakeApi({("GET", url): (404, {})})).replace_owned(role)

@@ -56,6 +56,9 @@ class _FakeKube:
     def exists_metadata(self, *_: Any) -> bool:
         return True
 
+    def get(self, *_: Any) -> None:  # no trainer Role made by an older operator
+        return None
+
     def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
         if self.fail_create and manifest["kind"] == "Job":
             raise self.fail_create

@@ -33,6 +33,7 @@ SCHEMA = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 BASE = "s3://models/smollm2/"
 SERVER = ServerOwner("team-a", "shared", "5e5e5e5e-1111-4222-8333-444455556666")
 SETTINGS = Settings(trainer_image="registry.local/finetune-trainer:test")
+KEY_SHA = "ab" * 32
 
 
 def _server(**overrides: Any) -> ModelServerSpec:
@@ -47,6 +48,7 @@ def _cand(name: str, created: str = "2026-11-30T10:00:00Z", namespace: str = "te
         "adapter": True,
         "task": "causal-lm",
         "lora_rank": 16,
+        "key_sha256": KEY_SHA,
     }
     fields.update(kw)
     return Candidate(namespace=namespace, name=name, created=created, **fields)
@@ -96,6 +98,7 @@ def test_admits_every_fitting_adapter_under_the_job_name() -> None:
         "run": 1,
         "uri": "s3://artifacts/a/run-1/model/",
         "rank": 16,
+        "keySha256": KEY_SHA,
     }
 
 
@@ -103,6 +106,7 @@ def test_admits_every_fitting_adapter_under_the_job_name() -> None:
     ("candidate", "reason", "words"),
     [
         (_cand("full", adapter=False), "NotAnAdapter", "full or merged weights"),
+        (_cand("keyless", key_sha256=""), "KeyMissing", "status.serving.apiKeySha256"),
         (_cand("other", base_model_uri="s3://models/llama/"), "BaseModelMismatch", "s3://models/llama/"),
         (_cand("big", lora_rank=64), "RankTooHigh", "rank 64"),
         (_cand("clf", task="sequence-classification"), "TaskNotSupported", "sequence-classification"),
@@ -148,7 +152,9 @@ def _body(name: str, server: str, published: dict[str, Any] | None, enabled: boo
     return {
         "metadata": {"namespace": "team-a", "name": name, "creationTimestamp": "2026-11-30T10:00:00Z"},
         "spec": {"serving": {"enabled": enabled, "server": server}, "output": {"uri": f"s3://a/{name}/"}},
-        "status": {"published": published} if published else {},
+        "status": {"published": published, "serving": {"apiKeySecret": f"{name}-api-key", "apiKeySha256": KEY_SHA}}
+        if published
+        else {},
     }
 
 
@@ -159,6 +165,10 @@ def test_candidates_come_from_published_runs_with_serving_on() -> None:
     )
     assert candidate_of(_body("bot", "shared", None)) is None
     assert candidate_of(_body("bot", "shared", published, enabled=False)) is None
+    # the key hash comes from the job's status; a malformed one counts as none (refused as KeyMissing)
+    forged = _body("bot", "shared", published)
+    forged["status"]["serving"]["apiKeySha256"] = "not-a-hash"
+    assert candidate_of(forged) == _cand("bot", run=2, model_uri="s3://a/bot/run-2/model/", key_sha256="")
     assert reference_of(_body("bot", "team-x/shared", None)) == ("team-x", "shared")
 
 

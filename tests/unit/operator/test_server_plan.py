@@ -41,7 +41,7 @@ def _job(name: str, run: int = 1) -> dict[str, Any]:
     return {
         "metadata": {"namespace": "team-a", "name": name, "creationTimestamp": f"2026-01-01T00:00:0{run}Z"},
         "spec": {"serving": {"enabled": True, "server": "shared"}, "output": {"uri": f"s3://a/{name}/"}},
-        "status": {"published": published},
+        "status": {"published": published, "serving": {"apiKeySecret": f"{name}-api-key", "apiKeySha256": "cd" * 32}},
     }
 
 
@@ -67,6 +67,7 @@ def test_a_new_server_gets_its_bundle_an_empty_report_and_its_desired_list() -> 
     assert [m["kind"] for m in decided.apply] == [
         "ConfigMap",
         "Service",
+        "NetworkPolicy",
         "PodDisruptionBudget",
         "Deployment",
         "ConfigMap",
@@ -269,14 +270,16 @@ def test_a_name_held_by_another_owner_is_reported_and_retried() -> None:
     assert loop.reconcile(("team-a", "shared")) == NAME_TAKEN_RETRY_SECONDS
     (patch,) = kube.patched
     (ready,) = patch["conditions"]
-    assert ready["status"] == "False" and ready["reason"] == "NameTaken" and "ServiceAccount" in ready["message"]
+    # the first object it makes is its generated API key's Secret: not ours, so named and never overwritten
+    assert ready["status"] == "False" and ready["reason"] == "NameTaken" and "Secret" in ready["message"]
+    assert NAMES.api_key in ready["message"]
 
 
 def test_shared_child_resources_are_streamed_by_one_selector_naming_every_component() -> None:
     found = selectors((FINETUNEJOB, FINETUNESWEEP, MODELSERVER))
     assert found[PODS] == "finetune.dev/component in (model-server,trainer,validator)"
     assert found[DEPLOYMENTS] == "finetune.dev/component in (model-server,serving)"
-    assert found[CONFIG_MAPS] == "finetune.dev/server-uid,finetune.dev/component in (model-server)"
+    assert found[CONFIG_MAPS] == "finetune.dev/component in (model-server,trainer-progress)"
     assert found[REPLICA_SETS] == "finetune.dev/server-uid,finetune.dev/component in (model-server)"
     assert all(r.plural not in ("finetunejobs", "modelservers", "finetunesweeps") for r in found)
     # alone, a kind keeps its own selector: what the FineTuneJob loop streamed before ModelServers watched pods

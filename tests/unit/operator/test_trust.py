@@ -12,7 +12,7 @@ import pytest
 from finetune_operator.api.finetunejob import training_spec_hash
 from finetune_operator.builders.rbac import progress_config_map
 from finetune_operator.core.observed import PodObs
-from finetune_operator.finetunejob.plan import PROGRESS_SECONDS, needs_progress_read, plan
+from finetune_operator.finetunejob.plan import plan
 from finetune_operator.finetunejob.progress import MAX_DOCUMENT_BYTES, progress_of, report_in, validated
 
 from .support import OWNER, spec
@@ -121,18 +121,43 @@ def test_status_progress_is_the_current_runs_report_else_what_it_showed_checked_
     assert progress_of(2, None, None) is None
 
 
-def test_the_pass_reads_progress_while_the_run_trains_and_copies_it_into_status() -> None:
+def test_the_pass_copies_the_watched_progress_into_status_with_no_timer() -> None:
     s = spec()
     job, pod = _training()
     status = {"run": 1, "trainingSpecHash": training_spec_hash(s)}
-    snapshot = _snap(s, status, jobs=[job], pods=[pod])
-    assert needs_progress_read(snapshot)
     report = {"run": 1, "stage": "evaluating", "step": 10, "totalSteps": 10}
     p = plan(_snap(s, status, jobs=[job], pods=[pod], progress=report), SETTINGS)
     assert p.status["progress"] == report and p.status["phase"] == "Evaluating"
-    assert p.requeue_after == PROGRESS_SECONDS  # read again: ConfigMaps are not watched
+    assert p.requeue_after is None  # the ConfigMap is watched: its next change queues the next pass
     done_job, done_pod = _done(1, 1.0)
-    finished = _snap(s, p.status, jobs=[done_job], pods=[done_pod])
-    assert not needs_progress_read(finished)
-    after = plan(finished, SETTINGS)
+    after = plan(_snap(s, p.status, jobs=[done_job], pods=[done_pod], progress=report), SETTINGS)
     assert after.status["progress"] == report and after.requeue_after is None
+
+
+def test_a_progress_configmap_event_files_the_checked_report_and_queues_its_owner_once() -> None:
+    from finetune_operator.core.store import Store
+    from finetune_operator.finetunejob.registration import CONTROLLER
+
+    store = Store()
+    loop = type("Loop", (), {"store": store})()
+    watch = next(w for w in CONTROLLER.watches if w.resource.plural == "configmaps")
+    assert watch.selector == "finetune.dev/job-uid,finetune.dev/component in (trainer-progress)"
+    owner = {"metadata": {"namespace": "ns", "name": "a", "uid": "u1", "resourceVersion": "1"}, "spec": {}}
+    key = store.put_body(owner)
+    ref = {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob", "name": "a", "uid": "u1", "controller": True}
+    document = {"run": 1, "step": 5, "evil": "x"}
+    config_map = {
+        "metadata": {"namespace": "ns", "name": "a-progress", "ownerReferences": [ref]},
+        "data": {"progress.json": json.dumps(document)},
+    }
+    assert watch.observe(loop, "MODIFIED", config_map) == [key]
+    view = store.view(key)
+    assert view is not None and view.progress == {"run": 1, "step": 5}  # checked: the unknown key dropped
+    assert watch.observe(loop, "MODIFIED", config_map) == []  # the same report: no pass
+    forged = {**config_map, "metadata": {**config_map["metadata"], "ownerReferences": [{**ref, "uid": "u2"}]}}
+    assert watch.observe(loop, "MODIFIED", forged) == []  # names another owner, which is not in memory
+    assert watch.observe(loop, "DELETED", config_map) == [key] and store.progress_entries() == 1  # the forged one
+    assert store.prune() == 0 and store.prune() == 1 and store.progress_entries() == 0  # pruned like any orphan
+    store.put_progress("ns", "u1", {"run": 1})
+    store.forget_body("ns", "a", "u1")
+    assert store.progress_entries() == 0

@@ -103,6 +103,23 @@ class PlanDoesNotFit(UserError):
     code: ClassVar[str] = "PlanDoesNotFit"
 
 
+class OutOfMemory(UserError):
+    """The GPU ran out of memory during the run (torch.cuda.OutOfMemoryError): exit 42, since the same run on the
+    same memory fails the same way. The operator reports it as `OutOfMemory` beside the memory plan and the
+    changes that would fit, as it does a container the kernel killed (OOMKilled, exit 137)."""
+
+    code: ClassVar[str] = "OutOfMemory"
+
+
+def is_gpu_out_of_memory(error: BaseException) -> bool:
+    """torch's CUDA out-of-memory error, recognised by its type's name and module (torch is not imported here,
+    and older torch raised a plain RuntimeError whose message starts "CUDA out of memory")."""
+    kind = type(error)
+    if kind.__name__ == "OutOfMemoryError" and kind.__module__.split(".")[0] == "torch":
+        return True
+    return isinstance(error, RuntimeError) and str(error).startswith("CUDA out of memory")
+
+
 class Preempted(TrainerError):
     """SIGTERM arrived; a checkpoint was written (or there was nothing to save) and the pod should retry."""
 
@@ -125,10 +142,20 @@ class StorageUnavailable(InternalError):
     code: ClassVar[str] = "StorageUnavailable"
 
 
+class InsufficientDisk(InternalError):
+    """A download would not fit on the pod's disk (checked before the first byte, core/disk.py): retryable, since
+    the space is the node's and another node, or this one cleaned up, may have it."""
+
+    code: ClassVar[str] = "InsufficientDisk"
+
+
 def as_trainer_error(error: BaseException) -> TrainerError:
     """The contract outcome of any exception: itself when classified, else InternalError (retryable)."""
     if isinstance(error, TrainerError):
         return error
+    if is_gpu_out_of_memory(error):
+        first_line = (str(error).splitlines() or [""])[0]
+        return OutOfMemory(f"the GPU ran out of memory during the run: {first_line}")
     return InternalError(f"{type(error).__name__}: {error}")
 
 
@@ -140,6 +167,7 @@ USER_ERROR_CODES: frozenset[str] = frozenset(
         DatasetNotFound,
         ModelInvalid,
         ModelNotFound,
+        OutOfMemory,
         PlanDoesNotFit,
         StorageAccessDenied,
         StorageNotFound,

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from finetune_trainer.core.disk import ensure_free_space
 from finetune_trainer.core.errors import (
     ConfigInvalid,
     InternalError,
@@ -214,6 +215,11 @@ def _read(path: Path) -> str | None:
         return None
 
 
+def _already_local(dest: Path, info: ObjectInfo) -> bool:
+    """A copy of this very object (same size, same recorded ETag) is at `dest`: nothing to fetch."""
+    return dest.is_file() and dest.stat().st_size == info.size and _read(etag_record(dest)) == info.etag
+
+
 class Storage:
     """S3 operations with typed errors. One instance per process; the client is created lazily."""
 
@@ -320,7 +326,7 @@ class Storage:
         """
         info = known if known is not None and known.etag else self.head(uri)
         record = etag_record(dest)
-        if dest.is_file() and dest.stat().st_size == info.size and _read(record) == info.etag:
+        if _already_local(dest, info):
             log.debug("already local: %s -> %s", uri, dest)
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -352,6 +358,8 @@ class Storage:
         checked (core/paths.py) before the first download starts, so a refused key leaves nothing behind."""
         targets = [(obj, local_path(obj.uri, uri, dest_dir)) for obj in objects]
         total = sum(o.size for o in objects)
+        missing = sum(obj.size for obj, path in targets if not _already_local(path, obj))
+        ensure_free_space(missing, str(uri), dest_dir)  # refused with the numbers before the first byte
         log.info("downloading %s: %d object(s), %.1f MiB -> %s", uri, len(objects), total / 2**20, dest_dir)
         started = time.monotonic()
         paths = [self.download_file(obj.uri, path, obj) for obj, path in targets]

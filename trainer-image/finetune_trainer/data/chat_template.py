@@ -41,23 +41,77 @@ def ensure_chat_template(tokenizer: Any) -> bool:
     return True
 
 
+def template_of(tokenizer: Any) -> str:
+    """The chat template a tokenizer renders with: its own, else the trainer's default (what the trainer saved
+    beside a model it trained without one, `ensure_chat_template`)."""
+    template = getattr(tokenizer, "chat_template", None)
+    return template if isinstance(template, str) and template else DEFAULT_CHAT_TEMPLATE
+
+
+def render_messages(
+    tokenizer: Any,
+    messages: Sequence[dict[str, Any]],
+    *,
+    generation_prompt: bool,
+    tools: list[dict[str, Any]] | None = None,
+) -> str:
+    """THE rendering of a conversation, used by the trainer (training text and its learned spans) and by the
+    model server (the prompt of a chat request), so both see the same text and so the same token ids.
+
+    `messages` are `Turn.template_message()` dicts (`formats.chat.turns_and_tools` makes them from OpenAI's
+    message shape, at training and at serving time); `tools` is OpenAI's tool list, passed to the template
+    only when non-empty (as transformers does)."""
+    extra = {"tools": tools} if tools else {}
+    if not messages:
+        if not generation_prompt:
+            return ""
+        try:
+            return str(
+                tokenizer.apply_chat_template(
+                    [], chat_template=template_of(tokenizer), tokenize=False, add_generation_prompt=True, **extra
+                )
+            )
+        except Exception:  # some templates refuse an empty conversation
+            return ""
+    return str(
+        tokenizer.apply_chat_template(
+            list(messages),
+            chat_template=template_of(tokenizer),
+            tokenize=False,
+            add_generation_prompt=generation_prompt,
+            **extra,
+        )
+    )
+
+
 def _render(
     tokenizer: Any,
     messages: Sequence[dict[str, Any]],
     generation_prompt: bool,
     tools: list[dict[str, Any]] | None = None,
 ) -> str:
-    extra = {"tools": tools} if tools else {}
-    if not messages:
-        if not generation_prompt:
-            return ""
-        try:
-            return str(tokenizer.apply_chat_template([], tokenize=False, add_generation_prompt=True, **extra))
-        except Exception:  # some templates refuse an empty conversation
-            return ""
-    return str(
-        tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt, **extra)
-    )
+    return render_messages(tokenizer, messages, generation_prompt=generation_prompt, tools=tools)
+
+
+def lost_fields(
+    tokenizer: Any, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> list[tuple[str, int | None]]:
+    """What of `name`, `tool_calls` and `tools` the template would drop: each as (field, index of the first
+    message carrying it, None for `tools`). A field is lost when rendering without it gives the same text.
+
+    Why: a template that ignores a field drops it without a word, and the trainer (refusing such a record) and
+    the server (refusing such a request with a 400) must agree on what a template renders."""
+    full = _render(tokenizer, messages, False, tools)
+    lost: list[tuple[str, int | None]] = []
+    for key in ("name", "tool_calls"):
+        carriers = [index for index, message in enumerate(messages) if key in message]
+        if carriers:
+            plain = [{k: v for k, v in m.items() if k != key} for m in messages]
+            if _render(tokenizer, plain, False, tools) == full:
+                lost.append((key, carriers[0]))
+    if tools and _render(tokenizer, messages, False, None) == full:
+        lost.append(("tools", None))
+    return lost
 
 
 def render_chat(
@@ -104,18 +158,8 @@ def check_template(tokenizer: Any, examples: Sequence[dict[str, Any]], origins: 
         conversation = Conversation.from_example(example)
         messages = [t.template_message() for t in conversation.turns]
         try:
-            full = _render(tokenizer, messages, False, conversation.tools)
-            lost = []
-            if any("name" in m for m in messages):
-                plain = [{k: v for k, v in m.items() if k != "name"} for m in messages]
-                if _render(tokenizer, plain, False, conversation.tools) == full:
-                    lost.append("'name'")
-            if any("tool_calls" in m for m in messages):
-                plain = [{k: v for k, v in m.items() if k != "tool_calls"} for m in messages]
-                if _render(tokenizer, plain, False, conversation.tools) == full:
-                    lost.append("tool calls")
-            if conversation.tools and _render(tokenizer, messages, False, None) == full:
-                lost.append("the tool list ('tools')")
+            wording = {"name": "'name'", "tool_calls": "tool calls", "tools": "the tool list ('tools')"}
+            lost = [wording[key] for key, _ in lost_fields(tokenizer, messages, conversation.tools)]
         except DatasetInvalid:
             raise
         except Exception as error:  # jinja errors, raise_exception() in templates

@@ -130,7 +130,7 @@ def cache_key(examples: Sequence[dict[str, Any]], tokenizer: Any, schema: str, m
     return digest.hexdigest()[:24]
 
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 """Bumped when the tokenized layout changes, so an earlier attempt's copy is not reused by mistake."""
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import regex
 
+from finetune_trainer.data.chat_template import render_messages
 from finetune_trainer.data.formats.base import Conversation, Format
 
 log = logging.getLogger(__name__)
@@ -204,9 +205,8 @@ def prompt_ids(tokenizer: Any, case: Case) -> list[int]:
     if case.messages is None:
         ids = tokenizer(case.text, add_special_tokens=True)["input_ids"]
     else:
-        extra = {"tools": case.tools} if case.tools else {}
-        text = tokenizer.apply_chat_template(case.messages, tokenize=False, add_generation_prompt=True, **extra)
-        ids = tokenizer(str(text), add_special_tokens=False)["input_ids"]
+        text = render_messages(tokenizer, case.messages, generation_prompt=True, tools=case.tools)  # the server's
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:  # an empty prompt: start from the beginning-of-sequence token, as the server does
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         ids = [start]

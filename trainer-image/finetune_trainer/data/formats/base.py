@@ -119,7 +119,9 @@ class Conversation:
 
     def to_example(self) -> dict[str, str]:
         body = {"turns": [t.__dict__ for t in self.turns], "tools": self.tools}
-        return {"conversation": json.dumps(body, ensure_ascii=False, sort_keys=True)}
+        # keys keep the data's order: tool lists and tool calls are rendered with `tojson`, and a chat request to
+        # the model server keeps its order too (sorting here made training see other text than serving)
+        return {"conversation": json.dumps(body, ensure_ascii=False)}
 
     @classmethod
     def from_example(cls, example: Mapping[str, Any]) -> Conversation:

@@ -99,7 +99,11 @@ def turn(message: Any, where: str, fields: Fields) -> Turn:
     return Turn(role, text, role == "assistant" and weight != 0, name, calls, call_id)
 
 
-def normalize(fields: Fields) -> dict[str, Any]:
+def turns_and_tools(fields: Fields) -> tuple[list[Turn], list[dict[str, Any]] | None]:
+    """A record's messages as turns and its tool list, validated.
+
+    Also how the model server reads a chat request's `messages` and `tools` (`serving.server.prompts`), so a
+    conversation reaches the chat template in the same shape at training and at serving time."""
     column = fields.column("messages")
     turns = [turn(message, f"{column}[{i}]", fields) for i, message in enumerate(fields.items("messages"))]
     if fields.data.get("functions") is not None:
@@ -108,6 +112,11 @@ def normalize(fields: Fields) -> dict[str, Any]:
     for index, tool in enumerate(tools or []):
         if not isinstance(tool, dict) or not isinstance(tool.get("function"), dict):
             raise fields.fail(f"tools[{index}] must be {{'type': 'function', 'function': {{'name', 'parameters'}}}}")
+    return turns, tools
+
+
+def normalize(fields: Fields) -> dict[str, Any]:
+    turns, tools = turns_and_tools(fields)
     return conversation(fields, turns, tools)
 
 

@@ -53,10 +53,13 @@ def _validation_error(error: RequestValidationError) -> APIError:
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(location) or None
     message = "; ".join(
-        f"{'.'.join(str(p) for p in item.get('loc', ()) if p != 'body') or 'body'}: {item.get('msg')}"
+        f"{'.'.join(str(p) for p in item.get('loc', ()) if p != 'body') or 'body'}: "
+        + ("unknown parameter: this server does not define it" if item.get("type") == "extra_forbidden" else "")
+        + ("" if item.get("type") == "extra_forbidden" else str(item.get("msg")))
         for item in problems
     )
-    return APIError(400, message or "invalid request", "invalid_request_error", param, None)
+    code = "unknown_parameter" if first.get("type") == "extra_forbidden" else None
+    return APIError(400, message or "invalid request", "invalid_request_error", param, code)
 
 
 class LoadAdapterRequest(BaseModel):

@@ -114,3 +114,44 @@ def choose_next_tokens(
         probs = filter_top_p(probs, top_ps[row])
         chosen[row] = int(torch.multinomial(probs, 1, generator=generators[row]).item())
     return [int(token) for token in chosen]
+
+
+def adjust_logits(
+    logits: torch.Tensor,
+    generated: Sequence[int],
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    logit_bias: Sequence[tuple[int, float]] = (),
+    allowed: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One row of logits as the request's sampling sees them (a new tensor; `logits` is not changed).
+
+    OpenAI's definitions: `logit_bias` is added to the named tokens; each token already generated loses
+    `frequency_penalty` per time it occurs plus `presence_penalty` once (over the completion so far, as vLLM
+    counts them); `allowed` (a bool mask from constrained decoding) leaves only the tokens it marks.
+    """
+    row = logits.float().clone()
+    if logit_bias:
+        ids = torch.tensor([token for token, _ in logit_bias], dtype=torch.long, device=row.device)
+        row[ids] += torch.tensor([bias for _, bias in logit_bias], dtype=row.dtype, device=row.device)
+    if generated and (presence_penalty or frequency_penalty):
+        seen = torch.tensor(list(generated), dtype=torch.long, device=row.device)
+        counts = torch.bincount(seen, minlength=row.numel())[: row.numel()].to(row.dtype)
+        row -= frequency_penalty * counts + presence_penalty * (counts > 0).to(row.dtype)
+    if allowed is not None:
+        row = row.masked_fill(~allowed.to(row.device), float("-inf"))
+    return row
+
+
+def token_logprobs(logits: torch.Tensor, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+    """The log probability of `token` under one row of raw model logits, and the `top` most likely tokens.
+
+    Why the raw logits: a logprob says what the model thinks of the token, the number evaluation harnesses and
+    rerankers compare across requests; sampling settings (temperature, penalties, bias) do not change it (vLLM's
+    default, `raw_logprobs`)."""
+    logps = torch.log_softmax(logits.float(), dim=-1)
+    chosen = float(logps[token].item())
+    if top <= 0:
+        return chosen, []
+    values, ids = torch.topk(logps, min(top, logps.numel()))
+    return chosen, [(int(i), float(v)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]

@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from finetune_trainer.serving.server.decoding import TextStream, choose_next_tokens
-from finetune_trainer.serving.server.events import AdapterInfo, Failed, SamplingParams, Sink
+from finetune_trainer.serving.server.decoding import TextStream, adjust_logits, choose_next_tokens, token_logprobs
+from finetune_trainer.serving.server.events import AdapterInfo, Failed, SamplingParams, Sink, TokenLogprob
 from finetune_trainer.serving.server.loader import LoadedModel
 from finetune_trainer.serving.server.sequences import (
     Classification,
@@ -104,6 +104,8 @@ class Engine:
         sequence = Sequence(
             list(prompt_ids), params, sink, TextStream(self._decode, params.stop), generator, incremental
         )
+        if params.constraint is not None:
+            sequence.constraint = params.constraint()
         with self._wakeup:
             if adapter is not None:
                 if adapter not in self._adapters:
@@ -314,6 +316,28 @@ class Engine:
         )
         return self._cache_of(out), out.logits[:, -1, :], mask, positions[:, -1] + 1
 
+    def _scores(self, batch: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
+        """The logits sampling sees: each row adjusted by its request's penalties, bias and constraint."""
+        if not any(s.params.adjusts_logits() and not s.done for s in batch):
+            return logits
+        scores = logits.float().clone()
+        for row, sequence in enumerate(batch):
+            params = sequence.params
+            if sequence.done or not params.adjusts_logits():
+                continue
+            allowed = None
+            if sequence.constraint is not None:
+                allowed = sequence.constraint.allowed(scores.shape[-1], self.loaded.eos_token_ids)
+            scores[row] = adjust_logits(
+                logits[row],
+                sequence.generated,
+                params.presence_penalty,
+                params.frequency_penalty,
+                params.logit_bias,
+                allowed,
+            )
+        return scores
+
     def _cache_of(self, output: Any) -> Any:
         return getattr(output, self._cache_arg)
 
@@ -323,14 +347,19 @@ class Engine:
         padded = has_padding(batch)
         while True:
             tokens = choose_next_tokens(
-                logits,
+                self._scores(batch, logits),
                 [s.params.temperature for s in batch],
                 [s.params.top_p for s in batch],
                 [s.generator for s in batch],
             )
-            for sequence, token in zip(batch, tokens, strict=True):
+            for row, (sequence, token) in enumerate(zip(batch, tokens, strict=True)):
                 if not sequence.done:
-                    advance(sequence, token, self.loaded.eos_token_ids)
+                    wanted = sequence.params.logprobs
+                    logprob = None
+                    if wanted is not None:
+                        chosen, top = token_logprobs(logits[row], token, wanted)
+                        logprob = TokenLogprob(token, chosen, tuple(top))
+                    advance(sequence, token, self.loaded.eos_token_ids, logprob)
             batch_alive = [s for s in batch if not s.done]
             if self._stopping:
                 for sequence in batch_alive:

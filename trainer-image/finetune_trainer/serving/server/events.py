@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -21,11 +21,34 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias) pairs added to the logits before sampling (OpenAI's `logit_bias`)."""
+    logprobs: int | None = None
+    """None: no logprobs; k >= 0: each chosen token's logprob and its k most likely alternatives."""
+    constraint: Any = None
+    """A factory of the sequence's constrained-decoding state (`constraints.Constraint`), or None."""
+
+    def adjusts_logits(self) -> bool:
+        """Whether the logits are changed before sampling (penalties, bias, a constraint)."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias or self.constraint)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log probability under the model, and the `top` alternatives (id, logprob)."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
 class TextDelta:
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """The tokens whose text this delta carries (when the request asked for logprobs)."""
 
 
 @dataclass(frozen=True)

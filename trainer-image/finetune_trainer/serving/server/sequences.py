@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 
 from finetune_trainer.serving.server.decoding import TextStream
-from finetune_trainer.serving.server.events import Failed, Finished, SamplingParams, Sink, TextDelta
+from finetune_trainer.serving.server.events import Failed, Finished, SamplingParams, Sink, TextDelta, TokenLogprob
 
 
 @dataclass
@@ -29,6 +29,8 @@ class Sequence:
     cancelled: bool = False
     done: bool = False
     adapter: str | None = None  # the peft adapter (internal name) the sequence runs with; None: the base
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of tokens whose text is not yet sent
+    constraint: Any = None  # the sequence's constrained-decoding state (`constraints.Constraint`), or None
 
 
 @dataclass
@@ -59,8 +61,11 @@ def has_padding(batch: list[Sequence]) -> bool:
     return len({len(s.prompt_ids) + len(s.generated) for s in batch}) > 1
 
 
-def advance(sequence: Sequence, token: int, eos_token_ids: Collection[int]) -> None:
-    """Feed one chosen token to a sequence; emit its text; finish it when a limit is reached."""
+def advance(
+    sequence: Sequence, token: int, eos_token_ids: Collection[int], logprob: TokenLogprob | None = None
+) -> None:
+    """Feed one chosen token (and its logprob, when asked for) to a sequence; emit its text; finish it when a
+    limit is reached. A token's logprob travels with the first delta that carries its text."""
     if sequence.cancelled:
         sequence.done = True
         return
@@ -68,9 +73,14 @@ def advance(sequence: Sequence, token: int, eos_token_ids: Collection[int]) -> N
         finish(sequence, "stop")
         return
     sequence.generated.append(token)
+    if sequence.constraint is not None:
+        sequence.constraint.accept(token)
+    if logprob is not None:
+        sequence.logprobs.append(logprob)
     delta = sequence.stream.push(token)
     if delta and sequence.incremental:
-        sequence.sink(TextDelta(delta))
+        sequence.sink(TextDelta(delta, tuple(sequence.logprobs)))
+        sequence.logprobs.clear()
     elif delta:
         sequence.held.append(delta)
     if sequence.stream.stopped:
@@ -81,7 +91,8 @@ def advance(sequence: Sequence, token: int, eos_token_ids: Collection[int]) -> N
 
 def finish(sequence: Sequence, reason: Literal["stop", "length"]) -> None:
     rest = "".join(sequence.held) + sequence.stream.finish()
-    if rest:
-        sequence.sink(TextDelta(rest))
+    if rest or sequence.logprobs:
+        sequence.sink(TextDelta(rest, tuple(sequence.logprobs)))
+        sequence.logprobs.clear()
     sequence.done = True
     sequence.sink(Finished(reason, len(sequence.prompt_ids), len(sequence.generated)))

@@ -1,0 +1,101 @@
+"""Out of memory on a real API server and Job controller: a trainer container the kernel killed (kwok plays the
+kubelet: exit 137, reason OOMKilled) fails the run at once as `OutOfMemory`, with the memory plan and the changes
+that would fit; the Job runs one pod, not one per retry of its backoff limit."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from tests.integration.conftest import Jobs, ftj_manifest, kwok_annotations, success_message
+from tests.support.waiting import wait_for
+
+GIB = 1024**3
+MEMORY_PLAN = {
+    "accelerator": "NVIDIA L4 (24 GiB)",
+    "budgetBytes": 22 * GIB,
+    "estimateBytes": 21 * GIB,
+    "fits": True,
+    "peakAt": "backward",
+    "microBatch": 16,
+    "gradientAccumulationSteps": 1,
+    "gradientCheckpointing": False,
+    "precision": "bf16",
+    "worldSize": 1,
+    "suggestions": [],
+}
+
+
+def _one_failed_pod_and_no_more(jobs: Jobs, namespace: str, job_name: str) -> None:
+    """The Job failed at its first pod and started no second one (the backoff limit is 2)."""
+    job = wait_for(
+        "the Job failed by its podFailurePolicy",
+        lambda: next(
+            (
+                j
+                for j in jobs.training_jobs(namespace, job_name.rsplit("-", 1)[0])
+                if j.metadata.name == job_name
+                and any(c.type == "Failed" and c.status == "True" for c in j.status.conditions or [])
+            ),
+            None,
+        ),
+        timeout=30,
+    )
+    assert job.status.failed == 1 and not job.status.active
+    assert [c.reason for c in job.status.conditions if c.type == "Failed"] == ["PodFailurePolicy"]
+    time.sleep(3)  # a retry would have started by now (the Job controller's first backoff is 10 s at most)
+    assert len(jobs.pods(namespace, job_name)) == 1
+
+
+def test_an_oom_killed_trainer_is_out_of_memory_and_is_not_retried(operator: Any, jobs: Jobs, namespace: str) -> None:
+    annotations = kwok_annotations(137, delay="300ms", reason="OOMKilled")
+    jobs.create(namespace, ftj_manifest("oom", podMetadata={"annotations": annotations}))
+    status = jobs.wait_phase(namespace, "oom", "Failed", timeout=60)
+    error = status["error"]
+    assert error["code"] == "OutOfMemory", error
+    assert "OOMKilled, exit 137" in error["message"] and "raise spec.resources.memory (now 1Gi" in error["message"]
+    assert "no memory plan was recorded" in error["message"]  # the control loop runs without the data check here
+    trained = next(c for c in status["conditions"] if c["type"] == "Trained")
+    assert trained["reason"] == "OutOfMemory"
+    _one_failed_pod_and_no_more(jobs, namespace, "oom-r1")
+
+
+def test_the_message_carries_the_plan_the_data_check_recorded(
+    operator_factory: Any, jobs: Jobs, namespace: str
+) -> None:
+    operator_factory(namespace, args=["--validation", "--backoff-limit", "2"])
+    jobs.create(namespace, ftj_manifest("planned"))
+    check = wait_for("the validation Job", lambda: next(iter(jobs.training_jobs(namespace, "planned")), None))
+    summary = {"schema": "chat", "records": {"train": 80}, "memoryPlan": MEMORY_PLAN}
+    validated = json.dumps({"code": "Succeeded", "message": "validated", "summary": summary})
+    jobs.finish_pod(namespace, jobs.running_pod(namespace, check.metadata.name).metadata.name, 0, validated)
+    trainer = jobs.running_pod(namespace, "planned-r1")
+    jobs.finish_pod(namespace, trainer.metadata.name, 137, reason="OOMKilled")
+    error = jobs.wait_phase(namespace, "planned", "Failed", timeout=60)["error"]
+    assert error["code"] == "OutOfMemory", error
+    assert "estimate 21.0 GiB against a budget of 22.0 GiB on NVIDIA L4 (24 GiB)" in error["message"]
+    assert "micro-batch 16" in error["message"] and "batchSize: auto (now 8" in error["message"]
+    _one_failed_pod_and_no_more(jobs, namespace, "planned-r1")
+
+
+def test_a_cuda_out_of_memory_is_the_same_reason(operator: Any, jobs: Jobs, namespace: str) -> None:
+    """The trainer's own report of a torch.cuda.OutOfMemoryError: code OutOfMemory, exit 42."""
+    oom = json.dumps({"code": "OutOfMemory", "message": "the GPU ran out of memory during the run: CUDA out of memory"})
+    annotations = kwok_annotations(42, oom, delay="300ms")
+    jobs.create(namespace, ftj_manifest("cuda-oom", podMetadata={"annotations": annotations}))
+    error = jobs.wait_phase(namespace, "cuda-oom", "Failed", timeout=60)["error"]
+    assert error["code"] == "OutOfMemory" and "the GPU ran out of memory" in error["message"]
+    assert "hyperparameters.gradientCheckpointing: true" in error["message"]
+    _one_failed_pod_and_no_more(jobs, namespace, "cuda-oom-r1")
+
+
+def test_raising_memory_after_an_oom_kill_runs_it_again(operator: Any, jobs: Jobs, namespace: str) -> None:
+    """Not retried identically, but retried once the spec changes what ran out."""
+    annotations = kwok_annotations(137, delay="300ms", reason="OOMKilled")
+    jobs.create(namespace, ftj_manifest("grow", podMetadata={"annotations": annotations}))
+    assert jobs.wait_phase(namespace, "grow", "Failed", timeout=60)["error"]["code"] == "OutOfMemory"
+    done = {"annotations": kwok_annotations(0, success_message(), delay="300ms")}
+    jobs.patch_spec(namespace, "grow", {"resources": {"memory": "4Gi"}, "podMetadata": done})
+    status = jobs.wait_phase(namespace, "grow", "Succeeded", timeout=60)
+    assert status["run"] == 1 and status.get("error") is None
