@@ -45,6 +45,17 @@ def test_trainer_accepts_batch_size_auto_checkpointing_and_fsdp_as_rendered() ->
     assert config.distributed.sharding == "fsdp" and config.world_size == spec.distributed.workers * spec.resources.gpus
 
 
+def test_trainer_accepts_the_dpo_method_as_rendered_and_sft_renders_as_before() -> None:
+    raw = example("quickstart")["spec"]
+    method = {"type": "lora", "objective": "dpo", "dpo": {"beta": 0.2, "lossType": "ipo"}}
+    spec = parse_spec({**raw, "method": method, "dataset": {**raw["dataset"], "schema": "openai-preference"}})
+    rendered = json.loads(trainer_config_map(spec, OWNER, 1)["data"]["config.json"])
+    config = parse_config(rendered, "operator rendering").method
+    assert config.objective == "dpo" and config.dpo_settings.beta == 0.2 and config.dpo_settings.loss_type == "ipo"
+    plain = json.loads(trainer_config_map(parse_spec(raw), OWNER, 1)["data"]["config.json"])["method"]
+    assert "objective" not in plain and "dpo" not in plain  # a job that sets neither renders as before
+
+
 def test_trainer_accepts_the_evaluation_fields_as_rendered() -> None:
     raw = example("quickstart")["spec"]
     evaluation = {
