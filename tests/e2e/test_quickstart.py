@@ -101,7 +101,7 @@ def test_quickstart_trains_evaluates_publishes_and_serves(cluster: Cluster, name
     assert tuned["loss"] < 0.5 * base["loss"], f"fine-tuning should cut the test loss: base {base}, tuned {tuned}"
     assert tuned["loss"] > 0.05, f"a test loss this low means test questions were trained on: {tuned}"
     # the answers to held-out paraphrases: right far more often than the base model's (which knows no shop)
-    assert tuned["rouge_l"] >= base["rouge_l"] + 0.25, f"ROUGE-L should rise well above the base model's: {base} {tuned}"
+    assert tuned["rouge_l"] >= base["rouge_l"] + 0.25, f"ROUGE-L should rise: {base} {tuned}"
     assert tuned["exact_match"] >= base["exact_match"] + 0.15, f"exact match should rise: base {base}, tuned {tuned}"
     assert len(document["generation"]) == manifest["spec"]["evaluation"]["generation"]["maxSamples"]
     # validated on paraphrases every intervalSteps: the step kept is the one with the lowest validation loss
