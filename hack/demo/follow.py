@@ -28,6 +28,9 @@ def summary(status: dict[str, Any]) -> str:
         )
         if progress.get("loss") is not None:
             parts.append(f"loss={progress['loss']:.3f}")
+        if progress.get("validationLoss") is not None:  # evaluation.intervalSteps: the best one is kept
+            best = progress.get("bestValidationLoss")
+            parts.append(f"val_loss={progress['validationLoss']:.3f}" + (f" (best {best:.3f})" if best else ""))
     if metrics:
         parts.append(
             "test=" + ",".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()) if isinstance(v, int | float))

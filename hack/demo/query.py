@@ -1,14 +1,15 @@
-"""Ask the base model and the fine-tuned endpoint the same held-out questions; print both answers and losses.
+"""Ask the fine-tuned endpoint held-out questions; print its answers beside the base model's, and both scores.
 
-Why side by side: the demo exists to show that fine-tuning changed something real. The same questions (never
-in the training data, `seed.HELD_OUT`), the same system prompt, greedy decoding, asked of
-  base        SmolLM2-135M-Instruct as the FineTuneJob's `spec.baseModel.uri` holds it, served here by our
-              own server (`finetune_trainer.serving.server`, the code the endpoint runs) on a free local port;
-  fine-tuned  the FineTuneJob's published endpoint, reached through `kubectl port-forward` (the local cluster
-              has no kube-proxy on the host, so the demo reaches the Service as a developer would);
-both through the official OpenAI client. Below them, the test loss of the base model (the trainer measures it
-before the first step when `evaluation.compareBaseModel` is true, into the run's metrics.json) and of the
-fine-tuned one (status.metrics), on the same held-out test split.
+Why side by side: the demo exists to show that fine-tuning changed something real, measured on questions the
+model never saw (`dataset.py`: the test split holds other paraphrases of the training intents). Printed:
+  - for a few test questions (`dataset.SHOWN`): the shop's answer, the base model's and the fine-tuned one. The
+    fine-tuned answer comes live from the FineTuneJob's published endpoint, through `kubectl port-forward` (the
+    local cluster has no kube-proxy on the host) and the official OpenAI client, greedy, with the data's system
+    prompt. The base answer is SmolLM2-135M-Instruct's own to the same test prompt, generated greedily by the
+    trainer before training (`evaluation.compareBaseModel`; the run's metrics.json keeps both models' answers);
+  - the scores on the whole test split, base and fine-tuned: exact match, token F1 and ROUGE-L of the answers
+    (`evaluation.generation`), test loss and perplexity, and the step kept (early stopping on validation loss).
+The endpoint's API key is read from the Secret `status.serving.apiKeySecret` names (`endpoint_key`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,9 +30,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from seed import HELD_OUT, SYSTEM  # a sibling script, not a package
+from dataset import SYSTEM, shown_questions  # a sibling script, not a package
 
 GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
+SCORES = ("exact_match", "token_f1", "rouge_l", "loss", "perplexity")
+"""The test metrics printed, base beside fine-tuned (generation scores first: they say whether answers are right)."""
 
 
 def free_port() -> int:
@@ -94,29 +95,6 @@ def endpoint_forward(namespace: str, url: str) -> Iterator[str]:
         forward.wait(10)
 
 
-@contextmanager
-def local_server(model_uri: str, name: str) -> Iterator[str]:
-    """Our model server, in this process on a free port, serving the full model at `model_uri` (s3:// or a folder).
-
-    S3 is reached with the standard AWS_* variables, as in the pod."""
-    import uvicorn
-    from finetune_trainer.serving.server.app import create_app
-    from finetune_trainer.serving.server.config import ServeConfig, ServeSettings
-
-    with tempfile.TemporaryDirectory(prefix="fto-base-") as work:
-        config = ServeConfig(servedModelName=name, modelUri=model_uri)
-        app = create_app(ServeSettings(config=config, work_dir=Path(work), device="cpu"))
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{port}/v1"
-        finally:
-            server.should_exit = True
-            thread.join(30)
-
-
 def read_s3_json(uri: str) -> dict[str, Any]:
     import boto3
 
@@ -126,12 +104,24 @@ def read_s3_json(uri: str) -> dict[str, Any]:
     return document
 
 
-def loss_line(label: str, metrics: dict[str, Any]) -> str:
-    test = metrics.get("test") or {}
-    if "loss" not in test:
-        return f"{label:<11} (no test metrics)"
-    perplexity = f", perplexity {test['perplexity']:.2f}" if "perplexity" in test else ""
-    return f"{label:<11} test loss {test['loss']:.3f}{perplexity}"
+def base_answers(document: dict[str, Any]) -> dict[str, str]:
+    """The base model's answer to each test question, from metrics.json's generation rows (compareBaseModel)."""
+    answers = {}
+    for row in document.get("generation") or []:
+        user = [line for line in str(row.get("prompt", "")).splitlines() if line.startswith("user: ")]
+        if user and "baseAnswer" in row:
+            answers[user[-1].removeprefix("user: ")] = str(row["baseAnswer"])
+    return answers
+
+
+def score_lines(base: dict[str, Any], tuned: dict[str, Any]) -> list[str]:
+    """`metric  base  fine-tuned` rows for the test metrics either model has."""
+    lines = [f"{'test metric':<12} {'base':>8} {'fine-tuned':>11}"]
+    for name in SCORES:
+        if name in base or name in tuned:
+            cells = [f"{m[name]:.3f}" if name in m else "-" for m in (base, tuned)]
+            lines.append(f"{name:<12} {cells[0]:>8} {cells[1]:>11}")
+    return lines
 
 
 def main() -> int:
@@ -155,36 +145,39 @@ def main() -> int:
         AWS_DEFAULT_REGION="us-east-1",
     )
     config.load_kube_config()  # type: ignore[no-untyped-call]
-    api = client.CustomObjectsApi()
-    ftj: dict[str, Any] = api.get_namespaced_custom_object(  # type: ignore[assignment]
+    ftj: dict[str, Any] = client.CustomObjectsApi().get_namespaced_custom_object(  # type: ignore[assignment]
         GROUP, VERSION, args.namespace, PLURAL, args.name
     )
-    status, base_uri = ftj["status"], ftj["spec"]["baseModel"]["uri"]
+    status = ftj["status"]
     endpoint = status["endpoint"]
-    questions = list(HELD_OUT.values())
+    shown = shown_questions()
+    questions = [question for question, _ in shown.values()]
+    key = endpoint_key(client.CoreV1Api(), args.namespace, status)
 
     with endpoint_forward(args.namespace, endpoint["url"]) as url:
-        key = endpoint_key(client.CoreV1Api(), args.namespace, status)
         tuned = OpenAI(base_url=url, api_key=key, max_retries=0, timeout=600)
         served = wait_for_models(tuned, timeout=60)
-        print(f"endpoint {endpoint['url']} serves {served} (run {endpoint.get('run')})", flush=True)
+        keyed = "no API key (allowUnauthenticated)" if key == "none" else "with its API key"
+        print(f"endpoint {endpoint['url']} serves {served} (run {endpoint.get('run')}, {keyed})", flush=True)
         tuned_answers = ask(tuned, endpoint["model"], questions, args.max_tokens)
-    print(f"base model {base_uri}: served here by finetune_trainer.serving.server for the comparison", flush=True)
-    with local_server(base_uri, "base") as url:
-        base = OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
-        wait_for_models(base)
-        base_answers = ask(base, "base", questions, args.max_tokens)
-
-    print(f"\nsystem prompt: {SYSTEM}  (greedy, max_tokens {args.max_tokens}; questions not in the training data)")
-    for question, before, after in zip(questions, base_answers, tuned_answers, strict=True):
-        print(f"\nuser:       {question}")
-        print(f"base:       {before}")
-        print(f"fine-tuned: {after}")
     run_folder = status["artifacts"]["report"].rsplit("/", 1)[0]
     document = read_s3_json(f"{run_folder}/metrics.json")
-    print()
-    print(loss_line("base", document.get("baseModel") or {}))
-    print(loss_line("fine-tuned", status.get("metrics") or {}))
+    before = base_answers(document)
+
+    print(f"\nsystem prompt: {SYSTEM}  (greedy, max_tokens {args.max_tokens}; test questions, not in training)")
+    for (question, reference), after in zip(shown.values(), tuned_answers, strict=True):
+        print(f"\nuser:       {question}")
+        print(f"shop:       {reference}")
+        print(f"base:       {before.get(question, '(not in metrics.json)')}")
+        print(f"fine-tuned: {after}")
+    samples = len(document.get("generation") or [])
+    print(
+        f"\n{samples} test questions, answered by both models; run {document.get('run')}: {document.get('steps')} "
+        f"steps in {document.get('trainRuntimeSeconds')} s; kept {document.get('selection') or 'the last step'}"
+    )
+    base, tuned = (document.get("baseModel") or {}).get("test") or {}, (status.get("metrics") or {}).get("test") or {}
+    for line in score_lines(base, tuned):
+        print(line)
     return 0
 
 

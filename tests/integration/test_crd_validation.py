@@ -86,6 +86,38 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("labels-on-causal-lm", _with("baseModel.numLabels", 2), "spec.baseModel"),
     ("classification-schema-on-causal-lm", _with("dataset.schema", "classification"), "spec.baseModel.task"),
     ("method-unknown", _with("method", {"type": "prefix-tuning"}), "spec.method.type"),
+    ("objective-unknown", _with("method", {"type": "lora", "objective": "ppo"}), "spec.method.objective"),
+    ("dpo-with-chat-data", _with("method", {"type": "lora", "objective": "dpo"}), "spec.method.objective"),
+    (
+        "preference-data-with-sft",
+        {**_with("dataset.schema", "openai-preference"), "method": {"type": "lora"}},
+        "spec.dataset.schema",
+    ),
+    ("dpo-settings-with-sft", _with("method", {"type": "lora", "dpo": {"beta": 0.2}}), "spec.method.dpo"),
+    (
+        "dpo-beta-zero",
+        {
+            **_with("method", {"objective": "dpo", "dpo": {"beta": 0}}),
+            "dataset": {**SPEC["dataset"], "schema": "preference"},
+        },
+        "spec.method.dpo.beta",
+    ),
+    (
+        "dpo-label-smoothing-half",
+        {
+            **_with("method", {"objective": "dpo", "dpo": {"labelSmoothing": 0.5}}),
+            "dataset": {**SPEC["dataset"], "schema": "preference"},
+        },
+        "spec.method.dpo.labelSmoothing",
+    ),
+    (
+        "dpo-ipo-label-smoothing",
+        {
+            **_with("method", {"objective": "dpo", "dpo": {"lossType": "ipo", "labelSmoothing": 0.1}}),
+            "dataset": {**SPEC["dataset"], "schema": "preference"},
+        },
+        "spec.method.dpo.labelSmoothing",
+    ),
     ("lora-rank-zero", _with("method", {"type": "lora", "lora": {"rank": 0}}), "spec.method.lora.rank"),
     (
         "lora-dropout-one",
@@ -275,11 +307,20 @@ def test_valid_manifest_gets_the_defaults(cluster: Any, crd: str, namespace: str
     spec = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "bad")["spec"]
     assert spec["method"] == {
         "type": "lora",
+        "objective": "sft",
         "mergeWeights": False,
         "lora": {"rank": 16, "alpha": 32, "dropout": 0.05, "targetModules": ["all-linear"]},
     }
     assert spec["dataset"]["split"] == {"validation": 0.1, "test": 0.1, "seed": 42}
     assert spec["serving"]["enabled"] is False and spec["suspend"] is False
+
+
+def test_a_dpo_manifest_gets_the_dpo_defaults(cluster: Any, crd: str, namespace: str) -> None:
+    dpo = {**_with("method", {"objective": "dpo", "dpo": {}}), "dataset": {**SPEC["dataset"], "schema": "preference"}}
+    _create(cluster, namespace, dpo)
+    spec = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "bad")["spec"]
+    assert spec["method"]["objective"] == "dpo"
+    assert spec["method"]["dpo"] == {"beta": 0.1, "lossType": "sigmoid", "labelSmoothing": 0}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.stem)

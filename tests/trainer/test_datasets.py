@@ -322,18 +322,17 @@ def test_ambiguous_records_name_the_candidate_schemas(s3_bucket: Any, tiny_llama
     )
 
 
-def test_preference_is_validated_but_not_trained(s3_bucket: Any, run_trainer: Runner) -> None:
+def test_preference_data_needs_objective_dpo(s3_bucket: Any, run_trainer: Runner) -> None:
     records = [{"prompt": f"q{i}", "chosen": "good", "rejected": "bad"} for i in range(20)]
     train = put_jsonl(s3_bucket.client, s3_bucket.name, "data/pref.jsonl", records)
     raw = without_schema(trainer_config(s3_bucket.name, s3_bucket.uri("models/absent/"), train))
     result = run_trainer(raw)  # refused before the (absent) model is looked at
-    assert_user_error(
-        result, "DatasetInvalid", "dataset.schema preference: preference training (DPO", "is not supported yet"
-    )
+    assert_user_error(result, "DatasetInvalid", "dataset.schema preference", "method.objective dpo; set it")
 
     records[7] = {"prompt": "q7", "chosen": "good"}
     put_jsonl(s3_bucket.client, s3_bucket.name, "data/pref.jsonl", records)
     raw["dataset"]["schema"] = "preference"
+    raw["method"]["objective"] = "dpo"
     assert_user_error(run_trainer(raw), "DatasetInvalid", f"{train} line 8: missing field 'rejected'")
 
 

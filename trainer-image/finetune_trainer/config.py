@@ -124,8 +124,30 @@ class LoraSpec(_Model):
     target_modules: list[str] = Field(default_factory=lambda: ["all-linear"], min_length=1)
 
 
+class DpoSpec(_Model):
+    """Direct Preference Optimization (Rafailov et al. 2023): `beta` scales the implicit reward (how far the
+    policy may move from the reference), `lossType` sigmoid is the paper's loss and ipo the squared loss of
+    Azar et al. 2023 (IPO, which does not push the margin to infinity on deterministic preferences),
+    `labelSmoothing` the conservative DPO of Mitchell 2023 (the labels are flipped with that probability;
+    sigmoid only)."""
+
+    beta: float = Field(default=0.1, gt=0.0, le=100.0)
+    loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _smoothing(self) -> DpoSpec:
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise ValueError("labelSmoothing applies to lossType sigmoid only (IPO has no label noise model)")
+        return self
+
+
 class MethodSpec(_Model):
     type: Literal["lora", "qlora", "full"] = "lora"
+    objective: Literal["sft", "dpo"] = "sft"
+    """sft: learn the answers of the data; dpo: learn to prefer the chosen answer of preference pairs."""
+    dpo: DpoSpec | None = None
+    """The DPO settings (defaults when left out with objective dpo)."""
     lora: LoraSpec = LoraSpec()
     merge_weights: bool = False
 
@@ -133,7 +155,14 @@ class MethodSpec(_Model):
     def _merge(self) -> MethodSpec:
         if self.type == "full" and self.merge_weights:
             raise ValueError("mergeWeights applies to lora/qlora only (full fine-tuning has no adapter)")
+        if self.dpo is not None and self.objective != "dpo":
+            raise ValueError("dpo applies to objective dpo only (set method.objective: dpo, or leave method.dpo out)")
         return self
+
+    @property
+    def dpo_settings(self) -> DpoSpec:
+        """The DPO settings in effect (the defaults when the spec leaves `dpo` out)."""
+        return self.dpo or DpoSpec()
 
 
 class Hyperparameters(_Model):
@@ -280,6 +309,17 @@ class TrainerConfig(_Model):
                 f"{self.base_model.task!r} (classification data needs task "
                 "sequence-classification, and the other way round)"
             )
+        mismatch = formats.objective_mismatch(formats.FORMATS[schema], self.method.objective) if schema else None
+        if mismatch:
+            raise ValueError(mismatch)
+        if self.method.objective == "dpo":
+            if self.base_model.task != "causal-lm":
+                raise ValueError("method.objective dpo: applies to baseModel.task causal-lm only")
+            if self.distributed.sharding == "fsdp":
+                raise ValueError(
+                    "method.objective dpo: distributed.sharding fsdp is not supported yet with dpo; use sharding "
+                    "none (lora adapters replicate; full fine-tuning of a model that fits one device)"
+                )
         return self
 
     @model_validator(mode="after")

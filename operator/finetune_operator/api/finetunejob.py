@@ -50,14 +50,17 @@ class SplitSpec(SpecModel):
     seed: int = 42
 
 
+Schema = Literal[
+    "alpaca", "chat", "classification", "openai-preference", "preference", "prompt-completion", "sharegpt", "text"
+]
+
+
 class DatasetSpec(SpecModel):
     train: DataRef
     validation: DataRef | None = None
     test: DataRef | None = None
     split: SplitSpec = SplitSpec()
-    schema_: (
-        Literal["alpaca", "chat", "classification", "preference", "prompt-completion", "sharegpt", "text"] | None
-    ) = Field(default=None, alias="schema")
+    schema_: Schema | None = Field(default=None, alias="schema")
     """None: the trainer detects it from the data (the CRD enum; tests check it equals the trainer's formats)."""
     columns: dict[str, str] = {}
     max_seq_length: int = 2048
@@ -71,8 +74,16 @@ class LoraSpec(SpecModel):
     target_modules: list[str] = ["all-linear"]
 
 
+class DpoSpec(SpecModel):
+    beta: float = 0.1
+    loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
+    label_smoothing: float = 0.0
+
+
 class MethodSpec(SpecModel):
     type: Literal["lora", "qlora", "full"] = "lora"
+    objective: Literal["sft", "dpo"] = "sft"
+    dpo: DpoSpec | None = None
     lora: LoraSpec = LoraSpec()
     merge_weights: bool = False
 

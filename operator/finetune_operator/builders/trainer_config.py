@@ -29,7 +29,7 @@ def trainer_config(spec: FineTuneJobSpec, owner: Owner, run: int) -> dict[str, A
         "job": {"namespace": owner.namespace, "name": owner.name, "uid": owner.uid, "run": run},
         "baseModel": wire["baseModel"],
         "dataset": wire["dataset"],
-        "method": wire["method"],
+        "method": _method(wire["method"]),
         "hyperparameters": wire["hyperparameters"],
         "checkpointing": wire["checkpointing"],
         "evaluation": _evaluation(spec),
@@ -40,6 +40,16 @@ def trainer_config(spec: FineTuneJobSpec, owner: Owner, run: int) -> dict[str, A
         },
         **_tracking(spec, owner),
         "output": {"uri": spec.output.uri, "runUri": spec.output.run_uri(run)},
+    }
+
+
+def _method(method: dict[str, Any]) -> dict[str, Any]:
+    """The method section; `objective: sft` and an unset `dpo` are left out, so the config of a job that sets
+    neither reads as before preference tuning existed (the trainer's defaults are the same)."""
+    return {
+        key: value
+        for key, value in method.items()
+        if not (key == "objective" and value == "sft") and not (key == "dpo" and value is None)
     }
 
 

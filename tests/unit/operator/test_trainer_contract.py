@@ -45,6 +45,19 @@ def test_trainer_accepts_batch_size_auto_checkpointing_and_fsdp_as_rendered() ->
     assert config.distributed.sharding == "fsdp" and config.world_size == spec.distributed.workers * spec.resources.gpus
 
 
+def test_trainer_accepts_the_dpo_method_as_rendered_and_sft_renders_as_before() -> None:
+    raw = example("quickstart")["spec"]
+    method = {"type": "lora", "objective": "dpo", "dpo": {"beta": 0.2, "lossType": "ipo"}}
+    preference = {**raw["dataset"], "schema": "openai-preference"}
+    # the quickstart's answer scores need chat data: a preference run is gated on its own test metrics
+    spec = parse_spec({**raw, "method": method, "dataset": preference, "evaluation": {"compareBaseModel": True}})
+    rendered = json.loads(trainer_config_map(spec, OWNER, 1)["data"]["config.json"])
+    config = parse_config(rendered, "operator rendering").method
+    assert config.objective == "dpo" and config.dpo_settings.beta == 0.2 and config.dpo_settings.loss_type == "ipo"
+    plain = json.loads(trainer_config_map(parse_spec(raw), OWNER, 1)["data"]["config.json"])["method"]
+    assert "objective" not in plain and "dpo" not in plain  # a job that sets neither renders as before
+
+
 def test_trainer_accepts_the_evaluation_fields_as_rendered() -> None:
     raw = example("quickstart")["spec"]
     evaluation = {
@@ -59,7 +72,8 @@ def test_trainer_accepts_the_evaluation_fields_as_rendered() -> None:
     config = parse_config(rendered, "operator rendering").evaluation
     assert config.interval_steps == 10 and config.early_stopping is not None and config.early_stopping.min_delta == 0.01
     assert config.generation is not None and config.generation.regex == "[0-9]+" and config.generation.json_valid
-    plain = json.loads(trainer_config_map(parse_spec(raw), OWNER, 1)["data"]["config.json"])
+    bare = {**raw, "evaluation": {"compareBaseModel": True, "gate": [{"metric": "test_loss", "max": 1.0}]}}
+    plain = json.loads(trainer_config_map(parse_spec(bare), OWNER, 1)["data"]["config.json"])
     assert set(plain["evaluation"]) == {"compareBaseModel"}  # nothing set: rendered as before
 
 

@@ -193,7 +193,8 @@ def test_sharegpt_speakers_and_refusals() -> None:
 def test_preference_accepts_strings_and_conversations() -> None:
     fmt = FORMATS["preference"]
     rows = normalize(records({"prompt": [{"role": "user", "content": "q"}], "chosen": "a", "rejected": "b"}), fmt, {})
-    assert rows[0]["chosen"] == "a" and json.loads(rows[0]["prompt"]) == [{"role": "user", "content": "q"}]
+    assert json.loads(rows[0]["chosen"]) == [{"role": "assistant", "content": "a"}]
+    assert json.loads(rows[0]["prompt"]) == [{"role": "user", "content": "q"}]
     with pytest.raises(DatasetInvalid, match="field 'rejected' is empty"):
         normalize(records({"prompt": "q", "chosen": "a", "rejected": " "}), fmt, {})
 

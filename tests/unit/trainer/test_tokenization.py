@@ -190,7 +190,30 @@ def test_sharegpt_roles_and_system_field(tokenizer: Any) -> None:
     assert targets(tokenizer, ids, labels) == "thanks</s>\n"
 
 
-def test_preference_is_refused_for_training(tokenizer: Any) -> None:
-    rows = examples("preference", FORMATS["preference"].example)
-    with pytest.raises(DatasetInvalid, match=r"preference training \(DPO and similar methods.*is not supported yet"):
-        tokenize_with_stats(rows, tokenizer, "preference", 64, None, "train")
+def test_preference_pair_is_one_row_chosen_then_rejected_with_only_the_replies_learned(tokenizer: Any) -> None:
+    rows = examples("preference", {"prompt": "hi", "chosen": "hello", "rejected": "go"})
+    dataset, stats = tokenize_with_stats(rows, tokenizer, "preference", 64, None, "train")
+    row = dataset[0]
+    split = row["chosen_length"]
+    chosen, rejected = row["input_ids"][:split], row["input_ids"][split:]
+    assert decoded(tokenizer, chosen) == "<|user|>\nhi</s>\n<|assistant|>\nhello</s>\n"
+    assert decoded(tokenizer, rejected) == "<|user|>\nhi</s>\n<|assistant|>\ngo</s>\n"
+    assert targets(tokenizer, chosen, row["labels"][:split]) == "hello</s>\n"
+    assert targets(tokenizer, rejected, row["labels"][split:]) == "go</s>\n"
+    assert (stats.records, stats.truncated, stats.dropped) == (1, 0, 0)
+    assert stats.tokens == len(row["input_ids"])
+
+
+def test_preference_pairs_past_max_seq_length_are_counted_not_lost(tokenizer: Any) -> None:
+    long_prompt = " ".join(["apple"] * 80)
+    rows = examples(
+        "preference",
+        {"prompt": "hi", "chosen": "hello " * 40, "rejected": "go"},  # the chosen reply is cut: counted, kept
+        {"prompt": long_prompt, "chosen": "hello", "rejected": "go"},  # no reply token fits: dropped, counted
+        {"prompt": "hi", "chosen": "go", "rejected": "went"},
+    )
+    dataset, stats = tokenize_with_stats(rows, tokenizer, "preference", 40, None, "train")
+    assert (stats.records, stats.truncated, stats.dropped) == (2, 2, 1)
+    assert len(dataset) == 2 and all(len(r["input_ids"]) <= 80 for r in dataset)
+    with pytest.raises(DatasetInvalid, match="empty split"):
+        tokenize_with_stats(rows[1:2], tokenizer, "preference", 40, None, "train")

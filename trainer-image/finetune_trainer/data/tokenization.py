@@ -23,14 +23,13 @@ from typing import Any
 from finetune_trainer.core.errors import DatasetInvalid, ModelInvalid
 from finetune_trainer.data.chat_template import check_template, render_chat
 from finetune_trainer.data.formats.base import Conversation
-from finetune_trainer.data.formats.preference import PREFERENCE_UNSUPPORTED
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
 
-def _mask(offsets: Sequence[tuple[int, int]], ids: Sequence[int], spans: Sequence[tuple[int, int]]) -> list[int]:
+def mask_targets(offsets: Sequence[tuple[int, int]], ids: Sequence[int], spans: Sequence[tuple[int, int]]) -> list[int]:
     labels = []
     for (start, end), token in zip(offsets, ids, strict=True):
         inside = end > start and any(start < s_end and end > s_start for s_start, s_end in spans)
@@ -82,7 +81,7 @@ def causal_lm_batch(tokenizer: Any, schema: str, max_length: int) -> Any:
         for ids, offsets, turn_spans, text in zip(
             encoded["input_ids"], encoded["offset_mapping"], spans, texts, strict=True
         ):
-            labels = _mask(offsets, ids, turn_spans)
+            labels = mask_targets(offsets, ids, turn_spans)
             complete = not text.strip() or any(end >= len(text.rstrip()) for _, end in offsets)
             if add_eos and complete:
                 ids, labels = [*ids, eos], [*labels, eos]
@@ -188,8 +187,6 @@ def tokenize_with_stats(
             "the trainer needs one for offsets and speed"
         )
     kind = _kind(schema)
-    if kind == "preference":
-        raise DatasetInvalid(f"dataset {name}: schema {schema!r}: {PREFERENCE_UNSUPPORTED}")
     target = None
     if cache_dir is not None:
         target = cache_dir / f"{name}-{cache_key(examples, tokenizer, schema, max_length)}"
@@ -197,8 +194,13 @@ def tokenize_with_stats(
             log.info("%s: reusing tokenized data from %s", name, target)
             stats = TokenStats(**json.loads((target / "fto_stats.json").read_text()))
             return datasets.load_from_disk(str(target)), stats
+    where = origins or [f"dataset {name} record {i + 1}" for i in range(len(examples))]
     if kind == "messages":
-        check_template(tokenizer, examples, origins or [f"dataset {name} record {i + 1}" for i in range(len(examples))])
+        check_template(tokenizer, examples, where)
+    if kind == "preference":
+        from finetune_trainer.data.pairs import check_pairs  # pairs builds on this module's masks
+
+        check_pairs(tokenizer, examples, where)
     tokenized, stats = _tokenize(examples, tokenizer, schema, kind, max_length, name)
     if target is not None:
         tokenized.save_to_disk(str(target))
@@ -213,18 +215,33 @@ def _tokenize(
     import datasets
 
     dataset = datasets.Dataset.from_list(examples)
-    fn = (
-        classification_batch(tokenizer, max_length)
-        if kind == "classification"
-        else causal_lm_batch(tokenizer, schema, max_length)
-    )
+    if kind == "classification":
+        fn = classification_batch(tokenizer, max_length)
+    elif kind == "preference":
+        from finetune_trainer.data.pairs import pair_batch
+
+        fn = pair_batch(tokenizer, max_length)
+    else:
+        fn = causal_lm_batch(tokenizer, schema, max_length)
     tokenized = dataset.map(
         fn, batched=True, batch_size=512, remove_columns=dataset.column_names, desc=f"tokenizing {name}"
     )
     truncated = sum(tokenized["truncated"])
     tokenized = tokenized.remove_columns("truncated")
     before = len(tokenized)
-    if kind != "classification":
+    if kind == "preference":
+        from finetune_trainer.data.pairs import trainable
+
+        tokenized = tokenized.filter(trainable)
+        if len(tokenized) < before:
+            log.warning(
+                "%s: dropped %d pair(s) with no answer token left on a side, or the same tokens on both sides, "
+                "after truncation to %d tokens (their prompt is too long for maxSeqLength)",
+                name,
+                before - len(tokenized),
+                max_length,
+            )
+    elif kind != "classification":
         tokenized = tokenized.filter(lambda row: any(x != IGNORE_INDEX for x in row["labels"][1:]))
         if len(tokenized) < before:
             log.warning(

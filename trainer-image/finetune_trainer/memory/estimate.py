@@ -39,6 +39,14 @@ Per process, in bytes (P parameters, P_t trainable, N shards; mixed = bf16/fp16 
   weights (2 bytes per trainable linear weight). Gradient checkpointing keeps one hidden state
   per layer and recomputes one layer at a time (Chen et al. 2016). Other architectures (GPT-2, BERT) use
   Korthikanti's per-layer count with I for the MLP width.
+- DPO (`objective: dpo`): a micro-batch of B pairs is one flattened row of 2B sequences (chosen and
+  rejected), so the activation terms above count 2 x B x the per-sequence length of tokens (at least
+  double SFT's for the same batchSize), with the block-diagonal mask even for one pair. The reference pass
+  (LoRA: the same model with the adapter disabled) runs under no_grad before the policy's forward and keeps
+  2 numbers per pair: its transient (one layer's working set, its logits and their fp32 log-softmax, about
+  (c + 8) V bytes per token) is freed before the policy's activations are built and is below them, so it
+  adds nothing at the peak. Full fine-tuning precomputes the reference log-probabilities before training
+  (no frozen copy of the weights), which adds nothing either.
 - overhead: GPU: 0.75 GiB (CUDA context, cuBLAS workspace), 0.5 GiB more with several processes (NCCL),
   and 5% of the rest for the caching allocator's fragmentation; CPU: 1 GiB (Python, torch, the data).
 
@@ -97,6 +105,8 @@ class Setup:
     gradient_accumulation: int = 1
     seq_length: int = 2048
     task: Literal["causal-lm", "sequence-classification"] = "causal-lm"
+    objective: Literal["sft", "dpo"] = "sft"
+    """dpo: each micro-batch entry is a pair of sequences of up to `seq_length` tokens each."""
 
 
 @dataclass(frozen=True)
@@ -212,9 +222,10 @@ def _head_activations(shape: ModelShape, setup: Setup, mixed: bool) -> float:
 
 def _activations(shape: ModelShape, setup: Setup, mixed: bool, micro_batch: int, on_cpu: bool) -> int:
     """Bytes saved for backward by one micro-batch, at the start of backward."""
-    tokens = micro_batch * setup.seq_length
+    sequences = micro_batch * (2 if setup.objective == "dpo" else 1)  # dpo: chosen and rejected, one row
+    tokens = sequences * setup.seq_length
     c = 2 if mixed else 4
-    masked = setup.task == "causal-lm" and micro_batch > 1
+    masked = setup.task == "causal-lm" and sequences > 1
     per_layer = _layer_activations(shape, setup, mixed, masked, on_cpu)
     mask = c * tokens * tokens if masked else 0  # the block-diagonal mask, converted and saved per layer
     if setup.task == "sequence-classification":

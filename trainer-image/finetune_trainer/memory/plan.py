@@ -13,6 +13,7 @@ fit (`suggestions`), and `MemoryPlan`, what the status shows and `validate` deci
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -265,7 +266,7 @@ def plan(config: Mapping[str, Any], setup: Setup, device: Accelerator, *, num_la
         precision=resolve_precision(setup.precision, device),
         parameters=shape.parameters,
         trainable_parameters=trainable_parameters(shape, setup.method),
-        tokens_per_micro_batch=setup.micro_batch * setup.seq_length,
+        tokens_per_micro_batch=setup.micro_batch * setup.seq_length * (2 if setup.objective == "dpo" else 1),
         max_micro_batch=largest_micro_batch(shape, setup, device),
         suggestions=() if fits else suggestions(shape, setup, device),
         setup=setup,
@@ -311,9 +312,13 @@ def setup_of(
 
     `longest_record`: the longest tokenized training record when known (the validate step measures the
     tokens): a flattened micro-batch then holds at most batchSize x min(maxSeqLength, longest) tokens, a
-    tighter bound than the worst case of every record being maxSeqLength long."""
+    tighter bound than the worst case of every record being maxSeqLength long. With `objective: dpo` a record is
+    a pair (both sequences, each at most maxSeqLength): half the longest pair, rounded up, bounds its tokens
+    per sequence."""
     lora = cfg.method.lora
     hp = cfg.hyperparameters
+    dpo = cfg.method.objective == "dpo"
+    longest = math.ceil(longest_record / 2) if dpo and longest_record else longest_record
     return Setup(
         method=Method(cfg.method.type, lora.rank, tuple(lora.target_modules), lora.dropout),
         precision=hp.precision,
@@ -324,8 +329,9 @@ def setup_of(
         ),
         micro_batch=1 if hp.batch_size == "auto" else hp.batch_size,
         gradient_accumulation=hp.gradient_accumulation_steps,
-        seq_length=min(cfg.dataset.max_seq_length, longest_record or cfg.dataset.max_seq_length),
+        seq_length=min(cfg.dataset.max_seq_length, longest or cfg.dataset.max_seq_length),
         task=cfg.base_model.task,
+        objective=cfg.method.objective,
     )
 
 

@@ -127,6 +127,12 @@ def upload_model(storage: Storage, model_folder: Path, model_uri: S3Uri) -> None
     log.info("uploaded the model (%d file(s) and %s) to %s", len(files), MANIFEST, model_uri)
 
 
+def method_name(cfg: TrainerConfig) -> str:
+    """The method as the report shows it: the type, and the objective when it is not sft."""
+    method = cfg.method
+    return method.type if method.objective == "sft" else f"{method.type}, objective {method.objective}"
+
+
 def upload_outputs(
     storage: Storage,
     run_uri: S3Uri,
@@ -160,7 +166,7 @@ def upload_outputs(
         title,
         metrics,
         base,
-        {"base model": cfg.base_model.uri, "method": cfg.method.type, "task": cfg.base_model.task, **facts},
+        {"base model": cfg.base_model.uri, "method": method_name(cfg), "task": cfg.base_model.task, **facts},
         png,
     )
     write("report.html", page.encode(), "text/html; charset=utf-8")

@@ -22,7 +22,6 @@ from finetune_trainer.data import formats, near_duplicates, readers, split, spli
 from finetune_trainer.data.chat_template import ensure_chat_template
 from finetune_trainer.data.formats import Format
 from finetune_trainer.data.formats.base import generation_unsupported
-from finetune_trainer.data.formats.preference import PREFERENCE_UNSUPPORTED
 from finetune_trainer.data.labels import encode_labels, label_names
 from finetune_trainer.data.readers import Record
 from finetune_trainer.data.tokenization import TokenStats, tokenize_with_stats
@@ -131,6 +130,9 @@ def fetch_tokenizer(storage: Storage, uri: str, folder: Path) -> Path:
         raise ModelInvalid(f"{uri} is not a Hugging Face model folder: no config.json")
     return folder
 
+
+CHAT_KINDS = ("messages", "preference")
+"""Formats rendered with the chat template (the trainer's default one when the tokenizer has none)."""
 
 SplitRecords = dict[str, list[Record] | None]
 
@@ -242,6 +244,8 @@ def read_data(storage: Storage, cfg: TrainerConfig, folder: Path) -> Data:
     detection = formats.resolve(train, spec.schema_, cfg.base_model.task, spec.columns)
     fmt = detection.format
     log.info("dataset.schema %s (%s%s)", fmt.name, "detected: " if detection.detected else "", detection.reason)
+    if problem := formats.objective_mismatch(fmt, cfg.method.objective):
+        raise DatasetInvalid(problem)
     if cfg.evaluation.generation is not None and (reason := generation_unsupported(fmt)):
         raise ConfigInvalid(f"evaluation.generation: {reason}")
     normalised = formats.normalize(train, fmt, spec.columns)
@@ -320,12 +324,6 @@ def tokenize_data(d: Data, tokenizer: Any, max_length: int, cache: Path | None) 
     return tokenized
 
 
-def refuse_untrainable(fmt: Format) -> None:
-    """Refuse data of a format no training method uses yet (preference pairs), naming the missing method."""
-    if not fmt.trainable:
-        raise DatasetInvalid(f"dataset.schema {fmt.name}: {PREFERENCE_UNSUPPORTED}")
-
-
 def sequence_limit(model_folder: Path, requested: int) -> int:
     """`maxSeqLength`, capped at the model's position limit (longer inputs would index past its table)."""
     try:
@@ -342,10 +340,9 @@ def sequence_limit(model_folder: Path, requested: int) -> int:
 def prepare(storage: Storage, cfg: TrainerConfig, work: Path) -> Inputs:
     """Download, validate, split and tokenize; raises the contract's user errors on bad input."""
     d = read_data(storage, cfg, work / "data")
-    refuse_untrainable(d.format)
     model_folder = fetch_model(storage, cfg.base_model.uri, work / "base-model")
     tokenizer = load_tokenizer(model_folder, cfg.base_model.uri)
-    default_template = d.format.kind == "messages" and ensure_chat_template(tokenizer)
+    default_template = d.format.kind in CHAT_KINDS and ensure_chat_template(tokenizer)
     max_length = sequence_limit(model_folder, cfg.dataset.max_seq_length)
     tokenized = tokenize_data(d, tokenizer, max_length, work / "tokenized")
     return Inputs(

@@ -20,7 +20,7 @@ from finetune_trainer.core.storage import Storage
 from finetune_trainer.data import formats
 from finetune_trainer.evaluation import generation
 from finetune_trainer.evaluation.metrics import evaluate
-from finetune_trainer.training import sharding
+from finetune_trainer.training import preference, sharding
 from finetune_trainer.training.best_model import SelectionHooks, SelectionStore
 from finetune_trainer.training.callbacks import TrainerHooks
 from finetune_trainer.training.inputs import Inputs
@@ -47,6 +47,8 @@ def base_model_metrics(
             log.warning("no base_metrics.json from the earlier attempt; the base comparison is skipped")
             return {}
     metrics = evaluate_all(model, inputs, collator, cfg, precision)
+    if cfg.method.objective == "dpo":
+        metrics = preference.base_metrics(metrics)
     if distributed.is_main():
         storage.write_bytes(location, json.dumps(metrics).encode(), "application/json")
     return metrics
@@ -62,6 +64,13 @@ def evaluate_all(
 ) -> dict[str, dict[str, float]]:
     num_labels = len(inputs.labels) if inputs.labels else None
     batch, lockstep = int(cfg.hyperparameters.batch_size), sharding.sharded(cfg)  # FSDP: every rank every batch
+    if cfg.method.objective == "dpo":
+        spec = cfg.method.dpo_settings
+        return {
+            name: preference.evaluate_pairs(model, inputs.tokenized[name], collator, batch, precision, spec)
+            for name in splits
+            if name in inputs.tokenized
+        }
     return {
         name: evaluate(model, inputs.tokenized[name], collator, batch, num_labels, precision, lockstep)
         for name in splits

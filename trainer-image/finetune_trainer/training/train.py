@@ -17,7 +17,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from finetune_trainer.core.errors import Preempted
 from finetune_trainer.core.s3_uri import S3Uri
 from finetune_trainer.core.storage import Storage
 from finetune_trainer.evaluation import generation
-from finetune_trainer.training import sharding
+from finetune_trainer.training import preference, sharding
 from finetune_trainer.training.artifacts import save_model, upload_outputs
 from finetune_trainer.training.best_model import SelectionHooks
 from finetune_trainer.training.callbacks import SignalStop, TrainerHooks
@@ -79,6 +79,8 @@ def total_steps(examples: int, cfg: TrainerConfig, world: int) -> int:
 
 
 def collator_for(cfg: TrainerConfig, tokenizer: Any) -> Any:
+    if cfg.method.objective == "dpo":
+        return preference.PairCollator()
     if cfg.base_model.task == "sequence-classification":
         from transformers import DataCollatorWithPadding
 
@@ -89,9 +91,12 @@ def collator_for(cfg: TrainerConfig, tokenizer: Any) -> Any:
 
 
 def trainer_class(cfg: TrainerConfig) -> type[Any]:
-    """The Trainer class a run uses: causal LMs (not sharded) compute their loss at label positions only,
-    without the full logits (`loss`); classifiers and FSDP runs keep the Trainer's own loss."""
+    """The Trainer class a run uses: DPO runs the preference objective (`preference`); other causal LMs (not
+    sharded) compute their loss at label positions only, without the full logits (`loss`); classifiers and
+    FSDP runs keep the Trainer's own loss."""
     base = sharding.trainer_class(cfg)
+    if cfg.method.objective == "dpo":  # its own loss over chosen/rejected pairs (`preference`)
+        return preference.trainer_class(base, cfg.method.dpo_settings)
     if cfg.base_model.task == "sequence-classification" or sharding.sharded(cfg):
         return base
     return with_label_position_loss(base)
@@ -203,9 +208,10 @@ def build_model(
     storage: Storage,
     run_uri: S3Uri,
     resume: Path | None,
-) -> tuple[Any, Any, dict[str, dict[str, float]], generation.Generation | None]:
+) -> tuple[Inputs, Any, Any, dict[str, dict[str, float]], generation.Generation | None]:
     """Stage 2: the model with its method applied, on its device, its collator, and the base model's metrics and
-    answers when `compareBaseModel` asks for them."""
+    answers when `compareBaseModel` asks for them; the inputs gain the reference log-probabilities where full
+    fine-tuning with dpo precomputes them (`preference.with_reference`)."""
     import torch
     from transformers import set_seed
 
@@ -214,6 +220,10 @@ def build_model(
     if hardware.cuda and cfg.method.type != "qlora":  # a 4-bit model is placed at load time
         model = model.to(torch.device("cuda", distributed.local_rank()))
     collator = collator_for(cfg, inputs.tokenizer)
+    if cfg.method.objective == "dpo" and cfg.method.type == "full":  # the untrained model is the reference
+        batch = int(cfg.hyperparameters.batch_size)
+        tokenized = preference.with_reference(model, inputs.tokenized, collator, batch, precision)
+        inputs = replace(inputs, tokenized=tokenized)
     base: dict[str, dict[str, float]] = {}
     base_answers: generation.Generation | None = None
     if cfg.evaluation.compare_base_model:  # still "loading": "evaluating" would read as training done
@@ -221,7 +231,7 @@ def build_model(
         base_answers = answers_of(model, inputs, cfg, precision, storage, run_uri, resume is not None)
         if base_answers is not None:
             base.setdefault("test", {}).update(base_answers.scores)
-    return model, collator, base, base_answers
+    return inputs, model, collator, base, base_answers
 
 
 def make_trainer(
@@ -375,7 +385,8 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
 
     cfg, inputs, resume = load_inputs(cfg, storage, run_uri, work, store, hardware)
     tracking = start_tracking(cfg, storage, run_uri, work, reporter)
-    model, collator, base, base_answers = build_model(cfg, inputs, hardware, precision, storage, run_uri, resume)
+    built = build_model(cfg, inputs, hardware, precision, storage, run_uri, resume)
+    inputs, model, collator, base, base_answers = built
     trainer, hooks, uploader, selection = make_trainer(
         cfg, model, collator, inputs, hardware, precision, storage, run_uri, work, reporter, stop, store, tracking
     )

@@ -24,9 +24,9 @@ from finetune_trainer.core.termination import LIMIT
 from finetune_trainer.memory.check import Placement, check_fit
 from finetune_trainer.training.checkpoints import refuse_foreign_run
 from finetune_trainer.training.inputs import (
+    CHAT_KINDS,
     fetch_tokenizer,
     read_data,
-    refuse_untrainable,
     sequence_limit,
     tokenize_data,
 )
@@ -43,10 +43,9 @@ def summarize(cfg: TrainerConfig, storage: Storage, work: Path, placement: Place
 
     d = read_data(storage, cfg, work / "data")
     refuse_foreign_run(storage, S3Uri.parse(cfg.output.run_uri), cfg.job)
-    refuse_untrainable(d.format)
     folder = fetch_tokenizer(storage, cfg.base_model.uri, work / "tokenizer")
     tokenizer = load_tokenizer(folder, cfg.base_model.uri)
-    if d.format.kind == "messages":
+    if d.format.kind in CHAT_KINDS:
         ensure_chat_template(tokenizer)
     max_length = sequence_limit(folder, cfg.dataset.max_seq_length)
     tokenized = tokenize_data(d, tokenizer, max_length, None)

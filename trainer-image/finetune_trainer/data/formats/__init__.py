@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune_trainer.core.errors import DatasetInvalid
-from finetune_trainer.data.formats.base import Fields, Format
+from finetune_trainer.data.formats.base import Fields, Format, objective_mismatch
 from finetune_trainer.data.readers import Record
 
 DETECTION_SAMPLE = 20
@@ -119,4 +119,14 @@ def ignored_columns(records: Sequence[Record], fmt: Format, columns: Mapping[str
     return sorted(present - read)
 
 
-__all__ = ["FORMATS", "Detection", "Format", "detect", "get", "ignored_columns", "normalize", "resolve"]
+__all__ = [
+    "FORMATS",
+    "Detection",
+    "Format",
+    "detect",
+    "get",
+    "ignored_columns",
+    "normalize",
+    "objective_mismatch",
+    "resolve",
+]

@@ -10,7 +10,8 @@ conversations (alpaca, sharegpt, chat) are masked by the same code:
 - `messages`: `{"conversation": <JSON of Conversation>}` rendered with the base model's chat template;
   each turn says whether it is learned (assistant turns, unless the data says otherwise);
 - `classification`: `{"text": str, "label": str}`;
-- `preference`: `{"prompt", "chosen", "rejected"}`: validated and stored, not trained by SFT.
+- `preference`: `{"prompt", "chosen", "rejected"}`, each the JSON of a list of messages (a `PreferencePair`):
+  the prompt and two assistant replies, rendered with the chat template and trained by `method.objective: dpo`.
 
 A conversation is kept as one JSON string in the example because Arrow (the `datasets` storage) infers one
 struct type for a column, and turns differ in which optional keys (name, tool_calls) they carry.
@@ -128,6 +129,25 @@ class Conversation:
         return cls([Turn(**turn) for turn in body["turns"]], body.get("tools"))
 
 
+@dataclass(frozen=True)
+class PreferencePair:
+    """A prompt's messages and two replies (assistant messages), the chosen one preferred."""
+
+    prompt: list[dict[str, str]]
+    chosen: list[dict[str, str]]
+    rejected: list[dict[str, str]]
+
+    def to_example(self) -> dict[str, str]:
+        return {
+            name: json.dumps(getattr(self, name), ensure_ascii=False, sort_keys=True)
+            for name in ("prompt", "chosen", "rejected")
+        }
+
+    @classmethod
+    def from_example(cls, example: Mapping[str, Any]) -> PreferencePair:
+        return cls(json.loads(example["prompt"]), json.loads(example["chosen"]), json.loads(example["rejected"]))
+
+
 def conversation(fields: Fields, turns: list[Turn], tools: list[dict[str, Any]] | None = None) -> dict[str, str]:
     """The normalised example of a conversation; refuses one with nothing to learn from."""
     if not any(turn.learn for turn in turns):
@@ -153,8 +173,6 @@ class Format:
     example: dict[str, Any]
     """A record as the format's own documentation shows it (docs/datasets.md shows the same)."""
     normalize: Callable[[Fields], dict[str, Any]]
-    trainable: bool = True
-    """False: records are validated and stored, but no method trains on them yet."""
     notes: tuple[str, ...] = field(default=())
 
 
@@ -170,4 +188,22 @@ def generation_unsupported(fmt: Format) -> str | None:
             "generation metrics need chat, alpaca, sharegpt or prompt-completion data. Leave evaluation.generation "
             "out for this dataset"
         )
-    return f"dataset schema {fmt.name!r} is not trained on, so there is no model answer to score"
+    return (
+        f"dataset schema {fmt.name!r} is preference data: its test metrics are the reward accuracy and margin "
+        "(generation metrics need chat, alpaca, sharegpt or prompt-completion data); leave evaluation.generation out"
+    )
+
+
+def objective_mismatch(fmt: Format, objective: str) -> str | None:
+    """Why data of format `fmt` cannot train with `method.objective` (None: it can)."""
+    if fmt.kind == "preference" and objective != "dpo":
+        return (
+            f"dataset.schema {fmt.name}: preference pairs (a chosen and a rejected answer) train with "
+            "method.objective dpo; set it, or train sft on chat or prompt-completion data with the chosen answers"
+        )
+    if fmt.kind != "preference" and objective == "dpo":
+        return (
+            f"method.objective dpo: needs preference data (schema preference or openai-preference: a prompt with a "
+            f"chosen and a rejected answer); dataset.schema {fmt.name} has one answer per prompt (use objective sft)"
+        )
+    return None

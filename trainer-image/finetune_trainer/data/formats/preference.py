@@ -1,39 +1,84 @@
-"""`preference`: a prompt with a chosen and a rejected answer (the shape DPO-style methods train on).
+"""`preference`: a prompt with a chosen and a rejected answer, for `method.objective: dpo`.
 
-Validated and stored with the run's split now, so the data can be checked and audited; no method trains on
-it yet (SFT has no use for the rejected answer), and asking to train on it is refused before any download
-of the model. `prompt`, `chosen` and `rejected` are strings, or lists of {role, content} messages (the
-conversational variant TRL documents).
+`prompt`, `chosen` and `rejected` are strings, or lists of {role, content} messages (TRL's conversational
+preference format: the prompt's messages end with the user's turn, chosen and rejected are the assistant's
+replies). A string prompt is one user message and a string answer one assistant message, so every pair is
+rendered with the base model's chat template, as the tuned model will be prompted when served. A pair whose
+chosen equals its rejected answer teaches nothing and is refused, naming its line.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from finetune_trainer.data.formats.base import Fields, Format
+from finetune_trainer.data.formats.base import Fields, Format, PreferencePair
+from finetune_trainer.data.formats.chat import content_text
+
+PROMPT_ROLES = ("system", "user", "assistant")
+MESSAGE_KEYS = frozenset({"role", "content"})
 
 
-def _part(fields: Fields, name: str) -> str:
-    value = fields.raw(name)
+def messages(fields: Fields, value: Any, where: str, *, answer: bool) -> list[dict[str, str]]:
+    """A string or a list of {role, content} messages as plain messages; `answer`: assistant messages only."""
     if isinstance(value, str):
-        if not value.strip() and name != "prompt":
-            raise fields.fail(f"field {fields.column(name)!r} is empty")
-        return value
-    messages = fields.items(name)
-    for index, message in enumerate(messages):
-        if not (isinstance(message, dict) and isinstance(message.get("role"), str) and "content" in message):
-            raise fields.fail(f"{fields.column(name)}[{index}] must be an object with 'role' and 'content'")
-    return json.dumps(messages, ensure_ascii=False)
+        if not value.strip():
+            raise fields.fail(f"{where} is empty")
+        return [{"role": "assistant" if answer else "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise fields.fail(f"{where} must be a string or a non-empty list of {{role, content}} messages")
+    out = []
+    for index, message in enumerate(value):
+        at = f"{where}[{index}]"
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or "content" not in message:
+            raise fields.fail(f"{at} must be an object with 'role' and 'content'")
+        unknown = sorted(set(message) - MESSAGE_KEYS)
+        if unknown:
+            raise fields.fail(
+                f"{at}: unknown key(s) {', '.join(map(repr, unknown))} (a preference message has role, content)"
+            )
+        role = message["role"]
+        allowed = ("assistant",) if answer else PROMPT_ROLES
+        if role not in allowed:
+            raise fields.fail(f"{at}: role must be {' or '.join(allowed)}, got {role!r}")
+        content = content_text(message["content"], at, fields)
+        if answer and not content.strip():
+            raise fields.fail(f"{at}: the answer's content is empty")
+        out.append({"role": role, "content": content})
+    if not answer and out[-1]["role"] == "assistant":
+        raise fields.fail(f"{where}: the prompt ends with an assistant message; the answers go in the two replies")
+    return out
+
+
+def pair(
+    fields: Fields,
+    prompt: list[dict[str, str]],
+    chosen: list[dict[str, str]],
+    rejected: list[dict[str, str]],
+    names: tuple[str, str],
+) -> dict[str, Any]:
+    """The normalised example of a pair; refuses one whose two answers are the same."""
+    if chosen == rejected:
+        raise fields.fail(
+            f"{names[0]!r} and {names[1]!r} are the same answer, so the pair prefers nothing (fix it or drop the "
+            "record)"
+        )
+    return PreferencePair(prompt, chosen, rejected).to_example()
 
 
 def normalize(fields: Fields) -> dict[str, Any]:
-    return {"prompt": _part(fields, "prompt"), "chosen": _part(fields, "chosen"), "rejected": _part(fields, "rejected")}
+    names = {name: fields.column(name) for name in ("prompt", "chosen", "rejected")}
+    prompt = messages(fields, fields.raw("prompt"), f"field {names['prompt']!r}", answer=False)
+    chosen = messages(fields, fields.raw("chosen"), f"field {names['chosen']!r}", answer=True)
+    rejected = messages(fields, fields.raw("rejected"), f"field {names['rejected']!r}", answer=True)
+    return pair(fields, prompt, chosen, rejected, (names["chosen"], names["rejected"]))
 
 
 FORMAT = Format(
     name="preference",
-    summary="preference: prompt, chosen, rejected; validated and stored, not trained by lora/qlora/full SFT",
+    summary=(
+        "preference: prompt, chosen, rejected (strings, or TRL's conversational lists of messages); "
+        "for method.objective dpo"
+    ),
     kind="preference",
     task="causal-lm",
     fields=("prompt", "chosen", "rejected"),
@@ -44,13 +89,10 @@ FORMAT = Format(
         "rejected": "Contact support.",
     },
     normalize=normalize,
-    trainable=False,
+    notes=(
+        "A string prompt is one user message and a string answer one assistant message; both are rendered with "
+        "the base model's chat template.",
+        'TRL\'s conversational variant: `{"prompt": [{"role": "user", "content": ...}], "chosen": '
+        '[{"role": "assistant", "content": ...}], "rejected": [...]}`.',
+    ),
 )
-
-PREFERENCE_UNSUPPORTED = (
-    "preference training (DPO and similar methods, which learn from a chosen and a rejected answer) is not "
-    "supported yet: lora, qlora and full fine-tune on one answer per prompt. The records are valid; to fine-tune "
-    "now, train on the prompts with their chosen answers as chat or prompt-completion data"
-)
-"""The one message for preference data asked to train: the method that would use it is what is missing
-(`training.inputs.refuse_untrainable` before any download, and tokenization as a last guard)."""
