@@ -91,6 +91,9 @@ class Operator:
             "0",
             "--secret-recheck-seconds",
             "1",
+            # a deleted generated key Secret is noticed on this timer (Secrets are not watched)
+            "--key-recheck-seconds",
+            "2",
             "--trainer-image",
             "registry.local/finetune-trainer:test",
             # the control-loop tests script the training pod; the Validating phase has its own tests, which

@@ -227,6 +227,16 @@ class Settings:
         "how often a job waiting for its credentials secret looks again.",
         chart=("reconcile.secretRecheckSeconds",),
     )
+    # Secrets are not watched (the operator reads none), so a deleted generated key Secret is noticed by a
+    # metadata GET on this timer, one per published job with a generated key
+    key_recheck_seconds: float = setting(
+        60.0,
+        "--key-recheck-seconds",
+        "FTO_KEY_RECHECK_SECONDS",
+        "how often a published job with a generated API key checks that its key Secret still exists "
+        "(deleting it gets a new key).",
+        chart=("reconcile.keyRecheckSeconds",),
+    )
     metrics_port: int = setting(
         0,  # 0: no Prometheus endpoint
         "--metrics-port",

@@ -350,13 +350,17 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
         suspend_job=actions.suspend_job,
         status=new_status,
         events=events,
-        requeue_after=_requeue_after(snapshot, state, settings),
+        requeue_after=_requeue_after(snapshot, state, published is not None, settings),
     )
 
 
-def _requeue_after(snapshot: Snapshot, state: TrainingState, settings: Settings) -> float | None:
-    """A missing Secret is looked up again on a timer (Secrets are not watched: the operator reads none). The
-    trainer's progress needs no timer: its ConfigMap is watched (registration.py)."""
+def _requeue_after(snapshot: Snapshot, state: TrainingState, published: bool, settings: Settings) -> float | None:
+    """A missing Secret is looked up again on a timer (Secrets are not watched: the operator reads none), and so
+    is a published job's generated key Secret, so that deleting it gets a new key within key_recheck_seconds
+    (controller._key_deleted). The trainer's progress needs no timer: its ConfigMap is watched
+    (registration.py)."""
     if state.reason == "SecretMissing":
         return settings.secret_recheck_seconds
+    if settings.secret_check and published and snapshot.spec.serving.generates_key:
+        return settings.key_recheck_seconds
     return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -33,6 +34,7 @@ from .test_finetunejob_plan import GATE, SETTINGS, _done, _snap
 
 SHA = "ab" * 32
 NAME = Names.of(OWNER.name).api_key
+SETTINGS_NO_LOOKUP = replace(SETTINGS, secret_check=False)  # clusterWide: no Secret lookups at all
 
 
 def test_a_generated_key_is_32_random_bytes_and_its_secret_holds_it_and_its_hash() -> None:
@@ -89,10 +91,16 @@ def test_nothing_is_rolled_out_before_the_generated_key_exists_and_its_absence_i
     assert env["valueFrom"]["secretKeyRef"] == {"name": NAME, "key": "apiKey"}
     # the key's hash on the pod template: a new key rolls the pods
     assert deployment["spec"]["template"]["metadata"]["annotations"][ANNOTATION_KEY_SHA256] == SHA
+    # Secrets are not watched: a published job with a generated key looks for its Secret again on a timer, so
+    # that deleting it gets a new key (and not only at the periodic resync)
+    assert made.requeue_after == SETTINGS.key_recheck_seconds
+    unlooked = plan(_snap(s, base, jobs=[job], pods=[pod], api_key=ApiKey(NAME, SHA)), SETTINGS_NO_LOOKUP)
+    assert unlooked.requeue_after is None
     opened = spec(evaluation=GATE, serving={"enabled": True, "allowUnauthenticated": True})
     open_plan = plan(_snap(opened, base, jobs=[job], pods=[pod]), SETTINGS)
     (server,) = open_plan.apply[-1]["spec"]["template"]["spec"]["containers"]
     assert not [e for e in server["env"] if e["name"] == "FTO_API_KEY"] and open_plan.status["serving"] is None
+    assert open_plan.requeue_after is None  # no generated key: nothing to look for
 
 
 def test_the_network_policy_admits_the_own_namespace_and_the_listed_ones_on_the_serving_port() -> None:
