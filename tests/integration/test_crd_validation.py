@@ -118,6 +118,24 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         },
         "spec.method.dpo.labelSmoothing",
     ),
+    ("simpo-settings-with-dpo", _with("method", {"objective": "dpo", "simpo": {"gamma": 1}}), "spec.method.simpo"),
+    (
+        "simpo-beta-zero",
+        {
+            **_with("method", {"objective": "simpo", "simpo": {"beta": 0}}),
+            "dataset": {**SPEC["dataset"], "schema": "preference"},
+        },
+        "spec.method.simpo.beta",
+    ),
+    (
+        "simpo-label-smoothing-half",
+        {
+            **_with("method", {"objective": "simpo", "simpo": {"labelSmoothing": 0.5}}),
+            "dataset": {**SPEC["dataset"], "schema": "preference"},
+        },
+        "spec.method.simpo.labelSmoothing",
+    ),
+    ("simpo-with-chat-data", _with("method", {"type": "lora", "objective": "simpo"}), "spec.method.objective"),
     ("lora-rank-zero", _with("method", {"type": "lora", "lora": {"rank": 0}}), "spec.method.lora.rank"),
     (
         "lora-dropout-one",
@@ -321,6 +339,17 @@ def test_a_dpo_manifest_gets_the_dpo_defaults(cluster: Any, crd: str, namespace:
     spec = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "bad")["spec"]
     assert spec["method"]["objective"] == "dpo"
     assert spec["method"]["dpo"] == {"beta": 0.1, "lossType": "sigmoid", "labelSmoothing": 0}
+
+
+def test_a_simpo_manifest_gets_the_simpo_defaults(cluster: Any, crd: str, namespace: str) -> None:
+    simpo = {
+        **_with("method", {"objective": "simpo", "simpo": {}}),
+        "dataset": {**SPEC["dataset"], "schema": "preference"},
+    }
+    _create(cluster, namespace, simpo)
+    spec = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "bad")["spec"]
+    assert spec["method"]["objective"] == "simpo" and "dpo" not in spec["method"]
+    assert spec["method"]["simpo"] == {"beta": 2.0, "gamma": 0.5, "labelSmoothing": 0}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.stem)

@@ -142,12 +142,28 @@ class DpoSpec(_Model):
         return self
 
 
+class SimpoSpec(_Model):
+    """SimPO (Meng et al. 2024), the reference-free preference objective: the reward of an answer is `beta` x its
+    per-token average log-likelihood under the policy, and the loss asks the chosen answer's reward to beat the
+    rejected one's by the margin `gamma`: -log sigmoid(beta x (mean_chosen - mean_rejected) - gamma). The names
+    follow TRL's CPOTrainer with loss_type simpo (`beta`, `simpo_gamma`, `label_smoothing`); the defaults are
+    the SimPO paper's (beta 2.0, gamma/beta 0.25, so gamma 0.5, TRL's default too). `labelSmoothing` is the same
+    conservative loss as DPO's (the labels are flipped with that probability)."""
+
+    beta: float = Field(default=2.0, gt=0.0, le=100.0)
+    gamma: float = Field(default=0.5, ge=0.0, le=100.0)
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=0.5)
+
+
 class MethodSpec(_Model):
     type: Literal["lora", "qlora", "full"] = "lora"
-    objective: Literal["sft", "dpo"] = "sft"
-    """sft: learn the answers of the data; dpo: learn to prefer the chosen answer of preference pairs."""
+    objective: Literal["sft", "dpo", "simpo"] = "sft"
+    """sft: learn the answers of the data; dpo and simpo: learn to prefer the chosen answer of preference pairs
+    (dpo against a reference model, simpo without one)."""
     dpo: DpoSpec | None = None
     """The DPO settings (defaults when left out with objective dpo)."""
+    simpo: SimpoSpec | None = None
+    """The SimPO settings (defaults when left out with objective simpo)."""
     lora: LoraSpec = LoraSpec()
     merge_weights: bool = False
 
@@ -157,7 +173,23 @@ class MethodSpec(_Model):
             raise ValueError("mergeWeights applies to lora/qlora only (full fine-tuning has no adapter)")
         if self.dpo is not None and self.objective != "dpo":
             raise ValueError("dpo applies to objective dpo only (set method.objective: dpo, or leave method.dpo out)")
+        if self.simpo is not None and self.objective != "simpo":
+            raise ValueError(
+                "simpo applies to objective simpo only (set method.objective: simpo, or leave method.simpo out)"
+            )
         return self
+
+    @property
+    def pairs(self) -> bool:
+        """The objective trains on preference pairs (dpo, simpo), not on single answers."""
+        return self.objective != "sft"
+
+    @property
+    def preference_settings(self) -> DpoSpec | SimpoSpec:
+        """The settings of the preference objective in effect (its defaults when the spec leaves them out)."""
+        if self.objective == "simpo":
+            return self.simpo or SimpoSpec()
+        return self.dpo_settings
 
     @property
     def dpo_settings(self) -> DpoSpec:
@@ -312,12 +344,14 @@ class TrainerConfig(_Model):
         mismatch = formats.objective_mismatch(formats.FORMATS[schema], self.method.objective) if schema else None
         if mismatch:
             raise ValueError(mismatch)
-        if self.method.objective == "dpo":
+        if self.method.pairs:
+            objective = self.method.objective
             if self.base_model.task != "causal-lm":
-                raise ValueError("method.objective dpo: applies to baseModel.task causal-lm only")
+                raise ValueError(f"method.objective {objective}: applies to baseModel.task causal-lm only")
             if self.distributed.sharding == "fsdp":
                 raise ValueError(
-                    "method.objective dpo: distributed.sharding fsdp is not supported yet with dpo; use sharding "
+                    f"method.objective {objective}: distributed.sharding fsdp is not supported yet with {objective}; "
+                    "use sharding "
                     "none (lora adapters replicate; full fine-tuning of a model that fits one device)"
                 )
         return self

@@ -80,10 +80,17 @@ class DpoSpec(SpecModel):
     label_smoothing: float = 0.0
 
 
+class SimpoSpec(SpecModel):
+    beta: float = 2.0
+    gamma: float = 0.5
+    label_smoothing: float = 0.0
+
+
 class MethodSpec(SpecModel):
     type: Literal["lora", "qlora", "full"] = "lora"
-    objective: Literal["sft", "dpo"] = "sft"
+    objective: Literal["sft", "dpo", "simpo"] = "sft"
     dpo: DpoSpec | None = None
+    simpo: SimpoSpec | None = None
     lora: LoraSpec = LoraSpec()
     merge_weights: bool = False
 

@@ -44,12 +44,12 @@ def trainer_config(spec: FineTuneJobSpec, owner: Owner, run: int) -> dict[str, A
 
 
 def _method(method: dict[str, Any]) -> dict[str, Any]:
-    """The method section; `objective: sft` and an unset `dpo` are left out, so the config of a job that sets
-    neither reads as before preference tuning existed (the trainer's defaults are the same)."""
+    """The method section; `objective: sft` and an unset `dpo` or `simpo` are left out, so the config of a job
+    that sets none of them reads as before preference tuning existed (the trainer's defaults are the same)."""
     return {
         key: value
         for key, value in method.items()
-        if not (key == "objective" and value == "sft") and not (key == "dpo" and value is None)
+        if not (key == "objective" and value == "sft") and not (key in ("dpo", "simpo") and value is None)
     }
 
 

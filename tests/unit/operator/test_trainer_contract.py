@@ -58,6 +58,22 @@ def test_trainer_accepts_the_dpo_method_as_rendered_and_sft_renders_as_before() 
     assert "objective" not in plain and "dpo" not in plain  # a job that sets neither renders as before
 
 
+def test_trainer_accepts_the_simpo_method_as_rendered() -> None:
+    raw = example("quickstart")["spec"]
+    preference = {**raw["dataset"], "schema": "preference"}
+    for method, expected in [
+        ({"type": "lora", "objective": "simpo", "simpo": {"beta": 2.5, "gamma": 1.0, "labelSmoothing": 0.1}},
+         (2.5, 1.0, 0.1)),
+        ({"type": "full", "objective": "simpo"}, (2.0, 0.5, 0.0)),  # the defaults when simpo is left out
+    ]:  # fmt: skip
+        spec = parse_spec({**raw, "method": method, "dataset": preference, "evaluation": {}})
+        rendered = json.loads(trainer_config_map(spec, OWNER, 1)["data"]["config.json"])
+        config = parse_config(rendered, "operator rendering").method
+        settings = config.preference_settings
+        assert config.objective == "simpo" and config.pairs and "dpo" not in rendered["method"]
+        assert (settings.beta, settings.gamma, settings.label_smoothing) == expected  # type: ignore[union-attr]
+
+
 def test_trainer_accepts_the_evaluation_fields_as_rendered() -> None:
     raw = example("quickstart")["spec"]
     evaluation = {
