@@ -38,6 +38,10 @@ def _check_s3(uri: str) -> str:
     return uri
 
 
+def _check_optional_s3(uri: str | None) -> str | None:
+    return None if uri is None else _check_s3(uri)
+
+
 S3UriStr = Annotated[str, Field(min_length=6)]
 
 
@@ -53,8 +57,12 @@ class BaseModelSpec(_Model):
     task: Task = "causal-lm"
     num_labels: int | None = Field(default=None, ge=2)
     labels: list[str] | None = None
+    adapter: S3UriStr | None = None
+    """A LoRA adapter folder of `uri`'s model (e.g. a previous run's `run-N/model/`), merged into its weights
+    before training: the run starts from that model (training/base_adapter.py)."""
 
     _uri = field_validator("uri")(_check_s3)
+    _adapter = field_validator("adapter")(_check_optional_s3)
 
     @model_validator(mode="after")
     def _labels(self) -> BaseModelSpec:
@@ -344,6 +352,15 @@ class TrainerConfig(_Model):
         mismatch = formats.objective_mismatch(formats.FORMATS[schema], self.method.objective) if schema else None
         if mismatch:
             raise ValueError(mismatch)
+        if self.base_model.adapter is not None:
+            if self.base_model.task != "causal-lm":
+                raise ValueError("baseModel.adapter: applies to baseModel.task causal-lm only")
+            if self.method.type != "full" and not self.method.merge_weights:
+                raise ValueError(
+                    "baseModel.adapter: the run trains on the base model with this adapter merged in, so its own "
+                    "adapter fits only the merged weights: set method.mergeWeights: true (or method.type full) "
+                    "to publish the merged model"
+                )
         if self.method.pairs:
             objective = self.method.objective
             if self.base_model.task != "causal-lm":

@@ -38,6 +38,8 @@ class BaseModelSpec(SpecModel):
     task: Literal["causal-lm", "sequence-classification"] = "causal-lm"
     num_labels: int | None = None
     labels: list[str] | None = None
+    adapter: SafeUri | None = None
+    """A LoRA adapter folder of `uri`'s model (a previous run's `run-N/model/`), merged in before training."""
 
 
 class DataRef(SpecModel):

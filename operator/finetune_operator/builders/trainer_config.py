@@ -27,7 +27,8 @@ def trainer_config(spec: FineTuneJobSpec, owner: Owner, run: int) -> dict[str, A
         "apiVersion": "finetune.dev/v1alpha1",
         "kind": "TrainerConfig",
         "job": {"namespace": owner.namespace, "name": owner.name, "uid": owner.uid, "run": run},
-        "baseModel": wire["baseModel"],
+        # an unset adapter is left out: the config of a job without one reads as before it existed
+        "baseModel": {key: value for key, value in wire["baseModel"].items() if key != "adapter" or value},
         "dataset": wire["dataset"],
         "method": _method(wire["method"]),
         "hyperparameters": wire["hyperparameters"],

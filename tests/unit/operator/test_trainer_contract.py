@@ -129,3 +129,15 @@ def test_the_operator_and_the_trainer_model_each_shared_section_alike() -> None:
             if _default(ours[field]) != _default(theirs[field]):
                 differences.append(f"{name}.{field}: {_default(ours[field])!r} vs {_default(theirs[field])!r}")
     assert not differences, differences
+
+
+def test_trainer_accepts_a_base_adapter_as_rendered_and_a_job_without_one_renders_as_before() -> None:
+    raw = example("quickstart")["spec"]
+    adapter = "s3://artifacts/team-a/sft/run-1/model/"
+    spec = parse_spec(
+        {**raw, "baseModel": {**raw["baseModel"], "adapter": adapter}, "method": {"type": "lora", "mergeWeights": True}}
+    )
+    rendered = json.loads(trainer_config_map(spec, OWNER, 1)["data"]["config.json"])
+    assert parse_config(rendered, "operator rendering").base_model.adapter == adapter
+    plain = json.loads(trainer_config_map(parse_spec(raw), OWNER, 1)["data"]["config.json"])["baseModel"]
+    assert "adapter" not in plain

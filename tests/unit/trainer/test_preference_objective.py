@@ -17,13 +17,14 @@ from typing import Any
 import pytest
 import torch
 from finetune_trainer.config import DpoSpec, SimpoSpec, parse_config
-from finetune_trainer.core.errors import ConfigInvalid, DatasetInvalid
+from finetune_trainer.core.errors import ConfigInvalid, DatasetInvalid, ModelInvalid
 from finetune_trainer.data.formats import FORMATS, detect, normalize
 from finetune_trainer.data.formats.base import PreferencePair
 from finetune_trainer.data.readers import Record
 from finetune_trainer.memory.estimate import Setup, estimate
 from finetune_trainer.memory.gpus import GPUS
 from finetune_trainer.memory.shapes import model_shape
+from finetune_trainer.training.base_adapter import check_metadata
 from finetune_trainer.training.preference import (
     PairCollator,
     dpo_loss,
@@ -234,3 +235,37 @@ def test_memory_plan_counts_two_sequences_per_pair() -> None:
     assert estimate(shape, dpo, device).activations == estimate(shape, replace(sft, micro_batch=4), device).activations
     # SimPO: the same two sequences per pair and no reference term (DPO's reference adds nothing at the peak)
     assert estimate(shape, replace(sft, objective="simpo"), device) == estimate(shape, dpo, device)
+
+
+def test_a_base_adapter_needs_merged_or_full_weights_and_a_causal_lm() -> None:
+    raw = config(mergeWeights=True)
+    raw["baseModel"]["adapter"] = "s3://artifacts/team-a/sft/run-1/model/"
+    assert parse_config(raw).base_model.adapter == "s3://artifacts/team-a/sft/run-1/model/"
+    raw["method"] = {"type": "lora"}
+    with pytest.raises(ConfigInvalid, match=r"baseModel\.adapter: .* set method\.mergeWeights: true"):
+        parse_config(raw)
+    raw["method"] = {"type": "full"}
+    assert parse_config(raw).method.type == "full"
+    raw["baseModel"]["adapter"] = "https://example.org/adapter/"
+    with pytest.raises(ConfigInvalid, match=r"baseModel\.adapter"):
+        parse_config(raw)
+
+
+def test_a_base_adapter_must_be_a_lora_adapter_of_the_base_model() -> None:
+    raw = config(mergeWeights=True)
+    raw["baseModel"]["adapter"] = "s3://a/sft/run-1/model/"
+    cfg = parse_config(raw)
+    base = cfg.base_model.uri
+    lora = {"peft_type": "LORA", "base_model_name_or_path": "/work/base-model"}
+    ours = {"baseModelUri": base.rstrip("/"), "adapter": True, "task": "causal-lm"}  # a trailing slash aside
+    check_metadata(lora, ours, cfg)
+    check_metadata(lora, None, cfg)  # written elsewhere: the merge checks its shapes
+    refusals = [
+        (lora, {**ours, "baseModelUri": "s3://a/other-model/"}, "was trained on s3://a/other-model/ .* not on"),
+        (lora, {**ours, "adapter": False}, "holds merged or full weights"),
+        (None, ours, "is not a LoRA adapter folder"),
+        ({"peft_type": "IA3"}, None, "is a IA3 adapter; LoRA only"),
+    ]
+    for adapter_config, finetune, message in refusals:
+        with pytest.raises(ModelInvalid, match=f"baseModel.adapter: .*{message}"):
+            check_metadata(adapter_config, finetune, cfg)
