@@ -69,7 +69,7 @@ def review_token(configuration: Any, token: str) -> tuple[str, tuple[str, ...], 
             401, "Incorrect API key provided: the token is not one this cluster accepts", code="invalid_api_key"
         )
     user = status.user
-    return user.username, tuple(user.groups or ()), user.uid or ""
+    return str(user.username), tuple(user.groups or ()), str(user.uid or "")
 
 
 def authorize(configuration: Any, caller: Caller, verb: str, resource: str = RESOURCE, group: str = GROUP) -> None:
