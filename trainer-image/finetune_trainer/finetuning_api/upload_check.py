@@ -1,0 +1,42 @@
+"""Checking an uploaded training file with the trainer's own readers and format detection, before it is stored.
+
+Why the trainer's code and not a check of our own: a file this API calls `processed` must be one the
+Validating phase of a FineTuneJob accepts, and a refused one must get the same message, naming the line and
+the fix (`finetune_trainer.data.readers` reads JSONL line by line; `formats.detect` picks the dataset schema
+from the first records; each record is then normalised by that schema, so a bad record is found here too).
+No torch, no tokenizer: tokenization needs the base model, which a file does not name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from finetune_trainer.core.errors import TrainerError
+from finetune_trainer.data import formats
+from finetune_trainer.data.readers import read_jsonl
+
+TASK = "causal-lm"
+
+
+@dataclass(frozen=True)
+class Checked:
+    """The outcome: `processed` with the detected schema and record count, or `error` with the message."""
+
+    status: str  # "processed" | "error"
+    details: str | None
+    schema: str | None
+    records: int
+
+
+def check_file(path: Path, label: str) -> Checked:
+    """Read `path` as JSONL (its lines cited as `<label> line N`), detect its schema, normalise every record."""
+    try:
+        records = list(read_jsonl(path, label))
+        if not records:
+            return Checked("error", f"{label}: no records (the file is empty or only blank lines)", None, 0)
+        detection = formats.detect(records, TASK, {}, field=label)
+        formats.normalize(records, detection.format, {})
+    except TrainerError as error:
+        return Checked("error", error.message, None, 0)
+    return Checked("processed", None, detection.format.name, len(records))
