@@ -21,6 +21,7 @@ An entry (every key but `name` and `baseModel` optional; any other key is refuse
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from typing import Any, Literal
 import yaml
 
 from finetune_trainer.finetuning_api.errors import ApiError
+
+log = logging.getLogger(__name__)
 
 ENTRY_KEYS = frozenset(
     {"name", "baseModel", "resources", "gpuType", "method", "epochs", "batchSize", "learningRate", "serving"}
@@ -172,3 +175,13 @@ def load_catalog(path: str | Path | None) -> Catalog:
         return parse_catalog(yaml.safe_load(text))
     except CatalogError as error:
         raise CatalogError(f"{path}: {error}") from None
+
+
+def catalog_at(path: str) -> Catalog:
+    """The service's catalog: the file at `path` (ApiConfig.catalog_path), or none offered when there is no such
+    file (a service for inference and files only; every create is then refused by name). A file that exists but
+    is wrong stops the service at start-up (CatalogError)."""
+    if not Path(path).is_file():
+        log.warning("no model catalog at %s: no base model is offered for fine-tuning", path)
+        return Catalog(())
+    return load_catalog(path)
