@@ -9,6 +9,7 @@ No torch, no tokenizer: tokenization needs the base model, which a file does not
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,13 +31,19 @@ class Checked:
 
 
 def check_file(path: Path, label: str) -> Checked:
-    """Read `path` as JSONL (its lines cited as `<label> line N`), detect its schema, normalise every record."""
+    """Read `path` as JSONL (its lines cited as `<label> line N`), detect its schema from the first records,
+    normalise every record. Streamed: only the detection sample is held, so memory does not grow with the file."""
     try:
-        records = list(read_jsonl(path, label))
-        if not records:
+        lines = read_jsonl(path, label)
+        head = list(itertools.islice(lines, formats.DETECTION_SAMPLE))
+        if not head:
             return Checked("error", f"{label}: no records (the file is empty or only blank lines)", None, 0)
-        detection = formats.detect(records, TASK, {}, field=label)
-        formats.normalize(records, detection.format, {})
+        detection = formats.detect(head, TASK, {}, field=label)
+        formats.normalize(head, detection.format, {})
+        count = len(head)
+        for record in lines:
+            formats.normalize([record], detection.format, {})
+            count += 1
     except TrainerError as error:
         return Checked("error", error.message, None, 0)
-    return Checked("processed", None, detection.format.name, len(records))
+    return Checked("processed", None, detection.format.name, count)
