@@ -299,8 +299,9 @@ def _progress_event(obj: Mapping[str, Any], uid: str) -> dict[str, Any] | None:
     return _event(_event_id(uid, "progress", progress.get("run"), step), at, "info", message, data, "metrics")
 
 
-def _status_events(obj: Mapping[str, Any], has_failed_event: bool) -> list[dict[str, Any]]:
-    """What the status says beyond the phase changes: the data check, the gate, the endpoint, the error."""
+def _status_events(obj: Mapping[str, Any], has_failed_event: bool, validating_at: int) -> list[dict[str, Any]]:
+    """What the status says beyond the phase changes: the data check, the gate, the endpoint, the error. In the
+    order they happen (a tie in time keeps this order: `job_events` sorts stably)."""
     uid = str((obj.get("metadata") or {}).get("uid") or job_id(obj))
     status = _status(obj)
     created = created_at(obj)
@@ -311,7 +312,8 @@ def _status_events(obj: Mapping[str, Any], has_failed_event: bool) -> list[dict[
         level = "info" if validation.get("passed") else "error"
         text = validation.get("message") or ("files validated" if validation.get("passed") else "validation failed")
         data = {k: validation.get(k) for k in ("records", "tokens", "schema", "estimatedSteps") if k in validation}
-        events.append(_event(_event_id(uid, "validation", validation.get("run")), created, level, text, data))
+        at = max(created, validating_at)  # the check ran after the Validating phase began
+        events.append(_event(_event_id(uid, "validation", validation.get("run")), at, level, text, data))
     progress = _progress_event(obj, uid)
     if progress is not None:
         events.append(progress)
@@ -346,8 +348,11 @@ def job_events(obj: Mapping[str, Any], kube_events: Iterable[Mapping[str, Any]])
     own = [e for e in kube_events if not uid or (e.get("involvedObject") or {}).get("uid") in (None, uid)]
     converted = [_kube_event(obj, event) for event in own]
     has_failed = any(event.get("reason") == "Failed" for event in own)
-    events = converted + _status_events(obj, has_failed)
-    return sorted(events, key=lambda event: (-event["created_at"], event["id"]))
+    validating = [e["created_at"] for e, raw in zip(converted, own, strict=True) if raw.get("reason") == "Validating"]
+    timeline = sorted(converted, key=lambda event: (event["created_at"], event["id"]))
+    timeline += _status_events(obj, has_failed, max(validating, default=0))
+    timeline.sort(key=lambda event: event["created_at"])  # stable: ties keep the order things happen in
+    return timeline[::-1]
 
 
 def job_checkpoints(obj: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -39,6 +39,9 @@ from finetune_trainer.finetuning_api.caller import Caller, caller_of
 from finetune_trainer.finetuning_api.catalog import Catalog
 from finetune_trainer.finetuning_api.errors import ApiError
 
+UPSTREAM_TRANSPORT: httpx.AsyncBaseTransport | None = None
+"""How the proxy reaches endpoints: None, the network (Service names resolve through the cluster's DNS). Tests
+that run the service outside a cluster set a transport that sends a Service name to a local server."""
 UPSTREAM_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=10.0)
 SERVICE_HOST = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\.(?P<ns>[a-z0-9]([-a-z0-9]*[a-z0-9])?)\.svc(\.cluster\.local)?$"
@@ -119,7 +122,7 @@ async def _sse(lines: AsyncIterator[str], name: str) -> AsyncIterator[bytes]:
 
 
 def model_routes(catalog: Catalog) -> list[BaseRoute]:
-    client = httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT)
+    client = httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT, transport=UPSTREAM_TRANSPORT)
 
     async def list_models(request: Request) -> Response:
         caller = caller_of(request)
