@@ -457,3 +457,82 @@ def test_checkpoints_are_the_newest_and_the_best() -> None:
     assert newest.fine_tuned_model_checkpoint == f"ft:smollm2-135m:team-a:bot:{NAME}:ckpt-step-40"
     assert newest.fine_tuning_job_id == NAME and newest.created_at == 1796589000
     assert job_view.job_checkpoints(created(BASIC)) == []
+
+
+# --- the routes' pure decisions: cancel/pause/resume, which endpoint may be called, streamed chunks ---
+
+
+def test_cancel_pause_resume_decisions() -> None:
+    from finetune_trainer.finetuning_api.routes_jobs import cancel_patch, pause_patch, resume_patch
+
+    running = created(BASIC, {"phase": "Training", "run": 1})
+    assert cancel_patch(running, now=5) == {
+        "metadata": {"annotations": {jobs.A_CANCELLED_AT: "5"}},
+        "spec": {"suspend": True, "serving": {"enabled": False}},
+    }
+    assert pause_patch(running) == {"spec": {"suspend": True}}
+    paused = {**running, "spec": {**running["spec"], "suspend": True}}
+    assert resume_patch(paused) == {"spec": {"suspend": False}}
+    assert cancel_patch(paused, now=1)["spec"]["suspend"] is True  # a paused job can be cancelled
+    for refused, decide in (
+        (paused, pause_patch),
+        (running, resume_patch),
+        (created(BASIC, {"phase": "Serving"}), cancel_patch),
+        (created(BASIC, {"phase": "Failed"}), pause_patch),
+        (created(BASIC, {}, **{jobs.A_CANCELLED_AT: "1"}), cancel_patch),
+    ):
+        with pytest.raises(ApiError) as caught:
+            decide(refused)
+        assert caught.value.status == 400 and caught.value.param == "fine_tuning_job_id"
+    cancelled = {**paused, "metadata": {**paused["metadata"], "annotations": {jobs.A_CANCELLED_AT: "1"}}}
+    with pytest.raises(ApiError):
+        resume_patch(cancelled)
+
+
+def test_only_a_service_of_the_jobs_namespace_is_called() -> None:
+    from finetune_trainer.finetuning_api.routes_models import allowed_upstream
+
+    obj = created(BASIC, {"endpoint": {"url": "x"}})
+    assert allowed_upstream("http://bot-serving.team-a.svc:8000/v1/", obj) == "http://bot-serving.team-a.svc:8000/v1"
+    assert allowed_upstream("http://bot.team-a.svc.cluster.local:8000/v1", obj)
+    shared = created(BASIC, {"endpoint": {"url": "x", "server": "shared/srv"}})
+    assert allowed_upstream("http://srv-server.shared.svc:8000/v1", shared)
+    for url in (
+        "http://bot.team-b.svc:8000/v1",
+        "http://169.254.169.254/latest",
+        "https://bot.team-a.svc:8000/v1",
+        "http://bot.team-a.svc.evil.example/v1",
+        "http://user@bot.team-a.svc/v1",
+    ):
+        with pytest.raises(ApiError) as caught:
+            allowed_upstream(url, obj)
+        assert caught.value.status == 502
+
+
+def test_a_model_is_served_only_when_succeeded_enabled_and_reported() -> None:
+    from finetune_trainer.finetuning_api.routes_models import served
+
+    serving = {"phase": "Serving", "endpoint": {"url": "http://b.team-a.svc:8000/v1"}}
+    assert served(created(BASIC, serving))
+    assert not served(created(BASIC, {**serving, "phase": "Publishing"}))
+    assert not served(created(BASIC, {"phase": "Serving"}))
+    off = created(BASIC, serving)
+    off["spec"]["serving"]["enabled"] = False
+    assert not served(off)
+
+
+def test_streamed_chunks_name_the_fine_tuned_model() -> None:
+    import asyncio
+
+    from finetune_trainer.finetuning_api.routes_models import _sse
+
+    async def lines() -> Any:
+        for line in ('data: {"id": "c", "model": "support-bot", "choices": []}', "", "data: [DONE]", "data: {bad"):
+            yield line
+
+    async def collect() -> list[bytes]:
+        return [chunk async for chunk in _sse(lines(), "ft:m:ns::ftjob-x")]
+
+    out = asyncio.run(collect())
+    assert json.loads(out[0].decode()[6:]) == {"id": "c", "model": "ft:m:ns::ftjob-x", "choices": []}
+    assert out[1:] == [b"\n", b"data: [DONE]\n", b"data: {bad\n"]

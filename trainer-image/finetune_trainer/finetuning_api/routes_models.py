@@ -84,7 +84,7 @@ def allowed_upstream(url: str, obj: Mapping[str, Any]) -> str:
     namespace = (obj.get("metadata") or {}).get("namespace")
     server = str(((obj.get("status") or {}).get("endpoint") or {}).get("server") or "")
     namespaces = {namespace, server.split("/", 1)[0] if "/" in server else namespace}
-    if parts.scheme != "http" or match is None or match.group("ns") not in namespaces:
+    if parts.scheme != "http" or parts.username or match is None or match.group("ns") not in namespaces:
         raise ApiError(502, "the model's endpoint is not a Service of its namespace: it is not called",
                        code="bad_endpoint")  # fmt: skip
     return url.rstrip("/")
