@@ -64,7 +64,9 @@ def _token(cluster: Any, namespace: str, name: str) -> str:
 def _service_account(cluster: Any, namespace: str, name: str) -> None:
     from kubernetes import client
 
-    cluster.core.create_namespaced_service_account(namespace, client.V1ServiceAccount(metadata={"name": name}))
+    cluster.core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
+    )
 
 
 def _bind(cluster: Any, namespace: str, name: str, rules: list[dict[str, Any]]) -> None:
@@ -93,7 +95,7 @@ def _allowed(cluster: Any, user: str, namespace: str, verb: str, resource: str, 
             )
         )
     )
-    return bool(review.status.allowed)
+    return bool(review.status and review.status.allowed)
 
 
 def _chart_api_rules() -> list[dict[str, Any]]:
@@ -326,5 +328,6 @@ def test_impersonation_carries_the_callers_user_and_every_group(cluster: Any, na
     user = f"system:serviceaccount:{namespace}:someone"
     acting = impersonating_client(cluster.api_client.configuration, user, groups)
     review = client.AuthenticationV1Api(acting).create_self_subject_review(client.V1SelfSubjectReview())
-    assert review.status.user_info.username == user
-    assert set(groups) <= set(review.status.user_info.groups)
+    info: Any = review.status and review.status.user_info
+    assert info is not None and info.username == user
+    assert set(groups) <= set(info.groups or ())
