@@ -49,8 +49,8 @@ async def _objects(request: Request, verb: str) -> FileObjects:
     """Authorize `verb` on finetunejobs for the caller, then open the namespace's files with its credentials."""
     caller = caller_of(request)
     config = _config(request)
-    kube = request.app.state.kube_configuration()
-    await in_thread(lambda: authorize(kube, caller, verb))
+    kube = request.app.state.kube()
+    await in_thread(lambda: authorize(kube.service, caller, verb))
     keys = await in_thread(lambda: credentials(config, caller))
     return FileObjects(config, caller.namespace, s3_client(config, keys))
 
