@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import quote, unquote
@@ -105,6 +106,13 @@ def s3_client(config: ApiConfig, keys: tuple[str, str]) -> Any:
     )
 
 
+def files_of(config: ApiConfig, caller: Caller) -> FileObjects:
+    """The caller's namespace's files, opened with its credentials read as the caller (blocking: run it in a
+    thread). For the jobs side too: `files_of(config, caller).head(file_id)` is 404 for another namespace's file
+    and tells `status` (a job may train only on a `processed` file)."""
+    return FileObjects(config, caller.namespace, s3_client(config, credentials(config, caller)))
+
+
 def _storage_error(error: Exception, key: str, action: str) -> ApiError:
     code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
     log.warning("storage %s of %s failed: %s", action, key, error)
@@ -158,6 +166,22 @@ class FileObjects:
             status=meta.get("status", "processed"),
             status_details=unquote(details) if details else None,
         )
+
+    def heads(self, file_ids: list[str], workers: int = 16) -> list[StoredFile]:
+        """The metadata of several files, read in parallel (one HEAD each); a file deleted meanwhile is left out."""
+
+        def one(file_id: str) -> StoredFile | None:
+            try:
+                return self.head(file_id)
+            except ApiError as error:
+                if error.status == 404:
+                    return None
+                raise
+
+        if not file_ids:
+            return []
+        with ThreadPoolExecutor(max_workers=min(workers, len(file_ids))) as pool:
+            return [stored for stored in pool.map(one, file_ids) if stored is not None]
 
     def ids(self) -> list[str]:
         """Every file id of the namespace, oldest first (keys sort by creation time: file_store)."""
