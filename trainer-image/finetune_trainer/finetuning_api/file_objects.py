@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -91,19 +92,30 @@ def credentials(config: ApiConfig, caller: Caller) -> tuple[str, str]:
     return access, secret_key
 
 
+_SESSION_LOCK = threading.Lock()
+_SESSION: Any = None
+
+
 def s3_client(config: ApiConfig, keys: tuple[str, str]) -> Any:
-    """A boto3 S3 client for the files store with the namespace's keys (path-style, as core/storage.py)."""
+    """A boto3 S3 client for the files store with the namespace's keys (path-style, as core/storage.py).
+
+    Made from one shared boto3 Session, under a lock (a Session is not thread-safe; the clients are): a fresh
+    Session per request would load botocore's service model again each time. The keys are the request's own."""
+    global _SESSION
     import boto3
     from botocore.config import Config
 
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=config.s3_endpoint or None,
-        region_name=config.s3_region,
-        aws_access_key_id=keys[0],
-        aws_secret_access_key=keys[1],
-        config=Config(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"}),
-    )
+    with _SESSION_LOCK:
+        if _SESSION is None:
+            _SESSION = boto3.session.Session()
+        return _SESSION.client(
+            "s3",
+            endpoint_url=config.s3_endpoint or None,
+            region_name=config.s3_region,
+            aws_access_key_id=keys[0],
+            aws_secret_access_key=keys[1],
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"}),
+        )
 
 
 def files_of(config: ApiConfig, caller: Caller) -> FileObjects:
