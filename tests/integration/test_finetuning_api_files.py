@@ -45,6 +45,10 @@ class Api:
     bucket: Any
     tokens: dict[str, str]  # "a", "b" (tenants), "nobody" (no RBAC), "jobs-only" (no Secret), by role
     namespaces: dict[str, str]
+    config: Any
+
+    def client_of(self, url: str, who: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=url + "/v1", api_key=self.tokens[who], max_retries=0)
 
     def client(self, who: str, project: str | None = None) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=self.tokens[who], project=project, max_retries=0)
@@ -64,7 +68,9 @@ def _token(cluster: Any, namespace: str, name: str) -> str:
 def _service_account(cluster: Any, namespace: str, name: str) -> None:
     from kubernetes import client
 
-    cluster.core.create_namespaced_service_account(namespace, client.V1ServiceAccount(metadata={"name": name}))
+    cluster.core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
+    )
 
 
 def _bind(cluster: Any, namespace: str, name: str, rules: list[dict[str, Any]]) -> None:
@@ -93,7 +99,7 @@ def _allowed(cluster: Any, user: str, namespace: str, verb: str, resource: str, 
             )
         )
     )
-    return bool(review.status.allowed)
+    return bool(review.status and review.status.allowed)
 
 
 def _chart_api_rules() -> list[dict[str, Any]]:
@@ -103,10 +109,26 @@ def _chart_api_rules() -> list[dict[str, Any]]:
     return list(role["rules"])
 
 
-@pytest.fixture
-def api(cluster: Any, namespace: str, other_namespace: str, s3_bucket: Any, tmp_path: Path) -> Iterator[Api]:
+def _serve(config: Any) -> tuple[int, Any]:
+    """A replica of the service (its own app, its own memory) on a free port; returns the port and its stop."""
     import uvicorn
     from finetune_trainer.finetuning_api.app import build_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(build_app(config), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for("the API to listen", lambda: server.started or None, timeout=30)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+    return port, stop
+
+
+@pytest.fixture
+def api(cluster: Any, namespace: str, other_namespace: str, s3_bucket: Any, tmp_path: Path) -> Iterator[Api]:
     from finetune_trainer.finetuning_api.config import ApiConfig
     from kubernetes import client
 
@@ -153,11 +175,7 @@ def api(cluster: Any, namespace: str, other_namespace: str, s3_bucket: Any, tmp_
         max_upload_bytes=MAX_UPLOAD,
         kubeconfig=str(identity.kubeconfig),
     )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(build_app(config), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for("the API to listen", lambda: server.started or None, timeout=30)
+    port, stop = _serve(config)
     try:
         yield Api(
             url=f"http://127.0.0.1:{port}",
@@ -169,10 +187,10 @@ def api(cluster: Any, namespace: str, other_namespace: str, s3_bucket: Any, tmp_
                 "jobs-only": _token(cluster, namespace, "jobs-only"),
             },
             namespaces={"a": namespace, "b": other_namespace},
+            config=config,
         )
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        stop()
         cluster.rbac.delete_cluster_role_binding(role)
         cluster.rbac.delete_cluster_role(role)
 
@@ -206,6 +224,22 @@ def test_upload_list_retrieve_content_delete(api: Api) -> None:
         client.files.delete(created.id)
     assert [f.id for f in client.files.list().data] == [second.id]
     assert api.keys(api.namespaces["a"]) == [f"{api.namespaces['a']}/files/{second.id}.jsonl"]
+
+
+def test_any_replica_answers_for_a_file_another_one_stored(api: Api) -> None:
+    """Nothing is kept in a replica's memory: a second one (a fresh app) lists, reads and deletes the file."""
+    stored = api.client("a").files.create(file=("train.jsonl", CHAT), purpose="fine-tune")
+    port, stop = _serve(api.config)
+    try:
+        other = api.client_of(f"http://127.0.0.1:{port}", "a")
+        assert other.files.retrieve(stored.id) == stored
+        assert [f.id for f in other.files.list().data] == [stored.id]
+        assert other.files.content(stored.id).read() == CHAT
+        assert other.files.delete(stored.id).deleted
+    finally:
+        stop()
+    with pytest.raises(openai.NotFoundError):
+        api.client("a").files.retrieve(stored.id)
 
 
 def test_malformed_jsonl_is_stored_with_status_error_naming_the_line(api: Api) -> None:
@@ -326,5 +360,6 @@ def test_impersonation_carries_the_callers_user_and_every_group(cluster: Any, na
     user = f"system:serviceaccount:{namespace}:someone"
     acting = impersonating_client(cluster.api_client.configuration, user, groups)
     review = client.AuthenticationV1Api(acting).create_self_subject_review(client.V1SelfSubjectReview())
-    assert review.status.user_info.username == user
-    assert set(groups) <= set(review.status.user_info.groups)
+    info: Any = review.status and review.status.user_info
+    assert info is not None and info.username == user
+    assert set(groups) <= set(info.groups or ())

@@ -287,7 +287,11 @@ def _stage_of_run(
     job = next((j for j in snapshot.jobs if j.run == run and j.component == COMPONENT_TRAINER), None)
     pods = [p for p in snapshot.pods if p.run == run and p.component == COMPONENT_TRAINER]
     here = validator is not None and not validator.deleting
-    children = partial(training_children, spec, owner, run, training_hash, settings, validated_here=here)
+    disk = (validation.record or {}).get("diskPlan") or {}
+    disk_bytes = disk.get("totalBytes") if isinstance(disk, dict) and isinstance(disk.get("totalBytes"), int) else None
+    children = partial(
+        training_children, spec, owner, run, training_hash, settings, validated_here=here, disk_bytes=disk_bytes
+    )
     return validation, job, pods, children
 
 

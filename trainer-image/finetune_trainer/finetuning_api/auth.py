@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from finetune_trainer.finetuning_api.caller import Caller
 from finetune_trainer.finetuning_api.errors import ApiError
 from finetune_trainer.finetuning_api.file_store import DNS_LABEL
-from finetune_trainer.finetuning_api.kube import impersonating_client, service_client
+from finetune_trainer.finetuning_api.kube import Kube
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +57,11 @@ def namespace_for(username: str, project: str | None) -> str:
     )
 
 
-def review_token(configuration: Any, token: str) -> tuple[str, tuple[str, ...], str]:
+def review_token(service: Any, token: str) -> tuple[str, tuple[str, ...], str]:
     """TokenReview with the service's own client: (username, groups, uid), or ApiError 401."""
     from kubernetes import client
 
-    api = client.AuthenticationV1Api(service_client(configuration))
+    api = client.AuthenticationV1Api(service)
     review = api.create_token_review(client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token)))
     status = review.status
     if not status or not status.authenticated or not status.user or not status.user.username:
@@ -72,11 +72,12 @@ def review_token(configuration: Any, token: str) -> tuple[str, tuple[str, ...], 
     return str(user.username), tuple(user.groups or ()), str(user.uid or "")
 
 
-def authorize(configuration: Any, caller: Caller, verb: str, resource: str = RESOURCE, group: str = GROUP) -> None:
-    """SubjectAccessReview: may the caller `verb` `resource` in its namespace? Otherwise ApiError 403."""
+def authorize(service: Any, caller: Caller, verb: str, resource: str = RESOURCE, group: str = GROUP) -> None:
+    """SubjectAccessReview, made with the service's own client (`Kube.service`): may the caller `verb`
+    `resource` in its namespace? Otherwise ApiError 403."""
     from kubernetes import client
 
-    api = client.AuthorizationV1Api(service_client(configuration))
+    api = client.AuthorizationV1Api(service)
     review = api.create_subject_access_review(
         client.V1SubjectAccessReview(
             spec=client.V1SubjectAccessReviewSpec(
@@ -101,9 +102,9 @@ def authorize(configuration: Any, caller: Caller, verb: str, resource: str = RES
 class AuthMiddleware:
     """ASGI middleware on `/v1/*`: authenticate, put a `Caller` on the request (`caller_of`), or answer 401/400."""
 
-    def __init__(self, app: ASGIApp, kube_configuration: Callable[[], Any]) -> None:
+    def __init__(self, app: ASGIApp, kube: Callable[[], Kube]) -> None:
         self.app = app
-        self.kube_configuration = kube_configuration
+        self.kube = kube
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not str(scope.get("path", "")).startswith("/v1/"):
@@ -128,15 +129,15 @@ class AuthMiddleware:
                 "(kubectl create token <serviceaccount>)",
                 code="invalid_api_key",
             )
-        configuration = self.kube_configuration()
-        username, groups, uid = await in_thread(lambda: review_token(configuration, token))
+        kube = await in_thread(self.kube)
+        username, groups, uid = await in_thread(lambda: review_token(kube.service, token))
         namespace = namespace_for(username, headers.get(PROJECT_HEADER, "").strip() or None)
         return Caller(
             username=username,
             groups=groups,
             uid=uid,
             namespace=namespace,
-            api_client=impersonating_client(configuration, username, groups),
+            api_client=kube.acting_as(username, groups),
         )
 
 

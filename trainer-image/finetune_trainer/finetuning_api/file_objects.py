@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import quote, unquote
@@ -90,19 +92,37 @@ def credentials(config: ApiConfig, caller: Caller) -> tuple[str, str]:
     return access, secret_key
 
 
+_SESSION_LOCK = threading.Lock()
+_SESSION: Any = None
+
+
 def s3_client(config: ApiConfig, keys: tuple[str, str]) -> Any:
-    """A boto3 S3 client for the files store with the namespace's keys (path-style, as core/storage.py)."""
+    """A boto3 S3 client for the files store with the namespace's keys (path-style, as core/storage.py).
+
+    Made from one shared boto3 Session, under a lock (a Session is not thread-safe; the clients are): a fresh
+    Session per request would load botocore's service model again each time. The keys are the request's own."""
+    global _SESSION
     import boto3
     from botocore.config import Config
 
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=config.s3_endpoint or None,
-        region_name=config.s3_region,
-        aws_access_key_id=keys[0],
-        aws_secret_access_key=keys[1],
-        config=Config(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"}),
-    )
+    with _SESSION_LOCK:
+        if _SESSION is None:
+            _SESSION = boto3.session.Session()
+        return _SESSION.client(
+            "s3",
+            endpoint_url=config.s3_endpoint or None,
+            region_name=config.s3_region,
+            aws_access_key_id=keys[0],
+            aws_secret_access_key=keys[1],
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"}),
+        )
+
+
+def files_of(config: ApiConfig, caller: Caller) -> FileObjects:
+    """The caller's namespace's files, opened with its credentials read as the caller (blocking: run it in a
+    thread). For the jobs side too: `files_of(config, caller).head(file_id)` is 404 for another namespace's file
+    and tells `status` (a job may train only on a `processed` file)."""
+    return FileObjects(config, caller.namespace, s3_client(config, credentials(config, caller)))
 
 
 def _storage_error(error: Exception, key: str, action: str) -> ApiError:
@@ -158,6 +178,22 @@ class FileObjects:
             status=meta.get("status", "processed"),
             status_details=unquote(details) if details else None,
         )
+
+    def heads(self, file_ids: list[str], workers: int = 16) -> list[StoredFile]:
+        """The metadata of several files, read in parallel (one HEAD each); a file deleted meanwhile is left out."""
+
+        def one(file_id: str) -> StoredFile | None:
+            try:
+                return self.head(file_id)
+            except ApiError as error:
+                if error.status == 404:
+                    return None
+                raise
+
+        if not file_ids:
+            return []
+        with ThreadPoolExecutor(max_workers=min(workers, len(file_ids))) as pool:
+            return [stored for stored in pool.map(one, file_ids) if stored is not None]
 
     def ids(self) -> list[str]:
         """Every file id of the namespace, oldest first (keys sort by creation time: file_store)."""

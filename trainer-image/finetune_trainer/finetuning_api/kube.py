@@ -9,7 +9,6 @@ comma-joined value would be one group named "a,b"), and the generated client kee
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -36,15 +35,26 @@ def default_kube_factory(config: ApiConfig) -> KubeFactory:
     return load
 
 
-def service_client(configuration: Any) -> Any:
-    """An ApiClient acting as the service itself."""
-    from kubernetes import client
+class Kube:
+    """The service's Configuration and its own ApiClient, whose connection pool every caller's client shares (a
+    client per request, but not a TLS connection per request)."""
 
-    return client.ApiClient(configuration)
+    def __init__(self, configuration: Any) -> None:
+        from kubernetes import client
+
+        self.configuration = configuration
+        self.service = client.ApiClient(configuration)
+
+    def acting_as(self, username: str, groups: tuple[str, ...]) -> Any:
+        """A client impersonating this caller, over the shared connections."""
+        return impersonating_client(self.configuration, username, groups, rest_client=self.service.rest_client)
 
 
-def impersonating_client(configuration: Any, username: str, groups: tuple[str, ...]) -> Any:
-    """An ApiClient whose every request carries Impersonate-User and one Impersonate-Group line per group."""
+def impersonating_client(
+    configuration: Any, username: str, groups: tuple[str, ...], rest_client: Any | None = None
+) -> Any:
+    """An ApiClient whose every request carries Impersonate-User and one Impersonate-Group line per group
+    (`rest_client`: the connection pool to use, e.g. the service's own; its own one when None)."""
     from kubernetes import client
     from urllib3 import HTTPHeaderDict
 
@@ -59,4 +69,7 @@ def impersonating_client(configuration: Any, username: str, groups: tuple[str, .
                 headers.add("Impersonate-Group", group)
             return super().call_api(method, url, headers, *args, **kwargs)
 
-    return ImpersonatingClient(copy.copy(configuration))
+    acting = ImpersonatingClient(configuration)
+    if rest_client is not None:
+        acting.rest_client = rest_client
+    return acting

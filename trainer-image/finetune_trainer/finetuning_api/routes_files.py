@@ -28,7 +28,7 @@ from finetune_trainer.finetuning_api.auth import authorize, in_thread
 from finetune_trainer.finetuning_api.caller import caller_of
 from finetune_trainer.finetuning_api.config import ApiConfig
 from finetune_trainer.finetuning_api.errors import ApiError, not_found
-from finetune_trainer.finetuning_api.file_objects import FileObjects, credentials, s3_client
+from finetune_trainer.finetuning_api.file_objects import FileObjects, files_of
 from finetune_trainer.finetuning_api.upload_check import check_file
 
 PURPOSE = "fine-tune"
@@ -49,10 +49,10 @@ async def _objects(request: Request, verb: str) -> FileObjects:
     """Authorize `verb` on finetunejobs for the caller, then open the namespace's files with its credentials."""
     caller = caller_of(request)
     config = _config(request)
-    kube = request.app.state.kube_configuration()
-    await in_thread(lambda: authorize(kube, caller, verb))
-    keys = await in_thread(lambda: credentials(config, caller))
-    return FileObjects(config, caller.namespace, s3_client(config, keys))
+    kube = request.app.state.kube()
+    await in_thread(lambda: authorize(kube.service, caller, verb))
+    objects: FileObjects = await in_thread(lambda: files_of(config, caller))
+    return objects
 
 
 def _file_id(request: Request) -> str:
@@ -161,8 +161,7 @@ async def list_files(request: Request) -> Response:
     if after:
         ids = ids[ids.index(after) + 1 :] if after in ids else _after(ids, after, order)
     page, has_more = ids[:limit], len(ids) > limit
-    data = await in_thread(lambda: [_head_or_none(objects, file_id) for file_id in page])
-    items = [item for item in data if item is not None]
+    items = [stored.openai() for stored in await in_thread(lambda: objects.heads(page))]
     return JSONResponse(
         {
             "object": "list",
@@ -177,16 +176,6 @@ async def list_files(request: Request) -> Response:
 def _after(ids: list[str], after: str, order: str) -> list[str]:
     """Ids past a cursor that is no longer listed (deleted meanwhile): ids sort by creation, so compare them."""
     return [i for i in ids if (i > after if order == "asc" else i < after)]
-
-
-def _head_or_none(objects: FileObjects, file_id: str) -> dict[str, Any] | None:
-    """A listed file's metadata; None when it was deleted between the listing and this read."""
-    try:
-        return objects.head(file_id).openai()
-    except ApiError as error:
-        if error.status == 404:
-            return None
-        raise
 
 
 async def retrieve(request: Request) -> Response:
