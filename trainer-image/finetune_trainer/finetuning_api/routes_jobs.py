@@ -32,7 +32,7 @@ from finetune_trainer.finetuning_api.caller import Caller, caller_of
 from finetune_trainer.finetuning_api.catalog import Catalog, catalog_at
 from finetune_trainer.finetuning_api.config import ApiConfig
 from finetune_trainer.finetuning_api.errors import ApiError
-from finetune_trainer.finetuning_api.file_objects import FileObjects, credentials, s3_client
+from finetune_trainer.finetuning_api.file_objects import files_of
 
 JOBS_FOLDER = "jobs"
 """A job's outputs go under `s3://<bucket>/<namespace>/jobs/<job id>/` (beside the namespace's `files/`)."""
@@ -70,7 +70,7 @@ def check_files(config: ApiConfig, caller: Caller, request: jobs.CreateRequest) 
     for param, file_id in wanted:
         if not file_store.FILE_ID.match(file_id):
             raise ApiError(400, f"invalid {param}: {file_id!r} is not a file id", param=param, code="invalid_value")
-    objects = FileObjects(config, caller.namespace, s3_client(config, credentials(config, caller)))
+    objects = files_of(config, caller)
     for param, file_id in wanted:
         try:
             stored = objects.head(file_id)
@@ -129,8 +129,8 @@ def job_routes(config: ApiConfig, catalog: Catalog | None = None) -> list[BaseRo
         parsed = jobs.parse_create(body)
         entry = catalog.require(parsed.model)
         caller = caller_of(request)
-        kube = request.app.state.kube_configuration()
-        await in_thread(lambda: authorize(kube, caller, "create"))
+        kube = request.app.state.kube()
+        await in_thread(lambda: authorize(kube.service, caller, "create"))
         await in_thread(lambda: check_files(config, caller, parsed))
         for attempt in range(3):  # a name drawn twice (100 random bits) is a 409: draw again
             manifest = jobs.job_manifest(
