@@ -388,6 +388,12 @@ def test_lists_are_newest_first_and_pages_follow_the_cursor() -> None:
     assert job_view.page(ordered, job_view.job_id, "ftjob-gone", 5) == ([], False)
 
 
+def test_a_broken_annotation_reads_as_no_metadata() -> None:
+    for broken in ("{not json", "[1, 2]"):
+        obj = created(BASIC, **{jobs.A_METADATA: broken})
+        assert openai_job(obj).metadata is None and not job_view.matches_metadata(obj, {"a": "b"})
+
+
 def test_metadata_filter() -> None:
     obj = created({**BASIC, "metadata": {"team": "a", "env": "prod"}})
     assert job_view.matches_metadata(obj, {"team": "a"})

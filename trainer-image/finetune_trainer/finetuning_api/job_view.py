@@ -196,7 +196,7 @@ def to_openai_job(obj: Mapping[str, Any]) -> dict[str, Any]:
     annotations = _annotations(obj)
     state = openai_status(obj)
     progress = _status(obj).get("progress") or {}
-    metadata = json.loads(annotations.get(jobs.A_METADATA) or "{}")
+    metadata = job_metadata(obj)
     return {
         "id": job_id(obj),
         "object": "fine_tuning.job",
@@ -220,11 +220,20 @@ def to_openai_job(obj: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def job_metadata(obj: Mapping[str, Any]) -> dict[str, str]:
+    """The metadata the create stored (an annotation a kubectl edit broke reads as none, not as an error)."""
+    try:
+        stored = json.loads(_annotations(obj).get(jobs.A_METADATA) or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(stored, dict):
+        return {}
+    return {str(key): str(value) for key, value in stored.items()}
+
+
 def matches_metadata(obj: Mapping[str, Any], wanted: Mapping[str, str]) -> bool:
     """The list filter `metadata[k]=v`: every pair given is in the job's metadata."""
-    if not wanted:
-        return True
-    metadata = json.loads(_annotations(obj).get(jobs.A_METADATA) or "{}")
+    metadata = job_metadata(obj) if wanted else {}
     return all(metadata.get(key) == value for key, value in wanted.items())
 
 
