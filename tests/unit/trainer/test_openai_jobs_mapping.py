@@ -286,8 +286,8 @@ PROGRESS = {
 VALIDATION = {"run": 1, "passed": True, "message": "train: 90 records", "tokens": {"train": 1000}, "records": {}}
 
 
-def condition(kind: str, at: str, status: str = "True") -> dict[str, str]:
-    return {"type": kind, "status": status, "reason": "R", "message": "", "lastTransitionTime": at}
+def condition(kind: str, at: str, status: str = "True", message: str = "") -> dict[str, str]:
+    return {"type": kind, "status": status, "reason": "R", "message": message, "lastTransitionTime": at}
 
 
 @pytest.mark.parametrize(
@@ -300,6 +300,30 @@ def condition(kind: str, at: str, status: str = "True") -> dict[str, str]:
         ({"phase": "Queued", "run": 1, "validation": VALIDATION}, "queued"),
         ({"phase": "Pending", "run": 1, "validation": VALIDATION}, "queued"),
         ({"phase": "Queued", "run": 2, "validation": VALIDATION}, "validating_files"),
+        (
+            {
+                "phase": "Queued",
+                "run": 1,
+                "conditions": [condition("Trained", "", "False", "validation: waiting for pods")],
+            },
+            "validating_files",
+        ),
+        (
+            {
+                "phase": "Queued",
+                "run": 1,
+                "conditions": [condition("Trained", "", "False", "validation Job created; x")],
+            },
+            "validating_files",
+        ),
+        (
+            {"phase": "Queued", "run": 1, "conditions": [condition("Trained", "", "False", "training Job created; x")]},
+            "queued",
+        ),
+        (
+            {"phase": "Pending", "run": 1, "conditions": [condition("Trained", "", "False", "waiting for Secret 's'")]},
+            "queued",
+        ),
         ({"phase": "Training", "run": 1, "validation": VALIDATION, "progress": PROGRESS}, "running"),
         ({"phase": "Evaluating", "run": 1}, "running"),
         ({"phase": "Publishing", "run": 1}, "running"),

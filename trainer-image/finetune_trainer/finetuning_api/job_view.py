@@ -9,8 +9,8 @@ Status (OpenAI has six; the CRD's `status.phase` has ten):
 | OpenAI | FineTuneJob |
 |---|---|
 | `cancelled` | the annotation `api.finetune.dev/cancelled-at` (a cancel suspends the job and sets it) |
-| `validating_files` | `Pending`, `Queued` or `Validating` while the current run's data check has not passed |
-| `queued` | `Pending` or `Queued` after the check passed (waiting for a node, Kueue, a retry); `Suspended` (paused) |
+| `validating_files` | `Validating`; `Pending`/`Queued` while the data check waits (`_validating`) |
+| `queued` | `Pending`/`Queued` waiting to train (a node, Kueue, a retry); `Suspended` (paused) |
 | `running` | `Training`, `Evaluating`, `Publishing` (the model is not answering yet) |
 | `succeeded` | `Serving` (the endpoint answers with this run), or `Succeeded` (serving off: DELETE /v1/models) |
 | `failed` | `Failed` (`error` is `status.error`: the trainer's or the operator's code, its message) |
@@ -74,6 +74,16 @@ def _validated(status: Mapping[str, Any]) -> bool:
     return bool(validation.get("passed")) and validation.get("run", status.get("run")) == status.get("run")
 
 
+def _validating(status: Mapping[str, Any]) -> bool:
+    """Whether a waiting run waits for its data check: nothing observed yet, or the operator's `Trained`
+    condition says the validation Job is what waits (its messages start with "validation"). A run whose check
+    passed, or that has none (the chart's `validation.enabled: false`), waits to train: `queued`."""
+    if _validated(status):
+        return False
+    trained = next((c for c in status.get("conditions") or [] if c.get("type") == "Trained"), None)
+    return trained is None or str(trained.get("message") or "").startswith("validation")
+
+
 def openai_status(obj: Mapping[str, Any]) -> str:
     """The OpenAI status of a FineTuneJob (the table in this module's docstring)."""
     if jobs.A_CANCELLED_AT in _annotations(obj):
@@ -88,7 +98,9 @@ def openai_status(obj: Mapping[str, Any]) -> str:
         return "running"
     if phase == "Suspended":
         return PAUSED_STATUS
-    return "queued" if _validated(status) else "validating_files"
+    if phase == "Validating":
+        return "validating_files"
+    return "validating_files" if _validating(status) else "queued"
 
 
 def is_paused(obj: Mapping[str, Any]) -> bool:
