@@ -7,7 +7,8 @@ subresource, as the cluster admin) and checks how the API shows it. The service 
 ServiceAccount bound to the chart's ClusterRole for it (TokenReview, SubjectAccessReview, impersonation only);
 every refusal is the API server's RBAC or admission answering the impersonated caller. Inference goes to a real
 model server (the project's engine on a tiny model, with an API key) that the job's status names as its endpoint:
-the transport maps that Service name to the server's local port, as the cluster's DNS would.
+the transport maps that Service name to the server's local port, as the cluster's DNS would. One test runs the
+operator too (validation off, kwok pods): an API-made job trains, is served, is unpublished; another is cancelled.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import yaml
 
 from tests.helm.chart import render, service_account_identity
+from tests.integration.conftest import Jobs, Operator, success_message
+from tests.support.kwok import KWOK_NODE_SELECTOR, KWOK_TOLERATION
 from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 
@@ -43,11 +47,22 @@ TENANT_RULES = [
     {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
 ]
-CATALOG = """models:
-- name: tiny
-  baseModel: s3://models/tiny-lm/
-  resources: {gpus: 0, memory: 4Gi}
-"""
+CATALOG = {
+    "models": [
+        {"name": "tiny", "baseModel": "s3://models/tiny-lm/", "resources": {"gpus": 0, "memory": "4Gi"}},
+        {  # pods that land on kwok's fake GPU nodes, for the test with the operator running
+            "name": "tiny-kwok",
+            "baseModel": "s3://models/tiny-lm/",
+            "resources": {
+                "gpus": 1,
+                "memory": "1Gi",
+                "cpu": "1",
+                "tolerations": [KWOK_TOLERATION],
+                "nodeSelector": KWOK_NODE_SELECTOR,
+            },
+        },
+    ]
+}
 GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
 
 
@@ -197,7 +212,7 @@ def api(
         wait_for("a tenant's RBAC", lambda: _allowed(cluster, user, ns, "patch", PLURAL, GROUP) or None)  # noqa: B023
     identity = service_account_identity(cluster, namespace, "finetuning-api", tmp_path)
     catalog = tmp_path / "models.yaml"
-    catalog.write_text(CATALOG)
+    catalog.write_text(yaml.safe_dump(CATALOG))
     config = ApiConfig(
         bucket=s3_bucket.name,
         s3_endpoint=endpoint.url,
@@ -289,10 +304,10 @@ def test_refusals_name_their_param_and_create_nothing(api: Api) -> None:
     assert api.objects("a") == []
 
 
-def _job(api: Api, who: str = "a", **extra: Any) -> Any:
+def _job(api: Api, who: str = "a", model: str = "tiny", **extra: Any) -> Any:
     client = api.client(who)
     train = client.files.create(file=("train.jsonl", CHAT), purpose="fine-tune")
-    return client.fine_tuning.jobs.create(model="tiny", training_file=train.id, **extra)
+    return client.fine_tuning.jobs.create(model=model, training_file=train.id, **extra)
 
 
 def test_list_pages_and_filters_by_metadata(api: Api) -> None:
@@ -434,7 +449,7 @@ def test_chat_with_the_fine_tuned_model_then_unpublish(api: Api, dns: ServiceDns
     name = _serve(api, dns, job.id, model_server)
     done = client.fine_tuning.jobs.retrieve(job.id)
     assert done.status == "succeeded" and done.fine_tuned_model == name and done.trained_tokens == 900
-    assert [m.id for m in client.models.list()] == ["tiny", name]
+    assert [m.id for m in client.models.list()] == ["tiny", "tiny-kwok", name]
     assert client.models.retrieve(name).owned_by == api.namespaces["a"]
 
     reply = client.chat.completions.create(model=name, messages=[{"role": "user", "content": "Hi"}], max_tokens=5)
@@ -455,7 +470,7 @@ def test_chat_with_the_fine_tuned_model_then_unpublish(api: Api, dns: ServiceDns
         other.chat.completions.create(model=name, messages=[{"role": "user", "content": "Hi"}])
     with pytest.raises(openai.NotFoundError):
         other.models.retrieve(name)
-    assert [m.id for m in other.models.list()] == ["tiny"]
+    assert [m.id for m in other.models.list()] == ["tiny", "tiny-kwok"]
     with pytest.raises(openai.NotFoundError):
         other.models.delete(name)
     with pytest.raises(openai.NotFoundError):
@@ -464,7 +479,7 @@ def test_chat_with_the_fine_tuned_model_then_unpublish(api: Api, dns: ServiceDns
     deleted = client.models.delete(name)
     assert deleted.deleted and deleted.id == name
     assert api.get("a", job.id)["spec"]["serving"]["enabled"] is False
-    assert [m.id for m in client.models.list()] == ["tiny"]
+    assert [m.id for m in client.models.list()] == ["tiny", "tiny-kwok"]
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model=name, messages=[{"role": "user", "content": "Hi"}])
 
@@ -477,3 +492,35 @@ def test_a_status_pointing_outside_the_namespace_is_not_called(api: Api, dns: Se
     with pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.create(model=name, messages=[{"role": "user", "content": "Hi"}])
     assert caught.value.status_code == 502
+
+
+def test_the_operator_runs_an_api_job_to_serving_and_cancels_another(api: Api, operator: Operator, jobs: Jobs) -> None:
+    """The operator (validation off, as the control-loop tests run it) takes a job the API made: its training
+    pod on a kwok node, finished with metrics, then the model served (kwok's serving pods turn Ready)."""
+    client = api.client("a")
+    namespace = api.namespaces["a"]
+    job = _job(api, model="tiny-kwok", suffix="bot")
+    pod = jobs.running_pod(namespace, f"{job.id}-r1", timeout=90)
+    assert wait_for("running", lambda: client.fine_tuning.jobs.retrieve(job.id).status == "running" or None, 60)
+    jobs.finish_pod(namespace, pod.metadata.name, 0, success_message(1.2))
+    jobs.wait_phase(namespace, job.id, "Serving", timeout=120)
+    done = client.fine_tuning.jobs.retrieve(job.id)
+    name = f"ft:tiny-kwok:{namespace}:bot:{job.id}"
+    assert done.status == "succeeded" and done.fine_tuned_model == name and done.finished_at is not None
+    assert name in [m.id for m in client.models.list()]
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    reasons = [e.data.get("phase") for e in events if isinstance(e.data, dict) and "phase" in e.data]
+    assert reasons[0] == "Serving" and "Training" in reasons  # the operator's Events, newest first
+    assert any(e.message.startswith("New fine-tuned model created") for e in events)
+
+    client.models.delete(name)
+    jobs.wait_phase(namespace, job.id, "Succeeded", timeout=60)
+    assert name not in [m.id for m in client.models.list()]
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
+
+    second = _job(api, model="tiny-kwok")
+    jobs.running_pod(namespace, f"{second.id}-r1", timeout=90)
+    assert client.fine_tuning.jobs.cancel(second.id).status == "cancelled"
+    jobs.wait_phase(namespace, second.id, "Suspended", timeout=60)
+    wait_for("the training pods gone", lambda: not jobs.pods(namespace, f"{second.id}-r1") or None, 60)
+    assert client.fine_tuning.jobs.retrieve(second.id).status == "cancelled"
