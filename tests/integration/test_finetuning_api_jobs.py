@@ -1,7 +1,7 @@
 """OpenAI's fine-tuning jobs, models and inference (finetune_trainer.finetuning_api) against a real kube-apiserver
 with the FineTuneJob CRD and a real S3 server, called with the official `openai` client.
 
-The operator does not run here: a test creates jobs through the API, checks the FineTuneJob objects the API
+Most tests run without the operator: a test creates jobs through the API, checks the FineTuneJob objects the API
 server stored (and its admission rules accepted), then writes a status as the operator would (the status
 subresource, as the cluster admin) and checks how the API shows it. The service runs in-process as a
 ServiceAccount bound to the chart's ClusterRole for it (TokenReview, SubjectAccessReview, impersonation only);
