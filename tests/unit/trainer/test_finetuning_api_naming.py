@@ -103,3 +103,37 @@ def test_upload_check(tmp_path: Path, text: str, status: str, says: str | None) 
         assert checked.details is None and checked.schema
     else:
         assert checked.details is not None and says in checked.details
+
+
+def test_the_entry_point_refuses_a_missing_bucket_and_serves_health() -> None:
+    """`python -m finetune_trainer.finetuning_api`, what the chart's Deployment runs."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.support.ports import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FTO_API_")}
+    refused = subprocess.run(
+        [sys.executable, "-m", "finetune_trainer.finetuning_api"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2 and "FTO_API_BUCKET is empty" in refused.stderr
+
+    port = free_port()
+    env.update(FTO_API_BUCKET="files", FTO_API_HOST="127.0.0.1", FTO_API_LISTEN_PORT=str(port))
+    server = subprocess.Popen([sys.executable, "-m", "finetune_trainer.finetuning_api"], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+                    assert answer.status == 200
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
