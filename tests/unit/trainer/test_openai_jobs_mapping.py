@@ -566,3 +566,30 @@ def test_streamed_chunks_name_the_fine_tuned_model() -> None:
     out = asyncio.run(collect())
     assert json.loads(out[0].decode()[6:]) == {"id": "c", "model": "ft:m:ns::ftjob-x", "choices": []}
     assert out[1:] == [b"\n", b"data: [DONE]\n", b"data: {bad\n"]
+
+
+# --- the Kubernetes answers, as the caller gets them ---
+
+
+@pytest.mark.parametrize(
+    ("status", "expected", "code"),
+    [(403, 403, "permission_denied"), (404, 404, None), (409, 409, "conflict"), (422, 400, "invalid_value"),
+     (400, 400, "invalid_value"), (500, 503, None)],
+)  # fmt: skip
+def test_kubernetes_refusals_become_openai_errors(status: int, expected: int, code: str | None) -> None:
+    from finetune_trainer.finetuning_api.caller import Caller
+    from finetune_trainer.finetuning_api.job_objects import kube_errors
+    from kubernetes.client.exceptions import ApiException
+
+    caller = Caller(username="system:serviceaccount:team-a:ci", groups=(), uid="", namespace="team-a", api_client=None)
+    failure = ApiException(status=status, reason="Reason")
+    failure.body = json.dumps({"message": 'FineTuneJob "x" is invalid: spec.output.uri must end in /'})
+    with pytest.raises(ApiError) as caught, kube_errors(caller, "create finetunejobs.finetune.dev", ident="x"):
+        raise failure
+    assert (caught.value.status, caught.value.code) == (expected, code)
+    if status == 403:
+        assert "system:serviceaccount:team-a:ci may not create finetunejobs.finetune.dev in namespace team-a" in (
+            caught.value.message
+        )
+    if status == 422:
+        assert "spec.output.uri must end in /" in caught.value.message
