@@ -477,6 +477,17 @@ def test_events_from_the_kubernetes_events_and_the_status() -> None:
     assert any(e.message == "GateFailed: test_loss 2.1 > 1.8" and e.level == "error" for e in no_kube)
 
 
+def test_events_of_one_second_keep_the_order_they_were_written() -> None:
+    at = "2026-12-06T20:05:00Z"
+    written = [("Queued", "7"), ("Training", "9"), ("Publishing", "10"), ("Serving", "12")]
+    events_in = [{**kube_event(reason, "m", at, uid=f"u{reason}"), "metadata": {"uid": f"u{reason}",
+                  "resourceVersion": version}} for reason, version in written]  # fmt: skip
+    for shuffled in (events_in, events_in[::-1], events_in[1::2] + events_in[::2]):
+        events = job_view.job_events(created(BASIC), shuffled)
+        phases = [e["data"]["phase"] for e in events if e["data"] and "phase" in e["data"]]
+        assert phases == ["Serving", "Publishing", "Training", "Queued"]
+
+
 def test_checkpoints_are_the_newest_and_the_best() -> None:
     obj = created({**BASIC, "suffix": "bot"}, {"phase": "Training", "run": 1, "progress": PROGRESS})
     checkpoints = [FineTuningJobCheckpoint.model_validate(c) for c in job_view.job_checkpoints(obj)]

@@ -10,6 +10,7 @@ rules) -> 400 with the API server's message. Blocking calls; the routes run them
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -54,8 +55,6 @@ def kube_errors(caller: Caller, action: str, what: str = "fine-tuning job", iden
 
 
 def _message(error: Any) -> str:
-    import json
-
     try:
         return str(json.loads(error.body).get("message") or error.reason)
     except (TypeError, ValueError):
@@ -89,15 +88,21 @@ def get_job(caller: Caller, name: str) -> dict[str, Any]:
 
 
 def list_jobs(caller: Caller) -> list[dict[str, Any]]:
-    """Every API-made job of the caller's namespace (the label selects them on the server)."""
+    """Every API-made job of the caller's namespace (the label selects them on the server).
+
+    The body is decoded with `json.loads` rather than the client's own deserializer, which walks every value of
+    the list in Python: with 1,000 jobs (3.7 MB) that was 0.6-1.1 s of a list request against 0.07-0.2 s for
+    the request itself (measured on the project's 2-core machine)."""
     with kube_errors(caller, "list finetunejobs.finetune.dev"):
-        listed = _custom(caller).list_namespaced_custom_object(
+        response = _custom(caller).list_namespaced_custom_object(
             jobs.GROUP,
             jobs.VERSION,
             caller.namespace,
             jobs.PLURAL,
             label_selector=f"{jobs.API_LABEL}={jobs.API_LABEL_VALUE}",
+            _preload_content=False,
         )
+        listed = json.loads(response.data)
     return [dict(item) for item in listed.get("items") or []]
 
 

@@ -362,15 +362,26 @@ def _status_events(obj: Mapping[str, Any], has_failed_event: bool, validating_at
     return events
 
 
+def _written(event: Mapping[str, Any]) -> tuple[int, int]:
+    """The order Events were written in: their time has whole seconds, and several phase changes can share one
+    second, so ties go by resourceVersion (etcd's revision, which grows with every write; a value that is not a
+    number sorts first)."""
+    meta = event.get("metadata") or {}
+    version = str(meta.get("resourceVersion") or "")
+    at = timestamp(event.get("lastTimestamp")) or timestamp(event.get("eventTime")) or 0
+    return at, int(version) if version.isdigit() else -1
+
+
 def job_events(obj: Mapping[str, Any], kube_events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """OpenAI's `FineTuningJobEvent`s of a job, newest first: the Kubernetes Events on it (each phase change,
     warnings) and what its status holds (created, data check, latest progress, gate, endpoint, error, cancel)."""
     uid = (obj.get("metadata") or {}).get("uid")
     own = [e for e in kube_events if not uid or (e.get("involvedObject") or {}).get("uid") in (None, uid)]
+    own = sorted(own, key=_written)
     converted = [_kube_event(obj, event) for event in own]
     has_failed = any(event.get("reason") == "Failed" for event in own)
     validating = [e["created_at"] for e, raw in zip(converted, own, strict=True) if raw.get("reason") == "Validating"]
-    timeline = sorted(converted, key=lambda event: (event["created_at"], event["id"]))
+    timeline = sorted(converted, key=lambda event: event["created_at"])  # stable: the order they were written
     timeline += _status_events(obj, has_failed, max(validating, default=0))
     timeline.sort(key=lambda event: event["created_at"])  # stable: ties keep the order things happen in
     return timeline[::-1]
