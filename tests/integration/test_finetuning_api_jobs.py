@@ -299,6 +299,12 @@ def test_refusals_name_their_param_and_create_nothing(api: Api) -> None:
     with pytest.raises(openai.BadRequestError) as unknown:
         client.post("/fine_tuning/jobs", cast_to=object, body={"model": "tiny", "training_file": train.id, "x": 1})
     assert unknown.value.param == "x"
+    with pytest.raises(openai.APIStatusError) as large:  # refused before the body is held whole
+        client.post("/fine_tuning/jobs", cast_to=object, body={"model": "tiny", "suffix": "x" * (2 << 20)})
+    assert large.value.status_code == 413
+    not_json = httpx.post(api.url + "/v1/fine_tuning/jobs", content=b"{model", headers={
+        "Authorization": f"Bearer {api.tokens['a']}", "Content-Type": "application/json"})  # fmt: skip
+    assert not_json.status_code == 400 and not_json.json()["error"]["param"] == "body"
     with pytest.raises(openai.PermissionDeniedError):
         api.client("nobody").fine_tuning.jobs.create(model="tiny", training_file=train.id)
     assert api.objects("a") == []

@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Route
 
 from finetune_trainer.finetuning_api import file_store, job_objects, job_view, jobs
 from finetune_trainer.finetuning_api.auth import authorize, in_thread
+from finetune_trainer.finetuning_api.bodies import JOB_BODY_LIMIT, read_json
 from finetune_trainer.finetuning_api.caller import Caller, caller_of
 from finetune_trainer.finetuning_api.catalog import Catalog, catalog_at
 from finetune_trainer.finetuning_api.config import ApiConfig
@@ -96,13 +97,6 @@ def _config(request: Request) -> ApiConfig:
     return config
 
 
-async def _json(request: Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError:
-        raise ApiError(400, "the request body must be JSON", param="body", code="invalid_json") from None
-
-
 def _limit(params: Mapping[str, str], default: int) -> int:
     raw = params.get("limit", str(default))
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
@@ -125,7 +119,7 @@ def job_routes(config: ApiConfig, catalog: Catalog | None = None) -> list[BaseRo
     catalog = catalog if catalog is not None else catalog_at(config.catalog_path)
 
     async def create(request: Request) -> Response:
-        body = await _json(request)
+        body = await read_json(request, JOB_BODY_LIMIT)
         parsed = jobs.parse_create(body)
         entry = catalog.require(parsed.model)
         caller = caller_of(request)

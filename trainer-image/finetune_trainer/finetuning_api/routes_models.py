@@ -35,6 +35,7 @@ from starlette.routing import BaseRoute, Route
 
 from finetune_trainer.finetuning_api import job_objects, job_view
 from finetune_trainer.finetuning_api.auth import in_thread
+from finetune_trainer.finetuning_api.bodies import INFERENCE_BODY_LIMIT, read_json
 from finetune_trainer.finetuning_api.caller import Caller, caller_of
 from finetune_trainer.finetuning_api.catalog import Catalog
 from finetune_trainer.finetuning_api.errors import ApiError
@@ -173,10 +174,7 @@ def model_routes(catalog: Catalog) -> list[BaseRoute]:
         return JSONResponse({"id": name, "object": "model", "deleted": True})
 
     async def proxy(request: Request, path: str) -> Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            raise ApiError(400, "the request body must be JSON", param="body", code="invalid_json") from None
+        body = await read_json(request, INFERENCE_BODY_LIMIT)
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             raise ApiError(400, "Missing required parameter: 'model'", param="model", code="missing_required_parameter")
         name = body["model"]
