@@ -1,6 +1,6 @@
 """Chaos, operator replicas: the leader of two is frozen (SIGSTOP) past its lease mid-burst, the standby takes
 over, and the old leader is woken (SIGCONT). What must hold: the woken process writes nothing at all (its fence,
-finetune_operator.core.leader.Fence, sees by CLOCK_MONOTONIC, which ran on while it was stopped, that its last
+finetune_operator.core.leader.Fence, sees by CLOCK_BOOTTIME, which ran on while it was stopped, that its last
 renewal is older than the renew deadline) and exits; every FineTuneJob converges with exactly one training Job.
 
 "Wrote nothing" is read from the API server's audit log (hack/audit-policy.yaml), not from the operator's own

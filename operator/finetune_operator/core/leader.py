@@ -12,15 +12,18 @@ the resourceVersion read, so of two candidates only one wins; the leader renews 
 up when it could not renew for `renew_deadline` seconds, which is shorter than `lease_seconds`, so it has stopped
 before anyone else may take over. `decide` is pure and unit-tested; `LeaderElector` does the I/O through `kube`.
 
-Fencing (`Fence`, `fresh`): a leader that is frozen (SIGSTOP, a paused VM or container, a stop-the-world stall)
+Fencing (`Fence`, `fresh`): a leader that is frozen (SIGSTOP, a paused container, a suspended host, a long stall)
 past its lease wakes up with reconcile threads that had writes lined up, and its `keep` loop needs a moment to
 notice. So the operator's `Kube` asks the fence before every write (create, apply, replace, patch, status
 patch, delete, Event): leadership counts only while the last successful renewal is younger than
-`renew_deadline` by this process's CLOCK_MONOTONIC, which keeps running while a process is stopped, so a woken
-process sees at once that its renewal is stale. A stale leader refuses the write (`NotLeader`, never retried) and
-steps down, which here means exiting, as on any loss of the Lease (`__main__`). The same staleness also covers a
-renewal that hangs in the network for longer than the deadline: writes stop at the deadline, not when the
-renewal's request times out. Reads are not fenced (they act on nothing).
+`renew_deadline` by this process's clock (`steady_clock`: CLOCK_BOOTTIME on Linux, which keeps running while a
+process is stopped or frozen and while the machine sleeps), so a woken process sees at once that its renewal is
+stale. A stale leader refuses the write (`NotLeader`, never retried) and steps down, which here means exiting, as
+on any loss of the Lease (`__main__`). The same staleness also covers a renewal that hangs in the network for
+longer than the deadline: writes stop at the deadline, not when the renewal's request times out. Reads are not
+fenced (they act on nothing). Not covered: a virtual machine whose guest clock itself stands still while the
+hypervisor pauses it (the guest cannot tell it was paused); there only the preconditions below protect, until the
+`keep` loop reads the Lease and finds it taken.
 
 What fencing cannot close: a thread that passed the check and is stopped before its request reaches the API
 server (or whose request was already in flight when the process froze) still writes when it wakes. The API
@@ -54,7 +57,7 @@ Action = Literal["create", "renew", "take", "wait"]
 
 @dataclass(frozen=True)
 class Seen:
-    """The Lease record as last read, and when (this process's monotonic clock) it was first seen so."""
+    """The Lease record as last read, and when (this process's steady clock) it was first seen so."""
 
     holder: str
     renew_time: str
@@ -74,10 +77,17 @@ def decide(record: Seen | None, me: str, now: float, lease_seconds: float) -> Ac
 
 
 def fresh(renewed_at: float | None, now: float, renew_deadline: float) -> bool:
-    """Whether leadership still counts at `now` (this process's monotonic clock): the last successful renewal
+    """Whether leadership still counts at `now` (this process's steady clock): the last successful renewal
     (None: never) is younger than `renew_deadline`, which is shorter than the lease, so no standby can have taken
     it yet. A renewal's time is taken before its request is sent, so it errs on the early (safe) side."""
     return renewed_at is not None and now - renewed_at < renew_deadline
+
+
+def steady_clock() -> float:
+    """Seconds that never go back and that count time spent stopped or suspended: CLOCK_BOOTTIME where the
+    platform has it (Linux), else CLOCK_MONOTONIC (which on Linux stops while the machine sleeps)."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
 
 
 def _micro_time() -> str:
@@ -96,7 +106,7 @@ class LeaderElector:
         lease_seconds: float = 15.0,
         renew_deadline: float = 10.0,
         retry_seconds: float = 2.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = steady_clock,
     ) -> None:
         if not retry_seconds < renew_deadline < lease_seconds:
             raise ValueError("leader election needs retry_seconds < renew_deadline < lease_seconds")

@@ -85,7 +85,7 @@ def test_a_leader_that_wakes_past_its_renew_deadline_refuses_the_write_and_steps
     leader = elector(clock)
     assert leader.try_acquire_or_renew()
     fence = Fence(leader, downs.append)
-    clock.now += 30.0  # SIGSTOPped past the lease: CLOCK_MONOTONIC kept running
+    clock.now += 30.0  # SIGSTOPped past the lease: the steady clock kept running
     with pytest.raises(NotLeader, match=r"refused to patch FineTuneJob ns/x status: leadership is stale"):
         fence("patch FineTuneJob ns/x status")
     assert len(downs) == 1 and "last renewed 30.0s ago" in downs[0]
@@ -121,3 +121,11 @@ def test_keep_steps_down_without_renewing_when_it_wakes_past_the_deadline() -> N
     clock.now += 16.0  # frozen past the lease; the Lease itself still names us (nobody took it yet)
     asyncio.run(asyncio.wait_for(leader.keep(), timeout=5))
     assert kube.writes == 1  # returned (stepped down) without renewing a lease it could not vouch for
+
+
+def test_the_default_clock_never_goes_back() -> None:
+    from finetune_operator.core.leader import steady_clock
+
+    first = steady_clock()
+    assert steady_clock() >= first
+    assert LeaderElector(None, "ns", "lease", "me").clock is steady_clock  # type: ignore[arg-type]
