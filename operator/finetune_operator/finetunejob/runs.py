@@ -61,18 +61,20 @@ def training_children(
     settings: Settings,
     *,
     validated_here: bool = False,
+    disk_bytes: int | None = None,
 ) -> list[Manifest]:
     """Everything run `run` needs, in creation order: the Job last, so its existence implies the rest.
 
     `validated_here`: the run's validation Job exists, which implies its children (the trainer's identity and
     this run's config, the same objects) exist too, so they are not created again: each would be a create
     answered 409 and a read of the existing object's owner, four round trips per run on the hand-over from
-    validation to training, measured as the largest part of that hand-over at 500 jobs (docs/benchmarks.md)."""
+    validation to training, measured as the largest part of that hand-over at 500 jobs (docs/benchmarks.md).
+    `disk_bytes`: the validation's disk plan total, the training pod's ephemeral-storage."""
     shared = [] if validated_here else [*trainer_rbac(owner), trainer_config_map(spec, owner, run)]
     children = [*shared, progress_config_map(owner)]
     if spec.distributed.workers > 1:
         children.append(workers_service(spec, owner, run))
-    children.append(training_job(spec, owner, run, training_hash, settings))
+    children.append(training_job(spec, owner, run, training_hash, settings, disk_bytes))
     return children
 
 

@@ -36,6 +36,7 @@ SUMMARY_FIELDS = (
     "excludedFromTrain",
     "estimatedSteps",
     "memoryPlan",
+    "diskPlan",
 )
 """What of `validate`'s summary goes into status.validation (file lists and labels stay in the pod's log)."""
 
