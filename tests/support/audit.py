@@ -54,7 +54,13 @@ def writes(
     """The writes whose User-Agent is exactly `user_agent` (in `namespace` when given), received at or after
     `since` (a UTC datetime)."""
     found: list[Write] = []
-    for line in (path or log_path()).read_text(errors="replace").splitlines():
+    current = path or log_path()
+    # the rotated backup (audit-<time>.log, hack/cluster.sh keeps one) first: a write must not hide in it
+    files = [*sorted(current.parent.glob(f"{current.stem}-*{current.suffix}")), current]
+    lines = (line for file in files for line in file.read_text(errors="replace").splitlines())
+    for line in lines:
+        if user_agent not in line:  # cheap: most lines are other clients'
+            continue
         try:
             event = json.loads(line)
         except ValueError:
