@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from finetune_operator.api.finetunejob import parse_spec
 from finetune_trainer.finetuning_api import job_view, jobs
-from finetune_trainer.finetuning_api.catalog import CatalogError, load_catalog, parse_catalog
+from finetune_trainer.finetuning_api.catalog import CatalogError, catalog_at, load_catalog, parse_catalog
 from finetune_trainer.finetuning_api.errors import ApiError
 from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
 from openai.types.fine_tuning.jobs import FineTuningJobCheckpoint
@@ -237,6 +237,12 @@ def test_the_catalog_refuses_unknown_keys_and_duplicates(tmp_path: Any) -> None:
     path.write_text("- {name: m, baseModel: 's3://b/m/'}\n")
     assert [entry.name for entry in load_catalog(path).entries] == ["m"]
     assert load_catalog(None).entries == ()
+    assert catalog_at(str(tmp_path / "absent.yaml")).entries == ()  # no file: nothing offered, said in the log
+    path.write_text("models: []\n")  # what the chart's ConfigMap holds with api.models empty
+    assert catalog_at(str(path)).entries == ()
+    path.write_text("models:\n- {name: m}\n")
+    with pytest.raises(CatalogError, match="baseModel"):  # a file that is wrong stops the service
+        catalog_at(str(path))
 
 
 def test_an_unknown_model_names_the_models_offered() -> None:
