@@ -119,7 +119,6 @@ def test_the_network_policy_admits_the_own_namespace_and_the_listed_ones_on_the_
     }
 
 
-
 def test_the_fine_tuning_apis_pods_are_admitted_when_the_chart_runs_it() -> None:
     """The API proxies a tenant's chat to its endpoint, from the operator's namespace: its pods (and only they, by
     their labels) are one more peer of every serving NetworkPolicy, a job's own and a ModelServer's."""
