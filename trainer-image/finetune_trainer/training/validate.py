@@ -22,6 +22,7 @@ from finetune_trainer.core.s3_uri import S3Uri
 from finetune_trainer.core.storage import Storage
 from finetune_trainer.core.termination import LIMIT
 from finetune_trainer.memory.check import Placement, check_fit
+from finetune_trainer.training import hub_sources
 from finetune_trainer.training.checkpoints import refuse_foreign_run
 from finetune_trainer.training.inputs import (
     CHAT_KINDS,
@@ -41,6 +42,9 @@ def summarize(cfg: TrainerConfig, storage: Storage, work: Path, placement: Place
     from finetune_trainer.training.modeling import load_tokenizer
     from finetune_trainer.training.train import total_steps
 
+    hub_cfg = cfg
+    prepared = hub_sources.prepare(cfg, storage, work)  # hf:// sources: resolved, data and model config copied
+    cfg = prepared.cfg
     d = read_data(storage, cfg, work / "data")
     refuse_foreign_run(storage, S3Uri.parse(cfg.output.run_uri), cfg.job)
     folder = fetch_tokenizer(storage, cfg.base_model.uri, work / "tokenizer")
@@ -52,6 +56,7 @@ def summarize(cfg: TrainerConfig, storage: Storage, work: Path, placement: Place
     world = cfg.distributed.workers * cfg.distributed.processes_per_worker
     longest = max((len(ids) for ids in tokenized["train"]["input_ids"]), default=1) if "train" in tokenized else 1
     memory = check_fit(cfg, folder, longest, d.labels, placement or Placement())
+    hub_sources.finish(prepared, storage, hub_cfg, work)  # the weights, once the memory plan fits
     report = d.report.to_json()
     return {
         "schema": report["schema"],
@@ -73,6 +78,7 @@ def summarize(cfg: TrainerConfig, storage: Storage, work: Path, placement: Place
         "estimatedSteps": total_steps(len(tokenized["train"]), cfg, world),
         "files": report["files"],
         "memoryPlan": memory.to_status() if memory else None,
+        **({"sources": [source.to_json() for source in prepared.sources]} if prepared.sources else {}),
     }
 
 
@@ -88,7 +94,7 @@ def success_line(summary: dict[str, Any], run: int | None) -> str:
         body["run"] = run
     line = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
     if len(line.encode()) > LIMIT:
-        dropped = ("files", "excludedFromTrain", "labels", "nearOverlapExamples")
+        dropped = ("files", "excludedFromTrain", "labels", "nearOverlapExamples")  # never sources: the commits
         body["summary"] = {k: v for k, v in summary.items() if k not in dropped}
         line = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
     if len(line.encode()) > LIMIT:
