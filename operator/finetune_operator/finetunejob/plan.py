@@ -51,7 +51,7 @@ from finetune_operator.finetunejob.serving import published_of, serving_decision
 from finetune_operator.finetunejob.snapshot import Snapshot
 from finetune_operator.finetunejob.status import Outcome, status_of
 from finetune_operator.finetunejob.training_state import ErrorInfo, TrainingState, training_state
-from finetune_operator.finetunejob.validation import Validation, validation_of
+from finetune_operator.finetunejob.validation import Validation, recorded_commits, validation_of
 
 __all__ = ["Plan", "Snapshot", "needs_secret_check", "plan", "run_of"]
 
@@ -287,7 +287,10 @@ def _stage_of_run(
     job = next((j for j in snapshot.jobs if j.run == run and j.component == COMPONENT_TRAINER), None)
     pods = [p for p in snapshot.pods if p.run == run and p.component == COMPONENT_TRAINER]
     here = validator is not None and not validator.deleting
-    children = partial(training_children, spec, owner, run, training_hash, settings, validated_here=here)
+    commits = recorded_commits(validation.record)
+    children = partial(
+        training_children, spec, owner, run, training_hash, settings, validated_here=here, commits=commits
+    )
     return validation, job, pods, children
 
 

@@ -36,8 +36,19 @@ SUMMARY_FIELDS = (
     "excludedFromTrain",
     "estimatedSteps",
     "memoryPlan",
+    "sources",
 )
 """What of `validate`'s summary goes into status.validation (file lists and labels stay in the pod's log)."""
+
+
+def recorded_commits(record: dict[str, Any] | None) -> dict[str, str]:
+    """field -> commit of each hf:// source a passed validation resolved (its `sources`, core/hub.py's summary)."""
+    if not record or not record.get("passed"):
+        return {}
+    sources = record.get("sources") or []
+    return {
+        str(s["field"]): str(s["commit"]) for s in sources if isinstance(s, dict) and "field" in s and "commit" in s
+    }
 
 
 CHECKING = "checking the data, its format and the tokenizer before any GPU is asked for"

@@ -15,9 +15,10 @@ copies only what it lacks: nothing.
 
 Errors: an unknown repo or revision, a refused or missing token (401/403, gated repos) are user errors naming
 the repo, the revision and the fix (exit 42, no retry); a hub that cannot be reached or answers 5xx is
-`HubUnavailable` (retryable, an infrastructure failure). The token comes from the `HF_TOKEN` environment
-variable (the operator sets it from the job's `tokenSecret`) and is sent only to the configured endpoint
-(`HF_ENDPOINT`), as huggingface_hub's bearer token; it is never logged.
+`HubUnavailable` (retryable, an infrastructure failure). The token comes from the source's own variable
+(`FIELD_TOKEN_ENV`: the operator sets it from the source's `tokenSecret`, on the Validating pod only) or
+`HF_TOKEN`, and is sent only to the configured endpoint (`HF_ENDPOINT`), as huggingface_hub's bearer token; it
+is never logged.
 """
 
 from __future__ import annotations
@@ -122,8 +123,20 @@ def endpoint() -> str:
     return (os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT).rstrip("/")
 
 
-def token() -> str | None:
-    return os.environ.get(TOKEN_ENV) or None
+FIELD_TOKEN_ENV = {
+    "baseModel.uri": "FTO_HF_TOKEN_BASE_MODEL",
+    "dataset.train.uri": "FTO_HF_TOKEN_TRAIN",
+    "dataset.validation.uri": "FTO_HF_TOKEN_VALIDATION",
+    "dataset.test.uri": "FTO_HF_TOKEN_TEST",
+}
+"""Each source's token variable, set by the operator from that source's tokenSecret (its HUB_TOKEN_ENV)."""
+
+
+def token(field: str | None = None) -> str | None:
+    """The token for a source: its own variable (the operator sets it from the source's tokenSecret), else
+    HF_TOKEN (a run by hand), else none."""
+    own = os.environ.get(FIELD_TOKEN_ENV[field], "") if field in FIELD_TOKEN_ENV else ""
+    return own or os.environ.get(TOKEN_ENV) or None
 
 
 @contextlib.contextmanager

@@ -214,7 +214,6 @@ def prepare(cfg: TrainerConfig, storage: Storage, work: Path, client: hub.Hub | 
     fields = hub_fields(cfg)
     if not fields:
         return Prepared(cfg, [], None)
-    client = client or hub.Hub()
     cache = cache_uri(cfg)
     sources: list[Source] = []
     model_uri = None
@@ -222,16 +221,17 @@ def prepare(cfg: TrainerConfig, storage: Storage, work: Path, client: hub.Hub | 
     weights = None
     for item in fields:
         ref = hub.parse(item.uri, item.name)
-        resolved = client.resolve(ref, item.revision)
+        source_client = client or hub.Hub(token_value=hub.token(item.name))
+        resolved = source_client.resolve(ref, item.revision)
         folder = hub.cache_folder(cache, resolved)
         source = Source(item.name, item.uri, resolved.revision, resolved.commit, str(folder))
         if ref.kind == "model":
             if item.name != "baseModel.uri":
                 raise ConfigInvalid(f"{item.name}: {item.uri!r} is a model repo; a dataset is hf://datasets/...")
             small, heavy = hub.model_files(resolved)
-            copied = hub.mirror(client, resolved, small, storage, cache, work)
+            copied = hub.mirror(source_client, resolved, small, storage, cache, work)
             model_uri = str(folder)
-            weights = (client, resolved, heavy, source)
+            weights = (source_client, resolved, heavy, source)
         else:
             if item.name == "baseModel.uri":
                 raise ConfigInvalid(f"baseModel.uri: {item.uri!r} is a dataset repo; a model is hf://<org>/<name>")
@@ -242,7 +242,7 @@ def prepare(cfg: TrainerConfig, storage: Storage, work: Path, client: hub.Hub | 
                     "(hf://datasets/<org>/<name>/<path>); a whole repo is given as dataset.train"
                 )
             wanted = hub.files_under(resolved, ref.path, item.name)
-            copied = hub.mirror(client, resolved, wanted, storage, cache, work)
+            copied = hub.mirror(source_client, resolved, wanted, storage, cache, work)
             uris = _dataset_uris_cached(storage, folder, ref, f"{item.uri}@{resolved.commit}/")
             source.uris = uris if split == "train" else {split: uris["train"]}
             _merge(data, source.uris, split)
