@@ -152,7 +152,7 @@ def capacity(core: Any, jobs: int) -> Iterator[None]:
     """Enough kwok GPU nodes (8 GPUs each, label type=kwok as the cluster's own) that a burst's pods all run at
     once: the figures are the operator's and the control plane's, not a queue for 16 fake GPUs."""
     names = [f"chaos-capacity-{i}" for i in range((jobs + 7) // 8)]
-    cap = {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"}
+    cap = {"cpu": "64", "memory": "512Gi", "ephemeral-storage": "2Ti", "pods": "110", "nvidia.com/gpu": "8"}
     for name in names:
         with contextlib.suppress(Exception):
             core.create_node(

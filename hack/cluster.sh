@@ -188,6 +188,14 @@ up() {
     NODE_NAME="kwok-gpu-$i" GPUS_PER_NODE=$gpus_per_node envsubst < "$here/kwok/node.yaml.tmpl"
     echo "---"
   done | kctl apply -f - >/dev/null
+  # apply leaves an existing node's status alone (a subresource): a state folder from an older template keeps
+  # its old capacity, so the capacity is written to the status subresource as well
+  local capacity
+  for ((i = 0; i < kwok_nodes; i++)); do
+    capacity=$(NODE_NAME="kwok-gpu-$i" GPUS_PER_NODE=$gpus_per_node envsubst < "$here/kwok/node.yaml.tmpl" |
+      "$python" -c 'import json, sys, yaml; s = yaml.safe_load(sys.stdin)["status"]; print(json.dumps({"status": {k: s[k] for k in ("capacity", "allocatable")}}))')
+    kctl patch "node/kwok-gpu-$i" --subresource=status --type=merge -p "$capacity" >/dev/null
+  done
   wait_for kwok 60 kctl wait --for=condition=Ready "${our_nodes[@]}" --timeout=5s
 
   rm -f "$state/env.node"

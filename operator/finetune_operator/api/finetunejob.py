@@ -147,6 +147,8 @@ class ResourcesSpec(SpecModel):
     memory: Quantity = "32Gi"
     cpu: Quantity = "4"
     shm_size: Quantity = "8Gi"
+    ephemeral_storage: Quantity | None = None
+    """Local disk per training pod (requests = limits); None: the data check's disk plan decides."""
     node_selector: dict[str, str] = {}
     tolerations: list[Toleration] = []
     affinity: dict[str, Any] | None = None

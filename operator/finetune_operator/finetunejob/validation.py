@@ -37,6 +37,7 @@ SUMMARY_FIELDS = (
     "estimatedSteps",
     "memoryPlan",
     "sources",
+    "diskPlan",
 )
 """What of `validate`'s summary goes into status.validation (file lists and labels stay in the pod's log)."""
 
