@@ -93,8 +93,11 @@ def cached_model_repo(folder: Path, repo: str, tag: str) -> Path:
 
 
 @contextlib.contextmanager
-def olah_server(mirrors: Path | list[Path], workdir: Path, ready_seconds: float = 120) -> Iterator[str]:
-    """olah on 127.0.0.1 (a free port), offline, serving the repos under `mirrors`; yields its URL when it answers."""
+def olah_server(
+    mirrors: Path | list[Path], workdir: Path, ready_seconds: float = 120, host: str = "127.0.0.1"
+) -> Iterator[str]:
+    """olah on `host` (a free port; the e2e tier: the node bridge's gateway, which pods reach), offline, serving the
+    repos under `mirrors`; yields its URL when it answers."""
     venv = olah_venv()
     roots = ", ".join(f'"{m}"' for m in (mirrors if isinstance(mirrors, list) else [mirrors]))
     port = free_port()
@@ -102,14 +105,14 @@ def olah_server(mirrors: Path | list[Path], workdir: Path, ready_seconds: float 
     config = workdir / "olah.toml"
     config.write_text(
         "[basic]\n"
-        'host = "127.0.0.1"\n'
+        f'host = "{host}"\n'
         f"port = {port}\n"
         f'repos-path = "{workdir / "repos"}"\n'
         f"mirrors-path = [{roots}]\n"
         "[accessibility]\n"
         "offline = true\n"
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
     log_path = workdir / "olah.log"
     with log_path.open("wb") as log:
         server = subprocess.Popen(

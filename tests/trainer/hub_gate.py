@@ -19,9 +19,12 @@ _HOP = {"connection", "transfer-encoding", "keep-alive", "host"}
 
 
 class HubGate:
-    """Listens on 127.0.0.1; `url` is the endpoint to give as HF_ENDPOINT. Stop with `close()`."""
+    """Listens on `host` (127.0.0.1; the e2e tier: the node bridge's gateway); `url` is the endpoint to give as
+    HF_ENDPOINT. Stop with `close()`."""
 
-    def __init__(self, upstream: str, token: str | None = None, status: int | None = None) -> None:
+    def __init__(
+        self, upstream: str, token: str | None = None, status: int | None = None, host: str = "127.0.0.1"
+    ) -> None:
         self.upstream = upstream.rstrip("/")
         self.token = token
         self.status = status
@@ -38,13 +41,14 @@ class HubGate:
             def do_HEAD(self) -> None:
                 gate.handle(self, "HEAD")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((host, 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
 
     def close(self) -> None:
         self.server.shutdown()
