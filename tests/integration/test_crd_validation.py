@@ -50,6 +50,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("train-uri-hub-model", _with("dataset.train.uri", "hf://acme/data"), "spec.dataset.train.uri"),
     ("train-uri-hub-dot-dot", _with("dataset.train.uri", "hf://datasets/acme/d/../x"), "spec.dataset.train.uri"),
     ("train-revision-empty", _with("dataset.train", {"uri": "hf://datasets/a/b", "revision": ""}), "revision"),
+    ("model-revision-space", _with("baseModel", {"uri": "hf://a/b", "revision": "my branch"}), "revision"),
     ("model-uri-bad-bucket", _with("baseModel.uri", "s3://Bad_Bucket/x/"), "spec.baseModel.uri"),
     (
         "train-uri-http",
@@ -288,7 +289,7 @@ def test_dots_inside_a_segment_are_accepted(cluster: Any, crd: str, namespace: s
 
 
 def test_hub_sources_with_revision_and_token_are_accepted(cluster: Any, crd: str, namespace: str) -> None:
-    spec = _with("baseModel", {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct", "revision": "v1.0"})
+    spec = _with("baseModel", {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct", "revision": "releases/v1.0"})
     spec["baseModel"]["tokenSecret"] = {"name": "hf-token"}
     spec["dataset"]["train"] = {"uri": "hf://datasets/acme/chat-data", "revision": "main"}
     spec["dataset"]["test"] = {
