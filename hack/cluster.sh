@@ -148,7 +148,9 @@ up() {
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
     --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" \
     --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
-    --enable-admission-plugins NodeRestriction --event-ttl 1h --v 1
+    --enable-admission-plugins NodeRestriction --event-ttl 1h --v 1 \
+    --audit-policy-file "$here/audit-policy.yaml" --audit-log-path "$logs/audit.log" \
+    --audit-log-maxsize 100 --audit-log-maxbackup 1 --audit-log-format json
   wait_for kube-apiserver 120 https_ok "https://127.0.0.1:$api_port/readyz"
 
   start kube-controller-manager "$kube_bin/kube-controller-manager" \
