@@ -1,6 +1,7 @@
 """hf:// sources through the operator on a real API server: only the validation pod gets the hub endpoint and the
-token (from its Secret, never its value), the commits the check resolved reach status.validation.sources, and a
-later run that reuses the passed check has them pinned in its trainer config. kwok plays the validate pod (its
+token (from its Secret, never its value), the commits the check resolved reach status.validation.sources, the
+server loads the base model from the check's copy, and a later run that reuses the passed check has the commits
+pinned in its trainer config. kwok plays the validate pod (its
 summary, as tests/trainer/test_hub_sources.py shows the real trainer writes it)."""
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ def _component(jobs: Jobs, namespace: str, name: str, component: str, run: int) 
     )
 
 
+def _serving_containers(cluster: Any, namespace: str, name: str) -> list[Any]:
+    deployments = cluster.apps.list_namespaced_deployment(namespace, label_selector="finetune.dev/component=serving")
+    return [c for d in deployments.items for c in d.spec.template.spec.containers]
+
+
 def test_the_token_reaches_only_the_check_and_the_commits_reach_status_and_the_next_run(
     operator_factory: Any, cluster: Any, jobs: Jobs, namespace: str
 ) -> None:
@@ -72,6 +78,7 @@ def test_the_token_reaches_only_the_check_and_the_commits_reach_status_and_the_n
             name,
             baseModel={"uri": "hf://acme/tiny", "tokenSecret": {"name": "hf-token"}},
             dataset={"train": {"uri": "hf://datasets/acme/chat", "revision": "v1"}, "schema": "chat"},
+            serving={"enabled": True, "replicas": 1},
         ),
     )
     check = wait_for("the validation Job", lambda: _component(jobs, namespace, name, "validator", 1), timeout=60)
@@ -93,7 +100,13 @@ def test_the_token_reaches_only_the_check_and_the_commits_reach_status_and_the_n
     assert status["validation"]["sources"] == _sources(name)
     assert TOKEN not in json.dumps(status)
     jobs.finish_pod(namespace, jobs.running_pod(namespace, training.metadata.name).metadata.name, 0, success_message())
-    jobs.wait_phase(namespace, name, "Succeeded", timeout=60)
+    served = jobs.wait_phase(namespace, name, "Serving", timeout=90)
+    # the server loads the base model from the check's copy at the recorded commit, never from the hub
+    cached = _sources(name)[0]["cachedUri"]
+    assert served["published"]["baseModelUri"] == cached
+    serve = json.loads(cluster.core.read_namespaced_config_map(f"{name}-serve", namespace).data["serve.json"])
+    assert serve["baseModelUri"] == cached
+    assert not [e for c in _serving_containers(cluster, namespace, name) for e in c.env or [] if "HF_TOKEN" in e.name]
 
     # a new run with the same data and model fields reuses the check: its config pins the recorded commits
     jobs.patch_spec(namespace, name, {"hyperparameters": {"learningRate": 0.0003}})

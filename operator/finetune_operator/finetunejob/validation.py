@@ -52,6 +52,16 @@ def recorded_commits(record: dict[str, Any] | None) -> dict[str, str]:
     }
 
 
+def recorded_cached_uri(record: dict[str, Any] | None, field: str) -> str | None:
+    """The object-storage copy (`cachedUri`) a passed validation made of the hf:// source `field`, or None."""
+    if not record or not record.get("passed"):
+        return None
+    for source in record.get("sources") or []:
+        if isinstance(source, dict) and source.get("field") == field and isinstance(source.get("cachedUri"), str):
+            return str(source["cachedUri"])
+    return None
+
+
 CHECKING = "checking the data, its format and the tokenizer before any GPU is asked for"
 
 

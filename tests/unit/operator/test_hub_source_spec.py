@@ -89,3 +89,15 @@ def test_a_passed_validations_sources_give_the_commits_to_pin() -> None:
     assert recorded_commits(record) == {"baseModel.uri": "c" * 40}
     assert recorded_commits({**record, "passed": False}) == {}
     assert recorded_commits(None) == {}
+
+
+def test_an_hf_base_model_is_served_from_its_cached_copy() -> None:
+    from finetune_operator.finetunejob.serving import published_of
+    from finetune_operator.finetunejob.validation import recorded_cached_uri
+
+    cached = f"s3://artifacts/team-a/support-bot/hub-cache/models/acme/tiny/{'c' * 40}/"
+    record = {"passed": True, "sources": [{"field": "baseModel.uri", "commit": "c" * 40, "cachedUri": cached}]}
+    assert recorded_cached_uri(record, "baseModel.uri") == cached
+    assert recorded_cached_uri(record, "dataset.train.uri") is None
+    assert published_of(spec(**HUB), 3, recorded_cached_uri(record, "baseModel.uri")).base_model_uri == cached
+    assert published_of(spec(), 3, cached).base_model_uri == "s3://models/tiny/"  # an s3:// model is itself
