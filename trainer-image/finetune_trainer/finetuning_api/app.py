@@ -56,13 +56,18 @@ def build_app(
     extra_routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """The service: health, files and `extra_routes` (jobs, models, inference), all `/v1` behind auth."""
+    from finetune_trainer.finetuning_api.catalog import catalog_at
     from finetune_trainer.finetuning_api.routes_files import routes as file_routes
+    from finetune_trainer.finetuning_api.routes_jobs import job_routes
+    from finetune_trainer.finetuning_api.routes_models import model_routes
 
     kube = _Once(kube_factory or default_kube_factory(config))
     app = Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             *file_routes(),
+            *job_routes(config, catalog := catalog_at(config.catalog_path)),
+            *model_routes(catalog),
             *extra_routes,
             Route("/v1/{rest:path}", unknown_route, methods=["GET", "POST", "DELETE", "PUT", "PATCH"]),
         ],
