@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetune_operator.api.finetunejob import FineTuneJobSpec, placement_spec_hash
+from finetune_operator.api.finetunejob import HUB_TOKEN_ENV, FineTuneJobSpec, hub_sources, placement_spec_hash
 from finetune_operator.api.labels import (
     ANNOTATION_PLACEMENT_HASH,
     ANNOTATION_TRAINING_HASH,
@@ -113,6 +113,21 @@ def _env(spec: FineTuneJobSpec, owner: Owner, run: int) -> list[dict[str, Any]]:
     return env
 
 
+def hub_env(spec: FineTuneJobSpec, settings: Settings) -> list[dict[str, Any]]:
+    """The validation pod's Hub settings when the spec has hf:// sources (docs/hub.md): the endpoint, and each
+    source's token from its Secret (secretKeyRef: the token is never in the Job's spec, the status or a log).
+    Only this pod gets them: training and serving pods read the object-storage copy."""
+    sources = hub_sources(spec)
+    if not sources:
+        return []
+    env: list[dict[str, Any]] = [{"name": "HF_ENDPOINT", "value": settings.hub_endpoint}]
+    for name, source in sources.items():
+        if source.token_secret is not None:
+            ref = {"name": source.token_secret.name, "key": source.token_secret.key}
+            env.append({"name": HUB_TOKEN_ENV[name], "valueFrom": {"secretKeyRef": ref}})
+    return env
+
+
 def ephemeral_storage(spec: FineTuneJobSpec, disk_bytes: int | None) -> str | None:
     """The training container's ephemeral-storage (request = limit): the manifest's resources.ephemeralStorage,
     else the data check's disk plan (status.validation.diskPlan.totalBytes) in MiB, else none (no data check).
@@ -199,6 +214,7 @@ def validation_job(spec: FineTuneJobSpec, owner: Owner, run: int, training_hash:
     meta = _job_metadata(spec, owner, names.validation_job(run), COMPONENT_VALIDATOR, run, training_hash)
     tracking = {e["name"] for e in tracking_env(spec)}  # the check talks to no tracker
     env = [e for e in _env(spec, owner, run) if e["name"] not in ("NODE_RANK", "MASTER_ADDR", "MASTER_PORT", *tracking)]
+    env += hub_env(spec, settings)
     memory = settings.validation_memory
     container: dict[str, Any] = {
         "name": TRAINER_CONTAINER,

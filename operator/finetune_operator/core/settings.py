@@ -211,6 +211,14 @@ class Settings:
         "memory request and limit of the validation pod (it reads the whole dataset and tokenizes it).",
         chart=("validation.memory",),
     )
+    hub_endpoint: str = setting(
+        "https://huggingface.co",
+        "--hub-endpoint",
+        "FTO_HUB_ENDPOINT",
+        "the Hugging Face Hub (or a mirror of it) that hf:// sources are resolved and downloaded from: HF_ENDPOINT of "
+        "the validation pod, the one pod that reaches it (docs/hub.md).",
+        chart=("hub.endpoint",),
+    )
     validation_deadline_seconds: int = setting(
         1800,
         "--validation-deadline-seconds",

@@ -53,7 +53,12 @@ from finetune_operator.finetunejob.serving import published_of, serving_decision
 from finetune_operator.finetunejob.snapshot import Snapshot
 from finetune_operator.finetunejob.status import Outcome, status_of
 from finetune_operator.finetunejob.training_state import ErrorInfo, TrainingState, training_state
-from finetune_operator.finetunejob.validation import Validation, validation_of
+from finetune_operator.finetunejob.validation import (
+    Validation,
+    recorded_cached_uri,
+    recorded_commits,
+    validation_of,
+)
 
 __all__ = ["Plan", "Snapshot", "needs_secret_check", "plan", "run_of"]
 
@@ -213,7 +218,12 @@ def _state(
 
 
 def _gated(
-    spec: FineTuneJobSpec, run: int, state: TrainingState, metrics: dict[str, Any], published: Published | None
+    spec: FineTuneJobSpec,
+    run: int,
+    state: TrainingState,
+    metrics: dict[str, Any],
+    published: Published | None,
+    cached_base: str | None = None,
 ) -> tuple[str, ErrorInfo | None, GateResult | None, Published | None]:
     """(phase, error, gate result, model to serve) once the gate has judged a trained run. A run that fails
     its gate leaves the published model as it was; nothing is published while serving is disabled."""
@@ -224,7 +234,7 @@ def _gated(
         failing = "; ".join(r.describe() for r in gate.failures)
         error = ErrorInfo("GateFailed", f"run {run} failed its gate: {failing}")
         return "Failed", error, gate, published if spec.serving.enabled else None
-    return state.phase, state.error, gate, published_of(spec, run) if spec.serving.enabled else None
+    return state.phase, state.error, gate, published_of(spec, run, cached_base) if spec.serving.enabled else None
 
 
 def _validation(snapshot: Snapshot, run: int, settings: Settings) -> tuple[Validation, JobObs | None, list[PodObs]]:
@@ -310,10 +320,19 @@ def _stage_of_run(
     job = next((j for j in snapshot.jobs if j.run == run and j.component == COMPONENT_TRAINER), None)
     pods = [p for p in snapshot.pods if p.run == run and p.component == COMPONENT_TRAINER]
     here = validator is not None and not validator.deleting
+    commits = recorded_commits(validation.record)
     disk = (validation.record or {}).get("diskPlan") or {}
     disk_bytes = disk.get("totalBytes") if isinstance(disk, dict) and isinstance(disk.get("totalBytes"), int) else None
     children = partial(
-        training_children, spec, owner, run, training_hash, settings, validated_here=here, disk_bytes=disk_bytes
+        training_children,
+        spec,
+        owner,
+        run,
+        training_hash,
+        settings,
+        validated_here=here,
+        disk_bytes=disk_bytes,
+        commits=commits,
     )
     return validation, job, pods, children
 
@@ -351,7 +370,8 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
     state, stopped = _disk_limit_exceeded(state, snapshot, validation, job, pods)
     metrics = state.metrics or (status.get("metrics") if same_run else None) or {}
     earlier = _carried_over(spec, status.get("published"), run)
-    phase, error, gate, published = _gated(spec, run, state, metrics, earlier)
+    cached_base = recorded_cached_uri(validation.record, "baseModel.uri")  # an hf:// base model's copy
+    phase, error, gate, published = _gated(spec, run, state, metrics, earlier, cached_base)
     serving = serving_decision(snapshot, published, settings)
     phase = _after_training(spec, phase, serving.endpoint, run)
     outcome = Outcome(
