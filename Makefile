@@ -12,7 +12,7 @@ PYTEST := $(PY) -m pytest
 
 # Each long step runs through hack/step.sh: its log is kept in $(FTO_CACHE)/logs/, and a failure names the step,
 # its exit status and the log's last lines.
-.PHONY: deps promtool venv venv-vllm cluster-up cluster-down cluster-status cluster-kubeconfig lint test test-unit images demo bench \
+.PHONY: deps promtool venv venv-vllm venv-olah cluster-up cluster-down cluster-status cluster-kubeconfig lint test test-unit images demo bench \
 	helm-sync-crd tools
 
 # Debian packages and the Go toolchain a fresh machine lacks (idempotent: seconds when present).
@@ -26,6 +26,11 @@ venv:
 # benchmark come from it.
 venv-vllm:
 	@hack/step.sh venv-vllm hack/venv-vllm.sh >/dev/null
+
+# olah, a Hub-compatible server run offline over local git repos, in a venv of its own (hack/olah/constraints.txt):
+# the hf:// source tests start it (docs/hub.md).
+venv-olah:
+	@hack/step.sh venv-olah hack/venv-olah.sh >/dev/null
 
 cluster-up: venv
 	@hack/step.sh cluster-up hack/cluster.sh up

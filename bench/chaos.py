@@ -1,6 +1,7 @@
 """Chaos benchmark: faults injected by this script on the local cluster, and what each one cost.
 
-    python bench/chaos.py [--jobs 200] [--faults apiserver,etcd,leader,s3,notready,evict,serving] [--s3-outage 30]
+    python bench/chaos.py [--jobs 200] [--s3-outage 30]
+        [--faults apiserver,etcd,leader,frozen,s3,notready,evict,serving]
 
 Faults that restart the control plane or cut the S3 server run on a cluster of this script's own (a second
 `hack/cluster.sh` instance: its own state folder and ports, no real node), brought up first and taken down at
@@ -12,6 +13,10 @@ without the fault, run just before it (the ratio is fault / no fault):
   status converged, duplicate and orphaned Jobs, whether the operator survived.
 - leader: two operators with leader election; the leader SIGKILLed at a quarter of the burst. Figures: seconds
   until the standby holds the Lease, until it creates its first Job, until everything converged; duplicates.
+- frozen: two operators with leader election; the leader SIGSTOPped at a quarter of the burst, woken (SIGCONT)
+  once the standby leads and has acted. Figures: seconds until the standby holds the Lease and acts, the writes
+  the woken process sent after waking (from the API server's audit log, by its User-Agent; target 0: its fence
+  refuses them), whether it logged the refusal and how soon it exited, duplicates.
 - s3: the real trainer (tiny Llama, in this process) against the real S3 server behind a fault proxy that cuts
   every connection for `--s3-outage` seconds from the start of a checkpoint upload. Figures: retries, seconds
   waited, the run's wall time vs the same run without the outage. Then an outage longer than the patience:
@@ -57,7 +62,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "operator"))
 sys.path.insert(0, str(ROOT / "trainer-image"))
 
-from tests.support import burst  # noqa: E402
+from tests.support import audit, burst  # noqa: E402
 from tests.support.chaos import Components, FaultProxy  # noqa: E402
 from tests.support.crds import install_crd, install_operator_crds  # noqa: E402
 
@@ -152,7 +157,7 @@ def capacity(core: Any, jobs: int) -> Iterator[None]:
     """Enough kwok GPU nodes (8 GPUs each, label type=kwok as the cluster's own) that a burst's pods all run at
     once: the figures are the operator's and the control plane's, not a queue for 16 fake GPUs."""
     names = [f"chaos-capacity-{i}" for i in range((jobs + 7) // 8)]
-    cap = {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"}
+    cap = {"cpu": "64", "memory": "512Gi", "ephemeral-storage": "2Ti", "pods": "110", "nvidia.com/gpu": "8"}
     for name in names:
         with contextlib.suppress(Exception):
             core.create_node(
@@ -205,7 +210,8 @@ def burst_round(
     """One burst of `jobs` FineTuneJobs with `fault` (None: the no-fault reference) at a quarter of it."""
     _, core, batch, custom = cluster.clients()
     with namespace_of(core, f"chaos-{fault or 'none'}") as namespace:
-        args = ["--leader-election", "--leader-election-namespace", namespace] if fault == "leader" else []
+        elected = fault in ("leader", "frozen")
+        args = ["--leader-election", "--leader-election-namespace", namespace] if elected else []
         operators = [
             Operator(namespace, logs / f"operator-{namespace}-{i}.log", *args) for i in range(2 if args else 1)
         ]
@@ -224,6 +230,9 @@ def burst_round(
                     component = "kube-apiserver" if fault == "apiserver" else "etcd"
                     figures["down_and_back_seconds"] = round(Components(cluster.state).restart(component), 1)
                     back = time.monotonic()
+                elif fault == "frozen":
+                    assert active is not None
+                    back = frozen_leader(cluster, namespace, operators, active, figures)
                 else:
                     assert active is not None
                     standby = next(o for o in operators if o is not active)
@@ -262,13 +271,70 @@ def burst_round(
                 operator.stop()
 
 
+def lease_holder(cluster: OwnCluster, namespace: str) -> str:
+    from kubernetes import client
+
+    api = cluster.clients()[0]
+    try:
+        lease: Any = client.CoordinationV1Api(api).read_namespaced_lease("finetune-operator", namespace)
+    except client.ApiException as error:
+        if error.status == 404:
+            return ""
+        raise
+    return str(lease.spec.holder_identity or "")
+
+
+def frozen_leader(
+    cluster: OwnCluster, namespace: str, operators: list[Operator], active: Operator, figures: dict[str, Any]
+) -> float:
+    """SIGSTOP the leader, wait until the standby leads and has written something, SIGCONT the old one; record
+    what the woken process wrote afterwards (the audit log, by its User-Agent) and how it stepped down. Returns
+    when the standby took over (monotonic)."""
+    old = lease_holder(cluster, namespace)
+    at = time.monotonic()
+    active.process.send_signal(signal.SIGSTOP)
+    try:
+        new = wait("the standby to lead", lambda: (h := lease_holder(cluster, namespace)) not in ("", old) and h, 120)
+        back = time.monotonic()
+        figures["takeover_seconds"] = round(back - at, 1)
+        wait(
+            "the standby's first action",
+            lambda: [w for w in audit.writes(f"finetune-operator/{new}", namespace) if w.resource != "leases"],
+            120,
+            0.1,
+        )
+        figures["first_action_after_freeze_seconds"] = round(time.monotonic() - at, 1)
+    finally:
+        woke, woke_at = audit.now(), time.monotonic()
+        active.process.send_signal(signal.SIGCONT)
+    figures["frozen_seconds"] = round(woke_at - at, 1)
+    try:
+        wait("the woken leader to exit", lambda: active.process.poll() is not None, 60, 0.05)
+        figures["woken_exit_seconds"] = round(time.monotonic() - woke_at, 2)
+    except TimeoutError:
+        figures["woken_exit_seconds"] = None  # it went on running: a failure the figures show
+    figures["woken_exit_code"] = active.process.returncode
+    after = [w for w in audit.writes(f"finetune-operator/{old}", namespace) if w.at >= woke]
+    figures["woken_writes"] = len(after)
+    text = active.log.read_text(errors="replace")
+    figures["woken_refused_a_write"] = "refused to " in text and "leadership is stale" in text
+    for write in after:
+        say(f"frozen: the woken leader wrote {write}")
+    return back
+
+
 def burst_fault(cluster: OwnCluster, fault: str, jobs: int, logs: Path, timeout: float) -> dict[str, Any]:
     say(f"{fault}: reference burst of {jobs} without the fault")
     reference = burst_round(cluster, jobs, "20s", None, logs, timeout)
     say(f"{fault}: reference {reference}")
     say(f"{fault}: burst of {jobs} with the fault")
     faulty = burst_round(cluster, jobs, "20s", fault, logs, timeout)
-    lost = faulty["duplicate_jobs"] + faulty["orphaned_jobs"] + (jobs - faulty["succeeded"])
+    lost = (
+        faulty["duplicate_jobs"]
+        + faulty["orphaned_jobs"]
+        + (jobs - faulty["succeeded"])
+        + faulty.get("woken_writes", 0)
+    )
     say(
         f"{fault}: {faulty} - lost: {jobs - faulty['succeeded']} statuses not converged, "
         f"{faulty['duplicate_jobs']} duplicate and {faulty['orphaned_jobs']} orphaned Jobs"
@@ -555,7 +621,7 @@ def serving_fault(logs: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=200)
-    parser.add_argument("--faults", default="apiserver,etcd,leader,s3,notready,evict,serving")
+    parser.add_argument("--faults", default="apiserver,etcd,leader,frozen,s3,notready,evict,serving")
     parser.add_argument("--s3-outage", type=float, default=30.0, help="seconds the S3 server is cut off")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--state", default="", help="state folder of the benchmark's own cluster (default: a temp dir)")
@@ -563,7 +629,7 @@ def main() -> None:
     parser.add_argument("--crd", type=Path, default=ROOT / "crds" / "finetunejob.yaml", help="the CRD to install")
     args = parser.parse_args()
     faults = [f for f in args.faults.split(",") if f]
-    unknown = set(faults) - {"apiserver", "etcd", "leader", "s3", "notready", "evict", "serving"}
+    unknown = set(faults) - {"apiserver", "etcd", "leader", "frozen", "s3", "notready", "evict", "serving"}
     if unknown:
         parser.error(f"unknown fault(s): {', '.join(sorted(unknown))}")
     logs = Path(tempfile.mkdtemp(prefix="chaos-logs-"))
@@ -589,7 +655,7 @@ def main() -> None:
 
 
 # the faults that restart or stop parts of a cluster: on the benchmark's own cluster, brought up only for them
-OWN_CLUSTER_FAULTS = ("apiserver", "etcd", "leader", "notready")
+OWN_CLUSTER_FAULTS = ("apiserver", "etcd", "leader", "frozen", "notready")
 
 
 def run_faults(
@@ -597,7 +663,7 @@ def run_faults(
 ) -> None:
     """Each fault in `faults`, in order; `cluster` (the benchmark's own) is there when one of them needs it."""
     for fault in faults:
-        if fault in ("apiserver", "etcd", "leader"):
+        if fault in ("apiserver", "etcd", "leader", "frozen"):
             assert cluster is not None
             results[fault] = burst_fault(cluster, fault, args.jobs, logs, args.timeout)
         elif fault == "s3":

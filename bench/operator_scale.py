@@ -56,7 +56,7 @@ CLUSTER_COMPONENTS = ("kube-apiserver", "etcd", "kube-controller-manager", "kube
 
 
 def node(name: str) -> dict[str, Any]:
-    capacity = {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"}
+    capacity = {"cpu": "64", "memory": "512Gi", "ephemeral-storage": "2Ti", "pods": "110", "nvidia.com/gpu": "8"}
     return {
         "apiVersion": "v1",
         "kind": "Node",

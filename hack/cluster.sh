@@ -148,7 +148,9 @@ up() {
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
     --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" \
     --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
-    --enable-admission-plugins NodeRestriction --event-ttl 1h --v 1
+    --enable-admission-plugins NodeRestriction --event-ttl 1h --v 1 \
+    --audit-policy-file "$here/audit-policy.yaml" --audit-log-path "$logs/audit.log" \
+    --audit-log-maxsize 100 --audit-log-maxbackup 1 --audit-log-format json
   wait_for kube-apiserver 120 https_ok "https://127.0.0.1:$api_port/readyz"
 
   start kube-controller-manager "$kube_bin/kube-controller-manager" \
@@ -188,6 +190,14 @@ up() {
     NODE_NAME="kwok-gpu-$i" GPUS_PER_NODE=$gpus_per_node envsubst < "$here/kwok/node.yaml.tmpl"
     echo "---"
   done | kctl apply -f - >/dev/null
+  # apply leaves an existing node's status alone (a subresource): a state folder from an older template keeps
+  # its old capacity, so the capacity is written to the status subresource as well
+  local capacity
+  for ((i = 0; i < kwok_nodes; i++)); do
+    capacity=$(NODE_NAME="kwok-gpu-$i" GPUS_PER_NODE=$gpus_per_node envsubst < "$here/kwok/node.yaml.tmpl" |
+      "$python" -c 'import json, sys, yaml; s = yaml.safe_load(sys.stdin)["status"]; print(json.dumps({"status": {k: s[k] for k in ("capacity", "allocatable")}}))')
+    kctl patch "node/kwok-gpu-$i" --subresource=status --type=merge -p "$capacity" >/dev/null
+  done
   wait_for kwok 60 kctl wait --for=condition=Ready "${our_nodes[@]}" --timeout=5s
 
   rm -f "$state/env.node"

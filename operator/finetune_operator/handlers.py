@@ -103,7 +103,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         settings.watching.label_selectors[(resource.group, resource.plural) if resource.group else resource.plural] = (
             selector
         )
-    kube = Kube.from_environment(pool_size=ours.reconcile_threads + 12)  # reconcile threads + children pool
+    # reconcile threads + children pool; with leader election every write asks the fence first (core.leader)
+    kube = Kube.from_environment(
+        pool_size=ours.reconcile_threads + 12, identity=memo.get("identity") or "", guard=memo.get("fence")
+    )
     store = Store()
     runtime = Runtime(store, ThreadPoolExecutor(max_workers=ours.reconcile_threads, thread_name_prefix="reconcile"))
     for controller in CONTROLLERS:

@@ -45,7 +45,7 @@ def release(cluster: Any, namespace: str, crd: str) -> Iterator[str]:
     helm("uninstall", name, "--namespace", namespace, "--ignore-not-found", kubeconfig=cluster.kubeconfig)
 
 
-@pytest.mark.parametrize("mode", ["default", "cluster-wide", "namespaced"])
+@pytest.mark.parametrize("mode", ["default", "cluster-wide", "namespaced", "api"])
 def test_template_passes_server_side_dry_run(cluster: Any, namespace: str, crd: str, mode: str) -> None:
     """The API server accepts every object (the admission policy's CEL compiles: a bad expression is refused)."""
     _restricted(cluster, namespace)
@@ -54,6 +54,14 @@ def test_template_passes_server_side_dry_run(cluster: Any, namespace: str, crd: 
         values += ["--set", f"watchNamespaces={{{namespace}}}"]
     if mode == "cluster-wide":
         values += ["--set", "clusterWide=true"]
+    if mode == "api":  # OpenAI's fine-tuning API with everything it can render (docs/openai-api.md)
+        values += ["--set", "api.enabled=true", "--set", "api.files.bucket=files", "--set", "api.ingress.enabled=true"]
+        values += [
+            "--set",
+            "api.ingress.host=ft.example.com",
+            "--set-json",
+            'api.models=[{"name":"m","baseModel":"s3://m/"}]',
+        ]
     rendered = helm("template", release_name(), str(CHART), "--namespace", namespace, *values).stdout
     result = kubectl(
         "apply",
@@ -80,6 +88,9 @@ def test_template_passes_server_side_dry_run(cluster: Any, namespace: str, crd: 
     roles = {name.split("/", 1)[1] for name in objects if name.startswith("role.rbac.authorization.k8s.io/")}
     assert any(role.endswith("-leader-election") for role in roles), roles
     assert any(not role.endswith("-leader-election") for role in roles) == (mode != "cluster-wide"), roles
+    if mode == "api":
+        assert {"ingress.networking.k8s.io", "service", "configmap", "serviceaccount"} <= kinds, kinds
+        assert sum(name.startswith("deployment.apps/") for name in objects) == 2
 
 
 def _operator_pods(cluster: Any, namespace: str, release: str) -> list[Any]:

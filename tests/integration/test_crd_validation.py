@@ -47,7 +47,14 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "spec.method.type",
     ),
     ("model-uri-not-s3", _with("baseModel.uri", "/data/models/llama"), "spec.baseModel.uri"),
-    ("model-uri-hub", _with("baseModel.uri", "hf://meta-llama/Llama-3-8B"), "spec.baseModel.uri"),
+    ("model-uri-hub-no-name", _with("baseModel.uri", "hf://meta-llama"), "spec.baseModel.uri"),
+    ("model-uri-hub-path", _with("baseModel.uri", "hf://meta-llama/Llama-3-8B/sub"), "spec.baseModel.uri"),
+    ("model-revision-on-s3", _with("baseModel.revision", "main"), "spec.baseModel"),
+    ("model-token-on-s3", _with("baseModel.tokenSecret", {"name": "hf"}), "spec.baseModel"),
+    ("train-uri-hub-model", _with("dataset.train.uri", "hf://acme/data"), "spec.dataset.train.uri"),
+    ("train-uri-hub-dot-dot", _with("dataset.train.uri", "hf://datasets/acme/d/../x"), "spec.dataset.train.uri"),
+    ("train-revision-empty", _with("dataset.train", {"uri": "hf://datasets/a/b", "revision": ""}), "revision"),
+    ("model-revision-space", _with("baseModel", {"uri": "hf://a/b", "revision": "my branch"}), "revision"),
     ("model-uri-bad-bucket", _with("baseModel.uri", "s3://Bad_Bucket/x/"), "spec.baseModel.uri"),
     (
         "train-uri-http",
@@ -303,6 +310,19 @@ def test_dots_inside_a_segment_are_accepted(cluster: Any, crd: str, namespace: s
     spec = _with("output.uri", "s3://artifacts/v1..2/.hidden/")
     spec["baseModel"]["uri"] = "s3://models/llama-3.1/"
     _create(cluster, namespace, spec)
+
+
+def test_hub_sources_with_revision_and_token_are_accepted(cluster: Any, crd: str, namespace: str) -> None:
+    spec = _with("baseModel", {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct", "revision": "releases/v1.0"})
+    spec["baseModel"]["tokenSecret"] = {"name": "hf-token"}
+    spec["dataset"]["train"] = {"uri": "hf://datasets/acme/chat-data", "revision": "main"}
+    spec["dataset"]["test"] = {
+        "uri": "hf://datasets/acme/chat-data/data/test-",
+        "tokenSecret": {"name": "t", "key": "k"},
+    }
+    _create(cluster, namespace, spec)
+    created = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "bad")
+    assert created["spec"]["baseModel"]["tokenSecret"] == {"name": "hf-token", "key": "token"}  # the default key
 
 
 @pytest.mark.parametrize(

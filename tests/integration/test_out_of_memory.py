@@ -99,3 +99,38 @@ def test_raising_memory_after_an_oom_kill_runs_it_again(operator: Any, jobs: Job
     jobs.patch_spec(namespace, "grow", {"resources": {"memory": "4Gi"}, "podMetadata": done})
     status = jobs.wait_phase(namespace, "grow", "Succeeded", timeout=60)
     assert status["run"] == 1 and status.get("error") is None
+
+
+def test_a_trainer_evicted_for_its_own_disk_limit_fails_the_run_and_starts_no_replacement(
+    operator: Any, jobs: Jobs, namespace: str
+) -> None:
+    """The kubelet's eviction for a pod's own ephemeral-storage limit (written here as the kubelet writes it: phase
+    Failed, reason Evicted, DisruptionTarget) is ignored by the Job's podFailurePolicy, so without the operator the
+    Job would replace the pod forever; the run fails DiskLimitExceeded and its Job is deleted."""
+    manifest = ftj_manifest("disk")
+    manifest["spec"]["resources"]["ephemeralStorage"] = "2Gi"
+    jobs.create(namespace, manifest)
+    (job,) = wait_for("the training Job", lambda: jobs.training_jobs(namespace, "disk"))
+    pod = jobs.running_pod(namespace, job.metadata.name)
+    (container,) = pod.spec.containers
+    assert container.resources.limits["ephemeral-storage"] == "2Gi"
+    message = "Pod ephemeral local storage usage exceeds the total limit of containers 2Gi. "
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    condition = {
+        "type": "DisruptionTarget",
+        "status": "True",
+        "reason": "TerminationByKubelet",
+        "message": message,
+        "lastTransitionTime": now,
+    }
+    jobs.cluster.core.patch_namespaced_pod_status(
+        pod.metadata.name,
+        namespace,
+        {"status": {"phase": "Failed", "reason": "Evicted", "message": message, "conditions": [condition]}},
+    )
+    status = jobs.wait_phase(namespace, "disk", "Failed", timeout=60)
+    assert status["error"]["code"] == "DiskLimitExceeded", status["error"]
+    assert "ephemeral-storage 2Gi" in status["error"]["message"] and pod.metadata.name in status["error"]["message"]
+    wait_for("the Job deleted", lambda: not jobs.training_jobs(namespace, "disk"), timeout=30)
+    time.sleep(3)  # no new Job for the same spec
+    assert not jobs.training_jobs(namespace, "disk") and jobs.status(namespace, "disk")["phase"] == "Failed"

@@ -85,8 +85,9 @@ def test_a_trainer_role_an_older_operator_made_is_put_back_to_the_current_rules(
     operator: Operator, jobs: Jobs, namespace: str
 ) -> None:
     """Before issue #24 the trainer's Role also granted finetunejobs/status patch. A Role like that, left by an
-    older operator (status without trainerRulesHash), is brought to the current rules, and its token can then no
-    longer patch the status."""
+    older operator, is brought to the current rules by the next operator process (an upgrade), whatever the
+    job's status claims (a status that says "checked" is not trusted), and its token can then no longer patch
+    the status."""
     from kubernetes import client
 
     jobs.create(namespace, ftj_manifest("legacy"))
@@ -99,10 +100,13 @@ def test_a_trainer_role_an_older_operator_made_is_put_back_to_the_current_rules(
         api_groups=[GROUP], resources=[f"{PLURAL}/status"], resource_names=["legacy"], verbs=["get", "patch"]
     )
     role.rules = [*role.rules, old]
-    rbac.replace_namespaced_role("legacy-trainer", namespace, role)  # what an older operator made
+    operator.kill()  # the older operator stops (an upgrade) ...
+    rbac.replace_namespaced_role("legacy-trainer", namespace, role)  # ... having made this Role
+    # whoever may patch the status claims the Role was checked: the new operator looks anyway
     jobs.cluster.custom.patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, PLURAL, "legacy", {"status": {"trainerRulesHash": None}}
+        GROUP, VERSION, namespace, PLURAL, "legacy", {"status": {"trainerRulesHash": current}}
     )
+    operator.start()
     wait_for(
         "the Role put back",
         lambda: [r.to_dict() for r in rbac.read_namespaced_role("legacy-trainer", namespace).rules] == kept,

@@ -22,7 +22,7 @@ from tests.support.chaos import Components
 from tests.support.waiting import wait_for
 
 LABEL = "finetune.dev/chaos"
-CAPACITY = {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"}
+CAPACITY = {"cpu": "64", "memory": "512Gi", "ephemeral-storage": "2Ti", "pods": "110", "nvidia.com/gpu": "8"}
 # how long the pods tolerate an unreachable node before they are evicted (Kubernetes adds 300 s by default)
 TOLERATION_SECONDS = 5
 

@@ -256,6 +256,11 @@ def test_shard_name_prefix_is_a_uri(s3_bucket: Any, tiny_llama_uri: str, run_val
         s3_bucket.uri("hf/data/train-00001-of-00002.parquet"),
     ]
     assert summary["records"] == {"train": 45, "validation": 5, "test": 10} and summary["schema"] == "alpaca"
+    # the training pod's disk (its ephemeral-storage): the model's objects as listed, the data as read here
+    disk = summary["diskPlan"]
+    listed = s3_bucket.client.list_objects_v2(Bucket=s3_bucket.name, Prefix="models/tiny-llama/")["Contents"]
+    assert disk["modelBytes"] == sum(o["Size"] for o in listed) > 0
+    assert disk["dataBytes"] > 0 and disk["totalBytes"] > disk["modelBytes"] + disk["dataBytes"]
 
 
 def test_records_shared_by_train_and_test_fail_above_the_limit(

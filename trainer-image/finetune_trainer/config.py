@@ -14,9 +14,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import regex
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
+from finetune_trainer.core import hub
 from finetune_trainer.core.errors import ConfigInvalid
 from finetune_trainer.data import formats
 from finetune_trainer.data.formats.base import generation_unsupported
@@ -42,6 +51,25 @@ def _check_optional_s3(uri: str | None) -> str | None:
     return None if uri is None else _check_s3(uri)
 
 
+def _check_source(uri: str) -> str:
+    """An input: an s3:// URI, or a Hugging Face Hub one (core/hub.py: resolved and copied by `validate`)."""
+    if hub.is_hub_uri(uri):
+        try:
+            hub.parse(uri, "uri")
+        except ConfigInvalid as error:
+            raise ValueError(error.message.removeprefix("uri: ")) from None
+        return uri
+    return _check_s3(uri)
+
+
+def _check_revision(uri: str, revision: str | None) -> None:
+    if revision is not None and not hub.is_hub_uri(uri):
+        raise ValueError(f"revision applies to hf:// URIs only ({uri!r} is read as it is)")
+
+
+Revision = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\s]+$")] | None
+
+
 S3UriStr = Annotated[str, Field(min_length=6)]
 
 
@@ -54,6 +82,8 @@ class JobRef(_Model):
 
 class BaseModelSpec(_Model):
     uri: S3UriStr
+    revision: Revision = None
+    """hf:// only: a branch, tag or commit (default main); resolved to a commit by `validate`."""
     task: Task = "causal-lm"
     num_labels: int | None = Field(default=None, ge=2)
     labels: list[str] | None = None
@@ -61,11 +91,12 @@ class BaseModelSpec(_Model):
     """A LoRA adapter folder of `uri`'s model (e.g. a previous run's `run-N/model/`), merged into its weights
     before training: the run starts from that model (training/base_adapter.py)."""
 
-    _uri = field_validator("uri")(_check_s3)
+    _uri = field_validator("uri")(_check_source)
     _adapter = field_validator("adapter")(_check_optional_s3)
 
     @model_validator(mode="after")
     def _labels(self) -> BaseModelSpec:
+        _check_revision(self.uri, self.revision)
         if self.labels is not None:
             if len(set(self.labels)) != len(self.labels):
                 raise ValueError("labels must be unique")
@@ -80,8 +111,15 @@ class BaseModelSpec(_Model):
 
 class DataRef(_Model):
     uri: S3UriStr
+    revision: Revision = None
+    """hf:// only: a branch, tag or commit (default main); resolved to a commit by `validate`."""
 
-    _uri = field_validator("uri")(_check_s3)
+    _uri = field_validator("uri")(_check_source)
+
+    @model_validator(mode="after")
+    def _revision(self) -> DataRef:
+        _check_revision(self.uri, self.revision)
+        return self
 
 
 class SplitSpec(_Model):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from finetune_operator.api.base import SpecModel
 from finetune_operator.api.hashing import content_hash
@@ -33,8 +33,33 @@ def duration_seconds(text: str) -> int:
     return seconds
 
 
-class BaseModelSpec(SpecModel):
+class TokenSecret(SpecModel):
+    """A Secret key holding a Hugging Face Hub token: given to the Validating pod only, as an env var."""
+
+    name: str
+    key: str = "token"
+
+
+class HubSource(SpecModel):
+    """A source's URI, and for hf:// ones their revision and token (the CRD refuses both on s3:// URIs)."""
+
     uri: SafeUri
+    revision: str | None = None
+    """Branch, tag or commit; resolved to a commit by the run's Validating step (status.validation.sources)."""
+    token_secret: TokenSecret | None = None
+
+    @property
+    def from_hub(self) -> bool:
+        return self.uri.startswith("hf://")
+
+    @model_validator(mode="after")
+    def _hub_fields(self) -> HubSource:
+        if not self.from_hub and (self.revision is not None or self.token_secret is not None):
+            raise ValueError("revision and tokenSecret apply to hf:// URIs only")
+        return self
+
+
+class BaseModelSpec(HubSource):
     task: Literal["causal-lm", "sequence-classification"] = "causal-lm"
     num_labels: int | None = None
     labels: list[str] | None = None
@@ -42,8 +67,8 @@ class BaseModelSpec(SpecModel):
     """A LoRA adapter folder of `uri`'s model (a previous run's `run-N/model/`), merged in before training."""
 
 
-class DataRef(SpecModel):
-    uri: SafeUri
+class DataRef(HubSource):
+    pass
 
 
 class SplitSpec(SpecModel):
@@ -131,6 +156,8 @@ class ResourcesSpec(SpecModel):
     memory: Quantity = "32Gi"
     cpu: Quantity = "4"
     shm_size: Quantity = "8Gi"
+    ephemeral_storage: Quantity | None = None
+    """Local disk per training pod (requests = limits); None: the data check's disk plan decides."""
     node_selector: dict[str, str] = {}
     tolerations: list[Toleration] = []
     affinity: dict[str, Any] | None = None
@@ -352,3 +379,22 @@ def placement_spec_hash(spec: FineTuneJobSpec) -> str:
 def parse_spec(raw: dict[str, Any]) -> FineTuneJobSpec:
     """Parse the `spec` of a FineTuneJob body (raises pydantic.ValidationError)."""
     return FineTuneJobSpec.model_validate(raw)
+
+
+HUB_TOKEN_ENV = {
+    "baseModel.uri": "FTO_HF_TOKEN_BASE_MODEL",
+    "dataset.train.uri": "FTO_HF_TOKEN_TRAIN",
+    "dataset.validation.uri": "FTO_HF_TOKEN_VALIDATION",
+    "dataset.test.uri": "FTO_HF_TOKEN_TEST",
+}
+"""The validation pod's variable for each source's token (the trainer's core/hub.py reads the same names)."""
+
+
+def hub_sources(spec: FineTuneJobSpec) -> dict[str, HubSource]:
+    """The spec's hf:// sources by trainer-config field (`baseModel.uri`, `dataset.train.uri`, ...)."""
+    found: dict[str, HubSource] = {"baseModel.uri": spec.base_model}
+    for split in ("train", "validation", "test"):
+        ref = getattr(spec.dataset, split)
+        if ref is not None:
+            found[f"dataset.{split}.uri"] = ref
+    return {name: source for name, source in found.items() if source.from_hub}

@@ -13,12 +13,18 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
+SCHEMES = ("s3://", "hf://")
+"""Object storage, and the Hugging Face Hub (`hf://org/name`, `hf://datasets/org/name/path`: docs/hub.md), whose
+paths the trainer copies into object storage under the same names, so they are held to the same rule."""
+
 
 def unsafe_segment(uri: str) -> str | None:
-    """Why `uri` (s3://bucket/key or a local path) has a segment that could leave its folder, or None."""
-    rest = uri[len("s3://") :] if uri.startswith("s3://") else uri
+    """Why `uri` (s3://bucket/key, hf://org/name/path or a local path) has a segment that could leave its
+    folder, or None."""
+    scheme = next((s for s in SCHEMES if uri.startswith(s)), "")
+    rest = uri[len(scheme) :]
     segments = rest.split("/")
-    inner = segments[1:-1] if not uri.startswith("s3://") else segments[:-1]
+    inner = segments[1:-1] if not scheme else segments[:-1]
     if "" in inner:
         return "an empty segment ('//')"
     if "." in segments or ".." in segments:

@@ -282,7 +282,7 @@ def server_bundle(spec: ModelServerSpec, owner: ServerOwner, settings: Settings)
         *sync_rbac(owner),
         config,
         server_service(_metadata(owner, name), selector(owner)),
-        server_network_policy(_metadata(owner, name), selector(owner), spec.allowed_namespaces),
+        server_network_policy(_metadata(owner, name), selector(owner), spec.allowed_namespaces, settings.api_pods),
     ]
     if spec.replicas > 1:
         bundle.append(server_pdb(_metadata(owner, name), selector(owner)))

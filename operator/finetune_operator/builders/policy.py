@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from finetune_operator.api.finetunejob import FineTuneJobSpec, StorageSpec, Toleration
+from finetune_operator.api.finetunejob import FineTuneJobSpec, StorageSpec, Toleration, hub_sources
 from finetune_operator.api.modelserver import ModelServerSpec
 from finetune_operator.core.settings import TOLERATION_FIELDS, AllowedToleration, Settings
 
@@ -73,6 +73,12 @@ def job_refusal(spec: FineTuneJobSpec, settings: Settings) -> str | None:
         priority_class=spec.resources.priority_class_name,
         priority_class_field="spec.resources.priorityClassName",
     )
+    if hub_sources(spec) and not settings.validation:
+        fields = ", ".join(f"spec.{name}" for name in hub_sources(spec))
+        found.append(
+            f"{fields}: hf:// sources are resolved and copied by the Validating step, which this cluster turns off "
+            "(the chart's validation.enabled is false); copy them into a bucket and give s3:// URIs"
+        )
     return "; ".join(found) or None
 
 

@@ -129,7 +129,7 @@ def serving_bundle(
     bundle = [
         config_map,
         server_service(metadata(owner, names.serving, COMPONENT), _selector(owner)),
-        server_network_policy(metadata(owner, names.serving, COMPONENT), _selector(owner), ()),
+        server_network_policy(metadata(owner, names.serving, COMPONENT), _selector(owner), (), settings.api_pods),
     ]
     if spec.serving.replicas > 1:
         bundle.append(server_pdb(metadata(owner, names.serving, COMPONENT), _selector(owner)))

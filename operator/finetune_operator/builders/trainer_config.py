@@ -8,6 +8,7 @@ rejects unknown fields, so nothing else may be added here without changing both 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from finetune_operator.api.finetunejob import FineTuneJobSpec
@@ -15,21 +16,29 @@ from finetune_operator.api.labels import Names
 from finetune_operator.api.objects import Manifest, Owner
 from finetune_operator.builders.common import metadata
 
+SPLITS = ("train", "validation", "test")
 CONFIG_KEY = "config.json"
 CONFIG_DIR = "/etc/finetune"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
 
 
-def trainer_config(spec: FineTuneJobSpec, owner: Owner, run: int) -> dict[str, Any]:
-    """The TrainerConfig document of run `run`."""
+def trainer_config(
+    spec: FineTuneJobSpec, owner: Owner, run: int, commits: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The TrainerConfig document of run `run`. `commits`: the commit each hf:// source was resolved to by a
+    passed validation this run reuses (status.validation.sources), pinned as its revision."""
     wire = spec.wire()
     return {
         "apiVersion": "finetune.dev/v1alpha1",
         "kind": "TrainerConfig",
         "job": {"namespace": owner.namespace, "name": owner.name, "uid": owner.uid, "run": run},
         # an unset adapter is left out: the config of a job without one reads as before it existed
-        "baseModel": {key: value for key, value in wire["baseModel"].items() if key != "adapter" or value},
-        "dataset": wire["dataset"],
+        "baseModel": {
+            key: value
+            for key, value in _source(wire["baseModel"], "baseModel.uri", commits or {}).items()
+            if key != "adapter" or value
+        },
+        "dataset": _dataset(wire["dataset"], commits or {}),
         "method": _method(wire["method"]),
         "hyperparameters": wire["hyperparameters"],
         "checkpointing": wire["checkpointing"],
@@ -41,6 +50,22 @@ def trainer_config(spec: FineTuneJobSpec, owner: Owner, run: int) -> dict[str, A
         },
         **_tracking(spec, owner),
         "output": {"uri": spec.output.uri, "runUri": spec.output.run_uri(run)},
+    }
+
+
+def _source(section: dict[str, Any], name: str, commits: Mapping[str, str]) -> dict[str, Any]:
+    """A source without its tokenSecret (the validation pod gets the token as env, builders/training.py) and
+    without an unset revision; a recorded commit replaces the revision."""
+    out = {k: v for k, v in section.items() if k != "tokenSecret" and not (k == "revision" and v is None)}
+    if name in commits:
+        out["revision"] = commits[name]
+    return out
+
+
+def _dataset(dataset: dict[str, Any], commits: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        key: _source(value, f"dataset.{key}.uri", commits) if key in SPLITS and value is not None else value
+        for key, value in dataset.items()
     }
 
 
@@ -73,10 +98,12 @@ def _evaluation(spec: FineTuneJobSpec) -> dict[str, Any]:
     return section
 
 
-def trainer_config_map(spec: FineTuneJobSpec, owner: Owner, run: int) -> Manifest:
+def trainer_config_map(
+    spec: FineTuneJobSpec, owner: Owner, run: int, commits: Mapping[str, str] | None = None
+) -> Manifest:
     """ConfigMap `<job>-config` with key config.json, mounted read-only by the training pods."""
     names = Names.of(owner.name)
-    document = trainer_config(spec, owner, run)
+    document = trainer_config(spec, owner, run, commits)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetune_operator.api.finetunejob import FineTuneJobSpec, placement_spec_hash
+from finetune_operator.api.finetunejob import HUB_TOKEN_ENV, FineTuneJobSpec, hub_sources, placement_spec_hash
 from finetune_operator.api.labels import (
     ANNOTATION_PLACEMENT_HASH,
     ANNOTATION_TRAINING_HASH,
@@ -113,17 +113,48 @@ def _env(spec: FineTuneJobSpec, owner: Owner, run: int) -> list[dict[str, Any]]:
     return env
 
 
-def _resources(spec: FineTuneJobSpec) -> dict[str, Any]:
+def hub_env(spec: FineTuneJobSpec, settings: Settings) -> list[dict[str, Any]]:
+    """The validation pod's Hub settings when the spec has hf:// sources (docs/hub.md): the endpoint, and each
+    source's token from its Secret (secretKeyRef: the token is never in the Job's spec, the status or a log).
+    Only this pod gets them: training and serving pods read the object-storage copy."""
+    sources = hub_sources(spec)
+    if not sources:
+        return []
+    env: list[dict[str, Any]] = [{"name": "HF_ENDPOINT", "value": settings.hub_endpoint}]
+    for name, source in sources.items():
+        if source.token_secret is not None:
+            ref = {"name": source.token_secret.name, "key": source.token_secret.key}
+            env.append({"name": HUB_TOKEN_ENV[name], "valueFrom": {"secretKeyRef": ref}})
+    return env
+
+
+def ephemeral_storage(spec: FineTuneJobSpec, disk_bytes: int | None) -> str | None:
+    """The training container's ephemeral-storage (request = limit): the manifest's resources.ephemeralStorage,
+    else the data check's disk plan (status.validation.diskPlan.totalBytes) in MiB, else none (no data check).
+    Why both: without a request the scheduler may pick a node whose disk the run then fills; without a limit the
+    kubelet evicts the node's other pods before this one when it does."""
+    if spec.resources.ephemeral_storage is not None:
+        return str(spec.resources.ephemeral_storage)
+    if disk_bytes is None or disk_bytes <= 0:
+        return None
+    return f"{-(-disk_bytes // 2**20)}Mi"
+
+
+def _resources(spec: FineTuneJobSpec, disk_bytes: int | None = None) -> dict[str, Any]:
     r = spec.resources
     requests: dict[str, Any] = {"cpu": str(r.cpu), "memory": str(r.memory)}
     limits: dict[str, Any] = {"memory": str(r.memory)}
+    if (disk := ephemeral_storage(spec, disk_bytes)) is not None:
+        requests["ephemeral-storage"] = limits["ephemeral-storage"] = disk
     if r.gpus > 0:
         requests[r.gpu_resource] = str(r.gpus)
         limits[r.gpu_resource] = str(r.gpus)
     return {"requests": requests, "limits": limits}
 
 
-def _container(spec: FineTuneJobSpec, owner: Owner, run: int, settings: Settings) -> dict[str, Any]:
+def _container(
+    spec: FineTuneJobSpec, owner: Owner, run: int, settings: Settings, disk_bytes: int | None = None
+) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": TRAINER_CONTAINER,
         "image": settings.trainer_image,
@@ -131,7 +162,7 @@ def _container(spec: FineTuneJobSpec, owner: Owner, run: int, settings: Settings
         "command": list(COMMAND),
         # where rank 0 reports progress (builders/rbac.py: the one object its ServiceAccount may patch)
         "env": [*_env(spec, owner, run), {"name": "FTO_PROGRESS_CONFIGMAP", "value": Names.of(owner.name).progress}],
-        "resources": _resources(spec),
+        "resources": _resources(spec, disk_bytes),
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "shm", "mountPath": "/dev/shm"},
@@ -183,6 +214,7 @@ def validation_job(spec: FineTuneJobSpec, owner: Owner, run: int, training_hash:
     meta = _job_metadata(spec, owner, names.validation_job(run), COMPONENT_VALIDATOR, run, training_hash)
     tracking = {e["name"] for e in tracking_env(spec)}  # the check talks to no tracker
     env = [e for e in _env(spec, owner, run) if e["name"] not in ("NODE_RANK", "MASTER_ADDR", "MASTER_PORT", *tracking)]
+    env += hub_env(spec, settings)
     memory = settings.validation_memory
     container: dict[str, Any] = {
         "name": TRAINER_CONTAINER,
@@ -223,8 +255,16 @@ def validation_job(spec: FineTuneJobSpec, owner: Owner, run: int, training_hash:
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
 
 
-def training_job(spec: FineTuneJobSpec, owner: Owner, run: int, training_hash: str, settings: Settings) -> Manifest:
-    """The batch/v1 Job of run `run`. Created suspended when suspended by the user or queued by Kueue."""
+def training_job(
+    spec: FineTuneJobSpec,
+    owner: Owner,
+    run: int,
+    training_hash: str,
+    settings: Settings,
+    disk_bytes: int | None = None,
+) -> Manifest:
+    """The batch/v1 Job of run `run`. Created suspended when suspended by the user or queued by Kueue.
+    `disk_bytes`: the data check's disk plan total (ephemeral_storage)."""
     names = Names.of(owner.name)
     workers = spec.distributed.workers
     labels = child_labels(owner.name, owner.uid, COMPONENT_TRAINER, run)
@@ -235,7 +275,7 @@ def training_job(spec: FineTuneJobSpec, owner: Owner, run: int, training_hash: s
         "serviceAccountName": names.trainer_account,
         "automountServiceAccountToken": True,
         "securityContext": pod_security_context(),
-        "containers": [_container(spec, owner, run, settings)],
+        "containers": [_container(spec, owner, run, settings, disk_bytes)],
         "volumes": [
             {"name": "config", "configMap": {"name": names.trainer_config(run)}},
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": str(spec.resources.shm_size)}},

@@ -77,16 +77,30 @@ NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 selector on it names namespaces exactly."""
 
 
-def server_network_policy(metadata: dict[str, Any], selector: dict[str, str], namespaces: Sequence[str]) -> Manifest:
+def server_network_policy(
+    metadata: dict[str, Any],
+    selector: dict[str, str],
+    namespaces: Sequence[str],
+    api_pods: tuple[str, dict[str, str]] | None = None,
+) -> Manifest:
     """Ingress to the server pods' serving port only from pods of their own namespace and of `namespaces` (a
-    ModelServer's allowedNamespaces); everything else is dropped by a CNI that enforces NetworkPolicies. Egress
-    is left open: the pods fetch models from S3, whose address the operator does not know. The key is still
-    needed from an allowed pod: the policy narrows who can try it."""
+    ModelServer's allowedNamespaces), and from the fine-tuning API's pods (`api_pods`: their namespace and
+    labels, settings.api_pods), which proxy a tenant's chat to its model; everything else is dropped by a CNI
+    that enforces NetworkPolicies. Egress is left open: the pods fetch models from S3, whose address the operator
+    does not know. The key is still needed from an allowed pod: the policy narrows who can try it."""
     peers: list[dict[str, Any]] = [{"podSelector": {}}]
     others = sorted(set(namespaces) - {str(metadata["namespace"])})
     if others:
         expression = {"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": others}
         peers.append({"namespaceSelector": {"matchExpressions": [expression]}})
+    if api_pods is not None:
+        namespace, labels = api_pods
+        peers.append(
+            {
+                "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: namespace}},
+                "podSelector": {"matchLabels": dict(sorted(labels.items()))},
+            }
+        )
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

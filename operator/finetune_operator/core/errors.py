@@ -33,3 +33,9 @@ class NameTaken(PermanentError):
     until a person removes or renames that object."""
 
     code = "NameTaken"
+
+
+class NotLeader(Exception):
+    """This replica's leadership is stale (its last Lease renewal is older than the renew deadline, e.g. it was
+    frozen and woke up after a standby took over): the write was refused before it was sent. Neither family on
+    purpose: it is not the API's answer and retrying cannot help; the process steps down (exits) instead."""

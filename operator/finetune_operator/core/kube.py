@@ -12,13 +12,18 @@ is the manifest's own (else NameTaken: nothing is adopted or force-applied over 
 delete reads the object's controller first (unless the caller observed its uid) and carries a uid precondition,
 so a name that someone else reused in between is never deleted; a patch of a sweep's trial carries the uid and
 resourceVersion it was judged by.
+
+Fencing: with leader election, every write first asks the `guard` (`finetune_operator.core.leader.Fence`)
+whether this process still leads; a replica that woke up after losing its Lease is refused (NotLeader) before
+anything is sent. Reads are not asked. Without leader election there is no guard. Each process names itself in
+its User-Agent (`finetune-operator/<identity>`), so the API server's audit log tells replicas apart.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -114,12 +119,19 @@ def classify(error: ApiException, what: str) -> PermanentError | TemporaryError:
 class Kube:
     """A small typed facade over the REST API for exactly the calls the reconciler makes."""
 
-    def __init__(self, api_client: Any) -> None:
+    def __init__(self, api_client: Any, guard: Callable[[str], None] | None = None) -> None:
+        """`guard(what)` is called before every write and raises to refuse it (the leader election's Fence);
+        None: writes are never refused here (a single replica without election, tests, the elector's own
+        client, which must write its Lease to renew)."""
         self.api = api_client
+        self.guard = guard
 
     @classmethod
-    def from_environment(cls, pool_size: int = 8) -> Kube:
-        """In-cluster credentials when running in a pod, else $KUBECONFIG / ~/.kube/config."""
+    def from_environment(
+        cls, pool_size: int = 8, identity: str = "", guard: Callable[[str], None] | None = None
+    ) -> Kube:
+        """In-cluster credentials when running in a pod, else $KUBECONFIG / ~/.kube/config. `identity` (the
+        leader election's) goes into the User-Agent."""
         try:
             config.load_incluster_config()  # type: ignore[no-untyped-call]
             configuration = client.Configuration.get_default_copy()
@@ -127,7 +139,14 @@ class Kube:
             configuration = client.Configuration()
             config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         configuration.connection_pool_maxsize = pool_size
-        return cls(client.ApiClient(configuration))
+        api = client.ApiClient(configuration)
+        api.user_agent = f"{FIELD_MANAGER}/{identity}" if identity else FIELD_MANAGER
+        return cls(api, guard)
+
+    def _fence(self, what: str) -> None:
+        """Refuse a write when this process no longer leads (see the module docstring)."""
+        if self.guard is not None:
+            self.guard(what)
 
     @contextmanager
     def _errors(self, verb: str, what: str, ok: tuple[int, ...] = ()) -> Iterator[list[int]]:
@@ -204,6 +223,7 @@ class Kube:
         meta = manifest["metadata"]
         what = f"{manifest['kind']} {meta['namespace']}/{meta['name']}"
         url = path(manifest["apiVersion"], manifest["kind"], meta["namespace"])
+        self._fence(f"create {what}")
         with (
             self._errors("create", what, ok=(409,)) as seen,
             CHILD_CREATE_SECONDS.labels(manifest["kind"]).time(),
@@ -234,6 +254,7 @@ class Kube:
         found = existing["metadata"]
         body = {**manifest, "metadata": {**meta, "uid": found["uid"], "resourceVersion": found["resourceVersion"]}}
         url = path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        self._fence(f"update {what}")
         with _replaced(what, bound=True), self._errors("update", what):
             replaced: dict[str, Any] = self._call("PUT", url, body, query=[("fieldManager", FIELD_MANAGER)])
         return replaced
@@ -256,6 +277,7 @@ class Kube:
                 raise name_taken(existing, manifest["kind"])
             body = {**manifest, "metadata": {**meta, "uid": existing["metadata"]["uid"]}}
             force = "true"
+        self._fence(f"apply {what}")
         url = path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
         with (
             _replaced(what, bound=existing is not None),
@@ -276,6 +298,7 @@ class Kube:
         (the leader election's compare-and-swap on its Lease)."""
         meta = manifest["metadata"]
         url = path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        self._fence(f"update {manifest['kind']} {meta['namespace']}/{meta['name']}")
         with self._errors("update", f"{manifest['kind']} {meta['namespace']}/{meta['name']}"):
             replaced: dict[str, Any] = self._call("PUT", url, manifest, query=[("fieldManager", FIELD_MANAGER)])
         return replaced
@@ -297,6 +320,7 @@ class Kube:
         precondition, so an object re-made under the name by someone else is never deleted.
         Background: the object goes at once and its dependents follow. Foreground: the object stays, marked
         deleting, until its dependents (a Job's pods) are gone."""
+        self._fence(f"delete {kind} {namespace}/{name}")
         if not uid:
             existing = self.get_metadata(api_version, kind, namespace, name)
             if existing is None:
@@ -318,6 +342,7 @@ class Kube:
         return not seen
 
     def set_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
+        self._fence(f"patch Job {namespace}/{name}")
         with self._errors("patch", f"Job {namespace}/{name}", ok=(404,)):
             self._call(
                 "PATCH",
@@ -347,6 +372,7 @@ class Kube:
             meta["resourceVersion"] = resource_version
         patch = {**body, "metadata": meta} if meta else body
         what = f"{kind} {namespace}/{name}"
+        self._fence(f"patch {what}")
         with _replaced(what, bound=bool(uid)), self._errors("patch", what, ok=(404,)) as seen:
             self._call(
                 "PATCH",
@@ -364,6 +390,7 @@ class Kube:
         object is still at `resource_version`."""
         body = {"metadata": {"resourceVersion": resource_version}, "status": status_patch}
         url = path(f"{GROUP}/{VERSION}", kind, namespace, name) + "/status"
+        self._fence(f"patch {kind} {namespace}/{name} status")
         with self._errors("patch", f"{kind} {namespace}/{name} status"):
             patched: dict[str, Any] = self._call(
                 "PATCH",
@@ -376,6 +403,7 @@ class Kube:
 
     def post_event(self, owner: Owner, event_type: str, reason: str, message: str, kind: str = KIND) -> None:
         """A core/v1 Event on the FineTuneJob, or the object of `kind` (`kubectl describe` shows it)."""
+        self._fence(f"post an Event on {kind} {owner.namespace}/{owner.name}")
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
             "apiVersion": "v1",

@@ -116,6 +116,7 @@ class PodObs:
     disrupted: bool = False
     deleting: bool = False
     node_lost: str = ""  # its node, when Kubernetes evicted it because that node stopped responding
+    eviction: str = ""  # the kubelet's message when it evicted the pod (status.reason Evicted)
     job_uid: str = ""  # its controller Job's uid: the pod counts only through a Job that counts
     namespace: str = ""
 
@@ -158,6 +159,7 @@ def pod_obs(body: dict[str, Any]) -> PodObs:
         disrupted=conditions.get("DisruptionTarget", {}).get("status") == "True",
         deleting=bool(meta.get("deletionTimestamp")),
         node_lost=_node_lost(body, conditions),
+        eviction=str(status.get("message") or "Evicted") if status.get("reason") == "Evicted" else "",
         job_uid=controller_uid(body, "Job", "batch"),
         namespace=meta.get("namespace", ""),
     )

@@ -76,6 +76,11 @@ def _gpu_memory_problems(entries: tuple[str, ...]) -> str:
     return f"{', '.join(bad)}: each must be NAME=QUANTITY, e.g. H100-80G=76Gi" if bad else ""
 
 
+def _label_problems(entries: tuple[str, ...]) -> str:
+    bad = [e for e in entries if not re.fullmatch(r"([a-z0-9.-]+/)?[A-Za-z0-9._-]+=[A-Za-z0-9._-]*", e)]
+    return f"{', '.join(bad)}: each must be LABEL=VALUE, e.g. app.kubernetes.io/component=api" if bad else ""
+
+
 @dataclass(frozen=True)
 class AllowedToleration:
     """One entry of the admin's toleration allow-list: a field left None matches any value of it."""
@@ -206,6 +211,14 @@ class Settings:
         "memory request and limit of the validation pod (it reads the whole dataset and tokenizes it).",
         chart=("validation.memory",),
     )
+    hub_endpoint: str = setting(
+        "https://huggingface.co",
+        "--hub-endpoint",
+        "FTO_HUB_ENDPOINT",
+        "the Hugging Face Hub (or a mirror of it) that hf:// sources are resolved and downloaded from: HF_ENDPOINT of "
+        "the validation pod, the one pod that reaches it (docs/hub.md).",
+        chart=("hub.endpoint",),
+    )
     validation_deadline_seconds: int = setting(
         1800,
         "--validation-deadline-seconds",
@@ -271,6 +284,23 @@ class Settings:
         chart=("validation.gpuMemory",),
         check=_gpu_memory_problems,
     )
+    # The OpenAI fine-tuning API (chart: api.enabled) proxies chat to the endpoints the operator publishes; their
+    # NetworkPolicy admits only the endpoint's own namespace, so the API's pods are named as one more peer.
+    api_namespace: str = setting(
+        "",  # empty: no API peer
+        "--api-namespace",
+        "FTO_API_NAMESPACE",
+        "namespace of the fine-tuning API's pods, admitted by every serving NetworkPolicy (with --api-pod-label).",
+        chart=("api.enabled",),
+    )
+    api_pod_labels: tuple[str, ...] = setting(
+        (),
+        "--api-pod-label",
+        "FTO_API_POD_LABELS",
+        "LABEL=VALUE (repeatable, or comma-separated): the labels of the fine-tuning API's pods in --api-namespace.",
+        chart=("api.enabled",),
+        check=_label_problems,
+    )
     # only the replica holding this Lease runs the operator (finetune_operator.core.leader); the chart runs two
     leader_election: bool = setting(
         False,
@@ -334,6 +364,13 @@ class Settings:
     @property
     def server_image(self) -> str:
         return self.serving_image or self.trainer_image
+
+    @property
+    def api_pods(self) -> tuple[str, dict[str, str]] | None:
+        """The fine-tuning API's pods (namespace, labels) that serving NetworkPolicies admit, or None."""
+        if not self.api_namespace or not self.api_pod_labels:
+            return None
+        return self.api_namespace, dict(entry.split("=", 1) for entry in self.api_pod_labels)
 
 
 @dataclass(frozen=True)

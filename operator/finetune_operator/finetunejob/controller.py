@@ -8,6 +8,7 @@ changed, with the resourceVersion it was computed from (a stale pass is refused 
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -59,6 +60,11 @@ class Reconciler:
         self.kube, self.store, self.settings = kube, store, settings
         # Independent requests of one pass (the objects a Job needs, Events) go out side by side.
         self.pool = pool or ThreadPoolExecutor(max_workers=8, thread_name_prefix="children")
+        # The jobs whose trainer Role this process has checked against the current rules. Kept here, not read
+        # from status.trainerRulesHash: whoever may patch a job's status could otherwise skip the repair of an
+        # older operator's Role. One GET per job per process start; a uid is a few dozen bytes.
+        self._rules_checked: set[str] = set()
+        self._rules_lock = threading.Lock()
 
     def reconcile(self, key: Key) -> float | None:
         """One pass; returns seconds until the next pass is needed (None: wait for events)."""
@@ -105,8 +111,14 @@ class Reconciler:
         if self.settings.secret_check and needs_secret_check(snapshot):
             present = self.kube.exists_metadata("v1", "Secret", owner.namespace, spec.storage.credentials_secret)
             snapshot = replace(snapshot, secret_present=present)
-        if status.get("trainerRulesHash") != trainer_rules_hash(owner):
-            snapshot = replace(snapshot, trainer_rules=self._trainer_rules(owner))
+        with self._rules_lock:
+            checked = owner.uid in self._rules_checked
+        if not checked:
+            rules = self._trainer_rules(owner)
+            snapshot = replace(snapshot, trainer_rules=rules)
+            if rules is not None:
+                with self._rules_lock:
+                    self._rules_checked.add(owner.uid)
         if needs_key(spec, owner, status) or self._key_deleted(spec, owner, status):
             snapshot = replace(snapshot, **self._generated_key(owner))
         decided = plan(snapshot, self.settings)

@@ -33,8 +33,10 @@ from finetune_operator.api.labels import (
 from finetune_operator.api.objects import Event, Manifest
 from finetune_operator.api.published import Published
 from finetune_operator.builders.policy import REFUSED, job_refusal
+from finetune_operator.builders.training import ephemeral_storage
 from finetune_operator.core.observed import JobObs, PodObs
 from finetune_operator.core.settings import Settings
+from finetune_operator.finetunejob.disk import DISK_LIMIT_EXCEEDED, disk_limit_message, own_limit_eviction
 from finetune_operator.finetunejob.gate import GateResult, evaluate_gate
 from finetune_operator.finetunejob.oom import OOM_KILLED, OUT_OF_MEMORY, explained, killed_pod
 from finetune_operator.finetunejob.progress import progress_of
@@ -51,7 +53,12 @@ from finetune_operator.finetunejob.serving import published_of, serving_decision
 from finetune_operator.finetunejob.snapshot import Snapshot
 from finetune_operator.finetunejob.status import Outcome, status_of
 from finetune_operator.finetunejob.training_state import ErrorInfo, TrainingState, training_state
-from finetune_operator.finetunejob.validation import Validation, validation_of
+from finetune_operator.finetunejob.validation import (
+    Validation,
+    recorded_cached_uri,
+    recorded_commits,
+    validation_of,
+)
 
 __all__ = ["Plan", "Snapshot", "needs_secret_check", "plan", "run_of"]
 
@@ -211,7 +218,12 @@ def _state(
 
 
 def _gated(
-    spec: FineTuneJobSpec, run: int, state: TrainingState, metrics: dict[str, Any], published: Published | None
+    spec: FineTuneJobSpec,
+    run: int,
+    state: TrainingState,
+    metrics: dict[str, Any],
+    published: Published | None,
+    cached_base: str | None = None,
 ) -> tuple[str, ErrorInfo | None, GateResult | None, Published | None]:
     """(phase, error, gate result, model to serve) once the gate has judged a trained run. A run that fails
     its gate leaves the published model as it was; nothing is published while serving is disabled."""
@@ -222,7 +234,7 @@ def _gated(
         failing = "; ".join(r.describe() for r in gate.failures)
         error = ErrorInfo("GateFailed", f"run {run} failed its gate: {failing}")
         return "Failed", error, gate, published if spec.serving.enabled else None
-    return state.phase, state.error, gate, published_of(spec, run) if spec.serving.enabled else None
+    return state.phase, state.error, gate, published_of(spec, run, cached_base) if spec.serving.enabled else None
 
 
 def _validation(snapshot: Snapshot, run: int, settings: Settings) -> tuple[Validation, JobObs | None, list[PodObs]]:
@@ -261,6 +273,27 @@ def _out_of_memory_explained(
     return replace(state, message=message, error=ErrorInfo(OUT_OF_MEMORY, message))
 
 
+def _disk_limit_exceeded(
+    state: TrainingState, snapshot: Snapshot, validation: Validation, job: JobObs | None, pods: Sequence[PodObs]
+) -> tuple[TrainingState, list[ChildRef]]:
+    """A training pod evicted for exceeding its own disk limit fails the run, and its Job is deleted so that no
+    identical replacement starts (disk.py: the Job controller ignores evictions). Nothing to do otherwise."""
+    if not validation.passed or job is None or job.finished or job.deleting:
+        return state, []
+    evicted = own_limit_eviction(pods)
+    if evicted is None:
+        return state, []
+    record = validation.record or snapshot.status.get("validation") or {}
+    disk_plan = record.get("diskPlan") if isinstance(record, dict) else None
+    total = disk_plan.get("totalBytes") if isinstance(disk_plan, dict) else None
+    limit = ephemeral_storage(snapshot.spec, total if isinstance(total, int) else None)
+    message = disk_limit_message(evicted, limit, disk_plan)
+    failed = TrainingState(
+        "Failed", DISK_LIMIT_EXCEEDED, message, ErrorInfo(DISK_LIMIT_EXCEEDED, message), attempts=state.attempts
+    )
+    return failed, [ChildRef("batch/v1", "Job", job.name, uid=job.uid)]
+
+
 def _after_training(spec: FineTuneJobSpec, phase: str, endpoint: dict[str, Any] | None, run: int) -> str:
     """A trained run that passed its gate: Succeeded without serving, else Serving once its endpoint serves it."""
     if phase != "Trained":
@@ -287,7 +320,20 @@ def _stage_of_run(
     job = next((j for j in snapshot.jobs if j.run == run and j.component == COMPONENT_TRAINER), None)
     pods = [p for p in snapshot.pods if p.run == run and p.component == COMPONENT_TRAINER]
     here = validator is not None and not validator.deleting
-    children = partial(training_children, spec, owner, run, training_hash, settings, validated_here=here)
+    commits = recorded_commits(validation.record)
+    disk = (validation.record or {}).get("diskPlan") or {}
+    disk_bytes = disk.get("totalBytes") if isinstance(disk, dict) and isinstance(disk.get("totalBytes"), int) else None
+    children = partial(
+        training_children,
+        spec,
+        owner,
+        run,
+        training_hash,
+        settings,
+        validated_here=here,
+        disk_bytes=disk_bytes,
+        commits=commits,
+    )
     return validation, job, pods, children
 
 
@@ -321,9 +367,11 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
         progress=progress or {},
     )
     state = _out_of_memory_explained(state, snapshot, validation, job, pods, settings)
+    state, stopped = _disk_limit_exceeded(state, snapshot, validation, job, pods)
     metrics = state.metrics or (status.get("metrics") if same_run else None) or {}
     earlier = _carried_over(spec, status.get("published"), run)
-    phase, error, gate, published = _gated(spec, run, state, metrics, earlier)
+    cached_base = recorded_cached_uri(validation.record, "baseModel.uri")  # an hf:// base model's copy
+    phase, error, gate, published = _gated(spec, run, state, metrics, earlier, cached_base)
     serving = serving_decision(snapshot, published, settings)
     phase = _after_training(spec, phase, serving.endpoint, run)
     outcome = Outcome(
@@ -346,7 +394,7 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
         run=run,
         create=actions.create,
         apply=serving.apply,
-        delete=[*retired_children(owner, snapshot.jobs, run), *actions.delete, *serving.delete],
+        delete=[*retired_children(owner, snapshot.jobs, run), *actions.delete, *stopped, *serving.delete],
         suspend_job=actions.suspend_job,
         status=new_status,
         events=events,

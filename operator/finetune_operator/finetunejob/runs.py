@@ -16,7 +16,7 @@ pool): the same replacement, the same resume. Pure.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,18 +61,23 @@ def training_children(
     settings: Settings,
     *,
     validated_here: bool = False,
+    disk_bytes: int | None = None,
+    commits: Mapping[str, str] | None = None,
 ) -> list[Manifest]:
     """Everything run `run` needs, in creation order: the Job last, so its existence implies the rest.
 
     `validated_here`: the run's validation Job exists, which implies its children (the trainer's identity and
     this run's config, the same objects) exist too, so they are not created again: each would be a create
     answered 409 and a read of the existing object's owner, four round trips per run on the hand-over from
-    validation to training, measured as the largest part of that hand-over at 500 jobs (docs/benchmarks.md)."""
-    shared = [] if validated_here else [*trainer_rbac(owner), trainer_config_map(spec, owner, run)]
+    validation to training, measured as the largest part of that hand-over at 500 jobs (docs/benchmarks.md).
+    `disk_bytes`: the validation's disk plan total, the training pod's ephemeral-storage. `commits`: the hf://
+    sources' commits of a passed validation this run reuses, pinned in its config (a run validated here reads them
+    from the run's hub-sources.json, which its validation wrote)."""
+    shared = [] if validated_here else [*trainer_rbac(owner), trainer_config_map(spec, owner, run, commits)]
     children = [*shared, progress_config_map(owner)]
     if spec.distributed.workers > 1:
         children.append(workers_service(spec, owner, run))
-    children.append(training_job(spec, owner, run, training_hash, settings))
+    children.append(training_job(spec, owner, run, training_hash, settings, disk_bytes))
     return children
 
 

@@ -26,11 +26,15 @@ from finetune_operator.finetunejob.snapshot import Snapshot
 from finetune_operator.modelserver.plan import SharedVerdict, verdict_for
 
 
-def published_of(spec: FineTuneJobSpec, run: int) -> Published:
+def published_of(spec: FineTuneJobSpec, run: int, cached_base: str | None = None) -> Published:
+    """Run `run` as served. `cached_base`: the object-storage copy of an hf:// base model at the commit the run's
+    check resolved (status.validation.sources), which the server loads (serving pods never reach the hub). A run
+    that trained without a recorded check (an adopted Job) keeps the hf:// URI, which the server refuses by name."""
+    base = cached_base if spec.base_model.from_hub and cached_base else spec.base_model.uri
     return Published(
         run=run,
         task=spec.base_model.task,
-        base_model_uri=spec.base_model.uri,
+        base_model_uri=base,
         model_uri=spec.output.run_uri(run) + "model/",
         adapter=spec.method.produces_adapter,
         lora_rank=spec.method.lora.rank,

@@ -36,8 +36,30 @@ SUMMARY_FIELDS = (
     "excludedFromTrain",
     "estimatedSteps",
     "memoryPlan",
+    "sources",
+    "diskPlan",
 )
 """What of `validate`'s summary goes into status.validation (file lists and labels stay in the pod's log)."""
+
+
+def recorded_commits(record: dict[str, Any] | None) -> dict[str, str]:
+    """field -> commit of each hf:// source a passed validation resolved (its `sources`, core/hub.py's summary)."""
+    if not record or not record.get("passed"):
+        return {}
+    sources = record.get("sources") or []
+    return {
+        str(s["field"]): str(s["commit"]) for s in sources if isinstance(s, dict) and "field" in s and "commit" in s
+    }
+
+
+def recorded_cached_uri(record: dict[str, Any] | None, field: str) -> str | None:
+    """The object-storage copy (`cachedUri`) a passed validation made of the hf:// source `field`, or None."""
+    if not record or not record.get("passed"):
+        return None
+    for source in record.get("sources") or []:
+        if isinstance(source, dict) and source.get("field") == field and isinstance(source.get("cachedUri"), str):
+            return str(source["cachedUri"])
+    return None
 
 
 CHECKING = "checking the data, its format and the tokenizer before any GPU is asked for"

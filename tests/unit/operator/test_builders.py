@@ -440,3 +440,24 @@ def test_our_shared_server_sidecar_talks_to_the_server_port() -> None:
     assert set(by_name) == {"server", "adapters"}
     sidecar = by_name["adapters"]["command"]
     assert sidecar[sidecar.index("--engine-url") + 1] == "http://127.0.0.1:8000"
+
+
+def _trainer_resources(job: dict[str, Any]) -> dict[str, Any]:
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    return dict(container["resources"])
+
+
+def test_ephemeral_storage_comes_from_the_manifest_else_the_disk_plan_else_none() -> None:
+    """Request = limit, so the scheduler picks a node with room and the kubelet stops this pod, not its
+    neighbours, when it writes more than planned."""
+    plain = _trainer_resources(training_job(spec(), OWNER, 1, "h", SETTINGS))
+    assert "ephemeral-storage" not in plain["requests"] and "ephemeral-storage" not in plain["limits"]
+    planned = _trainer_resources(training_job(spec(), OWNER, 1, "h", SETTINGS, disk_bytes=3 * 2**30 + 1))
+    assert planned["requests"]["ephemeral-storage"] == planned["limits"]["ephemeral-storage"] == "3073Mi"  # rounded up
+    given = spec(resources={"ephemeralStorage": "200Gi"})
+    chosen = _trainer_resources(training_job(given, OWNER, 1, "h", SETTINGS, disk_bytes=3 * 2**30))
+    assert chosen["requests"]["ephemeral-storage"] == chosen["limits"]["ephemeral-storage"] == "200Gi"
+    assert placement_spec_hash(given) != placement_spec_hash(spec())  # a new Job on the same run (resumes)
+    assert training_spec_hash(given) == training_spec_hash(spec())
+    with pytest.raises(ValidationError, match=r"ephemeral"):
+        spec(resources={"ephemeralStorage": {"size": 1}})

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 import pytest
-from finetune_operator.core.errors import Conflict, NameTaken, PermanentError, TemporaryError
+from finetune_operator.core.errors import Conflict, NameTaken, NotLeader, PermanentError, TemporaryError
 from finetune_operator.core.kube import Kube, classify, path
 from kubernetes.client.exceptions import ApiException
 
@@ -249,3 +249,64 @@ def test_replace_owned_puts_only_over_our_own_object_bound_to_its_uid_and_versio
         assert [c[0] for c in api.calls] == ["GET"]
     with pytest.raises(Conflict):  # gone since it was read: read again
         Kube(FakeApi({("GET", url): (404, {})})).replace_owned(role)
+
+
+class Refuse:
+    """A guard that refuses every write (a stale leader's fence), recording what it was asked about."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def __call__(self, what: str) -> None:
+        self.asked.append(what)
+        raise NotLeader(f"refused to {what}")
+
+
+def test_every_write_asks_the_guard_first_and_a_refused_write_sends_nothing() -> None:
+    from finetune_operator.api.objects import Owner
+
+    writes = {
+        "create Job ns/j": lambda kube: kube.create(_child()),
+        "apply Deployment ns/d": lambda kube: kube.apply(_child("Deployment", "d")),
+        "update Job ns/j": lambda kube: kube.replace(_child()),
+        "update Role ns/r": lambda kube: kube.replace_owned(
+            {
+                **_child(),
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {**_child()["metadata"], "name": "r"},
+            }
+        ),
+        "delete Job ns/j": lambda kube: kube.delete("batch/v1", "Job", "ns", "j", owner="u1", uid="j-uid"),
+        "patch Job ns/j": lambda kube: kube.set_job_suspend("ns", "j", True),
+        "patch FineTuneJob ns/t": lambda kube: kube.merge_patch("finetune.dev/v1alpha1", "FineTuneJob", "ns", "t", {}),
+        "patch FineTuneJob ns/x status": lambda kube: kube.patch_status("ns", "x", {"phase": "Running"}, "7"),
+        "post an Event on FineTuneJob ns/x": lambda kube: kube.post_event(Owner("ns", "x", "u"), "Normal", "R", "m"),
+    }
+    for what, write in writes.items():
+        role = {
+            **_controlled("r-uid", "u1"),
+            "metadata": {**_controlled("r-uid", "u1")["metadata"], "resourceVersion": "4"},
+        }
+        reads = {
+            ("GET", DEPLOYMENT_URL): (404, {}),
+            ("GET", "/apis/rbac.authorization.k8s.io/v1/namespaces/ns/roles/r"): (200, role),
+        }
+        api, guard = FakeApi(reads), Refuse()
+        with pytest.raises(NotLeader):
+            write(Kube(api, guard=guard))
+        assert guard.asked == [what]
+        assert [call[0] for call in api.calls if call[0] != "GET"] == [], what
+
+
+def test_reads_never_ask_the_guard_and_no_guard_lets_writes_through() -> None:
+    guard = Refuse()
+    kube = Kube(FakeApi({}), guard=guard)
+    kube.get("batch/v1", "Job", "ns", "j")
+    kube.list("batch/v1", "Job", "ns", "a=b")
+    kube.get_metadata("batch/v1", "Job", "ns", "j")
+    kube.exists_metadata("v1", "Secret", "ns", "s")
+    assert guard.asked == []
+    api = FakeApi({})
+    Kube(api).patch_status("ns", "x", {"phase": "Running"}, "7")  # no election: no guard
+    assert [call[0] for call in api.calls] == ["PATCH"]

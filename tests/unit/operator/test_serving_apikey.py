@@ -119,6 +119,28 @@ def test_the_network_policy_admits_the_own_namespace_and_the_listed_ones_on_the_
     }
 
 
+def test_the_fine_tuning_apis_pods_are_admitted_when_the_chart_runs_it() -> None:
+    """The API proxies a tenant's chat to its endpoint, from the operator's namespace: its pods (and only they, by
+    their labels) are one more peer of every serving NetworkPolicy, a job's own and a ModelServer's."""
+    api = replace(SETTINGS, api_namespace="finetune-system", api_pod_labels=("app.kubernetes.io/component=api",))
+    assert api.api_pods == ("finetune-system", {"app.kubernetes.io/component": "api"})
+    assert SETTINGS.api_pods is None
+    expected = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "finetune-system"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/component": "api"}},
+    }
+    s = spec(evaluation=GATE, serving={"enabled": True})
+    job, pod = _done(1, 1.2)
+    base = {"run": 1, "trainingSpecHash": plan(_snap(s, {}), SETTINGS).status["trainingSpecHash"]}
+    for settings, peers in ((api, [{"podSelector": {}}, expected]), (SETTINGS, [{"podSelector": {}}])):
+        made = plan(_snap(s, base, jobs=[job], pods=[pod], api_key=ApiKey(NAME, SHA)), settings)
+        (policy,) = [m for m in made.apply if m["kind"] == "NetworkPolicy"]
+        assert policy["spec"]["ingress"][0]["from"] == peers
+    shared = server_bundle(parse_server_spec({"baseModelUri": "s3://models/m/"}), SERVER, api)
+    (policy,) = [m for m in shared if m["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["ingress"][0]["from"][-1] == expected
+
+
 SERVER = ServerOwner("team-a", "shared", "5e5e5e5e-1111-4222-8333-444455556666")
 
 

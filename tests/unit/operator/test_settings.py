@@ -106,7 +106,12 @@ def _rendered_env(values_json: str) -> tuple[tuple[str, str], ...]:
     values = json.loads(values_json)
     sets = [arg for key, value in values.items() for arg in ("--set-json", f"{key}={json.dumps(value)}")]
     out = helm("template", "r", str(CHART), "--namespace", "ops", *sets).stdout
-    (deployment,) = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "Deployment"]
+    # the operator's Deployment (with api.enabled the chart renders the API's beside it)
+    (deployment,) = [
+        d
+        for d in yaml.safe_load_all(out)
+        if d and d["kind"] == "Deployment" and d["metadata"]["labels"].get("app.kubernetes.io/component") != "api"
+    ]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     return tuple((e["name"], e.get("value")) for e in container["env"] if e["name"].startswith("FTO_"))
 
@@ -160,8 +165,12 @@ def test_each_declared_chart_value_exists_and_feeds_its_variable(env: str, key: 
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     value = _lookup(defaults, key)  # KeyError: values.yaml lacks the key
     _schema_node(key)  # KeyError: values.schema.json lacks it
-    before, after = _operator_env()[env], _operator_env({key: _changed(key, value)})[env]
+    before, after = _operator_env()[env], _operator_env({key: _changed(key, value), **REQUIRED_WITH.get(key, {})})[env]
     assert before != after, f"{key} does not reach {env}"
+
+
+REQUIRED_WITH = {"api.enabled": {"api.files.bucket": "files"}}
+"""Values the chart requires beside a changed one (api.enabled refuses to render without its bucket)."""
 
 
 def _template_env_values() -> dict[str, str]:

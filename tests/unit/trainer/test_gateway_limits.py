@@ -23,6 +23,9 @@ LIMITS = TokenLimits(default_max_tokens=100, max_tokens_limit=1000)
         (COMPLETIONS, {}, {"max_tokens": 16}),  # OpenAI's default for a completion
         (COMPLETIONS, {"max_tokens": None}, {"max_tokens": 16}),  # null would be the whole context for vLLM
         (COMPLETIONS, {"max_completion_tokens": 5000}, {"max_completion_tokens": 5000, "max_tokens": 16}),
+        (CHAT, {"n": 16}, {"n": 16, "max_tokens": 100}),  # our engine's ceiling, passed on as asked
+        (COMPLETIONS, {"n": 4, "best_of": 4}, {"n": 4, "best_of": 4, "max_tokens": 16}),
+        (CHAT, {"n": None}, {"n": None, "max_tokens": 100}),
     ],
 )
 def test_bounded(path: str, body: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -40,6 +43,11 @@ def test_bounded(path: str, body: dict[str, Any], expected: dict[str, Any]) -> N
         (CHAT, {"max_tokens": 0}, "max_tokens"),
         (CHAT, {"max_tokens": "10"}, "max_tokens"),
         (CHAT, {"max_tokens": True}, "max_tokens"),
+        # each choice is a whole generation: n and best_of over our engine's ceiling would multiply one request
+        (CHAT, {"n": 17}, "n"),
+        (COMPLETIONS, {"best_of": 10**6}, "best_of"),
+        (CHAT, {"n": 0}, "n"),
+        (COMPLETIONS, {"n": "2"}, "n"),
     ],
 )
 def test_refused_token_budgets_name_the_field(path: str, body: dict[str, Any], param: str) -> None:

@@ -57,7 +57,7 @@ def test_example_plan_fits_the_hardware_it_names(path: Path) -> None:
     )
     spec = body["spec"]["template"] if body["kind"] == "FineTuneSweep" else body["spec"]  # a sweep's trials start there
     cfg = parse_config(rendered(path), path.name)
-    folder = cfg.base_model.uri.removeprefix("s3://").rstrip("/").split("/")[-1]
+    folder = cfg.base_model.uri.removeprefix("s3://").rstrip("/").split("/")[-1].lower()  # hf://org/Name too
     assert folder in BASE_MODELS, f"{path.name}: add the config.json of {cfg.base_model.uri} to BASE_MODELS"
     device = named_hardware(spec)
     labels = cfg.base_model.labels

@@ -84,6 +84,12 @@ class StorageNotFound(UserError):
     code: ClassVar[str] = "StorageNotFound"
 
 
+class HubAccessDenied(UserError):
+    """The model hub refused the repo (401/403: a gated or private repo without a token, or with a wrong one)."""
+
+    code: ClassVar[str] = "HubAccessDenied"
+
+
 class UnsafeObjectKey(UserError):
     """An object key under a prefix that is no safe relative path (`..`, `.` or empty segments, absolute,
     backslash, NUL), or a local path that would leave its folder: refused, never skipped (core/paths.py)."""
@@ -142,6 +148,13 @@ class StorageUnavailable(InternalError):
     code: ClassVar[str] = "StorageUnavailable"
 
 
+class HubUnavailable(InternalError):
+    """The model hub (`HF_ENDPOINT`) could not be reached, answered 5xx, or sent a file that does not match its
+    listing: retryable like any infrastructure failure (core/hub.py)."""
+
+    code: ClassVar[str] = "HubUnavailable"
+
+
 class InsufficientDisk(InternalError):
     """A download would not fit on the pod's disk (checked before the first byte, core/disk.py): retryable, since
     the space is the node's and another node, or this one cleaned up, may have it."""
@@ -165,6 +178,7 @@ USER_ERROR_CODES: frozenset[str] = frozenset(
         ConfigInvalid,
         DatasetInvalid,
         DatasetNotFound,
+        HubAccessDenied,
         ModelInvalid,
         ModelNotFound,
         OutOfMemory,

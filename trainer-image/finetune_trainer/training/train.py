@@ -27,7 +27,7 @@ from finetune_trainer.core.errors import Preempted
 from finetune_trainer.core.s3_uri import S3Uri
 from finetune_trainer.core.storage import Storage
 from finetune_trainer.evaluation import generation
-from finetune_trainer.training import preference, sharding
+from finetune_trainer.training import hub_sources, preference, sharding
 from finetune_trainer.training.artifacts import save_model, upload_outputs
 from finetune_trainer.training.best_model import SelectionHooks
 from finetune_trainer.training.callbacks import SignalStop, TrainerHooks
@@ -382,6 +382,7 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
     reporter.report("loading", force=True)
     reporter.extra = {}
     store = CheckpointStore(storage, run_uri, cfg.checkpointing.keep)
+    cfg = hub_sources.cached(cfg, storage)  # hf:// sources: their cached copy at the recorded commit, no hub
 
     cfg, inputs, resume = load_inputs(cfg, storage, run_uri, work, store, hardware)
     tracking = start_tracking(cfg, storage, run_uri, work, reporter)

@@ -22,7 +22,9 @@ from finetune_trainer.core.s3_uri import S3Uri
 from finetune_trainer.core.storage import Storage
 from finetune_trainer.core.termination import LIMIT
 from finetune_trainer.memory.check import Placement, check_fit
-from finetune_trainer.training import base_adapter
+from finetune_trainer.memory.disk import DiskPlan, disk_plan
+from finetune_trainer.memory.plan import MemoryPlan
+from finetune_trainer.training import base_adapter, hub_sources
 from finetune_trainer.training.checkpoints import refuse_foreign_run
 from finetune_trainer.training.inputs import (
     CHAT_KINDS,
@@ -42,6 +44,9 @@ def summarize(cfg: TrainerConfig, storage: Storage, work: Path, placement: Place
     from finetune_trainer.training.modeling import load_tokenizer
     from finetune_trainer.training.train import total_steps
 
+    hub_cfg = cfg
+    prepared = hub_sources.prepare(cfg, storage, work)  # hf:// sources: resolved, data and model config copied
+    cfg = prepared.cfg
     d = read_data(storage, cfg, work / "data")
     refuse_foreign_run(storage, S3Uri.parse(cfg.output.run_uri), cfg.job)
     folder = fetch_tokenizer(storage, cfg.base_model.uri, work / "tokenizer")
@@ -54,6 +59,8 @@ def summarize(cfg: TrainerConfig, storage: Storage, work: Path, placement: Place
     world = cfg.distributed.workers * cfg.distributed.processes_per_worker
     longest = max((len(ids) for ids in tokenized["train"]["input_ids"]), default=1) if "train" in tokenized else 1
     memory = check_fit(cfg, folder, longest, d.labels, placement or Placement())
+    hub_sources.finish(prepared, storage, hub_cfg, work)  # the weights, once the memory plan fits
+    disk = _disk_plan(cfg, storage, work / "data", memory)
     report = d.report.to_json()
     return {
         "schema": report["schema"],
@@ -75,7 +82,23 @@ def summarize(cfg: TrainerConfig, storage: Storage, work: Path, placement: Place
         "estimatedSteps": total_steps(len(tokenized["train"]), cfg, world),
         "files": report["files"],
         "memoryPlan": memory.to_status() if memory else None,
+        "diskPlan": disk.to_status(),
+        **({"sources": [source.to_json() for source in prepared.sources]} if prepared.sources else {}),
     }
+
+
+def _disk_plan(cfg: TrainerConfig, storage: Storage, data_folder: Path, memory: MemoryPlan | None) -> DiskPlan:
+    """The training pod's local disk (memory.disk): the base model's objects as listed, the data as fetched here,
+    and the parameter counts of the memory plan when there is one."""
+    model_bytes = sum(o.size for o in storage.list(S3Uri.parse(cfg.base_model.uri)))
+    data_bytes = sum(p.stat().st_size for p in data_folder.rglob("*") if p.is_file())
+    return disk_plan(
+        model_bytes=model_bytes,
+        data_bytes=data_bytes,
+        method=cfg.method.type,
+        parameters=memory.parameters if memory else None,
+        trainable_parameters=memory.trainable_parameters if memory else None,
+    )
 
 
 def success_line(summary: dict[str, Any], run: int | None) -> str:
@@ -90,7 +113,7 @@ def success_line(summary: dict[str, Any], run: int | None) -> str:
         body["run"] = run
     line = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
     if len(line.encode()) > LIMIT:
-        dropped = ("files", "excludedFromTrain", "labels", "nearOverlapExamples")
+        dropped = ("files", "excludedFromTrain", "labels", "nearOverlapExamples")  # never sources: the commits
         body["summary"] = {k: v for k, v in summary.items() if k not in dropped}
         line = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
     if len(line.encode()) > LIMIT:

@@ -1,0 +1,87 @@
+"""The local cluster's API server audit log (hack/audit-policy.yaml: every write at Metadata level): which client
+wrote what, and when, as the API server saw it. Tests use it to prove that a client made no write, which its own
+log cannot prove (a client that misbehaves may not say so).
+
+Each operator process names itself in its User-Agent (`finetune-operator/<leader election identity>`), so the
+writes of two replicas sharing one kubeconfig are told apart.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tests.support.cluster import state_dir
+
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+
+
+@dataclass(frozen=True)
+class Write:
+    """One write request the API server answered."""
+
+    at: datetime  # when the API server received it
+    verb: str
+    resource: str  # "jobs", "finetunejobs/status", "leases", ...
+    namespace: str
+    name: str
+    code: int
+
+    def __str__(self) -> str:
+        return f"{self.at.isoformat()} {self.verb} {self.resource} {self.namespace}/{self.name} -> {self.code}"
+
+
+def log_path() -> Path:
+    """The audit log of the cluster under test; a clear failure when that cluster keeps none."""
+    path = state_dir() / "logs" / "audit.log"
+    if not path.exists():
+        raise AssertionError(
+            f"{path} is missing: the kube-apiserver was started before hack/cluster.sh enabled its audit log "
+            "(or the tests run against another cluster); restart it with hack/cluster.sh down && up"
+        )
+    return path
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def writes(
+    user_agent: str, namespace: str = "", since: datetime | None = None, path: Path | None = None
+) -> list[Write]:
+    """The writes whose User-Agent is exactly `user_agent` (in `namespace` when given), received at or after
+    `since` (a UTC datetime)."""
+    found: list[Write] = []
+    current = path or log_path()
+    # the rotated backup (audit-<time>.log, hack/cluster.sh keeps one) first: a write must not hide in it
+    files = [*sorted(current.parent.glob(f"{current.stem}-*{current.suffix}")), current]
+    lines = (line for file in files for line in file.read_text(errors="replace").splitlines())
+    for line in lines:
+        if user_agent not in line:  # cheap: most lines are other clients'
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue  # a line being written as we read
+        if event.get("userAgent") != user_agent or event.get("verb") not in WRITE_VERBS:
+            continue
+        ref = event.get("objectRef") or {}
+        if namespace and ref.get("namespace") != namespace:
+            continue
+        at = _time(str(event.get("requestReceivedTimestamp")))
+        if since is not None and at < since:
+            continue
+        resource = str(ref.get("resource") or "")
+        if ref.get("subresource"):
+            resource += "/" + str(ref["subresource"])
+        code = int((event.get("responseStatus") or {}).get("code") or 0)
+        found.append(
+            Write(at, str(event["verb"]), resource, str(ref.get("namespace") or ""), str(ref.get("name") or ""), code)
+        )
+    return found
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
