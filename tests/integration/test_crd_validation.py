@@ -20,6 +20,10 @@ pytestmark = pytest.mark.cluster
 SPEC = ftj_manifest("bad")["spec"]
 
 
+ADAPTER = "s3://artifacts/sft/run-1/model/"
+"""A previous run's published adapter (baseModel.adapter)."""
+
+
 def _with(path: str, value: Any) -> dict[str, Any]:
     """The valid spec with `path` (dotted; [n] for list items) set to `value` (None deletes it)."""
     spec: dict[str, Any] = copy.deepcopy(SPEC)
@@ -125,6 +129,26 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         },
         "spec.method.dpo.labelSmoothing",
     ),
+    ("simpo-settings-with-dpo", _with("method", {"objective": "dpo", "simpo": {"gamma": 1}}), "spec.method.simpo"),
+    (
+        "simpo-beta-zero",
+        {
+            **_with("method", {"objective": "simpo", "simpo": {"beta": 0}}),
+            "dataset": {**SPEC["dataset"], "schema": "preference"},
+        },
+        "spec.method.simpo.beta",
+    ),
+    (
+        "simpo-label-smoothing-half",
+        {
+            **_with("method", {"objective": "simpo", "simpo": {"labelSmoothing": 0.5}}),
+            "dataset": {**SPEC["dataset"], "schema": "preference"},
+        },
+        "spec.method.simpo.labelSmoothing",
+    ),
+    ("simpo-with-chat-data", _with("method", {"type": "lora", "objective": "simpo"}), "spec.method.objective"),
+    ("base-adapter-without-merge", _with("baseModel.adapter", ADAPTER), "spec.baseModel.adapter"),
+    ("base-adapter-not-s3", _with("baseModel.adapter", "hf://org/adapter"), "spec.baseModel.adapter"),
     ("lora-rank-zero", _with("method", {"type": "lora", "lora": {"rank": 0}}), "spec.method.lora.rank"),
     (
         "lora-dropout-one",
@@ -341,6 +365,24 @@ def test_a_dpo_manifest_gets_the_dpo_defaults(cluster: Any, crd: str, namespace:
     spec = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "bad")["spec"]
     assert spec["method"]["objective"] == "dpo"
     assert spec["method"]["dpo"] == {"beta": 0.1, "lossType": "sigmoid", "labelSmoothing": 0}
+
+
+def test_a_base_adapter_with_merged_weights_is_admitted(cluster: Any, crd: str, namespace: str) -> None:
+    body = {**_with("baseModel.adapter", ADAPTER), "method": {"type": "lora", "mergeWeights": True}}
+    _create(cluster, namespace, body)
+    spec = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "bad")["spec"]
+    assert spec["baseModel"]["adapter"] == ADAPTER
+
+
+def test_a_simpo_manifest_gets_the_simpo_defaults(cluster: Any, crd: str, namespace: str) -> None:
+    simpo = {
+        **_with("method", {"objective": "simpo", "simpo": {}}),
+        "dataset": {**SPEC["dataset"], "schema": "preference"},
+    }
+    _create(cluster, namespace, simpo)
+    spec = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "bad")["spec"]
+    assert spec["method"]["objective"] == "simpo" and "dpo" not in spec["method"]
+    assert spec["method"]["simpo"] == {"beta": 2.0, "gamma": 0.5, "labelSmoothing": 0}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.stem)

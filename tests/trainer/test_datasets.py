@@ -332,7 +332,7 @@ def test_preference_data_needs_objective_dpo(s3_bucket: Any, run_trainer: Runner
     train = put_jsonl(s3_bucket.client, s3_bucket.name, "data/pref.jsonl", records)
     raw = without_schema(trainer_config(s3_bucket.name, s3_bucket.uri("models/absent/"), train))
     result = run_trainer(raw)  # refused before the (absent) model is looked at
-    assert_user_error(result, "DatasetInvalid", "dataset.schema preference", "method.objective dpo; set it")
+    assert_user_error(result, "DatasetInvalid", "dataset.schema preference", "method.objective dpo (or simpo); set it")
 
     records[7] = {"prompt": "q7", "chosen": "good"}
     put_jsonl(s3_bucket.client, s3_bucket.name, "data/pref.jsonl", records)

@@ -47,6 +47,10 @@ def _check_s3(uri: str) -> str:
     return uri
 
 
+def _check_optional_s3(uri: str | None) -> str | None:
+    return None if uri is None else _check_s3(uri)
+
+
 def _check_source(uri: str) -> str:
     """An input: an s3:// URI, or a Hugging Face Hub one (core/hub.py: resolved and copied by `validate`)."""
     if hub.is_hub_uri(uri):
@@ -83,8 +87,12 @@ class BaseModelSpec(_Model):
     task: Task = "causal-lm"
     num_labels: int | None = Field(default=None, ge=2)
     labels: list[str] | None = None
+    adapter: S3UriStr | None = None
+    """A LoRA adapter folder of `uri`'s model (e.g. a previous run's `run-N/model/`), merged into its weights
+    before training: the run starts from that model (training/base_adapter.py)."""
 
     _uri = field_validator("uri")(_check_source)
+    _adapter = field_validator("adapter")(_check_optional_s3)
 
     @model_validator(mode="after")
     def _labels(self) -> BaseModelSpec:
@@ -180,12 +188,28 @@ class DpoSpec(_Model):
         return self
 
 
+class SimpoSpec(_Model):
+    """SimPO (Meng et al. 2024), the reference-free preference objective: the reward of an answer is `beta` x its
+    per-token average log-likelihood under the policy, and the loss asks the chosen answer's reward to beat the
+    rejected one's by the margin `gamma`: -log sigmoid(beta x (mean_chosen - mean_rejected) - gamma). The names
+    follow TRL's CPOTrainer with loss_type simpo (`beta`, `simpo_gamma`, `label_smoothing`); the defaults are
+    the SimPO paper's (beta 2.0, gamma/beta 0.25, so gamma 0.5, TRL's default too). `labelSmoothing` is the same
+    conservative loss as DPO's (the labels are flipped with that probability)."""
+
+    beta: float = Field(default=2.0, gt=0.0, le=100.0)
+    gamma: float = Field(default=0.5, ge=0.0, le=100.0)
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=0.5)
+
+
 class MethodSpec(_Model):
     type: Literal["lora", "qlora", "full"] = "lora"
-    objective: Literal["sft", "dpo"] = "sft"
-    """sft: learn the answers of the data; dpo: learn to prefer the chosen answer of preference pairs."""
+    objective: Literal["sft", "dpo", "simpo"] = "sft"
+    """sft: learn the answers of the data; dpo and simpo: learn to prefer the chosen answer of preference pairs
+    (dpo against a reference model, simpo without one)."""
     dpo: DpoSpec | None = None
     """The DPO settings (defaults when left out with objective dpo)."""
+    simpo: SimpoSpec | None = None
+    """The SimPO settings (defaults when left out with objective simpo)."""
     lora: LoraSpec = LoraSpec()
     merge_weights: bool = False
 
@@ -195,7 +219,23 @@ class MethodSpec(_Model):
             raise ValueError("mergeWeights applies to lora/qlora only (full fine-tuning has no adapter)")
         if self.dpo is not None and self.objective != "dpo":
             raise ValueError("dpo applies to objective dpo only (set method.objective: dpo, or leave method.dpo out)")
+        if self.simpo is not None and self.objective != "simpo":
+            raise ValueError(
+                "simpo applies to objective simpo only (set method.objective: simpo, or leave method.simpo out)"
+            )
         return self
+
+    @property
+    def pairs(self) -> bool:
+        """The objective trains on preference pairs (dpo, simpo), not on single answers."""
+        return self.objective != "sft"
+
+    @property
+    def preference_settings(self) -> DpoSpec | SimpoSpec:
+        """The settings of the preference objective in effect (its defaults when the spec leaves them out)."""
+        if self.objective == "simpo":
+            return self.simpo or SimpoSpec()
+        return self.dpo_settings
 
     @property
     def dpo_settings(self) -> DpoSpec:
@@ -350,12 +390,23 @@ class TrainerConfig(_Model):
         mismatch = formats.objective_mismatch(formats.FORMATS[schema], self.method.objective) if schema else None
         if mismatch:
             raise ValueError(mismatch)
-        if self.method.objective == "dpo":
+        if self.base_model.adapter is not None:
             if self.base_model.task != "causal-lm":
-                raise ValueError("method.objective dpo: applies to baseModel.task causal-lm only")
+                raise ValueError("baseModel.adapter: applies to baseModel.task causal-lm only")
+            if self.method.type != "full" and not self.method.merge_weights:
+                raise ValueError(
+                    "baseModel.adapter: the run trains on the base model with this adapter merged in, so its own "
+                    "adapter fits only the merged weights: set method.mergeWeights: true (or method.type full) "
+                    "to publish the merged model"
+                )
+        if self.method.pairs:
+            objective = self.method.objective
+            if self.base_model.task != "causal-lm":
+                raise ValueError(f"method.objective {objective}: applies to baseModel.task causal-lm only")
             if self.distributed.sharding == "fsdp":
                 raise ValueError(
-                    "method.objective dpo: distributed.sharding fsdp is not supported yet with dpo; use sharding "
+                    f"method.objective {objective}: distributed.sharding fsdp is not supported yet with {objective}; "
+                    "use sharding "
                     "none (lora adapters replicate; full fine-tuning of a model that fits one device)"
                 )
         return self

@@ -63,6 +63,8 @@ class BaseModelSpec(HubSource):
     task: Literal["causal-lm", "sequence-classification"] = "causal-lm"
     num_labels: int | None = None
     labels: list[str] | None = None
+    adapter: SafeUri | None = None
+    """A LoRA adapter folder of `uri`'s model (a previous run's `run-N/model/`), merged in before training."""
 
 
 class DataRef(HubSource):
@@ -105,10 +107,17 @@ class DpoSpec(SpecModel):
     label_smoothing: float = 0.0
 
 
+class SimpoSpec(SpecModel):
+    beta: float = 2.0
+    gamma: float = 0.5
+    label_smoothing: float = 0.0
+
+
 class MethodSpec(SpecModel):
     type: Literal["lora", "qlora", "full"] = "lora"
-    objective: Literal["sft", "dpo"] = "sft"
+    objective: Literal["sft", "dpo", "simpo"] = "sft"
     dpo: DpoSpec | None = None
+    simpo: SimpoSpec | None = None
     lora: LoraSpec = LoraSpec()
     merge_weights: bool = False
 

@@ -32,7 +32,12 @@ def trainer_config(
         "apiVersion": "finetune.dev/v1alpha1",
         "kind": "TrainerConfig",
         "job": {"namespace": owner.namespace, "name": owner.name, "uid": owner.uid, "run": run},
-        "baseModel": _source(wire["baseModel"], "baseModel.uri", commits or {}),
+        # an unset adapter is left out: the config of a job without one reads as before it existed
+        "baseModel": {
+            key: value
+            for key, value in _source(wire["baseModel"], "baseModel.uri", commits or {}).items()
+            if key != "adapter" or value
+        },
         "dataset": _dataset(wire["dataset"], commits or {}),
         "method": _method(wire["method"]),
         "hyperparameters": wire["hyperparameters"],
@@ -65,12 +70,12 @@ def _dataset(dataset: dict[str, Any], commits: Mapping[str, str]) -> dict[str, A
 
 
 def _method(method: dict[str, Any]) -> dict[str, Any]:
-    """The method section; `objective: sft` and an unset `dpo` are left out, so the config of a job that sets
-    neither reads as before preference tuning existed (the trainer's defaults are the same)."""
+    """The method section; `objective: sft` and an unset `dpo` or `simpo` are left out, so the config of a job
+    that sets none of them reads as before preference tuning existed (the trainer's defaults are the same)."""
     return {
         key: value
         for key, value in method.items()
-        if not (key == "objective" and value == "sft") and not (key == "dpo" and value is None)
+        if not (key == "objective" and value == "sft") and not (key in ("dpo", "simpo") and value is None)
     }
 
 

@@ -58,6 +58,22 @@ def test_trainer_accepts_the_dpo_method_as_rendered_and_sft_renders_as_before() 
     assert "objective" not in plain and "dpo" not in plain  # a job that sets neither renders as before
 
 
+def test_trainer_accepts_the_simpo_method_as_rendered() -> None:
+    raw = example("quickstart")["spec"]
+    preference = {**raw["dataset"], "schema": "preference"}
+    for method, expected in [
+        ({"type": "lora", "objective": "simpo", "simpo": {"beta": 2.5, "gamma": 1.0, "labelSmoothing": 0.1}},
+         (2.5, 1.0, 0.1)),
+        ({"type": "full", "objective": "simpo"}, (2.0, 0.5, 0.0)),  # the defaults when simpo is left out
+    ]:  # fmt: skip
+        spec = parse_spec({**raw, "method": method, "dataset": preference, "evaluation": {}})
+        rendered = json.loads(trainer_config_map(spec, OWNER, 1)["data"]["config.json"])
+        config = parse_config(rendered, "operator rendering").method
+        settings = config.preference_settings
+        assert config.objective == "simpo" and config.pairs and "dpo" not in rendered["method"]
+        assert (settings.beta, settings.gamma, settings.label_smoothing) == expected  # type: ignore[union-attr]
+
+
 def test_trainer_accepts_the_evaluation_fields_as_rendered() -> None:
     raw = example("quickstart")["spec"]
     evaluation = {
@@ -113,3 +129,15 @@ def test_the_operator_and_the_trainer_model_each_shared_section_alike() -> None:
             if _default(ours[field]) != _default(theirs[field]):
                 differences.append(f"{name}.{field}: {_default(ours[field])!r} vs {_default(theirs[field])!r}")
     assert not differences, differences
+
+
+def test_trainer_accepts_a_base_adapter_as_rendered_and_a_job_without_one_renders_as_before() -> None:
+    raw = example("quickstart")["spec"]
+    adapter = "s3://artifacts/team-a/sft/run-1/model/"
+    spec = parse_spec(
+        {**raw, "baseModel": {**raw["baseModel"], "adapter": adapter}, "method": {"type": "lora", "mergeWeights": True}}
+    )
+    rendered = json.loads(trainer_config_map(spec, OWNER, 1)["data"]["config.json"])
+    assert parse_config(rendered, "operator rendering").base_model.adapter == adapter
+    plain = json.loads(trainer_config_map(parse_spec(raw), OWNER, 1)["data"]["config.json"])["baseModel"]
+    assert "adapter" not in plain

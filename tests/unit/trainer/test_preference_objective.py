@@ -16,15 +16,23 @@ from typing import Any
 
 import pytest
 import torch
-from finetune_trainer.config import DpoSpec, parse_config
-from finetune_trainer.core.errors import ConfigInvalid, DatasetInvalid
+from finetune_trainer.config import DpoSpec, SimpoSpec, parse_config
+from finetune_trainer.core.errors import ConfigInvalid, DatasetInvalid, ModelInvalid
 from finetune_trainer.data.formats import FORMATS, detect, normalize
 from finetune_trainer.data.formats.base import PreferencePair
 from finetune_trainer.data.readers import Record
 from finetune_trainer.memory.estimate import Setup, estimate
 from finetune_trainer.memory.gpus import GPUS
 from finetune_trainer.memory.shapes import model_shape
-from finetune_trainer.training.preference import PairCollator, dpo_loss, pair_metrics, sequence_logps
+from finetune_trainer.training.base_adapter import check_metadata
+from finetune_trainer.training.preference import (
+    PairCollator,
+    dpo_loss,
+    pair_metrics,
+    score_batch,
+    sequence_logps,
+    simpo_loss,
+)
 
 from tests.unit.trainer.test_config import CONTRACT_EXAMPLE
 from tests.unit.trainer.test_memory_plan import LLAMA3_8B
@@ -108,11 +116,18 @@ def test_the_config_refuses_what_dpo_cannot_train() -> None:
     raw = config(objective="dpo")
     raw["dataset"]["schema"] = "preference"
     assert parse_config(raw).method.dpo_settings == DpoSpec()
+    raw["method"]["objective"] = "simpo"
+    assert parse_config(raw).method.preference_settings == SimpoSpec(beta=2.0, gamma=0.5, label_smoothing=0.0)
     cases = [
         (config(objective="dpo"), "chat", "method.objective dpo: needs preference data"),
-        (config(), "preference", "train with method.objective dpo; set it"),
+        (config(), "preference", r"train with method.objective dpo \(or simpo\); set it"),
         (config(dpo={"beta": 0.2}), None, "dpo applies to objective dpo only"),
         (config(objective="dpo", dpo={"lossType": "ipo", "labelSmoothing": 0.1}), None, "sigmoid only"),
+        (config(objective="simpo"), "chat", "method.objective simpo: needs preference data"),
+        (config(simpo={"gamma": 1.0}), None, "simpo applies to objective simpo only"),
+        (config(objective="dpo", simpo={"gamma": 1.0}), None, "simpo applies to objective simpo only"),
+        (config(objective="simpo", simpo={"labelSmoothing": 0.5}), None, "method.simpo.labelSmoothing"),
+        (config(objective="simpo", simpo={"beta": 0}), None, "method.simpo.beta"),
     ]
     for raw, schema, message in cases:
         raw["dataset"]["schema"] = schema
@@ -133,6 +148,53 @@ def test_dpo_loss_matches_hand_computed_values() -> None:
     assert ipo == pytest.approx((4 / 2 - 1 / (2 * 0.5)) ** 2)  # on per-token means: (1 - (-1) - 1)^2
     equal = dpo_loss(reference, reference, counts, DpoSpec()).losses.item()
     assert equal == pytest.approx(math.log(2))  # the untrained policy is the reference
+
+
+def test_simpo_loss_matches_hand_computed_values() -> None:
+    # summed log-probs of [chosen, rejected] over 2 and 4 target tokens: per-token means -1 and -2
+    policy, counts = torch.tensor([-2.0, -8.0]), torch.tensor([2.0, 4.0])
+    scores = simpo_loss(policy, counts, SimpoSpec(beta=2.0, gamma=0.5))
+    # rewards 2 x -1 = -2 and 2 x -2 = -4; loss = -log sigmoid(-2 - (-4) - 0.5)
+    assert scores.losses.item() == pytest.approx(-math.log(1 / (1 + math.exp(-1.5))))
+    assert (scores.chosen_rewards.item(), scores.rejected_rewards.item()) == pytest.approx((-2.0, -4.0))
+    smoothed = simpo_loss(policy, counts, SimpoSpec(beta=2.0, gamma=0.5, label_smoothing=0.2)).losses.item()
+    assert smoothed == pytest.approx(
+        0.8 * -math.log(1 / (1 + math.exp(-1.5))) + 0.2 * -math.log(1 / (1 + math.exp(1.5)))
+    )
+    # equal per-token means (different lengths): the margin gamma alone makes the loss above log 2
+    tie = simpo_loss(torch.tensor([-3.0, -6.0]), torch.tensor([3.0, 6.0]), SimpoSpec(beta=2.0, gamma=0.5))
+    assert tie.losses.item() == pytest.approx(-math.log(1 / (1 + math.exp(0.5))))
+
+
+class CountingModel(torch.nn.Module):
+    """A causal LM stand-in with uniform logits that counts its forward passes and adapter toggles."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.forwards = 0
+        self.disabled = 0
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> Any:
+        self.forwards += 1
+        logits = torch.zeros(*input_ids.shape, 10) + self.weight
+        return type("Out", (), {"logits": logits})()
+
+    def disable_adapter(self) -> Any:
+        import contextlib
+
+        self.disabled += 1
+        return contextlib.nullcontext()
+
+
+def test_simpo_runs_one_forward_and_no_reference_where_dpo_runs_two() -> None:
+    rows = [{"input_ids": [1, 2, 3, 1, 2, 4], "labels": [-100, -100, 3, -100, -100, 4], "chosen_length": 3}]
+    batch = PairCollator()(rows)
+    simpo, dpo = CountingModel(), CountingModel()
+    score_batch(simpo, batch, SimpoSpec())
+    score_batch(dpo, batch, DpoSpec())
+    assert (simpo.forwards, simpo.disabled) == (1, 0)  # no reference pass at all
+    assert (dpo.forwards, dpo.disabled) == (2, 1)  # the reference (adapter disabled), then the policy
 
 
 def test_collator_packs_both_answers_into_one_row_and_logps_sum_per_sequence() -> None:
@@ -171,3 +233,39 @@ def test_memory_plan_counts_two_sequences_per_pair() -> None:
     dpo = replace(sft, objective="dpo")
     assert estimate(shape, dpo, device).activations >= 2 * estimate(shape, sft, device).activations
     assert estimate(shape, dpo, device).activations == estimate(shape, replace(sft, micro_batch=4), device).activations
+    # SimPO: the same two sequences per pair and no reference term (DPO's reference adds nothing at the peak)
+    assert estimate(shape, replace(sft, objective="simpo"), device) == estimate(shape, dpo, device)
+
+
+def test_a_base_adapter_needs_merged_or_full_weights_and_a_causal_lm() -> None:
+    raw = config(mergeWeights=True)
+    raw["baseModel"]["adapter"] = "s3://artifacts/team-a/sft/run-1/model/"
+    assert parse_config(raw).base_model.adapter == "s3://artifacts/team-a/sft/run-1/model/"
+    raw["method"] = {"type": "lora"}
+    with pytest.raises(ConfigInvalid, match=r"baseModel\.adapter: .* set method\.mergeWeights: true"):
+        parse_config(raw)
+    raw["method"] = {"type": "full"}
+    assert parse_config(raw).method.type == "full"
+    raw["baseModel"]["adapter"] = "https://example.org/adapter/"
+    with pytest.raises(ConfigInvalid, match=r"baseModel\.adapter"):
+        parse_config(raw)
+
+
+def test_a_base_adapter_must_be_a_lora_adapter_of_the_base_model() -> None:
+    raw = config(mergeWeights=True)
+    raw["baseModel"]["adapter"] = "s3://a/sft/run-1/model/"
+    cfg = parse_config(raw)
+    base = cfg.base_model.uri
+    lora = {"peft_type": "LORA", "base_model_name_or_path": "/work/base-model"}
+    ours = {"baseModelUri": base.rstrip("/"), "adapter": True, "task": "causal-lm"}  # a trailing slash aside
+    check_metadata(lora, ours, cfg)
+    check_metadata(lora, None, cfg)  # written elsewhere: the merge checks its shapes
+    refusals = [
+        (lora, {**ours, "baseModelUri": "s3://a/other-model/"}, "was trained on s3://a/other-model/ .* not on"),
+        (lora, {**ours, "adapter": False}, "holds merged or full weights"),
+        (None, ours, "is not a LoRA adapter folder"),
+        ({"peft_type": "IA3"}, None, "is a IA3 adapter; LoRA only"),
+    ]
+    for adapter_config, finetune, message in refusals:
+        with pytest.raises(ModelInvalid, match=f"baseModel.adapter: .*{message}"):
+            check_metadata(adapter_config, finetune, cfg)

@@ -47,6 +47,8 @@ Per process, in bytes (P parameters, P_t trainable, N shards; mixed = bf16/fp16 
   (c + 8) V bytes per token) is freed before the policy's activations are built and is below them, so it
   adds nothing at the peak. Full fine-tuning precomputes the reference log-probabilities before training
   (no frozen copy of the weights), which adds nothing either.
+- SimPO (`objective: simpo`): the same two sequences per pair and no reference at all (no pass, no
+  precomputed log-probabilities): the same activation terms as DPO, and nothing else.
 - overhead: GPU: 0.75 GiB (CUDA context, cuBLAS workspace), 0.5 GiB more with several processes (NCCL),
   and 5% of the rest for the caching allocator's fragmentation; CPU: 1 GiB (Python, torch, the data).
 
@@ -105,8 +107,13 @@ class Setup:
     gradient_accumulation: int = 1
     seq_length: int = 2048
     task: Literal["causal-lm", "sequence-classification"] = "causal-lm"
-    objective: Literal["sft", "dpo"] = "sft"
-    """dpo: each micro-batch entry is a pair of sequences of up to `seq_length` tokens each."""
+    objective: Literal["sft", "dpo", "simpo"] = "sft"
+    """dpo, simpo: each micro-batch entry is a pair of sequences of up to `seq_length` tokens each."""
+
+    @property
+    def sequences_per_entry(self) -> int:
+        """Sequences one micro-batch entry puts in the row: 2 for a preference pair (dpo, simpo), else 1."""
+        return 1 if self.objective == "sft" else 2
 
 
 @dataclass(frozen=True)
@@ -222,7 +229,7 @@ def _head_activations(shape: ModelShape, setup: Setup, mixed: bool) -> float:
 
 def _activations(shape: ModelShape, setup: Setup, mixed: bool, micro_batch: int, on_cpu: bool) -> int:
     """Bytes saved for backward by one micro-batch, at the start of backward."""
-    sequences = micro_batch * (2 if setup.objective == "dpo" else 1)  # dpo: chosen and rejected, one row
+    sequences = micro_batch * setup.sequences_per_entry  # dpo, simpo: chosen and rejected, one row
     tokens = sequences * setup.seq_length
     c = 2 if mixed else 4
     masked = setup.task == "causal-lm" and sequences > 1

@@ -266,7 +266,7 @@ def plan(config: Mapping[str, Any], setup: Setup, device: Accelerator, *, num_la
         precision=resolve_precision(setup.precision, device),
         parameters=shape.parameters,
         trainable_parameters=trainable_parameters(shape, setup.method),
-        tokens_per_micro_batch=setup.micro_batch * setup.seq_length * (2 if setup.objective == "dpo" else 1),
+        tokens_per_micro_batch=setup.micro_batch * setup.seq_length * setup.sequences_per_entry,
         max_micro_batch=largest_micro_batch(shape, setup, device),
         suggestions=() if fits else suggestions(shape, setup, device),
         setup=setup,
@@ -312,13 +312,12 @@ def setup_of(
 
     `longest_record`: the longest tokenized training record when known (the validate step measures the
     tokens): a flattened micro-batch then holds at most batchSize x min(maxSeqLength, longest) tokens, a
-    tighter bound than the worst case of every record being maxSeqLength long. With `objective: dpo` a record is
-    a pair (both sequences, each at most maxSeqLength): half the longest pair, rounded up, bounds its tokens
-    per sequence."""
+    tighter bound than the worst case of every record being maxSeqLength long. With `objective: dpo` or simpo a
+    record is a pair (both sequences, each at most maxSeqLength): half the longest pair, rounded up, bounds its
+    tokens per sequence."""
     lora = cfg.method.lora
     hp = cfg.hyperparameters
-    dpo = cfg.method.objective == "dpo"
-    longest = math.ceil(longest_record / 2) if dpo and longest_record else longest_record
+    longest = math.ceil(longest_record / 2) if cfg.method.pairs and longest_record else longest_record
     return Setup(
         method=Method(cfg.method.type, lora.rank, tuple(lora.target_modules), lora.dropout),
         precision=hp.precision,

@@ -25,6 +25,7 @@ from finetune_trainer.data.formats.base import generation_unsupported
 from finetune_trainer.data.labels import encode_labels, label_names
 from finetune_trainer.data.readers import Record
 from finetune_trainer.data.tokenization import TokenStats, tokenize_with_stats
+from finetune_trainer.training import base_adapter
 from finetune_trainer.training.modeling import check_model_folder, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -341,6 +342,7 @@ def prepare(storage: Storage, cfg: TrainerConfig, work: Path) -> Inputs:
     """Download, validate, split and tokenize; raises the contract's user errors on bad input."""
     d = read_data(storage, cfg, work / "data")
     model_folder = fetch_model(storage, cfg.base_model.uri, work / "base-model")
+    model_folder = base_adapter.merged_base(storage, cfg, model_folder, work)  # baseModel.adapter merged in
     tokenizer = load_tokenizer(model_folder, cfg.base_model.uri)
     default_template = d.format.kind in CHAT_KINDS and ensure_chat_template(tokenizer)
     max_length = sequence_limit(model_folder, cfg.dataset.max_seq_length)

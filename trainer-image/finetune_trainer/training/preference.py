@@ -1,4 +1,5 @@
-"""Preference tuning (`method.objective: dpo`): the DPO loss inside the HF Trainer, and its evaluation.
+"""Preference tuning (`method.objective: dpo | simpo`): the DPO and SimPO losses inside the HF Trainer, and their
+evaluation.
 
 Why a Trainer subclass and not TRL's DPOTrainer: checkpoints, resume after preemption, progress, tracking,
 early stopping and the best checkpoint are this trainer's hooks on the HF Trainer (`callbacks`,
@@ -20,6 +21,10 @@ early stopping and the best checkpoint are this trainer's hooks on the HF Traine
 - The loss (`dpo_loss`): sigmoid (Rafailov et al. 2023, with Mitchell's label smoothing) or IPO (Azar et al.
   2023, on length-normalised log-probabilities, as the paper defines it). The implicit rewards are
   beta x (policy - reference) log-probabilities of each answer.
+- SimPO (`simpo_loss`, Meng et al. 2024) has no reference model at all: no reference pass, no precomputed
+  column, no adapter toggling. An answer's reward is beta x its per-token average log-likelihood under the
+  policy, and the loss is -log sigmoid(chosen reward - rejected reward - gamma) (TRL's CPOTrainer with
+  loss_type simpo and cpo_alpha 0), with the same label smoothing as DPO's sigmoid loss.
 
 Evaluation (`evaluate_pairs`) reports per split: `loss` (the DPO loss: what validation-driven selection and
 early stopping minimise), `reward_accuracy` (pairs whose chosen reward is above the rejected one),
@@ -36,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from finetune_trainer.config import DpoSpec
+from finetune_trainer.config import DpoSpec, SimpoSpec
 from finetune_trainer.core import distributed
 from finetune_trainer.data.tokenization import IGNORE_INDEX
 from finetune_trainer.evaluation.autocast import autocast
@@ -135,6 +140,25 @@ def dpo_loss(policy: Any, reference: Any, counts: Any, spec: DpoSpec) -> PairSco
     )
 
 
+def simpo_loss(policy: Any, counts: Any, spec: SimpoSpec) -> PairScores:
+    """The SimPO loss of B pairs from [2B] summed log-probabilities (chosen at even, rejected at odd indices):
+    the rewards are beta x the per-token means, and the chosen one must beat the rejected one by gamma."""
+    import torch.nn.functional as F
+
+    means = policy / counts.clamp(min=1)
+    chosen, rejected = spec.beta * means[0::2], spec.beta * means[1::2]
+    logits = chosen - rejected - spec.gamma
+    smoothing = spec.label_smoothing
+    losses = -F.logsigmoid(logits) * (1 - smoothing) - F.logsigmoid(-logits) * smoothing
+    return PairScores(
+        losses=losses,
+        chosen_rewards=chosen.detach(),
+        rejected_rewards=rejected.detach(),
+        chosen_mean_logps=means[0::2].detach(),
+        rejected_mean_logps=means[1::2].detach(),
+    )
+
+
 def reference_logps(model: Any, batch: dict[str, Any]) -> Any:
     """The reference model's summed log-probabilities of the batch's sequences: precomputed (full fine-tuning),
     or the same model with its LoRA adapter disabled, under no_grad."""
@@ -152,22 +176,25 @@ def reference_logps(model: Any, batch: dict[str, Any]) -> Any:
     return sums
 
 
-def score_batch(model: Any, batch: dict[str, Any], spec: DpoSpec) -> PairScores:
-    """The reference pass first (its activations freed), then the policy's forward, then the loss."""
+def score_batch(model: Any, batch: dict[str, Any], spec: DpoSpec | SimpoSpec) -> PairScores:
+    """DPO: the reference pass first (its activations freed), then the policy's forward, then the loss.
+    SimPO: the policy's forward and the loss only."""
     sequences = int(batch["sequence_index"].max().item()) + 1
-    reference = reference_logps(model, batch)
+    reference = None if isinstance(spec, SimpoSpec) else reference_logps(model, batch)
     logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
     policy, counts = sequence_logps(logits, batch["labels"], batch["sequence_index"], sequences)
+    if isinstance(spec, SimpoSpec):
+        return simpo_loss(policy, counts, spec)
     return dpo_loss(policy, reference, counts, spec)
 
 
-def trainer_class(base: type[Any], spec: DpoSpec) -> type[Any]:
-    """`base` (the HF Trainer) with the DPO loss; logs the training rewards beside the loss."""
+def trainer_class(base: type[Any], spec: DpoSpec | SimpoSpec) -> type[Any]:
+    """`base` (the HF Trainer) with the DPO or SimPO loss; logs the training rewards beside the loss."""
 
     class PreferenceTrainer(base):  # type: ignore[valid-type,misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            # The DPO loss is a mean over the micro-batch's pairs: the Trainer must divide it by the
+            # The DPO (SimPO) loss is a mean over the micro-batch's pairs: the Trainer must divide it by the
             # accumulation steps (it skips that for models whose forward takes loss kwargs).
             self.model_accepts_loss_kwargs = False
             self._sums = [0.0, 0.0, 0.0, 0.0]  # pairs, reward accuracy, margin, chosen reward (since the last log)
@@ -210,7 +237,7 @@ def pair_metrics(sums: Sequence[float]) -> dict[str, float]:
 
 
 def evaluate_pairs(
-    model: Any, dataset: Any, collator: Any, batch_size: int, precision: str, spec: DpoSpec
+    model: Any, dataset: Any, collator: Any, batch_size: int, precision: str, spec: DpoSpec | SimpoSpec
 ) -> dict[str, float]:
     """`METRICS` of `model` on a tokenized split of pairs; each rank takes every world_size-th pair."""
     import torch
@@ -243,8 +270,9 @@ def evaluate_pairs(
 
 
 def base_metrics(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """What compareBaseModel keeps of the untrained model's metrics: its preference accuracy (its implicit
-    rewards are all zero against itself, so reward metrics say nothing about it)."""
+    """What compareBaseModel keeps of the untrained model's metrics: its preference accuracy (its DPO rewards
+    are all zero against itself, so reward metrics say nothing about it; its SimPO reward accuracy is the same
+    comparison of per-token means, so preference_accuracy says it too)."""
     return {split: {"preference_accuracy": values["preference_accuracy"]} for split, values in metrics.items()
             if "preference_accuracy" in values}  # fmt: skip
 

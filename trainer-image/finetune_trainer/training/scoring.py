@@ -47,7 +47,7 @@ def base_model_metrics(
             log.warning("no base_metrics.json from the earlier attempt; the base comparison is skipped")
             return {}
     metrics = evaluate_all(model, inputs, collator, cfg, precision)
-    if cfg.method.objective == "dpo":
+    if cfg.method.pairs:
         metrics = preference.base_metrics(metrics)
     if distributed.is_main():
         storage.write_bytes(location, json.dumps(metrics).encode(), "application/json")
@@ -64,8 +64,8 @@ def evaluate_all(
 ) -> dict[str, dict[str, float]]:
     num_labels = len(inputs.labels) if inputs.labels else None
     batch, lockstep = int(cfg.hyperparameters.batch_size), sharding.sharded(cfg)  # FSDP: every rank every batch
-    if cfg.method.objective == "dpo":
-        spec = cfg.method.dpo_settings
+    if cfg.method.pairs:
+        spec = cfg.method.preference_settings
         return {
             name: preference.evaluate_pairs(model, inputs.tokenized[name], collator, batch, precision, spec)
             for name in splits

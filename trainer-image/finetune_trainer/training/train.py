@@ -79,7 +79,7 @@ def total_steps(examples: int, cfg: TrainerConfig, world: int) -> int:
 
 
 def collator_for(cfg: TrainerConfig, tokenizer: Any) -> Any:
-    if cfg.method.objective == "dpo":
+    if cfg.method.pairs:
         return preference.PairCollator()
     if cfg.base_model.task == "sequence-classification":
         from transformers import DataCollatorWithPadding
@@ -91,12 +91,12 @@ def collator_for(cfg: TrainerConfig, tokenizer: Any) -> Any:
 
 
 def trainer_class(cfg: TrainerConfig) -> type[Any]:
-    """The Trainer class a run uses: DPO runs the preference objective (`preference`); other causal LMs (not
+    """The Trainer class a run uses: DPO and SimPO run the preference objective (`preference`); other causal LMs (not
     sharded) compute their loss at label positions only, without the full logits (`loss`); classifiers and
     FSDP runs keep the Trainer's own loss."""
     base = sharding.trainer_class(cfg)
-    if cfg.method.objective == "dpo":  # its own loss over chosen/rejected pairs (`preference`)
-        return preference.trainer_class(base, cfg.method.dpo_settings)
+    if cfg.method.pairs:  # its own loss over chosen/rejected pairs (`preference`)
+        return preference.trainer_class(base, cfg.method.preference_settings)
     if cfg.base_model.task == "sequence-classification" or sharding.sharded(cfg):
         return base
     return with_label_position_loss(base)

@@ -24,7 +24,7 @@ from finetune_trainer.core.termination import LIMIT
 from finetune_trainer.memory.check import Placement, check_fit
 from finetune_trainer.memory.disk import DiskPlan, disk_plan
 from finetune_trainer.memory.plan import MemoryPlan
-from finetune_trainer.training import hub_sources
+from finetune_trainer.training import base_adapter, hub_sources
 from finetune_trainer.training.checkpoints import refuse_foreign_run
 from finetune_trainer.training.inputs import (
     CHAT_KINDS,
@@ -50,6 +50,7 @@ def summarize(cfg: TrainerConfig, storage: Storage, work: Path, placement: Place
     d = read_data(storage, cfg, work / "data")
     refuse_foreign_run(storage, S3Uri.parse(cfg.output.run_uri), cfg.job)
     folder = fetch_tokenizer(storage, cfg.base_model.uri, work / "tokenizer")
+    base_adapter.check_remote(storage, cfg)  # the adapter belongs to the base model (no weights read)
     tokenizer = load_tokenizer(folder, cfg.base_model.uri)
     if d.format.kind in CHAT_KINDS:
         ensure_chat_template(tokenizer)

@@ -194,16 +194,22 @@ def generation_unsupported(fmt: Format) -> str | None:
     )
 
 
+PREFERENCE_OBJECTIVES = ("dpo", "simpo")
+"""The objectives that train on preference pairs (a chosen and a rejected answer per prompt)."""
+
+
 def objective_mismatch(fmt: Format, objective: str) -> str | None:
     """Why data of format `fmt` cannot train with `method.objective` (None: it can)."""
-    if fmt.kind == "preference" and objective != "dpo":
+    if fmt.kind == "preference" and objective not in PREFERENCE_OBJECTIVES:
         return (
             f"dataset.schema {fmt.name}: preference pairs (a chosen and a rejected answer) train with "
-            "method.objective dpo; set it, or train sft on chat or prompt-completion data with the chosen answers"
+            "method.objective dpo (or simpo); set it, or train sft on chat or prompt-completion data with the "
+            "chosen answers"
         )
-    if fmt.kind != "preference" and objective == "dpo":
+    if fmt.kind != "preference" and objective in PREFERENCE_OBJECTIVES:
         return (
-            f"method.objective dpo: needs preference data (schema preference or openai-preference: a prompt with a "
-            f"chosen and a rejected answer); dataset.schema {fmt.name} has one answer per prompt (use objective sft)"
+            f"method.objective {objective}: needs preference data (schema preference or openai-preference: a "
+            f"prompt with a chosen and a rejected answer); dataset.schema {fmt.name} has one answer per prompt "
+            "(use objective sft)"
         )
     return None

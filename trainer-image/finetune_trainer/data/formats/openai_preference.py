@@ -1,4 +1,4 @@
-"""`openai-preference`: OpenAI's DPO fine-tuning file format, for `method.objective: dpo`.
+"""`openai-preference`: OpenAI's DPO fine-tuning file format, for `method.objective: dpo` or `simpo`.
 
 One record: `{"input": {"messages": [...]}, "preferred_output": [{"role": "assistant", "content": ...}],
 "non_preferred_output": [...]}`. The input's messages are the prompt (system, user and earlier assistant
@@ -40,7 +40,7 @@ FORMAT = Format(
     name="openai-preference",
     summary=(
         "openai-preference: OpenAI's DPO format (input.messages, preferred_output, non_preferred_output); "
-        "for method.objective dpo"
+        "for method.objective dpo or simpo"
     ),
     kind="preference",
     task="causal-lm",

@@ -1,4 +1,4 @@
-"""`preference`: a prompt with a chosen and a rejected answer, for `method.objective: dpo`.
+"""`preference`: a prompt with a chosen and a rejected answer, for `method.objective: dpo` or `simpo`.
 
 `prompt`, `chosen` and `rejected` are strings, or lists of {role, content} messages (TRL's conversational
 preference format: the prompt's messages end with the user's turn, chosen and rejected are the assistant's
@@ -77,7 +77,7 @@ FORMAT = Format(
     name="preference",
     summary=(
         "preference: prompt, chosen, rejected (strings, or TRL's conversational lists of messages); "
-        "for method.objective dpo"
+        "for method.objective dpo or simpo"
     ),
     kind="preference",
     task="causal-lm",
