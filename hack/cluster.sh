@@ -67,18 +67,26 @@ start() {  # name binary args... : start in its own session unless alive
   echo "$pid" > "$state/pids/$name.pid"
   echo "$1" > "$state/pids/$name.cmd"
   # Until setsid has exec'd the binary, /proc/PID/cmdline is still the shell's, and pid_alive (which checks
-  # it) would call a starting component dead: wait for the exec (or the exit) before anyone asks.
-  for _ in $(seq 1 100); do
+  # it) would call a starting component dead: wait for the exec (or the exit) before anyone asks. Up to 30 s: on
+  # a loaded machine (CI beside other builds) 5 s once was not enough, and kwok was called dead with an empty log.
+  for _ in $(seq 1 600); do
     pid_alive "$name" || [ ! -d "/proc/$pid" ] && break
     sleep 0.05
   done
+}
+
+exit_status() {  # name -> how its process ended, when it was started by this shell (else what is known)
+  local pid; pid=$(cat "$state/pids/$1.pid" 2>/dev/null) || { echo "no pid file"; return; }
+  if [ -d "/proc/$pid" ]; then echo "pid $pid still exists: $(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null)"; return; fi
+  local rc=0; wait "$pid" 2>/dev/null || rc=$?
+  echo "pid $pid, exit status $rc"
 }
 
 wait_for() {  # name timeout_seconds command... : poll until the command succeeds
   local name=$1 timeout=$2; shift 2
   local deadline=$((SECONDS + timeout))
   until "$@" >/dev/null 2>&1; do
-    pid_alive "$name" || die_component "$name" "the process exited"
+    pid_alive "$name" || die_component "$name" "the process exited ($(exit_status "$name"))"
     ((SECONDS < deadline)) || die_component "$name" "not healthy after ${timeout}s ($*)"
     sleep 0.5
   done
