@@ -2,7 +2,7 @@
 revision and a token; the validation pod (trainer image) resolves and copies them from a real Hub-compatible
 server (olah, offline, over git repos built here, on the bridge gateway where pods reach the host; a gate in
 front of it asks for the token as a gated repo would), the training pod reads only the copy, the endpoint
-serves and answers, the status shows the commits, and a second job of the same commits copies nothing.
+serves and answers, the status shows the commits, and a second run of the same commits copies nothing.
 
 Cheap by design: a tiny random Llama and 48 chat records (as test_tracking_real_node.py). Written beside the
 feature; see docs/hub.md for what it adds to tests/trainer/test_hub_sources.py.
@@ -100,7 +100,7 @@ def _manifest(name: str, bucket: str, serve: bool) -> dict[str, Any]:
     }
 
 
-def test_a_job_of_hub_sources_trains_serves_and_a_second_job_copies_nothing(
+def test_a_job_of_hub_sources_trains_serves_and_a_second_run_copies_nothing(
     cluster: Cluster, namespace: str, images: dict[str, str], hub: tuple[str, dict[str, str]]
 ) -> None:
     endpoint, commits = hub
@@ -163,11 +163,20 @@ def _run(
             )
             assert reply.usage is not None and reply.usage.completion_tokens > 0
 
-        # a second job of the same sources and output: its check finds the cache and copies nothing
-        cluster.custom.create_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, _manifest("hub-again", bucket, False)
+        # a second run of the same job and sources (a new maxSeqLength: a new data check and a new run-2 in the same
+        # output, whose hub cache it shares): the check resolves the same commits, finds the cache, copies nothing.
+        # A second FineTuneJob on the same output.uri would be refused (its run folder is the first job's).
+        cluster.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, "hub", {"spec": {"dataset": {"maxSeqLength": 48}}}
         )
-        again = _wait_phase(cluster, namespace, "hub-again", ("Succeeded", "Failed"), 1200)
-        assert again["phase"] == "Succeeded", again
+        deadline = time.monotonic() + 1200
+        again: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            again = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "hub")["status"]
+            checked = (again.get("validation") or {}).get("run") == 2
+            if again.get("run") == 2 and checked and again.get("phase") in ("Serving", "Failed"):
+                break
+            time.sleep(2)
+        assert again.get("run") == 2 and again["phase"] == "Serving", again
         assert [s["copiedFiles"] for s in again["validation"]["sources"]] == [0, 0]
         assert {s["commit"] for s in again["validation"]["sources"]} == set(commits.values())
