@@ -9,9 +9,7 @@ Secret, as docs/openai-api.md tells an admin to make; every refusal below is the
 
 from __future__ import annotations
 
-import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +19,7 @@ import httpx
 import openai
 import pytest
 
-from tests.helm.chart import render, service_account_identity
-from tests.support.ports import free_port
+from tests.support import finetuning_api as fapi
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -58,75 +55,6 @@ class Api:
         return [item["Key"] for item in listed.get("Contents", [])]
 
 
-def _token(cluster: Any, namespace: str, name: str) -> str:
-    from kubernetes import client
-
-    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))
-    return str(cluster.core.create_namespaced_service_account_token(name, namespace, request).status.token)
-
-
-def _service_account(cluster: Any, namespace: str, name: str) -> None:
-    from kubernetes import client
-
-    cluster.core.create_namespaced_service_account(
-        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
-    )
-
-
-def _bind(cluster: Any, namespace: str, name: str, rules: list[dict[str, Any]]) -> None:
-    cluster.rbac.create_namespaced_role(namespace, {"metadata": {"name": name}, "rules": rules})
-    cluster.rbac.create_namespaced_role_binding(
-        namespace,
-        {
-            "metadata": {"name": name},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
-        },
-    )
-
-
-def _allowed(cluster: Any, user: str, namespace: str, verb: str, resource: str, group: str, name: str = "") -> bool:
-    from kubernetes import client
-
-    review = client.AuthorizationV1Api(cluster.api_client).create_subject_access_review(
-        client.V1SubjectAccessReview(
-            spec=client.V1SubjectAccessReviewSpec(
-                user=user,
-                groups=["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"],
-                resource_attributes=client.V1ResourceAttributes(
-                    namespace=namespace, verb=verb, resource=resource, group=group, name=name or None
-                ),
-            )
-        )
-    )
-    return bool(review.status and review.status.allowed)
-
-
-def _chart_api_rules() -> list[dict[str, Any]]:
-    """The rules of the ClusterRole the chart gives the API's ServiceAccount."""
-    docs = render("fto", "finetune-system", {"api.enabled": "true", "api.files.bucket": "files"})
-    (role,) = [d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("-api")]
-    return list(role["rules"])
-
-
-def _serve(config: Any) -> tuple[int, Any]:
-    """A replica of the service (its own app, its own memory) on a free port; returns the port and its stop."""
-    import uvicorn
-    from finetune_trainer.finetuning_api.app import build_app
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(build_app(config), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for("the API to listen", lambda: server.started or None, timeout=30)
-
-    def stop() -> None:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-    return port, stop
-
-
 @pytest.fixture
 def api(cluster: Any, namespace: str, other_namespace: str, s3_bucket: Any, tmp_path: Path) -> Iterator[Api]:
     from finetune_trainer.finetuning_api.config import ApiConfig
@@ -141,58 +69,40 @@ def api(cluster: Any, namespace: str, other_namespace: str, s3_bucket: Any, tmp_
                 string_data={"AWS_ACCESS_KEY_ID": endpoint.access_key, "AWS_SECRET_ACCESS_KEY": endpoint.secret_key},
             ),
         )
-        _service_account(cluster, ns, "tenant")
-        _bind(cluster, ns, "tenant", TENANT_RULES)
-    _service_account(cluster, namespace, "nobody")
-    _service_account(cluster, namespace, "jobs-only")
-    _bind(cluster, namespace, "jobs-only", TENANT_RULES[:1])
-
-    # the service: its own ServiceAccount, bound to exactly the chart's ClusterRole for it
-    _service_account(cluster, namespace, "finetuning-api")
-    role = f"t-finetuning-api-{uuid.uuid4().hex[:8]}"
-    cluster.rbac.create_cluster_role({"metadata": {"name": role}, "rules": _chart_api_rules()})
-    cluster.rbac.create_cluster_role_binding(
-        {
-            "metadata": {"name": role},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-            "subjects": [{"kind": "ServiceAccount", "name": "finetuning-api", "namespace": namespace}],
-        }
-    )
-    service_user = f"system:serviceaccount:{namespace}:finetuning-api"
-    wait_for(
-        "the API's RBAC",
-        lambda: _allowed(cluster, service_user, "", "create", "tokenreviews", "authentication.k8s.io") or None,
-    )
+        fapi.service_account(cluster, ns, "tenant")
+        fapi.bind(cluster, ns, "tenant", TENANT_RULES)
+    fapi.service_account(cluster, namespace, "nobody")
+    fapi.service_account(cluster, namespace, "jobs-only")
+    fapi.bind(cluster, namespace, "jobs-only", TENANT_RULES[:1])
     for ns in (namespace, other_namespace):
         user = f"system:serviceaccount:{ns}:tenant"
-        wait_for("a tenant's RBAC", lambda: _allowed(cluster, user, ns, "get", "secrets", "", SECRET) or None)  # noqa: B023
-    identity = service_account_identity(cluster, namespace, "finetuning-api", tmp_path)
+        wait_for("a tenant's RBAC", lambda: fapi.allowed(cluster, user, ns, "get", "secrets", "", SECRET) or None)  # noqa: B023
 
-    config = ApiConfig(
-        bucket=s3_bucket.name,
-        s3_endpoint=endpoint.url,
-        s3_region=endpoint.region,
-        max_upload_bytes=MAX_UPLOAD,
-        kubeconfig=str(identity.kubeconfig),
-    )
-    port, stop = _serve(config)
-    try:
-        yield Api(
-            url=f"http://127.0.0.1:{port}",
-            bucket=s3_bucket,
-            tokens={
-                "a": _token(cluster, namespace, "tenant"),
-                "b": _token(cluster, other_namespace, "tenant"),
-                "nobody": _token(cluster, namespace, "nobody"),
-                "jobs-only": _token(cluster, namespace, "jobs-only"),
-            },
-            namespaces={"a": namespace, "b": other_namespace},
-            config=config,
+    # the service: its own ServiceAccount, bound to exactly the chart's ClusterRole for it
+    with fapi.service_identity(cluster, namespace, tmp_path) as kubeconfig:
+        config = ApiConfig(
+            bucket=s3_bucket.name,
+            s3_endpoint=endpoint.url,
+            s3_region=endpoint.region,
+            max_upload_bytes=MAX_UPLOAD,
+            kubeconfig=str(kubeconfig),
         )
-    finally:
-        stop()
-        cluster.rbac.delete_cluster_role_binding(role)
-        cluster.rbac.delete_cluster_role(role)
+        port, stop = fapi.serve(config)
+        try:
+            yield Api(
+                url=f"http://127.0.0.1:{port}",
+                bucket=s3_bucket,
+                tokens={
+                    "a": fapi.token(cluster, namespace, "tenant"),
+                    "b": fapi.token(cluster, other_namespace, "tenant"),
+                    "nobody": fapi.token(cluster, namespace, "nobody"),
+                    "jobs-only": fapi.token(cluster, namespace, "jobs-only"),
+                },
+                namespaces={"a": namespace, "b": other_namespace},
+                config=config,
+            )
+        finally:
+            stop()
 
 
 def test_upload_list_retrieve_content_delete(api: Api) -> None:
@@ -229,7 +139,7 @@ def test_upload_list_retrieve_content_delete(api: Api) -> None:
 def test_any_replica_answers_for_a_file_another_one_stored(api: Api) -> None:
     """Nothing is kept in a replica's memory: a second one (a fresh app) lists, reads and deletes the file."""
     stored = api.client("a").files.create(file=("train.jsonl", CHAT), purpose="fine-tune")
-    port, stop = _serve(api.config)
+    port, stop = fapi.serve(api.config)
     try:
         other = api.client_of(f"http://127.0.0.1:{port}", "a")
         assert other.files.retrieve(stored.id) == stored

@@ -14,9 +14,7 @@ operator too (validation off, kwok pods): an API-made job trains, is served, is 
 from __future__ import annotations
 
 import base64
-import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +25,9 @@ import openai
 import pytest
 import yaml
 
-from tests.helm.chart import render, service_account_identity
 from tests.integration.conftest import Jobs, Operator, success_message
+from tests.support import finetuning_api as fapi
 from tests.support.kwok import KWOK_NODE_SELECTOR, KWOK_TOLERATION
-from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -93,46 +90,6 @@ class Api:
         )
 
 
-def _token(cluster: Any, namespace: str, name: str) -> str:
-    from kubernetes import client
-
-    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))
-    return str(cluster.core.create_namespaced_service_account_token(name, namespace, request).status.token)
-
-
-def _service_account(cluster: Any, namespace: str, name: str) -> None:
-    cluster.core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
-
-
-def _bind(cluster: Any, namespace: str, name: str, rules: list[dict[str, Any]]) -> None:
-    cluster.rbac.create_namespaced_role(namespace, {"metadata": {"name": name}, "rules": rules})
-    cluster.rbac.create_namespaced_role_binding(
-        namespace,
-        {
-            "metadata": {"name": name},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
-        },
-    )
-
-
-def _allowed(cluster: Any, user: str, namespace: str, verb: str, resource: str, group: str) -> bool:
-    from kubernetes import client
-
-    review = client.AuthorizationV1Api(cluster.api_client).create_subject_access_review(
-        client.V1SubjectAccessReview(
-            spec=client.V1SubjectAccessReviewSpec(
-                user=user,
-                groups=["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"],
-                resource_attributes=client.V1ResourceAttributes(
-                    namespace=namespace, verb=verb, resource=resource, group=group
-                ),
-            )
-        )
-    )
-    return bool(review.status.allowed)
-
-
 class ServiceDns(httpx.AsyncHTTPTransport):
     """Sends requests for `<service>.<namespace>.svc` to the local servers registered for them."""
 
@@ -180,68 +137,43 @@ def dns(monkeypatch: pytest.MonkeyPatch) -> ServiceDns:
 def api(
     cluster: Any, crd: str, namespace: str, other_namespace: str, s3_bucket: Any, tmp_path: Path, dns: ServiceDns
 ) -> Iterator[Api]:
-    import uvicorn
-    from finetune_trainer.finetuning_api.app import build_app
     from finetune_trainer.finetuning_api.config import ApiConfig
 
     endpoint = s3_bucket.endpoint
     for ns in (namespace, other_namespace):
         keys = {"AWS_ACCESS_KEY_ID": endpoint.access_key, "AWS_SECRET_ACCESS_KEY": endpoint.secret_key}
         cluster.core.create_namespaced_secret(ns, {"metadata": {"name": SECRET}, "stringData": keys})
-        _service_account(cluster, ns, "tenant")
-        _bind(cluster, ns, "tenant", TENANT_RULES)
-    _service_account(cluster, namespace, "nobody")
-
-    _service_account(cluster, namespace, "finetuning-api")
-    role = f"t-finetuning-api-{uuid.uuid4().hex[:8]}"
-    docs = render("fto", "finetune-system", {"api.enabled": "true", "api.files.bucket": "files"})
-    (chart_role,) = [d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("-api")]
-    cluster.rbac.create_cluster_role({"metadata": {"name": role}, "rules": chart_role["rules"]})
-    cluster.rbac.create_cluster_role_binding(
-        {
-            "metadata": {"name": role},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-            "subjects": [{"kind": "ServiceAccount", "name": "finetuning-api", "namespace": namespace}],
-        }
-    )
-    service_user = f"system:serviceaccount:{namespace}:finetuning-api"
-    wait_for("the API's RBAC", lambda: _allowed(cluster, service_user, "", "create", "tokenreviews",
-                                                "authentication.k8s.io") or None)  # fmt: skip
+        fapi.service_account(cluster, ns, "tenant")
+        fapi.bind(cluster, ns, "tenant", TENANT_RULES)
+    fapi.service_account(cluster, namespace, "nobody")
     for ns in (namespace, other_namespace):
         user = f"system:serviceaccount:{ns}:tenant"
-        wait_for("a tenant's RBAC", lambda: _allowed(cluster, user, ns, "patch", PLURAL, GROUP) or None)  # noqa: B023
-    identity = service_account_identity(cluster, namespace, "finetuning-api", tmp_path)
+        wait_for("a tenant's RBAC", lambda: fapi.allowed(cluster, user, ns, "patch", PLURAL, GROUP) or None)  # noqa: B023
     catalog = tmp_path / "models.yaml"
     catalog.write_text(yaml.safe_dump(CATALOG))
-    config = ApiConfig(
-        bucket=s3_bucket.name,
-        s3_endpoint=endpoint.url,
-        s3_region=endpoint.region,
-        kubeconfig=str(identity.kubeconfig),
-        catalog_path=str(catalog),
-    )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(build_app(config), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for("the API to listen", lambda: server.started or None, timeout=30)
-    try:
-        yield Api(
-            url=f"http://127.0.0.1:{port}",
-            cluster=cluster,
-            bucket=s3_bucket,
-            tokens={
-                "a": _token(cluster, namespace, "tenant"),
-                "b": _token(cluster, other_namespace, "tenant"),
-                "nobody": _token(cluster, namespace, "nobody"),
-            },
-            namespaces={"a": namespace, "b": other_namespace},
+    with fapi.service_identity(cluster, namespace, tmp_path) as kubeconfig:
+        config = ApiConfig(
+            bucket=s3_bucket.name,
+            s3_endpoint=endpoint.url,
+            s3_region=endpoint.region,
+            kubeconfig=str(kubeconfig),
+            catalog_path=str(catalog),
         )
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        cluster.rbac.delete_cluster_role_binding(role)
-        cluster.rbac.delete_cluster_role(role)
+        port, stop = fapi.serve(config)
+        try:
+            yield Api(
+                url=f"http://127.0.0.1:{port}",
+                cluster=cluster,
+                bucket=s3_bucket,
+                tokens={
+                    "a": fapi.token(cluster, namespace, "tenant"),
+                    "b": fapi.token(cluster, other_namespace, "tenant"),
+                    "nobody": fapi.token(cluster, namespace, "nobody"),
+                },
+                namespaces={"a": namespace, "b": other_namespace},
+            )
+        finally:
+            stop()
 
 
 def test_create_maps_to_a_finetunejob_and_back(api: Api) -> None:
