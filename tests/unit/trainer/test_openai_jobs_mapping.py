@@ -542,10 +542,17 @@ def test_only_a_service_of_the_jobs_namespace_is_called() -> None:
     obj = created(BASIC, {"endpoint": {"url": "x"}})
     assert allowed_upstream("http://bot-serving.team-a.svc:8000/v1/", obj) == "http://bot-serving.team-a.svc:8000/v1"
     assert allowed_upstream("http://bot.team-a.svc.cluster.local:8000/v1", obj)
+    # the status names the namespace it likes: only the object's own counts, so another namespace's server (or any
+    # Service there) is never called through the API, whose pods every serving NetworkPolicy admits
     shared = created(BASIC, {"endpoint": {"url": "x", "server": "shared/srv"}})
-    assert allowed_upstream("http://srv-server.shared.svc:8000/v1", shared)
+    with pytest.raises(ApiError):
+        allowed_upstream("http://srv-server.shared.svc:8000/v1", shared)
+    assert allowed_upstream("http://srv-server.team-a.svc:8000/v1", shared)  # a ModelServer of its own namespace
     for url in (
         "http://bot.team-b.svc:8000/v1",
+        "http://bot.team-a.svc:9090/metrics",  # another port of a Service it may name
+        "http://bot.team-a.svc:8000/admin",
+        "http://bot.team-a.svc/v1",
         "http://169.254.169.254/latest",
         "https://bot.team-a.svc:8000/v1",
         "http://bot.team-a.svc.evil.example/v1",

@@ -10,9 +10,12 @@ from the Secret `status.serving.apiKeySecret` names, as the caller (RBAC on that
 the body with the served model name (`status.endpoint.model`) and that key. Responses come back as the engine
 wrote them, with `model` set back to the fine-tuned model's name (each chunk of a stream too).
 
-Only an endpoint inside the job's namespace (or its ModelServer's) is called: the URL must be
-`http://<service>.<namespace>.svc[.cluster.local]:<port>/...`, so a status edited to point elsewhere cannot make
-the service call an arbitrary address with a key.
+Only a serving port inside the job's own namespace is called: the URL must be
+`http://<service>.<job's namespace>.svc[.cluster.local]:8000/v1`. The namespace is the object's own, never one
+the status names: the status is writable by the tenant, the API's pods are admitted by every serving
+NetworkPolicy, and so a status naming another namespace would make the API a way into another tenant's endpoints.
+A job on a ModelServer of another namespace is therefore not proxied (502 naming why); its server's own endpoint
+answers it directly.
 
 Base models are listed (they can be fine-tuned) but not served here: chatting with one is 404
 `model_not_found`, which says so.
@@ -43,6 +46,8 @@ from finetune_trainer.finetuning_api.errors import ApiError
 UPSTREAM_TRANSPORT: httpx.AsyncBaseTransport | None = None
 """How the proxy reaches endpoints: None, the network (Service names resolve through the cluster's DNS). Tests
 that run the service outside a cluster set a transport that sends a Service name to a local server."""
+SERVING_PORT = 8000
+"""The port every serving Service of the operator listens on (its own engine, the vLLM gateway, a ModelServer)."""
 UPSTREAM_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=10.0)
 SERVICE_HOST = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\.(?P<ns>[a-z0-9]([-a-z0-9]*[a-z0-9])?)\.svc(\.cluster\.local)?$"
@@ -79,15 +84,21 @@ def fine_tuned_model(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def allowed_upstream(url: str, obj: Mapping[str, Any]) -> str:
-    """The endpoint URL, when it is a Service of the job's namespace or of its ModelServer's; else 502."""
+    """The endpoint URL, when it is the serving port of a Service in the job's own namespace; else 502."""
     parts = urlsplit(url)
     match = SERVICE_HOST.match(parts.hostname or "")
     namespace = (obj.get("metadata") or {}).get("namespace")
-    server = str(((obj.get("status") or {}).get("endpoint") or {}).get("server") or "")
-    namespaces = {namespace, server.split("/", 1)[0] if "/" in server else namespace}
-    if parts.scheme != "http" or parts.username or match is None or match.group("ns") not in namespaces:
-        raise ApiError(502, "the model's endpoint is not a Service of its namespace: it is not called",
-                       code="bad_endpoint")  # fmt: skip
+    if (
+        parts.scheme != "http"
+        or parts.username
+        or match is None
+        or match.group("ns") != namespace
+        or parts.port != SERVING_PORT
+        or parts.path.rstrip("/") != "/v1"
+    ):
+        raise ApiError(502, f"the model's endpoint is not the serving port of a Service in namespace {namespace} "
+                       "(a job on another namespace's ModelServer is answered by that server's endpoint): it is "
+                       "not called", code="bad_endpoint")  # fmt: skip
     return url.rstrip("/")
 
 
