@@ -55,7 +55,7 @@ from finetune_operator.finetunejob.status import Outcome, status_of
 from finetune_operator.finetunejob.training_state import ErrorInfo, TrainingState, training_state
 from finetune_operator.finetunejob.validation import (
     Validation,
-    recorded_cached_uri,
+    cached_base_model_uri,
     recorded_commits,
     validation_of,
 )
@@ -370,7 +370,7 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
     state, stopped = _disk_limit_exceeded(state, snapshot, validation, job, pods)
     metrics = state.metrics or (status.get("metrics") if same_run else None) or {}
     earlier = _carried_over(spec, status.get("published"), run)
-    cached_base = recorded_cached_uri(validation.record, "baseModel.uri")  # an hf:// base model's copy
+    cached_base = cached_base_model_uri(spec, validation.record)  # an hf:// base model's copy
     phase, error, gate, published = _gated(spec, run, state, metrics, earlier, cached_base)
     serving = serving_decision(snapshot, published, settings)
     phase = _after_training(spec, phase, serving.endpoint, run)

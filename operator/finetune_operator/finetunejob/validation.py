@@ -13,10 +13,12 @@ annotation runs it again.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from finetune_operator.api.finetunejob import FineTuneJobSpec
 from finetune_operator.core.observed import JobObs, PodObs, parse_termination_message
 from finetune_operator.finetunejob.training_state import TrainingState, training_state
 
@@ -42,24 +44,34 @@ SUMMARY_FIELDS = (
 """What of `validate`'s summary goes into status.validation (file lists and labels stay in the pod's log)."""
 
 
+COMMIT = re.compile(r"[0-9a-f]{40}")
+"""A git commit hash as the hub resolves a revision to: anything else in a status is not used."""
+
+
 def recorded_commits(record: dict[str, Any] | None) -> dict[str, str]:
-    """field -> commit of each hf:// source a passed validation resolved (its `sources`, core/hub.py's summary)."""
+    """field -> commit of each hf:// source a passed validation resolved (its `sources`, core/hub.py's summary).
+    A commit that is not a full hash is left out: the status can be written by the job's tenant, and the commit
+    becomes a path under the run's cache."""
     if not record or not record.get("passed"):
         return {}
-    sources = record.get("sources") or []
-    return {
-        str(s["field"]): str(s["commit"]) for s in sources if isinstance(s, dict) and "field" in s and "commit" in s
-    }
-
-
-def recorded_cached_uri(record: dict[str, Any] | None, field: str) -> str | None:
-    """The object-storage copy (`cachedUri`) a passed validation made of the hf:// source `field`, or None."""
-    if not record or not record.get("passed"):
-        return None
+    out: dict[str, str] = {}
     for source in record.get("sources") or []:
-        if isinstance(source, dict) and source.get("field") == field and isinstance(source.get("cachedUri"), str):
-            return str(source["cachedUri"])
-    return None
+        if isinstance(source, dict) and "field" in source and COMMIT.fullmatch(str(source.get("commit") or "")):
+            out[str(source["field"])] = str(source["commit"])
+    return out
+
+
+def cached_base_model_uri(spec: FineTuneJobSpec, record: dict[str, Any] | None) -> str | None:
+    """The object-storage copy of an hf:// base model at the commit a passed validation resolved, or None.
+    Derived from the job's own output.uri and the hub URI, where the trainer copies it
+    (`<output.uri>hub-cache/models/<org>/<name>/<commit>/`, training/hub_sources.py), never taken from the
+    status's `cachedUri`: a status pointing elsewhere would have the server load another folder as the base."""
+    commit = recorded_commits(record).get("baseModel.uri")
+    if commit is None or not spec.base_model.from_hub:
+        return None
+    repo = spec.base_model.uri.removeprefix("hf://").strip("/")
+    base = spec.output.uri if spec.output.uri.endswith("/") else spec.output.uri + "/"
+    return f"{base}hub-cache/models/{repo}/{commit}/"
 
 
 CHECKING = "checking the data, its format and the tokenizer before any GPU is asked for"

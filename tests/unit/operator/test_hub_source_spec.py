@@ -93,11 +93,16 @@ def test_a_passed_validations_sources_give_the_commits_to_pin() -> None:
 
 def test_an_hf_base_model_is_served_from_its_cached_copy() -> None:
     from finetune_operator.finetunejob.serving import published_of
-    from finetune_operator.finetunejob.validation import recorded_cached_uri
+    from finetune_operator.finetunejob.validation import cached_base_model_uri
 
     cached = f"s3://artifacts/team-a/support-bot/hub-cache/models/acme/tiny/{'c' * 40}/"
     record = {"passed": True, "sources": [{"field": "baseModel.uri", "commit": "c" * 40, "cachedUri": cached}]}
-    assert recorded_cached_uri(record, "baseModel.uri") == cached
-    assert recorded_cached_uri(record, "dataset.train.uri") is None
-    assert published_of(spec(**HUB), 3, recorded_cached_uri(record, "baseModel.uri")).base_model_uri == cached
+    assert cached_base_model_uri(spec(**HUB), record) == cached
+    assert published_of(spec(**HUB), 3, cached_base_model_uri(spec(**HUB), record)).base_model_uri == cached
+    # the status is the tenant's to write: its cachedUri is never read, and a commit that is no hash is not used
+    elsewhere = {"field": "baseModel.uri", "commit": "c" * 40, "cachedUri": "s3://someone-else/model/"}
+    assert cached_base_model_uri(spec(**HUB), {"passed": True, "sources": [elsewhere]}) == cached
+    climbing = {"passed": True, "sources": [{"field": "baseModel.uri", "commit": "../../someone-else"}]}
+    assert cached_base_model_uri(spec(**HUB), climbing) is None
+    assert cached_base_model_uri(spec(), record) is None  # an s3:// model has no copy
     assert published_of(spec(), 3, cached).base_model_uri == "s3://models/tiny/"  # an s3:// model is itself
