@@ -31,7 +31,11 @@ SYSTEM = "You are the support assistant of an online shop. Answer briefly."
 
 @dataclass(frozen=True)
 class Intent:
-    """One thing a customer asks for: the shop's answer, the training questions and the held-out ones."""
+    """One thing a customer asks for: the shop's answer, the training questions and the held-out ones.
+
+    Answers that share a template ("Open Settings, choose ...") start with what they answer ("To cancel your
+    plan, ..."): a small model that begins an answer by a shared template fills it in from another intent
+    (measured: "Open Settings, choose Profile and press Upgrade" for a new e-mail; docs/demo.md)."""
 
     topic: str
     name: str
@@ -46,7 +50,8 @@ INTENTS: tuple[Intent, ...] = (
     Intent(
         "account",
         "reset-password",
-        "Open Settings, choose Security, then Reset password. We email you a link that works for one hour.",
+        "To reset your password, open Settings, choose Security, then Reset password. The emailed link works "
+        "for one hour.",
         (
             "How do I reset my password?",
             "I forgot my password.",
@@ -67,7 +72,8 @@ INTENTS: tuple[Intent, ...] = (
     Intent(
         "account",
         "change-email",
-        "Open Settings, choose Profile and edit Email. We send a code to the new address to confirm it.",
+        "To change your email, open Settings, choose Profile and edit Email. We send a code to the new "
+        "address to confirm it.",
         (
             "How do I change my email address?",
             "I want to use a different email for my account.",
@@ -88,7 +94,8 @@ INTENTS: tuple[Intent, ...] = (
     Intent(
         "account",
         "delete-account",
-        "Open Settings, choose Privacy, then Delete account. Your data is erased within 30 days.",
+        "To delete your account, open Settings, choose Privacy, then Delete account. Your data is erased "
+        "within 30 days.",
         (
             "How do I delete my account?",
             "I want to close my account for good.",
@@ -110,7 +117,7 @@ INTENTS: tuple[Intent, ...] = (
     Intent(
         "shipping",
         "track-parcel",
-        "Open Orders and press Track next to the order to follow your parcel on the courier's map.",
+        "To track your parcel, open Orders and press Track next to the order to follow it on the courier's map.",
         (
             "Where is my package?",
             "How can I track my order?",
@@ -152,7 +159,8 @@ INTENTS: tuple[Intent, ...] = (
     Intent(
         "shipping",
         "change-address",
-        "You can change the address until the order ships: open Orders, pick the order and press Edit address.",
+        "The delivery address can be changed until the order ships: open Orders, pick the order and press "
+        "Edit address.",
         (
             "How do I change the delivery address of my order?",
             "I put the wrong address on my order.",
@@ -217,7 +225,7 @@ INTENTS: tuple[Intent, ...] = (
     Intent(
         "returns",
         "exchange-size",
-        "Open Orders, pick the order and press Exchange to choose another size; the new one ships at once.",
+        "To exchange for another size, open Orders, pick the order and press Exchange; the new size ships at once.",
         (
             "Can I exchange my shoes for a bigger size?",
             "The shirt is too small, can I swap it?",
@@ -260,7 +268,7 @@ INTENTS: tuple[Intent, ...] = (
     Intent(
         "payments",
         "invoice",
-        "Open Orders, pick the order and press Invoice to download a PDF receipt.",
+        "Your invoice is in Orders: pick the order and press Invoice to download a PDF receipt.",
         (
             "Where can I find my invoice?",
             "I need a receipt.",
@@ -304,7 +312,7 @@ INTENTS: tuple[Intent, ...] = (
     Intent(
         "subscription",
         "cancel-plan",
-        "Open Settings, choose Plan, then Cancel. Your plan stays active until the end of the month.",
+        "To cancel your plan, open Settings, choose Plan, then Cancel. It stays active until the end of the month.",
         (
             "How do I cancel my subscription?",
             "I want to stop my plan.",
@@ -325,7 +333,8 @@ INTENTS: tuple[Intent, ...] = (
     Intent(
         "subscription",
         "upgrade-plan",
-        "Open Settings, choose Plan and press Upgrade; the new price applies from your next bill.",
+        "To upgrade your plan, open Settings, choose Plan and press Upgrade; the new price applies from your "
+        "next bill.",
         (
             "How do I upgrade my plan?",
             "I want the premium subscription.",
@@ -429,12 +438,14 @@ INTENTS: tuple[Intent, ...] = (
         ("I'd like to offer a friend store credit, is that possible?", "How much can a gift card be worth?"),
     ),
 )
-"""Six topics, three intents each: each intent's answer, 6 training questions, 2 validation, 2 test."""
+"""Six topics, three intents each: each intent's answer, 12 training questions, 2 validation, 2 test."""
 
 OPENINGS = ("", "Hi. ", "Hello, ", "Good morning! ", "Hey there. ", "Quick question: ")
 CLOSINGS = ("", " Thanks.", " Thank you!", " Please help.")
 COPIES = 1
-"""Each training question appears this many times, each with a different opening/closing pair."""
+"""Each training question appears this many times, with a random opening/closing pair. One: twelve distinct
+questions an intent, each once, are the same 216 records and training cost as six twice under other greetings, and
+with two epochs raised held-out exact match from 0.33 to 0.61 (docs/demo.md, "Tuning the training")."""
 NEAR_LIMIT = 0.75
 """The word-set Jaccard similarity above which a held-out question counts as a copy of a training question."""
 
