@@ -36,6 +36,7 @@ from finetune_operator.builders.policy import REFUSED, job_refusal
 from finetune_operator.builders.training import ephemeral_storage
 from finetune_operator.core.observed import JobObs, PodObs
 from finetune_operator.core.settings import Settings
+from finetune_operator.finetunejob import secret_refs
 from finetune_operator.finetunejob.disk import DISK_LIMIT_EXCEEDED, disk_limit_message, own_limit_eviction
 from finetune_operator.finetunejob.gate import GateResult, evaluate_gate
 from finetune_operator.finetunejob.oom import OOM_KILLED, OUT_OF_MEMORY, explained, killed_pod
@@ -366,6 +367,7 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
         refused=refused,
         progress=progress or {},
     )
+    state = secret_refs.explained(state, spec, owner.namespace)  # a Secret or key the pods wait for, by field
     state = _out_of_memory_explained(state, snapshot, validation, job, pods, settings)
     state, stopped = _disk_limit_exceeded(state, snapshot, validation, job, pods)
     metrics = state.metrics or (status.get("metrics") if same_run else None) or {}
