@@ -61,7 +61,7 @@ from finetune_operator.finetunejob.validation import (
     validation_of,
 )
 
-__all__ = ["Plan", "Snapshot", "needs_secret_check", "plan", "run_of"]
+__all__ = ["Plan", "Snapshot", "needs_secret_check", "plan", "run_of", "secrets_to_check"]
 
 TERMINAL = ("Failed", "Succeeded", "Serving", "Publishing")
 
@@ -83,13 +83,30 @@ def run_of(snapshot: Snapshot) -> tuple[int, str]:
     return current_run(snapshot.status, training_hash, snapshot.jobs), training_hash
 
 
-def needs_secret_check(snapshot: Snapshot) -> bool:
-    """Look the credentials secret up only while the run's Job does not exist yet (it would not start)."""
-    if not snapshot.spec.storage.credentials_secret:
-        return False
+def _before_its_job(snapshot: Snapshot) -> bool:
+    """The run has no Job yet and has not finished: the next Job is still to be made."""
     run, _ = run_of(snapshot)
     finished = _finished_before(snapshot.status, run, snapshot.spec, _retry_requested(snapshot))
     return not any(j.run == run for j in snapshot.jobs) and not finished
+
+
+def needs_secret_check(snapshot: Snapshot) -> bool:
+    """Look the credentials secret up only while the run's Job does not exist yet (it would not start)."""
+    return bool(snapshot.spec.storage.credentials_secret) and _before_its_job(snapshot)
+
+
+def secrets_to_check(snapshot: Snapshot, settings: Settings) -> list[str]:
+    """The Secrets to look up (metadata only) before the run's next Job: the storage credentials, and the hf://
+    sources' tokenSecrets while that Job is the validation Job, the one pod that reads them. Only while the run
+    has no Job yet: a Job's pod that waits for a Secret is reported from its waiting message (secret_refs.py)."""
+    if not _before_its_job(snapshot):
+        return []
+    run, _ = run_of(snapshot)
+    names = [snapshot.spec.storage.credentials_secret] if snapshot.spec.storage.credentials_secret else []
+    tokens = [r.name for r in secret_refs.secret_refs(snapshot.spec) if r.field.endswith(".tokenSecret")]
+    if tokens and not _validation(snapshot, run, settings)[0].passed:
+        names += [n for n in tokens if n not in names]
+    return names
 
 
 def _retry_requested(snapshot: Snapshot) -> bool:
@@ -191,6 +208,14 @@ def _state(
     if refused is not None and job is None:
         # a Job made before the policy changed is left to finish; no new one is made
         return TrainingState("Failed", REFUSED, refused, ErrorInfo(REFUSED, refused))
+    # a tokenSecret absent (the storage Secret present): the same words as for a pod that waits for it
+    token_problem = (
+        secret_refs.absent_message(spec, snapshot.owner.namespace, snapshot.absent_secrets)
+        if snapshot.secret_present is False and spec.storage.credentials_secret not in snapshot.absent_secrets
+        else None
+    )
+    if token_problem is not None:
+        return TrainingState("Pending", "SecretMissing", token_problem, ErrorInfo("SecretMissing", token_problem))
     if snapshot.secret_present is False:
         name = spec.storage.credentials_secret
         missing = ErrorInfo(

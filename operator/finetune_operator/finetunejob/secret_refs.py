@@ -91,6 +91,15 @@ def secret_problem(spec: FineTuneJobSpec, namespace: str, message: str) -> str |
     return None
 
 
+def absent_message(spec: FineTuneJobSpec, namespace: str, absent: tuple[str, ...]) -> str | None:
+    """What to tell the user for Secrets the operator looked up (metadata only) and found absent before the run's
+    Job: the same words as for a pod that waits for one, the first absent Secret the spec names."""
+    for name in absent:
+        if (problem := secret_problem(spec, namespace, f'secret "{name}" not found')) is not None:
+            return problem.replace("The pod waits (no attempt is used) and starts", "The run's Job is made")
+    return None
+
+
 def explained(state: TrainingState, spec: FineTuneJobSpec, namespace: str) -> TrainingState:
     """`state` with a container-config error about a Secret the spec names turned into SecretMissing, naming the
     field, the Secret and the fix; any other state as it is."""

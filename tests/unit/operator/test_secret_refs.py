@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
-from finetune_operator.api.finetunejob import placement_spec_hash, training_spec_hash
+from finetune_operator.api.finetunejob import placement_spec_hash, training_spec_hash, validation_spec_hash
 from finetune_operator.api.labels import COMPONENT_VALIDATOR
 from finetune_operator.core.observed import JobObs, PodObs
 from finetune_operator.core.settings import Settings
-from finetune_operator.finetunejob.plan import Snapshot, plan
+from finetune_operator.finetunejob.plan import Snapshot, plan, secrets_to_check
 from finetune_operator.finetunejob.secret_refs import secret_problem
 
 from .support import OWNER, spec
@@ -85,3 +86,38 @@ def test_the_validation_pod_waiting_for_a_token_secret_is_secret_missing_on_the_
     assert "baseModel.tokenSecret" in p.status["error"]["message"] and "'hf-token'" in p.status["error"]["message"]
     assert p.delete == [] and p.create == []  # the pod keeps waiting: no Job is replaced, no attempt is used
     assert p.requeue_after == SETTINGS.secret_recheck_seconds
+
+
+def test_token_secrets_are_looked_up_before_the_validation_job_only() -> None:
+    s = hub_spec()
+    status = {"run": 1, "trainingSpecHash": training_spec_hash(s)}
+    fresh = Snapshot(owner=OWNER, generation=1, spec=s, status=status, now="2026-11-30T10:00:00Z")
+    assert secrets_to_check(fresh, SETTINGS) == ["s3-creds", "hf-token", "hf-data"]
+    checked = {**status, "validation": {"passed": True, "key": validation_spec_hash(s), "run": 1}}
+    reused = Snapshot(owner=OWNER, generation=1, spec=s, status=checked, now="2026-11-30T10:00:00Z")
+    assert secrets_to_check(reused, SETTINGS) == ["s3-creds"]  # the training pods never read the tokens
+    job = JobObs("support-bot-r1-check", 1, COMPONENT_VALIDATOR, active=1, placement_hash=placement_spec_hash(s))
+    assert secrets_to_check(replace(fresh, jobs=[job]), SETTINGS) == []  # its pod tells (the waiting message)
+
+
+def test_an_absent_token_secret_holds_the_validation_job_back_naming_the_field() -> None:
+    s = hub_spec()
+    status = {"run": 1, "trainingSpecHash": training_spec_hash(s)}
+    snapshot = Snapshot(
+        owner=OWNER,
+        generation=1,
+        spec=s,
+        status=status,
+        now="2026-11-30T10:00:00Z",
+        secret_present=False,
+        absent_secrets=("hf-data",),
+    )
+    p = plan(snapshot, SETTINGS)
+    assert not [m for m in p.create if m["kind"] == "Job"]
+    error = p.status["error"]
+    assert error["code"] == "SecretMissing" and error["message"].startswith(
+        "dataset.train.tokenSecret names Secret 'hf-data', which does not exist in namespace team-a"
+    )
+    assert "The run's Job is made once the Secret exists" in error["message"]
+    storage = plan(replace(snapshot, absent_secrets=("s3-creds", "hf-data")), SETTINGS).status["error"]["message"]
+    assert storage.startswith("waiting for Secret 's3-creds'")  # the storage Secret's own words come first
