@@ -8,7 +8,8 @@ random Llama, so the run trains in seconds: what is checked is the chain, not wh
 
 Every response is re-validated with the client's own typed model (`Model.model_validate` on the JSON it was built
 from: the client itself builds them without validation, so a missing field would otherwise pass), and the fields
-OpenAI documents as set are checked non-null.
+OpenAI documents as set are checked non-null. The succeeded job's result file (`step_metrics.csv`) is read back
+with `files.retrieve` and `files.content`.
 
 The local node has no cluster DNS and no kube-proxy (hack/node.sh), so the API's pods cannot reach a model's
 Service by name as they do in a real cluster: the chart's `api.env` gives them `HTTP_PROXY`, a proxy on the host
@@ -109,8 +110,12 @@ def test_openais_fine_tuning_quickstart_runs_unchanged_but_for_base_url_and_key(
     wait_for("the tenant's RBAC", lambda: allowed(cluster, user, namespace, "create", "finetunejobs", "finetune.dev"))
     key = token(cluster, namespace, TENANT)
 
+    # helm's --set makes numbers of integers only (a float stays a string, which the catalog refuses): the
+    # learning rate is the catalog's default
+    # (11 steps: a checkpoint and a validation loss every 3, so checkpoints.list and the result file have some)
     catalog = {"name": MODEL, "baseModel": f"s3://{bucket}/model/", "epochs": 1, "batchSize": 4,
-               "learningRate": 0.01, "resources": {"gpus": 0, "cpu": "1000m", "memory": "3Gi"}}  # fmt: skip
+               "checkpointSteps": 3, "validationSteps": 3,
+               "resources": {"gpus": 0, "cpu": "1000m", "memory": "3Gi"}}  # fmt: skip
     sets = [
         "api.enabled=true",
         "api.replicas=1",
@@ -181,12 +186,23 @@ def _quickstart(client: Any, tmp_path: Path, namespace: str) -> None:
     assert [e.created_at for e in events] == sorted((e.created_at for e in events), reverse=True)
 
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
-    assert checkpoints, "a succeeded job with a validation file names at least its best checkpoint"
+    assert checkpoints, "checkpoints every 3 steps and validation every 3: the newest and the best are named"
     for checkpoint in checkpoints:
         raw = _typed(checkpoint, "id", "created_at", "fine_tuned_model_checkpoint", "fine_tuning_job_id", "metrics",
                      "object", "step_number")  # fmt: skip
         assert raw["fine_tuning_job_id"] == job.id and raw["step_number"] > 0
         assert raw["fine_tuned_model_checkpoint"].startswith(f"{job.fine_tuned_model}:ckpt-step-")
+
+    (result_id,) = job.result_files
+    result = client.files.retrieve(result_id)
+    raw = _typed(result, "id", "bytes", "created_at", "filename", "object", "purpose", "status")
+    assert (raw["purpose"], raw["filename"], raw["status"]) == ("fine-tune-results", "step_metrics.csv", "processed")
+    csv_text = client.files.content(result_id).text
+    lines = csv_text.splitlines()
+    assert lines[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy" and len(lines) > 2
+    assert len(csv_text.encode()) == raw["bytes"]
+    assert any(line.split(",")[3] for line in lines[1:]), csv_text  # validation losses, every 3 steps
+    print(f"result file {result_id}:\n{csv_text}")
 
     assert job.fine_tuned_model in {m.id for m in client.models.list().data}
     completion = wait_for(
