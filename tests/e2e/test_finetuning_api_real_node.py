@@ -202,6 +202,7 @@ def _quickstart(client: Any, tmp_path: Path, namespace: str) -> None:
     assert lines[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy" and len(lines) > 2
     assert len(csv_text.encode()) == raw["bytes"]
     assert any(line.split(",")[3] for line in lines[1:]), csv_text  # validation losses, every 3 steps
+    assert all(line.split(",")[1] for line in lines[1:]), csv_text  # a training loss each step (logged every step)
     print(f"result file {result_id}:\n{csv_text}")
 
     assert job.fine_tuned_model in {m.id for m in client.models.list().data}
