@@ -1,12 +1,20 @@
 """`helm upgrade` to a changed operator image while 50 FineTuneJobs train: nothing restarted, nothing duplicated.
 
 The chart's operator runs in the cluster on the real node (two replicas, one leader on the Lease); 50 FineTuneJobs'
-training pods run on kwok's fake nodes, scripted to finish after 75-105 s. Mid-run the release is upgraded to a
+training pods run on kwok's fake nodes, scripted to finish after 45-60 s. Mid-run the release is upgraded to a
 different operator image (`finetune.local/operator-next`: the same layers with one label more, so another image
 and manifest digest; tests/support/oci.py), so the Deployment rolls both pods and the Lease is handed over. What
 must hold: every training Job and pod that existed before the upgrade is the same object after it (uids), no
 FineTuneJob got a second Job, each finishes Succeeded on its first run with no retry counted, and the operator
 that acts at the end is the new image (the leader pod's image; its metrics show it created no Job).
+
+Then a CRD upgrade with FineTuneJobs stored: the chart's CRD plus one optional field with a default (a field this
+operator does not know, as when `kubectl apply -f crds/` runs before `helm upgrade`, the chart's documented
+order), applied to the running API server while jobs train and after one has finished. Every stored object
+still reads, now with the default (structural defaulting on read), and the operator goes on with them: the
+running ones finish Succeeded on their first Job, the finished one stays Succeeded, none is failed
+ConfigInvalid (which every one of them was before this test: finetunejob/controller.py `_accepted_spec`). A
+FineTuneJob created under the new CRD is refused naming the field, which this operator cannot honour.
 """
 
 from __future__ import annotations
@@ -18,20 +26,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.integration.conftest import Jobs, ftj_manifest, kwok_annotations, success_message
+from tests.integration.conftest import CRD_PATH, Jobs, ftj_manifest, kwok_annotations, success_message
+from tests.support.crds import apply_crd, install_crd, with_spec_field
 from tests.support.kwok import KWOK_NODE_SELECTOR, KWOK_TOLERATION
 from tests.support.oci import relabel_archive
 from tests.support.portforward import port_forward
 from tests.support.waiting import wait_for
 
-from .chart import CHART, ROOT, helm, install_in_cluster, lease_holder, release_pods
+from .chart import CHART, ROOT, helm, install_in_cluster, kubectl, lease_holder, release_pods
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 JOBS = 50
 NEXT_REPOSITORY = "finetune.local/operator-next"  # not the operator's own: import-images.sh keeps one tag a repository
 JOB_UID = "finetune.dev/job-uid"
+NEW_FIELD = "testDefaultedField"  # not a field of the CRD or the operator: a next version's new optional field
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +127,7 @@ def test_helm_upgrade_to_another_image_under_50_running_jobs_restarts_and_duplic
         installed = time.monotonic()
         names = [f"up-{i:02d}" for i in range(JOBS)]
         for i, name in enumerate(names):
-            jobs.create(namespace, _manifest(name, 75 + (i % 4) * 10))
+            jobs.create(namespace, _manifest(name, 45 + (i % 4) * 5))
         wait_for(
             f"{JOBS} training pods running and every FineTuneJob Training",
             lambda: (
@@ -182,4 +193,78 @@ def test_helm_upgrade_to_another_image_under_50_running_jobs_restarts_and_duplic
             f"\n[upgrade] install {installed - started:.1f}s, {JOBS} pods running {training - installed:.1f}s, "
             f"upgrade + handover {handed_over - training:.1f}s ({still_training} pods still running then), "
             f"all Succeeded {succeeded - handed_over:.1f}s later; total {time.monotonic() - started:.1f}s"
+        )
+
+
+def test_a_crd_upgrade_adding_a_defaulted_field_reads_stored_jobs_with_it_and_fails_none(
+    cluster: Any, namespace: str, crd: str, operator_image: str, jobs: Jobs
+) -> None:
+    started = time.monotonic()
+    with install_in_cluster(cluster, namespace, operator_image, "--set", "validation.enabled=false") as release:
+        fullname = f"{release}-finetune-operator"
+        leader = wait_for("a leader", lambda: lease_holder(cluster, namespace, fullname) or None)
+        jobs.create(namespace, _manifest("crd-done", 1))
+        training = [f"crd-{i}" for i in range(4)]
+        for name in training:
+            jobs.create(namespace, _manifest(name, 40))
+        jobs.wait_phase(namespace, "crd-done", "Succeeded", timeout=60)
+        for name in training:
+            jobs.wait_phase(namespace, name, "Training", timeout=60)
+        before = _children(cluster, namespace)
+        stored = [*training, "crd-done"]
+
+        body = yaml.safe_load(CRD_PATH.read_text())
+        schema = {"type": "string", "default": "on", "description": "A test-only field with a default."}
+        try:
+            apply_crd(cluster.api_client, with_spec_field(body, NEW_FIELD, schema))
+            changed = time.monotonic()
+            wait_for(
+                "every stored FineTuneJob read with the new field's default",
+                lambda: all(o["spec"].get(NEW_FIELD) == "on" for o in _all(jobs, namespace).values()),
+                timeout=30,
+            )
+            assert all(jobs.get(namespace, name)["spec"][NEW_FIELD] == "on" for name in stored)
+            # an event for each (a metadata change: no new generation), so the operator reads the defaulted
+            # bodies now, while four of them still train
+            for name in stored:
+                jobs.cluster.custom.patch_namespaced_custom_object(
+                    "finetune.dev", "v1alpha1", namespace, "finetunejobs", name, {"metadata": {"labels": {"t": "1"}}}
+                )
+
+            def read_with_the_field() -> bool:
+                logs = kubectl("logs", "-n", namespace, f"pod/{leader}", kubeconfig=cluster.kubeconfig).stdout
+                return all(f"{namespace}/{name}: spec.{NEW_FIELD} not known" in logs for name in stored)
+
+            wait_for("the operator reading each stored job with the field", read_with_the_field, timeout=60)
+            assert {n: o["status"]["phase"] for n, o in _all(jobs, namespace).items()} == {
+                **dict.fromkeys(training, "Training"),
+                "crd-done": "Succeeded",
+            }
+
+            def finished() -> bool:
+                phases = {n: o["status"]["phase"] for n, o in _all(jobs, namespace).items()}
+                assert "Failed" not in phases.values(), phases
+                return set(phases.values()) == {"Succeeded"}
+
+            wait_for("the training jobs Succeeded, none Failed", finished, timeout=120, interval=1)
+            assert _children(cluster, namespace) == before  # the same Job and pod each, nothing added
+            for name in stored:
+                status = jobs.status(namespace, name)
+                assert status["run"] == 1 and not status.get("error"), (name, status)
+
+            # created under the new CRD: the default is stored, and this operator refuses what it cannot honour
+            jobs.create(namespace, _manifest("crd-new", 1))
+            refused = jobs.wait_phase(namespace, "crd-new", "Failed", timeout=30)
+            assert refused["error"]["code"] == "ConfigInvalid" and f"spec.{NEW_FIELD}" in refused["error"]["message"]
+        finally:
+            install_crd(cluster.api_client, CRD_PATH)
+        # the CRD as it was: the field is pruned on read again, from objects written while it existed too
+        wait_for(
+            "the field gone once the CRD is restored",
+            lambda: all(NEW_FIELD not in o["spec"] for o in _all(jobs, namespace).values()),
+            timeout=30,
+        )
+        print(
+            f"\n[crd] jobs Succeeded {time.monotonic() - changed:.1f}s after the CRD change; "
+            f"total {time.monotonic() - started:.1f}s"
         )
