@@ -1,8 +1,8 @@
 """Trainer throughput: our trainer against what a user would pick instead, in interleaved repeated rounds.
 
 Why this shape: on a shared machine whatever else runs decides a one-off comparison (issue #30: the same
-two arms measured 0.48x and 1.16x an hour apart). So every arm runs several times, interleaved and rotated (A B C, B C A,
-...), each run in its own fresh process (its peak memory is its own, nothing is warm from the previous arm),
+two arms measured 0.48x and 1.16x an hour apart). So every arm runs several times, interleaved and rotated
+(A B C, B C A, ...), each run in its own fresh process (its peak memory is its own, nothing warm from the last arm),
 and the report is per arm the median and range of real (non-padding) tokens/s and of peak RSS, and for ours
 against each other arm the median of the per-round ratios with their min..max: neighbouring runs share the
 machine's load, so a round's ratio is fairer than any one figure. The load average is printed before and after,

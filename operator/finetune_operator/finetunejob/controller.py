@@ -40,7 +40,7 @@ from finetune_operator.core.status_patch import merge_patch, now_rfc3339
 from finetune_operator.core.store import Key, Store
 from finetune_operator.core.workqueue import RequeueError
 from finetune_operator.finetunejob.apikey import ApiKey, needs_key, recorded_key
-from finetune_operator.finetunejob.plan import Plan, Snapshot, needs_secret_check, plan
+from finetune_operator.finetunejob.plan import Plan, Snapshot, plan, secrets_to_check
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +152,9 @@ class Reconciler:
         )
         if spec.serving.server:  # shared serving: the verdict is in the server's status (modelserver/controller.py)
             snapshot = replace(snapshot, server=self.store.server(server_ref(spec.serving.server, owner.namespace)))
-        if self.settings.secret_check and needs_secret_check(snapshot):
-            present = self.kube.exists_metadata("v1", "Secret", owner.namespace, spec.storage.credentials_secret)
-            snapshot = replace(snapshot, secret_present=present)
+        if self.settings.secret_check and (names := secrets_to_check(snapshot, self.settings)):
+            absent = tuple(n for n in names if not self.kube.exists_metadata("v1", "Secret", owner.namespace, n))
+            snapshot = replace(snapshot, secret_present=not absent, absent_secrets=absent)
         with self._rules_lock:
             checked = owner.uid in self._rules_checked
         if not checked:
