@@ -35,7 +35,6 @@ import json
 import os
 import random
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from trainer_throughput import BASES, REPO, StepClock, build_model, markdown, summarize
+from trainer_throughput import BASES, REPO, StepClock, arm_order, build_model, markdown, run_rounds, summarize
 
 sys.path.insert(0, str(REPO / "trainer-image"))
 
@@ -201,33 +200,22 @@ def trl_run(
     }
 
 
+def child_command(mode: str, folder: Path, steps: int, batch: int, max_length: int, warmup: int) -> list[str]:
+    return [
+        sys.executable, __file__, "--child", mode, "--model", str(folder), "--steps", str(steps), "--batch",
+        str(batch), "--max-length", str(max_length), "--warmup", str(warmup),
+    ]  # fmt: skip
+
+
 def bench(
     steps: int, batch: int, max_length: int, warmup: int, base: str, modes: tuple[str, ...], rounds: int
 ) -> dict[str, Any]:
-    """`rounds` rounds, each running every arm once in `modes` order, each run in its own process."""
+    """`rounds` rounds, each running every arm once (the order rotated per round), each run in its own process."""
     load_before = [round(x, 2) for x in os.getloadavg()]
     started = time.time()
-    runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as scratch:
         folder = build_model(Path(scratch) / "model", base)
-        for number in range(1, rounds + 1):
-            for mode in modes:
-                load = round(os.getloadavg()[0], 2)
-                command = [
-                    sys.executable, __file__, "--child", mode, "--model", str(folder), "--steps", str(steps),
-                    "--batch", str(batch), "--max-length", str(max_length), "--warmup", str(warmup),
-                ]  # fmt: skip
-                env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-                done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
-                run: dict[str, Any] = {"round": number, "mode": mode, "load_average_1m": load}
-                if done.returncode != 0:  # said in the output, and the other runs still measured
-                    print(f"{mode} run failed:\n{done.stderr[-4000:]}", file=sys.stderr)
-                    tail = done.stderr.strip().splitlines()
-                    run["error"] = tail[-1] if tail else f"exit {done.returncode}"
-                else:
-                    run.update(json.loads(done.stdout.strip().splitlines()[-1]))
-                runs.append(run)
-                print(f"round {number} {mode:>12}: {run}", file=sys.stderr)
+        runs = run_rounds(modes, rounds, lambda mode: child_command(mode, folder, steps, batch, max_length, warmup))
     summary = summarize(runs, modes)
     print(markdown(summary), file=sys.stderr)
     for warning in summary["warnings"]:
@@ -241,7 +229,7 @@ def bench(
         "steps": steps,
         "warmup_steps": warmup,
         "rounds": rounds,
-        "order": list(modes),
+        "order": [arm_order(modes, number) for number in range(1, rounds + 1)],
         "threads": os.cpu_count(),
         "arm_descriptions": {mode: MODES[mode] for mode in modes},
         "load_average_before": load_before,

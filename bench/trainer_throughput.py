@@ -1,8 +1,8 @@
 """Trainer throughput: our trainer against what a user would pick instead, in interleaved repeated rounds.
 
 Why this shape: on a shared machine whatever else runs decides a one-off comparison (issue #30: the same
-two arms measured 0.48x and 1.16x an hour apart). So every arm runs several times, interleaved (A B C, A B C,
-...), each run in its own fresh process (its peak memory is its own, nothing is warm from the previous arm),
+two arms measured 0.48x and 1.16x an hour apart). So every arm runs several times, interleaved and rotated
+(A B C, B C A, ...), each run in its own fresh process (its peak memory is its own, nothing warm from the last arm),
 and the report is per arm the median and range of real (non-padding) tokens/s and of peak RSS, and for ours
 against each other arm the median of the per-round ratios with their min..max: neighbouring runs share the
 machine's load, so a round's ratio is fairer than any one figure. The load average is printed before and after,
@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +262,43 @@ CPU_MODES = {
 }
 
 
+def arm_order(modes: tuple[str, ...], number: int) -> list[str]:
+    """Round `number`'s order: `modes` rotated by one more place each round.
+
+    Why: the machine's load drifts during a benchmark (falling after a burst, rising as others start), so an arm
+    that always runs first is always measured at the same point of the drift; rotating spreads every arm over
+    every position, and with as many rounds as arms (or a multiple) each arm runs first equally often.
+    """
+    shift = (number - 1) % len(modes)
+    return list(modes[shift:] + modes[:shift])
+
+
+def run_rounds(modes: tuple[str, ...], rounds: int, command_for: Callable[[str], list[str]]) -> list[dict[str, Any]]:
+    """Run every arm once per round, each in its own fresh process, in `arm_order`; a failed run is recorded
+    with its error and the others still measured. Shared by every throughput benchmark here."""
+    runs: list[dict[str, Any]] = []
+    for number in range(1, rounds + 1):
+        for position, mode in enumerate(arm_order(modes, number)):
+            load = round(os.getloadavg()[0], 2)
+            done = subprocess.run(
+                command_for(mode),
+                capture_output=True,
+                text=True,
+                check=False,
+                env=dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"),
+            )
+            run: dict[str, Any] = {"round": number, "mode": mode, "position": position, "load_average_1m": load}
+            if done.returncode != 0:  # said in the output, and the other runs still measured
+                print(f"{mode} run failed:\n{done.stderr[-4000:]}", file=sys.stderr)
+                tail = done.stderr.strip().splitlines()
+                run["error"] = tail[-1] if tail else f"exit {done.returncode}"
+            else:
+                run.update(json.loads(done.stdout.strip().splitlines()[-1]))
+            runs.append(run)
+            print(f"round {number} {mode:>12}: {run}", file=sys.stderr)
+    return runs
+
+
 def child_command(
     mode: str, folder: Path, steps: int, batch: int, max_length: int, warmup: int, method: str
 ) -> list[str]:
@@ -381,31 +419,14 @@ def cpu_bench(
     rounds: int = 3,
     method: str = "lora",
 ) -> dict[str, Any]:
-    """`rounds` rounds, each running every arm once in `modes` order, each run in its own process."""
+    """`rounds` rounds, each running every arm once (the order rotated per round), each run in its own process."""
     load_before = [round(x, 2) for x in os.getloadavg()]
     started = time.time()
-    runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as scratch:
         folder = build_model(Path(scratch) / "model", base)
-        for number in range(1, rounds + 1):
-            for mode in modes:
-                load = round(os.getloadavg()[0], 2)
-                done = subprocess.run(
-                    child_command(mode, folder, steps, batch, max_length, warmup, method),
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                    env=dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"),
-                )
-                run: dict[str, Any] = {"round": number, "mode": mode, "load_average_1m": load}
-                if done.returncode != 0:  # said in the output, and the other runs still measured
-                    print(f"{mode} run failed:\n{done.stderr[-4000:]}", file=sys.stderr)
-                    tail = done.stderr.strip().splitlines()
-                    run["error"] = tail[-1] if tail else f"exit {done.returncode}"
-                else:
-                    run.update(json.loads(done.stdout.strip().splitlines()[-1]))
-                runs.append(run)
-                print(f"round {number} {mode:>12}: {run}", file=sys.stderr)
+        runs = run_rounds(
+            modes, rounds, lambda mode: child_command(mode, folder, steps, batch, max_length, warmup, method)
+        )
     summary = summarize(runs, modes)
     print(markdown(summary), file=sys.stderr)
     for warning in summary["warnings"]:
@@ -419,7 +440,7 @@ def cpu_bench(
         "steps": steps,
         "warmup_steps": warmup,
         "rounds": rounds,
-        "order": list(modes),
+        "order": [arm_order(modes, number) for number in range(1, rounds + 1)],
         "threads": os.cpu_count(),
         "arm_descriptions": {mode: CPU_MODES[mode] for mode in modes},
         "load_average_before": load_before,

@@ -6,15 +6,20 @@ requests that RBAC actually judges; an operator run with admin rights would hide
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.support.kwok import KWOK_TOLERATION
 
 ROOT = Path(__file__).parents[2]
 CHART = ROOT / "helm" / "finetune-operator"
@@ -102,3 +107,70 @@ def service_account_identity(cluster: Any, namespace: str, name: str, folder: Pa
 
 def status_of(error: Any) -> int:
     return int(getattr(error, "status", 0) or 0)
+
+
+@contextmanager
+def install_in_cluster(cluster: Any, namespace: str, operator_image: str, *extra: str) -> Iterator[str]:
+    """The chart installed with the operator running as a pod (image `operator_image`, already on the real node)
+    watching only `namespace`, under PodSecurity `restricted`; `extra`: more helm arguments. Yields the release
+    name; uninstalled on exit."""
+    labels = {f"pod-security.kubernetes.io/{m}": "restricted" for m in ("enforce", "warn")}
+    cluster.core.patch_namespace(namespace, {"metadata": {"labels": labels}})
+    release = release_name()
+    repository, tag = operator_image.rsplit(":", 1)
+    helm(
+        "install",
+        release,
+        str(CHART),
+        "-n",
+        namespace,
+        "--set",
+        f"watchNamespaces={{{namespace}}}",
+        "--set",
+        f"image.repository={repository}",
+        "--set",
+        f"image.tag={tag}",
+        "--set",
+        "image.pullPolicy=Never",
+        "--set",
+        "logFormat=json",
+        "--set",
+        "reconcile.secretRecheckSeconds=1",
+        # ftj_manifest's jobs use no credentials Secret and tolerate kwok's taint: the chart's policy refuses
+        # both unless the admin allows them
+        "--set",
+        "policy.allowNodeIdentity=true",
+        "--set-json",
+        f"policy.allowedTolerations=[{json.dumps(KWOK_TOLERATION)}]",
+        *extra,
+        "--wait",
+        "--timeout",
+        "3m",
+        kubeconfig=cluster.kubeconfig,
+    )
+    try:
+        yield release
+    finally:
+        helm("uninstall", release, "-n", namespace, "--ignore-not-found", "--wait", kubeconfig=cluster.kubeconfig)
+
+
+def release_pods(cluster: Any, namespace: str, release: str) -> list[Any]:
+    """The operator pods of `release` (terminating ones included)."""
+    items: list[Any] = cluster.core.list_namespaced_pod(
+        namespace, label_selector=f"app.kubernetes.io/instance={release}"
+    ).items
+    return items
+
+
+def lease_holder(cluster: Any, namespace: str, lease: str) -> str:
+    """The pod holding the leader-election Lease (the operator's identity is `<pod>_<random suffix>`); "" when
+    there is no Lease yet."""
+    from kubernetes import client
+
+    try:
+        spec = client.CoordinationV1Api(cluster.api_client).read_namespaced_lease(lease, namespace).spec
+    except client.ApiException as error:
+        if error.status == 404:
+            return ""
+        raise
+    return str(spec.holder_identity or "").rsplit("_", 1)[0]

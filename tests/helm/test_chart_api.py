@@ -113,3 +113,20 @@ def test_missing_bucket_and_unknown_keys_are_refused() -> None:
     assert missing.returncode != 0 and "api.files.bucket is required" in missing.stderr
     typo = helm("template", "r", str(CHART), *set_args({**API, "api.file.bucket": "x"}), check=False)
     assert typo.returncode != 0
+
+
+def test_more_env_is_passed_and_the_charts_own_names_are_refused() -> None:
+    values = {"api.env[0].name": "HTTP_PROXY", "api.env[0].value": "http://proxy:3128", "api.env[1].name": "NO_PROXY",
+              "api.env[1].value": "10.0.0.1"}  # fmt: skip
+    (deployment,) = [d for d in _api_docs(values) if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = container["env"]
+    assert env[-2:] == [{"name": "HTTP_PROXY", "value": "http://proxy:3128"}, {"name": "NO_PROXY", "value": "10.0.0.1"}]
+    assert len({e["name"] for e in env}) == len(env)
+    for name in ("FTO_API_BUCKET", "HOME"):
+        values = {**API, "api.env[0].name": name, "api.env[0].value": "x"}
+        refused = helm("template", "r", str(CHART), *set_args(values), check=False)
+        assert refused.returncode != 0 and f"api.env: {name} is set by the chart" in refused.stderr
+    unknown = helm("template", "r", str(CHART), *set_args({**API, "api.env[0].name": "A", "api.env[0].vaule": "x"}),
+                   check=False)  # fmt: skip
+    assert unknown.returncode != 0 and "vaule" in unknown.stderr

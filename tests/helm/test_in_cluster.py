@@ -10,117 +10,20 @@ one leader (the Lease's holder) acts, upgrades roll with the Lease handed over.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.conftest import Jobs, ftj_manifest, kwok_annotations, success_message
-from tests.support.kwok import KWOK_TOLERATION
 from tests.support.portforward import port_forward
 from tests.support.waiting import wait_for
 
-from .chart import CHART, ROOT, helm, kubectl, release_name
+from .chart import CHART, helm, kubectl, lease_holder, release_pods
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
-
-CACHE = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache" / "finetune-operator"))
-
-
-def _refs(path: Path) -> dict[str, str]:
-    if not path.exists():
-        return {}
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-
-
-@pytest.fixture(scope="module")
-def operator_image() -> str:
-    """Build (cached by content hash) and import the operator image only; other images' refs are kept."""
-    refs_file = CACHE / "images" / "refs.env"
-    before = _refs(refs_file)
-    subprocess.run(
-        ["hack/build-images.sh"],
-        cwd=ROOT,
-        env={**os.environ, "FTO_IMAGES": "operator"},
-        check=True,
-        stdout=subprocess.DEVNULL,
-        timeout=900,
-    )
-    built = _refs(refs_file)
-    refs_file.write_text("".join(f"{k}={v}\n" for k, v in {**before, **built}.items()))
-    image, archive = built["FTO_OPERATOR_IMAGE"], built["FTO_OPERATOR_ARCHIVE"]
-    subprocess.run(
-        ["hack/import-images.sh", f"{image}={archive}"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL, timeout=300
-    )
-    return image
-
-
-@pytest.fixture
-def in_cluster(cluster: Any, namespace: str, crd: str, operator_image: str) -> Iterator[str]:
-    """The chart installed with the operator running as a pod; uninstalled afterwards."""
-    labels = {f"pod-security.kubernetes.io/{m}": "restricted" for m in ("enforce", "warn")}
-    cluster.core.patch_namespace(namespace, {"metadata": {"labels": labels}})
-    release = release_name()
-    repository, tag = operator_image.rsplit(":", 1)
-    helm(
-        "install",
-        release,
-        str(CHART),
-        "-n",
-        namespace,
-        "--set",
-        f"watchNamespaces={{{namespace}}}",
-        "--set",
-        f"image.repository={repository}",
-        "--set",
-        f"image.tag={tag}",
-        "--set",
-        "image.pullPolicy=Never",
-        "--set",
-        "logFormat=json",
-        "--set",
-        "reconcile.secretRecheckSeconds=1",
-        # ftj_manifest's jobs use no credentials Secret and tolerate kwok's taint: the chart's policy refuses
-        # both unless the admin allows them
-        "--set",
-        "policy.allowNodeIdentity=true",
-        "--set-json",
-        f"policy.allowedTolerations=[{json.dumps(KWOK_TOLERATION)}]",
-        "--wait",
-        "--timeout",
-        "3m",
-        kubeconfig=cluster.kubeconfig,
-    )
-    try:
-        yield release
-    finally:
-        helm("uninstall", release, "-n", namespace, "--ignore-not-found", "--wait", kubeconfig=cluster.kubeconfig)
-
-
-def _pods(cluster: Any, namespace: str, release: str) -> list[Any]:
-    items: list[Any] = cluster.core.list_namespaced_pod(
-        namespace, label_selector=f"app.kubernetes.io/instance={release}"
-    ).items
-    return items
-
-
-def _leader(cluster: Any, namespace: str, lease: str) -> str:
-    """The pod holding the leader-election Lease (the operator's identity is `<pod>_<random suffix>`)."""
-    from kubernetes import client
-
-    try:
-        spec = client.CoordinationV1Api(cluster.api_client).read_namespaced_lease(lease, namespace).spec
-    except client.ApiException as error:
-        if error.status == 404:
-            return ""
-        raise
-    return str(spec.holder_identity or "").rsplit("_", 1)[0]
 
 
 def _scrape(cluster: Any, namespace: str, target: str) -> str:
@@ -141,13 +44,13 @@ def test_operator_in_cluster_reconciles_upgrades_and_uninstalls(
 ) -> None:
     release, kc = in_cluster, cluster.kubeconfig
     fullname = f"{release}-finetune-operator"
-    pods = _pods(cluster, namespace, release)
+    pods = release_pods(cluster, namespace, release)
     assert len(pods) == 2  # the chart's default: two replicas, one of them leads
     for pod in pods:
         assert pod.status.phase == "Running" and not pod.spec.node_name.startswith("kwok-")
         assert pod.status.container_statuses[0].restart_count == 0
     names = {pod.metadata.name for pod in pods}
-    leader = wait_for("a leader among the replicas", lambda: _leader(cluster, namespace, fullname) or None)
+    leader = wait_for("a leader among the replicas", lambda: lease_holder(cluster, namespace, fullname) or None)
     assert leader in names
 
     jobs.create(
@@ -184,7 +87,7 @@ def test_operator_in_cluster_reconciles_upgrades_and_uninstalls(
         "two new operator pods, none of the old ones",
         lambda: (
             (
-                (found := _pods(cluster, namespace, release))
+                (found := release_pods(cluster, namespace, release))
                 and len(found) == 2
                 and not names & {p.metadata.name for p in found}
                 and found
@@ -196,7 +99,7 @@ def test_operator_in_cluster_reconciles_upgrades_and_uninstalls(
     for new_pod in new_pods:
         env = {e.name: e.value for e in new_pod.spec.containers[0].env}
         assert env["FTO_RECONCILE_THREADS"] == "2" and env["FTO_LOG_FORMAT"] == "json"
-    wait_for("the Lease handed to a new pod", lambda: _leader(cluster, namespace, fullname) not in names or None)
+    wait_for("the Lease handed to a new pod", lambda: lease_holder(cluster, namespace, fullname) not in names or None)
     jobs.create(
         namespace,
         ftj_manifest("after-upgrade", podMetadata={"annotations": kwok_annotations(0, success_message(), delay="1s")}),
@@ -204,7 +107,7 @@ def test_operator_in_cluster_reconciles_upgrades_and_uninstalls(
     jobs.wait_phase(namespace, "after-upgrade", "Succeeded", timeout=120)
 
     helm("uninstall", release, "-n", namespace, "--wait", kubeconfig=kc)
-    wait_for("the operator pod gone", lambda: not _pods(cluster, namespace, release), timeout=60)
+    wait_for("the operator pod gone", lambda: not release_pods(cluster, namespace, release), timeout=60)
     assert {
         j["metadata"]["name"]
         for j in cluster.custom.list_namespaced_custom_object("finetune.dev", "v1alpha1", namespace, "finetunejobs")[

@@ -14,6 +14,7 @@ operator too (validation off, kwok pods): an API-made job trains, is served, is 
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -315,6 +316,58 @@ def test_status_events_and_checkpoints_follow_the_object(api: Api) -> None:
     failed = client.fine_tuning.jobs.retrieve(job.id)
     assert failed.status == "failed" and failed.error is not None
     assert (failed.error.code, failed.error.param) == ("DatasetInvalid", "training_file")
+
+
+def test_a_succeeded_jobs_result_file_is_its_runs_step_metrics(api: Api) -> None:
+    client = api.client("a")
+    namespace = api.namespaces["a"]
+    job = _job(api)
+    history = [
+        {"loss": 2.0, "learning_rate": 0.01, "step": 1},
+        {"loss": 1.5, "step": 2},
+        {"eval_loss": 1.75, "step": 2},
+        {"train_runtime": 1.0, "train_loss": 1.75, "step": 2},
+    ]
+    metrics = {"run": 1, "metrics": {}, "history": history}
+    key = f"{namespace}/jobs/{job.id}/run-1/metrics.json"  # where the trainer writes it under the job's output
+    api.bucket.client.put_object(Bucket=api.bucket.name, Key=key, Body=json.dumps(metrics).encode())
+    assert client.fine_tuning.jobs.retrieve(job.id).result_files == []  # not succeeded yet
+
+    api.write_status("a", job.id, {"phase": "Succeeded", "run": 1})
+    done = client.fine_tuning.jobs.retrieve(job.id)
+    (result_id,) = done.result_files
+    assert result_id == f"file-results-{job.id}-run-1"
+    described = client.files.retrieve(result_id)
+    assert isinstance(described, openai.types.FileObject)
+    assert (described.purpose, described.filename, described.status) == ("fine-tune-results", "step_metrics.csv",
+                                                                          "processed")  # fmt: skip
+    content = client.files.content(result_id).content
+    assert content == (b"step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy\n1,2.0,,,\n2,1.5,,1.75,\n")
+    assert described.bytes == len(content)
+    # uploaded files are listed as before; a result file is not an upload
+    assert result_id not in {f.id for f in client.files.list().data}
+
+    # another tenant: as for any file of another namespace, 404
+    with pytest.raises(openai.NotFoundError):
+        api.client("b").files.retrieve(result_id)
+    with pytest.raises(openai.NotFoundError):
+        api.client("b").files.content(result_id)
+    # a result file is not deleted on its own (the run's metrics are the gate's and the report's)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.files.delete(result_id)
+    assert refused.value.body["param"] == "file_id"  # type: ignore[index]
+    assert api.bucket.client.head_object(Bucket=api.bucket.name, Key=key)
+
+    # a second run replaces it: run 2's file (404 until its metrics.json is written), and run 1's is gone
+    api.write_status("a", job.id, {"phase": "Serving", "run": 2})
+    (second,) = client.fine_tuning.jobs.retrieve(job.id).result_files
+    assert second == f"file-results-{job.id}-run-2"
+    for gone in (result_id, second):
+        with pytest.raises(openai.NotFoundError):
+            client.files.retrieve(gone)
+    # a caller without the fine-tuning Role: 403 before anything is read
+    with pytest.raises(openai.PermissionDeniedError):
+        api.client("nobody").files.retrieve(second)
 
 
 def test_pause_resume_cancel(api: Api) -> None:

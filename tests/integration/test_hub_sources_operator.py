@@ -7,6 +7,7 @@ summary, as tests/trainer/test_hub_sources.py shows the real trainer writes it).
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from kubernetes import client
@@ -115,3 +116,89 @@ def test_the_token_reaches_only_the_check_and_the_commits_reach_status_and_the_n
     pinned = json.loads(cluster.core.read_namespaced_config_map(f"{name}-r2-config", namespace).data["config.json"])
     assert pinned["baseModel"]["revision"] == COMMIT
     assert pinned["dataset"]["train"]["revision"] == DATA_COMMIT
+
+
+def _wait_config_error(jobs: Jobs, namespace: str, pod: Any, message: str) -> None:
+    """What the kubelet writes when it cannot resolve a container's secretKeyRef: the pod stays Pending with its
+    container waiting in CreateContainerConfigError (kwok's stages write no such state, so the test does)."""
+    waiting = {"reason": "CreateContainerConfigError", "message": message}
+    container = {"name": pod.spec.containers[0].name, "image": pod.spec.containers[0].image, "ready": False}
+    jobs.cluster.core.patch_namespaced_pod_status(
+        pod.metadata.name,
+        namespace,
+        {
+            "status": {
+                "phase": "Pending",
+                "conditions": [{"type": "Ready", "status": "False"}, {"type": "ContainersReady", "status": "False"}],
+                "containerStatuses": [{**container, "restartCount": 0, "state": {"waiting": waiting}}],
+            }
+        },
+    )
+
+
+def test_a_token_secret_or_key_that_does_not_exist_is_secret_missing_naming_the_field_and_uses_no_attempt(
+    operator_factory: Any, cluster: Any, jobs: Jobs, namespace: str
+) -> None:
+    name = "hub-no-token"
+    args = ["--validation", "--hub-endpoint", "http://hub-mirror.test:8090", "--secret-recheck-seconds", "1"]
+    operator_factory(namespace, args=args)
+    jobs.create(
+        namespace,
+        ftj_manifest(
+            name,
+            baseModel={"uri": "hf://acme/gated", "tokenSecret": {"name": "hf-token"}},
+            dataset={"train": {"uri": "s3://data/train.jsonl"}, "schema": "chat"},
+        ),
+    )
+
+    def error() -> dict[str, Any]:
+        return jobs.status(namespace, name).get("error") or {}
+
+    # no Secret: looked up by its metadata before the validation Job, which is not made while it is absent
+    wait_for("SecretMissing", lambda: error().get("code") == "SecretMissing", timeout=30)
+    status = jobs.status(namespace, name)
+    assert status["phase"] == "Pending", status
+    message = status["error"]["message"]
+    assert message.startswith("baseModel.tokenSecret names Secret 'hf-token', which does not exist in namespace")
+    assert f"kubectl -n {namespace} create secret generic hf-token --from-literal=token=..." in message
+    time.sleep(2)  # two rechecks
+    assert _component(jobs, namespace, name, "validator", 1) is None
+
+    # the Secret is made with another key: the Job is made, and its pod waits with the kubelet naming the key
+    cluster.core.create_namespaced_secret(
+        namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="hf-token"), string_data={"hf": TOKEN})
+    )
+    check = wait_for("the validation Job", lambda: _component(jobs, namespace, name, "validator", 1), timeout=60)
+    pod = jobs.running_pod(namespace, check.metadata.name)
+    _wait_config_error(jobs, namespace, pod, f"couldn't find key token in Secret {namespace}/hf-token")
+    wait_for("the missing key", lambda: "has no key 'token'" in error().get("message", ""), timeout=30)
+    assert error()["code"] == "SecretMissing" and jobs.status(namespace, name)["phase"] == "Pending"
+    assert "baseModel.tokenSecret" in error()["message"] and "set baseModel.tokenSecret.key" in error()["message"]
+    assert TOKEN not in json.dumps(jobs.status(namespace, name))
+    # no attempt used: the Job failed no pod and still waits with the same one
+    job = cluster.batch.read_namespaced_job(check.metadata.name, namespace)
+    assert not job.status.failed
+    assert [p.metadata.name for p in jobs.pods(namespace, check.metadata.name)] == [pod.metadata.name]
+
+    # fixed (tokenSecret.key: the kubelet starts the container once it resolves): the check goes on, no error
+    jobs.cluster.core.patch_namespaced_pod_status(
+        pod.metadata.name,
+        namespace,
+        {
+            "status": {
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"}],
+                "containerStatuses": [
+                    {
+                        "name": pod.spec.containers[0].name,
+                        "image": pod.spec.containers[0].image,
+                        "ready": True,
+                        "restartCount": 0,
+                        "state": {"running": {"startedAt": "2026-12-07T00:00:00Z"}},
+                    }
+                ],
+            }
+        },
+    )
+    jobs.wait_phase(namespace, name, "Validating", timeout=30)
+    assert not jobs.status(namespace, name).get("error")

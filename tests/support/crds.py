@@ -7,6 +7,7 @@ create after a CRD appears can miss it until discovery catches up.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,13 @@ OPERATOR_CRDS = ("modelserver.yaml", "finetunejob.yaml")
 
 def install_crd(api_client: Any, path: Path) -> str:
     """Create or replace the CRD in `path`; return its name once Established."""
+    return apply_crd(api_client, yaml.safe_load(path.read_text()))
+
+
+def apply_crd(api_client: Any, body: dict[str, Any]) -> str:
+    """Create or replace the CRD `body` (a parsed manifest); return its name once Established and served."""
     from kubernetes import client
 
-    body = yaml.safe_load(path.read_text())
     api = client.ApiextensionsV1Api(api_client)
     name = body["metadata"]["name"]
     try:
@@ -59,3 +64,15 @@ def install_operator_crds(api_client: Any) -> None:
     """Every CRD the operator watches (FineTuneJob, ModelServer)."""
     for file in OPERATOR_CRDS:
         install_crd(api_client, CRDS / file)
+
+
+def with_spec_field(body: dict[str, Any], field: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the CRD `body` whose every version's `spec` has one more property, `field` with `schema` (e.g.
+    `{"type": "string", "default": "x"}`): the shape of a CRD upgrade that adds an optional, defaulted field."""
+    changed = copy.deepcopy(body)
+    for version in changed["spec"]["versions"]:
+        spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        if field in spec["properties"]:
+            raise ValueError(f"spec.{field} is already a field of {body['metadata']['name']}")
+        spec["properties"][field] = schema
+    return changed

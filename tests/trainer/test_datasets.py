@@ -390,3 +390,18 @@ def test_validate_checks_the_memory_plan_against_the_training_pods_placement(
     code, termination, summary = run_validate(raw, "--gpus", "0", "--memory-limit", "1Mi")
     assert code == USER_ERROR_EXIT_CODE and summary is None
     assert termination["code"] == "PlanDoesNotFit" and "does not fit" in termination["message"], termination
+
+
+def test_validate_refuses_an_s3_model_and_data_larger_than_the_requested_disk(
+    s3_bucket: Any, tiny_llama_uri: str, run_validate: Any
+) -> None:
+    """`--disk-limit` (the job's resources.ephemeralStorage): the model as listed in S3 and the data as read
+    must fit in it, a user error otherwise (the same check refuses hf:// sources before their download)."""
+    train = put_jsonl(s3_bucket.client, s3_bucket.name, "data/alpaca.jsonl", alpaca_records(40))
+    raw = without_schema(trainer_config(s3_bucket.name, tiny_llama_uri, train))
+    code, termination, summary = run_validate(raw, "--disk-limit", "1Ki")
+    assert code == USER_ERROR_EXIT_CODE and summary is None
+    assert termination["code"] == "DiskRequestTooSmall", termination
+    assert "resources.ephemeralStorage is 1Ki" in termination["message"] and "baseModel.uri" in termination["message"]
+    code, termination, summary = run_validate(raw, "--disk-limit", "2Gi")
+    assert code == 0, termination

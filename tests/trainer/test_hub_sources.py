@@ -29,7 +29,7 @@ from tests.trainer.hub_gate import HubGate
 
 pytestmark = pytest.mark.s3
 
-Validator = Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
+Validator = Callable[..., tuple[int, dict[str, Any]]]
 NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 
 
@@ -117,10 +117,10 @@ def endpoint(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> str:
 def run_validate(tmp_path: Path) -> Validator:
     from finetune_trainer.cli import main
 
-    def run(config: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def run(config: dict[str, Any], *arguments: str) -> tuple[int, dict[str, Any]]:
         path = tmp_path / f"config-{config['job']['run']}.json"
         path.write_text(json.dumps(config))
-        code = main(["validate", "--config", str(path)])
+        code = main(["validate", "--config", str(path), *arguments])
         return code, json.loads((tmp_path / "termination-log").read_text())
 
     return run
@@ -279,15 +279,78 @@ def test_a_hub_that_is_down_is_a_retryable_infrastructure_error(
     assert "cannot be reached" in termination["message"] or "503" in termination["message"]
 
 
-def test_too_little_disk_for_a_file_is_refused_before_its_download(
+def test_sources_larger_than_the_requested_disk_are_a_user_error_before_any_download(
+    hub: Hub, endpoint: str, s3_bucket: Any, run_validate: Validator
+) -> None:
+    # the hub's listing of the model and the data, against resources.ephemeralStorage (the operator's --disk-limit)
+    code, termination = run_validate(hub_config(s3_bucket.name, revision="v1"), "--disk-limit", "1Ki")
+    assert code == USER_ERROR_EXIT_CODE and termination["code"] == "DiskRequestTooSmall", termination
+    message = termination["message"]
+    for fragment in (
+        "resources.ephemeralStorage is 1Ki",
+        "model repo 'acme/tiny-llama' at revision 'v1'",
+        f"commit {hub.commits['model-v1']}",
+        "dataset repo 'acme/chat-data' at revision 'v1.0'",
+        "Set resources.ephemeralStorage to at least 2Gi",
+        "smaller model",
+    ):
+        assert fragment in message, (fragment, message)
+    assert cached_objects(s3_bucket) == {}  # refused from the listing: nothing downloaded, nothing copied
+    code, termination = run_validate(hub_config(s3_bucket.name, run=2, revision="v1"), "--disk-limit", "2Gi")
+    assert code == 0, termination
+
+
+def test_too_little_free_disk_for_the_largest_file_is_refused_before_any_download(
     hub: Hub, endpoint: str, s3_bucket: Any, run_validate: Validator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # the real free space of the work disk, checked against a margin no disk has (core/disk.py's own check)
+    # the real free space of the work disk, checked against a margin no disk has (core/disk.py's own check):
+    # the validation pod asks for no disk, so the space is the node's, and another attempt may find it
     monkeypatch.setattr("finetune_trainer.core.disk.MARGIN_BYTES", 2**62)
     code, termination = run_validate(hub_config(s3_bucket.name))
     assert code == INTERNAL_ERROR_EXIT_CODE and termination["code"] == "InsufficientDisk", termination
-    assert "hf://acme/tiny-llama@" in termination["message"] and "free" in termination["message"]
+    assert "hf://acme/tiny-llama@" in termination["message"] and "largest file" in termination["message"]
+    assert "free" in termination["message"]
     assert cached_objects(s3_bucket) == {}
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 16 KiB filesystem (tmpfs, mounted for this test): the download of the tiny model's first file
+    larger than that (its tokenizer) ends in ENOSPC."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.fail("mounting the small tmpfs needs root (CI and the dev machines run as root)")
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_disk_that_fills_up_during_the_download_is_a_retryable_infrastructure_error(
+    hub: Hub,
+    endpoint: str,
+    s3_bucket: Any,
+    run_validate: Validator,
+    monkeypatch: pytest.MonkeyPatch,
+    small_disk: Path,
+) -> None:
+    # the free-space check passes (as it did before another pod filled the node's disk), the real write fails
+    monkeypatch.setattr("finetune_trainer.core.disk.MARGIN_BYTES", -(2**40))
+    monkeypatch.setenv("FTO_WORK_DIR", str(small_disk))
+    code, termination = run_validate(hub_config(s3_bucket.name, revision="v1"))
+    assert code == INTERNAL_ERROR_EXIT_CODE and termination["code"] == "InsufficientDisk", termination
+    message = termination["message"]
+    assert "the validation pod's disk filled up while downloading" in message, message
+    assert "model repo 'acme/tiny-llama' at revision 'v1'" in message and hub.commits["model-v1"] in message
+    kept = [k for k in cached_objects(s3_bucket) if "/models/" in k]
+    # files copied before it are not recorded (a later attempt copies them again); the partial one is not copied
+    assert not [k for k in kept if k.endswith((".manifest.json", "tokenizer.json", ".safetensors"))], kept
+    assert not any(small_disk.rglob("*.incomplete")), "the partial download stays on the disk"
 
 
 @pytest.mark.slow

@@ -137,6 +137,11 @@ def test_lora_the_best_adapter_not_the_last_is_published(
     last = load(read(s3_bucket, "out/run-1/checkpoints/checkpoint-4/adapter_model.safetensors"))
     assert published.keys() == best.keys() and all((published[k] == best[k]).all() for k in best)
     assert any(not (last[k] == best[k]).all() for k in best)
+    # a step that is validated keeps its training loss in the log (metrics.json, TensorBoard, the API's result
+    # file): the validation's own log entry must not take the step's place
+    history = json.loads(read(s3_bucket, "out/run-1/metrics.json"))["history"]
+    assert sorted(e["step"] for e in history if "loss" in e) == [1, 2, 3, 4], history
+    assert sorted(e["step"] for e in history if "eval_loss" in e) == [1, 2, 3, 4], history
 
 
 def test_generation_metrics_gate_the_run_and_fill_the_report(

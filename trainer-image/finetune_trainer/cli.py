@@ -171,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("--gpu-product", default="", help="the GPU type the training pods' node selector names")
     check.add_argument("--memory-limit", default="", help="the training pods' memory limit, e.g. 16Gi")
     check.add_argument(
+        "--disk-limit", default="", help="the training pods' local disk (resources.ephemeralStorage), e.g. 100Gi"
+    )
+    check.add_argument(
         "--gpu-memory",
         action="append",
         default=[],
@@ -196,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             gpu_product=args.gpu_product,
             memory_limit=args.memory_limit,
             gpu_memory=tuple(args.gpu_memory),
+            disk_limit=args.disk_limit,
         )
         return run_validate(args.config, args.output, placement)
     return run_train(args.config)

@@ -6,6 +6,7 @@ an error, never silently dropped), and `wire()` gives back the CRD's shape for h
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -23,3 +24,28 @@ class SpecModel(BaseModel):
 def invalid_spec_message(error: Any) -> str:
     """One line naming every field a pydantic ValidationError refused: `spec.<path>: <why>; ...`."""
     return "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+
+
+def without_unknown_fields(raw: dict[str, Any], error: Any) -> tuple[dict[str, Any], list[str]] | None:
+    """`raw` (a spec) without the fields that `error` (a pydantic ValidationError of it) refused as unknown, and
+    their `spec.<path>` names; None when the error refused anything else too (a wrong value is never dropped).
+
+    Why: a CRD upgrade that adds a field with a default makes the API server show that field on every stored
+    object when read (structural defaulting), before the operator that knows the field is running. For a
+    generation this operator already accepted, the field is the new CRD's default, not something the user asked
+    for, so the caller may read the spec without it (see finetunejob/controller.py); a new generation is still
+    refused by name.
+    """
+    errors = error.errors()
+    if not errors or any(e["type"] != "extra_forbidden" for e in errors):
+        return None
+    stripped = copy.deepcopy(raw)
+    names = []
+    for e in errors:
+        *parents, last = e["loc"]
+        node: Any = stripped
+        for part in parents:
+            node = node[part]
+        del node[last]
+        names.append("spec." + ".".join(str(p) for p in e["loc"]))
+    return stripped, names

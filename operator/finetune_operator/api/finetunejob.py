@@ -350,9 +350,11 @@ def validation_spec_hash(spec: FineTuneJobSpec) -> str:
     wire = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True)
     relevant = {name: wire.get(name) for name in VALIDATION_FIELDS}
     relevant["steps"] = {k: v for k, v in (wire.get("hyperparameters") or {}).items() if k in CHECKED_HYPERPARAMETERS}
-    # the memory plan is checked against the GPU type and the pod's memory: a change there is checked again
+    # the memory plan is checked against the GPU type and the pod's memory, the sources' size against the
+    # requested disk: a change there is checked again
     resources = wire.get("resources") or {}
-    relevant["resources"] = {k: v for k, v in resources.items() if k in (*WORLD_SIZE_RESOURCES, "memory")}
+    checked = (*WORLD_SIZE_RESOURCES, "memory", "ephemeralStorage")
+    relevant["resources"] = {k: v for k, v in resources.items() if k in checked}
     relevant["gpuProduct"] = (resources.get("nodeSelector") or {}).get("nvidia.com/gpu.product")
     evaluation = wire.get("evaluation") or {}
     if "generation" in evaluation or "intervalSteps" in evaluation:  # checked against the data's schema/splits

@@ -54,11 +54,19 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"  # GPU feature discovery's node lab
 
 def validate_command(spec: FineTuneJobSpec, gpu_memory: tuple[str, ...] = ()) -> list[str]:
     """`validate` with where the training pods will run: the memory plan is checked against it, and against
-    the GPU table with the operator's own rows (`Settings.gpu_memory`, the chart's validation.gpuMemory)."""
+    the GPU table with the operator's own rows (`Settings.gpu_memory`, the chart's validation.gpuMemory); the
+    model and data against resources.ephemeralStorage when it is set."""
     r = spec.resources
     product = r.node_selector.get(GPU_PRODUCT_LABEL, "")
     table = [arg for entry in gpu_memory for arg in ("--gpu-memory", entry)]
-    return [*VALIDATE_COMMAND, "--gpus", str(r.gpus), "--gpu-product", product, "--memory-limit", str(r.memory), *table]
+    # the sources must fit the disk the job asks for (a user error before any download, memory/disk.py)
+    disk = ["--disk-limit", str(r.ephemeral_storage)] if r.ephemeral_storage is not None else []
+    return [
+        *VALIDATE_COMMAND,
+        *("--gpus", str(r.gpus), "--gpu-product", product, "--memory-limit", str(r.memory)),
+        *disk,
+        *table,
+    ]
 
 
 """One command for every shape: with several processes the trainer starts torchrun itself from NODE_RANK,

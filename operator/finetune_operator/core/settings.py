@@ -329,7 +329,8 @@ class Settings:
         True,
         "--secret-check",
         "FTO_SECRET_CHECK",
-        "look up each run's credentials Secret (metadata only) before its Job; needs get on Secrets.",
+        "look up each run's credentials Secret, and before a validation its tokenSecrets (metadata only), "
+        "before its Job; needs get on Secrets.",
         chart=("clusterWide",),
     )
     # What a tenant's spec may ask for (builders.policy): an empty storage.credentialsSecret (the node's identity),

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from finetune_operator.api.base import invalid_spec_message
+from finetune_operator.api.base import invalid_spec_message, without_unknown_fields
 from finetune_operator.api.finetunejob import FineTuneJobSpec, parse_spec
 from finetune_operator.api.labels import ANNOTATION_RETRY, Names
 from finetune_operator.api.modelserver import server_ref
@@ -40,7 +40,7 @@ from finetune_operator.core.status_patch import merge_patch, now_rfc3339
 from finetune_operator.core.store import Key, Store
 from finetune_operator.core.workqueue import RequeueError
 from finetune_operator.finetunejob.apikey import ApiKey, needs_key, recorded_key
-from finetune_operator.finetunejob.plan import Plan, Snapshot, needs_secret_check, plan
+from finetune_operator.finetunejob.plan import Plan, Snapshot, plan, secrets_to_check
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ class Reconciler:
         # older operator's Role. One GET per job per process start; a uid is a few dozen bytes.
         self._rules_checked: set[str] = set()
         self._rules_lock = threading.Lock()
+        # (uid, generation) of the jobs read without a newer CRD's defaulted fields: logged once each
+        self._unknown_logged: set[tuple[str, int]] = set()
 
     def reconcile(self, key: Key) -> float | None:
         """One pass; returns seconds until the next pass is needed (None: wait for events)."""
@@ -81,6 +83,45 @@ class Reconciler:
         RECONCILES.labels("ok").inc()
         return requeue
 
+    def _accepted_spec(
+        self, body: dict[str, Any], status: dict[str, Any], generation: int, error: ValidationError
+    ) -> FineTuneJobSpec | None:
+        """The spec without the fields only a newer CRD's default put there, for a generation this operator
+        accepted before (status.observedGeneration is it, with no ConfigInvalid); else None (refused as usual).
+
+        Why: the chart's upgrade applies the new CRD first; from then on the API server shows its new defaulted
+        field on every stored FineTuneJob, and until the new operator runs, this one would fail them all,
+        finished and training alike, with ConfigInvalid. The user never asked for the field on this generation
+        (adding it would have made a new one), so reading the spec as it was accepted is what they asked for;
+        a spec change that sets it is refused naming it, as any field this operator does not know.
+        """
+        if int(status.get("observedGeneration") or 0) != generation:
+            return None
+        if (status.get("error") or {}).get("code") == "ConfigInvalid":
+            return None
+        found = without_unknown_fields(body.get("spec") or {}, error)
+        if found is None:
+            return None
+        raw, names = found
+        try:
+            spec = parse_spec(raw)
+        except ValidationError:
+            return None
+        meta = body["metadata"]
+        with self._rules_lock:
+            first = (meta["uid"], generation) not in self._unknown_logged
+            self._unknown_logged.add((meta["uid"], generation))
+        if first:
+            log.warning(
+                "%s/%s: %s not known to this operator (a newer CRD's default); generation %d was accepted without "
+                "it and is read as accepted: upgrade the operator",
+                meta["namespace"],
+                meta["name"],
+                ", ".join(names),
+                generation,
+            )
+        return spec
+
     def _reconcile(self, key: Key) -> float | None:
         view = self.store.view(key)
         if view is None or view.body["metadata"].get("deletionTimestamp"):
@@ -91,8 +132,11 @@ class Reconciler:
         try:
             spec = parse_spec(view.body.get("spec") or {})
         except ValidationError as error:
-            self._write_status(view.body, invalid_spec_status(error, generation))
-            return None
+            accepted = self._accepted_spec(view.body, status, generation, error)
+            if accepted is None:
+                self._write_status(view.body, invalid_spec_status(error, generation))
+                return None
+            spec = accepted
         retry_token = str((meta.get("annotations") or {}).get(ANNOTATION_RETRY, ""))
         snapshot = Snapshot(
             owner=owner,
@@ -108,9 +152,9 @@ class Reconciler:
         )
         if spec.serving.server:  # shared serving: the verdict is in the server's status (modelserver/controller.py)
             snapshot = replace(snapshot, server=self.store.server(server_ref(spec.serving.server, owner.namespace)))
-        if self.settings.secret_check and needs_secret_check(snapshot):
-            present = self.kube.exists_metadata("v1", "Secret", owner.namespace, spec.storage.credentials_secret)
-            snapshot = replace(snapshot, secret_present=present)
+        if self.settings.secret_check and (names := secrets_to_check(snapshot, self.settings)):
+            absent = tuple(n for n in names if not self.kube.exists_metadata("v1", "Secret", owner.namespace, n))
+            snapshot = replace(snapshot, secret_present=not absent, absent_secrets=absent)
         with self._rules_lock:
             checked = owner.uid in self._rules_checked
         if not checked:

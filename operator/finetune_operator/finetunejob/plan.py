@@ -36,6 +36,7 @@ from finetune_operator.builders.policy import REFUSED, job_refusal
 from finetune_operator.builders.training import ephemeral_storage
 from finetune_operator.core.observed import JobObs, PodObs
 from finetune_operator.core.settings import Settings
+from finetune_operator.finetunejob import secret_refs
 from finetune_operator.finetunejob.disk import DISK_LIMIT_EXCEEDED, disk_limit_message, own_limit_eviction
 from finetune_operator.finetunejob.gate import GateResult, evaluate_gate
 from finetune_operator.finetunejob.oom import OOM_KILLED, OUT_OF_MEMORY, explained, killed_pod
@@ -60,7 +61,7 @@ from finetune_operator.finetunejob.validation import (
     validation_of,
 )
 
-__all__ = ["Plan", "Snapshot", "needs_secret_check", "plan", "run_of"]
+__all__ = ["Plan", "Snapshot", "needs_secret_check", "plan", "run_of", "secrets_to_check"]
 
 TERMINAL = ("Failed", "Succeeded", "Serving", "Publishing")
 
@@ -82,13 +83,30 @@ def run_of(snapshot: Snapshot) -> tuple[int, str]:
     return current_run(snapshot.status, training_hash, snapshot.jobs), training_hash
 
 
-def needs_secret_check(snapshot: Snapshot) -> bool:
-    """Look the credentials secret up only while the run's Job does not exist yet (it would not start)."""
-    if not snapshot.spec.storage.credentials_secret:
-        return False
+def _before_its_job(snapshot: Snapshot) -> bool:
+    """The run has no Job yet and has not finished: the next Job is still to be made."""
     run, _ = run_of(snapshot)
     finished = _finished_before(snapshot.status, run, snapshot.spec, _retry_requested(snapshot))
     return not any(j.run == run for j in snapshot.jobs) and not finished
+
+
+def needs_secret_check(snapshot: Snapshot) -> bool:
+    """Look the credentials secret up only while the run's Job does not exist yet (it would not start)."""
+    return bool(snapshot.spec.storage.credentials_secret) and _before_its_job(snapshot)
+
+
+def secrets_to_check(snapshot: Snapshot, settings: Settings) -> list[str]:
+    """The Secrets to look up (metadata only) before the run's next Job: the storage credentials, and the hf://
+    sources' tokenSecrets while that Job is the validation Job, the one pod that reads them. Only while the run
+    has no Job yet: a Job's pod that waits for a Secret is reported from its waiting message (secret_refs.py)."""
+    if not _before_its_job(snapshot):
+        return []
+    run, _ = run_of(snapshot)
+    names = [snapshot.spec.storage.credentials_secret] if snapshot.spec.storage.credentials_secret else []
+    tokens = [r.name for r in secret_refs.secret_refs(snapshot.spec) if r.field.endswith(".tokenSecret")]
+    if tokens and not _validation(snapshot, run, settings)[0].passed:
+        names += [n for n in tokens if n not in names]
+    return names
 
 
 def _retry_requested(snapshot: Snapshot) -> bool:
@@ -190,6 +208,14 @@ def _state(
     if refused is not None and job is None:
         # a Job made before the policy changed is left to finish; no new one is made
         return TrainingState("Failed", REFUSED, refused, ErrorInfo(REFUSED, refused))
+    # a tokenSecret absent (the storage Secret present): the same words as for a pod that waits for it
+    token_problem = (
+        secret_refs.absent_message(spec, snapshot.owner.namespace, snapshot.absent_secrets)
+        if snapshot.secret_present is False and spec.storage.credentials_secret not in snapshot.absent_secrets
+        else None
+    )
+    if token_problem is not None:
+        return TrainingState("Pending", "SecretMissing", token_problem, ErrorInfo("SecretMissing", token_problem))
     if snapshot.secret_present is False:
         name = spec.storage.credentials_secret
         missing = ErrorInfo(
@@ -366,6 +392,7 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
         refused=refused,
         progress=progress or {},
     )
+    state = secret_refs.explained(state, spec, owner.namespace)  # a Secret or key the pods wait for, by field
     state = _out_of_memory_explained(state, snapshot, validation, job, pods, settings)
     state, stopped = _disk_limit_exceeded(state, snapshot, validation, job, pods)
     metrics = state.metrics or (status.get("metrics") if same_run else None) or {}

@@ -27,6 +27,7 @@ class Snapshot:
     pods: Sequence[PodObs] = ()
     deployment: DeploymentObs | None = None
     secret_present: bool | None = None  # None: no secret named, or not checked
+    absent_secrets: tuple[str, ...] = ()  # which of the checked Secrets are absent (empty: the storage one)
     now: str = ""
     retry_token: str = ""  # the FineTuneJob's finetune.dev/retry annotation
     server: dict[str, Any] | None = None  # the ModelServer serving.server names (its body), when it exists

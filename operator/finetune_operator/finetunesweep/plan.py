@@ -32,7 +32,16 @@ from finetune_operator.finetunesweep.stopping import Curve, Stop, curves_of, ear
 from finetune_operator.finetunesweep.trials import trial_manifest, trial_name, trial_parameters
 
 USER_ERRORS = frozenset(
-    {"ConfigInvalid", "DatasetInvalid", "ModelInvalid", "PlanDoesNotFit", "SecretMissing", "UnsafeObjectKey", REFUSED}
+    {
+        "ConfigInvalid",
+        "DatasetInvalid",
+        "DiskRequestTooSmall",
+        "ModelInvalid",
+        "PlanDoesNotFit",
+        "SecretMissing",
+        "UnsafeObjectKey",
+        REFUSED,
+    }
 )
 """Trial failures that every other trial would repeat (the template is wrong): no further trial is started."""
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
-from finetune_operator.api.base import invalid_spec_message
+from finetune_operator.api.base import invalid_spec_message, without_unknown_fields
 from finetune_operator.api.finetunejob import (
     FineTuneJobSpec,
     parse_spec,
@@ -80,6 +80,29 @@ def test_every_example_parses(path: Path) -> None:
 def test_unknown_field_is_rejected() -> None:
     with pytest.raises(ValidationError):
         parse_spec(minimal(learningRate=0.1))
+
+
+def _refusal(raw: dict[str, Any]) -> ValidationError:
+    with pytest.raises(ValidationError) as caught:
+        parse_spec(raw)
+    return caught.value
+
+
+def test_a_newer_crds_defaulted_fields_can_be_read_away_with_their_names() -> None:
+    """What a CRD upgrade's structural defaulting adds (top level and nested) is dropped, named spec.<path>, and
+    the rest reads exactly as before (the same training hash: no new run)."""
+    raw = minimal(retention="keep")
+    raw["resources"] = {"gpus": 1, "queueHint": "x"}
+    stripped, names = without_unknown_fields(raw, _refusal(raw)) or ({}, [])
+    assert sorted(names) == ["spec.resources.queueHint", "spec.retention"]
+    before = minimal(resources={"gpus": 1})
+    assert stripped == before and raw["retention"] == "keep"  # the caller's body is not changed
+    assert training_spec_hash(parse_spec(stripped)) == training_spec_hash(parse_spec(before))
+
+
+def test_a_wrong_value_beside_an_unknown_field_is_never_read_away() -> None:
+    raw = minimal(retention="keep", hyperparameters={"learningRate": "fast"})
+    assert without_unknown_fields(raw, _refusal(raw)) is None
 
 
 UNSAFE_URIS = ("s3://models/../team-b/llama/", "s3://models//llama/", "s3://models/./llama/", "s3://models/x/..")

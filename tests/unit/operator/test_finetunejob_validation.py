@@ -92,6 +92,14 @@ def test_the_check_is_told_the_gpu_type_the_training_pods_ask_for() -> None:
     assert validation_spec_hash(s) != validation_spec_hash(spec(resources={"gpus": 8}))  # a new type is re-checked
 
 
+def test_the_check_is_told_the_disk_the_job_asks_for_and_a_new_request_is_checked_again() -> None:
+    s = spec(resources={"ephemeralStorage": "50Gi"})
+    command = plan(_snap(s, secret_present=True), SETTINGS).create[-1]["spec"]["template"]["spec"]["containers"][0]
+    assert command["command"][12:14] == ["--disk-limit", "50Gi"]  # the sources must fit it (trainer memory/disk.py)
+    assert validation_spec_hash(s) != validation_spec_hash(spec(resources={"ephemeralStorage": "100Gi"}))
+    assert validation_spec_hash(spec()) == validation_spec_hash(spec(resources={"cpu": "8"}))
+
+
 def test_a_running_check_is_the_validating_phase() -> None:
     running = _validator(active=1, ready=1)
     p = plan(_snap(spec(), _run1(), jobs=[running], pods=[_pod(phase="Running")]), SETTINGS)

@@ -29,3 +29,36 @@ def test_the_real_filesystem_is_asked_about_the_nearest_existing_folder(tmp_path
     ensure_free_space(0, "nothing", tmp_path / "not" / "yet" / "made")  # a folder the download will create
     with pytest.raises(InsufficientDisk, match="free there"):
         ensure_free_space(2**62, "an exabyte", tmp_path)  # more than any disk here
+
+
+def test_inputs_larger_than_the_requested_disk_are_the_users_error_with_the_size_to_ask_for() -> None:
+    from finetune_trainer.core.errors import USER_ERROR_EXIT_CODE, DiskRequestTooSmall
+    from finetune_trainer.memory.disk import check_request
+
+    downloads = [("baseModel.uri model repo 'acme/big'", 30 * GIB), ("dataset.train.uri", 2 * GIB)]
+    with pytest.raises(DiskRequestTooSmall) as refused:
+        check_request(downloads, "20Gi")
+    message = str(refused.value)
+    assert "resources.ephemeralStorage is 20Gi" in message and "must download 32.00 GiB" in message
+    assert "'acme/big': 30.00 GiB" in message and "at least 41Gi" in message  # 32 * 1.25 + 1
+    assert refused.value.exit_code == USER_ERROR_EXIT_CODE
+    check_request(downloads, "32Gi")  # exactly what the inputs take: not refused (checkpoints are on top)
+    check_request(downloads, "")  # no request: the data check plans the disk
+
+
+def test_a_requested_disk_that_is_no_quantity_names_the_field() -> None:
+    from finetune_trainer.core.errors import ConfigInvalid
+    from finetune_trainer.memory.disk import check_request
+
+    with pytest.raises(ConfigInvalid, match=r"resources\.ephemeralStorage"):
+        check_request([("x", 1)], "lots")
+
+
+def test_a_full_disk_anywhere_is_the_retryable_insufficient_disk() -> None:
+    import errno
+
+    from finetune_trainer.core.errors import as_trainer_error
+
+    failure = as_trainer_error(OSError(errno.ENOSPC, "No space left on device", "/work/data/train.jsonl"))
+    assert isinstance(failure, InsufficientDisk) and "/work/data/train.jsonl" in failure.message
+    assert as_trainer_error(OSError(errno.EACCES, "denied")).code == "InternalError"

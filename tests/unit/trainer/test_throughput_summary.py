@@ -7,6 +7,7 @@ warning that never fires, would quote noise as a speed-up again.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +54,25 @@ def test_a_failed_run_is_reported_and_left_out_of_the_ratios() -> None:
     summary = module.summarize(runs, ("ours", "trl"))
     assert summary["arms"]["trl"]["errors"] == ["boom"]
     assert summary["ratios"]["ours_vs_trl"]["tokens_per_second"]["values"] == [2.0]
+
+
+def test_arm_order_rotates_so_every_arm_runs_first_equally_often() -> None:
+    module = bench()
+    orders = [module.arm_order(("ours", "hf", "trl"), number) for number in range(1, 7)]
+    assert orders[:3] == [["ours", "hf", "trl"], ["hf", "trl", "ours"], ["trl", "ours", "hf"]]
+    assert orders[3:] == orders[:3]
+    assert sorted(order[0] for order in orders) == ["hf", "hf", "ours", "ours", "trl", "trl"]
+
+
+def test_run_rounds_runs_each_arm_in_its_own_process_in_rotated_order_and_keeps_failures() -> None:
+    module = bench()
+    script = "import json, os, sys; mode = sys.argv[1]; sys.exit(3) if mode == 'bad' else print(json.dumps({'pid': os.getpid(), 'tokens_per_second': 1.0}))"  # noqa: E501
+
+    runs = module.run_rounds(("ours", "bad", "trl"), 2, lambda mode: [sys.executable, "-c", script, mode])
+
+    assert [(r["round"], r["mode"], r["position"]) for r in runs] == [
+        (1, "ours", 0), (1, "bad", 1), (1, "trl", 2), (2, "bad", 0), (2, "trl", 1), (2, "ours", 2),
+    ]  # fmt: skip
+    measured = [r for r in runs if "error" not in r]
+    assert len({r["pid"] for r in measured}) == 4, "each run is its own process"
+    assert all(r["error"] == "exit 3" for r in runs if r["mode"] == "bad")

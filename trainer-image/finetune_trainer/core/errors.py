@@ -9,6 +9,7 @@ other exception to `InternalError` / exit 1.
 
 from __future__ import annotations
 
+import errno
 from typing import ClassVar
 
 USER_ERROR_EXIT_CODE = 42
@@ -90,6 +91,13 @@ class HubAccessDenied(UserError):
     code: ClassVar[str] = "HubAccessDenied"
 
 
+class DiskRequestTooSmall(UserError):
+    """What the training pod must download (the base model and the data, as the hub lists them) is larger than
+    the local disk the job asked for (resources.ephemeralStorage): the pod would be evicted on every attempt."""
+
+    code: ClassVar[str] = "DiskRequestTooSmall"
+
+
 class UnsafeObjectKey(UserError):
     """An object key under a prefix that is no safe relative path (`..`, `.` or empty segments, absolute,
     backslash, NUL), or a local path that would leave its folder: refused, never skipped (core/paths.py)."""
@@ -162,10 +170,25 @@ class InsufficientDisk(InternalError):
     code: ClassVar[str] = "InsufficientDisk"
 
 
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""A write refused because the filesystem (or its quota) is full."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS
+
+
 def as_trainer_error(error: BaseException) -> TrainerError:
-    """The contract outcome of any exception: itself when classified, else InternalError (retryable)."""
+    """The contract outcome of any exception: itself when classified, else InternalError (retryable). A write
+    that found the disk full (ENOSPC) is InsufficientDisk: the free space was checked before each download
+    (core/disk.py), so the node's disk filled up meanwhile, and another attempt may find room."""
     if isinstance(error, TrainerError):
         return error
+    if is_disk_full(error):
+        return InsufficientDisk(
+            f"the pod's disk filled up while writing {getattr(error, 'filename', None) or 'a file'} ({error}): the "
+            "node ran out of local disk (other pods write to it too); the attempt is retried"
+        )
     if is_gpu_out_of_memory(error):
         first_line = (str(error).splitlines() or [""])[0]
         return OutOfMemory(f"the GPU ran out of memory during the run: {first_line}")
@@ -178,6 +201,7 @@ USER_ERROR_CODES: frozenset[str] = frozenset(
         ConfigInvalid,
         DatasetInvalid,
         DatasetNotFound,
+        DiskRequestTooSmall,
         HubAccessDenied,
         ModelInvalid,
         ModelNotFound,

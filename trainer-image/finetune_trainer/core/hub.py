@@ -41,9 +41,11 @@ from finetune_trainer.core.errors import (
     DatasetNotFound,
     HubAccessDenied,
     HubUnavailable,
+    InsufficientDisk,
     ModelInvalid,
     ModelNotFound,
     StorageNotFound,
+    is_disk_full,
 )
 from finetune_trainer.core.paths import relative_path
 from finetune_trainer.core.s3_uri import S3Uri
@@ -278,6 +280,14 @@ class Hub:
                     token=self.token,
                 )
             except Exception as error:
+                if is_disk_full(error):  # checked free before (mirror): the node's disk filled up meanwhile
+                    raise InsufficientDisk(
+                        f"the validation pod's disk filled up while downloading {file.path} "
+                        f"({file.size / 2**20:.1f} MiB) of the {resolved.ref.describe(resolved.revision)} "
+                        f"(commit {resolved.commit}): {error}. The free space was checked before the download, so "
+                        "other pods on the node wrote to its disk meanwhile; the validation is retried (nothing "
+                        "half-copied is kept)"
+                    ) from None
                 raise classify(error, resolved.ref, resolved.revision) from None
         return Path(path)
 
@@ -332,6 +342,30 @@ def cached_entries(storage: Storage, folder: S3Uri) -> dict[str, manifest.FileEn
     return manifest.parse(storage.read_bytes(record), str(folder))
 
 
+def pending(storage: Storage, cache: S3Uri, resolved: Resolved, files: Sequence[HubFile]) -> list[HubFile]:
+    """The files of `files` the cache's record of the commit lacks (or names with another size): what a copy
+    downloads."""
+    entries = cached_entries(storage, cache_folder(cache, resolved))
+    return [f for f in files if f.path not in entries or entries[f.path].size != f.size]
+
+
+def where_of(resolved: Resolved) -> str:
+    """`hf://[datasets/]org/name@commit/`: how messages name a file of the commit."""
+    return f"hf://{'datasets/' if resolved.ref.kind == 'dataset' else ''}{resolved.ref.repo}@{resolved.commit}/"
+
+
+def ensure_room(copies: Sequence[tuple[Resolved, Sequence[HubFile]]], work: Path) -> None:
+    """Before the first download: the largest file still to copy must fit the free space of the validation
+    pod's disk (files are downloaded one at a time and deleted once uploaded). Too little is InsufficientDisk,
+    retryable: the validation pod asks for no disk of its own, so the space is the node's."""
+    largest = max(((r, f) for r, files in copies for f in files), key=lambda rf: rf[1].size, default=None)
+    if largest is None:
+        return
+    resolved, file = largest
+    what = f"{where_of(resolved)}{file.path} (revision {resolved.revision!r}), the largest file to copy"
+    ensure_free_space(file.size, what, work / "hub-download")
+
+
 def mirror(
     hub: Hub,
     resolved: Resolved,
@@ -344,7 +378,7 @@ def mirror(
     """Copy `files` of the commit to the cache, one at a time (downloaded, verified, uploaded, deleted), skipping
     those the cache's record already names with the same size; then rewrite the record with them all."""
     folder = cache_folder(cache, resolved)
-    where = f"hf://{'datasets/' if resolved.ref.kind == 'dataset' else ''}{resolved.ref.repo}@{resolved.commit}/"
+    where = where_of(resolved)
     entries = cached_entries(storage, folder)
     wanted = [f for f in files if f.path not in entries or entries[f.path].size != f.size]
     copied = 0
@@ -352,8 +386,8 @@ def mirror(
     for file in wanted:
         relative_path(file.path, key=file.path, prefix=where)  # a listed name that would leave the folder: refused
         ensure_free_space(file.size, f"{where}{file.path}", scratch)
-        path = hub.download(resolved, file, scratch)
-        try:
+        try:  # the scratch folder goes, whatever happens: a partial download (ENOSPC) must not stay on the disk
+            path = hub.download(resolved, file, scratch)
             sha = verify(path, file, where)
             storage.upload_file(path, S3Uri(folder.bucket, folder.key + file.path))
         finally:

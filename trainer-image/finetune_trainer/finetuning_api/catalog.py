@@ -17,6 +17,8 @@ An entry (every key but `name` and `baseModel` optional; any other key is refuse
       batchSize: auto                          # batch_size "auto" (an integer, or auto: the memory plan's)
       learningRate: 2.0e-4                     # the learning rate of learning_rate_multiplier 1 ("auto")
       serving: {engine: vllm}                  # spec.serving fields: engine, server, replicas, resources
+      checkpointSteps: 200                     # spec.checkpointing.intervalSteps (a job's listed checkpoints)
+      validationSteps: 50                      # spec.evaluation.intervalSteps of a job with a validation_file
 """
 
 from __future__ import annotations
@@ -35,7 +37,19 @@ from finetune_trainer.finetuning_api.errors import ApiError
 log = logging.getLogger(__name__)
 
 ENTRY_KEYS = frozenset(
-    {"name", "baseModel", "resources", "gpuType", "method", "epochs", "batchSize", "learningRate", "serving"}
+    {
+        "name",
+        "baseModel",
+        "resources",
+        "gpuType",
+        "method",
+        "epochs",
+        "batchSize",
+        "learningRate",
+        "serving",
+        "checkpointSteps",
+        "validationSteps",
+    }
 )
 SERVING_KEYS = frozenset({"engine", "server", "replicas", "resources"})
 """The serving fields a catalog may set: never the key fields (every API job gets its own generated key)."""
@@ -61,6 +75,11 @@ class CatalogEntry:
     batch_size: int | Literal["auto"] = "auto"
     learning_rate: float = 2e-4
     serving: Mapping[str, Any] = field(default_factory=dict)
+    checkpoint_steps: int | None = None
+    """spec.checkpointing.intervalSteps (None: the CRD's 200): the checkpoints `checkpoints.list` can name."""
+    validation_steps: int | None = None
+    """spec.evaluation.intervalSteps of a job given a validation_file (None: validated once, after training), as
+    OpenAI measures validation loss during training; the model with the lowest validation loss is published."""
 
     def spec_resources(self) -> dict[str, Any]:
         """`spec.resources` of a job of this model: the entry's resources and its GPU type's node selector."""
@@ -102,6 +121,10 @@ def _positive_int(value: object, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise CatalogError(f"{where}: must be a positive integer, not {value!r}")
     return value
+
+
+def _optional_positive_int(value: object, where: str) -> int | None:
+    return None if value is None else _positive_int(value, where)
 
 
 def parse_entry(raw: object, index: int) -> CatalogEntry:
@@ -147,6 +170,8 @@ def parse_entry(raw: object, index: int) -> CatalogEntry:
         batch_size=batch,
         learning_rate=float(rate),
         serving=dict(serving),
+        checkpoint_steps=_optional_positive_int(raw.get("checkpointSteps"), f"{where}.checkpointSteps"),
+        validation_steps=_optional_positive_int(raw.get("validationSteps"), f"{where}.validationSteps"),
     )
 
 

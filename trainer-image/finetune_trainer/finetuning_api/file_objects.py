@@ -221,6 +221,25 @@ class FileObjects:
             raise _storage_error(error, key, "read") from error
         return _iterate(body, size)
 
+    def read_object(self, key: str, what: str, limit: int = 64 << 20) -> tuple[bytes, int]:
+        """A small object of the namespace's bucket (a run's metrics.json) and its last-modified time (Unix
+        seconds); 404 naming `what` when it is not there, 502 past `limit` bytes."""
+        try:
+            got = self.client.get_object(Bucket=self.config.bucket, Key=key)
+        except Exception as error:
+            if _status(error) == 404:
+                raise not_found("file", what) from None
+            raise _storage_error(error, key, "read") from error
+        body = got["Body"]
+        try:
+            data = body.read(limit + 1)
+        finally:
+            body.close()
+        if len(data) > limit:
+            raise ApiError(502, f"{key} is larger than {limit} bytes: not read")
+        modified = got.get("LastModified")
+        return data, int(modified.timestamp()) if modified is not None else 0
+
     def delete(self, file_id: str) -> None:
         self.head(file_id)  # 404 for a file that is not there
         key = file_store.object_key(self.namespace, file_id)

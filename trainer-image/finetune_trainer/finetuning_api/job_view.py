@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from finetune_trainer.finetuning_api import jobs
+from finetune_trainer.finetuning_api import jobs, result_files
 
 PAUSED_STATUS = "queued"
 """OpenAI's typed `status` has no `paused`: a paused job waits for a resume, the nearest of its six values."""
@@ -203,6 +203,12 @@ def _error(obj: Mapping[str, Any], state: str) -> dict[str, Any] | None:
     return {"code": code, "message": message, "param": param}
 
 
+def _result_files(obj: Mapping[str, Any], state: str) -> list[str]:
+    """The succeeded run's `step_metrics.csv` (result_files.py), as OpenAI gives a succeeded job one file."""
+    run = result_files.offered_run(obj) if state == "succeeded" else None
+    return [result_files.result_file_id(job_id(obj), run)] if run is not None else []
+
+
 def to_openai_job(obj: Mapping[str, Any]) -> dict[str, Any]:
     """OpenAI's `FineTuningJob` of a FineTuneJob made by this API."""
     annotations = _annotations(obj)
@@ -223,7 +229,7 @@ def to_openai_job(obj: Mapping[str, Any]) -> dict[str, Any]:
         "estimated_finish": timestamp(progress.get("estimatedFinishTime")) if state == "running" else None,
         "trained_tokens": _trained_tokens(obj, state),
         "error": _error(obj, state),
-        "result_files": [],
+        "result_files": _result_files(obj, state),
         "hyperparameters": hyperparameters(obj),
         "method": method(obj),
         "metadata": metadata or None,

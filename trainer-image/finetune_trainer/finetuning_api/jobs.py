@@ -263,6 +263,8 @@ def job_manifest(request: CreateRequest, entry: CatalogEntry, target: JobTarget)
     serving; n_epochs -> hyperparameters.epochs, batch_size -> batchSize, learning_rate_multiplier x the entry's
     learning rate -> learningRate, seed -> hyperparameters.seed, dpo -> method.objective dpo with dpo.beta.
     "auto" (or absent) takes the entry's value (batch size "auto" is the memory plan's largest micro-batch).
+    The entry's checkpointSteps and (with a validation file) validationSteps set the checkpoint and validation
+    intervals.
     The model is served when it passes: a fine-tuned model is usable for inference, as on OpenAI."""
     multiplier = request.learning_rate_multiplier or 1.0
     hyperparameters: dict[str, Any] = {
@@ -300,6 +302,10 @@ def job_manifest(request: CreateRequest, entry: CatalogEntry, target: JobTarget)
         "output": {"uri": target.output_uri},
         "serving": {**dict(entry.serving), "enabled": True},
     }
+    if entry.checkpoint_steps is not None:
+        spec["checkpointing"] = {"intervalSteps": entry.checkpoint_steps}
+    if entry.validation_steps is not None and target.validation_uri:
+        spec["evaluation"] = {"intervalSteps": entry.validation_steps}
     resources = entry.spec_resources()
     if resources:
         spec["resources"] = resources

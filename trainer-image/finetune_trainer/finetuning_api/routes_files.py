@@ -11,6 +11,7 @@ Another namespace's file is not under this namespace's prefix, so it answers 404
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import AsyncGenerator
@@ -23,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from finetune_trainer.finetuning_api import file_store
+from finetune_trainer.finetuning_api import file_store, job_objects, job_view, result_files
 from finetune_trainer.finetuning_api.auth import authorize, in_thread
 from finetune_trainer.finetuning_api.caller import caller_of
 from finetune_trainer.finetuning_api.config import ApiConfig
@@ -57,6 +58,8 @@ async def _objects(request: Request, verb: str) -> FileObjects:
 
 def _file_id(request: Request) -> str:
     file_id = str(request.path_params["file_id"])
+    if result_files.is_result_file_id(file_id):
+        return file_id
     try:
         return file_store.check_file_id(file_id)
     except file_store.BadName:
@@ -178,15 +181,61 @@ def _after(ids: list[str], after: str, order: str) -> list[str]:
     return [i for i in ids if (i > after if order == "asc" else i < after)]
 
 
+def _result(request: Request, objects: FileObjects, file_id: str) -> tuple[dict[str, Any], bytes]:
+    """A job's result file (result_files.py): the job read as the caller (404 for another namespace's, for one
+    not succeeded or whose current run is another), then its run's metrics.json with the namespace's
+    credentials, from the folder the API gave the job (never a path from the status)."""
+    job_id, run = result_files.parse_result_file_id(file_id) or ("", 0)
+    config = _config(request)
+    try:
+        obj = job_objects.get_job(caller_of(request), job_id)
+    except ApiError as error:
+        if error.status == 404:
+            raise not_found("file", file_id) from None
+        raise
+    if (
+        file_id not in job_view.to_openai_job(obj)["result_files"]
+        or result_files.offered_run(obj, config.bucket) != run
+    ):
+        raise not_found("file", file_id)
+    raw, modified = objects.read_object(result_files.metrics_key(objects.namespace, job_id, run), file_id)
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        raise ApiError(
+            502, f"the run's metrics.json of {job_id} is not JSON: its result file cannot be built"
+        ) from None
+    data = result_files.step_metrics_csv(document)
+    described = {
+        "id": file_id,
+        "object": "file",
+        "bytes": len(data),
+        "created_at": modified,
+        "filename": result_files.FILENAME,
+        "purpose": result_files.PURPOSE,
+        "status": "processed",
+        "status_details": None,
+        "expires_at": None,
+    }
+    return described, data
+
+
 async def retrieve(request: Request) -> Response:
     file_id = _file_id(request)
     objects = await _objects(request, "get")
+    if result_files.is_result_file_id(file_id):
+        described, _data = await in_thread(lambda: _result(request, objects, file_id))
+        return JSONResponse(described)
     return JSONResponse((await in_thread(lambda: objects.head(file_id))).openai())
 
 
 async def content(request: Request) -> Response:
     file_id = _file_id(request)
     objects = await _objects(request, "get")
+    if result_files.is_result_file_id(file_id):
+        _described, data = await in_thread(lambda: _result(request, objects, file_id))
+        disposition = f'attachment; filename="{result_files.FILENAME}"'
+        return Response(data, media_type="text/csv", headers={"Content-Disposition": disposition})
     stored = await in_thread(lambda: objects.head(file_id))
     chunks = await in_thread(lambda: objects.chunks(file_id))
     return StreamingResponse(
@@ -198,6 +247,14 @@ async def content(request: Request) -> Response:
 
 async def delete(request: Request) -> Response:
     file_id = _file_id(request)
+    if result_files.is_result_file_id(file_id):
+        raise ApiError(
+            400,
+            f"{file_id} is a job's result file, built from its run's metrics (which its report and gate use): it "
+            "cannot be deleted on its own; delete the job with kubectl delete ftj",
+            param="file_id",
+            code="invalid_request",
+        )
     objects = await _objects(request, "delete")
     await in_thread(lambda: objects.delete(file_id))
     return JSONResponse({"id": file_id, "object": "file", "deleted": True})

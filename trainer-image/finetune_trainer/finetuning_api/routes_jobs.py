@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from finetune_trainer.finetuning_api import file_store, job_objects, job_view, jobs
+from finetune_trainer.finetuning_api import file_store, job_objects, job_view, jobs, result_files
 from finetune_trainer.finetuning_api.auth import authorize, in_thread
 from finetune_trainer.finetuning_api.bodies import JOB_BODY_LIMIT, read_json
 from finetune_trainer.finetuning_api.caller import Caller, caller_of
@@ -35,8 +35,6 @@ from finetune_trainer.finetuning_api.config import ApiConfig
 from finetune_trainer.finetuning_api.errors import ApiError
 from finetune_trainer.finetuning_api.file_objects import files_of
 
-JOBS_FOLDER = "jobs"
-"""A job's outputs go under `s3://<bucket>/<namespace>/jobs/<job id>/` (beside the namespace's `files/`)."""
 MAX_LIMIT = 1000
 ACTIVE = ("validating_files", "queued", "running")
 
@@ -58,7 +56,7 @@ def job_target(config: ApiConfig, namespace: str, name: str, request: jobs.Creat
         name=name,
         training_uri=file_store.file_uri(config, namespace, request.training_file),
         validation_uri=file_store.file_uri(config, namespace, validation) if validation else None,
-        output_uri=f"s3://{config.bucket}/{file_store.check_namespace(namespace)}/{JOBS_FOLDER}/{name}/",
+        output_uri=f"s3://{config.bucket}/{result_files.job_folder(namespace, name)}",
         storage=storage_of(config),
     )
 

@@ -61,6 +61,9 @@ class Placement:
     gpu_memory: tuple[str, ...] = ()
     """NAME=QUANTITY entries that replace or add GPU table rows (the chart's validation.gpuMemory): a MIG
     slice, a GPU the table lacks, a reserve kept back from the device's total."""
+    disk_limit: str = ""
+    """The training pods' local disk as the job asked for it (resources.ephemeralStorage); '' when it did not
+    (the data check's disk plan then decides it, memory/disk.py)."""
 
 
 @dataclass(frozen=True)

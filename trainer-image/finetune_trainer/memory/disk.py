@@ -11,8 +11,13 @@ exist, so three checkpoints at a time; then the output (an adapter or the whole 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from finetune_trainer.core.errors import ConfigInvalid, DiskRequestTooSmall
+from finetune_trainer.memory.check import parse_quantity
 
 GiB = 2**30
 MARGIN_FRACTION = 0.25
@@ -72,3 +77,38 @@ def disk_plan(
     subtotal = model_bytes + data_bytes + CHECKPOINTS_AT_ONCE * checkpoint + output
     total = int(subtotal * (1 + MARGIN_FRACTION)) + MARGIN_BYTES
     return DiskPlan(model_bytes, data_bytes, checkpoint, output, total)
+
+
+def requested_bytes(limit: str) -> int | None:
+    """Bytes of resources.ephemeralStorage as the operator passes it (`--disk-limit`); None when unset."""
+    if not limit.strip():
+        return None
+    try:
+        return parse_quantity(limit)
+    except ConfigInvalid:
+        raise ConfigInvalid(
+            f"resources.ephemeralStorage: {limit!r} is not a Kubernetes quantity such as 100Gi"
+        ) from None
+
+
+def check_request(downloads: Sequence[tuple[str, int]], limit: str) -> None:
+    """Refuse, as the user's error, inputs that cannot fit the disk the job asked for. Pure.
+
+    `downloads`: (what, bytes) of each input the training pod must copy to its disk before it trains (the base
+    model's files, the data). Why a user error and not the node's: the training container's ephemeral-storage
+    limit is resources.ephemeralStorage, so a pod that downloads more is evicted on every node, every attempt;
+    only a larger request or smaller inputs help. The bare sum is compared (checkpoints and the output come on
+    top), so nothing that could fit is refused."""
+    allowed = requested_bytes(limit)
+    needed = sum(size for _, size in downloads)
+    if allowed is None or needed <= allowed:
+        return
+    suggested = math.ceil(needed * (1 + MARGIN_FRACTION) / GiB) + MARGIN_BYTES // GiB
+    parts = "; ".join(f"{what}: {size / GiB:.2f} GiB" for what, size in downloads)
+    raise DiskRequestTooSmall(
+        f"resources.ephemeralStorage is {limit} ({allowed / GiB:.2f} GiB), but the training pod must download "
+        f"{needed / GiB:.2f} GiB before it trains ({parts}). Set resources.ephemeralStorage to at least "
+        f"{suggested}Gi (checkpoints and the output "
+        "need more; left unset, the data check plans it, status.validation.diskPlan), or use a smaller model or "
+        "dataset (another repo, revision or path)"
+    )

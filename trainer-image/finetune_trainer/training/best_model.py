@@ -129,7 +129,12 @@ class SelectionHooks(TrainerCallback):  # type: ignore[misc]
         elif distributed.is_main():
             self.store.save(self.state)
         distributed.barrier()
+        # Trainer.log ends with the callbacks' on_log, which clears control.should_log: the Trainer would then
+        # skip logging this step's training loss (it logs after on_step_end), so a validated step would have no
+        # train loss in the history, TensorBoard or the result file. Keep the Trainer's own decision.
+        should_log = control.should_log
         self.trainer.log({"eval_loss": loss})
+        control.should_log = should_log
         self.reporter.extra.update(self.state.progress())
         log.info(
             "validation loss %.6f at step %d (best %.6f at step %s)",

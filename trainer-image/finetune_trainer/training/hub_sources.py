@@ -33,6 +33,7 @@ from finetune_trainer.core import hub
 from finetune_trainer.core.errors import ConfigInvalid, DatasetInvalid, DatasetNotFound
 from finetune_trainer.core.s3_uri import S3Uri
 from finetune_trainer.core.storage import Storage
+from finetune_trainer.memory.disk import check_request
 
 log = logging.getLogger(__name__)
 
@@ -208,42 +209,82 @@ def _data_split(name: str) -> str:
     return name.split(".")[1]
 
 
-def prepare(cfg: TrainerConfig, storage: Storage, work: Path, client: hub.Hub | None = None) -> Prepared:
-    """Resolve every hf:// field, copy the datasets and the model's non-weight files (config, tokenizer) to the
-    cache, and return the config on their S3 copies; the weights wait for `finish` (after the memory plan)."""
+@dataclass
+class _Plan:
+    """One hf:// field resolved, with the files it needs: (copied now, copied after the memory plan)."""
+
+    item: Field
+    ref: hub.HubRef
+    client: hub.Hub
+    resolved: hub.Resolved
+    now: list[hub.HubFile]
+    later: list[hub.HubFile]
+
+
+def _planned(item: Field, client: hub.Hub | None) -> _Plan:
+    """Resolve one field and pick its files; every refusal of its URI, repo or files, before any copy."""
+    ref = hub.parse(item.uri, item.name)
+    source_client = client or hub.Hub(token_value=hub.token(item.name))
+    resolved = source_client.resolve(ref, item.revision)
+    if ref.kind == "model":
+        if item.name != "baseModel.uri":
+            raise ConfigInvalid(f"{item.name}: {item.uri!r} is a model repo; a dataset is hf://datasets/...")
+        small, heavy = hub.model_files(resolved)
+        return _Plan(item, ref, source_client, resolved, small, heavy)
+    if item.name == "baseModel.uri":
+        raise ConfigInvalid(f"baseModel.uri: {item.uri!r} is a dataset repo; a model is hf://<org>/<name>")
+    split = _data_split(item.name)
+    if split != "train" and not ref.path:
+        raise ConfigInvalid(
+            f"{item.name}: {item.uri!r}: give the path of the {split} files inside the repo "
+            "(hf://datasets/<org>/<name>/<path>); a whole repo is given as dataset.train"
+        )
+    return _Plan(item, ref, source_client, resolved, hub.files_under(resolved, ref.path, item.name), [])
+
+
+def _check_disk(plans: Sequence[_Plan], storage: Storage, cache: S3Uri, work: Path, disk_limit: str) -> None:
+    """Before the first byte is downloaded, from the hub's listing: the sources must fit the training pod's
+    requested disk (a user error, memory/disk.check_request), and the largest file still to copy the
+    validation pod's free disk (the node's: retryable, core/hub.ensure_room)."""
+    check_request(
+        [
+            (
+                f"{p.item.name} {p.ref.describe(p.resolved.revision)} (commit {p.resolved.commit})",
+                sum(f.size for f in (*p.now, *p.later)),
+            )
+            for p in plans
+        ],
+        disk_limit,
+    )
+    hub.ensure_room([(p.resolved, hub.pending(storage, cache, p.resolved, [*p.now, *p.later])) for p in plans], work)
+
+
+def prepare(
+    cfg: TrainerConfig, storage: Storage, work: Path, client: hub.Hub | None = None, disk_limit: str = ""
+) -> Prepared:
+    """Resolve every hf:// field, check the disk they need, copy the datasets and the model's non-weight files
+    (config, tokenizer) to the cache, and return the config on their S3 copies; the weights wait for `finish`
+    (after the memory plan). `disk_limit`: resources.ephemeralStorage, '' when unset."""
     fields = hub_fields(cfg)
     if not fields:
         return Prepared(cfg, [], None)
     cache = cache_uri(cfg)
+    plans = [_planned(item, client) for item in fields]
+    _check_disk(plans, storage, cache, work, disk_limit)
     sources: list[Source] = []
     model_uri = None
     data: dict[str, str] = {}
     weights = None
-    for item in fields:
-        ref = hub.parse(item.uri, item.name)
-        source_client = client or hub.Hub(token_value=hub.token(item.name))
-        resolved = source_client.resolve(ref, item.revision)
-        folder = hub.cache_folder(cache, resolved)
-        source = Source(item.name, item.uri, resolved.revision, resolved.commit, str(folder))
-        if ref.kind == "model":
-            if item.name != "baseModel.uri":
-                raise ConfigInvalid(f"{item.name}: {item.uri!r} is a model repo; a dataset is hf://datasets/...")
-            small, heavy = hub.model_files(resolved)
-            copied = hub.mirror(source_client, resolved, small, storage, cache, work)
+    for p in plans:
+        folder = hub.cache_folder(cache, p.resolved)
+        source = Source(p.item.name, p.item.uri, p.resolved.revision, p.resolved.commit, str(folder))
+        copied = hub.mirror(p.client, p.resolved, p.now, storage, cache, work)
+        if p.ref.kind == "model":
             model_uri = str(folder)
-            weights = (source_client, resolved, heavy, source)
+            weights = (p.client, p.resolved, p.later, source)
         else:
-            if item.name == "baseModel.uri":
-                raise ConfigInvalid(f"baseModel.uri: {item.uri!r} is a dataset repo; a model is hf://<org>/<name>")
-            split = _data_split(item.name)
-            if split != "train" and not ref.path:
-                raise ConfigInvalid(
-                    f"{item.name}: {item.uri!r}: give the path of the {split} files inside the repo "
-                    "(hf://datasets/<org>/<name>/<path>); a whole repo is given as dataset.train"
-                )
-            wanted = hub.files_under(resolved, ref.path, item.name)
-            copied = hub.mirror(source_client, resolved, wanted, storage, cache, work)
-            uris = _dataset_uris_cached(storage, folder, ref, f"{item.uri}@{resolved.commit}/")
+            split = _data_split(p.item.name)
+            uris = _dataset_uris_cached(storage, folder, p.ref, f"{p.item.uri}@{p.resolved.commit}/")
             source.uris = uris if split == "train" else {split: uris["train"]}
             _merge(data, source.uris, split)
         source.copied_files, source.copied_bytes = copied.files, copied.bytes

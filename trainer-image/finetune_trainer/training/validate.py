@@ -22,7 +22,7 @@ from finetune_trainer.core.s3_uri import S3Uri
 from finetune_trainer.core.storage import Storage
 from finetune_trainer.core.termination import LIMIT
 from finetune_trainer.memory.check import Placement, check_fit
-from finetune_trainer.memory.disk import DiskPlan, disk_plan
+from finetune_trainer.memory.disk import DiskPlan, check_request, disk_plan
 from finetune_trainer.memory.plan import MemoryPlan
 from finetune_trainer.training import base_adapter, hub_sources
 from finetune_trainer.training.checkpoints import refuse_foreign_run
@@ -45,7 +45,9 @@ def summarize(cfg: TrainerConfig, storage: Storage, work: Path, placement: Place
     from finetune_trainer.training.train import total_steps
 
     hub_cfg = cfg
-    prepared = hub_sources.prepare(cfg, storage, work)  # hf:// sources: resolved, data and model config copied
+    disk_limit = (placement or Placement()).disk_limit
+    # hf:// sources: resolved, checked against the disk (before any download), data and model config copied
+    prepared = hub_sources.prepare(cfg, storage, work, disk_limit=disk_limit)
     cfg = prepared.cfg
     d = read_data(storage, cfg, work / "data")
     refuse_foreign_run(storage, S3Uri.parse(cfg.output.run_uri), cfg.job)
@@ -61,6 +63,8 @@ def summarize(cfg: TrainerConfig, storage: Storage, work: Path, placement: Place
     memory = check_fit(cfg, folder, longest, d.labels, placement or Placement())
     hub_sources.finish(prepared, storage, hub_cfg, work)  # the weights, once the memory plan fits
     disk = _disk_plan(cfg, storage, work / "data", memory)
+    # s3:// inputs: the same refusal, from their listing (nothing of the model's weights was downloaded here)
+    check_request([("baseModel.uri", disk.model_bytes), ("dataset", disk.data_bytes)], disk_limit)
     report = d.report.to_json()
     return {
         "schema": report["schema"],
