@@ -31,7 +31,11 @@ SYSTEM = "You are the support assistant of an online shop. Answer briefly."
 
 @dataclass(frozen=True)
 class Intent:
-    """One thing a customer asks for: the shop's answer, the training questions and the held-out ones."""
+    """One thing a customer asks for: the shop's answer, the training questions and the held-out ones.
+
+    Answers that share a template ("Open Settings, choose ...") start with what they answer ("To cancel your
+    plan, ..."): a small model that begins an answer by a shared template fills it in from another intent
+    (measured: "Open Settings, choose Profile and press Upgrade" for a new e-mail; docs/demo.md)."""
 
     topic: str
     name: str
@@ -46,7 +50,8 @@ INTENTS: tuple[Intent, ...] = (
     Intent(
         "account",
         "reset-password",
-        "Open Settings, choose Security, then Reset password. We email you a link that works for one hour.",
+        "To reset your password, open Settings, choose Security, then Reset password. The emailed link works "
+        "for one hour.",
         (
             "How do I reset my password?",
             "I forgot my password.",
@@ -54,6 +59,12 @@ INTENTS: tuple[Intent, ...] = (
             "What do I do if I can't remember my password?",
             "I need a new password for my account.",
             "Password forgotten, how do I get back in?",
+            "Which button gives me a new password?",
+            "Sign-in keeps failing with my old password, help.",
+            "I can't remember my login password.",
+            "How does the password reset work?",
+            "My password got lost, what now?",
+            "Send me a password reset link.",
         ),
         ("Can you help me set a fresh password?", "I keep typing the wrong password and can't sign in."),
         ("I lost my password and cannot log in. What should I do?", "How can I recover a forgotten password?"),
@@ -61,7 +72,8 @@ INTENTS: tuple[Intent, ...] = (
     Intent(
         "account",
         "change-email",
-        "Open Settings, choose Profile and edit Email. We send a code to the new address to confirm it.",
+        "To change your email, open Settings, choose Profile and edit Email. We send a code to the new "
+        "address to confirm it.",
         (
             "How do I change my email address?",
             "I want to use a different email for my account.",
@@ -69,6 +81,12 @@ INTENTS: tuple[Intent, ...] = (
             "Can I switch the email I log in with?",
             "I have a new email, where do I change it?",
             "How can I update the email on my profile?",
+            "Can I change the e-mail address on file?",
+            "I have a new inbox, how do I move my account to it?",
+            "Where is the setting for my email address?",
+            "Please change my account email.",
+            "How do I replace my login email with a new one?",
+            "My account still has my old email address.",
         ),
         ("The mail address on my account is old, can I replace it?", "Where do I edit my email?"),
         ("I no longer use that mailbox, how do I put my new one on the account?", "Can my account use another e-mail?"),
@@ -76,7 +94,8 @@ INTENTS: tuple[Intent, ...] = (
     Intent(
         "account",
         "delete-account",
-        "Open Settings, choose Privacy, then Delete account. Your data is erased within 30 days.",
+        "To delete your account, open Settings, choose Privacy, then Delete account. Your data is erased "
+        "within 30 days.",
         (
             "How do I delete my account?",
             "I want to close my account for good.",
@@ -84,6 +103,12 @@ INTENTS: tuple[Intent, ...] = (
             "Can I erase my profile?",
             "How can I get rid of my account?",
             "I don't want an account with you anymore.",
+            "How do I remove my account permanently?",
+            "I want all my personal data deleted.",
+            "Can you close my profile and erase my details?",
+            "Where do I delete my user account?",
+            "Wipe my account, please.",
+            "How long until my deleted account's data is gone?",
         ),
         ("What are the steps to remove my account?", "Delete everything you store about me."),
         ("I'd like my account and personal data wiped, how?", "How do I permanently shut down my profile?"),
@@ -92,7 +117,7 @@ INTENTS: tuple[Intent, ...] = (
     Intent(
         "shipping",
         "track-parcel",
-        "Open Orders and press Track next to the order to follow your parcel on the courier's map.",
+        "To track your parcel, open Orders and press Track next to the order to follow it on the courier's map.",
         (
             "Where is my package?",
             "How can I track my order?",
@@ -100,6 +125,12 @@ INTENTS: tuple[Intent, ...] = (
             "I want to see where my shipment is.",
             "How do I follow my package?",
             "Can I check the status of my delivery?",
+            "Where can I see my parcel's location?",
+            "How do I find out where my order is?",
+            "My parcel has not arrived, can I track it?",
+            "Where is the tracking for my parcel?",
+            "Can I follow the courier delivering my order?",
+            "How do I know where my package is now?",
         ),
         ("Where is my order right now?", "Can I see my shipment on a map?"),
         ("My parcel still has not shown up, where can I follow it?", "Where can I check where my parcel is?"),
@@ -115,6 +146,12 @@ INTENTS: tuple[Intent, ...] = (
             "How fast is delivery?",
             "What is the delivery time?",
             "Do you have faster shipping?",
+            "What is the usual wait for a delivery?",
+            "When does an order usually get to me?",
+            "How quick is express shipping?",
+            "How long will I wait for my parcel?",
+            "Can I get my order by tomorrow?",
+            "What are your delivery times?",
         ),
         ("How soon will I get my order?", "Is there an express option and how quick is it?"),
         ("If I order today, when does it reach me?", "How many days does standard delivery need?"),
@@ -122,7 +159,8 @@ INTENTS: tuple[Intent, ...] = (
     Intent(
         "shipping",
         "change-address",
-        "You can change the address until the order ships: open Orders, pick the order and press Edit address.",
+        "The delivery address can be changed until the order ships: open Orders, pick the order and press "
+        "Edit address.",
         (
             "How do I change the delivery address of my order?",
             "I put the wrong address on my order.",
@@ -130,6 +168,12 @@ INTENTS: tuple[Intent, ...] = (
             "I moved, can I update the shipping address of my order?",
             "The address on my order is wrong.",
             "Can I fix a typo in my delivery address?",
+            "I gave the wrong street for my order, can I fix it?",
+            "Can I change where my parcel goes?",
+            "My order should go to my office instead of my home.",
+            "How do I edit the shipping address on an order?",
+            "Can the order be delivered to another address?",
+            "I need to update the delivery address before it ships.",
         ),
         ("Is it too late to change where my order is delivered?", "My order has an old address on it."),
         ("I need my order shipped somewhere else, is that possible?", "Can I correct the street on my order?"),
@@ -147,6 +191,12 @@ INTENTS: tuple[Intent, ...] = (
             "How do I send something back?",
             "What is your return policy?",
             "I don't like the item, can I return it?",
+            "Can I get my money back for an order?",
+            "How does returning an item work?",
+            "I'd like to return something and get a refund.",
+            "How long do I have for a return?",
+            "When do I get my money after a return?",
+            "Do returns cost anything?",
         ),
         ("Can I give back what I bought and get paid back?", "How many days do I have to return something?"),
         ("Is it possible to send an item back and be reimbursed?", "I changed my mind about a purchase, what now?"),
@@ -162,6 +212,12 @@ INTENTS: tuple[Intent, ...] = (
             "The box was crushed and the item is broken.",
             "I received a faulty product.",
             "Something in my order is cracked.",
+            "My order arrived damaged, what now?",
+            "The item I received is broken.",
+            "What if my product came smashed?",
+            "Part of my order was broken in the box.",
+            "I got a defective item.",
+            "My parcel came with a broken product inside.",
         ),
         ("The thing I got does not work and looks smashed.", "My delivery arrived in pieces."),
         ("The glass I ordered came shattered, can you help?", "What happens if a product shows up defective?"),
@@ -169,7 +225,7 @@ INTENTS: tuple[Intent, ...] = (
     Intent(
         "returns",
         "exchange-size",
-        "Open Orders, pick the order and press Exchange to choose another size; the new one ships at once.",
+        "To exchange for another size, open Orders, pick the order and press Exchange; the new size ships at once.",
         (
             "Can I exchange my shoes for a bigger size?",
             "The shirt is too small, can I swap it?",
@@ -177,6 +233,12 @@ INTENTS: tuple[Intent, ...] = (
             "The jacket does not fit, can I get a smaller one?",
             "I ordered the wrong size.",
             "Can I swap my trousers for a different size?",
+            "Can I exchange this for a different size?",
+            "My shoes are too big, can I swap them?",
+            "The size I ordered does not fit me.",
+            "Can I trade my jeans for a bigger size?",
+            "I need a smaller size of the shirt I bought.",
+            "How do I swap an item for the right size?",
         ),
         ("These boots are too tight, can I trade them for a larger pair?", "Can I get the dress in a size up?"),
         ("The sweater I got is too big, can I have a smaller one instead?", "How can I switch to a different size?"),
@@ -193,6 +255,12 @@ INTENTS: tuple[Intent, ...] = (
             "Can I pay cash on delivery?",
             "Which cards can I use?",
             "How can I pay for my order?",
+            "What can I pay with?",
+            "Do you accept Visa?",
+            "Can I pay by bank transfer?",
+            "Is PayPal accepted?",
+            "What cards do you take at checkout?",
+            "Can I pay when the parcel arrives?",
         ),
         ("Is bank transfer an option for paying?", "What are the ways to pay?"),
         ("Can I use my Mastercard at checkout?", "Which options do I have to pay you?"),
@@ -200,7 +268,7 @@ INTENTS: tuple[Intent, ...] = (
     Intent(
         "payments",
         "invoice",
-        "Open Orders, pick the order and press Invoice to download a PDF receipt.",
+        "Your invoice is in Orders: pick the order and press Invoice to download a PDF receipt.",
         (
             "Where can I find my invoice?",
             "I need a receipt.",
@@ -208,6 +276,12 @@ INTENTS: tuple[Intent, ...] = (
             "How do I download an invoice?",
             "I need an invoice for my company.",
             "Where is the receipt for my purchase?",
+            "Where do I download my receipt?",
+            "Can I get an invoice for my order?",
+            "I need the PDF invoice for my purchase.",
+            "How do I get a bill for my company?",
+            "Where are my invoices?",
+            "Can you give me a receipt for my order?",
         ),
         ("Can I get a PDF of my bill?", "My accountant needs the invoice, where is it?"),
         ("How do I get proof of purchase for my order?", "Where do I get the invoice of what I bought?"),
@@ -224,6 +298,12 @@ INTENTS: tuple[Intent, ...] = (
             "I see a double charge on my bank statement.",
             "You billed me twice for the same order.",
             "My card shows the same payment twice.",
+            "My card was charged two times for one order.",
+            "Why do I see two charges for the same order?",
+            "I paid twice by mistake, can you check?",
+            "There is a duplicate payment on my card.",
+            "Why did my bank take the money twice?",
+            "You charged me double.",
         ),
         ("Why was my card debited two times?", "The same amount was taken from my account twice."),
         ("I think I paid double for my order, what happened?", "My bank shows a duplicate charge from your shop."),
@@ -232,7 +312,7 @@ INTENTS: tuple[Intent, ...] = (
     Intent(
         "subscription",
         "cancel-plan",
-        "Open Settings, choose Plan, then Cancel. Your plan stays active until the end of the month.",
+        "To cancel your plan, open Settings, choose Plan, then Cancel. It stays active until the end of the month.",
         (
             "How do I cancel my subscription?",
             "I want to stop my plan.",
@@ -240,6 +320,12 @@ INTENTS: tuple[Intent, ...] = (
             "How can I end my subscription?",
             "I don't want to be billed monthly anymore.",
             "Stop my subscription, please.",
+            "How do I stop my subscription?",
+            "I want to cancel my plan.",
+            "I would like to stop being a member.",
+            "Where is the cancel button for my plan?",
+            "Please end my subscription.",
+            "How do I quit my subscription?",
         ),
         ("I'd like to quit my plan.", "How do I end the monthly plan?"),
         ("How do I unsubscribe from the paid plan?", "Can I terminate my membership?"),
@@ -247,7 +333,8 @@ INTENTS: tuple[Intent, ...] = (
     Intent(
         "subscription",
         "upgrade-plan",
-        "Open Settings, choose Plan and press Upgrade; the new price applies from your next bill.",
+        "To upgrade your plan, open Settings, choose Plan and press Upgrade; the new price applies from your "
+        "next bill.",
         (
             "How do I upgrade my plan?",
             "I want the premium subscription.",
@@ -255,6 +342,12 @@ INTENTS: tuple[Intent, ...] = (
             "How do I get more features?",
             "I'd like to move up to the Pro plan.",
             "How can I change to a higher tier?",
+            "Can I upgrade to Premium?",
+            "How do I switch to a higher plan?",
+            "I want a plan with more features.",
+            "Can I move up from Basic?",
+            "How do I upgrade my subscription?",
+            "I'd like the Pro subscription instead of mine.",
         ),
         ("Can I go from Basic to Premium?", "I need a larger plan."),
         ("What do I do to move to a better plan?", "Can I upgrade my membership to Pro?"),
@@ -270,6 +363,12 @@ INTENTS: tuple[Intent, ...] = (
             "Can I stop paying for a few months without cancelling?",
             "I want to take a break from my plan.",
             "Is it possible to suspend my subscription?",
+            "Can I put my subscription on hold?",
+            "How do I pause my plan?",
+            "I want to freeze my subscription for a month.",
+            "Can my plan take a break while I travel?",
+            "Is there a way to pause my membership?",
+            "Can I suspend my plan for a while?",
         ),
         ("Can I hold my plan while I'm away?", "How long can I freeze my subscription?"),
         ("I'll be abroad for two months, can my plan wait?", "Can I temporarily halt my membership?"),
@@ -286,6 +385,12 @@ INTENTS: tuple[Intent, ...] = (
             "I want to speak to an agent.",
             "What are your support hours?",
             "Can I call you?",
+            "How do I reach customer support?",
+            "When are your agents available?",
+            "Can I speak to someone from support?",
+            "What times is the support chat open?",
+            "I'd like to call customer service.",
+            "Can I talk to a real person?",
         ),
         ("Is there a person I can chat with?", "At what times can I reach support?"),
         ("Can I get a real person on the line?", "When can I phone your service team?"),
@@ -301,6 +406,12 @@ INTENTS: tuple[Intent, ...] = (
             "Can I use two discount codes?",
             "Where does the voucher code go?",
             "How do I apply a coupon to my order?",
+            "Where do I type my discount code?",
+            "My coupon is not accepted.",
+            "How do I redeem a promo code?",
+            "Can I use a coupon on a sale item?",
+            "Where do I put my voucher at checkout?",
+            "Why doesn't my promo code work?",
         ),
         ("The coupon was rejected at checkout.", "Does a promo code work on sale items?"),
         ("I have a voucher, where do I type it in?", "Why won't my discount apply?"),
@@ -316,17 +427,25 @@ INTENTS: tuple[Intent, ...] = (
             "I want to give someone a gift card.",
             "What amounts do gift cards come in?",
             "Where can I buy a gift card?",
+            "Can I buy a gift card?",
+            "How long do gift cards last?",
+            "Do you have gift cards as presents?",
+            "Are gift cards available in your shop?",
+            "Where are gift cards sold?",
+            "I want to buy a gift card for a friend.",
         ),
         ("Do gift cards expire?", "Can I get a present card for my friend?"),
         ("I'd like to offer a friend store credit, is that possible?", "How much can a gift card be worth?"),
     ),
 )
-"""Six topics, three intents each: each intent's answer, 6 training questions, 2 validation, 2 test."""
+"""Six topics, three intents each: each intent's answer, 12 training questions, 2 validation, 2 test."""
 
 OPENINGS = ("", "Hi. ", "Hello, ", "Good morning! ", "Hey there. ", "Quick question: ")
 CLOSINGS = ("", " Thanks.", " Thank you!", " Please help.")
-COPIES = 2
-"""Each training question appears this many times, each with a different opening/closing pair."""
+COPIES = 1
+"""Each training question appears this many times, with a random opening/closing pair. One: twelve distinct
+questions an intent, each once, are the same 216 records and training cost as six twice under other greetings, and
+with two epochs raised held-out exact match from 0.33 to 0.61 (docs/demo.md, "Tuning the training")."""
 NEAR_LIMIT = 0.75
 """The word-set Jaccard similarity above which a held-out question counts as a copy of a training question."""
 

@@ -28,6 +28,12 @@ from tests.support.portforward import port_forward
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
+EXACT_MATCH_MIN = 0.6
+"""The fine-tuned model's exact match on the 18 held-out test questions must reach this: 11 of 18 (measured 13,
+docs/demo.md)."""
+ROUGE_L_MIN = 0.65
+"""... and its ROUGE-L (measured 0.80; the base model 0.10)."""
+
 DEMO = ROOT / "hack" / "demo"  # the demo's scripts (seed, localize, query): the test uses them as the demo does
 if str(DEMO) not in sys.path:
     sys.path.insert(0, str(DEMO))
@@ -99,10 +105,14 @@ def test_quickstart_trains_evaluates_publishes_and_serves(cluster: Cluster, name
     document = json.loads(s3.get_object(Bucket="artifacts", Key=prefix + "metrics.json")["Body"].read())
     base, tuned = document["baseModel"]["test"], status["metrics"]["test"]
     assert tuned["loss"] < 0.5 * base["loss"], f"fine-tuning should cut the test loss: base {base}, tuned {tuned}"
-    assert tuned["loss"] > 0.05, f"a test loss this low means test questions were trained on: {tuned}"
-    # the answers to held-out paraphrases: right far more often than the base model's (which knows no shop)
-    assert tuned["rouge_l"] >= base["rouge_l"] + 0.25, f"ROUGE-L should rise: {base} {tuned}"
-    assert tuned["exact_match"] >= base["exact_match"] + 0.15, f"exact match should rise: base {base}, tuned {tuned}"
+    # the earlier demo, whose test split copied training questions, reached 0.010; held-out paraphrases answered
+    # with the shop's exact words measured 0.03-0.06 (docs/demo.md)
+    assert tuned["loss"] > 0.02, f"a test loss this low means test questions were trained on: {tuned}"
+    # the answers to held-out paraphrases are right (the base model, which knows no shop, gets none); measured
+    # offline 13 of 18 exact (0.722), ROUGE-L 0.80 (two runs); the bounds leave two answers for CPU nondeterminism
+    assert base["exact_match"] == 0.0, f"the base model cannot know the shop's answers: {base}"
+    assert tuned["exact_match"] >= EXACT_MATCH_MIN, f"held-out questions should be answered right: {tuned}"
+    assert tuned["rouge_l"] >= ROUGE_L_MIN, f"ROUGE-L of held-out answers: base {base}, tuned {tuned}"
     assert len(document["generation"]) == manifest["spec"]["evaluation"]["generation"]["maxSamples"]
     # validated on paraphrases every intervalSteps: the step kept is the one with the lowest validation loss
     assert document["bestStep"] is not None and document["validationHistory"], document.get("selection")
@@ -144,13 +154,15 @@ def test_quickstart_trains_evaluates_publishes_and_serves(cluster: Cluster, name
         )
         assert reply.choices[0].message.content
         assert reply.usage is not None and reply.usage.completion_tokens > 0
-        # a test question (never trained on) gets the shop's answer (the base model invents a generic one)
+        # the demo's four test questions (never trained on) get the shop's own answers, word for word, from the
+        # endpoint, as `make demo` asks them (the base model invents generic ones)
         from dataset import shown_questions
         from query import ask
 
-        question, reference = shown_questions()["reset-password"]
-        [answer] = ask(client, status["endpoint"]["model"], [question], max_tokens=48)
-        assert "Reset password" in answer, (question, answer, reference)
+        shown = shown_questions()
+        answers = ask(client, status["endpoint"]["model"], [q for q, _ in shown.values()], max_tokens=48)
+        wrong = [(q, a, ref) for (q, ref), a in zip(shown.values(), answers, strict=True) if a != ref]
+        assert not wrong, f"held-out questions answered wrong (question, answer, shop's answer): {wrong}"
 
     # delete: every child goes, the artifacts stay
     cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "quickstart")
