@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -187,3 +188,16 @@ def install_chart(cluster: Cluster, namespace: str, images: dict[str, str], *set
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
         )
+
+
+def wait_phase(cluster: Cluster, namespace: str, name: str, phases: tuple[str, ...], timeout: float) -> dict[str, Any]:
+    """The FineTuneJob's status once its phase is one of `phases`; fails with the last status after `timeout` s."""
+    status: dict[str, Any] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        status = body.get("status") or {}
+        if status.get("phase") in phases:
+            return status
+        time.sleep(2)
+    raise AssertionError(f"{name} never reached {phases}: {status}")

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.conftest import Cluster
-from tests.e2e.conftest import GROUP, PLURAL, VERSION, install_chart, s3_client
+from tests.e2e.conftest import GROUP, PLURAL, VERSION, install_chart, s3_client, wait_phase
 from tests.support.hub_server import commit_files, olah_server
 from tests.support.portforward import port_forward
 from tests.trainer.hub_gate import HubGate
@@ -63,18 +63,6 @@ def hub(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     commits["data"] = commit_files(mirrors / "datasets/e2e/chat", data, "chat data")
     with olah_server(mirrors, tmp_path / "olah", host=host) as url, HubGate(url, token=TOKEN, host=host) as gate:
         yield gate.url, commits
-
-
-def _wait_phase(cluster: Cluster, namespace: str, name: str, phases: tuple[str, ...], timeout: float) -> dict[str, Any]:
-    status: dict[str, Any] = {}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        status = body.get("status") or {}
-        if status.get("phase") in phases:
-            return status
-        time.sleep(2)
-    raise AssertionError(f"{name} never reached {phases}: {status}")
 
 
 def _manifest(name: str, bucket: str, serve: bool) -> dict[str, Any]:
@@ -135,7 +123,7 @@ def _run(
         cluster.custom.create_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, _manifest("hub", bucket, True)
         )
-        status = _wait_phase(cluster, namespace, "hub", ("Serving", "Failed"), 1200)
+        status = wait_phase(cluster, namespace, "hub", ("Serving", "Failed"), 1200)
         assert status["phase"] == "Serving", status
         sources = {s["field"]: s for s in status["validation"]["sources"]}
         assert sources["baseModel.uri"]["commit"] == commits["model"]

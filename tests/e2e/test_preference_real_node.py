@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Cluster
-from tests.e2e.conftest import GROUP, PLURAL, VERSION, install_chart, s3_client, s3_keys
+from tests.e2e.conftest import GROUP, PLURAL, VERSION, install_chart, s3_client, s3_keys, wait_phase
 from tests.support.portforward import port_forward
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
@@ -163,18 +163,6 @@ def bucket(tmp_path: Path) -> Iterator[str]:
     s3.delete_bucket(Bucket=name)
 
 
-def _wait_phase(cluster: Cluster, namespace: str, name: str, phases: tuple[str, ...], timeout: float) -> dict[str, Any]:
-    status: dict[str, Any] = {}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        status = body.get("status") or {}
-        if status.get("phase") in phases:
-            return status
-        time.sleep(2)
-    raise AssertionError(f"{name} never reached {phases}: {status}")
-
-
 def test_sft_then_dpo_from_its_model_is_gated_on_reward_accuracy_and_served(
     cluster: Cluster, namespace: str, images: dict[str, str], bucket: str
 ) -> None:
@@ -183,13 +171,13 @@ def test_sft_then_dpo_from_its_model_is_gated_on_reward_accuracy_and_served(
     with install_chart(cluster, namespace, images):
         custom = cluster.custom
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, sft_job(bucket))
-        sft = _wait_phase(cluster, namespace, "sft", ("Succeeded", "Failed"), 900)
+        sft = wait_phase(cluster, namespace, "sft", ("Succeeded", "Failed"), 900)
         assert sft["phase"] == "Succeeded", sft
         sft_model = sft["artifacts"]["model"]  # read as a user would: the run's published model folder
         assert sft_model == f"s3://{bucket}/sft/run-1/model/", sft["artifacts"]
 
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, dpo_job(bucket, sft_model))
-        status = _wait_phase(cluster, namespace, "dpo", ("Serving", "Failed"), 900)
+        status = wait_phase(cluster, namespace, "dpo", ("Serving", "Failed"), 900)
         assert status["phase"] == "Serving", status
 
         # the gate: passed on test reward accuracy, which the starting (merged SFT) model does not have

@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import subprocess
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +22,7 @@ from typing import Any
 import yaml
 
 from tests.support.kwok import KWOK_TOLERATION
+from tests.support.portforward import port_forward
 
 ROOT = Path(__file__).parents[2]
 CHART = ROOT / "helm" / "finetune-operator"
@@ -174,3 +177,18 @@ def lease_holder(cluster: Any, namespace: str, lease: str) -> str:
             return ""
         raise
     return str(spec.holder_identity or "").rsplit("_", 1)[0]
+
+
+def scrape_operator_metrics(cluster: Any, namespace: str, target: str) -> str:
+    """The text of an operator pod's /metrics (`target`: `pod/<name>`), through port-forward (no kube-proxy on
+    the real node); retried for 30 s while the forward comes up."""
+    with port_forward(cluster.kubeconfig, namespace, target, 9090) as port:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                    return str(response.read().decode())
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)

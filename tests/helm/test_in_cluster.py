@@ -11,32 +11,16 @@ from __future__ import annotations
 
 import json
 import re
-import time
-import urllib.request
 from typing import Any
 
 import pytest
 
 from tests.integration.conftest import Jobs, ftj_manifest, kwok_annotations, success_message
-from tests.support.portforward import port_forward
 from tests.support.waiting import wait_for
 
-from .chart import CHART, helm, kubectl, lease_holder, release_pods
+from .chart import CHART, helm, kubectl, lease_holder, release_pods, scrape_operator_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
-
-
-def _scrape(cluster: Any, namespace: str, target: str) -> str:
-    with port_forward(cluster.kubeconfig, namespace, target, 9090) as port:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-                    return str(response.read().decode())
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
 
 
 def test_operator_in_cluster_reconciles_upgrades_and_uninstalls(
@@ -59,7 +43,8 @@ def test_operator_in_cluster_reconciles_upgrades_and_uninstalls(
     )
     jobs.wait_phase(namespace, "incluster", "Succeeded", timeout=120)
 
-    metrics = _scrape(cluster, namespace, f"pod/{leader}")  # the leader's: the standby reconciles nothing
+    # the leader's: the standby reconciles nothing
+    metrics = scrape_operator_metrics(cluster, namespace, f"pod/{leader}")
     assert 'finetune_operator_finetunejobs{phase="Succeeded"} 1.0' in metrics
     # two Jobs: the CPU-only validation (the chart's default) and then the training Job
     assert 'finetune_operator_child_create_seconds_count{kind="Job"} 2.0' in metrics

@@ -33,10 +33,9 @@ from tests.integration.conftest import CRD_PATH, Jobs, ftj_manifest, kwok_annota
 from tests.support.crds import apply_crd, install_crd, with_spec_field
 from tests.support.kwok import KWOK_NODE_SELECTOR, KWOK_TOLERATION
 from tests.support.oci import relabel_archive
-from tests.support.portforward import port_forward
 from tests.support.waiting import wait_for
 
-from .chart import CHART, ROOT, helm, install_in_cluster, kubectl, lease_holder, release_pods
+from .chart import CHART, ROOT, helm, install_in_cluster, kubectl, lease_holder, release_pods, scrape_operator_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -100,21 +99,6 @@ def _all(jobs: Jobs, namespace: str) -> dict[str, dict[str, Any]]:
 def _running_pods(cluster: Any, namespace: str) -> int:
     pods = cluster.core.list_namespaced_pod(namespace, label_selector="batch.kubernetes.io/job-name").items
     return sum(1 for p in pods if p.status.phase == "Running")
-
-
-def _scrape(cluster: Any, namespace: str, pod: str) -> str:
-    import urllib.request
-
-    with port_forward(cluster.kubeconfig, namespace, f"pod/{pod}", 9090) as port:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-                    return str(response.read().decode())
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
 
 
 def test_helm_upgrade_to_another_image_under_50_running_jobs_restarts_and_duplicates_nothing(
@@ -186,7 +170,7 @@ def test_helm_upgrade_to_another_image_under_50_running_jobs_restarts_and_duplic
             assert int(now.get("attempts") or 0) == int(was.get("attempts") or 0) <= 1, name
             assert not now.get("error"), name
         # the new image's leader did the finishing and created nothing: every Job above was its predecessor's
-        metrics = _scrape(cluster, namespace, leader)
+        metrics = scrape_operator_metrics(cluster, namespace, f"pod/{leader}")
         assert f'finetune_operator_finetunejobs{{phase="Succeeded"}} {JOBS}.0' in metrics
         assert not re.search(r'^finetune_operator_child_create_seconds_count\{kind="Job"\} [1-9]', metrics, re.M)
         assert still_training > 0  # some runs finished under the new leader (status continued across it)
