@@ -22,6 +22,18 @@ the measurement cannot see (`peak_vs_plan`): on GPUs the peak is torch's reserve
 context; on CPU the resident memory above what the process held before the model, without the plan's fixed
 per-process overhead.
 
+Variants (issue #30: the new paths, each measured against the plain run of the same method, so the first GPU
+lent measures them): `eager` (the trainer as it runs today: bf16, fused AdamW, the label-position loss,
+flash-attention 2's variable-length kernel fed by the flattened batch's position ids where the flash-attn
+package is installed, else SDPA; which one ran is recorded per run), `compile` (the same with the decoder
+layers compiled, `training.compiling`, inductor, dynamic shapes: the first steps pay the compile, reported
+as `warmup_seconds`), `liger` (Liger's Triton kernels for RoPE, RMSNorm and SwiGLU patched into the model
+before the method is applied, where the optional `liger-kernel` package is importable; otherwise the run says
+it was skipped and why; the loss stays ours). `--variant-methods` says which methods get the non-eager
+variants (default lora,full). Runs stop being started once `--budget-s` seconds have passed (default 540, so
+the check ends within the 10 minutes of a lent GPU); the ones left out are listed as skipped. `--dry-run`
+prints the plan (methods x variants, the commands) and runs nothing.
+
 The last line of output is one JSON object. On CPU the MFU is null (no tensor-core peak to compare with).
 """
 
@@ -43,6 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "trainer-image"))
 
 METHODS = ("qlora", "lora", "full")
+VARIANTS = ("eager", "compile", "liger")
 LLAMA_1B = {  # Llama-3.2-1B's shape
     "hidden_size": 2048,
     "intermediate_size": 8192,
@@ -87,7 +100,19 @@ def flops_per_token(config: dict[str, Any], method: str, adapters: int, seq: int
     return float(dense + 6 * layers * heads * head_dim * seq)
 
 
-def child(method: str, folder: Path, steps: int, warmup: int, batch: int, seq: int) -> dict[str, Any]:
+def liger_patch(model: Any) -> str | None:
+    """Liger's RoPE, RMSNorm and SwiGLU kernels patched into `model` (a Llama); None, or why not."""
+    try:
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+    except ImportError as error:
+        return f"liger-kernel is not installed ({error})"
+    apply_liger_kernel_to_llama(
+        rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False, model=model
+    )
+    return None
+
+
+def child(method: str, folder: Path, steps: int, warmup: int, batch: int, seq: int, variant: str) -> dict[str, Any]:
     """One method in this process: train `steps` steps, time the ones after `warmup`, measure the peak."""
     import torch
     from finetune_trainer.config import parse_config
@@ -95,6 +120,7 @@ def child(method: str, folder: Path, steps: int, warmup: int, batch: int, seq: i
     from finetune_trainer.memory.check import runtime_device
     from finetune_trainer.memory.estimate import CPU_PROCESS, CUDA_CONTEXT
     from finetune_trainer.memory.plan import plan, setup_of
+    from finetune_trainer.training import compiling
     from finetune_trainer.training.modeling import Hardware, apply_method, check_method, choose_precision, load_model
     from finetune_trainer.training.train import collator_for, trainer_class, training_arguments
     from transformers import TrainerCallback
@@ -125,9 +151,16 @@ def child(method: str, folder: Path, steps: int, warmup: int, batch: int, seq: i
     precision = choose_precision("auto", hardware)
     config = json.loads((folder / "config.json").read_text())
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    model = apply_method(load_model(cfg, folder, None, precision), cfg)
+    if variant == "liger" and not hardware.cuda:
+        return {"skipped": "Liger's kernels are Triton GPU kernels: no CUDA here"}
+    loaded = load_model(cfg, folder, None, precision)
+    if variant == "liger" and (why := liger_patch(loaded)) is not None:
+        return {"skipped": why}
+    model = apply_method(loaded, cfg)
     if hardware.cuda and method != "qlora":
         model = model.to("cuda")
+    if variant == "compile":
+        compiling.compile_layers(model, dynamic=True)
     adapters = sum(p.numel() for p in model.parameters() if p.requires_grad) if method != "full" else 0
     rng = random.Random(0)
     records = [
@@ -135,8 +168,12 @@ def child(method: str, folder: Path, steps: int, warmup: int, batch: int, seq: i
         for ids in ([rng.randrange(3, config["vocab_size"]) for _ in range(seq)] for _ in range(steps * batch))
     ]
     marks: list[float] = []
+    begun: list[float] = []
 
     class Clock(TrainerCallback):  # type: ignore[misc]
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            begun.append(time.perf_counter())
+
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if hardware.cuda:
                 torch.cuda.synchronize()
@@ -153,6 +190,7 @@ def child(method: str, folder: Path, steps: int, warmup: int, batch: int, seq: i
         )
         trainer.train()
     seconds = marks[-1] - marks[warmup - 1]
+    warm = [round(b - a, 3) for a, b in zip([begun[0], *marks[: warmup - 1]], marks[:warmup], strict=True)]
     tokens_per_second = (steps - warmup) * batch * seq / seconds
     device = runtime_device(hardware.cuda, 1, dict(os.environ))
     estimate = plan(config, setup_of(cfg, longest_record=seq), device).total
@@ -179,7 +217,33 @@ def child(method: str, folder: Path, steps: int, warmup: int, batch: int, seq: i
         "trainable_parameters": adapters or sum(p.numel() for p in model.parameters()),
         "precision": precision,
         "attention": getattr(getattr(model, "config", None), "_attn_implementation", None),
+        "optimizer": str(getattr(args.optim, "value", args.optim)),
+        "variant": variant,
+        "warmup_seconds": warm,
+        "compiled": compiling.is_compiled(model),
     }
+
+
+def plan_runs(methods: list[str], variants: list[str], variant_methods: list[str]) -> list[tuple[str, str]]:
+    """(method, variant) in the order they run: every method eager first, then the other variants of the
+    methods that get them. Unknown names are refused, by name."""
+    for name in methods:
+        if name not in METHODS:
+            raise SystemExit(f"--methods: unknown method {name!r} (one of {', '.join(METHODS)})")
+    for name in variants:
+        if name not in VARIANTS:
+            raise SystemExit(f"--variants: unknown variant {name!r} (one of {', '.join(VARIANTS)})")
+    for name in variant_methods:
+        if name not in METHODS:
+            raise SystemExit(f"--variant-methods: unknown method {name!r} (one of {', '.join(METHODS)})")
+    runs = [(method, "eager") for method in methods if "eager" in variants]
+    runs += [(m, v) for v in variants if v != "eager" for m in methods if m in variant_methods]
+    return runs
+
+
+def child_command(method: str, variant: str, folder: Path, steps: int, warmup: int, batch: int, seq: int) -> list[str]:
+    command = [sys.executable, __file__, "--child", method, "--variant", variant, "--model", str(folder)]
+    return [*command, "--steps", str(steps), "--warmup", str(warmup), "--batch", str(batch), "--seq", str(seq)]
 
 
 def main() -> None:
@@ -190,7 +254,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="records per micro-batch")
     parser.add_argument("--seq", type=int, default=None, help="tokens per record")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="eager, compile, liger (see above)")
+    parser.add_argument("--variant-methods", default="lora,full", help="methods that get the non-eager variants")
+    parser.add_argument("--budget-s", type=float, default=540.0, help="start no run after this many seconds")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and the commands, run nothing")
     parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=VARIANTS, default="eager", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -199,7 +268,14 @@ def main() -> None:
     batch = args.batch or (2 if args.tiny else 4)
     seq = args.seq or (64 if args.tiny else 2048)
     if args.child:
-        print(json.dumps(child(args.child, args.model, steps, warmup, batch, seq)))
+        print(json.dumps(child(args.child, args.model, steps, warmup, batch, seq, args.variant)))
+        return
+    runs = plan_runs(args.methods.split(","), args.variants.split(","), args.variant_methods.split(","))
+    if args.dry_run:
+        for method, variant in runs:
+            command = child_command(method, variant, Path("<model>"), steps, warmup, batch, seq)
+            print(json.dumps({"method": method, "variant": variant, "command": command}))
+        print(json.dumps({"mode": "dry-run", "runs": [f"{m}/{v}" for m, v in runs], "budget_s": args.budget_s}))
         return
     started = time.monotonic()
     shape = TINY if args.tiny else LLAMA_1B
@@ -209,18 +285,21 @@ def main() -> None:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as scratch:
         folder = build_model(Path(scratch) / "model", shape)
-        for method in args.methods.split(","):
-            command = [sys.executable, __file__, "--child", method, "--model", str(folder)]
-            command += ["--steps", str(steps), "--warmup", str(warmup), "--batch", str(batch), "--seq", str(seq)]
+        for method, variant in runs:
+            name = method if variant == "eager" else f"{method}+{variant}"
+            if time.monotonic() - started > args.budget_s:
+                results[name] = {"skipped": f"the check's budget of {args.budget_s:.0f} s was spent"}
+                continue
+            command = child_command(method, variant, folder, steps, warmup, batch, seq)
             env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
             env["PYTHONPATH"] = os.pathsep.join([str(REPO / "trainer-image"), env.get("PYTHONPATH", "")])
             done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
             if done.returncode != 0:
-                results[method] = {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "?"}
+                results[name] = {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "?"}
                 print(done.stderr[-3000:], file=sys.stderr)
             else:
-                results[method] = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"{method}: {results[method]}", file=sys.stderr)
+                results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"{name}: {results[name]}", file=sys.stderr)
     from finetune_trainer.memory.check import runtime_device
 
     device = runtime_device(cuda, 1, dict(os.environ))

@@ -1,7 +1,9 @@
 """bench/gpu_check.sh --tiny: the GPU check's own script on CPU, so the run on a lent GPU is not its first.
 
 It trains LoRA and full fine-tune steps of a tiny Llama through the trainer's code and prints the JSON the
-GPU run prints; QLoRA is skipped with the reason (no CUDA), MFU is null (no GPU peak to compare with).
+GPU run prints; QLoRA is skipped with the reason (no CUDA), MFU is null (no GPU peak to compare with). The
+issue #30 variants run too where a CPU can: LoRA with its decoder layers compiled (it must report them
+compiled), Liger skipped for want of CUDA. `--dry-run` prints the plan without torch (a quick test).
 """
 
 from __future__ import annotations
@@ -14,12 +16,23 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = [pytest.mark.slow]
+
+def test_the_dry_run_prints_the_plan_and_refuses_unknown_names() -> None:
+    script = str(ROOT / "bench" / "gpu_check.sh")
+    done = subprocess.run([script, "--dry-run"], capture_output=True, text=True, timeout=120, check=True)
+    plan = json.loads(done.stdout.strip().splitlines()[-1])
+    assert plan["runs"] == ["qlora/eager", "lora/eager", "full/eager", "lora/compile", "full/compile",
+                            "lora/liger", "full/liger"]  # fmt: skip
+    assert plan["budget_s"] == 540
+    refused = subprocess.run([script, "--dry-run", "--variants", "eager,fast"], capture_output=True, text=True,
+                             timeout=120, check=False)  # fmt: skip
+    assert refused.returncode != 0 and "--variants: unknown variant 'fast'" in refused.stderr
 
 
+@pytest.mark.slow
 def test_the_gpu_check_runs_in_tiny_mode_and_prints_one_json_line() -> None:
     done = subprocess.run(
-        [str(ROOT / "bench" / "gpu_check.sh"), "--tiny", "--steps", "3", "--warmup", "1"],
+        [str(ROOT / "bench" / "gpu_check.sh"), "--tiny", "--steps", "3", "--warmup", "1", "--variant-methods", "lora"],
         capture_output=True,
         text=True,
         timeout=900,
@@ -40,4 +53,9 @@ def test_the_gpu_check_runs_in_tiny_mode_and_prints_one_json_line() -> None:
         assert result["peak_memory_bytes"] > 0 and result["plan_estimate_bytes"] > 0
         assert 0.1 < result["peak_vs_plan"] < 10, result  # same order as the plan on CPU (no GPU terms)
     assert report["methods"]["full"]["flops_per_token"] > report["methods"]["lora"]["flops_per_token"]
+    eager, compiled = report["methods"]["lora"], report["methods"]["lora+compile"]
+    assert eager["compiled"] is False and eager["optimizer"] == "adamw_torch_fused"
+    assert compiled["compiled"] is True and compiled["tokens_per_second"] > 0, compiled  # the layers really compiled
+    assert "CUDA" in report["methods"]["lora+liger"]["skipped"]
+    assert "full+compile" not in report["methods"]  # --variant-methods lora
     assert report["methods"]["full"]["trainable_parameters"] > report["methods"]["lora"]["trainable_parameters"]

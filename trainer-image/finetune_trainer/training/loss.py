@@ -93,6 +93,70 @@ def fused_linear_cross_entropy(hidden: Any, weight: Any, targets: Any, rows: int
     return _FUNCTION.apply(hidden, weight, targets, rows or chunk_rows(weight.shape[0]))
 
 
+def _token_logps_function() -> Any:
+    import torch
+
+    class ChunkedTokenLogps(torch.autograd.Function):
+        """log softmax(hidden_i @ weight.T)[target_i] per row, chunk by chunk; the backward recomputes each chunk.
+
+        Unlike `FusedLinearCrossEntropy` the gradient cannot be computed in the forward pass: a preference loss
+        weighs each token by its sequence's (unknown until the loss is formed), so the forward keeps only
+        each row's log-sum-exp and the backward projects each chunk again (one extra head matmul over the
+        selected rows, in exchange for never holding more than one chunk of logits)."""
+
+        @staticmethod
+        def forward(ctx: Any, hidden: Any, weight: Any, targets: Any, rows: int) -> Any:
+            w = weight.to(hidden.dtype)
+            out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+            lse = torch.empty_like(out)
+            for start in range(0, hidden.shape[0], rows):
+                logits = (hidden[start : start + rows] @ w.t()).float()
+                lse[start : start + rows] = torch.logsumexp(logits, dim=-1)
+                picked = logits.gather(1, targets[start : start + rows].unsqueeze(1)).squeeze(1)
+                out[start : start + rows] = picked - lse[start : start + rows]
+            ctx.save_for_backward(hidden, weight, targets, lse)
+            ctx.rows = rows
+            return out
+
+        @staticmethod
+        def backward(ctx: Any, grad_out: Any) -> Any:
+            hidden, weight, targets, lse = ctx.saved_tensors
+            rows = ctx.rows
+            w = weight.to(hidden.dtype)
+            want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            grad_hidden = torch.empty_like(hidden) if want_hidden else None
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
+            for start in range(0, hidden.shape[0], rows):
+                h = hidden[start : start + rows]
+                t = targets[start : start + rows]
+                g = grad_out[start : start + rows].float()
+                # d logp_t / d logits = onehot(t) - softmax; times the incoming gradient of each row
+                probs = (h @ w.t()).float().sub_(lse[start : start + rows].unsqueeze(1)).exp_()
+                probs.mul_(-g.unsqueeze(1))
+                probs[torch.arange(t.shape[0], device=t.device), t] += g
+                probs = probs.to(hidden.dtype)
+                if grad_hidden is not None:
+                    grad_hidden[start : start + rows] = probs @ w
+                if grad_weight is not None:
+                    grad_weight += (probs.t() @ h).float()
+            weight_grad = grad_weight.to(weight.dtype) if grad_weight is not None else None
+            return grad_hidden, weight_grad, None, None
+
+    return ChunkedTokenLogps
+
+
+_LOGPS: Any = None
+
+
+def token_logps(hidden: Any, weight: Any, targets: Any, rows: int | None = None) -> Any:
+    """Per row, the fp32 log-probability of `targets [N]` under `hidden [N, H] @ weight.T [H, V]`, never holding
+    more than `rows` rows of logits (default: `chunk_rows(V)`); differentiable in `hidden` and `weight`."""
+    global _LOGPS
+    if _LOGPS is None:
+        _LOGPS = _token_logps_function()
+    return _LOGPS.apply(hidden, weight, targets, rows or chunk_rows(weight.shape[0]))
+
+
 def label_positions(labels: Any) -> tuple[Any, Any]:
     """(mask [B, T] of the positions whose next token carries a label, those next tokens [N]): position i
     predicts labels[i + 1], as transformers' `ForCausalLMLoss` shifts them; the last position predicts nothing."""
@@ -127,22 +191,29 @@ def applies(model: Any) -> bool:
     return not any(type(m).__name__.startswith("FSDP") for m in (model, getattr(model, "module", model)))
 
 
-def causal_lm_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
-    """The loss of one micro-batch: the model runs through its wrappers (DDP hooks, LoRA layers, autocast all
-    apply), the decoder's last hidden state is captured, and only labelled positions reach the head."""
+def final_hidden(model: Any, inputs: dict[str, Any]) -> Any:
+    """The decoder's last hidden state [B, T, H] of one forward pass through the model and its wrappers (DDP
+    hooks, LoRA layers, autocast all apply), with the head projecting one position only (`logits_to_keep=1`).
+    `inputs` are the model's own (no labels)."""
     base = _unwrap(model)
     captured: list[Any] = []
 
     def keep(_module: Any, _args: Any, output: Any) -> None:
         captured.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
 
-    forward_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "num_items_in_batch")}
     handle = base.get_decoder().register_forward_hook(keep)
     try:
-        model(**forward_inputs, logits_to_keep=1, use_cache=False)
+        model(**inputs, logits_to_keep=1, use_cache=False)
     finally:
         handle.remove()
-    hidden = captured[-1]
+    return captured[-1]
+
+
+def causal_lm_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+    """The loss of one micro-batch: the decoder's last hidden state (`final_hidden`), and only labelled
+    positions reach the head."""
+    base = _unwrap(model)
+    hidden = final_hidden(model, {k: v for k, v in inputs.items() if k not in ("labels", "num_items_in_batch")})
     mask, targets = label_positions(inputs["labels"].to(hidden.device))
     selected = hidden[mask]  # [N, H]: the positions that carry a label, nothing else goes to the head
     total = fused_linear_cross_entropy(selected, base.get_output_embeddings().weight, targets)

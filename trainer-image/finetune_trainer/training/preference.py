@@ -9,8 +9,11 @@ early stopping and the best checkpoint are this trainer's hooks on the HF Traine
   chosen, ...), position ids restarting per sequence, as `DataCollatorWithFlattening` does for SFT; the
   model's packed-sequence mask keeps the sequences apart, so both answers of every pair go through ONE
   forward pass and no compute is spent on padding. `sequence_index` says which sequence a token is in.
-- Log-probabilities (`sequence_logps`): per sequence, the sum of its target tokens' log-probabilities (the
-  reply's tokens; the prompt is masked as for SFT) and their count.
+- Log-probabilities (`batch_logps`): per sequence, the sum of its target tokens' log-probabilities (the
+  reply's tokens; the prompt is masked as for SFT) and their count. Only the answer positions reach the
+  output head, a chunk at a time (`label_position_logps`, the same idea as the SFT loss in `loss`: no
+  [T, V] logits); models it does not apply to (`loss.applies`) take them from the full logits
+  (`sequence_logps`). Evaluation and the precomputed reference use the same path.
 - The reference model: with lora/qlora it is the same model with the adapter disabled (peft's
   `disable_adapter()`), run first under `no_grad`, so no second copy of the weights is held and its
   activations are freed before the policy's forward. With full fine-tuning the reference log-probabilities
@@ -45,6 +48,7 @@ from finetune_trainer.config import DpoSpec, SimpoSpec
 from finetune_trainer.core import distributed
 from finetune_trainer.data.tokenization import IGNORE_INDEX
 from finetune_trainer.evaluation.autocast import autocast
+from finetune_trainer.training import loss as lm_loss
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +110,38 @@ def sequence_logps(logits: Any, labels: Any, sequence_index: Any, sequences: int
     return sums, counts
 
 
+def label_position_logps(model: Any, batch: dict[str, Any], sequences: int) -> tuple[Any, Any]:
+    """`sequence_logps` without the logits: the decoder's last hidden state (`loss.final_hidden`, the head
+    projecting one position), the positions whose next token carries a label (each answer's tokens), and
+    their log-probabilities chunk by chunk (`loss.token_logps`), summed per sequence.
+
+    Why: the logits path projects every position of the row (both prompts too) onto the whole vocabulary and
+    keeps [T, V] fp32 logits and their log-softmax alive for the backward pass; here only answer tokens reach
+    the head and one chunk of logits is held at a time."""
+    import torch
+
+    hidden = lm_loss.final_hidden(model, {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]})
+    mask, targets = lm_loss.label_positions(batch["labels"].to(hidden.device))
+    owner = torch.nn.functional.pad(batch["sequence_index"][:, 1:], (0, 1), value=0).to(hidden.device)[mask]
+    weight = lm_loss._unwrap(model).get_output_embeddings().weight
+    token_logps = lm_loss.token_logps(hidden[mask], weight, targets)
+    sums = torch.zeros(sequences, device=hidden.device, dtype=torch.float32).index_add(0, owner, token_logps)
+    ones = torch.ones_like(token_logps)
+    counts = torch.zeros(sequences, device=hidden.device, dtype=torch.float32).index_add(0, owner, ones)
+    return sums, counts
+
+
+def batch_logps(model: Any, batch: dict[str, Any], label_positions: bool = True) -> tuple[Any, Any]:
+    """Per sequence of the batch, the summed log-probability of its answer tokens and their count: at label
+    positions only (`label_position_logps`) where the model allows it (`loss.applies`) and `label_positions`
+    is on, else from the model's full logits (`sequence_logps`). Both compute the same fp32 values."""
+    sequences = int(batch["sequence_index"].max().item()) + 1
+    if label_positions and lm_loss.applies(model):
+        return label_position_logps(model, batch, sequences)
+    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+    return sequence_logps(logits, batch["labels"], batch["sequence_index"], sequences)
+
+
 @dataclass(frozen=True)
 class PairScores:
     """Per pair (tensors of length B): the loss, the implicit rewards, and the policy's mean log-probabilities."""
@@ -159,37 +195,37 @@ def simpo_loss(policy: Any, counts: Any, spec: SimpoSpec) -> PairScores:
     )
 
 
-def reference_logps(model: Any, batch: dict[str, Any]) -> Any:
+def reference_logps(model: Any, batch: dict[str, Any], label_positions: bool = True) -> Any:
     """The reference model's summed log-probabilities of the batch's sequences: precomputed (full fine-tuning),
     or the same model with its LoRA adapter disabled, under no_grad."""
     import torch
 
-    sequences = int(batch["sequence_index"].max().item()) + 1
     if "reference_logps" in batch:
         return batch["reference_logps"].reshape(-1)
     bare = getattr(model, "module", model)  # DDP wraps the peft model
     if not hasattr(bare, "disable_adapter"):
         raise RuntimeError("dpo without precomputed reference log-probabilities needs a LoRA (peft) model")
     with torch.no_grad(), bare.disable_adapter():
-        logits = bare(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
-        sums, _ = sequence_logps(logits, batch["labels"], batch["sequence_index"], sequences)
+        sums, _ = batch_logps(bare, batch, label_positions)
     return sums
 
 
-def score_batch(model: Any, batch: dict[str, Any], spec: DpoSpec | SimpoSpec) -> PairScores:
+def score_batch(
+    model: Any, batch: dict[str, Any], spec: DpoSpec | SimpoSpec, label_positions: bool = True
+) -> PairScores:
     """DPO: the reference pass first (its activations freed), then the policy's forward, then the loss.
-    SimPO: the policy's forward and the loss only."""
-    sequences = int(batch["sequence_index"].max().item()) + 1
-    reference = None if isinstance(spec, SimpoSpec) else reference_logps(model, batch)
-    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
-    policy, counts = sequence_logps(logits, batch["labels"], batch["sequence_index"], sequences)
+    SimPO: the policy's forward and the loss only. `label_positions`: see `batch_logps`."""
+    reference = None if isinstance(spec, SimpoSpec) else reference_logps(model, batch, label_positions)
+    policy, counts = batch_logps(model, batch, label_positions)
     if isinstance(spec, SimpoSpec):
         return simpo_loss(policy, counts, spec)
     return dpo_loss(policy, reference, counts, spec)
 
 
-def trainer_class(base: type[Any], spec: DpoSpec | SimpoSpec) -> type[Any]:
-    """`base` (the HF Trainer) with the DPO or SimPO loss; logs the training rewards beside the loss."""
+def trainer_class(base: type[Any], spec: DpoSpec | SimpoSpec, label_positions: bool = True) -> type[Any]:
+    """`base` (the HF Trainer) with the DPO or SimPO loss; logs the training rewards beside the loss.
+    `label_positions` off: the log-probabilities from the full logits (the path before issue #30, kept for
+    models the label-position path does not apply to and for the test that both train alike)."""
 
     class PreferenceTrainer(base):  # type: ignore[valid-type,misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -202,7 +238,7 @@ def trainer_class(base: type[Any], spec: DpoSpec | SimpoSpec) -> type[Any]:
         def compute_loss(
             self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
         ) -> Any:
-            scores = score_batch(model, inputs, spec)
+            scores = score_batch(model, inputs, spec, label_positions)
             margin = scores.chosen_rewards - scores.rejected_rewards
             self._sums[0] += float(margin.numel())
             self._sums[1] += float((margin > 0).float().sum().item())
@@ -298,10 +334,8 @@ def with_reference(
         with torch.no_grad():
             for batch in loader:
                 batch = {k: v.to(device) for k, v in batch.items()}
-                sequences = int(batch["sequence_index"].max().item()) + 1
                 with autocast(device, precision):
-                    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
-                sums, _ = sequence_logps(logits, batch["labels"], batch["sequence_index"], sequences)
+                    sums, _ = batch_logps(model, batch)
                 chosen += sums[0::2].tolist()
                 rejected += sums[1::2].tolist()
         if not all(math.isfinite(v) for v in chosen + rejected):

@@ -1,0 +1,68 @@
+"""`torch.compile` of a causal LM's decoder layers, with a named fallback to eager.
+
+Why per layer and not the whole model: every decoder layer runs the same code, so one compiled graph (the
+layer's parameters are its inputs) serves all of them; compile time is one layer's, not the model's, and
+what stays eager (the embedding, the packed-sequence mask, the final norm, the hook that captures the last
+hidden state for the label-position loss, `loss`) is exactly what compiling would not speed up. The shapes
+change every step (a flattened micro-batch holds however many tokens its records have), so layers compile
+with `dynamic=True`: one graph for every token count, not a recompile per step.
+
+Where it pays is measured, not assumed (`bench/profile_step.py --compare compile`, docs/benchmarks.md): on
+the 2-core CPU it was measured on, it is off by default; `bench/gpu_check.sh` measures it on a GPU.
+
+Fallback: inductor compiles lazily, on the first call, so an error shows there, not at `compile_layers`.
+`probe` runs one forward and backward on a real batch, and on any error puts the layers back to eager
+(`uncompile`) and says why, naming the error; training then starts on whichever model that left.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    """The decoder's repeated blocks (`model.layers` of Llama-style decoders) under PEFT/DDP wrappers, or []."""
+    inner = getattr(model, "module", model)
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    return list(layers) if layers is not None else []
+
+
+def compile_layers(model: Any, dynamic: bool = True, backend: Any = "inductor") -> int:
+    """Compile every decoder layer in place (`nn.Module.compile`); the number compiled (0: nothing to do)."""
+    layers = decoder_layers(model)
+    for layer in layers:
+        layer.compile(dynamic=dynamic, backend=backend)
+    return len(layers)
+
+
+def uncompile(model: Any) -> None:
+    """Put compiled layers back to eager (`nn.Module.compile` keeps the eager module under it)."""
+    for layer in decoder_layers(model):
+        layer._compiled_call_impl = None
+
+
+def is_compiled(model: Any) -> bool:
+    return any(getattr(layer, "_compiled_call_impl", None) is not None for layer in decoder_layers(model))
+
+
+def probe(model: Any, step: Callable[[], Any]) -> str | None:
+    """Run `step` (a forward and backward) on the compiled model; on error, back to eager.
+
+    Returns None when the compiled model ran, else the error, named ("TypeName: message") for the log and the
+    run's progress. Gradients the probe left are cleared either way: it is not a training step."""
+    try:
+        step()
+        error = None
+    except Exception as failure:  # any compile failure must fall back, whatever its type
+        error = f"{type(failure).__name__}: {str(failure).strip().splitlines()[0] if str(failure).strip() else ''}"
+        uncompile(model)
+        log.warning("torch.compile failed, training on the eager model instead: %s", error)
+    for parameter in model.parameters():
+        parameter.grad = None
+    return error
