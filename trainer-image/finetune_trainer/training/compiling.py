@@ -18,10 +18,19 @@ Fallback: inductor compiles lazily, on the first call, so an error shows there, 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from finetune_trainer.core.errors import ConfigInvalid
+
 log = logging.getLogger(__name__)
+
+SETTING = "FTO_TORCH_COMPILE"
+"""The trainer's environment variable that overrides the automatic decision: auto (default), on, off."""
+CHOICES = ("auto", "on", "off")
+MIN_STEPS = 100
+"""auto compiles only runs of at least this many optimizer steps: on the CPU measured (docs/benchmarks.md)
+the compile cost tens of steps' worth of time before the first compiled step."""
 
 
 def decoder_layers(model: Any) -> list[Any]:
@@ -66,3 +75,51 @@ def probe(model: Any, step: Callable[[], Any]) -> str | None:
     for parameter in model.parameters():
         parameter.grad = None
     return error
+
+
+def setting(environ: Mapping[str, str]) -> str:
+    """`FTO_TORCH_COMPILE` from the environment (auto when unset); anything else is refused, by name."""
+    value = (environ.get(SETTING) or "auto").strip().lower()
+    if value not in CHOICES:
+        raise ConfigInvalid(f"{SETTING}={environ.get(SETTING)!r}: must be one of {', '.join(CHOICES)}")
+    return value
+
+
+def decide(
+    value: str,
+    *,
+    cuda: bool,
+    causal_lm: bool,
+    method: str,
+    objective: str,
+    sharded: bool,
+    checkpointing: bool,
+    layers: int,
+    steps: int,
+) -> tuple[bool, str]:
+    """(compile or not, why: the log line's reason). `on` where compiling cannot apply is refused, naming why.
+
+    The automatic rule compiles only what was measured to pay (docs/benchmarks.md): a causal LM's LoRA or
+    full fine-tune with the SFT objective on CPU, without gradient checkpointing or sharding, for at least
+    `MIN_STEPS` steps. GPUs stay eager until `bench/gpu_check.sh` has measured the compiled variant there."""
+    if value == "off":
+        return False, f"{SETTING}=off"
+    cannot = [why for bad, why in (
+        (not causal_lm, "not a causal language model"),
+        (sharded, "FSDP sharding"),
+        (method == "qlora", "QLoRA's 4-bit layers"),
+        (layers == 0, "no decoder layers found"),
+    ) if bad]  # fmt: skip
+    if value == "on":
+        if cannot:
+            raise ConfigInvalid(f"{SETTING}=on: torch.compile does not apply to this run ({'; '.join(cannot)})")
+        return True, f"{SETTING}=on"
+    rule = [why for bad, why in (
+        (cuda, "not measured on a GPU yet"),
+        (objective != "sft", f"objective {objective}: not measured"),
+        (checkpointing, "gradient checkpointing: not measured"),
+        (steps < MIN_STEPS, f"{steps} steps, fewer than {MIN_STEPS}: the compile would not pay back"),
+    ) if bad]  # fmt: skip
+    if cannot or rule:
+        return False, f"auto: {'; '.join(cannot + rule)}"
+    return True, f"auto: CPU, {steps} steps"

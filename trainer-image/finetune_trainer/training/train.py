@@ -27,7 +27,7 @@ from finetune_trainer.core.errors import Preempted
 from finetune_trainer.core.s3_uri import S3Uri
 from finetune_trainer.core.storage import Storage
 from finetune_trainer.evaluation import generation
-from finetune_trainer.training import hub_sources, preference, sharding
+from finetune_trainer.training import compiling, hub_sources, preference, sharding
 from finetune_trainer.training.artifacts import save_model, upload_outputs
 from finetune_trainer.training.best_model import SelectionHooks
 from finetune_trainer.training.callbacks import SignalStop, TrainerHooks
@@ -269,12 +269,58 @@ def make_trainer(
     return trainer, hooks, uploader, selection
 
 
+def compile_for_training(trainer: Any, cfg: TrainerConfig, hardware: Hardware, dataset: Any, collator: Any) -> bool:
+    """`torch.compile` of the decoder layers where `compiling.decide` says so (`FTO_TORCH_COMPILE` overrides),
+    logged with its reason. The compile is paid, and any error shows, in a probe step on the first two
+    training records (its gradients dropped, the RNG restored so the run trains as it would have); on an
+    error the layers go back to eager and the run goes on, with the error named in the log."""
+    import torch
+
+    steps = total_steps(len(dataset), cfg, distributed.world_size())
+    on, why = compiling.decide(
+        compiling.setting(os.environ),
+        cuda=hardware.cuda,
+        causal_lm=cfg.base_model.task != "sequence-classification",
+        method=cfg.method.type,
+        objective=cfg.method.objective,
+        sharded=sharding.sharded(cfg),
+        checkpointing=bool(cfg.hyperparameters.gradient_checkpointing),  # resolved by now (decide_for_device)
+        layers=len(compiling.decoder_layers(trainer.model)),
+        steps=steps,
+    )
+    log.info("torch.compile of the decoder layers: %s (%s)", "on" if on else "off", why)
+    if not on:
+        return False
+    compiling.compile_layers(trainer.model, dynamic=True)
+    device = next(trainer.model.parameters()).device
+    batch = {k: v.to(device) for k, v in collator([dataset[i] for i in range(min(2, len(dataset)))]).items()}
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if hardware.cuda else None
+
+    def step() -> None:
+        with trainer.autocast_smart_context_manager():
+            value = trainer.compute_loss(trainer.model, batch)
+        value.backward()
+
+    started = time.monotonic()
+    error = compiling.probe(trainer.model, step)
+    torch.set_rng_state(cpu_rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state_all(cuda_rng)
+    if error is None:
+        log.info("torch.compile: the probe step compiled and ran in %.1f s", time.monotonic() - started)
+    return error is None
+
+
 def train(
     trainer: Any, hooks: TrainerHooks, stop: SignalStop, uploader: CheckpointUploader | None, resume: Path | None
 ) -> tuple[Any, float, float | None]:
     """Stage 4: the training itself; SIGTERM ends it as Preempted once the saved checkpoint is uploaded."""
     started = time.monotonic()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:  # evaluation and generation run eager (no_grad and a KV cache would each compile anew)
+        compiling.uncompile(trainer.model)
     if stop.requested:
         step = hooks.stopped_at if hooks.stopped_at is not None else trainer.state.global_step
         if uploader is not None:
@@ -393,6 +439,7 @@ def main(cfg: TrainerConfig, stop: SignalStop | None = None) -> Outcome:
     )
     # a crash or a late SIGTERM still finishes the uploads, and ends the MLflow run as failed or killed
     with uploads_finished_on_error(uploader), tracking_finished_on_error(tracking):
+        compile_for_training(trainer, cfg, hardware, inputs.tokenized["train"], collator)
         result, runtime, tokens_per_second = train(trainer, hooks, stop, uploader, resume)
 
         step, total = trainer.state.global_step, trainer.state.max_steps
