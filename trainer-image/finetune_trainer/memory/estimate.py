@@ -43,9 +43,11 @@ Per process, in bytes (P parameters, P_t trainable, N shards; mixed = bf16/fp16 
   rejected), so the activation terms above count 2 x B x the per-sequence length of tokens (at least
   double SFT's for the same batchSize), with the block-diagonal mask even for one pair. The reference pass
   (LoRA: the same model with the adapter disabled) runs under no_grad before the policy's forward and keeps
-  2 numbers per pair: its transient (one layer's working set, its logits and their fp32 log-softmax, about
-  (c + 8) V bytes per token) is freed before the policy's activations are built and is below them, so it
-  adds nothing at the peak. Full fine-tuning precomputes the reference log-probabilities before training
+  2 numbers per pair: its transient (one layer's working set and one chunk of logits: the log-probabilities
+  are taken at answer positions, chunk by chunk, as the SFT loss, `preference.label_position_logps`) is
+  freed before the policy's activations are built and is below them, so it adds nothing at the peak. The
+  policy's head term is the SFT loss's (the selected hidden states and one chunk of logits; the backward
+  projects each chunk again instead of keeping a gradient from the forward pass). Full fine-tuning precomputes the reference log-probabilities before training
   (no frozen copy of the weights), which adds nothing either.
 - SimPO (`objective: simpo`): the same two sequences per pair and no reference at all (no pass, no
   precomputed log-probabilities): the same activation terms as DPO, and nothing else.

@@ -20,6 +20,10 @@ Qwen, Mistral, SmolLM2, GPT-2-style tied heads), that take `logits_to_keep`, wit
 scaling, outside FSDP (its head weight is a shard outside the forward). Anything else, evaluation
 (`return_outputs`), label smoothing and a custom loss keep the Trainer's own path. The only entry point for
 training is `with_label_position_loss`, used by `train.trainer_class`.
+
+Preference tuning (`preference.label_position_logps`) uses the same pieces: `final_hidden` and
+`label_positions`, and `token_logps`, the per-token log-probabilities chunk by chunk (its backward projects
+each chunk again, since a preference loss weighs each token by its sequence's gradient).
 """
 
 from __future__ import annotations
