@@ -47,8 +47,9 @@ Per process, in bytes (P parameters, P_t trainable, N shards; mixed = bf16/fp16 
   are taken at answer positions, chunk by chunk, as the SFT loss, `preference.label_position_logps`) is
   freed before the policy's activations are built and is below them, so it adds nothing at the peak. The
   policy's head term is the SFT loss's (the selected hidden states and one chunk of logits; the backward
-  projects each chunk again instead of keeping a gradient from the forward pass). Full fine-tuning precomputes the reference log-probabilities before training
-  (no frozen copy of the weights), which adds nothing either.
+  projects each chunk again instead of keeping a gradient from the forward pass). Full fine-tuning
+  precomputes the reference log-probabilities before training (no frozen copy of the weights), which adds
+  nothing either.
 - SimPO (`objective: simpo`): the same two sequences per pair and no reference at all (no pass, no
   precomputed log-probabilities): the same activation terms as DPO, and nothing else.
 - overhead: GPU: 0.75 GiB (CUDA context, cuBLAS workspace), 0.5 GiB more with several processes (NCCL),
