@@ -102,6 +102,7 @@ class Watcher:
     def __init__(self, api_client: Any, namespace: str) -> None:
         self.api_client, self.namespace = api_client, namespace
         self.job_seen: dict[str, dict[str, float]] = {TRAINER: {}, VALIDATOR: {}}  # component -> uid -> seen
+        self.pod_seen: dict[str, dict[str, float]] = {TRAINER: {}, VALIDATOR: {}}  # component -> uid -> seen
         self.pod_done: dict[str, dict[str, float]] = {TRAINER: {}, VALIDATOR: {}}  # component -> uid -> done
         self.ftj_done: dict[str, float] = {}  # by FineTuneJob uid
         self.stop = threading.Event()
@@ -140,9 +141,12 @@ class Watcher:
 
         def on_pod(pod: dict[str, Any]) -> None:
             labels = pod["metadata"].get("labels") or {}
-            done = self.pod_done.get(labels.get(COMPONENT_LABEL, ""))
-            if done is not None and labels.get(UID_LABEL) and (pod.get("status") or {}).get("phase") == "Succeeded":
-                done.setdefault(labels[UID_LABEL], time.monotonic())
+            component, uid = labels.get(COMPONENT_LABEL, ""), labels.get(UID_LABEL)
+            if component not in self.pod_done or not uid:
+                return
+            self.pod_seen[component].setdefault(uid, time.monotonic())
+            if (pod.get("status") or {}).get("phase") == "Succeeded":
+                self.pod_done[component].setdefault(uid, time.monotonic())
 
         def on_ftj(obj: dict[str, Any]) -> None:
             if (obj.get("status") or {}).get("phase") == "Succeeded":
@@ -157,6 +161,43 @@ class Watcher:
             (custom_list, on_ftj, {}),
         ):
             threading.Thread(target=self._loop, args=(fn, handler), kwargs=kw, daemon=True).start()
+
+
+def create_nodes(core: Any, names: list[str]) -> None:
+    """The fake 8-GPU nodes, eight creates at a time."""
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda name: core.create_node(node(name)), names))
+
+
+def delete_nodes(core: Any, names: list[str]) -> None:
+    from kubernetes import client
+
+    for name in names:
+        with contextlib.suppress(client.ApiException):
+            core.delete_node(name)
+
+
+def start_operator(kubeconfig: Path, namespace: str, metrics_port: int, log: Any) -> subprocess.Popen[bytes]:
+    """`python -m finetune_operator` from this checkout, watching only `namespace`, its output into `log`."""
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(ROOT / "operator")}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "finetune_operator",
+            "-n",
+            namespace,
+            "--metrics-port",
+            str(metrics_port),
+            "--health-port",
+            "0",
+            "--trainer-image",
+            "registry.local/finetune-trainer:bench",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def remove_stale_nodes(core: Any) -> None:
@@ -249,30 +290,11 @@ def run(jobs: int, nodes: int, delay: str, timeout: float) -> dict[str, Any]:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     node_names = [f"bench-{run_id}-gpu-{i}" for i in range(nodes)]
     metrics_port = free_port()
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(ROOT / "operator")}
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"operator-scale-{run_id}.log", "wb")  # noqa: SIM115
-    operator = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "finetune_operator",
-            "-n",
-            namespace,
-            "--metrics-port",
-            str(metrics_port),
-            "--health-port",
-            "0",
-            "--trainer-image",
-            "registry.local/finetune-trainer:bench",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    operator = start_operator(kubeconfig, namespace, metrics_port, log)
     watcher = Watcher(api_client, namespace)
     try:
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda n: core.create_node(node(n)), node_names))  # type: ignore[arg-type]
+        create_nodes(core, node_names)
         watcher.start()
         wait_for_metrics(metrics_port, operator)  # operator startup (imports, first list)
         load_before = os.getloadavg()[0]
@@ -337,9 +359,7 @@ def run(jobs: int, nodes: int, delay: str, timeout: float) -> dict[str, Any]:
         operator.wait(30)
         log.close()
         core.delete_namespace(namespace, propagation_policy="Background")
-        for name in node_names:
-            with contextlib.suppress(client.ApiException):
-                core.delete_node(name)
+        delete_nodes(core, node_names)
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
