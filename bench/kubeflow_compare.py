@@ -343,6 +343,7 @@ def common_figures(
         "writes_per_job_by_client": writes,
         "controller_peak_rss_mib": round(sum(rss.values()), 1),
         "peak_rss_mib_by_controller": rss,
+        "controller_rss_before_mib": round(sum(before["rss"].values()), 1),
         "controller_cpu_seconds": round(sum(cpu.values()), 1),
         "cpu_seconds_by_controller": cpu,
         "cluster_cpu_seconds_until_all_training_pods": cluster_cpu,
@@ -353,6 +354,7 @@ def snapshot(controllers: dict[str, int]) -> dict[str, Any]:
     pids = component_pids()
     return {
         "cpu": {name: cpu_seconds(pid) for name, pid in controllers.items()},
+        "rss": {name: round(rss_mib(pid, "VmRSS"), 1) for name, pid in controllers.items()},
         "cluster_pids": pids,
         "cluster_cpu": {name: process_tree_cpu_seconds(pid) for name, pid in pids.items()},
     }
@@ -410,9 +412,9 @@ def run_ours(ctx: Context, number: int) -> dict[str, Any]:
 def run_kubeflow(ctx: Context, number: int) -> dict[str, Any]:
     namespace = ctx.namespace("kubeflow", number)
     kubeflow = ctx.kubeflow
-    kubeflow.start()
     watcher = TrainJobWatcher(ctx.api_client, namespace)
     try:
+        kubeflow.start()
         watcher.start()
         load = os.getloadavg()[0]
         controllers = {"trainer-controller-manager": kubeflow.pids()["trainer"], "jobset": kubeflow.pids()["jobset"]}

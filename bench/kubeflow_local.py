@@ -212,6 +212,7 @@ class LocalKubeflow:
     folder: Path
     ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    binaries: dict[str, Path] = field(default_factory=dict)
     ca: bytes = b""
     token: str = ""
 
