@@ -27,6 +27,20 @@ module_dir() {  # module@version -> its source folder in the module cache (downl
   go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
 }
 
+build_main() {  # binary module version package extra-ldflags: one main package, against its module's go.mod
+  # Through a wrapper module that requires only that module, not `go install module@version`: go install also
+  # reads the module's version list (for deprecation notices), and the module proxy refuses JobSet's list
+  # (403) while serving its exact versions. The wrapper's graph is the module's own, so the build is the same.
+  local binary=$1 module=$2 version=$3 package=$4 ldflags=$5
+  local wrapper="$cache/src/kubeflow-$binary-$version"
+  mkdir -p "$wrapper"
+  printf 'module local/%sbuild\n\ngo 1.25.0\n\nrequire %s %s\n' "$binary" "$module" "$version" > "$wrapper/go.mod"
+  printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$package" > "$wrapper/tools.go"
+  (cd "$wrapper" && go mod tidy >&2)
+  (cd "$wrapper" && go build -p "$jobs" -ldflags "-s -w $ldflags" -o "$dir/$binary.tmp" "$package")
+  mv "$dir/$binary.tmp" "$dir/$binary"
+}
+
 build() {
   export GOFLAGS=${GOFLAGS:-} GOTOOLCHAIN=local
   mkdir -p "$cache/locks"
@@ -40,13 +54,12 @@ build() {
   rm -rf "$dir"
   mkdir -p "$dir/crds"
   log "building the JobSet controller $JOBSET_VERSION"
-  # go install names the binary after the module's last element: jobset. The version goes into its User-Agent
-  # (jobset/<version> ...), which the benchmark reads in the API server's audit log.
-  GOBIN="$dir" go install -p "$jobs" \
-    -ldflags "-s -w -X $jobset_module/pkg/version.GitVersion=$JOBSET_VERSION" "$jobset_module@$JOBSET_VERSION"
+  # The version goes into its User-Agent (jobset/<version> ...), which the benchmark reads in the audit log.
+  build_main jobset "$jobset_module" "$JOBSET_VERSION" "$jobset_module" \
+    "-X $jobset_module/pkg/version.GitVersion=$JOBSET_VERSION"
   log "building Kubeflow Trainer's controller manager $KUBEFLOW_TRAINER_VERSION"
-  GOBIN="$dir" go install -p "$jobs" -ldflags "-s -w" \
-    "$trainer_module/cmd/trainer-controller-manager@$KUBEFLOW_TRAINER_VERSION"
+  build_main trainer-controller-manager "$trainer_module" "$KUBEFLOW_TRAINER_VERSION" \
+    "$trainer_module/cmd/trainer-controller-manager" ""
   local trainer_src jobset_src
   trainer_src=$(module_dir "$trainer_module@$KUBEFLOW_TRAINER_VERSION")
   jobset_src=$(module_dir "$jobset_module@$JOBSET_VERSION")

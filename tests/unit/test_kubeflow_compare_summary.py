@@ -107,7 +107,7 @@ def test_webhooks_keep_upstreams_pod_selector_and_point_at_localhost() -> None:
     assert len(pod_hooks) == 2  # JobSet's pod webhooks see only JobSet's pods, never the other arm's
     assert all(h["objectSelector"]["matchExpressions"][0]["key"] == "jobset.sigs.k8s.io/jobset-name" for h in pod_hooks)
     urls = [h["clientConfig"]["url"] for c in (mutating, validating) for h in c["webhooks"]]
-    assert all(u.startswith(("https://127.0.0.1:9001/", "https://127.0.0.1:9002/")) for u in urls) and len(urls) == 7
+    assert all(u.startswith(("https://127.0.0.1:9001/", "https://127.0.0.1:9002/")) for u in urls) and len(urls) == 8
 
 
 def audit_line(namespace: str, verb: str, agent: str, at: str, resource: str = "pods") -> str:
