@@ -56,7 +56,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.kubeflow_local import JOBSET_NAME_LABEL, TRAINER_API, LocalKubeflow, rss_mib, train_job  # noqa: E402
+from bench.kubeflow_local import JOBSET_NAME_LABEL, TRAINER_API, LocalKubeflow, train_job  # noqa: E402
 from bench.operator_scale import (  # noqa: E402
     GROUP,
     PLURAL,
@@ -71,9 +71,11 @@ from bench.operator_scale import (  # noqa: E402
     create_nodes,
     delete_nodes,
     finetunejob,
+    peak_rss_mib,
     percentile,
     process_tree_cpu_seconds,
     remove_stale_nodes,
+    rss_mib,
     start_operator,
     wait_for_metrics,
 )
@@ -332,7 +334,7 @@ def common_figures(
     )
     writes = audit_writes(namespace, since, jobs)
     own = set(CONTROLLERS[arm])
-    rss = {name: round(rss_mib(pid), 1) for name, pid in controllers.items()}
+    rss = {name: round(peak_rss_mib(pid), 1) for name, pid in controllers.items()}
     cpu = {name: round(cpu_seconds(pid) - before["cpu"][name], 1) for name, pid in controllers.items()}
     return {
         **figures,
@@ -354,7 +356,7 @@ def snapshot(controllers: dict[str, int]) -> dict[str, Any]:
     pids = component_pids()
     return {
         "cpu": {name: cpu_seconds(pid) for name, pid in controllers.items()},
-        "rss": {name: round(rss_mib(pid, "VmRSS"), 1) for name, pid in controllers.items()},
+        "rss": {name: round(rss_mib(pid), 1) for name, pid in controllers.items()},
         "cluster_pids": pids,
         "cluster_cpu": {name: process_tree_cpu_seconds(pid) for name, pid in pids.items()},
     }

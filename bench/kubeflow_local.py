@@ -196,13 +196,6 @@ def rest_client_requests(text: str) -> float:
     )
 
 
-def rss_mib(pid: int, field_name: str = "VmHWM") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field_name}:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 @dataclass
 class LocalKubeflow:
     """Trainer + JobSet, installed once (CRDs, webhooks, the runtime) and started fresh for each arm."""
