@@ -41,6 +41,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -519,15 +520,27 @@ def run_all(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=500, help="jobs per arm and round")
-    parser.add_argument("--nodes", type=int, default=100, help="fake 8-GPU kwok nodes (shared by both arms)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds; each runs both arms, order alternating")
-    parser.add_argument("--delay", default="2s", help="how long each fake pod runs (Go duration), both arms")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds an arm may take")
+    parser.add_argument("--jobs", type=int, help="jobs per arm and round (default 500)")
+    parser.add_argument("--nodes", type=int, help="fake 8-GPU kwok nodes, shared by both arms (default 100)")
+    parser.add_argument("--rounds", type=int, help="rounds; each runs both arms, order alternating (default 3)")
+    parser.add_argument("--delay", help="how long each fake pod runs, a Go duration, both arms (default 2s)")
+    parser.add_argument("--timeout", type=float, help="seconds an arm may take (default 900)")
     parser.add_argument("--quick", action="store_true", help="10 jobs, 2 nodes, 1 round, 1s pods: a smoke run")
     args = parser.parse_args()
+    sized = {"jobs": 500, "nodes": 100, "rounds": 3, "delay": "2s", "timeout": 900.0}
     if args.quick:
-        args.jobs, args.nodes, args.rounds, args.delay, args.timeout = 10, 2, 1, "1s", 300
+        given = [f"--{name}" for name in sized if getattr(args, name) is not None]
+        if given:
+            parser.error(f"--quick sets the size itself; drop {', '.join(given)} or --quick")
+        sized = {"jobs": 10, "nodes": 2, "rounds": 1, "delay": "1s", "timeout": 300.0}
+    for name, default in sized.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    for name in ("jobs", "nodes", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if not re.fullmatch(r"(\d+(\.\d+)?(ns|us|ms|s|m|h))+", args.delay):  # kwok would fall back to 1 s
+        parser.error(f"--delay {args.delay!r} is not a Go duration such as 2s or 500ms")
     with tempfile.TemporaryDirectory(prefix="kubeflow-compare-") as tmp:
         folder = Path(os.environ.get("FTO_BENCH_LOGS", tmp))
         folder.mkdir(parents=True, exist_ok=True)
