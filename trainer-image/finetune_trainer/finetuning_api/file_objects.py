@@ -6,12 +6,14 @@ namespace's credentials Secret (`ApiConfig.credentials_secret`) can make the ser
 own ServiceAccount cannot read any Secret. Why the metadata (filename, status, its details, schema) sits in
 the object's own S3 metadata: one PUT writes a file and everything said about it, so there is no second object
 to leave behind, and nothing is kept in the service's memory. Metadata values are percent-encoded (S3
-metadata is ASCII) and the details cut to `DETAILS_LIMIT` (S3 allows 2 KiB of metadata per object).
+metadata is ASCII) and the details cut to `DETAILS_LIMIT` (S3 allows 2 KiB of metadata per object). The
+file's sha256 is in it too (`fto-sha256`, core/integrity.py): the trainer checks its copy of the file by it.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import quote, unquote
 
+from finetune_trainer.core.integrity import SHA256_METADATA
 from finetune_trainer.finetuning_api import file_store
 from finetune_trainer.finetuning_api.caller import Caller
 from finetune_trainer.finetuning_api.config import ApiConfig
@@ -125,6 +128,16 @@ def files_of(config: ApiConfig, caller: Caller) -> FileObjects:
     return FileObjects(config, caller.namespace, s3_client(config, credentials(config, caller)))
 
 
+def _sha256(body: IO[bytes]) -> str:
+    """The sha256 (hex) of a seekable body, read from the start; the body is left at its start for the upload."""
+    digest = hashlib.sha256()
+    body.seek(0)
+    while chunk := body.read(1 << 20):
+        digest.update(chunk)
+    body.seek(0)
+    return digest.hexdigest()
+
+
 def _storage_error(error: Exception, key: str, action: str) -> ApiError:
     code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
     log.warning("storage %s of %s failed: %s", action, key, error)
@@ -147,7 +160,8 @@ class FileObjects:
 
     def put(self, file_id: str, body: IO[bytes], filename: str, status: str, details: str | None) -> None:
         key = file_store.object_key(self.namespace, file_id)
-        metadata = {"filename": quote(filename, safe=""), "status": status}
+        # the sha256 the trainer checks its download of the file against (core/integrity.py)
+        metadata = {"filename": quote(filename, safe=""), "status": status, SHA256_METADATA: _sha256(body)}
         if details:
             metadata["status-details"] = quote(details[:DETAILS_LIMIT], safe="")
         try:
