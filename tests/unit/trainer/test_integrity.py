@@ -35,7 +35,10 @@ def test_only_an_etag_that_is_an_md5_is_checked_as_one(
 
 def test_expected_from_a_head_answer() -> None:
     head = {"ContentLength": len(DATA), "ETag": f'"{MD5}"', "Metadata": {"FTO-SHA256": SHA.upper()}}
-    assert integrity.expected_from_head(head) == integrity.Expected(len(DATA), SHA, MD5)
+    assert integrity.expected_from_head(head) == integrity.Expected(len(DATA), SHA)  # the sha256 makes MD5 moot
+    unrecorded = {"ContentLength": len(DATA), "ETag": f'"{MD5}"'}
+    assert integrity.expected_from_head(unrecorded) == integrity.Expected(len(DATA), md5=MD5)
+    assert integrity.expected_from_head(unrecorded, etag_md5=False) == integrity.Expected(len(DATA))  # switched off
     other = "a" * 64
     assert integrity.expected_from_head(head, other).sha256 == other  # a manifest's record wins
     bare = integrity.expected_from_head({"ContentLength": 3, "ETag": '"x-2"', "Metadata": {"fto-sha256": "short"}})
@@ -95,3 +98,16 @@ def test_a_listing_that_lacks_a_recorded_file_or_resizes_it() -> None:
     listed = {"a.bin": 3, "b.bin": 2, "rng_state_1.pth": 7}
     assert integrity.missing_from_listing(entries, listed) == ["b.bin has 2 bytes, recorded 4", "c.bin is missing"]
     assert integrity.missing_from_listing(entries, {"a.bin": 3, "b.bin": 4, "c.bin": 5, "x": 1}) == []
+
+
+def test_the_etag_md5_check_is_on_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune_trainer.core.errors import ConfigInvalid
+    from finetune_trainer.core.storage import ETAG_MD5_ENV, etag_md5
+
+    monkeypatch.delenv(ETAG_MD5_ENV, raising=False)
+    assert etag_md5()
+    monkeypatch.setenv(ETAG_MD5_ENV, "Off")
+    assert not etag_md5()
+    monkeypatch.setenv(ETAG_MD5_ENV, "false")
+    with pytest.raises(ConfigInvalid, match="FTO_S3_ETAG_MD5: must be on or off, got 'false'"):
+        etag_md5()

@@ -75,17 +75,17 @@ def recorded_sha256(metadata: Mapping[str, str] | None) -> str | None:
     return value if _HEX_SHA256.match(value) else None
 
 
-def expected_from_head(head: Mapping[str, Any], sha256: str | None = None) -> Expected:
+def expected_from_head(head: Mapping[str, Any], sha256: str | None = None, etag_md5: bool = True) -> Expected:
     """What a copy must be, from a HEAD (or GET) answer as boto3 returns it. `sha256`: a manifest's record,
     which wins over the object's own metadata (it was written after the object, by whoever published the folder).
+    The ETag's MD5 is asked for only when no sha256 is known (it would tell nothing more, for another read's
+    cost), and never with `etag_md5` False: for an S3-compatible store whose ETags are not MD5s of the bytes.
     """
-    return Expected(
-        size=int(head.get("ContentLength") or 0),
-        sha256=(sha256.lower() if sha256 else None) or recorded_sha256(head.get("Metadata")),
-        md5=plain_md5(
-            str(head.get("ETag") or ""), head.get("ServerSideEncryption"), bool(head.get("SSECustomerAlgorithm"))
-        ),
+    sha = (sha256.lower() if sha256 else None) or recorded_sha256(head.get("Metadata"))
+    md5 = plain_md5(
+        str(head.get("ETag") or ""), head.get("ServerSideEncryption"), bool(head.get("SSECustomerAlgorithm"))
     )
+    return Expected(size=int(head.get("ContentLength") or 0), sha256=sha, md5=None if sha or not etag_md5 else md5)
 
 
 def observe_bytes(data: bytes, expected: Expected) -> Observed:

@@ -89,6 +89,18 @@ def patience_seconds() -> float:
     return value
 
 
+ETAG_MD5_ENV = "FTO_S3_ETAG_MD5"
+
+
+def etag_md5() -> bool:
+    """Whether a download of an object with no recorded sha256 is checked against its ETag as an MD5
+    (`FTO_S3_ETAG_MD5`, default `on`; `off` for an S3-compatible store whose single-PUT ETags are not MD5s)."""
+    raw = os.environ.get(ETAG_MD5_ENV, "on").strip().lower()
+    if raw not in ("on", "off"):
+        raise ConfigInvalid(f"{ETAG_MD5_ENV}: must be on or off, got {raw!r}")
+    return raw == "on"
+
+
 @dataclass
 class OutageCounter:
     """S3 calls retried after a transient failure, and the seconds spent waiting, in this process."""
@@ -270,6 +282,11 @@ def _already_local(dest: Path, info: ObjectInfo) -> bool:
     return dest.is_file() and dest.stat().st_size == info.size and _read(etag_record(dest)) == info.etag
 
 
+def _reusable(dest: Path, info: ObjectInfo, sha256: str | None) -> bool:
+    """The copy at `dest` is this object (`_already_local`) and, when a manifest names its sha256, has it."""
+    return _already_local(dest, info) and (sha256 is None or integrity.sha256_file(dest) == sha256.lower())
+
+
 class Storage:
     """S3 operations with typed errors. One instance per process; the client is created lazily."""
 
@@ -379,7 +396,7 @@ class Storage:
 
     def expected(self, uri: S3Uri, sha256: str | None = None) -> integrity.Expected:
         """What a copy of `uri` must be (integrity.expected_from_head); `sha256`: a manifest's record of it."""
-        return integrity.expected_from_head(self._head(uri), sha256)
+        return integrity.expected_from_head(self._head(uri), sha256, etag_md5())
 
     def download_file(
         self, uri: S3Uri, dest: Path, known: ObjectInfo | None = None, sha256: str | None = None
@@ -392,10 +409,9 @@ class Storage:
         metadata or `sha256`, a manifest's, and the ETag's MD5); one that differs is downloaded once more, then
         refused with `ObjectCorrupt` naming the key. Only a verified copy ever lands at `dest`.
         """
-        if known is not None and known.etag and _already_local(dest, known):
-            if sha256 is None or integrity.sha256_file(dest) == sha256.lower():
-                log.debug("already local: %s -> %s", uri, dest)
-                return dest
+        if known is not None and known.etag and _reusable(dest, known, sha256):
+            log.debug("already local: %s -> %s", uri, dest)
+            return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
         partial = dest.with_name(dest.name + f".part-{os.getpid()}")
         found: list[str] = []
@@ -403,14 +419,14 @@ class Storage:
         for attempt in range(1, attempts + 1):
             head = self._head(uri)
             info = ObjectInfo(uri, int(head["ContentLength"]), _etag(head.get("ETag")))
-            expected = integrity.expected_from_head(head, sha256)
+            if attempt == 1 and known is None and _reusable(dest, info, sha256):
+                log.debug("already local: %s -> %s", uri, dest)
+                return dest
+            expected = integrity.expected_from_head(head, sha256, etag_md5())
             progress = _Progress(str(uri), info.size)
             try:
-                self._call(
-                    uri,
-                    "downloading",
-                    lambda: self.client.download_file(uri.bucket, uri.key, str(partial), Callback=progress),
-                )
+                fetch = functools.partial(self.client.download_file, uri.bucket, uri.key, str(partial), Callback=progress)
+                self._call(uri, "downloading", fetch)
                 found = integrity.problems(expected, integrity.observe_file(partial, expected))
             except ObjectCorrupt as error:  # S3's own checksum of the body (botocore) did not match
                 found = [str(error)]
@@ -466,8 +482,8 @@ class Storage:
         for attempt in range(1, attempts + 1):
             response = self._call(uri, "reading", lambda: self.client.get_object(Bucket=uri.bucket, Key=uri.key))
             try:
-                body: bytes = self._call(uri, "reading", lambda: response["Body"].read())
-                expected = integrity.expected_from_head(response, sha256)
+                body: bytes = self._call(uri, "reading", response["Body"].read)
+                expected = integrity.expected_from_head(response, sha256, etag_md5())
                 found = integrity.problems(expected, integrity.observe_bytes(body, expected))
             except ObjectCorrupt as error:
                 found = [str(error)]
@@ -506,18 +522,18 @@ class Storage:
         stored: dict[str, Any] = {}
         for attempt in range(1, attempts + 1):
             progress = _Progress(f"{path} -> {uri}", size)
-            self._call(
-                uri,
-                "uploading",
-                lambda: self.client.upload_file(str(path), uri.bucket, uri.key, ExtraArgs=extra, Callback=progress),
+            put = functools.partial(
+                self.client.upload_file, str(path), uri.bucket, uri.key, ExtraArgs=extra, Callback=progress
             )
+            self._call(uri, "uploading", put)
             stored = self._head(uri)
             if int(stored.get("ContentLength") or 0) == size:
                 if integrity.recorded_sha256(stored.get("Metadata")) != sha:
                     _warn_once_no_metadata(uri)
                 return Uploaded(uri, size, sha)
             INTEGRITY.count(refused=attempt == attempts)
-            log.warning("%s: stored %s bytes of %d; uploading once more", uri, stored.get("ContentLength"), size)
+            if attempt < attempts:
+                log.warning("%s: stored %s bytes of %d; uploading once more", uri, stored.get("ContentLength"), size)
         raise InternalError(
             f"uploading {uri}: the server stored {stored.get('ContentLength')} bytes of {path} ({size} bytes) "
             f"after {attempts} uploads"

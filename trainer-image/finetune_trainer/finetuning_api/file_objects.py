@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import quote, unquote
 
+from finetune_trainer.core import integrity
 from finetune_trainer.core.integrity import SHA256_METADATA
 from finetune_trainer.finetuning_api import file_store
 from finetune_trainer.finetuning_api.caller import Caller
@@ -237,22 +238,34 @@ class FileObjects:
 
     def read_object(self, key: str, what: str, limit: int = 64 << 20) -> tuple[bytes, int]:
         """A small object of the namespace's bucket (a run's metrics.json) and its last-modified time (Unix
-        seconds); 404 naming `what` when it is not there, 502 past `limit` bytes."""
-        try:
-            got = self.client.get_object(Bucket=self.config.bucket, Key=key)
-        except Exception as error:
-            if _status(error) == 404:
-                raise not_found("file", what) from None
-            raise _storage_error(error, key, "read") from error
-        body = got["Body"]
-        try:
-            data = body.read(limit + 1)
-        finally:
-            body.close()
-        if len(data) > limit:
-            raise ApiError(502, f"{key} is larger than {limit} bytes: not read")
-        modified = got.get("LastModified")
-        return data, int(modified.timestamp()) if modified is not None else 0
+        seconds); 404 naming `what` when it is not there, 502 past `limit` bytes, and 502 when its bytes do not
+        match the size and sha256 the trainer recorded with it (core/integrity.py) twice in a row."""
+        found: list[str] = []
+        for _ in range(integrity.RETRIES + 1):
+            try:
+                got = self.client.get_object(Bucket=self.config.bucket, Key=key)
+            except Exception as error:
+                if _status(error) == 404:
+                    raise not_found("file", what) from None
+                raise _storage_error(error, key, "read") from error
+            body = got["Body"]
+            try:
+                data = body.read(limit + 1)
+            finally:
+                body.close()
+            if len(data) > limit:
+                raise ApiError(502, f"{key} is larger than {limit} bytes: not read")
+            expected = integrity.expected_from_head(got)
+            found = integrity.problems(expected, integrity.observe_bytes(data, expected))
+            if not found:
+                modified = got.get("LastModified")
+                return data, int(modified.timestamp()) if modified is not None else 0
+            log.warning("%s: the bytes read do not match the object (%s)", key, "; ".join(found))
+        raise ApiError(
+            502,
+            integrity.corrupt_message(f"s3://{self.config.bucket}/{key}", found, integrity.RETRIES + 1),
+            code="object_corrupt",
+        )
 
     def delete(self, file_id: str) -> None:
         self.head(file_id)  # 404 for a file that is not there

@@ -204,6 +204,8 @@ class CheckpointStore:
         world = distributed.world_size()
         log.info("uploading checkpoint %d to %s", step, target)
         started = time.monotonic()
+        # the same step saved again (after resuming from an earlier one): its old marker goes before any file
+        self.storage.delete(target.join(MARKER))
         written = self.storage.upload_dir(local, target, skip=lambda path: not uploads(path.name, 0, world))
         written.append(
             self.storage.write_bytes(target.join("trainer_config.json"), resolved_config.encode(), "application/json")
