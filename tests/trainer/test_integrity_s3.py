@@ -48,9 +48,11 @@ def test_every_upload_records_its_sha256_and_a_download_checks_it(s3_bucket: Any
     written = storage.write_bytes(S3Uri.parse(s3_bucket.uri("m/config.json")), b"{}", "application/json")
     for result, body in ((uploaded, WEIGHTS), (written, b"{}")):
         head = s3_bucket.client.head_object(Bucket=s3_bucket.name, Key=result.uri.key)
-        assert integrity.recorded_sha256(head["Metadata"]) == result.sha256 == integrity.observe_bytes(
-            body, integrity.Expected(len(body), sha256="x")
-        ).sha256
+        assert (
+            integrity.recorded_sha256(head["Metadata"])
+            == result.sha256
+            == integrity.observe_bytes(body, integrity.Expected(len(body), sha256="x")).sha256
+        )
         assert storage.expected(result.uri).sha256 == result.sha256
     before = counts()
     paths = storage.download(S3Uri.parse(s3_bucket.uri("m/")), tmp_path / "copy")

@@ -11,8 +11,8 @@ does not fetch them again.
 A folder with a `_MANIFEST.json` (every model folder the trainer writes: core/manifest.py) is verified against
 it: its listing must name exactly the manifest's files with their sizes before anything is downloaded, and each
 downloaded file must have its sha256 (a copy that differs is downloaded once more, then `ObjectCorrupt`, 42,
-naming the key: core/integrity.py); a listing that differs is `ModelInvalid` (42). `download_model` is that step, shared with
-the adapters sidecar (which requires the manifest) and our own server's loader. Every key lands through
+naming the key: core/integrity.py); a listing that differs is `ModelInvalid` (42). `download_model` is that step,
+shared with the adapters sidecar (which requires the manifest) and our own server's loader. Every key lands through
 `s3_uri.local_path`, which refuses keys that would leave the destination (`UnsafeObjectKey`, 42).
 """
 

@@ -398,9 +398,7 @@ class Storage:
         """What a copy of `uri` must be (integrity.expected_from_head); `sha256`: a manifest's record of it."""
         return integrity.expected_from_head(self._head(uri), sha256, etag_md5())
 
-    def download_file(
-        self, uri: S3Uri, dest: Path, known: ObjectInfo | None = None, sha256: str | None = None
-    ) -> Path:
+    def download_file(self, uri: S3Uri, dest: Path, known: ObjectInfo | None = None, sha256: str | None = None) -> Path:
         """Copy one object to `dest` (atomically), verified, unless the same object is already there.
 
         `known` is the object as listed: a copy at `dest` with its size and ETag (kept in `etag_record(dest)` at
@@ -425,7 +423,9 @@ class Storage:
             expected = integrity.expected_from_head(head, sha256, etag_md5())
             progress = _Progress(str(uri), info.size)
             try:
-                fetch = functools.partial(self.client.download_file, uri.bucket, uri.key, str(partial), Callback=progress)
+                fetch = functools.partial(
+                    self.client.download_file, uri.bucket, uri.key, str(partial), Callback=progress
+                )
                 self._call(uri, "downloading", fetch)
                 found = integrity.problems(expected, integrity.observe_file(partial, expected))
             except ObjectCorrupt as error:  # S3's own checksum of the body (botocore) did not match
@@ -439,7 +439,7 @@ class Storage:
             partial.unlink(missing_ok=True)
             INTEGRITY.count(refused=attempt == attempts)
             if attempt < attempts:
-                log.warning("%s: the copy does not match the object (%s); downloading it once more", uri, "; ".join(found))
+                log.warning("%s: the copy does not match the object (%s); downloading it once more", uri, found)
         raise ObjectCorrupt(integrity.corrupt_message(str(uri), found, attempts))
 
     def download(self, uri: S3Uri, dest_dir: Path) -> builtins.list[Path]:
@@ -491,7 +491,7 @@ class Storage:
                 return body
             INTEGRITY.count(refused=attempt == attempts)
             if attempt < attempts:
-                log.warning("%s: the bytes read do not match the object (%s); reading it once more", uri, "; ".join(found))
+                log.warning("%s: the bytes read do not match the object (%s); reading it once more", uri, found)
         raise ObjectCorrupt(integrity.corrupt_message(str(uri), found, attempts))
 
     def write_bytes(self, uri: S3Uri, data: bytes, content_type: str = "application/octet-stream") -> Uploaded:
@@ -539,7 +539,9 @@ class Storage:
             f"after {attempts} uploads"
         )
 
-    def upload_dir(self, local: Path, uri: S3Uri, skip: Callable[[Path], bool] | None = None) -> builtins.list[Uploaded]:
+    def upload_dir(
+        self, local: Path, uri: S3Uri, skip: Callable[[Path], bool] | None = None
+    ) -> builtins.list[Uploaded]:
         """Upload every file below `local` under the prefix `uri`, keeping relative paths (not ETag records)."""
         uploaded = []
         for path in local_files(local):

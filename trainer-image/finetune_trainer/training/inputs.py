@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from finetune_trainer.config import TrainerConfig
-from finetune_trainer.core.fetch import download_model
 from finetune_trainer.core.errors import ConfigInvalid, DatasetInvalid, ModelInvalid, ModelNotFound, StorageNotFound
+from finetune_trainer.core.fetch import download_model
 from finetune_trainer.core.s3_uri import S3Uri, local_path
 from finetune_trainer.core.storage import Storage
 from finetune_trainer.data import formats, near_duplicates, readers, split, split_files
