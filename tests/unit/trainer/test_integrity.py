@@ -98,6 +98,7 @@ def test_a_listing_that_lacks_a_recorded_file_or_resizes_it() -> None:
     listed = {"a.bin": 3, "b.bin": 2, "rng_state_1.pth": 7}
     assert integrity.missing_from_listing(entries, listed) == ["b.bin has 2 bytes, recorded 4", "c.bin is missing"]
     assert integrity.missing_from_listing(entries, {"a.bin": 3, "b.bin": 4, "c.bin": 5, "x": 1}) == []
+    assert integrity.missing_from_listing(entries, listed, "s3://b/c/")[1] == "s3://b/c/c.bin is missing"
 
 
 def test_the_etag_md5_check_is_on_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:

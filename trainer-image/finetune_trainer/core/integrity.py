@@ -167,12 +167,15 @@ def entries_from_marker(document: Any, where: str) -> dict[str, tuple[int, str]]
     return entries
 
 
-def missing_from_listing(entries: Mapping[str, tuple[int, str]], listed: Mapping[str, int]) -> list[str]:
-    """The recorded files the listing (relative name -> size) lacks or lists with another size, in words."""
+def missing_from_listing(
+    entries: Mapping[str, tuple[int, str]], listed: Mapping[str, int], prefix: str = ""
+) -> list[str]:
+    """The recorded files the listing (relative name -> size) lacks or lists with another size, in words, each
+    named `prefix` + name (the folder's URI: the message names the object's bucket and key)."""
     found = []
     for name, (size, _) in sorted(entries.items()):
         if name not in listed:
-            found.append(f"{name} is missing")
+            found.append(f"{prefix}{name} is missing")
         elif listed[name] != size:
-            found.append(f"{name} has {listed[name]} bytes, recorded {size}")
+            found.append(f"{prefix}{name} has {listed[name]} bytes, recorded {size}")
     return found

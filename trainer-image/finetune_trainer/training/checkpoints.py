@@ -175,9 +175,9 @@ class CheckpointStore:
             raise ObjectCorrupt(f"{marker}: {error}") from None
         objects = [o for o in self.storage.list(uri) if o.uri.key != marker.key]
         listed = {relative_key(o.uri, uri): o.size for o in objects}
-        missing = integrity.missing_from_listing(entries, listed)
+        missing = integrity.missing_from_listing(entries, listed, str(uri))
         if missing:
-            raise ObjectCorrupt(f"{uri}: does not match its {MARKER} marker: {'; '.join(missing)}")
+            raise ObjectCorrupt(f"checkpoint {step} does not match its {MARKER} marker: {'; '.join(missing)}")
         sha256s = {uri.key + name: sha for name, (_, sha) in entries.items()}
         self.storage.download_listed(objects, uri, target, sha256s)
 
