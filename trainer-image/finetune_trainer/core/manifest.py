@@ -18,11 +18,11 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from finetune_trainer.core.errors import ModelInvalid
-from finetune_trainer.core.paths import inside, relative_path
+from finetune_trainer.core.paths import relative_path
 
 MANIFEST = "_MANIFEST.json"
 """The manifest's name inside the model folder."""
@@ -104,14 +104,3 @@ def check_listing(manifest: Mapping[str, FileEntry], listed: Mapping[str, int], 
         problems.append(f"files of another size than its manifest says: {', '.join(resized)}")
     if problems:
         raise ModelInvalid(f"{where} does not match its {MANIFEST}: {'; '.join(problems)}")
-
-
-def check_files(manifest: Mapping[str, FileEntry], folder: Path, where: str) -> None:
-    """Every file of the manifest below `folder` has its size and sha256: else ModelInvalid naming them."""
-    changed = []
-    for name, entry in sorted(manifest.items()):
-        path = inside(folder, PurePosixPath(name), what=f"{where}{MANIFEST}")
-        if not path.is_file() or path.stat().st_size != entry.size or sha256_of(path) != entry.sha256:
-            changed.append(name)
-    if changed:
-        raise ModelInvalid(f"{where}: downloaded files differ from its {MANIFEST}: {', '.join(changed)}")
