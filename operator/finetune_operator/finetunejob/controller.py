@@ -35,7 +35,14 @@ from finetune_operator.builders.rbac import outdated_role, trainer_role, trainer
 from finetune_operator.core.accepted_spec import AcceptedSpecs
 from finetune_operator.core.errors import NameTaken, PermanentError, TemporaryError
 from finetune_operator.core.kube import Kube
-from finetune_operator.core.metrics import JOBS_BY_PHASE, PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
+from finetune_operator.core.metrics import (
+    JOBS_BY_PHASE,
+    NODE_PRESSURE_EVICTIONS,
+    PHASES,
+    RECONCILE_ERRORS,
+    RECONCILE_SECONDS,
+    RECONCILES,
+)
 from finetune_operator.core.observed import deployment_obs, job_obs
 from finetune_operator.core.settings import Settings
 from finetune_operator.core.status_patch import merge_patch, now_rfc3339
@@ -264,3 +271,5 @@ class Reconciler:
             # the critical path
             for event in decided.events:
                 self.pool.submit(self.kube.post_event, owner, event.type, event.reason, event.message)
+            for resource in decided.evicted:  # counted once: the status that records them is written
+                NODE_PRESSURE_EVICTIONS.labels(resource).inc()
