@@ -10,20 +10,36 @@ never accepted is a new generation, and one that shows a field the operator does
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from tests.support.crds import CRDS, apply_crd, install_crd, with_spec_field
 
 GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
+T = TypeVar("T")
 FIELD = "chaosDefaultedField"  # a field neither the CRD nor the operator knows: a next version's new field
 SCHEMA = {"type": "string", "default": "on", "description": "A chaos-test-only field with a default."}
 
 
+def _retried(call: Callable[[], T], timeout: float = 30) -> T:
+    """`call`, again while the API server answers 429: right after a CRD changes it answers "storage is
+    (re)initializing" for a moment (more so under load)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except Exception as error:
+            if getattr(error, "status", None) != 429 or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
 def _items(custom: Any, namespace: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+    found = _retried(lambda: custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL))
+    items: list[dict[str, Any]] = found["items"]
     return items
 
 
@@ -49,9 +65,13 @@ def change_crd(api_client: Any, custom: Any, namespace: str, names: list[str], c
         if time.monotonic() > deadline:
             raise AssertionError(f"the stored FineTuneJobs were not read with spec.{FIELD} within 30 s")
         time.sleep(0.3)
+    patch = {"metadata": {"labels": {"crd-changed": "1"}}}
+
+    def touch(name: str) -> Any:
+        return custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch)
+
     for name in names:
-        patch = {"metadata": {"labels": {"crd-changed": "1"}}}
-        custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch)
+        _retried(lambda: touch(name))  # noqa: B023 - called at once, within the loop's turn
 
 
 def restore_crd(api_client: Any, crd: Path | None = None) -> None:
