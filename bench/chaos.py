@@ -1,7 +1,7 @@
 """Chaos benchmark: faults injected by this script on the local cluster, and what each one cost.
 
     python bench/chaos.py [--jobs 200] [--s3-outage 30]
-        [--faults apiserver,etcd,leader,frozen,s3,corrupt,notready,evict,serving]
+        [--faults apiserver,etcd,leader,frozen,crd,s3,corrupt,notready,evict,serving] [--own-ports KEY=PORT,...]
 
 Faults that restart the control plane or cut the S3 server run on a cluster of this script's own (a second
 `hack/cluster.sh` instance: its own state folder and ports, no real node), brought up first and taken down at
@@ -17,6 +17,11 @@ without the fault, run just before it (the ratio is fault / no fault):
   once the standby leads and has acted. Figures: seconds until the standby holds the Lease and acts, the writes
   the woken process sent after waking (from the API server's audit log, by its User-Agent; target 0: its fence
   refuses them), whether it logged the refusal and how soon it exited, duplicates.
+- crd: the FineTuneJob CRD replaced by one with a new optional spec field with a default (one this operator does
+  not know: the chart's documented order applies CRDs before the operator) once every FineTuneJob of the burst
+  was accepted, at least a quarter with their Job; each stored job touched so the operator reads it with the
+  default at once. Figures: jobs stored, Succeeded at the change, jobs failed ConfigInvalid (target 0; before
+  the fix, every stored one), duplicates; the CRD is put back after (tests/support/crd_change.py).
 - s3: the real trainer (tiny Llama, in this process) against the real S3 server behind a fault proxy that cuts
   every connection for `--s3-outage` seconds from the start of a checkpoint upload. Figures: retries, seconds
   waited, the run's wall time vs the same run without the outage. Then an outage longer than the patience:
@@ -67,7 +72,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "operator"))
 sys.path.insert(0, str(ROOT / "trainer-image"))
 
-from tests.support import audit, burst  # noqa: E402
+from tests.support import audit, burst, crd_change  # noqa: E402
 from tests.support.chaos import Components, FaultProxy  # noqa: E402
 from tests.support.crds import install_crd, install_operator_crds  # noqa: E402
 
@@ -216,6 +221,7 @@ def burst_round(
     _, core, batch, custom = cluster.clients()
     with namespace_of(core, f"chaos-{fault or 'none'}") as namespace:
         elected = fault in ("leader", "frozen")
+        changed_crd = False
         args = ["--leader-election", "--leader-election-namespace", namespace] if elected else []
         operators = [
             Operator(namespace, logs / f"operator-{namespace}-{i}.log", *args) for i in range(2 if args else 1)
@@ -238,6 +244,16 @@ def burst_round(
                 elif fault == "frozen":
                     assert active is not None
                     back = frozen_leader(cluster, namespace, operators, active, figures)
+                elif fault == "crd":
+                    api = cluster.clients()[0]
+                    names = wait(
+                        "every job accepted", lambda: crd_change.all_accepted(custom, namespace, jobs), timeout
+                    )
+                    figures["stored_at_change"] = len(names)
+                    figures["succeeded_at_change"] = burst.census(custom, batch, namespace).succeeded
+                    changed_crd = True
+                    crd_change.change_crd(api, custom, namespace, names)
+                    back = time.monotonic()
                 else:
                     assert active is not None
                     standby = next(o for o in operators if o is not active)
@@ -258,7 +274,15 @@ def burst_round(
                         0.1,
                     )
                     figures["first_action_after_kill_seconds"] = round(time.monotonic() - at, 1)
-            final = burst.wait_converged(custom, batch, namespace, jobs, timeout)
+            if changed_crd:  # failures are this fault's cost: wait until every job ended, either way
+                statuses = crd_change.wait_finished(custom, namespace, jobs, timeout)
+                figures["config_invalid"] = len(crd_change.config_invalid(statuses))
+                # the jobs the operator read with the new field's default (one warning each): the fault reached them
+                text = operators[0].log.read_text(errors="replace")
+                figures["read_with_the_default"] = text.count(f"spec.{crd_change.FIELD} not known to this operator")
+                final = burst.census(custom, batch, namespace)
+            else:
+                final = burst.wait_converged(custom, batch, namespace, jobs, timeout)
             end = time.monotonic()
             if fault:
                 figures["converged_after_back_seconds"] = round(end - back, 1)
@@ -274,6 +298,8 @@ def burst_round(
         finally:
             for operator in operators:
                 operator.stop()
+            if changed_crd:
+                crd_change.restore_crd(cluster.clients()[0])
 
 
 def lease_holder(cluster: OwnCluster, namespace: str) -> str:
@@ -339,10 +365,12 @@ def burst_fault(cluster: OwnCluster, fault: str, jobs: int, logs: Path, timeout:
         + faulty["orphaned_jobs"]
         + (jobs - faulty["succeeded"])
         + faulty.get("woken_writes", 0)
+        + faulty.get("config_invalid", 0)
     )
     say(
         f"{fault}: {faulty} - lost: {jobs - faulty['succeeded']} statuses not converged, "
-        f"{faulty['duplicate_jobs']} duplicate and {faulty['orphaned_jobs']} orphaned Jobs"
+        f"{faulty['duplicate_jobs']} duplicate and {faulty['orphaned_jobs']} orphaned Jobs, "
+        f"{faulty.get('config_invalid', 0)} failed ConfigInvalid"
     )
     return {
         "reference": reference,
@@ -697,18 +725,29 @@ def serving_fault(logs: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=200)
-    parser.add_argument("--faults", default="apiserver,etcd,leader,frozen,s3,corrupt,notready,evict,serving")
+    parser.add_argument("--faults", default="apiserver,etcd,leader,frozen,crd,s3,corrupt,notready,evict,serving")
     parser.add_argument("--s3-outage", type=float, default=30.0, help="seconds the S3 server is cut off")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--state", default="", help="state folder of the benchmark's own cluster (default: a temp dir)")
     parser.add_argument("--keep-cluster", action="store_true")
+    parser.add_argument(
+        "--own-ports",
+        default="",
+        help="the benchmark's own cluster's ports, KEY=PORT,... (keys of OWN_PORTS, e.g. FTO_API_PORT=29443), when "
+        "the defaults are taken by another cluster on this machine",
+    )
     parser.add_argument("--crd", type=Path, default=ROOT / "crds" / "finetunejob.yaml", help="the CRD to install")
     args = parser.parse_args()
     faults = [f for f in args.faults.split(",") if f]
-    known = {"apiserver", "etcd", "leader", "frozen", "s3", "corrupt", "notready", "evict", "serving"}
+    known = {"apiserver", "etcd", "leader", "frozen", "crd", "s3", "corrupt", "notready", "evict", "serving"}
     unknown = set(faults) - known
     if unknown:
         parser.error(f"unknown fault(s): {', '.join(sorted(unknown))}")
+    for entry in filter(None, args.own_ports.split(",")):
+        key, _, port = entry.partition("=")
+        if key not in OWN_PORTS or not port.isdigit():
+            parser.error(f"--own-ports: {entry}: must be KEY=PORT with KEY one of {', '.join(OWN_PORTS)}")
+        OWN_PORTS[key] = port
     logs = Path(tempfile.mkdtemp(prefix="chaos-logs-"))
     state = Path(args.state) if args.state else Path(tempfile.mkdtemp(prefix="fto-chaos-"))
     results: dict[str, Any] = {
@@ -732,7 +771,7 @@ def main() -> None:
 
 
 # the faults that restart or stop parts of a cluster: on the benchmark's own cluster, brought up only for them
-OWN_CLUSTER_FAULTS = ("apiserver", "etcd", "leader", "frozen", "notready")
+OWN_CLUSTER_FAULTS = ("apiserver", "etcd", "leader", "frozen", "crd", "notready")
 
 
 def run_faults(
@@ -740,7 +779,7 @@ def run_faults(
 ) -> None:
     """Each fault in `faults`, in order; `cluster` (the benchmark's own) is there when one of them needs it."""
     for fault in faults:
-        if fault in ("apiserver", "etcd", "leader", "frozen"):
+        if fault in ("apiserver", "etcd", "leader", "frozen", "crd"):
             assert cluster is not None
             results[fault] = burst_fault(cluster, fault, args.jobs, logs, args.timeout)
         elif fault == "s3":
