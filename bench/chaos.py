@@ -1,7 +1,7 @@
 """Chaos benchmark: faults injected by this script on the local cluster, and what each one cost.
 
     python bench/chaos.py [--jobs 200] [--s3-outage 30]
-        [--faults apiserver,etcd,leader,frozen,s3,notready,evict,serving]
+        [--faults apiserver,etcd,leader,frozen,crd,s3,corrupt,notready,evict,serving] [--own-ports KEY=PORT,...]
 
 Faults that restart the control plane or cut the S3 server run on a cluster of this script's own (a second
 `hack/cluster.sh` instance: its own state folder and ports, no real node), brought up first and taken down at
@@ -17,11 +17,21 @@ without the fault, run just before it (the ratio is fault / no fault):
   once the standby leads and has acted. Figures: seconds until the standby holds the Lease and acts, the writes
   the woken process sent after waking (from the API server's audit log, by its User-Agent; target 0: its fence
   refuses them), whether it logged the refusal and how soon it exited, duplicates.
+- crd: the FineTuneJob CRD replaced by one with a new optional spec field with a default (one this operator does
+  not know: the chart's documented order applies CRDs before the operator) once every FineTuneJob of the burst
+  was accepted, at least a quarter with their Job; each stored job touched so the operator reads it with the
+  default at once. Figures: jobs stored, Succeeded at the change, jobs failed ConfigInvalid (target 0; before
+  the fix, every stored one), duplicates; the CRD is put back after (tests/support/crd_change.py).
 - s3: the real trainer (tiny Llama, in this process) against the real S3 server behind a fault proxy that cuts
   every connection for `--s3-outage` seconds from the start of a checkpoint upload. Figures: retries, seconds
   waited, the run's wall time vs the same run without the outage. Then an outage longer than the patience:
   the run must fail `StorageUnavailable` (retryable) and the next attempt resume from the newest checkpoint
   with its marker, never from the one the outage cut short (steps lost vs the checkpoint interval).
+- corrupt: the real trainer (as for s3) against the real S3 server; objects corrupted in storage, their recorded
+  sha256 kept (as a fault below the S3 API leaves them): the weights of a run's newest checkpoint truncated, then
+  the run continued (more steps): it must resume from the checkpoint before it; a data file truncated: the run
+  must stop with `ObjectCorrupt` (exit 42, no retry) naming the key after reading it twice. Figures: the step
+  resumed from, steps lost vs the interval, the copies read again and refused, seconds to the refusal.
 - notready: a kwok GPU node stops heartbeating under a running training pod (kwok no longer manages it, as
   when a node's kubelet dies). Figures: seconds until the node is NotReady, until the pod is replaced on the
   other node, what the FineTuneJob says meanwhile.
@@ -62,7 +72,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "operator"))
 sys.path.insert(0, str(ROOT / "trainer-image"))
 
-from tests.support import audit, burst  # noqa: E402
+from tests.support import audit, burst, crd_change  # noqa: E402
 from tests.support.chaos import Components, FaultProxy  # noqa: E402
 from tests.support.crds import install_crd, install_operator_crds  # noqa: E402
 
@@ -211,6 +221,7 @@ def burst_round(
     _, core, batch, custom = cluster.clients()
     with namespace_of(core, f"chaos-{fault or 'none'}") as namespace:
         elected = fault in ("leader", "frozen")
+        changed_crd = False
         args = ["--leader-election", "--leader-election-namespace", namespace] if elected else []
         operators = [
             Operator(namespace, logs / f"operator-{namespace}-{i}.log", *args) for i in range(2 if args else 1)
@@ -233,6 +244,16 @@ def burst_round(
                 elif fault == "frozen":
                     assert active is not None
                     back = frozen_leader(cluster, namespace, operators, active, figures)
+                elif fault == "crd":
+                    api = cluster.clients()[0]
+                    names = wait(
+                        "every job accepted", lambda: crd_change.all_accepted(custom, namespace, jobs), timeout
+                    )
+                    figures["stored_at_change"] = len(names)
+                    figures["succeeded_at_change"] = burst.census(custom, batch, namespace).succeeded
+                    changed_crd = True
+                    crd_change.change_crd(api, custom, namespace, names)
+                    back = time.monotonic()
                 else:
                     assert active is not None
                     standby = next(o for o in operators if o is not active)
@@ -253,7 +274,15 @@ def burst_round(
                         0.1,
                     )
                     figures["first_action_after_kill_seconds"] = round(time.monotonic() - at, 1)
-            final = burst.wait_converged(custom, batch, namespace, jobs, timeout)
+            if changed_crd:  # failures are this fault's cost: wait until every job ended, either way
+                statuses = crd_change.wait_finished(custom, namespace, jobs, timeout)
+                figures["config_invalid"] = len(crd_change.config_invalid(statuses))
+                # the jobs the operator read with the new field's default (one warning each): the fault reached them
+                text = operators[0].log.read_text(errors="replace")
+                figures["read_with_the_default"] = text.count(f"spec.{crd_change.FIELD} not known to this operator")
+                final = burst.census(custom, batch, namespace)
+            else:
+                final = burst.wait_converged(custom, batch, namespace, jobs, timeout)
             end = time.monotonic()
             if fault:
                 figures["converged_after_back_seconds"] = round(end - back, 1)
@@ -269,6 +298,8 @@ def burst_round(
         finally:
             for operator in operators:
                 operator.stop()
+            if changed_crd:
+                crd_change.restore_crd(cluster.clients()[0])
 
 
 def lease_holder(cluster: OwnCluster, namespace: str) -> str:
@@ -334,10 +365,12 @@ def burst_fault(cluster: OwnCluster, fault: str, jobs: int, logs: Path, timeout:
         + faulty["orphaned_jobs"]
         + (jobs - faulty["succeeded"])
         + faulty.get("woken_writes", 0)
+        + faulty.get("config_invalid", 0)
     )
     say(
         f"{fault}: {faulty} - lost: {jobs - faulty['succeeded']} statuses not converged, "
-        f"{faulty['duplicate_jobs']} duplicate and {faulty['orphaned_jobs']} orphaned Jobs"
+        f"{faulty['duplicate_jobs']} duplicate and {faulty['orphaned_jobs']} orphaned Jobs, "
+        f"{faulty.get('config_invalid', 0)} failed ConfigInvalid"
     )
     return {
         "reference": reference,
@@ -475,12 +508,12 @@ def s3_fault(outage: float, steps: int = 40, interval: int = 10) -> dict[str, An
         upload_file = storage_module.Storage.upload_file
         inside: list[str] = []
 
-        def cut_inside_checkpoint(store: Any, path: Path, uri: Any) -> None:
+        def cut_inside_checkpoint(store: Any, path: Path, uri: Any) -> Any:
             if f"/checkpoint-{2 * interval}/" in uri.key:
                 inside.append(uri.key)
                 if len(inside) == 2:
                     proxy.down()  # until the run gave up
-            upload_file(store, path, uri)
+            return upload_file(store, path, uri)
 
         storage_module.Storage.upload_file = cut_inside_checkpoint  # type: ignore[method-assign,assignment]
         raw = runs.config(steps, interval)
@@ -511,6 +544,77 @@ def s3_fault(outage: float, steps: int = 40, interval: int = 10) -> dict[str, An
         )
     shutil.rmtree(work, ignore_errors=True)
     return {"ridden_out": ridden, "beyond_patience": beyond}
+
+
+def _corrupt(client: Any, bucket: str, key: str, keep_bytes: int) -> None:
+    """Truncate an object in storage to `keep_bytes`, keeping its metadata (its recorded sha256)."""
+    head = client.head_object(Bucket=bucket, Key=key)
+    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    client.put_object(Bucket=bucket, Key=key, Body=body[:keep_bytes], Metadata=head["Metadata"])
+
+
+def corrupt_fault(steps: int = 30, interval: int = 10) -> dict[str, Any]:
+    """A checkpoint's weights, then a data file, truncated in storage (core/integrity.py)."""
+    import hashlib
+
+    from finetune_trainer.core import storage as storage_module
+    from finetune_trainer.core.integrity import SHA256_METADATA
+
+    counter = storage_module.INTEGRITY
+    work = Path(tempfile.mkdtemp(prefix="chaos-corrupt-"))
+    with FaultProxy.to_url(os.environ["FTO_S3_ENDPOINT"]) as proxy:  # never cut: TrainerRuns goes through one
+        runs = TrainerRuns(work, proxy)
+        raw = runs.config(steps, interval)
+        bucket = raw["output"]["uri"].split("/")[2]
+        say(f"corrupt: a run of {steps} steps, a checkpoint every {interval}")
+        code, _, _, _ = runs.run(raw)
+        assert code == 0, "the first run failed"
+        prefix = f"out/run-1/checkpoints/checkpoint-{steps}/"
+        listed = runs.client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
+        weights = max((o for o in listed if not o["Key"].endswith("_COMPLETE")), key=lambda o: o["Size"])
+        _corrupt(runs.client, bucket, weights["Key"], weights["Size"] // 2)
+        raw["hyperparameters"]["maxSteps"] = steps + interval
+        before = counter.retried, counter.refused
+        say(f"corrupt: {weights['Key']} truncated to half; the run continued to {steps + interval} steps")
+        code, message, seconds, trained = runs.run(raw)
+        resumed_from = trained[0] - 1 if trained else None
+        checkpoint = {
+            "corrupted": f"s3://{bucket}/{weights['Key']}",
+            "exit_code": code,
+            "code": message.get("code"),
+            "resumed_from_step": resumed_from,
+            "newest_checkpoint": steps,
+            "steps_lost": steps - resumed_from if resumed_from is not None else None,
+            "checkpoint_interval": interval,
+            "copies_read_again": counter.retried - before[0],
+            "objects_refused": counter.refused - before[1],
+            "run_seconds": round(seconds, 1),
+        }
+        say(f"corrupt: checkpoint: {checkpoint}")
+
+        raw = runs.config(steps, interval)
+        bucket = raw["output"]["uri"].split("/")[2]
+        key = raw["dataset"]["train"]["uri"].split("/", 3)[3]
+        body = runs.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        sha = hashlib.sha256(body).hexdigest()  # as the Files API records it
+        runs.client.put_object(Bucket=bucket, Key=key, Body=body, Metadata={SHA256_METADATA: sha})
+        _corrupt(runs.client, bucket, key, len(body) // 2)
+        before = counter.retried, counter.refused
+        say(f"corrupt: s3://{bucket}/{key} truncated to half before a run")
+        code, message, seconds, trained = runs.run(raw)
+        data = {
+            "corrupted": f"s3://{bucket}/{key}",
+            "exit_code": code,
+            "code": message.get("code"),
+            "message_names_the_key": f"s3://{bucket}/{key}" in message.get("message", ""),
+            "copies_read_again": counter.retried - before[0],
+            "objects_refused": counter.refused - before[1],
+            "steps_trained": len(trained),
+            "seconds_to_refusal": round(seconds, 1),
+        }
+        say(f"corrupt: data: {data}")
+    shutil.rmtree(work, ignore_errors=True)
+    return {"checkpoint": checkpoint, "data": data}
 
 
 def notready_fault(cluster: OwnCluster, logs: Path, timeout: float) -> dict[str, Any]:
@@ -621,17 +725,29 @@ def serving_fault(logs: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=200)
-    parser.add_argument("--faults", default="apiserver,etcd,leader,frozen,s3,notready,evict,serving")
+    parser.add_argument("--faults", default="apiserver,etcd,leader,frozen,crd,s3,corrupt,notready,evict,serving")
     parser.add_argument("--s3-outage", type=float, default=30.0, help="seconds the S3 server is cut off")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--state", default="", help="state folder of the benchmark's own cluster (default: a temp dir)")
     parser.add_argument("--keep-cluster", action="store_true")
+    parser.add_argument(
+        "--own-ports",
+        default="",
+        help="the benchmark's own cluster's ports, KEY=PORT,... (keys of OWN_PORTS, e.g. FTO_API_PORT=29443), when "
+        "the defaults are taken by another cluster on this machine",
+    )
     parser.add_argument("--crd", type=Path, default=ROOT / "crds" / "finetunejob.yaml", help="the CRD to install")
     args = parser.parse_args()
     faults = [f for f in args.faults.split(",") if f]
-    unknown = set(faults) - {"apiserver", "etcd", "leader", "frozen", "s3", "notready", "evict", "serving"}
+    known = {"apiserver", "etcd", "leader", "frozen", "crd", "s3", "corrupt", "notready", "evict", "serving"}
+    unknown = set(faults) - known
     if unknown:
         parser.error(f"unknown fault(s): {', '.join(sorted(unknown))}")
+    for entry in filter(None, args.own_ports.split(",")):
+        key, _, port = entry.partition("=")
+        if key not in OWN_PORTS or not port.isdigit():
+            parser.error(f"--own-ports: {entry}: must be KEY=PORT with KEY one of {', '.join(OWN_PORTS)}")
+        OWN_PORTS[key] = port
     logs = Path(tempfile.mkdtemp(prefix="chaos-logs-"))
     state = Path(args.state) if args.state else Path(tempfile.mkdtemp(prefix="fto-chaos-"))
     results: dict[str, Any] = {
@@ -655,7 +771,7 @@ def main() -> None:
 
 
 # the faults that restart or stop parts of a cluster: on the benchmark's own cluster, brought up only for them
-OWN_CLUSTER_FAULTS = ("apiserver", "etcd", "leader", "frozen", "notready")
+OWN_CLUSTER_FAULTS = ("apiserver", "etcd", "leader", "frozen", "crd", "notready")
 
 
 def run_faults(
@@ -663,11 +779,13 @@ def run_faults(
 ) -> None:
     """Each fault in `faults`, in order; `cluster` (the benchmark's own) is there when one of them needs it."""
     for fault in faults:
-        if fault in ("apiserver", "etcd", "leader", "frozen"):
+        if fault in ("apiserver", "etcd", "leader", "frozen", "crd"):
             assert cluster is not None
             results[fault] = burst_fault(cluster, fault, args.jobs, logs, args.timeout)
         elif fault == "s3":
             results[fault] = s3_fault(args.s3_outage)
+        elif fault == "corrupt":
+            results[fault] = corrupt_fault()
         elif fault == "notready":
             assert cluster is not None
             results[fault] = notready_fault(cluster, logs, args.timeout)

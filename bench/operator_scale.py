@@ -18,6 +18,10 @@ round started: the operator, the API server, etcd and the controllers share two 
 say which of them the wall time went to (and whether something else was loading the machine).
 
     python bench/operator_scale.py [--jobs 500] [--nodes 100] [--runs 3]  # needs `make cluster-up` or $KUBECONFIG
+    python bench/operator_scale.py --jobs 10000 --nodes 500 --runs 1 --timeout 3600 --release
+
+With --release each round then deletes every FineTuneJob and reports the operator's resident memory once it
+tracks none, beside the baseline read before the first create and the peak.
 
 The last line printed is one JSON object with every figure.
 """
@@ -102,6 +106,7 @@ class Watcher:
     def __init__(self, api_client: Any, namespace: str) -> None:
         self.api_client, self.namespace = api_client, namespace
         self.job_seen: dict[str, dict[str, float]] = {TRAINER: {}, VALIDATOR: {}}  # component -> uid -> seen
+        self.pod_seen: dict[str, dict[str, float]] = {TRAINER: {}, VALIDATOR: {}}  # component -> uid -> seen
         self.pod_done: dict[str, dict[str, float]] = {TRAINER: {}, VALIDATOR: {}}  # component -> uid -> done
         self.ftj_done: dict[str, float] = {}  # by FineTuneJob uid
         self.stop = threading.Event()
@@ -140,9 +145,12 @@ class Watcher:
 
         def on_pod(pod: dict[str, Any]) -> None:
             labels = pod["metadata"].get("labels") or {}
-            done = self.pod_done.get(labels.get(COMPONENT_LABEL, ""))
-            if done is not None and labels.get(UID_LABEL) and (pod.get("status") or {}).get("phase") == "Succeeded":
-                done.setdefault(labels[UID_LABEL], time.monotonic())
+            component, uid = labels.get(COMPONENT_LABEL, ""), labels.get(UID_LABEL)
+            if component not in self.pod_done or not uid:
+                return
+            self.pod_seen[component].setdefault(uid, time.monotonic())
+            if (pod.get("status") or {}).get("phase") == "Succeeded":
+                self.pod_done[component].setdefault(uid, time.monotonic())
 
         def on_ftj(obj: dict[str, Any]) -> None:
             if (obj.get("status") or {}).get("phase") == "Succeeded":
@@ -159,17 +167,91 @@ class Watcher:
             threading.Thread(target=self._loop, args=(fn, handler), kwargs=kw, daemon=True).start()
 
 
+def create_nodes(core: Any, names: list[str]) -> None:
+    """The fake 8-GPU nodes, eight creates at a time."""
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda name: core.create_node(node(name)), names))
+
+
+def delete_nodes(core: Any, names: list[str]) -> None:
+    from kubernetes import client
+
+    for name in names:
+        with contextlib.suppress(client.ApiException):
+            core.delete_node(name)
+
+
+def start_operator(kubeconfig: Path, namespace: str, metrics_port: int, log: Any) -> subprocess.Popen[bytes]:
+    """`python -m finetune_operator` from this checkout, watching only `namespace`, its output into `log`."""
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(ROOT / "operator")}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "finetune_operator",
+            "-n",
+            namespace,
+            "--metrics-port",
+            str(metrics_port),
+            "--health-port",
+            "0",
+            "--trainer-image",
+            "registry.local/finetune-trainer:bench",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
 def remove_stale_nodes(core: Any) -> None:
     """Fake nodes a crashed earlier run left behind (they carry NODE_LABEL)."""
     for stale in core.list_node(label_selector=NODE_LABEL).items:
         core.delete_node(stale.metadata.name)
 
 
-def peak_rss_mib(pid: int) -> float:
+def _status_mib(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_rss_mib(pid: int) -> float:
+    return _status_mib(pid, "VmHWM")
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory now (not the peak): what the release figure compares with the baseline."""
+    return _status_mib(pid, "VmRSS")
+
+
+def jobs_remembered(port: int) -> float:
+    """FineTuneJobs the operator still tracks (the sum of `finetune_operator_finetunejobs` over phases)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    prefix = "finetune_operator_finetunejobs{"
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def release(custom: Any, namespace: str, port: int, pid: int, timeout: float) -> dict[str, Any]:
+    """Delete every FineTuneJob, wait until the operator tracks none, and read its resident memory then: the
+    operator keeps one store entry per object it watches and drops them as the deletions arrive, so after a mass
+    deletion its memory should come back near the baseline taken before the first create. CPython keeps freed
+    small objects in its own arenas, so the figure alone does not tell retention from a leak: a leak grows with
+    the number of jobs, retention stays near the peak of the largest round."""
+    start = time.monotonic()
+    custom.delete_collection_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+    remaining = jobs_remembered(port)
+    while remaining > 0 and time.monotonic() - start < timeout:
+        time.sleep(2)
+        remaining = jobs_remembered(port)
+    forgotten = time.monotonic() - start
+    time.sleep(30)  # the children's deletions arrive and the store drops their entries
+    return {
+        "release_seconds": round(forgotten, 1) if remaining == 0 else None,
+        "jobs_tracked_after_delete": remaining,
+        "operator_rss_after_delete_mib": round(rss_mib(pid), 1),
+    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -235,7 +317,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def run(jobs: int, nodes: int, delay: str, timeout: float) -> dict[str, Any]:
+def run(jobs: int, nodes: int, delay: str, timeout: float, measure_release: bool = False) -> dict[str, Any]:
     from kubernetes import client, config
 
     kubeconfig = kubeconfig_path()
@@ -249,33 +331,15 @@ def run(jobs: int, nodes: int, delay: str, timeout: float) -> dict[str, Any]:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     node_names = [f"bench-{run_id}-gpu-{i}" for i in range(nodes)]
     metrics_port = free_port()
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(ROOT / "operator")}
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"operator-scale-{run_id}.log", "wb")  # noqa: SIM115
-    operator = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "finetune_operator",
-            "-n",
-            namespace,
-            "--metrics-port",
-            str(metrics_port),
-            "--health-port",
-            "0",
-            "--trainer-image",
-            "registry.local/finetune-trainer:bench",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    operator = start_operator(kubeconfig, namespace, metrics_port, log)
     watcher = Watcher(api_client, namespace)
     try:
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda n: core.create_node(node(n)), node_names))  # type: ignore[arg-type]
+        create_nodes(core, node_names)
         watcher.start()
         wait_for_metrics(metrics_port, operator)  # operator startup (imports, first list)
         load_before = os.getloadavg()[0]
+        baseline_rss = rss_mib(operator.pid)
         before = api_requests(metrics_port)
         cpu_before = cpu_seconds(operator.pid)
         pids = {"operator": operator.pid, "benchmark (creates, watches)": os.getpid(), **component_pids()}
@@ -308,6 +372,8 @@ def run(jobs: int, nodes: int, delay: str, timeout: float) -> dict[str, Any]:
         handovers = [trainers[uid] - checked[uid] for uid in trainers if uid in checked]
         requests = api_requests(metrics_port) - before
         cpu = cpu_seconds(operator.pid) - cpu_before
+        peak = peak_rss_mib(operator.pid)
+        released = release(custom, namespace, metrics_port, operator.pid, timeout) if measure_release else {}
         return {
             "jobs": jobs,
             "nodes": nodes,
@@ -323,7 +389,9 @@ def run(jobs: int, nodes: int, delay: str, timeout: float) -> dict[str, Any]:
             "propagation_p50_seconds": round(percentile(latencies, 0.5), 3),
             "propagation_p99_seconds": round(percentile(latencies, 0.99), 3),
             "propagation_mean_seconds": round(statistics.fmean(latencies), 3) if latencies else None,
-            "operator_peak_rss_mib": round(peak_rss_mib(operator.pid), 1),
+            "operator_baseline_rss_mib": round(baseline_rss, 1),
+            "operator_peak_rss_mib": round(peak, 1),
+            **released,
             "api_requests_per_job": round(requests / jobs, 2),
             "api_requests_by_verb": api_requests_by_verb(metrics_port),
             "operator_cpu_seconds": round(cpu, 1),
@@ -337,9 +405,7 @@ def run(jobs: int, nodes: int, delay: str, timeout: float) -> dict[str, Any]:
         operator.wait(30)
         log.close()
         core.delete_namespace(namespace, propagation_policy="Background")
-        for name in node_names:
-            with contextlib.suppress(client.ApiException):
-                core.delete_node(name)
+        delete_nodes(core, node_names)
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -372,10 +438,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="rounds; figures are medians over them")
     parser.add_argument("--delay", default="20s", help="how long each fake training pod runs (Go duration)")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument(
+        "--release",
+        action="store_true",
+        help="after each round, delete every FineTuneJob and report the operator's resident memory once it tracks none",
+    )
     args = parser.parse_args()
     rounds = []
     for index in range(args.runs):
-        figures = run(args.jobs, args.nodes, args.delay, args.timeout)
+        figures = run(args.jobs, args.nodes, args.delay, args.timeout, args.release)
         print(f"--- round {index + 1}/{args.runs}")
         for key, value in figures.items():
             print(f"{key:>28}: {value}")

@@ -30,6 +30,12 @@ kwok_port=${FTO_KWOK_PORT:-26247}
 s3_port=${FTO_S3_PORT:-28333}
 kwok_nodes=${FTO_KWOK_NODES:-2}
 gpus_per_node=${FTO_KWOK_GPUS_PER_NODE:-8}
+# The controller-manager's client rate limit (upstream defaults: 20 requests/s, burst 30). Each Job costs its
+# controller about five requests (the pod, its finalizer, status updates), so at 500 FineTuneJobs (a validation
+# and a training Job each) the Job controller, not the operator, decides when the last Job's pod exists; the
+# scale benchmark measures both settings (docs/benchmarks.md). Read only when the controller-manager starts.
+kcm_api_qps=${FTO_KCM_API_QPS:-20}
+kcm_api_burst=${FTO_KCM_API_BURST:-30}
 kube_bin="$cache/bin/kubernetes-$KUBE_VERSION"
 etcd_bin="$cache/bin/etcd-$ETCD_VERSION/etcd"
 kwok_bin="$cache/bin/kwok-$KWOK_VERSION/kwok"
@@ -125,7 +131,8 @@ s3_keys() {
 
 record_settings() {  # the ports and node setting of this state folder, as defaults for later calls
   local name
-  for name in FTO_API_PORT FTO_ETCD_PORT FTO_KCM_PORT FTO_SCHEDULER_PORT FTO_KWOK_PORT FTO_S3_PORT FTO_REAL_NODE; do
+  for name in FTO_API_PORT FTO_ETCD_PORT FTO_KCM_PORT FTO_SCHEDULER_PORT FTO_KWOK_PORT FTO_S3_PORT FTO_REAL_NODE \
+    FTO_KCM_API_QPS FTO_KCM_API_BURST; do
     # shellcheck disable=SC2016 # the line is written to be sourced later, unexpanded
     if [ -n "${!name:-}" ]; then printf ': "${%s:=%s}"\n' "$name" "${!name}"; fi
   done > "$state/cluster.env"
@@ -168,7 +175,8 @@ up() {
     --bind-address 127.0.0.1 --secure-port "$kcm_port" --cert-dir "$state/kcm" --leader-elect=false \
     --use-service-account-credentials=true --service-account-private-key-file "$pki/sa.key" \
     --root-ca-file "$pki/ca.crt" --cluster-signing-cert-file "$pki/ca.crt" \
-    --cluster-signing-key-file "$pki/ca.key" --controllers '*' --v 1
+    --cluster-signing-key-file "$pki/ca.key" --controllers '*' --v 1 \
+    --kube-api-qps "$kcm_api_qps" --kube-api-burst "$kcm_api_burst"
   wait_for kube-controller-manager 90 curl -skf "https://127.0.0.1:$kcm_port/healthz"
 
   start kube-scheduler "$kube_bin/kube-scheduler" --kubeconfig "$state/scheduler.kubeconfig" \

@@ -13,9 +13,9 @@ operator does not know, as when `kubectl apply -f crds/` runs before `helm upgra
 order), applied to the running API server while jobs train and after one has finished. Every stored object
 still reads, now with the default (structural defaulting on read), and the operator goes on with them: the
 running ones finish Succeeded on their first Job, the finished one stays Succeeded, none is failed
-ConfigInvalid (every one of them was, before the fix that came with this test: finetunejob/controller.py
-`_accepted_spec`). A FineTuneJob created under the new CRD is refused naming the field, which this operator
-cannot honour.
+ConfigInvalid (every one of them was, before the fix that came with this test: core/accepted_spec.py, read by
+finetunejob/controller.py). A FineTuneJob created under the new CRD is refused naming the field, which this
+operator cannot honour.
 """
 
 from __future__ import annotations

@@ -10,8 +10,6 @@ since Kueue 0.15), and its webhooks only see Jobs with a queue name in such name
 from __future__ import annotations
 
 import base64
-import datetime
-import ipaddress
 import json
 import os
 import socket
@@ -25,6 +23,7 @@ from typing import Any
 import yaml
 
 from tests.helm.chart import kubectl
+from tests.support.certs import serving_certificates
 from tests.support.ports import free_port
 from tests.support.versions import pinned
 from tests.support.waiting import wait_for
@@ -57,47 +56,6 @@ def build() -> Path:
     waits for that build to finish (its lock) where a check could find a half-written binary."""
     subprocess.run([str(ROOT / "hack" / "build-binaries.sh"), "kueue"], check=True, timeout=3600)
     return BINARY
-
-
-def _certificates(folder: Path) -> bytes:
-    """A CA and a serving certificate for 127.0.0.1 (tls.crt/tls.key in `folder`); returns the CA PEM."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kueue-test-ca")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "tls.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return ca.public_bytes(serialization.Encoding.PEM)
 
 
 def _webhooks(port: int, ca: bytes) -> list[dict[str, Any]]:
@@ -169,7 +127,7 @@ class LocalKueue:
         for crd in ("clusterqueues", "localqueues", "resourceflavors", "workloads"):
             wait_for(f"the {crd}.kueue.x-k8s.io CRD to be Established", lambda crd=crd: self._established(crd), 60, 1)
         self.ports = {name: free_port() for name in ("webhook", "health", "visibility")}
-        ca = _certificates(self.folder / "certs")
+        ca = serving_certificates(self.folder / "certs", "kueue-test-ca")
         # Kueue 0.17 without internal cert management reads its metrics certificate from this fixed path
         # (cmd/kueue/main.go) and exits without it, even with metrics off: give it the same self-signed pair.
         try:

@@ -9,6 +9,7 @@ Secret, as docs/openai-api.md tells an admin to make; every refusal below is the
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -114,6 +115,9 @@ def test_upload_list_retrieve_content_delete(api: Api) -> None:
     assert created.status == "processed" and created.status_details is None
     assert abs(created.created_at - time.time()) < 60
     assert api.keys(api.namespaces["a"]) == [f"{api.namespaces['a']}/files/{created.id}.jsonl"]
+    stored = api.bucket.client.head_object(Bucket=api.bucket.name, Key=api.keys(api.namespaces["a"])[0])
+    # the sha256 the trainer checks its copy of the file against (core/integrity.py)
+    assert stored["Metadata"]["fto-sha256"] == hashlib.sha256(CHAT).hexdigest()
 
     second = client.files.create(file=("more.jsonl", CHAT), purpose="fine-tune")
     listed = client.files.list()

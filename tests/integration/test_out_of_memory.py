@@ -1,14 +1,18 @@
 """Out of memory on a real API server and Job controller: a trainer container the kernel killed (kwok plays the
 kubelet: exit 137, reason OOMKilled) fails the run at once as `OutOfMemory`, with the memory plan and the changes
-that would fit; the Job runs one pod, not one per retry of its backoff limit."""
+that would fit; the Job runs one pod, not one per retry of its backoff limit. Disk: a pod evicted for its own
+ephemeral-storage limit fails the run at once; evictions because the node ran low are counted and bounded."""
 
 from __future__ import annotations
 
 import json
 import time
+import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from tests.integration.conftest import Jobs, ftj_manifest, kwok_annotations, success_message
+from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 
 GIB = 1024**3
@@ -134,3 +138,73 @@ def test_a_trainer_evicted_for_its_own_disk_limit_fails_the_run_and_starts_no_re
     wait_for("the Job deleted", lambda: not jobs.training_jobs(namespace, "disk"), timeout=30)
     time.sleep(3)  # no new Job for the same spec
     assert not jobs.training_jobs(namespace, "disk") and jobs.status(namespace, "disk")["phase"] == "Failed"
+
+
+NODE_PRESSURE = "The node was low on resource: ephemeral-storage. Threshold quantity: 10Gi, available: 9Gi. "
+
+
+def _evict(jobs: Jobs, namespace: str, pod: str, message: str) -> None:
+    """Write the kubelet's eviction on a kwok pod, as the kubelet writes it: phase Failed, reason Evicted,
+    DisruptionTarget (TerminationByKubelet), which the Job's podFailurePolicy ignores."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    condition = {
+        "type": "DisruptionTarget",
+        "status": "True",
+        "reason": "TerminationByKubelet",
+        "message": message,
+        "lastTransitionTime": now,
+    }
+    jobs.cluster.core.patch_namespaced_pod_status(
+        pod,
+        namespace,
+        {"status": {"phase": "Failed", "reason": "Evicted", "message": message, "conditions": [condition]}},
+    )
+
+
+def test_node_pressure_evictions_are_counted_announced_and_stop_the_run_at_the_limit(
+    operator_factory: Callable[..., Any], jobs: Jobs, namespace: str
+) -> None:
+    """Each eviction for the node's disk pressure is a free retry of the Job (it replaces the pod), so the
+    operator counts them (status.evictions, an Event, a metric); at its limit (2 here) the run fails
+    EvictedRepeatedly naming the node, and its Job is deleted so that no third pod starts."""
+    port = free_port()
+    operator_factory(namespace, args=["--node-pressure-evictions", "2", "--metrics-port", str(port)])
+    jobs.create(namespace, ftj_manifest("pressed"))
+    (job,) = wait_for("the training Job", lambda: jobs.training_jobs(namespace, "pressed"))
+    first = jobs.running_pod(namespace, job.metadata.name)
+    _evict(jobs, namespace, first.metadata.name, NODE_PRESSURE)
+    record = wait_for("the eviction counted", lambda: jobs.status(namespace, "pressed").get("evictions"), timeout=30)
+    assert record["count"] == 1 and record["nodes"] == [first.spec.node_name]
+    assert record["last"]["pod"] == first.metadata.name and record["last"]["resource"] == "ephemeral-storage"
+    assert jobs.status(namespace, "pressed")["phase"] != "Failed"
+
+    def event() -> Any:
+        found = jobs.cluster.core.list_namespaced_event(namespace, field_selector="involvedObject.name=pressed")
+        return next((e for e in found.items if e.reason == "NodePressureEviction"), None)
+
+    announced = wait_for("the NodePressureEviction Event", event, timeout=30)
+    assert announced.type == "Warning" and first.metadata.name in announced.message and "1 of 2" in announced.message
+
+    second = wait_for(
+        "the Job's replacement pod",
+        lambda: next(
+            (
+                p
+                for p in jobs.pods(namespace, job.metadata.name)
+                if p.metadata.name != first.metadata.name and p.status.phase == "Running"
+            ),
+            None,
+        ),
+        timeout=60,
+    )
+    _evict(jobs, namespace, second.metadata.name, NODE_PRESSURE)
+    status = jobs.wait_phase(namespace, "pressed", "Failed", timeout=60)
+    assert status["error"]["code"] == "EvictedRepeatedly", status["error"]
+    assert "evicted 2 times" in status["error"]["message"] and second.spec.node_name in status["error"]["message"]
+    assert status["evictions"]["count"] == 2
+    wait_for("the Job deleted", lambda: not jobs.training_jobs(namespace, "pressed"), timeout=30)
+    time.sleep(3)  # no new Job for the same spec
+    assert not jobs.training_jobs(namespace, "pressed") and jobs.status(namespace, "pressed")["phase"] == "Failed"
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    assert 'finetune_operator_node_pressure_evictions_total{resource="ephemeral-storage"} 2.0' in metrics

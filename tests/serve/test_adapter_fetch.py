@@ -54,13 +54,14 @@ def test_a_verified_adapter_lands_with_the_sidecars_mark(s3_bucket: Any, tmp_pat
         ("no manifest", "no _MANIFEST.json"),
         ("missing", "files of its manifest missing: tok/t.json"),
         ("extra", "files not in its manifest: planted/run.py"),
-        ("changed", "downloaded files differ from its _MANIFEST.json: adapter_model.safetensors"),
+        # the same size, other bytes: read twice, then ObjectCorrupt naming the key (core/integrity.py)
+        ("changed", "model/adapter_model.safetensors: the object does not match its recorded checksum"),
     ],
 )
 def test_a_folder_that_does_not_match_its_manifest_is_refused(
     s3_bucket: Any, tmp_path: Path, change: str, named: str
 ) -> None:
-    from finetune_trainer.core.errors import ModelInvalid
+    from finetune_trainer.core.errors import ModelInvalid, ObjectCorrupt
     from finetune_trainer.serving.adapters.cli import fetch_adapter
 
     uri = _upload(s3_bucket, tmp_path)
@@ -75,7 +76,7 @@ def test_a_folder_that_does_not_match_its_manifest_is_refused(
     else:
         s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=key, Body=b"x" * 4096)
     folder = tmp_path / "adapters" / "bot-1234abcd" / "run-1"
-    with pytest.raises(ModelInvalid) as refused:
+    with pytest.raises(ObjectCorrupt if change == "changed" else ModelInvalid) as refused:
         fetch_adapter(uri, folder)
     assert named in str(refused.value) and uri in str(refused.value)
     assert not folder.exists() and list(folder.parent.iterdir()) == []  # nothing half-copied is left

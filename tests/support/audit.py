@@ -9,6 +9,8 @@ writes of two replicas sharing one kubeconfig are told apart.
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,17 +50,43 @@ def _time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def _lines(path: Path | None) -> Iterator[str]:
+    """Every line of the audit log, the rotated backup (audit-<time>.log, hack/cluster.sh keeps one) first: a
+    write must not hide in it."""
+    current = path or log_path()
+    files = [*sorted(current.parent.glob(f"{current.stem}-*{current.suffix}")), current]
+    for file in files:
+        yield from file.read_text(errors="replace").splitlines()
+
+
+def writes_by_client(namespace: str, since: datetime, until: datetime, path: Path | None = None) -> Counter[str]:
+    """How many writes each client sent into `namespace` between `since` and `until` (UTC), by the product
+    of its User-Agent (`finetune-operator`, `kube-controller-manager`, `jobset`, ...): the API server's own
+    count of who did the work for the objects there, whatever each client says of itself."""
+    counts: Counter[str] = Counter()
+    needle = f'"namespace":"{namespace}"'
+    for line in _lines(path):
+        if needle not in line:  # cheap: most lines are other namespaces'
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue  # a line being written as we read
+        if event.get("verb") not in WRITE_VERBS or (event.get("objectRef") or {}).get("namespace") != namespace:
+            continue
+        if not since <= _time(str(event.get("requestReceivedTimestamp"))) <= until:
+            continue
+        counts[str(event.get("userAgent") or "?").split("/", 1)[0]] += 1
+    return counts
+
+
 def writes(
     user_agent: str, namespace: str = "", since: datetime | None = None, path: Path | None = None
 ) -> list[Write]:
     """The writes whose User-Agent is exactly `user_agent` (in `namespace` when given), received at or after
     `since` (a UTC datetime)."""
     found: list[Write] = []
-    current = path or log_path()
-    # the rotated backup (audit-<time>.log, hack/cluster.sh keeps one) first: a write must not hide in it
-    files = [*sorted(current.parent.glob(f"{current.stem}-*{current.suffix}")), current]
-    lines = (line for file in files for line in file.read_text(errors="replace").splitlines())
-    for line in lines:
+    for line in _lines(path):
         if user_agent not in line:  # cheap: most lines are other clients'
             continue
         try:

@@ -66,13 +66,19 @@ def install_operator_crds(api_client: Any) -> None:
         install_crd(api_client, CRDS / file)
 
 
-def with_spec_field(body: dict[str, Any], field: str, schema: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the CRD `body` whose every version's `spec` has one more property, `field` with `schema` (e.g.
+def with_spec_field(
+    body: dict[str, Any], field: str, schema: dict[str, Any], under: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """A copy of the CRD `body` whose every version's `spec` (or the object at `spec.<under...>`, e.g.
+    `("template",)` for a FineTuneSweep's template) has one more property, `field` with `schema` (e.g.
     `{"type": "string", "default": "x"}`): the shape of a CRD upgrade that adds an optional, defaulted field."""
     changed = copy.deepcopy(body)
     for version in changed["spec"]["versions"]:
-        spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
-        if field in spec["properties"]:
-            raise ValueError(f"spec.{field} is already a field of {body['metadata']['name']}")
-        spec["properties"][field] = schema
+        node = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        for part in under:
+            node = node["properties"][part]
+        if field in node["properties"]:
+            path = ".".join(("spec", *under, field))
+            raise ValueError(f"{path} is already a field of {body['metadata']['name']}")
+        node["properties"][field] = schema
     return changed

@@ -122,12 +122,12 @@ def test_an_outage_beyond_the_patience_fails_retryable_and_the_broken_checkpoint
     upload_file = storage_module.Storage.upload_file
     uploaded: list[str] = []
 
-    def cut_inside_checkpoint_10(self: storage_module.Storage, path: Path, uri: S3Uri) -> None:
+    def cut_inside_checkpoint_10(self: storage_module.Storage, path: Path, uri: S3Uri) -> storage_module.Uploaded:
         if "/checkpoint-10/" in uri.key:
             uploaded.append(uri.key)
             if len(uploaded) == 2:  # one object of it is stored: a partial checkpoint
                 proxy.down()
-        upload_file(self, path, uri)
+        return upload_file(self, path, uri)
 
     monkeypatch.setattr(storage_module.Storage, "upload_file", cut_inside_checkpoint_10)
     failed = run_trainer(raw)

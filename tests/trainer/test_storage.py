@@ -45,7 +45,7 @@ def test_download_once_upload_and_delete(s3_bucket: Any, tmp_path: Path) -> None
     assert weights.stat().st_mtime_ns == stamp  # same size already local: not fetched again
 
     uploaded = storage.upload_dir(tmp_path / "m", S3Uri.parse(s3_bucket.uri("copy/")))
-    assert sorted(str(u) for u in uploaded) == [
+    assert sorted(str(u.uri) for u in uploaded) == [
         s3_bucket.uri("copy/config.json"),
         s3_bucket.uri("copy/sub/weights.bin"),
     ]

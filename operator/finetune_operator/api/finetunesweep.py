@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import ValidationError, field_validator, model_validator
 
-from finetune_operator.api.base import SpecModel
+from finetune_operator.api.base import SpecModel, without_unknown_fields
 from finetune_operator.api.finetunejob import parse_spec
 
 SWEEP_KIND = "FineTuneSweep"
@@ -146,6 +146,38 @@ class SweepSpec(SpecModel):
 def parse_sweep_spec(raw: dict[str, Any]) -> SweepSpec:
     """Parse the `spec` of a FineTuneSweep body (raises pydantic.ValidationError)."""
     return SweepSpec.model_validate(raw)
+
+
+def sweep_without_unknown_fields(raw: dict[str, Any], error: Any) -> tuple[dict[str, Any], list[str]] | None:
+    """`raw` (a sweep's spec) without the fields this operator does not know, in the sweep's own fields and in its
+    template (a FineTuneJob spec), with their `spec.<path>` names; None when anything else is refused too.
+
+    Why apart from api.base.without_unknown_fields: the template is checked by parsing it as a FineTuneJob spec
+    inside the sweep's validator, so pydantic reports its unknown fields as one value error of the whole sweep,
+    not by path; the template is read on its own first. A newer FineTuneJob CRD's defaulted field reaches the
+    template too (hack/gen_sweep_crd.py copies its schema), and the trials are made from the template read here.
+    `error` (the sweep's refusal) is not needed: the parts are parsed again, each for its own refusals.
+    """
+    del error
+    stripped, names = dict(raw), []
+    template = raw.get("template")
+    if isinstance(template, dict):
+        try:
+            parse_spec(template)
+        except ValidationError as refused:
+            found = without_unknown_fields(template, refused)
+            if found is None:
+                return None
+            stripped["template"] = found[0]
+            names += ["spec.template." + name.removeprefix("spec.") for name in found[1]]
+    try:
+        parse_sweep_spec(stripped)
+    except ValidationError as refused:
+        own = without_unknown_fields(stripped, refused)
+        if own is None:
+            return None
+        return own[0], names + own[1]
+    return (stripped, names) if names else None
 
 
 def parameter_number(parameter: ParameterSpec, value: float) -> float | int:

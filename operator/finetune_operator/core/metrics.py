@@ -25,6 +25,11 @@ RECONCILE_ERRORS = Counter(
     ["kind"],
 )
 QUEUE_DEPTH = Gauge("finetune_operator_queue_depth", "FineTuneJobs waiting to be reconciled")
+NODE_PRESSURE_EVICTIONS = Counter(
+    "finetune_operator_node_pressure_evictions_total",
+    "Run pods the kubelet evicted because their node ran low, by resource (finetunejob/evictions.py)",
+    ["resource"],
+)
 PHASES = Counter("finetune_operator_phase_transitions_total", "Phase changes", ["phase"])
 CHILD_CREATE_SECONDS = Histogram(
     "finetune_operator_child_create_seconds",

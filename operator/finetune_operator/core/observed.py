@@ -117,6 +117,7 @@ class PodObs:
     deleting: bool = False
     node_lost: str = ""  # its node, when Kubernetes evicted it because that node stopped responding
     eviction: str = ""  # the kubelet's message when it evicted the pod (status.reason Evicted)
+    node: str = ""  # spec.nodeName: where it was placed ("" until scheduled)
     job_uid: str = ""  # its controller Job's uid: the pod counts only through a Job that counts
     namespace: str = ""
 
@@ -160,6 +161,7 @@ def pod_obs(body: dict[str, Any]) -> PodObs:
         deleting=bool(meta.get("deletionTimestamp")),
         node_lost=_node_lost(body, conditions),
         eviction=str(status.get("message") or "Evicted") if status.get("reason") == "Evicted" else "",
+        node=str((body.get("spec") or {}).get("nodeName") or ""),
         job_uid=controller_uid(body, "Job", "batch"),
         namespace=meta.get("namespace", ""),
     )

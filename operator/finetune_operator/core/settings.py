@@ -172,6 +172,16 @@ class Settings:
         "retries of a training Job on infrastructure failures.",
         chart=("reconcile.backoffLimit",),
     )
+    # a node-pressure eviction is a free retry (podFailurePolicy ignores disruptions): bounded per Job
+    # (finetunejob/evictions.py), so a run that keeps getting evicted fails instead of looping
+    node_pressure_evictions: int = setting(
+        5,
+        "--node-pressure-evictions",
+        "FTO_NODE_PRESSURE_EVICTIONS",
+        "node-pressure evictions (the node low on disk or memory) of one training Job's pods after which the run "
+        "fails EvictedRepeatedly; 1 to 20.",
+        chart=("reconcile.nodePressureEvictions",),
+    )
     # SIGTERM -> checkpoint -> upload (the one in flight and the SIGTERM one) must fit in the training pod's
     # grace period, or the kubelet's SIGKILL loses the newest steps; Kubernetes' default is 30 s
     trainer_grace_seconds: int = setting(

@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from finetune_operator.api.base import invalid_spec_message, without_unknown_fields
+from finetune_operator import KIND
+from finetune_operator.api.base import invalid_spec_message
 from finetune_operator.api.finetunejob import FineTuneJobSpec, parse_spec
 from finetune_operator.api.labels import ANNOTATION_RETRY, Names
 from finetune_operator.api.modelserver import server_ref
@@ -31,9 +32,17 @@ from finetune_operator.builders.apikey import (
 from finetune_operator.builders.apikey import COMPONENT as KEY_COMPONENT
 from finetune_operator.builders.common import metadata
 from finetune_operator.builders.rbac import outdated_role, trainer_role, trainer_rules_hash
+from finetune_operator.core.accepted_spec import AcceptedSpecs
 from finetune_operator.core.errors import NameTaken, PermanentError, TemporaryError
 from finetune_operator.core.kube import Kube
-from finetune_operator.core.metrics import JOBS_BY_PHASE, PHASES, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
+from finetune_operator.core.metrics import (
+    JOBS_BY_PHASE,
+    NODE_PRESSURE_EVICTIONS,
+    PHASES,
+    RECONCILE_ERRORS,
+    RECONCILE_SECONDS,
+    RECONCILES,
+)
 from finetune_operator.core.observed import deployment_obs, job_obs
 from finetune_operator.core.settings import Settings
 from finetune_operator.core.status_patch import merge_patch, now_rfc3339
@@ -65,8 +74,8 @@ class Reconciler:
         # older operator's Role. One GET per job per process start; a uid is a few dozen bytes.
         self._rules_checked: set[str] = set()
         self._rules_lock = threading.Lock()
-        # (uid, generation) of the jobs read without a newer CRD's defaulted fields: logged once each
-        self._unknown_logged: set[tuple[str, int]] = set()
+        # specs read as accepted across a CRD upgrade that adds a defaulted field (core.accepted_spec)
+        self.accepted: AcceptedSpecs[FineTuneJobSpec] = AcceptedSpecs(KIND, parse_spec)
 
     def reconcile(self, key: Key) -> float | None:
         """One pass; returns seconds until the next pass is needed (None: wait for events)."""
@@ -83,44 +92,20 @@ class Reconciler:
         RECONCILES.labels("ok").inc()
         return requeue
 
-    def _accepted_spec(
-        self, body: dict[str, Any], status: dict[str, Any], generation: int, error: ValidationError
-    ) -> FineTuneJobSpec | None:
-        """The spec without the fields only a newer CRD's default put there, for a generation this operator
-        accepted before (status.observedGeneration is it, with no ConfigInvalid); else None (refused as usual).
-
-        Why: the chart's upgrade applies the new CRD first; from then on the API server shows its new defaulted
-        field on every stored FineTuneJob, and until the new operator runs, this one would fail them all,
-        finished and training alike, with ConfigInvalid. The user never asked for the field on this generation
-        (adding it would have made a new one), so reading the spec as it was accepted is what they asked for;
-        a spec change that sets it is refused naming it, as any field this operator does not know.
-        """
-        if int(status.get("observedGeneration") or 0) != generation:
-            return None
-        if (status.get("error") or {}).get("code") == "ConfigInvalid":
-            return None
-        found = without_unknown_fields(body.get("spec") or {}, error)
-        if found is None:
-            return None
-        raw, names = found
-        try:
-            spec = parse_spec(raw)
-        except ValidationError:
-            return None
-        meta = body["metadata"]
+    def prune(self) -> int:
+        """At each resync: the store's children that name no live owner, and the per-job memories of this loop
+        (the Role check, the unknown-field warnings) for uids the store no longer holds. How many store groups went."""
+        dropped = self.store.prune()
+        self.accepted.prune(lambda uid: self.store.key_of(uid) is not None)
         with self._rules_lock:
-            first = (meta["uid"], generation) not in self._unknown_logged
-            self._unknown_logged.add((meta["uid"], generation))
-        if first:
-            log.warning(
-                "%s/%s: %s not known to this operator (a newer CRD's default); generation %d was accepted without "
-                "it and is read as accepted: upgrade the operator",
-                meta["namespace"],
-                meta["name"],
-                ", ".join(names),
-                generation,
-            )
-        return spec
+            self._rules_checked = {uid for uid in self._rules_checked if self.store.key_of(uid) is not None}
+        return dropped
+
+    def forget(self, uid: str) -> None:
+        """A FineTuneJob was deleted: drop this loop's per-job memories of it."""
+        self.accepted.forget(uid)
+        with self._rules_lock:
+            self._rules_checked.discard(uid)
 
     def _reconcile(self, key: Key) -> float | None:
         view = self.store.view(key)
@@ -130,13 +115,11 @@ class Reconciler:
         owner = Owner(meta["namespace"], meta["name"], meta["uid"])
         generation = int(meta.get("generation") or 1)
         try:
-            spec = parse_spec(view.body.get("spec") or {})
+            refused = (status.get("error") or {}).get("code") == "ConfigInvalid"
+            spec, _raw = self.accepted.read(view.body, refused_before=refused)
         except ValidationError as error:
-            accepted = self._accepted_spec(view.body, status, generation, error)
-            if accepted is None:
-                self._write_status(view.body, invalid_spec_status(error, generation))
-                return None
-            spec = accepted
+            self._write_status(view.body, invalid_spec_status(error, generation))
+            return None
         retry_token = str((meta.get("annotations") or {}).get(ANNOTATION_RETRY, ""))
         snapshot = Snapshot(
             owner=owner,
@@ -288,3 +271,5 @@ class Reconciler:
             # the critical path
             for event in decided.events:
                 self.pool.submit(self.kube.post_event, owner, event.type, event.reason, event.message)
+            for resource in decided.evicted:  # counted once: the status that records them is written
+                NODE_PRESSURE_EVICTIONS.labels(resource).inc()

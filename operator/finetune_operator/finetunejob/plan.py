@@ -38,6 +38,15 @@ from finetune_operator.core.observed import JobObs, PodObs
 from finetune_operator.core.settings import Settings
 from finetune_operator.finetunejob import secret_refs
 from finetune_operator.finetunejob.disk import DISK_LIMIT_EXCEEDED, disk_limit_message, own_limit_eviction
+from finetune_operator.finetunejob.evictions import (
+    EVENT_REASON,
+    EVICTED_REPEATEDLY,
+    Evictions,
+    counted,
+    event_message,
+    failure_message,
+    pressure_resource,
+)
 from finetune_operator.finetunejob.gate import GateResult, evaluate_gate
 from finetune_operator.finetunejob.oom import OOM_KILLED, OUT_OF_MEMORY, explained, killed_pod
 from finetune_operator.finetunejob.progress import progress_of
@@ -76,6 +85,7 @@ class Plan:
     status: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
+    evicted: tuple[str, ...] = ()  # what the node ran low on, per node-pressure eviction counted first this pass
 
 
 def run_of(snapshot: Snapshot) -> tuple[int, str]:
@@ -320,6 +330,33 @@ def _disk_limit_exceeded(
     return failed, [ChildRef("batch/v1", "Job", job.name, uid=job.uid)]
 
 
+def _evicted_repeatedly(
+    state: TrainingState,
+    snapshot: Snapshot,
+    run: int,
+    job: JobObs | None,
+    pods: Sequence[PodObs],
+    settings: Settings,
+) -> tuple[TrainingState, Evictions, list[ChildRef]]:
+    """The node-pressure evictions of the run's current Job counted (evictions.py); at the operator's limit an
+    unfinished run fails EvictedRepeatedly and its Job is deleted, so that the Job controller, which ignores
+    evictions, starts no further replacement. Without a Job, status keeps what it counted for this run."""
+    previous = snapshot.status.get("evictions")
+    if job is None:
+        kept = previous if isinstance(previous, dict) and previous.get("run") == run else None
+        return state, Evictions(kept), []
+    evictions = counted(run, job, pods, previous)
+    limit = max(1, settings.node_pressure_evictions)
+    if evictions.count < limit or job.complete or state.phase in ("Failed", "Trained"):
+        return state, evictions, []
+    message = failure_message(run, evictions, limit)
+    failed = TrainingState(
+        "Failed", EVICTED_REPEATEDLY, message, ErrorInfo(EVICTED_REPEATEDLY, message), attempts=state.attempts
+    )
+    stop = [] if job.deleting else [ChildRef("batch/v1", "Job", job.name, uid=job.uid)]
+    return failed, evictions, stop
+
+
 def _after_training(spec: FineTuneJobSpec, phase: str, endpoint: dict[str, Any] | None, run: int) -> str:
     """A trained run that passed its gate: Succeeded without serving, else Serving once its endpoint serves it."""
     if phase != "Trained":
@@ -395,6 +432,7 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
     state = secret_refs.explained(state, spec, owner.namespace)  # a Secret or key the pods wait for, by field
     state = _out_of_memory_explained(state, snapshot, validation, job, pods, settings)
     state, stopped = _disk_limit_exceeded(state, snapshot, validation, job, pods)
+    state, evictions, evicted_stop = _evicted_repeatedly(state, snapshot, run, job, pods, settings)
     metrics = state.metrics or (status.get("metrics") if same_run else None) or {}
     earlier = _carried_over(spec, status.get("published"), run)
     cached_base = cached_base_model_uri(spec, validation.record)  # an hf:// base model's copy
@@ -415,17 +453,30 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
         published=published,
         serving=serving,
         progress=progress,
+        evictions=evictions.record,
     )
     new_status, events = status_of(snapshot, outcome)
+    limit = max(1, settings.node_pressure_evictions)
+    first = evictions.count - len(evictions.new) + 1
+    events += [
+        Event("Warning", EVENT_REASON, event_message(run, p, first + i, limit)) for i, p in enumerate(evictions.new)
+    ]
     return Plan(
         run=run,
         create=actions.create,
         apply=serving.apply,
-        delete=[*retired_children(owner, snapshot.jobs, run), *actions.delete, *stopped, *serving.delete],
+        delete=[
+            *retired_children(owner, snapshot.jobs, run),
+            *actions.delete,
+            *stopped,
+            *evicted_stop,
+            *serving.delete,
+        ],
         suspend_job=actions.suspend_job,
         status=new_status,
         events=events,
         requeue_after=_requeue_after(snapshot, state, published is not None, settings),
+        evicted=tuple(pressure_resource(p.eviction) for p in evictions.new),
     )
 
 

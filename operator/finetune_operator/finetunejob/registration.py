@@ -39,6 +39,7 @@ def _job_body(loop: Reconciler, event: str, body: dict[str, Any]) -> list[Key]:
     meta = body["metadata"]
     if event == DELETED:
         loop.store.forget_body(meta["namespace"], meta["name"], meta["uid"])
+        loop.forget(meta["uid"])
         JOBS_BY_PHASE.forget(meta["namespace"], meta["name"])
         return []
     if loop.store.holds(body):
@@ -113,7 +114,7 @@ CONTROLLER: Controller[Reconciler] = Controller(
     reconcile=Reconciler.reconcile,
     keys=lambda loop: loop.store.all_keys(),
     concurrency=lambda settings: settings.reconcile_threads,
-    prune=lambda loop: loop.store.prune(),
+    prune=Reconciler.prune,
     watches=(
         Watch(FINETUNEJOBS, _job_body),
         Watch(MODELSERVERS, _server_body),

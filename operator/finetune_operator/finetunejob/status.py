@@ -72,6 +72,7 @@ class Outcome:
     published: Published | None
     serving: ServingDecision
     progress: dict[str, Any] | None = None  # status.progress: the trainer's validated report
+    evictions: dict[str, Any] | None = None  # status.evictions: the current Job's node-pressure evictions
 
 
 def status_of(snapshot: Snapshot, outcome: Outcome) -> tuple[dict[str, Any], list[Event]]:
@@ -123,6 +124,7 @@ def status_of(snapshot: Snapshot, outcome: Outcome) -> tuple[dict[str, Any], lis
         "serving": key.to_status() if key else None,
         "published": published.to_status() if published else None,
         "progress": outcome.progress,
+        "evictions": outcome.evictions,
         "error": error.to_status() if error else None,
     }
     events: list[Event] = []

@@ -21,10 +21,13 @@ from finetune_operator.api.finetunesweep import (
     ANNOTATION_PARAMETERS,
     ANNOTATION_STOPPED,
     SWEEP_KIND,
+    SweepSpec,
     parse_sweep_spec,
+    sweep_without_unknown_fields,
 )
 from finetune_operator.api.objects import Event, Owner
 from finetune_operator.api.ownership import controlled_by
+from finetune_operator.core.accepted_spec import AcceptedSpecs
 from finetune_operator.core.errors import NameTaken, PermanentError, TemporaryError
 from finetune_operator.core.kube import Kube
 from finetune_operator.core.status_patch import merge_patch, now_rfc3339
@@ -39,6 +42,10 @@ log = logging.getLogger(__name__)
 class SweepReconciler:
     def __init__(self, kube: Kube, sweeps: SweepStore | None = None) -> None:
         self.kube, self.sweeps = kube, sweeps or SweepStore()
+        # specs read as accepted across a CRD upgrade that adds a defaulted field (core.accepted_spec)
+        self.accepted: AcceptedSpecs[SweepSpec] = AcceptedSpecs(
+            SWEEP_KIND, parse_sweep_spec, sweep_without_unknown_fields
+        )
 
     def reconcile(self, key: Key) -> float | None:
         """One pass; temporary API trouble goes back to the queue with its delay."""
@@ -62,7 +69,8 @@ class SweepReconciler:
         generation = int(str(meta.get("generation") or 1))
         owner = Owner(str(meta["namespace"]), str(meta["name"]), str(meta["uid"]))
         try:
-            spec = parse_sweep_spec(body.get("spec") or {})
+            refused = (status.get("error") or {}).get("code") == "ConfigInvalid"
+            spec, _raw = self.accepted.read(body, refused_before=refused)
         except ValidationError as error:
             message = invalid_spec_message(error)
             error_status = {"code": "ConfigInvalid", "message": message[:4096]}
@@ -82,6 +90,13 @@ class SweepReconciler:
         self._write_status(body, decided.status)
         for event in decided.events:
             self._event(owner, event)
+
+    def prune(self) -> int:
+        """At each resync: the trials filed under no live sweep, and the unknown-field warnings' memory of the
+        sweeps no longer held. How many trial groups went."""
+        dropped = self.sweeps.prune()
+        self.accepted.prune(lambda uid: self.sweeps.key_of(uid) is not None)
+        return dropped
 
     def _event(self, owner: Owner, event: Event) -> None:
         """Best effort (post_event never raises a temporary error): Events are for humans."""

@@ -37,6 +37,7 @@ USER_ERRORS = frozenset(
         "DatasetInvalid",
         "DiskRequestTooSmall",
         "ModelInvalid",
+        "ObjectCorrupt",
         "PlanDoesNotFit",
         "SecretMissing",
         "UnsafeObjectKey",

@@ -25,6 +25,7 @@ def _sweep_body(loop: SweepReconciler, event: str, body: dict[str, Any]) -> list
     meta = body["metadata"]
     if event == DELETED:
         loop.sweeps.forget_sweep(meta["namespace"], meta["name"], meta["uid"])
+        loop.accepted.forget(meta["uid"])
         return []
     return [loop.sweeps.put_sweep(body)]
 
@@ -46,7 +47,7 @@ CONTROLLER: Controller[SweepReconciler] = Controller(
     reconcile=SweepReconciler.reconcile,
     keys=lambda loop: loop.sweeps.all_keys(),
     concurrency=lambda _settings: 1,
-    prune=lambda loop: loop.sweeps.prune(),
+    prune=SweepReconciler.prune,
     watches=(
         Watch(FINETUNESWEEPS, _sweep_body),
         Watch(FINETUNEJOBS, _trial, owner_label=LABEL_SWEEP_UID, urgent=True),

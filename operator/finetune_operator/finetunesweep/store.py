@@ -83,6 +83,10 @@ class SweepStore:
                     self._trials.pop(sweep_uid, None)
             return self._sweep_in(sweep_uid, namespace)
 
+    def key_of(self, uid: str) -> Key | None:
+        with self._lock:
+            return self._uids.get(uid)
+
     def _sweep_in(self, sweep_uid: str, namespace: str) -> Key | None:
         key = self._uids.get(sweep_uid)
         return key if key is not None and key[0] == namespace else None

@@ -20,9 +20,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from finetune_operator.api.modelserver import SERVER_KIND, reference_of
+from pydantic import ValidationError
+
+from finetune_operator.api import conditions as cond
+from finetune_operator.api.modelserver import SERVER_KIND, ModelServerSpec, parse_server_spec, reference_of
 from finetune_operator.builders.apikey import generate_key
 from finetune_operator.builders.modelserver import ServerNames, ServerOwner, generated_key_secret
+from finetune_operator.core.accepted_spec import AcceptedSpecs
 from finetune_operator.core.errors import NameTaken, TemporaryError
 from finetune_operator.core.kube import Kube
 from finetune_operator.core.settings import Settings
@@ -47,6 +51,8 @@ class ServerReconciler:
     def __init__(self, kube: Kube, store: Store, settings: Settings, servers: ServerStore | None = None) -> None:
         self.kube, self.store, self.settings = kube, store, settings
         self.servers = servers or ServerStore()
+        # specs read as accepted across a CRD upgrade that adds a defaulted field (core.accepted_spec)
+        self.accepted: AcceptedSpecs[ModelServerSpec] = AcceptedSpecs(SERVER_KIND, parse_server_spec)
 
     def reconcile(self, key: Key) -> float | None:
         """One pass; returns seconds until the next one (temporary API trouble: the queue's backoff)."""
@@ -60,6 +66,7 @@ class ServerReconciler:
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None  # its objects go by garbage collection; the FineTuneJobs see ServerNotFound
         uid = str(body["metadata"]["uid"])
+        body = self._as_accepted(body)
         snapshot = ServerSnapshot(
             body=body,
             jobs=tuple(self.store.bodies_naming(key, reference_of)),
@@ -80,6 +87,25 @@ class ServerReconciler:
             return NAME_TAKEN_RETRY_SECONDS
         self._write(body, decided.status)
         return decided.requeue_after
+
+    def _as_accepted(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The body with its spec as this operator accepted it: a generation served before (Ready not refused as
+        ConfigInvalid) is read without a newer CRD's defaulted fields (core.accepted_spec); any other refusal is
+        left for the plan, which reports it by name (Ready=False, ConfigInvalid)."""
+        ready = cond.find((body.get("status") or {}).get("conditions"), cond.READY)
+        refused = ready is not None and ready.get("reason") == "ConfigInvalid"
+        try:
+            _spec, raw = self.accepted.read(body, refused_before=refused)
+        except ValidationError:
+            return body
+        return body if raw is body.get("spec") else {**body, "spec": raw}
+
+    def prune(self) -> int:
+        """At each resync: the objects filed under no live server, and the unknown-field warnings' memory of the
+        servers no longer held. How many groups went."""
+        dropped = self.servers.prune()
+        self.accepted.prune(lambda uid: self.servers.key_of(uid) is not None)
+        return dropped
 
     def _file(self, written: dict[str, Any] | None) -> None:
         """Remember what a pass wrote, so the next pass, before the watch reports it, does not write it again

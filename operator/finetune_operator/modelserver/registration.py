@@ -39,6 +39,7 @@ def _server_body(loop: ServerReconciler, event: str, body: dict[str, Any]) -> li
     if event == DELETED:
         loop.store.forget_server(*key)
         loop.servers.forget(meta["namespace"], meta["uid"])
+        loop.accepted.forget(meta["uid"])
         return []
     loop.servers.track(meta["uid"], loop.store.put_server(body))
     return [key]
@@ -88,7 +89,7 @@ CONTROLLER: Controller[ServerReconciler] = Controller(
     reconcile=ServerReconciler.reconcile,
     keys=lambda loop: loop.store.server_keys(),
     concurrency=lambda _settings: 2,
-    prune=lambda loop: loop.servers.prune(),
+    prune=ServerReconciler.prune,
     watches=(
         Watch(MODELSERVERS, _server_body),
         Watch(FINETUNEJOBS, _job_body),

@@ -10,6 +10,9 @@ from finetune_operator.core.observed import JobObs, PodObs, job_obs, parse_termi
 from finetune_operator.finetunejob.training_state import training_state
 
 OK = json.dumps({"code": "Succeeded", "message": "trained 12 steps", "metrics": {"test": {"loss": 1.2}}})
+CORRUPT = json.dumps(
+    {"code": "ObjectCorrupt", "message": "s3://b/data/train.jsonl: the object does not match its recorded checksum"}
+)
 BAD_DATA = json.dumps({"code": "DatasetInvalid", "message": "train.jsonl line 17: missing field 'messages'"})
 
 JOB = JobObs("j-r1", 1, active=1)
@@ -152,6 +155,17 @@ CASES: list[tuple[str, JobObs | None, list[PodObs], dict[str, Any], bool, bool, 
         "Failed",
         "DatasetInvalid",
         "DatasetInvalid",
+    ),
+    (
+        "corrupt-object",
+        JobObs("j-r1", 1, failed=1, failed_condition=True, failure_reason="PodFailurePolicy"),
+        [PodObs("p1", 1, phase="Failed", exit_code=42, termination_message=CORRUPT)],
+        {},
+        False,
+        False,
+        "Failed",
+        "ObjectCorrupt",
+        "ObjectCorrupt",
     ),
     (
         "backoff",

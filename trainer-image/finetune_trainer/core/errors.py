@@ -85,6 +85,14 @@ class StorageNotFound(UserError):
     code: ClassVar[str] = "StorageNotFound"
 
 
+class ObjectCorrupt(UserError):
+    """An object does not match its recorded checksum or size (core/integrity.py) after one more download: it is
+    corrupt or truncated in storage, so another attempt would read the same bytes. The message names the bucket
+    and key. A corrupt checkpoint is not this error: the trainer resumes from the previous complete one."""
+
+    code: ClassVar[str] = "ObjectCorrupt"
+
+
 class HubAccessDenied(UserError):
     """The model hub refused the repo (401/403: a gated or private repo without a token, or with a wrong one)."""
 
@@ -205,6 +213,7 @@ USER_ERROR_CODES: frozenset[str] = frozenset(
         HubAccessDenied,
         ModelInvalid,
         ModelNotFound,
+        ObjectCorrupt,
         OutOfMemory,
         PlanDoesNotFit,
         StorageAccessDenied,

@@ -10,8 +10,9 @@ does not fetch them again.
 
 A folder with a `_MANIFEST.json` (every model folder the trainer writes: core/manifest.py) is verified against
 it: its listing must name exactly the manifest's files with their sizes before anything is downloaded, and each
-downloaded file must have its sha256 (`ModelInvalid`, 42, otherwise). `download_model` is that step, shared with
-the adapters sidecar (which requires the manifest) and our own server's loader. Every key lands through
+downloaded file must have its sha256 (a copy that differs is downloaded once more, then `ObjectCorrupt`, 42,
+naming the key: core/integrity.py); a listing that differs is `ModelInvalid` (42). `download_model` is that step,
+shared with the adapters sidecar (which requires the manifest) and our own server's loader. Every key lands through
 `s3_uri.local_path`, which refuses keys that would leave the destination (`UnsafeObjectKey`, 42).
 """
 
@@ -74,11 +75,10 @@ def download_model(storage: Storage, uri: S3Uri, dest: Path, *, require_manifest
             )
         return storage.download_listed(objects, uri, dest)
     files = manifest.parse(storage.read_bytes(record.uri), str(folder))
-    listed = {relative_key(o.uri, uri): o.size for o in objects if o is not record}
-    manifest.check_listing(files, listed, str(folder))
-    paths = storage.download_listed(objects, uri, dest)
-    manifest.check_files(files, dest, str(folder))
-    return paths
+    listed = {relative_key(o.uri, uri): o for o in objects if o is not record}
+    manifest.check_listing(files, {name: o.size for name, o in listed.items()}, str(folder))
+    # each file is checked against the manifest's sha256 as it lands (downloaded once more, then ObjectCorrupt)
+    return storage.download_listed(objects, uri, dest, {o.uri.key: files[name].sha256 for name, o in listed.items()})
 
 
 def fetch(wanted: Sequence[Copy], storage: Storage) -> list[Fetched]:

@@ -5,8 +5,9 @@ pod's `fetch`, our own server's loader) copy it back from object storage, where 
 the prefix can add, drop or change objects, and a listing alone cannot tell a finished model from one still
 being uploaded. The trainer writes the manifest last, after every file of the folder, from the files it
 uploaded; a reader compares the listing with it before downloading anything (an extra, missing or
-differently sized object refuses the folder) and every downloaded file's sha256 after. A mismatch is
-`ModelInvalid` (exit 42) naming the folder and the files. What it does not do: stop a writer of the prefix
+differently sized object refuses the folder: `ModelInvalid`, exit 42, naming the folder and the files) and
+every downloaded file's sha256 as it lands (core/integrity.py: a copy that differs is downloaded once more, then
+`ObjectCorrupt`, exit 42, naming the key). What it does not do: stop a writer of the prefix
 who rewrites the manifest too; keeping other tenants out of a prefix is the storage's IAM (docs/security.md).
 Pure: building reads local files, checking takes the listing and the local folder; storage I/O is `fetch`'s.
 """
@@ -17,11 +18,11 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from finetune_trainer.core.errors import ModelInvalid
-from finetune_trainer.core.paths import inside, relative_path
+from finetune_trainer.core.paths import relative_path
 
 MANIFEST = "_MANIFEST.json"
 """The manifest's name inside the model folder."""
@@ -56,8 +57,15 @@ def describe(folder: Path, files: Sequence[Path]) -> bytes:
         name = path.relative_to(folder).as_posix()
         if name == MANIFEST:
             continue
-        entries[name] = {"size": path.stat().st_size, "sha256": sha256_of(path)}
-    return json.dumps({"version": VERSION, "files": dict(sorted(entries.items()))}, indent=2).encode()
+        entries[name] = FileEntry(path.stat().st_size, sha256_of(path))
+    return render(entries)
+
+
+def render(entries: Mapping[str, FileEntry]) -> bytes:
+    """The manifest document naming `entries` (relative name -> size and sha256), as written to storage: for a
+    writer that has the sha256s already (the uploads computed them), so no file is read twice."""
+    files = {name: {"size": e.size, "sha256": e.sha256} for name, e in sorted(entries.items())}
+    return json.dumps({"version": VERSION, "files": files}, indent=2).encode()
 
 
 def parse(data: bytes, where: str) -> dict[str, FileEntry]:
@@ -96,14 +104,3 @@ def check_listing(manifest: Mapping[str, FileEntry], listed: Mapping[str, int], 
         problems.append(f"files of another size than its manifest says: {', '.join(resized)}")
     if problems:
         raise ModelInvalid(f"{where} does not match its {MANIFEST}: {'; '.join(problems)}")
-
-
-def check_files(manifest: Mapping[str, FileEntry], folder: Path, where: str) -> None:
-    """Every file of the manifest below `folder` has its size and sha256: else ModelInvalid naming them."""
-    changed = []
-    for name, entry in sorted(manifest.items()):
-        path = inside(folder, PurePosixPath(name), what=f"{where}{MANIFEST}")
-        if not path.is_file() or path.stat().st_size != entry.size or sha256_of(path) != entry.sha256:
-            changed.append(name)
-    if changed:
-        raise ModelInvalid(f"{where}: downloaded files differ from its {MANIFEST}: {', '.join(changed)}")

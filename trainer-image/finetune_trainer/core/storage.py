@@ -16,6 +16,11 @@ then `StorageUnavailable` (retryable: exit 1, the next pod resumes). boto3's own
 come first. Only errors that say nothing about the request are retried: refused, reset or timed-out
 connections and 5xx/throttling answers; a 403 or 404 fails at once. `OUTAGES` counts the retries and the time
 waited (the chaos benchmark's figures; the log has a line per retry).
+Integrity (core/integrity.py): every upload records the sha256 of its bytes as the object's user metadata
+(`x-amz-meta-fto-sha256`) in the request that writes it, and is checked after (HEAD: the stored size); every
+download is checked against what is recorded (size always, the sha256 when recorded or named by a manifest, the
+ETag's MD5 when it is one), and one that differs is downloaded once more, then refused as `ObjectCorrupt` (exit
+42) naming the bucket and key. `INTEGRITY` counts those retries and refusals (the chaos benchmark's figures).
 The addresses themselves (`S3Uri`, `ObjectInfo`, `relative_key`, `local_path`) are `s3_uri`; every download lands
 at `local_path`, which refuses keys that would leave the download folder (core/paths.py).
 """
@@ -24,19 +29,22 @@ from __future__ import annotations
 
 import builtins
 import functools
+import hashlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from finetune_trainer.core import integrity
 from finetune_trainer.core.disk import ensure_free_space
 from finetune_trainer.core.errors import (
     ConfigInvalid,
     InternalError,
+    ObjectCorrupt,
     StorageAccessDenied,
     StorageNotFound,
     StorageUnavailable,
@@ -81,6 +89,18 @@ def patience_seconds() -> float:
     return value
 
 
+ETAG_MD5_ENV = "FTO_S3_ETAG_MD5"
+
+
+def etag_md5() -> bool:
+    """Whether a download of an object with no recorded sha256 is checked against its ETag as an MD5
+    (`FTO_S3_ETAG_MD5`, default `on`; `off` for an S3-compatible store whose single-PUT ETags are not MD5s)."""
+    raw = os.environ.get(ETAG_MD5_ENV, "on").strip().lower()
+    if raw not in ("on", "off"):
+        raise ConfigInvalid(f"{ETAG_MD5_ENV}: must be on or off, got {raw!r}")
+    return raw == "on"
+
+
 @dataclass
 class OutageCounter:
     """S3 calls retried after a transient failure, and the seconds spent waiting, in this process."""
@@ -97,6 +117,35 @@ class OutageCounter:
 
 
 OUTAGES = OutageCounter()
+
+
+@dataclass
+class IntegrityCounter:
+    """Copies that did not match their object's record (each downloaded once more), and objects refused as corrupt
+    after that second download, in this process."""
+
+    retried: int = 0
+    refused: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, *, refused: bool) -> None:
+        with self.lock:
+            if refused:
+                self.refused += 1
+            else:
+                self.retried += 1
+
+
+INTEGRITY = IntegrityCounter()
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """One object the trainer wrote: where, how many bytes, and the sha256 recorded with it."""
+
+    uri: S3Uri
+    size: int
+    sha256: str
 
 
 def is_transient(error: BaseException) -> bool:
@@ -208,6 +257,19 @@ def local_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and not is_etag_record(p))
 
 
+_NO_METADATA_WARNED: set[str] = set()
+
+
+def _warn_once_no_metadata(uri: S3Uri) -> None:
+    """The server did not keep the sha256 metadata of an upload: its downloads are checked by size and MD5 only."""
+    if uri.bucket not in _NO_METADATA_WARNED:
+        _NO_METADATA_WARNED.add(uri.bucket)
+        log.warning(
+            "%s: the S3 server kept no %s metadata; downloads of bucket %s are checked by size and ETag only",
+            uri, integrity.SHA256_METADATA, uri.bucket,
+        )  # fmt: skip
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_text()
@@ -218,6 +280,11 @@ def _read(path: Path) -> str | None:
 def _already_local(dest: Path, info: ObjectInfo) -> bool:
     """A copy of this very object (same size, same recorded ETag) is at `dest`: nothing to fetch."""
     return dest.is_file() and dest.stat().st_size == info.size and _read(etag_record(dest)) == info.etag
+
+
+def _reusable(dest: Path, info: ObjectInfo, sha256: str | None) -> bool:
+    """The copy at `dest` is this object (`_already_local`) and, when a manifest names its sha256, has it."""
+    return _already_local(dest, info) and (sha256 is None or integrity.sha256_file(dest) == sha256.lower())
 
 
 class Storage:
@@ -268,6 +335,8 @@ class Storage:
         try:
             return fn()
         except (ClientError, BotoCoreError, S3UploadFailedError) as error:
+            if type(error).__name__ == "FlexibleChecksumError":  # botocore checked S3's own checksum of a body
+                raise ObjectCorrupt(f"{action} {uri}: {error}") from error
             if is_transient(error):
                 raise StorageUnavailable(f"{action} {uri}: S3 unreachable or failing ({error})") from error
             # boto3's upload_file wraps the server's ClientError in its own class (kept as the context);
@@ -315,32 +384,63 @@ class Storage:
 
     def head(self, uri: S3Uri) -> ObjectInfo:
         """Size and ETag of one object."""
-        head = self._call(uri, "reading", lambda: self.client.head_object(Bucket=uri.bucket, Key=uri.key))
+        head = self._head(uri)
         return ObjectInfo(uri, int(head["ContentLength"]), _etag(head.get("ETag")))
 
-    def download_file(self, uri: S3Uri, dest: Path, known: ObjectInfo | None = None) -> Path:
-        """Copy one object to `dest` (atomically), unless the same object (size and ETag) is already there.
+    def _head(self, uri: S3Uri) -> dict[str, Any]:
+        """The HEAD answer of one object (size, ETag, metadata, encryption), as boto3 returns it."""
+        head: dict[str, Any] = self._call(
+            uri, "reading", lambda: self.client.head_object(Bucket=uri.bucket, Key=uri.key)
+        )
+        return head
 
-        `known` is the object as listed (saves a HEAD request). The ETag of the copy is kept in
-        `etag_record(dest)`; a copy without one (or with another) is fetched again.
+    def expected(self, uri: S3Uri, sha256: str | None = None) -> integrity.Expected:
+        """What a copy of `uri` must be (integrity.expected_from_head); `sha256`: a manifest's record of it."""
+        return integrity.expected_from_head(self._head(uri), sha256, etag_md5())
+
+    def download_file(self, uri: S3Uri, dest: Path, known: ObjectInfo | None = None, sha256: str | None = None) -> Path:
+        """Copy one object to `dest` (atomically), verified, unless the same object is already there.
+
+        `known` is the object as listed: a copy at `dest` with its size and ETag (kept in `etag_record(dest)` at
+        download) is the same object and is not fetched again (nor hashed again, unless `sha256` names it). A new
+        copy is checked against the object's record (integrity.expected_from_head: its size, the sha256 in its
+        metadata or `sha256`, a manifest's, and the ETag's MD5); one that differs is downloaded once more, then
+        refused with `ObjectCorrupt` naming the key. Only a verified copy ever lands at `dest`.
         """
-        info = known if known is not None and known.etag else self.head(uri)
-        record = etag_record(dest)
-        if _already_local(dest, info):
+        if known is not None and known.etag and _reusable(dest, known, sha256):
             log.debug("already local: %s -> %s", uri, dest)
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
         partial = dest.with_name(dest.name + f".part-{os.getpid()}")
-        progress = _Progress(str(uri), info.size)
-        self._call(
-            uri,
-            "downloading",
-            lambda: self.client.download_file(uri.bucket, uri.key, str(partial), Callback=progress),
-        )
-        record.unlink(missing_ok=True)  # never a new file beside an old ETag
-        partial.replace(dest)
-        record.write_text(info.etag)
-        return dest
+        found: list[str] = []
+        attempts = integrity.RETRIES + 1
+        for attempt in range(1, attempts + 1):
+            head = self._head(uri)
+            info = ObjectInfo(uri, int(head["ContentLength"]), _etag(head.get("ETag")))
+            if attempt == 1 and known is None and _reusable(dest, info, sha256):
+                log.debug("already local: %s -> %s", uri, dest)
+                return dest
+            expected = integrity.expected_from_head(head, sha256, etag_md5())
+            progress = _Progress(str(uri), info.size)
+            try:
+                fetch = functools.partial(
+                    self.client.download_file, uri.bucket, uri.key, str(partial), Callback=progress
+                )
+                self._call(uri, "downloading", fetch)
+                found = integrity.problems(expected, integrity.observe_file(partial, expected))
+            except ObjectCorrupt as error:  # S3's own checksum of the body (botocore) did not match
+                found = [str(error)]
+            if not found:
+                record = etag_record(dest)
+                record.unlink(missing_ok=True)  # never a new file beside an old ETag
+                partial.replace(dest)
+                record.write_text(info.etag)
+                return dest
+            partial.unlink(missing_ok=True)
+            INTEGRITY.count(refused=attempt == attempts)
+            if attempt < attempts:
+                log.warning("%s: the copy does not match the object (%s); downloading it once more", uri, found)
+        raise ObjectCorrupt(integrity.corrupt_message(str(uri), found, attempts))
 
     def download(self, uri: S3Uri, dest_dir: Path) -> builtins.list[Path]:
         """Copy a file or every object under a prefix into `dest_dir`, keeping relative paths.
@@ -353,53 +453,107 @@ class Storage:
             raise StorageNotFound(f"nothing found at {uri}")
         return self.download_listed(objects, uri, dest_dir)
 
-    def download_listed(self, objects: builtins.list[ObjectInfo], uri: S3Uri, dest_dir: Path) -> builtins.list[Path]:
+    def download_listed(
+        self,
+        objects: builtins.list[ObjectInfo],
+        uri: S3Uri,
+        dest_dir: Path,
+        sha256s: Mapping[str, str] | None = None,
+    ) -> builtins.list[Path]:
         """Copy `objects` (listed under `uri`) into `dest_dir`, keeping their paths below `uri`; every key is
-        checked (core/paths.py) before the first download starts, so a refused key leaves nothing behind."""
+        checked (core/paths.py) before the first download starts, so a refused key leaves nothing behind.
+        `sha256s`: a manifest's record (object key -> sha256), checked beside each object's own."""
+        recorded = sha256s or {}
         targets = [(obj, local_path(obj.uri, uri, dest_dir)) for obj in objects]
         total = sum(o.size for o in objects)
         missing = sum(obj.size for obj, path in targets if not _already_local(path, obj))
         ensure_free_space(missing, str(uri), dest_dir)  # refused with the numbers before the first byte
         log.info("downloading %s: %d object(s), %.1f MiB -> %s", uri, len(objects), total / 2**20, dest_dir)
         started = time.monotonic()
-        paths = [self.download_file(obj.uri, path, obj) for obj, path in targets]
+        paths = [self.download_file(obj.uri, path, obj, recorded.get(obj.uri.key)) for obj, path in targets]
         log.info("downloaded %s in %.1fs", uri, time.monotonic() - started)
         return paths
 
-    def read_bytes(self, uri: S3Uri) -> bytes:
-        """The content of one (small) object."""
-        response = self._call(uri, "reading", lambda: self.client.get_object(Bucket=uri.bucket, Key=uri.key))
-        body: bytes = self._call(uri, "reading", lambda: response["Body"].read())
-        return body
+    def read_bytes(self, uri: S3Uri, sha256: str | None = None) -> bytes:
+        """The content of one (small) object, verified like a download (`download_file`): read once more when it
+        does not match its record, then `ObjectCorrupt`."""
+        found: list[str] = []
+        attempts = integrity.RETRIES + 1
+        for attempt in range(1, attempts + 1):
+            response = self._call(uri, "reading", lambda: self.client.get_object(Bucket=uri.bucket, Key=uri.key))
+            try:
+                body: bytes = self._call(uri, "reading", response["Body"].read)
+                expected = integrity.expected_from_head(response, sha256, etag_md5())
+                found = integrity.problems(expected, integrity.observe_bytes(body, expected))
+            except ObjectCorrupt as error:
+                found = [str(error)]
+            if not found:
+                return body
+            INTEGRITY.count(refused=attempt == attempts)
+            if attempt < attempts:
+                log.warning("%s: the bytes read do not match the object (%s); reading it once more", uri, found)
+        raise ObjectCorrupt(integrity.corrupt_message(str(uri), found, attempts))
 
-    def write_bytes(self, uri: S3Uri, data: bytes, content_type: str = "application/octet-stream") -> None:
-        """Write one small object."""
+    def write_bytes(self, uri: S3Uri, data: bytes, content_type: str = "application/octet-stream") -> Uploaded:
+        """Write one small object in one PUT, its sha256 recorded in its metadata (a PUT is atomic: the object is
+        the old one or the whole new one)."""
+        sha = hashlib.sha256(data).hexdigest()
         self._call(
             uri,
             "writing",
-            lambda: self.client.put_object(Bucket=uri.bucket, Key=uri.key, Body=data, ContentType=content_type),
+            lambda: self.client.put_object(
+                Bucket=uri.bucket,
+                Key=uri.key,
+                Body=data,
+                ContentType=content_type,
+                Metadata={integrity.SHA256_METADATA: sha},
+            ),
+        )
+        return Uploaded(uri, len(data), sha)
+
+    def upload_file(self, path: Path, uri: S3Uri) -> Uploaded:
+        """Upload one local file (multipart for large ones, handled by boto3's transfer manager), its sha256
+        recorded in its metadata; then the stored object's size is checked (HEAD), and an upload that did not
+        store every byte is made once more, then fails (InternalError, retryable: the bytes are ours)."""
+        size = path.stat().st_size
+        sha = integrity.sha256_file(path)
+        extra = {"Metadata": {integrity.SHA256_METADATA: sha}}
+        attempts = integrity.RETRIES + 1
+        stored: dict[str, Any] = {}
+        for attempt in range(1, attempts + 1):
+            progress = _Progress(f"{path} -> {uri}", size)
+            put = functools.partial(
+                self.client.upload_file, str(path), uri.bucket, uri.key, ExtraArgs=extra, Callback=progress
+            )
+            self._call(uri, "uploading", put)
+            stored = self._head(uri)
+            if int(stored.get("ContentLength") or 0) == size:
+                if integrity.recorded_sha256(stored.get("Metadata")) != sha:
+                    _warn_once_no_metadata(uri)
+                return Uploaded(uri, size, sha)
+            INTEGRITY.count(refused=attempt == attempts)
+            if attempt < attempts:
+                log.warning("%s: stored %s bytes of %d; uploading once more", uri, stored.get("ContentLength"), size)
+        raise InternalError(
+            f"uploading {uri}: the server stored {stored.get('ContentLength')} bytes of {path} ({size} bytes) "
+            f"after {attempts} uploads"
         )
 
-    def upload_file(self, path: Path, uri: S3Uri) -> None:
-        """Upload one local file (multipart for large ones, handled by boto3's transfer manager)."""
-        progress = _Progress(f"{path} -> {uri}", path.stat().st_size)
-        self._call(
-            uri,
-            "uploading",
-            lambda: self.client.upload_file(str(path), uri.bucket, uri.key, Callback=progress),
-        )
-
-    def upload_dir(self, local: Path, uri: S3Uri, skip: Callable[[Path], bool] | None = None) -> builtins.list[S3Uri]:
+    def upload_dir(
+        self, local: Path, uri: S3Uri, skip: Callable[[Path], bool] | None = None
+    ) -> builtins.list[Uploaded]:
         """Upload every file below `local` under the prefix `uri`, keeping relative paths (not ETag records)."""
         uploaded = []
         for path in local_files(local):
             if skip is not None and skip(path):
                 continue
-            target = uri.join(path.relative_to(local).as_posix())
-            self.upload_file(path, target)
-            uploaded.append(target)
+            uploaded.append(self.upload_file(path, uri.join(path.relative_to(local).as_posix())))
         log.info("uploaded %d file(s) from %s to %s", len(uploaded), local, uri)
         return uploaded
+
+    def delete(self, uri: S3Uri) -> None:
+        """Delete one object (a missing one is no error: S3's DeleteObject answers 204 either way)."""
+        self._call(uri, "deleting", lambda: self.client.delete_object(Bucket=uri.bucket, Key=uri.key))
 
     def delete_prefix(self, uri: S3Uri) -> int:
         """Delete every object under the folder `uri` (in batches of 1000); returns how many."""

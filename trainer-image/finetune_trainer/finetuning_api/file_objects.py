@@ -6,12 +6,14 @@ namespace's credentials Secret (`ApiConfig.credentials_secret`) can make the ser
 own ServiceAccount cannot read any Secret. Why the metadata (filename, status, its details, schema) sits in
 the object's own S3 metadata: one PUT writes a file and everything said about it, so there is no second object
 to leave behind, and nothing is kept in the service's memory. Metadata values are percent-encoded (S3
-metadata is ASCII) and the details cut to `DETAILS_LIMIT` (S3 allows 2 KiB of metadata per object).
+metadata is ASCII) and the details cut to `DETAILS_LIMIT` (S3 allows 2 KiB of metadata per object). The
+file's sha256 is in it too (`fto-sha256`, core/integrity.py): the trainer checks its copy of the file by it.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import quote, unquote
 
+from finetune_trainer.core import integrity
+from finetune_trainer.core.integrity import SHA256_METADATA
 from finetune_trainer.finetuning_api import file_store
 from finetune_trainer.finetuning_api.caller import Caller
 from finetune_trainer.finetuning_api.config import ApiConfig
@@ -125,6 +129,16 @@ def files_of(config: ApiConfig, caller: Caller) -> FileObjects:
     return FileObjects(config, caller.namespace, s3_client(config, credentials(config, caller)))
 
 
+def _sha256(body: IO[bytes]) -> str:
+    """The sha256 (hex) of a seekable body, read from the start; the body is left at its start for the upload."""
+    digest = hashlib.sha256()
+    body.seek(0)
+    while chunk := body.read(1 << 20):
+        digest.update(chunk)
+    body.seek(0)
+    return digest.hexdigest()
+
+
 def _storage_error(error: Exception, key: str, action: str) -> ApiError:
     code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
     log.warning("storage %s of %s failed: %s", action, key, error)
@@ -147,7 +161,8 @@ class FileObjects:
 
     def put(self, file_id: str, body: IO[bytes], filename: str, status: str, details: str | None) -> None:
         key = file_store.object_key(self.namespace, file_id)
-        metadata = {"filename": quote(filename, safe=""), "status": status}
+        # the sha256 the trainer checks its download of the file against (core/integrity.py)
+        metadata = {"filename": quote(filename, safe=""), "status": status, SHA256_METADATA: _sha256(body)}
         if details:
             metadata["status-details"] = quote(details[:DETAILS_LIMIT], safe="")
         try:
@@ -223,22 +238,34 @@ class FileObjects:
 
     def read_object(self, key: str, what: str, limit: int = 64 << 20) -> tuple[bytes, int]:
         """A small object of the namespace's bucket (a run's metrics.json) and its last-modified time (Unix
-        seconds); 404 naming `what` when it is not there, 502 past `limit` bytes."""
-        try:
-            got = self.client.get_object(Bucket=self.config.bucket, Key=key)
-        except Exception as error:
-            if _status(error) == 404:
-                raise not_found("file", what) from None
-            raise _storage_error(error, key, "read") from error
-        body = got["Body"]
-        try:
-            data = body.read(limit + 1)
-        finally:
-            body.close()
-        if len(data) > limit:
-            raise ApiError(502, f"{key} is larger than {limit} bytes: not read")
-        modified = got.get("LastModified")
-        return data, int(modified.timestamp()) if modified is not None else 0
+        seconds); 404 naming `what` when it is not there, 502 past `limit` bytes, and 502 when its bytes do not
+        match the size and sha256 the trainer recorded with it (core/integrity.py) twice in a row."""
+        found: list[str] = []
+        for _ in range(integrity.RETRIES + 1):
+            try:
+                got = self.client.get_object(Bucket=self.config.bucket, Key=key)
+            except Exception as error:
+                if _status(error) == 404:
+                    raise not_found("file", what) from None
+                raise _storage_error(error, key, "read") from error
+            body = got["Body"]
+            try:
+                data = body.read(limit + 1)
+            finally:
+                body.close()
+            if len(data) > limit:
+                raise ApiError(502, f"{key} is larger than {limit} bytes: not read")
+            expected = integrity.expected_from_head(got)
+            found = integrity.problems(expected, integrity.observe_bytes(data, expected))
+            if not found:
+                modified = got.get("LastModified")
+                return data, int(modified.timestamp()) if modified is not None else 0
+            log.warning("%s: the bytes read do not match the object (%s)", key, "; ".join(found))
+        raise ApiError(
+            502,
+            integrity.corrupt_message(f"s3://{self.config.bucket}/{key}", found, integrity.RETRIES + 1),
+            code="object_corrupt",
+        )
 
     def delete(self, file_id: str) -> None:
         self.head(file_id)  # 404 for a file that is not there

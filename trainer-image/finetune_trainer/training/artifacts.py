@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_trainer.config import TrainerConfig
-from finetune_trainer.core.manifest import MANIFEST, describe
+from finetune_trainer.core.manifest import MANIFEST, FileEntry, render
 from finetune_trainer.core.s3_uri import S3Uri
 from finetune_trainer.core.storage import Storage, local_files
 from finetune_trainer.evaluation.report import loss_curve_png, loss_history, render_html
@@ -119,11 +119,19 @@ def metrics_document(
 
 def upload_model(storage: Storage, model_folder: Path, model_uri: S3Uri) -> None:
     """Upload the model folder, then its manifest (core/manifest.py): every file's name, size and sha256,
-    written last, so a reader that finds the manifest finds the whole folder and can check each file."""
+    written last, so a reader that finds the manifest finds the whole folder and can check each file.
+
+    A manifest an earlier attempt left is deleted first: while the files are replaced, the folder has no manifest
+    (the adapters sidecar refuses it, `fetch` checks nothing against an old one), so it is complete or unpublished,
+    never a new file beside an old record."""
     files = [f for f in local_files(model_folder) if f.relative_to(model_folder).as_posix() != MANIFEST]
+    storage.delete(model_uri.join(MANIFEST))
+    entries = {}
     for path in files:
-        storage.upload_file(path, model_uri.join(path.relative_to(model_folder).as_posix()))
-    storage.write_bytes(model_uri.join(MANIFEST), describe(model_folder, files), "application/json")
+        name = path.relative_to(model_folder).as_posix()
+        uploaded = storage.upload_file(path, model_uri.join(name))
+        entries[name] = FileEntry(uploaded.size, uploaded.sha256)
+    storage.write_bytes(model_uri.join(MANIFEST), render(entries), "application/json")
     log.info("uploaded the model (%d file(s) and %s) to %s", len(files), MANIFEST, model_uri)
 
 

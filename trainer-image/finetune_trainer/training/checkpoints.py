@@ -1,9 +1,14 @@
 """Checkpoints in object storage: upload after every save, completion marker last, resume, retention.
 
 Why a marker: an upload interrupted by SIGKILL, OOM or node loss leaves a partial folder; only a folder
-whose `_COMPLETE` object exists (written after every other file) is ever resumed from. On start the newest
-complete `checkpoint-<step>` of this run is downloaded and handed to the Trainer, which restores weights,
-optimizer, scheduler, RNG and the step counter. Only the newest `keep` complete checkpoints stay; older
+whose `_COMPLETE` object exists (written after every other file) is ever resumed from. The marker names every
+file rank 0 uploaded with its size and sha256 (other ranks' RNG states carry theirs in their metadata, as every
+object the trainer writes: core/integrity.py). On start the newest complete `checkpoint-<step>` of this run is
+downloaded, verified (a listing without a file the marker names, or a file whose bytes differ from its record
+after one more download, refuses it) and handed to the Trainer, which restores weights, optimizer, scheduler,
+RNG and the step counter; a refused checkpoint is logged and the one before it is tried, so a corrupt
+checkpoint costs the steps since the previous one, never the run. Only when every complete checkpoint is
+refused does the run fail (`ObjectCorrupt`, naming each). Only the newest `keep` complete checkpoints stay; older
 ones and abandoned partial ones are deleted. `select_for_deletion` is pure and unit-tested.
 
 Uploads run beside training (`finetune_trainer.training.uploader` owns the thread); what that thread uploads next,
@@ -15,15 +20,16 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from finetune_trainer.config import JobRef
-from finetune_trainer.core import distributed
-from finetune_trainer.core.errors import ConfigInvalid
-from finetune_trainer.core.s3_uri import S3Uri
+from finetune_trainer.core import distributed, integrity
+from finetune_trainer.core.errors import ConfigInvalid, ObjectCorrupt
+from finetune_trainer.core.s3_uri import S3Uri, relative_key
 from finetune_trainer.core.storage import Storage
 from finetune_trainer.training.sharding import SHARD_FILE
 
@@ -140,15 +146,40 @@ class CheckpointStore:
         return self.root.join(f"checkpoint-{step}/")
 
     def fetch_latest(self, local_root: Path) -> Path | None:
-        """Download the newest complete checkpoint to `local_root/checkpoint-<step>` (None: there is none)."""
-        step = self.index().newest_complete
-        if step is None:
-            return None
-        target = local_root / f"checkpoint-{step}"
-        self.storage.download(self.uri(step), target)
-        (target / MARKER).unlink(missing_ok=True)
-        log.info("resuming from %s (step %d)", self.uri(step), step)
-        return target
+        """Download the newest complete checkpoint that verifies to `local_root/checkpoint-<step>` (None: there
+        is no complete one). A corrupt or incomplete one is skipped for the one before it; when every complete
+        checkpoint is refused, ObjectCorrupt names them all."""
+        refused = []
+        for step in sorted(self.index().complete, reverse=True):
+            target = local_root / f"checkpoint-{step}"
+            try:
+                self.fetch(step, target)
+            except ObjectCorrupt as error:
+                shutil.rmtree(target, ignore_errors=True)
+                log.error("checkpoint %d cannot be resumed from, trying the one before it: %s", step, error)
+                refused.append(str(error))
+                continue
+            log.info("resuming from %s (step %d)", self.uri(step), step)
+            return target
+        if refused:
+            raise ObjectCorrupt(f"no checkpoint under {self.root} can be resumed from: {' | '.join(refused)}")
+        return None
+
+    def fetch(self, step: int, target: Path) -> None:
+        """Download checkpoint `step` to `target`, verified against its marker and each object's own record."""
+        uri = self.uri(step)
+        marker = uri.join(MARKER)
+        try:
+            entries = integrity.entries_from_marker(json.loads(self.storage.read_bytes(marker)), str(marker))
+        except ValueError as error:  # a marker that is no JSON, or a malformed file list
+            raise ObjectCorrupt(f"{marker}: {error}") from None
+        objects = [o for o in self.storage.list(uri) if o.uri.key != marker.key]
+        listed = {relative_key(o.uri, uri): o.size for o in objects}
+        missing = integrity.missing_from_listing(entries, listed, str(uri))
+        if missing:
+            raise ObjectCorrupt(f"checkpoint {step} does not match its {MARKER} marker: {'; '.join(missing)}")
+        sha256s = {uri.key + name: sha for name, (_, sha) in entries.items()}
+        self.storage.download_listed(objects, uri, target, sha256s)
 
     def upload_own_state(self, local: Path, step: int) -> None:
         """On ranks other than 0: upload this rank's RNG state now, before the barrier of `on_save`.
@@ -162,7 +193,8 @@ class CheckpointStore:
         self.storage.upload_dir(local, self.uri(step), skip=lambda path: not uploads(path.name, rank, world))
 
     def upload(self, local: Path, step: int, resolved_config: str) -> None:
-        """Rank 0: upload the shared files of a checkpoint, then its config, then the marker; then prune.
+        """Rank 0: upload the shared files of a checkpoint, then its config, then the marker (naming each file
+        uploaded here with its size and sha256); then prune.
 
         Call only once every other rank's `upload_own_state` for `step` has returned (the barrier in
         `on_save`), so the marker is written after every object of the checkpoint. Uses no collective, so
@@ -172,9 +204,15 @@ class CheckpointStore:
         world = distributed.world_size()
         log.info("uploading checkpoint %d to %s", step, target)
         started = time.monotonic()
-        self.storage.upload_dir(local, target, skip=lambda path: not uploads(path.name, 0, world))
-        self.storage.write_bytes(target.join("trainer_config.json"), resolved_config.encode(), "application/json")
-        self.storage.write_bytes(target.join(MARKER), json.dumps({"step": step}).encode(), "application/json")
+        # the same step saved again (after resuming from an earlier one): its old marker goes before any file
+        self.storage.delete(target.join(MARKER))
+        written = self.storage.upload_dir(local, target, skip=lambda path: not uploads(path.name, 0, world))
+        written.append(
+            self.storage.write_bytes(target.join("trainer_config.json"), resolved_config.encode(), "application/json")
+        )
+        files = {relative_key(w.uri, target): {"size": w.size, "sha256": w.sha256} for w in written}
+        marker = json.dumps({"step": step, "files": dict(sorted(files.items()))}, indent=1).encode()
+        self.storage.write_bytes(target.join(MARKER), marker, "application/json")
         log.info("checkpoint %d complete at %s (%.1fs)", step, target, time.monotonic() - started)
         self.prune()
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.core.errors import ConfigInvalid, DatasetInvalid, ModelInvalid, ModelNotFound, StorageNotFound
+from finetune_trainer.core.fetch import download_model
 from finetune_trainer.core.s3_uri import S3Uri, local_path
 from finetune_trainer.core.storage import Storage
 from finetune_trainer.data import formats, near_duplicates, readers, split, split_files
@@ -100,9 +101,10 @@ class Inputs:
 
 
 def fetch_model(storage: Storage, uri: str, folder: Path) -> Path:
-    """Download the base model folder once; a prefix with nothing under it is ModelNotFound."""
+    """Download the base model folder once; a prefix with nothing under it is ModelNotFound. A folder with a
+    `_MANIFEST.json` (a model this trainer wrote, used as a base) is verified against it (core/fetch.py)."""
     location = _model_location(storage, uri)
-    storage.download(location, folder)
+    download_model(storage, location, folder, require_manifest=False)
     check_model_folder(folder, uri)
     return folder
 
