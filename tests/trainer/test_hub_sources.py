@@ -357,7 +357,7 @@ def test_a_disk_that_fills_up_during_the_download_is_a_retryable_infrastructure_
 def test_smollm2_from_the_hub_is_copied_verified_and_cached_once(
     smol_hub: str, s3_bucket: Any, run_validate: Validator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from finetune_trainer.core.manifest import sha256_of
+    from finetune_trainer.core.integrity import sha256_file as sha256_of
 
     monkeypatch.setenv("HF_ENDPOINT", smol_hub)
     monkeypatch.delenv("HF_TOKEN", raising=False)

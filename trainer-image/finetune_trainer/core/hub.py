@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from finetune_trainer.core import manifest
+from finetune_trainer.core import integrity, manifest
 from finetune_trainer.core.disk import ensure_free_space
 from finetune_trainer.core.errors import (
     ConfigInvalid,
@@ -304,7 +304,7 @@ def verify(path: Path, file: HubFile, where: str) -> str:
     """The file's sha256 once its size and its LFS sha256 or git blob id match the hub's listing; else
     HubUnavailable (a transfer that went wrong is retried; the file is never copied)."""
     size = path.stat().st_size
-    sha = manifest.sha256_of(path)
+    sha = integrity.sha256_file(path)
     if size != file.size:
         problem = f"{size} bytes, the hub lists {file.size}"
     elif file.sha256 is not None and sha != file.sha256:

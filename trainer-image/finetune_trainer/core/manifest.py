@@ -14,7 +14,6 @@ Pure: building reads local files, checking takes the listing and the local folde
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from finetune_trainer.core.errors import ModelInvalid
+from finetune_trainer.core.integrity import sha256_file
 from finetune_trainer.core.paths import relative_path
 
 MANIFEST = "_MANIFEST.json"
 """The manifest's name inside the model folder."""
 
 VERSION = 1
-_CHUNK = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -37,14 +36,6 @@ class FileEntry:
 
     size: int
     sha256: str
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def describe(folder: Path, files: Sequence[Path]) -> bytes:
@@ -57,7 +48,7 @@ def describe(folder: Path, files: Sequence[Path]) -> bytes:
         name = path.relative_to(folder).as_posix()
         if name == MANIFEST:
             continue
-        entries[name] = FileEntry(path.stat().st_size, sha256_of(path))
+        entries[name] = FileEntry(path.stat().st_size, sha256_file(path))
     return render(entries)
 
 
