@@ -23,7 +23,7 @@ from finetune_trainer.training.modeling import Hardware, apply_method, load_mode
 from finetune_trainer.training.train import collator_for, compile_for_training, trainer_class, training_arguments
 
 from tests.trainer.builders import arithmetic_records
-from tests.trainer.test_loss_path import STEPS, config_for
+from tests.trainer.test_loss_path import STEPS, assert_same_curve, config_for
 
 RELATIVE = 1e-4
 
@@ -93,8 +93,7 @@ def test_fixed_seed_loss_curve_matches_with_compiled_layers(
     assert "torch.compile of the decoder layers: on (FTO_TORCH_COMPILE=on)" in log and "probe step" in log
     assert not any(eager_compiled) and all(was_compiled)
     assert len(eager) == len(compiled) == STEPS
-    for step, (theirs, mine) in enumerate(zip(eager, compiled, strict=True), start=1):
-        assert mine == pytest.approx(theirs, rel=RELATIVE), f"step {step}: {mine} vs {theirs}"
+    assert_same_curve(eager, compiled, RELATIVE)
     assert graphs[0] > 0, "nothing was compiled"
     assert graphs[-1] == graphs[0], f"recompiled after the probe: graphs per step {graphs}"
 

@@ -94,15 +94,20 @@ def loss_curve(folder: Path, method: str, new_path: bool, scratch: Path) -> tupl
     return curve, heads.seen
 
 
+def assert_same_curve(reference: list[float], new: list[float], relative: float = RELATIVE) -> None:
+    """Every logged loss of `new` within `relative` of `reference`'s at the same step, and the run trained."""
+    for step, (theirs, mine) in enumerate(zip(reference, new, strict=True), start=1):
+        assert mine == pytest.approx(theirs, rel=relative), f"step {step}: {mine} vs {theirs}"
+    assert new[-1] < new[0]  # it trained
+
+
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_fixed_seed_loss_curve_matches_the_stock_loss(method: str, tiny_llama_folder: Path, tmp_path: Path) -> None:
     stock, stock_heads = loss_curve(tiny_llama_folder, method, False, tmp_path / "stock")
     new, new_heads = loss_curve(tiny_llama_folder, method, True, tmp_path / "new")
     assert len(stock) == len(new) == STEPS
     assert set(new_heads) == {1} and min(stock_heads) > 1  # the new path ran; the stock one projected every token
-    for step, (theirs, mine) in enumerate(zip(stock, new, strict=True), start=1):
-        assert mine == pytest.approx(theirs, rel=RELATIVE), f"step {step}: {mine} vs {theirs}"
-    assert new[-1] < new[0]  # it trained
+    assert_same_curve(stock, new)
 
 
 @pytest.mark.parametrize("tied", [True, False])
