@@ -118,19 +118,11 @@ def test_a_trainer_evicted_for_its_own_disk_limit_fails_the_run_and_starts_no_re
     pod = jobs.running_pod(namespace, job.metadata.name)
     (container,) = pod.spec.containers
     assert container.resources.limits["ephemeral-storage"] == "2Gi"
-    message = "Pod ephemeral local storage usage exceeds the total limit of containers 2Gi. "
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    condition = {
-        "type": "DisruptionTarget",
-        "status": "True",
-        "reason": "TerminationByKubelet",
-        "message": message,
-        "lastTransitionTime": now,
-    }
-    jobs.cluster.core.patch_namespaced_pod_status(
-        pod.metadata.name,
+    _evict(
+        jobs,
         namespace,
-        {"status": {"phase": "Failed", "reason": "Evicted", "message": message, "conditions": [condition]}},
+        pod.metadata.name,
+        "Pod ephemeral local storage usage exceeds the total limit of containers 2Gi. ",
     )
     status = jobs.wait_phase(namespace, "disk", "Failed", timeout=60)
     assert status["error"]["code"] == "DiskLimitExceeded", status["error"]
