@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from tests.support.cluster import state_dir
 
@@ -59,20 +60,26 @@ def _lines(path: Path | None) -> Iterator[str]:
         yield from file.read_text(errors="replace").splitlines()
 
 
-def writes_by_client(namespace: str, since: datetime, until: datetime, path: Path | None = None) -> Counter[str]:
-    """How many writes each client sent into `namespace` between `since` and `until` (UTC), by the product
-    of its User-Agent (`finetune-operator`, `kube-controller-manager`, `jobset`, ...): the API server's own
-    count of who did the work for the objects there, whatever each client says of itself."""
-    counts: Counter[str] = Counter()
-    needle = f'"namespace":"{namespace}"'
+def _write_events(path: Path | None, needle: str) -> Iterator[dict[str, Any]]:
+    """The write events of the log whose line contains `needle` (a substring test before any JSON is parsed)."""
     for line in _lines(path):
-        if needle not in line:  # cheap: most lines are other namespaces'
+        if needle not in line:
             continue
         try:
             event = json.loads(line)
         except ValueError:
             continue  # a line being written as we read
-        if event.get("verb") not in WRITE_VERBS or (event.get("objectRef") or {}).get("namespace") != namespace:
+        if event.get("verb") in WRITE_VERBS:
+            yield event
+
+
+def writes_by_client(namespace: str, since: datetime, until: datetime, path: Path | None = None) -> Counter[str]:
+    """How many writes each client sent into `namespace` between `since` and `until` (UTC), by the product
+    of its User-Agent (`finetune-operator`, `kube-controller-manager`, `jobset`, ...): the API server's own
+    count of who did the work for the objects there, whatever each client says of itself."""
+    counts: Counter[str] = Counter()
+    for event in _write_events(path, f'"namespace":"{namespace}"'):  # cheap: most lines are other namespaces'
+        if (event.get("objectRef") or {}).get("namespace") != namespace:
             continue
         if not since <= _time(str(event.get("requestReceivedTimestamp"))) <= until:
             continue
@@ -86,14 +93,8 @@ def writes(
     """The writes whose User-Agent is exactly `user_agent` (in `namespace` when given), received at or after
     `since` (a UTC datetime)."""
     found: list[Write] = []
-    for line in _lines(path):
-        if user_agent not in line:  # cheap: most lines are other clients'
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue  # a line being written as we read
-        if event.get("userAgent") != user_agent or event.get("verb") not in WRITE_VERBS:
+    for event in _write_events(path, user_agent):  # cheap: most lines are other clients'
+        if event.get("userAgent") != user_agent:
             continue
         ref = event.get("objectRef") or {}
         if namespace and ref.get("namespace") != namespace:
