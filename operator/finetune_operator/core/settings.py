@@ -52,7 +52,7 @@ class Option:
     env: str
     help: str
     chart: tuple[str, ...] = ()  # the values.yaml keys the chart renders into `env` (none: the chart sets no value)
-    choices: tuple[str, ...] = ()  # the flag refuses anything else (argparse)
+    choices: tuple[Any, ...] = ()  # the flag and the variable refuse anything else (values of the field's type)
     reset: tuple[str, ...] = ()  # flags that put a list setting back to its default, whatever else is given
     reset_help: str = ""
     check: Callable[[tuple[str, ...]], str] | None = None  # entries -> what is wrong with them ("" when nothing)
@@ -181,6 +181,7 @@ class Settings:
         "node-pressure evictions (the node low on disk or memory) of one training Job's pods after which the run "
         "fails EvictedRepeatedly; 1 to 20.",
         chart=("reconcile.nodePressureEvictions",),
+        choices=tuple(range(1, 21)),
     )
     # SIGTERM -> checkpoint -> upload (the one in flight and the SIGTERM one) must fit in the training pod's
     # grace period, or the kubelet's SIGKILL loses the newest steps; Kubernetes' default is 30 s
@@ -421,6 +422,14 @@ def _split(value: str) -> tuple[str, ...]:
     return tuple(entry.strip() for entry in value.split(",") if entry.strip())
 
 
+def _refuse_unlisted(option: Option, given: str | None, value: Any) -> None:
+    """A variable's value outside the setting's choices is refused by name, as argparse refuses the flag's: argparse
+    never checks a default, and the variable is read as the flag's default."""
+    if given is not None and option.choices and value not in option.choices:
+        allowed = ", ".join(str(choice) for choice in option.choices)
+        raise SystemExit(f"{option.env}={given}: not one of {allowed} ({option.flags[0]})")
+
+
 def _add_argument(parser: argparse.ArgumentParser, item: Declared, env: Mapping[str, str]) -> list[str]:
     """The setting's flags, their default from its FTO_* variable when set; the dests to read it back from."""
     option = item.option
@@ -438,9 +447,11 @@ def _add_argument(parser: argparse.ArgumentParser, item: Declared, env: Mapping[
         )
     elif item.type in (int, float):
         default = item.default if given is None else item.type(given)
+        _refuse_unlisted(option, given, default)
         action = parser.add_argument(*option.flags, type=item.type, default=default, help=option.full_help, **extra)
     else:
         default = item.default if given is None else given
+        _refuse_unlisted(option, given, default)
         action = parser.add_argument(*option.flags, default=default, help=option.full_help, **extra)
     dests = [action.dest]
     if option.reset:

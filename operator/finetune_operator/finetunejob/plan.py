@@ -346,7 +346,7 @@ def _evicted_repeatedly(
         kept = previous if isinstance(previous, dict) and previous.get("run") == run else None
         return state, Evictions(kept), []
     evictions = counted(run, job, pods, previous)
-    limit = max(1, settings.node_pressure_evictions)
+    limit = settings.node_pressure_evictions
     if evictions.count < limit or job.complete or state.phase in ("Failed", "Trained"):
         return state, evictions, []
     message = failure_message(run, evictions, limit)
@@ -456,7 +456,7 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
         evictions=evictions.record,
     )
     new_status, events = status_of(snapshot, outcome)
-    limit = max(1, settings.node_pressure_evictions)
+    limit = settings.node_pressure_evictions
     first = evictions.count - len(evictions.new) + 1
     events += [
         Event("Warning", EVENT_REASON, event_message(run, p, first + i, limit)) for i, p in enumerate(evictions.new)

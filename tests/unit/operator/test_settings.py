@@ -222,3 +222,16 @@ def test_the_readme_table_is_the_declaration() -> None:
         default = env_text(item, item.default)
         shown = "(unset)" if item.default is None else f"`{default}`" if default else "(empty)"
         assert f"| {shown} |" in row, (row, default)
+
+
+def test_a_value_outside_a_settings_choices_is_refused_from_the_variable_as_from_the_flag() -> None:
+    for env, value in (
+        ("FTO_NODE_PRESSURE_EVICTIONS", "0"),
+        ("FTO_NODE_PRESSURE_EVICTIONS", "21"),
+        ("FTO_LOG_FORMAT", "xml"),
+    ):
+        with pytest.raises(SystemExit, match=f"{env}={value}: not one of"):
+            parse_args([], env={env: value})
+    with pytest.raises(SystemExit):
+        parse_args(["--node-pressure-evictions", "0"], env={})
+    assert parse_args([], env={"FTO_NODE_PRESSURE_EVICTIONS": "20"}).node_pressure_evictions == 20
