@@ -370,3 +370,19 @@ def test_table_overrides() -> None:
     assert accelerator("MIG-3g.40gb", table) == table["MIG-3g.40gb"]
     assert accelerator("some-unknown-gpu") is None
     assert GPUS["A100-80G"].memory_bytes == 81920 << 20  # the default table is unchanged
+
+
+def test_record_attention_on_cpu_drops_the_quadratic_mask_term() -> None:
+    """On CPU a Llama attends record by record (no T x T mask saved per layer): activations grow linearly with
+    the micro-batch's tokens; on a GPU (SDPA over the block-diagonal mask) they grow faster than linearly."""
+    shape = model_shape(SMOLLM2_135M)
+
+    def activations(device: Any, batch: int) -> int:
+        return estimate(shape, Setup(method=Method("lora"), precision="fp32", micro_batch=batch, seq_length=512),
+                        device).activations  # fmt: skip
+
+    on_cpu = [activations(cpu(64 * GiB), batch) for batch in (2, 4, 8)]
+    on_gpu = [activations(H100, batch) for batch in (2, 4, 8)]
+    assert on_cpu[2] - on_cpu[1] == pytest.approx(2 * (on_cpu[1] - on_cpu[0]), rel=0.01)  # linear in tokens
+    assert on_gpu[2] - on_gpu[1] > 2.2 * (on_gpu[1] - on_gpu[0])  # the mask's T^2 term
+    assert on_cpu[2] < on_gpu[2]

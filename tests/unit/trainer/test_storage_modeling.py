@@ -101,3 +101,14 @@ def test_flash_attention_only_on_a_gpu_in_half_precision_where_installed() -> No
     assert attention_implementation(True, "fp32", True) is None  # flash-attn has no fp32 kernels
     assert attention_implementation(True, "bf16", False) is None  # not installed: transformers' SDPA
     assert attention_implementation(False, "bf16", True) is None  # CPU
+
+
+def test_record_attention_on_cpu_for_causal_llama_only() -> None:
+    from finetune_trainer.training import segmented_attention
+    from finetune_trainer.training.modeling import attention_implementation
+
+    assert attention_implementation(False, "fp32", False, "llama") == segmented_attention.NAME
+    assert attention_implementation(False, "fp32", False, "llama", causal_lm=False) is None  # classifiers: padded
+    assert attention_implementation(False, "fp32", False, "gemma2") is None  # sliding windows: transformers' SDPA
+    assert attention_implementation(True, "bf16", True, "llama") == "flash_attention_2"
+    assert attention_implementation(True, "bf16", False, "llama") is None  # GPU without flash-attn: not measured

@@ -28,7 +28,9 @@ Per process, in bytes (P parameters, P_t trainable, N shards; mixed = bf16/fp16 
   inputs, q/k/v/output of attention (k and v repeated to all heads when a mask is used), the MLP's three
   I-wide tensors. Flattened micro-batches of several sequences need a block-diagonal mask: transformers
   passes it to SDPA as a T x T boolean, which torch converts to the compute dtype and saves per layer (a
-  T^2 term; a micro-batch of 1 is one sequence, needs no mask and gets the causal kernel). Then the
+  T^2 term; a micro-batch of 1 is one sequence, needs no mask and gets the causal kernel). On CPU, the
+  families `record_attention` names attend record by record instead (`training.segmented_attention`): SDPA
+  gets no mask, so neither the per-layer T^2 copy nor the repeated k and v are saved. Then the
   head: causal LMs trained without FSDP compute the loss at label positions only, chunk by chunk
   (`training.loss`), so no logits live to backward: per token the hidden state's gradient (computed in the
   forward pass), and once, a chunk of fp32 logits (`HEAD_CHUNK_ELEMENTS`, or fewer rows in a short
@@ -197,6 +199,18 @@ def _layer_activations(shape: ModelShape, setup: Setup, mixed: bool, masked: boo
     return total
 
 
+RECORD_ATTENTION_FAMILIES = frozenset({"llama"})
+"""model_type values whose layers are all full causal attention (no sliding window, no soft-capping, no position
+bias): per-record causal SDPA is then the block-diagonal mask's arithmetic exactly (`training.segmented_attention`)."""
+
+
+def record_attention(model_type: str | None, on_cpu: bool) -> bool:
+    """Whether a flattened micro-batch attends record by record (`training.segmented_attention`) rather than
+    through SDPA with a T x T mask: on CPU, for `RECORD_ATTENTION_FAMILIES`. Not on GPUs, where it was not
+    measured (flash-attn's variable-length kernel serves them where installed)."""
+    return on_cpu and model_type in RECORD_ATTENTION_FAMILIES
+
+
 HEAD_CHUNK_ELEMENTS = 1 << 22
 """Logit elements per chunk of the label-position loss (`training.loss`): 16 MiB in fp32."""
 
@@ -235,7 +249,7 @@ def _activations(shape: ModelShape, setup: Setup, mixed: bool, micro_batch: int,
     sequences = micro_batch * setup.sequences_per_entry  # dpo, simpo: chosen and rejected, one row
     tokens = sequences * setup.seq_length
     c = 2 if mixed else 4
-    masked = setup.task == "causal-lm" and sequences > 1
+    masked = setup.task == "causal-lm" and sequences > 1 and not record_attention(shape.model_type, on_cpu)
     per_layer = _layer_activations(shape, setup, mixed, masked, on_cpu)
     mask = c * tokens * tokens if masked else 0  # the block-diagonal mask, converted and saved per layer
     if setup.task == "sequence-classification":
