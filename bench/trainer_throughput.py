@@ -115,9 +115,14 @@ def cpu_run(
     import torch
     from finetune_trainer.config import parse_config
     from finetune_trainer.data.tokenization import tokenize_split
-    from finetune_trainer.training import sharding
+    from finetune_trainer.training import compiling, sharding
     from finetune_trainer.training.modeling import Hardware, apply_method, load_model, load_tokenizer
-    from finetune_trainer.training.train import collator_for, trainer_class, training_arguments
+    from finetune_trainer.training.train import (
+        collator_for,
+        compile_for_training,
+        trainer_class,
+        training_arguments,
+    )
     from transformers import Trainer, default_data_collator
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -135,7 +140,10 @@ def cpu_run(
     tokenizer = load_tokenizer(folder, "bench")
     records = variable_records(steps * batch, seed=0)
     hardware = Hardware(cuda=False, bf16=False, bitsandbytes=False)
-    model = apply_method(load_model(config, folder, None, "fp32"), config)
+    loaded = load_model(config, folder, None, "fp32")
+    if not mode.startswith("ours") or mode == "ours-dense-attention":  # what the others get: SDPA, T x T mask
+        loaded.set_attn_implementation("sdpa")
+    model = apply_method(loaded, config)
     with tempfile.TemporaryDirectory() as scratch:
         args = training_arguments(config, "fp32", hardware, Path(scratch), steps)
         args.train_sampling_strategy = "sequential"  # both modes see the same examples in the same order
@@ -147,6 +155,8 @@ def cpu_run(
             dataset = tokenize_split(records, tokenizer, "prompt-completion", max_length, None, "bench")
             collator = collator_for(config, tokenizer)
             trainer_type = sharding.trainer_class(config) if mode == "ours-hf-loss" else trainer_class(config)
+            if mode == "ours-compile":
+                os.environ[compiling.SETTING] = "on"
         elif mode == "longest":  # a plain HF Trainer padding each batch to its longest record (dynamic padding)
             import datasets
             from transformers import DataCollatorForSeq2Seq
@@ -173,6 +183,9 @@ def cpu_run(
             data_collator=collator,
             callbacks=[clock.callback()],
         )
+        compiled = mode == "ours-compile" and compile_for_training(trainer, config, hardware, dataset, collator)
+        if mode == "ours-compile" and not compiled:
+            raise RuntimeError("ours-compile: the layers did not compile (see the log above)")
         trainer.train()
     tokens_per_second, tokens, seconds = clock.rate(warmup)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -255,6 +268,9 @@ def trl_run(
 CPU_MODES = {
     "ours": "this trainer: flattened micro-batches (no padding), loss on completions at label positions only",
     "ours-hf-loss": "this trainer with the Trainer's stock loss (full logits): the loss change measured alone",
+    "ours-dense-attention": "this trainer with transformers' SDPA over the T x T block-diagonal mask (the others' "
+    "attention): record-by-record attention measured alone",
+    "ours-compile": "this trainer with FTO_TORCH_COMPILE=on: its decoder layers compiled (inductor, dynamic shapes)",
     "baseline": "plain HF Trainer, every record padded to max length",
     "longest": "plain HF Trainer, each batch padded to its longest record (DataCollatorForSeq2Seq)",
     "trl": "TRL SFTTrainer configured for a CPU: fp32, no gradient checkpointing, padding_free, no packing",

@@ -17,6 +17,7 @@ from typing import Any
 
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.core.errors import ConfigInvalid, ModelInvalid, UnsupportedHardware
+from finetune_trainer.training import segmented_attention
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +95,19 @@ def load_tokenizer(folder: Path, uri: str) -> Any:
     return tokenizer
 
 
-def attention_implementation(cuda: bool, precision: str, flash_installed: bool) -> str | None:
+def attention_implementation(
+    cuda: bool, precision: str, flash_installed: bool, model_type: str | None = None, causal_lm: bool = True
+) -> str | None:
     """flash_attention_2 on a GPU in bf16/fp16 where the flash-attn package is installed: its variable-length
     kernel reads the flattened micro-batch's position ids, so no T x T block-diagonal mask is built (the
-    memory plan's largest activation term) and no compute is spent on it. None: transformers' default (SDPA
-    where the architecture has it)."""
-    return "flash_attention_2" if cuda and precision in ("bf16", "fp16") and flash_installed else None
+    memory plan's largest activation term) and no compute is spent on it. On CPU, causal LMs of the families
+    `segmented_attention` covers attend record by record (the same arithmetic without the T^2 scores).
+    None: transformers' default (SDPA where the architecture has it)."""
+    if cuda and precision in ("bf16", "fp16") and flash_installed:
+        return "flash_attention_2"
+    if causal_lm and segmented_attention.applies(model_type, cuda):
+        return segmented_attention.register()
+    return None
 
 
 def torch_dtype(precision: str) -> Any:
@@ -115,7 +123,7 @@ def load_model(cfg: TrainerConfig, folder: Path, labels: list[str] | None, preci
 
     uri = cfg.base_model.uri
     try:
-        AutoConfig.from_pretrained(str(folder))
+        model_config = AutoConfig.from_pretrained(str(folder))
     except Exception as error:
         raise ModelInvalid(f"{uri}: config.json is not a usable model config: {error}") from None
     # Full fine-tuning keeps fp32 master weights (mixed precision autocasts the matmuls); LoRA's base
@@ -123,7 +131,8 @@ def load_model(cfg: TrainerConfig, folder: Path, labels: list[str] | None, preci
     frozen_in_half = cfg.method.type == "lora" and precision in ("bf16", "fp16")
     kwargs: dict[str, Any] = {"dtype": torch_dtype(precision) if frozen_in_half else torch.float32}
     flash = importlib.util.find_spec("flash_attn") is not None
-    attention = attention_implementation(torch.cuda.is_available(), precision, flash)
+    model_type = getattr(model_config, "model_type", None)
+    attention = attention_implementation(torch.cuda.is_available(), precision, flash, model_type, labels is None)
     if attention is not None:
         kwargs["attn_implementation"] = attention
         log.info("attention: %s", attention)
