@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StrictBool, field_validator, model_validator
 
 from finetune_operator.api.base import SpecModel
 from finetune_operator.api.hashing import content_hash
@@ -222,10 +222,20 @@ class OutputSpec(SpecModel):
         return f"{base}run-{run}/"
 
 
+ETAG_MD5_ENV = "FTO_S3_ETAG_MD5"
+"""The trainer's switch (finetune_trainer.core.storage) for checking downloads against the ETag as an MD5."""
+
+
 class StorageSpec(SpecModel):
+    """How pods reach object storage; one shape for a FineTuneJob (and a sweep's template) and a ModelServer."""
+
     endpoint: str = ""
     region: str = ""
     credentials_secret: str = ""
+    etag_is_md5: StrictBool = True
+    """False for an S3-compatible store whose single-PUT ETags are not MD5s: the pods get `FTO_S3_ETAG_MD5=off`,
+    and a download of an object with no recorded sha256 is checked by its size only. Strict: the string "false"
+    is refused by name, never read as a boolean."""
 
 
 class MlflowSpec(SpecModel):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetune_operator.api.finetunejob import FineTuneJobSpec, StorageSpec
+from finetune_operator.api.finetunejob import ETAG_MD5_ENV, FineTuneJobSpec, StorageSpec
 from finetune_operator.api.labels import ANNOTATION_FULL_NAME, child_labels
 from finetune_operator.api.objects import Owner
 
@@ -34,8 +34,11 @@ def s3_env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
 
 
 def storage_env(storage: StorageSpec) -> list[dict[str, Any]]:
-    """AWS_* variables: credentials from the named secret (or none: pod identity), endpoint and region. One shape
-    for every pod that reaches S3, whichever resource's storage section it comes from."""
+    """AWS_* variables: credentials from the named secret (or none: pod identity), endpoint and region, and
+    `FTO_S3_ETAG_MD5=off` when the store's ETags are not MD5s (`etagIsMd5: false`; nothing when true, the
+    trainer's default). One shape for every pod that reaches S3, whichever resource's storage section it comes
+    from: trainer, validation step, server, adapter sidecar and fetch step all download through the trainer
+    image's storage module, which reads the variable."""
     env: list[dict[str, Any]] = []
     secret = storage.credentials_secret
     if secret:
@@ -47,6 +50,8 @@ def storage_env(storage: StorageSpec) -> list[dict[str, Any]]:
         env.append({"name": "AWS_ENDPOINT_URL", "value": storage.endpoint})
     if storage.region:
         env.append({"name": "AWS_DEFAULT_REGION", "value": storage.region})
+    if not storage.etag_is_md5:
+        env.append({"name": ETAG_MD5_ENV, "value": "off"})
     return env
 
 

@@ -94,7 +94,8 @@ ETAG_MD5_ENV = "FTO_S3_ETAG_MD5"
 
 def etag_md5() -> bool:
     """Whether a download of an object with no recorded sha256 is checked against its ETag as an MD5
-    (`FTO_S3_ETAG_MD5`, default `on`; `off` for an S3-compatible store whose single-PUT ETags are not MD5s)."""
+    (`FTO_S3_ETAG_MD5`, default `on`; `off` for an S3-compatible store whose single-PUT ETags are not MD5s: the
+    operator sets it on every pod that reads S3 when the resource's `spec.storage.etagIsMd5` is false)."""
     raw = os.environ.get(ETAG_MD5_ENV, "on").strip().lower()
     if raw not in ("on", "off"):
         raise ConfigInvalid(f"{ETAG_MD5_ENV}: must be on or off, got {raw!r}")
