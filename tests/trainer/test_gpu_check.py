@@ -51,7 +51,10 @@ def test_the_gpu_check_runs_in_tiny_mode_and_prints_one_json_line() -> None:
         assert result["timed_steps"] == 2 and result["precision"] == "fp32"
         assert result["flops_per_token"] > 6 * 64 * 128  # at least the MLP's matmuls of one layer
         assert result["peak_memory_bytes"] > 0 and result["plan_estimate_bytes"] > 0
-        assert 0.1 < result["peak_vs_plan"] < 10, result  # same order as the plan on CPU (no GPU terms)
+        # the right units and order only: the tiny model's planned tensors are a few MiB (3 MiB for LoRA since
+        # the CPU plan has no T x T mask term, record-by-record attention) beside torch's first-use buffers
+        # (tens of MiB); the plan's accuracy is tests/trainer/test_memory_plan_measured.py's (within 25%)
+        assert 0.1 < result["peak_vs_plan"] < 30, result
     assert report["methods"]["full"]["flops_per_token"] > report["methods"]["lora"]["flops_per_token"]
     eager, compiled = report["methods"]["lora"], report["methods"]["lora+compile"]
     assert eager["compiled"] is False and eager["optimizer"] == "adamw_torch_fused"
