@@ -12,6 +12,7 @@ from finetune_trainer.config import MlflowTarget, parse_config
 from finetune_trainer.core.termination import termination_line
 from finetune_trainer.training.mlflow_tracker import (
     MlflowTracker,
+    _reason,
     final_metrics,
     params_of,
     run_url,
@@ -123,3 +124,20 @@ def test_progress_sends_tracking_news_at_once_and_the_termination_line_carries_i
     assert sent[-1]["status"]["progress"]["tracking"]["degraded"]["reason"] == "TrackerError"
     line = json.loads(termination_line("Succeeded", "trained 3 steps", 1, {"test": {"loss": 1.0}}, state))
     assert line["tracking"] == state and line["metrics"] == {"test": {"loss": 1.0}}
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        # CI met this one: port 34015 holds the digits 401, and a refused connection was called unauthorized
+        ("HTTPConnectionPool(host='127.0.0.1', port=34015): Max retries exceeded (Connection refused)",
+         "TrackerUnreachable"),
+        ("API request to http://127.0.0.1:4010/api failed: Failed to establish a new connection", "TrackerUnreachable"),
+        ("API request to endpoint /api/2.0/mlflow/runs/create failed with error code 401 != 200",
+         "TrackerUnauthorized"),
+        ("Response: 403 Forbidden", "TrackerUnauthorized"),
+        ("RESOURCE_DOES_NOT_EXIST: no such experiment 14015", "TrackerError"),
+    ],
+)  # fmt: skip
+def test_the_degraded_reason_reads_status_codes_not_digits_in_ports(message: str, reason: str) -> None:
+    assert _reason(RuntimeError(message)) == reason

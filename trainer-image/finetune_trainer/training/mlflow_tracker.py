@@ -283,10 +283,14 @@ class MlflowTracker:
         return out
 
 
+_REFUSED_STATUS = re.compile(r"(?<![:\d])\b40[13]\b")
+"""HTTP 401/403 as a number of its own: not the digits inside a port (`127.0.0.1:34015` once read as a 401)."""
+
+
 def _reason(error: BaseException) -> str:
     """One CamelCase word for the condition: unreachable, refused credentials, or the server said no."""
     text = str(error)
-    if any(code in text for code in ("401", "403", "Unauthorized", "Forbidden", "PERMISSION_DENIED")):
+    if _REFUSED_STATUS.search(text) or any(word in text for word in ("Unauthorized", "Forbidden", "PERMISSION_DENIED")):
         return "TrackerUnauthorized"
     if any(
         word in text for word in ("Max retries", "Connection", "connect", "timed out", "Timeout", "resolve", "refused")
