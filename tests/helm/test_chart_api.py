@@ -76,6 +76,7 @@ def test_deployment_is_two_restricted_replicas_configured_from_values() -> None:
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["FTO_API_BUCKET"] == "files" and env["FTO_API_S3_ENDPOINT"] == "http://s3:8333"
     assert env["FTO_API_MAX_UPLOAD_BYTES"] == "1048576" and env["FTO_API_CREDENTIALS_SECRET"] == "finetune-storage"
+    assert env["FTO_API_S3_ETAG_MD5"] == "on"
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert env["FTO_API_CATALOG"] == mounts["models"] + "/models.yaml"
     (tmp,) = [v for v in pod["volumes"] if v["name"] == "tmp"]
@@ -83,6 +84,15 @@ def test_deployment_is_two_restricted_replicas_configured_from_values() -> None:
     (service,) = [d for d in docs if d["kind"] == "Service"]
     assert service["spec"]["ports"][0]["targetPort"] == "http"
     assert not [d for d in docs if d["kind"] == "Ingress"]
+
+
+def test_a_store_whose_etags_are_not_md5s_is_said_once_for_every_api_job() -> None:
+    (deployment,) = [d for d in _api_docs({"api.files.etagIsMd5": "false"}) if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert {e["name"]: e["value"] for e in container["env"]}["FTO_API_S3_ETAG_MD5"] == "off"
+    not_a_boolean = helm("template", "r", str(CHART), *set_args(API), "--set-string", "api.files.etagIsMd5=no",
+                         check=False)  # fmt: skip
+    assert not_a_boolean.returncode != 0 and "etagIsMd5" in not_a_boolean.stderr
 
 
 def test_models_catalog_and_ingress() -> None:

@@ -11,6 +11,7 @@ from finetune_trainer.finetuning_api import file_store
 from finetune_trainer.finetuning_api.auth import namespace_for
 from finetune_trainer.finetuning_api.config import ApiConfig
 from finetune_trainer.finetuning_api.errors import ApiError
+from finetune_trainer.finetuning_api.routes_jobs import storage_of
 from finetune_trainer.finetuning_api.upload_check import check_file
 
 CONFIG = ApiConfig(bucket="files")
@@ -76,6 +77,19 @@ def test_config_from_env() -> None:
         ApiConfig.from_env({"FTO_API_BUCKET": "b", "FTO_API_MAX_UPLOAD_BYTES": "lots"})
     with pytest.raises(ConfigInvalid, match="must be positive"):
         ApiConfig.from_env({"FTO_API_BUCKET": "b", "FTO_API_MAX_UPLOAD_BYTES": "0"})
+
+
+def test_a_store_whose_etags_are_not_md5s_reaches_every_api_job() -> None:
+    """`api.files.etagIsMd5: false` (FTO_API_S3_ETAG_MD5=off) becomes `spec.storage.etagIsMd5: false` on the jobs
+    the API creates; by default the key is left out (the CRD's default, true); a typo is refused by name."""
+    assert ApiConfig.from_env({"FTO_API_BUCKET": "b"}).s3_etag_md5 is True
+    assert ApiConfig.from_env({"FTO_API_BUCKET": "b", "FTO_API_S3_ETAG_MD5": "on"}).s3_etag_md5 is True
+    off = ApiConfig.from_env({"FTO_API_BUCKET": "b", "FTO_API_S3_ETAG_MD5": "OFF"})
+    assert off.s3_etag_md5 is False
+    with pytest.raises(ConfigInvalid, match="FTO_API_S3_ETAG_MD5='no': must be on or off"):
+        ApiConfig.from_env({"FTO_API_BUCKET": "b", "FTO_API_S3_ETAG_MD5": "no"})
+    assert "etagIsMd5" not in storage_of(CONFIG)
+    assert storage_of(off) == {"credentialsSecret": "finetune-storage", "region": "us-east-1", "etagIsMd5": False}
 
 
 CHAT = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'

@@ -25,14 +25,18 @@ class ApiConfig:
     """Where uploaded files go and how the service reaches Kubernetes.
 
     `bucket`/`s3_endpoint`/`s3_region`: the files store (every namespace's files live under `<namespace>/files/`
-    of this bucket, written with that namespace's own credentials). `credentials_secret`: the Secret, in each
-    namespace, holding AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for that store (read as the caller, so a caller
-    without RBAC on it cannot upload). `kubeconfig`: empty = in-cluster ServiceAccount.
+    of this bucket, written with that namespace's own credentials). `s3_etag_md5`: False for an S3-compatible
+    store whose single-PUT ETags are not MD5s of the bytes: every job the API creates then says
+    `spec.storage.etagIsMd5: false`, so its pods do not refuse a base model or checkpoint whose ETag is no MD5.
+    `credentials_secret`: the Secret, in each namespace, holding AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for that
+    store (read as the caller, so a caller without RBAC on it cannot upload). `kubeconfig`: empty = in-cluster
+    ServiceAccount.
     """
 
     bucket: str
     s3_endpoint: str = ""
     s3_region: str = "us-east-1"
+    s3_etag_md5: bool = True
     credentials_secret: str = DEFAULT_CREDENTIALS_SECRET
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     catalog_path: str = DEFAULT_CATALOG
@@ -51,6 +55,7 @@ class ApiConfig:
             bucket=bucket,
             s3_endpoint=env.get("FTO_API_S3_ENDPOINT", "").strip(),
             s3_region=env.get("FTO_API_S3_REGION", "").strip() or "us-east-1",
+            s3_etag_md5=_on_off(env, "FTO_API_S3_ETAG_MD5", default=True),
             credentials_secret=env.get("FTO_API_CREDENTIALS_SECRET", "").strip() or DEFAULT_CREDENTIALS_SECRET,
             max_upload_bytes=_positive_int(env, "FTO_API_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES),
             catalog_path=env.get("FTO_API_CATALOG", "").strip() or DEFAULT_CATALOG,
@@ -58,6 +63,16 @@ class ApiConfig:
             host=env.get("FTO_API_HOST", "").strip() or "0.0.0.0",
             port=_positive_int(env, "FTO_API_LISTEN_PORT", 8080),
         )
+
+
+def _on_off(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    """`on` or `off` (what the chart writes from a boolean value); anything else is refused, naming the variable."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("on", "off"):
+        raise ConfigInvalid(f"{name}={raw!r}: must be on or off")
+    return raw == "on"
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -88,7 +88,7 @@ class JobTarget:
     training_uri: str
     validation_uri: str | None
     output_uri: str
-    storage: Mapping[str, str] = field(default_factory=dict)
+    storage: Mapping[str, str | bool] = field(default_factory=dict)
 
 
 def new_job_name() -> str:

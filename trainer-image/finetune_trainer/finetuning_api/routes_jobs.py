@@ -39,13 +39,16 @@ MAX_LIMIT = 1000
 ACTIVE = ("validating_files", "queued", "running")
 
 
-def storage_of(config: ApiConfig) -> dict[str, str]:
-    """`spec.storage` of an API job: the files store, with the namespace's credentials Secret (the same keys)."""
-    storage = {"credentialsSecret": config.credentials_secret}
+def storage_of(config: ApiConfig) -> dict[str, str | bool]:
+    """`spec.storage` of an API job: the files store, with the namespace's credentials Secret (the same keys).
+    `etagIsMd5: false` only where the chart says the store's ETags are not MD5s (`api.files.etagIsMd5`)."""
+    storage: dict[str, str | bool] = {"credentialsSecret": config.credentials_secret}
     if config.s3_endpoint:
         storage["endpoint"] = config.s3_endpoint
     if config.s3_region:
         storage["region"] = config.s3_region
+    if not config.s3_etag_md5:
+        storage["etagIsMd5"] = False
     return storage
 
 
