@@ -44,6 +44,26 @@ class View:
     progress: dict[str, Any] | None = None  # the trainer's validated report (finetunejob/progress.py), if any
 
 
+UNREAD_METADATA = ("managedFields",)
+UNREAD_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+
+def held_copy(body: dict[str, Any]) -> dict[str, Any]:
+    """The copy of a watched body the operator keeps: everything but what no reconcile reads.
+
+    Why: at 10,000 FineTuneJobs the bodies are most of the operator's memory, and of each body the server-side
+    apply bookkeeping (`metadata.managedFields`, about half of a FineTuneJob's size in Python objects) and
+    `kubectl apply`'s copy of the whole spec in an annotation are read by nobody here. Status patches are merge
+    patches and no body is written back whole, so the fields are not lost, only not held."""
+    meta = dict(body.get("metadata") or {})
+    for name in UNREAD_METADATA:
+        meta.pop(name, None)
+    annotations = meta.get("annotations")
+    if isinstance(annotations, dict) and any(a in annotations for a in UNREAD_ANNOTATIONS):
+        meta["annotations"] = {k: v for k, v in annotations.items() if k not in UNREAD_ANNOTATIONS}
+    return copy.deepcopy({**body, "metadata": meta})
+
+
 def _newer_or_equal(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
     """Whether `new` is at least as recent as `old`, by resourceVersion when both are numbers (etcd's are)."""
     if old is None:
@@ -74,7 +94,7 @@ class Store:
         key = (meta["namespace"], meta["name"])
         with self._lock:
             if _newer_or_equal(body, self._bodies.get(key)):
-                self._bodies[key] = copy.deepcopy(body)
+                self._bodies[key] = held_copy(body)
                 self._uids[meta["uid"]] = key
         return key
 
@@ -239,7 +259,7 @@ class Store:
         key = (meta["namespace"], meta["name"])
         with self._lock:
             if _newer_or_equal(body, self._servers.get(key)):
-                self._servers[key] = copy.deepcopy(body)
+                self._servers[key] = held_copy(body)
         return key
 
     def forget_server(self, namespace: str, name: str) -> None:

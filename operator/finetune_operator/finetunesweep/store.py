@@ -15,7 +15,7 @@ import copy
 import threading
 from typing import Any
 
-from finetune_operator.core.store import Key
+from finetune_operator.core.store import Key, held_copy
 from finetune_operator.finetunesweep.observed import TrialObs, trial_obs
 
 
@@ -56,7 +56,7 @@ class SweepStore:
             except (KeyError, ValueError):
                 stale = False
             if not stale:
-                self._bodies[key] = copy.deepcopy(body)
+                self._bodies[key] = held_copy(body)
                 self._uids[str(meta["uid"])] = key
         return key
 

@@ -51,6 +51,32 @@ def test_store_files_children_by_owner_uid_and_ignores_stale_bodies() -> None:
     assert store.view(key) is None and store.key_of("u1") is None
 
 
+def test_the_store_holds_no_managed_fields_nor_kubectls_copy_of_the_spec() -> None:
+    """Half of a FineTuneJob's memory at 10,000 jobs is server-side apply's bookkeeping: not held. The watched
+    body itself is not changed (the event's dict belongs to kopf), and every other annotation stays."""
+    from finetune_operator.finetunesweep.store import SweepStore
+
+    applied = "kubectl.kubernetes.io/last-applied-configuration"
+    meta = {"namespace": "ns", "name": "a", "uid": "u1", "resourceVersion": "10",
+            "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+            "annotations": {applied: '{"spec": {}}', "finetune.dev/retry": "t1"}}  # fmt: skip
+    body = {"metadata": meta, "spec": {"x": [1]}, "status": {"phase": "Queued"}}
+    store, sweeps = Store(), SweepStore()
+    key = store.put_body(body)
+    store.put_server(body)
+    sweeps.put_sweep(body)
+    view, server, sweep = store.view(key), store.server(key), sweeps.view(key)
+    assert view is not None and server is not None and sweep is not None
+    for held in (view.body, server, sweep[0]):
+        assert "managedFields" not in held["metadata"]
+        assert held["metadata"]["annotations"] == {"finetune.dev/retry": "t1"}
+        assert held["spec"] == {"x": [1]} and held["status"] == {"phase": "Queued"}
+    assert "managedFields" in meta and applied in meta["annotations"]  # the watched body is untouched
+    view.body["spec"]["x"].append(2)  # a copy: a reconcile's edits do not reach what is held
+    again = store.view(key)
+    assert again is not None and again.body["spec"] == {"x": [1]}
+
+
 def test_the_event_of_the_operators_own_status_write_queues_no_pass() -> None:
     """A pass files the body its status patch answered with; the watch event of that same version is no news."""
     from finetune_operator.finetunejob.registration import CONTROLLER
