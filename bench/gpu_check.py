@@ -25,7 +25,10 @@ per-process overhead.
 Variants (issue #30: the new paths, each measured against the plain run of the same method, so the first GPU
 lent measures them): `eager` (the trainer as it runs today: bf16, fused AdamW, the label-position loss,
 flash-attention 2's variable-length kernel fed by the flattened batch's position ids where the flash-attn
-package is installed, else SDPA; which one ran is recorded per run), `compile` (the same with the decoder
+package is installed, else SDPA; which one ran is recorded per run), `records` (attention record by record,
+`training.segmented_attention`: one causal SDPA per record of the flattened batch instead of SDPA over its
+T x T block-diagonal mask; the trainer picks it on CPU only, so this measures on a GPU whether it pays there,
+against flash-attention's varlen kernel or the masked SDPA, whichever `eager` ran), `compile` (the same with the decoder
 layers compiled, `training.compiling`, inductor, dynamic shapes: the first steps pay the compile, reported
 as `warmup_seconds`), `liger` (Liger's Triton kernels for RoPE, RMSNorm and SwiGLU patched into the model
 before the method is applied, where the optional `liger-kernel` package is importable; otherwise the run says
@@ -55,7 +58,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "trainer-image"))
 
 METHODS = ("qlora", "lora", "full")
-VARIANTS = ("eager", "compile", "liger")
+VARIANTS = ("eager", "records", "compile", "liger")
 LLAMA_1B = {  # Llama-3.2-1B's shape
     "hidden_size": 2048,
     "intermediate_size": 8192,
@@ -156,6 +159,10 @@ def child(method: str, folder: Path, steps: int, warmup: int, batch: int, seq: i
     loaded = load_model(cfg, folder, None, precision)
     if variant == "liger" and (why := liger_patch(loaded)) is not None:
         return {"skipped": why}
+    if variant == "records":
+        from finetune_trainer.training import segmented_attention
+
+        loaded.set_attn_implementation(segmented_attention.register())
     model = apply_method(loaded, cfg)
     if hardware.cuda and method != "qlora":
         model = model.to("cuda")
@@ -254,7 +261,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="records per micro-batch")
     parser.add_argument("--seq", type=int, default=None, help="tokens per record")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="eager, compile, liger (see above)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="eager, records, compile, liger (see above)")
     parser.add_argument("--variant-methods", default="lora,full", help="methods that get the non-eager variants")
     parser.add_argument("--budget-s", type=float, default=540.0, help="start no run after this many seconds")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the commands, run nothing")

@@ -3,7 +3,8 @@
 It trains LoRA and full fine-tune steps of a tiny Llama through the trainer's code and prints the JSON the
 GPU run prints; QLoRA is skipped with the reason (no CUDA), MFU is null (no GPU peak to compare with). The
 issue #30 variants run too where a CPU can: LoRA with its decoder layers compiled (it must report them
-compiled), Liger skipped for want of CUDA. `--dry-run` prints the plan without torch (a quick test).
+compiled), attention record by record (forced; on CPU the trainer's own choice too), Liger skipped for want of
+CUDA. `--dry-run` prints the plan without torch (a quick test).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ def test_the_dry_run_prints_the_plan_and_refuses_unknown_names() -> None:
     script = str(ROOT / "bench" / "gpu_check.sh")
     done = subprocess.run([script, "--dry-run"], capture_output=True, text=True, timeout=120, check=True)
     plan = json.loads(done.stdout.strip().splitlines()[-1])
-    assert plan["runs"] == ["qlora/eager", "lora/eager", "full/eager", "lora/compile", "full/compile",
-                            "lora/liger", "full/liger"]  # fmt: skip
+    assert plan["runs"] == ["qlora/eager", "lora/eager", "full/eager", "lora/records", "full/records",
+                            "lora/compile", "full/compile", "lora/liger", "full/liger"]  # fmt: skip
     assert plan["budget_s"] == 540
     refused = subprocess.run([script, "--dry-run", "--variants", "eager,fast"], capture_output=True, text=True,
                              timeout=120, check=False)  # fmt: skip
@@ -60,5 +61,8 @@ def test_the_gpu_check_runs_in_tiny_mode_and_prints_one_json_line() -> None:
     assert eager["compiled"] is False and eager["optimizer"] == "adamw_torch_fused"
     assert compiled["compiled"] is True and compiled["tokens_per_second"] > 0, compiled  # the layers really compiled
     assert "CUDA" in report["methods"]["lora+liger"]["skipped"]
+    # record-by-record attention: the trainer's own choice on CPU, and the variant that forces it on a GPU
+    records = report["methods"]["lora+records"]
+    assert eager["attention"] == records["attention"] == "fto_record_sdpa" and records["tokens_per_second"] > 0
     assert "full+compile" not in report["methods"]  # --variant-methods lora
     assert report["methods"]["full"]["trainable_parameters"] > report["methods"]["lora"]["trainable_parameters"]
