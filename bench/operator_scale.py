@@ -239,8 +239,16 @@ def release(custom: Any, namespace: str, port: int, pid: int, timeout: float) ->
     deletion its memory should come back near the baseline taken before the first create. CPython keeps freed
     small objects in its own arenas, so the figure alone does not tell retention from a leak: a leak grows with
     the number of jobs, retention stays near the peak of the largest round."""
+    from kubernetes.client.exceptions import ApiException
+
     start = time.monotonic()
-    custom.delete_collection_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+    try:
+        custom.delete_collection_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+    except ApiException as error:
+        # at 10,000 FineTuneJobs the call outlives the API server's 60 s request timeout (504) while the
+        # deletion goes on server-side: the wait below is what tells when it is done
+        if error.status != 504:
+            raise
     remaining = jobs_remembered(port)
     while remaining > 0 and time.monotonic() - start < timeout:
         time.sleep(2)
@@ -373,8 +381,7 @@ def run(jobs: int, nodes: int, delay: str, timeout: float, measure_release: bool
         requests = api_requests(metrics_port) - before
         cpu = cpu_seconds(operator.pid) - cpu_before
         peak = peak_rss_mib(operator.pid)
-        released = release(custom, namespace, metrics_port, operator.pid, timeout) if measure_release else {}
-        return {
+        figures = {
             "jobs": jobs,
             "nodes": nodes,
             "gpus_per_node": 8,
@@ -391,7 +398,6 @@ def run(jobs: int, nodes: int, delay: str, timeout: float, measure_release: bool
             "propagation_mean_seconds": round(statistics.fmean(latencies), 3) if latencies else None,
             "operator_baseline_rss_mib": round(baseline_rss, 1),
             "operator_peak_rss_mib": round(peak, 1),
-            **released,
             "api_requests_per_job": round(requests / jobs, 2),
             "api_requests_by_verb": api_requests_by_verb(metrics_port),
             "operator_cpu_seconds": round(cpu, 1),
@@ -399,6 +405,12 @@ def run(jobs: int, nodes: int, delay: str, timeout: float, measure_release: bool
             "cpu_seconds_until_all_jobs": component_cpu,
             "load_average_1m_before": round(load_before, 1),
         }
+        # printed before the release: a 10,000-job round is most of an hour, and a failure while deleting must
+        # not take its figures with it
+        print(json.dumps({"measured_before_release": figures}), flush=True)
+        if measure_release:
+            figures.update(release(custom, namespace, metrics_port, operator.pid, timeout))
+        return figures
     finally:
         watcher.stop.set()
         operator.terminate()
