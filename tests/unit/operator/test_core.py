@@ -52,7 +52,7 @@ def test_store_files_children_by_owner_uid_and_ignores_stale_bodies() -> None:
 
 
 def test_the_store_holds_no_managed_fields_nor_kubectls_copy_of_the_spec() -> None:
-    """Half of a FineTuneJob's memory at 10,000 jobs is server-side apply's bookkeeping: not held. The watched
+    """Most of a held FineTuneJob body at 10,000 jobs was server-side apply's bookkeeping: not held. The watched
     body itself is not changed (the event's dict belongs to kopf), and every other annotation stays."""
     from finetune_operator.finetunesweep.store import SweepStore
 

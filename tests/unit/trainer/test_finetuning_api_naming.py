@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import io
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from finetune_trainer.core.errors import ConfigInvalid
@@ -11,6 +14,7 @@ from finetune_trainer.finetuning_api import file_store
 from finetune_trainer.finetuning_api.auth import namespace_for
 from finetune_trainer.finetuning_api.config import ApiConfig
 from finetune_trainer.finetuning_api.errors import ApiError
+from finetune_trainer.finetuning_api.file_objects import FileObjects
 from finetune_trainer.finetuning_api.routes_jobs import storage_of
 from finetune_trainer.finetuning_api.upload_check import check_file
 
@@ -86,10 +90,35 @@ def test_a_store_whose_etags_are_not_md5s_reaches_every_api_job() -> None:
     assert ApiConfig.from_env({"FTO_API_BUCKET": "b", "FTO_API_S3_ETAG_MD5": "on"}).s3_etag_md5 is True
     off = ApiConfig.from_env({"FTO_API_BUCKET": "b", "FTO_API_S3_ETAG_MD5": "OFF"})
     assert off.s3_etag_md5 is False
-    with pytest.raises(ConfigInvalid, match="FTO_API_S3_ETAG_MD5='no': must be on or off"):
+    with pytest.raises(ConfigInvalid, match="FTO_API_S3_ETAG_MD5: must be on or off, got 'no'"):
         ApiConfig.from_env({"FTO_API_BUCKET": "b", "FTO_API_S3_ETAG_MD5": "no"})
     assert "etagIsMd5" not in storage_of(CONFIG)
     assert storage_of(off) == {"credentialsSecret": "finetune-storage", "region": "us-east-1", "etagIsMd5": False}
+
+
+class _OneObject:
+    """An S3 client (the one boundary `FileObjects` talks to) holding one object whose single-PUT ETag is not an
+    MD5 of its bytes, as some S3-compatible stores answer; a GET returns what boto3 would."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:  # boto3's parameter names
+        return {"Body": io.BytesIO(self.data), "ContentLength": len(self.data), "ETag": '"' + "0" * 32 + '"',
+                "LastModified": datetime(2026, 12, 7, tzinfo=UTC)}  # fmt: skip
+
+
+def test_the_services_own_reads_follow_the_etag_switch() -> None:
+    """A run's metrics.json without a recorded sha256 is checked against its ETag only where the store's ETags are
+    MD5s: with `api.files.etagIsMd5: false` the service reads it, as the job's pods do; with the default a
+    mismatch is a 502 naming the object (after a second read)."""
+    client = _OneObject(b'{"test": {"loss": 1.0}}')
+    off = ApiConfig.from_env({"FTO_API_BUCKET": "b", "FTO_API_S3_ETAG_MD5": "off"})
+    data, _ = FileObjects(off, "ns", client).read_object("ns/jobs/j/run-1/metrics.json", "metrics")
+    assert data == client.data
+    with pytest.raises(ApiError) as refused:
+        FileObjects(CONFIG, "ns", client).read_object("ns/jobs/j/run-1/metrics.json", "metrics")
+    assert refused.value.status == 502 and "s3://files/ns/jobs/j/run-1/metrics.json" in str(refused.value)
 
 
 CHAT = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'

@@ -96,10 +96,18 @@ def etag_md5() -> bool:
     """Whether a download of an object with no recorded sha256 is checked against its ETag as an MD5
     (`FTO_S3_ETAG_MD5`, default `on`; `off` for an S3-compatible store whose single-PUT ETags are not MD5s: the
     operator sets it on every pod that reads S3 when the resource's `spec.storage.etagIsMd5` is false)."""
-    raw = os.environ.get(ETAG_MD5_ENV, "on").strip().lower()
-    if raw not in ("on", "off"):
-        raise ConfigInvalid(f"{ETAG_MD5_ENV}: must be on or off, got {raw!r}")
-    return raw == "on"
+    return on_off(ETAG_MD5_ENV, os.environ.get(ETAG_MD5_ENV, ""), default=True)
+
+
+def on_off(name: str, raw: str, *, default: bool) -> bool:
+    """A switch variable's value: `on` or `off` (case and spaces ignored), empty for `default`; anything else is
+    ConfigInvalid naming the variable. One parser for the trainer's and the API service's switches."""
+    value = raw.strip().lower()
+    if not value:
+        return default
+    if value not in ("on", "off"):
+        raise ConfigInvalid(f"{name}: must be on or off, got {value!r}")
+    return value == "on"
 
 
 @dataclass

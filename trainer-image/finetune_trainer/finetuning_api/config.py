@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from finetune_trainer.core.errors import ConfigInvalid
+from finetune_trainer.core.storage import on_off
 
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 DEFAULT_CATALOG = "/etc/finetune-api/models.yaml"
@@ -27,7 +28,8 @@ class ApiConfig:
     `bucket`/`s3_endpoint`/`s3_region`: the files store (every namespace's files live under `<namespace>/files/`
     of this bucket, written with that namespace's own credentials). `s3_etag_md5`: False for an S3-compatible
     store whose single-PUT ETags are not MD5s of the bytes: every job the API creates then says
-    `spec.storage.etagIsMd5: false`, so its pods do not refuse a base model or checkpoint whose ETag is no MD5.
+    `spec.storage.etagIsMd5: false`, so its pods do not refuse a base model or checkpoint whose ETag is no MD5,
+    and the service's own reads of a run's results (file_objects.read_object) do not either.
     `credentials_secret`: the Secret, in each namespace, holding AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for that
     store (read as the caller, so a caller without RBAC on it cannot upload). `kubeconfig`: empty = in-cluster
     ServiceAccount.
@@ -55,7 +57,7 @@ class ApiConfig:
             bucket=bucket,
             s3_endpoint=env.get("FTO_API_S3_ENDPOINT", "").strip(),
             s3_region=env.get("FTO_API_S3_REGION", "").strip() or "us-east-1",
-            s3_etag_md5=_on_off(env, "FTO_API_S3_ETAG_MD5", default=True),
+            s3_etag_md5=on_off("FTO_API_S3_ETAG_MD5", env.get("FTO_API_S3_ETAG_MD5", ""), default=True),
             credentials_secret=env.get("FTO_API_CREDENTIALS_SECRET", "").strip() or DEFAULT_CREDENTIALS_SECRET,
             max_upload_bytes=_positive_int(env, "FTO_API_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES),
             catalog_path=env.get("FTO_API_CATALOG", "").strip() or DEFAULT_CATALOG,
@@ -63,16 +65,6 @@ class ApiConfig:
             host=env.get("FTO_API_HOST", "").strip() or "0.0.0.0",
             port=_positive_int(env, "FTO_API_LISTEN_PORT", 8080),
         )
-
-
-def _on_off(env: Mapping[str, str], name: str, *, default: bool) -> bool:
-    """`on` or `off` (what the chart writes from a boolean value); anything else is refused, naming the variable."""
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw not in ("on", "off"):
-        raise ConfigInvalid(f"{name}={raw!r}: must be on or off")
-    return raw == "on"
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -255,7 +255,7 @@ class FileObjects:
                 body.close()
             if len(data) > limit:
                 raise ApiError(502, f"{key} is larger than {limit} bytes: not read")
-            expected = integrity.expected_from_head(got)
+            expected = integrity.expected_from_head(got, etag_md5=self.config.s3_etag_md5)
             found = integrity.problems(expected, integrity.observe_bytes(data, expected))
             if not found:
                 modified = got.get("LastModified")
