@@ -5,11 +5,13 @@ FineTuneJob's phase Succeeded, both seen by this script's own watches, so watch 
 the operator's peak RSS, and Kubernetes API requests the operator sent per FineTuneJob (its own counter).
 Targets at N=500, M=100 on a 2-core machine: all Jobs within 60 s, p99 under 5 s, RSS under 300 MiB.
 
-Each FineTuneJob runs two Jobs: the CPU-only data check (component `validator`), then, once it has passed, the
-training Job (component `trainer`). Both pods carry the FineTuneJob's uid label, so the figures keep them apart
-by the component label: propagation starts when the *training* pod succeeds (counting from the validation pod's
-end would add the whole training pod's run to it), and the hand-over (validation pod done -> training Job
-exists) is reported on its own, as is the time until every validation Job exists.
+Each FineTuneJob runs the CPU-only data check first (component `validator`: a bare pod the operator makes, or a
+Job under Kueue), then, once it has passed, the training Job (component `trainer`). Both pods carry the
+FineTuneJob's uid label, so the figures keep them apart by the component label: propagation starts when the
+*training* pod succeeds (counting from the validation pod's end would add the whole training pod's run to it),
+and the hand-over (validation pod done -> training Job exists) is reported on its own, as is the time until every
+data check's pod exists (`all_check_pods_seconds`: its pod, not its Job, so the figure means the same whether the
+check is a pod or a Job, and includes the Job controller's part when it is a Job).
 
 The machine is shared and noisy, so the benchmark runs several rounds (--runs, each with a fresh operator,
 namespace and nodes) and reports the median of each figure beside its range. On the local cluster it also
@@ -369,6 +371,8 @@ def run(jobs: int, nodes: int, delay: str, timeout: float, measure_release: bool
             time.sleep(0.2)
         all_jobs = max(trainers.values(), default=start) - start if len(trainers) >= jobs else None
         all_validators = max(validators.values(), default=start) - start if len(validators) >= jobs else None
+        checks = watcher.pod_seen[VALIDATOR]
+        all_checks = max(checks.values(), default=start) - start if len(checks) >= jobs else None
         component_cpu = {
             name: round(process_tree_cpu_seconds(pid) - component_cpu_before[name], 1) for name, pid in pids.items()
         }
@@ -387,9 +391,11 @@ def run(jobs: int, nodes: int, delay: str, timeout: float, measure_release: bool
             "gpus_per_node": 8,
             "create_seconds": round(created, 2),
             "all_child_jobs_seconds": round(all_jobs, 2) if all_jobs is not None else None,
+            "all_check_pods_seconds": round(all_checks, 2) if all_checks is not None else None,
             "all_validation_jobs_seconds": round(all_validators, 2) if all_validators is not None else None,
             "training_jobs_seen": len(trainers),
-            "validation_jobs_seen": len(validators),
+            "validation_jobs_seen": len(validators),  # 0 when the checks are bare pods (no Kueue queue)
+            "check_pods_seen": len(checks),
             "succeeded": len(watcher.ftj_done),
             "handover_p50_seconds": round(percentile(handovers, 0.5), 3),
             "handover_p99_seconds": round(percentile(handovers, 0.99), 3),

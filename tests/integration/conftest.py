@@ -216,6 +216,28 @@ class Jobs:
         ).items
         return items
 
+    def check_pods(self, namespace: str, name: str, run: int = 1) -> list[Any]:
+        """Run `run`'s data-check pods, the bare pods the operator makes itself (finetunejob/validation_pod.py)."""
+        uid = self.get(namespace, name)["metadata"]["uid"]
+        selector = f"finetune.dev/job-uid={uid},finetune.dev/component=validator,finetune.dev/run={run}"
+        items: list[Any] = self.cluster.core.list_namespaced_pod(namespace, label_selector=selector).items
+        return sorted(items, key=lambda p: p.metadata.name)
+
+    def check_pod(self, namespace: str, name: str, run: int = 1, timeout: float = 60) -> Any:
+        """The running attempt of run `run`'s data check (kwok starts it)."""
+        return wait_for(
+            f"a running data-check pod of {name} run {run}",
+            lambda: next(
+                (
+                    p
+                    for p in self.check_pods(namespace, name, run)
+                    if p.status.phase == "Running" and not p.metadata.deletion_timestamp
+                ),
+                None,
+            ),
+            timeout=timeout,
+        )
+
     def pods(self, namespace: str, job_name: str) -> list[Any]:
         items: list[Any] = self.cluster.core.list_namespaced_pod(
             namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}"

@@ -44,8 +44,10 @@ def _sources(name: str) -> list[dict[str, Any]]:
     ]
 
 
-def _env(job: Any) -> dict[str, Any]:
-    return {e.name: e for e in job.spec.template.spec.containers[0].env}
+def _env(owner: Any) -> dict[str, Any]:
+    """The trainer container's environment of a Job or of a (data-check) pod."""
+    spec = owner.spec.template.spec if owner.kind == "Job" else owner.spec
+    return {e.name: e for e in spec.containers[0].env}
 
 
 def _component(jobs: Jobs, namespace: str, name: str, component: str, run: int) -> Any:
@@ -82,19 +84,20 @@ def test_the_token_reaches_only_the_check_and_the_commits_reach_status_and_the_n
             serving={"enabled": True, "replicas": 1},
         ),
     )
-    check = wait_for("the validation Job", lambda: _component(jobs, namespace, name, "validator", 1), timeout=60)
+    check = jobs.check_pod(namespace, name)
+    check.kind = "Pod"  # a listed item has no kind of its own
     env = _env(check)
     assert env["HF_ENDPOINT"].value == "http://hub-mirror.test:8090"
     ref = env["FTO_HF_TOKEN_BASE_MODEL"].value_from.secret_key_ref
     assert (ref.name, ref.key) == ("hf-token", "token")
     assert "FTO_HF_TOKEN_TRAIN" not in env  # the dataset names no tokenSecret
-    assert TOKEN not in json.dumps(cluster.batch.api_client.sanitize_for_serialization(check))
+    assert TOKEN not in json.dumps(cluster.core.api_client.sanitize_for_serialization(check))
     config = cluster.core.read_namespaced_config_map(f"{name}-r1-config", namespace).data["config.json"]
     assert "tokenSecret" not in config and TOKEN not in config
 
     summary = {"schema": "chat", "records": {"train": 80, "validation": 10, "test": 10}, "sources": _sources(name)}
     validated = json.dumps({"code": "Succeeded", "message": "validated: schema chat", "summary": summary})
-    jobs.finish_pod(namespace, jobs.running_pod(namespace, check.metadata.name).metadata.name, 0, validated)
+    jobs.finish_pod(namespace, check.metadata.name, 0, validated)
     training = wait_for("the training Job", lambda: _component(jobs, namespace, name, "trainer", 1), timeout=60)
     assert not [n for n in _env(training) if n.startswith(("HF_ENDPOINT", "FTO_HF_TOKEN"))]
     status = jobs.status(namespace, name)
@@ -112,7 +115,7 @@ def test_the_token_reaches_only_the_check_and_the_commits_reach_status_and_the_n
     # a new run with the same data and model fields reuses the check: its config pins the recorded commits
     jobs.patch_spec(namespace, name, {"hyperparameters": {"learningRate": 0.0003}})
     wait_for("run 2's training Job", lambda: _component(jobs, namespace, name, "trainer", 2), timeout=60)
-    assert _component(jobs, namespace, name, "validator", 2) is None
+    assert jobs.check_pods(namespace, name, 2) == []
     pinned = json.loads(cluster.core.read_namespaced_config_map(f"{name}-r2-config", namespace).data["config.json"])
     assert pinned["baseModel"]["revision"] == COMMIT
     assert pinned["dataset"]["train"]["revision"] == DATA_COMMIT
@@ -162,23 +165,20 @@ def test_a_token_secret_or_key_that_does_not_exist_is_secret_missing_naming_the_
     assert message.startswith("baseModel.tokenSecret names Secret 'hf-token', which does not exist in namespace")
     assert f"kubectl -n {namespace} create secret generic hf-token --from-literal=token=..." in message
     time.sleep(2)  # two rechecks
-    assert _component(jobs, namespace, name, "validator", 1) is None
+    assert jobs.check_pods(namespace, name) == []
 
-    # the Secret is made with another key: the Job is made, and its pod waits with the kubelet naming the key
+    # the Secret is made with another key: the check's pod is made, and waits with the kubelet naming the key
     cluster.core.create_namespaced_secret(
         namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="hf-token"), string_data={"hf": TOKEN})
     )
-    check = wait_for("the validation Job", lambda: _component(jobs, namespace, name, "validator", 1), timeout=60)
-    pod = jobs.running_pod(namespace, check.metadata.name)
+    pod = jobs.check_pod(namespace, name)
     _wait_config_error(jobs, namespace, pod, f"couldn't find key token in Secret {namespace}/hf-token")
     wait_for("the missing key", lambda: "has no key 'token'" in error().get("message", ""), timeout=30)
     assert error()["code"] == "SecretMissing" and jobs.status(namespace, name)["phase"] == "Pending"
     assert "baseModel.tokenSecret" in error()["message"] and "set baseModel.tokenSecret.key" in error()["message"]
     assert TOKEN not in json.dumps(jobs.status(namespace, name))
-    # no attempt used: the Job failed no pod and still waits with the same one
-    job = cluster.batch.read_namespaced_job(check.metadata.name, namespace)
-    assert not job.status.failed
-    assert [p.metadata.name for p in jobs.pods(namespace, check.metadata.name)] == [pod.metadata.name]
+    # no attempt used: no pod failed, and the check still waits with the same one
+    assert [p.metadata.name for p in jobs.check_pods(namespace, name)] == [pod.metadata.name]
 
     # fixed (tokenSecret.key: the kubelet starts the container once it resolves): the check goes on, no error
     jobs.cluster.core.patch_namespaced_pod_status(

@@ -70,10 +70,10 @@ def test_the_message_carries_the_plan_the_data_check_recorded(
 ) -> None:
     operator_factory(namespace, args=["--validation", "--backoff-limit", "2"])
     jobs.create(namespace, ftj_manifest("planned"))
-    check = wait_for("the validation Job", lambda: next(iter(jobs.training_jobs(namespace, "planned")), None))
+    check = jobs.check_pod(namespace, "planned")
     summary = {"schema": "chat", "records": {"train": 80}, "memoryPlan": MEMORY_PLAN}
     validated = json.dumps({"code": "Succeeded", "message": "validated", "summary": summary})
-    jobs.finish_pod(namespace, jobs.running_pod(namespace, check.metadata.name).metadata.name, 0, validated)
+    jobs.finish_pod(namespace, check.metadata.name, 0, validated)
     trainer = jobs.running_pod(namespace, "planned-r1")
     jobs.finish_pod(namespace, trainer.metadata.name, 137, reason="OOMKilled")
     error = jobs.wait_phase(namespace, "planned", "Failed", timeout=60)["error"]

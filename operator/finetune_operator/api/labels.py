@@ -29,7 +29,7 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 MANAGED_BY = "finetune-operator"
 TRAINER_CONTAINER = "trainer"  # the training pod's container: the builder names it, the status reads it
 COMPONENT_TRAINER = "trainer"  # the training Job, its pods, config and headless Service
-COMPONENT_VALIDATOR = "validator"  # the CPU-only Job that checks a run's data before any GPU is asked for
+COMPONENT_VALIDATOR = "validator"  # the CPU-only pod (under Kueue: Job) that checks a run's data before any GPU
 COMPONENT_PROGRESS = "trainer-progress"  # the ConfigMap the trainer reports its progress in
 
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -75,6 +75,10 @@ class Names:
 
     def validation_job(self, run: int) -> str:
         return f"{self.job(run)}-check"
+
+    def validation_pod(self, run: int, attempt: int) -> str:
+        """Attempt `attempt` of the data check's bare pod (the Job's pods had `<job>-<random>` names)."""
+        return f"{self.validation_job(run)}-{attempt}"
 
     def trainer_config(self, run: int) -> str:
         return f"{self.job(run)}-config"

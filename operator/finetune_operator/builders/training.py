@@ -215,11 +215,9 @@ def _job_metadata(
     return meta
 
 
-def validation_job(spec: FineTuneJobSpec, owner: Owner, run: int, training_hash: str, settings: Settings) -> Manifest:
-    """The CPU-only Job that checks run `run`'s data (`finetune_trainer validate`) before the training Job."""
+def _validation_pod_spec(spec: FineTuneJobSpec, owner: Owner, run: int, settings: Settings) -> dict[str, Any]:
+    """The data check's pod spec (`finetune_trainer validate`), one for the check's Job and its bare pod."""
     names = Names.of(owner.name)
-    labels = child_labels(owner.name, owner.uid, COMPONENT_VALIDATOR, run)
-    meta = _job_metadata(spec, owner, names.validation_job(run), COMPONENT_VALIDATOR, run, training_hash)
     tracking = {e["name"] for e in tracking_env(spec)}  # the check talks to no tracker
     env = [e for e in _env(spec, owner, run) if e["name"] not in ("NODE_RANK", "MASTER_ADDR", "MASTER_PORT", *tracking)]
     env += hub_env(spec, settings)
@@ -253,14 +251,55 @@ def validation_job(spec: FineTuneJobSpec, owner: Owner, run: int, training_hash:
     }
     if spec.resources.priority_class_name:
         pod_spec["priorityClassName"] = spec.resources.priority_class_name
+    return pod_spec
+
+
+def validation_job(spec: FineTuneJobSpec, owner: Owner, run: int, training_hash: str, settings: Settings) -> Manifest:
+    """The CPU-only Job that checks run `run`'s data (`finetune_trainer validate`) before the training Job, for a
+    run queued by Kueue (which admits Jobs); otherwise the check is a bare pod (validation_pod)."""
+    names = Names.of(owner.name)
+    labels = child_labels(owner.name, owner.uid, COMPONENT_VALIDATOR, run)
+    meta = _job_metadata(spec, owner, names.validation_job(run), COMPONENT_VALIDATOR, run, training_hash)
     job_spec: dict[str, Any] = {
-        "backoffLimit": min(settings.backoff_limit, 2),
+        "backoffLimit": validation_backoff_limit(settings),
         "activeDeadlineSeconds": settings.validation_deadline_seconds,
         "suspend": spec.suspend or bool(spec.queue_name),
         "podFailurePolicy": pod_failure_policy(),
-        "template": {"metadata": pod_metadata(spec, labels), "spec": pod_spec},
+        "template": {
+            "metadata": pod_metadata(spec, labels),
+            "spec": _validation_pod_spec(spec, owner, run, settings),
+        },
     }
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
+
+
+def validation_backoff_limit(settings: Settings) -> int:
+    """How many failed attempts of the data check are retried (its Job's backoffLimit, its bare pods' count)."""
+    return min(settings.backoff_limit, 2)
+
+
+def validation_pod(
+    spec: FineTuneJobSpec, owner: Owner, run: int, training_hash: str, settings: Settings, attempt: int
+) -> Manifest:
+    """Attempt `attempt` (1, 2, ...) of run `run`'s data check as a bare pod controlled by the FineTuneJob.
+
+    Why not a Job: a Job costs the cluster's Job controller about six writes (the pod, its tracking finalizer,
+    status updates), and that controller writes at the controller-manager's client rate (20 requests/s upstream):
+    at 500 FineTuneJobs it was the bottleneck before any training Job existed (docs/benchmarks.md). The operator
+    already watches the pod, so it creates the next attempt itself (finetunejob/validation_pod.py, the Job's
+    rules: a disruption is free, exit 42 or 137 is final, at most validation_backoff_limit failures), and the
+    pod's own activeDeadlineSeconds bounds each attempt. Same spec, labels and placement as the Job's pod; the
+    hashes are on the pod (no Job carries them)."""
+    names = Names.of(owner.name)
+    labels = child_labels(owner.name, owner.uid, COMPONENT_VALIDATOR, run)
+    template = pod_metadata(spec, labels)
+    hashes = {ANNOTATION_TRAINING_HASH: training_hash, ANNOTATION_PLACEMENT_HASH: placement_spec_hash(spec)}
+    meta = metadata(owner, names.validation_pod(run, attempt), COMPONENT_VALIDATOR, run, hashes)
+    meta["labels"] = template["labels"]
+    meta["annotations"] = {**template["annotations"], **meta["annotations"]}
+    pod_spec = _validation_pod_spec(spec, owner, run, settings)
+    pod_spec["activeDeadlineSeconds"] = settings.validation_deadline_seconds
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}
 
 
 def training_job(

@@ -120,6 +120,11 @@ class PodObs:
     node: str = ""  # spec.nodeName: where it was placed ("" until scheduled)
     job_uid: str = ""  # its controller Job's uid: the pod counts only through a Job that counts
     namespace: str = ""
+    # its controller FineTuneJob's uid: a data-check pod the operator made itself (builders.training.validation_pod)
+    owner_uid: str = ""
+    placement_hash: str = ""  # a bare pod's placement-hash annotation (a Job's pods: the Job carries it)
+    reason: str = ""  # status.reason: Evicted, DeadlineExceeded (its activeDeadlineSeconds passed)
+    uid: str = ""
 
 
 def _node_lost(body: dict[str, Any], conditions: dict[str, dict[str, str]]) -> str:
@@ -164,6 +169,10 @@ def pod_obs(body: dict[str, Any]) -> PodObs:
         node=str((body.get("spec") or {}).get("nodeName") or ""),
         job_uid=controller_uid(body, "Job", "batch"),
         namespace=meta.get("namespace", ""),
+        owner_uid=controller_uid(body, KIND),
+        placement_hash=(meta.get("annotations") or {}).get(ANNOTATION_PLACEMENT_HASH, ""),
+        reason=str(status.get("reason") or ""),
+        uid=str(meta.get("uid") or ""),
     )
 
 

@@ -234,7 +234,7 @@ class Settings:
         1800,
         "--validation-deadline-seconds",
         "FTO_VALIDATION_DEADLINE_SECONDS",
-        "activeDeadlineSeconds of the validation Job.",
+        "activeDeadlineSeconds of each data-check pod (of the check's Job under Kueue).",
         chart=("validation.deadlineSeconds",),
     )
     resync_seconds: float = setting(

@@ -5,8 +5,9 @@ Watch events (from kopf) fill it; reconcile threads read it, so every access tak
 
 Ownership (api.ownership): a Job or Deployment is filed under (its namespace, its controller FineTuneJob's
 uid) and a pod under (its namespace, its controller Job's uid), as the observations read them from the
-ownerReferences; labels only choose what the watches stream. A view of a FineTuneJob holds the children filed
-under its own namespace and uid, and only the pods of the Jobs among them: a Job in another namespace, or one
+ownerReferences; a data-check pod the operator made itself (no Job) is filed under its controller FineTuneJob's
+uid. Labels only choose what the watches stream. A view of a FineTuneJob holds the children filed under its own
+namespace and uid, and only the pods of the Jobs among them or its own: a Job in another namespace, or one
 that merely carries the job-uid label, is never part of it, and the uid also tells apart a deleted and
 re-created job of the same name. Entries go when their owner goes (`forget_body`), and `prune` drops what
 names no live owner (a forged uid, a child whose event came after its owner's deletion), so memory is bounded
@@ -48,6 +49,11 @@ UNREAD_METADATA = ("managedFields",)
 UNREAD_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 
 
+def _pod_group(pod: PodObs) -> str:
+    """The uid a pod is filed under: its controller Job's, else its controller FineTuneJob's ("" : neither)."""
+    return pod.job_uid or pod.owner_uid
+
+
 def held_copy(body: dict[str, Any]) -> dict[str, Any]:
     """The copy of a watched body the operator keeps: everything but what no reconcile reads.
 
@@ -81,7 +87,8 @@ class Store:
         self._bodies: dict[Key, dict[str, Any]] = {}
         self._uids: dict[str, Key] = {}
         self._children: dict[OwnerKey, _Children] = {}  # by (namespace, FineTuneJob uid)
-        self._pods: dict[OwnerKey, dict[str, PodObs]] = {}  # by (namespace, Job uid)
+        # by (namespace, Job uid); a bare data-check pod by (namespace, its FineTuneJob's uid)
+        self._pods: dict[OwnerKey, dict[str, PodObs]] = {}
         # (namespace, Job uid) -> its owner's uid: a pod's event finds its FineTuneJob in one lookup; a scan of
         # every owner's Jobs under the lock cost O(jobs) per pod event, O(jobs^2) for a burst of them
         self._job_owners: dict[OwnerKey, str] = {}
@@ -117,6 +124,7 @@ class Store:
             for job in kids.jobs.values() if kids else ():
                 self._pods.pop((namespace, job.uid), None)
                 self._job_owners.pop((namespace, job.uid), None)
+            self._pods.pop((namespace, uid), None)
 
     def key_of(self, uid: str) -> Key | None:
         with self._lock:
@@ -129,9 +137,9 @@ class Store:
             return key if key is not None and key[0] == namespace else None
 
     def owner_of_pod(self, pod: PodObs) -> Key | None:
-        """The FineTuneJob whose filed Job controls this pod, if any."""
+        """The FineTuneJob whose filed Job controls this pod, or which controls it itself, if any."""
         with self._lock:
-            owner = self._job_owners.get((pod.namespace, pod.job_uid))
+            owner = self._job_owners.get((pod.namespace, pod.job_uid)) if pod.job_uid else pod.owner_uid or None
             key = self._uids.get(owner) if owner is not None else None
             return key if key is not None and key[0] == pod.namespace else None
 
@@ -174,20 +182,23 @@ class Store:
                 self._children.pop((namespace, owner_uid), None)
 
     def put_pod(self, pod: PodObs) -> None:
-        """File a pod under its controller Job (whether that Job counts is decided when a view is read)."""
-        if not pod.job_uid:
+        """File a pod under its controller Job, or its controller FineTuneJob (a bare data-check pod); whether
+        that Job counts is decided when a view is read."""
+        filed_under = _pod_group(pod)
+        if not filed_under:
             return
         with self._lock:
-            self._pods.setdefault((pod.namespace, pod.job_uid), {})[pod.name] = pod
+            self._pods.setdefault((pod.namespace, filed_under), {})[pod.name] = pod
 
     def forget_pod(self, pod: PodObs) -> None:
         with self._lock:
-            pods = self._pods.get((pod.namespace, pod.job_uid))
+            group = (pod.namespace, _pod_group(pod))
+            pods = self._pods.get(group)
             if pods is None:
                 return
             pods.pop(pod.name, None)
             if not pods:
-                self._pods.pop((pod.namespace, pod.job_uid), None)
+                self._pods.pop(group, None)
 
     def put_progress(self, namespace: str, owner_uid: str, report: dict[str, Any] | None) -> bool:
         """File the trainer's validated report for its FineTuneJob (None: none, or none that passed the checks);
@@ -221,10 +232,11 @@ class Store:
         """Drop the children that name no live owner: groups filed under a (namespace, uid) no FineTuneJob in
         memory has, and pods of Jobs no group holds. A group is dropped at the second prune that finds it
         owner-less (one resync period of grace: a child's event may come before its owner's). How many went.
-        Pods count as owner-less when no Job of a live owner controls them."""
+        Pods count as owner-less when neither a Job of a live owner nor a live owner itself controls them."""
         with self._lock:
             live = {(key[0], uid) for uid, key in self._uids.items()}
             jobs = {(k[0], j.uid) for k, kids in self._children.items() if k in live for j in kids.jobs.values()}
+            jobs |= live
             found = {("children", k) for k in self._children if k not in live}
             found |= {("pods", k) for k in self._pods if k not in jobs}
             found |= {("progress", k) for k in self._progress if k not in live}
@@ -288,6 +300,8 @@ class Store:
                 return None
             kids = self._children.get((key[0], body["metadata"]["uid"]), _Children())
             pods = [p for j in kids.jobs.values() if j.uid for p in self._pods.get((key[0], j.uid), {}).values()]
+            own = self._pods.get((key[0], body["metadata"]["uid"]), {})  # bare data-check pods
+            pods += [p for p in own.values() if p.owner_uid == body["metadata"]["uid"] and not p.job_uid]
             progress = self._progress.get((key[0], body["metadata"]["uid"]))
             return View(
                 copy.deepcopy(body),

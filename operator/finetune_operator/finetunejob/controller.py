@@ -43,7 +43,7 @@ from finetune_operator.core.metrics import (
     RECONCILE_SECONDS,
     RECONCILES,
 )
-from finetune_operator.core.observed import deployment_obs, job_obs
+from finetune_operator.core.observed import deployment_obs, job_obs, pod_obs
 from finetune_operator.core.settings import Settings
 from finetune_operator.core.status_patch import merge_patch, now_rfc3339
 from finetune_operator.core.store import Key, Store
@@ -229,12 +229,17 @@ class Reconciler:
             elif ref.kind == "Deployment":
                 self.store.forget_deployment(owner.namespace, owner.uid)
         # What the Job needs (identity, config, headless Service) first and in parallel, then the Job: a Job
-        # that exists implies the rest does, which is what lets a restarted operator trust an existing Job.
-        needed = [m for m in decided.create if m["kind"] != "Job"]
+        # that exists implies the rest does, which is what lets a restarted operator trust an existing Job. The
+        # data check's bare pod likewise comes last (its ServiceAccount must exist before it is admitted).
+        needed = [m for m in decided.create if m["kind"] not in ("Job", "Pod")]
         list(self.pool.map(self.kube.create, needed))
         for manifest in decided.create:
             if manifest["kind"] == "Job":
                 self._created_job(owner, manifest, self.kube.create(manifest))
+            elif manifest["kind"] == "Pod":
+                created = self.kube.create(manifest)
+                if created is not None:  # filed now: a pass before its watch event must not make it again
+                    self.store.put_pod(pod_obs(created))
         for manifest in decided.apply:
             applied = self.kube.apply(manifest)
             if manifest["kind"] == "Deployment":

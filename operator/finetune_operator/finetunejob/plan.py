@@ -29,11 +29,12 @@ from finetune_operator.api.labels import (
     ANNOTATION_RETRY,
     COMPONENT_TRAINER,
     COMPONENT_VALIDATOR,
+    Names,
 )
 from finetune_operator.api.objects import Event, Manifest
 from finetune_operator.api.published import Published
 from finetune_operator.builders.policy import REFUSED, job_refusal
-from finetune_operator.builders.training import ephemeral_storage
+from finetune_operator.builders.training import ephemeral_storage, validation_backoff_limit, validation_pod
 from finetune_operator.core.observed import JobObs, PodObs
 from finetune_operator.core.settings import Settings
 from finetune_operator.finetunejob import secret_refs
@@ -52,12 +53,14 @@ from finetune_operator.finetunejob.oom import OOM_KILLED, OUT_OF_MEMORY, explain
 from finetune_operator.finetunejob.progress import progress_of
 from finetune_operator.finetunejob.runs import (
     ChildRef,
+    JobActions,
     current_run,
     job_actions,
     needs_new_placement,
     retired_children,
     training_children,
     validation_children,
+    validation_pod_children,
 )
 from finetune_operator.finetunejob.serving import published_of, serving_decision
 from finetune_operator.finetunejob.snapshot import Snapshot
@@ -69,10 +72,19 @@ from finetune_operator.finetunejob.validation import (
     recorded_commits,
     validation_of,
 )
+from finetune_operator.finetunejob.validation_pod import (
+    as_job,
+    check_pods,
+    live_attempts,
+    next_attempt,
+    pod_actions,
+    retired_checks,
+)
 
 __all__ = ["Plan", "Snapshot", "needs_secret_check", "plan", "run_of", "secrets_to_check"]
 
 TERMINAL = ("Failed", "Succeeded", "Serving", "Publishing")
+STARTS_A_STAGE = ("Job", "Pod")  # what a plan creates to start a stage: a Job, or the data check's bare pod
 
 
 @dataclass
@@ -97,7 +109,8 @@ def _before_its_job(snapshot: Snapshot) -> bool:
     """The run has no Job yet and has not finished: the next Job is still to be made."""
     run, _ = run_of(snapshot)
     finished = _finished_before(snapshot.status, run, snapshot.spec, _retry_requested(snapshot))
-    return not any(j.run == run for j in snapshot.jobs) and not finished
+    started = any(j.run == run for j in snapshot.jobs) or bool(check_pods(snapshot.pods, run))
+    return not started and not finished
 
 
 def needs_secret_check(snapshot: Snapshot) -> bool:
@@ -175,9 +188,10 @@ def _carried_over(spec: FineTuneJobSpec, raw: Any, run: int) -> Published | None
 
 
 def _placement_of_run(status: dict[str, Any], job: JobObs | None, created: list[Manifest]) -> str | None:
-    """The placement the run's pods run (or last ran) with: the Job's stamp, else what status remembers."""
+    """The placement the run's pods run (or last ran) with: the Job's (or check pod's) stamp, else what status
+    remembers."""
     for manifest in created:
-        if manifest["kind"] == "Job":
+        if manifest["kind"] in STARTS_A_STAGE:
             return str(manifest["metadata"]["annotations"][ANNOTATION_PLACEMENT_HASH])
     if job is not None and job.placement_hash:
         return job.placement_hash
@@ -191,14 +205,15 @@ def _state(
     pods: Sequence[PodObs],
     run: int,
     *,
-    created_job: bool,
+    created_job: str,
     finished_before: bool,
     validation: Validation,
     refused: str | None = None,
     progress: dict[str, Any],
 ) -> TrainingState:
     """What the training side of run `run` is doing, from the most specific evidence at hand. `job` and `pods`
-    are the validation Job's until the validation has passed, then the training Job's."""
+    are the validation Job's (or what its bare pods amount to) until the validation has passed, then the training
+    Job's. `created_job`: the kind this pass created to start the stage ("Job", "Pod"; "" for none)."""
     spec, status = snapshot.spec, snapshot.status
     what = "training" if validation.passed else "validation"
     if job is not None and job.failed_condition and _retry_requested(snapshot):
@@ -236,6 +251,8 @@ def _state(
         return TrainingState("Pending", "SecretMissing", missing.message, missing)
     if job is None and finished_before:
         return _remembered(status)
+    if job is None and created_job == "Pod":
+        return TrainingState("Queued", "JobCreated", f"{what} pod created; waiting for it to start")
     if job is None and created_job:
         # Created in this very pass: report where it is going (Queued), not the instant before (Pending).
         why = "waiting for admission by Kueue" if spec.queue_name else "waiting for its pods"
@@ -273,16 +290,31 @@ def _gated(
     return state.phase, state.error, gate, published_of(spec, run, cached_base) if spec.serving.enabled else None
 
 
+def _checks_by_pod(snapshot: Snapshot, run: int) -> bool:
+    """Whether run `run`'s data check is (or is to be) bare pods rather than a Job: always, unless a Kueue queue
+    must admit it (Kueue admits Jobs) or a Job made for it exists (an older operator's, or one from before a
+    queue was set); pods made before a queue was set finish their way."""
+    if any(j.run == run and j.component == COMPONENT_VALIDATOR for j in snapshot.jobs):
+        return False
+    return not snapshot.spec.queue_name or bool(check_pods(snapshot.pods, run))
+
+
 def _validation(snapshot: Snapshot, run: int, settings: Settings) -> tuple[Validation, JobObs | None, list[PodObs]]:
-    """Where run `run`'s data check stands, with its Job and pods. It has passed when it is switched off or a
-    training Job exists already (made before, or by an operator that did not check): that Job is adopted."""
+    """Where run `run`'s data check stands, with its Job (or what its bare pods amount to, validation_pod.as_job)
+    and pods. It has passed when it is switched off or a training Job exists already (made before, or by an
+    operator that did not check): that Job is adopted."""
     spec = snapshot.spec
     if not settings.validation or any(j.run == run and j.component == COMPONENT_TRAINER for j in snapshot.jobs):
         return Validation(True, None, snapshot.status.get("validation")), None, []
-    job = next((j for j in snapshot.jobs if j.run == run and j.component == COMPONENT_VALIDATOR), None)
-    pods = [p for p in snapshot.pods if p.run == run and p.component == COMPONENT_VALIDATOR]
     kueue = bool(spec.queue_name)
     key = validation_spec_hash(spec)
+    if _checks_by_pod(snapshot, run):
+        pods = check_pods(snapshot.pods, run)
+        name = Names.of(snapshot.owner.name).validation_job(run)
+        job = as_job(name, run, pods, validation_backoff_limit(settings), suspend=spec.suspend)
+    else:
+        job = next((j for j in snapshot.jobs if j.run == run and j.component == COMPONENT_VALIDATOR), None)
+        pods = [p for p in snapshot.pods if p.run == run and p.component == COMPONENT_VALIDATOR]
     return validation_of(snapshot.status, key, run, job, pods, suspend=spec.suspend, kueue=kueue), job, pods
 
 
@@ -374,12 +406,8 @@ def _stage_of_run(
     spec, owner = snapshot.spec, snapshot.owner
     validation, validator, validator_pods = _validation(snapshot, run, settings)
     if not validation.passed:
-        return (
-            validation,
-            validator,
-            validator_pods,
-            partial(validation_children, spec, owner, run, training_hash, settings),
-        )
+        first = validation_pod_children if _checks_by_pod(snapshot, run) else validation_children
+        return validation, validator, validator_pods, partial(first, spec, owner, run, training_hash, settings)
     job = next((j for j in snapshot.jobs if j.run == run and j.component == COMPONENT_TRAINER), None)
     pods = [p for p in snapshot.pods if p.run == run and p.component == COMPONENT_TRAINER]
     here = validator is not None and not validator.deleting
@@ -400,19 +428,53 @@ def _stage_of_run(
     return validation, job, pods, children
 
 
+def _stage_actions(
+    snapshot: Snapshot,
+    run: int,
+    training_hash: str,
+    settings: Settings,
+    stage: tuple[Validation, JobObs | None, list[PodObs], Callable[[], list[Manifest]]],
+    *,
+    may_start: bool,
+    retry: bool,
+) -> tuple[JobActions, bool]:
+    """What to create or delete for the stage the run is in, and whether that stage is a data check by bare pods
+    (validation_pod.pod_actions; else the Job's runs.job_actions)."""
+    spec, owner = snapshot.spec, snapshot.owner
+    validation, job, pods, children = stage
+    if validation.passed or not _checks_by_pod(snapshot, run):
+        return job_actions(spec, job, children, may_start=may_start, retry=retry), False
+    attempt = next_attempt(Names.of(owner.name), run, pods)
+    again = partial(validation_pod, spec, owner, run, training_hash, settings, attempt)
+    actions = pod_actions(
+        job,
+        pods,
+        children,
+        again,
+        placement_hash=placement_spec_hash(spec),
+        suspend=spec.suspend,
+        may_start=may_start,
+        retry=retry,
+    )
+    return actions, True
+
+
 def plan(snapshot: Snapshot, settings: Settings) -> Plan:
     spec, status, owner = snapshot.spec, snapshot.status, snapshot.owner
     run, training_hash = run_of(snapshot)
-    validation, job, pods, children = _stage_of_run(snapshot, run, training_hash, settings)
+    stage = _stage_of_run(snapshot, run, training_hash, settings)
+    validation, job, pods, _ = stage
     same_run = int(status.get("run") or 0) == run
     secret_missing = snapshot.secret_present is False
     refused = job_refusal(spec, settings)
     retry = _retry_requested(snapshot)
     finished_before = same_run and _finished_before(status, run, spec, retry)
     may_start = not secret_missing and not finished_before and refused is None
-    actions = job_actions(spec, job, children, may_start=may_start, retry=retry)
+    actions, bare_check = _stage_actions(
+        snapshot, run, training_hash, settings, stage, may_start=may_start, retry=retry
+    )
     placement = _placement_of_run(status if same_run else {}, job, actions.create)
-    created_job = any(m["kind"] == "Job" for m in actions.create)
+    created_job = next((str(m["kind"]) for m in actions.create if m["kind"] in STARTS_A_STAGE), "")
     failed_run = (job is not None and job.failed_condition) or (job is None and _failed_in_training(status, run))
     # A token is recorded once acted on (the failed run's new Job exists) or when there is nothing to retry
     # (so a later failure is not retried by an old token); until then the old one stays, and passes go on.
@@ -433,6 +495,9 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
     state = _out_of_memory_explained(state, snapshot, validation, job, pods, settings)
     state, stopped = _disk_limit_exceeded(state, snapshot, validation, job, pods)
     state, evictions, evicted_stop = _evicted_repeatedly(state, snapshot, run, job, pods, settings)
+    if bare_check and evicted_stop:  # no Job to delete: stop the attempt, and start none
+        evicted_stop = live_attempts(pods)
+        actions = JobActions([m for m in actions.create if m["kind"] != "Pod"], actions.delete, None)
     metrics = state.metrics or (status.get("metrics") if same_run else None) or {}
     earlier = _carried_over(spec, status.get("published"), run)
     cached_base = cached_base_model_uri(spec, validation.record)  # an hf:// base model's copy
@@ -467,6 +532,7 @@ def plan(snapshot: Snapshot, settings: Settings) -> Plan:
         apply=serving.apply,
         delete=[
             *retired_children(owner, snapshot.jobs, run),
+            *retired_checks(snapshot.pods, run),
             *actions.delete,
             *stopped,
             *evicted_stop,

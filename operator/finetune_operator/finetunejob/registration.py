@@ -73,7 +73,8 @@ def _job(loop: Reconciler, event: str, body: dict[str, Any]) -> list[Key]:
 
 
 def _pod(loop: Reconciler, event: str, body: dict[str, Any]) -> list[Key]:
-    """A run pod's event: filed under its controller Job; the FineTuneJob whose filed Job that is, is queued."""
+    """A run pod's event: filed under its controller Job (a bare data-check pod: its controller FineTuneJob);
+    the FineTuneJob it counts for is queued."""
     pod = pod_obs(body)
     if event == DELETED:
         loop.store.forget_pod(pod)

@@ -25,7 +25,7 @@ from finetune_operator.api.labels import COMPONENT_VALIDATOR, Names
 from finetune_operator.api.objects import Manifest, Owner
 from finetune_operator.builders.rbac import progress_config_map, trainer_rbac
 from finetune_operator.builders.trainer_config import trainer_config_map
-from finetune_operator.builders.training import training_job, validation_job, workers_service
+from finetune_operator.builders.training import training_job, validation_job, validation_pod, workers_service
 from finetune_operator.core.observed import JobObs
 from finetune_operator.core.settings import Settings
 
@@ -89,6 +89,18 @@ def validation_children(
         *trainer_rbac(owner),
         trainer_config_map(spec, owner, run),
         validation_job(spec, owner, run, training_hash, settings),
+    ]
+
+
+def validation_pod_children(
+    spec: FineTuneJobSpec, owner: Owner, run: int, training_hash: str, settings: Settings
+) -> list[Manifest]:
+    """The first attempt of run `run`'s data check as a bare pod (finetunejob/validation_pod.py): the trainer's
+    identity and config, then the pod (last: it names both)."""
+    return [
+        *trainer_rbac(owner),
+        trainer_config_map(spec, owner, run),
+        validation_pod(spec, owner, run, training_hash, settings, 1),
     ]
 
 

@@ -128,9 +128,9 @@ def _running(job: JobObs, pods: Sequence[PodObs], progress: dict[str, Any], run:
         return TrainingState("Queued", "Starting", "training pods scheduled, starting", attempts=attempts)
     if job.failed > 0:
         return TrainingState(
-            "Pending", "Retrying", f"attempt {job.failed} failed; the Job starts another", attempts=attempts
+            "Pending", "Retrying", f"attempt {job.failed} failed; another is starting", attempts=attempts
         )
-    return TrainingState("Queued", "WaitingForPods", "waiting for the Job to start pods", attempts=attempts)
+    return TrainingState("Queued", "WaitingForPods", "waiting for its pods to start", attempts=attempts)
 
 
 def training_state(

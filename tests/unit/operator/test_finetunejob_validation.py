@@ -1,4 +1,5 @@
-"""The Validating phase, pure: a run's data is checked by a CPU-only Job before the training Job exists."""
+"""The Validating phase, pure: a run's data is checked by a CPU-only pod (a Job under Kueue, or one an older operator
+made) before the training Job exists; the pod's own attempts are tests/unit/operator/test_validation_pod.py's."""
 
 from __future__ import annotations
 
@@ -72,29 +73,33 @@ def _job_names(p: Plan) -> list[str]:
     return [m["metadata"]["name"] for m in p.create if m["kind"] == "Job"]
 
 
-def test_the_first_job_of_a_run_is_the_cpu_only_check() -> None:
+def _pod_names(p: Plan) -> list[str]:
+    return [m["metadata"]["name"] for m in p.create if m["kind"] == "Pod"]
+
+
+def test_the_first_pod_of_a_run_is_the_cpu_only_check() -> None:
     p = plan(_snap(spec(), secret_present=True), SETTINGS)
-    assert _kinds(p) == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Job"]
+    assert _kinds(p) == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Pod"]
     check = p.create[-1]
-    assert check["metadata"]["name"] == "support-bot-r1-check"
-    container = check["spec"]["template"]["spec"]["containers"][0]
+    assert check["metadata"]["name"] == "support-bot-r1-check-1"
+    container = check["spec"]["containers"][0]
     assert container["command"][3:6] == ["validate", "--config", "/etc/finetune/config.json"]
     # where the training pods will run, for the memory plan
     assert container["command"][6:] == ["--gpus", "1", "--gpu-product", "", "--memory-limit", "32Gi"]
     assert "nvidia.com/gpu" not in json.dumps(container["resources"])  # no GPU is asked for
-    assert p.status["phase"] == "Queued" and "validation Job created" in p.status["conditions"][0]["message"]
+    assert p.status["phase"] == "Queued" and "validation pod created" in p.status["conditions"][0]["message"]
 
 
 def test_the_check_is_told_the_gpu_type_the_training_pods_ask_for() -> None:
     s = spec(resources={"gpus": 8, "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}})
-    command = plan(_snap(s, secret_present=True), SETTINGS).create[-1]["spec"]["template"]["spec"]["containers"][0]
+    command = plan(_snap(s, secret_present=True), SETTINGS).create[-1]["spec"]["containers"][0]
     assert command["command"][6:10] == ["--gpus", "8", "--gpu-product", "NVIDIA-H100-80GB-HBM3"]
     assert validation_spec_hash(s) != validation_spec_hash(spec(resources={"gpus": 8}))  # a new type is re-checked
 
 
 def test_the_check_is_told_the_disk_the_job_asks_for_and_a_new_request_is_checked_again() -> None:
     s = spec(resources={"ephemeralStorage": "50Gi"})
-    command = plan(_snap(s, secret_present=True), SETTINGS).create[-1]["spec"]["template"]["spec"]["containers"][0]
+    command = plan(_snap(s, secret_present=True), SETTINGS).create[-1]["spec"]["containers"][0]
     assert command["command"][12:14] == ["--disk-limit", "50Gi"]  # the sources must fit it (trainer memory/disk.py)
     assert validation_spec_hash(s) != validation_spec_hash(spec(resources={"ephemeralStorage": "100Gi"}))
     assert validation_spec_hash(spec()) == validation_spec_hash(spec(resources={"cpu": "8"}))
@@ -146,7 +151,7 @@ def test_retry_annotation_checks_the_fixed_data_again() -> None:
     retried = plan(_snap(spec(), failed_status, jobs=[failed], pods=[pod], retry_token="1"), SETTINGS)
     assert [(r.name, r.foreground) for r in retried.delete if r.kind == "Job"] == [("support-bot-r1-check", True)]
     gone = plan(_snap(spec(), retried.status, retry_token="1", secret_present=True), SETTINGS)
-    assert _job_names(gone) == ["support-bot-r1-check"] and gone.status["run"] == 1
+    assert _pod_names(gone) == ["support-bot-r1-check-1"] and gone.status["run"] == 1  # started over as a pod
 
 
 def test_a_new_run_with_the_same_inputs_is_not_checked_twice() -> None:
@@ -157,7 +162,7 @@ def test_a_new_run_with_the_same_inputs_is_not_checked_twice() -> None:
     assert p.status["run"] == 2 and _job_names(p) == ["support-bot-r2"]
     assert "support-bot-r2-config" in {m["metadata"]["name"] for m in p.create}  # no check of run 2 made it
     more = spec(hyperparameters={"epochs": 5})  # more steps: the estimate changes, so it is checked again
-    assert _job_names(plan(_snap(more, first, jobs=[job], secret_present=True), SETTINGS)) == ["support-bot-r2-check"]
+    assert _pod_names(plan(_snap(more, first, jobs=[job], secret_present=True), SETTINGS)) == ["support-bot-r2-check-1"]
 
 
 def test_an_existing_training_job_is_adopted_without_a_check() -> None:
@@ -167,9 +172,9 @@ def test_an_existing_training_job_is_adopted_without_a_check() -> None:
     assert p.create == [] and p.status["phase"] != "Validating"
 
 
-def test_suspended_the_check_is_created_suspended_as_training_would_be() -> None:
+def test_suspended_no_check_is_started_until_resumed() -> None:
     p = plan(_snap(spec(suspend=True), secret_present=True), SETTINGS)
-    assert _job_names(p) == ["support-bot-r1-check"] and p.create[-1]["spec"]["suspend"] is True
+    assert p.create == [] and p.status["phase"] == "Suspended"
 
 
 def test_with_a_kueue_queue_the_check_is_queued_like_training() -> None:

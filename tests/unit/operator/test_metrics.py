@@ -60,7 +60,7 @@ class _FakeKube:
         return None
 
     def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        if self.fail_create and manifest["kind"] == "Job":
+        if self.fail_create and manifest["kind"] in ("Job", "Pod"):  # a stage's workload: the check pod, a Job
             raise self.fail_create
         return {**manifest, "metadata": {**manifest["metadata"], "resourceVersion": "1", "uid": "child"}}
 
