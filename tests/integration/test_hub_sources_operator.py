@@ -46,7 +46,7 @@ def _sources(name: str) -> list[dict[str, Any]]:
 
 def _env(owner: Any) -> dict[str, Any]:
     """The trainer container's environment of a Job or of a (data-check) pod."""
-    spec = owner.spec.template.spec if owner.kind == "Job" else owner.spec
+    spec = owner.spec.template.spec if isinstance(owner, client.V1Job) else owner.spec
     return {e.name: e for e in spec.containers[0].env}
 
 
@@ -85,7 +85,6 @@ def test_the_token_reaches_only_the_check_and_the_commits_reach_status_and_the_n
         ),
     )
     check = jobs.check_pod(namespace, name)
-    check.kind = "Pod"  # a listed item has no kind of its own
     env = _env(check)
     assert env["HF_ENDPOINT"].value == "http://hub-mirror.test:8090"
     ref = env["FTO_HF_TOKEN_BASE_MODEL"].value_from.secret_key_ref
