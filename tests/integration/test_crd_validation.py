@@ -7,6 +7,7 @@ import copy
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -411,14 +412,19 @@ def _kubectl() -> str:
         ("ftj.status.endpoint", "OpenAI-compatible"),
     ],
 )
-def test_kubectl_explain_teaches_the_fields(cluster: Any, crd: str, field: str, expected: str) -> None:
-    result = subprocess.run(
-        [_kubectl(), "--kubeconfig", str(cluster.kubeconfig), "explain", field],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def test_kubectl_explain_teaches_the_fields(cluster: Any, crd: str, field: str, expected: str, tmp_path: Path) -> None:
+    def explain() -> subprocess.CompletedProcess[str]:
+        # its own discovery cache: a CRD (re)installed by an earlier test can be served a moment before the API
+        # server's discovery lists it, and kubectl's shared cache would keep that answer (seen once: "the server
+        # doesn't have a resource type")
+        command = [_kubectl(), "--kubeconfig", str(cluster.kubeconfig), "--cache-dir", str(tmp_path), "explain", field]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+    deadline = time.monotonic() + 20
+    result = explain()
+    while "doesn't have a resource type" in result.stderr and time.monotonic() < deadline:
+        time.sleep(1)
+        result = explain()
     assert result.returncode == 0, result.stderr
     assert expected in " ".join(result.stdout.split()), result.stdout
 
