@@ -31,7 +31,7 @@ NAMESPACED: list[Rule] = [
     ("finetune.dev", ("modelservers/finalizers",), ("update",), ()),
     ("", ("configmaps",), ("get", "list", "watch"), ()),
     ("batch", ("jobs",), ("get", "list", "watch", "create", "patch", "delete"), ()),
-    ("", ("pods",), ("list", "watch"), ()),
+    ("", ("pods",), ("get", "list", "watch", "create", "delete"), ()),
     ("apps", ("deployments",), ("get", "list", "watch", "create", "patch", "delete"), ()),
     ("", ("configmaps", "services"), ("create", "patch", "delete"), ()),
     ("", ("services",), ("get",), ()),
