@@ -31,7 +31,7 @@ NAMESPACED: list[Rule] = [
     ("finetune.dev", ("modelservers/finalizers",), ("update",), ()),
     ("", ("configmaps",), ("get", "list", "watch"), ()),
     ("batch", ("jobs",), ("get", "list", "watch", "create", "patch", "delete"), ()),
-    ("", ("pods",), ("list", "watch"), ()),
+    ("", ("pods",), ("get", "list", "watch", "create", "delete"), ()),
     ("apps", ("deployments",), ("get", "list", "watch", "create", "patch", "delete"), ()),
     ("", ("configmaps", "services"), ("create", "patch", "delete"), ()),
     ("", ("services",), ("get",), ()),
@@ -171,6 +171,80 @@ def test_the_workload_roles_fit_the_admission_policy_and_the_operators_own_rules
             assert "secrets" not in rule["resources"] and "nonResourceURLs" not in rule
             needed = {(g, r, v) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
             assert needed <= held, (name, needed - held)
+
+
+def _policy() -> dict[str, Any]:
+    (policy,) = [d for d in render("r", "ops") if d["kind"] == "ValidatingAdmissionPolicy"]
+    return policy
+
+
+def test_the_admission_policy_bounds_the_pods_the_operator_creates_and_deletes() -> None:
+    """RBAC's create and delete on pods (the data check's bare pod) reach every pod of a watched namespace: the
+    policy sees the operator's pod CREATE and DELETE (no UPDATE: the operator holds none) and checks each part of
+    the data check's shape. What the checks admit and refuse is proven on a real API server
+    (tests/integration/test_tenancy.py::test_admission_policy_lets_the_operator_create_and_delete_only_data_check_pods)."""
+    spec = _policy()["spec"]
+    (pods,) = [r for r in spec["matchConstraints"]["resourceRules"] if "pods" in r["resources"]]
+    assert pods["apiGroups"] == [""] and pods["resources"] == ["pods"]  # not pods/* (eviction, exec, ...)
+    assert pods["operations"] == ["CREATE", "DELETE"]
+    variables = {v["name"]: v["expression"] for v in spec["variables"]}
+    assert variables["subject"] == "request.operation == 'DELETE' ? oldObject : object"  # DELETE has no object
+    checks = {v["message"]: " ".join(v["expression"].split()) for v in spec["validations"]}
+    owned = "the operator creates Roles, RoleBindings, Secrets and Pods, and deletes Pods, only with a finetune.dev"
+    (owner,) = [e for m, e in checks.items() if m.startswith(owned)]
+    assert "variables.subject.metadata.ownerReferences" in owner and "o.controller" in owner
+    pod_checks = " ".join(e for e in checks.values() if "variables.creatingPod" in e or "'Pod'" in e)
+    for needed in (
+        "labels['finetune.dev/component'] == 'validator'",
+        "o.kind == 'FineTuneJob'",
+        "object.spec.automountServiceAccountToken == false",
+        "object.spec.volumes.all(v, has(v.configMap) || has(v.emptyDir))",  # no hostPath, projected token, Secret
+        "object.spec.securityContext.runAsNonRoot == true",
+        "has(object.spec.hostNetwork) && object.spec.hostNetwork",
+        "has(object.spec.hostPID) && object.spec.hostPID",
+        "has(object.spec.hostIPC) && object.spec.hostIPC",
+        "object.spec.containers.all(c,",
+        "object.spec.initContainers.all(c,",
+        "c.securityContext.allowPrivilegeEscalation == false",
+        "c.securityContext.privileged == false",
+        "size(c.securityContext.capabilities.add) == 0",
+    ):
+        assert needed in pod_checks, needed
+
+
+def test_the_data_check_pod_fits_the_admission_policy() -> None:
+    """The data check's pod spec as the builders make it (the check's Job and its bare pod share it) has the shape
+    the policy admits; a change to builders/common.py's security contexts or the check's volumes that the policy
+    would refuse fails here before any cluster."""
+    from finetune_operator.api.finetunejob import parse_spec
+    from finetune_operator.api.labels import COMPONENT_VALIDATOR, LABEL_COMPONENT
+    from finetune_operator.api.objects import Owner
+    from finetune_operator.builders.training import validation_job
+    from finetune_operator.core.settings import Settings
+
+    spec = parse_spec(
+        {
+            "baseModel": {"uri": "s3://models/tiny/"},
+            "dataset": {"train": {"uri": "s3://data/train.jsonl"}, "schema": "chat"},
+            "output": {"uri": "s3://artifacts/x/"},
+            "storage": {"credentialsSecret": "s3-creds"},
+        }
+    )
+    job = validation_job(spec, Owner("team-a", "bot", "uid-1"), 1, "hash", Settings())
+    (reference,) = job["metadata"]["ownerReferences"]
+    assert reference["apiVersion"].startswith("finetune.dev/") and reference["kind"] == "FineTuneJob"
+    assert reference["controller"] is True
+    template = job["spec"]["template"]
+    assert template["metadata"]["labels"][LABEL_COMPONENT] == COMPONENT_VALIDATOR
+    pod = template["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert all(set(volume) - {"name"} <= {"configMap", "emptyDir"} for volume in pod["volumes"]), pod["volumes"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert not {"hostNetwork", "hostPID", "hostIPC"} & set(pod)
+    for container in pod["containers"] + pod.get("initContainers", []):
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False and context.get("privileged", False) is False
+        assert context.get("runAsNonRoot", True) is True and not context.get("capabilities", {}).get("add")
 
 
 def test_images_may_be_pinned_by_digest_and_a_malformed_digest_is_refused() -> None:

@@ -38,7 +38,8 @@ NAMESPACED: set[Rule] = {
     ("finetune.dev", "modelservers/finalizers", "update"),
     *{("", "configmaps", v) for v in ("get", "list", "watch")},
     *{("batch", "jobs", v) for v in ("get", "list", "watch", "create", "patch", "delete")},
-    *{("", "pods", v) for v in ("list", "watch")},
+    # pods: observed, and the data check's bare pod created, deleted and read back (get) after a 409
+    *{("", "pods", v) for v in ("get", "list", "watch", "create", "delete")},
     *{("apps", "deployments", v) for v in ("list", "watch", "create", "patch", "delete")},
     *{
         (g, r, v)
@@ -294,6 +295,115 @@ def test_admission_policy_lets_the_operator_create_only_its_workloads_roles(
     rbac.replace_namespaced_role(current.metadata.name, team, current)  # the operator's own: admitted
 
 
+def test_admission_policy_lets_the_operator_create_and_delete_only_data_check_pods(
+    cluster: Any, chart_identity: Identity, other_namespace: str, jobs: Jobs
+) -> None:
+    """RBAC's create and delete on pods (the data check runs as a bare pod) reach every pod of a watched namespace;
+    the admission policy admits from the operator's token only the data check's shape: a validator pod a
+    FineTuneJob controls, without a token, non-root, unprivileged, only configMap and emptyDir volumes, no host
+    namespaces; and deletes only of such a pod. The admitted pod is the builders' own (the check's pod spec)."""
+    import copy
+
+    from finetune_operator.api.finetunejob import parse_spec
+    from finetune_operator.api.labels import COMPONENT_TRAINER, COMPONENT_VALIDATOR, LABEL_COMPONENT, Names
+    from finetune_operator.api.objects import Owner
+    from finetune_operator.builders.common import metadata
+    from finetune_operator.builders.rbac import trainer_service_account
+    from finetune_operator.builders.training import validation_job
+    from finetune_operator.core.settings import Settings
+    from kubernetes import client
+
+    team = other_namespace
+    manifest = ftj_manifest("owner")
+    created = jobs.create(team, manifest)
+    owner = Owner(team, "owner", created["metadata"]["uid"])
+    # the pod runs as the run's trainer ServiceAccount (no token mounted): it must exist for any pod to be admitted
+    cluster.core.create_namespaced_service_account(team, trainer_service_account(owner))
+    check = validation_job(parse_spec(manifest["spec"]), owner, 1, "hash", Settings())["spec"]["template"]
+    good: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata(owner, Names.of("owner").validation_job(1) + "-1", COMPONENT_VALIDATOR, 1),
+        "spec": check["spec"],
+    }
+    core = client.CoreV1Api(chart_identity.api_client)
+
+    def pod(change: Callable[[dict[str, Any]], None]) -> Callable[[], Any]:
+        body = copy.deepcopy(good)
+        body["metadata"]["name"] += "-bad"
+        change(body)
+        return lambda: core.create_namespaced_pod(team, body, dry_run="All")  # admission runs; nothing is stored
+
+    def container(key: str, value: Any, containers: str = "containers") -> Callable[[dict[str, Any]], None]:
+        def change(body: dict[str, Any]) -> None:
+            body["spec"][containers][0]["securityContext"][key] = value
+
+        return change
+
+    def privileged(body: dict[str, Any]) -> None:
+        context = body["spec"]["containers"][0]["securityContext"]
+        context["privileged"] = True
+        del context["allowPrivilegeEscalation"]  # false with privileged is invalid before admission
+
+    def host_path(body: dict[str, Any]) -> None:
+        body["spec"]["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+        body["spec"]["containers"][0]["volumeMounts"].append({"name": "host", "mountPath": "/host"})
+
+    def projected_token(body: dict[str, Any]) -> None:
+        token = {"serviceAccountToken": {"path": "token"}}
+        body["spec"]["volumes"].append({"name": "token", "projected": {"sources": [token]}})
+
+    def init_container(body: dict[str, Any]) -> None:
+        init = copy.deepcopy(body["spec"]["containers"][0])
+        init["name"] = "init"
+        del init["securityContext"]["allowPrivilegeEscalation"]
+        body["spec"]["initContainers"] = [init]
+
+    def spec_field(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+        return lambda body: body["spec"].update({key: value})
+
+    def label(value: str) -> Callable[[dict[str, Any]], None]:
+        return lambda body: body["metadata"]["labels"].update({LABEL_COMPONENT: value})
+
+    def pod_non_root(body: dict[str, Any]) -> None:
+        body["spec"]["securityContext"]["runAsNonRoot"] = False
+
+    # the policy loads asynchronously after the install: wait until it refuses an unowned pod
+    unowned = pod(lambda body: body["metadata"].pop("ownerReferences"))
+    wait_for("the admission policy in force", lambda: _refused_by_policy(unowned), timeout=60)
+    refused = {
+        "privileged": pod(privileged),
+        "escalation": pod(container("allowPrivilegeEscalation", True)),
+        "capability": pod(container("capabilities", {"drop": ["ALL"], "add": ["NET_RAW"]})),
+        "container root": pod(container("runAsNonRoot", False)),
+        "init container": pod(init_container),
+        "hostPath": pod(host_path),
+        "projected token": pod(projected_token),
+        "token": pod(spec_field("automountServiceAccountToken", True)),
+        "hostNetwork": pod(spec_field("hostNetwork", True)),
+        "hostPID": pod(spec_field("hostPID", True)),
+        "pod root": pod(pod_non_root),
+        "trainer pod": pod(label(COMPONENT_TRAINER)),
+        "no component": pod(lambda body: body["metadata"]["labels"].pop(LABEL_COMPONENT)),
+        "owned, not controlled": pod(lambda body: body["metadata"]["ownerReferences"][0].update(controller=False)),
+    }
+    outcomes = {name: _refused_by_policy(call) for name, call in refused.items()}
+    assert all(outcomes.values()), [name for name, ok in outcomes.items() if not ok]
+
+    # the builders' data check pod passes RBAC and the policy; the operator may delete it
+    core.create_namespaced_pod(team, good)
+    core.delete_namespaced_pod(good["metadata"]["name"], team, grace_period_seconds=0)
+    # pods RBAC lets it delete, refused by the policy: a training pod (the Job controller's) and a tenant's own
+    trainer_pod = copy.deepcopy(good)
+    trainer_pod["metadata"].update(name="owner-trainer-pod", labels={LABEL_COMPONENT: COMPONENT_TRAINER})
+    tenants = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "tenants-own"}, "spec": check["spec"]}
+    for other in (trainer_pod, tenants):
+        cluster.core.create_namespaced_pod(team, other)
+        name = other["metadata"]["name"]
+        assert _refused_by_policy(lambda name=name: core.delete_namespaced_pod(name, team)), name
+        cluster.core.delete_namespaced_pod(name, team, grace_period_seconds=0)
+
+
 def test_operator_requests_outside_its_rights_are_refused(
     cluster: Any, chart_identity: Identity, namespace: str, other_namespace: str
 ) -> None:
@@ -317,20 +427,24 @@ def test_operator_requests_outside_its_rights_are_refused(
             GROUP, VERSION, team, PLURAL, "mine", {"status": {"phase": "Pending"}}
         )
     )
-    # refused: secrets elsewhere or in bulk, pods, a sweep's spec, deleting a FineTuneJob, cluster RBAC, more
-    # rights than it holds (a FineTuneJob's spec can be patched: a sweep's trials are suspended or promoted; the
-    # operator only ever patches the FineTuneJobs it created as trials, never one a user made)
+    # refused: secrets elsewhere or in bulk, pods outside the watched namespace, pod logs and patch, a sweep's spec,
+    # deleting a FineTuneJob, cluster RBAC, more rights than it holds (a FineTuneJob's spec can be patched: a sweep's
+    # trials are suspended or promoted; the operator only ever patches the FineTuneJobs it created as trials, never
+    # one a user made). Pods in the watched namespace: RBAC allows create and delete (the data check's bare pod),
+    # the admission policy bounds them (test_admission_policy_lets_the_operator_create_and_delete_only_data_check_pods)
     refused: list[Callable[[], Any]] = [
         lambda: core.read_namespaced_secret("elsewhere", namespace),
         lambda: core.list_namespaced_secret(team),
         lambda: core.list_secret_for_all_namespaces(),
         lambda: core.create_namespaced_pod(
-            team,
+            namespace,
             client.V1Pod(
                 metadata=client.V1ObjectMeta(name="p"),
                 spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="x")]),
             ),
         ),
+        lambda: core.read_namespaced_pod_log("any", team),
+        lambda: core.patch_namespaced_pod("any", team, {"metadata": {"labels": {"x": "y"}}}),
         lambda: core.delete_namespace(team),
         lambda: custom.patch_namespaced_custom_object(
             GROUP, VERSION, team, "finetunesweeps", "any", {"spec": {"parallelism": 9}}

@@ -128,11 +128,19 @@ tests/helm/test_chart.py pins the exact list; docs/security.md shows `kubectl au
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, patch, delete]
-# Training pods are only observed (exit codes, termination messages, DisruptionTarget); the Job controller
-# creates them, so the operator has no create on pods (nor exec, logs or attach).
+# Pods: a run's data check (component validator) is a bare pod the operator creates itself, controlled by its
+# FineTuneJob (a batch Job per check made the Job controller's client rate limit the bottleneck at 500 runs;
+# Kueue-queued runs keep the Job). create: that pod; delete: the check pod of a retired or suspended run, after a
+# placement change, before a retry; get (metadata only): who controls the pod after a create answered 409.
+# list, watch: every pod is observed (exit codes, termination messages, DisruptionTarget; a ModelServer's
+# replicas, label-selected). Training pods are still made by the Job controller. Creating a pod is no more power
+# than creating a Job, which the operator already has (batch rule above); the chart's admission policy
+# (templates/admission-policy.yaml) admits from this ServiceAccount only a validator pod its FineTuneJob controls,
+# without a token, non-root, unprivileged, with no host namespaces or hostPath. Still no exec, logs, attach,
+# patch or update on pods.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, watch]
+  verbs: [get, list, watch, create, delete]
 # Serving Deployments (a FineTuneJob's own, a ModelServer's): startup list + watch, server-side apply (patch;
 # create when it does not exist yet), delete when serving is turned off; get (metadata only) before an apply or a
 # delete: who controls it (ownership, as for Services below; the passes read the Deployments themselves from memory).
