@@ -301,15 +301,14 @@ def test_admission_policy_lets_the_operator_create_and_delete_only_data_check_po
     """RBAC's create and delete on pods (the data check runs as a bare pod) reach every pod of a watched namespace;
     the admission policy admits from the operator's token only the data check's shape: a validator pod a
     FineTuneJob controls, without a token, non-root, unprivileged, only configMap and emptyDir volumes, no host
-    namespaces; and deletes only of such a pod. The admitted pod is the builders' own (the check's pod spec)."""
+    namespaces; and deletes only of such a pod. The admitted pod is the builders' own (training.validation_pod)."""
     import copy
 
     from finetune_operator.api.finetunejob import parse_spec
-    from finetune_operator.api.labels import COMPONENT_TRAINER, COMPONENT_VALIDATOR, LABEL_COMPONENT, Names
+    from finetune_operator.api.labels import COMPONENT_TRAINER, LABEL_COMPONENT
     from finetune_operator.api.objects import Owner
-    from finetune_operator.builders.common import metadata
     from finetune_operator.builders.rbac import trainer_service_account
-    from finetune_operator.builders.training import validation_job
+    from finetune_operator.builders.training import validation_pod
     from finetune_operator.core.settings import Settings
     from kubernetes import client
 
@@ -319,13 +318,7 @@ def test_admission_policy_lets_the_operator_create_and_delete_only_data_check_po
     owner = Owner(team, "owner", created["metadata"]["uid"])
     # the pod runs as the run's trainer ServiceAccount (no token mounted): it must exist for any pod to be admitted
     cluster.core.create_namespaced_service_account(team, trainer_service_account(owner))
-    check = validation_job(parse_spec(manifest["spec"]), owner, 1, "hash", Settings())["spec"]["template"]
-    good: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": metadata(owner, Names.of("owner").validation_job(1) + "-1", COMPONENT_VALIDATOR, 1),
-        "spec": check["spec"],
-    }
+    good = validation_pod(parse_spec(manifest["spec"]), owner, 1, "hash", Settings(), 1)
     core = client.CoreV1Api(chart_identity.api_client)
 
     def pod(change: Callable[[dict[str, Any]], None]) -> Callable[[], Any]:
@@ -396,7 +389,7 @@ def test_admission_policy_lets_the_operator_create_and_delete_only_data_check_po
     # pods RBAC lets it delete, refused by the policy: a training pod (the Job controller's) and a tenant's own
     trainer_pod = copy.deepcopy(good)
     trainer_pod["metadata"].update(name="owner-trainer-pod", labels={LABEL_COMPONENT: COMPONENT_TRAINER})
-    tenants = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "tenants-own"}, "spec": check["spec"]}
+    tenants = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "tenants-own"}, "spec": good["spec"]}
     for other in (trainer_pod, tenants):
         cluster.core.create_namespaced_pod(team, other)
         name = other["metadata"]["name"]
