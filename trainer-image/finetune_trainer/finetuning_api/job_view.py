@@ -76,8 +76,8 @@ def _validated(status: Mapping[str, Any]) -> bool:
 
 def _validating(status: Mapping[str, Any]) -> bool:
     """Whether a waiting run waits for its data check: nothing observed yet, or the operator's `Trained`
-    condition says the validation Job is what waits (its messages start with "validation"). A run whose check
-    passed, or that has none (the chart's `validation.enabled: false`), waits to train: `queued`."""
+    condition says the data check (its pod, or Job) is what waits (its messages start with "validation"). A run
+    whose check passed, or that has none (the chart's `validation.enabled: false`), waits to train: `queued`."""
     if _validated(status):
         return False
     trained = next((c for c in status.get("conditions") or [] if c.get("type") == "Trained"), None)
