@@ -23,13 +23,7 @@ from typing import Any
 from finetune_operator.api.finetunejob import FineTuneJobSpec, placement_spec_hash
 from finetune_operator.api.labels import COMPONENT_VALIDATOR, Names
 from finetune_operator.api.objects import Manifest, Owner
-from finetune_operator.builders.rbac import (
-    progress_config_map,
-    trainer_rbac,
-    trainer_role,
-    trainer_role_binding,
-    trainer_service_account,
-)
+from finetune_operator.builders.rbac import progress_config_map, trainer_rbac
 from finetune_operator.builders.trainer_config import trainer_config_map
 from finetune_operator.builders.training import training_job, validation_job, validation_pod, workers_service
 from finetune_operator.core.observed import JobObs
@@ -72,18 +66,14 @@ def training_children(
 ) -> list[Manifest]:
     """Everything run `run` needs, in creation order: the Job last, so its existence implies the rest.
 
-    `validated_here`: the run's data check (its pod or Job) exists, which implies its children (the trainer's
-    ServiceAccount and this run's config, the same objects) exist too, so they are not created again: each would
-    be a create answered 409 and a read of the existing object's owner, round trips on the hand-over from
+    `validated_here`: the run's validation Job exists, which implies its children (the trainer's identity and
+    this run's config, the same objects) exist too, so they are not created again: each would be a create
+    answered 409 and a read of the existing object's owner, four round trips per run on the hand-over from
     validation to training, measured as the largest part of that hand-over at 500 jobs (docs/benchmarks.md).
-    The trainer's rights (its Role and RoleBinding) are made here, not for the check: the check mounts no token.
     `disk_bytes`: the validation's disk plan total, the training pod's ephemeral-storage. `commits`: the hf://
     sources' commits of a passed validation this run reuses, pinned in its config (a run validated here reads them
     from the run's hub-sources.json, which its validation wrote)."""
-    if validated_here:
-        shared = [trainer_role(owner), trainer_role_binding(owner)]
-    else:
-        shared = [*trainer_rbac(owner), trainer_config_map(spec, owner, run, commits)]
+    shared = [] if validated_here else [*trainer_rbac(owner), trainer_config_map(spec, owner, run, commits)]
     children = [*shared, progress_config_map(owner)]
     if spec.distributed.workers > 1:
         children.append(workers_service(spec, owner, run))
@@ -94,10 +84,9 @@ def training_children(
 def validation_children(
     spec: FineTuneJobSpec, owner: Owner, run: int, training_hash: str, settings: Settings
 ) -> list[Manifest]:
-    """What the validation of run `run` needs under Kueue: the trainer's ServiceAccount and config, then its Job
-    (last). No Role: the check mounts no token (validation_pod_children says why)."""
+    """What the validation of run `run` needs: the trainer's identity and config, then its Job (last)."""
     return [
-        trainer_service_account(owner),
+        *trainer_rbac(owner),
         trainer_config_map(spec, owner, run),
         validation_job(spec, owner, run, training_hash, settings),
     ]
@@ -107,11 +96,9 @@ def validation_pod_children(
     spec: FineTuneJobSpec, owner: Owner, run: int, training_hash: str, settings: Settings
 ) -> list[Manifest]:
     """The first attempt of run `run`'s data check as a bare pod (finetunejob/validation_pod.py): the trainer's
-    ServiceAccount and config, then the pod (last: it names both). The Role and RoleBinding that let the trainer
-    report progress come with the training Job (training_children): the check mounts no token, so they would
-    only lengthen the path to the first pod (at 500 jobs, three creates of five before each check could start)."""
+    identity and config, then the pod (last: it names both)."""
     return [
-        trainer_service_account(owner),
+        *trainer_rbac(owner),
         trainer_config_map(spec, owner, run),
         validation_pod(spec, owner, run, training_hash, settings, 1),
     ]

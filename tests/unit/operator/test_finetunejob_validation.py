@@ -79,7 +79,7 @@ def _pod_names(p: Plan) -> list[str]:
 
 def test_the_first_pod_of_a_run_is_the_cpu_only_check() -> None:
     p = plan(_snap(spec(), secret_present=True), SETTINGS)
-    assert _kinds(p) == ["ServiceAccount", "ConfigMap", "Pod"]  # no Role yet: the check mounts no token
+    assert _kinds(p) == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Pod"]
     check = p.create[-1]
     assert check["metadata"]["name"] == "support-bot-r1-check-1"
     container = check["spec"]["containers"][0]
@@ -124,11 +124,8 @@ def test_a_passed_check_records_its_summary_and_creates_the_training_job() -> No
         assert recorded[key] == SUMMARY[key]
     assert "nearOverlapExamples" not in recorded
     assert p.status["phase"] == "Queued"
-    # The check's Job implies its identity and config exist: only what training adds is created (the trainer's
-    # rights to report progress among them).
+    # The check's Job implies its identity and config exist: only what training adds is created.
     assert [(m["kind"], m["metadata"]["name"]) for m in p.create] == [
-        ("Role", "support-bot-trainer"),
-        ("RoleBinding", "support-bot-trainer"),
         ("ConfigMap", "support-bot-progress"),
         ("Job", "support-bot-r1"),
     ]

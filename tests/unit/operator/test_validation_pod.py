@@ -55,9 +55,11 @@ def test_the_first_attempt_is_a_pod_the_operator_makes_not_a_job() -> None:
     p = plan(_snap(spec(), secret_present=True), SETTINGS)
     assert _created(p) == [
         ("ServiceAccount", "support-bot-trainer"),
+        ("Role", "support-bot-trainer"),
+        ("RoleBinding", "support-bot-trainer"),
         ("ConfigMap", "support-bot-r1-config"),
         ("Pod", "support-bot-r1-check-1"),
-    ]  # no Role: the check mounts no token; the training Job's pass makes the trainer's rights
+    ]
     pod = p.create[-1]
     owner = pod["metadata"]["ownerReferences"][0]
     assert owner["uid"] == OWNER.uid and owner["controller"] is True and owner["kind"] == "FineTuneJob"
@@ -87,12 +89,7 @@ def test_a_running_attempt_is_the_validating_phase_and_nothing_is_created() -> N
 def test_a_passed_check_makes_the_training_job_without_remaking_the_checks_identity() -> None:
     done = _attempt(1, phase="Succeeded", exit_code=0, termination_message=PASSED)
     p = plan(_snap(spec(), _run1(phase="Validating"), pods=[done]), SETTINGS)
-    assert _created(p) == [
-        ("Role", "support-bot-trainer"),
-        ("RoleBinding", "support-bot-trainer"),
-        ("ConfigMap", "support-bot-progress"),
-        ("Job", "support-bot-r1"),
-    ]
+    assert _created(p) == [("ConfigMap", "support-bot-progress"), ("Job", "support-bot-r1")]
     assert p.status["validation"]["passed"] is True and p.status["validation"]["estimatedSteps"] == 20
 
 
