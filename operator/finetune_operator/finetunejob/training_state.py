@@ -86,10 +86,16 @@ def _failed(job: JobObs, pods: Sequence[PodObs], attempts: int) -> TrainingState
 
 
 def node_lost_message(pod: PodObs) -> str:
+    """Why nothing replaces a pod on a node that stopped responding, and what would free it. A data-check pod's
+    next attempt is the operator's (finetunejob/validation_pod.py), a training pod's replacement the Job's."""
+    if pod.component == COMPONENT_VALIDATOR:
+        what, replacement = "validation pod", "the check's next attempt starts"
+    else:
+        what, replacement = "training pod", "the Job starts the replacement (which resumes from the last checkpoint)"
     return (
-        f"training pod {pod.name} was evicted from node {pod.node_lost}, which stopped responding, and stays "
-        "terminating until it answers again: the Job starts the replacement (which resumes from the last "
-        "checkpoint) once the node is back, deleted (as a cloud's node controller does when the machine is gone), "
+        f"{what} {pod.name} was evicted from node {pod.node_lost}, which stopped responding, and stays "
+        f"terminating until it answers again: {replacement} "
+        "once the node is back, deleted (as a cloud's node controller does when the machine is gone), "
         f"or tainted node.kubernetes.io/out-of-service=nodeshutdown:NoExecute (kubectl taint node {pod.node_lost} "
         "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute) by whoever knows the machine is down"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from finetune_operator.api.labels import COMPONENT_VALIDATOR
 from finetune_operator.core.observed import JobObs, PodObs, pod_obs
 from finetune_operator.finetunejob.training_state import training_state
 
@@ -45,3 +46,13 @@ def test_once_the_replacement_runs_the_lost_pod_no_longer_matters() -> None:
     pods = [lost, replacement]
     state = training_state(JobObs("ft-r1", 1, active=1), pods, suspend=False, kueue=False, progress={}, run=1)
     assert (state.phase, state.reason) == ("Training", "Training")
+
+
+def test_a_data_check_pod_on_a_lost_node_says_its_next_attempt_waits_not_a_training_replacement() -> None:
+    lost = PodObs("ft-r1-check-1", 1, phase="Running", component=COMPONENT_VALIDATOR, deleting=True, node_lost="gpu-7")
+    state = training_state(
+        JobObs("ft-r1-check", 1, COMPONENT_VALIDATOR), [lost], suspend=False, kueue=False, progress={}, run=1
+    )
+    assert (state.phase, state.reason) == ("Queued", "NodeLost")
+    assert state.message.startswith("validation pod ft-r1-check-1 was evicted from node gpu-7")
+    assert "next attempt" in state.message and "checkpoint" not in state.message
