@@ -43,6 +43,19 @@ def _attempt(n: int, run: int = 1, **kw: Any) -> PodObs:
     return PodObs(f"support-bot-r{run}-check-{n}", run, **fields)
 
 
+def _evicted(n: int, **kw: Any) -> PodObs:
+    """Attempt `n` as the kubelet leaves it after a node-pressure eviction (a DisruptionTarget, its words)."""
+    return _attempt(
+        n,
+        phase="Failed",
+        exit_code=137,
+        disrupted=True,
+        reason="Evicted",
+        eviction="The node was low on resource: memory. ",
+        **kw,
+    )
+
+
 def _created(p: Plan) -> list[tuple[str, str]]:
     return [(m["kind"], m["metadata"]["name"]) for m in p.create]
 
@@ -125,17 +138,7 @@ def test_an_infrastructure_failure_is_retried_up_to_the_backoff_limit_then_fails
 
 
 def test_an_eviction_is_a_free_retry() -> None:
-    evicted = [
-        _attempt(
-            n,
-            phase="Failed",
-            exit_code=137,
-            disrupted=True,
-            reason="Evicted",
-            eviction="The node was low on resource: memory. ",
-        )
-        for n in (1, 2, 3)
-    ]
+    evicted = [_evicted(n) for n in (1, 2, 3)]
     p = plan(_snap(spec(), _run1(phase="Validating"), pods=evicted), SETTINGS)
     assert _created(p) == [("Pod", "support-bot-r1-check-4")] and p.status["phase"] != "Failed"
 
@@ -193,18 +196,7 @@ def test_a_new_run_retires_the_old_runs_check_pods() -> None:
 
 def test_repeated_evictions_stop_the_check_without_another_attempt() -> None:
     settings = Settings(trainer_image="trainer:test", node_pressure_evictions=2)
-    evicted = [
-        _attempt(
-            n,
-            phase="Failed",
-            exit_code=137,
-            disrupted=True,
-            reason="Evicted",
-            eviction="The node was low on resource: memory. ",
-            node="n",
-        )
-        for n in (1, 2)
-    ]
+    evicted = [_evicted(n, node="n") for n in (1, 2)]
     p = plan(_snap(spec(), _run1(phase="Validating"), pods=evicted), settings)
     assert p.status["error"]["code"] == "EvictedRepeatedly" and p.create == []
 
