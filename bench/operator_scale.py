@@ -14,7 +14,9 @@ data check's pod exists (`all_check_pods_seconds`: its pod, not its Job, so the 
 check is a pod or a Job, and includes the Job controller's part when it is a Job).
 
 The machine is shared and noisy, so the benchmark runs several rounds (--runs, each with a fresh operator,
-namespace and nodes) and reports the median of each figure beside its range. On the local cluster it also
+namespace and nodes) and reports the median of each figure beside its range. A round ends once its namespace is
+gone, and the next starts once the 1-minute load average is under --quiet-load (1.0; at most 240 s of waiting):
+a round started while the last one's deletions still ran was measured 20-40% slower. On the local cluster it also
 reports the CPU seconds each component spent until the last Job existed, and the load average before the
 round started: the operator, the API server, etcd and the controllers share two cores, and those figures
 say which of them the wall time went to (and whether something else was loading the machine).
@@ -41,7 +43,9 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -352,8 +356,13 @@ def run(jobs: int, nodes: int, delay: str, timeout: float, measure_release: bool
         baseline_rss = rss_mib(operator.pid)
         before = api_requests(metrics_port)
         cpu_before = cpu_seconds(operator.pid)
-        pids = {"operator": operator.pid, "benchmark (creates, watches)": os.getpid(), **component_pids()}
-        component_cpu_before = {name: process_tree_cpu_seconds(pid) for name, pid in pids.items()}
+        # the operator is this process's child: the benchmark's own figure is its process alone, not its tree
+        readers: dict[str, Callable[[], float]] = {
+            "operator": lambda: process_tree_cpu_seconds(operator.pid),
+            "benchmark (creates, watches)": lambda: cpu_seconds(os.getpid()),
+            **{name: partial(process_tree_cpu_seconds, pid) for name, pid in component_pids().items()},
+        }
+        component_cpu_before = {name: read() for name, read in readers.items()}
         start = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
             list(
@@ -373,9 +382,7 @@ def run(jobs: int, nodes: int, delay: str, timeout: float, measure_release: bool
         all_validators = max(validators.values(), default=start) - start if len(validators) >= jobs else None
         checks = watcher.pod_seen[VALIDATOR]
         all_checks = max(checks.values(), default=start) - start if len(checks) >= jobs else None
-        component_cpu = {
-            name: round(process_tree_cpu_seconds(pid) - component_cpu_before[name], 1) for name, pid in pids.items()
-        }
+        component_cpu = {name: round(read() - component_cpu_before[name], 1) for name, read in readers.items()}
         while len(watcher.ftj_done) < jobs and time.monotonic() < deadline:
             time.sleep(0.5)
         time.sleep(1)
@@ -424,6 +431,33 @@ def run(jobs: int, nodes: int, delay: str, timeout: float, measure_release: bool
         log.close()
         core.delete_namespace(namespace, propagation_policy="Background")
         delete_nodes(core, node_names)
+        wait_until_gone(core, namespace, timeout)
+
+
+def wait_until_gone(core: Any, namespace: str, timeout: float) -> None:
+    """The next round must not share the machine with this one's cleanup (thousands of deletions by the
+    namespace controller and the garbage collector): wait until the namespace is gone."""
+    from kubernetes import client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            core.read_namespace(namespace)
+        except client.ApiException as error:
+            if error.status == 404:
+                return
+            raise
+        time.sleep(2)
+    print(f"namespace {namespace} still there after {timeout:.0f} s", file=sys.stderr)
+
+
+def wait_for_quiet(limit: float, most: float = 240.0) -> float:
+    """Wait (at most `most` seconds) until the 1-minute load average is under `limit`; the load it reached. A round
+    that starts while the last one's work still loads the machine measures the two together."""
+    deadline = time.monotonic() + most
+    while os.getloadavg()[0] >= limit and time.monotonic() < deadline:
+        time.sleep(5)
+    return os.getloadavg()[0]
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -461,9 +495,17 @@ def main() -> None:
         action="store_true",
         help="after each round, delete every FineTuneJob and report the operator's resident memory once it tracks none",
     )
+    parser.add_argument(
+        "--quiet-load",
+        type=float,
+        default=1.0,
+        help="before each round wait (up to 240 s) until the 1-minute load average is under this; 0: do not wait",
+    )
     args = parser.parse_args()
     rounds = []
     for index in range(args.runs):
+        if args.quiet_load > 0:
+            print(f"--- load average {wait_for_quiet(args.quiet_load):.1f} before round {index + 1}", flush=True)
         figures = run(args.jobs, args.nodes, args.delay, args.timeout, args.release)
         print(f"--- round {index + 1}/{args.runs}")
         for key, value in figures.items():
