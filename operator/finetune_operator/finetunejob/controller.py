@@ -45,7 +45,7 @@ from finetune_operator.core.metrics import (
 )
 from finetune_operator.core.observed import deployment_obs, job_obs, pod_obs
 from finetune_operator.core.settings import Settings
-from finetune_operator.core.status_patch import merge_patch, now_rfc3339
+from finetune_operator.core.status_patch import StatusPace, merge_patch, now_rfc3339
 from finetune_operator.core.store import Key, Store
 from finetune_operator.core.workqueue import RequeueError
 from finetune_operator.finetunejob.apikey import ApiKey, needs_key, recorded_key
@@ -67,8 +67,13 @@ def invalid_spec_status(error: ValidationError, generation: int) -> dict[str, An
 class Reconciler:
     def __init__(self, kube: Kube, store: Store, settings: Settings, pool: Executor | None = None) -> None:
         self.kube, self.store, self.settings = kube, store, settings
-        # Independent requests of one pass (the objects a Job needs, Events) go out side by side.
+        # Independent requests of one pass (the objects a Job needs) go out side by side.
         self.pool = pool or ThreadPoolExecutor(max_workers=8, thread_name_prefix="children")
+        # Events go out on their own threads: best effort, they must not queue ahead of a pass's creates (at 500
+        # new jobs they were 1,500 posts in the first 50 s on the children's 8 threads).
+        self.events = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="events")
+        # a status patch that only rewords conditions waits until a moment after the last (core.status_patch)
+        self.pace = StatusPace()
         # The jobs whose trainer Role this process has checked against the current rules. Kept here, not read
         # from status.trainerRulesHash: whoever may patch a job's status could otherwise skip the repair of an
         # older operator's Role. One GET per job per process start; a uid is a few dozen bytes.
@@ -99,11 +104,13 @@ class Reconciler:
         self.accepted.prune(lambda uid: self.store.key_of(uid) is not None)
         with self._rules_lock:
             self._rules_checked = {uid for uid in self._rules_checked if self.store.key_of(uid) is not None}
+        self.pace.keep_only(lambda uid: self.store.key_of(uid) is not None)
         return dropped
 
     def forget(self, uid: str) -> None:
         """A FineTuneJob was deleted: drop this loop's per-job memories of it."""
         self.accepted.forget(uid)
+        self.pace.forget(uid)
         with self._rules_lock:
             self._rules_checked.discard(uid)
 
@@ -140,7 +147,10 @@ class Reconciler:
             snapshot = replace(snapshot, secret_present=not absent, absent_secrets=absent)
         with self._rules_lock:
             checked = owner.uid in self._rules_checked
-        if not checked:
+        # A job no operator has written a status for yet: its Role is made in this pass, with the current rules,
+        # and a Role this pass makes (201) needs no read; one that was there already is checked by the next pass.
+        role_made_now = not checked and not status
+        if not checked and not role_made_now:
             rules = self._trainer_rules(owner)
             snapshot = replace(snapshot, trainer_rules=rules)
             if rules is not None:
@@ -150,13 +160,19 @@ class Reconciler:
             snapshot = replace(snapshot, **self._generated_key(owner))
         decided = plan(snapshot, self.settings)
         try:
-            self._execute(owner, decided)
+            made = self._execute(owner, decided)
+            if role_made_now and "Role" in made:
+                with self._rules_lock:
+                    self._rules_checked.add(owner.uid)
+                decided = replace(decided, status={**decided.status, "trainerRulesHash": trainer_rules_hash(owner)})
         except PermanentError as error:
             RECONCILE_ERRORS.labels("permanent").inc()
             code = NameTaken.code if isinstance(error, NameTaken) else "ConfigInvalid"
             failed = {"phase": "Failed", "error": {"code": code, "message": str(error)[:4096]}}
             decided = replace(decided, status={**decided.status, **failed})
-        self._write_status(view.body, decided.status, owner, decided)
+        held = self._write_status(view.body, decided.status, owner, decided)
+        if held is not None and (decided.requeue_after is None or held < decided.requeue_after):
+            return held
         return decided.requeue_after
 
     def _trainer_rules(self, owner: Owner) -> str | None:
@@ -209,7 +225,8 @@ class Reconciler:
         if body:
             self.store.put_job(job_obs(body), only_if_absent=created is not None)
 
-    def _execute(self, owner: Owner, decided: Plan) -> None:
+    def _execute(self, owner: Owner, decided: Plan) -> set[str]:
+        """Carry the plan out; the kinds of the objects a Job needs that this pass created (not found made)."""
         for ref in decided.delete:
             deleted = self.kube.delete(
                 ref.api_version,
@@ -232,7 +249,8 @@ class Reconciler:
         # that exists implies the rest does, which is what lets a restarted operator trust an existing Job. The
         # data check's bare pod likewise comes last (its ServiceAccount must exist before it is admitted).
         needed = [m for m in decided.create if m["kind"] not in ("Job", "Pod")]
-        list(self.pool.map(self.kube.create, needed))
+        results = self.pool.map(self.kube.create, needed)
+        made = {m["kind"] for m, created in zip(needed, results, strict=True) if created is not None}
         for manifest in decided.create:
             if manifest["kind"] == "Job":
                 self._created_job(owner, manifest, self.kube.create(manifest))
@@ -247,6 +265,7 @@ class Reconciler:
         if decided.suspend_job:
             name, suspend = decided.suspend_job
             self.kube.set_job_suspend(owner.namespace, name, suspend)
+        return made
 
     def _write_status(
         self,
@@ -254,11 +273,18 @@ class Reconciler:
         new: dict[str, Any],
         owner: Owner | None = None,
         decided: Plan | None = None,
-    ) -> None:
+    ) -> float | None:
+        """Patch the status from `old` to `new`; the seconds until a pass may write it, when only its conditions'
+        wording changed and the last write was a moment ago (StatusPace), else None."""
         meta, old = body["metadata"], body.get("status") or {}
         patch = merge_patch(old, new)
+        if patch and decided is not None and not decided.events and not decided.evicted:
+            wait = self.pace.hold(meta["uid"], old, patch)
+            if wait > 0:
+                return wait
         if patch:
             patched = self.kube.patch_status(meta["namespace"], meta["name"], patch, meta["resourceVersion"])
+            self.pace.wrote(meta["uid"])
             self.store.put_body(patched)
         JOBS_BY_PHASE.set(meta["namespace"], meta["name"], str(new.get("phase") or "Pending"))
         if owner is not None and decided is not None and old.get("phase") != new.get("phase"):
@@ -275,6 +301,7 @@ class Reconciler:
             # the plan emits an event only for news (a phase change, tracking newly degraded); best effort, off
             # the critical path
             for event in decided.events:
-                self.pool.submit(self.kube.post_event, owner, event.type, event.reason, event.message)
+                self.events.submit(self.kube.post_event, owner, event.type, event.reason, event.message)
             for resource in decided.evicted:  # counted once: the status that records them is written
                 NODE_PRESSURE_EVICTIONS.labels(resource).inc()
+        return None

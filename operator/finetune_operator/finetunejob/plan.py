@@ -65,7 +65,7 @@ from finetune_operator.finetunejob.runs import (
 from finetune_operator.finetunejob.serving import published_of, serving_decision
 from finetune_operator.finetunejob.snapshot import Snapshot
 from finetune_operator.finetunejob.status import Outcome, status_of
-from finetune_operator.finetunejob.training_state import ErrorInfo, TrainingState, training_state
+from finetune_operator.finetunejob.training_state import WAITING_FOR_PODS, ErrorInfo, TrainingState, training_state
 from finetune_operator.finetunejob.validation import (
     Validation,
     cached_base_model_uri,
@@ -253,10 +253,15 @@ def _state(
         return _remembered(status)
     if job is None and created_job == "Pod":
         return TrainingState("Queued", "JobCreated", f"{what} pod created; waiting for it to start")
-    if job is None and created_job:
+    if job is None and created_job and spec.queue_name:
         # Created in this very pass: report where it is going (Queued), not the instant before (Pending).
-        why = "waiting for admission by Kueue" if spec.queue_name else "waiting for its pods"
-        return TrainingState("Queued", "JobCreated", f"{what} Job created; {why}")
+        return TrainingState("Queued", "JobCreated", f"{what} Job created; waiting for admission by Kueue")
+    if job is None and created_job:
+        # The words the Job's first observation gives (training_state.WAITING_FOR_PODS), so that observation
+        # is no second status write saying the same thing.
+        if what == "training":
+            return WAITING_FOR_PODS
+        return TrainingState("Queued", "JobCreated", f"{what} Job created; waiting for its pods")
     if validation.state is not None:
         return validation.state
     return training_state(

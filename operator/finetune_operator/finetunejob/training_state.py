@@ -7,7 +7,7 @@ reason, error) cases tests it without a cluster. The planner adds the gate and s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from finetune_operator.api.labels import COMPONENT_VALIDATOR
@@ -38,6 +38,11 @@ class TrainingState:
     metrics: dict[str, Any] = field(default_factory=dict)
     attempts: int = 0
     tracking: dict[str, Any] = field(default_factory=dict)  # the termination message's, when the run ended
+
+
+# A training Job with no pod yet, from the pass that creates it until its first pod is seen: one wording for both
+# (plan.py reports it for the Job it has just made), so the Job's first observation writes no status.
+WAITING_FOR_PODS = TrainingState("Queued", "WaitingForPods", "training Job created; waiting for its pods to start")
 
 
 def _report_of(pods: Sequence[PodObs], *, succeeded: bool) -> TrainerReport | None:
@@ -136,7 +141,7 @@ def _running(job: JobObs, pods: Sequence[PodObs], progress: dict[str, Any], run:
         return TrainingState(
             "Pending", "Retrying", f"attempt {job.failed} failed; another is starting", attempts=attempts
         )
-    return TrainingState("Queued", "WaitingForPods", "waiting for its pods to start", attempts=attempts)
+    return replace(WAITING_FOR_PODS, attempts=attempts)
 
 
 def training_state(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -63,3 +64,39 @@ def assert_golden(relative: str, value: Any) -> None:
         return
     assert path.exists(), f"{path} missing: run with UPDATE_GOLDEN=1 and review the new file"
     assert text == path.read_text(), f"{relative} differs from its golden file (UPDATE_GOLDEN=1 to accept)"
+
+
+class RecordingKube:
+    """Stands in for the API server in a reconcile pass's unit tests: keeps the FineTuneJob's body as the server
+    would (status patches applied, resourceVersion checked and bumped) and records the status patches, the
+    creates and the reads. `existing`: kinds whose create finds the object already made (ours: None)."""
+
+    def __init__(self, body: dict[str, Any], existing: tuple[str, ...] = ()) -> None:
+        self.body, self.existing = body, existing
+        self.patches: list[dict[str, Any]] = []
+        self.created: list[str] = []
+        self.reads: list[tuple[str, str]] = []
+
+    def exists_metadata(self, *_: Any) -> bool:
+        return True
+
+    def get(self, _api_version: str, kind: str, _namespace: str, name: str) -> None:
+        self.reads.append((kind, name))
+        return None
+
+    def create(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        if manifest["kind"] in self.existing:
+            return None
+        self.created.append(manifest["kind"])
+        return {**manifest, "metadata": {**manifest["metadata"], "resourceVersion": "1", "uid": "child"}}
+
+    def patch_status(self, namespace: str, name: str, patch: dict[str, Any], version: str) -> dict[str, Any]:
+        assert version == self.body["metadata"]["resourceVersion"]
+        self.patches.append(patch)
+        status = {**(self.body.get("status") or {}), **patch}
+        meta = {**self.body["metadata"], "resourceVersion": str(int(version) + 1)}
+        self.body = {**self.body, "metadata": meta, "status": {k: v for k, v in status.items() if v is not None}}
+        return copy.deepcopy(self.body)
+
+    def post_event(self, *_: Any) -> None:
+        return None
