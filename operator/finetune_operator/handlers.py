@@ -5,12 +5,12 @@ registers one kopf event handler per watched resource, one work queue per kind, 
 its workers start (so the first passes after a restart see the children that already exist), and periodically
 prunes each kind's memory of children that name no live owner and requeues every key (the resync).
 
-Only `on.event` handlers are used: kopf then keeps no progress or diff-base annotations (nor, with NoDiffBase,
-computes a diff base at all) and adds no finalizer, so
-the operator writes nothing into a FineTuneJob but its status (a GitOps tool sees no drift), and deletion is
-plain garbage collection by owner references. The trials a FineTuneSweep creates are the only FineTuneJobs whose
-spec the operator writes (suspended when stopped early, promoted when published). Children are streamed with
-server-side label selectors: only the operator's own objects, never every pod of a shared cluster.
+Only `on.event` handlers are used: kopf then keeps no progress or diff-base annotations (and, with NoDiffBase,
+computes no diff base at all) and adds no finalizer, so the operator writes nothing into a FineTuneJob but its
+status (a GitOps tool sees no drift), and deletion is plain garbage collection by owner references. The trials
+a FineTuneSweep creates are the only FineTuneJobs whose spec the operator writes (suspended when stopped early,
+promoted when published). Children are streamed with server-side label selectors: only the operator's own
+objects, never every pod of a shared cluster.
 """
 
 from __future__ import annotations

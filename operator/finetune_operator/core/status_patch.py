@@ -65,7 +65,7 @@ class StatusPace:
     """When a status patch that only rewords conditions may go out: no sooner than `interval` after this
     process last wrote that object's status (any other patch goes out at once).
 
-    Why: at 500 FineTuneJobs about a third of all status writes said what was true for a fraction of a second
+    Why: at 500 FineTuneJobs about a quarter of all status writes said what was true for a fraction of a second
     ("pod scheduled, starting", then "running" 0.2 s later), each a write the API server stores and sends to
     every watcher. A phase change, an error, a new field or a flipped condition is never held; a wording held
     back is written by the pass `hold`'s answer schedules, from what is true then, so a state that lasts
