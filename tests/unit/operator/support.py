@@ -66,6 +66,12 @@ def assert_golden(relative: str, value: Any) -> None:
     assert text == path.read_text(), f"{relative} differs from its golden file (UPDATE_GOLDEN=1 to accept)"
 
 
+def new_job_body(raw_spec: dict[str, Any]) -> dict[str, Any]:
+    """OWNER's FineTuneJob as the API server returns it right after its create: no status yet."""
+    meta = {"namespace": OWNER.namespace, "name": OWNER.name, "uid": OWNER.uid, "resourceVersion": "5", "generation": 1}
+    return {"metadata": meta, "spec": raw_spec}
+
+
 class RecordingKube:
     """Stands in for the API server in a reconcile pass's unit tests: keeps the FineTuneJob's body as the server
     would (status patches applied, resourceVersion checked and bumped) and records the status patches, the

@@ -13,18 +13,9 @@ from finetune_operator.core.settings import Settings
 from finetune_operator.core.store import Store
 from finetune_operator.finetunejob.controller import Reconciler
 
-from .support import OWNER, RecordingKube, minimal
+from .support import OWNER, RecordingKube, minimal, new_job_body
 
-BODY: dict[str, Any] = {
-    "metadata": {
-        "namespace": OWNER.namespace,
-        "name": OWNER.name,
-        "uid": OWNER.uid,
-        "resourceVersion": "5",
-        "generation": 1,
-    },
-    "spec": minimal(storage={}),
-}
+BODY = new_job_body(minimal(storage={}))
 ROLE = ("Role", Names.of(OWNER.name).trainer_account)
 
 

@@ -14,7 +14,7 @@ from finetune_operator.core.status_patch import StatusPace, merge_patch, only_re
 from finetune_operator.core.store import Store
 from finetune_operator.finetunejob.controller import Reconciler
 
-from .support import OWNER, RecordingKube, minimal
+from .support import OWNER, RecordingKube, minimal, new_job_body
 
 
 def _condition(kind: str, status: str, reason: str, message: str, at: str = "2026-12-07T10:00:00Z") -> dict[str, Any]:
@@ -112,16 +112,7 @@ def _check_pod(phase: str) -> PodObs:
 
 
 def test_a_pod_scheduled_then_running_a_moment_later_is_one_write_not_two() -> None:
-    body = {
-        "metadata": {
-            "namespace": OWNER.namespace,
-            "name": OWNER.name,
-            "uid": OWNER.uid,
-            "resourceVersion": "5",
-            "generation": 1,
-        },
-        "spec": SPEC,
-    }
+    body = new_job_body(SPEC)
     kube, store = RecordingKube(body), Store()
     loop = Reconciler(kube, store, Settings(trainer_image="trainer:test"))  # type: ignore[arg-type]
     clock = _Clock()
