@@ -17,7 +17,7 @@ from typing import Any
 
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.core.errors import ConfigInvalid, ModelInvalid, UnsupportedHardware
-from finetune_trainer.training import segmented_attention
+from finetune_trainer.training import fused_lora, segmented_attention
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +170,10 @@ def load_model(cfg: TrainerConfig, folder: Path, labels: list[str] | None, preci
     return model
 
 
-def apply_method(model: Any, cfg: TrainerConfig) -> Any:
-    """Wrap the model in a LoRA adapter (lora/qlora) or leave every weight trainable (full)."""
+def apply_method(model: Any, cfg: TrainerConfig, fused: bool = True) -> Any:
+    """Wrap the model in a LoRA adapter (lora/qlora) or leave every weight trainable (full). Its adapter layers
+    compute base and adapter in one pass (`fused_lora`) unless `fused` is False (the benchmark's arm that
+    measures peft's own forward)."""
     if cfg.method.type == "full":
         return model
     import torch
@@ -194,6 +196,8 @@ def apply_method(model: Any, cfg: TrainerConfig) -> Any:
     for parameter in model.parameters():
         if parameter.requires_grad and parameter.dtype != torch.float32:
             parameter.data = parameter.data.float()  # optimizer state and updates in fp32 (fp16 needs it)
+    if fused:
+        fused_lora.fuse(model)
     trainable, total = model.get_nb_trainable_parameters()
     log.info(
         "LoRA rank %d: %d of %d parameters trainable (%.2f%%)",
