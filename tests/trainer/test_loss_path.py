@@ -44,6 +44,22 @@ def test_fused_linear_cross_entropy_matches_cross_entropy(rows: int, weight_grad
         assert torch.allclose(mine, theirs, atol=1e-5), (mine - theirs).abs().max()
 
 
+@pytest.mark.parametrize(("elements", "columns"), [(300, None), (3000, 37), (50 * 300, 128), (10, 300)])
+def test_frozen_head_cross_entropy_matches_cross_entropy(elements: int, columns: int | None) -> None:
+    """Row blocks and vocabulary slices (uneven, several, one row at a time) give the loss and the gradient of
+    the whole logits at once; the online softmax rescales correctly when a later slice holds the maximum."""
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(50, 16, generator=generator, requires_grad=True)
+    weight = torch.randn(300, 16, generator=generator)
+    weight[290:] *= 4  # the largest logits in the last slice
+    targets = torch.randint(0, 300, (50,), generator=generator)
+    total, grad = loss.frozen_head_cross_entropy(hidden.detach(), weight, targets, elements, columns)
+    stock = torch.nn.functional.cross_entropy(hidden @ weight.t(), targets, reduction="sum")
+    (stock_grad,) = torch.autograd.grad(stock, hidden)
+    assert total.item() == pytest.approx(stock.item(), rel=1e-6)
+    assert torch.allclose(grad, stock_grad, atol=1e-5), (grad - stock_grad).abs().max()
+
+
 def test_label_positions_shift_like_the_stock_loss() -> None:
     labels = torch.tensor([[-100, -100, 5, 6, -100, 7, 8]])
     mask, targets = loss.label_positions(labels)

@@ -237,7 +237,9 @@ def _head_activations(shape: ModelShape, setup: Setup, mixed: bool) -> float:
     full = setup.method.type == "full"
     norm = 4 * shape.hidden + (4 * shape.hidden if full else 0) if shape.final_norm else 0
     if shape.num_labels is None and label_position_loss(setup):
-        return norm + c * shape.hidden + 1  # the hidden state's gradient, the label mask
+        # the hidden state's gradient, the label mask; a frozen head (not full) also gathers each target's row
+        # and builds the gradient in fp32 (`training.loss.frozen_head_cross_entropy`): 4 bytes per hidden entry
+        return norm + c * shape.hidden + 1 + (0 if full else 4 * shape.hidden)
     head_input = c * shape.hidden if full or shape.num_labels is not None else 0
     if shape.num_labels is not None:
         return norm + head_input + 16 * shape.num_labels

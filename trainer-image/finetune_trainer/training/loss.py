@@ -11,7 +11,9 @@ states are taken from the decoder's output, the positions whose *next* token car
 and `FusedLinearCrossEntropy` projects them chunk by chunk: each chunk's logits, softmax, loss and the
 gradients of the hidden states (and of the head's weight when it is trained) are computed in the forward
 pass and the chunk is dropped, so the peak is one chunk of logits whatever the batch, and the backward pass
-is two stored tensors scaled by the incoming gradient. The arithmetic is the same cross-entropy (fp32
+is two stored tensors scaled by the incoming gradient. A head that is not trained (LoRA) takes a block of many
+rows against a slice of the vocabulary at a time instead, with the softmax taken online across the slices
+(`frozen_head_cross_entropy`): the same logit budget in wider products. The arithmetic is the same cross-entropy (fp32
 softmax), reduced as transformers reduces it: summed over labelled tokens and divided by the Trainer's
 `num_items_in_batch` when it passes one (gradient accumulation), else by the count of labelled tokens.
 
@@ -43,6 +45,89 @@ def chunk_rows(vocab: int, elements: int = CHUNK_LOGIT_ELEMENTS) -> int:
     return max(1, elements // max(1, vocab))
 
 
+def rows_cross_entropy(hidden: Any, weight: Any, targets: Any, rows: int) -> tuple[Any, Any, Any]:
+    """(summed cross-entropy, its gradient in `hidden`, in `weight` (fp32; None when `weight` is frozen)), `rows`
+    rows of logits at a time: each chunk's softmax gives both gradients at once, so a trained head costs three
+    products per chunk."""
+    import torch
+
+    compute = hidden.dtype
+    w = weight.to(compute)
+    grad_hidden = torch.empty_like(hidden)
+    trained = weight.requires_grad
+    grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if trained else None
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[0], rows):
+        h = hidden[start : start + rows]
+        t = targets[start : start + rows]
+        logits = (h @ w.t()).float()
+        lse = torch.logsumexp(logits, dim=-1)
+        picked = logits.gather(1, t.unsqueeze(1)).squeeze(1)
+        total += (lse - picked).sum()
+        probs = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place of the logits
+        probs[torch.arange(t.shape[0], device=t.device), t] -= 1.0  # d CE / d logits
+        probs = probs.to(compute)
+        grad_hidden[start : start + rows] = probs @ w
+        if grad_weight is not None:
+            grad_weight += (probs.t() @ h).float()
+    return total, grad_hidden, grad_weight
+
+
+MIN_COLUMNS = 1024
+"""Fewest vocabulary entries per slice of `frozen_head_cross_entropy` (where the vocabulary has that many): below
+that the products get thin again."""
+
+
+def frozen_head_cross_entropy(
+    hidden: Any, weight: Any, targets: Any, elements: int, columns: int | None = None
+) -> tuple[Any, Any]:
+    """(summed cross-entropy of `hidden [N, H] @ weight.T` against `targets`, its gradient in `hidden`) for a head
+    that is not trained, holding at most `elements` logits at a time.
+
+    Why not row chunks: a chunk of 85 rows against the whole vocabulary (what 16 MiB of a 49k vocabulary holds)
+    makes thin products; here a block of up to all N rows meets a slice of the vocabulary (`columns` entries,
+    by default as many as `elements` allows), and the softmax is taken online across slices, as flash
+    attention does across keys: a running maximum m and sum s per row, and G, the running `exp(logits - m) @
+    W_slice` sum, rescaled whenever m grows. At the end `G / s` is `softmax @ W`, so the hidden state's gradient
+    is `G / s - W[target]` and each slice's logits are used once: two products per slice, one exponential per
+    logit, nothing kept for the backward pass but the gradient. Measured on SmolLM2's head (docs/benchmarks.md)."""
+    import torch
+
+    rows_total, vocab = hidden.shape[0], weight.shape[0]
+    narrowest = min(vocab, MIN_COLUMNS)
+    block = max(1, min(rows_total, elements // narrowest))
+    width = columns or min(vocab, max(narrowest, elements // block))
+    compute = hidden.dtype
+    w = weight.to(compute)
+    target_rows = w[targets]  # [N, H]: each row's target embedding, for the picked logit and the gradient
+    picked = (hidden.float() * target_rows.float()).sum(dim=1)
+    grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, rows_total, block):
+        h = hidden[start : start + block]
+        peak = torch.full((h.shape[0],), -torch.inf, dtype=torch.float32, device=h.device)
+        mass = torch.zeros_like(peak)
+        acc = grad_hidden[start : start + block].zero_()
+        for first in range(0, vocab, width):
+            slice_w = w[first : first + width]
+            logits = (h @ slice_w.t()).float()
+            new_peak = torch.maximum(peak, logits.amax(dim=1))
+            rescale = torch.exp(peak - new_peak)
+            probs = logits.sub_(new_peak.unsqueeze(1)).exp_()  # exp(logits - m), in place of the logits
+            mass = mass * rescale + probs.sum(dim=1)
+            acc.mul_(rescale.unsqueeze(1))
+            if compute == torch.float32:
+                acc.addmm_(probs, slice_w)
+            else:
+                acc += (probs.to(compute) @ slice_w).float()
+            peak = new_peak
+        total += (peak + mass.log()).sum()  # the rows' log-sum-exp
+        acc.div_(mass.unsqueeze(1))
+    total -= picked.sum()
+    grad_hidden -= target_rows.float()
+    return total, grad_hidden.to(compute)
+
+
 def _fused_function() -> Any:
     import torch
 
@@ -51,25 +136,12 @@ def _fused_function() -> Any:
 
         @staticmethod
         def forward(ctx: Any, hidden: Any, weight: Any, targets: Any, rows: int) -> Any:
-            compute = hidden.dtype
-            w = weight.to(compute)
             want_weight = weight.requires_grad
-            grad_hidden = torch.empty_like(hidden)
-            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
-            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            for start in range(0, hidden.shape[0], rows):
-                h = hidden[start : start + rows]
-                t = targets[start : start + rows]
-                logits = (h @ w.t()).float()
-                lse = torch.logsumexp(logits, dim=-1)
-                picked = logits.gather(1, t.unsqueeze(1)).squeeze(1)
-                total += (lse - picked).sum()
-                probs = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place of the logits
-                probs[torch.arange(t.shape[0], device=t.device), t] -= 1.0  # d CE / d logits
-                probs = probs.to(compute)
-                grad_hidden[start : start + rows] = probs @ w
-                if grad_weight is not None:
-                    grad_weight += (probs.t() @ h).float()
+            if not want_weight:  # a frozen head (LoRA): many rows against slices of the vocabulary, one pass
+                total, grad_hidden = frozen_head_cross_entropy(hidden, weight, targets, rows * weight.shape[0])
+                grad_weight = None
+            else:
+                total, grad_hidden, grad_weight = rows_cross_entropy(hidden, weight, targets, rows)
             ctx.save_for_backward(grad_hidden, grad_weight if grad_weight is not None else torch.empty(0))
             ctx.want_weight = want_weight
             ctx.weight_dtype = weight.dtype
@@ -90,7 +162,8 @@ _FUNCTION: Any = None
 
 def fused_linear_cross_entropy(hidden: Any, weight: Any, targets: Any, rows: int | None = None) -> Any:
     """Summed cross-entropy of `hidden [N, H] @ weight.T [H, V]` against `targets [N]`, never holding more
-    than `rows` rows of logits (default: `chunk_rows(V)`)."""
+    logits than `rows` rows of the whole vocabulary (default: `chunk_rows(V)`): a trained head in chunks of
+    `rows` rows, a frozen one in blocks of rows against vocabulary slices (`frozen_head_cross_entropy`)."""
     global _FUNCTION
     if _FUNCTION is None:
         _FUNCTION = _fused_function()
