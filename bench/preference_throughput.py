@@ -104,7 +104,8 @@ def run_one(mode: str, folder: Path, steps: int, batch: int, max_length: int, wa
     tokenizer = load_tokenizer(folder, "bench")
     ensure_chat_template(tokenizer)  # the tiny model has none; every arm renders with the same one
     records = pair_records(steps * batch, seed=0)
-    model = apply_method(load_model(config, folder, None, "fp32"), config)
+    # the fused LoRA product is this trainer's; TRL's arms get peft's own layers
+    model = apply_method(load_model(config, folder, None, "fp32"), config, fused=not mode.startswith("trl"))
     with tempfile.TemporaryDirectory() as scratch:
         if mode.startswith("trl"):
             return trl_run(mode, model, tokenizer, records, steps, batch, max_length, warmup, Path(scratch))

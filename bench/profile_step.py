@@ -11,6 +11,8 @@ the top operators of a profiled step (torch.profiler, self CPU time). Comparison
   `dynamic=True`; both with the label-position loss). The compile is paid in the warm-up steps, which are
   reported apart (`--warmup`, default 2 for this one); recompiles during the timed steps are counted from
   torch._dynamo's counters (each flattened batch has its own token count).
+- `lora`: peft's own `lora.Linear` forward against the base and adapter product in one pass
+  (`training.fused_lora`; both with the label-position loss).
 - `preference`: a DPO step (LoRA; the reference pass with the adapter disabled, then the policy), its
   log-probabilities from the full logits (`preference.sequence_logps`) against label positions only
   (`preference.label_position_logps`).
@@ -23,7 +25,7 @@ Peak memory per step: glibc's mmap threshold is pinned (the script re-executes i
 `MALLOC_MMAP_THRESHOLD_=65536`), so freed tensors go back to the kernel; before each step the kernel's
 high-water mark is reset (`/proc/self/clear_refs`), and the step's peak is `VmHWM` minus the RSS before it.
 
-    python bench/profile_step.py [--compare loss|compile|preference] [--steps 4] [--base smollm2|tiny]
+    python bench/profile_step.py [--compare loss|compile|lora|preference] [--steps 4] [--base smollm2|tiny]
 
 The last line of output is one JSON object; the profiler's tables go to stderr.
 """
@@ -48,6 +50,7 @@ ARMS = {
     "loss": ("stock loss", "label-position loss"),
     "compile": ("eager", "compiled"),
     "preference": ("logits", "label-position log-probs"),
+    "lora": ("peft's LoRA layers", "fused LoRA layers"),
 }
 MMAP_THRESHOLD = "65536"
 
@@ -113,7 +116,7 @@ def pair_batches(folder: Path, count: int, batch: int) -> tuple[Any, list[dict[s
 
 def arms_for(compare: str, folder: Path, count: int, batch: int) -> tuple[Any, list[dict[str, Any]], Any]:
     """(model, batches, step(inputs, second_arm)): a forward and backward of one arm, without the optimizer."""
-    from finetune_trainer.training import compiling, loss, preference
+    from finetune_trainer.training import compiling, fused_lora, loss, preference
 
     if compare == "preference":
         model, batches, spec = pair_batches(folder, count, batch)
@@ -134,6 +137,20 @@ def arms_for(compare: str, folder: Path, count: int, batch: int) -> tuple[Any, l
             return value
 
         return model, batches, loss_step
+    if compare == "lora":
+        fused_layers = [module for module in model.modules() if fused_lora.is_fused(module)]
+
+        def lora_step(inputs: dict[str, Any], new: bool) -> Any:
+            if new:  # the same weights, through the fused forward or peft's own
+                fused_lora.fuse(model)
+            else:
+                for layer in fused_layers:
+                    vars(layer).pop("forward", None)
+            value = loss.causal_lm_loss(model, inputs)
+            value.backward()
+            return value
+
+        return model, batches, lora_step
     compiling.compile_layers(model, dynamic=True)
     layers = compiling.decoder_layers(model)
     compiled = [layer._compiled_call_impl for layer in layers]

