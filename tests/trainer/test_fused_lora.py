@@ -153,3 +153,17 @@ def test_fixed_seed_loss_curve_matches_peft(
     assert len(fused_calls) == calls_before
     assert len(fused) == len(stock) == STEPS
     assert_same_curve(stock, fused)
+
+
+def test_generation_with_a_cache_matches_peft(fused_calls: list[int]) -> None:
+    """Evaluation's generation metrics run the fused layers too: one token at a time with a KV cache."""
+    prompt = torch.randint(3, 300, (2, 6), generator=torch.Generator().manual_seed(3))
+    model = lora_llama()
+    model.config.use_cache = True
+    model.generation_config.pad_token_id = 0
+    with torch.no_grad():
+        stock = model.generate(input_ids=prompt, max_new_tokens=8, do_sample=False)
+        fused_lora.fuse(model)
+        fused = model.generate(input_ids=prompt, max_new_tokens=8, do_sample=False)
+    assert len(fused_calls) == 14 * 8  # every layer, every new token
+    assert torch.equal(fused, stock)
