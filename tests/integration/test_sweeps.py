@@ -13,6 +13,7 @@ import pytest
 from kubernetes import client
 
 from tests.support.crds import install_crd
+from tests.support.sweeps import LONGEST_NAME, largest_statuses, largest_sweep_spec
 
 from .conftest import CRD_PATH, Jobs, Operator, ftj_manifest, wait_for
 from .test_kueue import GPU_JOB, gpu_queue, kueue  # noqa: F401 - the real Kueue's fixtures, by name
@@ -223,6 +224,25 @@ def test_admission_refuses_test_objectives_and_template_edits(sweep_crd: str, jo
     custom.patch_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, "ok", {"spec": {"parallelism": 3, "maxTrials": 2}}
     )
+
+
+def test_the_largest_status_of_a_1000_trial_sweep_is_stored_and_1001_trials_are_refused(
+    sweep_crd: str, jobs: Jobs, namespace: str
+) -> None:
+    """etcd refuses an object over its request limit whole: a sweep whose status outgrew it could never record
+    its last trials or its winner. The planner's largest status (tests/support/sweeps.py) must be stored."""
+    sweeps, custom = Sweeps(jobs, namespace), jobs.cluster.custom
+    template = sweep_manifest("x")["spec"]["template"]
+    with pytest.raises(client.ApiException) as refused:
+        sweeps.create(sweep_manifest("too-many", **{**largest_sweep_spec(template), "maxTrials": 1001}))
+    assert refused.value.status == 422 and "maxTrials" in str(refused.value.body)
+    sweeps.create(sweep_manifest(LONGEST_NAME, **largest_sweep_spec(template)))
+    for status in largest_statuses(template):
+        custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, LONGEST_NAME, {"status": status}
+        )
+        stored = sweeps.status(LONGEST_NAME)
+        assert len(stored["trials"]) == 1000 and stored["trials"] == status["trials"]
 
 
 def test_early_stopping_suspends_a_clearly_worse_trial(

@@ -26,6 +26,12 @@ ANNOTATION_PARAMETERS = "finetune.dev/trial-parameters"
 ANNOTATION_STOPPED = "finetune.dev/stopped-by-sweep"  # on a trial the sweep suspended: why
 ANNOTATION_PUBLISHED = "finetune.dev/published-by-sweep"  # on the winner once promoted: the sweep's name
 
+MAX_TRIALS = 1000
+"""The most trials one sweep runs (the CRD's maxTrials maximum; a larger grid needs maxTrials). Why a ceiling: every
+trial is one entry of status.trials, and the whole status is one object under etcd's request limit (1.5 MiB by
+default); at 1,000 trials the largest status the planner can write stays near 1 MB (tests/unit/operator/
+test_finetunesweep_scale.py), and a real API server stores it (tests/integration/test_sweeps.py)."""
+
 PARAMETERS: dict[str, Literal["int", "float"]] = {
     "hyperparameters.learningRate": "float",
     "hyperparameters.epochs": "float",
@@ -131,6 +137,16 @@ class SweepSpec(SpecModel):
                     raise ValueError(f"parameter {parameter.path}: a grid needs range.count (or values)")
         elif self.max_trials is None:
             raise ValueError("random search needs maxTrials")
+        if self.max_trials is not None and self.max_trials > MAX_TRIALS:
+            raise ValueError(f"spec.maxTrials: {self.max_trials} is more than the {MAX_TRIALS} trials a sweep may run")
+        if self.algorithm == "grid" and self.max_trials is None:
+            size = math.prod(len(grid_points(p)) for p in self.parameters)
+            if size > MAX_TRIALS:
+                raise ValueError(
+                    f"spec.parameters: the grid has {size} combinations, more than the {MAX_TRIALS} trials a sweep "
+                    "may run; set spec.maxTrials to run its first ones (in order, last parameter fastest), or give "
+                    "fewer values"
+                )
         if len({p.path for p in self.parameters}) != len(self.parameters):
             raise ValueError("each parameter path may appear once")
         return self

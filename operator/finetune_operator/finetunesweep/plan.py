@@ -47,7 +47,8 @@ USER_ERRORS = frozenset(
 """Trial failures that every other trial would repeat (the template is wrong): no further trial is started."""
 
 DONE = frozenset({*FINISHED, "Stopped", "Deleted"})  # a trial's phase in the sweep's status once it is over
-MESSAGE_MAX = 512  # per trial in status.trials: 200 trials must stay far below an object's size limit
+MESSAGE_MAX = 256  # per trial in status.trials (the whole message is on the trial): 1,000 trials stay ~1 MB
+LEADERBOARD_SIZE = 10  # status.leaderboard: the best ten; every trial's objective is in status.trials
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,7 +103,7 @@ def _leaderboard(spec: SweepSpec, records: list[dict[str, Any]]) -> list[dict[st
     scored.sort(key=lambda r: (sign * float(r["objective"]), int(r["index"])))
     return [
         {"rank": rank, **{k: r[k] for k in ("name", "index", "objective", "parameters")}}
-        for rank, r in enumerate(scored, start=1)
+        for rank, r in enumerate(scored[:LEADERBOARD_SIZE], start=1)
     ]
 
 
@@ -135,13 +136,18 @@ def _records(
         message = (stopping.get(name) or trial.stopped or trial.error_message) if trial else before.get("message")
         if trial is None and phase == "Deleted" and before.get("phase") != "Deleted":
             message = f"deleted while {before.get('phase')}; not run again (a new sweep reruns it)"
+        phase = "Stopped" if name in stopping else phase
+        objective = trial_objective(spec, trial) if trial else before.get("objective")
+        # the rule reads the curves of running trials and of those with an objective: a failed, stopped or
+        # deleted trial's curve would only take room in a status that must hold 1,000 trials
+        read_by_rule = objective is not None or phase not in DONE
         record: dict[str, Any] = {
             "index": index,
             "name": name,
             "parameters": trial_parameters(spec, index),
-            "phase": "Stopped" if name in stopping else phase,
-            "objective": trial_objective(spec, trial) if trial else before.get("objective"),
-            "curve": curves.get(index) or None,
+            "phase": phase,
+            "objective": objective,
+            "curve": (curves.get(index) or None) if read_by_rule else None,
             "message": str(message or "")[:MESSAGE_MAX],
         }
         out.append({k: v for k, v in record.items() if v is not None and v != ""})

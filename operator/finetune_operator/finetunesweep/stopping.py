@@ -6,6 +6,7 @@ test_finetunesweep_plan.py); the plan only asks which running trials it stops no
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from finetune_operator.api.finetunesweep import SweepSpec, TrialStoppingSpec
 from finetune_operator.finetunesweep.observed import TrialObs, trial_objective
 
 CURVE_POINTS = 32  # at most this many (step, validation loss) points are remembered per trial
+LOSS_DIGITS = 6  # significant digits a remembered validation loss keeps (the status stays small at 1,000 trials)
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,24 @@ def curves_of(status: dict[str, Any], trials: dict[int, TrialObs]) -> dict[int, 
         if trial and fresh and not any(int(p[0]) == trial.step for p in curve):
             curve.append([float(trial.step or 0), float(trial.validation_loss or 0.0)])
             curve.sort()
-        out[index] = curve[-CURVE_POINTS:]
+        out[index] = compact(curve)
     return out
+
+
+def compact(curve: Curve) -> Curve:
+    """The points of a sorted curve the median rule can read, rounded: each point that lowered the best loss so
+    far, and the latest point (the trial's progress), at most CURVE_POINTS of them (the latest).
+
+    Why lossless for the rule: the rule reads a curve only through `_best_until` (the least loss up to a step) and
+    its latest step; a point that did not lower the best changes neither, so dropping it changes no decision,
+    and the status of a 1,000-trial sweep keeps to a bounded size (MAX_TRIALS in api/finetunesweep.py)."""
+    kept: Curve = []
+    best = math.inf
+    for position, (step, loss) in enumerate(curve):
+        if loss < best or position == len(curve) - 1:
+            kept.append([int(step), float(f"{loss:.{LOSS_DIGITS}g}")])
+        best = min(best, loss)
+    return kept[-CURVE_POINTS:]
 
 
 def _best_until(curve: Curve, step: float) -> float | None:
