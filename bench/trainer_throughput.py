@@ -49,6 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "trainer-image"))
 
 H200_BF16_PEAK_FLOPS = 989.4e12  # dense bf16 tensor-core peak (spec sheet)
+LORA_DROPOUT = 0.05  # a FineTuneJob's default lora.dropout (and peft's examples'): what users run
 
 
 BASES = {
@@ -113,7 +114,14 @@ class StepClock:
 
 
 def cpu_run(
-    mode: str, folder: Path, steps: int, batch: int, max_length: int, warmup: int, method: str = "lora"
+    mode: str,
+    folder: Path,
+    steps: int,
+    batch: int,
+    max_length: int,
+    warmup: int,
+    method: str = "lora",
+    dropout: float = LORA_DROPOUT,
 ) -> dict[str, Any]:
     """One CPU measurement of arm `mode` in this process (`CPU_MODES`)."""
     import torch
@@ -135,7 +143,8 @@ def cpu_run(
         "baseModel": {"uri": "s3://bench/model/"},
         "dataset": {"train": {"uri": "s3://bench/train.jsonl"}, "schema": "prompt-completion",
                     "maxSeqLength": max_length},
-        "method": {"type": method, **({"lora": {"rank": 8, "alpha": 16, "dropout": 0.0}} if method == "lora" else {})},
+        "method": {"type": method,
+                   **({"lora": {"rank": 8, "alpha": 16, "dropout": dropout}} if method == "lora" else {})},
         "hyperparameters": {"maxSteps": steps, "batchSize": batch, "learningRate": 1e-3, "warmupRatio": 0.0,
                             "lrScheduler": "constant", "seed": 1},
         "checkpointing": {"intervalSteps": 10 * steps},
@@ -334,11 +343,12 @@ def run_rounds(modes: tuple[str, ...], rounds: int, command_for: Callable[[str],
 
 
 def child_command(
-    mode: str, folder: Path, steps: int, batch: int, max_length: int, warmup: int, method: str
+    mode: str, folder: Path, steps: int, batch: int, max_length: int, warmup: int, method: str, dropout: float
 ) -> list[str]:
     return [
         sys.executable, __file__, "--child", mode, "--model", str(folder), "--steps", str(steps), "--batch",
         str(batch), "--max-length", str(max_length), "--warmup", str(warmup), "--method", method,
+        "--lora-dropout", str(dropout),
     ]  # fmt: skip
 
 
@@ -452,6 +462,7 @@ def cpu_bench(
     modes: tuple[str, ...] = ("ours", "trl"),
     rounds: int = 3,
     method: str = "lora",
+    dropout: float = LORA_DROPOUT,
 ) -> dict[str, Any]:
     """`rounds` rounds, each running every arm once (the order rotated per round), each run in its own process."""
     load_before = [round(x, 2) for x in os.getloadavg()]
@@ -459,7 +470,7 @@ def cpu_bench(
     with tempfile.TemporaryDirectory() as scratch:
         folder = build_model(Path(scratch) / "model", base)
         runs = run_rounds(
-            modes, rounds, lambda mode: child_command(mode, folder, steps, batch, max_length, warmup, method)
+            modes, rounds, lambda mode: child_command(mode, folder, steps, batch, max_length, warmup, method, dropout)
         )
     summary = summarize(runs, modes)
     print(markdown(summary), file=sys.stderr)
@@ -469,6 +480,7 @@ def cpu_bench(
         "mode": "cpu",
         "model": BASES[base] if method == "lora" else BASES[base].replace("LoRA r=8", "full fine-tuning"),
         "method": method,
+        "lora_dropout": dropout if method == "lora" else None,
         "batch_size": batch,
         "max_length": max_length,
         "steps": steps,
@@ -605,6 +617,12 @@ def main() -> None:
     parser.add_argument("--modes", default="ours,ours-hf-loss,trl", help="CPU arms in round order (%(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="CPU mode: rounds of every arm (%(default)s)")
     parser.add_argument("--method", choices=("lora", "full"), default="lora", help="CPU mode (%(default)s)")
+    parser.add_argument(
+        "--lora-dropout",
+        type=float,
+        default=LORA_DROPOUT,
+        help="CPU mode, every arm: the adapter's dropout (%(default)s, a FineTuneJob's default lora.dropout)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, 2 rounds, 4 steps")
     parser.add_argument(
         "--from-log", type=Path, help="summarize the per-run lines of an earlier run's stderr (an interrupted run)"
@@ -615,7 +633,9 @@ def main() -> None:
     if args.from_log:
         result = from_log(args.from_log)
     elif args.child:
-        result = cpu_run(args.child, args.model, args.steps, args.batch, args.max_length, args.warmup, args.method)
+        result = cpu_run(
+            args.child, args.model, args.steps, args.batch, args.max_length, args.warmup, args.method, args.lora_dropout
+        )
     elif args.gpu:
         steps = args.steps or 30
         result = gpu_bench(steps, args.warmup or 10, args.attention, args.tiny)
@@ -633,7 +653,9 @@ def main() -> None:
             base, rounds, steps, warmup = "tiny", min(rounds, 2), args.steps or 4, args.warmup or 1
         if warmup >= steps:
             parser.error(f"--warmup ({warmup}) must be below --steps ({steps})")
-        result = cpu_bench(steps, args.batch, args.max_length, warmup, base, modes, rounds, args.method)
+        result = cpu_bench(
+            steps, args.batch, args.max_length, warmup, base, modes, rounds, args.method, args.lora_dropout
+        )
     print(json.dumps(result))
 
 

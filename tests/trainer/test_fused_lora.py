@@ -2,10 +2,11 @@
 
 What must not change: outputs, gradients and the loss curve of a LoRA run. The fused path applies the scaling to
 the rank-r factors and accumulates the adapter into the base product, so values agree to float32 rounding, not
-bit for bit. Stated tolerance: logits within 1e-5 absolute, gradients within 1e-6 (the adapter's B drawn
-non-zero so its path contributes), every logged loss of an 8-step fixed-seed run (tiny Llama, LoRA, gradient
-accumulation 2) within 1e-4 relative. Each equality test counts the fused calls, so none can pass by falling
-back; each fallback test counts none.
+bit for bit. Stated tolerance: logits within 1e-5 absolute, parameter gradients within 1e-6 (the adapter's B
+drawn non-zero so its path contributes), a layer's input gradient (values up to ~8) within 1e-5, every logged loss of an
+8-step fixed-seed run (tiny Llama, LoRA, gradient accumulation 2) within 1e-4 relative; each with the adapter's
+dropout off and on (a fixed seed draws the same masks on both paths). Each equality test counts the fused calls,
+so none can pass by falling back; each fallback test counts none.
 """
 
 from __future__ import annotations
@@ -59,15 +60,17 @@ def lora_llama(dropout: float = 0.0, bias: bool = False) -> Any:
 
 def forward_backward(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
+    torch.manual_seed(11)  # the adapter's dropout draws the same masks on both paths
     output = model(**batch)
     output.loss.backward()
     return output.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("bias", [False, True])
-def test_outputs_and_gradients_match_peft(bias: bool, fused_calls: list[int]) -> None:
+@pytest.mark.parametrize(("bias", "dropout"), [(False, 0.0), (True, 0.0), (False, 0.1)])
+def test_outputs_and_gradients_match_peft(bias: bool, dropout: float, fused_calls: list[int]) -> None:
     batch = flattened_batch((7, 20, 13))
-    model = lora_llama(bias=bias)
+    model = lora_llama(dropout=dropout, bias=bias)
+    assert model.training
     stock_logits, stock_grads = forward_backward(model, batch)
     assert fused_lora.fuse(model) == 14  # 7 linear layers in each of 2 blocks
     assert not fused_calls
@@ -79,14 +82,21 @@ def test_outputs_and_gradients_match_peft(bias: bool, fused_calls: list[int]) ->
         assert torch.allclose(grads[name], grad, atol=1e-6), name
 
 
-def test_input_gradient_matches_peft(fused_calls: list[int]) -> None:
-    """A layer whose input needs a gradient (every layer above the first) gets the same one."""
-    layer = lora_llama().base_model.model.model.layers[0].mlp.up_proj
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_input_gradient_matches_peft(dropout: float, fused_calls: list[int]) -> None:
+    """A layer whose input needs a gradient (every layer above the first) gets the same one: with dropout, the
+    base's part and the adapter's part through the dropout's mask, added by autograd."""
+    layer = lora_llama(dropout=dropout).base_model.model.model.layers[0].mlp.up_proj
     x = torch.randn(2, 5, 32, requires_grad=True)
+    torch.manual_seed(5)
     stock = torch.autograd.grad(layer(x).square().sum(), x)[0]
     fused_lora.fuse(layer)
+    torch.manual_seed(5)
     fused = torch.autograd.grad(layer(x).square().sum(), x)[0]
-    assert fused_calls and torch.allclose(fused, stock, atol=1e-6)
+    assert fused_calls and torch.allclose(fused, stock, atol=1e-5), (fused - stock).abs().max()
+    if dropout:
+        torch.manual_seed(6)  # another mask: another gradient (the mask is applied, not ignored)
+        assert not torch.allclose(torch.autograd.grad(layer(x).square().sum(), x)[0], stock, atol=1e-3)
 
 
 def test_fuse_is_idempotent_and_a_deep_copy_computes_with_its_own_weights(fused_calls: list[int]) -> None:
@@ -121,12 +131,20 @@ def test_a_disabled_adapter_runs_the_base_only_through_peft(fused_calls: list[in
         assert torch.allclose(base(**batch).logits, reference, atol=1e-6)
 
 
-def test_dropout_a_merged_adapter_and_autocast_take_peft_path(fused_calls: list[int]) -> None:
+def test_dropout_in_eval_mode_is_the_identity(fused_calls: list[int]) -> None:
+    """Evaluation (model.eval()): the dropout returns its input itself, and the output is the dropout-free one."""
     batch = flattened_batch((9, 11))
-    with_dropout = lora_llama(dropout=0.1)
+    with_dropout, without = lora_llama(dropout=0.3), lora_llama()
     fused_lora.fuse(with_dropout)
-    with_dropout(**batch)
-    assert not fused_calls  # dropout on the adapter's input: peft's path
+    with torch.no_grad():
+        with_dropout.eval()
+        evaluated = with_dropout(**batch).logits
+        assert len(fused_calls) == 14
+        assert torch.allclose(evaluated, without(**batch).logits, atol=1e-5)
+
+
+def test_a_merged_adapter_and_autocast_take_peft_path(fused_calls: list[int]) -> None:
+    batch = flattened_batch((9, 11))
     model = lora_llama()
     fused_lora.fuse(model)
     with torch.no_grad():
@@ -142,14 +160,15 @@ def test_dropout_a_merged_adapter_and_autocast_take_peft_path(fused_calls: list[
         assert len(fused_calls) == 14  # mixed precision keeps peft's casting
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_fixed_seed_loss_curve_matches_peft(
-    tiny_llama_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fused_calls: list[int]
+    dropout: float, tiny_llama_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fused_calls: list[int]
 ) -> None:
-    fused, _ = loss_curve(tiny_llama_folder, "lora", True, tmp_path / "fused")
+    fused, _ = loss_curve(tiny_llama_folder, "lora", True, tmp_path / "fused", dropout)
     assert fused_calls  # the run took the fused path
     monkeypatch.setattr(fused_lora, "fuse", lambda model: 0)  # peft's own forward
     calls_before = len(fused_calls)
-    stock, _ = loss_curve(tiny_llama_folder, "lora", True, tmp_path / "stock")
+    stock, _ = loss_curve(tiny_llama_folder, "lora", True, tmp_path / "stock", dropout)
     assert len(fused_calls) == calls_before
     assert len(fused) == len(stock) == STEPS
     assert_same_curve(stock, fused)

@@ -67,8 +67,9 @@ def test_label_positions_shift_like_the_stock_loss() -> None:
     assert targets.tolist() == [5, 6, 7, 8]
 
 
-def config_for(folder: Path, method: str) -> Any:
-    section = {"type": method, **({"lora": {"rank": 4, "alpha": 8, "dropout": 0.0}} if method == "lora" else {})}
+def config_for(folder: Path, method: str, dropout: float = 0.0) -> Any:
+    lora = {"lora": {"rank": 4, "alpha": 8, "dropout": dropout}}
+    section = {"type": method, **(lora if method == "lora" else {})}
     return parse_config({
         "job": {"namespace": "t", "name": "t", "run": 1},
         "baseModel": {"uri": "s3://t/model/"},
@@ -90,11 +91,13 @@ class HeadPositions:
         head.register_forward_hook(lambda _m, args, _o: self.seen.append(int(args[0].shape[-2])))
 
 
-def loss_curve(folder: Path, method: str, new_path: bool, scratch: Path) -> tuple[list[float], list[int]]:
+def loss_curve(
+    folder: Path, method: str, new_path: bool, scratch: Path, dropout: float = 0.0
+) -> tuple[list[float], list[int]]:
     from finetune_trainer.data.tokenization import tokenize_split
     from transformers import set_seed
 
-    cfg = config_for(folder, method)
+    cfg = config_for(folder, method, dropout)
     tokenizer = load_tokenizer(folder, "t")
     dataset = tokenize_split(arithmetic_records(64), tokenizer, "prompt-completion", 64, None, "t")
     set_seed(3)

@@ -15,11 +15,18 @@ additions differ, so results agree with peft's to float rounding (the loss-curve
 
 Where it applies, checked on every call (`_fusable`), else peft's own forward runs unchanged: a plain
 `torch.nn.Linear` base whose weight (and bias) is frozen, one active adapter of vanilla LoRA (no DoRA or other
-variant, no adapter bias), no dropout, adapters enabled and not merged, no extra arguments (peft's mixed-batch
-`adapter_names`), every tensor of one dtype, and autocast off (mixed precision keeps peft's casting rules).
-So the DPO reference pass (`disable_adapter()`), QLoRA's quantized bases, a merged model and `lora.dropout > 0`
-all take peft's path. Hooks registered on `lora_A`/`lora_B` themselves do not run on the fused path (the
-trainer registers none). The only entry point is `fuse`, called by `modeling.apply_method`.
+variant, no adapter bias), the adapter's dropout peft's own (`nn.Dropout` or `nn.Identity`), adapters enabled
+and not merged, no extra arguments (peft's mixed-batch `adapter_names`), every tensor of one dtype, and autocast
+off (mixed precision keeps peft's casting rules). So the DPO reference pass (`disable_adapter()`), QLoRA's
+quantized bases and a merged model take peft's path.
+
+Dropout (`lora.dropout`, 0.05 by default): the layer's own dropout module is applied to the adapter's input
+outside the function, in the same order as peft's forward (which draws no other random number in between), so
+a fixed seed gives the same masks; the function then takes the dropped input for the adapter and x for the
+base, and autograd adds the two input gradients (dropout's backward applies the mask), as it does for peft.
+
+Hooks registered on `lora_A`/`lora_B` themselves do not run on the fused path (the trainer registers none). The
+only entry point is `fuse`, called by `modeling.apply_method`.
 """
 
 from __future__ import annotations
@@ -37,31 +44,42 @@ def _function() -> Any:
     import torch
 
     class FusedLoraLinear(torch.autograd.Function):
-        """`x W^T + b + s (x A^T) B^T` for a frozen W (and b), trainable A [r, in] and B [out, r]."""
+        """`x W^T + b + s (d A^T) B^T` for a frozen W (and b), trainable A [r, in] and B [out, r], where d is the
+        adapter's input: x itself, or x after the adapter's dropout (computed outside, so autograd takes the
+        gradient through the dropout's mask and adds it to x's)."""
 
         @staticmethod
-        def forward(ctx: Any, x: Any, weight: Any, bias: Any, lora_a: Any, lora_b: Any, scaling: float) -> Any:
+        def forward(
+            ctx: Any, x: Any, dropped: Any, weight: Any, bias: Any, lora_a: Any, lora_b: Any, scaling: float
+        ) -> Any:
             flat = x.reshape(-1, x.shape[-1])
-            down = flat @ lora_a.t()  # [T, r]
+            shared = dropped is x
+            adapter_in = flat if shared else dropped.reshape(-1, x.shape[-1])
+            down = adapter_in @ lora_a.t()  # [T, r]
             out = flat @ weight.t() if bias is None else torch.addmm(bias, flat, weight.t())
             out.addmm_(down, lora_b.t(), alpha=scaling)
-            ctx.save_for_backward(x, weight, lora_a, lora_b, down)
-            ctx.scaling = scaling
+            # the base's backward needs W only; the adapter's needs its own input and the [T, r] product
+            ctx.save_for_backward(adapter_in, weight, lora_a, lora_b, down)
+            ctx.scaling, ctx.shared, ctx.in_shape = scaling, shared, x.shape
             return out.view(*x.shape[:-1], weight.shape[0])
 
         @staticmethod
         def backward(ctx: Any, grad_out: Any) -> Any:
-            x, weight, lora_a, lora_b, down = ctx.saved_tensors
-            scaling = ctx.scaling
-            flat = x.reshape(-1, x.shape[-1])
+            adapter_in, weight, lora_a, lora_b, down = ctx.saved_tensors
+            scaling, shape = ctx.scaling, ctx.in_shape
             grad = grad_out.reshape(-1, grad_out.shape[-1])
             grad_down = grad @ lora_b  # [T, r]
-            grad_x = None
-            if ctx.needs_input_grad[0]:
-                grad_x = (grad @ weight).addmm_(grad_down, lora_a, alpha=scaling).view(x.shape)
-            grad_a = (grad_down * scaling).t() @ flat if ctx.needs_input_grad[3] else None
-            grad_b = grad.t() @ (down * scaling) if ctx.needs_input_grad[4] else None
-            return grad_x, None, None, grad_a, grad_b, None
+            grad_x = grad_dropped = None
+            if ctx.shared and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+                grad_x = (grad @ weight).addmm_(grad_down, lora_a, alpha=scaling).view(shape)
+            else:
+                if ctx.needs_input_grad[0]:
+                    grad_x = (grad @ weight).view(shape)
+                if ctx.needs_input_grad[1]:
+                    grad_dropped = ((grad_down * scaling) @ lora_a).view(shape)
+            grad_a = (grad_down * scaling).t() @ adapter_in if ctx.needs_input_grad[4] else None
+            grad_b = grad.t() @ (down * scaling) if ctx.needs_input_grad[5] else None
+            return grad_x, grad_dropped, None, None, grad_a, grad_b, None
 
     return FusedLoraLinear
 
@@ -83,7 +101,7 @@ def _fusable(layer: Any, x: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
         return None
     if name in getattr(layer, "lora_variant", {}) or lora_a.bias is not None or lora_b.bias is not None:
         return None
-    if not isinstance(layer.lora_dropout[name], torch.nn.Identity):
+    if type(layer.lora_dropout[name]) not in (torch.nn.Identity, torch.nn.Dropout):
         return None
     if not (x.dtype == base.weight.dtype == lora_a.weight.dtype == lora_b.weight.dtype):
         return None
@@ -101,8 +119,11 @@ def _fused_forward(layer: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
     if name is None:
         return LoraLinear.forward(layer, x, *args, **kwargs)
     base = layer.base_layer
+    # the adapter's dropout as peft applies it (the same module, the same random stream: the same mask); in eval
+    # mode, or with dropout 0 (an Identity), it returns x itself and the function takes its one-input path
+    dropped = layer.lora_dropout[name](x)
     return _FUNCTION.apply(
-        x, base.weight, base.bias, layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name]
+        x, dropped, base.weight, base.bias, layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name]
     )
 
 
