@@ -142,15 +142,9 @@ class TrialWatcher:
         threading.Thread(target=self._loop, daemon=True).start()
 
 
-def read_sweep(api_client: Any, namespace: str, name: str) -> tuple[dict[str, Any], int]:
+def read_sweep(custom: Any, namespace: str, name: str) -> tuple[dict[str, Any], int]:
     """The sweep as stored and its size in bytes as the API server sent it."""
-    response = api_client.call_api(
-        f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{SWEEPS}/{name}",
-        "GET",
-        auth_settings=["BearerToken"],
-        _preload_content=False,
-        _return_http_data_only=True,
-    )
+    response = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, SWEEPS, name, _preload_content=False)
     raw = response.data
     return json.loads(raw), len(raw)
 
@@ -187,7 +181,7 @@ def run(trials: int, parallelism: int, nodes: int, delay: str, timeout: float) -
         phase = ""
         while time.monotonic() - start < timeout:
             time.sleep(5)
-            body, size = read_sweep(api_client, namespace, name)
+            body, size = read_sweep(custom, namespace, name)
             largest = max(largest, size)
             phase = (body.get("status") or {}).get("phase", "")
             if phase in ("Succeeded", "Failed"):
