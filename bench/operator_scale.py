@@ -43,8 +43,9 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -331,6 +332,42 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+@dataclass(frozen=True)
+class Round:
+    """One measured round's namespace and the operator watching it."""
+
+    namespace: str
+    metrics_port: int
+    operator: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def operator_round(core: Any, kubeconfig: Path, prefix: str, nodes: int, timeout: float) -> Iterator[Round]:
+    """A fresh namespace `<prefix>-<id>`, `nodes` fake nodes and this checkout's operator watching the namespace
+    (its output in $TMPDIR/<prefix>-<id>.log). On the way out the operator stops and the namespace and nodes are
+    deleted, waiting until the namespace is gone, so the next round does not share the machine with this one's
+    cleanup. Every scale benchmark's round (this one's, bench/sweep_scale.py's) runs inside one."""
+    from kubernetes import client
+
+    remove_stale_nodes(core)
+    run_id = uuid.uuid4().hex[:6]
+    namespace = f"{prefix}-{run_id}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    node_names = [f"bench-{run_id}-gpu-{i}" for i in range(nodes)]
+    metrics_port = free_port()
+    with open(Path(os.environ.get("TMPDIR", "/tmp")) / f"{namespace}.log", "wb") as log:
+        operator = start_operator(kubeconfig, namespace, metrics_port, log)
+        try:
+            create_nodes(core, node_names)
+            yield Round(namespace, metrics_port, operator)
+        finally:
+            operator.terminate()
+            operator.wait(30)
+            core.delete_namespace(namespace, propagation_policy="Background")
+            delete_nodes(core, node_names)
+            wait_until_gone(core, namespace, timeout)
+
+
 def run(jobs: int, nodes: int, delay: str, timeout: float, measure_release: bool = False) -> dict[str, Any]:
     from kubernetes import client, config
 
@@ -339,99 +376,100 @@ def run(jobs: int, nodes: int, delay: str, timeout: float, measure_release: bool
     api_client.configuration.connection_pool_maxsize = 16
     core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
     install_crd(api_client, ROOT / "crds" / "finetunejob.yaml")
-    remove_stale_nodes(core)
-    run_id = uuid.uuid4().hex[:6]
-    namespace = f"bench-{run_id}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-    node_names = [f"bench-{run_id}-gpu-{i}" for i in range(nodes)]
-    metrics_port = free_port()
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"operator-scale-{run_id}.log", "wb")  # noqa: SIM115
-    operator = start_operator(kubeconfig, namespace, metrics_port, log)
-    watcher = Watcher(api_client, namespace)
-    try:
-        create_nodes(core, node_names)
+    with operator_round(core, kubeconfig, "bench", nodes, timeout) as bench_round:
+        watcher = Watcher(api_client, bench_round.namespace)
         watcher.start()
-        wait_for_metrics(metrics_port, operator)  # operator startup (imports, first list)
-        load_before = os.getloadavg()[0]
-        baseline_rss = rss_mib(operator.pid)
-        before = api_requests(metrics_port)
-        cpu_before = cpu_seconds(operator.pid)
-        # the operator is this process's child: the benchmark's own figure is its process alone, not its tree
-        readers: dict[str, Callable[[], float]] = {
-            "operator": lambda: process_tree_cpu_seconds(operator.pid),
-            "benchmark (creates, watches)": lambda: cpu_seconds(os.getpid()),
-            **{name: partial(process_tree_cpu_seconds, pid) for name, pid in component_pids().items()},
-        }
-        component_cpu_before = {name: read() for name, read in readers.items()}
-        start = time.monotonic()
-        with ThreadPoolExecutor(8) as pool:
-            list(
-                pool.map(
-                    lambda i: custom.create_namespaced_custom_object(
-                        GROUP, VERSION, namespace, PLURAL, finetunejob(f"ftj-{i:04d}", delay)
-                    ),
-                    range(jobs),
-                )
+        try:
+            return _measure(custom, watcher, bench_round, jobs, nodes, delay, timeout, measure_release)
+        finally:
+            watcher.stop.set()
+
+
+def _measure(
+    custom: Any,
+    watcher: Watcher,
+    bench_round: Round,
+    jobs: int,
+    nodes: int,
+    delay: str,
+    timeout: float,
+    measure_release: bool,
+) -> dict[str, Any]:
+    """One round's figures: the operator already watches the round's namespace, the nodes exist."""
+    namespace, metrics_port, operator = bench_round.namespace, bench_round.metrics_port, bench_round.operator
+    wait_for_metrics(metrics_port, operator)  # operator startup (imports, first list)
+    load_before = os.getloadavg()[0]
+    baseline_rss = rss_mib(operator.pid)
+    before = api_requests(metrics_port)
+    cpu_before = cpu_seconds(operator.pid)
+    # the operator is this process's child: the benchmark's own figure is its process alone, not its tree
+    readers: dict[str, Callable[[], float]] = {
+        "operator": lambda: process_tree_cpu_seconds(operator.pid),
+        "benchmark (creates, watches)": lambda: cpu_seconds(os.getpid()),
+        **{name: partial(process_tree_cpu_seconds, pid) for name, pid in component_pids().items()},
+    }
+    component_cpu_before = {name: read() for name, read in readers.items()}
+    start = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(
+                lambda i: custom.create_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, finetunejob(f"ftj-{i:04d}", delay)
+                ),
+                range(jobs),
             )
-        created = time.monotonic() - start
-        deadline = start + timeout
-        trainers, validators = watcher.job_seen[TRAINER], watcher.job_seen[VALIDATOR]
-        while len(trainers) < jobs and time.monotonic() < deadline:
-            time.sleep(0.2)
-        all_jobs = max(trainers.values(), default=start) - start if len(trainers) >= jobs else None
-        all_validators = max(validators.values(), default=start) - start if len(validators) >= jobs else None
-        checks = watcher.pod_seen[VALIDATOR]
-        all_checks = max(checks.values(), default=start) - start if len(checks) >= jobs else None
-        component_cpu = {name: round(read() - component_cpu_before[name], 1) for name, read in readers.items()}
-        while len(watcher.ftj_done) < jobs and time.monotonic() < deadline:
-            time.sleep(0.5)
-        time.sleep(1)
-        trained, checked = watcher.pod_done[TRAINER], watcher.pod_done[VALIDATOR]
-        latencies = [watcher.ftj_done[uid] - trained[uid] for uid in watcher.ftj_done if uid in trained]
-        handovers = [trainers[uid] - checked[uid] for uid in trainers if uid in checked]
-        requests = api_requests(metrics_port) - before
-        cpu = cpu_seconds(operator.pid) - cpu_before
-        peak = peak_rss_mib(operator.pid)
-        figures = {
-            "jobs": jobs,
-            "nodes": nodes,
-            "gpus_per_node": 8,
-            "create_seconds": round(created, 2),
-            "all_child_jobs_seconds": round(all_jobs, 2) if all_jobs is not None else None,
-            "all_check_pods_seconds": round(all_checks, 2) if all_checks is not None else None,
-            "all_validation_jobs_seconds": round(all_validators, 2) if all_validators is not None else None,
-            "training_jobs_seen": len(trainers),
-            "validation_jobs_seen": len(validators),  # 0 when the checks are bare pods (no Kueue queue)
-            "check_pods_seen": len(checks),
-            "succeeded": len(watcher.ftj_done),
-            "handover_p50_seconds": round(percentile(handovers, 0.5), 3),
-            "handover_p99_seconds": round(percentile(handovers, 0.99), 3),
-            "propagation_p50_seconds": round(percentile(latencies, 0.5), 3),
-            "propagation_p99_seconds": round(percentile(latencies, 0.99), 3),
-            "propagation_mean_seconds": round(statistics.fmean(latencies), 3) if latencies else None,
-            "operator_baseline_rss_mib": round(baseline_rss, 1),
-            "operator_peak_rss_mib": round(peak, 1),
-            "api_requests_per_job": round(requests / jobs, 2),
-            "api_requests_by_verb": api_requests_by_verb(metrics_port),
-            "operator_cpu_seconds": round(cpu, 1),
-            "operator_cpu_ms_per_job": round(1000 * cpu / jobs, 1),
-            "cpu_seconds_until_all_jobs": component_cpu,
-            "load_average_1m_before": round(load_before, 1),
-        }
-        # printed before the release: a 10,000-job round is most of an hour, and a failure while deleting must
-        # not take its figures with it
-        print(json.dumps({"measured_before_release": figures}), flush=True)
-        if measure_release:
-            figures.update(release(custom, namespace, metrics_port, operator.pid, timeout))
-        return figures
-    finally:
-        watcher.stop.set()
-        operator.terminate()
-        operator.wait(30)
-        log.close()
-        core.delete_namespace(namespace, propagation_policy="Background")
-        delete_nodes(core, node_names)
-        wait_until_gone(core, namespace, timeout)
+        )
+    created = time.monotonic() - start
+    deadline = start + timeout
+    trainers, validators = watcher.job_seen[TRAINER], watcher.job_seen[VALIDATOR]
+    while len(trainers) < jobs and time.monotonic() < deadline:
+        time.sleep(0.2)
+    all_jobs = max(trainers.values(), default=start) - start if len(trainers) >= jobs else None
+    all_validators = max(validators.values(), default=start) - start if len(validators) >= jobs else None
+    checks = watcher.pod_seen[VALIDATOR]
+    all_checks = max(checks.values(), default=start) - start if len(checks) >= jobs else None
+    component_cpu = {name: round(read() - component_cpu_before[name], 1) for name, read in readers.items()}
+    while len(watcher.ftj_done) < jobs and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(1)
+    trained, checked = watcher.pod_done[TRAINER], watcher.pod_done[VALIDATOR]
+    latencies = [watcher.ftj_done[uid] - trained[uid] for uid in watcher.ftj_done if uid in trained]
+    handovers = [trainers[uid] - checked[uid] for uid in trainers if uid in checked]
+    requests = api_requests(metrics_port) - before
+    cpu = cpu_seconds(operator.pid) - cpu_before
+    peak = peak_rss_mib(operator.pid)
+    figures = {
+        "jobs": jobs,
+        "nodes": nodes,
+        "gpus_per_node": 8,
+        "create_seconds": round(created, 2),
+        "all_child_jobs_seconds": round(all_jobs, 2) if all_jobs is not None else None,
+        "all_check_pods_seconds": round(all_checks, 2) if all_checks is not None else None,
+        "all_validation_jobs_seconds": round(all_validators, 2) if all_validators is not None else None,
+        "training_jobs_seen": len(trainers),
+        "validation_jobs_seen": len(validators),  # 0 when the checks are bare pods (no Kueue queue)
+        "check_pods_seen": len(checks),
+        "succeeded": len(watcher.ftj_done),
+        "handover_p50_seconds": round(percentile(handovers, 0.5), 3),
+        "handover_p99_seconds": round(percentile(handovers, 0.99), 3),
+        "propagation_p50_seconds": round(percentile(latencies, 0.5), 3),
+        "propagation_p99_seconds": round(percentile(latencies, 0.99), 3),
+        "propagation_mean_seconds": round(statistics.fmean(latencies), 3) if latencies else None,
+        "operator_baseline_rss_mib": round(baseline_rss, 1),
+        "operator_peak_rss_mib": round(peak, 1),
+        "api_requests_per_job": round(requests / jobs, 2),
+        "api_requests_by_verb": api_requests_by_verb(metrics_port),
+        "operator_cpu_seconds": round(cpu, 1),
+        "operator_cpu_ms_per_job": round(1000 * cpu / jobs, 1),
+        "cpu_seconds_until_all_jobs": component_cpu,
+        "load_average_1m_before": round(load_before, 1),
+    }
+    # printed before the release: a 10,000-job round is most of an hour, and a failure while deleting must
+    # not take its figures with it
+    print(json.dumps({"measured_before_release": figures}), flush=True)
+    if measure_release:
+        figures.update(release(custom, namespace, metrics_port, operator.pid, timeout))
+    return figures
 
 
 def wait_until_gone(core: Any, namespace: str, timeout: float) -> None:

@@ -24,7 +24,6 @@ import os
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +34,17 @@ from bench.operator_scale import (  # noqa: E402
     GROUP,
     PLURAL,
     TOLERATION,
+    Round,
+    Watcher,
     api_requests,
     cpu_seconds,
-    create_nodes,
-    delete_nodes,
+    operator_round,
     peak_rss_mib,
-    remove_stale_nodes,
-    start_operator,
     wait_for_metrics,
     wait_for_quiet,
-    wait_until_gone,
 )
 from tests.support.cluster import kubeconfig_path  # noqa: E402
 from tests.support.crds import install_crd  # noqa: E402
-from tests.support.ports import free_port  # noqa: E402
 
 VERSION, SWEEPS = "v1alpha1", "finetunesweeps"
 ETCD_REQUEST_LIMIT = 1536 * 1024
@@ -92,16 +88,15 @@ def sweep(name: str, trials: int, parallelism: int, delay: str) -> dict[str, Any
     }
 
 
-class TrialWatcher:
-    """Follows the trials (FineTuneJobs) with one raw watch: when each appeared and finished, and the most that
-    were unfinished at once."""
+class TrialWatcher(Watcher):
+    """operator_scale's Watcher (its resumable raw watch) on the trials alone: when each FineTuneJob appeared and
+    finished, and the most that were unfinished at once."""
 
     def __init__(self, api_client: Any, namespace: str) -> None:
-        self.api_client, self.namespace = api_client, namespace
+        super().__init__(api_client, namespace)
         self.seen: dict[str, float] = {}
         self.finished: dict[str, float] = {}
         self.most_unfinished = 0
-        self.stop = threading.Event()
 
     def _on(self, obj: dict[str, Any]) -> None:
         name = obj["metadata"]["name"]
@@ -110,36 +105,15 @@ class TrialWatcher:
             self.finished.setdefault(name, time.monotonic())
         self.most_unfinished = max(self.most_unfinished, len(self.seen) - len(self.finished))
 
-    def _loop(self) -> None:
-        from kubernetes import client, watch
+    def start(self) -> None:
+        from kubernetes import client
 
         custom = client.CustomObjectsApi(self.api_client)
-        resource_version = ""
-        while not self.stop.is_set():
-            resume = {"resource_version": resource_version} if resource_version else {}
-            try:
-                for event in watch.Watch().stream(  # type: ignore[no-untyped-call]
-                    custom.list_namespaced_custom_object,
-                    GROUP,
-                    VERSION,
-                    self.namespace,
-                    PLURAL,
-                    timeout_seconds=60,
-                    deserialize=False,
-                    **resume,
-                ):
-                    if event["type"] == "ERROR":
-                        resource_version = ""
-                        break
-                    resource_version = event["object"]["metadata"].get("resourceVersion", resource_version)
-                    self._on(event["object"])
-            except Exception as error:  # a dropped watch is restarted; the bench must not die of it
-                print(f"watch restarted: {error}", file=sys.stderr)
-                resource_version = ""
-                time.sleep(0.5)
 
-    def start(self) -> None:
-        threading.Thread(target=self._loop, daemon=True).start()
+        def trials(namespace: str, **kw: Any) -> Any:
+            return custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **kw)
+
+        threading.Thread(target=self._loop, args=(trials, self._on), daemon=True).start()
 
 
 def read_sweep(custom: Any, namespace: str, name: str) -> tuple[dict[str, Any], int]:
@@ -157,73 +131,74 @@ def run(trials: int, parallelism: int, nodes: int, delay: str, timeout: float) -
     core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
     install_crd(api_client, ROOT / "crds" / "finetunejob.yaml")
     install_crd(api_client, ROOT / "crds" / "finetunesweep.yaml")
-    remove_stale_nodes(core)
-    run_id = uuid.uuid4().hex[:6]
-    namespace, name = f"sweep-bench-{run_id}", "search"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-    node_names = [f"bench-{run_id}-gpu-{i}" for i in range(nodes)]
-    metrics_port = free_port()
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"sweep-scale-{run_id}.log", "wb")  # noqa: SIM115
-    operator = start_operator(kubeconfig, namespace, metrics_port, log)
-    watcher = TrialWatcher(api_client, namespace)
-    try:
-        create_nodes(core, node_names)
+    name = "search"
+    with operator_round(core, kubeconfig, "sweep-bench", nodes, timeout) as bench_round:
+        watcher = TrialWatcher(api_client, bench_round.namespace)
         watcher.start()
-        wait_for_metrics(metrics_port, operator)
-        load_before = os.getloadavg()[0]
-        before, cpu_before = api_requests(metrics_port), cpu_seconds(operator.pid)
-        start = time.monotonic()
-        custom.create_namespaced_custom_object(
-            GROUP, VERSION, namespace, SWEEPS, sweep(name, trials, parallelism, delay)
-        )
-        body: dict[str, Any] = {}
-        size = largest = 0
-        phase = ""
-        while time.monotonic() - start < timeout:
-            time.sleep(5)
-            body, size = read_sweep(custom, namespace, name)
-            largest = max(largest, size)
-            phase = (body.get("status") or {}).get("phase", "")
-            if phase in ("Succeeded", "Failed"):
-                break
-        done = time.monotonic() - start if phase == "Succeeded" else None
-        status = body.get("status") or {}
-        requests = api_requests(metrics_port) - before
-        cpu = cpu_seconds(operator.pid) - cpu_before
-        all_trials = max(watcher.seen.values()) - start if len(watcher.seen) >= trials else None
-        winner = (status.get("winner") or {}).get("name")
-        return {
-            "trials": trials,
-            "parallelism": parallelism,
-            "nodes": nodes,
-            "delay": delay,
-            "phase": phase,
-            "error": status.get("error"),
-            "sweep_succeeded_seconds": round(done, 1) if done is not None else None,
-            "all_trials_exist_seconds": round(all_trials, 1) if all_trials is not None else None,
-            "trials_finished": len(watcher.finished),
-            "trials_finished_per_minute": round(60 * len(watcher.finished) / done, 1) if done else None,
-            "most_unfinished_at_once": watcher.most_unfinished,
-            "status_trials": len(status.get("trials") or []),
-            "leaderboard": len(status.get("leaderboard") or []),
-            "winner": winner,
-            "winner_is_trial_0": winner == f"{name}-t0",
-            "sweep_object_bytes_at_end": size,
-            "sweep_object_bytes_largest": largest,
-            "etcd_request_limit_bytes": ETCD_REQUEST_LIMIT,
-            "operator_peak_rss_mib": round(peak_rss_mib(operator.pid), 1),
-            "api_requests_per_trial": round(requests / trials, 2),
-            "operator_cpu_ms_per_trial": round(1000 * cpu / trials, 1),
-            "load_average_1m_before": round(load_before, 1),
-        }
-    finally:
-        watcher.stop.set()
-        operator.terminate()
-        operator.wait(30)
-        log.close()
-        core.delete_namespace(namespace, propagation_policy="Background")
-        delete_nodes(core, node_names)
-        wait_until_gone(core, namespace, timeout)
+        try:
+            return _measure(custom, watcher, bench_round, name, trials, parallelism, nodes, delay, timeout)
+        finally:
+            watcher.stop.set()
+
+
+def _measure(
+    custom: Any,
+    watcher: TrialWatcher,
+    bench_round: Round,
+    name: str,
+    trials: int,
+    parallelism: int,
+    nodes: int,
+    delay: str,
+    timeout: float,
+) -> dict[str, Any]:
+    """The round's figures: the operator already watches the round's namespace, the nodes exist."""
+    namespace, metrics_port, operator = bench_round.namespace, bench_round.metrics_port, bench_round.operator
+    wait_for_metrics(metrics_port, operator)
+    load_before = os.getloadavg()[0]
+    before, cpu_before = api_requests(metrics_port), cpu_seconds(operator.pid)
+    start = time.monotonic()
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, SWEEPS, sweep(name, trials, parallelism, delay))
+    body: dict[str, Any] = {}
+    size = largest = 0
+    phase = ""
+    while time.monotonic() - start < timeout:
+        time.sleep(5)
+        body, size = read_sweep(custom, namespace, name)
+        largest = max(largest, size)
+        phase = (body.get("status") or {}).get("phase", "")
+        if phase in ("Succeeded", "Failed"):
+            break
+    done = time.monotonic() - start if phase == "Succeeded" else None
+    status = body.get("status") or {}
+    requests = api_requests(metrics_port) - before
+    cpu = cpu_seconds(operator.pid) - cpu_before
+    all_trials = max(watcher.seen.values()) - start if len(watcher.seen) >= trials else None
+    winner = (status.get("winner") or {}).get("name")
+    return {
+        "trials": trials,
+        "parallelism": parallelism,
+        "nodes": nodes,
+        "delay": delay,
+        "phase": phase,
+        "error": status.get("error"),
+        "sweep_succeeded_seconds": round(done, 1) if done is not None else None,
+        "all_trials_exist_seconds": round(all_trials, 1) if all_trials is not None else None,
+        "trials_finished": len(watcher.finished),
+        "trials_finished_per_minute": round(60 * len(watcher.finished) / done, 1) if done else None,
+        "most_unfinished_at_once": watcher.most_unfinished,
+        "status_trials": len(status.get("trials") or []),
+        "leaderboard": len(status.get("leaderboard") or []),
+        "winner": winner,
+        "winner_is_trial_0": winner == f"{name}-t0",
+        "sweep_object_bytes_at_end": size,
+        "sweep_object_bytes_largest": largest,
+        "etcd_request_limit_bytes": ETCD_REQUEST_LIMIT,
+        "operator_peak_rss_mib": round(peak_rss_mib(operator.pid), 1),
+        "api_requests_per_trial": round(requests / trials, 2),
+        "operator_cpu_ms_per_trial": round(1000 * cpu / trials, 1),
+        "load_average_1m_before": round(load_before, 1),
+    }
 
 
 def main() -> None:
